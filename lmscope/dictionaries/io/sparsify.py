@@ -1,0 +1,55 @@
+"""EleutherAI sparsify folders: `cfg.json` + `sae.safetensors` (one folder per hook point).
+
+cfg.json carries `activation` ("topk" or "groupmax"), `num_latents` (0: d_in *
+`expansion_factor`), `k`, `normalize_decoder`, `skip_connection`, `transcode`, `d_in`.
+The weights are `encoder.weight` [num_latents, d_in] (an nn.Linear, so the transpose of
+our W_enc), `encoder.bias`, `W_dec` [num_latents, d_in], `b_dec` [d_in] and optionally
+`W_skip` [d_in, d_in]. sparsify subtracts b_dec from the input unless it is a
+transcoder, applies ReLU then top-k, and works on raw activations, so the mapping onto
+our TopK dictionary is exact.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from ...errors import UserError
+from ..base import DictionaryConfig, SparseDictionary
+from .saelens import from_raw_state
+
+SPARSIFY_WEIGHTS = "sae.safetensors"
+
+
+def load_sparsify(path: str | Path, device: str | torch.device = "cpu", *, hook_name: str = "",
+                  model_name: str = "") -> SparseDictionary:
+    """A sparsify folder -> TopK SparseDictionary with the same outputs."""
+    path = Path(path)
+    try:
+        cfg_raw = json.loads((path / "cfg.json").read_text())
+        st = load_file(str(path / SPARSIFY_WEIGHTS))
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read sparsify dictionary {path}: {e}") from None
+    if cfg_raw.get("activation", "topk") != "topk":
+        raise UserError(f"{path}: sparsify activation {cfg_raw.get('activation')!r} is not supported (only topk)")
+    if "encoder.weight" not in st or "W_dec" not in st:
+        raise UserError(f"{path}/{SPARSIFY_WEIGHTS} lacks encoder.weight / W_dec: not a sparsify dictionary")
+    n, d_in = st["encoder.weight"].shape
+    d_out = st["W_dec"].shape[1]
+    transcode = bool(cfg_raw.get("transcode", False))
+    cfg = DictionaryConfig(
+        d_in=d_in, d_sae=n, arch="topk", k=int(cfg_raw.get("k", 32)), d_out=d_out if transcode else None,
+        skip="W_skip" in st, hook_name=hook_name or path.name, model_name=model_name,
+        out_hook_name=(hook_name or path.name) + ":out" if transcode else None,
+    )
+    raw = {"W_enc": st["encoder.weight"].t(), "b_enc": st["encoder.bias"], "W_dec": st["W_dec"],
+           "b_dec": st["b_dec"]}
+    if "W_skip" in st:
+        raw["W_skip"] = st["W_skip"]
+    return from_raw_state(cfg, raw, apply_b_dec_to_input=not transcode).to(device)
+
+
+__all__ = ["load_sparsify", "SPARSIFY_WEIGHTS"]

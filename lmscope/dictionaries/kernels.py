@@ -1,0 +1,115 @@
+"""Sparse kernels for TopK dictionaries: touch only the k active latents per token.
+
+A TopK step has one unavoidable dense cost, the encoder matmul x @ W_enc
+([batch, d_in] @ [d_in, d_sae]) that ranks every latent. Everything after it is
+sparse: each token uses k << d_sae latents (Gao et al. 2024, Sec. 5 / App. D). A
+naive implementation pays three more dense matmuls of the same size (decoder
+forward, and two in the encoder backward through a mostly-zero [batch, d_sae]
+gradient). Here:
+
+- `sparse_decode`: recon[b] = sum_j values[b, j] * W_dec[indices[b, j]] through
+  `F.embedding_bag(..., per_sample_weights=values, mode="sum")`, which never builds
+  the [batch, k, d_out] gather. Its backward is ours (`_SparseDecode`): grad of the
+  values is a row-gathered dot product, chunked so the gather stays small; grad of
+  W_dec is a sparse [d_sae, batch] @ [batch, d_out] product.
+- `sparse_encoder_grad`: the forward of the encoder is done by the caller
+  (dense matmul + topk, without autograd); this function attaches a gradient to the
+  selected values whose backward forms grad W_enc / b_enc / input from the k active
+  columns only (sparse @ dense, embedding_bag, index_add), never a dense
+  [batch, d_sae] matmul.
+
+tests/test_topk_fast.py checks both against dense autograd references.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# Tokens per chunk when gathering decoder rows in the backward ([chunk, k, d] stays in cache).
+_CHUNK = 512
+
+
+def _sparse_t_matmul(indices: Tensor, weights: Tensor, dense: Tensor, n_rows: int) -> Tensor:
+    """S^T @ dense where S [batch, n_rows] is sparse with S[b, indices[b, j]] = weights[b, j].
+
+    indices, weights [batch, k]; dense [batch, d] -> [n_rows, d]. Duplicate (b, j) entries add.
+    """
+    batch, k = indices.shape
+    rows = indices.reshape(-1)  # [batch*k] latent id
+    cols = torch.arange(batch, device=indices.device).repeat_interleave(k)  # [batch*k] token id
+    st = torch.sparse_coo_tensor(torch.stack([rows, cols]), weights.reshape(-1), (n_rows, batch))
+    return torch.sparse.mm(st, dense)  # [n_rows, d]
+
+
+class _SparseEncoderGrad(torch.autograd.Function):
+    """values = (x_in @ W_enc + b_enc)[b, indices[b, j]], with gradients only through those entries."""
+
+    @staticmethod
+    def forward(ctx, x_in: Tensor, W_enc: Tensor, b_enc: Tensor, values: Tensor, indices: Tensor) -> Tensor:
+        # `values` were computed by the caller (dense matmul + topk, no autograd) and are
+        # returned as is; ReLU'd zeros get no gradient (the mask below).
+        ctx.save_for_backward(x_in, W_enc, indices, values > 0)
+        ctx.b_enc_shape = b_enc.shape
+        return values
+
+    @staticmethod
+    def backward(ctx, grad_values: Tensor):
+        x_in, W_enc, indices, active = ctx.saved_tensors
+        d_sae = W_enc.shape[1]
+        g = (grad_values * active).to(W_enc.dtype)  # [batch, k]
+        grad_x = grad_W = grad_b = None
+        if ctx.needs_input_grad[0]:
+            # grad_x[b] = sum_j g[b, j] * W_enc[:, indices[b, j]]
+            W_t = W_enc.t().contiguous()  # [d_sae, d_in]
+            grad_x = F.embedding_bag(indices, W_t, per_sample_weights=g, mode="sum").to(x_in.dtype)
+        if ctx.needs_input_grad[1]:
+            # grad W_enc[:, c] = sum over (b, j) with indices[b, j] == c of g[b, j] * x_in[b]
+            grad_W = _sparse_t_matmul(indices, g, x_in.to(W_enc.dtype), d_sae).t()  # [d_in, d_sae]
+        if ctx.needs_input_grad[2]:
+            grad_b = torch.zeros(ctx.b_enc_shape, dtype=W_enc.dtype, device=W_enc.device)
+            grad_b.index_add_(0, indices.reshape(-1), g.reshape(-1))
+        return grad_x, grad_W, grad_b, None, None
+
+
+def sparse_encoder_grad(x_in: Tensor, W_enc: Tensor, b_enc: Tensor, values: Tensor, indices: Tensor) -> Tensor:
+    """Attach the sparse encoder gradient to pre-computed top-k `values` [batch, k].
+
+    x_in [batch, d_in] is the encoder input (after b_dec subtraction, with its own
+    autograd history); W_enc [d_in, d_sae]; b_enc [d_sae]; indices [batch, k].
+    """
+    return _SparseEncoderGrad.apply(x_in, W_enc, b_enc, values, indices)
+
+
+class _SparseDecode(torch.autograd.Function):
+    """recon[b] = sum_j values[b, j] * W_dec[indices[b, j]] (no bias)."""
+
+    @staticmethod
+    def forward(ctx, values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
+        values = values.to(W_dec.dtype)
+        ctx.save_for_backward(values, indices, W_dec)
+        return F.embedding_bag(indices, W_dec, per_sample_weights=values, mode="sum")  # [batch, d_out]
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        values, indices, W_dec = ctx.saved_tensors
+        grad_out = grad_out.to(W_dec.dtype)
+        grad_values = grad_W = None
+        if ctx.needs_input_grad[0]:
+            # grad_values[b, j] = <grad_out[b], W_dec[indices[b, j]]>, gathered a chunk at a time.
+            grad_values = torch.empty_like(values)
+            for s in range(0, indices.shape[0], _CHUNK):
+                rows = W_dec[indices[s:s + _CHUNK]]  # [chunk, k, d_out]
+                torch.bmm(rows, grad_out[s:s + _CHUNK, :, None], out=grad_values[s:s + _CHUNK, :, None])
+        if ctx.needs_input_grad[2]:
+            grad_W = _sparse_t_matmul(indices, values, grad_out, W_dec.shape[0])  # [d_sae, d_out]
+        return grad_values, None, grad_W
+
+
+def sparse_decode(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
+    """[batch, k] values and indices, W_dec [d_sae, d_out] -> [batch, d_out] (bias not added)."""
+    return _SparseDecode.apply(values, indices, W_dec)
+
+
+__all__ = ["sparse_decode", "sparse_encoder_grad"]

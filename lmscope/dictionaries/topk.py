@@ -1,0 +1,110 @@
+"""TopK sparse autoencoder / transcoder (Gao et al. 2024, "Scaling and evaluating sparse autoencoders").
+
+Each token keeps its k largest encoder pre-activations (then ReLU) and zeroes the rest,
+so the sparsity is set directly instead of through an L1 penalty. Training runs on the
+sparse code (values, indices) [batch, k] end to end (kernels.py): after the one dense
+encoder matmul, decoding and every gradient touch only the k active latents.
+
+AuxK (Gao et al. 2024 App. A.2): latents that have not fired for many tokens get a
+second, auxiliary reconstruction: the top `aux_k` *dead* latents of each token
+reconstruct the main reconstruction's error, weighted by `aux_coeff` (1/32). Its
+gradient pulls dead encoder columns toward directions that are still unexplained.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import DictionaryConfig, SparseDictionary, TopKOutput, _Terms
+from .kernels import sparse_decode, sparse_encoder_grad
+
+
+def topk_codes(pre: Tensor, k: int) -> TopKOutput:
+    """[batch, d_sae] pre-activations -> the k largest per token, ReLU'd ([batch, k] each)."""
+    values, indices = pre.topk(k, dim=-1, sorted=False)
+    return TopKOutput(values.clamp_min(0), indices)
+
+
+def fired_mask(values: Tensor, indices: Tensor, d_sae: int) -> Tensor:
+    """bool [d_sae]: latents with a positive value somewhere in the sparse code."""
+    fired = torch.zeros(d_sae, dtype=torch.bool, device=indices.device)
+    fired[indices[values > 0]] = True
+    return fired
+
+
+def auxk_loss(dict_: SparseDictionary, pre: Tensor, x_in: Tensor, residual: Tensor,
+              dead_mask: Tensor | None) -> Tensor:
+    """AuxK: squared error of reconstructing `residual` [batch, d_out] from the top dead latents.
+
+    `pre` [batch, d_sae] are the (no-grad) encoder pre-activations, `x_in` the encoder input
+    with its autograd history. The reconstruction has no bias (it predicts an error).
+    """
+    zero = residual.new_zeros(())
+    if dead_mask is None:
+        return zero
+    n_dead = int(dead_mask.sum())
+    if n_dead == 0:
+        return zero
+    k_aux = min(dict_.cfg.resolved_aux_k, n_dead)
+    with torch.no_grad():
+        masked = pre.masked_fill(~dead_mask.to(pre.device), float("-inf"))  # [batch, d_sae]
+        codes = topk_codes(masked, k_aux)
+    values = sparse_encoder_grad(x_in, dict_.W_enc, dict_.b_enc, codes.values, codes.indices)
+    e_hat = sparse_decode(values, codes.indices, dict_.W_dec)  # [batch, d_out]
+    return (e_hat.float() - residual.float()).pow(2).sum(-1).mean()
+
+
+class TopKDictionary(SparseDictionary):
+    """TopK activation: exactly k active latents per token (fewer if some are <= 0)."""
+
+    arch = "topk"
+
+    def __init__(self, cfg: DictionaryConfig) -> None:
+        super().__init__(cfg)
+
+    # --- inference ---------------------------------------------------------------------
+    def activation(self, pre: Tensor) -> Tensor:
+        codes = topk_codes(pre, self.cfg.k)
+        return torch.zeros_like(pre).scatter_(-1, codes.indices, codes.values)  # [batch, d_sae]
+
+    def encode_topk(self, x: Tensor) -> TopKOutput:
+        """[batch, d_in] raw -> sparse code TopKOutput(values [batch, k], indices [batch, k])."""
+        return topk_codes(self.pre_acts_normalized(x * self.act_scale), self.cfg.k)
+
+    def decode_sparse(self, values: Tensor, indices: Tensor, x: Tensor | None = None) -> Tensor:
+        """Sparse code [batch, k] -> [batch, d_out] raw reconstruction (skip transcoders need x)."""
+        out = sparse_decode(values, indices, self.W_dec) + self.b_dec  # [batch, d_out]
+        if self.W_skip is not None:
+            if x is None:
+                raise ValueError("a skip transcoder needs its input to decode: pass x=")
+            out = out + (x * self.act_scale) @ self.W_skip.t()
+        return out / self.act_scale_out
+
+    # --- training ----------------------------------------------------------------------
+    def _sparse_forward(self, x_n: Tensor) -> tuple[Tensor, Tensor, TopKOutput]:
+        """Encoder input (with grad), no-grad pre-activations, and the sparse code with grad."""
+        x_in = x_n - self.b_dec if self.apply_b_dec_to_input else x_n  # [batch, d_in]
+        with torch.no_grad():
+            pre = torch.addmm(self.b_enc, x_in, self.W_enc)  # [batch, d_sae], the one dense matmul
+        codes = self._select(pre)
+        values = sparse_encoder_grad(x_in, self.W_enc, self.b_enc, codes.values, codes.indices)
+        return x_in, pre, TopKOutput(values, codes.indices)
+
+    def _select(self, pre: Tensor) -> TopKOutput:
+        return topk_codes(pre, self.cfg.k)
+
+    def _train_terms(self, x_n: Tensor, target_n: Tensor, dead_mask: Tensor | None) -> _Terms:
+        x_in, pre, codes = self._sparse_forward(x_n)
+        recon = sparse_decode(codes.values, codes.indices, self.W_dec) + self.b_dec  # [batch, d_out]
+        if self.W_skip is not None:
+            recon = recon + x_n @ self.W_skip.t()
+        residual = (target_n - recon).detach()
+        aux = auxk_loss(self, pre, x_in, residual, dead_mask)
+        active = codes.values.detach() > 0
+        l0 = active.sum(1).float().mean()
+        fired = fired_mask(codes.values.detach(), codes.indices, self.d_sae)
+        return _Terms(recon, l0, fired, recon.new_zeros(()), aux)
+
+
+__all__ = ["TopKDictionary", "auxk_loss", "fired_mask", "topk_codes"]
