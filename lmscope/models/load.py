@@ -147,6 +147,19 @@ class LanguageModel:
                 "vocab": int(self.model.get_output_embeddings().weight.shape[0])}
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A cheap connectivity check, so an offline machine fails in milliseconds, not after retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def _quiet_hf():
     from transformers.utils import logging as hf_logging
 
@@ -167,6 +180,9 @@ def _convert_gguf(src: ModelSource, dest: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, fname = os.path.dirname(src.path), os.path.basename(src.path)
+    import sys
+
+    print(f"lmscope: converting {fname} to safetensors once (cached in {dest.parent})", file=sys.stderr)
     try:
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
@@ -220,6 +236,9 @@ def load_model(
         except OSError:
             if src.kind != "hub" or os.environ.get("HF_HUB_OFFLINE") == "1":
                 raise
+            if not _hub_reachable():
+                raise UserError(f"model {name!r} is not in the local Hugging Face cache and the hub is "
+                                "unreachable; download it on a connected machine or pass a local folder") from None
             tok = AutoTokenizer.from_pretrained(path)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
     except OSError as e:

