@@ -334,8 +334,8 @@ class SparseDictionary(nn.Module):
         g = self.W_dec.grad
         if g is None or not self.cfg.unit_norm_decoder:
             return
-        w = self.W_dec / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
-        g -= (g * w).sum(1, keepdim=True) * w
+        w = self.W_dec / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)  # [d_sae, d_out]
+        g.addcmul_(w, torch.linalg.vecdot(g, w)[:, None], value=-1.0)
 
     # --- persistence (SAELens format, see io/saelens.py) --------------------------------
     def save(self, path: str | Path, *, sparsity: Tensor | None = None,

@@ -28,9 +28,9 @@ def topk_codes(pre: Tensor, k: int) -> TopKOutput:
 
 def fired_mask(values: Tensor, indices: Tensor, d_sae: int) -> Tensor:
     """bool [d_sae]: latents with a positive value somewhere in the sparse code."""
-    fired = torch.zeros(d_sae, dtype=torch.bool, device=indices.device)
-    fired[indices[values > 0]] = True
-    return fired
+    counts = torch.zeros(d_sae, dtype=values.dtype, device=indices.device)
+    counts.index_add_(0, indices.reshape(-1), (values > 0).to(values.dtype).reshape(-1))
+    return counts > 0
 
 
 def auxk_loss(dict_: SparseDictionary, pre: Tensor, x_in: Tensor, residual: Tensor,

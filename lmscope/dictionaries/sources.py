@@ -1,0 +1,289 @@
+"""Where training activations come from: the model itself (streaming), a store, or tensors.
+
+A source yields this rank's part of each global batch as `{hook: [n, d]}` float tensors, for
+every hook the run needs at once, and can restart at any global batch index (resume):
+
+- `StreamSource` runs the model on packed corpus contexts and captures *all* requested hook
+  points in one forward pass (lmscope.capture.hooks.run, which stops after the deepest
+  hook), so 30 dictionaries cost one model pass, not 30. Activations of several contexts
+  go into a shuffle buffer (`buffer_batches` batches worth) and are drawn in a random
+  order, so one step's batch mixes ~(contexts in the buffer) texts instead of being 30
+  neighbouring tokens of one text, which would correlate the gradient.
+- `StoreSource` reads an activation store written by `lmscope capture`.
+- `TensorSource` wraps in-memory activations (tests, benchmarks, the Python API).
+
+BOS is excluded (position 0 of every context and any BOS token inside one). It is an
+attention sink whose residual norm is far above every other token (SmolLM2-135M: ~4,600
+from layer 12 on, vs ~50-100 elsewhere); keeping it would spend the dictionary's
+capacity and the normalization scale on one constant vector that carries no text.
+SAELens and sparsify make the same choice (`exclude_special_tokens`).
+
+Distributed: in DDP mode every rank takes a disjoint part of each global batch
+(dist.split_sizes, so uneven batches never hang); a streaming rank runs the model only on
+its own contexts (global context i belongs to rank i % world). With --shard-features every
+rank needs the whole batch, so sources are built with a world of one.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from ..dist import DistInfo, rank_slice, split_sizes
+from ..errors import UserError
+
+Batch = dict[str, Tensor]
+"""hook name -> [n_tokens, d] activations (this rank's part of one global batch)."""
+
+
+class ActivationSource(Protocol):
+    hooks: list[str]
+
+    def batches(self, start: int = 0) -> Iterator[Batch]:
+        """This rank's part of global batches start, start+1, ... (endless or until data runs out)."""
+        ...
+
+    def describe(self) -> str:
+        ...
+
+
+def local_batch_size(batch_size: int, info: DistInfo) -> int:
+    return split_sizes(batch_size, info.world_size)[info.rank]
+
+
+# --- in memory ------------------------------------------------------------------------
+@dataclass
+class TensorSource:
+    """Global batches cut from in-memory activations {hook: [n, d]}, reshuffled every epoch."""
+
+    acts: dict[str, Tensor]
+    batch_size: int
+    seed: int = 0
+    info: DistInfo = DistInfo()
+    shuffle: bool = True
+
+    def __post_init__(self) -> None:
+        self.hooks = list(self.acts)
+        ns = {v.shape[0] for v in self.acts.values()}
+        if len(ns) != 1:
+            raise ValueError("all hooks need the same number of tokens")
+        self.n = ns.pop()
+        if self.n < self.batch_size:
+            raise ValueError(f"{self.n} tokens is less than one batch of {self.batch_size}")
+
+    def describe(self) -> str:
+        return f"tensors ({self.n} tokens)"
+
+    def batches(self, start: int = 0) -> Iterator[Batch]:
+        per_epoch = self.n // self.batch_size
+        mine = rank_slice(self.batch_size, self.info)
+        step = start
+        while True:
+            epoch, j = divmod(step, per_epoch)
+            if self.shuffle:
+                gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+                order = torch.randperm(self.n, generator=gen)
+            else:
+                order = torch.arange(self.n)
+            idx = order[j * self.batch_size:(j + 1) * self.batch_size][mine]
+            yield {h: v[idx].float() for h, v in self.acts.items()}
+            step += 1
+
+
+# --- streaming from the model -----------------------------------------------------------
+def iter_contexts(lm, corpus: str, *, ctx_len: int, split: str = "train", seed: int = 0) -> Iterator[Tensor]:
+    """Packed token contexts [ctx_len] (BOS first) from a corpus, one at a time, deterministic.
+
+    Uses the corpus packer of lmscope.capture.corpus (the same contexts `lmscope capture`
+    stores).
+    """
+    from ..capture import corpus as C
+
+    for batch in C.pack(lm.tokenizer, C.iter_documents(corpus, split=split), ctx_len=ctx_len,
+                        batch_size=1, bos_token_id=lm.bos_token_id, seed=seed):
+        for row in batch:
+            yield row
+
+
+class StreamSource:
+    """Run the model on corpus contexts; capture every requested hook in the same pass."""
+
+    def __init__(self, lm, hooks: list[str], *, corpus: str, ctx_len: int, batch_size: int,
+                 buffer_batches: int = 8, model_batch: int = 16, seed: int = 0,
+                 info: DistInfo = DistInfo(), split: str = "train", contexts=None) -> None:
+        self.lm, self.hooks = lm, list(hooks)
+        self.corpus, self.ctx_len, self.split, self.seed = corpus, ctx_len, split, seed
+        self.batch_size, self.buffer_batches, self.model_batch = batch_size, buffer_batches, model_batch
+        self.info = info
+        self.local = local_batch_size(batch_size, info)
+        # Tests may pass a function returning a fresh context iterator.
+        self._contexts = contexts or (lambda: iter_contexts(lm, corpus, ctx_len=ctx_len, split=split, seed=seed))
+
+    def describe(self) -> str:
+        return f"stream ({self.corpus}, ctx_len {self.ctx_len})"
+
+    def _my_contexts(self) -> Iterator[Tensor]:
+        """This rank's contexts: global context i belongs to rank i % world_size."""
+        for i, ctx in enumerate(self._contexts()):
+            if i % self.info.world_size == self.info.rank:
+                yield ctx
+
+    def _activations(self, contexts: list[Tensor]) -> Batch:
+        """One forward pass over [n, ctx_len] contexts -> {hook: [tokens, d]} without BOS positions."""
+        from ..capture.hooks import run
+
+        tokens = torch.stack(contexts).to(self.lm.device)  # [n, ctx_len]
+        res = run(self.lm, tokens, capture=self.hooks)
+        keep = torch.ones_like(tokens, dtype=torch.bool)
+        keep[:, 0] = False  # the attention sink (see module docstring)
+        if self.lm.bos_token_id is not None:
+            keep &= tokens != self.lm.bos_token_id
+        return {h: res.acts[h][keep].float().cpu() for h in self.hooks}  # [tokens, d]
+
+    def batches(self, start: int = 0) -> Iterator[Batch]:
+        """Refill r holds buffer_batches local batches drawn from the same shuffled buffer.
+
+        Refills are deterministic functions of (seed, rank, r), so a resume at global batch
+        `start` replays contexts of earlier refills without running the model on them.
+        """
+        need = self.buffer_batches * self.local
+        if self.local == 0:  # more ranks than tokens per batch: this rank contributes nothing
+            while True:
+                yield {h: torch.zeros(0, self.lm.hooks[h].d) for h in self.hooks}
+        ctxs = self._my_contexts()
+        first_refill, skip = divmod(start, self.buffer_batches)
+        refill = 0
+        while True:
+            pieces: dict[str, list[Tensor]] = {h: [] for h in self.hooks}
+            have, pending = 0, []
+            replay = refill < first_refill
+            exhausted = False
+            while have < need:
+                ctx = next(ctxs, None)
+                if ctx is None:
+                    exhausted = True
+                    break
+                n_tokens = int((ctx[1:] != self.lm.bos_token_id).sum()) if self.lm.bos_token_id is not None \
+                    else ctx.numel() - 1
+                have += n_tokens
+                if not replay:
+                    pending.append(ctx)
+                    if len(pending) == self.model_batch:
+                        for h, a in self._activations(pending).items():
+                            pieces[h].append(a)
+                        pending = []
+            if exhausted:
+                raise UserError(f"the corpus {self.corpus!r} ran out of text after {refill} refills; "
+                                "use fewer --tokens or a larger --corpus")
+            if not replay:
+                if pending:
+                    for h, a in self._activations(pending).items():
+                        pieces[h].append(a)
+                acts = {h: torch.cat(v)[:need] for h, v in pieces.items()}
+                gen = torch.Generator().manual_seed((self.seed * 1_000_003 + refill) * 131 + self.info.rank)
+                order = torch.randperm(need, generator=gen)
+                for j in range(skip if refill == first_refill else 0, self.buffer_batches):
+                    idx = order[j * self.local:(j + 1) * self.local]
+                    yield {h: a[idx] for h, a in acts.items()}
+            refill += 1
+
+
+# --- from an activation store -----------------------------------------------------------
+def resolve_store_hooks(store_hooks: list[str], pattern: str) -> list[str]:
+    """Match --hooks names/globs against the hooks a store holds (one line if none match)."""
+    out: list[str] = []
+    for part in [p.strip() for p in pattern.split(",") if p.strip()]:
+        hits = [h for h in store_hooks if fnmatch.fnmatchcase(h, part)]
+        if not hits:
+            raise UserError(f"hook {part!r} is not in the store (it holds: {', '.join(store_hooks)})")
+        out += [h for h in hits if h not in out]
+    return out
+
+
+class StoreSource:
+    """Global batches read from an activation store (lmscope.capture.store.ActivationStore)."""
+
+    def __init__(self, path: str | Path, hooks: list[str], *, batch_size: int, seed: int = 0,
+                 info: DistInfo = DistInfo()) -> None:
+        from ..capture.store import ActivationStore
+
+        self.path, self.hooks, self.batch_size, self.seed, self.info = Path(path), list(hooks), batch_size, seed, info
+        self.store = ActivationStore(path)
+
+    def describe(self) -> str:
+        return f"store {self.path}"
+
+    def batches(self, start: int = 0) -> Iterator[Batch]:
+        mine = rank_slice(self.batch_size, self.info)
+        iters = {h: self.store.batches(h, self.batch_size, shuffle=True, exclude_bos=True, seed=self.seed)
+                 for h in self.hooks}
+        step = 0
+        while True:
+            try:
+                got = {h: _acts_of(next(it)) for h, it in iters.items()}
+            except StopIteration:
+                # One pass over the store is done: start another epoch (reshuffled).
+                step_seed = self.seed + step
+                iters = {h: self.store.batches(h, self.batch_size, shuffle=True, exclude_bos=True,
+                                               seed=step_seed) for h in self.hooks}
+                got = {h: _acts_of(next(it)) for h, it in iters.items()}
+            if step >= start:
+                yield {h: a[mine].float() for h, a in got.items()}
+            step += 1
+
+
+def _acts_of(item: Any) -> Tensor:
+    """A store batch may be a tensor or a record with `.acts`."""
+    return item if isinstance(item, Tensor) else item.acts
+
+
+def store_info(path: str | Path) -> dict[str, Any]:
+    """The store's manifest (model, hooks, d per hook), with one-line errors."""
+    p = Path(path)
+    if not p.is_dir():
+        raise UserError(f"activation store not found: {p} (write one with `lmscope capture ... --out {p}`)")
+    from ..capture.store import ActivationStore
+
+    try:
+        st = ActivationStore(p)
+    except UserError:
+        raise
+    except Exception as e:  # a folder that is not a store
+        raise UserError(f"{p} is not a readable activation store ({e})") from None
+    return {"model": getattr(st, "model", None), "hooks": list(st.hooks), "dims": _store_dims(st),
+            "fingerprint": getattr(st, "fingerprint", None)}
+
+
+def _store_dims(st) -> dict[str, int]:
+    dims = getattr(st, "dims", None)
+    if isinstance(dims, dict):
+        return {h: int(d) for h, d in dims.items()}
+    return {h: int(st.d(h)) for h in st.hooks}
+
+
+def check_store_matches(info: dict[str, Any], model: str, d_model: int | None) -> None:
+    """Refuse a store of another model (or d_model) with one line."""
+    if info["model"] and info["model"] != model:
+        raise UserError(f"the store holds activations of {info['model']!r}, not --model {model!r}; "
+                        f"pass --model {info['model']} or capture a store of {model}")
+    fp = info.get("fingerprint") or {}
+    if d_model is not None and fp.get("d_model") not in (None, d_model):
+        raise UserError(f"the store's d_model is {fp['d_model']}, the model's is {d_model}; "
+                        "it was captured from another model")
+
+
+def contexts_needed(tokens: int, ctx_len: int) -> int:
+    return math.ceil(tokens / max(1, ctx_len - 1))
+
+
+__all__ = ["ActivationSource", "Batch", "StoreSource", "StreamSource", "TensorSource", "check_store_matches",
+           "iter_contexts", "local_batch_size", "resolve_store_hooks", "store_info"]
+_ = json  # kept for store manifests read by callers
