@@ -27,8 +27,7 @@ rank needs the whole batch, so sources are built with a world of one.
 from __future__ import annotations
 
 import fnmatch
-import json
-import math
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,12 +104,38 @@ def iter_contexts(lm, corpus: str, *, ctx_len: int, split: str = "train", seed: 
     Uses the corpus packer of lmscope.capture.corpus (the same contexts `lmscope capture`
     stores).
     """
-    from ..capture import corpus as C
-
+    try:
+        from ..capture import corpus as C
+    except ImportError:  # corpus module not installed yet: plain text files only
+        yield from _plain_text_contexts(lm, corpus, ctx_len=ctx_len, split=split)
+        return
     for batch in C.pack(lm.tokenizer, C.iter_documents(corpus, split=split), ctx_len=ctx_len,
                         batch_size=1, bos_token_id=lm.bos_token_id, seed=seed):
         for row in batch:
             yield row
+
+
+def _plain_text_contexts(lm, corpus: str, *, ctx_len: int, split: str) -> Iterator[Tensor]:
+    """Minimal packer for .txt files: paragraphs, every 20th held out, BOS + ctx_len-1 tokens."""
+    p = Path(corpus)
+    files = sorted(p.rglob("*.txt")) if p.is_dir() else [p]
+    if not files or not all(f.is_file() for f in files):
+        raise UserError(f"corpus not found: {corpus} (pass a .txt file or folder)")
+    stream: list[int] = []
+    n = 0
+    eos = getattr(lm.tokenizer, "eos_token_id", None)
+    for f in files:
+        for doc in f.read_text(errors="replace").split("\n\n"):
+            if not doc.strip():
+                continue
+            held = n % 20 == 19
+            n += 1
+            if held != (split != "train"):
+                continue
+            stream += lm.tokenizer(doc, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
+            while len(stream) >= ctx_len - 1:
+                yield torch.tensor([lm.bos_token_id] + stream[: ctx_len - 1], dtype=torch.long)
+                stream = stream[ctx_len - 1:]
 
 
 class StreamSource:
@@ -132,9 +157,20 @@ class StreamSource:
 
     def _my_contexts(self) -> Iterator[Tensor]:
         """This rank's contexts: global context i belongs to rank i % world_size."""
-        for i, ctx in enumerate(self._contexts()):
-            if i % self.info.world_size == self.info.rank:
-                yield ctx
+        epoch = 0
+        while True:
+            n = 0
+            for i, ctx in enumerate(self._contexts()):
+                n += 1
+                if i % self.info.world_size == self.info.rank:
+                    yield ctx
+            if n < self.info.world_size:
+                raise UserError(f"the corpus {self.corpus!r} gave {n} contexts of {self.ctx_len} tokens; "
+                                "use a larger --corpus or a smaller --ctx-len")
+            epoch += 1
+            if epoch == 1 and self.info.is_main:
+                print(f"lmscope: the corpus ran out after {n} contexts; starting it again "
+                      "(later tokens repeat earlier text)", file=sys.stderr)
 
     def _activations(self, contexts: list[Tensor]) -> Batch:
         """One forward pass over [n, ctx_len] contexts -> {hook: [tokens, d]} without BOS positions."""
@@ -165,12 +201,8 @@ class StreamSource:
             pieces: dict[str, list[Tensor]] = {h: [] for h in self.hooks}
             have, pending = 0, []
             replay = refill < first_refill
-            exhausted = False
             while have < need:
-                ctx = next(ctxs, None)
-                if ctx is None:
-                    exhausted = True
-                    break
+                ctx = next(ctxs)
                 n_tokens = int((ctx[1:] != self.lm.bos_token_id).sum()) if self.lm.bos_token_id is not None \
                     else ctx.numel() - 1
                 have += n_tokens
@@ -180,9 +212,6 @@ class StreamSource:
                         for h, a in self._activations(pending).items():
                             pieces[h].append(a)
                         pending = []
-            if exhausted:
-                raise UserError(f"the corpus {self.corpus!r} ran out of text after {refill} refills; "
-                                "use fewer --tokens or a larger --corpus")
             if not replay:
                 if pending:
                     for h, a in self._activations(pending).items():
@@ -280,10 +309,5 @@ def check_store_matches(info: dict[str, Any], model: str, d_model: int | None) -
                         "it was captured from another model")
 
 
-def contexts_needed(tokens: int, ctx_len: int) -> int:
-    return math.ceil(tokens / max(1, ctx_len - 1))
-
-
 __all__ = ["ActivationSource", "Batch", "StoreSource", "StreamSource", "TensorSource", "check_store_matches",
            "iter_contexts", "local_batch_size", "resolve_store_hooks", "store_info"]
-_ = json  # kept for store manifests read by callers
