@@ -44,7 +44,7 @@ class TrainConfig:
     lr: float | None = None
     """Adam learning rate; None: 2e-4 / sqrt(d_sae / 2^14) (Gao et al. 2024 Sec. 2.4 scaling law)."""
     warmup_steps: int | None = None
-    """Linear LR warm-up steps; None: 5% of the steps (at most 1000)."""
+    """Linear LR warm-up steps; None: 1/20 of the steps (at most 1000)."""
     decay_frac: float = 0.2
     """The LR decays linearly to 0 over this final fraction of the steps."""
     ctx_len: int = 128

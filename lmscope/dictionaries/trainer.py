@@ -74,6 +74,8 @@ class TrainResult:
     metrics: dict[str, StepMetrics] = field(default_factory=dict)
     """hook -> metrics averaged over the last 10% of steps."""
     plan: TrainPlan | None = None
+    history: dict[str, list[StepMetrics]] = field(default_factory=dict)
+    """hook -> per-step metrics (the last 1000 steps)."""
 
 
 class Interrupted(Exception):
@@ -360,7 +362,8 @@ def run_training(cfg: TrainConfig, plan: TrainPlan, source: ActivationSource, *,
         metrics[s.plan.hook] = StepMetrics(*(sum(getattr(m, f) for m in h) / len(h)
                                              for f in ("loss", "fvu", "l0", "dead_frac", "aux_loss")))
     return TrainResult(out=layout.root, dictionaries=written, steps=plan.steps,
-                       tokens=plan.steps * plan.batch_size, seconds=seconds, metrics=metrics, plan=plan)
+                       tokens=plan.steps * plan.batch_size, seconds=seconds, metrics=metrics, plan=plan,
+                       history={s.plan.hook: s.history for s in slots})
 
 
 def _write_dictionaries(cfg: TrainConfig, plan: TrainPlan, slots: list[_Slot], layout: AtlasLayout, lm,
