@@ -270,6 +270,9 @@ def heldout_contexts(lm, corpus: str, *, tokens: int, ctx_len: int) -> list[Tens
             break
     if not out:
         raise UserError(f"the held-out split of corpus {corpus!r} is empty; use a larger --corpus")
+    if have < tokens:
+        print(f"lmscope: the held-out split of {corpus!r} has only {have:,} tokens; evaluating on those",
+              file=sys.stderr)
     return out
 
 

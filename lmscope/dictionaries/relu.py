@@ -4,8 +4,8 @@ f = ReLU(W_enc^T (x - b_dec) + b_enc), and the sparsity penalty is the L1 norm o
 activations weighted by the decoder row norms, lambda * sum_i f_i ||W_dec_i||
 ("Circuits Updates, April 2024"). Weighting by the norm removes the incentive to shrink
 activations while growing decoder rows, so the decoder needs no unit-norm constraint;
-rows start at norm 0.1. On save the norms are folded into the encoder (f_i * n_i and
-W_dec_i / n_i give the same reconstruction), so the saved decoder has unit rows.
+rows start at norm 0.1. The saved file keeps these norms (SAELens' `fold_W_dec_norm()`
+folds them into the encoder exactly, since f_i * n_i with W_dec_i / n_i decodes the same).
 """
 
 from __future__ import annotations

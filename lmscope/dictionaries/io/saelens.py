@@ -13,10 +13,11 @@ Pre-6.0 flat configs (hook_point, activation_fn_str, ... at the top level) are r
 
 What we write, and why:
 - The weights act on RAW activations (`normalize_activations: "none"`): our act_scale is
-  folded in (base.SparseDictionary.folded_state). The decoder rows are saved at unit norm
-  (a uniform rescale for topk/batchtopk, which keeps the top-k choice exact; a per-latent
-  fold into the encoder for relu/jumprelu), so latent activations are in raw-activation units
-  and decoder rows are feature directions, as SAELens users expect.
+  folded in (base.SparseDictionary.folded_state), and the decoder rows are saved as trained
+  (unit norm for topk/batchtopk/jumprelu) by moving the output scale into the encoder, so
+  latent activations are in raw-activation units. ReLU+L1 rows keep their learned norms
+  (SAELens' `fold_W_dec_norm()` normalizes them, exactly, if a user wants unit rows); not
+  folding them keeps save -> load exact, including the training state.
 - Architecture names: topk SAE -> "topk"; batchtopk -> "jumprelu" with threshold = ones *
   running threshold (as SAELens saves BatchTopK); jumprelu -> "jumprelu"; relu -> "standard".
   Transcoders: "transcoder"/"skip_transcoder" (relu), "jumprelu_transcoder"/
@@ -61,20 +62,15 @@ def saelens_architecture(cfg: DictionaryConfig) -> str:
 
 @torch.no_grad()
 def saelens_state(d: SparseDictionary) -> dict[str, Tensor]:
-    """Raw-space weights with unit-norm decoder rows (see the module docstring).
+    """Raw-space weights with the training-time decoder rows (see the module docstring).
 
     folded_state() gives raw-space weights whose latent activations equal the normalized
-    ones; each latent i is then rescaled by c_i (W_dec_i * c_i, encoder column / c_i,
-    threshold / c_i) so that its decoder row has unit norm.
+    ones; every latent is then rescaled by c = act_scale_out (W_dec * c, encoder / c,
+    threshold / c), so decoder rows are exactly the trained ones (unit norm except relu).
     """
     st = d.folded_state()  # raw space; decoder rows have norm ||W_dec_i|| / act_scale_out
-    if d.cfg.arch in ("topk", "batchtopk"):
-        # uniform: keeps the top-k choice exact (rows are unit norm in training).
-        c = torch.full((d.d_sae,), float(d.act_scale_out))
-    else:
-        # per latent: ReLU and JumpReLU are positively homogeneous in (pre-act, threshold).
-        norms = st["W_dec"].norm(dim=1)
-        c = torch.where(norms > 0, 1.0 / norms.clamp_min(1e-30), torch.ones_like(norms))
+    # One uniform factor: keeps the top-k choice exact and the training state recoverable.
+    c = torch.full((d.d_sae,), float(d.act_scale_out))
     st["W_dec"] = st["W_dec"] * c[:, None]
     st["W_enc"] = st["W_enc"] / c
     st["b_enc"] = st["b_enc"] / c
