@@ -179,8 +179,11 @@ def test_act_scale_is_folded_into_the_saved_weights(tmp_path):
     with torch.no_grad():
         held = x[:300]
         torch.testing.assert_close(foreign(held), d(held), rtol=1e-5, atol=1e-4)
-        # latent activations on disk are in raw units: acts_raw = acts_normalized / act_scale_out
-        torch.testing.assert_close(foreign.encode(held), d.encode(held) / d.act_scale_out, rtol=1e-5, atol=1e-4)
+        # encode() reports raw-unit activations, the same with or without our metadata
+        torch.testing.assert_close(foreign.encode(held), d.encode(held), rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(foreign.decode(foreign.encode(held)), d.decode(d.encode(held)), rtol=1e-5, atol=1e-4)
+        codes = d.encode_topk(held)
+        torch.testing.assert_close(d.decode_sparse(codes.values, codes.indices), d(held), rtol=1e-5, atol=1e-4)
         # by hand, the SAELens formula: topk(relu((x - b_dec) W_enc + b_enc)) W_dec + b_dec
         pre = (held - st["b_dec"]) @ st["W_enc"] + st["b_enc"]
         v, i = pre.topk(ACTIVE, dim=-1)

@@ -261,13 +261,21 @@ class SparseDictionary(nn.Module):
 
     # --- public inference API (raw activations in and out) ----------------------------
     def encode(self, x: Tensor) -> Tensor:
-        """[batch, d_in] raw activations -> [batch, d_sae] dense latent activations."""
-        return self.activation(self.pre_acts_normalized(x * self.act_scale))
+        """[batch, d_in] raw activations -> [batch, d_sae] dense latent activations.
+
+        Latent activations are in raw-output units (normalized activations / act_scale_out),
+        the same numbers SAELens computes from the saved file, so a feature's activation
+        does not depend on which tool opened the dictionary.
+        """
+        return self.activation(self.pre_acts_normalized(x * self.act_scale)) / self.act_scale_out
 
     def decode(self, acts: Tensor, x: Tensor | None = None) -> Tensor:
-        """[batch, d_sae] activations -> [batch, d_out] raw reconstruction (skip transcoders need x)."""
+        """[batch, d_sae] activations (as from encode) -> [batch, d_out] raw reconstruction.
+
+        Skip transcoders also need the input x.
+        """
         x_n = None if x is None else x * self.act_scale
-        return self.decode_normalized(acts, x_n) / self.act_scale_out
+        return self.decode_normalized(acts * self.act_scale_out, x_n) / self.act_scale_out
 
     def forward(self, x: Tensor) -> Tensor:
         """[batch, d_in] raw -> [batch, d_out] raw reconstruction (of x, or of the transcoder target)."""

@@ -69,12 +69,13 @@ class TopKDictionary(SparseDictionary):
         return torch.zeros_like(pre).scatter_(-1, codes.indices, codes.values)  # [batch, d_sae]
 
     def encode_topk(self, x: Tensor) -> TopKOutput:
-        """[batch, d_in] raw -> sparse code TopKOutput(values [batch, k], indices [batch, k])."""
-        return topk_codes(self.pre_acts_normalized(x * self.act_scale), self.cfg.k)
+        """[batch, d_in] raw -> sparse code TopKOutput(values [batch, k], indices [batch, k]) (units as encode)."""
+        codes = topk_codes(self.pre_acts_normalized(x * self.act_scale), self.cfg.k)
+        return TopKOutput(codes.values / self.act_scale_out, codes.indices)
 
     def decode_sparse(self, values: Tensor, indices: Tensor, x: Tensor | None = None) -> Tensor:
         """Sparse code [batch, k] -> [batch, d_out] raw reconstruction (skip transcoders need x)."""
-        out = sparse_decode(values, indices, self.W_dec) + self.b_dec  # [batch, d_out]
+        out = sparse_decode(values * self.act_scale_out, indices, self.W_dec) + self.b_dec  # [batch, d_out]
         if self.W_skip is not None:
             if x is None:
                 raise ValueError("a skip transcoder needs its input to decode: pass x=")

@@ -41,7 +41,7 @@ from ..dist import DistInfo
 from ..errors import UserError
 from .base import DictionaryConfig, SparseDictionary, build
 from .checkpoint import Checkpoints, RunState
-from .sharded import ShardedTopK
+from .sharded import ShardedTopK, gather_uneven
 from .sources import ActivationSource, Batch
 from .train_config import DictionaryPlan, TrainConfig, TrainPlan, changed_settings, resolve_plan
 
@@ -121,13 +121,19 @@ def _check_finished(layout: AtlasLayout, plan: TrainPlan, force: bool) -> None:
 
 
 def _make_slot(cfg: TrainConfig, p: DictionaryPlan, model: str, info: DistInfo, sharded: bool,
-               device: torch.device, first: Batch | None) -> _Slot:
+               device: torch.device, first: Batch | None, batch_size: int) -> _Slot:
     sae: Any = build(_dictionary_config(cfg, p, model))
     if first is not None:
         x = first[p.hook]
-        sae.init_from_data(x, first[p.out_hook] if p.out_hook else None)
-    # DDP ranks saw different first batches: rank 0's initialization wins everywhere.
-    dist.broadcast_module_(sae)
+        t = first[p.out_hook] if p.out_hook else None
+        if info.enabled and not sharded:
+            # DDP ranks hold disjoint slices of the first global batch: initialize every rank
+            # from the whole batch (rank order), exactly as a single process would.
+            sizes = dist.split_sizes(batch_size, info.world_size)
+            x = gather_uneven(x, 0, sizes)
+            t = gather_uneven(t, 0, sizes) if t is not None else None
+        sae.init_from_data(x, t)
+    dist.broadcast_module_(sae)  # identical already; makes it so even if init were not deterministic
     if sharded:
         sae = ShardedTopK(sae, info)
     sae = sae.to(device)
@@ -290,7 +296,7 @@ def run_training(cfg: TrainConfig, plan: TrainPlan, source: ActivationSource, *,
     slots = []
     for p in plan.dictionaries:
         first_dev = {h: v.to(device) for h, v in first.items()} if first is not None else None
-        slots.append(_make_slot(cfg, p, plan.model, info, sharded, device, first_dev))
+        slots.append(_make_slot(cfg, p, plan.model, info, sharded, device, first_dev, plan.batch_size))
     if state is not None:
         for s in slots:
             rank = info.rank if sharded else None
@@ -377,8 +383,6 @@ def _write_dictionaries(cfg: TrainConfig, plan: TrainPlan, slots: list[_Slot], l
         sae: SparseDictionary = s.sae.gather_full() if sharded else s.sae
         freq = s.freq.clone()
         if sharded:
-            from .sharded import gather_uneven
-
             freq = gather_uneven(freq, 0, s.sae.sizes)
         elif dist.is_active():
             dist.all_reduce_sum_(freq)
