@@ -137,10 +137,19 @@ def _make_slot(cfg: TrainConfig, p: DictionaryPlan, model: str, info: DistInfo, 
     if sharded:
         sae = ShardedTopK(sae, info)
     sae = sae.to(device)
-    opt = torch.optim.Adam(sae.parameters(), lr=1.0, betas=(0.9, 0.999))
+    opt = make_optimizer(list(sae.parameters()))
     n = sae.W_dec.shape[0]
     return _Slot(p, sae, opt, torch.zeros(n, dtype=torch.long, device=device),
                  torch.zeros(n, dtype=torch.float64, device=device))
+
+
+def make_optimizer(params: list[torch.nn.Parameter]) -> torch.optim.Adam:
+    """Adam(0.9, 0.999) (Gao et al. 2024), fused: one pass over each tensor and no full-size
+    temporaries, which is what lets a 1M-latent dictionary step within 24 GB (docs/scaling.md)."""
+    try:
+        return torch.optim.Adam(params, lr=1.0, betas=(0.9, 0.999), fused=True)
+    except (RuntimeError, TypeError, ValueError):  # a device without a fused kernel
+        return torch.optim.Adam(params, lr=1.0, betas=(0.9, 0.999), foreach=False)
 
 
 def _slot_state(s: _Slot) -> dict:
@@ -175,7 +184,7 @@ def _step(s: _Slot, batch: Batch, lr: float, plan: TrainPlan, autocast: bool, dd
     t = batch[s.plan.out_hook] if s.plan.out_hook else None
     n_local = x.shape[0]
     dead = s.since_fired >= plan.dead_tokens
-    s.opt.zero_grad(set_to_none=False)
+    s.opt.zero_grad(set_to_none=True)  # no full-size grad buffers held during the forward
     if n_local > 0:
         ctx = torch.autocast(x.device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
         with ctx:
