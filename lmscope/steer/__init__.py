@@ -1,0 +1,14 @@
+"""Intervene on features and directions during generation: clamp, add, scale, ablate, steering vectors.
+
+    ivs = parse_interventions(["blocks.6.resid_post/123=+8"], dictionaries)
+    edits = feature_edits(ivs, dictionaries)                 # error term kept
+    vec = steering_vector(lm, "Love", "Hate", layer=6)       # ActAdd
+    out = compare(lm, "I think dogs are", edits, max_new_tokens=30)
+"""
+
+from .generate import Comparison, compare, generate
+from .interventions import FeatureIntervention, feature_edits, parse_interventions
+from .vectors import SteeringVector, steering_vector, vector_edits
+
+__all__ = ["Comparison", "FeatureIntervention", "SteeringVector", "compare", "feature_edits", "generate",
+           "parse_interventions", "steering_vector", "vector_edits"]

@@ -1,0 +1,70 @@
+"""Generate with and without interventions, side by side, and the change in target probabilities.
+
+A plain loop re-running the whole sequence for every new token (no KV cache): edits that
+act on fixed positions (ActAdd adds at the first positions) then apply the same way at
+every step, and for the short generations steering is used for (tens of tokens on a
+~100M-parameter model) the quadratic cost is small. Greedy by default; with a
+temperature, sampling uses one seeded generator per run so both runs draw the same
+random numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ..capture.hooks import hooked
+
+
+@dataclass
+class Comparison:
+    prompt: str
+    unsteered: str
+    steered: str
+    interventions: list[str]
+    targets: list[dict] = field(default_factory=list)
+    """[{token, p_unsteered, p_steered}] next-token probabilities right after the prompt."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def generate(lm, prompt: str, edits: dict | None = None, *, max_new_tokens: int = 30,
+             temperature: float = 0.0, seed: int = 0) -> tuple[str, torch.Tensor]:
+    """(continuation text, next-token probabilities [vocab] after the prompt) under `edits`."""
+    toks = lm.to_tokens(prompt)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    first_probs = None
+    eos = getattr(lm.tokenizer, "eos_token_id", None)
+    new: list[int] = []
+    with hooked(lm, (), edits or {}):
+        for _ in range(max_new_tokens):
+            logits = lm.model(toks, use_cache=False).logits[0, -1].float()
+            probs = torch.softmax(logits, -1)
+            if first_probs is None:
+                first_probs = probs.cpu()
+            if temperature > 0:
+                nxt = int(torch.multinomial(torch.softmax(logits / temperature, -1).cpu(), 1, generator=gen))
+            else:
+                nxt = int(logits.argmax())
+            if nxt == eos:
+                break
+            new.append(nxt)
+            toks = torch.cat([toks, torch.tensor([[nxt]], device=toks.device)], 1)
+    if first_probs is None:  # max_new_tokens == 0
+        with hooked(lm, (), edits or {}):
+            first_probs = torch.softmax(lm.model(toks, use_cache=False).logits[0, -1].float(), -1).cpu()
+    return lm.tokenizer.decode(new), first_probs
+
+
+def compare(lm, prompt: str, edits: dict, *, interventions: list[str] | None = None,
+            max_new_tokens: int = 30, temperature: float = 0.0, seed: int = 0,
+            targets: list[int] | None = None) -> Comparison:
+    """Unsteered and steered continuations of `prompt`, and target-token probabilities."""
+    base, p0 = generate(lm, prompt, None, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    steer, p1 = generate(lm, prompt, edits, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    rows = [{"token": lm.tokenizer.decode([t]), "id": t, "p_unsteered": float(p0[t]),
+             "p_steered": float(p1[t])} for t in (targets or [])]
+    return Comparison(prompt, base, steer, interventions or [], rows)

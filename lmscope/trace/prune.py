@@ -1,0 +1,137 @@
+"""Influence, pruning, and the replacement / completeness scores of an attribution graph.
+
+Ameisen et al. 2025 (Sec. 3.3 and App. "Graph pruning"), as circuit-tracer implements it:
+
+- Normalize: B = |A| with each row divided by its sum, so B[t, s] is the fraction of
+  t's (absolute) direct input that comes from s.
+- Influence on the logits: I = w (B + B^2 + B^3 + ...), w = the logit nodes'
+  probabilities; the series ends because the graph is acyclic (B is nilpotent in
+  node order), so it is summed by repeated products until it vanishes.
+- Node pruning: keep the nodes whose influence makes up `node_threshold` (0.8) of the
+  total, sorted by influence (tokens and logits are always kept).
+- Edge pruning: on the node-pruned graph, score edge (t, s) = B[t, s] x (influence of t
+  + its logit weight), keep edges making up `edge_threshold` (0.98) of the total, then
+  drop features / errors left without outgoing edges and features without incoming ones.
+- Replacement score: the share of the token-to-logit influence that does not end in an
+  error node, tokens / (tokens + errors). Completeness score: the influence-weighted mean,
+  over nodes, of the share of a node's input that does not come from error nodes.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+
+class PruneResult(NamedTuple):
+    node_mask: Tensor
+    """bool [n_nodes] nodes kept."""
+    edge_mask: Tensor
+    """bool [n_nodes, n_nodes] edges kept (rows = targets)."""
+    cumulative: Tensor
+    """[n_nodes] cumulative share of influence at each node's rank (what circuit-tracer calls influence)."""
+    influence: Tensor
+    """[n_nodes] each node's influence on the logits (unpruned graph)."""
+
+
+class GraphScores(NamedTuple):
+    replacement: float
+    completeness: float
+
+
+def normalize_rows(A: Tensor) -> Tensor:
+    """|A| with rows summing to 1 (rows of zeros stay zero)."""
+    B = A.abs()
+    return B / B.sum(1, keepdim=True).clamp_min(1e-10)
+
+
+def influence(B: Tensor, w: Tensor, max_iter: int = 10_000) -> Tensor:
+    """w (B + B^2 + ...) for a nilpotent row-normalized B [n, n] and logit weights w [n]."""
+    cur = w @ B
+    total = cur.clone()
+    for _ in range(max_iter):
+        cur = cur @ B
+        if not bool(cur.any()) or float(cur.abs().max()) < 1e-30:
+            return total
+        total += cur
+    raise RuntimeError("influence did not converge: the graph has a cycle")
+
+
+def node_influence(A: Tensor, w: Tensor) -> Tensor:
+    return influence(normalize_rows(A), w)
+
+
+def _threshold(scores: Tensor, fraction: float) -> Tensor:
+    """The smallest score among the top scores that make up `fraction` of the total."""
+    s = scores.flatten().sort(descending=True).values
+    total = s.sum()
+    if total <= 0:
+        return s.new_tensor(float("inf"))
+    cum = s.cumsum(0) / total
+    i = min(int(torch.searchsorted(cum, torch.tensor(fraction, dtype=cum.dtype))), len(s) - 1)
+    return s[i]
+
+
+def logit_weights(graph) -> Tensor:
+    w = torch.zeros(graph.n_nodes)
+    w[graph.logit_start:] = graph.logit_probs
+    return w
+
+
+def prune(graph, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> PruneResult:
+    """Masks of the nodes and edges that carry the given fractions of influence on the logits."""
+    if not (0 <= node_threshold <= 1 and 0 <= edge_threshold <= 1):
+        raise ValueError("node_threshold and edge_threshold must be in [0, 1]")
+    A, w = graph.adjacency, logit_weights(graph)
+    n_fixed = graph.n_nodes - graph.token_start  # tokens + logits: always kept
+    infl = node_influence(A, w)
+    node_mask = infl >= _threshold(infl, node_threshold)
+    node_mask[graph.token_start:] = True
+    P = A.clone()
+    P[~node_mask] = 0
+    P[:, ~node_mask] = 0
+    Bp = normalize_rows(P)
+    edge_score = Bp * (influence(Bp, w) + w)[:, None]
+    edge_mask = (edge_score >= _threshold(edge_score, edge_threshold)) & (edge_score > 0)
+    nf = graph.n_features
+    while True:  # drop dangling nodes until nothing changes (at most n_layers + 1 rounds)
+        before = node_mask.clone()
+        edge_mask[~node_mask] = False
+        edge_mask[:, ~node_mask] = False
+        node_mask[: graph.n_nodes - n_fixed] &= edge_mask[:, : graph.n_nodes - n_fixed].any(0)
+        node_mask[:nf] &= edge_mask[:nf].any(1)
+        if torch.equal(before, node_mask):
+            break
+    order = infl.sort(descending=True)
+    cum = torch.zeros_like(infl)
+    cum[order.indices] = order.values.cumsum(0) / order.values.sum().clamp_min(1e-30)
+    return PruneResult(node_mask, edge_mask, cum, infl)
+
+
+def graph_scores(graph, mask: PruneResult | None = None) -> GraphScores:
+    """Replacement and completeness scores of the graph (of its pruned part, given a mask).
+
+    For a pruned graph, the features pruned away count as error nodes (what they carry is
+    no longer explained by the graph), so pruned scores are lower than full ones, as in
+    Ameisen et al. 2025.
+    """
+    A = graph.adjacency
+    is_err = torch.zeros(graph.n_nodes, dtype=torch.bool)
+    is_err[graph.error_start:graph.token_start] = True
+    if mask is not None:
+        dropped = ~mask.node_mask
+        dropped[graph.error_start:] = False
+        # What the dropped features wrote now counts as unexplained (error) input.
+        is_err = is_err | dropped
+    w = logit_weights(graph)
+    B = normalize_rows(A)
+    infl = influence(B, w)
+    tok = infl[graph.token_start:graph.logit_start].sum()
+    err = infl[is_err].sum()
+    replacement_score = float(tok / (tok + err).clamp_min(1e-30))
+    non_err = 1 - B[:, is_err].sum(1)
+    weight = infl + w
+    completeness_score = float((non_err * weight).sum() / weight.sum().clamp_min(1e-30))
+    return GraphScores(replacement_score, completeness_score)
