@@ -93,9 +93,15 @@ class _Slot:
     plan: DictionaryPlan
     sae: Any  # SparseDictionary or ShardedTopK
     opt: torch.optim.Adam
+    """Adam over every parameter but W_dec."""
+    opt_dec: torch.optim.Adam
+    """Adam over W_dec, stepped inside backward as soon as its gradient is complete (_update_decoder)."""
     since_fired: Tensor  # [d_local] int64: tokens since the latent last fired
     freq: Tensor  # [d_local] float64: tokens on which it fired, over the last FREQ_TOKENS tokens
     history: list[StepMetrics] = field(default_factory=list)
+    lr: float = 0.0
+    ddp: bool = False
+    decoder_done: bool = False
 
 
 # --- setting up ------------------------------------------------------------------------
@@ -137,10 +143,13 @@ def _make_slot(cfg: TrainConfig, p: DictionaryPlan, model: str, info: DistInfo, 
     if sharded:
         sae = ShardedTopK(sae, info)
     sae = sae.to(device)
-    opt = make_optimizer(list(sae.parameters()))
+    opt = make_optimizer([q for q in sae.parameters() if q is not sae.W_dec])
+    opt_dec = make_optimizer([sae.W_dec])
     n = sae.W_dec.shape[0]
-    return _Slot(p, sae, opt, torch.zeros(n, dtype=torch.long, device=device),
+    slot = _Slot(p, sae, opt, opt_dec, torch.zeros(n, dtype=torch.long, device=device),
                  torch.zeros(n, dtype=torch.float64, device=device))
+    sae.W_dec.register_post_accumulate_grad_hook(lambda _: _update_decoder(slot))
+    return slot
 
 
 def make_optimizer(params: list[torch.nn.Parameter]) -> torch.optim.Adam:
@@ -153,13 +162,15 @@ def make_optimizer(params: list[torch.nn.Parameter]) -> torch.optim.Adam:
 
 
 def _slot_state(s: _Slot) -> dict:
-    return {"model": s.sae.state_dict(), "optim": s.opt.state_dict(), "since_fired": s.since_fired.cpu(),
+    return {"model": s.sae.state_dict(), "optim": s.opt.state_dict(), "optim_dec": s.opt_dec.state_dict(),
+            "since_fired": s.since_fired.cpu(),
             "freq": s.freq.cpu(), "history": [m.__dict__ for m in s.history[-1000:]]}
 
 
 def _load_slot_state(s: _Slot, st: dict) -> None:
     s.sae.load_state_dict(st["model"])
     s.opt.load_state_dict(st["optim"])
+    s.opt_dec.load_state_dict(st["optim_dec"])
     s.since_fired.copy_(st["since_fired"])
     s.freq.copy_(st["freq"])
     s.history = [StepMetrics(**m) for m in st["history"]]
@@ -179,12 +190,50 @@ def _allreduce_grads(params: list[torch.nn.Parameter]) -> None:
         off += g.numel()
 
 
+@torch.no_grad()
+def _remove_parallel_grad_(W: Tensor, g: Tensor, rows: int = 65536) -> None:
+    """Gao et al. 2024 App. A.4: project out each decoder row's gradient component along the row.
+
+    Same math as SparseDictionary.remove_parallel_grad_, a block of rows at a time, so a
+    1M-latent decoder needs no full-size temporaries.
+    """
+    for i in range(0, W.shape[0], rows):
+        w = W[i:i + rows]
+        w = w / w.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        g[i:i + rows] -= (g[i:i + rows] * w).sum(1, keepdim=True) * w
+
+
+@torch.no_grad()
+def _update_decoder(s: _Slot) -> None:
+    """(DDP all-reduce,) parallel-gradient removal, Adam step and row renormalization of W_dec.
+
+    Runs from W_dec's post-accumulate-grad hook, i.e. during backward, once every use of
+    W_dec has contributed; its gradient is then freed before the encoder's is formed, so
+    the two full-size gradients never coexist (what lets 1M latents step in 24 GB).
+    """
+    W = s.sae.W_dec
+    if W.grad is None:
+        W.grad = torch.zeros_like(W)
+    if s.ddp:
+        dist.all_reduce_sum_(W.grad)
+    if s.sae.cfg.unit_norm_decoder:
+        _remove_parallel_grad_(W, W.grad)
+    for g in s.opt_dec.param_groups:
+        g["lr"] = s.lr
+    s.opt_dec.step()
+    W.grad = None
+    s.sae.normalize_decoder_()
+    s.decoder_done = True
+
+
 def _step(s: _Slot, batch: Batch, lr: float, plan: TrainPlan, autocast: bool, ddp: bool) -> StepMetrics:
     x = batch[s.plan.hook]
     t = batch[s.plan.out_hook] if s.plan.out_hook else None
     n_local = x.shape[0]
     dead = s.since_fired >= plan.dead_tokens
     s.opt.zero_grad(set_to_none=True)  # no full-size grad buffers held during the forward
+    s.opt_dec.zero_grad(set_to_none=True)
+    s.lr, s.ddp, s.decoder_done = lr, ddp, False
     if n_local > 0:
         ctx = torch.autocast(x.device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
         with ctx:
@@ -194,23 +243,22 @@ def _step(s: _Slot, batch: Batch, lr: float, plan: TrainPlan, autocast: bool, dd
         (out.loss * weight).backward()
         fired = out.fired
         metrics = [float(out.loss.detach()), float(out.fvu), float(out.l0), float(out.aux_loss)]
-    else:  # an empty slice of an uneven batch: still take part in the all-reduce
+    else:  # an empty slice of an uneven batch: still take part in the all-reduces
         fired = torch.zeros_like(dead)
         metrics = [0.0, 0.0, 0.0, 0.0]
-    params = [p for p in s.sae.parameters()]
+    if not s.decoder_done:  # no backward reached W_dec on this rank
+        _update_decoder(s)
+    params = [p for p in s.sae.parameters() if p is not s.sae.W_dec]
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
     if ddp:
         _allreduce_grads(params)
         fired = dist.all_reduce_max_(fired.to(torch.uint8)).bool()
-    s.sae.remove_parallel_grad_()
     for g in s.opt.param_groups:
         g["lr"] = lr
     s.opt.step()
-    s.sae.normalize_decoder_()
-    n_global = plan.batch_size
-    s.since_fired += n_global
+    s.since_fired += plan.batch_size
     s.since_fired[fired] = 0
     return StepMetrics(loss=metrics[0], fvu=metrics[1], l0=metrics[2], aux_loss=metrics[3],
                        dead_frac=float(dead.float().mean()))
