@@ -117,13 +117,14 @@ class Replacement:
         return self.tokens.shape[1]
 
     def forward(self, batch: int = 1, *, acts: dict[int, Tensor] | None = None,
-                errors: dict[int, Tensor] | None = None, grad: bool = False,
+                errors: dict[int, Tensor] | None = None, embed: Tensor | None = None, grad: bool = False,
                 logits: bool = True) -> ReplacementRun:
         """A frozen forward on `batch` copies of the prompt.
 
         acts: layer -> [batch|1, pos, d_sae] feature activations to use instead of the
         prompt's (interventions; direct effects only, since activations are inputs).
-        errors: layer -> [pos, d_model] replaced error nodes. With `grad`, the returned
+        errors: layer -> [pos, d_model] replaced error nodes; embed: [pos, d_model] replaced
+        token embeddings (what enters block 0). With `grad`, the returned
         leaves/tensors carry the autograd graph of the linear replacement model.
         """
         lm = self.lm
@@ -152,7 +153,7 @@ class Replacement:
                 return w.expand(x.shape) + leaves[L]
             return f
 
-        edits = {"embed": lambda x: x.detach() + embed_leaf}
+        edits = {"embed": lambda x: (x.detach() if embed is None else embed.to(x.dtype).expand(x.shape)) + embed_leaf}
         for L in self.layers:
             edits[f"blocks.{L}.mlp_in"] = take_in(L)
             edits[f"blocks.{L}.mlp_out"] = put_out(L)
