@@ -173,7 +173,7 @@ def trace(lm, dictionaries: dict[str, object], prompt: str, *, target: str | int
     if labels is not None:
         for r in rows:
             r.label = labels(r.hook, r.feature) or ""
-    probs = torch.softmax(logits, -1)
+    probs = torch.softmax(logits.detach(), -1)
     return TraceResult(prompt, str_tokens, lm.tokenizer.decode([target_id]), target_id,
                        None if vs_id is None else lm.tokenizer.decode([vs_id]), vs_id,
                        float(value.detach()), float(probs[target_id]), rows)

@@ -1,0 +1,166 @@
+"""`trace`: DLA and gradient x activation on tiny real models, checked by ablation; the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lmscope.atlas.layout import AtlasLayout
+from lmscope.cli import main
+from lmscope.dictionaries import DictionaryConfig, build, transcoder_config
+from lmscope.errors import UserError
+from lmscope.models.tiny import tiny_model
+from lmscope.trace import resolve_target, trace, verify
+from lmscope.trace.dictmath import decoder_rows
+from lmscope.trace.frozen import _NormLinearization
+
+PROMPT = "the cat sat on the big red"
+SAE_HOOKS = ("blocks.0.resid_post", "blocks.1.mlp_out", "blocks.2.resid_post")
+
+
+def small_saes(lm, scale=0.1):
+    """Random TopK SAEs whose features write small vectors (so first-order predictions hold)."""
+    out = {}
+    for i, h in enumerate(SAE_HOOKS):
+        d = build(DictionaryConfig(d_in=lm.d_model, d_sae=128, arch="topk", k=8, hook_name=h, seed=i))
+        with torch.no_grad():
+            d.W_dec.mul_(scale)
+        out[h] = d.eval()
+    return out
+
+
+def make_atlas(root, lm, *, transcoders=True, saes=True):
+    """A real atlas folder: the tiny model saved as a HF folder + SAELens-format dictionaries."""
+    model_dir = root / "model"
+    lm.model.save_pretrained(model_dir)
+    lm.tokenizer.save_pretrained(model_dir)
+    layout = AtlasLayout(root / "atlas")
+    dicts = dict(small_saes(lm)) if saes else {}
+    if transcoders:
+        for L in range(lm.n_layers):
+            tc = build(transcoder_config(L, lm.d_model, 64, arch="topk", k=4, seed=L))
+            with torch.no_grad():
+                tc.b_enc.normal_(0, 0.1, generator=torch.Generator().manual_seed(L))
+            dicts[tc.cfg.hook_name] = tc
+    for hook, d in dicts.items():
+        d.save(layout.dictionary_dir(hook))
+        layout.add_dictionary(hook, model=str(model_dir), arch=d.cfg.arch, d_sae=d.cfg.d_sae)
+    return layout.root, dicts
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return tiny_model("llama", n_layers=3)
+
+
+@pytest.fixture(scope="module")
+def atlas(lm, tmp_path_factory):
+    return make_atlas(tmp_path_factory.mktemp("trace"), lm)
+
+
+def test_grad_x_act_predicts_ablation(lm):
+    """Ablating a feature (error kept) changes the target by about -grad x act; ranks agree."""
+    saes = small_saes(lm)
+    res = trace(lm, saes, PROMPT, top=12)
+    ver = verify(lm, saes, res, top=12)
+    single = [v for v in ver if v["pos"] is not None]
+    pred = torch.tensor([v["predicted"] for v in single])
+    actual = torch.tensor([v["actual"] for v in single])
+    assert actual.abs().max() > 0
+    assert (pred - actual).abs().max() < 0.15 * actual.abs().max()
+    # Spearman rank correlation of |predicted| and |actual| effects.
+    rp = pred.abs().argsort().argsort().float()
+    ra = actual.abs().argsort().argsort().float()
+    rho = 1 - 6 * ((rp - ra) ** 2).sum() / (len(rp) * (len(rp) ** 2 - 1))
+    assert rho > 0.8
+    assert (pred.sign() == actual.sign()).float().mean() >= 0.9
+    joint = ver[-1]
+    assert joint["pos"] is None and abs(joint["actual"]) > 0
+
+
+def test_dla_is_the_direct_path_through_the_frozen_final_norm(lm):
+    """DLA of a last-layer feature = what it writes x frozen norm scale x norm weight . W_U[target]."""
+    saes = small_saes(lm)
+    res = trace(lm, saes, PROMPT, top=200)
+    toks = lm.to_tokens(PROMPT)
+    resid = lm.run(toks, capture=["blocks.2.resid_post"]).acts["blocks.2.resid_post"][0, -1]
+    norm = lm.hooks.final_norm
+    inv = torch.rsqrt(resid.pow(2).mean() + norm.variance_epsilon)
+    u = lm.model.get_output_embeddings().weight[res.target_id].detach()
+    d = saes["blocks.2.resid_post"]
+    rows = [r for r in res.features if r.hook == "blocks.2.resid_post" and r.pos == toks.shape[1] - 1]
+    assert rows
+    for r in rows:
+        v = r.activation * decoder_rows(d)[r.feature]
+        assert r.dla == pytest.approx(float((v * inv * norm.weight.detach()) @ u), rel=1e-4, abs=1e-7)
+    # Features at earlier positions have no direct path to the last logits.
+    assert all(r.dla == 0 for r in res.features if r.pos != toks.shape[1] - 1)
+
+
+def test_target_and_vs(lm):
+    saes = small_saes(lm)
+    logits = lm.model(lm.to_tokens(PROMPT)).logits[0, -1]
+    top = int(logits.argmax())
+    res = trace(lm, saes, PROMPT)
+    assert res.target_id == top and res.value == pytest.approx(float(logits[top]), abs=1e-5)
+    cat, dog = resolve_target(lm, "cat"), resolve_target(lm, "dog")
+    res2 = trace(lm, saes, PROMPT, target="cat", vs="dog")
+    assert res2.value == pytest.approx(float(logits[cat] - logits[dog]), abs=1e-5)
+
+
+def test_bad_targets(lm):
+    with pytest.raises(UserError, match=r"is 2 tokens \['big', 'red'\]"):
+        resolve_target(lm, "big red")
+    with pytest.raises(UserError, match="not in the vocabulary"):
+        resolve_target(lm, "zebra")
+
+
+def test_norm_linearization_llama_and_gemma():
+    for fam in ("llama", "gemma2", "gpt2"):
+        m = tiny_model(fam, n_layers=1)
+        lin = _NormLinearization(m.hooks.final_norm)
+        x = torch.randn(2, 5, m.d_model)
+        assert torch.allclose(lin.apply(x, lin.inv_sigma(x)), m.hooks.final_norm(x), atol=1e-5)
+
+
+# --- CLI -------------------------------------------------------------------------------------
+def test_cli_trace_json_and_verify(atlas, capsys):
+    root, _ = atlas
+    assert main(["trace", str(root), PROMPT, "--target", "cat", "--verify", "--top", "5", "--json",
+                 "--hooks", "blocks.*.resid_post"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["target"] == "cat" and len(d["features"]) == 5
+    assert all(f["hook"].endswith("resid_post") for f in d["features"])
+    assert len(d["verification"]) == 6  # 5 one at a time + jointly
+    assert main(["trace", str(root), PROMPT, "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "grad*act" in out and "ablation (error term kept)" in out
+
+
+def test_cli_graph_writes_viewer_json(atlas, tmp_path, capsys):
+    root, _ = atlas
+    out = tmp_path / "g.json"
+    assert main(["graph", str(root), PROMPT, "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    g = json.loads(out.read_text())
+    assert set(g) == {"metadata", "qParams", "nodes", "links"} and summary["links"] == len(g["links"])
+    assert main(["graph", str(root), PROMPT, "--out", str(out)]) == 2  # no overwrite without --force
+    assert "--force" in capsys.readouterr().err
+    assert main(["graph", str(root), PROMPT, "--out", str(out), "--force", "--max-memory-gb", "0.000001"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs about" in err and "GB" in err
+
+
+def test_cli_bad_input_is_one_line(atlas, lm, tmp_path, capsys):
+    root, _ = atlas
+    assert main(["trace", str(root), PROMPT, "--target", "big red"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "2 tokens" in err
+    assert main(["trace", str(root), PROMPT, "--hooks", "blocks.9.resid_post"]) == 2
+    assert "matches no dictionary" in capsys.readouterr().err
+    only_saes, _ = make_atlas(tmp_path, lm, transcoders=False)
+    assert main(["graph", str(only_saes), PROMPT]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing layers 0-2" in err
