@@ -60,8 +60,18 @@ class _SparseEncoderGrad(torch.autograd.Function):
         grad_x = grad_W = grad_b = None
         if ctx.needs_input_grad[0]:
             # grad_x[b] = sum_j g[b, j] * W_enc[:, indices[b, j]]
-            W_t = W_enc.t().contiguous()  # [d_sae, d_in]
-            grad_x = F.embedding_bag(indices, W_t, per_sample_weights=g, mode="sum").to(x_in.dtype)
+            if d_sae > indices.numel():
+                # Huge dictionaries (1M+ latents): gather only the active columns instead of a
+                # full transposed copy of W_enc (2.4 GB at 1M x 576), a chunk of tokens at a time.
+                W_t = W_enc.t()  # [d_sae, d_in] view, no copy
+                grad_x = torch.empty(x_in.shape, dtype=W_enc.dtype, device=W_enc.device)
+                for s in range(0, indices.shape[0], 512):
+                    rows = W_t[indices[s:s + 512]]  # [chunk, k, d_in]
+                    torch.bmm(g[s:s + 512, None, :], rows, out=grad_x[s:s + 512, None, :])
+                grad_x = grad_x.to(x_in.dtype)
+            else:
+                W_t = W_enc.t().contiguous()  # [d_sae, d_in]
+                grad_x = F.embedding_bag(indices, W_t, per_sample_weights=g, mode="sum").to(x_in.dtype)
         if ctx.needs_input_grad[1]:
             # grad W_enc[:, c] = sum over (b, j) with indices[b, j] == c of g[b, j] * x_in[b]
             grad_W = _sparse_t_matmul(indices, g, x_in.to(W_enc.dtype), d_sae).t()  # [d_in, d_sae]
