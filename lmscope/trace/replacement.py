@@ -172,17 +172,25 @@ class Replacement:
         return run.mlp_in[layer] @ st.enc + st.enc_bias
 
 
-def _layer_state(L: int, tc, mlp_in: Tensor, mlp_out: Tensor) -> LayerState:
-    """Features, error node and raw-unit encoder/decoder of one transcoder on the prompt."""
+def _layer_state(L: int, tc, mlp_in: Tensor, mlp_out: Tensor, zero_bos: bool) -> LayerState:
+    """Features, error node and raw-unit encoder/decoder of one transcoder on the prompt.
+
+    With `zero_bos`, features at the BOS position are dropped (their write goes to the
+    error node), as circuit-tracer does: the BOS residual is huge and the same for every
+    prompt, so its features are attention-sink bookkeeping, not part of a circuit.
+    """
     with torch.no_grad():
         acts = tc.encode(mlp_in)  # [pos, d_sae]
+        if zero_bos:
+            acts[0] = 0
         recon = tc.decode(acts, mlp_in)  # [pos, d_model]
         enc = encoder_affine(tc)
         return LayerState(L, tc, acts, mlp_out - recon, mlp_in, decoder_rows(tc), enc.weight, enc.bias)
 
 
 @contextlib.contextmanager
-def replacement(lm, transcoders: dict[int, object], tokens: Tensor) -> Iterator[Replacement]:
+def replacement(lm, transcoders: dict[int, object], tokens: Tensor, *,
+                zero_bos: bool = True) -> Iterator[Replacement]:
     """Build the replacement model on tokens [1, pos]; frozen attention/norms while open."""
     if tokens.shape[0] != 1:
         raise ValueError("the replacement model is built on one prompt: tokens [1, pos]")
@@ -191,7 +199,8 @@ def replacement(lm, transcoders: dict[int, object], tokens: Tensor) -> Iterator[
     with frozen(lm) as fz:
         with torch.no_grad(), hooked(lm, names) as got:
             out = fz.record(tokens)
-        layers = {L: _layer_state(L, tc, got[f"blocks.{L}.mlp_in"][0], got[f"blocks.{L}.mlp_out"][0])
+        bos = zero_bos and lm.bos_token_id is not None and int(tokens[0, 0]) == lm.bos_token_id
+        layers = {L: _layer_state(L, tc, got[f"blocks.{L}.mlp_in"][0], got[f"blocks.{L}.mlp_out"][0], bos)
                   for L, tc in sorted(transcoders.items())}
         fz.frozen = True
         try:
