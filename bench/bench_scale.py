@@ -30,8 +30,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def one(width: int, d_model: int, batch: int, steps: int, k: int) -> dict:
-    """Build a `width`-latent TopK dictionary and take `steps` training steps; measure."""
+def one(width: int, d_model: int, batch: int, steps: int, k: int, auxk: bool) -> dict:
+    """Build a `width`-latent TopK dictionary and take `steps` training steps; measure.
+
+    With `auxk`, every latent counts as dead from step 2 on, so the AuxK loss runs too (its
+    second decode/encode adds two full-size gradient temporaries, see docs/scaling.md).
+    """
+    aux_after = batch if auxk else 10**12
     sys.path.insert(0, str(ROOT))
     from lmscope.dictionaries.train_config import TrainConfig, resolve_plan
     from lmscope.dictionaries.trainer import _make_slot, _step
@@ -39,7 +44,7 @@ def one(width: int, d_model: int, batch: int, steps: int, k: int) -> dict:
 
     torch.manual_seed(0)
     cfg = TrainConfig(model="bench", hooks="h", width=str(width), k=k, tokens=batch * (steps + 1),
-                      batch_size=batch, progress=False, dead_tokens=batch)  # AuxK active from step 2
+                      batch_size=batch, progress=False, dead_tokens=aux_after)
     plan = resolve_plan(cfg, hooks=[("h", None)], dims={"h": d_model}, model="bench", world_size=1,
                         source="random", fingerprint={})
     x = torch.randn(batch, d_model) * 3 + 1
@@ -65,7 +70,7 @@ def one(width: int, d_model: int, batch: int, steps: int, k: int) -> dict:
             "first_step_s": times[0], "gemm_s": min(gemm),
             "gemm_gflops": 2 * batch * d_model * width / min(gemm) / 1e9,
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-            "rss_after_init_gb": rss_init, "dead_frac_last": m.dead_frac,
+            "rss_after_init_gb": rss_init, "dead_frac_last": m.dead_frac, "auxk": auxk,
             "param_bytes": sum(p.numel() * p.element_size() for p in slot.sae.parameters())}
 
 
@@ -75,6 +80,15 @@ def peak_gemm(n: int = 2048) -> float:
     a @ b
     best = min(_timed(lambda: a @ b) for _ in range(3))
     return 2 * n**3 / best / 1e9
+
+
+def mem_bandwidth(n_bytes: int = 2**29) -> float:
+    """Copy bandwidth in GB/s (read + write counted) on a 512 MB buffer."""
+    a = torch.empty(n_bytes // 4)
+    b = torch.empty_like(a)
+    b.copy_(a)
+    best = min(_timed(lambda: b.copy_(a)) for _ in range(3))
+    return 2 * n_bytes / best / 1e9
 
 
 def _timed(f) -> float:
@@ -91,17 +105,18 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--auxk", action="store_true", help="make every latent dead so AuxK runs each step")
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "scale.json"))
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     if a.one is not None:
-        print(json.dumps(one(a.one, a.d_model, a.batch, a.steps, a.k)))
+        print(json.dumps(one(a.one, a.d_model, a.batch, a.steps, a.k, a.auxk)))
         return
     rows = []
     for w in [int(x) for x in a.widths.split(",")]:
         cmd = [sys.executable, __file__, "--one", str(w), "--d-model", str(a.d_model), "--batch", str(a.batch),
-               "--k", str(a.k), "--steps", str(a.steps), "--threads", str(a.threads)]
+               "--k", str(a.k), "--steps", str(a.steps), "--threads", str(a.threads)] + (["--auxk"] if a.auxk else [])
         p = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS=str(a.threads)))
         if p.returncode != 0:
             print(f"width {w}: failed ({p.returncode}): {p.stderr[-500:]}", file=sys.stderr)
@@ -112,6 +127,7 @@ def main() -> None:
               f"{r['gemm_gflops']:.0f} GFLOP/s), peak RSS {r['peak_rss_gb']:.2f} GB, init {r['init_s']:.1f}s",
               flush=True)
     peak = peak_gemm()
+    bw = mem_bandwidth()
     # Fit t_step = a * gemm_s + c * width (least squares over the widths measured).
     fit = None
     if len(rows) >= 2:
@@ -121,11 +137,11 @@ def main() -> None:
         y = np.array([r["step_s"] for r in rows])
         (ga, c), *_ = np.linalg.lstsq(A, y, rcond=None)
         fit = {"gemm_multiplier": float(ga), "seconds_per_latent": float(c)}
-    res = {"machine": {"cpus": os.cpu_count(), "threads": a.threads, "peak_gemm_gflops": peak,
+    res = {"machine": {"cpus": os.cpu_count(), "threads": a.threads, "peak_gemm_gflops": peak, "copy_gbps": bw,
                        "torch": torch.__version__}, "rows": rows, "fit": fit}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=2))
-    print(f"peak fp32 GEMM {peak:.0f} GFLOP/s; fit {fit}; -> {a.out}")
+    print(f"peak fp32 GEMM {peak:.0f} GFLOP/s, copy {bw:.1f} GB/s; fit {fit}; -> {a.out}")
 
 
 if __name__ == "__main__":
