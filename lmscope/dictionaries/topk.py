@@ -48,10 +48,12 @@ def auxk_loss(dict_: SparseDictionary, pre: Tensor, x_in: Tensor, residual: Tens
         return zero
     k_aux = min(dict_.cfg.resolved_aux_k, n_dead)
     with torch.no_grad():
-        masked = pre.masked_fill(~dead_mask.to(pre.device), float("-inf"))  # [batch, d_sae]
-        codes = topk_codes(masked, k_aux)
-    values = sparse_encoder_grad(x_in, dict_.W_enc, dict_.b_enc, codes.values, codes.indices)
-    e_hat = sparse_decode(values, codes.indices, dict_.W_dec)  # [batch, d_out]
+        # Rank only the dead columns ([batch, n_dead], usually a small slice of d_sae).
+        dead_ids = dead_mask.to(pre.device).nonzero().squeeze(1)  # [n_dead]
+        local = topk_codes(pre.index_select(1, dead_ids), k_aux)  # [batch, k_aux] into dead_ids
+        indices = dead_ids[local.indices]  # [batch, k_aux] latent ids
+    values = sparse_encoder_grad(x_in, dict_.W_enc, dict_.b_enc, local.values, indices)
+    e_hat = sparse_decode(values, indices, dict_.W_dec)  # [batch, d_out]
     return (e_hat.float() - residual.float()).pow(2).sum(-1).mean()
 
 
