@@ -1,0 +1,61 @@
+"""`lmscope serve`: open the local web viewer over an atlas.
+
+    lmscope serve atlas/                      # http://127.0.0.1:8765
+    lmscope serve atlas/ --port 9000 --open   # and open a browser tab
+"""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "serve", help="local web viewer: scan prompts, feature pages, search, atlas overview",
+        description="Serve the atlas viewer on this machine (loopback only unless --host says "
+                    "otherwise). Pages: scan (brain map, per-token features), feature profiles, "
+                    "search (labels and features that fire on a text), atlas overview.")
+    p.add_argument("atlas", help="atlas folder")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to bind (default: 127.0.0.1; 0.0.0.0 exposes the viewer to your network)")
+    p.add_argument("--port", type=int, default=8765, help="port (default: 8765; 0 picks a free one)")
+    p.add_argument("--open", action="store_true", help="open the viewer in the default browser")
+    p.add_argument("--max-tokens", type=int, default=256, help="longest prompt accepted, in tokens (default: 256)")
+    p.add_argument("--max-body-kb", type=int, default=64, help="largest request body in KiB (default: 64)")
+    p.add_argument("--hooks", default=None, help="only these dictionaries (names or globs, comma-separated)")
+    p.add_argument("--model", default=None, help="override the atlas's model (same architecture)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--verbose", action="store_true", help="log every request")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    import sys
+
+    from ..errors import UserError
+    from ..read import Reader
+    from ..viewer.server import Limits, make_server
+
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must be between 0 and 65535, got {args.port}")
+    if args.max_tokens < 1 or args.max_body_kb < 1:
+        raise UserError("--max-tokens and --max-body-kb must be >= 1")
+    reader = Reader.open(args.atlas, model=args.model, device=args.device, hooks=args.hooks,
+                         max_tokens=args.max_tokens)
+    server = make_server(reader, host=args.host, port=args.port,
+                         limits=Limits(max_body_bytes=args.max_body_kb * 1024), verbose=args.verbose)
+    host, port = server.server_address[:2]
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}/"
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host}: anyone who can reach this machine can use the viewer",
+              file=sys.stderr)
+    print(f"lmscope viewer for {args.atlas} at {url}  (Ctrl-C to stop)", flush=True)
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0

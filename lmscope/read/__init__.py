@@ -1,0 +1,18 @@
+"""Read a prompt through an atlas: the one scan engine and its renderers.
+
+    from lmscope.read import Reader, compare
+    reader = Reader.open("atlas/")
+    res = reader.scan("The horse galloped across the field")     # ScanResult
+    cmp = compare(reader, "prompt A", "prompt B")                 # CompareResult
+    print(render_scan(res)); render_png(res, "scan.png"); write_html(res, "scan.html")
+"""
+
+from .compare import CompareResult, FeatureDiff, compare
+from .render_html import render_html, write_html
+from .render_png import render_png
+from .render_terminal import render_compare, render_scan
+from .scan import FeatureHit, Reader, ScanResult, feature_id, parse_feature_id, scan
+
+__all__ = ["CompareResult", "FeatureDiff", "FeatureHit", "Reader", "ScanResult", "compare", "feature_id",
+           "parse_feature_id", "render_compare", "render_html", "render_png", "render_scan", "scan",
+           "write_html"]

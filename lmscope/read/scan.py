@@ -1,0 +1,242 @@
+"""The one reading engine: run a prompt through the model and every dictionary of an atlas.
+
+    reader = Reader.open("atlas/")                 # model + dictionaries + labels, loaded once
+    res = reader.scan("The horse galloped across the field", top_k=5)
+    res.tokens                                     # ['<bos>', 'The', ' horse', ...]
+    res.top["blocks.15.resid_post"][3]             # [FeatureHit(hook, feature, act, label), ...] at token 3
+    res.brain                                      # [n_dicts][pos] activity in [0, 1] (the brain map)
+
+The CLI (`lmscope scan`), the JSON API and the web viewer all call `Reader.scan`; there is
+no second implementation of "which features fire". One forward pass captures every
+dictionary's hook point (the forward stops after the deepest one, capture.hooks.run), then
+each dictionary encodes its activations.
+
+Brain map: for each dictionary and token, the sum of the token's active feature activations
+(the dictionary's "activity"), divided by that dictionary's largest activity over the
+prompt's non-BOS tokens, so each row spans [0, 1] and rows of dictionaries with different
+scales are comparable by shape. BOS is left out of the normalization because its residual is
+an outlier in most models (huge norm, "attention sink", Xiao et al. 2023) and would flatten
+every other column; its cell is clipped to 1.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..errors import UserError, close_matches
+
+SCHEMA_VERSION = 1
+DEFAULT_MAX_TOKENS = 256
+
+LabelFn = Callable[[str, int], "str | None"]
+
+
+@dataclass(frozen=True)
+class FeatureHit:
+    """One active feature at one token."""
+
+    hook: str
+    feature: int
+    act: float
+    label: str | None = None
+
+    @property
+    def id(self) -> str:
+        return feature_id(self.hook, self.feature)
+
+    def display(self) -> str:
+        """The label, or the feature's id marked unlabeled (explanations may not exist yet)."""
+        return self.label if self.label else f"{self.id} (unlabeled)"
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "id": self.id}
+
+
+@dataclass
+class ScanResult:
+    """Everything a scan shows: tokens, top features per dictionary and token, the brain map."""
+
+    prompt: str
+    model: str
+    tokens: list[str]
+    token_ids: list[int]
+    hooks: list[str]
+    """Dictionaries scanned, in model order (rows of the brain map)."""
+    top: dict[str, list[list[FeatureHit]]]
+    """hook -> per token, the top features by activation (only active ones)."""
+    brain: list[list[float]]
+    """[n_hooks][pos] activity normalized per dictionary to [0, 1]."""
+    activity: list[list[float]]
+    """[n_hooks][pos] raw activity: sum of the token's active feature activations."""
+    n_active: list[list[int]]
+    """[n_hooks][pos] number of active features."""
+    has_bos: bool = True
+    schema_version: int = SCHEMA_VERSION
+
+    def token_features(self, pos: int, limit: int | None = None) -> list[FeatureHit]:
+        """All dictionaries' top features at token `pos`, strongest first."""
+        hits = [h for hook in self.hooks for h in self.top[hook][pos]]
+        hits.sort(key=lambda h: -h.act)
+        return hits[:limit] if limit else hits
+
+    def to_dict(self) -> dict:
+        return {
+            "schema_version": self.schema_version, "prompt": self.prompt, "model": self.model,
+            "tokens": self.tokens, "token_ids": self.token_ids, "hooks": self.hooks,
+            "has_bos": self.has_bos, "brain": self.brain, "activity": self.activity,
+            "n_active": self.n_active,
+            "top": {hook: [[h.to_dict() for h in row] for row in rows] for hook, rows in self.top.items()},
+        }
+
+
+def feature_id(hook: str, feature: int) -> str:
+    return f"{hook}/{feature}"
+
+
+def parse_feature_id(text: str) -> tuple[str, int]:
+    """'blocks.15.resid_post/1234' -> ('blocks.15.resid_post', 1234); UserError otherwise."""
+    hook, sep, idx = text.rpartition("/")
+    if not sep or not hook or not idx.isdigit():
+        raise UserError(f"feature id {text!r} should look like HOOK/INDEX, e.g. blocks.15.resid_post/1234")
+    return hook, int(idx)
+
+
+# --- the engine ----------------------------------------------------------------------------
+class Reader:
+    """A model, its atlas dictionaries and their labels, loaded once; scans many prompts.
+
+    Thread-safe: the model run registers hooks on shared modules, so runs are serialized by a
+    lock (the web server calls `scan` from several threads).
+    """
+
+    def __init__(self, lm, dicts: dict, *, labels: LabelFn | None = None, atlas: str | Path | None = None,
+                 max_tokens: int = DEFAULT_MAX_TOKENS, db=None) -> None:
+        if not dicts:
+            raise UserError("no dictionaries to scan with; train some with `lmscope train`")
+        self.lm = lm
+        order = {n: i for i, n in enumerate(lm.hooks.names())}
+        self.hooks = sorted(dicts, key=lambda h: (order.get(h, len(order)), h))
+        self.dicts = {h: dicts[h] for h in self.hooks}
+        self.labels = labels
+        self.atlas = Path(atlas) if atlas is not None else None
+        self.max_tokens = max_tokens
+        self.db = db
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, atlas: str | Path, *, model: str | None = None, device: str = "cpu",
+             hooks: str | None = None, max_tokens: int = DEFAULT_MAX_TOKENS) -> "Reader":
+        """Load the atlas's model, its dictionaries (optionally only `hooks` globs) and labels."""
+        from ..atlas.layout import AtlasLayout
+        from ..dictionaries import load_dictionary
+        from ..models import load_model
+        from .profiles import open_db
+
+        layout = AtlasLayout(atlas)
+        manifest = layout.read()
+        entries = manifest.get("dictionaries", {})
+        if not entries:
+            raise UserError(f"atlas {atlas} holds no dictionaries yet; train some with `lmscope train`")
+        if hooks:
+            wanted = [h.strip() for h in hooks.split(",") if h.strip()]
+            entries = {h: e for h, e in entries.items() if any(fnmatch.fnmatchcase(h, w) for w in wanted)}
+            if not entries:
+                raise UserError(f"--hooks {hooks!r} matches no dictionary in the atlas"
+                                f"{close_matches(wanted[0], list(manifest['dictionaries']))}; it has: "
+                                f"{', '.join(sorted(manifest['dictionaries']))}")
+        lm = load_model(model or manifest["model"], device=device)
+        dicts = {}
+        for hook, e in entries.items():
+            d = load_dictionary(layout.root / e.get("path", f"dictionaries/{hook}"), device=device)
+            dicts[hook] = d.to(device).eval()
+            if hook not in lm.hooks:
+                raise UserError(f"dictionary {hook} does not match a hook point of model {lm.name}; "
+                                f"is this atlas for another model?")
+        db = open_db(layout)
+        return cls(lm, dicts, labels=db.label if db is not None else None, atlas=layout.root,
+                   max_tokens=max_tokens, db=db)
+
+    def label(self, hook: str, feature: int) -> str | None:
+        if self.labels is None:
+            return None
+        try:
+            return self.labels(hook, feature) or None
+        except Exception:  # a half-written DB must never break a scan
+            return None
+
+    def tokenize(self, prompt: str) -> torch.Tensor:
+        """[1, pos] token ids with BOS; UserError when empty or longer than max_tokens."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise UserError("the prompt is empty; type some text to scan")
+        # Cheap guard before tokenizing: no tokenizer makes fewer than 1 token per 64 chars.
+        if len(prompt) > 64 * self.max_tokens:
+            raise UserError(f"the prompt is too long ({len(prompt)} characters); "
+                            f"at most {self.max_tokens} tokens are scanned")
+        tokens = self.lm.to_tokens(prompt)  # [1, pos]
+        if tokens.shape[1] > self.max_tokens:
+            raise UserError(f"the prompt is {tokens.shape[1]} tokens long; at most {self.max_tokens} "
+                            f"are scanned (shorten it or raise --max-tokens)")
+        return tokens
+
+    @torch.no_grad()
+    def encode(self, prompt: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(tokens [1, pos], {hook: dense feature activations [pos, d_sae]}) for one prompt."""
+        from ..capture.hooks import run
+
+        tokens = self.tokenize(prompt)
+        with self._lock:
+            acts = run(self.lm, tokens, capture=self.hooks).acts  # {hook: [1, pos, d]}
+            feats = {}
+            for hook, d in self.dicts.items():
+                x = acts[hook][0].to(d.W_dec.dtype)  # [pos, d_in]
+                feats[hook] = d.encode(x).float()  # [pos, d_sae]
+        return tokens, feats
+
+    def scan(self, prompt: str, *, top_k: int = 5) -> ScanResult:
+        """Scan one prompt: top_k features per dictionary and token, and the brain map."""
+        if not 1 <= top_k <= 100:
+            raise UserError(f"top_k must be between 1 and 100, got {top_k}")
+        tokens, feats = self.encode(prompt)
+        ids = tokens[0].tolist()
+        has_bos = self.lm.bos_token_id is not None and ids[0] == self.lm.bos_token_id
+        top, brain, activity, n_active = {}, [], [], []
+        for hook in self.hooks:
+            f = feats[hook]  # [pos, d_sae]
+            k = min(top_k, f.shape[1])
+            vals, idx = f.topk(k, dim=1)  # [pos, k]
+            rows = []
+            for p in range(f.shape[0]):
+                rows.append([FeatureHit(hook, int(i), float(v), self.label(hook, int(i)))
+                             for v, i in zip(vals[p].tolist(), idx[p].tolist()) if v > 0])
+            top[hook] = rows
+            pos_act = f.clamp(min=0).sum(dim=1)  # [pos]
+            activity.append(pos_act.tolist())
+            n_active.append((f > 0).sum(dim=1).tolist())
+            brain.append(_normalize(pos_act, skip_first=has_bos and f.shape[0] > 1))
+        return ScanResult(prompt=prompt, model=self.lm.name, tokens=self.lm.to_str_tokens(ids),
+                          token_ids=ids, hooks=list(self.hooks), top=top, brain=brain,
+                          activity=activity, n_active=n_active, has_bos=has_bos)
+
+
+def _normalize(activity: torch.Tensor, *, skip_first: bool) -> list[float]:
+    """activity [pos] -> [0, 1] by the max over positions (BOS excluded when skip_first)."""
+    ref = activity[1:] if skip_first else activity
+    peak = float(ref.max()) if ref.numel() else 0.0
+    if peak <= 0:
+        return [0.0] * activity.numel()
+    return (activity / peak).clamp(max=1.0).tolist()
+
+
+# --- convenience -------------------------------------------------------------------------
+def scan(atlas: str | Path, prompt: str, *, top_k: int = 5, **open_kw) -> ScanResult:
+    """One-shot scan (loads the atlas each call; keep a Reader to scan many prompts)."""
+    return Reader.open(atlas, **open_kw).scan(prompt, top_k=top_k)
+
+
+__all__ = ["FeatureHit", "Reader", "ScanResult", "feature_id", "parse_feature_id", "scan"]

@@ -1,0 +1,1 @@
+"""Viewer API modules: each file registers its routes with `lmscope.viewer.routes.route`."""

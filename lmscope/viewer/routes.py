@@ -1,0 +1,90 @@
+"""The viewer's API registry: a page's server side is a function registered for a path.
+
+    from lmscope.viewer.routes import route, Request
+
+    @route("POST", "/api/trace")
+    def trace(req: Request) -> dict:           # returns JSON; raise ApiError(400, "...") on bad input
+        prompt = req.text("prompt")
+        ...
+
+Every module in `lmscope/viewer/api/` is imported at server start, so a later page (trace,
+graph, steering, probe) adds its API by adding one file there and its front end by adding
+`static/pages/<name>.js` (which calls `lmscope.registerPage`). Nothing else to edit.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Callable
+from urllib.parse import parse_qs
+
+ROUTES: dict[tuple[str, str], Callable] = {}
+
+
+class ApiError(Exception):
+    """An HTTP error with a one-line message sent as {"error": message}."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def route(method: str, path: str):
+    def deco(fn):
+        ROUTES[(method.upper(), path)] = fn
+        return fn
+    return deco
+
+
+@dataclass
+class Request:
+    """A parsed API request: query parameters, JSON body (POST), the shared Reader, limits."""
+
+    reader: object
+    query: dict[str, list[str]]
+    body: dict = field(default_factory=dict)
+    limits: object = None
+
+    @classmethod
+    def parse_query(cls, qs: str) -> dict[str, list[str]]:
+        return parse_qs(qs, keep_blank_values=True)
+
+    def get(self, name: str, default=None):
+        if name in self.body:
+            return self.body[name]
+        vals = self.query.get(name)
+        return vals[0] if vals else default
+
+    def text(self, name: str, *, required: bool = True, max_chars: int | None = None) -> str | None:
+        val = self.get(name)
+        if val is None:
+            if required:
+                raise ApiError(400, f"missing field {name!r}")
+            return None
+        if not isinstance(val, str):
+            raise ApiError(400, f"field {name!r} must be a string")
+        limit = max_chars or getattr(self.limits, "max_text_chars", 20000)
+        if len(val) > limit:
+            raise ApiError(413, f"field {name!r} is too long ({len(val)} characters, at most {limit})")
+        return val
+
+    def int(self, name: str, default: int, lo: int, hi: int) -> int:
+        val = self.get(name, default)
+        try:
+            val = int(val)
+        except (TypeError, ValueError):
+            raise ApiError(400, f"field {name!r} must be an integer") from None
+        if not lo <= val <= hi:
+            raise ApiError(400, f"field {name!r} must be between {lo} and {hi}, got {val}")
+        return val
+
+
+def load_api_modules() -> None:
+    """Import every module of lmscope.viewer.api (each registers its routes)."""
+    from . import api
+
+    for mod in pkgutil.iter_modules(api.__path__):
+        importlib.import_module(f"{api.__name__}.{mod.name}")

@@ -1,0 +1,104 @@
+// Scan page: type a prompt, see the brain map (dictionaries x tokens); hover or click a token
+// to see its features; click a feature to open its page.
+"use strict";
+(() => {
+  const {el, api, heat, featureLink, labelSpan, showToken, showError} = lmscope;
+  let last = {prompt: "The horse galloped across the field", result: null, pinned: null};
+
+  function tokenPanel(res, pos) {
+    const box = el("div", {class: "panel", id: "token-panel"});
+    box.append(el("h3", {}, "Token ", el("code", {class: "tok"}, showToken(res.tokens[pos])),
+                  el("span", {class: "muted"}, ` position ${pos}`)));
+    for (const hook of res.hooks) {
+      const hits = res.top[hook][pos];
+      box.append(el("h4", {}, hook));
+      if (!hits.length) { box.append(el("p", {class: "muted"}, "no active feature")); continue; }
+      box.append(el("table", {class: "hits"}, hits.map(h =>
+        el("tr", {}, el("td", {}, featureLink(h)), el("td", {class: "num"}, h.act.toFixed(2)),
+           el("td", {}, labelSpan(h.label))))));
+    }
+    return box;
+  }
+
+  function brainMap(res, onPick) {
+    const n = res.tokens.length;
+    const grid = el("div", {class: "brain", id: "brain", style: {gridTemplateColumns: `max-content repeat(${n}, minmax(2.2em, max-content))`}});
+    grid.append(el("div", {class: "corner"}));
+    res.tokens.forEach((t, p) => grid.append(
+      el("div", {class: "tokhead", "data-pos": p, title: `token ${p}`, onclick: () => onPick(p, true),
+                 onmouseenter: () => onPick(p, false)}, showToken(t))));
+    res.hooks.forEach((hook, r) => {
+      grid.append(el("div", {class: "hookname"}, hook));
+      res.brain[r].forEach((v, p) => grid.append(
+        el("div", {class: "cell", "data-pos": p, style: {background: heat(v)},
+                   title: `${hook} · ${res.n_active[r][p]} active · activity ${res.activity[r][p].toFixed(2)}`,
+                   onclick: () => onPick(p, true), onmouseenter: () => onPick(p, false)})));
+    });
+    return grid;
+  }
+
+  function render(main) {
+    const input = el("textarea", {id: "prompt", rows: 2, maxlength: 20000}, last.prompt);
+    const vs = el("input", {id: "vs", type: "text", placeholder: "optional: compare with another prompt (--vs)"});
+    const out = el("div", {id: "scan-out"});
+    const go = el("button", {id: "scan-btn", type: "submit"}, "Scan");
+    const form = el("form", {class: "scanform", onsubmit: (e) => { e.preventDefault(); run(); }},
+                    input, el("div", {class: "row"}, vs, go));
+    main.append(el("h1", {}, "Scan a prompt"), form, out);
+    input.addEventListener("keydown", (e) => { if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); run(); } });
+
+    async function run() {
+      last.prompt = input.value;
+      out.replaceChildren(el("p", {class: "muted"}, "Scanning…"));
+      go.disabled = true;
+      try {
+        const res = await api("/api/scan", {prompt: input.value, top_k: 5});
+        last.result = res; last.pinned = null;
+        show(res);
+        if (vs.value.trim()) {
+          const cmp = await api("/api/compare", {prompt_a: input.value, prompt_b: vs.value});
+          out.append(compareTable(cmp));
+        }
+      } catch (err) { out.replaceChildren(); showError(out, err); }
+      finally { go.disabled = false; }
+    }
+
+    function show(res) {
+      const side = el("div", {class: "side"});
+      const pick = (p, pin) => {
+        if (!pin && last.pinned !== null) return;
+        if (pin) last.pinned = (last.pinned === p ? null : p);
+        document.querySelectorAll("#brain [data-pos]").forEach(c =>
+          c.classList.toggle("sel", Number(c.dataset.pos) === p));
+        side.replaceChildren(tokenPanel(res, p));
+      };
+      out.replaceChildren(
+        el("p", {class: "muted"}, `${res.tokens.length} tokens · ${res.hooks.length} dictionaries · ` +
+           "activity = sum of active feature activations, normalized per dictionary. " +
+           "Hover a token to see its features; click to pin."),
+        el("div", {class: "scanview"}, el("div", {class: "brainwrap"}, brainMap(res, pick)), side));
+      // Start on the token with the most activity (BOS excluded).
+      let best = res.has_bos && res.tokens.length > 1 ? 1 : 0, bestV = -1;
+      res.tokens.forEach((_, p) => {
+        if (res.has_bos && p === 0) return;
+        const v = res.brain.reduce((s, row) => s + row[p], 0);
+        if (v > bestV) { bestV = v; best = p; }
+      });
+      pick(best, false);
+    }
+
+    function compareTable(cmp) {
+      return el("div", {class: "panel", id: "compare"},
+        el("h3", {}, "Features that differ most"),
+        el("table", {class: "hits"},
+          el("tr", {}, el("th", {}, "feature"), el("th", {}, "A"), el("th", {}, "B"), el("th", {}, "A−B"), el("th", {}, "label")),
+          cmp.diffs.map(d => el("tr", {}, el("td", {}, featureLink(d)), el("td", {class: "num"}, d.act_a.toFixed(2)),
+            el("td", {class: "num"}, d.act_b.toFixed(2)), el("td", {class: "num"}, d.diff.toFixed(2)),
+            el("td", {}, labelSpan(d.label))))));
+    }
+
+    if (last.result) show(last.result);
+  }
+
+  lmscope.registerPage({name: "scan", title: "Scan", render});
+})();
