@@ -112,10 +112,14 @@ def test_spliced_loss_matches_a_manual_splice(trained):
     tokens = torch.stack(ctxs)
     layer = lm.model.model.layers[1]
 
+    # Text positions: not position 0, not one of the tiny tokenizer's specials (<pad> <bos> <eos> <unk>).
+    text = ~torch.isin(tokens, torch.tensor([0, 1, 2, 3]))
+    text[:, 0] = False
+
     def patch(mod, args, out):  # a plain forward hook, independent of lmscope's hook machinery
         h = out[0] if isinstance(out, tuple) else out
         h = h.clone()
-        h[:, 1:] = sae(h[:, 1:].reshape(-1, h.shape[-1])).reshape(h[:, 1:].shape)
+        h[text] = sae(h[text])
         return (h,) + tuple(out[1:]) if isinstance(out, tuple) else h
 
     handle = layer.register_forward_hook(patch)
@@ -124,7 +128,7 @@ def test_spliced_loss_matches_a_manual_splice(trained):
             logits = lm.model(tokens).logits
     finally:
         handle.remove()
-    ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+    ce = F.cross_entropy(logits[:, :-1][text[:, 1:]], tokens[:, 1:][text[:, 1:]])
     assert e.ce_spliced == pytest.approx(float(ce), rel=1e-4)
 
 

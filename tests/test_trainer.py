@@ -259,3 +259,13 @@ def test_default_model_demo_small(tmp_path):
     ev = json.loads((out / "eval.json").read_text())["dictionaries"][0]
     assert 0 < ev["fvu"] < 1 and ev["ce_spliced"] < ev["ce_zero"]
     assert ev["ce_recon_plus_error"] == ev["ce_clean_first"]
+
+
+def test_bf16_autocast_close_to_fp32(tiny_dir, tmp_path):
+    """--dtype bfloat16 runs the dictionary under autocast (weights and Adam stay fp32)."""
+    f32 = train(_cfg(tiny_dir, tmp_path / "f32", hooks="blocks.1.resid_post"))
+    bf16 = train(_cfg(tiny_dir, tmp_path / "bf16", hooks="blocks.1.resid_post", dtype="bfloat16"))
+    h = "blocks.1.resid_post"
+    assert abs(f32.metrics[h].fvu - bf16.metrics[h].fvu) < 0.05
+    w = load_file(tmp_path / "bf16" / "dictionaries" / h / "sae_weights.safetensors")
+    assert w["W_enc"].dtype == torch.float32

@@ -14,9 +14,10 @@ For each dictionary of an atlas, on held-out corpus text (the split training nev
 - as a check of the machinery, the splice of reconstruction + error (x_hat + (x - x_hat),
   done in float64 so it is bitwise x) must give back the clean loss exactly.
 
-BOS positions keep their clean activation in every splice: the dictionaries are trained
-without them (sources.py), and the attention sink's norm (~4,600 in SmolLM2) would make the
-ablated loss meaningless. CE is averaged over next-token targets that are not BOS.
+BOS and other special-token positions keep their clean activation in every splice: the
+dictionaries are trained without them (sources.py), and the attention sinks' norms (~25,000
+in SmolLM2's middle layer) would make the ablated loss meaningless. CE is averaged over
+next-token targets that are text tokens.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from torch import Tensor
 
 from ..atlas.layout import AtlasLayout, hook_dirname, write_json_atomic
 from ..errors import UserError
+from .sources import token_mask
 
 HELDOUT_SPLIT = "test"
 DENSE_THRESHOLD = 0.1
@@ -162,7 +164,6 @@ def evaluate_dictionaries(lm, dicts: dict[str, object], contexts: list[Tensor], 
             if x and x not in needed:
                 needed.append(x)
     accs = {h: _Acc(d.d_sae, d.d_out) for h, d in dicts.items()}
-    bos = lm.bos_token_id
     chunks = [contexts[i:i + batch] for i in range(0, len(contexts), batch)]
     bar = None
     if progress:
@@ -171,10 +172,7 @@ def evaluate_dictionaries(lm, dicts: dict[str, object], contexts: list[Tensor], 
         bar = tqdm(total=len(chunks), desc="eval", unit="batch", dynamic_ncols=True)
     for ci, chunk in enumerate(chunks):
         tokens = torch.stack(chunk).to(lm.device)  # [b, ctx_len]
-        keep = torch.ones_like(tokens, dtype=torch.bool)
-        keep[:, 0] = False
-        if bos is not None:
-            keep &= tokens != bos
+        keep = token_mask(lm, tokens)
         clean = run(lm, tokens, capture=needed, logits=True)
         for h, d in dicts.items():
             a = accs[h]
@@ -265,7 +263,7 @@ def heldout_contexts(lm, corpus: str, *, tokens: int, ctx_len: int) -> list[Tens
     out, have = [], 0
     for ctx in iter_contexts(lm, corpus, ctx_len=ctx_len, split=HELDOUT_SPLIT):
         out.append(ctx)
-        have += int((ctx[1:] != lm.bos_token_id).sum()) if lm.bos_token_id is not None else ctx.numel() - 1
+        have += int(token_mask(lm, ctx[None])[0].sum())
         if have >= tokens:
             break
     if not out:
