@@ -1,0 +1,106 @@
+"""Probe artifact: a folder with `probe.safetensors` (direction, mean) and `probe.json` (everything else).
+
+    my_probe/
+      probe.safetensors   direction [d_model], mean [d_model]
+      probe.json          schema_version, kind, hook, layer, bias, threshold, model fingerprint,
+                          datasets, metrics (written last: marks a complete artifact)
+
+The folder is built under a temporary name and renamed into place, so a
+crash never leaves a half probe. Loading checks the fingerprint against the
+model it is applied to: a probe read at another model's or layer's residual
+stream would silently score noise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from ..atlas.layout import write_json_atomic
+from ..errors import UserError
+from .probes import Probe
+
+SCHEMA_VERSION = 1
+WEIGHTS = "probe.safetensors"
+META = "probe.json"
+
+
+def save_probe(probe: Probe, path: str | Path, *, fingerprint: dict, datasets: list[str], metrics: dict,
+               force: bool = False) -> Path:
+    path = Path(path)
+    if path.exists() and not force:
+        raise UserError(f"{path} exists; pass --force to overwrite it or choose another --out")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        save_file({"direction": probe.direction.float().contiguous(), "mean": probe.mean.float().contiguous()},
+                  str(tmp / WEIGHTS))
+        from .sweep import layer_of
+
+        write_json_atomic(tmp / META, {
+            "schema_version": SCHEMA_VERSION, "kind": probe.kind, "hook": probe.hook,
+            "layer": layer_of(probe.hook), "d_model": int(probe.direction.numel()), "bias": probe.bias,
+            "threshold": probe.threshold, "model": fingerprint, "datasets": datasets, "metrics": metrics,
+            "info": probe.info})
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def load_probe(path: str | Path) -> tuple[Probe, dict]:
+    """(Probe, metadata) from a probe folder; a missing or foreign folder is a one-line UserError."""
+    path = Path(path)
+    if not (path / META).is_file() or not (path / WEIGHTS).is_file():
+        raise UserError(f"{path} is not a probe (no {META} + {WEIGHTS}); train one with `lmscope probe train`")
+    meta = json.loads((path / META).read_text())
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise UserError(f"{path}: probe schema_version {meta.get('schema_version')} is not supported "
+                        f"(this lmscope reads {SCHEMA_VERSION})")
+    t = load_file(str(path / WEIGHTS))
+    probe = Probe(kind=meta["kind"], hook=meta["hook"], direction=t["direction"], bias=float(meta["bias"]),
+                  mean=t["mean"], threshold=float(meta.get("threshold", 0.5)), info=meta.get("info", {}))
+    return probe, meta
+
+
+def set_threshold(path: str | Path, threshold: float) -> None:
+    """Store a new lie-check threshold in the probe's JSON (atomic)."""
+    meta = json.loads((Path(path) / META).read_text())
+    meta["threshold"] = float(threshold)
+    write_json_atomic(Path(path) / META, meta)
+
+
+def check_compatible(meta: dict, lm, *, path: str = "probe") -> None:
+    """Refuse a probe trained on another model, or whose hook/width this model lacks."""
+    fp, ours = meta.get("model", {}), lm.fingerprint()
+    for key in ("n_layers", "d_model", "vocab"):
+        if key in fp and fp[key] != ours[key]:
+            raise UserError(f"{path} was trained on {fp.get('model')!r} ({key}={fp[key]}) but the model is "
+                            f"{ours['model']!r} ({key}={ours[key]}); pass --model {fp.get('model')}")
+    if fp.get("model") not in (None, ours["model"]):
+        raise UserError(f"{path} was trained on model {fp['model']!r}, not {ours['model']!r}; "
+                        f"pass --model {fp['model']}")
+    hook = meta["hook"]
+    if hook not in lm.hooks.points:
+        raise UserError(f"{path} reads hook {hook!r}, which {ours['model']!r} does not have")
+    d = lm.hooks[hook].d
+    if d != meta.get("d_model"):
+        raise UserError(f"{path} has width {meta.get('d_model')} but {hook} has width {d}")
+
+
+def probe_for(lm, probe: Probe, hook: str | None = None) -> Probe:
+    """The probe itself, or a one-line error if asked to read another hook than it was trained at."""
+    if hook is not None and hook != probe.hook:
+        raise UserError(f"the probe was trained at {probe.hook}, not {hook}; train one at {hook} "
+                        "with `lmscope probe train --layers ...`")
+    return probe
+
+
+__all__ = ["SCHEMA_VERSION", "check_compatible", "load_probe", "probe_for", "save_probe", "set_threshold"]
