@@ -12,9 +12,10 @@ node and the embedding for a token; input_t is the encoder pre-activation of a f
 injected: W_U[t] - mean_v W_U[v] at ln_final, last position). Ameisen et al. 2025 Sec. 3;
 circuit-tracer computes it the same way.
 
-Cost: one forward on `batch_size` copies of the prompt with the graph kept, then one
-backward per batch of target nodes (retain_graph); the MLPs carry no gradient, so a
-backward only goes through the attention OV paths, the frozen norms and the residual.
+Cost: one forward of the prompt with the graph kept, then one backward per batch of
+`batch_size` target nodes, vmapped over their injected gradients (is_grads_batched,
+retain_graph); the MLPs carry no gradient, so a backward only goes through the attention
+OV paths, the frozen norms and the residual stream.
 
 Node order (as circuit-tracer's, so the JSON maps 1:1): [features..., errors (layer-major,
 then position), tokens, logits]. Rows of A are targets, columns sources.
@@ -103,9 +104,9 @@ def logit_nodes(probs: Tensor, target: int | None, *, max_logits: int = 10,
 def estimate_bytes(lm, n_pos: int, batch_size: int, n_active: int, n_logits: int = 10) -> int:
     """Peak memory of a graph build: the batched forward's saved tensors + the adjacency.
 
-    Per layer and token the backward keeps ~24 d_model-sized float tensors (norm inputs,
-    q/k/v projections, attention output, residual, write leaves) plus the heads x pos pattern;
-    the adjacency is n_nodes^2 floats; the recording pass keeps every layer's patterns once.
+    Per layer and token a vmapped backward over `batch_size` gradients holds ~24
+    d_model-sized float tensors per gradient (norm inputs, values, attention output,
+    residual, write leaves) plus the heads x pos pattern; the adjacency is n_nodes^2 floats.
     """
     cfg = lm.model.config
     heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", 8)
@@ -181,25 +182,38 @@ def _attribute(rep: Replacement, prompt: str, target_id: int | None, *, max_feat
     layer_rows = {L: (feats_t[:, 0] == L).nonzero(as_tuple=True)[0] for L in rep.layers}
 
     B = max(1, min(batch_size, max(n_log, min(n_active, max_feature_nodes))))
-    run = rep.forward(B, grad=True, logits=False)
+    timing = {"forward": 0.0, "backward": 0.0, "influence": 0.0}
+    # What each active feature writes: activation x decoder row, [n_L, d_model] per layer.
+    writes: dict[int, dict[int, tuple[Tensor, Tensor]]] = {}  # layer -> pos -> (columns, [n_p, d_model])
+    for L, idx in layer_rows.items():
+        writes[L] = {}
+        for p in feats_t[idx, 1].unique().tolist():
+            cols = idx[feats_t[idx, 1] == p]
+            writes[L][p] = (cols, vals_t[cols, None].float() * rep.layers[L].dec[feats_t[cols, 2]].float())
+    tf = time.perf_counter()
+    # One forward on the prompt; each backward below is vmapped over up to B injected
+    # gradients (is_grads_batched): 4-5x faster than a forward on B copies + one backward.
+    run = rep.forward(1, grad=True, logits=False)
+    timing["forward"] = time.perf_counter() - tf
     peak = 0
 
     def fill_rows(row_ids: list[int]) -> None:
         """Backward for up to B target nodes at once; writes A[row_ids, :]."""
         nonlocal peak
+        n = len(row_ids)
         outs, grads = [], []
         inj: dict[int, Tensor] = {}
         fin = None
         for i, r in enumerate(row_ids):
             if r >= log0:  # a logit node: its de-meaned unembedding at the last position
                 if fin is None:
-                    fin = torch.zeros_like(run.ln_final)
-                fin[i, -1] = logit_dirs[r - log0]
+                    fin = run.ln_final.new_zeros((n, *run.ln_final.shape))  # [n, 1, pos, d_model]
+                fin[i, 0, -1] = logit_dirs[r - log0]
             else:  # a feature node: its encoder column at mlp_in (its layer, its position)
                 L, p, f = feats_t[r].tolist()
                 if L not in inj:
-                    inj[L] = torch.zeros_like(run.mlp_in[L])
-                inj[L][i, p] = rep.layers[L].enc[:, f]
+                    inj[L] = run.mlp_in[L].new_zeros((n, *run.mlp_in[L].shape))
+                inj[L][i, 0, p] = rep.layers[L].enc[:, f]
         for L, gL in inj.items():
             outs.append(run.mlp_in[L])
             grads.append(gL)
@@ -207,25 +221,25 @@ def _attribute(rep: Replacement, prompt: str, target_id: int | None, *, max_feat
             outs.append(run.ln_final)
             grads.append(fin)
         srcs = [run.write_leaves[L] for L in rep.layers] + [run.embed_leaf]
-        gs = torch.autograd.grad(outs, srcs, grads, retain_graph=True, allow_unused=True)
-        n = len(row_ids)
+        tb = time.perf_counter()
+        gs = torch.autograd.grad(outs, srcs, grads, retain_graph=True, allow_unused=True,
+                                 is_grads_batched=True)  # each [n, 1, pos, d_model]
+        timing["backward"] += time.perf_counter() - tb
         rows = torch.tensor(row_ids)
         for L, gL in zip(rep.layers, gs[:-1]):
             if gL is None:
                 continue
-            gL = gL[:n].float()  # [n, pos, d_model]
+            gL = gL[:, 0].float()  # [n, pos, d_model]
             st = rep.layers[L]
             idx = layer_rows[L]
-            if len(idx):
-                p, f = feats_t[idx, 1], feats_t[idx, 2]
-                writes = vals_t[idx, None].float() * st.dec[f].float()  # [n_L, d_model]
-                A[rows[:, None], idx[None, :]] = torch.einsum("bnd,nd->bn", gL[:, p], writes)
+            for p, (cols, w_p) in writes[L].items():  # sources grouped by position
+                A[rows[:, None], cols[None, :]] = gL[:, p] @ w_p.t()  # [n, n_sources at p]
             e = torch.einsum("bpd,pd->bp", gL, st.error.float())  # [n, pos]
             A[rows[:, None], (err0 + L * n_pos + torch.arange(n_pos))[None, :]] = e
         gE = gs[-1]
         if gE is not None:
             A[rows[:, None], (tok0 + torch.arange(n_pos))[None, :]] = torch.einsum(
-                "bpd,pd->bp", gE[:n].float(), rep.embed.float())
+                "bpd,pd->bp", gE[:, 0].float(), rep.embed.float())
         if torch.cuda.is_available():
             peak = max(peak, torch.cuda.max_memory_allocated())
 
@@ -235,7 +249,7 @@ def _attribute(rep: Replacement, prompt: str, target_id: int | None, *, max_feat
         fill_rows(list(range(log0 + s, log0 + min(n_log, s + B))))
         n_batches += 1
     # 2) feature rows, most influential first (influence recomputed after every batch).
-    from .prune import node_influence
+    from .prune import partial_influence
 
     logit_w = torch.zeros(N)
     logit_w[log0:] = probs[logit_ids].float()
@@ -243,7 +257,10 @@ def _attribute(rep: Replacement, prompt: str, target_id: int | None, *, max_feat
     budget = min(max_feature_nodes, n_active)
     bar = tqdm(total=budget, desc="graph rows", disable=not progress, unit="feature")
     while int(visited.sum()) < budget:
-        infl = node_influence(A, logit_w)[:n_active].clone()
+        ti = time.perf_counter()
+        done_rows = torch.cat([visited.nonzero(as_tuple=True)[0], torch.arange(log0, N)])
+        infl = partial_influence(A[done_rows], done_rows, logit_w)[:n_active].clone()
+        timing["influence"] += time.perf_counter() - ti
         infl[visited] = -1.0
         take = min(B, budget - int(visited.sum()))
         nxt = infl.topk(take).indices
@@ -264,7 +281,8 @@ def _attribute(rep: Replacement, prompt: str, target_id: int | None, *, max_feat
         logit_strs=lm.to_str_tokens(logit_ids), logit_probs=probs[logit_ids].float(),
         adjacency=adjacency,
         stats={"active_features": n_active, "feature_nodes": int(keep_f.numel()),
-               "backward_batches": n_batches, "batch_size": B, "peak_cuda_bytes": peak or None},
+               "backward_batches": n_batches, "batch_size": B, "peak_cuda_bytes": peak or None,
+               **{f"{k}_seconds": v for k, v in timing.items()}},
     )
 
 

@@ -59,6 +59,23 @@ def influence(B: Tensor, w: Tensor, max_iter: int = 10_000) -> Tensor:
     raise RuntimeError("influence did not converge: the graph has a cycle")
 
 
+def partial_influence(rows: Tensor, row_ids: Tensor, w: Tensor, max_iter: int = 10_000) -> Tensor:
+    """`influence` when only some rows of A are known (the rest are zero): rows [r, n] = A[row_ids].
+
+    Each step costs r x n instead of n^2, which is what makes choosing the next features
+    to expand cheap while a graph is being built (circuit-tracer does the same).
+    """
+    B = normalize_rows(rows)  # [r, n]
+    cur = w[row_ids] @ B
+    total = cur.clone()
+    for _ in range(max_iter):
+        cur = cur[row_ids] @ B
+        if not bool(cur.any()) or float(cur.abs().max()) < 1e-30:
+            return total
+        total += cur
+    raise RuntimeError("influence did not converge: the graph has a cycle")
+
+
 def node_influence(A: Tensor, w: Tensor) -> Tensor:
     return influence(normalize_rows(A), w)
 
