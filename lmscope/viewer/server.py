@@ -55,6 +55,7 @@ def confined(root: Path, rel: str) -> Path | None:
 
 class Handler(BaseHTTPRequestHandler):
     server_version = "lmscope"
+    sys_version = ""  # do not advertise the Python version
     protocol_version = "HTTP/1.1"
 
     # --- plumbing --------------------------------------------------------------------------

@@ -1,0 +1,183 @@
+"""The viewer's JSON API against a real server on a free loopback port: answers and bad requests."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+
+import pytest
+
+from lmscope.read import Reader
+from lmscope.read.demo import HOOKS, HTML_TOKEN, PLANTED, build_demo_atlas
+from lmscope.viewer.routes import ROUTES
+from lmscope.viewer.server import Limits, confined, make_server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = build_demo_atlas(tmp_path_factory.mktemp("atlas") / "demo")
+    (root / "plots").mkdir()
+    (root / "plots" / "ok.txt").write_text("plot")
+    (root / "secret.txt").write_text("secret")
+    reader = Reader.open(root, max_tokens=16)
+    srv = make_server(reader, port=0, limits=Limits(max_body_bytes=4096))
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def call(srv, method, path, body=None, *, raw: bytes | None = None, headers=None):
+    host, port = srv.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    hdrs = {"Content-Type": "application/json", **(headers or {})}
+    conn.request(method, path, body=data, headers=hdrs)
+    resp = conn.getresponse()
+    payload = resp.read()
+    conn.close()
+    ctype = resp.getheader("Content-Type", "")
+    return resp.status, (json.loads(payload) if ctype.startswith("application/json") else payload)
+
+
+def test_binds_loopback(server):
+    assert server.server_address[0] == "127.0.0.1"
+
+
+def test_scan_api_is_the_engine(server):
+    st, res = call(server, "POST", "/api/scan", {"prompt": "the horse ran", "top_k": 3})
+    assert st == 200
+    assert res["tokens"] == ["<bos>", "the", "horse", "ran"]
+    for hook in HOOKS:
+        assert res["top"][hook][2][0]["feature"] == PLANTED
+        assert res["top"][hook][2][0]["id"] == f"{hook}/{PLANTED}"
+    direct = server.reader.scan("the horse ran", top_k=3).to_dict()
+    assert res == json.loads(json.dumps(direct))
+
+
+def test_compare_feature_search_overview(server):
+    st, cmp = call(server, "POST", "/api/compare", {"prompt_a": "the horse ran", "prompt_b": "the dog ran"})
+    assert st == 200 and cmp["diffs"][0]["feature"] == PLANTED
+    st, f = call(server, "GET", f"/api/feature?id={HOOKS[0]}/{PLANTED}")
+    assert st == 200 and f["display"] == f"{HOOKS[0]}/{PLANTED} (unlabeled)"
+    assert len(f["logits"]["promoted"]) == 10 and f["logits"]["promoted"][0]["value"] >= f["logits"]["promoted"][-1]["value"]
+    assert 0 < f["density"] < 1  # from the saved sparsity file
+    st, s = call(server, "GET", "/api/search?mode=text&q=a+big+horse")
+    assert st == 200 and s["results"][0]["feature"] == PLANTED and s["results"][0]["token"] == "horse"
+    st, s = call(server, "GET", "/api/search?mode=labels&q=horse")
+    assert st == 200 and isinstance(s["results"], list)
+    st, o = call(server, "GET", "/api/overview")
+    assert st == 200 and [d["hook"] for d in o["dictionaries"]] == list(HOOKS)
+    assert sum(o["dictionaries"][0]["density_histogram"]["counts"]) == 64
+
+
+def test_static_files_and_page_registry(server):
+    st, page = call(server, "GET", "/")
+    assert st == 200 and b"/static/app.js" in page and b"http" not in page.replace(b"http-equiv", b"")
+    st, pages = call(server, "GET", "/api/pages")
+    assert [p.rsplit("/", 1)[1] for p in pages["pages"]][:4] == [
+        "10-scan.js", "20-feature.js", "30-search.js", "40-overview.js"]
+    for p in pages["pages"]:
+        st, js = call(server, "GET", p)
+        assert st == 200 and b"registerPage" in js
+        assert b"innerHTML" not in js  # model text is written with textContent only
+    st, _ = call(server, "GET", "/plots/ok.txt")
+    assert st == 200
+
+
+@pytest.mark.parametrize("path", [
+    "/static/../server.py", "/static/%2e%2e/server.py", "/static/..%2f..%2fsecret.txt",
+    "/plots/../secret.txt", "/plots/%2e%2e/secret.txt", "/plots/../atlas.json", "/static//etc/passwd",
+    "/etc/passwd", "/static/pages", "/plots/ok.txt%00.js",
+])
+def test_path_traversal_refused(server, path):
+    st, body = call(server, "GET", path)
+    assert st == 404 and "error" in body
+
+
+@pytest.mark.parametrize("method,path,body,raw,status,needle", [
+    ("POST", "/api/scan", None, b"{not json", 400, "not valid JSON"),
+    ("POST", "/api/scan", None, b"", 400, "missing JSON body"),
+    ("POST", "/api/scan", None, b"[1, 2]", 400, "JSON object"),
+    ("POST", "/api/scan", None, b"\xff\xfe", 400, "not valid JSON"),
+    ("POST", "/api/scan", {}, None, 400, "missing field 'prompt'"),
+    ("POST", "/api/scan", {"prompt": 5}, None, 400, "must be a string"),
+    ("POST", "/api/scan", {"prompt": ""}, None, 400, "empty"),
+    ("POST", "/api/scan", {"prompt": "the horse", "top_k": "x"}, None, 400, "integer"),
+    ("POST", "/api/scan", {"prompt": "the horse", "top_k": 1000}, None, 400, "between"),
+    ("POST", "/api/scan", {"prompt": "the horse ran " * 10}, None, 400, "at most 16"),
+    ("POST", "/api/scan", {"prompt": "x" * 3000}, None, 400, "too long"),
+    ("POST", "/api/compare", {"prompt_a": "the horse"}, None, 400, "prompt_b"),
+    ("GET", "/api/feature", None, None, 400, "missing field 'id'"),
+    ("GET", "/api/feature?id=nonsense", None, None, 400, "HOOK/INDEX"),
+    ("GET", "/api/feature?id=blocks.0.resid_post/64", None, None, 404, "out of range"),
+    ("GET", "/api/feature?id=blocks.7.mlp_out/1", None, None, 404, "no dictionary"),
+    ("GET", "/api/search?q=horse&mode=sql", None, None, 400, "mode"),
+    ("GET", "/api/search?mode=text", None, None, 400, "missing field 'q'"),
+    ("GET", "/api/nope", None, None, 404, "no API endpoint"),
+    ("GET", "/api/scan", None, None, 405, "not allowed"),
+    ("DELETE", "/api/scan", None, None, 405, "not allowed"),
+])
+def test_bad_requests_are_json_4xx(server, method, path, body, raw, status, needle):
+    st, res = call(server, method, path, body, raw=raw)
+    assert st == status, res
+    assert needle in res["error"] and "Traceback" not in res["error"]
+
+
+def test_oversized_body_refused_without_reading(server):
+    st, res = call(server, "POST", "/api/scan", raw=b'{"prompt": "' + b"a" * 10_000 + b'"}')
+    assert st == 413 and "too large" in res["error"]
+    # A lying Content-Length larger than the limit is refused before any read.
+    host, port = server.server_address[:2]
+    with socket.create_connection((host, port), timeout=10) as s:
+        s.sendall(b"POST /api/scan HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 999999999\r\n\r\n{}")
+        reply = b""
+        while chunk := s.recv(4096):  # the server closes the connection after refusing
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 413") and b"too large" in reply
+    st, _ = call(server, "POST", "/api/scan", raw=b"{}", headers={"Content-Length": "-5"})
+    assert st == 400
+
+
+def test_internal_errors_are_500_json_without_traceback(server, capsys):
+    from lmscope.viewer.routes import route
+
+    @route("GET", "/api/_boom")
+    def boom(req):
+        raise RuntimeError("secret internals")
+
+    try:
+        st, res = call(server, "GET", "/api/_boom")
+    finally:
+        ROUTES.pop(("GET", "/api/_boom"))
+    assert st == 500 and res["error"] == "internal error (RuntimeError); see the server log"
+
+
+def test_html_token_stays_text_in_json(server):
+    st, res = call(server, "POST", "/api/scan", {"prompt": f"the {HTML_TOKEN} horse"})
+    assert st == 200 and HTML_TOKEN in res["tokens"]
+
+
+def test_confined(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "f.txt").write_text("x")
+    (tmp_path / "out.txt").write_text("y")
+    (tmp_path / "a" / "link.txt").symlink_to(tmp_path / "out.txt")
+    assert confined(tmp_path / "a", "f.txt") == (tmp_path / "a" / "f.txt").resolve()
+    assert confined(tmp_path / "a", "../out.txt") is None
+    assert confined(tmp_path / "a", "link.txt") is None  # symlink escaping the root
+    assert confined(tmp_path / "a", "/etc/passwd") is None
+    assert confined(tmp_path / "a", "") is None  # a directory is not a file
+
+
+def test_serve_cli_refuses_bad_flags(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "lmscope", "serve", str(tmp_path), "--port", "70000"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--port" in r.stderr and "Traceback" not in r.stderr
