@@ -53,7 +53,7 @@ def one(width: int, d_model: int, batch: int, steps: int, k: int, auxk: bool) ->
     t_init = time.perf_counter() - t0
     rss_init = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KB -> GB
     times = []
-    for s in range(steps):
+    for _ in range(steps):
         xb = torch.randn(batch, d_model) * 3 + 1
         t0 = time.perf_counter()
         m = _step(slot, {"h": xb}, plan.lr, plan, autocast=False, ddp=False)

@@ -130,8 +130,7 @@ def iter_contexts(lm, corpus: str, *, ctx_len: int, split: str = "train", seed: 
         return
     for batch in C.pack(lm.tokenizer, C.iter_documents(corpus, split=split), ctx_len=ctx_len,
                         batch_size=1, bos_token_id=lm.bos_token_id, seed=seed):
-        for row in batch:
-            yield row
+        yield from batch
 
 
 def _plain_text_contexts(lm, corpus: str, *, ctx_len: int, split: str) -> Iterator[Tensor]:
@@ -165,11 +164,11 @@ class StreamSource:
 
     def __init__(self, lm, hooks: list[str], *, corpus: str, ctx_len: int, batch_size: int,
                  buffer_batches: int = 8, model_batch: int = 16, seed: int = 0,
-                 info: DistInfo = DistInfo(), split: str = "train", contexts=None) -> None:
+                 info: DistInfo | None = None, split: str = "train", contexts=None) -> None:
         self.lm, self.hooks = lm, list(hooks)
         self.corpus, self.ctx_len, self.split, self.seed = corpus, ctx_len, split, seed
         self.batch_size, self.buffer_batches, self.model_batch = batch_size, buffer_batches, model_batch
-        self.info = info
+        self.info = info = info or DistInfo()
         self.local = local_batch_size(batch_size, info)
         # Tests may pass a function returning a fresh context iterator.
         self._contexts = contexts or (lambda: iter_contexts(lm, corpus, ctx_len=ctx_len, split=split, seed=seed))
@@ -259,10 +258,11 @@ class StoreSource:
     """Global batches read from an activation store (lmscope.capture.store.ActivationStore)."""
 
     def __init__(self, path: str | Path, hooks: list[str], *, batch_size: int, seed: int = 0,
-                 info: DistInfo = DistInfo()) -> None:
+                 info: DistInfo | None = None) -> None:
         from ..capture.store import ActivationStore
 
-        self.path, self.hooks, self.batch_size, self.seed, self.info = Path(path), list(hooks), batch_size, seed, info
+        self.path, self.hooks, self.batch_size, self.seed = Path(path), list(hooks), batch_size, seed
+        self.info = info or DistInfo()
         self.store = ActivationStore(path)
 
     def describe(self) -> str:

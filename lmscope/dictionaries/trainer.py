@@ -294,7 +294,7 @@ class _SigintFlag:
         self.hit = False
         self._old = None
 
-    def __enter__(self) -> "_SigintFlag":
+    def __enter__(self) -> _SigintFlag:
         try:
             self._old = signal.signal(signal.SIGINT, self._handle)
         except ValueError:  # not the main thread: leave Ctrl-C alone
@@ -469,7 +469,13 @@ def train(cfg: TrainConfig, *, lm=None, source: ActivationSource | None = None,
 
     Under torchrun this joins the process group; `lm` may be passed to reuse a loaded model.
     """
-    from .sources import StoreSource, StreamSource, check_store_matches, resolve_store_hooks, store_info
+    from .sources import (
+        StoreSource,
+        StreamSource,
+        check_store_matches,
+        resolve_store_hooks,
+        store_info,
+    )
 
     info = dist.setup(cfg.device)
     if cfg.shard_features and not info.enabled and info.is_main:
