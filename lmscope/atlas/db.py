@@ -1,0 +1,397 @@
+"""The atlas database: one SQLite file (atlas/atlas.db) that every later stage reads and writes.
+
+    db = AtlasDB.open("atlas/atlas.db")                       # or readonly=True (viewer)
+    p = db.feature("blocks.15.resid_post", 1234)               # FeatureProfile (stats, examples, logits)
+    eid = db.add_explanation("blocks.15.resid_post", 1234, "horses", method="delphi", version="1")
+    db.add_score(eid, scorer="detection", metric="balanced_accuracy", value=0.82, n_pos=50, n_neg=50)
+    db.search_labels("horse")                                  # FTS5 over labels and explanations
+
+Why SQLite: embedded, one file per atlas, and in WAL mode readers never block the one writer
+(the viewer reads while explanations are written). The schema has a version and `migrate`
+brings older files forward; a file from a newer lmscope is refused with one line.
+
+Tables: meta(key, value); dictionaries(hook, arch, d_sae, d_in, n_tokens, config);
+features(dictionary, idx, density, fires, max_act, mean_act, mean_firing, histogram, label);
+examples(dictionary, idx, kind top|quantile|negative, bucket, rank, score, token_id, tokens,
+token_ids, acts, position); logit_effects(dictionary, idx, kind promoted|suppressed, rank,
+token_id, token, value); explanations(id, dictionary, idx, method, version, text, created,
+details); scores(id, explanation_id, scorer, metric, value, n_pos, n_neg, details, created);
+search (FTS5: text of every label and explanation).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UserError, close_matches
+
+SCHEMA_VERSION = 1
+
+_SCHEMA_V1 = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS dictionaries (
+    id INTEGER PRIMARY KEY, hook TEXT UNIQUE NOT NULL, arch TEXT, d_sae INTEGER, d_in INTEGER,
+    n_tokens INTEGER, config TEXT);
+CREATE TABLE IF NOT EXISTS features (
+    dictionary INTEGER NOT NULL REFERENCES dictionaries(id), idx INTEGER NOT NULL,
+    density REAL, fires INTEGER, max_act REAL, mean_act REAL, mean_firing REAL,
+    histogram TEXT, label TEXT, PRIMARY KEY (dictionary, idx)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS examples (
+    id INTEGER PRIMARY KEY, dictionary INTEGER NOT NULL, idx INTEGER NOT NULL, kind TEXT NOT NULL,
+    bucket INTEGER, rank INTEGER, score REAL, token_id INTEGER, tokens TEXT, token_ids TEXT,
+    acts TEXT, position INTEGER);
+CREATE INDEX IF NOT EXISTS examples_feature ON examples (dictionary, idx, kind);
+CREATE TABLE IF NOT EXISTS logit_effects (
+    dictionary INTEGER NOT NULL, idx INTEGER NOT NULL, kind TEXT NOT NULL, rank INTEGER NOT NULL,
+    token_id INTEGER, token TEXT, value REAL, PRIMARY KEY (dictionary, idx, kind, rank)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS explanations (
+    id INTEGER PRIMARY KEY, dictionary INTEGER NOT NULL, idx INTEGER NOT NULL, method TEXT NOT NULL,
+    version TEXT, text TEXT NOT NULL, created TEXT, details TEXT);
+CREATE INDEX IF NOT EXISTS explanations_feature ON explanations (dictionary, idx);
+CREATE TABLE IF NOT EXISTS scores (
+    id INTEGER PRIMARY KEY, explanation_id INTEGER NOT NULL REFERENCES explanations(id),
+    scorer TEXT NOT NULL, metric TEXT NOT NULL, value REAL, n_pos INTEGER, n_neg INTEGER,
+    details TEXT, created TEXT);
+CREATE INDEX IF NOT EXISTS scores_explanation ON scores (explanation_id);
+CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5(
+    text, hook UNINDEXED, idx UNINDEXED, source UNINDEXED, ref UNINDEXED);
+"""
+
+# version -> SQL that brings a file from version-1 to version (append here; never edit old ones)
+MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1}
+
+
+# --- typed results -----------------------------------------------------------------------
+@dataclass
+class Example:
+    kind: str
+    """top | quantile | negative"""
+    tokens: list[str]
+    acts: list[float]
+    """the feature's activation on every token of the window (zeros for negatives)"""
+    position: int
+    """index of the peak token inside `tokens`"""
+    score: float
+    """activation at the peak (0 for negatives)"""
+    bucket: int | None = None
+    """quantile bucket (octave) for kind=quantile"""
+    token_ids: list[int] = field(default_factory=list)
+    token_index: int | None = None
+    """global token id in the build's corpus (context x ctx_len + position)"""
+
+
+@dataclass
+class LogitEffect:
+    token: str
+    token_id: int
+    value: float
+
+
+@dataclass
+class Explanation:
+    id: int
+    hook: str
+    feature: int
+    method: str
+    version: str
+    text: str
+    created: str
+    details: dict | None = None
+    scores: list[Score] = field(default_factory=list)
+
+
+@dataclass
+class Score:
+    id: int
+    explanation_id: int
+    scorer: str
+    metric: str
+    value: float
+    n_pos: int | None
+    n_neg: int | None
+    details: dict | None = None
+
+
+@dataclass
+class FeatureProfile:
+    hook: str
+    feature: int
+    density: float | None
+    fires: int | None
+    max_act: float | None
+    mean_act: float | None
+    """mean over all tokens"""
+    mean_firing: float | None
+    """mean over firing tokens"""
+    histogram: dict | None
+    """{"edges": [...N+1], "counts": [...N]} of nonzero activations (log2 bins)"""
+    label: str | None
+    top: list[Example]
+    quantiles: list[Example]
+    negatives: list[Example]
+    promoted: list[LogitEffect]
+    suppressed: list[LogitEffect]
+    explanations: list[Explanation]
+
+
+@dataclass
+class SearchHit:
+    hook: str
+    feature: int
+    text: str
+    source: str
+    """label | explanation"""
+    rank: float
+
+
+@dataclass
+class DictionaryInfo:
+    hook: str
+    arch: str | None
+    d_sae: int
+    d_in: int | None
+    n_tokens: int | None
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _json(x) -> str | None:
+    return None if x is None else json.dumps(x)
+
+
+def _unjson(s):
+    return None if s is None else json.loads(s)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema to SCHEMA_VERSION (idempotent). Returns the version found before."""
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = conn.execute("SELECT version FROM schema_version").fetchone()
+    found = row[0] if row else 0
+    if found > SCHEMA_VERSION:
+        raise UserError(f"atlas database schema {found} is newer than this lmscope ({SCHEMA_VERSION}); upgrade lmscope")
+    for v in range(found + 1, SCHEMA_VERSION + 1):
+        conn.executescript(MIGRATIONS[v])
+    with conn:
+        conn.execute("DELETE FROM schema_version")
+        conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+    return found
+
+
+class AtlasDB:
+    """Typed access to atlas.db. Readers and one writer may work at the same time (WAL)."""
+
+    def __init__(self, path: str | Path, readonly: bool = False, timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        if readonly and not self.path.is_file():
+            raise UserError(f"no atlas database at {self.path}; run `lmscope atlas build {self.path.parent}` first")
+        try:
+            if readonly:
+                self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=timeout,
+                                            check_same_thread=False)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.conn = sqlite3.connect(self.path, timeout=timeout, check_same_thread=False)
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=NORMAL")
+                migrate(self.conn)
+            self.conn.execute("PRAGMA busy_timeout=%d" % int(timeout * 1000))
+            self._check_readable()
+        except sqlite3.DatabaseError as e:
+            raise UserError(_db_error(self.path, e)) from None
+        self._dict_ids: dict[str, int] = {}
+
+    @classmethod
+    def open(cls, path: str | Path, readonly: bool = False) -> AtlasDB:
+        return cls(path, readonly=readonly)
+
+    def _check_readable(self) -> None:
+        row = self.conn.execute("SELECT version FROM schema_version").fetchone()
+        if row and row[0] > SCHEMA_VERSION:
+            raise UserError(f"{self.path} has schema {row[0]}, newer than this lmscope; upgrade lmscope")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> AtlasDB:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _q(self, sql: str, args=()) -> list[tuple]:
+        try:
+            return self.conn.execute(sql, args).fetchall()
+        except sqlite3.OperationalError as e:
+            raise UserError(_db_error(self.path, e)) from None
+
+    # --- meta and dictionaries ----------------------------------------------------------
+    def meta(self) -> dict:
+        return {k: _unjson(v) for k, v in self._q("SELECT key, value FROM meta")}
+
+    def set_meta(self, key: str, value) -> None:
+        with self.conn:
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, _json(value)))
+
+    def dictionaries(self) -> list[DictionaryInfo]:
+        return [DictionaryInfo(*r) for r in self._q("SELECT hook, arch, d_sae, d_in, n_tokens FROM dictionaries ORDER BY id")]
+
+    def _dict_id(self, hook: str, *, create: dict | None = None) -> int:
+        if hook in self._dict_ids:
+            return self._dict_ids[hook]
+        row = self._q("SELECT id, d_sae FROM dictionaries WHERE hook = ?", (hook,))
+        if not row:
+            if create is None:
+                hooks = [d.hook for d in self.dictionaries()]
+                raise UserError(f"no dictionary {hook!r} in this atlas{close_matches(hook, hooks)}"
+                                if hooks else f"no dictionary {hook!r}: the atlas database is empty "
+                                "(run `lmscope atlas build` first)")
+            cur = self.conn.execute("INSERT INTO dictionaries (hook, arch, d_sae, d_in, n_tokens, config) "
+                                    "VALUES (?, ?, ?, ?, ?, ?)", (hook, create.get("arch"), create["d_sae"],
+                                                                  create.get("d_in"), create.get("n_tokens"),
+                                                                  _json(create.get("config"))))
+            self._dict_ids[hook] = cur.lastrowid
+            return cur.lastrowid
+        self._dict_ids[hook] = row[0][0]
+        return row[0][0]
+
+    def _check_feature(self, hook: str, idx: int) -> int:
+        did = self._dict_id(hook)
+        d_sae = self._q("SELECT d_sae FROM dictionaries WHERE id = ?", (did,))[0][0]
+        if not 0 <= idx < d_sae:
+            raise UserError(f"feature {idx} is out of range for {hook} (0..{d_sae - 1})")
+        return did
+
+    # --- profiles -------------------------------------------------------------------------
+    def feature(self, hook: str, idx: int) -> FeatureProfile:
+        """Everything stored about one feature (UserError for an unknown dictionary or index)."""
+        did = self._check_feature(hook, idx)
+        row = self._q("SELECT density, fires, max_act, mean_act, mean_firing, histogram, label FROM features "
+                      "WHERE dictionary = ? AND idx = ?", (did, idx))
+        stats = row[0] if row else (None,) * 7
+        ex = {"top": [], "quantile": [], "negative": []}
+        for kind, bucket, score, tid, toks, tids, acts, pos in self._q(
+                "SELECT kind, bucket, score, token_id, tokens, token_ids, acts, position FROM examples "
+                "WHERE dictionary = ? AND idx = ? ORDER BY kind, bucket DESC, rank", (did, idx)):
+            ex[kind].append(Example(kind, json.loads(toks), json.loads(acts), pos, score, bucket,
+                                    json.loads(tids), tid))
+        logits = {"promoted": [], "suppressed": []}
+        for kind, tid, tok, val in self._q("SELECT kind, token_id, token, value FROM logit_effects "
+                                           "WHERE dictionary = ? AND idx = ? ORDER BY kind, rank", (did, idx)):
+            logits[kind].append(LogitEffect(tok, tid, val))
+        return FeatureProfile(hook, idx, stats[0], stats[1], stats[2], stats[3], stats[4], _unjson(stats[5]),
+                              stats[6], ex["top"], ex["quantile"], ex["negative"], logits["promoted"],
+                              logits["suppressed"], self.explanations(hook, idx))
+
+    def profile(self, hook: str, idx: int) -> FeatureProfile:
+        return self.feature(hook, idx)
+
+    def densities(self, hook: str) -> list[tuple[int, float, float]]:
+        """(idx, density, max_act) of every profiled feature of a dictionary."""
+        return self._q("SELECT idx, density, max_act FROM features WHERE dictionary = ? ORDER BY idx",
+                       (self._dict_id(hook),))
+
+    # --- labels, explanations, scores -------------------------------------------------------
+    def label(self, hook: str, idx: int) -> str | None:
+        row = self._q("SELECT label FROM features WHERE dictionary = ? AND idx = ?", (self._dict_id(hook), idx))
+        return row[0][0] if row else None
+
+    def set_label(self, hook: str, idx: int, text: str | None) -> None:
+        did = self._check_feature(hook, idx)
+        with self.conn:
+            self.conn.execute("INSERT INTO features (dictionary, idx, label) VALUES (?, ?, ?) "
+                              "ON CONFLICT (dictionary, idx) DO UPDATE SET label = excluded.label", (did, idx, text))
+            self.conn.execute("DELETE FROM search WHERE hook = ? AND idx = ? AND source = 'label'", (hook, idx))
+            if text:
+                self.conn.execute("INSERT INTO search VALUES (?, ?, ?, 'label', NULL)", (text, hook, idx))
+
+    def add_explanation(self, hook: str, idx: int, text: str, *, method: str, version: str = "1",
+                        details: dict | None = None) -> int:
+        """Store one explanation (a feature may have many: one per method/version). Returns its id."""
+        did = self._check_feature(hook, idx)
+        with self.conn:
+            cur = self.conn.execute("INSERT INTO explanations (dictionary, idx, method, version, text, created, details) "
+                                    "VALUES (?, ?, ?, ?, ?, ?, ?)", (did, idx, method, version, text, _now(),
+                                                                     _json(details)))
+            self.conn.execute("INSERT INTO search VALUES (?, ?, ?, 'explanation', ?)", (text, hook, idx, cur.lastrowid))
+        return cur.lastrowid
+
+    def explanations(self, hook: str, idx: int) -> list[Explanation]:
+        did = self._dict_id(hook)
+        out = [Explanation(i, hook, idx, m, v, t, c, _unjson(d)) for i, m, v, t, c, d in self._q(
+            "SELECT id, method, version, text, created, details FROM explanations WHERE dictionary = ? AND idx = ? "
+            "ORDER BY id", (did, idx))]
+        for e in out:
+            e.scores = self.scores(e.id)
+        return out
+
+    def add_score(self, explanation_id: int, *, scorer: str, metric: str, value: float,
+                  n_pos: int | None = None, n_neg: int | None = None, details: dict | None = None) -> int:
+        if not self._q("SELECT 1 FROM explanations WHERE id = ?", (explanation_id,)):
+            raise UserError(f"no explanation with id {explanation_id}")
+        with self.conn:
+            cur = self.conn.execute("INSERT INTO scores (explanation_id, scorer, metric, value, n_pos, n_neg, details, "
+                                    "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                    (explanation_id, scorer, metric, float(value), n_pos, n_neg, _json(details), _now()))
+        return cur.lastrowid
+
+    def scores(self, explanation_id: int) -> list[Score]:
+        return [Score(i, e, s, m, v, p, n, _unjson(d)) for i, e, s, m, v, p, n, d in self._q(
+            "SELECT id, explanation_id, scorer, metric, value, n_pos, n_neg, details FROM scores "
+            "WHERE explanation_id = ? ORDER BY id", (explanation_id,))]
+
+    def search_labels(self, query: str, limit: int = 20) -> list[SearchHit]:
+        """Full-text search (FTS5, bm25 ranking) over labels and explanations; best first."""
+        words = [w for w in "".join(c if c.isalnum() else " " for c in query).split() if w]
+        if not words:
+            return []
+        match = " ".join(f'"{w}"*' for w in words)
+        rows = self._q("SELECT hook, idx, text, source, bm25(search) AS r FROM search WHERE search MATCH ? "
+                       "ORDER BY r LIMIT ?", (match, int(limit)))
+        return [SearchHit(h, int(i), t, s, float(r)) for h, i, t, s, r in rows]
+
+    def summary(self) -> dict:
+        return {"dictionaries": [d.__dict__ for d in self.dictionaries()], "meta": self.meta(),
+                "n_features": self._q("SELECT COUNT(*) FROM features")[0][0],
+                "n_explanations": self._q("SELECT COUNT(*) FROM explanations")[0][0]}
+
+    # --- writing a build (one transaction) -------------------------------------------------
+    def write_dictionary_profiles(self, hook: str, info: dict, features: list[tuple], examples: list[tuple],
+                                  logits: list[tuple], *, commit: bool = True) -> None:
+        """Replace a dictionary's profiles. features: (idx, density, fires, max_act, mean_act,
+        mean_firing, histogram_json); examples: (idx, kind, bucket, rank, score, token_id, tokens_json,
+        token_ids_json, acts_json, position); logits: (idx, kind, rank, token_id, token, value).
+        Labels and explanations are kept."""
+        c = self.conn
+        did = self._dict_id(hook, create=info)
+        c.execute("UPDATE dictionaries SET arch = ?, d_sae = ?, d_in = ?, n_tokens = ?, config = ? WHERE id = ?",
+                  (info.get("arch"), info["d_sae"], info.get("d_in"), info.get("n_tokens"),
+                   _json(info.get("config")), did))
+        c.execute("DELETE FROM examples WHERE dictionary = ?", (did,))
+        c.execute("DELETE FROM logit_effects WHERE dictionary = ?", (did,))
+        c.executemany("INSERT INTO features (dictionary, idx, density, fires, max_act, mean_act, mean_firing, histogram) "
+                      "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dictionary, idx) DO UPDATE SET "
+                      "density = excluded.density, fires = excluded.fires, max_act = excluded.max_act, "
+                      "mean_act = excluded.mean_act, mean_firing = excluded.mean_firing, histogram = excluded.histogram",
+                      ((did, *f) for f in features))
+        c.executemany("INSERT INTO examples (dictionary, idx, kind, bucket, rank, score, token_id, tokens, token_ids, "
+                      "acts, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", ((did, *e) for e in examples))
+        c.executemany("INSERT INTO logit_effects VALUES (?, ?, ?, ?, ?, ?, ?)", ((did, *x) for x in logits))
+        if commit:
+            c.commit()
+
+
+def _db_error(path: Path, e: Exception) -> str:
+    msg = str(e)
+    if "locked" in msg or "busy" in msg:
+        return f"atlas database {path} is locked by another process ({msg}); wait for it to finish and retry"
+    if "not a database" in msg or "malformed" in msg or "file is encrypted" in msg:
+        return f"atlas database {path} is corrupt ({msg}); move it away and rerun `lmscope atlas build --force`"
+    return f"atlas database {path}: {msg}"

@@ -1,0 +1,55 @@
+"""Logit effects: which output tokens a feature's decoder direction promotes and suppresses.
+
+effect[f, v] = (W_dec[f] * g) . W_U[v], where g is the final norm's weight (Gemma-style norms
+scale by 1 + weight). The norm's 1/rms factor depends on the whole residual, so it is frozen to
+1: this is the direct path of the feature through the unembedding as in SAEDashboard and
+Neuronpedia ("logit weight distribution"), up to the positive per-token scale, which changes no
+ranking within a feature. Transcoders write to mlp_out, which is also residual space.
+
+One batched matmul over chunks of features: [chunk, d] @ [d, vocab] -> topk on both sides.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+
+class LogitEffects(NamedTuple):
+    promoted_ids: Tensor  # [F, k] token ids, largest effect first
+    promoted: Tensor  # [F, k]
+    suppressed_ids: Tensor  # [F, k] most negative first
+    suppressed: Tensor  # [F, k]
+
+
+def final_norm_gain(lm) -> Tensor | None:
+    """[d_model] the final norm's multiplicative weight (None when the model has none)."""
+    norm = getattr(lm.hooks, "final_norm", None)
+    w = getattr(norm, "weight", None)
+    if w is None:
+        return None
+    w = w.detach().float()
+    if "gemma" in type(norm).__name__.lower():  # Gemma RMSNorm multiplies by (1 + weight)
+        w = 1.0 + w
+    return w
+
+
+@torch.no_grad()
+def logit_effects(lm, W_dec: Tensor, k: int = 10, chunk: int = 4096) -> LogitEffects | None:
+    """Top-k promoted and suppressed tokens for every decoder row W_dec [F, d_model]."""
+    W_U = lm.model.get_output_embeddings().weight.detach().float()  # [vocab, d_model]
+    if W_dec.shape[1] != W_U.shape[1]:
+        return None
+    gain = final_norm_gain(lm)
+    k = min(k, W_U.shape[0])
+    outs = []
+    for s in range(0, W_dec.shape[0], chunk):
+        rows = W_dec[s:s + chunk].detach().float().to(W_U.device)  # [c, d]
+        if gain is not None:
+            rows = rows * gain.to(rows.device)
+        eff = rows @ W_U.t()  # [c, vocab]
+        up, down = eff.topk(k, dim=1), eff.topk(k, dim=1, largest=False)
+        outs.append((up.indices.cpu(), up.values.cpu(), down.indices.cpu(), down.values.cpu()))
+    return LogitEffects(*(torch.cat(x) for x in zip(*outs)))

@@ -1,0 +1,293 @@
+"""The one streaming pass: bounded per-feature accumulators updated from each batch of activations.
+
+For every feature of one dictionary, `ProfileState` keeps, in memory O(features x K) and never
+O(features x tokens):
+
+- exact counts: valid tokens seen, firing tokens, sum of activations (float64), max activation;
+- a histogram of nonzero activations on FIXED log2-spaced bins (HIST_PER_OCTAVE bins per octave
+  over [2^LOG2_LO, 2^LOG2_HI); values outside are clamped into the end bins). Fixed bins need no
+  re-binning when the running max grows and add exactly across ranks;
+- the top-K activating tokens with a window of `window` tokens around each (3/4 before the
+  peak) and that feature's activation on every window token;
+- quantile samples: activations fall into fixed log2 buckets (one per octave, BUCKET_LO..); each
+  (feature, bucket) keeps the `samples` items with the SMALLEST hash key, a bottom-k sample
+  (Cohen & Kaplan 2007): uniform without replacement inside the bucket, single pass, bounded,
+  and mergeable exactly because the key is a deterministic function of (seed, global token id,
+  feature) - a 1-process and an N-process build keep the very same samples. SAEDashboard's
+  equal-width intervals of [0, max] need the max first (its second pass); octave buckets are
+  the one-pass equivalent and the dashboard shows them as "lower activation ranges";
+- non-activating contexts: tokens picked by a hash of their id (about 1 in NEG_RATE) whose whole
+  window has the feature at zero; per feature the `negatives` with the smallest keys (for
+  explanation scoring, where a scorer needs contexts a feature ignores).
+
+Every update is vectorized over the batch (torch.topk over tokens, sort-based bottom-k merges);
+there is no Python loop over tokens or features. Global token ids (context index x ctx_len +
+position) make everything independent of batch composition and rank split.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+
+LOG2_LO, LOG2_HI, HIST_PER_OCTAVE = -10, 10, 4
+N_HIST = (LOG2_HI - LOG2_LO) * HIST_PER_OCTAVE
+BUCKET_LO, N_BUCKETS = -6, 12  # reservoir buckets: octaves [2^-6, 2^6), clamped at both ends
+NEG_RATE = 64
+EMPTY_KEY = torch.iinfo(torch.int64).max
+_M62 = (1 << 62) - 1
+
+
+def hash_ids(x: Tensor, salt: int) -> Tensor:
+    """Deterministic 62-bit hash of int64 ids (splitmix64-style mixing, kept non-negative)."""
+    x = (x * 0x9E3779B1 + (salt & _M62) * 0x7F4A7C15 + 0x632BE59B) & _M62
+    x = ((x ^ (x >> 30)) * 0xBF58476D) & _M62
+    x = ((x ^ (x >> 27)) * 0x94D049BB) & _M62
+    return x ^ (x >> 31)
+
+
+def pair_key(token_ids: Tensor, features: Tensor, seed: int) -> Tensor:
+    """Sampling key of (token, feature): same value on every rank, batch and resume."""
+    return hash_ids(hash_ids(token_ids, seed) ^ (features * 0x2545F491), seed + 1)
+
+
+def window_offsets(window: int) -> Tensor:
+    """Positions of a window relative to its peak: 3/4 of the tokens before it."""
+    after = window // 4
+    return torch.arange(-(window - 1 - after), after + 1)
+
+
+def peak_index(window: int) -> int:
+    return window - 1 - window // 4
+
+
+@dataclass
+class ProfileState:
+    """Accumulators of one dictionary (all tensors; `empty` builds them, `update` fills them)."""
+
+    n_tokens: Tensor  # [] int64 valid tokens seen
+    fires: Tensor  # [F] int64 tokens with activation > 0
+    act_sum: Tensor  # [F] float64
+    max_act: Tensor  # [F] float32
+    hist: Tensor  # [F, N_HIST] int64 counts of nonzero activations per log2 bin
+    top_val: Tensor  # [F, K] float32 (-inf = empty), sorted descending
+    top_id: Tensor  # [F, K] int64 global token id (-1 = empty)
+    top_tok: Tensor  # [F, K, W] int64 window token ids (-1 = outside the context)
+    top_act: Tensor  # [F, K, W] float32 the feature's activation on each window token
+    res_key: Tensor  # [F*N_BUCKETS, S] int64 (EMPTY_KEY = empty), ascending
+    res_val: Tensor  # [F*N_BUCKETS, S] float32
+    res_id: Tensor  # [F*N_BUCKETS, S] int64
+    res_tok: Tensor  # [F*N_BUCKETS, S, W] int64
+    res_act: Tensor  # [F*N_BUCKETS, S, W] float32
+    neg_key: Tensor  # [F, M] int64
+    neg_id: Tensor  # [F, M] int64
+    neg_tok: Tensor  # [F, M, W] int64
+
+    @classmethod
+    def empty(cls, d_sae: int, *, top_k: int, window: int, samples: int, negatives: int) -> ProfileState:
+        F, K, W, S, M, G = d_sae, top_k, window, samples, negatives, d_sae * N_BUCKETS
+        i64 = dict(dtype=torch.int64)
+        return cls(
+            n_tokens=torch.zeros((), **i64), fires=torch.zeros(F, **i64),
+            act_sum=torch.zeros(F, dtype=torch.float64), max_act=torch.zeros(F),
+            hist=torch.zeros(F, N_HIST, **i64),
+            top_val=torch.full((F, K), -math.inf), top_id=torch.full((F, K), -1, **i64),
+            top_tok=torch.full((F, K, W), -1, **i64), top_act=torch.zeros(F, K, W),
+            res_key=torch.full((G, S), EMPTY_KEY, **i64), res_val=torch.zeros(G, S),
+            res_id=torch.full((G, S), -1, **i64), res_tok=torch.full((G, S, W), -1, **i64),
+            res_act=torch.zeros(G, S, W),
+            neg_key=torch.full((F, M), EMPTY_KEY, **i64), neg_id=torch.full((F, M), -1, **i64),
+            neg_tok=torch.full((F, M, W), -1, **i64),
+        )
+
+    @property
+    def d_sae(self) -> int:
+        return self.fires.shape[0]
+
+    @property
+    def window(self) -> int:
+        return self.top_tok.shape[2]
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors().values())
+
+
+def _bucket_of(vals: Tensor) -> Tensor:
+    return (torch.floor(torch.log2(vals)) - BUCKET_LO).clamp(0, N_BUCKETS - 1).long()
+
+
+def _hist_bin(vals: Tensor) -> Tensor:
+    return (torch.floor((torch.log2(vals) - LOG2_LO) * HIST_PER_OCTAVE)).clamp(0, N_HIST - 1).long()
+
+
+def _top_merge(val: Tensor, ids: Tensor, k: int) -> Tensor:
+    """Indices [F, k] of the k best per row: activation descending, ties by smaller token id."""
+    order = ids.masked_fill(ids < 0, EMPTY_KEY).argsort(dim=1, stable=True)
+    v = val.gather(1, order)
+    order2 = v.argsort(dim=1, descending=True, stable=True)
+    return order.gather(1, order2)[:, :k]
+
+
+def _bottom_k_groups(group: Tensor, key: Tensor, n_groups: int, k: int):
+    """For items (group, key): keep the k smallest keys per group. Returns (kept item idx, slot)."""
+    o1 = key.argsort(stable=True)
+    o2 = group[o1].argsort(stable=True)
+    order = o1[o2]
+    g = group[order]
+    counts = torch.bincount(g, minlength=n_groups)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(g.numel()) - starts[g]
+    keep = rank < k
+    return order[keep], g[keep], rank[keep]
+
+
+@torch.no_grad()
+def update(state: ProfileState, acts: Tensor, tokens: Tensor, valid: Tensor, token_ids: Tensor, *,
+           seed: int = 0) -> None:
+    """Fold one batch into `state`.
+
+    acts [B, P, F] feature activations; tokens [B, P] token ids; valid [B, P] bool (positions that
+    count: not BOS/special); token_ids [B, P] int64 global ids (context index x ctx_len + pos).
+    """
+    B, P, F = acts.shape
+    K, W = state.top_val.shape[1], state.window
+    S, M = state.res_key.shape[1], state.neg_key.shape[1]
+    A = acts.float() * valid[..., None]  # [B, P, F] invalid positions never count
+    flat = A.reshape(B * P, F)  # [N, F]
+    ids_flat = token_ids.reshape(-1)  # [N]
+    offs = window_offsets(W)  # [W]
+
+    def windows(rows: Tensor, pos: Tensor, feat: Tensor | None):
+        """Window tokens [..., W] (and the feature's acts) around (rows, pos)."""
+        p = pos[..., None] + offs  # [..., W]
+        inside = (p >= 0) & (p < P)
+        pc = p.clamp(0, P - 1)
+        r = rows[..., None].expand_as(pc)
+        tok = tokens[r, pc].masked_fill(~inside, -1)
+        if feat is None:
+            return tok, None
+        act = A[r, pc, feat[..., None].expand_as(pc)].masked_fill(~inside, 0.0)
+        return tok, act
+
+    # --- exact counts -------------------------------------------------------------------
+    state.n_tokens += valid.sum()
+    state.fires += (flat > 0).sum(0)
+    state.act_sum += flat.sum(0, dtype=torch.float64)
+    torch.maximum(state.max_act, flat.max(0).values, out=state.max_act)
+
+    n_idx, f_idx = (flat > 0).nonzero(as_tuple=True)  # [nnz]
+    vals = flat[n_idx, f_idx]  # [nnz]
+    state.hist.view(-1).add_(torch.bincount(f_idx * N_HIST + _hist_bin(vals), minlength=F * N_HIST))
+
+    # --- top-K: best K of this batch per feature, merged with the running K ------------
+    kb = min(K, B * P)
+    cv, ci = flat.topk(kb, dim=0)  # [kb, F]
+    cv, ci = cv.t(), ci.t()  # [F, kb]
+    cv = cv.masked_fill(cv <= 0, -math.inf)
+    cid = ids_flat[ci].masked_fill(cv == -math.inf, -1)  # [F, kb]
+    sel = _top_merge(torch.cat([state.top_val, cv], 1), torch.cat([state.top_id, cid], 1), K)  # [F, K]
+    feats = torch.arange(F)
+    tok_new, act_new = windows(ci // P, ci % P, feats[:, None].expand_as(ci))  # [F, kb, W]
+    state.top_val = torch.cat([state.top_val, cv], 1).gather(1, sel)
+    state.top_id = torch.cat([state.top_id, cid], 1).gather(1, sel)
+    selw = sel[..., None].expand(F, K, W)
+    state.top_tok = torch.cat([state.top_tok, tok_new], 1).gather(1, selw)
+    state.top_act = torch.cat([state.top_act, act_new], 1).gather(1, selw)
+
+    # --- quantile reservoirs: bottom-S keys per (feature, octave bucket) -----------------
+    G = F * N_BUCKETS
+    if vals.numel():
+        group = f_idx * N_BUCKETS + _bucket_of(vals)  # [nnz]
+        key = pair_key(ids_flat[n_idx], f_idx, seed)
+        cand = key < state.res_key[group, S - 1]  # only items that can enter their reservoir
+        n_idx, f_idx, vals, group, key = n_idx[cand], f_idx[cand], vals[cand], group[cand], key[cand]
+    occupied = (state.res_key != EMPTY_KEY).reshape(-1)  # [G*S]
+    old_flat = occupied.nonzero(as_tuple=True)[0]
+    all_group = torch.cat([old_flat // S, group if vals.numel() else old_flat[:0]])
+    all_key = torch.cat([state.res_key.reshape(-1)[old_flat], key if vals.numel() else old_flat[:0]])
+    kept, kg, slot = _bottom_k_groups(all_group, all_key, G, S)
+    n_old = old_flat.numel()
+    from_old, from_new = kept < n_old, kept >= n_old
+    new_key = torch.full_like(state.res_key, EMPTY_KEY)
+    new_val, new_id = torch.zeros_like(state.res_val), torch.full_like(state.res_id, -1)
+    new_tok, new_act = torch.full_like(state.res_tok, -1), torch.zeros_like(state.res_act)
+    src_old = old_flat[kept[from_old]]
+    g_o, s_o = kg[from_old], slot[from_old]
+    new_key[g_o, s_o] = state.res_key.reshape(-1)[src_old]
+    new_val[g_o, s_o] = state.res_val.reshape(-1)[src_old]
+    new_id[g_o, s_o] = state.res_id.reshape(-1)[src_old]
+    new_tok[g_o, s_o] = state.res_tok.reshape(-1, W)[src_old]
+    new_act[g_o, s_o] = state.res_act.reshape(-1, W)[src_old]
+    if from_new.any():
+        j = kept[from_new] - n_old
+        g_n, s_n = kg[from_new], slot[from_new]
+        new_key[g_n, s_n] = key[j]
+        new_val[g_n, s_n] = vals[j]
+        new_id[g_n, s_n] = ids_flat[n_idx[j]]
+        t, a = windows(n_idx[j] // P, n_idx[j] % P, f_idx[j])
+        new_tok[g_n, s_n], new_act[g_n, s_n] = t, a
+    state.res_key, state.res_val, state.res_id, state.res_tok, state.res_act = (
+        new_key, new_val, new_id, new_tok, new_act)
+
+    # --- non-activating contexts ---------------------------------------------------------
+    pick = valid.reshape(-1) & (hash_ids(ids_flat, seed + 7) % NEG_RATE == 0)
+    c_idx = pick.nonzero(as_tuple=True)[0]  # [C]
+    if c_idx.numel() and M > 0:
+        C = c_idx.numel()
+        p = (c_idx % P)[:, None] + offs  # [C, W]
+        inside = (p >= 0) & (p < P)
+        r = (c_idx // P)[:, None].expand_as(p)
+        wmax = (A[r, p.clamp(0, P - 1)] * inside[..., None]).amax(1)  # [C, F]
+        quiet = wmax.t() <= 0  # [F, C]
+        key = pair_key(ids_flat[c_idx][None, :].expand(F, C), feats[:, None], seed + 13)
+        key = key.masked_fill(~quiet, EMPTY_KEY)
+        allk = torch.cat([state.neg_key, key], 1)  # [F, M + C]
+        allid = torch.cat([state.neg_id, ids_flat[c_idx][None, :].expand(F, C).masked_fill(~quiet, -1)], 1)
+        order = allk.argsort(dim=1, stable=True)[:, :M]  # [F, M]
+        tok_c, _ = windows(c_idx // P, c_idx % P, None)  # [C, W]
+        all_tok = torch.cat([state.neg_tok, tok_c[None].expand(F, C, W)], 1)
+        state.neg_key = allk.gather(1, order)
+        state.neg_id = allid.gather(1, order)
+        state.neg_tok = all_tok.gather(1, order[..., None].expand(F, M, W))
+
+
+@torch.no_grad()
+def merge(a: ProfileState, b: ProfileState) -> ProfileState:
+    """Exact merge of two states built on disjoint tokens (counts add, top-K / bottom-k merge)."""
+    K, S, M, W = a.top_val.shape[1], a.res_key.shape[1], a.neg_key.shape[1], a.window
+    F, G = a.d_sae, a.res_key.shape[0]
+    sel = _top_merge(torch.cat([a.top_val, b.top_val], 1), torch.cat([a.top_id, b.top_id], 1), K)
+    selw = sel[..., None].expand(F, K, W)
+    r_sel = torch.cat([a.res_key, b.res_key], 1).argsort(dim=1, stable=True)[:, :S]  # keys unique per group
+    r_selw = r_sel[..., None].expand(G, S, W)
+    n_sel = torch.cat([a.neg_key, b.neg_key], 1).argsort(dim=1, stable=True)[:, :M]
+    cat1 = lambda x, y, s: torch.cat([x, y], 1).gather(1, s)  # noqa: E731
+    return ProfileState(
+        n_tokens=a.n_tokens + b.n_tokens, fires=a.fires + b.fires, act_sum=a.act_sum + b.act_sum,
+        max_act=torch.maximum(a.max_act, b.max_act), hist=a.hist + b.hist,
+        top_val=cat1(a.top_val, b.top_val, sel), top_id=cat1(a.top_id, b.top_id, sel),
+        top_tok=cat1(a.top_tok, b.top_tok, selw), top_act=cat1(a.top_act, b.top_act, selw),
+        res_key=cat1(a.res_key, b.res_key, r_sel), res_val=cat1(a.res_val, b.res_val, r_sel),
+        res_id=cat1(a.res_id, b.res_id, r_sel), res_tok=cat1(a.res_tok, b.res_tok, r_selw),
+        res_act=cat1(a.res_act, b.res_act, r_selw),
+        neg_key=cat1(a.neg_key, b.neg_key, n_sel), neg_id=cat1(a.neg_id, b.neg_id, n_sel),
+        neg_tok=cat1(a.neg_tok, b.neg_tok, n_sel[..., None].expand(F, M, W)),
+    )
+
+
+def hist_edges() -> list[float]:
+    """Lower edges of the histogram bins (the first bin also holds smaller values)."""
+    return [2.0 ** (LOG2_LO + i / HIST_PER_OCTAVE) for i in range(N_HIST + 1)]
+
+
+def bucket_range(b: int) -> tuple[float, float]:
+    """Activation range of reservoir bucket b (end buckets are open-ended)."""
+    lo = 0.0 if b == 0 else 2.0 ** (BUCKET_LO + b)
+    hi = math.inf if b == N_BUCKETS - 1 else 2.0 ** (BUCKET_LO + b + 1)
+    return lo, hi
