@@ -47,8 +47,9 @@ def fit_ccs(hook: str, x_pos: torch.Tensor, x_neg: torch.Tensor, y: torch.Tensor
             loss = ccs_loss(torch.sigmoid(zp @ w + b), torch.sigmoid(zn @ w + b))
             loss.backward()
             opt.step()
-        if float(loss) < best_loss:
-            best, best_loss = w.detach().clone(), float(loss)
+        final = float(loss.detach())
+        if final < best_loss:
+            best, best_loss = w.detach().clone(), final
     # Sign from a few labels: the CCS score of a pair is 0.5 (p+ + 1 - p-) (Burns et al.).
     k = min(n_labels, len(y))
     idx = torch.randperm(len(y), generator=gen)[:k]

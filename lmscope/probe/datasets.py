@@ -52,12 +52,16 @@ def _rng(*key) -> random.Random:
     return random.Random("|".join(map(str, (SEED,) + key)))
 
 
+def is_test_entity(domain: str, entity: str) -> bool:
+    """Whether an entity is held out: a seeded hash of (domain, entity), so every set of a domain
+    (cities and neg_cities, larger_than and smaller_than) holds out the same entities."""
+    return _rng("split", domain, entity).random() < TEST_FRACTION
+
+
 def split_entities(domain: str, entities: list[str]) -> tuple[set[str], set[str]]:
-    """(train, test) entity sets: a seeded shuffle of the domain's entities (same for every set of the domain)."""
-    ents = sorted(entities)
-    _rng("split", domain).shuffle(ents)
-    n_test = max(1, round(TEST_FRACTION * len(ents)))
-    return set(ents[n_test:]), set(ents[:n_test])
+    """(train, test) entity sets of a domain."""
+    test = {e for e in entities if is_test_entity(domain, e)}
+    return set(entities) - test, test
 
 
 def _wrong(rng: random.Random, true_value: str, values: list[str]) -> str:
@@ -84,11 +88,10 @@ def _cities(negated: bool) -> list[Statement]:
 def _compare(larger: bool) -> list[Statement]:
     """'X is larger than Y.' over number words; per X two true and two false comparisons."""
     rng = _rng("numbers", larger)
-    train, test = split_entities("numbers", [str(n) for n in NUMBERS])
     out = []
     for x in NUMBERS:
         # Compare only within the same split, so a test number never appears in training at all.
-        pool = [n for n in NUMBERS if n != x and ((str(n) in test) == (str(x) in test))]
+        pool = [n for n in NUMBERS if n != x and is_test_entity("numbers", str(n)) == is_test_entity("numbers", str(x))]
         bigger = [n for n in pool if n > x]
         smaller = [n for n in pool if n < x]
         k = min(2, len(bigger), len(smaller))
@@ -166,9 +169,8 @@ def load_dataset(name: str) -> Dataset:
                         "list them with `lmscope probe datasets`")
     domain, desc, gen = BUILTIN[name]
     statements = gen()
-    _, test_ents = split_entities(domain, sorted({s.entity for s in statements}))
-    train = [s for s in statements if s.entity not in test_ents]
-    test = [s for s in statements if s.entity in test_ents]
+    train = [s for s in statements if not is_test_entity(domain, s.entity)]
+    test = [s for s in statements if is_test_entity(domain, s.entity)]
     return Dataset(name=name, domain=domain, description=desc, train=train, test=test)
 
 

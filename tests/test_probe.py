@@ -1,0 +1,264 @@
+"""Truth probes: datasets, batched activations, planted-direction recovery, artifact, CLI errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lmscope.cli import main
+from lmscope.errors import UserError
+from lmscope.probe.activations import last_token_acts
+from lmscope.probe.datasets import BUILTIN, load_dataset, names
+from lmscope.probe.lies import auroc
+from lmscope.probe.probes import KINDS, fit
+
+
+# --- datasets -----------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(BUILTIN))
+def test_dataset_balanced_deterministic_entity_split(name):
+    a, b = load_dataset(name), load_dataset(name)
+    assert a == b  # deterministic
+    for split in (a.train, a.test):
+        assert sum(s.label for s in split) * 2 == len(split)  # balanced
+    assert not {s.entity for s in a.train} & {s.entity for s in a.test}
+    assert len(a.test) >= 16 and len(a.train) > len(a.test)
+    for s in a.all:
+        assert s.text != s.contrast and s.text.endswith((".", '"."'))
+
+
+def test_negated_sets_share_the_entity_split_and_flip_labels():
+    pos, neg = load_dataset("cities"), load_dataset("neg_cities")
+    assert {s.entity for s in pos.test} == {s.entity for s in neg.test}
+    for p, n in zip(pos.all, neg.all):
+        assert (p.text, p.label) == (n.contrast, 1 - n.label)
+    # numbers: a test number never appears in a training statement, even as the second number
+    lt = load_dataset("larger_than")
+    from lmscope.probe.facts import number_word
+
+    test_words = {number_word(int(e)) for e in {s.entity for s in lt.test}}
+    for s in lt.train:
+        assert not any(w in s.text.lower() for w in test_words), s.text
+
+
+def test_facts_are_true():
+    ds = load_dataset("arithmetic")
+    for s in ds.all:
+        a, rest = s.text.split(" plus ")
+        b, c = rest.rstrip(".").split(" equals ")
+        assert (int(a) + int(b) == int(c)) == bool(s.label)
+    for s in load_dataset("larger_than").all:
+        x = int(s.entity)
+        assert s.label in (0, 1)
+    assert "The city of Paris is in France." in {s.text for s in load_dataset("cities").all if s.label}
+
+
+# --- activations --------------------------------------------------------------------
+def test_batched_last_token_equals_unbatched(tiny_llama):
+    texts = ["the cat is big .", "paris is the capital of france .", "a dog", "berlin is in germany and rome is "
+             "in italy ."]
+    hooks = ["blocks.0.resid_post", "blocks.2.resid_post"]
+    batched = last_token_acts(tiny_llama, texts, hooks, batch_size=4)
+    for i, t in enumerate(texts):
+        one = last_token_acts(tiny_llama, [t], hooks, batch_size=1)
+        ids = tiny_llama.to_tokens(t)
+        ref = tiny_llama.run(ids, capture=hooks)
+        for h in hooks:
+            torch.testing.assert_close(batched[h][i], one[h][0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(batched[h][i], ref.acts[h][0, -1].float(), atol=1e-5, rtol=1e-5)
+
+
+def test_statement_that_tokenizes_to_nothing(tiny_llama):
+    with pytest.raises(UserError, match="tokenizes to nothing"):
+        last_token_acts(tiny_llama, ["the cat", ""], ["blocks.0.resid_post"])
+
+
+# --- planted direction ----------------------------------------------------------------
+def _planted(lm, n=160, alpha=4.0, seed=0):
+    """Random 5-word statements; label +-1 times a fixed direction added at blocks.0.resid_post."""
+    from lmscope.models.tiny import WORDS
+
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(lm.d_model, generator=g)
+    v = v / v.norm()
+    words = [w for w in WORDS if w.isalpha()]
+    # Equal word counts -> equal token counts (word-level tokenizer), so one batch keeps row order.
+    texts = [" ".join(words[int(i)] for i in torch.randint(len(words), (5,), generator=g)) for _ in range(n)]
+    y = torch.arange(n) % 2
+    hook = "blocks.1.resid_post"
+    scale = last_token_acts(lm, texts[:16], ["blocks.0.resid_post"])["blocks.0.resid_post"].norm(dim=1).mean()
+
+    def acts(sign):
+        s = (y.float() * 2 - 1) * sign * alpha * scale  # [batch]
+        edit = {"blocks.0.resid_post": lambda x: x + s[:, None, None] * v.to(x.dtype)}
+        return last_token_acts(lm, texts, [hook], batch_size=n, edits=edit)[hook]
+
+    return hook, v, acts(1.0), acts(-1.0), y
+
+
+@pytest.fixture(scope="module")
+def planted(tiny_llama):
+    return _planted(tiny_llama)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_planted_direction_recovered(planted, kind):
+    hook, v, x, xc, y = planted
+    tr, te = slice(0, 120), slice(120, None)
+    probe = fit(kind, hook, x[tr], y[tr], xc[tr])
+    assert probe.accuracy(x[te], y[te]) >= 0.97
+    d = probe.direction
+    if kind == "massmean_iid":
+        # theta = Sigma^-1 (mu+ - mu-): the whitened direction; Sigma theta is the planted one.
+        r = torch.cat([x[tr][y[tr] == k] - x[tr][y[tr] == k].mean(0) for k in (0, 1)])
+        d = (r.T @ r) @ d
+    cos = torch.nn.functional.cosine_similarity(d, v, dim=0)
+    assert cos > 0.9, float(cos)
+
+
+def test_random_labels_give_chance_accuracy(tiny_llama):
+    """The probe is not trivially perfect: with no planted signal, held-out accuracy is near chance."""
+    hook, v, x, xc, y = _planted(tiny_llama, alpha=0.0)
+    probe = fit("logistic", hook, x[:120], y[:120])
+    assert probe.accuracy(x[120:], y[120:]) < 0.75
+
+
+def test_auroc_matches_pairwise_definition():
+    s = torch.tensor([0.1, 0.4, 0.35, 0.8, 0.4])
+    lab = torch.tensor([0, 0, 1, 1, 1])
+    pairs = [(p, n) for p in s[lab == 1] for n in s[lab == 0]]
+    ref = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in pairs) / len(pairs)
+    assert auroc(s, lab) == pytest.approx(ref)
+    assert auroc(torch.tensor([1.0, 2.0]), torch.tensor([0, 1])) == 1.0
+
+
+# --- artifact and CLI -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    """Two tiny models saved as HF folders (so the CLI can load them by path)."""
+    from lmscope.models.tiny import tiny_model
+
+    root = tmp_path_factory.mktemp("models")
+    out = {}
+    for name, d in (("a", 32), ("b", 48)):
+        lm = tiny_model("llama", n_layers=2, d_model=d, seed=1)
+        lm.model.save_pretrained(root / name)
+        lm.tokenizer.save_pretrained(root / name)
+        out[name] = str(root / name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(model_dirs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("probe") / "p"
+    rc = main(["probe", "train", "--model", model_dirs["a"], "--dataset", "cities,neg_cities", "--layers", "all",
+               "--kinds", "logistic,massmean,ccs", "--out", str(out), "--json"])
+    assert rc == 0
+    return out
+
+
+def test_train_writes_artifact_and_curve(trained, model_dirs):
+    meta = json.loads((trained / "probe.json").read_text())
+    assert meta["schema_version"] == 1 and meta["kind"] == "logistic"
+    assert meta["model"]["d_model"] == 32 and meta["datasets"] == ["cities", "neg_cities"]
+    assert set(meta["metrics"]["per_layer"]) == {"blocks.0.resid_post", "blocks.1.resid_post"}
+    assert (trained / "accuracy.png").stat().st_size > 1000
+    assert not [p for p in trained.parent.iterdir() if p.name.startswith(".")]  # no temp folders left
+
+
+def test_save_load_same_scores(trained, model_dirs):
+    from lmscope.models.load import load_model
+    from lmscope.probe.artifact import load_probe, save_probe
+
+    probe, meta = load_probe(trained)
+    lm = load_model(model_dirs["a"])
+    x = last_token_acts(lm, ["the cat is big .", "paris is in france ."], [probe.hook])[probe.hook]
+    copy = save_probe(probe, trained.parent / "copy", fingerprint=meta["model"], datasets=meta["datasets"],
+                      metrics={})
+    again, _ = load_probe(copy)
+    torch.testing.assert_close(again.logits(x), probe.logits(x))
+    with pytest.raises(UserError, match="--force"):
+        save_probe(probe, copy, fingerprint=meta["model"], datasets=[], metrics={})
+
+
+def test_lie_check_cli(trained, capsys):
+    capsys.readouterr()
+    assert main(["lie-check", "--probe", str(trained), "Q: is paris in france ? A: yes .", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert 0 <= out["truth_last"] <= 1 and out["answer"] == "yes ."
+    assert out["contradiction"] == (out["truth_last"] < out["threshold"])
+    assert len(out["per_token"]) == len(out["tokens"])
+
+
+def test_eval_matrix_cli(trained, model_dirs, capsys):
+    capsys.readouterr()
+    assert main(["probe", "eval", "--probe", str(trained), "--dataset", "cities,larger_than", "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)["matrix"]
+    (row,) = m.values()
+    assert set(row) == {"cities", "larger_than"} and all(0 <= v <= 1 for v in row.values())
+    assert main(["probe", "eval", "--model", model_dirs["a"], "--train", "cities,animal_class", "--layer", "1",
+                 "--dataset", "cities", "--json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["matrix"]) == {"cities", "animal_class"}
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["probe", "train", "--dataset", "citiez", "--out", "x"], "did you mean: cities"),
+    (["probe", "eval", "--probe", "PROBE", "--dataset", "neg_citis"], "neg_cities"),
+    (["lie-check", "--probe", "PROBE", "--model", "MODEL_B", "Q: A: yes"], "trained on"),
+    (["lie-check", "--probe", "PROBE", ""], "tokenizes to nothing"),
+    (["lie-check", "--probe", "nowhere", "x"], "not a probe"),
+    (["probe", "train", "--model", "MODEL_A", "--layers", "7", "--out", "y"], "out of range"),
+    (["probe", "train", "--model", "MODEL_A", "--kinds", "logistc", "--out", "y"], "did you mean: logistic"),
+])
+def test_bad_input_is_one_line_exit_2(argv, msg, trained, model_dirs, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = [str(trained) if a == "PROBE" else model_dirs["b"] if a == "MODEL_B" else
+            model_dirs["a"] if a == "MODEL_A" else a for a in argv]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert msg in err and len(err.splitlines()) == 1, err
+
+
+def test_probe_applied_to_another_layer_or_width(trained, model_dirs):
+    from lmscope.models.load import load_model
+    from lmscope.probe.artifact import check_compatible, load_probe
+
+    _, meta = load_probe(trained)
+    lm = load_model(model_dirs["a"])
+    check_compatible(meta, lm)
+    with pytest.raises(UserError, match="does not have"):
+        check_compatible({**meta, "hook": "blocks.5.resid_post"}, lm)
+    with pytest.raises(UserError, match="width"):
+        check_compatible({**meta, "d_model": 64}, lm)
+    with pytest.raises(UserError, match="d_model"):
+        check_compatible(meta, load_model(model_dirs["b"]))
+
+
+def test_datasets_cli(capsys):
+    assert main(["probe", "datasets", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == names() and all(r["true"] == r["false"] for r in rows)
+
+
+def test_explain_ranks_planted_decoder_row(trained, tmp_path, capsys):
+    """A dictionary whose decoder row 3 is the truth direction: explain ranks it first with cos 1."""
+    from lmscope.atlas.layout import AtlasLayout
+    from lmscope.dictionaries import DictionaryConfig, build
+    from lmscope.dictionaries.io import save_saelens
+    from lmscope.probe.artifact import load_probe
+
+    probe, meta = load_probe(trained)
+    sae = build(DictionaryConfig(d_in=32, d_sae=16, k=4, hook_name=probe.hook, model_name=meta["model"]["model"]))
+    with torch.no_grad():
+        sae.W_dec[3] = -2 * probe.direction / probe.direction.norm()
+    layout = AtlasLayout(tmp_path / "atlas")
+    save_saelens(sae, layout.dictionary_dir(probe.hook))
+    layout.add_dictionary(probe.hook, model=meta["model"]["model"], arch="topk", d_sae=16)
+    capsys.readouterr()
+    assert main(["probe", "explain", "--probe", str(trained), str(layout.root), "--top", "3", "--json"]) == 0
+    top = json.loads(capsys.readouterr().out)[0]
+    assert top["feature"] == 3 and top["cosine"] == pytest.approx(-1.0, abs=1e-5)
+    assert main(["probe", "explain", "--probe", str(trained), str(layout.root)]) == 0
+    assert "appear after `lmscope explain`" in capsys.readouterr().out
