@@ -85,7 +85,10 @@ const lmscope = (() => {
   async function start() {
     try {
       info = await api("/api/info");
-      document.getElementById("model").textContent = `${info.model} · ${info.hooks.length} dictionaries`;
+      const name = info.model.length > 40 ? "…" + info.model.slice(-39) : info.model;
+      const m = document.getElementById("model");
+      m.textContent = `${name} · ${info.hooks.length} dictionaries`;
+      m.title = info.model;
     } catch (e) { /* pages still render their own errors */ }
     const {pages: scripts} = await api("/api/pages");
     for (const src of scripts) {
