@@ -1,0 +1,346 @@
+"""`lmscope atlas build`: profile every feature of every dictionary in one pass over a corpus.
+
+    build_atlas(BuildConfig(atlas="atlas/", corpus="corpus.txt", tokens=1_000_000))
+    torchrun --nproc-per-node 4 -m lmscope atlas build atlas/ --corpus C --tokens 1M
+
+Per batch of contexts: ONE model forward capturing every dictionary's input hook (stopping
+after the deepest), each dictionary encodes its activations, and `profile.update` folds the
+result into that dictionary's bounded accumulators. Global context i goes to rank i % world, so
+any world size sees the same tokens; at the end rank 0 gathers the states and merges them
+exactly (`profile.merge`). Checkpoints of the accumulators are written atomically every
+`checkpoint_every` batches (and on Ctrl-C nothing is lost but the batches since the last one);
+rerunning the same command resumes. The database is filled at the end in one transaction, the
+manifest entry comes last, and a completed build is not redone without --force.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from ..errors import UserError
+from .layout import AtlasLayout, write_json_atomic
+from .profile import N_BUCKETS, ProfileState, merge, peak_index, update
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    atlas: str
+    """atlas folder (with dictionaries and atlas.json)"""
+    corpus: str = "default"
+    """text corpus: a .txt file or folder, or a corpus name known to lmscope.capture.corpus"""
+    tokens: int = 1_000_000
+    """tokens to profile on (rounded up to whole contexts)"""
+    top_k: int = 20
+    """top activating examples kept per feature"""
+    ctx_window: int = 16
+    """tokens shown around each example's peak (3/4 before it)"""
+    ctx_len: int = 128
+    """tokens per context (BOS first)"""
+    batch_size: int = 16
+    """contexts per model pass (per process)"""
+    samples: int = 4
+    """examples kept per activation bucket (octave) per feature"""
+    negatives: int = 8
+    """non-activating contexts kept per feature (for explanation scoring)"""
+    hooks: str = ""
+    """only these dictionaries (comma-separated hook names); empty = all"""
+    seed: int = 0
+    """seed of the sampling keys"""
+    checkpoint_every: int = 50
+    """batches between resumable checkpoints"""
+    force: bool = False
+    """rebuild a completed atlas build / restart an in-progress build with other settings"""
+    device: str = "cpu"
+    """torch device"""
+    model_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """dtype of the model weights"""
+
+    def __post_init__(self) -> None:
+        for name in ("tokens", "top_k", "ctx_window", "ctx_len", "batch_size", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.samples < 0 or self.negatives < 0:
+            raise ValueError("--samples and --negatives must be >= 0")
+        if self.ctx_len < 2:
+            raise ValueError("--ctx-len must be >= 2")
+
+    def identity(self, world_size: int) -> dict:
+        """What a resume must agree on."""
+        d = asdict(self)
+        for k in ("atlas", "force", "device", "checkpoint_every", "model_dtype"):
+            d.pop(k)
+        d["world_size"] = world_size
+        return d
+
+
+@dataclass
+class BuildResult:
+    atlas: str
+    hooks: list[str]
+    n_tokens: int
+    seconds: float
+    skipped: bool = False
+    """True when an identical completed build was found (nothing done)"""
+    state_bytes: int = 0
+    """bytes of the accumulators (independent of the token count)"""
+
+
+def _state_path(layout: AtlasLayout, rank: int) -> Path:
+    return layout.root / "build" / f"profile.rank{rank}.pt"
+
+
+def _save_state(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def _load_dictionaries(layout: AtlasLayout, lm, hooks: str) -> dict:
+    from ..dictionaries import load_dictionary
+
+    listed = layout.dictionaries()
+    names = list(listed)
+    if hooks:
+        want = [h.strip() for h in hooks.split(",") if h.strip()]
+        for h in want:
+            if h not in listed:
+                from ..errors import close_matches
+                raise UserError(f"no dictionary {h!r} in {layout.root}{close_matches(h, names)}")
+        names = want
+    if not names:
+        raise UserError(f"{layout.root} has no dictionaries; train one first (`lmscope train ... --out {layout.root}`)")
+    out = {}
+    for h in names:
+        d = load_dictionary(layout.dictionary_dir(h))
+        src = d.cfg.hook_name or h
+        try:
+            point = lm.hooks[src]
+        except (KeyError, UserError):
+            raise UserError(f"dictionary {h} reads hook {src!r}, which model {lm.name} does not have; "
+                            "is this an atlas of another model?") from None
+        if point.d != d.cfg.d_in:
+            raise UserError(f"dictionary {h} expects width {d.cfg.d_in} at {src} but model {lm.name} has {point.d}; "
+                            "this atlas belongs to another model")
+        out[h] = d
+    return out
+
+
+def _contexts(lm, cfg: BuildConfig) -> Iterator[Tensor]:
+    from ..dictionaries.sources import iter_contexts
+
+    return iter_contexts(lm, cfg.corpus, ctx_len=cfg.ctx_len, seed=cfg.seed)
+
+
+def build_atlas(cfg: BuildConfig, *, progress: bool = True, lm=None,
+                contexts: Callable[[], Iterator[Tensor]] | None = None) -> BuildResult:
+    """Run (or resume) the profile pass and write the atlas DB. `contexts` (tests) replaces the corpus."""
+    from .. import dist
+    from ..capture.hooks import run
+    from ..dictionaries.sources import token_mask
+    from ..models.load import load_model
+    from .db import AtlasDB
+
+    t0 = time.time()
+    layout = AtlasLayout(cfg.atlas)
+    manifest = layout.read()
+    info = dist.setup(cfg.device)
+    device = dist.device_for(info, cfg.device) if info.enabled else torch.device(cfg.device)
+    identity = cfg.identity(info.world_size)
+
+    if layout.db_path.exists() and not cfg.force:
+        with AtlasDB(layout.db_path) as db:
+            done = db.meta().get("build")
+        if done and done.get("identity") == identity:
+            if info.is_main and progress:
+                print(f"lmscope: {layout.root} is already profiled with these settings; pass --force to rebuild")
+            return BuildResult(str(layout.root), done.get("hooks", []), done.get("n_tokens", 0), 0.0, skipped=True)
+        if done:
+            raise UserError(f"{layout.root} already has a completed profile with other settings; "
+                            "pass --force to replace it")
+
+    if lm is None:
+        lm = load_model(manifest["model"], dtype=cfg.model_dtype, device=device)
+    dicts = _load_dictionaries(layout, lm, cfg.hooks)
+    for d in dicts.values():
+        d.to(device).eval()
+    capture = sorted({d.cfg.hook_name or h for h, d in dicts.items()})
+
+    n_ctx = math.ceil(cfg.tokens / cfg.ctx_len)
+    mine = len(range(info.rank, n_ctx, info.world_size))
+    path = _state_path(layout, info.rank)
+    states = {h: ProfileState.empty(d.cfg.d_sae, top_k=cfg.top_k, window=cfg.ctx_window, samples=cfg.samples,
+                                    negatives=cfg.negatives) for h, d in dicts.items()}
+    done_local = 0
+    if path.exists():
+        saved = torch.load(path, weights_only=True)
+        if saved["identity"] != json.loads(json.dumps(identity)) and not cfg.force:
+            raise UserError(f"an interrupted build with other settings is in {path.parent}; "
+                            "rerun it with the same flags or pass --force to restart")
+        if saved["identity"] == json.loads(json.dumps(identity)):
+            done_local = saved["done_local"]
+            states = {h: ProfileState(**t) for h, t in saved["states"].items()}
+
+    bar = None
+    if progress and info.is_main:
+        from tqdm import tqdm
+        bar = tqdm(total=mine * cfg.ctx_len, initial=done_local * cfg.ctx_len, unit="tok", unit_scale=True,
+                   desc="atlas build", dynamic_ncols=True)
+
+    def my_contexts() -> Iterator[tuple[int, Tensor]]:
+        it = contexts() if contexts is not None else _contexts(lm, cfg)
+        for i, ctx in enumerate(it):
+            if i >= n_ctx:
+                return
+            if i % info.world_size == info.rank:
+                yield i, ctx
+        raise UserError(f"the corpus {cfg.corpus!r} has fewer than {n_ctx} contexts of {cfg.ctx_len} tokens; "
+                        "pass a smaller --tokens or a larger corpus")
+
+    def save() -> None:
+        _save_state(path, {"identity": identity, "done_local": done_local,
+                           "states": {h: s.tensors() for h, s in states.items()}})
+
+    batch: list[tuple[int, Tensor]] = []
+    n_batches = 0
+
+    def flush() -> None:
+        nonlocal done_local, n_batches
+        idx = torch.tensor([i for i, _ in batch])  # [B] global context indices
+        tokens = torch.stack([c for _, c in batch]).to(device)  # [B, P]
+        if tokens.shape[1] != cfg.ctx_len:
+            raise UserError(f"contexts have {tokens.shape[1]} tokens, expected --ctx-len {cfg.ctx_len}")
+        valid = token_mask(lm, tokens).cpu()
+        ids = idx[:, None] * cfg.ctx_len + torch.arange(cfg.ctx_len)  # [B, P] global token ids
+        acts = run(lm, tokens, capture=capture).acts
+        with torch.inference_mode():
+            for h, d in dicts.items():
+                x = acts[d.cfg.hook_name or h]  # [B, P, d_in]
+                f = d.encode(x.reshape(-1, x.shape[-1]).float()).reshape(*tokens.shape, -1)  # [B, P, F]
+                update(states[h], f.float().cpu(), tokens.cpu(), valid, ids, seed=cfg.seed)
+        done_local += len(batch)
+        n_batches += 1
+        if bar is not None:
+            bar.update(len(batch) * cfg.ctx_len)
+        batch.clear()
+        if n_batches % cfg.checkpoint_every == 0:
+            save()
+
+    try:
+        for j, (i, ctx) in enumerate(my_contexts()):
+            if j < done_local:
+                continue  # resumed: already folded into the saved state
+            batch.append((i, ctx))
+            if len(batch) == cfg.batch_size:
+                flush()
+        if batch:
+            flush()
+    except KeyboardInterrupt:
+        batch.clear()
+        save()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    save()
+
+    if info.enabled:
+        import torch.distributed as td
+        gathered = [None] * info.world_size if info.is_main else None
+        td.gather_object({h: s.tensors() for h, s in states.items()}, gathered, dst=0)
+        if info.is_main:
+            for other in gathered[1:]:
+                states = {h: merge(states[h], ProfileState(**other[h])) for h in states}
+    n_tokens = int(next(iter(states.values())).n_tokens) if states else 0
+    state_bytes = sum(s.nbytes() for s in states.values())
+    if info.is_main:
+        _write_db(layout, lm, dicts, states, cfg, identity)
+        m = layout.read()
+        m["profile"] = {"hooks": list(dicts), "tokens": n_tokens, "corpus": cfg.corpus,
+                        "top_k": cfg.top_k, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        write_json_atomic(layout.manifest_path, m)
+    if info.enabled:
+        dist.barrier()
+    shutil.rmtree(path.parent, ignore_errors=True) if info.is_main else None
+    return BuildResult(str(layout.root), list(dicts), n_tokens, time.time() - t0, state_bytes=state_bytes)
+
+
+def _window_rows(vocab: list[str], toks: Tensor, acts: Tensor | None):
+    """Strip padding (-1) from one window; returns (tokens, ids, acts, peak position)."""
+    keep = toks >= 0
+    first = int(keep.float().argmax()) if keep.any() else 0
+    ids = toks[keep].tolist()
+    a = acts[keep].tolist() if acts is not None else [0.0] * len(ids)
+    return [vocab[i] if i < len(vocab) else f"<{i}>" for i in ids], ids, [round(v, 5) for v in a], first
+
+
+def _write_db(layout: AtlasLayout, lm, dicts: dict, states: dict, cfg: BuildConfig, identity: dict) -> None:
+    from .db import AtlasDB
+    from .logits import logit_effects
+    from .profile import HIST_PER_OCTAVE, LOG2_LO
+
+    vocab = lm.to_str_tokens(list(range(len(lm.tokenizer))))
+    peak = peak_index(cfg.ctx_window)
+    db = AtlasDB(layout.db_path)
+    try:
+        db.conn.execute("BEGIN IMMEDIATE")
+        for h, d in dicts.items():
+            s = states[h]
+            n = max(int(s.n_tokens), 1)
+            feats, examples, logits = [], [], []
+            fires, sums = s.fires.tolist(), s.act_sum.tolist()
+            maxes = s.max_act.tolist()
+            for f in range(s.d_sae):
+                counts = s.hist[f]
+                nz = counts.nonzero(as_tuple=True)[0]
+                hist = {"log2_lo": LOG2_LO, "per_octave": HIST_PER_OCTAVE,
+                        "bins": nz.tolist(), "counts": counts[nz].tolist()}
+                feats.append((f, fires[f] / n, fires[f], maxes[f], sums[f] / n,
+                              sums[f] / fires[f] if fires[f] else 0.0, json.dumps(hist)))
+            tv, tid = s.top_val, s.top_id
+            for f, r in (tid >= 0).nonzero().tolist():
+                toks, ids, acts, first = _window_rows(vocab, s.top_tok[f, r], s.top_act[f, r])
+                examples.append((f, "top", None, r, float(tv[f, r]), int(tid[f, r]), json.dumps(toks),
+                                 json.dumps(ids), json.dumps(acts), peak - first))
+            for g, r in (s.res_id >= 0).nonzero().tolist():
+                f, b = divmod(g, N_BUCKETS)
+                toks, ids, acts, first = _window_rows(vocab, s.res_tok[g, r], s.res_act[g, r])
+                examples.append((f, "quantile", b, r, float(s.res_val[g, r]), int(s.res_id[g, r]),
+                                 json.dumps(toks), json.dumps(ids), json.dumps(acts), peak - first))
+            for f, r in (s.neg_id >= 0).nonzero().tolist():
+                toks, ids, acts, first = _window_rows(vocab, s.neg_tok[f, r], None)
+                examples.append((f, "negative", None, r, 0.0, int(s.neg_id[f, r]), json.dumps(toks),
+                                 json.dumps(ids), json.dumps(acts), peak - first))
+            from ..trace.dictmath import decoder_rows
+            eff = logit_effects(lm, decoder_rows(d))
+            if eff is not None:
+                for kind, ids_t, vals_t in (("promoted", eff.promoted_ids, eff.promoted),
+                                            ("suppressed", eff.suppressed_ids, eff.suppressed)):
+                    for f, row in enumerate(ids_t.tolist()):
+                        for r, t in enumerate(row):
+                            logits.append((f, kind, r, t, vocab[t] if t < len(vocab) else f"<{t}>",
+                                           float(vals_t[f, r])))
+            info = {"arch": d.cfg.arch, "d_sae": d.cfg.d_sae, "d_in": d.cfg.d_in, "n_tokens": int(s.n_tokens),
+                    "config": {"hook_name": d.cfg.hook_name, "out_hook_name": getattr(d.cfg, "out_hook_name", None)}}
+            db.write_dictionary_profiles(h, info, feats, examples, logits, commit=False)
+        db.conn.execute("INSERT OR REPLACE INTO meta VALUES ('build', ?)", (json.dumps(
+            {"identity": identity, "hooks": list(dicts), "n_tokens": int(next(iter(states.values())).n_tokens),
+             "model": layout.read().get("model"), "completed": time.strftime("%Y-%m-%dT%H:%M:%S")}),))
+        db.conn.execute("INSERT OR REPLACE INTO meta VALUES ('model', ?)", (json.dumps(layout.read().get("model")),))
+        db.conn.commit()
+    except BaseException:
+        db.conn.rollback()
+        raise
+    finally:
+        db.close()
