@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from lmscope.read.demo import HOOKS, HTML_TOKEN, PLANTED, build_demo_atlas
+from lmscope.read.demo import HOOKS, HTML_TOKEN, PLANTED, PLANTED_LABEL, build_demo_atlas
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -91,13 +91,22 @@ def test_scan_heatmap_token_and_feature_page(page, viewer):
     assert "horse" in panel.text_content()
     first = panel.locator("a.feat").first
     assert first.text_content() == f"{HOOKS[0]}/{PLANTED}"
-    assert "(unlabeled)" in panel.text_content()
+    assert PLANTED_LABEL in panel.text_content()  # the label, as text
+    assert "(unlabeled)" in panel.text_content()  # features without explanations
     shot(page, "scan")
     first.click()
     page.wait_for_selector("#feature-title")
     assert page.locator("#feature-title").text_content() == f"{HOOKS[0]}/{PLANTED}"
     assert page.locator("table.up tr").count() == 10  # promoted tokens
-    assert "density" in page.content()
+    assert page.locator(".bigLabel").text_content() == PLANTED_LABEL
+    assert page.locator("main b").count() == 0  # the HTML-looking label never became markup
+    examples = page.locator("#examples .example")
+    assert examples.count() > 0
+    for i in range(examples.count()):  # the hottest token of every top example is "horse"
+        assert examples.nth(i).locator(".etok.on").first.text_content() == "horse"
+    assert page.locator("#quantiles .example").count() > 0
+    assert "detection balanced_accuracy 1.00" in page.locator("#explanations").text_content()
+    assert "density" in page.locator("main").text_content()
     shot(page, "feature")
     assert not page.problems and not page.offsite
 
@@ -122,7 +131,13 @@ def test_search_pages(page, viewer):
     row = page.locator("#search-results tr").nth(1)
     assert f"/{PLANTED}" in row.text_content() and "horse" in row.text_content()
     shot(page, "search")
+    page.fill("#search-q", "ponies")
     page.select_option("#search-mode", "labels")
+    page.click("#search-btn")
+    page.locator("#search-results", has_text="label:").wait_for()
+    assert page.locator("#search-results a.feat").count() == len(HOOKS)
+    shot(page, "search-labels")
+    page.fill("#search-q", "zebra")
     page.click("#search-btn")
     # (wait_for_function would need eval, which the viewer's CSP forbids: good)
     page.locator("#search-out", has_text="No feature").wait_for()
@@ -133,7 +148,8 @@ def test_overview_page(page, viewer):
     page.goto(viewer + "#/overview")
     page.wait_for_selector("#dict-table")
     assert page.locator("#dict-table tr").count() == 1 + len(HOOKS)
-    assert page.locator("figure.hist").count() == len(HOOKS)
+    assert page.locator("figure.hist").count() == len(HOOKS) + 1  # densities + one score distribution
+    assert "explanations" in page.locator("#db-summary").text_content()
     shot(page, "overview")
     assert not page.problems
 

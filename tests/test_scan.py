@@ -12,7 +12,7 @@ import torch
 
 from lmscope.errors import UserError
 from lmscope.read import Reader, compare, render_compare, render_html, render_png, render_scan, write_html
-from lmscope.read.demo import HOOKS, HTML_TOKEN, PLANTED, build_demo_atlas
+from lmscope.read.demo import HOOKS, HTML_TOKEN, PLANTED, PLANTED_LABEL, build_demo_atlas
 from lmscope.read.render_terminal import brain_map
 from lmscope.read.scan import parse_feature_id
 
@@ -97,12 +97,17 @@ def test_compare_finds_the_planted_difference(reader):
     assert "blocks" in render_compare(cmp)
 
 
-def test_unlabeled_features_display_gracefully(reader):
+def test_labels_from_the_atlas_db_and_unlabeled_features(reader):
     res = reader.scan("the horse")
     hit = res.top[HOOKS[0]][2][0]
-    assert hit.label is None
-    assert hit.display() == f"{HOOKS[0]}/{PLANTED} (unlabeled)"
-    assert "(unlabeled)" in render_scan(res, color=False)
+    assert hit.feature == PLANTED and hit.label == PLANTED_LABEL  # written to atlas.db by the demo
+    other = res.top[HOOKS[0]][2][1]
+    assert other.label is None  # explanations may not exist yet: shown gracefully
+    assert other.display() == f"{HOOKS[0]}/{other.feature} (unlabeled)"
+    text = render_scan(res, color=False)
+    assert "(unlabeled)" in text and PLANTED_LABEL in text
+    bare = Reader(reader.lm, reader.dicts)  # no DB at all
+    assert bare.scan("the horse").top[HOOKS[0]][2][0].label is None
 
 
 def test_labels_come_from_the_label_source(atlas, reader):
@@ -139,6 +144,7 @@ def test_html_report_escapes_model_text(reader, tmp_path):
     page = render_html(res, compare(reader, f"{HTML_TOKEN} horse", "the dog"))
     assert HTML_TOKEN not in page and "<img" not in page
     assert html.escape(HTML_TOKEN) in page
+    assert PLANTED_LABEL not in page and html.escape(PLANTED_LABEL) in page  # labels are escaped too
     assert "<script" not in page and "http" not in page  # self-contained: no script, no CDN
     out = write_html(res, tmp_path / "r.html")
     assert out.read_text() == render_html(res)

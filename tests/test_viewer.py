@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from lmscope.read import Reader
-from lmscope.read.demo import HOOKS, HTML_TOKEN, PLANTED, build_demo_atlas
+from lmscope.read.demo import HOOKS, HTML_TOKEN, PLANTED, PLANTED_LABEL, build_demo_atlas
 from lmscope.viewer.routes import ROUTES
 from lmscope.viewer.server import Limits, confined, make_server
 
@@ -62,16 +62,27 @@ def test_compare_feature_search_overview(server):
     st, cmp = call(server, "POST", "/api/compare", {"prompt_a": "the horse ran", "prompt_b": "the dog ran"})
     assert st == 200 and cmp["diffs"][0]["feature"] == PLANTED
     st, f = call(server, "GET", f"/api/feature?id={HOOKS[0]}/{PLANTED}")
-    assert st == 200 and f["display"] == f"{HOOKS[0]}/{PLANTED} (unlabeled)"
+    assert st == 200 and f["label"] == PLANTED_LABEL and f["display"] == PLANTED_LABEL
     assert len(f["logits"]["promoted"]) == 10 and f["logits"]["promoted"][0]["value"] >= f["logits"]["promoted"][-1]["value"]
-    assert 0 < f["density"] < 1  # from the saved sparsity file
+    assert 0 < f["density"] < 1
+    prof = f["profile"]  # the atlas build's profile: every top example peaks on "horse"
+    assert prof["top"] and all(ex["tokens"][ex["position"]] == "horse" for ex in prof["top"])
+    assert prof["max_act"] == pytest.approx(max(ex["score"] for ex in prof["top"]))
+    hist = prof["histogram"]
+    assert sum(hist["counts"]) == prof["fires"] and len(hist["edges"]) == len(hist["counts"]) + 1
+    assert f["explanations"][0]["text"] == PLANTED_LABEL
+    assert f["explanations"][0]["scores"][0]["value"] == 1.0
+    st, f = call(server, "GET", f"/api/feature?id={HOOKS[0]}/{PLANTED + 1}")
+    assert st == 200 and f["label"] is None and f["display"].endswith("(unlabeled)")
     st, s = call(server, "GET", "/api/search?mode=text&q=a+big+horse")
     assert st == 200 and s["results"][0]["feature"] == PLANTED and s["results"][0]["token"] == "horse"
-    st, s = call(server, "GET", "/api/search?mode=labels&q=horse")
-    assert st == 200 and isinstance(s["results"], list)
+    st, s = call(server, "GET", "/api/search?mode=labels&q=ponies")
+    assert st == 200 and [r["id"] for r in s["results"]] == [f"{h}/{PLANTED}" for h in HOOKS]
+    assert s["results"][0]["label"] == PLANTED_LABEL
     st, o = call(server, "GET", "/api/overview")
     assert st == 200 and [d["hook"] for d in o["dictionaries"]] == list(HOOKS)
     assert sum(o["dictionaries"][0]["density_histogram"]["counts"]) == 64
+    assert o["has_db"] and o["scores"][0]["n"] == len(HOOKS)
 
 
 def test_static_files_and_page_registry(server):

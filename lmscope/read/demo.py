@@ -31,8 +31,17 @@ CALIBRATION = [
 ]
 
 
-def build_demo_atlas(root: str | Path, *, d_sae: int = 64, seed: int = 0) -> Path:
-    """Write a complete tiny atlas (model folder, dictionaries, manifest) under `root`."""
+# The hand-written label of the planted feature (HTML-looking on purpose: viewers must escape it).
+PLANTED_LABEL = "horses <b>and</b> ponies"
+
+
+def build_demo_atlas(root: str | Path, *, d_sae: int = 64, seed: int = 0, profile: bool = True) -> Path:
+    """Write a complete tiny atlas (model folder, dictionaries, manifest) under `root`.
+
+    With `profile`, also run the atlas build (lmscope.atlas.build) over a small text corpus made
+    of CALIBRATION (with HTML_TOKEN in it), then label the planted feature by hand with an
+    explanation and a score, so every viewer page has real DB content.
+    """
     from ..atlas.layout import AtlasLayout
     from ..capture.hooks import run
     from ..dictionaries import DictionaryConfig, build
@@ -79,4 +88,25 @@ def build_demo_atlas(root: str | Path, *, d_sae: int = 64, seed: int = 0) -> Pat
             freq = (d.encode(x) > 0).float().mean(0)  # [d_sae] firing frequency on the calibration text
         d.save(layout.dictionary_dir(hook), sparsity=freq)
         layout.add_dictionary(hook, model=str(model_dir), arch="relu", d_sae=d_sae)
+    if profile:
+        _profile(root, lm)
     return root
+
+
+def _profile(root: Path, lm) -> None:
+    from ..atlas.build import BuildConfig, build_atlas
+    from ..atlas.db import AtlasDB
+
+    corpus = root / "corpus.txt"
+    lines = CALIBRATION + [f"the {HTML_TOKEN} horse ran in the field", "the cat and the dog"]
+    corpus.write_text("\n\n".join(lines * 8) + "\n")
+    build_atlas(BuildConfig(atlas=str(root), corpus=str(corpus), tokens=16 * 24, ctx_len=16, batch_size=8,
+                            top_k=6, samples=2, negatives=2, ctx_window=10), progress=False)
+    db = AtlasDB(root / "atlas.db")
+    try:
+        for hook in HOOKS:
+            db.set_label(hook, PLANTED, PLANTED_LABEL)
+            eid = db.add_explanation(hook, PLANTED, PLANTED_LABEL, method="hand", version="demo")
+            db.add_score(eid, scorer="detection", metric="balanced_accuracy", value=1.0, n_pos=8, n_neg=8)
+    finally:
+        db.close()

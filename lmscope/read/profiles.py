@@ -23,22 +23,38 @@ from ..errors import UserError
 
 
 class DBView:
-    """Read-only adapter over AtlasDB: each method returns None when the DB cannot answer."""
+    """Read-only adapter over AtlasDB: each method returns None when the DB cannot answer.
+
+    One SQLite connection is shared by the server's threads, so calls are serialized.
+    """
 
     def __init__(self, db) -> None:
+        import threading
+
         self.db = db
+        self._lock = threading.Lock()
 
     def _call(self, names: tuple[str, ...], *args, **kw):
         for name in names:
             fn = getattr(self.db, name, None)
             if callable(fn):
                 try:
-                    return fn(*args, **kw)
-                except (KeyError, LookupError):
-                    return None
-                except Exception:  # a half-written or older DB must not break the viewer
+                    with self._lock:
+                        return fn(*args, **kw)
+                except Exception:  # unknown feature, half-written or older DB: show what we have
                     return None
         return None
+
+    def score_values(self) -> list[tuple[str, str, float]] | None:
+        """(scorer, metric, value) of every stored score, for the overview's distributions."""
+        try:
+            with self._lock:
+                return [tuple(r) for r in self.db.conn.execute("SELECT scorer, metric, value FROM scores")]
+        except Exception:
+            return None
+
+    def densities(self, hook: str):
+        return self._call(("densities",), hook)
 
     def label(self, hook: str, feature: int) -> str | None:
         out = self._call(("label", "get_label", "explanation"), hook, feature)
@@ -71,7 +87,7 @@ def open_db(layout) -> DBView | None:
     except ImportError:
         return None
     try:
-        return DBView(AtlasDB(layout.db_path))
+        return DBView(AtlasDB(layout.db_path, readonly=True))
     except Exception:
         return None
 
@@ -168,11 +184,47 @@ def feature_profile(reader, hook: str, feature: int) -> dict:
     if db is not None:
         prof = to_jsonable(db.profile(hook, feature))
         if isinstance(prof, dict):
+            prof["histogram"] = dense_histogram(prof.get("histogram"))
+            _bucket_ranges(prof.get("quantiles") or [])
+            out["explanations"] = prof.pop("explanations", None) or []
+            if prof.get("promoted"):  # the atlas build's logit effects (same formula, stored)
+                out["logits"]["promoted"] = prof.pop("promoted")
+                out["logits"]["suppressed"] = prof.pop("suppressed", [])
             out["profile"] = prof
             if prof.get("density") is not None:
                 out["density"] = prof["density"]
-        out["explanations"] = to_jsonable(db.explanations(hook, feature)) or []
+        else:
+            out["explanations"] = to_jsonable(db.explanations(hook, feature)) or []
     return out
+
+
+def _bucket_ranges(samples: list[dict]) -> None:
+    """Add each quantile sample's activation interval (the atlas's reservoir buckets)."""
+    try:
+        from ..atlas.profile import bucket_range
+    except ImportError:
+        return
+    for ex in samples:
+        if isinstance(ex, dict) and isinstance(ex.get("bucket"), int):
+            lo, hi = bucket_range(ex["bucket"])
+            ex["range"] = [lo if math.isfinite(lo) else 0.0, hi if math.isfinite(hi) else None]
+
+
+def dense_histogram(hist: dict | None) -> dict | None:
+    """The atlas's sparse log2 histogram {log2_lo, per_octave, bins, counts} -> dense
+    {counts, edges, lo, hi} from the first to the last nonempty bin (edges = activation values)."""
+    if not isinstance(hist, dict):
+        return None
+    if "bins" not in hist:
+        return hist if hist.get("counts") else None
+    if not hist["bins"]:
+        return None
+    lo, per = hist["log2_lo"], hist["per_octave"]
+    counts = dict(zip(hist["bins"], hist["counts"]))
+    first, last = min(counts), max(counts)
+    edges = [2.0 ** (lo + b / per) for b in range(first, last + 2)]
+    return {"counts": [counts.get(b, 0) for b in range(first, last + 1)], "edges": edges,
+            "lo": edges[0], "hi": edges[-1], "log_scale": True}
 
 
 def search_text(reader, text: str, *, limit: int = 20) -> list[dict]:
@@ -213,7 +265,17 @@ def search_labels(reader, query: str, *, limit: int = 20) -> list[dict]:
     if reader.db is None:
         return []
     hits = to_jsonable(reader.db.search_labels(query, limit))
-    return hits if isinstance(hits, list) else []
+    if not isinstance(hits, list):
+        return []
+    out, seen = [], set()
+    for h in hits:  # one row per feature (a label and its explanation may both match)
+        key = (h.get("hook"), h.get("feature"))
+        if key in seen or key[0] not in reader.dicts:
+            continue
+        seen.add(key)
+        out.append({**h, "id": f"{key[0]}/{key[1]}", "label": reader.label(*key), "match": h.get("text"),
+                    "score": -h["rank"] if isinstance(h.get("rank"), (int, float)) else None})
+    return out
 
 
 def overview(reader) -> dict:
@@ -226,11 +288,26 @@ def overview(reader) -> dict:
                  "k": cfg.k if cfg.arch in ("topk", "batchtopk") else None, "transcoder": bool(getattr(cfg, "is_transcoder", False)),
                  "density_histogram": None, "dead": None}
         dens = dictionary_density(reader, hook)
+        if reader.db is not None:  # the atlas build's densities are measured on more text
+            rows = reader.db.densities(hook)
+            if rows:
+                dens = torch.tensor([r[1] or 0.0 for r in rows])
         if dens is not None:
             logd = dens.clamp(min=1e-10).log10()
             entry["density_histogram"] = _histogram(logd, 20)
             entry["dead"] = int((dens <= 1e-9).sum())
         dicts.append(entry)
-    summary = to_jsonable(reader.db.summary()) if reader.db is not None else None
+    summary, scores = None, []
+    if reader.db is not None:
+        summary = to_jsonable(reader.db.summary())
+        if isinstance(summary, dict):
+            summary = {k: v for k, v in summary.items() if k in ("n_features", "n_explanations")}
+        groups: dict[str, list[float]] = {}
+        for scorer, metric, value in reader.db.score_values() or []:
+            groups.setdefault(f"{scorer} {metric}", []).append(float(value))
+        for name, vals in sorted(groups.items()):
+            t = torch.tensor(vals)
+            scores.append({"name": name, "n": len(vals), "mean": float(t.mean()),
+                           "histogram": _histogram(t, 10)})
     return {"model": reader.lm.name, "atlas": reader.atlas.name if reader.atlas else None,
-            "dictionaries": dicts, "db": summary, "has_db": reader.db is not None}
+            "dictionaries": dicts, "db": summary, "scores": scores, "has_db": reader.db is not None}

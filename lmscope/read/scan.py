@@ -206,14 +206,20 @@ class Reader:
         ids = tokens[0].tolist()
         has_bos = self.lm.bos_token_id is not None and ids[0] == self.lm.bos_token_id
         top, brain, activity, n_active = {}, [], [], []
+        labels: dict[tuple[str, int], str | None] = {}  # one DB lookup per distinct feature
         for hook in self.hooks:
             f = feats[hook]  # [pos, d_sae]
             k = min(top_k, f.shape[1])
             vals, idx = f.topk(k, dim=1)  # [pos, k]
             rows = []
             for p in range(f.shape[0]):
-                rows.append([FeatureHit(hook, int(i), float(v), self.label(hook, int(i)))
-                             for v, i in zip(vals[p].tolist(), idx[p].tolist()) if v > 0])
+                hits = []
+                for v, i in zip(vals[p].tolist(), idx[p].tolist()):
+                    if v > 0:
+                        if (hook, i) not in labels:
+                            labels[(hook, i)] = self.label(hook, i)
+                        hits.append(FeatureHit(hook, i, v, labels[(hook, i)]))
+                rows.append(hits)
             top[hook] = rows
             pos_act = f.clamp(min=0).sum(dim=1)  # [pos]
             activity.append(pos_act.tolist())

@@ -10,10 +10,11 @@
     const toks = ex.tokens || ex.str_tokens || [];
     const acts = ex.acts || ex.activations || [];
     const max = scale || Math.max(1e-9, ...acts);
-    return el("div", {class: "example"}, toks.map((t, i) => {
+    const peak = ex.score !== undefined ? el("span", {class: "exscore"}, Number(ex.score).toFixed(2)) : null;
+    return el("div", {class: "example"}, peak, toks.map((t, i) => {
       const a = acts[i] || 0;
-      return el("span", {class: "etok", style: {background: a > 0 ? heat(a / max) : "transparent"},
-                         title: `${a.toFixed ? a.toFixed(3) : a}`}, String(t));
+      return el("span", {class: a > 0 ? "etok on" : "etok", style: {background: a > 0 ? heat(a / max) : "transparent"},
+                         title: `${Number(a).toFixed(3)}`}, String(t));
     }));
   }
 
@@ -26,7 +27,7 @@
     return el("figure", {class: "hist"},
       el("div", {class: "bars"}, counts.map(c =>
         el("div", {class: "bar", title: String(c), style: {height: `${Math.max(1, 100 * c / peak)}%`}}))),
-      el("figcaption", {}, `${title} (${Number(lo).toPrecision(3)} … ${Number(hi).toPrecision(3)})`));
+      el("figcaption", {}, `${title} (${Number(lo).toPrecision(3)} … ${Number(hi).toPrecision(3)}${h.log_scale ? ", log scale" : ""})`));
   }
 
   function tokenList(items, cls) {
@@ -51,17 +52,21 @@
     const facts = [];
     const density = f.density !== null && f.density !== undefined ? f.density : prof.density;
     if (density !== null && density !== undefined) facts.push(`density ${(100 * density).toPrecision(3)}%`);
-    for (const k of ["max_act", "mean_act", "n_tokens"]) {
+    for (const k of ["fires", "max_act", "mean_firing"]) {
       if (prof[k] !== undefined && prof[k] !== null) facts.push(`${k.replace("_", " ")} ${Number(prof[k]).toPrecision(4)}`);
     }
     if (facts.length) main.append(el("p", {class: "muted"}, facts.join(" · ")));
 
     const exps = f.explanations || [];
     if (exps.length) {
-      main.append(el("h2", {}, "Explanations and scores"), el("table", {class: "hits"}, exps.map(x =>
-        el("tr", {}, el("td", {}, x.text || x.label || x.explanation || ""),
-           el("td", {class: "muted"}, x.method || x.explainer || ""),
-           el("td", {}, Object.entries(x.scores || {}).map(([k, v]) => `${k} ${Number(v).toFixed(2)}`).join(" · "))))));
+      const scoreText = (sc) => Array.isArray(sc)
+        ? sc.map(s => `${s.scorer} ${s.metric} ${Number(s.value).toFixed(2)}` + (s.n_pos ? ` (n=${s.n_pos}+${s.n_neg})` : "")).join(" · ")
+        : Object.entries(sc || {}).map(([k, v]) => `${k} ${Number(v).toFixed(2)}`).join(" · ");
+      main.append(el("h2", {}, "Explanations and scores"), el("table", {class: "hits", id: "explanations"},
+        el("tr", {}, el("th", {}, "explanation"), el("th", {}, "method"), el("th", {}, "scores")),
+        exps.map(x => el("tr", {}, el("td", {}, x.text || x.label || x.explanation || ""),
+           el("td", {class: "muted"}, [x.method, x.version].filter(Boolean).join(" ")),
+           el("td", {}, scoreText(x.scores))))));
     }
 
     const grid = el("div", {class: "cols"});
@@ -69,7 +74,7 @@
     grid.append(left, right);
     main.append(grid);
 
-    const examples = prof.examples || prof.top_examples || [];
+    const examples = prof.top || prof.examples || [];
     left.append(el("h2", {}, "Top activating examples"));
     if (examples.length) {
       const scale = prof.max_act || null;
@@ -77,19 +82,32 @@
     } else {
       left.append(el("p", {class: "muted"}, "No examples in the atlas DB yet (run the atlas build)."));
     }
-    const quant = prof.quantiles || prof.quantile_samples || [];
+    const quant = prof.quantiles || [];
     if (quant.length) {
+      // Samples drawn per activation octave (bucket b holds activations in [2^b, 2^(b+1)) ).
       left.append(el("h2", {}, "Samples by activation interval"));
+      const box = el("div", {id: "quantiles"});
+      let bucket = null;
       for (const q of quant) {
-        const lo = q.lo ?? q.low, hi = q.hi ?? q.high;
-        left.append(el("h4", {}, lo !== undefined ? `${Number(lo).toPrecision(3)} – ${Number(hi).toPrecision(3)}` : "interval"));
-        (q.examples || []).forEach(ex => left.append(example(ex, prof.max_act || null)));
+        if (q.bucket !== bucket) {
+          bucket = q.bucket;
+          const r = q.range;
+          box.append(el("h4", {}, r ? `activation ${Number(r[0]).toPrecision(3)} – ${r[1] === null ? "∞" : Number(r[1]).toPrecision(3)}`
+                                    : `bucket ${bucket}`));
+        }
+        box.append(example(q, prof.max_act || null));
       }
+      left.append(box);
+    }
+    const negs = prof.negatives || [];
+    if (negs.length) {
+      left.append(el("h2", {}, "Contexts where it does not fire"),
+                  el("div", {}, negs.slice(0, 4).map(ex => example(ex, prof.max_act || 1))));
     }
 
     const hist = prof.histogram || prof.act_histogram;
     if (hist && hist.counts) right.append(el("h2", {}, "Activations"), histogram(hist, "nonzero activations"));
-    const logits = (prof.logits && prof.logits.promoted) ? prof.logits : f.logits;
+    const logits = f.logits;
     if (logits) {
       right.append(el("h2", {}, "Logit effects"),
         el("div", {class: "cols2"},

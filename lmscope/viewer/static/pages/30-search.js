@@ -23,11 +23,12 @@
         if (!res.results.length) { out.append(el("p", {class: "muted"}, "No feature found.")); return; }
         out.append(el("table", {class: "hits", id: "search-results"},
           el("tr", {}, el("th", {}, "feature"), el("th", {}, res.mode === "text" ? "max act" : "score"),
-             el("th", {}, res.mode === "text" ? "on token" : ""), el("th", {}, "label")),
+             el("th", {}, res.mode === "text" ? "on token" : "matched"), el("th", {}, "label")),
           res.results.map(r => el("tr", {},
             el("td", {}, featureLink(r)),
             el("td", {class: "num"}, r.act !== undefined ? Number(r.act).toFixed(2) : (r.score !== undefined ? Number(r.score).toFixed(2) : "")),
-            el("td", {}, r.token !== undefined ? el("code", {class: "tok"}, showToken(r.token)) : ""),
+            el("td", {}, r.token !== undefined ? el("code", {class: "tok"}, showToken(r.token))
+                         : el("span", {class: "muted"}, `${r.source || ""}: ${r.match || ""}`)),
             el("td", {}, labelSpan(r.label || r.text || r.explanation))))));
       } catch (err) { out.replaceChildren(); showError(out, err); }
     }

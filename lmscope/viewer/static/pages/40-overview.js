@@ -28,12 +28,13 @@
         el("div", {class: "cols"}, figs.map(d => bars(d.density_histogram, d.hook))));
     }
     if (o.db) {
-      main.append(el("h2", {}, "Atlas DB"));
-      const db = o.db;
-      for (const [k, v] of Object.entries(db)) {
-        if (v && typeof v === "object" && Array.isArray(v.counts)) main.append(bars(v, k));
-        else main.append(el("p", {}, el("b", {}, k), " ", typeof v === "object" ? JSON.stringify(v) : String(v)));
-      }
+      main.append(el("h2", {}, "Atlas DB"),
+        el("p", {id: "db-summary"}, `${o.db.n_features ?? "?"} profiled features · ${o.db.n_explanations ?? 0} explanations`));
+    }
+    if (o.scores && o.scores.length) {
+      main.append(el("h2", {}, "Explanation scores"),
+        el("div", {class: "cols", id: "score-hists"}, o.scores.map(s =>
+          bars(s.histogram, `${s.name} · n=${s.n} · mean ${s.mean.toFixed(2)}`))));
     }
   }
 
