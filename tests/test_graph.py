@@ -10,7 +10,14 @@ import torch
 from lmscope.dictionaries import build, transcoder_config
 from lmscope.errors import UserError
 from lmscope.models.tiny import tiny_model
-from lmscope.trace import build_graph, check_transcoders, graph_json, graph_scores, prune, replacement
+from lmscope.trace import (
+    build_graph,
+    check_transcoders,
+    graph_json,
+    graph_scores,
+    prune,
+    replacement,
+)
 from lmscope.trace.dictmath import decoder_rows, encoder_affine, skip_term
 from lmscope.trace.frozen import frozen
 from lmscope.trace.graph import feature_input, logit_input, logit_nodes

@@ -12,7 +12,14 @@ from lmscope.cli import main
 from lmscope.dictionaries import DictionaryConfig, build, transcoder_config
 from lmscope.errors import UserError
 from lmscope.models.tiny import tiny_model
-from lmscope.steer import compare, feature_edits, generate, parse_interventions, steering_vector, vector_edits
+from lmscope.steer import (
+    compare,
+    feature_edits,
+    generate,
+    parse_interventions,
+    steering_vector,
+    vector_edits,
+)
 from lmscope.trace.dictmath import decoder_rows, encoder_affine
 
 PROMPT = "the cat sat on the big red"

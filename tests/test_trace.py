@@ -101,7 +101,7 @@ def test_dla_is_the_direct_path_through_the_frozen_final_norm(lm):
 
 def test_target_and_vs(lm):
     saes = small_saes(lm)
-    logits = lm.model(lm.to_tokens(PROMPT)).logits[0, -1]
+    logits = lm.model(lm.to_tokens(PROMPT)).logits[0, -1].detach()
     top = int(logits.argmax())
     res = trace(lm, saes, PROMPT)
     assert res.target_id == top and res.value == pytest.approx(float(logits[top]), abs=1e-5)

@@ -112,7 +112,7 @@ def trace(lm, dictionaries: dict[str, object], prompt: str, *, target: str | int
     labels: optional callable (hook, feature) -> str.
     """
     tokens = lm.to_tokens(prompt)
-    for hook, d in dictionaries.items():
+    for d in dictionaries.values():  # UserError with close matches for hooks this model lacks
         lm.hooks[d.cfg.hook_name]
         lm.hooks[out_hook(d)]
     ins = sorted({d.cfg.hook_name for d in dictionaries.values()})

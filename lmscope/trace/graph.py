@@ -231,7 +231,6 @@ def _attribute(rep: Replacement, prompt: str, target_id: int | None, *, max_feat
                 continue
             gL = gL[:, 0].float()  # [n, pos, d_model]
             st = rep.layers[L]
-            idx = layer_rows[L]
             for p, (cols, w_p) in writes[L].items():  # sources grouped by position
                 A[rows[:, None], cols[None, :]] = gL[:, p] @ w_p.t()  # [n, n_sources at p]
             e = torch.einsum("bpd,pd->bp", gL, st.error.float())  # [n, pos]

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-import torch
-
 from ..capture.hooks import run
 from .attribution import TraceResult, out_hook
 from .dictmath import decoder_rows
