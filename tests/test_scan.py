@@ -11,7 +11,15 @@ import pytest
 import torch
 
 from lmscope.errors import UserError
-from lmscope.read import Reader, compare, render_compare, render_html, render_png, render_scan, write_html
+from lmscope.read import (
+    Reader,
+    compare,
+    render_compare,
+    render_html,
+    render_png,
+    render_scan,
+    write_html,
+)
 from lmscope.read.demo import HOOKS, HTML_TOKEN, PLANTED, PLANTED_LABEL, build_demo_atlas
 from lmscope.read.render_terminal import brain_map
 from lmscope.read.scan import parse_feature_id

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import fnmatch
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -131,7 +131,7 @@ class Reader:
 
     @classmethod
     def open(cls, atlas: str | Path, *, model: str | None = None, device: str = "cpu",
-             hooks: str | None = None, max_tokens: int = DEFAULT_MAX_TOKENS) -> "Reader":
+             hooks: str | None = None, max_tokens: int = DEFAULT_MAX_TOKENS) -> Reader:
         """Load the atlas's model, its dictionaries (optionally only `hooks` globs) and labels."""
         from ..atlas.layout import AtlasLayout
         from ..dictionaries import load_dictionary

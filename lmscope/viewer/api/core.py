@@ -6,8 +6,7 @@ All of it calls the one reading engine (lmscope.read); nothing here decides whic
 from __future__ import annotations
 
 from ...errors import UserError
-from ...read import compare, parse_feature_id
-from ...read import profiles
+from ...read import compare, parse_feature_id, profiles
 from ..routes import ApiError, Request, route
 
 
