@@ -164,3 +164,17 @@ def test_cli_bad_input_is_one_line(atlas, lm, tmp_path, capsys):
     assert main(["graph", str(only_saes), PROMPT]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing layers 0-2" in err
+
+
+def test_cli_trace_shows_atlas_labels(lm, tmp_path, capsys):
+    from lmscope.atlas.db import AtlasDB
+
+    root, dicts = make_atlas(tmp_path, lm, transcoders=False)
+    assert main(["trace", str(root), PROMPT, "--json", "--top", "3"]) == 0
+    top = json.loads(capsys.readouterr().out)["features"][0]
+    assert top["label"] == ""  # no DB yet: ids only
+    with AtlasDB(AtlasLayout(root).db_path) as db:
+        db._dict_id(top["hook"], create={"arch": "topk", "d_sae": 128, "d_in": lm.d_model})
+        db.set_label(top["hook"], top["feature"], "cats sitting")
+    assert main(["trace", str(root), PROMPT, "--top", "3"]) == 0
+    assert "cats sitting" in capsys.readouterr().out

@@ -127,28 +127,25 @@ def load_atlas(atlas: str, *, model: str | None = None, device: str = "cpu", hoo
 
 
 def _labels(layout):
-    """A (hook, feature) -> label function from the atlas DB when there is one, else None."""
+    """A (hook, feature) -> label function reading the atlas DB (AtlasDB.label), or None without one."""
     if not layout.db_path.exists():
         return None
     try:
-        from ..atlas.db import AtlasDB  # written by the atlas stage; optional here
+        from ..atlas.db import AtlasDB
     except ImportError:
         return None
     try:
-        db = AtlasDB(layout.db_path)
-    except Exception:  # an older or half-written DB must not break tracing
+        db = AtlasDB(layout.db_path, readonly=True)
+    except (UserError, OSError):  # a half-written DB must not break tracing: show feature ids
         return None
-    for name in ("label", "get_label", "explanation"):
-        fn = getattr(db, name, None)
-        if callable(fn):
-            def label(hook, feature, fn=fn):
-                try:
-                    out = fn(hook, feature)
-                except Exception:
-                    return ""
-                return out if isinstance(out, str) else (getattr(out, "text", "") or "")
-            return label
-    return None
+
+    def label(hook: str, feature: int) -> str:
+        try:
+            return db.label(hook, feature) or ""
+        except UserError:  # a dictionary the DB has not profiled yet
+            return ""
+
+    return label
 
 
 # --- commands ----------------------------------------------------------------------------
