@@ -15,6 +15,7 @@ manifest entry comes last, and a completed build is not redone without --force.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -192,12 +193,6 @@ def build_atlas(cfg: BuildConfig, *, progress: bool = True, lm=None,
             done_local = saved["done_local"]
             states = {h: ProfileState(**t) for h, t in saved["states"].items()}
 
-    bar = None
-    if progress and info.is_main:
-        from tqdm import tqdm
-        bar = tqdm(total=mine * cfg.ctx_len, initial=done_local * cfg.ctx_len, unit="tok", unit_scale=True,
-                   desc="atlas build", dynamic_ncols=True)
-
     def my_contexts() -> Iterator[tuple[int, Tensor]]:
         it = contexts() if contexts is not None else _contexts(lm, cfg)
         for i, ctx in enumerate(it):
@@ -237,8 +232,15 @@ def build_atlas(cfg: BuildConfig, *, progress: bool = True, lm=None,
         if n_batches % cfg.checkpoint_every == 0:
             save()
 
+    stream = my_contexts()
+    first = next(stream, None)  # a bad corpus fails here, before any progress bar or write
+    bar = None
+    if progress and info.is_main:
+        from tqdm import tqdm
+        bar = tqdm(total=mine * cfg.ctx_len, initial=done_local * cfg.ctx_len, unit="tok", unit_scale=True,
+                   desc="atlas build", dynamic_ncols=True)
     try:
-        for j, (i, ctx) in enumerate(my_contexts()):
+        for j, (i, ctx) in enumerate(itertools.chain([first] if first else [], stream)):
             if j < done_local:
                 continue  # resumed: already folded into the saved state
             batch.append((i, ctx))

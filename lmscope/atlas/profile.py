@@ -188,53 +188,62 @@ def update(state: ProfileState, acts: Tensor, tokens: Tensor, valid: Tensor, tok
     # --- top-K: best K of this batch per feature, merged with the running K ------------
     kb = min(K, B * P)
     cv, ci = flat.topk(kb, dim=0)  # [kb, F]
-    cv, ci = cv.t(), ci.t()  # [F, kb]
-    cv = cv.masked_fill(cv <= 0, -math.inf)
-    cid = ids_flat[ci].masked_fill(cv == -math.inf, -1)  # [F, kb]
-    sel = _top_merge(torch.cat([state.top_val, cv], 1), torch.cat([state.top_id, cid], 1), K)  # [F, K]
-    feats = torch.arange(F)
-    tok_new, act_new = windows(ci // P, ci % P, feats[:, None].expand_as(ci))  # [F, kb, W]
-    state.top_val = torch.cat([state.top_val, cv], 1).gather(1, sel)
-    state.top_id = torch.cat([state.top_id, cid], 1).gather(1, sel)
-    selw = sel[..., None].expand(F, K, W)
-    state.top_tok = torch.cat([state.top_tok, tok_new], 1).gather(1, selw)
-    state.top_act = torch.cat([state.top_act, act_new], 1).gather(1, selw)
+    # Only features whose batch best reaches their current K-th example can change (>=: ties go to
+    # the smaller token id, so an equal value may still enter).
+    rows = (cv[0] >= state.top_val[:, -1]).nonzero(as_tuple=True)[0]  # [R]
+    if rows.numel():
+        cv, ci = cv[:, rows].t(), ci[:, rows].t()  # [R, kb]
+        cv = cv.masked_fill(cv <= 0, -math.inf)
+        cid = ids_flat[ci].masked_fill(cv == -math.inf, -1)  # [R, kb]
+        all_val = torch.cat([state.top_val[rows], cv], 1)
+        all_id = torch.cat([state.top_id[rows], cid], 1)
+        sel = _top_merge(all_val, all_id, K)  # [R, K]
+        R = rows.numel()
+        selw = sel.clamp(max=K - 1)[..., None].expand(R, K, W)
+        tok = state.top_tok[rows].gather(1, selw)  # [R, K, W]
+        act = state.top_act[rows].gather(1, selw)
+        fresh = (sel >= K).nonzero(as_tuple=True)  # (row, slot) taken by this batch's tokens
+        c = ci[fresh[0], sel[fresh] - K]  # flat token index
+        t, a = windows(c // P, c % P, rows[fresh[0]])
+        tok[fresh], act[fresh] = t, a
+        state.top_val[rows] = all_val.gather(1, sel)
+        state.top_id[rows] = all_id.gather(1, sel)
+        state.top_tok[rows], state.top_act[rows] = tok, act
 
     # --- quantile reservoirs: bottom-S keys per (feature, octave bucket) -----------------
-    G = F * N_BUCKETS
     if vals.numel():
         group = f_idx * N_BUCKETS + _bucket_of(vals)  # [nnz]
         key = pair_key(ids_flat[n_idx], f_idx, seed)
         cand = key < state.res_key[group, S - 1]  # only items that can enter their reservoir
         n_idx, f_idx, vals, group, key = n_idx[cand], f_idx[cand], vals[cand], group[cand], key[cand]
-    occupied = (state.res_key != EMPTY_KEY).reshape(-1)  # [G*S]
-    old_flat = occupied.nonzero(as_tuple=True)[0]
-    all_group = torch.cat([old_flat // S, group if vals.numel() else old_flat[:0]])
-    all_key = torch.cat([state.res_key.reshape(-1)[old_flat], key if vals.numel() else old_flat[:0]])
-    kept, kg, slot = _bottom_k_groups(all_group, all_key, G, S)
-    n_old = old_flat.numel()
-    from_old, from_new = kept < n_old, kept >= n_old
-    new_key = torch.full_like(state.res_key, EMPTY_KEY)
-    new_val, new_id = torch.zeros_like(state.res_val), torch.full_like(state.res_id, -1)
-    new_tok, new_act = torch.full_like(state.res_tok, -1), torch.zeros_like(state.res_act)
-    src_old = old_flat[kept[from_old]]
-    g_o, s_o = kg[from_old], slot[from_old]
-    new_key[g_o, s_o] = state.res_key.reshape(-1)[src_old]
-    new_val[g_o, s_o] = state.res_val.reshape(-1)[src_old]
-    new_id[g_o, s_o] = state.res_id.reshape(-1)[src_old]
-    new_tok[g_o, s_o] = state.res_tok.reshape(-1, W)[src_old]
-    new_act[g_o, s_o] = state.res_act.reshape(-1, W)[src_old]
-    if from_new.any():
-        j = kept[from_new] - n_old
-        g_n, s_n = kg[from_new], slot[from_new]
-        new_key[g_n, s_n] = key[j]
-        new_val[g_n, s_n] = vals[j]
-        new_id[g_n, s_n] = ids_flat[n_idx[j]]
+    if vals.numel():
+        touched, local = torch.unique(group, return_inverse=True)  # [T], [c]
+        T = touched.numel()
+        old_key = state.res_key[touched]  # [T, S]
+        all_group = torch.cat([torch.arange(T).repeat_interleave(S), local])
+        all_key = torch.cat([old_key.reshape(-1), key])
+        kept, kg, slot = _bottom_k_groups(all_group, all_key, T, S)
+        n_old = T * S
+        src = kept.clamp(max=n_old - 1)  # old entries (rows touched) by flat index
+        k_new = torch.full((T, S), EMPTY_KEY, dtype=torch.int64)
+        v_new, i_new = torch.zeros(T, S), torch.full((T, S), -1, dtype=torch.int64)
+        t_new, a_new = torch.full((T, S, W), -1, dtype=torch.int64), torch.zeros(T, S, W)
+        k_new[kg, slot] = all_key[kept]
+        old = kept < n_old
+        v_new[kg[old], slot[old]] = state.res_val[touched].reshape(-1)[src[old]]
+        i_new[kg[old], slot[old]] = state.res_id[touched].reshape(-1)[src[old]]
+        t_new[kg[old], slot[old]] = state.res_tok[touched].reshape(-1, W)[src[old]]
+        a_new[kg[old], slot[old]] = state.res_act[touched].reshape(-1, W)[src[old]]
+        new = ~old
+        j = kept[new] - n_old
+        v_new[kg[new], slot[new]] = vals[j]
+        i_new[kg[new], slot[new]] = ids_flat[n_idx[j]]
         t, a = windows(n_idx[j] // P, n_idx[j] % P, f_idx[j])
-        new_tok[g_n, s_n], new_act[g_n, s_n] = t, a
-    state.res_key, state.res_val, state.res_id, state.res_tok, state.res_act = (
-        new_key, new_val, new_id, new_tok, new_act)
+        t_new[kg[new], slot[new]], a_new[kg[new], slot[new]] = t, a
+        state.res_key[touched], state.res_val[touched], state.res_id[touched] = k_new, v_new, i_new
+        state.res_tok[touched], state.res_act[touched] = t_new, a_new
 
+    feats = torch.arange(F)
     # --- non-activating contexts ---------------------------------------------------------
     pick = valid.reshape(-1) & (hash_ids(ids_flat, seed + 7) % NEG_RATE == 0)
     c_idx = pick.nonzero(as_tuple=True)[0]  # [C]
