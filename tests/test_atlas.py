@@ -25,6 +25,7 @@ from lmscope.atlas.build import BuildConfig, build_atlas
 from lmscope.atlas.db import AtlasDB
 from lmscope.atlas.layout import AtlasLayout
 from lmscope.cli import main
+from lmscope.errors import UserError
 from lmscope.read.demo import CALIBRATION, HOOKS, PLANTED, PLANTED_WORD, build_demo_atlas
 
 CTX, TOKENS, BATCH, K = 32, 1024, 4, 5
@@ -266,9 +267,9 @@ def test_explanations_scores_labels_and_fts(base, tmp_path):
         db.add_score(e1, scorer="detection", metric="balanced_accuracy", value=0.9, n_pos=10, n_neg=10)
         db.add_score(e1, scorer="fuzzing", metric="balanced_accuracy", value=0.7, n_pos=10, n_neg=10)
         db.set_label(HOOKS[1], 3, "rivers and water")
-        with pytest.raises(Exception):
+        with pytest.raises(UserError):
             db.add_score(999, scorer="x", metric="y", value=1.0)
-        with pytest.raises(Exception):
+        with pytest.raises(UserError):
             db.add_explanation(HOOKS[0], 10_000, "x", method="m")
     with AtlasDB.open(root / "atlas.db", readonly=True) as db:
         exps = db.explanations(HOOKS[0], PLANTED)

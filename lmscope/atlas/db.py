@@ -202,7 +202,7 @@ class AtlasDB:
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=NORMAL")
                 migrate(self.conn)
-            self.conn.execute("PRAGMA busy_timeout=%d" % int(timeout * 1000))
+            self.conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
             self._check_readable()
         except sqlite3.DatabaseError as e:
             raise UserError(_db_error(self.path, e)) from None

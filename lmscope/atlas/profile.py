@@ -75,16 +75,16 @@ class ProfileState:
     hist: Tensor  # [F, N_HIST] int64 counts of nonzero activations per log2 bin
     top_val: Tensor  # [F, K] float32 (-inf = empty), sorted descending
     top_id: Tensor  # [F, K] int64 global token id (-1 = empty)
-    top_tok: Tensor  # [F, K, W] int64 window token ids (-1 = outside the context)
+    top_tok: Tensor  # [F, K, W] int32 window token ids (-1 = outside the context)
     top_act: Tensor  # [F, K, W] float32 the feature's activation on each window token
     res_key: Tensor  # [F*N_BUCKETS, S] int64 (EMPTY_KEY = empty), ascending
     res_val: Tensor  # [F*N_BUCKETS, S] float32
     res_id: Tensor  # [F*N_BUCKETS, S] int64
-    res_tok: Tensor  # [F*N_BUCKETS, S, W] int64
+    res_tok: Tensor  # [F*N_BUCKETS, S, W] int32
     res_act: Tensor  # [F*N_BUCKETS, S, W] float32
     neg_key: Tensor  # [F, M] int64
     neg_id: Tensor  # [F, M] int64
-    neg_tok: Tensor  # [F, M, W] int64
+    neg_tok: Tensor  # [F, M, W] int32
 
     @classmethod
     def empty(cls, d_sae: int, *, top_k: int, window: int, samples: int, negatives: int) -> ProfileState:
@@ -95,12 +95,12 @@ class ProfileState:
             act_sum=torch.zeros(F, dtype=torch.float64), max_act=torch.zeros(F),
             hist=torch.zeros(F, N_HIST, **i64),
             top_val=torch.full((F, K), -math.inf), top_id=torch.full((F, K), -1, **i64),
-            top_tok=torch.full((F, K, W), -1, **i64), top_act=torch.zeros(F, K, W),
+            top_tok=torch.full((F, K, W), -1, dtype=torch.int32), top_act=torch.zeros(F, K, W),
             res_key=torch.full((G, S), EMPTY_KEY, **i64), res_val=torch.zeros(G, S),
-            res_id=torch.full((G, S), -1, **i64), res_tok=torch.full((G, S, W), -1, **i64),
+            res_id=torch.full((G, S), -1, **i64), res_tok=torch.full((G, S, W), -1, dtype=torch.int32),
             res_act=torch.zeros(G, S, W),
             neg_key=torch.full((F, M), EMPTY_KEY, **i64), neg_id=torch.full((F, M), -1, **i64),
-            neg_tok=torch.full((F, M, W), -1, **i64),
+            neg_tok=torch.full((F, M, W), -1, dtype=torch.int32),
         )
 
     @property
@@ -169,7 +169,7 @@ def update(state: ProfileState, acts: Tensor, tokens: Tensor, valid: Tensor, tok
         inside = (p >= 0) & (p < P)
         pc = p.clamp(0, P - 1)
         r = rows[..., None].expand_as(pc)
-        tok = tokens[r, pc].masked_fill(~inside, -1)
+        tok = tokens[r, pc].to(torch.int32).masked_fill(~inside, -1)
         if feat is None:
             return tok, None
         act = A[r, pc, feat[..., None].expand_as(pc)].masked_fill(~inside, 0.0)
@@ -227,7 +227,7 @@ def update(state: ProfileState, acts: Tensor, tokens: Tensor, valid: Tensor, tok
         src = kept.clamp(max=n_old - 1)  # old entries (rows touched) by flat index
         k_new = torch.full((T, S), EMPTY_KEY, dtype=torch.int64)
         v_new, i_new = torch.zeros(T, S), torch.full((T, S), -1, dtype=torch.int64)
-        t_new, a_new = torch.full((T, S, W), -1, dtype=torch.int64), torch.zeros(T, S, W)
+        t_new, a_new = torch.full((T, S, W), -1, dtype=torch.int32), torch.zeros(T, S, W)
         k_new[kg, slot] = all_key[kept]
         old = kept < n_old
         v_new[kg[old], slot[old]] = state.res_val[touched].reshape(-1)[src[old]]
