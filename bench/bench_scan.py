@@ -91,6 +91,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20, help="sequential scans (engine and http-1)")
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--requests", type=int, default=10, help="requests per concurrent client")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the server (lmscope serve --threads)")
     ap.add_argument("--out", default="bench/results/scan.json")
     args = ap.parse_args()
 
@@ -102,16 +103,23 @@ def main() -> None:
     reader = Reader.open(atlas)
     load_s = time.perf_counter() - t
     prompt = prompt_of(reader.lm, args.tokens)
-    reader.scan(prompt)  # warm-up
-    engine = []
-    for _ in range(args.repeats):
-        t = time.perf_counter()
-        reader.scan(prompt)
-        engine.append(time.perf_counter() - t)
-    print(f"engine  {summary(engine)}", flush=True)
+    engines = {}
+    default_threads = torch.get_num_threads()
+    for nt in sorted({1, default_threads}):
+        torch.set_num_threads(nt)
+        reader.scan(prompt)  # warm-up
+        engine = []
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            reader.scan(prompt)
+            engine.append(time.perf_counter() - t)
+        engines[f"threads_{nt}"] = summary(engine)
+        print(f"engine threads={nt}  {engines[f'threads_{nt}']}", flush=True)
+    torch.set_num_threads(default_threads)
     del reader
 
-    proc = subprocess.Popen([sys.executable, "-m", "lmscope", "serve", str(atlas), "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "lmscope", "serve", str(atlas), "--port", "0",
+                             "--threads", str(args.threads)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
@@ -152,7 +160,8 @@ def main() -> None:
                     "platform": platform.platform(), "torch": torch.__version__},
         "atlas": str(atlas), "model": args.model, "dictionaries": args.hook if not args.atlas else "atlas",
         "d_sae": args.d_sae, "k": args.k, "tokens": args.tokens, "atlas_load_s": round(load_s, 2),
-        "engine": summary(engine), "http_1": summary(single), f"http_{args.clients}": conc,
+        "load_avg_1m": round(os.getloadavg()[0], 2), "server_threads": args.threads,
+        "engine": engines, "http_1": summary(single), f"http_{args.clients}": conc,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,8 @@ def register(sub) -> None:
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--color", choices=["auto", "always", "never"], default="auto",
                    help="ANSI colors in the brain map (default: auto = when stdout is a terminal)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's choice; 1 is faster on a busy shared CPU)")
     p.add_argument("--json", action="store_true", help="machine-readable output (the ScanResult)")
     p.set_defaults(func=cmd_scan)
 
@@ -42,6 +44,12 @@ def cmd_scan(args) -> int:
 
     from ..read import Reader, compare, render_compare, render_png, render_scan, write_html
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError("--threads must be >= 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
     for flag in ("png", "html"):
         path = getattr(args, flag)
         if path and Path(path).exists() and not args.force:
