@@ -101,12 +101,13 @@ def logit_nodes(probs: Tensor, target: int | None, *, max_logits: int = 10,
     return ids
 
 
-def estimate_bytes(lm, n_pos: int, batch_size: int, n_active: int, n_logits: int = 10) -> int:
+def estimate_bytes(lm, n_pos: int, batch_size: int, n_active: int, n_logits: int = 10,
+                   max_feature_nodes: int | None = None) -> int:
     """Peak memory of a graph build: the batched forward's saved tensors + the adjacency.
 
     Per layer and token a vmapped backward over `batch_size` gradients holds ~24
     d_model-sized float tensors per gradient (norm inputs, values, attention output,
-    residual, write leaves) plus the heads x pos pattern; the adjacency is n_nodes^2 floats.
+    residual, write leaves) plus the heads x pos pattern; the adjacency holds the computed rows over all n_nodes columns.
     """
     cfg = lm.model.config
     heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", 8)
@@ -114,7 +115,8 @@ def estimate_bytes(lm, n_pos: int, batch_size: int, n_active: int, n_logits: int
     itemsize = torch.finfo(lm.dtype).bits // 8
     forward = batch_size * n_pos * L * (24 * d + heads * n_pos) * itemsize
     n_nodes = n_active + L * n_pos + n_pos + n_logits
-    adjacency = n_nodes * n_nodes * 4
+    rows = min(n_active, max_feature_nodes or n_active) + n_logits
+    adjacency = rows * n_nodes * 4 + (rows + L * n_pos + n_pos) ** 2 * 4  # filled rows + kept square
     weights = sum(p.numel() * p.element_size() for p in lm.model.parameters())
     return forward + adjacency + weights
 
@@ -137,7 +139,7 @@ def build_graph(lm, transcoders: dict[int, object], prompt: str, *, target: str 
     target_id = None if target is None else resolve_target(lm, target)
     # The active-feature count is known only after the clean pass; bound it by k per token.
     k_bound = sum(getattr(tc.cfg, "k", 64) for tc in transcoders.values()) * tokens.shape[1]
-    need = estimate_bytes(lm, tokens.shape[1], batch_size, min(k_bound, max_feature_nodes), max_logits)
+    need = estimate_bytes(lm, tokens.shape[1], batch_size, k_bound, max_logits, max_feature_nodes)
     if need > max_memory_gb * 2**30:
         raise UserError(
             f"a graph of this {tokens.shape[1]}-token prompt needs about {need / 2**30:.1f} GB "
@@ -177,7 +179,12 @@ def _attribute(rep: Replacement, prompt: str, target_id: int | None, *, max_feat
     n_err, n_tok, n_log = n_layers * n_pos, n_pos, len(logit_ids)
     # Work in the full active-feature index space; select columns at the end.
     N = n_active + n_err + n_tok + n_log
-    A = torch.zeros(N, N)
+    # Rows only for the nodes whose inputs get computed (visited features + logits), in the
+    # order they are filled; columns over every node. [n_rows, N], not N x N.
+    n_rows = min(max_feature_nodes, n_active) + n_log
+    A = torch.zeros(n_rows, N)
+    slot_of: dict[int, int] = {}
+    slot_nodes: list[int] = []
     err0, tok0, log0 = n_active, n_active + n_err, n_active + n_err + n_tok
     layer_rows = {L: (feats_t[:, 0] == L).nonzero(as_tuple=True)[0] for L in rep.layers}
 
@@ -198,7 +205,7 @@ def _attribute(rep: Replacement, prompt: str, target_id: int | None, *, max_feat
     peak = 0
 
     def fill_rows(row_ids: list[int]) -> None:
-        """Backward for up to B target nodes at once; writes A[row_ids, :]."""
+        """Backward for up to B target nodes at once; writes their rows of A."""
         nonlocal peak
         n = len(row_ids)
         outs, grads = [], []
@@ -225,7 +232,10 @@ def _attribute(rep: Replacement, prompt: str, target_id: int | None, *, max_feat
         gs = torch.autograd.grad(outs, srcs, grads, retain_graph=True, allow_unused=True,
                                  is_grads_batched=True)  # each [n, 1, pos, d_model]
         timing["backward"] += time.perf_counter() - tb
-        rows = torch.tensor(row_ids)
+        for r in row_ids:
+            slot_of[r] = len(slot_nodes)
+            slot_nodes.append(r)
+        rows = torch.tensor([slot_of[r] for r in row_ids])
         for L, gL in zip(rep.layers, gs[:-1]):
             if gL is None:
                 continue
@@ -257,8 +267,8 @@ def _attribute(rep: Replacement, prompt: str, target_id: int | None, *, max_feat
     bar = tqdm(total=budget, desc="graph rows", disable=not progress, unit="feature")
     while int(visited.sum()) < budget:
         ti = time.perf_counter()
-        done_rows = torch.cat([visited.nonzero(as_tuple=True)[0], torch.arange(log0, N)])
-        infl = partial_influence(A[done_rows], done_rows, logit_w)[:n_active].clone()
+        filled = len(slot_nodes)
+        infl = partial_influence(A[:filled], torch.tensor(slot_nodes), logit_w)[:n_active].clone()
         timing["influence"] += time.perf_counter() - ti
         infl[visited] = -1.0
         take = min(B, budget - int(visited.sum()))
@@ -272,7 +282,11 @@ def _attribute(rep: Replacement, prompt: str, target_id: int | None, *, max_feat
     # Keep the visited features (circuit-tracer's "selected features").
     keep_f = visited.nonzero(as_tuple=True)[0]
     keep = torch.cat([keep_f, torch.arange(n_active, N)])
-    adjacency = A[keep][:, keep]
+    adjacency = torch.zeros(len(keep), len(keep))
+    new_index = torch.full((N,), -1, dtype=torch.long)
+    new_index[keep] = torch.arange(len(keep))
+    slots = torch.tensor(slot_nodes)
+    adjacency[new_index[slots]] = A[: len(slot_nodes)][:, keep]
     tok_list = rep.tokens[0].tolist()
     return Graph(
         prompt=prompt, tokens=tok_list, str_tokens=lm.to_str_tokens(tok_list), n_layers=n_layers,
