@@ -260,3 +260,18 @@ def test_load_dictionary_rejects_non_dictionary_folders(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="not a dictionary folder"):
         load_dictionary(tmp_path / "empty")
+
+
+def test_saelens_metadata_names_the_models_module(tmp_path):
+    """metadata.hook_name is the HF module path (what SAELens users hook); ours is kept beside it."""
+    from lmscope.dictionaries import saelens_metadata
+    from lmscope.models.tiny import tiny_model
+
+    lm = tiny_model("llama", n_layers=2, d_model=32)
+    hook = "blocks.1.resid_post"
+    d = build(DictionaryConfig(d_in=32, d_sae=64, k=4, hook_name=hook, model_name=lm.name))
+    path = d.save(tmp_path / "d", metadata=saelens_metadata(lm, hook, context_size=16))
+    meta = json.loads((path / "cfg.json").read_text())["metadata"]
+    assert meta["hook_name"] == lm.hooks.module_name(hook) != hook
+    assert meta["hook_name"] in dict(lm.model.named_modules())
+    assert meta["lmscope_hook_name"] == hook and meta["context_size"] == 16 and meta["model_name"] == lm.name

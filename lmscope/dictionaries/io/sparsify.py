@@ -43,6 +43,9 @@ def load_sparsify(path: str | Path, device: str | torch.device = "cpu", *, hook_
     cfg = DictionaryConfig(
         d_in=d_in, d_sae=n, arch="topk", k=int(cfg_raw.get("k", 32)), d_out=d_out if transcode else None,
         skip="W_skip" in st, hook_name=hook_name or path.name, model_name=model_name,
+        # sparsify transcoders keep d_out == d_in; a distinct out hook marks them as transcoders
+        # (b_dec is then an output bias, not subtracted from the input). The real target hook is
+        # the module's output, which the folder name alone does not spell in our vocabulary.
         out_hook_name=(hook_name or path.name) + ":out" if transcode else None,
     )
     raw = {"W_enc": st["encoder.weight"].t(), "b_enc": st["encoder.bias"], "W_dec": st["W_dec"],
