@@ -262,3 +262,20 @@ def test_explain_ranks_planted_decoder_row(trained, tmp_path, capsys):
     assert top["feature"] == 3 and top["cosine"] == pytest.approx(-1.0, abs=1e-5)
     assert main(["probe", "explain", "--probe", str(trained), str(layout.root)]) == 0
     assert "appear after `lmscope explain`" in capsys.readouterr().out
+
+
+def test_lie_eval_runs_on_own_answers(trained, model_dirs):
+    """The lie evaluation end to end on a tiny model: greedy answers, probe scores, AUROCs, threshold."""
+    from lmscope.models.load import load_model
+    from lmscope.probe.artifact import load_probe
+    from lmscope.probe.lies import evaluate_lies
+
+    probe, _ = load_probe(trained)
+    lm = load_model(model_dirs["a"])
+    rep = evaluate_lies(lm, probe, cities=["Paris", "Berlin", "Rome", "Madrid"], max_new_tokens=3, progress=False)
+    assert rep.n == 8 and len(rep.rollouts) == 8
+    assert sum(r["instructed_lie"] for r in rep.rollouts) == 4
+    for k in ("probe_statement", "probe_in_context", "baseline_logprob", "baseline_random_direction"):
+        assert 0 <= rep.auroc_instructed[k] <= 1
+    honest_ctrl = [r["truth_statement"] for r in rep.rollouts if not r["instructed_lie"] and r["city"] in ("Berlin", "Paris")]
+    assert min(honest_ctrl) <= rep.threshold <= max(honest_ctrl)
