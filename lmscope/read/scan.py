@@ -112,7 +112,8 @@ class Reader:
     """A model, its atlas dictionaries and their labels, loaded once; scans many prompts.
 
     Thread-safe: the model run registers hooks on shared modules, so runs are serialized by a
-    lock (the web server calls `scan` from several threads).
+    lock (the web server calls `scan` from several threads); prompts waiting together run as
+    one batch (see `encode`).
     """
 
     def __init__(self, lm, dicts: dict, *, labels: LabelFn | None = None, atlas: str | Path | None = None,
@@ -127,7 +128,11 @@ class Reader:
         self.atlas = Path(atlas) if atlas is not None else None
         self.max_tokens = max_tokens
         self.db = db
-        self._lock = threading.Lock()
+        self.max_batch = 8
+        """Most prompts run in one forward when requests arrive together."""
+        self._lock = threading.Lock()  # held while the model runs
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Job] = []
 
     @classmethod
     def open(cls, atlas: str | Path, *, model: str | None = None, device: str = "cpu",
@@ -184,19 +189,57 @@ class Reader:
                             f"are scanned (shorten it or raise --max-tokens)")
         return tokens
 
-    @torch.no_grad()
     def encode(self, prompt: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(tokens [1, pos], {hook: dense feature activations [pos, d_sae]}) for one prompt."""
+        """(tokens [1, pos], {hook: dense feature activations [pos, d_sae]}) for one prompt.
+
+        Concurrent callers are batched: the thread that gets the model runs every prompt waiting
+        at that moment in one forward pass (right-padded; causal attention means padding after a
+        prompt cannot change its activations). One batch of 4 x 64 tokens costs ~3/4 of four
+        single passes on a CPU, and nobody waits behind a queue of single passes.
+        """
+        job = _Job(self.tokenize(prompt))
+        with self._queue_lock:
+            self._queue.append(job)
+        while not job.done:
+            with self._lock:
+                if job.done:
+                    break
+                with self._queue_lock:
+                    batch = self._queue[: self.max_batch]
+                    del self._queue[: len(batch)]
+                try:
+                    outs = self._encode_tokens([j.tokens for j in batch])
+                    for j, out in zip(batch, outs):
+                        j.result = out
+                except BaseException as e:  # give every waiter the error, not a hang
+                    for j in batch:
+                        j.error = e
+                finally:
+                    for j in batch:
+                        j.done = True
+        if job.error is not None:
+            raise job.error
+        return job.tokens, job.result
+
+    @torch.no_grad()
+    def _encode_tokens(self, toks: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Prompts [1, pos_i] -> per prompt {hook: [pos_i, d_sae]}, one right-padded forward."""
         from ..capture.hooks import run
 
-        tokens = self.tokenize(prompt)
-        with self._lock:
-            acts = run(self.lm, tokens, capture=self.hooks).acts  # {hook: [1, pos, d]}
+        lengths = [t.shape[1] for t in toks]
+        pad = self.lm.bos_token_id if self.lm.bos_token_id is not None else 0
+        batch = torch.full((len(toks), max(lengths)), pad, dtype=torch.long, device=toks[0].device)
+        for i, t in enumerate(toks):
+            batch[i, : lengths[i]] = t[0]  # [batch, pos]
+        acts = run(self.lm, batch, capture=self.hooks).acts  # {hook: [batch, pos, d]}
+        outs = []
+        for i, n in enumerate(lengths):
             feats = {}
             for hook, d in self.dicts.items():
-                x = acts[hook][0].to(d.W_dec.dtype)  # [pos, d_in]
+                x = acts[hook][i, :n].to(d.W_dec.dtype)  # [pos, d_in]
                 feats[hook] = d.encode(x).float()  # [pos, d_sae]
-        return tokens, feats
+            outs.append(feats)
+        return outs
 
     def scan(self, prompt: str, *, top_k: int = 5) -> ScanResult:
         """Scan one prompt: top_k features per dictionary and token, and the brain map."""
@@ -228,6 +271,16 @@ class Reader:
         return ScanResult(prompt=prompt, model=self.lm.name, tokens=self.lm.to_str_tokens(ids),
                           token_ids=ids, hooks=list(self.hooks), top=top, brain=brain,
                           activity=activity, n_active=n_active, has_bos=has_bos)
+
+
+class _Job:
+    """One prompt waiting for the model (see Reader.encode)."""
+
+    def __init__(self, tokens: torch.Tensor) -> None:
+        self.tokens = tokens  # [1, pos]
+        self.result: dict[str, torch.Tensor] | None = None
+        self.error: BaseException | None = None
+        self.done = False
 
 
 def _normalize(activity: torch.Tensor, *, skip_first: bool) -> list[float]:
