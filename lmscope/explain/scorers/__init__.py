@@ -1,0 +1,50 @@
+"""Scorers: each judges one explanation on held-out examples and returns a ScoreResult."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ScoreResult:
+    scorer: str
+    metric: str
+    """balanced_accuracy | auroc"""
+    value: float
+    n_pos: int
+    n_neg: int
+    details: dict = field(default_factory=dict)
+
+
+def balanced_accuracy(pred: list[bool], truth: list[bool]) -> float:
+    pos = [p for p, t in zip(pred, truth) if t]
+    neg = [p for p, t in zip(pred, truth) if not t]
+    tpr = sum(pos) / len(pos) if pos else 0.0
+    tnr = (len(neg) - sum(neg)) / len(neg) if neg else 0.0
+    return (tpr + tnr) / 2
+
+
+def auroc(scores: list[float], truth: list[bool]) -> float:
+    """Probability that a random positive outranks a random negative (ties count half)."""
+    import numpy as np
+
+    s = np.asarray(scores, dtype=float)
+    t = np.asarray(truth, dtype=bool)
+    pos, neg = s[t], s[~t]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    # rank-sum (Mann-Whitney U) with average ranks for ties
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    allv = np.concatenate([pos, neg])[order]
+    ranks = np.empty(len(allv))
+    i = 0
+    while i < len(allv):
+        j = i
+        while j + 1 < len(allv) and allv[j + 1] == allv[i]:
+            j += 1
+        ranks[i:j + 1] = (i + j) / 2 + 1
+        i = j + 1
+    r = np.empty(len(allv))
+    r[order] = ranks
+    u = r[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2
+    return float(u / (len(pos) * len(neg)))
