@@ -98,7 +98,10 @@ def plot_report(rep: ScoreReport, path: str | Path) -> Path:
                              squeeze=False)
     for ax, s in zip(axes[0], scorers):
         ks = [k for k in keys if k[2] == s]
-        ax.boxplot([rep.values[k] for k in ks], vert=False)
+        try:
+            ax.boxplot([rep.values[k] for k in ks], orientation="horizontal")
+        except TypeError:  # matplotlib < 3.10
+            ax.boxplot([rep.values[k] for k in ks], vert=False)
         ax.set_yticks(range(1, len(ks) + 1), [f"{k[0]}\n{k[1]}" for k in ks], fontsize=7)
         ax.axvline(0.5, color="grey", ls=":", lw=1)
         ax.set_title(s)
