@@ -48,6 +48,50 @@ def make_atlas(root: Path, lm, d_sae: int, sample: torch.Tensor) -> None:
     layout.add_dictionary(HOOK, model="smollm2-135m", arch="topk", d_sae=d_sae)
 
 
+def db_scale(n_features: int, path: Path, examples_per_feature: int = 2) -> dict:
+    """A synthetic atlas.db of n_features (random stats, a label each, a few examples): lookup and
+    label-search latency at that size."""
+    import random
+
+    from lmscope.atlas.db import AtlasDB
+
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if p.exists():
+            p.unlink()
+    rnd = random.Random(0)
+    # Labels of 3 words from a 20k-word vocabulary (a query word matches ~n_features * 3 / 20k labels);
+    # common words make FTS ranking O(matches): see docs/notes/atlas.md.
+    words = [f"w{j}x" for j in range(20_000)]
+    t0 = time.time()
+    db = AtlasDB(path)
+    feats = ((i, rnd.random() * 1e-2, rnd.randrange(1000), rnd.random() * 10, rnd.random(), rnd.random(), "{}")
+             for i in range(n_features))
+    toks = json.dumps(["the", "horse", "ran"])
+    ex = ((i, "top", None, r, 1.0, i * 10 + r, toks, "[1, 2, 3]", "[0, 1.5, 0]", 1)
+          for i in range(n_features) for r in range(examples_per_feature))
+    db.write_dictionary_profiles(HOOK, {"d_sae": n_features, "arch": "topk"}, feats, ex, [], commit=False)
+    db.conn.executemany("UPDATE features SET label = ? WHERE dictionary = 1 AND idx = ?",
+                        ((f"{rnd.choice(words)} {rnd.choice(words)} {rnd.choice(words)}", i) for i in range(n_features)))
+    db.conn.execute("INSERT INTO search SELECT label, ?, idx, 'label', NULL FROM features", (HOOK,))
+    db.conn.commit()
+    t_build = time.time() - t0
+    db.close()
+    db = AtlasDB(path, readonly=True)
+    idx = [rnd.randrange(n_features) for _ in range(200)]
+    t0 = time.time()
+    for i in idx:
+        db.feature(HOOK, i)
+    t_lookup = (time.time() - t0) / len(idx)
+    t0 = time.time()
+    queries = words[:50]
+    for w in queries:
+        db.search_labels(w, limit=20)
+    t_search = (time.time() - t0) / len(queries)
+    db.close()
+    return {"features": n_features, "build_s": round(t_build, 1), "db_mb": round(path.stat().st_size / 2**20),
+            "feature_lookup_ms": round(t_lookup * 1000, 2), "label_search_ms": round(t_search * 1000, 2)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--features", default="1024,4608", help="dictionary widths (comma-separated)")
@@ -55,7 +99,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16, help="contexts per model pass")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     ap.add_argument("--out", default=None, help="also write the results as JSON here")
+    ap.add_argument("--db-scale", type=int, default=0,
+                    help="instead: build a synthetic atlas.db of this many features and time lookup/search")
     args = ap.parse_args()
+    if args.db_scale:
+        print(json.dumps(db_scale(args.db_scale, Path("/tmp/lmscope-bench-atlas-scale.db")), indent=2))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -283,6 +283,16 @@ def test_explanations_scores_labels_and_fts(base, tmp_path):
         assert db.search_labels("zebra") == [] and db.search_labels("  ") == []
         v = db.conn.execute("SELECT version FROM schema_version").fetchone()[0]
         assert v == 1 and db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    # a second writer holding the lock: one clear line, nothing lost
+    other = sqlite3.connect(root / "atlas.db")
+    other.execute("BEGIN IMMEDIATE")
+    with AtlasDB(root / "atlas.db", timeout=0.2) as db:
+        with pytest.raises(UserError, match="locked"):
+            db.add_explanation(HOOKS[0], 1, "x", method="m")
+        other.rollback()
+        db.add_explanation(HOOKS[0], 1, "x", method="m")
+        assert len(db.explanations(HOOKS[0], PLANTED)) == 2
+    other.close()
 
 
 _READER = """

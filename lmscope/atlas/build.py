@@ -294,9 +294,16 @@ def _write_db(layout: AtlasLayout, lm, dicts: dict, states: dict, cfg: BuildConf
 
     vocab = lm.to_str_tokens(list(range(len(lm.tokenizer))))
     peak = peak_index(cfg.ctx_window)
+    import sqlite3
+
+    from .db import _db_error
+
     db = AtlasDB(layout.db_path)
     try:
-        db.conn.execute("BEGIN IMMEDIATE")
+        try:
+            db.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:  # another writer holds the lock past the busy timeout
+            raise UserError(_db_error(layout.db_path, e) + "; the profile is kept in the build checkpoint") from None
         for h, d in dicts.items():
             s = states[h]
             n = max(int(s.n_tokens), 1)
@@ -342,7 +349,8 @@ def _write_db(layout: AtlasLayout, lm, dicts: dict, states: dict, cfg: BuildConf
         db.conn.execute("INSERT OR REPLACE INTO meta VALUES ('model', ?)", (json.dumps(layout.read().get("model")),))
         db.conn.commit()
     except BaseException:
-        db.conn.rollback()
+        if db.conn.in_transaction:
+            db.conn.rollback()
         raise
     finally:
         db.close()

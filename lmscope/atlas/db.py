@@ -21,6 +21,7 @@ search (FTS5: text of every label and explanation).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -171,11 +172,15 @@ def _unjson(s):
 
 def migrate(conn: sqlite3.Connection) -> int:
     """Bring the schema to SCHEMA_VERSION (idempotent). Returns the version found before."""
-    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    has = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'schema_version'").fetchone()
+    if not has:
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
     row = conn.execute("SELECT version FROM schema_version").fetchone()
     found = row[0] if row else 0
     if found > SCHEMA_VERSION:
         raise UserError(f"atlas database schema {found} is newer than this lmscope ({SCHEMA_VERSION}); upgrade lmscope")
+    if found == SCHEMA_VERSION:
+        return found  # nothing to write: opening never needs the write lock
     for v in range(found + 1, SCHEMA_VERSION + 1):
         conn.executescript(MIGRATIONS[v])
     with conn:
@@ -226,6 +231,17 @@ class AtlasDB:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    @contextlib.contextmanager
+    def _tx(self):
+        """One write transaction; a lock held past the busy timeout becomes one UserError line."""
+        if self.readonly:
+            raise UserError(f"{self.path} is open read-only")
+        try:
+            with self.conn:
+                yield self.conn
+        except sqlite3.OperationalError as e:
+            raise UserError(_db_error(self.path, e)) from None
+
     def _q(self, sql: str, args=()) -> list[tuple]:
         try:
             return self.conn.execute(sql, args).fetchall()
@@ -237,7 +253,7 @@ class AtlasDB:
         return {k: _unjson(v) for k, v in self._q("SELECT key, value FROM meta")}
 
     def set_meta(self, key: str, value) -> None:
-        with self.conn:
+        with self._tx():
             self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, _json(value)))
 
     def dictionaries(self) -> list[DictionaryInfo]:
@@ -305,7 +321,7 @@ class AtlasDB:
 
     def set_label(self, hook: str, idx: int, text: str | None) -> None:
         did = self._check_feature(hook, idx)
-        with self.conn:
+        with self._tx():
             self.conn.execute("INSERT INTO features (dictionary, idx, label) VALUES (?, ?, ?) "
                               "ON CONFLICT (dictionary, idx) DO UPDATE SET label = excluded.label", (did, idx, text))
             self.conn.execute("DELETE FROM search WHERE hook = ? AND idx = ? AND source = 'label'", (hook, idx))
@@ -316,7 +332,7 @@ class AtlasDB:
                         details: dict | None = None) -> int:
         """Store one explanation (a feature may have many: one per method/version). Returns its id."""
         did = self._check_feature(hook, idx)
-        with self.conn:
+        with self._tx():
             cur = self.conn.execute("INSERT INTO explanations (dictionary, idx, method, version, text, created, details) "
                                     "VALUES (?, ?, ?, ?, ?, ?, ?)", (did, idx, method, version, text, _now(),
                                                                      _json(details)))
@@ -336,7 +352,7 @@ class AtlasDB:
                   n_pos: int | None = None, n_neg: int | None = None, details: dict | None = None) -> int:
         if not self._q("SELECT 1 FROM explanations WHERE id = ?", (explanation_id,)):
             raise UserError(f"no explanation with id {explanation_id}")
-        with self.conn:
+        with self._tx():
             cur = self.conn.execute("INSERT INTO scores (explanation_id, scorer, metric, value, n_pos, n_neg, details, "
                                     "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                                     (explanation_id, scorer, metric, float(value), n_pos, n_neg, _json(details), _now()))
@@ -353,8 +369,8 @@ class AtlasDB:
         if not words:
             return []
         match = " ".join(f'"{w}"*' for w in words)
-        rows = self._q("SELECT hook, idx, text, source, bm25(search) AS r FROM search WHERE search MATCH ? "
-                       "ORDER BY r LIMIT ?", (match, int(limit)))
+        rows = self._q("SELECT hook, idx, text, source, rank FROM search WHERE search MATCH ? "
+                       "ORDER BY rank LIMIT ?", (match, int(limit)))
         return [SearchHit(h, int(i), t, s, float(r)) for h, i, t, s, r in rows]
 
     def summary(self) -> dict:

@@ -195,20 +195,21 @@ def update(state: ProfileState, acts: Tensor, tokens: Tensor, valid: Tensor, tok
         cv, ci = cv[:, rows].t(), ci[:, rows].t()  # [R, kb]
         cv = cv.masked_fill(cv <= 0, -math.inf)
         cid = ids_flat[ci].masked_fill(cv == -math.inf, -1)  # [R, kb]
-        all_val = torch.cat([state.top_val[rows], cv], 1)
-        all_id = torch.cat([state.top_id[rows], cid], 1)
+        all_val = torch.cat([state.top_val.index_select(0, rows), cv], 1)
+        all_id = torch.cat([state.top_id.index_select(0, rows), cid], 1)
         sel = _top_merge(all_val, all_id, K)  # [R, K]
         R = rows.numel()
         selw = sel.clamp(max=K - 1)[..., None].expand(R, K, W)
-        tok = state.top_tok[rows].gather(1, selw)  # [R, K, W]
-        act = state.top_act[rows].gather(1, selw)
+        tok = state.top_tok.index_select(0, rows).gather(1, selw)  # [R, K, W]
+        act = state.top_act.index_select(0, rows).gather(1, selw)
         fresh = (sel >= K).nonzero(as_tuple=True)  # (row, slot) taken by this batch's tokens
         c = ci[fresh[0], sel[fresh] - K]  # flat token index
         t, a = windows(c // P, c % P, rows[fresh[0]])
         tok[fresh], act[fresh] = t, a
-        state.top_val[rows] = all_val.gather(1, sel)
-        state.top_id[rows] = all_id.gather(1, sel)
-        state.top_tok[rows], state.top_act[rows] = tok, act
+        state.top_val.index_copy_(0, rows, all_val.gather(1, sel))
+        state.top_id.index_copy_(0, rows, all_id.gather(1, sel))
+        state.top_tok.index_copy_(0, rows, tok)
+        state.top_act.index_copy_(0, rows, act)
 
     # --- quantile reservoirs: bottom-S keys per (feature, octave bucket) -----------------
     if vals.numel():
@@ -219,7 +220,7 @@ def update(state: ProfileState, acts: Tensor, tokens: Tensor, valid: Tensor, tok
     if vals.numel():
         touched, local = torch.unique(group, return_inverse=True)  # [T], [c]
         T = touched.numel()
-        old_key = state.res_key[touched]  # [T, S]
+        old_key = state.res_key.index_select(0, touched)  # [T, S]
         all_group = torch.cat([torch.arange(T).repeat_interleave(S), local])
         all_key = torch.cat([old_key.reshape(-1), key])
         kept, kg, slot = _bottom_k_groups(all_group, all_key, T, S)
@@ -230,18 +231,19 @@ def update(state: ProfileState, acts: Tensor, tokens: Tensor, valid: Tensor, tok
         t_new, a_new = torch.full((T, S, W), -1, dtype=torch.int32), torch.zeros(T, S, W)
         k_new[kg, slot] = all_key[kept]
         old = kept < n_old
-        v_new[kg[old], slot[old]] = state.res_val[touched].reshape(-1)[src[old]]
-        i_new[kg[old], slot[old]] = state.res_id[touched].reshape(-1)[src[old]]
-        t_new[kg[old], slot[old]] = state.res_tok[touched].reshape(-1, W)[src[old]]
-        a_new[kg[old], slot[old]] = state.res_act[touched].reshape(-1, W)[src[old]]
+        v_new[kg[old], slot[old]] = state.res_val.index_select(0, touched).reshape(-1)[src[old]]
+        i_new[kg[old], slot[old]] = state.res_id.index_select(0, touched).reshape(-1)[src[old]]
+        t_new[kg[old], slot[old]] = state.res_tok.index_select(0, touched).reshape(-1, W)[src[old]]
+        a_new[kg[old], slot[old]] = state.res_act.index_select(0, touched).reshape(-1, W)[src[old]]
         new = ~old
         j = kept[new] - n_old
         v_new[kg[new], slot[new]] = vals[j]
         i_new[kg[new], slot[new]] = ids_flat[n_idx[j]]
         t, a = windows(n_idx[j] // P, n_idx[j] % P, f_idx[j])
         t_new[kg[new], slot[new]], a_new[kg[new], slot[new]] = t, a
-        state.res_key[touched], state.res_val[touched], state.res_id[touched] = k_new, v_new, i_new
-        state.res_tok[touched], state.res_act[touched] = t_new, a_new
+        for name, new in (("res_key", k_new), ("res_val", v_new), ("res_id", i_new), ("res_tok", t_new),
+                          ("res_act", a_new)):
+            getattr(state, name).index_copy_(0, touched, new)
 
     feats = torch.arange(F)
     # --- non-activating contexts ---------------------------------------------------------
