@@ -80,7 +80,6 @@ def test_lmscope_dictionary_opens_in_saelens(tmp_path, name):
     assert sae.cfg.metadata.hook_name == "model.layers.2.mlp"
     assert sae.cfg.metadata.model_name == "tiny-llama"
     assert sae.cfg.metadata.lmscope_hook_name == "blocks.2.mlp_in"
-    from sae_lens.loading.pretrained_sae_loaders import sae_lens_disk_loader  # noqa: F401 (same reader)
     from safetensors.torch import load_file
 
     sparsity = load_file(str(path / "sparsity.safetensors"))["sparsity"]
@@ -99,9 +98,20 @@ def _randomize(sae) -> None:
 
 
 def _saelens_cases():
-    from sae_lens import (JumpReLUSAE, JumpReLUSAEConfig, JumpReLUSkipTranscoder, JumpReLUSkipTranscoderConfig,
-                          SkipTranscoder, SkipTranscoderConfig, StandardSAE, StandardSAEConfig, TopKSAE,
-                          TopKSAEConfig, Transcoder, TranscoderConfig)
+    from sae_lens import (
+        JumpReLUSAE,
+        JumpReLUSAEConfig,
+        JumpReLUSkipTranscoder,
+        JumpReLUSkipTranscoderConfig,
+        SkipTranscoder,
+        SkipTranscoderConfig,
+        StandardSAE,
+        StandardSAEConfig,
+        TopKSAE,
+        TopKSAEConfig,
+        Transcoder,
+        TranscoderConfig,
+    )
 
     return {
         "standard": lambda: StandardSAE(StandardSAEConfig(d_in=D_IN, d_sae=D_SAE)),

@@ -142,11 +142,11 @@ class DictionaryConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DictionaryConfig":
+    def from_dict(cls, d: dict[str, Any]) -> DictionaryConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
-    def replace(self, **changes: Any) -> "DictionaryConfig":
+    def replace(self, **changes: Any) -> DictionaryConfig:
         return replace(self, **changes)
 
 
@@ -235,7 +235,7 @@ class SparseDictionary(nn.Module):
         """[batch, d_sae] pre-activations -> [batch, d_sae] sparse activations (inference)."""
         raise NotImplementedError
 
-    def _train_terms(self, x_n: Tensor, target_n: Tensor, dead_mask: Tensor | None) -> "_Terms":
+    def _train_terms(self, x_n: Tensor, target_n: Tensor, dead_mask: Tensor | None) -> _Terms:
         """Normalized input/target -> reconstruction and loss terms. Default: dense activation."""
         pre = self.pre_acts_normalized(x_n)
         acts = self.activation(pre)
@@ -359,7 +359,7 @@ class SparseDictionary(nn.Module):
         return save_saelens(self, path, sparsity=sparsity, metadata=metadata)
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "SparseDictionary":
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> SparseDictionary:
         """Load a dictionary from any supported folder (see load_dictionary)."""
         from .io import load_dictionary
 

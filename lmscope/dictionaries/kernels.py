@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+
 def _sparse_t_matmul(indices: Tensor, weights: Tensor, dense: Tensor, n_rows: int) -> Tensor:
     """S^T @ dense where S [batch, n_rows] is sparse with S[b, indices[b, j]] = weights[b, j].
 
