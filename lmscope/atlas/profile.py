@@ -190,7 +190,7 @@ def update(state: ProfileState, acts: Tensor, tokens: Tensor, valid: Tensor, tok
     cv, ci = flat.topk(kb, dim=0)  # [kb, F]
     # Only features whose batch best reaches their current K-th example can change (>=: ties go to
     # the smaller token id, so an equal value may still enter).
-    rows = (cv[0] >= state.top_val[:, -1]).nonzero(as_tuple=True)[0]  # [R]
+    rows = ((cv[0] > 0) & (cv[0] >= state.top_val[:, -1])).nonzero(as_tuple=True)[0]  # [R]
     if rows.numel():
         cv, ci = cv[:, rows].t(), ci[:, rows].t()  # [R, kb]
         cv = cv.masked_fill(cv <= 0, -math.inf)
