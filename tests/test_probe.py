@@ -273,7 +273,7 @@ def test_lie_eval_runs_on_own_answers(trained, model_dirs):
     probe, _ = load_probe(trained)
     lm = load_model(model_dirs["a"])
     rep = evaluate_lies(lm, probe, cities=["Paris", "Berlin", "Rome", "Madrid"], max_new_tokens=3, progress=False)
-    assert rep.n == 8 and len(rep.rollouts) == 8
+    assert rep.n + rep.n_empty == 8 and len(rep.rollouts) == 8
     assert sum(r["instructed_lie"] for r in rep.rollouts) == 4
     for k in ("probe_statement", "probe_in_context", "baseline_logprob", "baseline_random_direction"):
         assert 0 <= rep.auroc_instructed[k] <= 1

@@ -265,9 +265,10 @@ def cmd_lies(args) -> int:
     if args.json:
         print_json(rep.to_dict())
         return 0
-    print(f"{rep.n} answers ({rep.n // 2} cities x honest/lie prompt) by {lm.name}; probe {probe.kind} at {probe.hook}")
-    print(f"  lie-prompt answers that are actually wrong: {rep.n_lies_that_are_wrong}/{rep.n // 2}; "
-          f"honest answers that are correct: {rep.n_honest_that_are_correct}/{rep.n // 2}")
+    print(f"{rep.n} non-empty answers ({rep.n_empty} empty left out) to honest/lie prompts by {lm.name}; "
+          f"probe {probe.kind} at {probe.hook}")
+    print(f"  lie-prompt answers that are actually wrong: {rep.n_lies_that_are_wrong}; "
+          f"honest answers that are correct: {rep.n_honest_that_are_correct}")
     print(f"{'scorer':<28}{'AUROC lie vs honest prompt':>28}{'AUROC wrong vs correct':>24}")
     for k in rep.auroc_instructed:
         print(f"{k:<28}{rep.auroc_instructed[k]:>28.3f}{rep.auroc_correctness[k]:>24.3f}")
