@@ -5,7 +5,6 @@ JSON, slow) in front of it; an unreachable port; partial progress + resume of an
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import threading
 import time

@@ -8,7 +8,7 @@ Explainers see only part of a feature's stored examples (`split.py`); scorers ju
 held-out rest, balanced with non-activating text, next to two baselines (`baselines.py`).
 """
 
-from .runner import ExplainConfig, ExplainResult, explain_atlas
 from .report import ScoreReport, score_report
+from .runner import ExplainConfig, ExplainResult, explain_atlas
 
 __all__ = ["ExplainConfig", "ExplainResult", "explain_atlas", "ScoreReport", "score_report"]
