@@ -50,7 +50,11 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UserError as e:  # a flag's value failed its converter (e.g. --tokens lots)
+        print(f"lmscope: error: {e}", file=sys.stderr)
+        return e.exit_code
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
