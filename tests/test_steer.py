@@ -166,3 +166,56 @@ def test_hooked_is_the_only_mechanism(lm, dicts):
     with torch.no_grad(), hooked(lm, [HOOK], edits) as acts:
         lm.model(lm.to_tokens(PROMPT))
     assert acts[HOOK].shape[-1] == lm.d_model
+
+
+def test_cli_steer_vector_without_atlas(lm, tmp_path, capsys):
+    """--vector needs only a model: `lmscope steer --model DIR PROMPT --vector A B --layer L`."""
+    model_dir = tmp_path / "model"
+    lm.model.save_pretrained(model_dir)
+    lm.tokenizer.save_pretrained(model_dir)
+    argv = ["steer", "--model", str(model_dir), PROMPT, "--vector", "love", "hate", "--layer", "1",
+            "--coeff", "4", "--generate", "4", "--target", "cat", "--json"]
+    assert main(argv) == 0
+    d = json.loads(capsys.readouterr().out)
+    sv = steering_vector(lm, "love", "hate", layer=1)
+    ref = compare(lm, PROMPT, vector_edits(sv, 4.0), max_new_tokens=4, targets=[d["targets"][0]["id"]])
+    assert d["steered"] == ref.steered and d["unsteered"] == ref.unsteered
+    assert d["targets"] == json.loads(json.dumps(ref.targets))
+    assert d["vector"]["hook"] == "blocks.1.resid_pre" and d["vector"]["coeff"] == 4
+    assert d["next_tokens"] == json.loads(json.dumps(ref.next_tokens)) and len(d["next_tokens"]) >= 5
+    # Without an atlas: features are refused, and the model is required; one line each.
+    for bad, needle in ((["steer", "--model", str(model_dir), PROMPT, "--feature", f"{HOOK}/3=+5"], "needs an atlas"),
+                        (["steer", PROMPT, "--vector", "love", "hate", "--layer", "1"], "--model"),
+                        (["steer", "a", "b", "c", "--vector", "x", "y", "--layer", "1"], "quote the prompt"),
+                        (["steer", "--model", str(model_dir), PROMPT, "--vector", "love", "hate", "--layer", "9"],
+                         "out of range")):
+        assert main(bad) == 2, bad
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and needle in err, err
+
+
+def test_steer_is_the_shared_engine(lm, dicts):
+    """steer() (what the CLI and the viewer call) == feature_edits + vector_edits + compare."""
+    from lmscope.steer import VectorSpec, steer
+
+    spec = f"{HOOK}/11=+8"
+    res = steer(lm, dicts, PROMPT, features=[spec], vector=VectorSpec("love", "hate", 1, coeff=3.0),
+                max_new_tokens=4, targets=["cat"], top=3)
+    edits = feature_edits(parse_interventions([spec], dicts), dicts)
+    sv = steering_vector(lm, "love", "hate", layer=1)
+    vec = vector_edits(sv, 3.0)["blocks.1.resid_pre"]
+    edits["blocks.1.resid_pre"] = vec
+    ref = compare(lm, PROMPT, edits, max_new_tokens=4, targets=[res.targets[0]["id"]], top=3)
+    assert (res.unsteered, res.steered, res.targets) == (ref.unsteered, ref.steered, ref.targets)
+    assert res.next_tokens == ref.next_tokens and 3 <= len(res.next_tokens) <= 6
+    probs = [max(r["p_unsteered"], r["p_steered"]) for r in res.next_tokens]
+    assert probs == sorted(probs, reverse=True)
+    assert res.interventions == [spec, "3 x ('love' - 'hate') at blocks.1.resid_pre [actadd]"]
+    with pytest.raises(UserError, match="nothing to steer"):
+        steer(lm, dicts, PROMPT)
+    with pytest.raises(UserError, match="need an atlas"):
+        steer(lm, {}, PROMPT, features=[spec])
+    with pytest.raises(UserError, match="not a token id"):
+        steer(lm, dicts, PROMPT, features=[spec], targets=["99999999"])
+    with pytest.raises(UserError, match="finite"):
+        VectorSpec("a", "b", 1, coeff=float("nan"))

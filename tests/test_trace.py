@@ -153,6 +153,27 @@ def test_cli_graph_writes_viewer_json(atlas, tmp_path, capsys):
     assert err.count("\n") == 1 and "needs about" in err and "GB" in err
 
 
+def test_cli_graph_default_goes_to_atlas_graphs_without_overwriting(atlas, capsys):
+    from lmscope.trace.graph_files import list_graphs
+
+    root, _ = atlas
+    folder = root / "graphs"
+    folder.mkdir(exist_ok=True)
+    mine = folder / "the-cat-sat-on-the-big-red.json"
+    mine.write_text("my own notes")  # a user file with the default name
+    assert main(["graph", str(root), PROMPT, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)["out"]
+    assert out == str(folder / "the-cat-sat-on-the-big-red-2.json")
+    assert mine.read_text() == "my own notes"
+    assert main(["graph", str(root), PROMPT, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["out"].endswith("-3.json")
+    listed = {g.name: g for g in list_graphs(folder)}
+    assert listed[mine.name].error and "not valid JSON" in listed[mine.name].error
+    g = listed["the-cat-sat-on-the-big-red-2.json"]
+    assert g.error is None and g.prompt == PROMPT and g.n_nodes > 0 and g.target.startswith("Output")
+    assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
 def test_cli_bad_input_is_one_line(atlas, lm, tmp_path, capsys):
     root, _ = atlas
     assert main(["trace", str(root), PROMPT, "--target", "big red"]) == 2

@@ -4,6 +4,7 @@
     lmscope graph atlas/ "The capital of France is" --out paris.json
     lmscope steer atlas/ "I think dogs are" --feature blocks.15.resid_post/1234=+8 --generate 30
     lmscope steer atlas/ "I think dogs are" --vector "Love" "Hate" --layer 6 --coeff 5
+    lmscope steer --model smollm2-135m "I think dogs are" --vector "Love" "Hate" --layer 6   # no atlas
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def register(sub) -> None:
                     "influence. Needs a transcoder blocks.L.mlp_in -> blocks.L.mlp_out for every layer. "
                     "Writes the JSON circuit-tracer's and Neuronpedia's graph viewers read.")
     _common(p)
-    p.add_argument("--out", default=None, help="JSON file to write (default: ATLAS/graphs/<slug>.json)")
+    p.add_argument("--out", default=None, help="JSON file to write (default: ATLAS/graphs/<slug>.json, or "
+                   "<slug>-2.json, ... when taken; `lmscope serve ATLAS` lists that folder)")
     p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     p.add_argument("--node-threshold", type=float, default=0.8,
                    help="keep the nodes carrying this fraction of the influence on the logits (default: 0.8)")
@@ -54,13 +56,16 @@ def register(sub) -> None:
 
     p = sub.add_parser(
         "steer", help="generate with features clamped/scaled/ablated or a steering vector added",
+        usage="lmscope steer [-h] [ATLAS] PROMPT [--feature HOOK/INDEX=V] [--vector POSITIVE NEGATIVE "
+              "--layer L] [options]",
         description="Generate with and without interventions, side by side. Feature interventions keep "
                     "the dictionary's error term (only the named features change): HOOK/INDEX=8 clamps, "
                     "=+8 adds 8 x the decoder row, =*2 scales, =0 ablates. --vector POS NEG builds an "
                     "ActAdd steering vector at blocks.LAYER.resid_pre (difference of the two prompts' "
-                    "residuals, added at the first positions) times --coeff.")
-    p.add_argument("atlas", help="atlas folder")
-    p.add_argument("prompt", help="the prompt to continue")
+                    "residuals, added at the first positions) times --coeff. A steering vector needs "
+                    "no atlas: `lmscope steer --model M PROMPT --vector POS NEG --layer L`.")
+    p.add_argument("where", nargs="+", metavar="[ATLAS] PROMPT",
+                   help="atlas folder (needed for --feature; optional with --vector and --model) and the prompt")
     p.add_argument("--feature", action="append", default=[], metavar="HOOK/INDEX=V",
                    help="a feature intervention (repeatable): =8 clamp, =+8 add, =-8, =*2 scale, =0 ablate")
     p.add_argument("--vector", nargs=2, default=None, metavar=("POSITIVE", "NEGATIVE"),
@@ -77,13 +82,14 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (the same for both runs)")
     p.add_argument("--target", action="append", default=[], help="report this next token's probability "
                    "with and without the intervention (repeatable)")
-    _model_flags(p)
+    _model_flags(p, "override the atlas's model, or without an atlas the model to steer (alias, folder, "
+                    "hub id, .gguf)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_steer)
 
 
-def _model_flags(p) -> None:
-    p.add_argument("--model", default=None, help="override the atlas's model (alias, folder, hub id, .gguf)")
+def _model_flags(p, model_help: str = "override the atlas's model (alias, folder, hub id, .gguf)") -> None:
+    p.add_argument("--model", default=None, help=model_help)
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 
 
@@ -176,6 +182,7 @@ def cmd_trace(args) -> int:
 def cmd_graph(args) -> int:
     from ..atlas.layout import write_json_atomic
     from ..trace import build_graph, check_transcoders, graph_json, prune
+    from ..trace.graph_files import graphs_dir, save_graph
 
     lm, dicts, labels = load_atlas(args.atlas, model=args.model, device=args.device)
     tcs = check_transcoders(lm, dicts)
@@ -184,10 +191,13 @@ def cmd_graph(args) -> int:
     pruned = prune(g, args.node_threshold, args.edge_threshold)
     data = graph_json(g, pruned, labels=labels, node_threshold=args.node_threshold,
                       edge_threshold=args.edge_threshold)
-    out = Path(args.out) if args.out else Path(args.atlas) / "graphs" / f"{data['metadata']['slug']}.json"
-    if out.exists() and not args.force:
-        raise UserError(f"{out} exists; pass --force to overwrite it or choose another --out")
-    write_json_atomic(out, data)
+    if args.out:
+        out = Path(args.out)
+        if out.exists() and not args.force:
+            raise UserError(f"{out} exists; pass --force to overwrite it or choose another --out")
+        write_json_atomic(out, data)
+    else:  # the atlas's graphs/ folder, where `lmscope serve` lists them; a free name, never overwrites
+        out = save_graph(data, graphs_dir(args.atlas))
     meta = data["metadata"]["lmscope"]
     summary = {"out": str(out), "target": g.logit_strs[0], "nodes": meta["n_nodes"], "links": meta["n_links"],
                "replacement_score": meta["replacement_score"], "completeness_score": meta["completeness_score"],
@@ -206,42 +216,45 @@ def cmd_graph(args) -> int:
 
 
 def cmd_steer(args) -> int:
-    from ..steer import compare, feature_edits, parse_interventions, steering_vector, vector_edits
-    from ..trace import resolve_target
+    from ..steer import VectorSpec, steer
 
+    if len(args.where) > 2:
+        raise UserError(f"steer takes [ATLAS] PROMPT, got {len(args.where)} positional arguments; "
+                        "quote the prompt")
+    atlas, prompt = (None, args.where[0]) if len(args.where) == 1 else args.where
     if not args.feature and not args.vector:
         raise UserError("nothing to steer with: pass --feature HOOK/INDEX=V and/or --vector POSITIVE NEGATIVE")
     if args.vector and args.layer is None:
         raise UserError("--vector needs --layer L (the steering vector is read and added at blocks.L.resid_pre)")
     if args.generate < 0:
         raise UserError("--generate must be >= 0")
-    lm, dicts, _ = load_atlas(args.atlas, model=args.model, device=args.device)
-    ivs = parse_interventions(args.feature, dicts)
-    edits = feature_edits(ivs, dicts)
-    names = [str(iv) for iv in ivs]
-    vec = None
+    if atlas is None:
+        if args.feature:
+            raise UserError("--feature needs an atlas (its dictionaries): lmscope steer ATLAS PROMPT --feature ...")
+        if args.model is None:
+            raise UserError("without an atlas, pass --model M (alias, folder, hub id or .gguf) to steer with "
+                            "--vector")
+        from ..models import load_model
+
+        lm, dicts = load_model(args.model, device=args.device), {}
+    else:
+        lm, dicts, _ = load_atlas(atlas, model=args.model, device=args.device)
+    vector = None
     if args.vector:
-        vec = steering_vector(lm, args.vector[0], args.vector[1], layer=args.layer, mode=args.vector_mode,
-                              site=args.site)
-        for hook, fn in vector_edits(vec, args.coeff).items():
-            prev = edits.get(hook)
-            edits[hook] = fn if prev is None else (lambda x, a=prev, b=fn: b(a(x)))
-        names.append(f"{args.coeff:g} x ({args.vector[0]!r} - {args.vector[1]!r}) at {vec.hook} [{vec.mode}]")
-    targets = [resolve_target(lm, t) for t in args.target]
-    cmp = compare(lm, args.prompt, edits, interventions=names, max_new_tokens=args.generate,
-                  temperature=args.temperature, seed=args.seed, targets=targets)
+        vector = VectorSpec(args.vector[0], args.vector[1], args.layer, args.coeff, args.vector_mode, args.site)
+    cmp = steer(lm, dicts, prompt, features=args.feature, vector=vector, max_new_tokens=args.generate,
+                temperature=args.temperature, seed=args.seed, targets=args.target)
+    names = cmp.interventions
     if args.json:
-        d = cmp.to_dict()
-        if vec is not None:
-            d["vector"] = vec.to_dict() | {"coeff": args.coeff}
-        print_json(d)
+        print_json(cmp.to_dict())
         return 0
-    print(f"prompt: {args.prompt!r}")
+    print(f"prompt: {prompt!r}")
     print("steering: " + "; ".join(names))
-    print(f"\n  unsteered: {args.prompt}{cmp.unsteered}")
-    print(f"  steered:   {args.prompt}{cmp.steered}")
-    if cmp.targets:
-        print(f"\n{'next token':<16} {'p unsteered':>12} {'p steered':>10}")
-        for t in cmp.targets:
-            print(f"{t['token']!r:<16} {t['p_unsteered']:>12.4f} {t['p_steered']:>10.4f}")
+    print(f"\n  unsteered: {prompt}{cmp.unsteered}")
+    print(f"  steered:   {prompt}{cmp.steered}")
+    for title, rows in (("next token", cmp.targets), ("most likely next", cmp.next_tokens)):
+        if rows:
+            print(f"\n{title:<16} {'p unsteered':>12} {'p steered':>10}")
+            for t in rows:
+                print(f"{t['token']!r:<16} {t['p_unsteered']:>12.4f} {t['p_steered']:>10.4f}")
     return 0

@@ -24,7 +24,11 @@ class Comparison:
     steered: str
     interventions: list[str]
     targets: list[dict] = field(default_factory=list)
-    """[{token, p_unsteered, p_steered}] next-token probabilities right after the prompt."""
+    """[{token, id, p_unsteered, p_steered}] next-token probabilities right after the prompt."""
+    next_tokens: list[dict] = field(default_factory=list)
+    """The same rows for the `top` most likely next tokens of either run (most likely first)."""
+    vector: dict | None = None
+    """The steering vector used (SteeringVector.to_dict() + coeff), if any."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,10 +65,17 @@ def generate(lm, prompt: str, edits: dict | None = None, *, max_new_tokens: int 
 
 def compare(lm, prompt: str, edits: dict, *, interventions: list[str] | None = None,
             max_new_tokens: int = 30, temperature: float = 0.0, seed: int = 0,
-            targets: list[int] | None = None) -> Comparison:
-    """Unsteered and steered continuations of `prompt`, and target-token probabilities."""
+            targets: list[int] | None = None, top: int = 5) -> Comparison:
+    """Unsteered and steered continuations of `prompt`, target-token and top next-token probabilities."""
     base, p0 = generate(lm, prompt, None, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     steer, p1 = generate(lm, prompt, edits, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    rows = [{"token": lm.tokenizer.decode([t]), "id": t, "p_unsteered": float(p0[t]),
-             "p_steered": float(p1[t])} for t in (targets or [])]
-    return Comparison(prompt, base, steer, interventions or [], rows)
+
+    def row(t: int) -> dict:
+        return {"token": lm.tokenizer.decode([t]), "id": t, "p_unsteered": float(p0[t]), "p_steered": float(p1[t])}
+
+    nxt: list[int] = []
+    if top > 0:
+        cand = set(p0.topk(top).indices.tolist()) | set(p1.topk(top).indices.tolist())
+        nxt = sorted(cand, key=lambda t: -max(float(p0[t]), float(p1[t])))
+    return Comparison(prompt, base, steer, interventions or [], [row(t) for t in (targets or [])],
+                      [row(t) for t in nxt])
