@@ -192,3 +192,137 @@ def test_serve_cli_refuses_bad_flags(tmp_path):
     r = subprocess.run([sys.executable, "-m", "lmscope", "serve", str(tmp_path), "--port", "70000"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--port" in r.stderr and "Traceback" not in r.stderr
+
+
+# --- graph and steer pages: a tiny atlas with SAEs and a transcoder for every layer ----------
+TC_PROMPT = "the cat sat on the big red"
+
+
+@pytest.fixture(scope="module")
+def tc_server(tmp_path_factory):
+    from test_trace import make_atlas
+
+    from lmscope.cli import main
+    from lmscope.models.tiny import tiny_model
+
+    tmp = tmp_path_factory.mktemp("tc")
+    root, _ = make_atlas(tmp, tiny_model("llama", n_layers=3))
+    assert main(["graph", str(root), TC_PROMPT, "--json"]) == 0  # -> ATLAS/graphs/<slug>.json
+    graphs = root / "graphs"
+    (graphs / "notes.json").write_text('{"a": 1}')  # JSON, but not a graph
+    (tmp / "outside.json").write_text(json.dumps({"metadata": {}, "nodes": [], "links": []}))
+    (graphs / "escape.json").symlink_to(tmp / "outside.json")  # a link out of the atlas
+    reader = Reader.open(root, max_tokens=24)
+    srv = make_server(reader, port=0, limits=Limits(max_body_bytes=4096, max_generate=8, max_graph_tokens=12,
+                                                   max_interventions=3))
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_graph_list_and_serve(tc_server):
+    st, res = call(tc_server, "GET", "/api/graphs")
+    assert st == 200 and res["can_build"] and res["build_note"] is None and res["max_tokens"] == 12
+    by_name = {g["name"]: g for g in res["graphs"]}
+    assert "escape.json" not in by_name  # symlinks are not listed
+    g = by_name["the-cat-sat-on-the-big-red.json"]
+    assert g["prompt"] == TC_PROMPT and g["n_nodes"] > 0 and g["error"] is None
+    assert "not a graph JSON" in by_name["notes.json"]["error"]
+    st, data = call(tc_server, "GET", "/api/graph?name=the-cat-sat-on-the-big-red.json")
+    on_disk = json.loads((tc_server.reader.atlas / "graphs" / g["name"]).read_text())
+    assert st == 200 and data == on_disk and len(data["nodes"]) == g["n_nodes"]
+
+
+@pytest.mark.parametrize("name,status,needle", [
+    ("../atlas.json", 400, "bad graph name"), ("%2e%2e%2fatlas.json", 400, "bad graph name"),
+    ("/etc/passwd", 400, "bad graph name"), ("graphs/x.json", 400, "bad graph name"),
+    (".hidden.json", 400, "bad graph name"), ("x.txt", 400, "bad graph name"), ("x.json%00", 400, "bad graph name"),
+    ("missing.json", 404, "no graph named"), ("escape.json", 404, "no graph named"),
+    ("notes.json", 400, "not a graph JSON"),
+])
+def test_graph_names_are_confined(tc_server, name, status, needle):
+    st, res = call(tc_server, "GET", f"/api/graph?name={name}")
+    assert st == status and needle in res["error"], res
+
+
+def test_build_graph_from_the_page_is_the_engine(tc_server):
+    from lmscope.trace import build_graph, check_transcoders, graph_json, prune
+
+    reader = tc_server.reader
+    before = set(p.name for p in (reader.atlas / "graphs").iterdir())
+    st, res = call(tc_server, "POST", "/api/graph", {"prompt": "the dog ran", "max_feature_nodes": 40})
+    assert st == 200 and res["name"] == "the-dog-ran.json" and res["name"] not in before
+    st, again = call(tc_server, "POST", "/api/graph", {"prompt": "the dog ran", "max_feature_nodes": 40})
+    assert st == 200 and again["name"] == "the-dog-ran-2.json"  # never overwrites
+    st, data = call(tc_server, "GET", f"/api/graph?name={res['name']}")
+    g = build_graph(reader.lm, check_transcoders(reader.lm, reader.dicts), "the dog ran", max_feature_nodes=40)
+    ref = json.loads(json.dumps(graph_json(g, prune(g))))
+    assert [n["node_id"] for n in data["nodes"]] == [n["node_id"] for n in ref["nodes"]]
+    assert [(x["source"], x["target"]) for x in data["links"]] == [(x["source"], x["target"]) for x in ref["links"]]
+    assert [x["weight"] for x in data["links"]] == pytest.approx([x["weight"] for x in ref["links"]], rel=1e-4, abs=1e-6)
+    st, lst = call(tc_server, "GET", "/api/graphs")
+    assert {"the-dog-ran.json", "the-dog-ran-2.json"} <= {x["name"] for x in lst["graphs"]}
+
+
+def test_steer_api_is_the_engine(tc_server):
+    from lmscope.steer import VectorSpec, steer
+
+    reader = tc_server.reader
+    body = {"prompt": TC_PROMPT, "features": ["blocks.2.resid_post/3=+5", "blocks.1.mlp_in/2=*3"],
+            "vector": {"positive": "love", "negative": "hate", "layer": 1, "coeff": 4},
+            "generate": 5, "targets": ["cat"]}
+    st, res = call(tc_server, "POST", "/api/steer", body)
+    assert st == 200, res
+    ref = steer(reader.lm, reader.dicts, TC_PROMPT, features=body["features"],
+                vector=VectorSpec("love", "hate", 1, 4.0), max_new_tokens=5, targets=["cat"])
+    assert {k: res[k] for k in ref.to_dict()} == json.loads(json.dumps(ref.to_dict()))
+    assert res["labels"] == {"blocks.2.resid_post/3": None, "blocks.1.mlp_in/2": None}
+    assert res["targets"][0]["token"] == "cat" and len(res["next_tokens"]) >= 5
+
+
+@pytest.mark.parametrize("body,status,needle", [
+    ({"features": ["blocks.2.resid_post/3=+5"]}, 400, "missing field 'prompt'"),
+    ({"prompt": TC_PROMPT}, 400, "nothing to steer"),
+    ({"prompt": TC_PROMPT, "features": "blocks.2.resid_post/3=+5"}, 400, "list of strings"),
+    ({"prompt": TC_PROMPT, "features": ["blocks.9.resid_post/3=+5"]}, 400, "no dictionary at"),
+    ({"prompt": TC_PROMPT, "features": ["blocks.2.resid_post/999=+5"]}, 400, "has 128 features"),
+    ({"prompt": TC_PROMPT, "features": ["blocks.2.resid_post/3=lots"]}, 400, "cannot read feature intervention"),
+    ({"prompt": TC_PROMPT, "features": ["blocks.2.resid_post/3=+5"] * 4}, 400, "at most 3"),
+    ({"prompt": TC_PROMPT, "features": ["blocks.2.resid_post/3=+5"], "generate": 9}, 400, "between 0 and 8"),
+    ({"prompt": TC_PROMPT, "features": ["blocks.2.resid_post/3=+5"], "temperature": -1}, 400, "temperature"),
+    ({"prompt": TC_PROMPT, "features": ["blocks.2.resid_post/3=+5"], "targets": ["big red"]}, 400, "2 tokens"),
+    ({"prompt": TC_PROMPT, "vector": {"positive": "love", "negative": "hate"}}, 400, "needs 'layer'"),
+    ({"prompt": TC_PROMPT, "vector": {"positive": "love", "negative": "hate", "layer": 7}}, 400, "between 0 and 2"),
+    ({"prompt": TC_PROMPT, "vector": {"positive": "love", "negative": " ", "layer": 1}}, 400, "non-empty"),
+    ({"prompt": TC_PROMPT, "vector": {"positive": "love", "negative": "hate", "layer": 1, "coeff": "x"}}, 400,
+     "must be a number"),
+    ({"prompt": TC_PROMPT, "vector": {"positive": "love", "negative": "hate", "layer": 1, "mode": "sql"}}, 400,
+     "actadd"),
+    ({"prompt": TC_PROMPT, "vector": "love-hate"}, 400, "must be an object"),
+    ({"prompt": "the cat " * 20, "features": ["blocks.2.resid_post/3=+5"]}, 400, "at most 24"),
+])
+def test_steer_bad_requests(tc_server, body, status, needle):
+    st, res = call(tc_server, "POST", "/api/steer", body)
+    assert st == status and needle in res["error"] and "Traceback" not in res["error"], res
+
+
+@pytest.mark.parametrize("body,needle", [
+    ({}, "missing field 'prompt'"),
+    ({"prompt": "the cat sat on the big red house and the dog ran"}, "at most 12"),
+    ({"prompt": "the cat", "target": "big red"}, "2 tokens"),
+    ({"prompt": "the cat", "target": "99999999"}, "not a token id"),
+    ({"prompt": "the cat", "max_feature_nodes": 100000}, "between 1 and 512"),
+    ({"prompt": "the cat", "node_threshold": 2}, "between"),
+])
+def test_graph_bad_requests(tc_server, body, needle):
+    st, res = call(tc_server, "POST", "/api/graph", body)
+    assert st == 400 and needle in res["error"], res
+
+
+def test_graph_build_needs_transcoders(server):
+    st, res = call(server, "GET", "/api/graphs")
+    assert st == 200 and res["graphs"] == [] and not res["can_build"] and "missing layers 0-1" in res["build_note"]
+    st, res = call(server, "POST", "/api/graph", {"prompt": "the horse"})
+    assert st == 400 and "needs a transcoder" in res["error"]

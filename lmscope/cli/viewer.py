@@ -9,10 +9,11 @@ from __future__ import annotations
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "serve", help="local web viewer: scan prompts, feature pages, search, atlas overview",
+        "serve", help="local web viewer: scan, feature pages, search, atlas overview, graphs, steering",
         description="Serve the atlas viewer on this machine (loopback only unless --host says "
                     "otherwise). Pages: scan (brain map, per-token features), feature profiles, "
-                    "search (labels and features that fire on a text), atlas overview.")
+                    "search (labels and features that fire on a text), atlas overview, attribution "
+                    "graphs (ATLAS/graphs/*.json, and new ones when the atlas has transcoders), steering.")
     p.add_argument("atlas", help="atlas folder")
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to bind (default: 127.0.0.1; 0.0.0.0 exposes the viewer to your network)")
@@ -20,6 +21,10 @@ def register(sub) -> None:
     p.add_argument("--open", action="store_true", help="open the viewer in the default browser")
     p.add_argument("--max-tokens", type=int, default=256, help="longest prompt accepted, in tokens (default: 256)")
     p.add_argument("--max-body-kb", type=int, default=64, help="largest request body in KiB (default: 64)")
+    p.add_argument("--max-generate", type=int, default=64,
+                   help="most new tokens the steer page generates per request (default: 64)")
+    p.add_argument("--max-graph-tokens", type=int, default=32,
+                   help="longest prompt, in tokens, the graph page builds a graph for (default: 32)")
     p.add_argument("--hooks", default=None, help="only these dictionaries (names or globs, comma-separated)")
     p.add_argument("--model", default=None, help="override the atlas's model (same architecture)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
@@ -40,15 +45,17 @@ def cmd_serve(args) -> int:
 
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be between 0 and 65535, got {args.port}")
-    if args.max_tokens < 1 or args.max_body_kb < 1 or args.threads < 1:
-        raise UserError("--max-tokens, --max-body-kb and --threads must be >= 1")
+    if min(args.max_tokens, args.max_body_kb, args.threads, args.max_graph_tokens) < 1 or args.max_generate < 0:
+        raise UserError("--max-tokens, --max-body-kb, --threads and --max-graph-tokens must be >= 1, "
+                        "--max-generate >= 0")
     import torch
 
     torch.set_num_threads(args.threads)
     reader = Reader.open(args.atlas, model=args.model, device=args.device, hooks=args.hooks,
                          max_tokens=args.max_tokens)
     server = make_server(reader, host=args.host, port=args.port,
-                         limits=Limits(max_body_bytes=args.max_body_kb * 1024), verbose=args.verbose)
+                         limits=Limits(max_body_bytes=args.max_body_kb * 1024, max_generate=args.max_generate,
+                                       max_graph_tokens=args.max_graph_tokens), verbose=args.verbose)
     host, port = server.server_address[:2]
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}/"
     if args.host not in ("127.0.0.1", "localhost", "::1"):

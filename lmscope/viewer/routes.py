@@ -82,6 +82,39 @@ class Request:
         return val
 
 
+    def float(self, name: str, default: float, lo: float, hi: float) -> float:
+        val = self.get(name, default)
+        if isinstance(val, bool):
+            raise ApiError(400, f"field {name!r} must be a number")
+        try:
+            val = float(val)
+        except (TypeError, ValueError):
+            raise ApiError(400, f"field {name!r} must be a number") from None
+        if not lo <= val <= hi:  # also refuses NaN
+            raise ApiError(400, f"field {name!r} must be between {lo:g} and {hi:g}, got {val:g}")
+        return val
+
+    def strings(self, name: str, *, max_items: int, max_chars: int = 500) -> list[str]:
+        """A JSON list of strings (missing = empty); 400 on anything else or beyond the limits."""
+        val = self.get(name, [])
+        if val is None:
+            return []
+        if not isinstance(val, list) or not all(isinstance(v, str) for v in val):
+            raise ApiError(400, f"field {name!r} must be a list of strings")
+        if len(val) > max_items:
+            raise ApiError(400, f"field {name!r} has {len(val)} items, at most {max_items}")
+        for v in val:
+            if len(v) > max_chars:
+                raise ApiError(400, f"an item of {name!r} is too long ({len(v)} characters, at most {max_chars})")
+        return val
+
+
+def model_lock(reader):
+    """The lock that serializes model runs: hooks live on shared modules, so a steer or graph
+    run must not overlap a scan. The Reader holds it while it runs; reuse it."""
+    return reader._lock
+
+
 def load_api_modules() -> None:
     """Import every module of lmscope.viewer.api (each registers its routes)."""
     from . import api

@@ -8,7 +8,10 @@ Safety, because the pages show model and corpus text and a browser talks to it:
 - request bodies are capped (`Limits.max_body_bytes`, 413) and prompts capped in tokens
   (the Reader's max_tokens, 400) and characters;
 - files are served only from the packaged static folder and the atlas's plots/ folder, after
-  resolving the path (no `..`, no symlink escapes);
+  resolving the path (no `..`, no symlink escapes); graph JSON only from ATLAS/graphs/, by plain
+  file name, resolved inside the atlas folder;
+- steer and graph requests are bounded (`Limits`: tokens generated, interventions, graph prompt
+  length, feature nodes, estimated memory) and run under the Reader's model lock;
 - every error is a JSON `{"error": message}` with a 4xx status; an unexpected exception is a
   500 with a one-line message, never a traceback sent to the client;
 - the front end writes every model string with textContent (never innerHTML).
@@ -37,6 +40,18 @@ class Limits:
     """Largest accepted request body (413 beyond)."""
     max_text_chars: int = 20_000
     """Largest text field (the token limit is checked after tokenizing)."""
+    max_generate: int = 64
+    """Most new tokens a steer request generates (each one is a forward pass, twice)."""
+    max_interventions: int = 16
+    """Most feature interventions (and target tokens) in one steer request."""
+    max_graph_tokens: int = 32
+    """Longest prompt, in tokens, the graph page builds a graph for."""
+    max_graph_feature_nodes: int = 512
+    """Most feature nodes whose incoming edges a graph request computes."""
+    max_graph_memory_gb: float = 4.0
+    """A graph request whose estimated memory exceeds this is refused (400)."""
+    max_graph_file_bytes: int = 64 * 2**20
+    """Largest graph JSON the viewer reads from ATLAS/graphs/."""
 
 
 def confined(root: Path, rel: str) -> Path | None:

@@ -13,8 +13,10 @@ from ..routes import ApiError, Request, route
 @route("GET", "/api/info")
 def info(req: Request) -> dict:
     r = req.reader
-    return {"model": r.lm.name, "hooks": r.hooks, "max_tokens": r.max_tokens,
-            "has_db": r.db is not None, "atlas": r.atlas.name if r.atlas else None}
+    lim = req.limits
+    return {"model": r.lm.name, "hooks": r.hooks, "max_tokens": r.max_tokens, "n_layers": r.lm.n_layers,
+            "has_db": r.db is not None, "atlas": r.atlas.name if r.atlas else None,
+            "max_generate": lim.max_generate, "max_interventions": lim.max_interventions}
 
 
 @route("POST", "/api/scan")
