@@ -1,0 +1,1 @@
+"""Truth probes and the lie detector (datasets, logistic / mass-mean / CCS probes, lie-check). See docs/probes.md."""
