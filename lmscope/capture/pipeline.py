@@ -23,6 +23,7 @@ from typing import Literal
 
 import torch
 
+from ..atlas.layout import write_json_atomic
 from ..config import to_dict
 from ..errors import UserError
 from ..models.registry import DEFAULT_MODEL
@@ -35,7 +36,6 @@ from .store import (
     ActivationStore,
     NormStats,
     shard_name,
-    write_json_atomic,
     write_shard,
 )
 

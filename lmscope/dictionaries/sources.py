@@ -118,45 +118,13 @@ class TensorSource:
 def iter_contexts(lm, corpus: str, *, ctx_len: int, split: str = "train", seed: int = 0) -> Iterator[Tensor]:
     """Packed token contexts [ctx_len] (BOS first) from a corpus, one at a time, deterministic.
 
-    Uses the corpus packer of lmscope.capture.corpus (the same contexts `lmscope capture`
-    stores).
+    The same contexts `lmscope capture` stores (lmscope.capture.corpus.pack).
     """
-    try:
-        from ..capture import corpus as C
-    except ImportError:
-        C = None
-    if C is None or not hasattr(C, "pack"):  # no corpus packer: plain text files only
-        yield from _plain_text_contexts(lm, corpus, ctx_len=ctx_len, split=split)
-        return
+    from ..capture import corpus as C
+
     for batch in C.pack(lm.tokenizer, C.iter_documents(corpus, split=split), ctx_len=ctx_len,
                         batch_size=1, bos_token_id=lm.bos_token_id, seed=seed):
         yield from batch
-
-
-def _plain_text_contexts(lm, corpus: str, *, ctx_len: int, split: str) -> Iterator[Tensor]:
-    """Minimal packer for .txt files: paragraphs, every 20th held out, BOS + ctx_len-1 tokens."""
-    p = Path(corpus)
-    if corpus == "default" and not p.exists():
-        raise UserError("the default corpus needs lmscope.capture.corpus, which is not installed here; "
-                        "pass --corpus FILE.txt")
-    files = sorted(p.rglob("*.txt")) if p.is_dir() else [p]
-    if not files or not all(f.is_file() for f in files):
-        raise UserError(f"corpus not found: {corpus} (pass a .txt file or folder)")
-    stream: list[int] = []
-    n = 0
-    eos = getattr(lm.tokenizer, "eos_token_id", None)
-    for f in files:
-        for doc in f.read_text(errors="replace").split("\n\n"):
-            if not doc.strip():
-                continue
-            held = n % 20 == 19
-            n += 1
-            if held != (split != "train"):
-                continue
-            stream += lm.tokenizer(doc, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
-            while len(stream) >= ctx_len - 1:
-                yield torch.tensor([lm.bos_token_id] + stream[: ctx_len - 1], dtype=torch.long)
-                stream = stream[ctx_len - 1:]
 
 
 class StreamSource:
