@@ -1,8 +1,10 @@
 """End to end in a real headless Chromium: `lmscope serve` on a tiny atlas, driven by Playwright.
 
 Type a prompt, see the heatmap, click a token, click through to the feature page, run a search,
-open the overview; an HTML-looking token shows as text and never runs. Screenshots of each page
-go to a temp folder, or to docs/screenshots/ with LMSCOPE_SCREENSHOTS=docs/screenshots.
+open the overview; an HTML-looking token shows as text and never runs. On a second tiny atlas
+with a transcoder for every layer: open a saved attribution graph, hover and click its nodes,
+build one from the page, and steer a prompt. Screenshots of each page go to a temp folder, or to
+docs/screenshots/ with LMSCOPE_SCREENSHOTS=docs/screenshots.
 Uses Debian's /usr/bin/chromium (never a downloaded browser).
 """
 
@@ -28,38 +30,56 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def viewer(tmp_path_factory):
-    """A real `lmscope serve` process on a free loopback port; yields its base URL."""
-    root = build_demo_atlas(tmp_path_factory.mktemp("atlas") / "demo")
+def serve(root):
+    """A real `lmscope serve` process on a free loopback port: (process, base URL)."""
     proc = subprocess.Popen([sys.executable, "-m", "lmscope", "serve", str(root), "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    m = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
+    if not m:
+        proc.kill()
+        pytest.fail(f"no URL in {line!r}; stderr: {proc.stderr.read()}")
+    return proc, m.group(1)
+
+
+@pytest.fixture(scope="module")
+def viewer(tmp_path_factory):
+    """`lmscope serve` on the demo atlas (planted "horse" feature, atlas DB); yields its base URL."""
+    proc, url = serve(build_demo_atlas(tmp_path_factory.mktemp("atlas") / "demo"))
     try:
-        line = proc.stdout.readline()
-        m = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
-        assert m, f"no URL in {line!r}; stderr: {proc.stderr.read() if proc.poll() is not None else ''}"
-        yield m.group(1)
+        yield url
     finally:
         proc.terminate()
         proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
-def page(viewer):
+def browser():
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install 'lmscope[test]' (playwright)")
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        pg = browser.new_page(viewport={"width": 1360, "height": 860})
-        pg.problems = []
-        pg.on("console", lambda m: pg.problems.append(m.text) if m.type == "error" else None)
-        pg.on("pageerror", lambda e: pg.problems.append(str(e)))
-        pg.on("dialog", lambda d: (pg.problems.append(f"dialog: {d.message}"), d.dismiss()))
-        # Offline: any request that leaves the viewer's origin is a failure (no CDN).
-        pg.offsite = []
-        pg.route("**/*", lambda route: route.continue_() if route.request.url.startswith(viewer)
-                 else (pg.offsite.append(route.request.url), route.abort()))
-        yield pg
-        browser.close()
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def new_page(browser, base):
+    pg = browser.new_page(viewport={"width": 1360, "height": 860})
+    pg.problems = []
+    pg.on("console", lambda m: pg.problems.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: pg.problems.append(str(e)))
+    pg.on("dialog", lambda d: (pg.problems.append(f"dialog: {d.message}"), d.dismiss()))
+    # Offline: any request that leaves the viewer's origin is a failure (no CDN).
+    pg.offsite = []
+    pg.route("**/*", lambda route: route.continue_() if route.request.url.startswith(base)
+             else (pg.offsite.append(route.request.url), route.abort()))
+    return pg
+
+
+@pytest.fixture(scope="module")
+def page(browser, viewer):
+    pg = new_page(browser, viewer)
+    yield pg
+    pg.close()
 
 
 def shot(pg, name):
@@ -172,3 +192,167 @@ def test_bad_feature_shows_error_message(page, viewer):
     page.goto(viewer + "#/feature/" + "blocks.0.resid_post%2F9999")
     page.wait_for_selector(".error")
     assert "out of range" in page.locator(".error").text_content()
+
+
+# --- graph and steer pages: a tiny atlas with SAEs and a transcoder for every layer ----------
+TC_PROMPT = "the capital of france is"
+STEER_PROMPT = "she sees the cat and the"
+DEMO_LABEL = "demo label: a random transcoder feature"
+
+
+@pytest.fixture(scope="module")
+def tc_atlas(tmp_path_factory):
+    """(atlas root, the labeled feature "HOOK/INDEX", the saved graph's file name).
+
+    The tiny llama of tests/test_trace.py with random SAEs and transcoders; the most influential
+    feature of the prompt's graph gets a hand-written label in the atlas DB, then `lmscope graph`
+    writes ATLAS/graphs/<slug>.json with that label in it.
+    """
+    import json
+
+    from test_trace import make_atlas
+
+    from lmscope.atlas.db import AtlasDB
+    from lmscope.atlas.layout import AtlasLayout
+    from lmscope.cli import main
+    from lmscope.models.tiny import tiny_model
+
+    tmp = tmp_path_factory.mktemp("tc")
+    root, dicts = make_atlas(tmp, tiny_model("llama", n_layers=3))
+    scratch = tmp / "first.json"
+    assert main(["graph", str(root), TC_PROMPT, "--out", str(scratch), "--json"]) == 0
+    feats = [n for n in json.loads(scratch.read_text())["nodes"] if n["feature_type"] == "cross layer transcoder"]
+    top = min(feats, key=lambda n: n["influence"])
+    hook, idx = top["lmscope_hook"], top["lmscope_feature"]
+    with AtlasDB(AtlasLayout(root).db_path) as db:
+        db._dict_id(hook, create={"arch": "topk", "d_sae": dicts[hook].cfg.d_sae, "d_in": dicts[hook].cfg.d_in})
+        db.set_label(hook, idx, DEMO_LABEL)
+    assert main(["graph", str(root), TC_PROMPT, "--json"]) == 0
+    return root, f"{hook}/{idx}", "the-capital-of-france-is.json"
+
+
+def unexpected(pg):
+    """Console errors other than Chromium's note on the 400 a test asked for; clears the list."""
+    out = [p for p in pg.problems if "status of 400" not in p]
+    pg.problems.clear()
+    return out
+
+
+@pytest.fixture(scope="module")
+def tc_page(browser, tc_atlas, tmp_path_factory):
+    proc, url = serve(tc_atlas[0])
+    pg = new_page(browser, url)
+    pg.base = url
+    pg.shots_dir = tmp_path_factory.mktemp("screenshots")
+    try:
+        yield pg
+    finally:
+        pg.close()
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_graph_page_draws_hovers_and_links(tc_page, tc_atlas):
+    import json
+
+    root, labeled, name = tc_atlas
+    data = json.loads((root / "graphs" / name).read_text())
+    page = tc_page
+    page.goto(page.base + "#/graph")
+    page.wait_for_selector("#graph-list")
+    page.locator(f"#graph-list a:text-is('{name}')").click()
+    page.wait_for_selector("#graph-svg")
+    assert page.locator("#graph-svg [data-node]").count() == len(data["nodes"])
+    assert page.locator("#graph-svg path.edge").count() == min(300, len(data["links"]))
+    # Embeddings along the bottom row, left to right in token order; logits in the top row.
+    emb = page.locator("#graph-svg .emb")
+    assert [emb.nth(i).text_content() for i in range(emb.count())] == data["metadata"]["prompt_tokens"]
+    ys = {cls: page.locator(f"#graph-svg .{cls} rect").first.get_attribute("y") for cls in ("emb", "logit")}
+    assert float(ys["logit"]) < float(ys["emb"])
+    xs = [float(emb.nth(i).locator("rect").get_attribute("x")) for i in range(emb.count())]
+    assert xs == sorted(xs)
+    # Both edge signs drawn with their colours.
+    strokes = set(page.locator("#graph-svg path.edge").evaluate_all("es => es.map(e => e.getAttribute('stroke'))"))
+    signs = {link["weight"] >= 0 for link in data["links"]}
+    assert len(strokes) == len(signs)
+    # Hover the labeled feature: the tooltip shows its id and label and its edges light up.
+    hook, idx = labeled.rsplit("/", 1)
+    node_id = next(n["node_id"] for n in data["nodes"] if n.get("lmscope_hook") == hook
+                   and n.get("lmscope_feature") == int(idx))
+    node = page.locator(f"#graph-svg [data-node='{node_id}']")
+    node.hover()
+    tip = page.locator("#graph-tip")
+    tip.wait_for(state="visible")
+    assert labeled in tip.text_content() and DEMO_LABEL in tip.text_content()
+    assert page.locator("#graph-svg path.edge.hi").count() > 0
+    shot(page, "graph")
+    node.click()  # a feature node opens its feature page
+    page.wait_for_selector("#feature-title")
+    assert page.locator("#feature-title").text_content() == labeled
+    assert page.locator(".bigLabel").text_content() == DEMO_LABEL
+    assert not page.problems and not page.offsite
+
+
+def test_graph_page_builds_a_graph(tc_page):
+    page = tc_page
+    page.goto(page.base + "#/graph")
+    page.wait_for_selector("#graph-prompt")
+    page.fill("#graph-prompt", "the dog ran to the river")
+    page.click("#graph-btn")
+    page.wait_for_selector("#graph-svg")
+    assert page.url.endswith("#/graph/the-dog-ran-to-the-river.json")
+    assert "the dog ran to the river" in page.locator("#graph-title").text_content()
+    # Too long for the page's bound: the server's one-line message shows.
+    page.goto(page.base + "#/graph")
+    page.wait_for_selector("#graph-prompt")
+    page.fill("#graph-prompt", "the cat " * 20)
+    page.click("#graph-btn")
+    page.wait_for_selector("#graph-status .error")
+    assert "tokens long" in page.locator("#graph-status .error").text_content()
+    assert not unexpected(page)
+
+
+def test_steer_page_matches_the_engine(tc_page, tc_atlas):
+    from lmscope.dictionaries import load_dictionary
+    from lmscope.models import load_model
+    from lmscope.steer import VectorSpec, steer
+
+    root, labeled, _ = tc_atlas
+    page = tc_page
+    page.goto(page.base + f"#/feature/{labeled.replace('/', '%2F')}")
+    page.click("#steer-link")  # the feature page links to the steer page with the feature filled in
+    page.wait_for_selector("#steer-prompt")
+    assert page.locator("#steer-rows .fid").first.input_value() == labeled
+    page.fill("#steer-prompt", STEER_PROMPT)
+    page.locator("#steer-rows .val").first.fill("+40")
+    page.click("#steer-add")
+    page.locator("#steer-rows .fid").nth(1).fill("blocks.2.resid_post/3")
+    page.locator("#steer-rows .val").nth(1).fill("*3")
+    page.fill("#vec-pos", "love")
+    page.fill("#vec-neg", "hate")
+    page.select_option("#vec-layer", "1")
+    page.fill("#vec-coeff", "4")
+    page.fill("#steer-generate", "8")
+    page.fill("#steer-targets-in", "cat,dog")
+    page.click("#steer-btn")
+    page.wait_for_selector("#steered")
+    hook, idx = labeled.rsplit("/", 1)
+    lm = load_model(str(root.parent / "model"))
+    dicts = {h: load_dictionary(root / "dictionaries" / h) for h in (hook, "blocks.2.resid_post")}
+    ref = steer(lm, dicts, STEER_PROMPT, features=[f"{labeled}=+40", "blocks.2.resid_post/3=*3"],
+                vector=VectorSpec("love", "hate", 1, 4.0), max_new_tokens=8, targets=["cat", "dog"])
+    assert page.locator("#unsteered .cont").text_content() == ref.unsteered
+    assert page.locator("#steered .cont").text_content() == ref.steered
+    rows = page.locator("#steer-targets tr")
+    assert rows.count() == 3 and rows.nth(1).locator("td").first.text_content() == "cat"
+    assert rows.nth(1).locator("td").nth(2).text_content() == f"{ref.targets[0]['p_steered']:.4f}"
+    assert page.locator("#steer-next tr").count() == 1 + len(ref.next_tokens)
+    assert page.locator("#steer-chips .chip").count() == 3
+    assert DEMO_LABEL in page.locator("#steer-out").text_content()
+    shot(page, "steer")
+    # A wrong feature id: the server's one-line message, no result.
+    page.locator("#steer-rows .fid").nth(1).fill("blocks.9.resid_post/3")
+    page.click("#steer-btn")
+    page.wait_for_selector("#steer-result .error")
+    assert "no dictionary at" in page.locator("#steer-result .error").text_content()
+    assert not unexpected(page) and not page.offsite

@@ -122,7 +122,10 @@ def test_generation_matches_hf_greedy_and_steering_changes_it(lm, dicts):
     toks = lm.to_tokens(PROMPT)
     hf = lm.model.generate(toks, max_new_tokens=6, do_sample=False, pad_token_id=0)
     text, probs = generate(lm, PROMPT, max_new_tokens=6)
-    assert text == lm.tokenizer.decode(hf[0, toks.shape[1]:].tolist())
+    full = lm.tokenizer.decode(hf[0].tolist(), skip_special_tokens=True)
+    head = lm.tokenizer.decode(toks[0].tolist(), skip_special_tokens=True)
+    assert head + text == full and text.startswith(" ")  # the space between prompt and continuation kept
+    assert text.strip() == lm.tokenizer.decode(hf[0, toks.shape[1]:].tolist())
     assert probs.sum() == pytest.approx(1.0, abs=1e-4)
     edits = feature_edits(parse_interventions([f"{HOOK}/11=+40"], dicts), dicts)
     cmp = compare(lm, PROMPT, edits, max_new_tokens=6, targets=[4])

@@ -60,7 +60,20 @@ def generate(lm, prompt: str, edits: dict | None = None, *, max_new_tokens: int 
     if first_probs is None:  # max_new_tokens == 0
         with hooked(lm, (), edits or {}):
             first_probs = torch.softmax(lm.model(toks, use_cache=False).logits[0, -1].float(), -1).cpu()
-    return lm.tokenizer.decode(new), first_probs
+    return _continuation(lm, toks[0, : toks.shape[1] - len(new)].tolist(), new), first_probs
+
+
+def _continuation(lm, prompt_ids: list[int], new: list[int]) -> str:
+    """The text the new tokens add after the prompt, spacing included.
+
+    decode(new) alone drops the space between prompt and continuation for tokenizers that
+    join words with spaces at decode time (WordLevel, SentencePiece's leading-space strip);
+    decoding prompt + new and removing the decoded prompt keeps it.
+    """
+    dec = lm.tokenizer.decode
+    head = dec(prompt_ids, skip_special_tokens=True)
+    full = dec(prompt_ids + new, skip_special_tokens=True)
+    return full[len(head):] if full.startswith(head) else dec(new)
 
 
 def compare(lm, prompt: str, edits: dict, *, interventions: list[str] | None = None,

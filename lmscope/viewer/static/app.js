@@ -24,6 +24,21 @@ const lmscope = (() => {
     return node;
   }
 
+  // svg("circle", {cx: 1, r: 2}, ...) -> an SVG element; same rules as el() (strings become text).
+  function svg(tag, attrs, ...children) {
+    const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+      else node.setAttribute(k, v);
+    }
+    for (const c of children.flat()) {
+      if (c === null || c === undefined || c === false) continue;
+      node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return node;
+  }
+
   async function api(path, body) {
     const opts = body === undefined ? {} :
       {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)};
@@ -102,7 +117,7 @@ const lmscope = (() => {
     route();
   }
 
-  return {el, api, registerPage, heat, featureLink, labelSpan, showToken, showError, start,
+  return {el, svg, api, registerPage, heat, featureLink, labelSpan, showToken, showError, start,
           get info() { return info; }};
 })();
 

@@ -48,7 +48,8 @@
     const f = await api(`/api/feature?id=${encodeURIComponent(id)}`);
     const prof = f.profile || {};
     main.append(el("h1", {id: "feature-title"}, el("code", {}, f.id)),
-                el("p", {class: "bigLabel"}, labelSpan(f.label)));
+                el("p", {class: "bigLabel"}, labelSpan(f.label)),
+                el("p", {}, el("a", {href: `#/steer/${encodeURIComponent(f.id)}`, id: "steer-link"}, "Steer with this feature →")));
     const facts = [];
     const density = f.density !== null && f.density !== undefined ? f.density : prof.density;
     if (density !== null && density !== undefined) facts.push(`density ${(100 * density).toPrecision(3)}%`);
