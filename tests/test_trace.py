@@ -170,7 +170,9 @@ def test_cli_graph_default_goes_to_atlas_graphs_without_overwriting(atlas, capsy
     listed = {g.name: g for g in list_graphs(folder)}
     assert listed[mine.name].error and "not valid JSON" in listed[mine.name].error
     g = listed["the-cat-sat-on-the-big-red-2.json"]
-    assert g.error is None and g.prompt == PROMPT and g.n_nodes > 0 and g.target.startswith("Output")
+    assert g.error is None and g.prompt == PROMPT and g.n_nodes > 0 and 0 < g.target_prob < 1
+    data = json.loads((folder / g.name).read_text())
+    assert f'Output "{g.target}"' in next(n["clerp"] for n in data["nodes"] if n["is_target_logit"])
     assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from ..errors import UserError
 
 GRAPHS = "graphs"
+_OUTPUT = re.compile(r'^Output "(.*)" \(p=', re.S)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}\.json$")
 
 
@@ -67,12 +68,15 @@ class GraphFile:
     slug: str
     prompt: str
     target: str | None
+    """The target logit's token."""
     n_nodes: int
     n_links: int
     bytes: int
     mtime: float
     error: str | None = None
     """Why the file cannot be shown (too large, not a graph JSON), else None."""
+    target_prob: float | None = None
+    """The model's probability of the target token."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -123,7 +127,12 @@ def _describe(p: Path, st: os.stat_result, max_bytes: int) -> GraphFile:
     except (UserError, OSError) as e:
         return GraphFile(p.name, p.stem, "", None, 0, 0, st.st_size, st.st_mtime, error=str(e))
     meta = d["metadata"]
-    target = next((n.get("clerp") for n in d["nodes"] if isinstance(n, dict) and n.get("is_target_logit")), None)
+    node = next((n for n in d["nodes"] if isinstance(n, dict) and n.get("is_target_logit")), None)
+    target = prob = None
+    if node is not None:  # clerp 'Output " Paris" (p=0.620)' (graph_json, circuit-tracer)
+        m = _OUTPUT.match(str(node.get("clerp") or ""))
+        target = m.group(1) if m else str(node.get("clerp") or node.get("feature"))
+        prob = node.get("token_prob")
     prompt = meta.get("prompt") or "".join(str(t) for t in meta.get("prompt_tokens") or [])
     return GraphFile(p.name, str(meta.get("slug") or p.stem), str(prompt), target, len(d["nodes"]),
-                     len(d["links"]), st.st_size, st.st_mtime)
+                     len(d["links"]), st.st_size, st.st_mtime, target_prob=prob)

@@ -43,13 +43,16 @@
       main.append(el("p", {class: "muted", id: "graph-list"}, "No graph in ATLAS/graphs/ yet."));
       return;
     }
-    main.append(el("table", {class: "hits", id: "graph-list"},
+    main.append(el("h2", {}, "Saved graphs ", el("span", {class: "muted"}, `(ATLAS/${res.folder}/)`)),
+      el("table", {class: "hits", id: "graph-list"},
       el("tr", {}, ["graph", "prompt", "target", "nodes", "links", "saved"].map(h => el("th", {}, h))),
       res.graphs.map(g => el("tr", {},
         el("td", {}, g.error ? el("code", {}, g.name)
                              : el("a", {href: `#/graph/${encodeURIComponent(g.name)}`, class: "feat"}, g.name)),
         el("td", {}, g.error ? el("span", {class: "muted"}, g.error) : g.prompt),
-        el("td", {}, g.target || ""), el("td", {class: "num"}, g.error ? "" : g.n_nodes),
+        el("td", {}, g.target === null ? "" : el("code", {class: "tok"}, showToken(g.target)),
+           g.target_prob === null ? "" : el("span", {class: "muted"}, ` ${pct(g.target_prob)}`)),
+        el("td", {class: "num"}, g.error ? "" : g.n_nodes),
         el("td", {class: "num"}, g.error ? "" : g.n_links),
         el("td", {class: "muted"}, new Date(g.mtime * 1000).toLocaleString())))));
   }
@@ -276,6 +279,7 @@
       el("div", {class: "legend"},
         el("span", {}, el("i", {class: "sw pos"}), "excites"), el("span", {}, el("i", {class: "sw neg"}), "inhibits"),
         el("span", {}, el("i", {class: "dot feat"}), "feature (click: feature page)"),
+        el("span", {}, el("i", {class: "dot feat labeled"}), "labeled feature"),
         el("span", {}, el("i", {class: "dot err"}), "error node"),
         el("span", {}, el("i", {class: "dot emb"}), "token"), el("span", {}, el("i", {class: "dot logit"}), "output"),
         pick, shown),
