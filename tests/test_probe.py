@@ -48,9 +48,12 @@ def test_facts_are_true():
         a, rest = s.text.split(" plus ")
         b, c = rest.rstrip(".").split(" equals ")
         assert (int(a) + int(b) == int(c)) == bool(s.label)
+    from lmscope.probe.facts import NUMBERS, number_word
+
+    value = {number_word(n): n for n in NUMBERS}
     for s in load_dataset("larger_than").all:
-        x = int(s.entity)
-        assert s.label in (0, 1)
+        a, b = s.text.rstrip(".").lower().split(" is larger than ")
+        assert value[a] == int(s.entity) and (value[a] > value[b]) == bool(s.label)
     assert "The city of Paris is in France." in {s.text for s in load_dataset("cities").all if s.label}
 
 
@@ -268,14 +271,150 @@ def test_lie_eval_runs_on_own_answers(trained, model_dirs):
     """The lie evaluation end to end on a tiny model: greedy answers, probe scores, AUROCs, threshold."""
     from lmscope.models.load import load_model
     from lmscope.probe.artifact import load_probe
-    from lmscope.probe.lies import evaluate_lies
+    from lmscope.probe.lies import SCORERS, evaluate_lies
 
     probe, _ = load_probe(trained)
     lm = load_model(model_dirs["a"])
-    rep = evaluate_lies(lm, probe, cities=["Paris", "Berlin", "Rome", "Madrid"], max_new_tokens=3, progress=False)
+    rep = evaluate_lies(lm, probe, cities=["Paris", "Berlin", "Rome", "Madrid"], train_cities={"Paris"},
+                        max_new_tokens=3, progress=False)
     assert rep.n + rep.n_empty == 8 and len(rep.rollouts) == 8
-    assert sum(r["instructed_lie"] for r in rep.rollouts) == 4
-    for k in ("probe_statement", "probe_in_context", "baseline_logprob", "baseline_random_direction"):
-        assert 0 <= rep.auroc_instructed[k] <= 1
+    assert sum(r["instructed_lie"] for r in rep.rollouts) == 4 and rep.n_lie_prompt + rep.n_honest_prompt == rep.n
+    assert set(rep.scorers) == set(SCORERS) and rep.n_unseen_cities == 3
+    for k, res in rep.scorers.items():
+        for m in ("auroc_instructed", "fpr_heldout_honest", "tpr_heldout_lie_prompt"):
+            assert 0 <= res[m] <= 1, (k, m)
+        # A random tiny model names no country: with no correct answer, correctness AUROC is undefined.
+        both = {r["correct"] for r in rep.rollouts if r["answer"]} == {True, False}
+        assert both == (0 <= res["auroc_correctness"] <= 1)
     honest_ctrl = [r["truth_statement"] for r in rep.rollouts if not r["instructed_lie"] and r["city"] in ("Berlin", "Paris")]
     assert min(honest_ctrl) <= rep.threshold <= max(honest_ctrl)
+    assert all(0 < r["n_answer_tokens"] <= 3 for r in rep.rollouts if r["answer"])
+
+
+def test_lie_eval_scores_exactly_the_answer_tokens(tiny_llama):
+    """Fast path == reference: the in-context probe score is the mean over the cut answer's tokens, read one
+    prompt at a time, and the log-probability baseline is the answer tokens' mean log-prob under the neutral prompt."""
+    from lmscope.probe.activations import token_acts
+    from lmscope.probe.answers import cut, greedy
+    from lmscope.probe.lies import evaluate_lies, prompt_ids
+    from lmscope.probe.probes import Probe
+
+    g = torch.Generator().manual_seed(3)
+    hook = "blocks.1.resid_post"
+    probe = Probe("logistic", hook, torch.randn(tiny_llama.d_model, generator=g) * 0.3, 0.1,
+                  torch.randn(tiny_llama.d_model, generator=g))
+    cities = ["Paris", "Rome"]
+    rep = evaluate_lies(tiny_llama, probe, cities=cities, max_new_tokens=5, batch_size=3, progress=False)
+    for r in rep.rollouts:
+        p = prompt_ids(tiny_llama, r["city"], "lie" if r["instructed_lie"] else "honest")
+        a = cut(tiny_llama, greedy(tiny_llama, [p], 5)[0])
+        assert a.text == r["answer"]
+        if not a.text:
+            continue
+        ctx = token_acts(tiny_llama, p + a.generated[: a.stop], hook)[len(p) + a.start: len(p) + a.stop]
+        assert r["truth_answer_tokens"] == pytest.approx(float(probe.probs(ctx).mean()), abs=1e-5)
+        q = prompt_ids(tiny_llama, r["city"], "neutral")
+        with torch.no_grad():
+            logp = torch.log_softmax(tiny_llama.model(torch.tensor([q + a.tokens])).logits[0].float(), -1)
+        ref = logp[len(q) - 1: -1].gather(1, torch.tensor(a.tokens)[:, None]).mean()
+        assert r["logprob"] == pytest.approx(float(ref), abs=1e-4)
+
+
+def test_batched_greedy_equals_one_at_a_time(tiny_llama):
+    """Left-padded batched generation gives each prompt the answer it gets alone."""
+    from lmscope.probe.answers import greedy
+
+    g = torch.Generator().manual_seed(0)
+    prompts = [[1] + torch.randint(4, 100, (int(n),), generator=g).tolist() for n in (3, 11, 6, 17, 9)]
+    batched = greedy(tiny_llama, prompts, max_new_tokens=8)
+    alone = [greedy(tiny_llama, [p], max_new_tokens=8)[0] for p in prompts]
+    assert batched == alone
+    assert len({tuple(r) for r in alone}) > 1  # the prompts really lead to different answers
+
+
+def test_span_reads_equal_one_row_at_a_time(tiny_llama):
+    from lmscope.probe.activations import span_acts, token_acts
+    from lmscope.probe.answers import token_logprobs
+
+    g = torch.Generator().manual_seed(1)
+    rows = [[1] + torch.randint(4, 100, (int(n),), generator=g).tolist() for n in (5, 12, 8)]
+    spans = [(2, 5), (7, 13), (1, 9)]
+    hook = "blocks.2.resid_post"
+    for r, (a, b), got in zip(rows, spans, span_acts(tiny_llama, rows, spans, hook, batch_size=3)):
+        torch.testing.assert_close(got, token_acts(tiny_llama, r, hook)[a:b], atol=1e-5, rtol=1e-5)
+    for r, (a, b), got in zip(rows, spans, token_logprobs(tiny_llama, rows, spans, batch_size=3)):
+        with torch.no_grad():
+            logp = torch.log_softmax(tiny_llama.model(torch.tensor([r])).logits[0].float(), -1)  # [pos, vocab]
+        torch.testing.assert_close(got, logp[torch.arange(a - 1, b - 1), torch.tensor(r[a:b])], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("text, answer", [
+    ("Egypt.", "Egypt"), ("  The United States.\nThe city of ...", "The United States"),
+    ("Egypt\n\nMore text.", "Egypt"), ("It is in the U.S. It is big.", "It is in the U.S"),
+    ("Bangkok is a city in Thailand, not Laos! Yes.", "Bangkok is a city in Thailand, not Laos"),
+    ("France", "France"), ("", ""), ("\n.", ""), (" .", ""),
+])
+def test_answer_cut_at_first_newline_or_sentence_end(text, answer):
+    from lmscope.probe.answers import clean_answer
+
+    assert clean_answer(text) == answer
+
+
+def test_cut_finds_the_answer_tokens(tiny_llama):
+    """The token span covers the answer up to and including its end mark, nothing after it."""
+    from lmscope.probe.answers import cut
+
+    ids = tiny_llama.tokenizer("paris is in france . the cat", add_special_tokens=False)["input_ids"]
+    a = cut(tiny_llama, ids)
+    assert a.text == "paris is in france" and a.tokens == ids[:5]
+    assert cut(tiny_llama, ids[4:5]).text == ""  # only "." -> empty
+
+
+def test_correctness_matches_whole_words_and_aliases():
+    from lmscope.probe.lies import is_correct
+
+    assert is_correct("USA", "the United States") and is_correct("The United States of America.", "the United States")
+    assert not is_correct("Russia", "the United States")  # "us" inside a word is no match
+    assert is_correct("Perú", "Peru") and is_correct("Scotland", "the United Kingdom", "Edinburgh")
+    assert not is_correct("Scotland", "the United Kingdom", "London")
+    assert not is_correct("Nigeria", "Niger") and is_correct("Lagos, Nigeria", "Nigeria")
+
+
+def _rollout(city, lie, truth, correct=True, answer="x"):
+    from lmscope.probe.lies import Rollout
+
+    return Rollout(city=city, country="C", instructed_lie=lie, answer=answer, generated=answer, hit_limit=False,
+                   correct=correct, n_answer_tokens=len(answer), probe_saw_city=False,
+                   truth_answer_tokens=truth, truth_statement=truth, logprob=-1.0, random_answer_tokens=0.5,
+                   random_statement=0.5)
+
+
+def test_lie_metrics_on_planted_scores_and_empty_answers_left_out():
+    """A probe that separates lies perfectly gets AUROC 1, FPR 0, TPR 1; empty answers change only the count."""
+    from lmscope.probe.lies import summarize
+
+    cities = [f"c{i:02d}" for i in range(20)]
+    rolls = [_rollout(c, lie, 0.1 if lie else 0.6 + 0.01 * i, correct=not lie)
+             for i, c in enumerate(cities) for lie in (False, True)]
+    rep = summarize(rolls)
+    probe = rep.scorers["probe_answer_tokens"]
+    assert probe["auroc_instructed"] == 1.0 and probe["auroc_correctness"] == 1.0 and probe["auroc_lies"] == 1.0
+    assert probe["fpr_heldout_honest"] <= 0.1 and probe["tpr_heldout_lie_prompt"] == 1.0
+    assert rep.scorers["baseline_logprob"]["auroc_instructed"] == 0.5  # constant score: no signal
+    empties = [_rollout("c05", True, None, answer=""), _rollout("zz", False, None, answer="")]
+    rep2 = summarize(rolls + empties)
+    assert rep2.n_empty == 2 and rep2.n == rep.n and rep2.scorers == rep.scorers and len(rep2.rollouts) == 42
+
+
+def test_probe_lies_cli_sets_threshold(trained, tmp_path, capsys):
+    import shutil
+
+    probe = tmp_path / "p"
+    shutil.copytree(trained, probe)
+    capsys.readouterr()
+    assert main(["probe", "lies", "--probe", str(probe), "--limit", "4", "--max-new-tokens", "3",
+                 "--set-threshold", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert json.loads((probe / "probe.json").read_text())["threshold"] == pytest.approx(rep["threshold"])
+    assert rep["max_new_tokens"] == 3 and len(rep["rollouts"]) == 8
+    assert main(["probe", "lies", "--probe", str(probe), "--max-new-tokens", "0"]) == 2

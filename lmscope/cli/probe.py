@@ -61,8 +61,13 @@ def register(sub) -> None:
     lies.add_argument("--model", default=None, help="model (default: the probe's own)")
     lies.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     lies.add_argument("--limit", type=int, default=0, help="only the first N cities (default: all)")
+    lies.add_argument("--max-new-tokens", type=int, default=20,
+                      help="answer length limit in tokens (default: 20; answers are cut at the first newline or "
+                           "sentence end)")
+    lies.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch (default: 16)")
     lies.add_argument("--set-threshold", action="store_true",
-                      help="store the threshold set on honest control answers in the probe (for lie-check)")
+                      help="store the threshold set on honest control answers in the probe (for lie-check; "
+                           "the last-token statement scorer's, since lie-check reads the last token)")
     lies.add_argument("--json", action="store_true", help="machine-readable output (with every rollout)")
     lies.set_defaults(func=cmd_lies)
 
@@ -253,29 +258,51 @@ def cmd_eval(args) -> int:
 
 
 def cmd_lies(args) -> int:
+    import math
+
     from ..probe.artifact import set_threshold
+    from ..probe.datasets import BUILTIN, is_test_entity
     from ..probe.facts import CITIES
     from ..probe.lies import evaluate_lies
 
+    if args.max_new_tokens < 1 or args.batch_size < 1 or args.limit < 0:
+        raise UserError("--max-new-tokens and --batch-size must be at least 1, --limit at least 0")
     probe, meta, lm = _open_probe(args.probe, args.model, args.device)
     cities = sorted(CITIES)[: args.limit] if args.limit else None
-    rep = evaluate_lies(lm, probe, cities=cities, progress=sys.stderr.isatty())
+    # Cities the probe's training statements mentioned (train split of a cities-domain set).
+    seen = {c for c in CITIES if not is_test_entity("cities", c)}
+    train_cities = seen if any(BUILTIN.get(n, ("",))[0] == "cities" for n in meta.get("datasets", [])) else set()
+    rep = evaluate_lies(lm, probe, cities=cities, train_cities=train_cities, max_new_tokens=args.max_new_tokens,
+                        batch_size=args.batch_size, progress=sys.stderr.isatty())
     if args.set_threshold:
+        if math.isnan(rep.threshold):
+            raise UserError("no honest control answers to set a threshold on; run on more cities (--limit)")
         set_threshold(args.probe, rep.threshold)
     if args.json:
         print_json(rep.to_dict())
         return 0
-    print(f"{rep.n} non-empty answers ({rep.n_empty} empty left out) to honest/lie prompts by {lm.name}; "
-          f"probe {probe.kind} at {probe.hook}")
-    print(f"  lie-prompt answers that are actually wrong: {rep.n_lies_that_are_wrong}; "
-          f"honest answers that are correct: {rep.n_honest_that_are_correct}")
-    print(f"{'scorer':<28}{'AUROC lie vs honest prompt':>28}{'AUROC wrong vs correct':>24}")
-    for k in rep.auroc_instructed:
-        print(f"{k:<28}{rep.auroc_instructed[k]:>28.3f}{rep.auroc_correctness[k]:>24.3f}")
-    print(f"threshold {rep.threshold:.3f} (5th percentile of honest control answers): FPR on held-out honest "
-          f"{rep.fpr_heldout_honest:.3f}, TPR on held-out lies {rep.tpr_heldout_lies:.3f}"
-          + ("  (stored in the probe)" if args.set_threshold else ""))
+    print(f"{rep.n} non-empty answers ({rep.n_empty} empty left out, {rep.n_hit_limit} ran into the "
+          f"{rep.max_new_tokens}-token limit) by {lm.name}; probe {probe.kind} at {probe.hook}")
+    print(f"  lie-prompt answers that are actually wrong: {rep.n_lies_that_are_wrong}/{rep.n_lie_prompt}; "
+          f"honest-prompt answers that are correct: {rep.n_honest_that_are_correct}/{rep.n_honest_prompt}")
+    _print_scorers(rep.scorers)
+    if rep.scorers_unseen_cities:
+        print(f"on the {rep.n_unseen_cities} cities the probe never saw in training:")
+        _print_scorers(rep.scorers_unseen_cities)
+    print(f"stored threshold: truth {rep.threshold:.3f} (probe_statement)" if args.set_threshold else
+          "pass --set-threshold to store the probe_statement threshold for lie-check")
     return 0
+
+
+def _print_scorers(scorers: dict) -> None:
+    cols = ("AUROC lie-prompt", "AUROC wrong", "AUROC lies", "FPR honest", "TPR lie-prompt", "TPR lies")
+    print(f"  {'scorer':<30}" + "".join(f"{c:>16}" for c in cols))
+    for k, r in scorers.items():
+        vals = (r["auroc_instructed"], r["auroc_correctness"], r["auroc_lies"], r["fpr_heldout_honest"],
+                r["tpr_heldout_lie_prompt"], r["tpr_heldout_actual_lies"])
+        print(f"  {k:<30}" + "".join(f"{v:>16.3f}" for v in vals))
+    print("  (AUROC lies: lie-prompt answers that are wrong vs honest-prompt answers that are correct; FPR/TPR on "
+          "held-out cities at the 95th percentile of honest control answers' lie scores)")
 
 
 def cmd_explain(args) -> int:

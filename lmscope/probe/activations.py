@@ -5,7 +5,8 @@ attention mask, and each row's activation is gathered at its last real token.
 Right padding leaves positions and causal attention of the real tokens
 unchanged, so a batched read equals one-statement-at-a-time reads (tested).
 One forward per batch captures every requested hook (`capture.hooks.run`
-stops after the deepest one).
+stops after the deepest one). `span_acts` reads a span of positions per row the
+same way (the tokens of a generated answer).
 """
 
 from __future__ import annotations
@@ -50,6 +51,19 @@ def pad_id(lm) -> int:
     return 0
 
 
+def batches(rows: list[list[int]], order: Sequence[int], batch_size: int, pid: int, *, progress: bool = False,
+            desc: str = "activations"):
+    """Yield (row indices, tokens, mask, lengths) of right-padded batches taken in `order`."""
+    starts = range(0, len(order), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc=desc, unit="batch", leave=False)
+    for s in starts:
+        idx = list(order[s: s + batch_size])
+        yield (idx, *pad_batch([rows[i] for i in idx], pid))
+
+
 @torch.no_grad()
 def last_token_acts(lm, texts: Sequence[str], hooks: Sequence[str], *, batch_size: int = 32,
                     progress: bool = False, edits: dict | None = None) -> dict[str, torch.Tensor]:
@@ -59,14 +73,7 @@ def last_token_acts(lm, texts: Sequence[str], hooks: Sequence[str], *, batch_siz
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     out: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
     pid = pad_id(lm)
-    starts = range(0, len(order), batch_size)
-    if progress:
-        from tqdm import tqdm
-
-        starts = tqdm(starts, desc="activations", unit="batch", leave=False)
-    for s in starts:
-        idx = order[s: s + batch_size]
-        toks, mask, lens = pad_batch([rows[i] for i in idx], pid)
+    for idx, toks, mask, lens in batches(rows, order, batch_size, pid, progress=progress):
         res = run(lm, toks.to(lm.device), capture=list(hooks), edits=edits,
                   attention_mask=mask.to(lm.device))
         last = (lens - 1).to(lm.device)
@@ -83,3 +90,21 @@ def token_acts(lm, ids: list[int], hook: str) -> torch.Tensor:
     """[pos, d_model] activations of one token sequence at one hook."""
     res = run(lm, torch.tensor([ids], device=lm.device), capture=[hook])
     return res.acts[hook][0].float().cpu()
+
+
+@torch.no_grad()
+def span_acts(lm, rows: Sequence[list[int]], spans: Sequence[tuple[int, int]], hook: str, *,
+              batch_size: int = 16, progress: bool = False) -> list[torch.Tensor]:
+    """Activations of token spans: row i's positions spans[i][0]:spans[i][1] -> [span_len, d_model].
+
+    Right-padded batches with an attention mask (real tokens keep their positions and causal
+    context), equal to `token_acts(lm, rows[i], hook)[a:b]` one row at a time (tested)."""
+    rows = [list(r) for r in rows]
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    out: list[torch.Tensor | None] = [None] * len(rows)
+    for idx, toks, mask, _ in batches(rows, order, batch_size, pad_id(lm), progress=progress, desc="answer tokens"):
+        a = run(lm, toks.to(lm.device), capture=[hook], attention_mask=mask.to(lm.device)).acts[hook]
+        for j, i in enumerate(idx):  # a: [batch, pos, d_model]
+            lo, hi = spans[i]
+            out[i] = a[j, lo:hi].float().cpu()  # [span_len, d_model]
+    return out  # type: ignore[return-value]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .activations import tokenize, token_acts
+from .activations import token_acts, tokenize
 from .probes import Probe
 
 ANSWER_MARKERS = ("A:", "Answer:")
