@@ -2,10 +2,13 @@
 
     .venv/bin/python bench/bench_probe.py                      # cities,neg_cities,larger_than,smaller_than
     .venv/bin/python bench/bench_probe.py --dataset all --kinds logistic,massmean,ccs
+    .venv/bin/python bench/bench_probe.py --lies 32          # answer generation: batched vs one at a time
 
 Reports: seconds to read activations (one forward per batch captures all 30
 resid_post hooks), seconds to fit every probe type at every layer, and the
-held-out accuracy per layer.
+held-out accuracy per layer. With --lies N: seconds to generate the honest
+answers of `probe lies` for N cities in batches of 16 (left-padded) and one
+prompt at a time, and whether both give the same answers.
 """
 
 from __future__ import annotations
@@ -22,8 +25,11 @@ def main() -> None:
     ap.add_argument("--dataset", default="cities,neg_cities,larger_than,smaller_than")
     ap.add_argument("--kinds", default="logistic,massmean,ccs")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--lies", type=int, default=0, help="time answer generation for N cities instead")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.lies:
+        return bench_answers(args)
 
     from lmscope.models.load import load_model
     from lmscope.probe.datasets import load_dataset, parse_names
@@ -57,6 +63,26 @@ def main() -> None:
     print("layer " + "".join(f"{k:>10}" for k in kinds))
     for i in range(len(hooks)):
         print(f"{i:>5} " + "".join(f"{acc[k][i]:>10.3f}" for k in kinds))
+
+
+def bench_answers(args) -> None:
+    from lmscope.models.load import load_model
+    from lmscope.probe.answers import generate_answers
+    from lmscope.probe.facts import CITIES
+    from lmscope.probe.lies import prompt_ids
+
+    lm = load_model(args.model)
+    prompts = [prompt_ids(lm, c, "honest") for c in sorted(CITIES)[: args.lies]]
+    times, texts = {}, {}
+    for bs in (16, 1):
+        t0 = time.perf_counter()
+        answers = generate_answers(lm, prompts, max_new_tokens=20, batch_size=bs)
+        times[bs] = time.perf_counter() - t0
+        texts[bs] = [a.text for a in answers]
+    n_tok = sum(len(a.generated) for a in answers)
+    print(f"model {lm.name}, {args.threads} threads: {len(prompts)} answers ({n_tok} generated tokens, <= 20 each); "
+          f"batch 16 {times[16]:.1f}s, one at a time {times[1]:.1f}s ({times[1] / times[16]:.1f}x); "
+          f"same answers: {texts[16] == texts[1]}")
 
 
 if __name__ == "__main__":
