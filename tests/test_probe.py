@@ -418,3 +418,7 @@ def test_probe_lies_cli_sets_threshold(trained, tmp_path, capsys):
     assert json.loads((probe / "probe.json").read_text())["threshold"] == pytest.approx(rep["threshold"])
     assert rep["max_new_tokens"] == 3 and len(rep["rollouts"]) == 8
     assert main(["probe", "lies", "--probe", str(probe), "--max-new-tokens", "0"]) == 2
+    capsys.readouterr()
+    assert main(["probe", "lies", "--probe", str(probe), "--limit", "4", "--max-new-tokens", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "probe_answer_tokens" in out and "baseline_logprob" in out and "ran into the 3-token limit" in out
