@@ -53,7 +53,7 @@ class RunConfig:
     """Training batch (tokens per step)."""
     lr: float = 1e-3
     """Training learning rate."""
-    eval_tokens: int = 20_000
+    eval_tokens: int = 10_000
     """Held-out tokens for the eval stage."""
     atlas_tokens: int = 100_000
     """Tokens profiled for the atlas."""
