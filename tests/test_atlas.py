@@ -447,3 +447,22 @@ def test_torchrun_two_processes_equal_one(base, tmp_path):
     assert [r[:3] + r[4:] for r in a["features"]] == [r[:3] + r[4:] for r in b["features"]]
     for x, y in zip(a["features"], b["features"]):  # float64 sums in another order
         assert x[3] == pytest.approx(y[3], rel=1e-9, abs=1e-12)
+
+
+def test_exactly_enough_contexts_is_complete(base, built, tmp_path):
+    """A context source with exactly tokens/ctx_len contexts builds (== the corpus build); one fewer is refused."""
+    import itertools
+
+    from lmscope.dictionaries.sources import iter_contexts
+
+    lm, n_ctx = base[2], TOKENS // CTX
+
+    def exact(n):
+        return lambda: itertools.islice(iter_contexts(lm, str(base[1]), ctx_len=CTX), n)
+
+    root = _copy(base, tmp_path / "exact")
+    build_atlas(_cfg(root, base[1]), progress=False, lm=lm, contexts=exact(n_ctx))
+    assert _dump(root / "atlas.db") == _dump(built[0] / "atlas.db")
+    short = _copy(base, tmp_path / "short")
+    with pytest.raises(UserError, match="fewer than"):
+        build_atlas(_cfg(short, base[1]), progress=False, lm=lm, contexts=exact(n_ctx - 1))

@@ -195,11 +195,15 @@ def build_atlas(cfg: BuildConfig, *, progress: bool = True, lm=None,
 
     def my_contexts() -> Iterator[tuple[int, Tensor]]:
         it = contexts() if contexts is not None else _contexts(lm, cfg)
+        seen = 0
         for i, ctx in enumerate(it):
             if i >= n_ctx:
                 return
+            seen = i + 1
             if i % info.world_size == info.rank:
                 yield i, ctx
+        if seen >= n_ctx:  # exactly n_ctx contexts: complete
+            return
         raise UserError(f"the corpus {cfg.corpus!r} has fewer than {n_ctx} contexts of {cfg.ctx_len} tokens; "
                         "pass a smaller --tokens or a larger corpus")
 
