@@ -36,6 +36,45 @@ def timed(fn, repeats: int) -> list[float]:
     return out
 
 
+def measure(args, dtype: str) -> dict:
+    """Median tok/s of full / bare truncated / capture on the same batches, interleaved."""
+    lm = load_model(args.model, dtype=dtype)
+    vocab = lm.model.get_output_embeddings().weight.shape[0]
+    toks = torch.randint(100, vocab, (args.batch, args.ctx))
+    hook = f"blocks.{args.layer}.resid_post"
+    base = lm.model.get_decoder() if hasattr(lm.model, "get_decoder") else lm.model.model
+    layers, n = base.layers, lm.model.config.num_hidden_layers
+
+    def full():
+        with torch.inference_mode():
+            lm.model(toks, use_cache=False)
+
+    def bare():
+        base.layers = torch.nn.ModuleList(list(layers)[: args.layer + 1])
+        lm.model.config.num_hidden_layers = args.layer + 1
+        try:
+            with torch.inference_mode():
+                base(toks, use_cache=False)
+        finally:
+            base.layers, lm.model.config.num_hidden_layers = layers, n
+
+    def cap():
+        run(lm, toks, capture=[hook])
+
+    times = {"full": [], "bare": [], "capture": []}
+    fns = {"full": full, "bare": bare, "capture": cap}
+    for f in fns.values():
+        f()
+    for _ in range(args.repeats):  # interleave so machine noise hits all three alike
+        for name, f in fns.items():
+            times[name] += timed(f, 1)
+    ntok = args.batch * args.ctx
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"dtype": dtype, **{f"{k}_tok_s": ntok / v for k, v in med.items()},
+            "capture_vs_full": med["full"] / med["capture"],
+            "capture_overhead_vs_bare": med["capture"] / med["bare"] - 1}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
@@ -49,46 +88,11 @@ def main() -> None:
                            "torch": torch.__version__, "platform": platform.platform()},
                "args": vars(args), "rows": []}
     for dtype in ("float32", "bfloat16"):
-        lm = load_model(args.model, dtype=dtype)
-        vocab = lm.model.get_output_embeddings().weight.shape[0]
-        toks = torch.randint(100, vocab, (args.batch, args.ctx))
-        hook = f"blocks.{args.layer}.resid_post"
-        base = lm.model.get_decoder() if hasattr(lm.model, "get_decoder") else lm.model.model
-        layers, n = base.layers, lm.model.config.num_hidden_layers
-
-        def full():
-            with torch.inference_mode():
-                lm.model(toks, use_cache=False)
-
-        def bare():
-            base.layers = torch.nn.ModuleList(list(layers)[: args.layer + 1])
-            lm.model.config.num_hidden_layers = args.layer + 1
-            try:
-                with torch.inference_mode():
-                    base(toks, use_cache=False)
-            finally:
-                base.layers, lm.model.config.num_hidden_layers = layers, n
-
-        def cap():
-            run(lm, toks, capture=[hook])
-
-        times = {"full": [], "bare": [], "capture": []}
-        fns = {"full": full, "bare": bare, "capture": cap}
-        for f in fns.values():
-            f()
-        for _ in range(args.repeats):  # interleave so machine noise hits all three alike
-            for name, f in fns.items():
-                times[name] += timed(f, 1)
-        ntok = args.batch * args.ctx
-        med = {k: statistics.median(v) for k, v in times.items()}
-        row = {"dtype": dtype, **{f"{k}_tok_s": ntok / v for k, v in med.items()},
-               "capture_vs_full": med["full"] / med["capture"],
-               "capture_overhead_vs_bare": med["capture"] / med["bare"] - 1}
+        row = measure(args, dtype)
         results["rows"].append(row)
         print(f"{dtype:>9}: full {row['full_tok_s']:7.0f} tok/s | bare truncated {row['bare_tok_s']:7.0f} | "
               f"capture {row['capture_tok_s']:7.0f} | capture/full {row['capture_vs_full']:.2f}x | "
               f"overhead vs bare {100 * row['capture_overhead_vs_bare']:+.1f}%", flush=True)
-        del lm
     f32, b16 = results["rows"]
     results["bf16_vs_fp32_capture"] = b16["capture_tok_s"] / f32["capture_tok_s"]
     print(f"bf16 / fp32 capture speed: {results['bf16_vs_fp32_capture']:.2f}x")

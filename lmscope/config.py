@@ -17,7 +17,7 @@ import re
 import textwrap
 import types
 import typing
-from functools import lru_cache
+from functools import cache
 from typing import Any, Literal, get_args, get_origin
 
 from .errors import UserError
@@ -36,7 +36,7 @@ def parse_count(text: str | int) -> int:
     return int(round(float(m.group(1)) * _MULT[m.group(2).lower()]))
 
 
-@lru_cache(maxsize=None)
+@cache
 def field_docs(cls: type) -> dict[str, str]:
     """The docstring written under each dataclass field, read from the class source."""
     docs: dict[str, str] = {}

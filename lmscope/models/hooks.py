@@ -114,7 +114,7 @@ class HookPoints:
 
     # --- discovery ----------------------------------------------------------
     @classmethod
-    def discover(cls, model: nn.Module) -> "HookPoints":
+    def discover(cls, model: nn.Module) -> HookPoints:
         cfg = model.config
         n = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
         layers, base = None, None

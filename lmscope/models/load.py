@@ -68,7 +68,7 @@ class LanguageModel:
     tokenizer: object
     name: str
     source: ModelSource
-    hooks: "HookPoints" = field(init=False)  # noqa: F821
+    hooks: HookPoints = field(init=False)  # noqa: F821
 
     def __post_init__(self) -> None:
         from .hooks import HookPoints

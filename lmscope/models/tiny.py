@@ -25,7 +25,7 @@ WORDS = (
 
 def tiny_tokenizer():
     """A word-level PreTrainedTokenizerFast: <bos>=1, <eos>=2, <pad>=0, <unk>=3."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<unk>": 3}
