@@ -80,6 +80,19 @@ def test_grad_x_act_predicts_ablation(lm):
     assert joint["pos"] is None and abs(joint["actual"]) > 0
 
 
+def test_special_positions_are_left_out_unless_asked(lm):
+    """Dictionaries never trained on BOS: its off-distribution encodings are not ranked by default."""
+    saes = small_saes(lm)
+    res = trace(lm, saes, PROMPT, top=10_000)
+    assert res.features and all(f.pos > 0 for f in res.features)
+    every = trace(lm, saes, PROMPT, top=10_000, include_special=True)
+    assert any(f.pos == 0 for f in every.features)
+    from lmscope.dictionaries.sources import token_mask
+
+    keep = token_mask(lm, lm.to_tokens(PROMPT))[0]  # not BOS, not a special token (e.g. <unk>)
+    assert {(f.id, f.pos) for f in res.features} == {(f.id, f.pos) for f in every.features if keep[f.pos]}
+
+
 def test_dla_is_the_direct_path_through_the_frozen_final_norm(lm):
     """DLA of a last-layer feature = what it writes x frozen norm scale x norm weight . W_U[target]."""
     saes = small_saes(lm)

@@ -30,6 +30,8 @@ def register(sub) -> None:
     p.add_argument("--verify", action="store_true",
                    help="ablate the top features one at a time and jointly; report actual vs predicted")
     p.add_argument("--verify-top", type=int, default=5, help="features to ablate with --verify (default: 5)")
+    p.add_argument("--include-special", action="store_true",
+                   help="also rank features at BOS/special-token positions (off-distribution for the dictionaries)")
     p.set_defaults(func=cmd_trace)
 
     p = sub.add_parser(
@@ -159,7 +161,8 @@ def cmd_trace(args) -> int:
     from ..trace import trace, verify
 
     lm, dicts, labels = load_atlas(args.atlas, model=args.model, device=args.device, hooks=args.hooks)
-    res = trace(lm, dicts, args.prompt, target=args.target, vs=args.vs, top=args.top, labels=labels)
+    res = trace(lm, dicts, args.prompt, target=args.target, vs=args.vs, top=args.top, labels=labels,
+                include_special=args.include_special)
     if args.verify:
         verify(lm, dicts, res, top=args.verify_top)
     if args.json:

@@ -106,11 +106,18 @@ def target_direction(lm, target_id: int, vs_id: int | None) -> Tensor:
 
 
 def trace(lm, dictionaries: dict[str, object], prompt: str, *, target: str | int | None = None,
-          vs: str | int | None = None, top: int = 20, labels=None) -> TraceResult:
+          vs: str | int | None = None, top: int = 20, labels=None, include_special: bool = False) -> TraceResult:
     """Rank the features of `dictionaries` {hook: dictionary} by their effect on the target.
 
     labels: optional callable (hook, feature) -> str.
+    include_special: also rank features at position 0 / special tokens. Off by default: the
+    dictionaries never saw those positions in training (lmscope.dictionaries.sources.token_mask),
+    and BOS is an attention sink with outlier norms (~4,000+ in SmolLM2's middle layers) whose
+    encodings are off-distribution; their effect stays in the model (not attributed), as an error
+    term would.
     """
+    from ..dictionaries.sources import token_mask
+
     tokens = lm.to_tokens(prompt)
     for d in dictionaries.values():  # UserError with close matches for hooks this model lacks
         lm.hooks[d.cfg.hook_name]
@@ -164,6 +171,8 @@ def trace(lm, dictionaries: dict[str, object], prompt: str, *, target: str | int
             dla = a * (dec @ dla_dir)[None, :]  # [pos, d_sae]
             # DLA is a direct path to the *last* position's logits only.
             dla[:-1] = 0
+            if not include_special:
+                a = a * token_mask(lm, tokens)[0, :, None].to(a.device)  # [pos, d_sae]
             pos, f = a.nonzero(as_tuple=True)
             for p_, f_ in zip(pos.tolist(), f.tolist()):
                 rows.append(FeatureAttribution(hook, f_, p_, str_tokens[p_], float(a[p_, f_]),
