@@ -92,7 +92,11 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_run)
 
 
+_TIMES: list[tuple[str, float]] = []  # (stage, start time) of this run, for the closing summary
+
+
 def _stage(i: int, n: int, name: str, argv: list[str]) -> None:
+    _TIMES.append((name.split(":")[0], time.perf_counter()))
     print(f"\n\033[1m== [{i}/{n}] {name}\033[0m" if sys.stdout.isatty() else f"\n== [{i}/{n}] {name}")
     print("$ lmscope " + " ".join(shlex.quote(a) for a in argv), flush=True)
 
@@ -212,7 +216,11 @@ def run(cfg: RunConfig) -> int:
         _stage(i, n, "trace: the features behind the next token, verified by ablation", argv)
         _call(argv)
 
-    print(f"\ndone in {time.perf_counter() - t0:.0f}s. Everything is in {out}/.")
+    end = time.perf_counter()
+    marks = _TIMES + [("", end)]
+    took = ", ".join(f"{a} {b1 - a1:.0f}s" for (a, a1), (_, b1) in zip(marks, marks[1:]))
+    _TIMES.clear()
+    print(f"\ndone in {end - t0:.0f}s ({took}). Everything is in {out}/.")
     if atlas.is_dir():
         print(f"open the viewer:  lmscope serve {atlas}")
     return 0
