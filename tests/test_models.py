@@ -83,3 +83,22 @@ def test_real_default_model_hooks_and_answer(default_lm):
     torch.testing.assert_close(res.acts["blocks.14.resid_post"], hs[15])
     torch.testing.assert_close(res.acts["blocks.14.resid_mid"] + res.acts["blocks.14.mlp_out"], hs[15])
     assert lm.tokenizer.decode(res.logits[0, -1].argmax()) == " Paris"
+
+
+def test_half_precision_warning_names_the_cpu_once(monkeypatch, capsys):
+    """bf16 on a CPU without native bf16 gets one warning line per flag; fp32 and GPUs never do."""
+    import torch
+
+    from lmscope.models import load as L
+
+    monkeypatch.setattr(L, "_WARNED_HALF", set())
+    assert not L.cpu_half_is_slow(torch.float32)
+    assert not L.cpu_half_is_slow(torch.bfloat16, "cuda")
+    monkeypatch.setattr(L, "cpu_half_is_slow", lambda dtype, device="cpu": True)
+    L.warn_if_slow_half(torch.bfloat16, "cpu", "--dtype")
+    L.warn_if_slow_half(torch.bfloat16, "cpu", "--dtype")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no native bfloat16" in err[0] and "--dtype float32" in err[0]
+    monkeypatch.setattr(L, "cpu_half_is_slow", lambda dtype, device="cpu": False)
+    L.warn_if_slow_half(torch.bfloat16, "cpu", "--model-dtype")
+    assert capsys.readouterr().err == ""

@@ -382,6 +382,10 @@ def run_training(cfg: TrainConfig, plan: TrainPlan, source: ActivationSource, *,
     t0 = time.perf_counter()
     step = start
     autocast = cfg.dtype == "bfloat16"
+    if autocast and info.is_main:
+        from ..models.load import warn_if_slow_half
+
+        warn_if_slow_half(torch.bfloat16, device, "--dtype")
     with _SigintFlag() as sigint:
         try:
             while step < plan.steps:
