@@ -118,6 +118,45 @@ def test_topk_transcoder_recovers_output_features(skip):
         d.loss(x[:8])
 
 
+def test_skip_starts_at_the_least_squares_map():
+    """A skip transcoder's step 0 already explains the linear part of the target (ridge fit).
+
+    Target = a linear map of x plus sparse output features. From W_skip = 0 the first loss
+    is the full variance; from the fit it is at most what least squares leaves (measured on
+    fresh tokens), and training still drives it lower (the latents add the non-linear part).
+    """
+    torch.manual_seed(0)
+    x, _, sparse_t, _ = planted(12000, d_out=24)
+    A = torch.randn(24, D_IN, generator=torch.Generator().manual_seed(5)) * 0.03
+    target = x @ A.t() + sparse_t
+    held_x, held_t = x[-2000:], target[-2000:]
+    xa = torch.cat([x[:2048], torch.ones(2048, 1)], 1)
+    sol = torch.linalg.lstsq(xa.double(), target[:2048].double()).solution.float()
+    res = held_t - torch.cat([held_x, torch.ones(2000, 1)], 1) @ sol
+    linear_fvu = float(res.pow(2).sum() / (held_t - held_t.mean(0)).pow(2).sum())
+    assert 0.2 < linear_fvu < 0.5  # a linear part and a sparse part
+
+    def step0_fvu(skip_init):
+        cfg = DictionaryConfig(d_in=D_IN, d_sae=128, k=ACTIVE, d_out=24, skip=True, skip_init=skip_init,
+                               hook_name="blocks.0.mlp_in", out_hook_name="blocks.0.mlp_out")
+        d = build(cfg)
+        d.init_from_data(x[:2048], target[:2048])
+        with torch.no_grad():
+            d.W_dec.zero_()  # the latents add nothing yet: what is left is the skip + b_dec
+            return d, float(d.loss(held_x, held_t).fvu)
+
+    d_zero, fvu_zero = step0_fvu("zeros")
+    assert d_zero.W_skip.abs().max() == 0 and fvu_zero > 0.9
+    d_fit, fvu_fit = step0_fvu("lstsq")
+    assert fvu_fit < linear_fvu + 0.02, (fvu_fit, linear_fvu)
+    cfg = DictionaryConfig(d_in=D_IN, d_sae=128, k=ACTIVE, d_out=24, skip=True,
+                           hook_name="blocks.0.mlp_in", out_hook_name="blocks.0.mlp_out")
+    d, _, _ = train(cfg, x[:-2000], target[:-2000], lr=1e-2)
+    with torch.no_grad():
+        trained = float((d(held_x) - held_t).pow(2).sum() / (held_t - held_t.mean(0)).pow(2).sum())
+    assert trained < 0.5 * linear_fvu, (trained, linear_fvu)
+
+
 def test_auxk_revives_dead_latents():
     """Half of the latents start dead (tiny encoder columns: never in the top k, so no gradient).
 

@@ -218,7 +218,14 @@ def test_graph_json_format(setup):
         else:
             assert ft == "logit" and n["layer"] == str(g.n_layers + 1)
     assert sum(n["is_target_logit"] for n in d["nodes"]) == 1
-    assert len({n["jsNodeId"] for n in d["nodes"]}) == len(d["nodes"])
+    # jsNodeId names a feature, not a (feature, position) node: circuit-tracer writes
+    # "{layer}_{feature}-0" for every position, so the frontend groups one feature's nodes.
+    # Error, embedding and logit nodes each keep their own.
+    js = {}
+    for n in d["nodes"]:
+        key = (n["layer"], n["lmscope_feature"]) if n.get("lmscope_hook") else n["node_id"]
+        js.setdefault(n["jsNodeId"], set()).add(key)
+    assert all(len(keys) == 1 for keys in js.values()), js
     assert d["links"] and all(link["source"] in ids and link["target"] in ids for link in d["links"])
     assert 0 <= d["metadata"]["lmscope"]["replacement_score"] <= 1
 

@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .init import geometric_median, norm_scale
+from .init import geometric_median, norm_scale, ridge_map
 
 ARCHS = ("topk", "batchtopk", "jumprelu", "relu")
 
@@ -78,6 +78,9 @@ class DictionaryConfig:
     """batchtopk: the inference threshold is a running mean of each batch's smallest kept activation with this momentum."""
     b_dec_init: Literal["geometric_median", "mean", "zeros"] = "geometric_median"
     """How init_from_data sets the decoder bias from the (normalized) targets."""
+    skip_init: Literal["lstsq", "zeros"] = "lstsq"
+    """Skip transcoders: W_skip starts as the ridge least-squares map from the init sample (the MLP's best
+    linear part; the latents then learn what is left) or at zeros (Paulo et al. 2025)."""
     normalize_activations: bool = True
     """Scale inputs (and targets) to mean squared norm d_in (d_out) before encoding; folded into the weights on save."""
     seed: int = 0
@@ -178,6 +181,10 @@ class TopKOutput(NamedTuple):
     """[batch, k] int64 latent ids."""
 
 
+TRANSCODER_ENC_SCALE = 0.1
+"""A transcoder's random encoder starts at this fraction of the unit scale (pre-activations ~N(0, 0.01))."""
+
+
 class SparseDictionary(nn.Module):
     """Shared parameters and machinery; subclasses define `activation` and the sparse loss terms.
 
@@ -199,11 +206,15 @@ class SparseDictionary(nn.Module):
         W_dec /= W_dec.norm(dim=1, keepdim=True)
         if not cfg.unit_norm_decoder:
             W_dec *= 0.1
-        if d_out == d_in:
+        if not cfg.is_transcoder:
             W_enc = W_dec.t().clone()  # Gao et al. 2024: encoder = decoder transpose
         else:
+            # Input and output are different spaces, so the transpose means nothing (with
+            # d_out == d_in it would start the transcoder as a noisy copy of its input). A small
+            # random encoder starts the latents' contribution near zero: the skip's least-squares
+            # fit and b_dec carry step 0, and the latents grow into what they leave.
             W_enc = torch.randn(d_in, d_sae, generator=gen) / math.sqrt(d_in)
-            W_enc *= W_dec.norm(dim=1).mean()
+            W_enc *= TRANSCODER_ENC_SCALE * W_dec.norm(dim=1).mean()
         self.W_enc = nn.Parameter(W_enc.contiguous())  # [d_in, d_sae]
         self.b_enc = nn.Parameter(torch.zeros(d_sae))  # [d_sae]
         self.W_dec = nn.Parameter(W_dec.contiguous())  # [d_sae, d_out]
@@ -311,7 +322,8 @@ class SparseDictionary(nn.Module):
         """Set act_scale(s) and b_dec from a sample of raw activations x [n, d_in] (target [n, d_out]).
 
         act_scale makes the mean squared norm d_in (SAELens' expected-average normalization);
-        b_dec is the geometric median (or mean) of the normalized targets.
+        b_dec is the geometric median (or mean) of the normalized targets (minus the skip's part:
+        a skip transcoder's W_skip starts as the ridge fit of target on input, see skip_init).
         """
         x = x.float()
         t = x if target is None else target.float()
@@ -319,6 +331,12 @@ class SparseDictionary(nn.Module):
             self.act_scale.fill_(norm_scale(x, self.d_in))
             self.act_scale_out.fill_(self.act_scale if target is None else norm_scale(t, self.d_out))
         t_n = t * self.act_scale_out
+        if self.W_skip is not None and self.cfg.skip_init == "lstsq" and target is not None:
+            # Starting from zero, Adam needs hundreds of steps before the skip even matches the
+            # MLP's linear part (SmolLM2 layer 5: FVU 0.67 after 195 steps of 4,096 tokens, against
+            # 0.62 for least squares); starting from the fit, step 0 is already there.
+            self.W_skip.copy_(ridge_map(x * self.act_scale, t_n).to(self.W_skip.dtype))
+            t_n = t_n - (x * self.act_scale) @ self.W_skip.t()  # b_dec centres what the latents add
         if self.cfg.b_dec_init == "geometric_median":
             self.b_dec.copy_(geometric_median(t_n))
         elif self.cfg.b_dec_init == "mean":

@@ -6,6 +6,8 @@
   stream grows to norms of ~4,600 on outlier positions from layer 12 on).
 - `geometric_median`: b_dec starts at the geometric median of the targets (Bricken et al.
   2023), which, unlike the mean, is not dragged by those outlier positions.
+- `ridge_map`: a skip transcoder's W_skip starts as the least-squares linear map from input
+  to target (ridge-regularized, intercept left to b_dec), the MLP's best linear part.
 """
 
 from __future__ import annotations
@@ -40,4 +42,19 @@ def geometric_median(points: Tensor, iters: int = 100, tol: float = 1e-6) -> Ten
     return y
 
 
-__all__ = ["geometric_median", "norm_scale"]
+@torch.no_grad()
+def ridge_map(x: Tensor, t: Tensor, ridge: float = 1e-3) -> Tensor:
+    """W [d_out, d_in] minimizing ||(t - t_mean) - (x - x_mean) W^T||^2 + lam ||W||^2 for x [n, d_in], t [n, d_out].
+
+    lam = ridge * mean eigenvalue of the input covariance, so the fit stays well posed when the
+    sample has fewer tokens than dimensions. Solved in float64 (Cholesky of d_in x d_in).
+    """
+    x, t = x.double(), t.double()
+    xc, tc = x - x.mean(0), t - t.mean(0)  # [n, d_in], [n, d_out]
+    gram = xc.t() @ xc  # [d_in, d_in]
+    lam = ridge * float(gram.diagonal().mean().clamp_min(1e-12))
+    gram.diagonal().add_(lam)
+    return torch.linalg.solve(gram, xc.t() @ tc).t().float()  # [d_out, d_in]
+
+
+__all__ = ["geometric_median", "norm_scale", "ridge_map"]
