@@ -35,7 +35,8 @@ def main() -> int:
         hook, idx = a.hover.rsplit("/", 1)
         node = next(n for n in feats if n["lmscope_hook"] == hook and n["lmscope_feature"] == int(idx))
     else:
-        node = max(feats, key=lambda n: n.get("influence") or 0) if feats else None
+        # `influence` is cumulative (circuit-tracer): the most influential node has the smallest.
+        node = min(feats, key=lambda n: n.get("influence") or 1.0) if feats else None
     proc = subprocess.Popen([sys.executable, "-m", "lmscope", "serve", a.atlas, "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -45,7 +46,7 @@ def main() -> int:
             return 1
         with sync_playwright() as p:
             b = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
-            page = b.new_page(viewport={"width": 1360, "height": 860})
+            page = b.new_page(viewport={"width": 1360, "height": 1500})
             page.goto(m.group(1) + "#/graph/" + a.graph)
             page.wait_for_selector("#graph-svg")
             if a.edges:

@@ -285,6 +285,13 @@ def test_graph_page_draws_hovers_and_links(tc_page, tc_atlas):
     tip.wait_for(state="visible")
     assert labeled in tip.text_content() and DEMO_LABEL in tip.text_content()
     assert page.locator("#graph-svg path.edge.hi").count() > 0
+    assert "null" not in tip.text_content() and "undefined" not in tip.text_content()
+    # A token has no inputs and no label: its tooltip shows only what it has.
+    page.locator("#graph-svg .emb").first.hover()
+    tip.wait_for(state="visible")
+    assert "null" not in tip.text_content() and "strongest inputs" not in tip.text_content()
+    node.hover()
+    tip.wait_for(state="visible")
     shot(page, "graph")
     node.click()  # a feature node opens its feature page
     page.wait_for_selector("#feature-title")

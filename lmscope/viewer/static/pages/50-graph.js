@@ -213,7 +213,8 @@
         .map(x => el("div", {class: "tipedge"}, el("span", {class: x.link.weight >= 0 ? "pos" : "neg"},
           (x.link.weight >= 0 ? "+" : "") + x.link.weight.toPrecision(3)), " ",
           clip(nodeName(byId.get(x.link[key]), meta), 34)));
-      tip.replaceChildren(
+      // replaceChildren turns a null argument into the text "null": drop the absent parts.
+      tip.replaceChildren(...[
         el("div", {class: "tiphead"}, head),
         n.clerp && n.feature_type === "cross layer transcoder" ? el("div", {class: "label"}, n.clerp)
           : (n.feature_type === "cross layer transcoder" ? el("div", {class: "unlabeled"}, "(unlabeled)") : null),
@@ -222,7 +223,8 @@
         n.influence !== null && n.influence !== undefined ? el("div", {class: "muted"}, `cumulative influence ${Number(n.influence).toFixed(3)}`) : null,
         ins.length ? el("div", {class: "tipsec"}, "strongest inputs", strongest(ins, "source")) : null,
         outs.length ? el("div", {class: "tipsec"}, "strongest outputs", strongest(outs, "target")) : null,
-        featureRef(n, meta) ? el("div", {class: "muted"}, "click to open the feature page") : null);
+        featureRef(n, meta) ? el("div", {class: "muted"}, "click to open the feature page") : null,
+      ].filter(Boolean));
       tip.hidden = false;
       place(e);
     }
