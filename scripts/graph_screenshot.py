@@ -2,7 +2,8 @@
 
     .venv/bin/python scripts/graph_screenshot.py ATLAS GRAPH.json OUT.png [--hover HOOK/IDX]
 
-Starts a real `lmscope serve ATLAS` on a free loopback port, opens #/graph/GRAPH.json in
+Serves ATLAS with the viewer's own server (Reader.open + make_server, as `lmscope serve`) on a
+free loopback port, opens #/graph/GRAPH.json in
 Debian's /usr/bin/chromium (playwright, the 'test' extra), hovers the feature node given (or
 the most influential feature), and writes a full-page PNG.
 """
@@ -11,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import subprocess
-import sys
+import threading
 from pathlib import Path
 
 CHROMIUM = "/usr/bin/chromium"
@@ -37,29 +36,28 @@ def main() -> int:
     else:
         # `influence` is cumulative (circuit-tracer): the most influential node has the smallest.
         node = min(feats, key=lambda n: n.get("influence") or 1.0) if feats else None
-    proc = subprocess.Popen([sys.executable, "-m", "lmscope", "serve", a.atlas, "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    from lmscope.read import Reader
+    from lmscope.viewer.server import make_server
+
+    srv = make_server(Reader.open(a.atlas), port=0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}/"
     try:
-        m = re.search(r"(http://127\.0\.0\.1:\d+/)", proc.stdout.readline())
-        if not m:
-            print(f"no URL from lmscope serve: {proc.stderr.read()}", file=sys.stderr)
-            return 1
         with sync_playwright() as p:
             b = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
             page = b.new_page(viewport={"width": 1360, "height": 1500})
-            page.goto(m.group(1) + "#/graph/" + a.graph)
+            page.goto(base + "#/graph/" + a.graph)
             page.wait_for_selector("#graph-svg")
             if a.edges:
                 page.select_option("#edge-limit", a.edges)
-                page.wait_for_selector("#graph-svg")
             if node is not None:
                 page.locator(f"#graph-svg [data-node='{node['node_id']}']").hover()
                 page.locator("#graph-tip").wait_for(state="visible")
             page.screenshot(path=a.out, full_page=True)
             b.close()
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        srv.shutdown()
+        srv.server_close()
     print(f"wrote {a.out}")
     return 0
 

@@ -47,7 +47,7 @@ def ridge_map(x: Tensor, t: Tensor, ridge: float = 1e-3) -> Tensor:
     """W [d_out, d_in] minimizing ||(t - t_mean) - (x - x_mean) W^T||^2 + lam ||W||^2 for x [n, d_in], t [n, d_out].
 
     lam = ridge * mean eigenvalue of the input covariance, so the fit stays well posed when the
-    sample has fewer tokens than dimensions. Solved in float64 (Cholesky of d_in x d_in).
+    sample has fewer tokens than dimensions. Solved in float64 (one d_in x d_in linear solve).
     """
     x, t = x.double(), t.double()
     xc, tc = x - x.mean(0), t - t.mean(0)  # [n, d_in], [n, d_out]
