@@ -22,6 +22,7 @@ tokens, joined with EOS, and cut into contexts of ctx_len - 1 tokens each prefix
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import os
@@ -198,9 +199,17 @@ def default_corpus_sources() -> list[dict]:
 
 
 # --- reading documents ----------------------------------------------------------------------
+def doc_key(text: str) -> int:
+    """A document's identity: the 64-bit blake2b hash of its UTF-8 text.
+
+    The held-out split is decided from it, and dictionaries record the keys of the documents
+    they were trained on (`pack(..., seen=)`), so eval can check its documents are disjoint.
+    """
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=8).digest(), "little")
+
+
 def _is_heldout(text: str, fraction: float) -> bool:
-    h = int.from_bytes(hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=8).digest(), "little")
-    return (h % 1_000_000) < fraction * 1_000_000
+    return (doc_key(text) % 1_000_000) < fraction * 1_000_000
 
 
 def _files(root: Path) -> list[Path]:
@@ -346,13 +355,18 @@ def shuffled(docs: Iterable[str], *, seed: int, buffer: int = 4096) -> Iterator[
 
 # --- packing ---------------------------------------------------------------------------------
 def pack(tokenizer, docs: Iterable[str], *, ctx_len: int, batch_size: int, bos_token_id: int | None,
-         seed: int = 0, eos_token_id: int | None = None, tokenize_batch: int = 256) -> Iterator[torch.Tensor]:
+         seed: int = 0, eos_token_id: int | None = None, tokenize_batch: int = 256,
+         seen: set[int] | None = None) -> Iterator[torch.Tensor]:
     """Tokenize documents and pack them into LongTensor batches [batch_size, ctx_len].
 
     Each context is BOS + ctx_len - 1 tokens of the running document stream (documents joined
     by EOS), so no token is dropped between contexts and every context starts like a fresh
     sequence. `seed` shuffles documents through a bounded buffer (seed < 0: corpus order).
     The last partial context and batch are dropped: every batch has the full shape.
+
+    `seen`, if given, receives the `doc_key` of every document with at least one token in a
+    context cut so far (a context is cut just before its batch is yielded, so with
+    batch_size 1 the set is exactly the documents of the contexts consumed).
     """
     if ctx_len < 2:
         raise UserError(f"--ctx-len must be at least 2 (got {ctx_len})")
@@ -363,21 +377,34 @@ def pack(tokenizer, docs: Iterable[str], *, ctx_len: int, batch_size: int, bos_t
     stream: list[int] = []
     rows: list[list[int]] = []
     pending: list[str] = []
+    base = 0  # absolute stream offset of stream[0]
+    spans: collections.deque = collections.deque()  # (start, end, doc_key) of documents still in stream
 
     def flush() -> Iterator[torch.Tensor]:
-        nonlocal stream
+        nonlocal stream, base
         enc = tokenizer(pending, add_special_tokens=False)["input_ids"]
-        for ids in enc:
+        for text, ids in zip(pending, enc):
+            if seen is not None:
+                start = base + len(stream)
+                spans.append((start, start + len(ids) + (eos_token_id is not None), doc_key(text)))
             stream += ids + ([eos_token_id] if eos_token_id is not None else [])
         pending.clear()
         cut = 0
         while len(stream) - cut >= body:
             rows.append(head + stream[cut:cut + body])
+            if seen is not None:  # the documents overlapping [base + cut, base + cut + body)
+                while spans and spans[0][1] <= base + cut:
+                    spans.popleft()
+                for s0, _, key in spans:
+                    if s0 >= base + cut + body:
+                        break
+                    seen.add(key)
             cut += body
             if len(rows) == batch_size:
                 yield torch.tensor(rows, dtype=torch.long)
                 rows.clear()
         stream = stream[cut:]
+        base += cut
 
     for d in shuffled(docs, seed=seed):
         pending.append(d)
@@ -389,10 +416,10 @@ def pack(tokenizer, docs: Iterable[str], *, ctx_len: int, batch_size: int, bos_t
 
 def contexts(tokenizer, source: str = DEFAULT_CORPUS, *, ctx_len: int, batch_size: int,
              bos_token_id: int | None, split: str = "train", seed: int = 0,
-             text_field: str = "text") -> Iterator[torch.Tensor]:
+             text_field: str = "text", seen: set[int] | None = None) -> Iterator[torch.Tensor]:
     """Shortcut: iter_documents + pack."""
     return pack(tokenizer, iter_documents(source, text_field=text_field, split=split), ctx_len=ctx_len,
-                batch_size=batch_size, bos_token_id=bos_token_id, seed=seed)
+                batch_size=batch_size, bos_token_id=bos_token_id, seed=seed, seen=seen)
 
 
 # --- description -----------------------------------------------------------------------------
@@ -440,5 +467,5 @@ def corpus_info(source: str = DEFAULT_CORPUS, *, text_field: str = "text", token
     return CorpusInfo(source, n, held, chars, toks, sources)
 
 
-__all__ = ["DEFAULT_CORPUS", "CorpusInfo", "build_default", "contexts", "corpus_info", "default_corpus_path",
+__all__ = ["DEFAULT_CORPUS", "CorpusInfo", "build_default", "contexts", "corpus_info", "default_corpus_path", "doc_key",
            "fingerprint", "iter_documents", "pack", "shuffled"]

@@ -29,6 +29,7 @@ from ..errors import UserError
 from ..models.registry import DEFAULT_MODEL
 from . import corpus as C
 from .store import (
+    DOCUMENTS,
     DTYPES,
     MANIFEST,
     PROGRESS,
@@ -173,8 +174,11 @@ def capture_to_store(cfg: CaptureConfig, *, lm=None) -> CaptureResult:
 
     norms = {h: NormStats(**prog["norms"][h]) if prog.get("norms") else NormStats() for h in hooks}
     special = special_ids(lm)
+    # The documents of the stored contexts (rebuilt on resume: the skipped contexts pass through
+    # pack too), so a dictionary trained on this store can say which documents it saw.
+    seen: set[int] = set()
     stream = C.pack(lm.tokenizer, C.iter_documents(cfg.corpus, text_field=cfg.text_field, split=cfg.split),
-                    ctx_len=cfg.ctx_len, batch_size=1, bos_token_id=lm.bos_token_id, seed=cfg.seed)
+                    ctx_len=cfg.ctx_len, batch_size=1, bos_token_id=lm.bos_token_id, seed=cfg.seed, seen=seen)
 
     def save_progress() -> None:
         write_json_atomic(out / PROGRESS, {"settings_digest": key, "settings": settings, "shards": shards,
@@ -256,6 +260,10 @@ def capture_to_store(cfg: CaptureConfig, *, lm=None) -> CaptureResult:
         print(f"lmscope: the corpus ran out after {have * cfg.ctx_len:,} of {cfg.tokens:,} tokens; "
               "the store holds what it had", file=sys.stderr)
 
+    from .documents import record
+
+    docs = record(file=DOCUMENTS, keys=seen, folder=out, corpus=settings["corpus_fingerprint"], split=cfg.split,
+                  seed=cfg.seed, source="capture")
     manifest = {
         "schema_version": SCHEMA_VERSION, "kind": "lmscope.activation_store",
         "model": lm.name, "model_fingerprint": lm.fingerprint(),
@@ -263,7 +271,7 @@ def capture_to_store(cfg: CaptureConfig, *, lm=None) -> CaptureResult:
         "dtype": cfg.dtype, "ctx_len": cfg.ctx_len, "tokens": have * cfg.ctx_len, "contexts": have,
         "requested_tokens": cfg.tokens, "corpus_exhausted": exhausted,
         "corpus": {**settings["corpus_fingerprint"], "split": cfg.split, "seed": cfg.seed},
-        "special_ids": special.tolist(), "bos_token_id": lm.bos_token_id,
+        "special_ids": special.tolist(), "bos_token_id": lm.bos_token_id, "documents": docs,
         "shards": shards, "norms": {h: s.summary() for h, s in norms.items()},
         "config": to_dict(cfg), "settings_digest": key, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

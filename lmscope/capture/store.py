@@ -5,6 +5,7 @@
                                 [contexts, ctx_len, d] in the store dtype (fp32 / bf16 / fp16)
       ...
       progress.json             while capturing: settings, shards done, running norm sums (resume)
+      documents.npy             doc_key of every document with tokens in the store (capture/documents.py)
       manifest.json             written last, once every shard is on disk: the store is complete
 
 Every shard is written to a temporary name and renamed, so a shard file that exists is whole;
@@ -35,6 +36,7 @@ from ..errors import UserError
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 PROGRESS = "progress.json"
+DOCUMENTS = "documents.npy"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -154,6 +156,18 @@ class ActivationStore:
     def norms(self) -> dict[str, dict]:
         return self.manifest.get("norms", {})
 
+    @property
+    def documents(self) -> dict | None:
+        """The record of the documents stored (None for a store captured before lmscope kept one)."""
+        return self.manifest.get("documents")
+
+    def document_keys(self):
+        """Sorted uint64 doc_keys of the stored documents (None without a record)."""
+        from .documents import read_keys
+
+        rec = self.documents
+        return None if rec is None else read_keys(self.path / rec["file"])
+
     def check_compatible(self, lm) -> None:
         """Refuse to mix this store with another model (one line)."""
         fp, mine = self.fingerprint, lm.fingerprint()
@@ -237,4 +251,4 @@ def is_complete(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
-__all__ = ["ActivationStore", "NormStats", "SCHEMA_VERSION", "is_complete", "shard_name", "write_shard"]
+__all__ = ["DOCUMENTS", "ActivationStore", "NormStats", "SCHEMA_VERSION", "is_complete", "shard_name", "write_shard"]

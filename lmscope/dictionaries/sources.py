@@ -115,15 +115,17 @@ class TensorSource:
 
 
 # --- streaming from the model -----------------------------------------------------------
-def iter_contexts(lm, corpus: str, *, ctx_len: int, split: str = "train", seed: int = 0) -> Iterator[Tensor]:
+def iter_contexts(lm, corpus: str, *, ctx_len: int, split: str = "train", seed: int = 0,
+                  seen: set[int] | None = None) -> Iterator[Tensor]:
     """Packed token contexts [ctx_len] (BOS first) from a corpus, one at a time, deterministic.
 
-    The same contexts `lmscope capture` stores (lmscope.capture.corpus.pack).
+    The same contexts `lmscope capture` stores (lmscope.capture.corpus.pack). `seen` receives
+    the doc_key of every document with tokens in a context yielded so far.
     """
     from ..capture import corpus as C
 
     for batch in C.pack(lm.tokenizer, C.iter_documents(corpus, split=split), ctx_len=ctx_len,
-                        batch_size=1, bos_token_id=lm.bos_token_id, seed=seed):
+                        batch_size=1, bos_token_id=lm.bos_token_id, seed=seed, seen=seen):
         yield from batch
 
 
@@ -138,11 +140,24 @@ class StreamSource:
         self.batch_size, self.buffer_batches, self.model_batch = batch_size, buffer_batches, model_batch
         self.info = info = info or DistInfo()
         self.local = local_batch_size(batch_size, info)
+        # The documents of every context read (this rank reads all contexts, keeping its share,
+        # so rank 0's set covers every rank's). None when the caller supplies the contexts.
+        self.seen: set[int] | None = None if contexts else set()
         # Tests may pass a function returning a fresh context iterator.
-        self._contexts = contexts or (lambda: iter_contexts(lm, corpus, ctx_len=ctx_len, split=split, seed=seed))
+        self._contexts = contexts or (lambda: iter_contexts(lm, corpus, ctx_len=ctx_len, split=split, seed=seed,
+                                                            seen=self.seen))
 
     def describe(self) -> str:
         return f"stream ({self.corpus}, ctx_len {self.ctx_len})"
+
+    def documents(self) -> tuple[dict, set[int]] | None:
+        """(what the record says, doc keys) of the documents read so far; None if unknown."""
+        if self.seen is None:
+            return None
+        from ..capture.corpus import fingerprint
+
+        return ({"source": "stream", "corpus": fingerprint(self.corpus), "split": self.split, "seed": self.seed},
+                self.seen)
 
     def _my_contexts(self) -> Iterator[Tensor]:
         """This rank's contexts: global context i belongs to rank i % world_size."""
@@ -235,6 +250,15 @@ class StoreSource:
 
     def describe(self) -> str:
         return f"store {self.path}"
+
+    def documents(self) -> tuple[dict, object] | None:
+        """The store's record of its documents (every stored context is read in an epoch); None if
+        the store was captured before lmscope kept one."""
+        rec = self.store.documents
+        if rec is None:
+            return None
+        return ({"source": f"store {self.path}", "corpus": rec.get("corpus"), "split": rec.get("split"),
+                 "seed": rec.get("seed")}, self.store.document_keys())
 
     def _iter(self, hook: str, epoch: int) -> Iterator[Any]:
         """One shuffled pass over `hook`; every hook gets the same seed so transcoder in/out align."""

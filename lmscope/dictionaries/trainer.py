@@ -45,6 +45,8 @@ from .sharded import ShardedTopK, gather_uneven
 from .sources import ActivationSource, Batch
 from .train_config import DictionaryPlan, TrainConfig, TrainPlan, changed_settings, resolve_plan
 
+TRAIN_DOCUMENTS = "train_documents.npy"
+"""In each dictionary folder: the doc_keys of the documents it was trained on."""
 # Latent firing frequencies for sparsity.safetensors are counted over the last this many tokens.
 FREQ_TOKENS = 100_000
 
@@ -418,7 +420,8 @@ def run_training(cfg: TrainConfig, plan: TrainPlan, source: ActivationSource, *,
             if bar is not None:
                 bar.close()
     seconds = time.perf_counter() - t0
-    written = _write_dictionaries(cfg, plan, slots, layout, lm, info, sharded)
+    docs = source.documents() if hasattr(source, "documents") else None
+    written = _write_dictionaries(cfg, plan, slots, layout, lm, info, sharded, docs)
     dist.barrier()
     if info.is_main:
         ckpts.clear(hooks)
@@ -434,8 +437,14 @@ def run_training(cfg: TrainConfig, plan: TrainPlan, source: ActivationSource, *,
 
 
 def _write_dictionaries(cfg: TrainConfig, plan: TrainPlan, slots: list[_Slot], layout: AtlasLayout, lm,
-                        info: DistInfo, sharded: bool) -> dict[str, Path]:
-    """SAELens folders (+ sparsity.safetensors), then the manifest entry: rank 0 only."""
+                        info: DistInfo, sharded: bool, docs: tuple[dict, Any] | None = None) -> dict[str, Path]:
+    """SAELens folders (+ sparsity.safetensors, + train_documents.npy), then the manifest entry: rank 0 only.
+
+    `docs` is the source's record of the documents it read (lmscope.capture.documents): it goes
+    into the manifest entry as `train_data`, so `lmscope eval` can refuse held-out text the
+    dictionary saw. None (in-memory tensors, an old store): the entry says `train_data: null`.
+    """
+    from ..capture.documents import record
     from .io.saelens import saelens_metadata
 
     written: dict[str, Path] = {}
@@ -456,11 +465,15 @@ def _write_dictionaries(cfg: TrainConfig, plan: TrainPlan, slots: list[_Slot], l
             meta = saelens_metadata(lm, s.plan.hook, **meta)
         path = layout.dictionary_dir(s.plan.hook)
         sae.float().cpu().save(path, sparsity=(freq / max(1, counted)).float().cpu(), metadata=meta)
+        train_data = None
+        if docs is not None:
+            train_data = record(file=TRAIN_DOCUMENTS, keys=docs[1], folder=path, **docs[0])
         last = s.history[-max(1, plan.steps // 10):]
         layout.add_dictionary(s.plan.hook, model=plan.model, arch=cfg.arch, d_sae=s.plan.d_sae, extra={
             "d_in": s.plan.d_in, "out_hook": s.plan.out_hook, "k": cfg.k, "tokens": plan.steps * plan.batch_size,
             "train_fvu": sum(m.fvu for m in last) / len(last), "train_l0": sum(m.l0 for m in last) / len(last),
             "dead_frac": float((s.freq == 0).double().mean()) if not sharded else None,
+            "train_data": train_data,
         })
         written[s.plan.hook] = path
     return written
