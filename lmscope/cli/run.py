@@ -170,9 +170,12 @@ def run(cfg: RunConfig) -> int:
 
     if "eval" in todo:
         i += 1
-        argv = ["eval", str(atlas), "--tokens", str(cfg.eval_tokens), "--corpus", cfg.corpus,
-                "--ctx-len", str(cfg.ctx_len), *dt]
-        _stage(i, n, "eval: reconstruction and spliced language-model loss on held-out text", argv)
+        # --train-tokens: the same FVU on training-split tokens, so the printed in-sample and
+        # held-out numbers are one measure (`lmscope train` prints a per-batch mean).
+        argv = ["eval", str(atlas), "--tokens", str(cfg.eval_tokens), "--train-tokens", str(cfg.eval_tokens),
+                "--corpus", cfg.corpus, "--ctx-len", str(cfg.ctx_len), *dt]
+        _stage(i, n, "eval: loss added by the dictionary (nats, KL), FVU with and without outlier tokens, "
+                     "on held-out documents", argv)
         _call(argv)
 
     if "atlas" in todo:

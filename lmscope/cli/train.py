@@ -3,7 +3,7 @@
     lmscope train --model smollm2-135m --hooks 'blocks.*.resid_post' --arch topk --width 16x --k 32 \\
         --tokens 2M --out atlas/
     torchrun --nproc-per-node 4 -m lmscope train ... [--shard-features]
-    lmscope eval atlas/ --tokens 100k [--json]
+    lmscope eval atlas/ --tokens 100k [--train-tokens 100k] [--json]
 
 Flags of `train` are generated from TrainConfig (lmscope/dictionaries/train_config.py).
 Ctrl-C saves a checkpoint and exits 130; the same command resumes it.
@@ -34,11 +34,13 @@ def register(sub) -> None:
 
     p = sub.add_parser(
         "eval", help="evaluate an atlas's dictionaries: FVU, L0, dead/dense latents, spliced LM loss",
-        description="For every dictionary in ATLAS: reconstruction MSE and FVU, L0, dead and dense "
-                    "fractions, and the language-model loss on held-out text with the reconstruction "
-                    "spliced in at its hook (clean, spliced, zero-ablated, fraction of loss recovered, "
-                    "KL). Writes ATLAS/eval.json and a feature-density histogram per dictionary in "
-                    "ATLAS/plots/ (needs the 'plot' extra).")
+        description="For every dictionary in ATLAS, on held-out text (documents it was not trained on: "
+                    "checked against the documents its training recorded): the loss added by splicing "
+                    "the reconstruction in at its hook (nats per token) and KL(clean || spliced), with "
+                    "bootstrap intervals; FVU with and without the few massive-norm tokens; L0, dead and "
+                    "dense fractions; loss recovered against mean- and zero-ablation. Writes "
+                    "ATLAS/eval.json and a feature-density histogram per dictionary in ATLAS/plots/ "
+                    "(needs the 'plot' extra). What each number is computed on: docs/measuring.md.")
     add_arguments(p, EvalConfig, positional=("atlas",))
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_eval)
@@ -71,6 +73,8 @@ def cmd_train(args) -> int:
           f"in {res.seconds:.0f}s ({res.tokens / max(res.seconds, 1e-9):,.0f} tok/s) -> {res.out}")
     for h, r in rows.items():
         print(f"  {h:<24} FVU {r['fvu']:.3f}  L0 {r['l0']:.1f}  dead {r['dead_frac']:.1%}  {r['path']}")
+    # Say what this FVU is: held-out numbers (pooled, with and without norm outliers) come from eval.
+    print("(FVU: mean of per-batch FVUs over the last 10% of steps, in-sample; held-out: lmscope eval)")
     print(f"next: lmscope eval {res.out}")
     return 0
 
