@@ -39,7 +39,7 @@ def test_run_every_stage_then_resume(tiny, tmp_path, capsys):
     for stage in ("capture", "train", "eval", "atlas", "explain", "probe", "scan", "trace"):
         assert f"] {stage}" in text, stage
     assert "$ lmscope capture" in text and "tok/s" in text and "mean |x|" in text
-    assert "FVU" in text and "recov." in text  # eval table
+    assert "FVU" in text and "loss added by the splice" in text and "mean-ablation" in text  # eval report
     assert "top activating contexts" in text  # feature dashboards
     assert "beats baselines" in text  # explain score table with baselines
     assert "truth score" in text  # lie-check
