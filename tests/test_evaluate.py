@@ -249,19 +249,19 @@ def test_fvu_with_and_without_outliers_and_the_loss_by_hand(planted):
     f = lambda x: 0.9 * x + 0.05 * sae(x)  # noqa: E731
     hand = by_hand(lm, 1, f, torch.stack(ctxs))
 
-    class Known(torch.nn.Module):  # the same reconstruction, through the dictionary interface
+    class Known(torch.nn.Module):
+        """f through the interface evaluate_dictionaries calls (encode, then decode of the codes)."""
+
         cfg, d_sae, d_out, W_skip = sae.cfg, sae.d_sae, sae.d_out, None
 
         def encode(self, x):
+            self.x = x
             return sae.encode(x)
 
         def decode(self, acts):
-            return 0.9 * self._x + 0.05 * sae.decode(acts)
+            return 0.9 * self.x + 0.05 * sae.decode(acts)
 
-    k = Known()
-    enc = k.encode
-    k.encode = lambda x: (setattr(k, "_x", x), enc(x))[1]
-    (e,) = evaluate_dictionaries(lm, {"blocks.1.resid_post": k}, ctxs, batch=5, progress=False)
+    (e,) = evaluate_dictionaries(lm, {"blocks.1.resid_post": Known()}, ctxs, batch=5, progress=False)
     assert e.outlier_tokens == hand["outliers"] == 4  # exactly the planted positions
     assert e.fvu == pytest.approx(hand["fvu"], rel=1e-5)
     assert e.fvu_inliers == pytest.approx(hand["fvu_inliers"], rel=1e-5)
@@ -274,6 +274,7 @@ def test_fvu_with_and_without_outliers_and_the_loss_by_hand(planted):
     assert e.loss_recovered_mean == pytest.approx(hand["recovered_mean"], rel=1e-4)
     lo, hi = e.ce_added_ci
     assert lo <= e.ce_added <= hi and lo < hi
+    assert e.fvu_ci[0] <= e.fvu <= e.fvu_ci[1] and e.fvu_inliers_ci[0] <= e.fvu_inliers <= e.fvu_inliers_ci[1]
 
 
 def test_a_dictionary_that_outputs_the_mean_recovers_nothing_against_mean_ablation(planted):
