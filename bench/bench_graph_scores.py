@@ -17,6 +17,7 @@ re-implemented here from its definition, loop by loop) runs with the pruned grap
 features pinned and every other feature eligible for folding. Every pair must agree.
 
     .venv/bin/python bench/bench_graph_scores.py ATLAS [--prompt P] [--ct-python VENV/bin/python]
+    .venv/bin/python bench/bench_graph_scores.py /tmp/lmscope-bench-graph --random-transcoders
 
 circuit-tracer's venv: python3 -m venv ct-venv && ct-venv/bin/pip install torch==2.13.0 circuit-tracer.
 Writes bench/results/graph_scores.json (--out).
@@ -68,8 +69,21 @@ def build(args) -> tuple[dict, dict]:
     from lmscope.trace.prune import circuit_tracer_scores
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    lm, dicts, _ = load_atlas(args.atlas, model=None, device="cpu")
-    tcs = check_transcoders(lm, dicts)
+    if args.random_transcoders:  # bench_graph.py's 30 random JumpReLU transcoders on SmolLM2
+        sys.path.insert(0, str(Path(__file__).parent))
+        from bench_graph import make_transcoders
+
+        from lmscope.dictionaries import load_dictionary
+        from lmscope.models import load_model
+
+        tc_dir = Path(args.atlas)
+        if not (tc_dir / "model_path").exists():
+            make_transcoders(tc_dir, 4096, 32)
+        lm = load_model("smollm2-135m")
+        tcs = {L: load_dictionary(tc_dir / "lmscope" / f"blocks.{L}.mlp_in").eval() for L in range(lm.n_layers)}
+    else:
+        lm, dicts, _ = load_atlas(args.atlas, model=None, device="cpu")
+        tcs = check_transcoders(lm, dicts)
     t = time.perf_counter()
     g = build_graph(lm, tcs, args.prompt, max_feature_nodes=args.max_feature_nodes,
                     batch_size=args.batch_size)
@@ -187,7 +201,9 @@ def peer(path: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("atlas", nargs="?")
+    ap.add_argument("atlas", nargs="?", help="an atlas with a transcoder per layer (or, with "
+                    "--random-transcoders, bench_graph.py's --tc-dir, made if missing)")
+    ap.add_argument("--random-transcoders", action="store_true")
     ap.add_argument("--prompt", default=PROMPT)
     ap.add_argument("--max-feature-nodes", type=int, default=4096)
     ap.add_argument("--batch-size", type=int, default=64)
