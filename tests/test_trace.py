@@ -206,6 +206,17 @@ def test_cli_graph_writes_viewer_json(atlas, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     g = json.loads(out.read_text())
     assert set(g) == {"metadata", "qParams", "nodes", "links"} and summary["links"] == len(g["links"])
+    meta = g["metadata"]["lmscope"]
+    for k in ("replacement_score", "pruned_completeness_score", "unexpanded_fraction", "circuit_tracer_scores"):
+        assert summary[k] == meta[k]
+    # A graph with fewer feature nodes than active features says how many were left out.
+    assert main(["graph", str(root), PROMPT, "--out", str(tmp_path / "small.json"), "--max-feature-nodes", "5"]) == 0
+    text = capsys.readouterr().out
+    small = json.loads((tmp_path / "small.json").read_text())["metadata"]["lmscope"]
+    n, left = small["active_features"], small["unexpanded_features"]
+    assert left == n - 5 > 0
+    assert f"{left} of {n} active features ({left / n:.1%}) not expanded" in text
+    assert "as circuit-tracer computes them" in text
     assert main(["graph", str(root), PROMPT, "--out", str(out)]) == 2  # no overwrite without --force
     assert "--force" in capsys.readouterr().err
     assert main(["graph", str(root), PROMPT, "--out", str(out), "--force", "--max-memory-gb", "0.000001"]) == 2
