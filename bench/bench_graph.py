@@ -100,6 +100,7 @@ def run_lmscope(tc_dir: Path, prompt: str, max_feature_nodes: int, batch_size: i
     from lmscope.dictionaries import load_dictionary
     from lmscope.models import load_model
     from lmscope.trace import build_graph, graph_scores, prune
+    from lmscope.trace.prune import circuit_tracer_scores
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     lm = load_model("smollm2-135m")
@@ -108,11 +109,14 @@ def run_lmscope(tc_dir: Path, prompt: str, max_feature_nodes: int, batch_size: i
     g = build_graph(lm, tcs, prompt, max_feature_nodes=max_feature_nodes, batch_size=batch_size)
     pr = prune(g)
     seconds = time.perf_counter() - t
-    s = graph_scores(g)
+    # Side by side with circuit-tracer, the scores are computed its way (the unexpanded active
+    # features dropped); lmscope's own scores count them as error.
+    s, ct = graph_scores(g), circuit_tracer_scores(g)
     return {"tool": "lmscope", "n_pos": g.n_pos, "seconds": seconds, "active_features": g.stats["active_features"],
             "feature_nodes": g.n_features, "backward_seconds": g.stats["backward_seconds"],
             "forward_seconds": g.stats["forward_seconds"], "influence_seconds": g.stats["influence_seconds"],
-            "replacement_score": s.replacement, "completeness_score": s.completeness,
+            "replacement_score": ct["replacement_score"], "completeness_score": ct["completeness_score"],
+            "lmscope_replacement_score": s.replacement, "lmscope_completeness_score": s.completeness,
             "kept_nodes": int(pr.node_mask.sum())}
 
 

@@ -139,14 +139,61 @@ def test_norm_linearization_llama_and_gemma():
 
 
 # --- CLI -------------------------------------------------------------------------------------
-def test_cli_trace_json_and_verify(atlas, capsys):
-    root, _ = atlas
+def _target_logit_with(lm, toks, target, hook=None, pos=None, delta=None):
+    """The target logit at the last position, with `delta` subtracted from the output of block L
+    (blocks.L.resid_post) at `pos`: the ablation written with a plain torch forward hook."""
+    handle = None
+    if hook is not None:
+        L = int(hook.split(".")[1])
+
+        def sub(module, inputs, out):
+            x = out[0] if isinstance(out, tuple) else out
+            x = x.clone()
+            x[:, pos] -= delta.to(x.dtype)
+            return (x, *out[1:]) if isinstance(out, tuple) else x
+
+        handle = lm.model.model.layers[L].register_forward_hook(sub)
+    try:
+        with torch.no_grad():
+            return float(lm.model(toks).logits[0, -1, target])
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+def test_cli_trace_json_and_verify(atlas, lm, capsys):
+    """The CLI's numbers, recomputed by hand: target logit, activations, ablations (error kept)."""
+    root, dicts = atlas
     assert main(["trace", str(root), PROMPT, "--target", "cat", "--verify", "--top", "5", "--json",
                  "--hooks", "blocks.*.resid_post"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["target"] == "cat" and len(d["features"]) == 5
     assert all(f["hook"].endswith("resid_post") for f in d["features"])
+    toks = lm.to_tokens(PROMPT)
+    cat = resolve_target(lm, "cat")
+    with torch.no_grad():
+        logits = lm.model(toks).logits[0, -1]
+    assert d["value"] == pytest.approx(float(logits[cat]), abs=1e-4)
+    assert d["prob"] == pytest.approx(float(torch.softmax(logits, -1)[cat]), abs=1e-5)
+    gxa = [abs(f["grad_x_act"]) for f in d["features"]]
+    assert gxa == sorted(gxa, reverse=True) and gxa[0] > 0  # ranked by |grad x act|
+    captured = lm.run(toks, capture=sorted({f["hook"] for f in d["features"]})).acts
+    base = _target_logit_with(lm, toks, cat)
     assert len(d["verification"]) == 6  # 5 one at a time + jointly
+    for f, v in zip(d["features"], d["verification"]):
+        sae = dicts[f["hook"]]
+        with torch.no_grad():
+            a = float(sae.encode(captured[f["hook"]][0])[f["pos"], f["feature"]])
+            write = a * decoder_rows(sae)[f["feature"]].float()
+        assert f["activation"] == pytest.approx(a, rel=1e-4)
+        actual = _target_logit_with(lm, toks, cat, f["hook"], f["pos"], write) - base
+        assert v["id"] == f["id"] and v["actual"] == pytest.approx(actual, abs=1e-4)
+        assert v["predicted"] == pytest.approx(-f["grad_x_act"])
+    single = d["verification"][:5]
+    scale = max(abs(v["actual"]) for v in single)
+    assert scale > 0 and all(abs(v["predicted"] - v["actual"]) < 0.15 * scale for v in single)
+    joint = d["verification"][-1]
+    assert joint["predicted"] == pytest.approx(sum(v["predicted"] for v in single))
     assert main(["trace", str(root), PROMPT, "--verify"]) == 0
     out = capsys.readouterr().out
     assert "grad*act" in out and "ablation (error term kept)" in out
@@ -159,6 +206,17 @@ def test_cli_graph_writes_viewer_json(atlas, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     g = json.loads(out.read_text())
     assert set(g) == {"metadata", "qParams", "nodes", "links"} and summary["links"] == len(g["links"])
+    meta = g["metadata"]["lmscope"]
+    for k in ("replacement_score", "pruned_completeness_score", "unexpanded_fraction", "circuit_tracer_scores"):
+        assert summary[k] == meta[k]
+    # A graph with fewer feature nodes than active features says how many were left out.
+    assert main(["graph", str(root), PROMPT, "--out", str(tmp_path / "small.json"), "--max-feature-nodes", "5"]) == 0
+    text = capsys.readouterr().out
+    small = json.loads((tmp_path / "small.json").read_text())["metadata"]["lmscope"]
+    n, left = small["active_features"], small["unexpanded_features"]
+    assert left == n - 5 > 0
+    assert f"{left} of {n} active features ({left / n:.1%}) not expanded" in text
+    assert "as circuit-tracer computes them" in text
     assert main(["graph", str(root), PROMPT, "--out", str(out)]) == 2  # no overwrite without --force
     assert "--force" in capsys.readouterr().err
     assert main(["graph", str(root), PROMPT, "--out", str(out), "--force", "--max-memory-gb", "0.000001"]) == 2

@@ -50,7 +50,8 @@ def register(sub) -> None:
     p.add_argument("--edge-threshold", type=float, default=0.98,
                    help="keep the edges carrying this fraction of the influence (default: 0.98)")
     p.add_argument("--max-feature-nodes", type=int, default=4096,
-                   help="compute incoming edges of at most this many features, most influential first")
+                   help="compute incoming edges of at most this many features, most influential first; "
+                        "the direct effects of the rest go into their error nodes (default: 4096)")
     p.add_argument("--batch-size", type=int, default=64, help="target nodes per backward pass (default: 64)")
     p.add_argument("--max-memory-gb", type=float, default=16.0,
                    help="refuse when the estimated memory exceeds this (default: 16)")
@@ -206,14 +207,23 @@ def cmd_graph(args) -> int:
                "replacement_score": meta["replacement_score"], "completeness_score": meta["completeness_score"],
                "pruned_replacement_score": meta["pruned_replacement_score"],
                "pruned_completeness_score": meta["pruned_completeness_score"],
-               "seconds": g.stats.get("seconds"), "active_features": g.stats.get("active_features")}
+               "seconds": g.stats.get("seconds"), "active_features": meta["active_features"],
+               "unexpanded_features": meta["unexpanded_features"],
+               "unexpanded_fraction": meta["unexpanded_fraction"],
+               "circuit_tracer_scores": meta["circuit_tracer_scores"]}
     if args.json:
         print_json(summary)
         return 0
     print(f"graph of {args.prompt!r} -> {g.logit_strs[0]!r}: {summary['nodes']} nodes, {summary['links']} links "
           f"({g.stats['active_features']} active features, {g.stats['seconds']:.1f} s)")
+    print(f"{meta['unexpanded_features']} of {meta['active_features']} active features "
+          f"({meta['unexpanded_fraction']:.1%}) not expanded (over --max-feature-nodes): counted as error")
     print(f"replacement score {meta['replacement_score']:.3f} (pruned {meta['pruned_replacement_score']:.3f}), "
           f"completeness {meta['completeness_score']:.3f} (pruned {meta['pruned_completeness_score']:.3f})")
+    ct = meta["circuit_tracer_scores"]
+    print(f"as circuit-tracer computes them (unexpanded features dropped, pruned graph zeroed): "
+          f"replacement {ct['replacement_score']:.3f} (pruned {ct['pruned_replacement_score']:.3f}), "
+          f"completeness {ct['completeness_score']:.3f} (pruned {ct['pruned_completeness_score']:.3f})")
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

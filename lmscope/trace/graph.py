@@ -19,6 +19,15 @@ OV paths, the frozen norms and the residual stream.
 
 Node order (as circuit-tracer's, so the JSON maps 1:1): [features..., errors (layer-major,
 then position), tokens, logits]. Rows of A are targets, columns sources.
+
+Active features that are not expanded (over `max_feature_nodes`) have no node, but their
+direct effects on the expanded nodes are known (every backward reads every active
+feature). They are added to the error node of their (layer, position): an error node is
+everything at that layer and position that the graph's features do not explain, so the
+graph stays an exact account of the replacement model (every input is the sum of its
+edges plus biases) and the scores count the left-out features as unexplained.
+circuit-tracer drops them instead (counted neither as feature nor as error), which
+raises both scores; `Graph.adjacency_as_circuit_tracer` gives that version.
 """
 
 from __future__ import annotations
@@ -57,6 +66,9 @@ class Graph:
     """The transcoders' input hooks (the 'scan')."""
     stats: dict = field(default_factory=dict)
     """seconds, peak bytes, active features, backward batches."""
+    unexpanded: Tensor | None = None
+    """[n_nodes, n_errors] the part of the error columns of `adjacency` that comes from
+    active features left out of the graph (None or zeros when every one was expanded)."""
 
     @property
     def n_pos(self) -> int:
@@ -88,6 +100,19 @@ class Graph:
 
     def error_index(self, layer: int, pos: int) -> int:
         return self.error_start + layer * self.n_pos + pos
+
+    def adjacency_as_circuit_tracer(self) -> Tensor:
+        """The adjacency without the unexpanded features' effects in the error columns.
+
+        circuit-tracer drops the columns of the active features it does not expand, so
+        their direct effects count neither as feature nor as error input; lmscope folds
+        them into the error nodes. This undoes the fold, for comparisons with its figures.
+        """
+        if self.unexpanded is None:
+            return self.adjacency
+        A = self.adjacency.clone()
+        A[:, self.error_start:self.token_start] -= self.unexpanded
+        return A
 
 
 def logit_nodes(probs: Tensor, target: int | None, *, max_logits: int = 10,
@@ -129,7 +154,8 @@ def build_graph(lm, transcoders: dict[int, object], prompt: str, *, target: str 
 
     target: a token string/id to put first among the logit nodes (default: the top token).
     Features are visited in order of their current influence on the logits (as in
-    circuit-tracer) until `max_feature_nodes`; the rest are left out of the graph.
+    circuit-tracer) until `max_feature_nodes`; the rest get no node and their direct
+    effects go into the error nodes (stats: unexpanded_features, unexpanded_fraction).
     Raises UserError when the estimated memory exceeds `max_memory_gb`.
     """
     from .attribution import resolve_target
@@ -279,21 +305,32 @@ def _attribute(rep: Replacement, prompt: str, target_id: int | None, *, max_feat
         bar.update(take)
     bar.close()
 
-    # Keep the visited features (circuit-tracer's "selected features").
+    # Keep the visited features (circuit-tracer's "selected features"); fold the others'
+    # direct effects into the error node of their (layer, position).
     keep_f = visited.nonzero(as_tuple=True)[0]
+    left = (~visited).nonzero(as_tuple=True)[0]
+    filled = A[: len(slot_nodes)]
+    folded = torch.zeros(filled.shape[0], n_err)
+    if left.numel():
+        folded.index_add_(1, feats_t[left, 0] * n_pos + feats_t[left, 1], filled[:, left])
+        filled[:, err0:tok0] += folded
     keep = torch.cat([keep_f, torch.arange(n_active, N)])
     adjacency = torch.zeros(len(keep), len(keep))
+    unexpanded = torch.zeros(len(keep), n_err)
     new_index = torch.full((N,), -1, dtype=torch.long)
     new_index[keep] = torch.arange(len(keep))
     slots = torch.tensor(slot_nodes)
-    adjacency[new_index[slots]] = A[: len(slot_nodes)][:, keep]
+    adjacency[new_index[slots]] = filled[:, keep]
+    unexpanded[new_index[slots]] = folded
     tok_list = rep.tokens[0].tolist()
     return Graph(
         prompt=prompt, tokens=tok_list, str_tokens=lm.to_str_tokens(tok_list), n_layers=n_layers,
         features=feats_t[keep_f], activations=vals_t[keep_f].float(), logit_tokens=logit_ids,
         logit_strs=lm.to_str_tokens(logit_ids), logit_probs=probs[logit_ids].float(),
-        adjacency=adjacency,
+        adjacency=adjacency, unexpanded=unexpanded,
         stats={"active_features": n_active, "feature_nodes": int(keep_f.numel()),
+               "unexpanded_features": int(left.numel()),
+               "unexpanded_fraction": float(left.numel() / max(n_active, 1)),
                "backward_batches": n_batches, "batch_size": B, "peak_cuda_bytes": peak or None,
                **{f"{k}_seconds": v for k, v in timing.items()}},
     )

@@ -13,7 +13,9 @@ Node ids: feature "{layer}_{feature}_{pos}", error "{layer}_-1_{pos}", token emb
 pairing of (layer, feature) for features (circuit-tracer's choice for local transcoders),
 the position for tokens, the token id for logits, -1 for errors. We add, as extra keys the
 viewers ignore, `lmscope_hook` / `lmscope_feature` (which dictionary and latent) and a
-`metadata.lmscope` block with the scores and build stats. docs/trace.md has the table.
+`metadata.lmscope` block with the scores (lmscope's, and `circuit_tracer_scores` computed as
+circuit-tracer's published figures are), the share of active features left unexpanded and
+build stats. docs/trace.md has the table.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import re
 
 from .graph import Graph
-from .prune import PruneResult, graph_scores
+from .prune import PruneResult, circuit_tracer_scores, graph_scores
 
 SCHEMA_VERSION = 1
 
@@ -84,6 +86,8 @@ def graph_json(g: Graph, pruned: PruneResult, *, slug: str | None = None, labels
     linked = {x for link in links for x in (link["source"], link["target"])}
     kept = [n for n in nodes.values() if n["node_id"] in linked or n["feature_type"] in ("embedding", "logit")]
     full, part = graph_scores(g), graph_scores(g, pruned)
+    n_active = int(g.stats.get("active_features", g.n_features))
+    n_left = int(g.stats.get("unexpanded_features", 0))
     return {
         "metadata": {
             "slug": slug or _slug(g.prompt), "scan": g.model or "lmscope", "transcoder_list": list(hooks),
@@ -93,6 +97,9 @@ def graph_json(g: Graph, pruned: PruneResult, *, slug: str | None = None, labels
                         "replacement_score": full.replacement, "completeness_score": full.completeness,
                         "pruned_replacement_score": part.replacement,
                         "pruned_completeness_score": part.completeness,
+                        "active_features": n_active, "unexpanded_features": n_left,
+                        "unexpanded_fraction": n_left / max(n_active, 1),
+                        "circuit_tracer_scores": circuit_tracer_scores(g, node_threshold, edge_threshold),
                         "n_nodes": len(kept), "n_links": len(links),
                         "stats": {k: v for k, v in g.stats.items() if v is not None}},
         },

@@ -14,7 +14,16 @@ Ameisen et al. 2025 (Sec. 3.3 and App. "Graph pruning"), as circuit-tracer imple
   drop features / errors left without outgoing edges and features without incoming ones.
 - Replacement score: the share of the token-to-logit influence that does not end in an
   error node, tokens / (tokens + errors). Completeness score: the influence-weighted mean,
-  over nodes, of the share of a node's input that does not come from error nodes.
+  over nodes, of the share of a node's input that does not come from error nodes
+  (circuit-tracer's `compute_graph_scores`).
+- Pruned scores: what the pruned graph leaves out is unexplained. Every feature outside it
+  is folded into the error node of its (layer, position): its column (outgoing direct
+  effects, signed) is added to that error node's column and its row and column are zeroed,
+  so influence that flowed through it counts once, as error, and no longer reaches the
+  tokens behind it. Then the pruned error nodes are zeroed and the edge mask applied, and
+  the same two scores are computed: circuit-tracer's subgraph scoring (its PR #42
+  `compute_subgraph_scores`) with the pruned graph's features as the pinned subgraph and
+  every other feature eligible for folding.
 """
 
 from __future__ import annotations
@@ -127,28 +136,92 @@ def prune(graph, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> P
     return PruneResult(node_mask, edge_mask, cum, infl)
 
 
-def graph_scores(graph, mask: PruneResult | None = None) -> GraphScores:
-    """Replacement and completeness scores of the graph (of its pruned part, given a mask).
+def scores(A: Tensor, w: Tensor, is_error: Tensor, is_token: Tensor) -> GraphScores:
+    """Replacement and completeness of adjacency A [n, n] (rows = targets), logit weights w [n].
 
-    For a pruned graph, the features pruned away count as error nodes (what they carry is
-    no longer explained by the graph), so pruned scores are lower than full ones, as in
-    Ameisen et al. 2025.
+    replacement = I(tokens) / (I(tokens) + I(errors)), I = w (B + B^2 + ...);
+    completeness = sum_t (1 - sum_{s error} B[t, s]) (I_t + w_t) / sum_t (I_t + w_t).
     """
-    A = graph.adjacency
-    is_err = torch.zeros(graph.n_nodes, dtype=torch.bool)
-    is_err[graph.error_start:graph.token_start] = True
-    if mask is not None:
-        dropped = ~mask.node_mask
-        dropped[graph.error_start:] = False
-        # What the dropped features wrote now counts as unexplained (error) input.
-        is_err = is_err | dropped
-    w = logit_weights(graph)
     B = normalize_rows(A)
     infl = influence(B, w)
-    tok = infl[graph.token_start:graph.logit_start].sum()
-    err = infl[is_err].sum()
+    tok = infl[is_token].sum()
+    err = infl[is_error].sum()
     replacement_score = float(tok / (tok + err).clamp_min(1e-30))
-    non_err = 1 - B[:, is_err].sum(1)
+    non_err = 1 - B[:, is_error].sum(1)
     weight = infl + w
     completeness_score = float((non_err * weight).sum() / weight.sum().clamp_min(1e-30))
     return GraphScores(replacement_score, completeness_score)
+
+
+def _kinds(graph) -> tuple[Tensor, Tensor]:
+    is_err = torch.zeros(graph.n_nodes, dtype=torch.bool)
+    is_err[graph.error_start:graph.token_start] = True
+    is_tok = torch.zeros(graph.n_nodes, dtype=torch.bool)
+    is_tok[graph.token_start:graph.logit_start] = True
+    return is_err, is_tok
+
+
+def fold_into_errors(graph, A: Tensor, drop: Tensor) -> Tensor:
+    """A copy of A where the features with drop[i] (bool [n_features]) become error.
+
+    Each dropped feature's column (what it writes into its targets, signed) is added to
+    the column of the error node at its (layer, position), then its row and column are
+    zeroed: its direct effects stay in the graph, as unexplained input, and its own
+    inputs no longer carry influence back to the tokens.
+    """
+    M = A.clone()
+    idx = drop.nonzero(as_tuple=True)[0]
+    if idx.numel():
+        L, p = graph.features[idx, 0], graph.features[idx, 1]
+        err = graph.error_start + L * graph.n_pos + p
+        M.index_add_(1, err, A[:, idx])
+        M[idx] = 0
+        M[:, idx] = 0
+    return M
+
+
+def pruned_adjacency(graph, mask: PruneResult) -> Tensor:
+    """The adjacency the pruned scores are computed on (see the module docstring)."""
+    nf = graph.n_features
+    M = fold_into_errors(graph, graph.adjacency, ~mask.node_mask[:nf])
+    rest = ~mask.node_mask
+    rest[:nf] = False  # the features are handled by the fold
+    M[rest] = 0
+    M[:, rest] = 0
+    return M * mask.edge_mask
+
+
+def graph_scores(graph, mask: PruneResult | None = None) -> GraphScores:
+    """Replacement and completeness scores of the graph (of its pruned part, given a mask).
+
+    Full graph: circuit-tracer's `compute_graph_scores` on the adjacency, whose error nodes
+    already hold the active features that were not expanded (graph.py). Pruned graph: the
+    features outside it are folded into their error nodes, pruned errors and edges are
+    zeroed (`pruned_adjacency`), and the same scores are computed on that.
+    """
+    is_err, is_tok = _kinds(graph)
+    A = graph.adjacency if mask is None else pruned_adjacency(graph, mask)
+    return scores(A, logit_weights(graph), is_err, is_tok)
+
+
+def circuit_tracer_scores(graph, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> dict:
+    """The four scores as circuit-tracer's published figures are computed, for comparisons.
+
+    Full: `compute_graph_scores` on the adjacency without the unexpanded active features
+    (circuit-tracer drops their columns instead of folding them into errors). Pruned: the
+    same function on that adjacency pruned by `prune_graph` and zeroed outside the kept
+    nodes and edges (what its notebook reports as "pruned graph" scores, e.g. 0.55 / 0.85
+    for Gemma-2-2B on the Dallas-Austin prompt): dropped features simply vanish and the
+    remaining inputs are renormalized, so these are higher than lmscope's pruned scores.
+    """
+    from dataclasses import replace as _replace
+
+    g = _replace(graph, adjacency=graph.adjacency_as_circuit_tracer())
+    is_err, is_tok = _kinds(g)
+    w = logit_weights(g)
+    full = scores(g.adjacency, w, is_err, is_tok)
+    pr = prune(g, node_threshold, edge_threshold)
+    P = g.adjacency * pr.node_mask[:, None] * pr.node_mask[None, :] * pr.edge_mask
+    part = scores(P, w, is_err, is_tok)
+    return {"replacement_score": full.replacement, "completeness_score": full.completeness,
+            "pruned_replacement_score": part.replacement, "pruned_completeness_score": part.completeness}
