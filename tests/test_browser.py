@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from lmscope.read.demo import HOOKS, HTML_TOKEN, PLANTED, PLANTED_LABEL, build_demo_atlas
+from lmscope.read.demo import HOOKS, HTML_TOKEN, PLANTED, PLANTED_LABEL
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -43,9 +43,9 @@ def serve(root):
 
 
 @pytest.fixture(scope="module")
-def viewer(tmp_path_factory):
+def viewer(demo_atlas_root):
     """`lmscope serve` on the demo atlas (planted "horse" feature, atlas DB); yields its base URL."""
-    proc, url = serve(build_demo_atlas(tmp_path_factory.mktemp("atlas") / "demo"))
+    proc, url = serve(demo_atlas_root)
     try:
         yield url
     finally:
