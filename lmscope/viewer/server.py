@@ -73,7 +73,7 @@ class Limits:
     """A graph request whose estimated memory exceeds this is refused (400)."""
     max_graph_file_bytes: int = 64 * 2**20
     """Largest graph JSON the viewer reads from ATLAS/graphs/."""
-    max_threads: int = 32
+    max_threads: int = 64
     """Handler threads (each serves one connection at a time); the pool never grows beyond it."""
     max_waiting_connections: int = 128
     """Accepted connections waiting for a free handler thread; beyond it a 503 is sent at once."""
@@ -85,7 +85,7 @@ class Limits:
     """Bytes per second a body must at least arrive at (after body_grace_s): slower ones are cut."""
     body_grace_s: float = 10.0
     """Time every body gets before min_body_rate applies."""
-    max_model_queue: int = 8
+    max_model_queue: int = 32
     """Model runs (scan, compare, text search, steer, graph) running or waiting; 503 beyond."""
 
 
@@ -160,8 +160,6 @@ class Handler(BaseHTTPRequestHandler):
             super().handle_one_request()
         finally:
             self.server.unwatch(self.connection)
-        if self.server.crowded():  # others wait for a thread: do not keep this one idle for us
-            self.close_connection = True
 
     def log_message(self, fmt, *args) -> None:
         if getattr(self.server, "verbose", False):
@@ -180,6 +178,8 @@ class Handler(BaseHTTPRequestHandler):
                          "frame-ancestors 'none'")
         for k, v in (extra or {}).items():
             self.send_header(k, v)
+        if self.server.crowded():  # others wait for a thread: do not keep this one idle for us
+            self.close_connection = True
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
