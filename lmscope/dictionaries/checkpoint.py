@@ -19,6 +19,7 @@ state.json and config.json are size-checked and schema-checked before use (`lmsc
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import tempfile
@@ -43,8 +44,12 @@ def save_torch_atomic(obj: Any, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        # Serialize in memory, then write: torch's own file writer reports a full disk as an
+        # opaque RuntimeError ("unexpected pos"), a plain write as OSError(ENOSPC).
+        buf = io.BytesIO()
+        torch.save(obj, buf)
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            f.write(buf.getbuffer())
             f.flush()
             os.fsync(f.fileno())  # the rename must not become durable before the data
         os.replace(tmp, path)

@@ -149,6 +149,9 @@ class Handler(BaseHTTPRequestHandler):
         # Per-recv timeout: a connection that sends nothing is closed after idle_timeout_s.
         self.timeout = self.server.limits.idle_timeout_s
         super().setup()
+        # Headers and body leave in one write, and without Nagle's wait: otherwise each response
+        # waits for the client's delayed ACK (~40 ms on Linux; measured 48 ms p50 for a DB lookup).
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def handle_one_request(self) -> None:
         # Whole-request deadline for the request line and headers (a per-recv timeout alone
@@ -182,9 +185,10 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         if self.close_connection:
             self.send_header("Connection", "close")
-        self.end_headers()
+        self._headers_buffer.append(b"\r\n")  # end_headers() without its flush
         if self.command != "HEAD":
-            self.wfile.write(body)
+            self._headers_buffer.append(body)
+        self.flush_headers()
 
     def _json(self, status: int, obj, extra: dict | None = None) -> None:
         body = json.dumps(obj, allow_nan=False, default=str).encode()
