@@ -111,11 +111,6 @@ TRAIN = ["--width", "4x", "--k", "4", "--tokens", "6k", "--batch-size", "256", "
          "--checkpoint-every", "3", "--no-progress", "--seed", "0"]
 
 STAGES = {
-    "capture": Stage(
-        "capture", lambda b, f: ["capture", "--model", b["model"], "--hooks", "blocks.1.resid_post",
-                                 "--corpus", b["corpus"], "--tokens", "16k", "--ctx-len", "32",
-                                 "--out", str(f / "store")],
-        "store", finished=lambda f: (f / "store" / "manifest.json").exists()),
     "train": Stage(
         "train", lambda b, f: ["train", "--model", b["model"], "--hooks", "blocks.1.resid_post",
                                "--corpus", b["corpus"], "--out", str(f / "atlas"), *TRAIN],
@@ -142,6 +137,11 @@ STAGES = {
                                      "--layers", "all", "--kinds", "logistic,massmean", "--out",
                                      str(f / "probe"), "--png", "none"],
         "probe", finished=lambda f: (f / "probe" / "probe.json").exists()),
+    "capture": Stage(
+        "capture", lambda b, f: ["capture", "--model", b["model"], "--hooks", "blocks.1.resid_post",
+                                 "--corpus", b["corpus"], "--tokens", "16k", "--ctx-len", "32",
+                                 "--out", str(f / "store")],
+        "store", finished=lambda f: (f / "store" / "manifest.json").exists()),
 }
 
 
@@ -279,7 +279,8 @@ def run_stage(stage: Stage, base: dict, refs: dict[str, Path], work: Path, trial
         prepare(stage, base, refs, d)
         code, err, wall = run_cmd(stage.argv(base, d))
         if code != 0:
-            raise SystemExit(f"{stage.name}: reference run failed ({code}): {err[-2000:]}")
+            return {"stage": stage.name, "error": f"reference run failed ({code}): {err.strip()[-500:]}",
+                    "n": 0, "trials": []}
         ref_dirs.append(d)
         walls.append(wall)
     refs[stage.name] = ref_dirs[0]
@@ -348,14 +349,19 @@ def main() -> int:
             if n in names:
                 results.append(res)
                 print(json.dumps({k: v for k, v in res.items() if k != "trials"}), flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"command": " ".join(sys.argv), "seed": args.seed,
-                                          "results": results}, indent=2, default=str))
+                # Written after every stage: a long run that is stopped keeps what it measured.
+                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.out).write_text(json.dumps({"command": " ".join(sys.argv), "seed": args.seed,
+                                                      "results": results}, indent=2, default=str))
+    bad = 0
     print("| stage | trials | killed while running | marker present after kill | half-written taken as "
           "finished | rerun exit 0 | final = uninterrupted | full disk: exit 2, one line, inputs intact |")
     print("|---|---|---|---|---|---|---|---|")
-    bad = 0
     for r in results:
+        if "error" in r:
+            print(f"| {r['stage']} | error: {r['error'][:200]} |")
+            bad += 1
+            continue
         disk = r.get("disk_full", {}).get("result", "not run")
         markers = sum(x["marker_after_kill"] for x in r["trials"])
         print(f"| {r['stage']} | {r['n']} | {r['killed_while_running']} | {markers} | {r['half_written_taken']} | "
