@@ -15,7 +15,9 @@ For each stage of the pipeline (on a tiny llama built in code, so a trial takes 
    - rerun the same command: it must exit 0 and its artifact must equal the reference.
 3. a full disk: a tmpfs a few KiB larger than the stage's inputs (mounted for the trial; root
    only, else the stage is reported as skipped), the inputs copied in, the command run with its
-   output inside: it must exit 2 with one line on stderr, and the inputs must be unchanged.
+   output inside: it must exit 2 with one line on stderr, and the inputs must be unchanged (files
+   byte for byte; an atlas.db the stage writes into: every table but the stage's own
+   (explanations, scores, meta) row for row, and `PRAGMA quick_check` still "ok").
 
 Artifacts are compared by content: safetensors tensors bit for bit, JSON after dropping the
 fields that differ between the two reference runs, SQLite tables row by row (same rule for
@@ -251,9 +253,33 @@ def prepare(stage: Stage, base: dict, refs: dict[str, Path], folder: Path) -> No
         shutil.copytree(src, folder / STAGES[stage.needs].artifact)
 
 
-def tree_hash(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+# Tables a stage may legitimately add rows to when it writes into an existing atlas.db (explain's
+# own output, bookkeeping); everything else in the DB is an earlier stage's artifact.
+OWN_TABLES = {"explanations", "scores", "meta"}
+
+
+def tree_hash(root: Path) -> dict[str, object]:
+    """Byte hashes of files; for SQLite files, their content outside OWN_TABLES plus quick_check."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if not p.is_file() or p.name.endswith(("-wal", "-shm", ".lock")):
+            continue
+        rel = str(p.relative_to(root))
+        if p.suffix == ".db":
+            con = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
+            try:
+                tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table' "
+                                                    "AND name NOT LIKE 'search%'") if r[0] not in OWN_TABLES]
+                out[rel] = {"quick_check": con.execute("PRAGMA quick_check").fetchall(),
+                            **{t: hashlib.sha256(repr(sorted(con.execute(f"SELECT * FROM {t}").fetchall()))
+                                                 .encode()).hexdigest() for t in tables}}
+            except sqlite3.DatabaseError as e:
+                out[rel] = f"unreadable: {e}"
+            finally:
+                con.close()
+        else:
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
 
 
 def disk_full_trial(stage: Stage, base: dict, refs: dict[str, Path], work: Path) -> dict:
