@@ -290,7 +290,8 @@ def disk_full_trial(stage: Stage, base: dict, refs: dict[str, Path], work: Path)
     staging = work / f"staging-{stage.name}"
     prepare(stage, base, refs, staging)
     used = sum(p.stat().st_blocks * 512 for p in staging.rglob("*") if p.is_file())
-    size_kb = used // 1024 + 4 * len(list(staging.rglob("*"))) + stage.extra.get("disk_margin_kb", 16)
+    margin = stage.extra.get("disk_margin_kb", 16)
+    size_kb = used // 1024 + (4 * len(list(staging.rglob("*"))) + margin if margin else 4)
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(mnt)],
                        capture_output=True, text=True)
     if r.returncode != 0:
