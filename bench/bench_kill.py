@@ -140,7 +140,8 @@ STAGES = {
         "probe_train", lambda b, f: ["probe", "train", "--model", b["model"], "--dataset", "cities,neg_cities",
                                      "--layers", "all", "--kinds", "logistic,massmean", "--out",
                                      str(f / "probe"), "--png", "none"],
-        "probe", finished=lambda f: (f / "probe" / "probe.json").exists()),
+        "probe", finished=lambda f: (f / "probe" / "probe.json").exists(),
+        extra={"disk_margin_kb": 0}),  # a ~2 KiB probe: no spare room
     "capture": Stage(
         "capture", lambda b, f: ["capture", "--model", b["model"], "--hooks", "blocks.1.resid_post",
                                  "--corpus", b["corpus"], "--tokens", "16k", "--ctx-len", "32",
