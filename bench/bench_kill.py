@@ -233,10 +233,11 @@ def volatile(ref1: dict, ref2: dict) -> set[str]:
 
 
 def rerun_ok(t: dict) -> bool:
-    """The rerun finished it, or (the job had finished before the kill) refused as already done."""
+    """The rerun finished it, or (the job had finished before the kill, or was killed while
+    exiting after its completion marker was written) refused as already done."""
     if t["rerun_exit"] == 0:
         return True
-    return (not t["killed_while_running"] and t["marker_after_kill"] and t["rerun_exit"] == 2
+    return (t["marker_after_kill"] and t["rerun_exit"] == 2
             and not t["half_written_taken_as_finished"]
             and any("already" in line for line in t.get("stderr", [])))
 
@@ -346,10 +347,10 @@ def run_stage(stage: Stage, base: dict, refs: dict[str, Path], work: Path, trial
             ok, _ = equal(ref, snapshot(folder / stage.artifact), ignore)
             half_taken = not ok
         code, err, _ = run_cmd(stage.argv(base, folder))
-        # A job that had already finished when the kill came: `train` refuses to overwrite a
-        # finished dictionary without --force (exit 2, one line), by design; its artifact is what
-        # must equal the reference.
-        done_before = not was_running and marker and not half_taken
+        # A job that had already finished (or only had to exit) when the kill came: `train`
+        # refuses to overwrite a finished dictionary without --force (exit 2, one line), by
+        # design; its artifact is what must equal the reference.
+        done_before = marker and not half_taken  # finished (maybe killed while exiting)
         refused_done = code == 2 and done_before and "already" in err
         same, where = (equal(ref, snapshot(folder / stage.artifact), ignore) if code == 0 or refused_done
                        else (False, []))
