@@ -26,3 +26,12 @@ def default_lm():
     from lmscope.models import load_model
 
     return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def demo_atlas_root(tmp_path_factory):
+    """The demo atlas (lmscope.read.demo), built once per session (it takes seconds to minutes on a
+    busy CI core); tests that change it copy it first."""
+    from lmscope.read.demo import build_demo_atlas
+
+    return build_demo_atlas(tmp_path_factory.mktemp("demo-atlas") / "demo")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from lmscope.read.demo import HOOKS, HTML_TOKEN, PLANTED, PLANTED_LABEL, build_demo_atlas
+from lmscope.read.demo import HOOKS, HTML_TOKEN, PLANTED, PLANTED_LABEL
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -43,9 +43,9 @@ def serve(root):
 
 
 @pytest.fixture(scope="module")
-def viewer(tmp_path_factory):
+def viewer(demo_atlas_root):
     """`lmscope serve` on the demo atlas (planted "horse" feature, atlas DB); yields its base URL."""
-    proc, url = serve(build_demo_atlas(tmp_path_factory.mktemp("atlas") / "demo"))
+    proc, url = serve(demo_atlas_root)
     try:
         yield url
     finally:
@@ -363,3 +363,105 @@ def test_steer_page_matches_the_engine(tc_page, tc_atlas):
     page.wait_for_selector("#steer-result .error")
     assert "no dictionary at" in page.locator("#steer-result .error").text_content()
     assert not unexpected(page) and not page.offsite
+
+
+# --- everything a model, corpus or LLM writes is data: planted payloads stay text ------------
+XSS_IMG = "<img src=x onerror=\"window.__pwned=1;document.title='PWNED'\">"
+XSS_SCRIPT = "</script><script>window.__pwned=2;document.title='PWNED'</script>"
+XSS = f"{XSS_IMG} {XSS_SCRIPT}"
+
+
+@pytest.fixture(scope="module")
+def xss_viewer(demo_atlas_root, tmp_path_factory):
+    """A copy of the demo atlas whose planted feature's label, explanation, example tokens and
+    logit tokens, and a saved graph's prompt, node label and node id, are script payloads."""
+    import json
+    import shutil
+    import sqlite3
+
+    from lmscope.atlas.db import AtlasDB
+    from lmscope.atlas.layout import AtlasLayout
+
+    root = tmp_path_factory.mktemp("xss") / "demo"
+    shutil.copytree(demo_atlas_root, root)
+    hook = HOOKS[0]
+    with AtlasDB(AtlasLayout(root).db_path) as db:
+        db.set_label(hook, PLANTED, XSS)
+        db.add_explanation(hook, PLANTED, f"explained: {XSS}", method="hand")
+    con = sqlite3.connect(AtlasLayout(root).db_path)
+    with con:
+        rows = con.execute("SELECT id, tokens FROM examples").fetchall()
+        for rid, toks in rows:  # every example window of every feature carries both payloads
+            t = json.loads(toks)
+            t[0], t[-1] = XSS_IMG, XSS_SCRIPT
+            con.execute("UPDATE examples SET tokens = ? WHERE id = ?", (json.dumps(t), rid))
+        con.execute("UPDATE logit_effects SET token = ?", (XSS_IMG,))
+    con.close()
+    graph = {"metadata": {"slug": "xss", "prompt": XSS, "prompt_tokens": [XSS_IMG, XSS_SCRIPT]},
+             "nodes": [{"node_id": "E_1_0", "feature": 0, "layer": "E", "ctx_idx": 0,
+                        "feature_type": "embedding", "clerp": XSS_IMG},
+                       {"node_id": f"0_{PLANTED}_1\"><img src=x onerror=window.__pwned=3>", "feature": PLANTED,
+                        "layer": "0", "ctx_idx": 1, "feature_type": "cross layer transcoder",
+                        "clerp": XSS, "influence": 0.5, "activation": 1.0,
+                        "lmscope_hook": hook, "lmscope_feature": PLANTED},
+                       {"node_id": "3_5_1", "feature": 5, "layer": "3", "ctx_idx": 1, "feature_type": "logit",
+                        "clerp": f'Output "{XSS_SCRIPT}" (p=0.500)', "is_target_logit": True,
+                        "token_prob": 0.5}],
+             "links": [{"source": "E_1_0", "target": f"0_{PLANTED}_1\"><img src=x onerror=window.__pwned=3>",
+                        "weight": 1.0},
+                       {"source": f"0_{PLANTED}_1\"><img src=x onerror=window.__pwned=3>", "target": "3_5_1",
+                        "weight": 0.7}]}
+    (root / "graphs").mkdir(exist_ok=True)
+    (root / "graphs" / "xss.json").write_text(json.dumps(graph))
+    proc, url = serve(root)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _no_script_ran(pg):
+    assert pg.evaluate("window.__pwned") is None
+    assert "PWNED" not in pg.title()
+    assert pg.locator("main img").count() == 0  # no payload became an element
+    assert pg.locator("main script").count() == 0
+    assert not [p for p in pg.problems if "dialog" in p]
+
+
+def test_planted_payloads_show_as_text_on_every_page(browser, xss_viewer):
+    pg = new_page(browser, xss_viewer)
+    try:
+        fid = f"{HOOKS[0]}%2F{PLANTED}"
+        pages = [(f"#/feature/{fid}", "#main h1, #main .label, #main"),
+                 ("#/search/labels/explained", "#main"),
+                 ("#/overview", "#main"),
+                 ("#/graph", "#main"),
+                 ("#/graph/xss.json", "#graph-title")]
+        for hash_, _ in pages:
+            pg.goto(xss_viewer + hash_)
+            pg.wait_for_load_state("networkidle")
+            pg.wait_for_timeout(300)
+            text = pg.locator("#main").text_content()
+            _no_script_ran(pg)
+            if hash_.startswith("#/feature"):
+                assert XSS_IMG in text and XSS_SCRIPT in text  # label and example windows, as text
+            if hash_.startswith("#/search"):
+                assert XSS_IMG in text
+            if hash_ == "#/graph/xss.json":
+                assert XSS_IMG in text
+                for node in pg.locator("#graph-wrap [data-node]").all():  # hover every node's tooltip
+                    node.hover()
+                    pg.wait_for_timeout(50)
+                    _no_script_ran(pg)
+                assert "PWNED" not in pg.title()
+        # The scan page: a prompt made of the payloads (tokens the model reads back).
+        pg.goto(xss_viewer + "#/scan")
+        pg.fill("#prompt", f"the horse {XSS}")
+        pg.click("#scan-btn")
+        pg.wait_for_selector("#brain .cell")
+        pg.locator("#brain .tokhead").last.click()
+        pg.wait_for_timeout(300)
+        _no_script_ran(pg)
+    finally:
+        pg.close()

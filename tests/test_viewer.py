@@ -10,14 +10,17 @@ import threading
 import pytest
 
 from lmscope.read import Reader
-from lmscope.read.demo import HOOKS, HTML_TOKEN, PLANTED, PLANTED_LABEL, build_demo_atlas
+from lmscope.read.demo import HOOKS, HTML_TOKEN, PLANTED, PLANTED_LABEL
 from lmscope.viewer.routes import ROUTES
 from lmscope.viewer.server import Limits, confined, make_server
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    root = build_demo_atlas(tmp_path_factory.mktemp("atlas") / "demo")
+def server(demo_atlas_root, tmp_path_factory):
+    import shutil
+
+    root = tmp_path_factory.mktemp("atlas") / "demo"
+    shutil.copytree(demo_atlas_root, root)  # this test adds files to it
     (root / "plots").mkdir()
     (root / "plots" / "ok.txt").write_text("plot")
     (root / "secret.txt").write_text("secret")
@@ -144,7 +147,7 @@ def test_oversized_body_refused_without_reading(server):
     # A lying Content-Length larger than the limit is refused before any read.
     host, port = server.server_address[:2]
     with socket.create_connection((host, port), timeout=10) as s:
-        s.sendall(b"POST /api/scan HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        s.sendall(b"POST /api/scan HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                   b"Content-Length: 999999999\r\n\r\n{}")
         reply = b""
         while chunk := s.recv(4096):  # the server closes the connection after refusing

@@ -18,7 +18,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -102,10 +101,9 @@ def _state_path(layout: AtlasLayout, rank: int) -> Path:
 
 
 def _save_state(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    from ..dictionaries.checkpoint import save_torch_atomic
+
+    save_torch_atomic(payload, path)  # temp + rename; a full disk is a plain OSError(ENOSPC)
 
 
 def _load_dictionaries(layout: AtlasLayout, lm, hooks: str) -> dict:

@@ -51,6 +51,11 @@ def export_atlas(atlas: str, fmt: str, out: str | Path, *, force: bool = False) 
             raise UserError("parquet export needs pyarrow: pip install 'lmscope[data]'") from None
     if fmt != "saelens" and not layout.db_path.exists():
         raise UserError(f"{layout.root} has no atlas.db yet; run `lmscope atlas build {layout.root}` first")
+    if fmt == "saelens":  # never pass on a damaged dictionary: each one must load before any copy
+        from ..dictionaries import load_dictionary
+
+        for hook in manifest["dictionaries"]:
+            load_dictionary(layout.dictionary_dir(hook))
     _prepare_out(out, force)
     db = AtlasDB(layout.db_path, readonly=True) if layout.db_path.exists() else None
     try:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from ..validate import Int, Obj, Str, check, read_json
 
 SCHEMA_VERSION = 1
 MANIFEST = "atlas.json"
@@ -85,10 +86,9 @@ class AtlasLayout:
             raise UserError(f"atlas folder not found: {self.root} (create one with `lmscope train ... --out {self.root}`)")
         if not self.manifest_path.is_file():
             raise UserError(f"{self.root} is not an atlas (no {MANIFEST}); train dictionaries into it first")
-        try:
-            m = json.loads(self.manifest_path.read_text())
-        except json.JSONDecodeError as e:
-            raise UserError(f"{self.manifest_path} is not valid JSON ({e}); restore or delete it") from None
+        m = check(read_json(self.manifest_path, what="atlas manifest"),
+                  {"schema_version": Int(0), "model": Str(1000),
+                   "dictionaries": Obj({}, max_items=100_000)}, where=str(self.manifest_path))
         if m.get("schema_version", 0) > SCHEMA_VERSION:
             raise UserError(f"{self.root} was written by a newer lmscope (schema {m['schema_version']}); upgrade lmscope")
         return m

@@ -36,6 +36,7 @@ def search_text(atlas: str, text: str, *, limit: int = 20, lm=None, dicts: dict 
     """Features ranked by max activation on `text` (every dictionary of the atlas)."""
     from ..capture.hooks import run
     from ..dictionaries import load_dictionary
+    from ..dictionaries.base import check_fits
     from ..dictionaries.sources import token_mask
     from ..models.load import load_model
     from .db import AtlasDB
@@ -48,6 +49,8 @@ def search_text(atlas: str, text: str, *, limit: int = 20, lm=None, dicts: dict 
         lm = load_model(m["model"], device=device)
     if dicts is None:
         dicts = {h: load_dictionary(layout.dictionary_dir(h)).to(lm.device) for h in m["dictionaries"]}
+        for h, d in dicts.items():
+            check_fits(d, lm, h)
     tokens = lm.to_tokens(text).to(lm.device)  # [1, pos]
     keep = token_mask(lm, tokens)[0]  # [pos]
     if not keep.any():

@@ -219,11 +219,25 @@ def _files(root: Path) -> list[Path]:
                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
+def _not_text(f: Path, e: UnicodeDecodeError | None = None, line: int | None = None) -> UserError:
+    where = f" (line {line})" if line else (f" (byte {e.start})" if e is not None else "")
+    return UserError(f"corpus file {f} is not UTF-8 text{where}; convert it (e.g. `iconv -f latin1 -t "
+                     "utf-8`) or pass a text/JSONL corpus")
+
+
 def _read_text_file(f: Path) -> Iterator[str]:
+    # Strict UTF-8: a binary file or one in another encoding would otherwise train on
+    # replacement characters without a word of warning.
     try:
-        text = f.read_text(encoding="utf-8", errors="replace")
+        raw = f.read_bytes()
     except OSError as e:
         raise UserError(f"cannot read corpus file {f}: {e.strerror}") from None
+    if b"\x00" in raw[:65536]:
+        raise UserError(f"corpus file {f} is binary (NUL bytes), not text; pass a .txt or .jsonl corpus")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _not_text(f, e) from None
     for para in re.split(r"\n\s*\n", text):
         if para.strip():
             yield para.strip("\n")
@@ -231,11 +245,15 @@ def _read_text_file(f: Path) -> Iterator[str]:
 
 def _read_jsonl(f: Path, text_field: str) -> Iterator[str]:
     try:
-        fh = f.open(encoding="utf-8", errors="replace")
+        fh = f.open("rb")
     except OSError as e:
         raise UserError(f"cannot read corpus file {f}: {e.strerror}") from None
     with fh:
-        for i, line in enumerate(fh, 1):
+        for i, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise _not_text(f, e, i) from None
             if not line.strip():
                 continue
             try:

@@ -27,6 +27,7 @@ from ..atlas.layout import write_json_atomic
 from ..config import to_dict
 from ..errors import UserError
 from ..models.registry import DEFAULT_MODEL
+from ..validate import Str, check, read_json
 from . import corpus as C
 from .store import (
     DOCUMENTS,
@@ -152,7 +153,8 @@ def capture_to_store(cfg: CaptureConfig, *, lm=None) -> CaptureResult:
 
     prog: dict = {}
     if (out / PROGRESS).is_file():
-        prog = json.loads((out / PROGRESS).read_text())
+        prog = check(read_json(out / PROGRESS, what="capture progress"),
+                     {"settings_digest": Str(200, required=False)}, where=str(out / PROGRESS))
         if prog.get("settings_digest") != key:
             diff = [k for k in settings if prog.get("settings", {}).get(k) != settings[k]]
             raise UserError(f"{out} holds an unfinished capture with other settings ({', '.join(diff) or 'model'}); "

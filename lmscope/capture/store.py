@@ -23,7 +23,6 @@ hook, so batches of two hooks with the same seed line up token for token (transc
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..validate import Int, Str, check, read_json
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -106,10 +106,8 @@ class ActivationStore:
                 raise UserError(f"the activation store {self.path} is incomplete (its capture was interrupted); "
                                 "rerun the same `lmscope capture` command to finish it")
             raise UserError(f"{self.path} is not an activation store (no {MANIFEST})")
-        try:
-            self.manifest = json.loads(m.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"cannot read {m}: {e}") from None
+        self.manifest = check(read_json(m, what="activation store manifest"),
+                              {"schema_version": Int(0), "model": Str(1000)}, where=str(m))
         if self.manifest.get("schema_version", 0) > SCHEMA_VERSION:
             raise UserError(f"{self.path} was written by a newer lmscope (store schema "
                             f"{self.manifest['schema_version']}); upgrade lmscope")

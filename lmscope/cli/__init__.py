@@ -70,6 +70,14 @@ def main(argv: list[str] | None = None) -> int:
         # `lmscope ... | head`: quietly stop.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as e:  # a full disk or a forbidden folder is the machine, not a bug: one line
+        from ._common import environment_error
+
+        msg = environment_error(e)
+        if msg is None:
+            raise
+        print(f"lmscope: error: {msg}", file=sys.stderr)
+        return 2
     return int(rc or 0)
 
 

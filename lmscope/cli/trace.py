@@ -111,6 +111,7 @@ def load_atlas(atlas: str, *, model: str | None = None, device: str = "cpu", hoo
 
     from ..atlas.layout import AtlasLayout
     from ..dictionaries import load_dictionary
+    from ..dictionaries.base import check_fits
     from ..models import load_model
 
     layout = AtlasLayout(atlas)
@@ -131,6 +132,7 @@ def load_atlas(atlas: str, *, model: str | None = None, device: str = "cpu", hoo
     dicts = {}
     for hook, e in entries.items():
         d = load_dictionary(layout.root / e.get("path", f"dictionaries/{hook}"), device=device)
+        check_fits(d, lm, hook)
         dicts[hook] = d.to(device).eval()
     return lm, dicts, _labels(layout)
 

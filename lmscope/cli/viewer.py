@@ -18,6 +18,10 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to bind (default: 127.0.0.1; 0.0.0.0 exposes the viewer to your network)")
     p.add_argument("--port", type=int, default=8765, help="port (default: 8765; 0 picks a free one)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also accept this name in the Host header (repeatable; loopback names are always "
+                        "accepted, any other name is refused as DNS rebinding; '*' accepts any, only "
+                        "behind a proxy that checks it)")
     p.add_argument("--open", action="store_true", help="open the viewer in the default browser")
     p.add_argument("--max-tokens", type=int, default=256, help="longest prompt accepted, in tokens (default: 256)")
     p.add_argument("--max-body-kb", type=int, default=64, help="largest request body in KiB (default: 64)")
@@ -55,12 +59,18 @@ def cmd_serve(args) -> int:
                          max_tokens=args.max_tokens)
     server = make_server(reader, host=args.host, port=args.port,
                          limits=Limits(max_body_bytes=args.max_body_kb * 1024, max_generate=args.max_generate,
-                                       max_graph_tokens=args.max_graph_tokens), verbose=args.verbose)
-    host, port = server.server_address[:2]
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}/"
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: listening on {args.host}: anyone who can reach this machine can use the viewer",
-              file=sys.stderr)
+                                       max_graph_tokens=args.max_graph_tokens), verbose=args.verbose,
+                         allow_hosts=tuple(args.allow_host))
+    url = server.local_url()
+    if server.token is not None:
+        # Printed once, as Jupyter does: whoever has this URL can use the viewer.
+        host, port = server.server_address[:2]
+        if host not in ("0.0.0.0", "::", ""):
+            url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+        url += f"?token={server.token}"
+        print(f"warning: listening on {args.host}: anyone who can reach this machine and has the "
+              "token in the URL below can use the viewer (plain HTTP: use it only on a network you "
+              "trust, or behind an HTTPS proxy; see docs/security.md)", file=sys.stderr)
     print(f"lmscope viewer for {args.atlas} at {url}  (Ctrl-C to stop)", flush=True)
     if args.open:
         import webbrowser

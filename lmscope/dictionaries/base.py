@@ -436,3 +436,25 @@ __all__ = [
     "ARCHS", "DictionaryConfig", "SparseDictionary", "TopKOutput", "TrainOutput", "build",
     "geometric_median",
 ]
+
+
+def check_fits(d: SparseDictionary, lm, name: str) -> None:
+    """UserError unless dictionary `name` reads (and, for a transcoder, writes) hook points of `lm`
+    with its widths: a dictionary downloaded for another model fails here with one line instead
+    of a shape error mid-forward."""
+    from ..errors import UserError
+
+    for hook, width in ((d.cfg.hook_name or name, d.cfg.d_in),
+                        (d.cfg.out_hook_name if d.cfg.is_transcoder else None, d.cfg.output_dim)):
+        if not hook:
+            continue
+        try:
+            point = lm.hooks[hook]
+        except (KeyError, UserError):
+            if hook == d.cfg.out_hook_name:  # foreign transcoders name their target loosely
+                continue
+            raise UserError(f"dictionary {name} reads hook {hook!r}, which model {lm.name} does not "
+                            "have; is this an atlas of another model?") from None
+        if point.d != width:
+            raise UserError(f"dictionary {name} expects width {width} at {hook} but model {lm.name} "
+                            f"has {point.d}; the dictionary belongs to another model")

@@ -10,12 +10,18 @@ A checkpoint is complete only once state.json names its step: files are written 
 name and renamed, the step's dictionary files first and state.json last, and older steps'
 files are deleted only after that. A crash at any point leaves the previous checkpoint
 intact and selected.
+
+Checkpoints are read with `torch.load(weights_only=True)`: torch's restricted unpickler that
+builds only tensors and plain containers, so a checkpoint from a stranger carrying a pickle
+payload (a `__reduce__` that runs a command) is refused with one line instead of running it.
+state.json and config.json are size-checked and schema-checked before use (`lmscope.validate`).
 """
 
 from __future__ import annotations
 
-import json
+import io
 import os
+import pickle
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +30,13 @@ from typing import Any
 import torch
 
 from ..atlas.layout import AtlasLayout, write_json_atomic
+from ..errors import UserError
+from ..validate import Int, check, read_json
 
 SCHEMA_VERSION = 1
 STATE = "state.json"
+_STATE_SCHEMA = {"step": Int(0), "tokens": Int(0), "sharded_ranks": Int(1, 1 << 16, required=False,
+                                                                      nullable=True)}
 
 
 def save_torch_atomic(obj: Any, path: Path) -> None:
@@ -34,7 +44,14 @@ def save_torch_atomic(obj: Any, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        # Serialize in memory, then write: torch's own file writer reports a full disk as an
+        # opaque RuntimeError ("unexpected pos"), a plain write as OSError(ENOSPC).
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        with open(tmp, "wb") as f:
+            f.write(buf.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())  # the rename must not become durable before the data
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -69,12 +86,15 @@ class Checkpoints:
     def read_state(self) -> RunState | None:
         if not self.state_path.is_file():
             return None
-        d = json.loads(self.state_path.read_text())
+        d = check(read_json(self.state_path, what="checkpoint state"), _STATE_SCHEMA,
+                  where=str(self.state_path))
         return RunState(step=d["step"], tokens=d["tokens"], sharded_ranks=d.get("sharded_ranks"))
 
     def read_config(self) -> dict | None:
         p = self.root / "config.json"
-        return json.loads(p.read_text()) if p.is_file() else None
+        if not p.is_file():
+            return None
+        return check(read_json(p, what="training config"), {}, where=str(p))
 
     def write_config(self, config: dict, plan: dict) -> None:
         write_json_atomic(self.root / "config.json", config)
@@ -99,7 +119,23 @@ class Checkpoints:
                     f.unlink(missing_ok=True)
 
     def load_dictionary(self, hook: str, step: int, rank: int | None = None) -> dict:
-        return torch.load(self.dict_path(hook, step, rank), map_location="cpu", weights_only=False)
+        """One dictionary's saved state; UserError for a damaged file or one that carries code."""
+        path = self.dict_path(hook, step, rank)
+        try:
+            # weights_only: never unpickle arbitrary objects (a downloaded atlas may carry a
+            # train/ folder made by someone else).
+            st = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise UserError(f"checkpoint {path} holds objects other than tensors and plain data "
+                            f"({first}); refusing to load it. Delete {self.root} to train from "
+                            "scratch (or use --force)") from None
+        except (OSError, RuntimeError, EOFError, ValueError) as e:
+            raise UserError(f"checkpoint {path} is damaged ({type(e).__name__}); delete {self.root} "
+                            "to train from scratch (or use --force)") from None
+        if not isinstance(st, dict):
+            raise UserError(f"checkpoint {path} is not a training checkpoint; delete {self.root}")
+        return st
 
     def clear(self, hooks: list[str]) -> None:
         """Forget a run's checkpoints (after it finished, or for --force)."""

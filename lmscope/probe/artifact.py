@@ -23,11 +23,15 @@ from safetensors.torch import load_file, save_file
 
 from ..atlas.layout import write_json_atomic
 from ..errors import UserError
+from ..validate import Num, Obj, Str, check, read_json
 from .probes import Probe
 
 SCHEMA_VERSION = 1
 WEIGHTS = "probe.safetensors"
 META = "probe.json"
+_META_SCHEMA = {"kind": Str(100), "hook": Str(500), "bias": Num(-1e30, 1e30),
+                "threshold": Num(-1e30, 1e30, required=False), "info": Obj(required=False),
+                "model": Obj(required=False)}
 
 
 def save_probe(probe: Probe, path: str | Path, *, fingerprint: dict, datasets: list[str], metrics: dict,
@@ -60,11 +64,17 @@ def load_probe(path: str | Path) -> tuple[Probe, dict]:
     path = Path(path)
     if not (path / META).is_file() or not (path / WEIGHTS).is_file():
         raise UserError(f"{path} is not a probe (no {META} + {WEIGHTS}); train one with `lmscope probe train`")
-    meta = json.loads((path / META).read_text())
+    meta = check(read_json(path / META, what="probe metadata"), _META_SCHEMA, where=str(path / META))
     if meta.get("schema_version") != SCHEMA_VERSION:
         raise UserError(f"{path}: probe schema_version {meta.get('schema_version')} is not supported "
                         f"(this lmscope reads {SCHEMA_VERSION})")
-    t = load_file(str(path / WEIGHTS))
+    try:
+        t = load_file(str(path / WEIGHTS))
+    except Exception as e:  # safetensors raises its own error types (truncated file, bad header)
+        raise UserError(f"cannot read {path / WEIGHTS} ({type(e).__name__}); retrain the probe "
+                        "or re-download it") from None
+    if "direction" not in t or "mean" not in t:
+        raise UserError(f"{path / WEIGHTS} lacks direction/mean: not a probe")
     probe = Probe(kind=meta["kind"], hook=meta["hook"], direction=t["direction"], bias=float(meta["bias"]),
                   mean=t["mean"], threshold=float(meta.get("threshold", 0.5)), info=meta.get("info", {}))
     return probe, meta

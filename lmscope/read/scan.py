@@ -140,6 +140,7 @@ class Reader:
         """Load the atlas's model, its dictionaries (optionally only `hooks` globs) and labels."""
         from ..atlas.layout import AtlasLayout
         from ..dictionaries import load_dictionary
+        from ..dictionaries.base import check_fits
         from ..models import load_model
         from .profiles import open_db
 
@@ -163,6 +164,7 @@ class Reader:
             if hook not in lm.hooks:
                 raise UserError(f"dictionary {hook} does not match a hook point of model {lm.name}; "
                                 f"is this atlas for another model?")
+            check_fits(d, lm, hook)
         db = open_db(layout)
         return cls(lm, dicts, labels=db.label if db is not None else None, atlas=layout.root,
                    max_tokens=max_tokens, db=db)

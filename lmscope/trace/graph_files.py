@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from ..validate import List, Num, Obj, Str, check, read_json
 
 GRAPHS = "graphs"
 _OUTPUT = re.compile(r'^Output "(.*)" \(p=', re.S)
@@ -82,6 +83,14 @@ class GraphFile:
         return asdict(self)
 
 
+MAX_NODES = 50_000
+"""Most nodes a graph file may hold (circuit-tracer prunes to a few thousand; the page draws each)."""
+MAX_LINKS = 2_000_000
+"""Most links a graph file may hold."""
+_NODE = Obj({"node_id": Str(500)})
+_LINK = Obj({"source": Str(500), "target": Str(500), "weight": Num()})
+
+
 def read_graph(path: str | Path, *, max_bytes: int = 64 * 2**20) -> dict:
     """The graph dict in `path`; UserError when too large or not circuit-tracer graph JSON."""
     path = Path(path)
@@ -89,13 +98,17 @@ def read_graph(path: str | Path, *, max_bytes: int = 64 * 2**20) -> dict:
     if size > max_bytes:
         raise UserError(f"{path.name} is {size / 2**20:.1f} MiB; at most {max_bytes / 2**20:.0f} MiB "
                         "are shown (prune the graph harder: --node-threshold / --edge-threshold)")
-    try:
-        data = json.loads(path.read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path.name} is not valid JSON ({type(e).__name__})") from None
+    data = read_json(path, max_bytes=max_bytes, what="graph")
     if not (isinstance(data, dict) and isinstance(data.get("nodes"), list)
             and isinstance(data.get("links"), list) and isinstance(data.get("metadata"), dict)):
         raise UserError(f"{path.name} is not a graph JSON (needs metadata, nodes and links)")
+    # Size limits and the fields the pages use, before anything walks the graph (lmscope.validate).
+    check(data, {"nodes": List(_NODE, max_items=MAX_NODES), "links": List(max_items=MAX_LINKS)},
+          where=path.name)
+    if len(data["links"]) <= 10_000:
+        check(data["links"], List(_LINK), where=f"{path.name} links")
+    elif not all(isinstance(x, dict) for x in data["links"]):
+        raise UserError(f"{path.name}: every link must be an object; the file is damaged")
     return data
 
 

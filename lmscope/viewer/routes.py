@@ -21,20 +21,27 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
 ROUTES: dict[tuple[str, str], Callable] = {}
+MODEL_RUNS: dict[tuple[str, str], Callable[[Request], bool]] = {}
+"""Routes that run the model, with a predicate on the request: the server admits these through a
+bounded queue (503 when full) because each one holds the model for up to seconds."""
 
 
 class ApiError(Exception):
     """An HTTP error with a one-line message sent as {"error": message}."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
-def route(method: str, path: str):
+def route(method: str, path: str, *, runs_model: bool | Callable[[Request], bool] = False):
+    """Register `fn` for method + path; runs_model (or a predicate on the request) marks a model run."""
     def deco(fn):
         ROUTES[(method.upper(), path)] = fn
+        if runs_model:
+            MODEL_RUNS[(method.upper(), path)] = runs_model if callable(runs_model) else (lambda req: True)
         return fn
     return deco
 

@@ -27,7 +27,7 @@ def load_gemmascope(path: str | Path, device: str | torch.device = "cpu", *, hoo
     path = Path(path)
     file = path / PARAMS_FILENAME if path.is_dir() else path
     try:
-        with np.load(file) as npz:
+        with np.load(file, allow_pickle=False) as npz:
             st = {k: torch.from_numpy(np.asarray(npz[k], dtype=np.float32)) for k in npz.files}
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read Gemma Scope params {file}: {e}") from None

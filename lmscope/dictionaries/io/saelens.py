@@ -41,6 +41,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ...errors import UserError
+from ...validate import MAX_DIM, MAX_LATENTS, Int, Obj, Str, check, read_json
 from ..base import DictionaryConfig, SparseDictionary, build
 
 CFG_FILENAME = "cfg.json"
@@ -160,12 +161,23 @@ _ARCH_FROM_SAELENS = {
 }
 
 
+# What cfg.json must hold before any of it is used (files from other people: see lmscope.validate).
+# Sizes are bounded so that a config cannot make us allocate terabytes before the weights are read.
+SAELENS_CFG_SCHEMA = {
+    "d_in": Int(1, MAX_DIM), "d_sae": Int(1, MAX_LATENTS),
+    "d_out": Int(1, MAX_DIM, required=False, nullable=True),
+    "k": Int(1, MAX_LATENTS, required=False, nullable=True),
+    "architecture": Str(100, required=False),
+    "metadata": Obj({"hook_name": Str(500, required=False, nullable=True),
+                     "model_name": Str(500, required=False, nullable=True)},
+                    required=False, nullable=True),
+}
+
+
 def read_saelens_config(path: Path) -> dict[str, Any]:
     """cfg.json as a SAELens-6 style dict (pre-6.0 flat configs converted)."""
-    try:
-        raw = json.loads((path / CFG_FILENAME).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"cannot read {path / CFG_FILENAME}: {e}") from None
+    raw = check(read_json(path / CFG_FILENAME, what="dictionary config"), SAELENS_CFG_SCHEMA,
+                where=str(path / CFG_FILENAME))
     meta = dict(raw.get("metadata") or {})
     if "architecture" not in raw or "metadata" not in raw:  # pre-6.0: one flat dict
         renames = {"hook_point": "hook_name", "hook_point_head_index": "hook_head_index",
@@ -204,7 +216,18 @@ def load_saelens(path: str | Path, device: str | torch.device = "cpu") -> Sparse
     meta = raw["metadata"]
     ours = meta.get("lmscope_config")
     if ours is not None:
-        cfg = DictionaryConfig.from_dict(ours)
+        where = f"{path / CFG_FILENAME} metadata.lmscope_config"
+        check(ours, {"d_in": Int(1, MAX_DIM), "d_sae": Int(1, MAX_LATENTS),
+                     "d_out": Int(1, MAX_DIM, required=False, nullable=True),
+                     "k": Int(1, MAX_LATENTS, required=False)}, where=where)
+        for key in ("d_in", "d_sae"):
+            if ours[key] != raw[key]:
+                raise UserError(f"{path / CFG_FILENAME}: {key}={raw[key]} but lmscope_config says "
+                                f"{ours[key]}; the file was edited or damaged (re-download it)")
+        try:
+            cfg = DictionaryConfig.from_dict(ours)
+        except (TypeError, ValueError) as e:
+            raise UserError(f"{where} is not valid ({str(e).splitlines()[0][:200]})") from None
     else:
         d_in, d_sae = int(raw["d_in"]), int(raw["d_sae"])
         d_out = int(raw["d_out"]) if "d_out" in raw else None

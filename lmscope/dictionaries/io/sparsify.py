@@ -11,13 +11,13 @@ our TopK dictionary is exact.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
 from ...errors import UserError
+from ...validate import MAX_LATENTS, Bool, Int, Str, check, read_json
 from ..base import DictionaryConfig, SparseDictionary
 from .saelens import from_raw_state
 
@@ -28,11 +28,14 @@ def load_sparsify(path: str | Path, device: str | torch.device = "cpu", *, hook_
                   model_name: str = "") -> SparseDictionary:
     """A sparsify folder -> TopK SparseDictionary with the same outputs."""
     path = Path(path)
+    cfg_raw = check(read_json(path / "cfg.json", what="sparsify config"),
+                    {"k": Int(1, MAX_LATENTS, required=False), "activation": Str(50, required=False),
+                     "transcode": Bool(required=False)}, where=str(path / "cfg.json"))
     try:
-        cfg_raw = json.loads((path / "cfg.json").read_text())
         st = load_file(str(path / SPARSIFY_WEIGHTS))
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"cannot read sparsify dictionary {path}: {e}") from None
+    except Exception as e:  # safetensors raises its own error types (truncated, bad header)
+        raise UserError(f"cannot read sparsify dictionary {path / SPARSIFY_WEIGHTS}: "
+                        f"{str(e).splitlines()[0][:200] if str(e) else type(e).__name__}") from None
     if cfg_raw.get("activation", "topk") != "topk":
         raise UserError(f"{path}: sparsify activation {cfg_raw.get('activation')!r} is not supported (only topk)")
     if "encoder.weight" not in st or "W_dec" not in st:

@@ -19,14 +19,14 @@ def info(req: Request) -> dict:
             "max_generate": lim.max_generate, "max_interventions": lim.max_interventions}
 
 
-@route("POST", "/api/scan")
+@route("POST", "/api/scan", runs_model=True)
 def scan(req: Request) -> dict:
     prompt = req.text("prompt")
     top_k = req.int("top_k", 5, 1, 50)
     return req.reader.scan(prompt, top_k=top_k).to_dict()
 
 
-@route("POST", "/api/compare")
+@route("POST", "/api/compare", runs_model=True)
 def compare_prompts(req: Request) -> dict:
     a, b = req.text("prompt_a"), req.text("prompt_b")
     return compare(req.reader, a, b, top=req.int("top", 20, 1, 100)).to_dict()
@@ -45,7 +45,7 @@ def feature(req: Request) -> dict:
         raise ApiError(404, str(e.args[0]) if e.args else "unknown feature") from None
 
 
-@route("GET", "/api/search")
+@route("GET", "/api/search", runs_model=lambda req: req.get("mode", "labels") == "text")
 def search(req: Request) -> dict:
     q = req.text("q", max_chars=2000)
     mode = req.get("mode", "labels")

@@ -57,7 +57,7 @@ def graph(req: Request) -> dict:
         raise ApiError(400, str(e)) from None
 
 
-@route("POST", "/api/graph")
+@route("POST", "/api/graph", runs_model=True)
 def build(req: Request) -> dict:
     reader, limits = req.reader, req.limits
     prompt = req.text("prompt")

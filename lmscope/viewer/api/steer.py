@@ -39,7 +39,7 @@ def _vector(req: Request) -> VectorSpec | None:
     return VectorSpec(pos, neg, layer, coeff, mode, site)
 
 
-@route("POST", "/api/steer")
+@route("POST", "/api/steer", runs_model=True)
 def steer_prompt(req: Request) -> dict:
     limits, reader = req.limits, req.reader
     prompt = req.text("prompt")
