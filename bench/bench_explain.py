@@ -16,7 +16,7 @@ import time
 
 from lmscope.atlas.db import Example, FeatureProfile, LogitEffect
 from lmscope.explain.scorers.direct import score_direct
-from lmscope.explain.split import split_examples
+from lmscope.explain.split import SplitConfig, split_examples
 from lmscope.explain.stats_explainer import explain_stats
 
 
@@ -49,9 +49,9 @@ def main() -> None:
     t = time.perf_counter()
     ok = 0
     for p in profiles:
-        sp = split_examples(p)
+        sp = split_examples(p, SplitConfig(ctx_len=None))
         e = explain_stats(p, sp)
-        s = score_direct(e.label, sp)
+        s = score_direct(e.label, sp.test, e.tokens)
         ok += s.value == 1.0
     dt = time.perf_counter() - t
     print(f"{a.features} features in {dt:.2f}s = {dt / a.features * 1e3:.3f} ms/feature "

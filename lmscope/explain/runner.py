@@ -20,7 +20,7 @@ from ..errors import UserError
 from . import baselines
 from .llm_client import LLMClient, LLMError
 from .scorers import ScoreResult
-from .split import Split, split_examples
+from .split import Held, SplitConfig, split_examples
 
 SCORERS = ("direct", "embedding", "detection", "fuzzing")
 
@@ -144,22 +144,31 @@ class _LLM:
             self.server.stop()
 
 
-def score_all(text: str, split: Split, scorers: list[str], client: LLMClient | None) -> list[ScoreResult]:
+def score_all(text: str, tokens: list[str] | None, held: Held, scorers: list[str],
+              client: LLMClient | None) -> list[ScoreResult]:
+    """Score one label on one held-out part. `tokens`: the label's structured token list (token-based
+    labels, scored by it as is) or None (free text; the direct scorer parses it with a stop list)."""
     out = []
     for s in scorers:
         if s == "direct":
             from .scorers.direct import score_direct
-            out.append(score_direct(text, split))
+            out.append(score_direct(text, held, tokens))
         elif s == "embedding":
             from .scorers.embedding import score_embedding
-            out.append(score_embedding(text, split))
+            out.append(score_embedding(text, held))
         elif s == "detection":
             from .scorers.detection import score_detection
-            out.append(score_detection(client, text, split))
+            out.append(score_detection(client, text, held))
         elif s == "fuzzing":
             from .scorers.fuzzing import score_fuzzing
-            out.append(score_fuzzing(client, text, split))
+            out.append(score_fuzzing(client, text, held))
     return out
+
+
+def split_config(db) -> SplitConfig:
+    """The split for this atlas: whole corpus contexts of its build go to one part."""
+    build = db.meta().get("build") or {}
+    return SplitConfig(ctx_len=(build.get("identity") or {}).get("ctx_len"))
 
 
 def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult:
@@ -189,6 +198,7 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
         if cfg.llm:
             llm = _LLM(cfg, layout.root / "llm_cache")
         client = llm.client if llm else None
+        split_cfg = split_config(db)
         bar = tqdm(total=len(todo), desc=f"explain ({method})", disable=not progress, unit="feat")
 
         def work(item, score=True):
@@ -198,14 +208,14 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
                 text, details = e.label, e.details()
             else:
                 text, details = explain_llm(client, p, sp), {"model": client.model}
-            return text, details, score_all(text, sp, scorers, client) if score else None
+            return text, details, score_all(text, details.get("tokens"), sp.test, scorers, client) if score else None
 
         for b0 in range(0, len(todo), cfg.batch):
             chunk = todo[b0:b0 + cfg.batch]
             items = []
             for h, i in chunk:
                 p = db.feature(h, i)
-                items.append((p, split_examples(p)))
+                items.append((p, split_examples(p, split_cfg)))
             results: list = [None] * len(items)
             error = None
             if cfg.explainer == "stats" and client is None:
@@ -214,8 +224,9 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
                     from .scorers.embedding import prefetch
                     from .split import window_text
                     prefetch([r[0] for r in results] + [window_text(e) for _, sp in items
-                                                        for e in sp.held_pos + sp.held_neg])
-                results = [(t, d, score_all(t, sp, scorers, client)) for (t, d, _), (_, sp) in zip(results, items)]
+                                                        for e in sp.test.pos + sp.test.neg])
+                results = [(t, d, score_all(t, d.get("tokens"), sp.test, scorers, client))
+                           for (t, d, _), (_, sp) in zip(results, items)]
             else:
                 with ThreadPoolExecutor(cfg.concurrency) as pool:
                     futs = [pool.submit(work, it) for it in items]
@@ -224,7 +235,7 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
                             results[j] = f.result()
                         except LLMError as e:
                             error = error or e
-            labels = [r[0] if r else None for r in results]
+            labels = [(r[0], r[1]) if r else None for r in results]
             for j, ((p, sp), r) in enumerate(zip(items, results)):
                 if r is None:
                     continue
@@ -257,14 +268,17 @@ def _write(db, p, sp, r, method, version, cfg, labels, j, scorers, client) -> No
         k = baselines.random_partner(j, len(labels), cfg.seed)
         rand = labels[k] if k is not None else None
         if rand:
-            base.append((baselines.RANDOM, rand, score_all(rand, sp, scorers, client)))
-        top = baselines.top_token_label(sp)
+            rtoks = rand[1].get("tokens")
+            base.append((baselines.RANDOM, rand[0], rtoks, score_all(rand[0], rtoks, sp.test, scorers, client)))
+        top = baselines.top_token_label(sp, details.get("says"))
         if top:
-            base.append((baselines.TOPTOKEN, top, score_all(top, sp, scorers, client)))
-    details = {**details, "shown": len(sp.shown), "held_pos": len(sp.held_pos), "held_neg": len(sp.held_neg)}
+            base.append((baselines.TOPTOKEN, top[0], top[1], score_all(top[0], top[1], sp.test, scorers, client)))
+    details = {**details, "shown": len(sp.shown), "valid_pos": len(sp.valid.pos), "valid_neg": len(sp.valid.neg),
+               "test_pos": len(sp.test.pos), "test_neg": len(sp.test.neg)}
     with db.conn:
-        rows = [(method, version, text, details, scores)] + [(m, baselines.VERSION, t, {"for": method}, s)
-                                                             for m, t, s in base]
+        rows = [(method, version, text, details, scores)] + [
+            (m, baselines.VERSION, t, {"for": method, "for_version": version, "tokens": tk}, s)
+            for m, t, tk, s in base]
         for m, v, t, d, ss in rows:
             eid = db.add_explanation(p.hook, p.feature, t, method=m, version=v, details=d)
             for s in ss:

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from ..llm_client import LLMClient
 from ..prompts import detection_messages, parse_yes_no
-from ..split import Split
+from ..split import Held
 from . import ScoreResult, balanced_accuracy
 
 NAME = "detection"
 
 
-def score_detection(client: LLMClient, text: str, split: Split, n: int = 5) -> ScoreResult:
-    m = min(n, len(split.held_pos), len(split.held_neg))
-    items = [(e, True) for e in split.held_pos[:m]] + [(e, False) for e in split.held_neg[:m]]
+def score_detection(client: LLMClient, text: str, held: Held, n: int = 5) -> ScoreResult:
+    m = min(n, len(held.pos), len(held.neg))
+    items = [(e, True) for e in held.pos[:m]] + [(e, False) for e in held.neg[:m]]
     pred, truth, invalid = [], [], 0
     for e, t in items:
         a = parse_yes_no(client.chat(detection_messages(text, e), max_tokens=3))

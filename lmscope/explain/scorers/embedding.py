@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 from ...errors import UserError
-from ..split import Split, window_text
+from ..split import Held, window_text
 from . import ScoreResult, auroc
 
 NAME = "embedding"
@@ -77,9 +77,9 @@ def prefetch(texts: list[str]) -> None:
         emb.prefetch(texts)
 
 
-def score_embedding(text: str, split: Split) -> ScoreResult:
-    pos = [window_text(e) for e in split.held_pos]
-    neg = [window_text(e) for e in split.held_neg]
+def score_embedding(text: str, held: Held) -> ScoreResult:
+    pos = [window_text(e) for e in held.pos]
+    neg = [window_text(e) for e in held.neg]
     if not pos or not neg:
         return ScoreResult(NAME, "auroc", float("nan"), len(pos), len(neg), {"skipped": "no held-out pos/neg"})
     import torch

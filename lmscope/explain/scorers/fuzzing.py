@@ -12,7 +12,7 @@ import random
 from ...atlas.db import Example
 from ..llm_client import LLMClient
 from ..prompts import MARK_FRACTION, fuzzing_messages, mark, parse_yes_no
-from ..split import Split
+from ..split import Held
 from . import ScoreResult, balanced_accuracy
 
 NAME = "fuzzing"
@@ -29,9 +29,9 @@ def fuzzed(e: Example, seed: int) -> Example | None:
     return Example(e.kind, e.tokens, acts, e.position, 1.0, e.bucket, e.token_ids, e.token_index)
 
 
-def score_fuzzing(client: LLMClient, text: str, split: Split, n: int = 5, seed: int = 0) -> ScoreResult:
+def score_fuzzing(client: LLMClient, text: str, held: Held, n: int = 5, seed: int = 0) -> ScoreResult:
     pred, truth, invalid = [], [], 0
-    for i, e in enumerate(split.held_pos[:n]):
+    for i, e in enumerate(held.pos[:n]):
         f = fuzzed(e, seed + i)
         if f is None:
             continue
