@@ -10,6 +10,7 @@ import pytest
 from lmscope.atlas.db import AtlasDB, Example, FeatureProfile
 from lmscope.cli import main
 from lmscope.explain import ExplainConfig, baselines, explain_atlas, score_report
+from lmscope.explain.report import BASELINES, Paired, paired_bootstrap
 from lmscope.explain.scorers.direct import free_text_tokens, score_direct
 from lmscope.explain.split import Held, Split, SplitConfig, split_examples
 from lmscope.explain.stats_explainer import explain_stats
@@ -194,9 +195,44 @@ def test_explain_runner_baselines_resume_report(atlas):
         assert db._q("SELECT COUNT(*) FROM explanations")[0][0] == n
     rep = score_report(atlas)
     stats = [r for r in rep.rows if r.method == "stats" and r.scorer == "direct"]
-    assert len(stats) == 2 and all(r.beats is not None for r in stats)
+    assert [r.hook for r in stats] == [*HOOKS, "all"] and all({p.baseline for p in r.paired} == set(BASELINES) for r in stats)
     assert main(["explain-report", str(atlas)]) == 0
     assert (atlas / "plots" / "explain_scores.png").stat().st_size > 1000
+
+
+def test_paired_bootstrap_by_hand():
+    # Constant differences: every resample has the same mean.
+    assert paired_bootstrap([0.2, 0.2, 0.2]) == pytest.approx((0.2, 0.2, 0.2))
+    # Two features, d = -0.1 and 0.3: a resample's mean is -0.1 (prob 1/4), 0.1 (1/2) or 0.3 (1/4), so
+    # the 2.5% and 97.5% percentiles are -0.1 and 0.3. The mean (0.1) is above 0 but the interval is not:
+    # "does not beat" (the old rule, mean above the baseline's mean, said yes).
+    assert paired_bootstrap([-0.1, 0.3]) == pytest.approx((0.1, -0.1, 0.3))
+    assert Paired("b", 2, 0.1, -0.1, 0.3).verdict == "does not beat"
+    assert Paired("b", 3, 0.2, 0.1, 0.3).verdict == "beats"
+
+
+def test_report_pairs_each_method_with_its_own_baselines(atlas):
+    with AtlasDB(atlas / "atlas.db") as db:
+        def put(f, method, v, for_m=None):
+            eid = db.add_explanation(HOOKS[0], f, "x", method=method, details={"for": for_m} if for_m else None)
+            db.add_score(eid, scorer="direct", metric="balanced_accuracy", value=v, n_pos=1, n_neg=1)
+        for f, (m, top, rand) in enumerate([(0.9, 0.6, 0.9), (0.8, 0.6, 0.9), (0.7, 0.6, 0.9)]):
+            put(f, "stats", m)
+            put(f, "baseline-toptoken", top, "stats")
+            put(f, "baseline-random", rand, "stats")
+            put(f, "baseline-toptoken", 1.0, "llm")  # another method's baseline: never paired with stats
+    rep = score_report(atlas)
+    (row,) = [r for r in rep.rows if r.method == "stats" and r.hook == HOOKS[0]]
+    got = {p.baseline: p for p in row.paired}
+    # vs top-token: d = 0.3, 0.2, 0.1; a resample's mean is 0.1 with prob 1/27 > 2.5% and 0.3 likewise,
+    # so the interval is [0.1, 0.3]: beats.
+    t = got["baseline-toptoken"]
+    assert (t.n, t.mean_diff, t.lo, t.hi) == (3, pytest.approx(0.2), pytest.approx(0.1), pytest.approx(0.3))
+    # vs random: d = 0, -0.1, -0.2 -> [-0.2, 0]: does not beat.
+    r = got["baseline-random"]
+    assert (r.mean_diff, r.lo, r.hi) == (pytest.approx(-0.1), pytest.approx(-0.2), pytest.approx(0.0))
+    assert t.verdict == "beats" and r.verdict == "does not beat" and row.beats is False
+    assert "baseline-toptoken (for llm)" in rep.text and "does not beat" in rep.text
 
 
 def test_cli_bad_input(atlas, tmp_path, capsys):
