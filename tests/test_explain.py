@@ -166,21 +166,30 @@ def test_stats_label_names_planted_token(demo):
             assert e.precision == 1.0 and e.recall == 1.0
 
 
-def test_scorers_rank_correct_above_wrong(demo):
-    from lmscope.explain.scorers.embedding import score_embedding
+def test_scorers_rank_correct_above_wrong(demo, tmp_path):
+    from lmscope.explain.scorers.embedding import embedder, label_vector, score_embedding
+    from lmscope.explain.scorers.simulation import score_simulation
+    from lmscope.explain.token_embeddings import ContextEmbedder
 
     with AtlasDB(demo / "atlas.db") as db:
         p = db.feature(HOOKS[0], PLANTED)
+        ctx = ContextEmbedder(db, [HOOKS[0]], 16, tmp_path, embedder())
     sp = split_examples(p, SplitConfig(ctx_len=16))
     good, bad = score_direct(PLANTED_WORD, sp.test, [PLANTED_WORD]), score_direct("fish, river", sp.test)
     assert good.value == 1.0 and bad.value <= 0.5
     assert good.details["precision"] == 1.0 and good.details["recall"] == 1.0
-    assert score_embedding("horse", sp.test).value > score_embedding("the capital of france", sp.test).value
+    te = ctx.ensure(ctx.spans[(HOOKS[0], PLANTED)])
+    assert ctx.embedded_tokens > 0 and ctx.path.is_file()
+    emb = embedder()
+    horse, capital = label_vector("horse", emb), label_vector("the capital of france", emb)
+    every = Held(p.top + p.quantiles, p.negatives)  # more windows than the test part: a sharper check
+    assert score_embedding(horse, every, te).value > score_embedding(capital, every, te).value
+    assert score_simulation(horse, every, te).value > score_simulation(capital, every, te).value
     assert free_text_tokens('horse, pony | after "the" | says "gallop"') == {"horse", "pony"}
 
 
 def test_explain_runner_baselines_resume_report(atlas):
-    cfg = ExplainConfig(atlas=str(atlas), scorers="direct")
+    cfg = ExplainConfig(atlas=str(atlas), scorers="direct,embedding,simulation")
     r1 = explain_atlas(cfg, progress=False)
     assert r1.explained == r1.selected > 10 and r1.skipped == 0
     with AtlasDB(atlas / "atlas.db") as db:
@@ -194,6 +203,7 @@ def test_explain_runner_baselines_resume_report(atlas):
     with AtlasDB(atlas / "atlas.db") as db:
         assert db._q("SELECT COUNT(*) FROM explanations")[0][0] == n
     rep = score_report(atlas)
+    assert {r.scorer for r in rep.rows if r.method == "stats"} == {"direct", "embedding", "simulation"}
     stats = [r for r in rep.rows if r.method == "stats" and r.scorer == "direct"]
     assert [r.hook for r in stats] == [*HOOKS, "all"] and all({p.baseline for p in r.paired} == set(BASELINES) for r in stats)
     assert main(["explain-report", str(atlas)]) == 0
