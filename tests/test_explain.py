@@ -3,8 +3,10 @@ baselines, resume, report, and one-line CLI errors (real atlas build, real SQLit
 
 from __future__ import annotations
 
+import math
 import shutil
 
+import numpy as np
 import pytest
 
 from lmscope.atlas.db import AtlasDB, Example, FeatureProfile
@@ -208,6 +210,47 @@ def test_explain_runner_baselines_resume_report(atlas):
     assert [r.hook for r in stats] == [*HOOKS, "all"] and all({p.baseline for p in r.paired} == set(BASELINES) for r in stats)
     assert main(["explain-report", str(atlas)]) == 0
     assert (atlas / "plots" / "explain_scores.png").stat().st_size > 1000
+
+
+def _fake_embeddings():
+    import numpy as np
+
+    from lmscope.explain.token_embeddings import TokenEmbeddings
+
+    # 4 tokens (global ids 0..3) in a 2-d space; the label points along x.
+    vecs = np.array([[1, 0], [0, 1], [1, 1], [0, 2]], dtype=np.float16)
+    return TokenEmbeddings(np.arange(4), vecs, np.ones(4, dtype=np.int16)), np.array([1.0, 0.0])
+
+
+def test_simulation_and_embedding_scores_by_hand():
+    from lmscope.explain.scorers.embedding import score_embedding
+    from lmscope.explain.scorers.simulation import pearson, score_simulation
+
+    te, label = _fake_embeddings()
+    pos = Example("top", ["a", "b"], [3.0, 0.0], 0, 3.0, None, [], 0)  # tokens 0, 1
+    neg = Example("negative", ["c", "d"], [0.0, 0.0], 0, 0.0, None, [], 2)  # tokens 2, 3
+    held = Held([pos], [neg])
+    # Predicted activations = cosines with the label: 1, 0, 1/sqrt(2), 0; true: 3, 0, 0, 0.
+    # Centred: pred - 0.42678 = (0.57322, -0.42678, 0.28033, -0.42678); act - 0.75 = (2.25, -0.75 x3);
+    # sum of products 1.28975 + 0.75 x 0.57323 = 1.71967; norms sqrt(0.77144) and sqrt(6.75):
+    # r = 1.71967 / 2.28193 = 0.75361.
+    got = score_simulation(label, held, te)
+    assert got.value == pytest.approx(0.75361, abs=1e-4) and (got.n_pos, got.n_neg) == (1, 3)
+    assert pearson([1, 2, 3], [1, 2, 4]) == pytest.approx(3 / (2 * 14 / 3) ** 0.5)
+    assert math.isnan(pearson([1, 1, 1], [0, 1, 2]))
+    # Windows: mean of their tokens' vectors: (0.5, 0.5) -> cosine 0.7071; (0.5, 1.5) -> 0.3162.
+    # One positive above the one negative: AUROC 1. The reverse label (along y): 0.7071 < 0.9487 -> 0.
+    assert score_embedding(label, held, te).value == 1.0
+    assert score_embedding(np.array([0.0, 1.0]), held, te).value == 0.0
+
+
+def test_judges_sample_across_activation_quantiles():
+    from lmscope.explain.scorers.detection import across_quantiles
+
+    ws = [Example("quantile", ["x"], [float(s)], 0, float(s), None, [], s) for s in range(1, 11)]
+    # 10 windows ranked 10..1; 4 evenly spaced ranks: 0, 3, 6, 9 -> activations 10, 7, 4, 1.
+    assert [e.score for e in across_quantiles(ws, 4)] == [10, 7, 4, 1]
+    assert len(across_quantiles(ws, 50)) == 10
 
 
 def test_paired_bootstrap_by_hand():

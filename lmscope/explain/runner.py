@@ -168,11 +168,11 @@ class Scoring:
             from .scorers.embedding import embedder
             self.emb = embedder()
 
-    def prepare(self, texts: list[str]) -> None:
-        """Embed the phrases of a batch's labels in a few large forwards."""
+    def prepare(self, labels: list[tuple[str, list[str] | None]]) -> None:
+        """Embed the phrases of a batch's labels (text, tokens) in a few large forwards."""
         if self.emb is not None:
             from .token_embeddings import label_phrases
-            self.emb.phrases([ph for t in texts for ph in label_phrases(t)])
+            self.emb.phrases([ph for t, tk in labels for ph in label_phrases(t, tk)])
 
     def score(self, text: str, tokens: list[str] | None, held: Held, sim_tokens=None) -> list[ScoreResult]:
         """Score one label on one held-out part. `tokens`: the label's structured token list (token-based
@@ -181,7 +181,7 @@ class Scoring:
         vec = None
         if self.emb is not None and set(self.scorers) & set(EMBEDDED):
             from .scorers.embedding import label_vector
-            vec = label_vector(text, self.emb)
+            vec = label_vector(text, self.emb, tokens)
         for s in self.scorers:
             if s == "direct":
                 from .scorers.direct import score_direct
@@ -271,7 +271,7 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
             labels, error = labels_of(items)
             rows = []
             plans = [_plan(j, sp, labels, cfg) if labels[j] else None for j, (_, sp) in enumerate(items)]
-            scoring.prepare([t for pl in plans if pl for _, t, _, _ in pl])
+            scoring.prepare([(t, tk) for pl in plans if pl for _, t, tk, _ in pl])
 
             def score_one(j, items=items, plans=plans):
                 p, sp = items[j]

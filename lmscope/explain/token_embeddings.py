@@ -187,14 +187,16 @@ _SPLIT = re.compile(r"[,|()\[\]]")
 _LEAD = re.compile(r"^(says|after|before|inside|at)\s+", re.I)
 
 
-def label_phrases(text: str) -> list[str]:
+def label_phrases(text: str, tokens: list[str] | None = None) -> list[str]:
     """The phrases a label is embedded as: split on , | ( ) [ ], quotes and leading 'says'/'after'
-    dropped, empty pieces skipped (a label of only punctuation is kept whole)."""
+    dropped, empty pieces skipped; plus the label's structured tokens not already there (a "," or
+    "(" token is lost by the split). A label with nothing left is kept whole."""
     out = []
     for part in _SPLIT.split(text):
         p = _LEAD.sub("", part.strip()).strip().strip("\"'`").strip()
-        if p:
+        if p and p not in out:
             out.append(p)
+    out += [t for t in dict.fromkeys(tokens or []) if t and t not in out]
     return out or ([text.strip()] if text.strip() else [])
 
 

@@ -108,11 +108,12 @@ def embedder() -> Embedder:
         return _MODEL
 
 
-def label_vector(text: str, emb: Embedder) -> np.ndarray:
-    """Unit vector of a label: the mean of its phrases' embeddings (phrases embedded once, cached)."""
+def label_vector(text: str, emb: Embedder, tokens: list[str] | None = None) -> np.ndarray:
+    """Unit vector of a label: the mean of its phrases' embeddings (phrases embedded once, cached);
+    `tokens`: the label's structured token list, if any (token_embeddings.label_phrases)."""
     from ..token_embeddings import label_phrases
 
-    ph = label_phrases(text)
+    ph = label_phrases(text, tokens)
     with _LOCK:
         emb.phrases(ph)
         v = np.mean([emb.cache[p] for p in ph], axis=0)
