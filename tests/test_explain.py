@@ -185,8 +185,9 @@ def test_scorers_rank_correct_above_wrong(demo, tmp_path):
     emb = embedder()
     horse, capital = label_vector("horse", emb), label_vector("the capital of france", emb)
     every = Held(p.top + p.quantiles, p.negatives)  # more windows than the test part: a sharper check
-    assert score_embedding(horse, every, te).value > score_embedding(capital, every, te).value
-    assert score_simulation(horse, every, te).value > score_simulation(capital, every, te).value
+    hv = te.held(every)
+    assert score_embedding(horse, hv).value > score_embedding(capital, hv).value
+    assert score_simulation(horse, hv).value > score_simulation(capital, hv).value
     assert free_text_tokens('horse, pony | after "the" | says "gallop"') == {"horse", "pony"}
 
 
@@ -234,14 +235,14 @@ def test_simulation_and_embedding_scores_by_hand():
     # Centred: pred - 0.42678 = (0.57322, -0.42678, 0.28033, -0.42678); act - 0.75 = (2.25, -0.75 x3);
     # sum of products 1.28975 + 0.75 x 0.57323 = 1.71967; norms sqrt(0.77144) and sqrt(6.75):
     # r = 1.71967 / 2.28193 = 0.75361.
-    got = score_simulation(label, held, te)
+    got = score_simulation(label, te.held(held))
     assert got.value == pytest.approx(0.75361, abs=1e-4) and (got.n_pos, got.n_neg) == (1, 3)
     assert pearson([1, 2, 3], [1, 2, 4]) == pytest.approx(3 / (2 * 14 / 3) ** 0.5)
     assert math.isnan(pearson([1, 1, 1], [0, 1, 2]))
     # Windows: mean of their tokens' vectors: (0.5, 0.5) -> cosine 0.7071; (0.5, 1.5) -> 0.3162.
     # One positive above the one negative: AUROC 1. The reverse label (along y): 0.7071 < 0.9487 -> 0.
-    assert score_embedding(label, held, te).value == 1.0
-    assert score_embedding(np.array([0.0, 1.0]), held, te).value == 0.0
+    assert score_embedding(label, te.held(held)).value == 1.0
+    assert score_embedding(np.array([0.0, 1.0]), te.held(held)).value == 0.0
 
 
 def test_judges_sample_across_activation_quantiles():

@@ -44,24 +44,48 @@ def load_profiles(db, hook: str, idxs: list[int]) -> list[FeatureProfile]:
 
 def write_explanations(db, rows: list) -> None:
     """rows: (profile, [(method, version, text, details, [ScoreResult])], label or None), one
-    transaction. The label is set only where the feature has none (never overwrite a hand label)."""
+    transaction. The label is set only where the feature has none (never overwrite a hand label).
+    Baselines (methods "baseline-*") are not put in the full-text search: a search for "horse" must
+    not find the random label another feature lent to this one."""
+    import sqlite3
+
+    from ..atlas.db import _db_error
+    from ..errors import UserError
+
     now = time.strftime("%Y-%m-%dT%H:%M:%S")
     c = db.conn
-    with c:
-        for p, expl, label in rows:
+    try:
+        c.execute("BEGIN IMMEDIATE")  # we hold the write lock: explanation ids can be assigned here
+        eid = c.execute("SELECT COALESCE(MAX(id), 0) FROM explanations").fetchone()[0]
+        expl, scores, search, labelled = [], [], [], []
+        for p, items, label in rows:
             did = db._dict_id(p.hook)
-            for m, v, text, details, scores in expl:
-                cur = c.execute("INSERT INTO explanations (dictionary, idx, method, version, text, created, "
-                                "details) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                (did, p.feature, m, v, text, now, json.dumps(details)))
-                eid = cur.lastrowid
-                c.execute("INSERT INTO search VALUES (?, ?, ?, 'explanation', ?)", (text, p.hook, p.feature, eid))
-                c.executemany("INSERT INTO scores (explanation_id, scorer, metric, value, n_pos, n_neg, details, "
-                              "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                              [(eid, s.scorer, s.metric, float(s.value), s.n_pos, s.n_neg,
-                                json.dumps(s.details) if s.details is not None else None, now) for s in scores])
+            for m, v, text, details, ss in items:
+                eid += 1
+                expl.append((eid, did, p.feature, m, v, text, now, json.dumps(details)))
+                if not m.startswith("baseline-"):
+                    search.append((text, p.hook, p.feature, "explanation", eid))
+                scores += [(eid, s.scorer, s.metric, float(s.value), s.n_pos, s.n_neg,
+                            json.dumps(s.details) if s.details is not None else None, now) for s in ss]
             if label and not p.label:
-                c.execute("INSERT INTO features (dictionary, idx, label) VALUES (?, ?, ?) ON CONFLICT "
-                          "(dictionary, idx) DO UPDATE SET label = excluded.label", (did, p.feature, label))
-                c.execute("DELETE FROM search WHERE hook = ? AND idx = ? AND source = 'label'", (p.hook, p.feature))
-                c.execute("INSERT INTO search VALUES (?, ?, ?, 'label', NULL)", (label, p.hook, p.feature))
+                labelled.append((did, p, label))
+        c.executemany("INSERT INTO explanations (id, dictionary, idx, method, version, text, created, details) "
+                      "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", expl)
+        c.executemany("INSERT INTO scores (explanation_id, scorer, metric, value, n_pos, n_neg, details, created) "
+                      "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", scores)
+        c.executemany("INSERT INTO features (dictionary, idx, label) VALUES (?, ?, ?) ON CONFLICT "
+                      "(dictionary, idx) DO UPDATE SET label = excluded.label",
+                      [(did, p.feature, label) for did, p, label in labelled])
+        c.executemany("DELETE FROM search WHERE hook = ? AND idx = ? AND source = 'label'",
+                      [(p.hook, p.feature) for _, p, _ in labelled])
+        search += [(label, p.hook, p.feature, "label", None) for _, p, label in labelled]
+        c.executemany("INSERT INTO search VALUES (?, ?, ?, ?, ?)", search)
+        c.execute("COMMIT")
+    except sqlite3.OperationalError as e:
+        if c.in_transaction:
+            c.execute("ROLLBACK")
+        raise UserError(_db_error(db.path, e)) from None
+    except BaseException:
+        if c.in_transaction:
+            c.execute("ROLLBACK")
+        raise

@@ -174,9 +174,14 @@ class Scoring:
             from .token_embeddings import label_phrases
             self.emb.phrases([ph for t, tk in labels for ph in label_phrases(t, tk)])
 
-    def score(self, text: str, tokens: list[str] | None, held: Held, sim_tokens=None) -> list[ScoreResult]:
+    def vectors(self, held: Held):
+        """The held-out part as vectors for the embedding/simulation scorers (once per feature)."""
+        return self.te.held(held) if self.te is not None else None
+
+    def score(self, text: str, tokens: list[str] | None, held: Held, hv=None) -> list[ScoreResult]:
         """Score one label on one held-out part. `tokens`: the label's structured token list (token-based
-        labels, scored by it as is) or None (free text; the direct scorer parses it with a stop list)."""
+        labels, scored by it as is) or None (free text; the direct scorer parses it with a stop list);
+        `hv`: self.vectors(held), shared by a feature's label and its baselines."""
         out = []
         vec = None
         if self.emb is not None and set(self.scorers) & set(EMBEDDED):
@@ -188,10 +193,10 @@ class Scoring:
                 out.append(score_direct(text, held, tokens))
             elif s == "embedding":
                 from .scorers.embedding import score_embedding
-                out.append(score_embedding(vec, held, self.te))
+                out.append(score_embedding(vec, hv if hv is not None else self.vectors(held)))
             elif s == "simulation":
                 from .scorers.simulation import score_simulation
-                out.append(score_simulation(vec, held, self.te, sim_tokens))
+                out.append(score_simulation(vec, hv if hv is not None else self.vectors(held)))
             elif s == "detection":
                 from .scorers.detection import score_detection
                 out.append(score_detection(self.client, text, held, self.cfg.judge_pos, self.cfg.judge_neg))
@@ -275,12 +280,9 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
 
             def score_one(j, items=items, plans=plans):
                 p, sp = items[j]
-                sim = None
-                if "simulation" in scorers:
-                    from .scorers.simulation import held_tokens
-                    sim = held_tokens(sp.test)
+                hv = scoring.vectors(sp.test)
                 # Baselines are scored before anything of this feature is written: no half feature.
-                return [(m, t, tk, d, scoring.score(t, tk, sp.test, sim)) for m, t, tk, d in plans[j]]
+                return [(m, t, tk, d, scoring.score(t, tk, sp.test, hv)) for m, t, tk, d in plans[j]]
 
             todo_j = [j for j in range(len(items)) if plans[j]]
             if client is None:

@@ -66,15 +66,37 @@ class TokenEmbeddings:
 
     def windows(self, spans: list[tuple[int, int]]) -> np.ndarray:
         """[len(spans), d] unit vectors: word-piece mean pool of each window [start, end)."""
-        d = self.vecs.shape[1]
-        out = np.zeros((len(spans), d), dtype=np.float32)
-        for i, (a, b) in enumerate(spans):
-            r = self.rows(np.arange(a, b))
-            r = r[r >= 0]
-            c = self.counts[r].astype(np.float32)  # [t]
-            if c.sum() > 0:
-                out[i] = (self.vecs[r].astype(np.float32) * c[:, None]).sum(0) / c.sum()
-        return _unit(out)
+        if not spans:
+            return np.zeros((0, self.vecs.shape[1]), dtype=np.float32)
+        lens = np.asarray([b - a for a, b in spans])
+        starts = np.asarray([a for a, _ in spans])
+        first = np.r_[0, np.cumsum(lens)[:-1]]  # [w] offset of each window's first token
+        gids = np.repeat(starts - first, lens) + np.arange(lens.sum())  # [sum lens] global ids
+        r = self.rows(gids)
+        w = np.where(r >= 0, self.counts[np.maximum(r, 0)], 0).astype(np.float32)  # word pieces
+        v = self.vecs[np.maximum(r, 0)].astype(np.float32) * w[:, None]  # [sum lens, d]
+        return _unit(np.add.reduceat(v, first, axis=0))  # the mean's direction = the sum's
+
+    def held(self, held) -> HeldVectors:
+        """The vectors every label of one feature is scored against (computed once per feature)."""
+        from .split import span
+
+        pos = [s for e in held.pos if (s := span(e))]
+        neg = [s for e in held.neg if (s := span(e))]
+        gids, acts = [], []
+        for e in held.pos + held.neg:
+            if (s := span(e)) is not None:
+                gids.append(np.arange(*s))
+                acts.append(np.asarray(e.acts if e.acts else [0.0] * len(e.tokens), dtype=np.float64))
+        if gids:
+            g, a = np.concatenate(gids), np.concatenate(acts)
+            order = np.lexsort((-a, g))  # by id, highest activation first
+            g, a = g[order], a[order]
+            keep = np.r_[True, g[1:] != g[:-1]]  # one entry per distinct token
+            g, a = g[keep], a[keep]
+        else:
+            g, a = np.zeros(0, np.int64), np.zeros(0)
+        return HeldVectors(self.windows(pos + neg), len(pos), len(neg), self.tokens(g), a)
 
     def tokens(self, gids: np.ndarray) -> np.ndarray:
         """[len(gids), d] unit vectors of single tokens in context (zero where unknown or empty)."""
@@ -83,6 +105,20 @@ class TokenEmbeddings:
         ok = r >= 0
         out[ok] = self.vecs[r[ok]].astype(np.float32)
         return _unit(out)
+
+
+@dataclass
+class HeldVectors:
+    """One feature's held-out part as vectors: what the embedding and simulation scorers read."""
+
+    windows: np.ndarray
+    """[n_pos + n_neg, d] unit vectors of the activating windows, then the non-activating ones"""
+    n_pos: int
+    n_neg: int
+    tokens: np.ndarray
+    """[t, d] unit vectors of the distinct held-out tokens, each read in its context"""
+    acts: np.ndarray
+    """[t] the feature's true activation on each (0 in non-activating windows)"""
 
 
 def _unit(v: np.ndarray) -> np.ndarray:

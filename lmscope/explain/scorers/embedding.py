@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import UserError
-from ..split import Held, span
-from ..token_embeddings import TokenEmbeddings, segment_text
+from ..token_embeddings import HeldVectors, segment_text
 from . import ScoreResult, auroc
 
 NAME = "embedding"
@@ -120,11 +119,10 @@ def label_vector(text: str, emb: Embedder, tokens: list[str] | None = None) -> n
     return v / max(float(np.linalg.norm(v)), 1e-12)
 
 
-def score_embedding(label: np.ndarray, held: Held, te: TokenEmbeddings) -> ScoreResult:
-    """`label`: the label's unit vector (label_vector); windows come from the atlas's token embeddings."""
-    pos = [span(e) for e in held.pos if span(e)]
-    neg = [span(e) for e in held.neg if span(e)]
-    if not pos or not neg:
-        return ScoreResult(NAME, "auroc", float("nan"), len(pos), len(neg), {"skipped": "no held-out pos/neg"})
-    sims = (te.windows(pos + neg) @ label).tolist()
-    return ScoreResult(NAME, "auroc", auroc(sims, [True] * len(pos) + [False] * len(neg)), len(pos), len(neg))
+def score_embedding(label: np.ndarray, hv: HeldVectors) -> ScoreResult:
+    """`label`: the label's unit vector (label_vector); `hv`: the feature's held-out windows as
+    vectors (TokenEmbeddings.held)."""
+    if not hv.n_pos or not hv.n_neg:
+        return ScoreResult(NAME, "auroc", float("nan"), hv.n_pos, hv.n_neg, {"skipped": "no held-out pos/neg"})
+    sims = (hv.windows @ label).tolist()
+    return ScoreResult(NAME, "auroc", auroc(sims, [True] * hv.n_pos + [False] * hv.n_neg), hv.n_pos, hv.n_neg)

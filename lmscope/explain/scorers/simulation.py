@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..split import Held, span
-from ..token_embeddings import TokenEmbeddings
+from ..token_embeddings import HeldVectors
 from . import ScoreResult
 
 NAME = "simulation"
@@ -29,25 +28,12 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float((xc * yc).sum() / den) if den > 0 else float("nan")
 
 
-def held_tokens(held: Held) -> tuple[np.ndarray, np.ndarray]:
-    """(global ids, true activations) of every distinct held-out token (non-activating windows: 0)."""
-    act: dict[int, float] = {}
-    for e in held.pos + held.neg:
-        s = span(e)
-        if s is None:
-            continue
-        for g, a in zip(range(*s), e.acts if e.acts else [0.0] * len(e.tokens)):
-            act[g] = max(act.get(g, 0.0), float(a))
-    ids = np.fromiter(act, dtype=np.int64, count=len(act))
-    return ids, np.fromiter(act.values(), dtype=np.float64, count=len(act))
-
-
-def score_simulation(label: np.ndarray, held: Held, te: TokenEmbeddings, tokens=None) -> ScoreResult:
-    """`label`: the label's unit vector; `tokens`: (ids, acts) from held_tokens (shared by baselines)."""
-    ids, acts = tokens if tokens is not None else held_tokens(held)
-    n_pos = int((acts > 0).sum())
-    if n_pos == 0 or n_pos == len(acts):
-        return ScoreResult(NAME, "pearson", float("nan"), n_pos, len(acts) - n_pos,
+def score_simulation(label: np.ndarray, hv: HeldVectors) -> ScoreResult:
+    """`label`: the label's unit vector; `hv`: the feature's held-out tokens as vectors
+    (TokenEmbeddings.held: every distinct token once, with its true activation)."""
+    n_pos = int((hv.acts > 0).sum())
+    if n_pos == 0 or n_pos == len(hv.acts):
+        return ScoreResult(NAME, "pearson", float("nan"), n_pos, len(hv.acts) - n_pos,
                            {"skipped": "no firing or no silent held-out token"})
-    pred = te.tokens(ids) @ label  # [n] cosine per token
-    return ScoreResult(NAME, "pearson", pearson(pred, acts), n_pos, len(acts) - n_pos, {"unit": "token"})
+    pred = hv.tokens @ label  # [t] cosine per token
+    return ScoreResult(NAME, "pearson", pearson(pred, hv.acts), n_pos, len(hv.acts) - n_pos, {"unit": "token"})
