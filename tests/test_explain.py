@@ -180,7 +180,7 @@ def test_scorers_rank_correct_above_wrong(demo, tmp_path):
     good, bad = score_direct(PLANTED_WORD, sp.test, [PLANTED_WORD]), score_direct("fish, river", sp.test)
     assert good.value == 1.0 and bad.value <= 0.5
     assert good.details["precision"] == 1.0 and good.details["recall"] == 1.0
-    te = ctx.ensure(ctx.spans[(HOOKS[0], PLANTED)])
+    te = ctx.ensure(ctx.spans_of([(HOOKS[0], PLANTED)]))
     assert ctx.embedded_tokens > 0 and ctx.path.is_file()
     emb = embedder()
     horse, capital = label_vector("horse", emb), label_vector("the capital of france", emb)

@@ -356,6 +356,5 @@ def _token_embeddings(db, layout, todo, split_cfg):
     t = time.perf_counter()
     hooks = list(dict.fromkeys(h for h, _ in todo))
     ctx = ContextEmbedder(db, hooks, split_cfg.ctx_len, layout.root / "cache", embedder())
-    want = set(todo)
-    te = ctx.ensure([s for key, spans in ctx.spans.items() if key in want for s in spans])
+    te = ctx.ensure(ctx.spans_of(todo))
     return te, ctx.embedded_tokens, time.perf_counter() - t
