@@ -189,6 +189,10 @@ def test_scorers_rank_correct_above_wrong(demo, tmp_path):
     assert score_embedding(horse, hv).value > score_embedding(capital, hv).value
     assert score_simulation(horse, hv).value > score_simulation(capital, hv).value
     assert free_text_tokens('horse, pony | after "the" | says "gallop"') == {"horse", "pony"}
+    from lmscope.explain.token_embeddings import label_phrases
+    # The input side only (what these scorers judge), a structured "," kept although the split drops it.
+    assert label_phrases('horse, pony | after "the" | says "gallop"') == ["horse", "pony", "the"]
+    assert label_phrases(', | says "x"', [","]) == [","]
 
 
 def test_explain_runner_baselines_resume_report(atlas):

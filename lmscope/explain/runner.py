@@ -161,12 +161,20 @@ class Scoring:
     """Everything the scorers of one run share: the scorer list, the LLM client, the atlas's token
     embeddings and the sentence embedder (for embedding/simulation)."""
 
-    def __init__(self, scorers: list[str], client: LLMClient | None, cfg: ExplainConfig, te=None) -> None:
+    def __init__(self, scorers: list[str], client: LLMClient | None, cfg: ExplainConfig, te=None,
+                 phrase_cache: Path | None = None) -> None:
         self.scorers, self.client, self.cfg, self.te = scorers, client, cfg, te
         self.emb = None
+        self.phrase_cache = phrase_cache
         if set(scorers) & set(EMBEDDED):
             from .scorers.embedding import embedder
             self.emb = embedder()
+            if phrase_cache is not None:
+                self.emb.load_phrases(phrase_cache)
+
+    def save(self) -> None:
+        if self.emb is not None and self.phrase_cache is not None:
+            self.emb.save_phrases(self.phrase_cache)
 
     def prepare(self, labels: list[tuple[str, list[str] | None]]) -> None:
         """Embed the phrases of a batch's labels (text, tokens) in a few large forwards."""
@@ -252,7 +260,9 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
         te = None
         if todo and set(scorers) & set(EMBEDDED):
             te, res.embedded_tokens, res.embed_seconds = _token_embeddings(db, layout, todo, split_cfg)
-        scoring = Scoring(scorers, client, cfg, te)
+        from .scorers.embedding import Embedder
+        scoring = Scoring(scorers, client, cfg, te, layout.root / "cache" /
+                          f"phrases.{Embedder.name.replace('/', '_')}.npz")
         bar = tqdm(total=len(todo), desc=f"explain ({method})", disable=not progress, unit="feat")
 
         def label(item):
@@ -315,6 +325,7 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
                     for bm, bt, btk, _, bs in base]
                 rows.append((p, expl, text))
             write_explanations(db, rows)
+            scoring.save()
             res.explained += len(rows)
             bar.update(len(rows))
             if error is not None:

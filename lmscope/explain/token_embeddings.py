@@ -239,11 +239,15 @@ _LEAD = re.compile(r"^(says|after|before|inside|at)\s+", re.I)
 
 
 def label_phrases(text: str, tokens: list[str] | None = None) -> list[str]:
-    """The phrases a label is embedded as: split on , | ( ) [ ], quotes and leading 'says'/'after'
-    dropped, empty pieces skipped; plus the label's structured tokens not already there (a "," or
-    "(" token is lost by the split). A label with nothing left is kept whole."""
+    """The phrases a label's INPUT side is embedded as. The output side ("| says ...") is left out:
+    these scorers judge where the feature fires, as the direct scorer does, and a label and its
+    equal-budget baseline share the same output part anyway. The rest is split on , | ( ) [ ],
+    quotes and a leading 'after'/'inside'/... dropped, empty pieces skipped; plus the label's
+    structured tokens not already there (a "," or "(" token is lost by the split). A label with
+    nothing left is kept whole."""
+    head = re.split(r"\|\s*says\b|^says\b", text)[0]
     out = []
-    for part in _SPLIT.split(text):
+    for part in _SPLIT.split(head):
         p = _LEAD.sub("", part.strip()).strip().strip("\"'`").strip()
         if p and p not in out:
             out.append(p)
