@@ -20,9 +20,11 @@ from ..errors import UserError
 from . import baselines
 from .llm_client import LLMClient, LLMError
 from .scorers import ScoreResult
-from .split import Split, split_examples
+from .split import Held, SplitConfig, split_examples
 
-SCORERS = ("direct", "embedding", "detection", "fuzzing")
+SCORERS = ("direct", "embedding", "simulation", "detection", "fuzzing")
+EMBEDDED = ("embedding", "simulation")
+"""scorers that read the atlas's contextual token embeddings (token_embeddings.py)"""
 
 
 @dataclass(frozen=True)
@@ -37,8 +39,13 @@ class ExplainConfig:
     """a seeded random sample of N features per dictionary (0 = all)"""
     explainer: Literal["stats", "llm"] = "stats"
     """stats: counts + logit effects, no LLM; llm: an OpenAI-compatible chat model (--llm)"""
-    scorers: str = "direct,embedding"
-    """comma-separated: direct, embedding, detection, fuzzing (the last two need --llm)"""
+    scorers: str = "direct,embedding,simulation"
+    """comma-separated: direct, embedding, simulation, detection, fuzzing (the last two need --llm)"""
+    judge_pos: int = 50
+    """detection/fuzzing: held-out activating windows judged per feature, spread over activation
+    quantiles (delphi: 50); fewer where the atlas's test part has fewer"""
+    judge_neg: int = 50
+    """detection: non-activating windows judged per feature (delphi: 50)"""
     llm: str = ""
     """local:MODEL (our server in-process, e.g. local:smollm2-135m) or openai:http://host:port/v1"""
     llm_model: str = ""
@@ -72,6 +79,8 @@ class ExplainConfig:
             raise ValueError(f"--llm {self.llm!r}: use local:MODEL or openai:http://host:port/v1")
         if self.concurrency < 1 or self.batch < 1:
             raise ValueError("--concurrency and --batch must be >= 1")
+        if self.judge_pos < 1 or self.judge_neg < 1:
+            raise ValueError("--judge-pos and --judge-neg must be >= 1")
 
     def scorer_list(self) -> list[str]:
         return [s.strip() for s in self.scorers.split(",") if s.strip()]
@@ -90,6 +99,10 @@ class ExplainResult:
     skipped: int = 0
     selected: int = 0
     seconds: float = 0.0
+    embedded_tokens: int = 0
+    """corpus tokens embedded in context by this run (0 when the atlas's cache had them all)"""
+    embed_seconds: float = 0.0
+    """of `seconds`, spent embedding the atlas's text (once per atlas; cached)"""
     llm_usage: dict = field(default_factory=dict)
 
 
@@ -144,22 +157,75 @@ class _LLM:
             self.server.stop()
 
 
-def score_all(text: str, split: Split, scorers: list[str], client: LLMClient | None) -> list[ScoreResult]:
-    out = []
-    for s in scorers:
-        if s == "direct":
-            from .scorers.direct import score_direct
-            out.append(score_direct(text, split))
-        elif s == "embedding":
-            from .scorers.embedding import score_embedding
-            out.append(score_embedding(text, split))
-        elif s == "detection":
-            from .scorers.detection import score_detection
-            out.append(score_detection(client, text, split))
-        elif s == "fuzzing":
-            from .scorers.fuzzing import score_fuzzing
-            out.append(score_fuzzing(client, text, split))
-    return out
+class Scoring:
+    """Everything the scorers of one run share: the scorer list, the LLM client, the atlas's token
+    embeddings and the sentence embedder (for embedding/simulation)."""
+
+    def __init__(self, scorers: list[str], client: LLMClient | None, cfg: ExplainConfig, te=None,
+                 phrase_cache: Path | None = None) -> None:
+        self.scorers, self.client, self.cfg, self.te = scorers, client, cfg, te
+        self.emb = None
+        self.phrase_cache = phrase_cache
+        if set(scorers) & set(EMBEDDED):
+            from .scorers.embedding import embedder
+            self.emb = embedder()
+            if phrase_cache is not None:
+                self.emb.load_phrases(phrase_cache)
+
+    def save(self) -> None:
+        if self.emb is not None and self.phrase_cache is not None:
+            self.emb.save_phrases(self.phrase_cache)
+
+    def prepare(self, labels: list[tuple[str, list[str] | None]]) -> None:
+        """Embed the phrases of a batch's labels (text, tokens) in a few large forwards."""
+        if self.emb is not None:
+            from .token_embeddings import label_phrases
+            self.emb.phrases([ph for t, tk in labels for ph in label_phrases(t, tk)])
+
+    def prepared(self, held: Held) -> dict:
+        """What every label of one feature is scored against, computed once: the direct scorer's
+        trials and, for embedding/simulation, the held-out part as vectors."""
+        out: dict = {}
+        if "direct" in self.scorers:
+            from .scorers.direct import trials
+            out["direct"] = trials(held)
+        if self.te is not None:
+            out["vectors"] = self.te.held(held)
+        return out
+
+    def score(self, text: str, tokens: list[str] | None, held: Held, prep: dict | None = None) -> list[ScoreResult]:
+        """Score one label on one held-out part. `tokens`: the label's structured token list (token-based
+        labels, scored by it as is) or None (free text; the direct scorer parses it with a stop list);
+        `prep`: self.prepared(held), shared by a feature's label and its baselines."""
+        prep = prep if prep is not None else self.prepared(held)
+        out = []
+        vec = None
+        if self.emb is not None and set(self.scorers) & set(EMBEDDED):
+            from .scorers.embedding import label_vector
+            vec = label_vector(text, self.emb, tokens)
+        for s in self.scorers:
+            if s == "direct":
+                from .scorers.direct import score_direct
+                out.append(score_direct(text, held, tokens, prep.get("direct")))
+            elif s == "embedding":
+                from .scorers.embedding import score_embedding
+                out.append(score_embedding(vec, prep["vectors"]))
+            elif s == "simulation":
+                from .scorers.simulation import score_simulation
+                out.append(score_simulation(vec, prep["vectors"]))
+            elif s == "detection":
+                from .scorers.detection import score_detection
+                out.append(score_detection(self.client, text, held, self.cfg.judge_pos, self.cfg.judge_neg))
+            elif s == "fuzzing":
+                from .scorers.fuzzing import score_fuzzing
+                out.append(score_fuzzing(self.client, text, held, self.cfg.judge_pos))
+        return out
+
+
+def split_config(db) -> SplitConfig:
+    """The split for this atlas: whole corpus contexts of its build go to one part."""
+    build = db.meta().get("build") or {}
+    return SplitConfig(ctx_len=(build.get("identity") or {}).get("ctx_len"))
 
 
 def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult:
@@ -167,6 +233,7 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
 
     from ..atlas.db import AtlasDB
     from ..atlas.layout import AtlasLayout
+    from .atlas_io import load_profiles, write_explanations
     from .llm_explainer import explain_llm
     from .stats_explainer import explain_stats
 
@@ -189,52 +256,78 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
         if cfg.llm:
             llm = _LLM(cfg, layout.root / "llm_cache")
         client = llm.client if llm else None
+        split_cfg = split_config(db)
+        te = None
+        if todo and set(scorers) & set(EMBEDDED):
+            te, res.embedded_tokens, res.embed_seconds = _token_embeddings(db, layout, todo, split_cfg)
+        from .scorers.embedding import Embedder
+        scoring = Scoring(scorers, client, cfg, te, layout.root / "cache" /
+                          f"phrases.{Embedder.name.replace('/', '_')}.npz")
         bar = tqdm(total=len(todo), desc=f"explain ({method})", disable=not progress, unit="feat")
 
-        def work(item, score=True):
+        def label(item):
             p, sp = item
             if cfg.explainer == "stats":
                 e = explain_stats(p, sp)
-                text, details = e.label, e.details()
-            else:
-                text, details = explain_llm(client, p, sp), {"model": client.model}
-            return text, details, score_all(text, sp, scorers, client) if score else None
+                return e.label, e.details()
+            return explain_llm(client, p, sp), {"model": client.model}
+
+        def labels_of(items) -> tuple[list, LLMError | None]:
+            if client is None:
+                return [label(it) for it in items], None
+            out: list = [None] * len(items)
+            err = None
+            with ThreadPoolExecutor(cfg.concurrency) as pool:
+                for j, f in enumerate([pool.submit(label, it) for it in items]):
+                    try:
+                        out[j] = f.result()
+                    except LLMError as e:
+                        err = err or e
+            return out, err
 
         for b0 in range(0, len(todo), cfg.batch):
             chunk = todo[b0:b0 + cfg.batch]
-            items = []
-            for h, i in chunk:
-                p = db.feature(h, i)
-                items.append((p, split_examples(p)))
-            results: list = [None] * len(items)
-            error = None
-            if cfg.explainer == "stats" and client is None:
-                results = [work(it, score=False) for it in items]
-                if "embedding" in scorers:  # embed the batch's windows and labels in a few large forwards
-                    from .scorers.embedding import prefetch
-                    from .split import window_text
-                    prefetch([r[0] for r in results] + [window_text(e) for _, sp in items
-                                                        for e in sp.held_pos + sp.held_neg])
-                results = [(t, d, score_all(t, sp, scorers, client)) for (t, d, _), (_, sp) in zip(results, items)]
+            profiles = []
+            for h in dict.fromkeys(h for h, _ in chunk):
+                profiles += load_profiles(db, h, [i for hh, i in chunk if hh == h])
+            items = [(p, split_examples(p, split_cfg)) for p in profiles]
+            labels, error = labels_of(items)
+            rows = []
+            plans = [_plan(j, sp, labels, cfg) if labels[j] else None for j, (_, sp) in enumerate(items)]
+            scoring.prepare([(t, tk) for pl in plans if pl for _, t, tk, _ in pl])
+
+            def score_one(j, items=items, plans=plans):
+                p, sp = items[j]
+                prep = scoring.prepared(sp.test)
+                # Baselines are scored before anything of this feature is written: no half feature.
+                return [(m, t, tk, d, scoring.score(t, tk, sp.test, prep)) for m, t, tk, d in plans[j]]
+
+            todo_j = [j for j in range(len(items)) if plans[j]]
+            if client is None:
+                scored = {j: score_one(j) for j in todo_j}
             else:
+                scored = {}
                 with ThreadPoolExecutor(cfg.concurrency) as pool:
-                    futs = [pool.submit(work, it) for it in items]
-                    for j, f in enumerate(futs):
+                    futs = {j: pool.submit(score_one, j) for j in todo_j}
+                    for j, f in futs.items():
                         try:
-                            results[j] = f.result()
+                            scored[j] = f.result()
                         except LLMError as e:
                             error = error or e
-            labels = [r[0] if r else None for r in results]
-            for j, ((p, sp), r) in enumerate(zip(items, results)):
-                if r is None:
-                    continue
-                try:
-                    _write(db, p, sp, r, method, version, cfg, labels, j, scorers, client)
-                except LLMError as e:
-                    error = error or e
-                    continue
-                res.explained += 1
-                bar.update(1)
+            for j, out in scored.items():
+                p, sp = items[j]
+                (m, text, _, details, scores), *base = out
+                details = {**details, "shown": len(sp.shown), "valid_pos": len(sp.valid.pos),
+                           "valid_neg": len(sp.valid.neg), "test_pos": len(sp.test.pos),
+                           "test_neg": len(sp.test.neg)}
+                expl = [(method, version, text, details, scores)] + [
+                    (bm, baselines.VERSION, bt, {"for": method, "for_version": version, "tokens": btk}, bs)
+                    for bm, bt, btk, _, bs in base]
+                rows.append((p, expl, text))
+            write_explanations(db, rows)
+            scoring.save()
+            res.explained += len(rows)
+            bar.update(len(rows))
             if error is not None:
                 bar.close()
                 raise UserError(f"{error}; {res.explained} features were saved, rerun the same command to resume "
@@ -249,26 +342,30 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
     return res
 
 
-def _write(db, p, sp, r, method, version, cfg, labels, j, scorers, client) -> None:
-    text, details, scores = r
-    # Baselines are scored before anything of this feature is written, so a failure leaves no half feature.
-    base = []
+def _plan(j: int, sp, labels: list, cfg: ExplainConfig) -> list[tuple]:
+    """(method-or-baseline, text, structured tokens or None, details) of everything scored for feature j:
+    its label first, then the random label of another feature by the same method, then the
+    equal-budget top-token label."""
+    text, details = labels[j]
+    out = [(None, text, details.get("tokens"), details)]
     if cfg.baselines:
         k = baselines.random_partner(j, len(labels), cfg.seed)
         rand = labels[k] if k is not None else None
         if rand:
-            base.append((baselines.RANDOM, rand, score_all(rand, sp, scorers, client)))
-        top = baselines.top_token_label(sp)
+            out.append((baselines.RANDOM, rand[0], rand[1].get("tokens"), None))
+        top = baselines.top_token_label(sp, details.get("says"))
         if top:
-            base.append((baselines.TOPTOKEN, top, score_all(top, sp, scorers, client)))
-    details = {**details, "shown": len(sp.shown), "held_pos": len(sp.held_pos), "held_neg": len(sp.held_neg)}
-    with db.conn:
-        rows = [(method, version, text, details, scores)] + [(m, baselines.VERSION, t, {"for": method}, s)
-                                                             for m, t, s in base]
-        for m, v, t, d, ss in rows:
-            eid = db.add_explanation(p.hook, p.feature, t, method=m, version=v, details=d)
-            for s in ss:
-                db.add_score(eid, scorer=s.scorer, metric=s.metric, value=s.value, n_pos=s.n_pos, n_neg=s.n_neg,
-                             details=s.details)
-        if not p.label:  # never overwrite an existing (e.g. hand-written) label
-            db.set_label(p.hook, p.feature, text)
+            out.append((baselines.TOPTOKEN, top[0], top[1], None))
+    return out
+
+
+def _token_embeddings(db, layout, todo, split_cfg):
+    """The atlas's contextual token embeddings covering every window of the features to explain."""
+    from .scorers.embedding import embedder
+    from .token_embeddings import ContextEmbedder
+
+    t = time.perf_counter()
+    hooks = list(dict.fromkeys(h for h, _ in todo))
+    ctx = ContextEmbedder(db, hooks, split_cfg.ctx_len, layout.root / "cache", embedder())
+    te = ctx.ensure(ctx.spans_of(todo))
+    return te, ctx.embedded_tokens, time.perf_counter() - t

@@ -1,31 +1,62 @@
 """Direct scorer (no LLM): does the label's token set predict firing, token by token, on held-out text?
 
 Every token of the held-out windows (activating windows and non-activating ones) is one trial:
-positive if the feature fires there (> 0), predicted positive if its word is one the label names
-(stats_explainer.label_tokens). Reports balanced accuracy (mean of recall on firing tokens and
-specificity on silent ones), so a label that names every word or none scores 0.5.
+positive if the feature fires there (> 0), predicted positive if its word is one the label names.
+Reports balanced accuracy (mean of recall on firing tokens and specificity on silent ones), so a
+label that names every word or none scores 0.5.
+
+The contract for the token set: a token-based label (the stats explainer's, the top-token baseline's)
+is scored by its STRUCTURED token list (`details["tokens"]`, compared with `split.token_key`),
+exactly as it was chosen: "," "." "the" "is" are legitimate feature tokens. A stop list applies only
+to free text (an LLM's label), where "the" or "token" are words of the sentence, not the feature's.
 """
 
 from __future__ import annotations
 
-from ..split import Split, token_key
-from ..stats_explainer import label_tokens
+from ..split import Held, token_key
 from . import ScoreResult, balanced_accuracy
 
 NAME = "direct"
 
 
-def score_direct(text: str, split: Split) -> ScoreResult:
-    words = label_tokens(text)
-    pred, truth = [], []
-    for e in split.held_pos + split.held_neg:
-        for t, a in zip(e.tokens, e.acts if e.acts else [0.0] * len(e.tokens)):
-            pred.append(token_key(t) in words)
-            truth.append(a > 0)
+def free_text_tokens(text: str) -> set[str]:
+    """The input-side words of a free-text label: the part before '| says' / 'says' and '| after',
+    split on commas and whitespace, quotes and function words dropped."""
+    head = text.split("| says")[0].split("says ")[0] if "says" in text else text
+    head = head.split("| after")[0]
+    words = set()
+    for w in head.replace(",", " ").replace("|", " ").split():
+        w = token_key(w.strip("\"'`.;:()[]{}<>"))
+        if w and w not in STOP:
+            words.add(w)
+    return words
+
+
+STOP = {"the", "a", "an", "of", "on", "in", "word", "words", "token", "tokens", "about", "and", "or",
+        "fires", "feature", "this", "mentions", "related", "to", "for", "with", "is", "text"}
+"""Function and meta words of a free-text label (never applied to a structured token list)."""
+
+
+def trials(held: Held) -> tuple[list[str], list[bool]]:
+    """(word, fires?) of every held-out token: the trials, shared by a feature's label and baselines."""
+    keys, truth = [], []
+    for e in held.pos + held.neg:
+        keys += [token_key(t) for t in e.tokens]
+        truth += [a > 0 for a in (e.acts if e.acts else [0.0] * len(e.tokens))]
+    return keys, truth
+
+
+def score_direct(text: str, held: Held, tokens: list[str] | None = None, prepared=None) -> ScoreResult:
+    """`tokens`: the label's structured token list (token-based labels); None = parse free `text`.
+    `prepared`: trials(held), when the caller scores several labels on the same part."""
+    words = {token_key(t) for t in tokens} - {""} if tokens is not None else free_text_tokens(text)
+    keys, truth = prepared if prepared is not None else trials(held)
+    pred = [k in words for k in keys]
     n_pos = sum(truth)
     tp = sum(p and t for p, t in zip(pred, truth))
     npred = sum(pred)
     return ScoreResult(NAME, "balanced_accuracy", balanced_accuracy(pred, truth), n_pos, len(truth) - n_pos,
                        {"precision": round(tp / npred, 4) if npred else 0.0,
                         "recall": round(tp / n_pos, 4) if n_pos else 0.0,
-                        "unit": "token", "held_windows": len(split.held_pos), "neg_windows": len(split.held_neg)})
+                        "unit": "token", "held_windows": len(held.pos), "neg_windows": len(held.neg),
+                        "tokens_from": "structured" if tokens is not None else "free_text"})
