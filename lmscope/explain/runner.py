@@ -177,7 +177,7 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
     from ..atlas.db import AtlasDB
     from ..atlas.layout import AtlasLayout
     from .llm_explainer import explain_llm
-    from .stats_explainer import explain_stats
+    from .stats_explainer import Labeller, explain_stats
 
     t0 = time.perf_counter()
     layout = AtlasLayout(cfg.atlas)
@@ -198,13 +198,14 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
         if cfg.llm:
             llm = _LLM(cfg, layout.root / "llm_cache")
         client = llm.client if llm else None
+        labeller = Labeller.for_atlas(db) if cfg.explainer == "stats" else None  # WordNet + output null
         split_cfg = split_config(db)
         bar = tqdm(total=len(todo), desc=f"explain ({method})", disable=not progress, unit="feat")
 
         def work(item, score=True):
             p, sp = item
             if cfg.explainer == "stats":
-                e = explain_stats(p, sp)
+                e = explain_stats(p, sp, labeller)
                 text, details = e.label, e.details()
             else:
                 text, details = explain_llm(client, p, sp), {"model": client.model}
