@@ -240,7 +240,8 @@ def choose(valid_windows, tokens: list[str], concept: Concept | None, context: s
     base = score(None, None)
     log = {"tokens": base}
     if base is None or (concept is None and context is None):
-        return Choice(None, None, {**log, "kept": "tokens" if base is not None else "no validation windows"})
+        return Choice(None, None, {**log, "score": None if base is None else round(base, 4),
+                                   "kept": "tokens" if base is not None else "no validation windows"})
     keep_c = None
     best = base
     if concept is not None:
@@ -254,6 +255,7 @@ def choose(valid_windows, tokens: list[str], concept: Concept | None, context: s
         log["context"] = s
         if s is not None and s > best:
             keep_x, best = context, s
+    log["score"] = best
     log = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in log.items()}
     log["kept"] = "+".join(["tokens"] + (["concept"] if keep_c else []) + (["context"] if keep_x else []))
     return Choice(keep_c, keep_x, log)

@@ -59,6 +59,13 @@ class ExplainConfig:
     """features per batch (written together)"""
     seed: int = 0
     """seed of --sample and of the random baseline"""
+    triage: float = 0.0
+    """llm explainer: only features whose stats label scores below this on VALIDATION (or fits its
+    shown windows far better than validation), weakest first (triage.py); 0 = every selected feature"""
+    budget: int = 0
+    """stop after this many LLM calls (cache hits are free; rerun to continue); 0 = no limit"""
+    budget_usd: float = 0.0
+    """stop once the cost at --price-in/--price-out reaches this many dollars; 0 = no limit"""
 
     def __post_init__(self) -> None:
         bad = [s for s in self.scorer_list() if s not in SCORERS]
@@ -91,6 +98,8 @@ class ExplainResult:
     selected: int = 0
     seconds: float = 0.0
     llm_usage: dict = field(default_factory=dict)
+    triaged: int | None = None
+    """features triage sent to the LLM (None: no triage)"""
 
 
 def _select(db, cfg: ExplainConfig) -> list[tuple[str, int]]:
@@ -137,7 +146,8 @@ class _LLM:
             if not model:
                 raise UserError("--llm openai:URL needs --llm-model NAME (the model the server serves)")
         self.client = LLMClient(url, model, cache_dir=cache_dir, timeout=cfg.timeout, retries=cfg.retries,
-                                price_in=cfg.price_in, price_out=cfg.price_out)
+                                price_in=cfg.price_in, price_out=cfg.price_out, max_requests=cfg.budget,
+                                max_cost_usd=cfg.budget_usd)
 
     def close(self) -> None:
         if self.server is not None:
@@ -200,6 +210,11 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
         client = llm.client if llm else None
         labeller = Labeller.for_atlas(db) if cfg.explainer == "stats" else None  # WordNet + output null
         split_cfg = split_config(db)
+        if cfg.explainer == "llm" and cfg.triage:
+            from .triage import triage
+
+            todo = [(t.hook, t.feature) for t in triage(db, todo, cfg.triage, split_cfg, Labeller(coherence=False))]
+            res.triaged = len(todo)
         bar = tqdm(total=len(todo), desc=f"explain ({method})", disable=not progress, unit="feat")
 
         def work(item, score=True):
