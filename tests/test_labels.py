@@ -162,3 +162,17 @@ def test_feature_classes():
     assert concepts.feature_class([",", "."], None, 0.9) == "position/format"
     assert concepts.feature_class(["bank"], 'after "river"', 0.9) == "context pattern"
     assert concepts.feature_class(["a", "b"], None, 0.2) == "context pattern"
+
+
+def test_one_pass_context_flags_equal_the_reference_definitions():
+    toks = ["He", " said", ' "', "Yes", " 3", " apples", '"', "Ċ", "Then", " 4", " more"]
+    flags = concepts.window_flags(toks)
+    for j, name in enumerate(concepts.NAMES):
+        assert [f[j] for f in flags] == [concepts.CONTEXTS[name](toks, i) for i in range(len(toks))], name
+    # by hand: "Yes", " 3", " apples" and the closing quote itself (one quote before it) are inside
+    # the quotes; "Then" starts a line; " apples" and
+    # " more" follow a number; "He", "Yes", "Then" are capitalized
+    assert [i for i, f in enumerate(flags) if f[1]] == [3, 4, 5, 6]
+    assert [i for i, f in enumerate(flags) if f[0]] == [8]
+    assert [i for i, f in enumerate(flags) if f[2]] == [5, 10]
+    assert [i for i, f in enumerate(flags) if f[3]] == [0, 3, 8]

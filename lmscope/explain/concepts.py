@@ -82,6 +82,19 @@ class Concept:
 
 
 def propose_concept(tokens: list[str], wn: WordNet | None) -> Concept | None:
+    key = (tuple(tokens), id(wn))
+    if key not in _CONCEPT_CACHE:
+        if len(_CONCEPT_CACHE) > 100_000:
+            _CONCEPT_CACHE.clear()
+        _CONCEPT_CACHE[key] = _propose_concept(tokens, wn)
+    return _CONCEPT_CACHE[key]
+
+
+_CONCEPT_CACHE: dict = {}
+_FUNCTION = {"of", "the", "and", "a", "an", "in", "to", "on", "at", "for", "by", "with", "or", "as", "is"}
+
+
+def _propose_concept(tokens: list[str], wn: WordNet | None) -> Concept | None:
     if not tokens:
         return None
     if all(is_number(t) for t in tokens):
@@ -110,8 +123,10 @@ def _compound(words: list[str], wn: WordNet) -> Concept | None:
     bases = set(words) | {b for w in words for b in wn.base_forms(w, "n")}
     best = None
     for w in words:
+        if w in _FUNCTION:
+            continue  # "the" is part of thousands of lemmas and names none of them
         for lemma, off in wn.compounds(w):
-            parts = [x for x in lemma.split("_") if x not in ("of", "the", "and", "a", "in")]
+            parts = [x for x in lemma.split("_") if x not in _FUNCTION]
             if len(parts) >= 2 and all(x in bases for x in parts):
                 if best is None or len(parts) > len(best[0].split("_")):
                     best = (lemma, off)
@@ -144,6 +159,22 @@ CONTEXTS: dict[str, Callable[[list[str], int], bool]] = {
     "after a number": lambda t, i: is_number(token_key(_prev(t, i))),
     "capitalized": lambda t, i: visible(t[i])[:1].isupper(),
 }
+"""the reference definitions, one token at a time (window_flags computes all of them in one pass)"""
+NAMES = tuple(CONTEXTS)
+
+
+def window_flags(toks: list[str]) -> list[tuple[bool, bool, bool, bool]]:
+    """Per token, whether each context of NAMES holds: one pass over the window (quote parity is
+    a running count, not a rescan of the prefix)."""
+    out = []
+    quotes = 0
+    prev_nl = prev_num = False
+    for t in toks:
+        out.append((prev_nl, quotes % 2 == 1, prev_num, visible(t)[:1].isupper()))
+        quotes += sum(t.count(q) for q in _QUOTES)
+        prev_nl = any(n in t for n in _NEWLINE)
+        prev_num = is_number(token_key(t))
+    return out
 
 
 def context_fn(name: str) -> Callable[[list[str], int], bool]:
@@ -153,6 +184,15 @@ def context_fn(name: str) -> Callable[[list[str], int], bool]:
     return CONTEXTS[name]
 
 
+def context_mask(name: str, toks: list[str]) -> list[bool]:
+    """Whether the context holds at each position of the window."""
+    if name in CONTEXTS:
+        j = NAMES.index(name)
+        return [f[j] for f in window_flags(toks)]
+    f = context_fn(name)
+    return [f(toks, i) for i in range(len(toks))]
+
+
 def propose_context(shown, chosen: list[str]) -> str | None:
     """The context holding for most shown firings, far more often than for shown tokens at large."""
     fire: Counter = Counter()
@@ -160,8 +200,9 @@ def propose_context(shown, chosen: list[str]) -> str | None:
     before: Counter = Counter()
     n_fire = n_all = 0
     for e in shown:
+        flags = window_flags(e.tokens)
         for i, a in enumerate(e.acts):
-            hits = [n for n, f in CONTEXTS.items() if f(e.tokens, i)]
+            hits = [n for n, h in zip(NAMES, flags[i]) if h]
             n_all += 1
             allc.update(hits)
             if a > 0:
@@ -188,11 +229,11 @@ def propose_context(shown, chosen: list[str]) -> str | None:
 def predict(held_windows, tokens: set[str], concept: Concept | None, context: str | None,
             wn: WordNet | None) -> tuple[list[bool], list[bool]]:
     """(prediction, truth) per token of the windows: named token or concept member, within context."""
-    ctx = context_fn(context) if context else None
     pred, truth = [], []
     memo: dict[str, bool] = {}
     for e in held_windows:
         acts = e.acts if e.acts else [0.0] * len(e.tokens)
+        mask = context_mask(context, e.tokens) if context else None
         for i, (t, a) in enumerate(zip(e.tokens, acts)):
             k = token_key(t)
             if tokens or concept:
@@ -203,8 +244,8 @@ def predict(held_windows, tokens: set[str], concept: Concept | None, context: st
                     hit = memo[k]
             else:
                 hit = True
-            if hit and ctx is not None:
-                hit = ctx(e.tokens, i)
+            if hit and mask is not None:
+                hit = mask[i]
             pred.append(hit)
             truth.append(a > 0)
     return pred, truth
