@@ -43,8 +43,8 @@ _QUOTES = ('"', "\u201c", "\u201d")
 
 
 def visible(tok: str) -> str:
-    """The token's text without BPE space markers (case kept)."""
-    return tok.replace("Ġ", " ").replace("▁", " ").strip()
+    """The token's text without BPE space / newline / tab markers (case kept; "Ċ" is not a capital)."""
+    return tok.replace("Ġ", " ").replace("▁", " ").replace("Ċ", "\n").replace("ĉ", "\t").strip()
 
 
 def is_number(k: str) -> bool:
