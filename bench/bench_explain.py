@@ -1,62 +1,133 @@
-"""Stats explainer throughput on synthetic feature profiles (no model, no DB): split + explain +
-direct score per feature, extrapolated to 100k features.
+"""`lmscope explain` end to end on a real atlas: features per second with the default scorers, cold
+(the atlas's token embeddings computed) and warm (cached), optionally next to an older checkout's
+code on the same features, and on the same atlas widened K times (K copies of its dictionaries over
+the same corpus windows: a 30 x 4,608 = 138k-feature atlas like the whole-model one).
 
-    .venv/bin/python bench/bench_explain.py --features 20000
+    PYTHONPATH=$PWD .venv/bin/python bench/bench_explain.py --atlas runs/smollm2-135m/atlas \\
+        --work /tmp/bench-explain [--old-code /path/to/old/checkout --old-sample 500] [--replicate 30]
 
-Each synthetic feature has 20 top + 20 quantile windows of 16 tokens over a 49k vocabulary (the
-default model's), a planted firing token, 8 negative windows and 10 promoted tokens, i.e. what
-`lmscope atlas build` stores with its defaults.
+Works on copies under --work (the atlas given is only read). Prints one JSON line per run and
+appends them to bench/results/explain.jsonl.
 """
 
 from __future__ import annotations
 
 import argparse
-import random
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
 import time
+from pathlib import Path
 
-from lmscope.atlas.db import Example, FeatureProfile, LogitEffect
-from lmscope.explain.scorers.direct import score_direct
-from lmscope.explain.split import SplitConfig, split_examples
-from lmscope.explain.stats_explainer import explain_stats
+from lmscope.explain import ExplainConfig, explain_atlas
 
 
-def synthetic(f: int, rng: random.Random, vocab: int = 49152, win: int = 16) -> FeatureProfile:
-    target = f" w{rng.randrange(vocab)}"
+def copy_atlas(src: Path, dst: Path) -> Path:
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    src_db = sqlite3.connect(f"file:{src / 'atlas.db'}?mode=ro", uri=True)
+    out = sqlite3.connect(dst / "atlas.db")
+    src_db.backup(out)  # a consistent copy even while another process reads the source
+    src_db.close()
+    out.execute("DELETE FROM scores")
+    out.execute("DELETE FROM explanations")
+    out.execute("DELETE FROM search WHERE source = 'explanation'")
+    out.execute("UPDATE features SET label = NULL")
+    out.execute("DELETE FROM search WHERE source = 'label'")
+    out.commit()
+    out.close()
+    shutil.copy(src / "atlas.json", dst / "atlas.json")
+    return dst
 
-    def window(kind: str, score: float, n: int) -> Example:
-        toks = [f" w{rng.randrange(vocab)}" for _ in range(win)]
-        acts = [0.0] * win
-        pos = 12
-        if score > 0:
-            toks[pos] = target
-            acts[pos] = score
-        return Example(kind, toks, acts, pos, score, None, [], n)
 
-    top = [window("top", 10 - i * 0.1, f * 1000 + i) for i in range(20)]
-    qs = [window("quantile", 5 - i * 0.2, f * 1000 + 100 + i) for i in range(20)]
-    neg = [window("negative", 0.0, f * 1000 + 200 + i) for i in range(8)]
-    prom = [LogitEffect(f" w{rng.randrange(vocab)}", 0, 1.0) for _ in range(10)]
-    return FeatureProfile("blocks.0.resid_post", f, 0.01, 100, 10.0, 0.1, 5.0, None, None, top, qs, neg,
-                          prom, [], [])
+def replicate(dst: Path, k: int) -> int:
+    """Add k-1 copies of every dictionary (same windows, same corpus ids) under new hook names."""
+    c = sqlite3.connect(dst / "atlas.db")
+    dicts = c.execute("SELECT id, hook, arch, d_sae, d_in, n_tokens, config FROM dictionaries").fetchall()
+    for r in range(1, k):
+        for did, hook, *rest in dicts:
+            cur = c.execute("INSERT INTO dictionaries (hook, arch, d_sae, d_in, n_tokens, config) "
+                            "VALUES (?, ?, ?, ?, ?, ?)", (f"{hook}.copy{r}", *rest))
+            new = cur.lastrowid
+            c.execute("INSERT INTO features SELECT ?, idx, density, fires, max_act, mean_act, mean_firing, "
+                      "histogram, label FROM features WHERE dictionary = ?", (new, did))
+            c.execute("INSERT INTO examples (dictionary, idx, kind, bucket, rank, score, token_id, tokens, "
+                      "token_ids, acts, position) SELECT ?, idx, kind, bucket, rank, score, token_id, tokens, "
+                      "token_ids, acts, position FROM examples WHERE dictionary = ?", (new, did))
+            c.execute("INSERT INTO logit_effects SELECT ?, idx, kind, rank, token_id, token, value "
+                      "FROM logit_effects WHERE dictionary = ?", (new, did))
+        c.commit()
+    n = c.execute("SELECT COUNT(*) FROM features WHERE max_act > 0").fetchone()[0]
+    c.close()
+    return n
+
+
+def run_new(atlas: Path, label: str, **kw) -> dict:
+    t = time.perf_counter()
+    r = explain_atlas(ExplainConfig(atlas=str(atlas), **kw), progress=False)
+    wall = time.perf_counter() - t
+    return {"run": label, "code": "new", "features": r.explained, "seconds": round(wall, 1),
+            "features_per_s": round(r.explained / wall, 1), "embedded_tokens": r.embedded_tokens,
+            "embed_seconds": round(r.embed_seconds, 1)}
+
+
+def run_old(code: Path, atlas: Path, sample: int) -> dict:
+    cmd = [sys.executable, "-c", "import sys; from lmscope.cli import main; sys.exit(main(sys.argv[1:]))",
+           "explain", str(atlas), "--no-progress", "--json"] + (["--sample", str(sample)] if sample else [])
+    t = time.perf_counter()
+    out = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(code)}, capture_output=True, text=True,
+                         check=True).stdout
+    wall = time.perf_counter() - t
+    n = json.loads(out[out.index("{"):])["explained"]
+    return {"run": f"old code, --sample {sample}" if sample else "old code", "code": str(code), "features": n,
+            "seconds": round(wall, 1), "features_per_s": round(n / wall, 1)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--features", type=int, default=20000)
+    ap.add_argument("--atlas", required=True, help="atlas folder (read only)")
+    ap.add_argument("--work", required=True, help="scratch folder for the copies")
+    ap.add_argument("--old-code", default="", help="an older checkout to time on a copy (its own split/scorers)")
+    ap.add_argument("--old-sample", type=int, default=0, help="features per dictionary for the old code (0 = all)")
+    ap.add_argument("--replicate", type=int, default=0, help="also time a K-times wider copy of the atlas")
+    ap.add_argument("--skip-base", action="store_true", help="only the --replicate / --old-code runs")
     a = ap.parse_args()
-    rng = random.Random(0)
-    profiles = [synthetic(f, rng) for f in range(a.features)]
-    t = time.perf_counter()
-    ok = 0
-    for p in profiles:
-        sp = split_examples(p, SplitConfig(ctx_len=None))
-        e = explain_stats(p, sp)
-        s = score_direct(e.label, sp.test, e.tokens)
-        ok += s.value == 1.0
-    dt = time.perf_counter() - t
-    print(f"{a.features} features in {dt:.2f}s = {dt / a.features * 1e3:.3f} ms/feature "
-          f"-> 100k features in {dt / a.features * 1e5 / 60:.1f} min (explain + direct score); "
-          f"planted token recovered exactly: {ok}/{a.features}")
+    src, work = Path(a.atlas), Path(a.work)
+    results = []
+
+    def emit(r: dict) -> None:
+        r = {**r, "atlas": str(src), "cpus": os.cpu_count(), "load1": round(os.getloadavg()[0], 2),
+             "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        print(json.dumps(r), flush=True)
+        results.append(r)
+
+    if not a.skip_base:
+        dst = copy_atlas(src, work / "new")
+        emit(run_new(dst, "cold (embeds the atlas text)"))
+        copy_atlas(src, work / "new-warm")
+        shutil.copytree(dst / "cache", work / "new-warm" / "cache")
+        emit(run_new(work / "new-warm", "warm (token embeddings cached)"))
+    if a.old_code:
+        dst = copy_atlas(src, work / "old")
+        emit(run_old(Path(a.old_code), dst, a.old_sample))
+        if a.old_sample:
+            emit(run_new(copy_atlas(src, work / "new-sample"), f"cold, --sample {a.old_sample}",
+                         sample=a.old_sample))
+    if a.replicate:
+        dst = copy_atlas(src, work / "wide")
+        n = replicate(dst, a.replicate)
+        r = run_new(dst, f"cold, {a.replicate} x the dictionaries ({n} features)")
+        emit(r)
+    out = Path(__file__).parent / "results" / "explain.jsonl"
+    out.parent.mkdir(exist_ok=True)
+    with out.open("a") as f:
+        for r in results:
+            f.write(json.dumps(r) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

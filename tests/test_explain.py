@@ -3,13 +3,16 @@ baselines, resume, report, and one-line CLI errors (real atlas build, real SQLit
 
 from __future__ import annotations
 
+import math
 import shutil
 
+import numpy as np
 import pytest
 
 from lmscope.atlas.db import AtlasDB, Example, FeatureProfile
 from lmscope.cli import main
 from lmscope.explain import ExplainConfig, baselines, explain_atlas, score_report
+from lmscope.explain.report import BASELINES, Paired, paired_bootstrap
 from lmscope.explain.scorers.direct import free_text_tokens, score_direct
 from lmscope.explain.split import Held, Split, SplitConfig, split_examples
 from lmscope.explain.stats_explainer import explain_stats
@@ -165,21 +168,31 @@ def test_stats_label_names_planted_token(demo):
             assert e.precision == 1.0 and e.recall == 1.0
 
 
-def test_scorers_rank_correct_above_wrong(demo):
-    from lmscope.explain.scorers.embedding import score_embedding
+def test_scorers_rank_correct_above_wrong(demo, tmp_path):
+    from lmscope.explain.scorers.embedding import embedder, label_vector, score_embedding
+    from lmscope.explain.scorers.simulation import score_simulation
+    from lmscope.explain.token_embeddings import ContextEmbedder
 
     with AtlasDB(demo / "atlas.db") as db:
         p = db.feature(HOOKS[0], PLANTED)
+        ctx = ContextEmbedder(db, [HOOKS[0]], 16, tmp_path, embedder())
     sp = split_examples(p, SplitConfig(ctx_len=16))
     good, bad = score_direct(PLANTED_WORD, sp.test, [PLANTED_WORD]), score_direct("fish, river", sp.test)
     assert good.value == 1.0 and bad.value <= 0.5
     assert good.details["precision"] == 1.0 and good.details["recall"] == 1.0
-    assert score_embedding("horse", sp.test).value > score_embedding("the capital of france", sp.test).value
+    te = ctx.ensure(ctx.spans[(HOOKS[0], PLANTED)])
+    assert ctx.embedded_tokens > 0 and ctx.path.is_file()
+    emb = embedder()
+    horse, capital = label_vector("horse", emb), label_vector("the capital of france", emb)
+    every = Held(p.top + p.quantiles, p.negatives)  # more windows than the test part: a sharper check
+    hv = te.held(every)
+    assert score_embedding(horse, hv).value > score_embedding(capital, hv).value
+    assert score_simulation(horse, hv).value > score_simulation(capital, hv).value
     assert free_text_tokens('horse, pony | after "the" | says "gallop"') == {"horse", "pony"}
 
 
 def test_explain_runner_baselines_resume_report(atlas):
-    cfg = ExplainConfig(atlas=str(atlas), scorers="direct")
+    cfg = ExplainConfig(atlas=str(atlas), scorers="direct,embedding,simulation")
     r1 = explain_atlas(cfg, progress=False)
     assert r1.explained == r1.selected > 10 and r1.skipped == 0
     with AtlasDB(atlas / "atlas.db") as db:
@@ -193,10 +206,87 @@ def test_explain_runner_baselines_resume_report(atlas):
     with AtlasDB(atlas / "atlas.db") as db:
         assert db._q("SELECT COUNT(*) FROM explanations")[0][0] == n
     rep = score_report(atlas)
+    assert {r.scorer for r in rep.rows if r.method == "stats"} == {"direct", "embedding", "simulation"}
     stats = [r for r in rep.rows if r.method == "stats" and r.scorer == "direct"]
-    assert len(stats) == 2 and all(r.beats is not None for r in stats)
+    assert [r.hook for r in stats] == [*HOOKS, "all"] and all({p.baseline for p in r.paired} == set(BASELINES) for r in stats)
     assert main(["explain-report", str(atlas)]) == 0
     assert (atlas / "plots" / "explain_scores.png").stat().st_size > 1000
+
+
+def _fake_embeddings():
+    import numpy as np
+
+    from lmscope.explain.token_embeddings import TokenEmbeddings
+
+    # 4 tokens (global ids 0..3) in a 2-d space; the label points along x.
+    vecs = np.array([[1, 0], [0, 1], [1, 1], [0, 2]], dtype=np.float16)
+    return TokenEmbeddings(np.arange(4), vecs, np.ones(4, dtype=np.int16)), np.array([1.0, 0.0])
+
+
+def test_simulation_and_embedding_scores_by_hand():
+    from lmscope.explain.scorers.embedding import score_embedding
+    from lmscope.explain.scorers.simulation import pearson, score_simulation
+
+    te, label = _fake_embeddings()
+    pos = Example("top", ["a", "b"], [3.0, 0.0], 0, 3.0, None, [], 0)  # tokens 0, 1
+    neg = Example("negative", ["c", "d"], [0.0, 0.0], 0, 0.0, None, [], 2)  # tokens 2, 3
+    held = Held([pos], [neg])
+    # Predicted activations = cosines with the label: 1, 0, 1/sqrt(2), 0; true: 3, 0, 0, 0.
+    # Centred: pred - 0.42678 = (0.57322, -0.42678, 0.28033, -0.42678); act - 0.75 = (2.25, -0.75 x3);
+    # sum of products 1.28975 + 0.75 x 0.57323 = 1.71967; norms sqrt(0.77144) and sqrt(6.75):
+    # r = 1.71967 / 2.28193 = 0.75361.
+    got = score_simulation(label, te.held(held))
+    assert got.value == pytest.approx(0.75361, abs=1e-4) and (got.n_pos, got.n_neg) == (1, 3)
+    assert pearson([1, 2, 3], [1, 2, 4]) == pytest.approx(3 / (2 * 14 / 3) ** 0.5)
+    assert math.isnan(pearson([1, 1, 1], [0, 1, 2]))
+    # Windows: mean of their tokens' vectors: (0.5, 0.5) -> cosine 0.7071; (0.5, 1.5) -> 0.3162.
+    # One positive above the one negative: AUROC 1. The reverse label (along y): 0.7071 < 0.9487 -> 0.
+    assert score_embedding(label, te.held(held)).value == 1.0
+    assert score_embedding(np.array([0.0, 1.0]), te.held(held)).value == 0.0
+
+
+def test_judges_sample_across_activation_quantiles():
+    from lmscope.explain.scorers.detection import across_quantiles
+
+    ws = [Example("quantile", ["x"], [float(s)], 0, float(s), None, [], s) for s in range(1, 11)]
+    # 10 windows ranked 10..1; 4 evenly spaced ranks: 0, 3, 6, 9 -> activations 10, 7, 4, 1.
+    assert [e.score for e in across_quantiles(ws, 4)] == [10, 7, 4, 1]
+    assert len(across_quantiles(ws, 50)) == 10
+
+
+def test_paired_bootstrap_by_hand():
+    # Constant differences: every resample has the same mean.
+    assert paired_bootstrap([0.2, 0.2, 0.2]) == pytest.approx((0.2, 0.2, 0.2))
+    # Two features, d = -0.1 and 0.3: a resample's mean is -0.1 (prob 1/4), 0.1 (1/2) or 0.3 (1/4), so
+    # the 2.5% and 97.5% percentiles are -0.1 and 0.3. The mean (0.1) is above 0 but the interval is not:
+    # "does not beat" (the old rule, mean above the baseline's mean, said yes).
+    assert paired_bootstrap([-0.1, 0.3]) == pytest.approx((0.1, -0.1, 0.3))
+    assert Paired("b", 2, 0.1, -0.1, 0.3).verdict == "does not beat"
+    assert Paired("b", 3, 0.2, 0.1, 0.3).verdict == "beats"
+
+
+def test_report_pairs_each_method_with_its_own_baselines(atlas):
+    with AtlasDB(atlas / "atlas.db") as db:
+        def put(f, method, v, for_m=None):
+            eid = db.add_explanation(HOOKS[0], f, "x", method=method, details={"for": for_m} if for_m else None)
+            db.add_score(eid, scorer="direct", metric="balanced_accuracy", value=v, n_pos=1, n_neg=1)
+        for f, (m, top, rand) in enumerate([(0.9, 0.6, 0.9), (0.8, 0.6, 0.9), (0.7, 0.6, 0.9)]):
+            put(f, "stats", m)
+            put(f, "baseline-toptoken", top, "stats")
+            put(f, "baseline-random", rand, "stats")
+            put(f, "baseline-toptoken", 1.0, "llm")  # another method's baseline: never paired with stats
+    rep = score_report(atlas)
+    (row,) = [r for r in rep.rows if r.method == "stats" and r.hook == HOOKS[0]]
+    got = {p.baseline: p for p in row.paired}
+    # vs top-token: d = 0.3, 0.2, 0.1; a resample's mean is 0.1 with prob 1/27 > 2.5% and 0.3 likewise,
+    # so the interval is [0.1, 0.3]: beats.
+    t = got["baseline-toptoken"]
+    assert (t.n, t.mean_diff, t.lo, t.hi) == (3, pytest.approx(0.2), pytest.approx(0.1), pytest.approx(0.3))
+    # vs random: d = 0, -0.1, -0.2 -> [-0.2, 0]: does not beat.
+    r = got["baseline-random"]
+    assert (r.mean_diff, r.lo, r.hi) == (pytest.approx(-0.1), pytest.approx(-0.2), pytest.approx(0.0))
+    assert t.verdict == "beats" and r.verdict == "does not beat" and row.beats is False
+    assert "baseline-toptoken (for llm)" in rep.text and "does not beat" in rep.text
 
 
 def test_cli_bad_input(atlas, tmp_path, capsys):

@@ -176,3 +176,12 @@ def test_one_pass_context_flags_equal_the_reference_definitions():
     assert [i for i, f in enumerate(flags) if f[0]] == [8]
     assert [i for i, f in enumerate(flags) if f[2]] == [5, 10]
     assert [i for i, f in enumerate(flags) if f[3]] == [0, 3, 8]
+
+
+def test_paired_ci_by_hand():
+    from lmscope.explain.label_report import paired_ci
+
+    assert paired_ci([0.25, 0.25, 0.25]) == (0.25, 0.25, 0.25)  # no spread: the interval is the point
+    m, lo, hi = paired_ci([0.0, 0.4])
+    # resampled means of two values can only be 0, 0.2 or 0.4 (probabilities 1/4, 1/2, 1/4)
+    assert m == pytest.approx(0.2) and lo == 0.0 and hi == pytest.approx(0.4)

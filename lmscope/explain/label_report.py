@@ -107,6 +107,30 @@ def class_table(db, test_predicates: bool = True) -> list[dict]:
     return out
 
 
+def versus_stats(db, method: str = "llm") -> dict:
+    """On the features explained by both `method` and stats: per scorer, the paired test-score
+    difference method - stats with its bootstrap interval, and the LLM usage recorded per feature."""
+    scores = defaultdict(dict)
+    for eid, scorer, value in db._q("SELECT explanation_id, scorer, value FROM scores"):
+        scores[eid][scorer] = value
+    by = defaultdict(dict)
+    for hook, idx, eid, m in db._q("SELECT d.hook, e.idx, e.id, e.method FROM explanations e JOIN dictionaries d "
+                                   "ON d.id = e.dictionary WHERE e.method IN ('stats', ?)", (method,)):
+        by[(hook, idx)][m] = scores[eid]
+    pairs = [v for v in by.values() if "stats" in v and method in v]
+    out = {"method": method, "features": len(pairs), "scorers": {}}
+    for s in sorted({k for v in pairs for k in v[method]}):
+        d = [v[method][s] - v["stats"][s] for v in pairs
+             if s in v["stats"] and v[method][s] == v[method][s] and v["stats"][s] == v["stats"][s]]
+        m, lo, hi = paired_ci(d)
+        out["scorers"][s] = {"n": len(d), "method": round(float(np.mean([v[method][s] for v in pairs
+                                                                          if v[method].get(s) == v[method].get(s)])), 4),
+                             "stats": round(float(np.mean([v["stats"][s] for v in pairs if s in v["stats"]
+                                                           and v["stats"][s] == v["stats"][s]])), 4),
+                             "minus_stats": round(m, 4), "ci95": [round(lo, 4), round(hi, 4)]}
+    return out
+
+
 def format_table(rows: list[dict]) -> str:
     lines = ["class            features  scorer      n     label  label-baseline [95% CI]     aids: n  "
              "label-tokens alone [95% CI]"]
@@ -143,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--before", help="an atlas explained by an earlier version: print a before/after draw")
     ap.add_argument("--draw", type=int, default=20, help="features in the before/after draw")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--versus", default="", help="also compare this method (e.g. llm) with stats, paired")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     for p in [a.atlas] + ([a.before] if a.before else []):
@@ -151,14 +176,20 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     with AtlasDB(Path(a.atlas) / "atlas.db", readonly=True) as db:
         rows = class_table(db)
+        vs = versus_stats(db, a.versus) if a.versus else None
         ba = None
         if a.before:
             with AtlasDB(Path(a.before) / "atlas.db", readonly=True) as bdb:
                 ba = before_after(db, bdb, a.draw, a.seed)
     if a.json:
-        print(json.dumps({"classes": rows, "before_after": ba}, indent=1))
+        print(json.dumps({"classes": rows, "before_after": ba, "versus": vs}, indent=1))
         return 0
     print(format_table(rows))
+    if vs:
+        print(f"\n{vs['method']} vs stats on the {vs['features']} features both explained (test windows, paired):")
+        for s, x in vs["scorers"].items():
+            print(f"  {s:<10} n {x['n']:>4}  {vs['method']} {x['method']:.3f}  stats {x['stats']:.3f}  "
+                  f"difference {x['minus_stats']:+.3f} [{x['ci95'][0]:+.3f}, {x['ci95'][1]:+.3f}]")
     if ba:
         print(f"\nbefore/after: {len(ba)} features drawn with random.Random({a.seed}).sample")
         print("| feature | before | after |\n|---|---|---|")

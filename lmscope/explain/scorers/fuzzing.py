@@ -1,6 +1,7 @@
 """Fuzzing scorer (LLM judge): are the marked tokens the ones the label describes?
 
-Each held-out activating window is shown twice: with its real active tokens marked (above 0.3 x its
+Up to `n` held-out activating windows spread over the activation range (detection.across_quantiles;
+delphi: 50), each shown twice: with its real active tokens marked (above 0.3 x its
 max) and with the same number of other tokens marked at random (seeded). Balanced accuracy of the
 judge's Yes/No over the real vs fuzzed copies.
 """
@@ -29,9 +30,11 @@ def fuzzed(e: Example, seed: int) -> Example | None:
     return Example(e.kind, e.tokens, acts, e.position, 1.0, e.bucket, e.token_ids, e.token_index)
 
 
-def score_fuzzing(client: LLMClient, text: str, held: Held, n: int = 5, seed: int = 0) -> ScoreResult:
+def score_fuzzing(client: LLMClient, text: str, held: Held, n: int = 50, seed: int = 0) -> ScoreResult:
+    from .detection import across_quantiles
+
     pred, truth, invalid = [], [], 0
-    for i, e in enumerate(held.pos[:n]):
+    for i, e in enumerate(across_quantiles(held.pos, n)):
         f = fuzzed(e, seed + i)
         if f is None:
             continue
@@ -42,4 +45,5 @@ def score_fuzzing(client: LLMClient, text: str, held: Held, n: int = 5, seed: in
             truth.append(t)
     n_pos = sum(truth)
     v = balanced_accuracy(pred, truth) if n_pos else float("nan")
-    return ScoreResult(NAME, "balanced_accuracy", v, n_pos, len(truth) - n_pos, {"invalid_answers": invalid})
+    return ScoreResult(NAME, "balanced_accuracy", v, n_pos, len(truth) - n_pos,
+                       {"invalid_answers": invalid, "asked": n})

@@ -1,0 +1,249 @@
+"""Contextual token embeddings of the atlas's text, computed once per atlas and cached.
+
+Scoring a label against its held-out windows needs sentence embeddings of those windows. Embedding
+each window per feature cannot scale (4,608 features x ~25 windows is 115k embedder calls; a 140k
+feature atlas 3.5M), but the windows are slices of a few corpus contexts shared by all features.
+So the text is embedded ONCE:
+
+1. the union of all stored windows of the atlas's dictionaries gives, per global token id (context
+   x ctx_len + position), its token string; runs of consecutive ids inside one context are cut into
+   segments of at most `MAX_SEG` tokens (the text around each token, as the profiling pass saw it);
+2. each segment runs through the sentence embedder (all-MiniLM-L6-v2, batched); each token's vector
+   is the mean of the last hidden states of its word pieces (character offsets map word pieces to the
+   model's tokens), and its word-piece count is kept;
+3. a window's embedding is then the word-piece-weighted mean of its tokens' vectors, i.e. the
+   sentence-transformers mean pool over the window's word pieces, read in context; one token's vector
+   is that token in its context (the simulation scorer's input).
+
+The result is cached under ATLAS/cache/, keyed by the atlas build, the dictionaries, the embedder
+and this module's schema; later runs (another explainer, an LLM's labels) load it in a second.
+Only segments holding tokens that the selected features' held-out windows need are embedded; the
+cache grows as other features need other segments.
+
+Label texts are embedded phrase by phrase (`label_phrases`): a label "horse, pony | says "gallop""
+is the mean of the sentence embeddings of "horse", "pony" and "gallop", each embedded once for all
+features (a free-text label without separators is one phrase). The same rule for every method and
+baseline keeps the comparison fair; it is also what makes labels cost ~1 embedder call per NEW
+word instead of one per label.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA = 1
+MAX_SEG = 64
+"""tokens per embedded segment (a context is cut into pieces of at most this many tokens)"""
+BATCH = 64
+"""segments per embedder forward"""
+
+
+def _is_special(t: str) -> bool:
+    return t.startswith("<") and t.endswith(">") and len(t) < 16 and " " not in t
+
+
+@dataclass
+class TokenEmbeddings:
+    ids: np.ndarray
+    """[n] int64 global token ids, sorted"""
+    vecs: np.ndarray
+    """[n, d] float16 mean word-piece vector of each token (zero for tokens without word pieces)"""
+    counts: np.ndarray
+    """[n] int16 word pieces per token"""
+
+    def rows(self, gids: np.ndarray) -> np.ndarray:
+        """Row of each global id in `ids` (-1 where the id was never embedded)."""
+        r = np.searchsorted(self.ids, gids)
+        r = np.minimum(r, len(self.ids) - 1)
+        return np.where(self.ids[r] == gids, r, -1) if len(self.ids) else np.full(len(gids), -1)
+
+    def windows(self, spans: list[tuple[int, int]]) -> np.ndarray:
+        """[len(spans), d] unit vectors: word-piece mean pool of each window [start, end)."""
+        if not spans:
+            return np.zeros((0, self.vecs.shape[1]), dtype=np.float32)
+        lens = np.asarray([b - a for a, b in spans])
+        starts = np.asarray([a for a, _ in spans])
+        first = np.r_[0, np.cumsum(lens)[:-1]]  # [w] offset of each window's first token
+        gids = np.repeat(starts - first, lens) + np.arange(lens.sum())  # [sum lens] global ids
+        r = self.rows(gids)
+        w = np.where(r >= 0, self.counts[np.maximum(r, 0)], 0).astype(np.float32)  # word pieces
+        v = self.vecs[np.maximum(r, 0)].astype(np.float32) * w[:, None]  # [sum lens, d]
+        return _unit(np.add.reduceat(v, first, axis=0))  # the mean's direction = the sum's
+
+    def held(self, held) -> HeldVectors:
+        """The vectors every label of one feature is scored against (computed once per feature)."""
+        from .split import span
+
+        pos = [s for e in held.pos if (s := span(e))]
+        neg = [s for e in held.neg if (s := span(e))]
+        gids, acts = [], []
+        for e in held.pos + held.neg:
+            if (s := span(e)) is not None:
+                gids.append(np.arange(*s))
+                acts.append(np.asarray(e.acts if e.acts else [0.0] * len(e.tokens), dtype=np.float64))
+        if gids:
+            g, a = np.concatenate(gids), np.concatenate(acts)
+            order = np.lexsort((-a, g))  # by id, highest activation first
+            g, a = g[order], a[order]
+            keep = np.r_[True, g[1:] != g[:-1]]  # one entry per distinct token
+            g, a = g[keep], a[keep]
+        else:
+            g, a = np.zeros(0, np.int64), np.zeros(0)
+        return HeldVectors(self.windows(pos + neg), len(pos), len(neg), self.tokens(g), a)
+
+    def tokens(self, gids: np.ndarray) -> np.ndarray:
+        """[len(gids), d] unit vectors of single tokens in context (zero where unknown or empty)."""
+        r = self.rows(gids)
+        out = np.zeros((len(gids), self.vecs.shape[1]), dtype=np.float32)
+        ok = r >= 0
+        out[ok] = self.vecs[r[ok]].astype(np.float32)
+        return _unit(out)
+
+
+@dataclass
+class HeldVectors:
+    """One feature's held-out part as vectors: what the embedding and simulation scorers read."""
+
+    windows: np.ndarray
+    """[n_pos + n_neg, d] unit vectors of the activating windows, then the non-activating ones"""
+    n_pos: int
+    n_neg: int
+    tokens: np.ndarray
+    """[t, d] unit vectors of the distinct held-out tokens, each read in its context"""
+    acts: np.ndarray
+    """[t] the feature's true activation on each (0 in non-activating windows)"""
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(v, axis=-1, keepdims=True)
+    return np.divide(v, n, out=np.zeros_like(v), where=n > 0)
+
+
+def corpus_tokens(db, hooks: list[str]) -> tuple[dict[int, str], dict[tuple[str, int], list[tuple[int, int]]]]:
+    """(global token id -> token string, (hook, feature) -> its windows' spans), over every stored
+    window of these dictionaries."""
+    text: dict[int, str] = {}
+    spans: dict[tuple[str, int], list[tuple[int, int]]] = {}
+    hook_of = {db._dict_id(h): h for h in hooks}
+    q = (f"SELECT dictionary, idx, token_id, position, tokens FROM examples "
+         f"WHERE dictionary IN ({','.join('?' * len(hook_of))})")
+    for did, idx, tid, pos, toks in db.conn.execute(q, list(hook_of)):
+        if tid is None:
+            continue
+        start = tid - pos
+        words = json.loads(toks)
+        if start + len(words) - 1 not in text or start not in text:
+            for i, t in enumerate(words):
+                text.setdefault(start + i, t)
+        spans.setdefault((hook_of[did], idx), []).append((start, start + len(words)))
+    return text, spans
+
+
+def segments(gids: np.ndarray, ctx_len: int | None, max_seg: int = MAX_SEG) -> list[tuple[int, int]]:
+    """[start, end) runs of consecutive ids, cut at context ends and every max_seg tokens."""
+    if not len(gids):
+        return []
+    brk = np.nonzero(np.diff(gids) != 1)[0] + 1
+    if ctx_len:
+        brk = np.union1d(brk, np.nonzero(np.diff(gids // ctx_len) != 0)[0] + 1)
+    out = []
+    for a, b in zip(np.r_[0, brk], np.r_[brk, len(gids)]):
+        s, e = int(gids[a]), int(gids[b - 1]) + 1
+        out += [(x, min(x + max_seg, e)) for x in range(s, e, max_seg)]
+    return out
+
+
+class ContextEmbedder:
+    """Builds, caches and serves `TokenEmbeddings` for one atlas and one sentence embedder."""
+
+    def __init__(self, db, hooks: list[str], ctx_len: int | None, cache_dir: Path, embedder) -> None:
+        self.emb = embedder
+        self.text, self.spans = corpus_tokens(db, hooks)
+        gids = np.fromiter(sorted(self.text), dtype=np.int64, count=len(self.text))
+        self.segs = segments(gids, ctx_len)
+        self.seg_starts = np.asarray([s for s, _ in self.segs], dtype=np.int64)
+        build = (db.meta().get("build") or {})
+        key = json.dumps({"schema": SCHEMA, "max_seg": MAX_SEG, "build": build.get("identity"),
+                          "completed": build.get("completed"), "hooks": sorted(hooks),
+                          "embedder": embedder.name}, sort_keys=True)
+        self.path = cache_dir / f"token_embeddings.{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
+        self.done: set[int] = set()
+        self.te = TokenEmbeddings(np.zeros(0, np.int64), np.zeros((0, embedder.dim), np.float16),
+                                  np.zeros(0, np.int16))
+        if self.path.is_file():
+            z = np.load(self.path)
+            self.te = TokenEmbeddings(z["ids"], z["vecs"], z["counts"])
+            self.done = set(z["segs"].tolist())
+        self.embedded_tokens = 0
+        """tokens embedded by this process (0 when the cache had everything)"""
+
+    def ensure(self, spans: list[tuple[int, int]]) -> TokenEmbeddings:
+        """Embed every segment that meets one of these windows and is not cached yet; save."""
+        need: set[int] = set()
+        for a, b in spans:
+            i = max(int(np.searchsorted(self.seg_starts, a, "right")) - 1, 0)
+            while i < len(self.segs) and self.segs[i][0] < b:
+                if self.segs[i][1] > a:
+                    need.add(self.segs[i][0])
+                i += 1
+        todo = [s for s in self.segs if s[0] in need and s[0] not in self.done]
+        if not todo:
+            return self.te
+        todo.sort(key=lambda s: s[1] - s[0])  # similar lengths per batch: little padding
+        ids, vecs, counts = [self.te.ids], [self.te.vecs], [self.te.counts]
+        for i in range(0, len(todo), BATCH):
+            part = todo[i:i + BATCH]
+            toks = [[self.text[g] for g in range(a, b)] for a, b in part]
+            v, c = self.emb.embed_tokens(toks)
+            for (a, b), vv, cc in zip(part, v, c):
+                ids.append(np.arange(a, b, dtype=np.int64))
+                vecs.append(vv.astype(np.float16))
+                counts.append(cc.astype(np.int16))
+            self.embedded_tokens += sum(b - a for a, b in part)
+        ids_a = np.concatenate(ids)
+        order = np.argsort(ids_a, kind="stable")
+        self.te = TokenEmbeddings(ids_a[order], np.concatenate(vecs)[order], np.concatenate(counts)[order])
+        self.done |= {s for s, _ in todo}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(f".tmp{os.getpid()}.npz")
+        np.savez(tmp, ids=self.te.ids, vecs=self.te.vecs, counts=self.te.counts,
+                 segs=np.asarray(sorted(self.done), dtype=np.int64))
+        os.replace(tmp, self.path)
+        return self.te
+
+
+_SPLIT = re.compile(r"[,|()\[\]]")
+_LEAD = re.compile(r"^(says|after|before|inside|at)\s+", re.I)
+
+
+def label_phrases(text: str, tokens: list[str] | None = None) -> list[str]:
+    """The phrases a label is embedded as: split on , | ( ) [ ], quotes and leading 'says'/'after'
+    dropped, empty pieces skipped; plus the label's structured tokens not already there (a "," or
+    "(" token is lost by the split). A label with nothing left is kept whole."""
+    out = []
+    for part in _SPLIT.split(text):
+        p = _LEAD.sub("", part.strip()).strip().strip("\"'`").strip()
+        if p and p not in out:
+            out.append(p)
+    out += [t for t in dict.fromkeys(tokens or []) if t and t not in out]
+    return out or ([text.strip()] if text.strip() else [])
+
+
+def segment_text(tokens: list[str]) -> tuple[str, list[int]]:
+    """Segment text (special tokens dropped) and each token's start character. Word-level tokenizers
+    carry no spaces: their tokens are joined with one."""
+    sep = "" if any(" " in t for t in tokens) else " "
+    starts, parts, n = [], [], 0
+    for t in tokens:
+        starts.append(n)
+        if not _is_special(t):
+            parts.append(t + sep)
+            n += len(t) + len(sep)
+    return "".join(parts), starts
