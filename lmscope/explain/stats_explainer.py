@@ -1,9 +1,11 @@
 """The stats explainer: a label from counts alone (no LLM), input side + output side.
 
 Input side: which tokens the feature fires on. Over the SHOWN windows (split.py) every token is a
-trial: it fires (activation > 0) or not. A token's precision is fires / occurrences and its recall is
-its share of all firings; tokens are taken greedily by firings x precision until they cover 80% of the
-firings (at most 3, precision >= 0.2). The token list is the label's structured detail
+trial: it fires (activation > 0) or not. Three rules propose a list of at most 3 tokens: `precision`
+(greedy by firings x precision until 80% of firings are covered, precision >= 0.2), `balanced`
+(greedy by gain in balanced accuracy on the shown tokens) and `peak` (the 3 tokens with the highest
+activations, the equal-budget baseline's rule); the label takes the list that predicts firing best
+on the VALIDATION windows (ties: that order). The token list is the label's structured detail
 (`details["tokens"]`, what the direct scorer scores; never rewritten by what follows).
 
 Reading aids (concepts.py), each proposed on the shown windows and KEPT only if it raises the
@@ -104,20 +106,26 @@ def default_labeller() -> Labeller:
     return _DEFAULT
 
 
-def _shown_tokens(split: Split) -> tuple[list[str], float, float, int]:
+def _counts(split: Split) -> tuple[Counter, Counter, int, int]:
+    """(firings per token, occurrences per token, firings, tokens) over the shown windows."""
     fires: Counter = Counter()
     seen: Counter = Counter()
-    n_fire = 0
+    n_fire = n_tok = 0
     for e in split.shown:
         for t, a in zip(e.tokens, e.acts):
             k = token_key(t)
             seen[k] += 1
+            n_tok += 1
             if a > 0:
                 fires[k] += 1
                 n_fire += 1
+    return fires, seen, n_fire, n_tok
+
+
+def _greedy_precision(fires: Counter, seen: Counter, n_fire: int) -> list[str]:
+    """The most firings weighted by precision first, until 80% of firings are covered."""
     chosen: list[str] = []
     covered = 0
-    # Greedy: the most firings weighted by precision first.
     for k, _ in sorted(fires.items(), key=lambda kv: (-kv[1] * kv[1] / seen[kv[0]], kv[0])):
         if len(chosen) >= MAX_TOKENS or covered >= COVER * n_fire:
             break
@@ -125,9 +133,35 @@ def _shown_tokens(split: Split) -> tuple[list[str], float, float, int]:
             continue
         chosen.append(k)
         covered += fires[k]
+    return chosen
+
+
+def _greedy_balanced(fires: Counter, seen: Counter, n_fire: int, n_tok: int) -> list[str]:
+    """Add the token that most raises balanced accuracy on the shown tokens (recall gain minus
+    false-positive-rate cost), while it raises it."""
+    n_neg = n_tok - n_fire
+    if not n_fire or not n_neg:
+        return []
+    gains = sorted(((fires[k] / n_fire - (seen[k] - fires[k]) / n_neg, k) for k in fires if k), key=lambda g: (-g[0], g[1]))
+    return [k for g, k in gains[:MAX_TOKENS] if g > 0]
+
+
+def token_candidates(split: Split) -> dict[str, list[str]]:
+    """Token lists from three rules on the shown windows; the label takes the one that predicts
+    firing best on the validation windows (explain_stats)."""
+    from .baselines import top_tokens
+
+    fires, seen, n_fire, n_tok = _counts(split)
+    return {"precision": _greedy_precision(fires, seen, n_fire),
+            "balanced": _greedy_balanced(fires, seen, n_fire, n_tok),
+            "peak": top_tokens(split, MAX_TOKENS)}
+
+
+def _shown_fit(split: Split, chosen: list[str]) -> tuple[float, float]:
+    fires, seen, n_fire, _ = _counts(split)
     tp = sum(fires[k] for k in chosen)
     occ = sum(seen[k] for k in chosen)
-    return chosen, tp / occ if occ else 0.0, tp / n_fire if n_fire else 0.0, n_fire
+    return tp / occ if occ else 0.0, tp / n_fire if n_fire else 0.0
 
 
 def _show(t: str) -> str:
@@ -152,10 +186,15 @@ def compose(tokens: list[str], concept, context: str | None, says: list[str], ou
 
 def explain_stats(p: FeatureProfile, split: Split, labeller: Labeller | None = None) -> StatsExplanation:
     lab = labeller or default_labeller()
-    chosen, precision, recall, n_fire = _shown_tokens(split)
+    valid = split.valid.pos + split.valid.neg
+    cands = token_candidates(split)
+    rule_scores = {r: concepts.bal_acc(*concepts.predict(valid, set(t), None, None, None)) for r, t in cands.items()}
+    # ties and no validation windows: the first rule (precision-weighted, the most specific list)
+    rule = max(cands, key=lambda r: (rule_scores[r] if rule_scores[r] is not None else -1.0, -list(cands).index(r)))
+    chosen = cands[rule]
+    precision, recall = _shown_fit(split, chosen)
     concept = concepts.propose_concept(chosen, lab.wn)
     context = concepts.propose_context(split.shown, chosen)
-    valid = split.valid.pos + split.valid.neg
     ch = concepts.choose(valid, chosen, concept, context, lab.wn)
     promoted = [k for k in (token_key(x.token) for x in p.promoted[:concepts_n()]) if k]
     coh = lab.coherence()
@@ -164,7 +203,9 @@ def explain_stats(p: FeatureProfile, split: Split, labeller: Labeller | None = N
     label = compose(chosen, ch.concept, ch.context, says, output_known=bool(promoted))
     return StatsExplanation(
         label, chosen, ch.context, says, precision, recall, ch.concept,
-        concepts.feature_class(chosen, context, recall), ch.valid,
+        concepts.feature_class(chosen, context, recall),
+        {**ch.valid, "token_rule": rule, "token_rules": {r: None if v is None else round(v, 4)
+                                                         for r, v in rule_scores.items()}},
         {"concept": concept.name if concept else None, "context": context},
         res.as_dict() if res is not None else None)
 
