@@ -152,6 +152,9 @@ def test_output_side_printed_only_when_it_coheres(emb):
     e = explain_stats(_profile(sp.shown, [" rowsiness", "ilantro", " termedi"]), sp, lab)
     assert e.says == [] and e.label.endswith(NO_OUTPUT) and "rowsiness" not in e.label
     assert e.output["coherent"] is False and e.output["threshold"] == 0.95
+    # word fragments (no word-start marker) are never an output word, however alike they look
+    e = explain_stats(_profile(sp.shown, ["emetery", "openhagen", "incinnati", " the"]), sp, lab)
+    assert e.says == [] and e.output is None and e.label.endswith(NO_OUTPUT)
     e = explain_stats(_profile(sp.shown, [" mother", " father", " sister", " brother"]), sp, lab)
     assert e.says == ["mother", "father", "sister"] and 'says "mother"' in e.label
 

@@ -91,7 +91,10 @@ def propose_concept(tokens: list[str], wn: WordNet | None) -> Concept | None:
 
 
 _CONCEPT_CACHE: dict = {}
-_FUNCTION = {"of", "the", "and", "a", "an", "in", "to", "on", "at", "for", "by", "with", "or", "as", "is"}
+_FUNCTION = {"of", "the", "and", "a", "an", "in", "to", "on", "at", "for", "by", "with", "or", "as", "is",
+             "are", "was", "were", "be", "been", "has", "had", "have", "not", "but", "from", "this", "that",
+             "his", "her", "its", "our", "their", "who", "which", "what", "when", "then", "than", "can",
+             "will", "would", "all", "any", "one", "out", "off", "too", "very", "just", "also", "you"}
 
 
 def _propose_concept(tokens: list[str], wn: WordNet | None) -> Concept | None:
@@ -103,7 +106,8 @@ def _propose_concept(tokens: list[str], wn: WordNet | None) -> Concept | None:
         return Concept("punctuation", "punctuation")
     if wn is None:
         return None
-    words = [t for t in tokens if t.isalpha() and len(t) >= 2]
+    # WordNet knows "at" (astatine) and "re" (rhenium): short and function words name no concept
+    words = [t for t in tokens if t.isalpha() and len(t) >= 3 and t not in _FUNCTION]
     if len(words) >= 2:
         c = _compound(words, wn) or _common_hypernym(words, wn)
         if c:

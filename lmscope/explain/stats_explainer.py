@@ -78,11 +78,16 @@ class Labeller:
         self._pool = pool
         self._coh = None
         self._want_coh = coherence
+        self.marks = True
+        """the tokenizer marks word starts (GPT-2 'Ġ', SentencePiece '▁'): pieces without one are
+        word fragments ("rowsiness", "ilantro"), which no reader can use as an output word"""
 
     @classmethod
     def for_atlas(cls, db) -> Labeller:
-        rows = db._q("SELECT DISTINCT token FROM logit_effects")
-        return cls(pool=[token_key(t) for (t,) in rows if t])
+        raw = [t for (t,) in db._q("SELECT DISTINCT token FROM logit_effects") if t]
+        lab = cls(pool=[token_key(t) for t in raw if readable(t, True)])
+        lab.marks = any(t.startswith(_MARKS) for t in raw)
+        return lab
 
     def coherence(self):
         if self._coh is None and self._want_coh:
@@ -94,6 +99,14 @@ class Labeller:
                 pool = [w for w in emb.tok.get_vocab() if w.isalpha()]
             self._coh = Coherence(pool, emb)
         return self._coh
+
+
+_MARKS = ("Ġ", "▁", " ")
+
+
+def readable(tok: str, marks: bool) -> bool:
+    """A whole word (starts a word) or a number / punctuation; not the middle of a word."""
+    return bool(tok) and (not marks or tok.startswith(_MARKS) or not tok[0].isalpha())
 
 
 _DEFAULT: Labeller | None = None
@@ -196,7 +209,8 @@ def explain_stats(p: FeatureProfile, split: Split, labeller: Labeller | None = N
     concept = concepts.propose_concept(chosen, lab.wn)
     context = concepts.propose_context(split.shown, chosen)
     ch = concepts.choose(valid, chosen, concept, context, lab.wn)
-    promoted = [k for k in (token_key(x.token) for x in p.promoted[:concepts_n()]) if k]
+    promoted = list(dict.fromkeys(k for k in (token_key(x.token) for x in p.promoted[:concepts_n()]
+                                              if readable(x.token, lab.marks)) if k))
     coh = lab.coherence()
     res = coh(promoted) if coh is not None and promoted else None
     says = promoted[:N_SAYS] if (res is None and coh is None) or (res is not None and res.coherent) else []
