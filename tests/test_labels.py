@@ -149,9 +149,14 @@ def test_output_side_printed_only_when_it_coheres(emb):
     lab = Labeller(pool=pool, coherence=True)
     lab._coh = coh
     sp = _split(_FAM_POS, _SAME_POS)
-    e = explain_stats(_profile(sp.shown, [" rowsiness", "ilantro", " termedi"]), sp, lab)
-    assert e.says == [] and e.label.endswith(NO_OUTPUT) and "rowsiness" not in e.label
+    e = explain_stats(_profile(sp.shown, [" however", " banana", " quickly", " seven"]), sp, lab)
+    assert e.says == [] and e.label.endswith(NO_OUTPUT) and "banana" not in e.label
     assert e.output["coherent"] is False and e.output["threshold"] == 0.95
+    # pieces that are not words a reader knows never count ("rowsiness" is no English word; "and",
+    # "under", "s" are function words and a letter, alike in any embedding space)
+    for junk in ([" rowsiness", "ilantro", " termedi"], [" and", " under", " s"]):
+        e = explain_stats(_profile(sp.shown, junk), sp, lab)
+        assert e.says == [] and e.output is None and e.label.endswith(NO_OUTPUT)
     # word fragments (no word-start marker) are never an output word, however alike they look
     e = explain_stats(_profile(sp.shown, ["emetery", "openhagen", "incinnati", " the"]), sp, lab)
     assert e.says == [] and e.output is None and e.label.endswith(NO_OUTPUT)

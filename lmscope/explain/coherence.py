@@ -58,6 +58,8 @@ class StaticEmbedder:
         with safe_open(str(d / "model.safetensors"), "np") as f:
             key = next(k for k in f.keys() if k.endswith("embeddings.word_embeddings.weight"))
             self.table = f.get_tensor(key).astype(np.float32)  # [vocab, 384]
+        self.vocab = {w for w in self.tok.get_vocab() if w.isalpha()}
+        """whole-word pieces of the embedder's vocabulary (no '##' continuation pieces)"""
         self.cache: dict[str, np.ndarray | None] = {}
         self.lock = threading.Lock()
 

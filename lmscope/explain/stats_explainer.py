@@ -89,6 +89,18 @@ class Labeller:
         lab.marks = any(t.startswith(_MARKS) for t in raw)
         return lab
 
+    def is_word(self, k: str) -> bool:
+        """A word a reader knows: in WordNet, or one whole piece of MiniLM's English vocabulary, or a
+        number / punctuation. Word-start BPE pieces of longer words ("accred", "incarc") are not."""
+        if not k[0].isalpha():
+            return True
+        if len(k) < 2 or k in concepts._FUNCTION:
+            return False  # "and", "under", "s" cluster in any embedding space and tell a reader nothing
+        if self.wn is not None and (k in self.wn.index("n") or k in self.wn.index("v")):
+            return True
+        coh = self.coherence()
+        return coh is not None and k in coh.embed.vocab
+
     def coherence(self):
         if self._coh is None and self._want_coh:
             from .coherence import Coherence, StaticEmbedder
@@ -96,7 +108,11 @@ class Labeller:
             emb = StaticEmbedder()
             pool = self._pool
             if pool is None:
-                pool = [w for w in emb.tok.get_vocab() if w.isalpha()]
+                pool = sorted(emb.vocab)
+            # the null draws from the same kind of tokens the test admits: words a reader knows
+            wn_n = self.wn.index("n") if self.wn else {}
+            wn_v = self.wn.index("v") if self.wn else {}
+            pool = [w for w in pool if w and (not w[0].isalpha() or w in emb.vocab or w in wn_n or w in wn_v)]
             self._coh = Coherence(pool, emb)
         return self._coh
 
@@ -210,11 +226,11 @@ def explain_stats(p: FeatureProfile, split: Split, labeller: Labeller | None = N
     context = concepts.propose_context(split.shown, chosen)
     ch = concepts.choose(valid, chosen, concept, context, lab.wn)
     promoted = list(dict.fromkeys(k for k in (token_key(x.token) for x in p.promoted[:concepts_n()]
-                                              if readable(x.token, lab.marks)) if k))
+                                              if readable(x.token, lab.marks)) if k and lab.is_word(k)))
     coh = lab.coherence()
     res = coh(promoted) if coh is not None and promoted else None
     says = promoted[:N_SAYS] if (res is None and coh is None) or (res is not None and res.coherent) else []
-    label = compose(chosen, ch.concept, ch.context, says, output_known=bool(promoted))
+    label = compose(chosen, ch.concept, ch.context, says, output_known=bool(p.promoted))
     return StatsExplanation(
         label, chosen, ch.context, says, precision, recall, ch.concept,
         concepts.feature_class(chosen, context, recall),
