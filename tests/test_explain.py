@@ -180,7 +180,7 @@ def test_scorers_rank_correct_above_wrong(demo, tmp_path):
     good, bad = score_direct(PLANTED_WORD, sp.test, [PLANTED_WORD]), score_direct("fish, river", sp.test)
     assert good.value == 1.0 and bad.value <= 0.5
     assert good.details["precision"] == 1.0 and good.details["recall"] == 1.0
-    te = ctx.ensure(ctx.spans[(HOOKS[0], PLANTED)])
+    te = ctx.ensure(ctx.spans_of([(HOOKS[0], PLANTED)]))
     assert ctx.embedded_tokens > 0 and ctx.path.is_file()
     emb = embedder()
     horse, capital = label_vector("horse", emb), label_vector("the capital of france", emb)
@@ -189,6 +189,10 @@ def test_scorers_rank_correct_above_wrong(demo, tmp_path):
     assert score_embedding(horse, hv).value > score_embedding(capital, hv).value
     assert score_simulation(horse, hv).value > score_simulation(capital, hv).value
     assert free_text_tokens('horse, pony | after "the" | says "gallop"') == {"horse", "pony"}
+    from lmscope.explain.token_embeddings import label_phrases
+    # The input side only (what these scorers judge), a structured "," kept although the split drops it.
+    assert label_phrases('horse, pony | after "the" | says "gallop"') == ["horse", "pony", "the"]
+    assert label_phrases(', | says "x"', [","]) == [","]
 
 
 def test_explain_runner_baselines_resume_report(atlas):

@@ -1,10 +1,10 @@
 """`lmscope explain` / `lmscope explain-report`: label features and score the labels.
 
-    lmscope explain atlas/                                   # stats explainer, direct+embedding scorers
+    lmscope explain atlas/                                   # stats explainer, direct+embedding+simulation
     lmscope explain atlas/ --top-density 50 --explainer llm --llm local:smollm2-135m
     lmscope explain atlas/ --explainer llm --llm openai:http://127.0.0.1:8080/v1 --llm-model qwen \\
         --scorers direct,embedding,detection,fuzzing        # key from LMSCOPE_LLM_API_KEY / OPENAI_API_KEY
-    lmscope explain-report atlas/                            # score table next to baselines + PNG
+    lmscope explain-report atlas/                            # paired differences to baselines + PNG
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_explain)
-    r = sub.add_parser("explain-report", help="score distribution per dictionary and method, next to baselines")
+    r = sub.add_parser("explain-report", help="scores per dictionary, method and scorer, paired with the "
+                                              "method's baselines per feature (bootstrap interval)")
     r.add_argument("atlas", help="atlas folder")
     r.add_argument("--png", default=None, help="plot path (default: ATLAS/plots/explain_scores.png)")
     r.add_argument("--json", action="store_true", help="print the table as JSON")
@@ -38,7 +39,11 @@ def cmd_explain(args) -> int:
     if args.json:
         print_json(res.__dict__)
     else:
-        print(f"explained {res.explained} features ({res.skipped} already done) in {res.seconds:.1f}s")
+        rate = f", {res.explained / res.seconds:.0f} features/s" if res.explained and res.seconds else ""
+        print(f"explained {res.explained} features ({res.skipped} already done) in {res.seconds:.1f}s{rate}")
+        if res.embedded_tokens:
+            print(f"embedded {res.embedded_tokens} corpus tokens in context in {res.embed_seconds:.1f}s "
+                  f"(once per atlas: cached under {args.atlas}/cache/)")
         if res.llm_usage:
             u = res.llm_usage
             print(f"LLM: {u['requests']} requests ({u['cached']} cached), {u['prompt_tokens']} prompt + "

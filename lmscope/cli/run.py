@@ -186,7 +186,8 @@ def run(cfg: RunConfig) -> int:
     if "explain" in todo:
         i += 1
         argv = ["explain", str(atlas)]
-        _stage(i, n, "explain: label every feature (stats explainer) and score the labels", argv)
+        _stage(i, n, "explain: label every feature (stats explainer); score the labels on held-out windows "
+                     "against an equal-budget top-token and a random baseline (paired, 95% bootstrap)", argv)
         _call(argv)
         print()
         _call(["explain-report", str(atlas)])

@@ -171,12 +171,20 @@ class Scoring:
     """Everything the scorers of one run share: the scorer list, the LLM client, the atlas's token
     embeddings and the sentence embedder (for embedding/simulation)."""
 
-    def __init__(self, scorers: list[str], client: LLMClient | None, cfg: ExplainConfig, te=None) -> None:
+    def __init__(self, scorers: list[str], client: LLMClient | None, cfg: ExplainConfig, te=None,
+                 phrase_cache: Path | None = None) -> None:
         self.scorers, self.client, self.cfg, self.te = scorers, client, cfg, te
         self.emb = None
+        self.phrase_cache = phrase_cache
         if set(scorers) & set(EMBEDDED):
             from .scorers.embedding import embedder
             self.emb = embedder()
+            if phrase_cache is not None:
+                self.emb.load_phrases(phrase_cache)
+
+    def save(self) -> None:
+        if self.emb is not None and self.phrase_cache is not None:
+            self.emb.save_phrases(self.phrase_cache)
 
     def prepare(self, labels: list[tuple[str, list[str] | None]]) -> None:
         """Embed the phrases of a batch's labels (text, tokens) in a few large forwards."""
@@ -184,14 +192,22 @@ class Scoring:
             from .token_embeddings import label_phrases
             self.emb.phrases([ph for t, tk in labels for ph in label_phrases(t, tk)])
 
-    def vectors(self, held: Held):
-        """The held-out part as vectors for the embedding/simulation scorers (once per feature)."""
-        return self.te.held(held) if self.te is not None else None
+    def prepared(self, held: Held) -> dict:
+        """What every label of one feature is scored against, computed once: the direct scorer's
+        trials and, for embedding/simulation, the held-out part as vectors."""
+        out: dict = {}
+        if "direct" in self.scorers:
+            from .scorers.direct import trials
+            out["direct"] = trials(held)
+        if self.te is not None:
+            out["vectors"] = self.te.held(held)
+        return out
 
-    def score(self, text: str, tokens: list[str] | None, held: Held, hv=None) -> list[ScoreResult]:
+    def score(self, text: str, tokens: list[str] | None, held: Held, prep: dict | None = None) -> list[ScoreResult]:
         """Score one label on one held-out part. `tokens`: the label's structured token list (token-based
         labels, scored by it as is) or None (free text; the direct scorer parses it with a stop list);
-        `hv`: self.vectors(held), shared by a feature's label and its baselines."""
+        `prep`: self.prepared(held), shared by a feature's label and its baselines."""
+        prep = prep if prep is not None else self.prepared(held)
         out = []
         vec = None
         if self.emb is not None and set(self.scorers) & set(EMBEDDED):
@@ -200,13 +216,13 @@ class Scoring:
         for s in self.scorers:
             if s == "direct":
                 from .scorers.direct import score_direct
-                out.append(score_direct(text, held, tokens))
+                out.append(score_direct(text, held, tokens, prep.get("direct")))
             elif s == "embedding":
                 from .scorers.embedding import score_embedding
-                out.append(score_embedding(vec, hv if hv is not None else self.vectors(held)))
+                out.append(score_embedding(vec, prep["vectors"]))
             elif s == "simulation":
                 from .scorers.simulation import score_simulation
-                out.append(score_simulation(vec, hv if hv is not None else self.vectors(held)))
+                out.append(score_simulation(vec, prep["vectors"]))
             elif s == "detection":
                 from .scorers.detection import score_detection
                 out.append(score_detection(self.client, text, held, self.cfg.judge_pos, self.cfg.judge_neg))
@@ -260,7 +276,9 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
         te = None
         if todo and set(scorers) & set(EMBEDDED):
             te, res.embedded_tokens, res.embed_seconds = _token_embeddings(db, layout, todo, split_cfg)
-        scoring = Scoring(scorers, client, cfg, te)
+        from .scorers.embedding import Embedder
+        scoring = Scoring(scorers, client, cfg, te, layout.root / "cache" /
+                          f"phrases.{Embedder.name.replace('/', '_')}.npz")
         bar = tqdm(total=len(todo), desc=f"explain ({method})", disable=not progress, unit="feat")
 
         def label(item):
@@ -296,9 +314,9 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
 
             def score_one(j, items=items, plans=plans):
                 p, sp = items[j]
-                hv = scoring.vectors(sp.test)
+                prep = scoring.prepared(sp.test)
                 # Baselines are scored before anything of this feature is written: no half feature.
-                return [(m, t, tk, d, scoring.score(t, tk, sp.test, hv)) for m, t, tk, d in plans[j]]
+                return [(m, t, tk, d, scoring.score(t, tk, sp.test, prep)) for m, t, tk, d in plans[j]]
 
             todo_j = [j for j in range(len(items)) if plans[j]]
             if client is None:
@@ -323,6 +341,7 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
                     for bm, bt, btk, _, bs in base]
                 rows.append((p, expl, text))
             write_explanations(db, rows)
+            scoring.save()
             res.explained += len(rows)
             bar.update(len(rows))
             if error is not None:
@@ -364,6 +383,5 @@ def _token_embeddings(db, layout, todo, split_cfg):
     t = time.perf_counter()
     hooks = list(dict.fromkeys(h for h, _ in todo))
     ctx = ContextEmbedder(db, hooks, split_cfg.ctx_len, layout.root / "cache", embedder())
-    want = set(todo)
-    te = ctx.ensure([s for key, spans in ctx.spans.items() if key in want for s in spans])
+    te = ctx.ensure(ctx.spans_of(todo))
     return te, ctx.embedded_tokens, time.perf_counter() - t

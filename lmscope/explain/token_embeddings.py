@@ -126,23 +126,26 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return np.divide(v, n, out=np.zeros_like(v), where=n > 0)
 
 
-def corpus_tokens(db, hooks: list[str]) -> tuple[dict[int, str], dict[tuple[str, int], list[tuple[int, int]]]]:
-    """(global token id -> token string, (hook, feature) -> its windows' spans), over every stored
-    window of these dictionaries."""
+def corpus_tokens(db, hooks: list[str]) -> tuple[dict[int, str], dict[str, np.ndarray]]:
+    """(global token id -> token string, hook -> [n, 3] int64 rows (feature, start, end) of every
+    stored window's span), over every stored window of these dictionaries."""
     text: dict[int, str] = {}
-    spans: dict[tuple[str, int], list[tuple[int, int]]] = {}
-    hook_of = {db._dict_id(h): h for h in hooks}
-    q = (f"SELECT dictionary, idx, token_id, position, tokens FROM examples "
-         f"WHERE dictionary IN ({','.join('?' * len(hook_of))})")
-    for did, idx, tid, pos, toks in db.conn.execute(q, list(hook_of)):
-        if tid is None:
-            continue
-        start = tid - pos
-        words = json.loads(toks)
-        if start + len(words) - 1 not in text or start not in text:
-            for i, t in enumerate(words):
-                text.setdefault(start + i, t)
-        spans.setdefault((hook_of[did], idx), []).append((start, start + len(words)))
+    spans: dict[str, np.ndarray] = {}
+    known: dict[int, tuple[int, int]] = {}  # peak id -> span: one window per peak, whatever the feature
+    for h in hooks:
+        rows = []
+        for idx, tid, pos, toks in db.conn.execute("SELECT idx, token_id, position, tokens FROM examples "
+                                                   "WHERE dictionary = ?", (db._dict_id(h),)):
+            if tid is None:
+                continue
+            sp = known.get(tid)
+            if sp is None:
+                words = json.loads(toks)
+                sp = known[tid] = (tid - pos, tid - pos + len(words))
+                for i, t in enumerate(words):
+                    text.setdefault(sp[0] + i, t)
+            rows.append((idx, *sp))
+        spans[h] = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
     return text, spans
 
 
@@ -184,16 +187,28 @@ class ContextEmbedder:
         self.embedded_tokens = 0
         """tokens embedded by this process (0 when the cache had everything)"""
 
-    def ensure(self, spans: list[tuple[int, int]]) -> TokenEmbeddings:
-        """Embed every segment that meets one of these windows and is not cached yet; save."""
-        need: set[int] = set()
-        for a, b in spans:
-            i = max(int(np.searchsorted(self.seg_starts, a, "right")) - 1, 0)
-            while i < len(self.segs) and self.segs[i][0] < b:
-                if self.segs[i][1] > a:
-                    need.add(self.segs[i][0])
-                i += 1
-        todo = [s for s in self.segs if s[0] in need and s[0] not in self.done]
+    def spans_of(self, features: list[tuple[str, int]]) -> np.ndarray:
+        """[n, 2] spans (start, end) of every stored window of these (hook, feature)s."""
+        out = []
+        for h in dict.fromkeys(h for h, _ in features):
+            rows = self.spans.get(h, np.zeros((0, 3), np.int64))
+            want = np.asarray([i for hh, i in features if hh == h], dtype=np.int64)
+            out.append(rows[np.isin(rows[:, 0], want), 1:])
+        return np.concatenate(out) if out else np.zeros((0, 2), np.int64)
+
+    def ensure(self, spans) -> TokenEmbeddings:
+        """Embed every segment that meets one of these windows ([n, 2] start, end) and is not cached
+        yet; save the cache."""
+        spans = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+        # Segment range of each window, marked with a difference array: [first, last] per window.
+        first = np.maximum(np.searchsorted(self.seg_starts, spans[:, 0], "right") - 1, 0)
+        last = np.searchsorted(self.seg_starts, spans[:, 1] - 1, "right") - 1
+        mark = np.zeros(len(self.segs) + 1, dtype=np.int64)
+        ok = last >= first
+        np.add.at(mark, first[ok], 1)
+        np.add.at(mark, last[ok] + 1, -1)
+        need = np.nonzero(np.cumsum(mark)[:-1] > 0)[0]
+        todo = [self.segs[i] for i in need if self.segs[i][0] not in self.done]
         if not todo:
             return self.te
         todo.sort(key=lambda s: s[1] - s[0])  # similar lengths per batch: little padding
@@ -224,11 +239,15 @@ _LEAD = re.compile(r"^(says|after|before|inside|at)\s+", re.I)
 
 
 def label_phrases(text: str, tokens: list[str] | None = None) -> list[str]:
-    """The phrases a label is embedded as: split on , | ( ) [ ], quotes and leading 'says'/'after'
-    dropped, empty pieces skipped; plus the label's structured tokens not already there (a "," or
-    "(" token is lost by the split). A label with nothing left is kept whole."""
+    """The phrases a label's INPUT side is embedded as. The output side ("| says ...") is left out:
+    these scorers judge where the feature fires, as the direct scorer does, and a label and its
+    equal-budget baseline share the same output part anyway. The rest is split on , | ( ) [ ],
+    quotes and a leading 'after'/'inside'/... dropped, empty pieces skipped; plus the label's
+    structured tokens not already there (a "," or "(" token is lost by the split). A label with
+    nothing left is kept whole."""
+    head = re.split(r"\|\s*says\b|^says\b", text)[0]
     out = []
-    for part in _SPLIT.split(text):
+    for part in _SPLIT.split(head):
         p = _LEAD.sub("", part.strip()).strip().strip("\"'`").strip()
         if p and p not in out:
             out.append(p)

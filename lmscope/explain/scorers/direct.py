@@ -37,14 +37,21 @@ STOP = {"the", "a", "an", "of", "on", "in", "word", "words", "token", "tokens", 
 """Function and meta words of a free-text label (never applied to a structured token list)."""
 
 
-def score_direct(text: str, held: Held, tokens: list[str] | None = None) -> ScoreResult:
-    """`tokens`: the label's structured token list (token-based labels); None = parse free `text`."""
-    words = {token_key(t) for t in tokens} - {""} if tokens is not None else free_text_tokens(text)
-    pred, truth = [], []
+def trials(held: Held) -> tuple[list[str], list[bool]]:
+    """(word, fires?) of every held-out token: the trials, shared by a feature's label and baselines."""
+    keys, truth = [], []
     for e in held.pos + held.neg:
-        for t, a in zip(e.tokens, e.acts if e.acts else [0.0] * len(e.tokens)):
-            pred.append(token_key(t) in words)
-            truth.append(a > 0)
+        keys += [token_key(t) for t in e.tokens]
+        truth += [a > 0 for a in (e.acts if e.acts else [0.0] * len(e.tokens))]
+    return keys, truth
+
+
+def score_direct(text: str, held: Held, tokens: list[str] | None = None, prepared=None) -> ScoreResult:
+    """`tokens`: the label's structured token list (token-based labels); None = parse free `text`.
+    `prepared`: trials(held), when the caller scores several labels on the same part."""
+    words = {token_key(t) for t in tokens} - {""} if tokens is not None else free_text_tokens(text)
+    keys, truth = prepared if prepared is not None else trials(held)
+    pred = [k in words for k in keys]
     n_pos = sum(truth)
     tp = sum(p and t for p, t in zip(pred, truth))
     npred = sum(pred)

@@ -62,6 +62,23 @@ class Embedder:
             v = (h * m).sum(1) / m.sum(1).clamp(min=1)  # [batch, 384]
             return torch.nn.functional.normalize(v, dim=-1)
 
+    def load_phrases(self, path: Path) -> None:
+        """Add the phrase vectors saved at `path` (save_phrases) to the cache."""
+        if path.is_file():
+            z = np.load(path, allow_pickle=False)
+            self.cache.update(zip(z["phrases"].tolist(), z["vecs"]))
+            self._saved = len(self.cache)
+
+    def save_phrases(self, path: Path) -> None:
+        """Keep the phrase vectors for the next run (atomic); labels reuse the same few thousand words."""
+        if not self.cache or len(self.cache) == getattr(self, "_saved", -1):
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
+        np.savez(tmp, phrases=np.asarray(list(self.cache)), vecs=np.stack(list(self.cache.values())))
+        os.replace(tmp, path)
+        self._saved = len(self.cache)
+
     def phrases(self, texts: list[str], chunk: int = 256) -> None:
         """Embed every phrase not cached yet, in large batches."""
         todo = list(dict.fromkeys(t for t in texts if t not in self.cache))
