@@ -164,7 +164,8 @@ def test_stats_label_names_planted_token(demo):
             p = db.feature(hook, PLANTED)
             e = explain_stats(p, split_examples(p, SplitConfig(ctx_len=16)))
             assert e.tokens == [PLANTED_WORD], e.label
-            assert e.label.startswith(PLANTED_WORD) and "says" in e.label
+            # the demo's output side is a random tiny model's: it says so rather than print it
+            assert e.label.startswith(PLANTED_WORD) and ("says" in e.label or "output: no clear pattern" in e.label)
             assert e.precision == 1.0 and e.recall == 1.0
 
 

@@ -146,3 +146,113 @@ def test_llm_explain_partial_progress_then_resume(server, tmp_path):
             assert len(rows) == 6 and all(t for (t,) in rows)
     finally:
         f.close()
+
+
+# ---- a scripted OpenAI-compatible server running as its own process (tests/llm_script_server.py) ----
+
+class Scripted:
+    def __init__(self, fail_first: int = 0) -> None:
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        script = Path(__file__).with_name("llm_script_server.py")
+        self.proc = subprocess.Popen([sys.executable, str(script), "--fail-first", str(fail_first)],
+                                     stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        assert line.startswith("PORT "), line
+        self.base = f"http://127.0.0.1:{int(line.split()[1])}"
+        self.url = self.base + "/v1"
+
+    def stats(self) -> dict:
+        return json.loads(urllib.request.urlopen(self.base + "/stats").read())
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def _scores(db, hook, idx, method):
+    ex = [e for e in db.explanations(hook, idx) if e.method == method]
+    return ex[0].text, {s.scorer: s.value for s in ex[0].scores}
+
+
+def test_scripted_server_process_explainer_judges_retry_cache_and_no_secret(tmp_path, monkeypatch):
+    import shutil
+
+    from lmscope.read.demo import PLANTED, PLANTED_WORD
+
+    monkeypatch.setenv("LMSCOPE_LLM_API_KEY", "sk-test-SECRET-42")
+    feats = ",".join(f"{HOOKS[0]}/{i}" for i in (PLANTED, 1, 2))
+    with Scripted(fail_first=1) as srv:
+        a = build_demo_atlas(tmp_path / "a")
+        shutil.copytree(a, tmp_path / "b")  # a fresh copy for the second run
+        cfg = ExplainConfig(atlas=str(a), features=feats, explainer="llm", llm=f"openai:{srv.url}",
+                            llm_model="scripted", scorers="direct,detection,fuzzing", concurrency=1,
+                            retries=2, baselines=False)
+        r = explain_atlas(cfg, progress=False)
+        st = srv.stats()
+        # the first call got a 500 and was retried; every answered call is one the client counted
+        assert r.explained == 3 and st["failed"] == 1 and st["chat"] == r.llm_usage["requests"] > 3
+        assert st["auth"] == st["chat"] + 1  # the key went in the header of every request
+        with AtlasDB(a / "atlas.db") as db:
+            text, sc = _scores(db, HOOKS[0], PLANTED, "llm")
+        # the planted feature fires exactly on its word: the scripted explainer names it, and the
+        # judges, reading the label the way the script does, separate held-out windows perfectly
+        assert text == f"the word {PLANTED_WORD}"
+        assert sc["direct"] == 1.0 and sc["detection"] == 1.0 and sc["fuzzing"] == 1.0
+        # nothing written anywhere holds the key
+        for f in a.rglob("*"):
+            if f.is_file():
+                assert b"SECRET" not in f.read_bytes(), f
+        # a second run over the same features (a fresh atlas, the first run's cache) sends nothing
+        b = tmp_path / "b"
+        shutil.copytree(a / "llm_cache", b / "llm_cache")
+        r2 = explain_atlas(ExplainConfig(**{**cfg.__dict__, "atlas": str(b)}), progress=False)
+        assert r2.explained == 3 and r2.llm_usage["requests"] == 0
+        assert r2.llm_usage["cached"] == r.llm_usage["requests"] and srv.stats()["chat"] == st["chat"]
+
+
+def test_triage_and_budget_spend_calls_on_the_weakest_labels_only(tmp_path):
+    from lmscope.explain.runner import split_config
+    from lmscope.explain.split import split_examples
+    from lmscope.explain.stats_explainer import Labeller
+    from lmscope.explain.triage import stats_reading
+    from lmscope.read.demo import PLANTED
+
+    a = build_demo_atlas(tmp_path / "a")
+    ids = [PLANTED] + [i for i in range(12) if i != PLANTED]
+    feats = [(HOOKS[0], i) for i in ids]
+    lab = Labeller(coherence=False)
+    with AtlasDB(a / "atlas.db") as db:
+        scfg = split_config(db)
+        reading = {i: stats_reading(db.feature(HOOKS[0], i), split_examples(db.feature(HOOKS[0], i), scfg), lab)
+                   for i in ids}
+    assert reading[PLANTED][0] == 1.0  # the planted feature's stats label is perfect on validation
+    weak = sorted((v, i) for i, (v, s) in reading.items() if v is not None and v < 0.9)
+    assert len(weak) >= 3
+    with Scripted() as srv:
+        cfg = ExplainConfig(atlas=str(a), features=",".join(f"{h}/{i}" for h, i in feats), explainer="llm",
+                            llm=f"openai:{srv.url}", llm_model="scripted", scorers="direct", concurrency=1,
+                            baselines=False, triage=0.9, budget=2)
+        with pytest.raises(UserError, match="budget of 2 calls is spent"):
+            explain_atlas(cfg, progress=False)
+        assert srv.stats()["chat"] == 2
+        with AtlasDB(a / "atlas.db") as db:
+            got = sorted(i for (i,) in db._q("SELECT idx FROM explanations WHERE method = 'llm'"))
+        # the two calls went to the two weakest stats labels (validation), never to the planted one
+        assert got == sorted(i for _, i in weak[:2]) and PLANTED not in got
+
+
+def test_dollar_budget(tmp_path):
+    with Scripted() as srv:
+        c = LLMClient(srv.url, "scripted", price_in=1e6, price_out=0.0, max_cost_usd=5.0)  # $1 per prompt token
+        c.chat(MSG, max_tokens=3)  # ~6 prompt tokens -> $6 > $5
+        from lmscope.explain.llm_client import BudgetSpent
+
+        with pytest.raises(BudgetSpent, match=r"budget of \$5 is spent"):
+            c.chat(MSG, max_tokens=3)
+        assert srv.stats()["chat"] == 1 and c.usage.cost_usd == pytest.approx(c.usage.prompt_tokens)

@@ -27,6 +27,10 @@ class LLMError(Exception):
     """The LLM server failed after every retry (or answered something unusable)."""
 
 
+class BudgetSpent(LLMError):
+    """The run's LLM budget (--budget calls or --budget-usd dollars) is spent; nothing was sent."""
+
+
 @dataclass
 class Usage:
     requests: int = 0
@@ -39,7 +43,7 @@ class Usage:
 class LLMClient:
     def __init__(self, base_url: str, model: str, *, cache_dir: str | Path | None = None, timeout: float = 60.0,
                  retries: int = 4, backoff: float = 1.0, price_in: float = 0.0, price_out: float = 0.0,
-                 api_key: str | None = None) -> None:
+                 api_key: str | None = None, max_requests: int = 0, max_cost_usd: float = 0.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.cache_dir = Path(cache_dir) if cache_dir else None
@@ -49,7 +53,22 @@ class LLMClient:
         self._key = api_key if api_key is not None else (os.environ.get("LMSCOPE_LLM_API_KEY")
                                                          or os.environ.get("OPENAI_API_KEY"))
         self.usage = Usage()
+        self.max_requests, self.max_cost_usd = max_requests, max_cost_usd
+        """budget of this client: requests sent (cache hits are free) and dollars; 0 = no limit"""
+        self._reserved = 0
         self._lock = threading.Lock()
+
+    def _reserve(self) -> None:
+        """Count a request against the budget before it is sent (concurrent callers never overshoot
+        the call budget; the dollar budget is checked on the cost so far, so it can overshoot by the
+        requests in flight)."""
+        with self._lock:
+            if self.max_requests and self._reserved >= self.max_requests:
+                raise BudgetSpent(f"the LLM budget of {self.max_requests} calls is spent")
+            if self.max_cost_usd and self.usage.cost_usd >= self.max_cost_usd:
+                raise BudgetSpent(f"the LLM budget of ${self.max_cost_usd:g} is spent "
+                                  f"(${self.usage.cost_usd:.4f} at the stated prices)")
+            self._reserved += 1
 
     def _cache_path(self, body: dict) -> Path | None:
         if self.cache_dir is None:
@@ -68,6 +87,7 @@ class LLMClient:
                 return resp["choices"][0]["message"]["content"]
             except (ValueError, KeyError, IndexError, TypeError):
                 pass  # a damaged cache entry is refetched
+        self._reserve()
         resp = self._post("/chat/completions", body)
         try:
             text = resp["choices"][0]["message"]["content"]

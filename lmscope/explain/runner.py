@@ -66,6 +66,13 @@ class ExplainConfig:
     """features per batch (written together)"""
     seed: int = 0
     """seed of --sample and of the random baseline"""
+    triage: float = 0.0
+    """llm explainer: only features whose stats label scores below this on VALIDATION (or fits its
+    shown windows far better than validation), weakest first (triage.py); 0 = every selected feature"""
+    budget: int = 0
+    """stop after this many LLM calls (cache hits are free; rerun to continue); 0 = no limit"""
+    budget_usd: float = 0.0
+    """stop once the cost at --price-in/--price-out reaches this many dollars; 0 = no limit"""
 
     def __post_init__(self) -> None:
         bad = [s for s in self.scorer_list() if s not in SCORERS]
@@ -104,6 +111,8 @@ class ExplainResult:
     embed_seconds: float = 0.0
     """of `seconds`, spent embedding the atlas's text (once per atlas; cached)"""
     llm_usage: dict = field(default_factory=dict)
+    triaged: int | None = None
+    """features triage sent to the LLM (None: no triage)"""
 
 
 def _select(db, cfg: ExplainConfig) -> list[tuple[str, int]]:
@@ -150,7 +159,8 @@ class _LLM:
             if not model:
                 raise UserError("--llm openai:URL needs --llm-model NAME (the model the server serves)")
         self.client = LLMClient(url, model, cache_dir=cache_dir, timeout=cfg.timeout, retries=cfg.retries,
-                                price_in=cfg.price_in, price_out=cfg.price_out)
+                                price_in=cfg.price_in, price_out=cfg.price_out, max_requests=cfg.budget,
+                                max_cost_usd=cfg.budget_usd)
 
     def close(self) -> None:
         if self.server is not None:
@@ -235,7 +245,7 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
     from ..atlas.layout import AtlasLayout
     from .atlas_io import load_profiles, write_explanations
     from .llm_explainer import explain_llm
-    from .stats_explainer import explain_stats
+    from .stats_explainer import Labeller, explain_stats
 
     t0 = time.perf_counter()
     layout = AtlasLayout(cfg.atlas)
@@ -256,7 +266,13 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
         if cfg.llm:
             llm = _LLM(cfg, layout.root / "llm_cache")
         client = llm.client if llm else None
+        labeller = Labeller.for_atlas(db) if cfg.explainer == "stats" else None  # WordNet + output null
         split_cfg = split_config(db)
+        if cfg.explainer == "llm" and cfg.triage:
+            from .triage import triage
+
+            todo = [(t.hook, t.feature) for t in triage(db, todo, cfg.triage, split_cfg, Labeller(coherence=False))]
+            res.triaged = len(todo)
         te = None
         if todo and set(scorers) & set(EMBEDDED):
             te, res.embedded_tokens, res.embed_seconds = _token_embeddings(db, layout, todo, split_cfg)
@@ -268,7 +284,7 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
         def label(item):
             p, sp = item
             if cfg.explainer == "stats":
-                e = explain_stats(p, sp)
+                e = explain_stats(p, sp, labeller)
                 return e.label, e.details()
             return explain_llm(client, p, sp), {"model": client.model}
 
