@@ -41,7 +41,9 @@ def test_run_every_stage_then_resume(tiny, tmp_path, capsys):
     assert "$ lmscope capture" in text and "tok/s" in text and "mean |x|" in text
     assert "FVU" in text and "loss added by the splice" in text and "mean-ablation" in text  # eval report
     assert "top activating contexts" in text  # feature dashboards
-    assert "beats baselines" in text  # explain score table with baselines
+    # explain score table: each method paired with its own baselines, a verdict per pair
+    assert "paired difference to the baseline" in text
+    assert "vs baseline-random" in text and ("does not beat" in text or "beats" in text)
     assert "truth score" in text  # lie-check
     assert "brain map" in text  # scan
     assert "ablation" in text and "predicted" in text  # traced, verified by ablation
