@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -372,7 +373,7 @@ def test_lie_eval_runs_on_own_answers(trained, model_dirs):
     probe, _ = load_probe(trained)
     lm = load_model(model_dirs["a"])
     rep = evaluate_lies(lm, probe, cities=["Paris", "Berlin", "Rome", "Madrid"], train_cities={"Paris"},
-                        max_new_tokens=3, progress=False)
+                        max_new_tokens=3, progress=False, n_boot=20)
     assert rep.n + rep.n_empty == 8 and len(rep.rollouts) == 8
     assert sum(r["instructed_lie"] for r in rep.rollouts) == 4 and rep.n_lie_prompt + rep.n_honest_prompt == rep.n
     assert set(rep.scorers) == set(SCORERS) and rep.headline == "unseen_cities"
@@ -455,7 +456,7 @@ def test_lie_eval_scores_exactly_the_answer_tokens(tiny_llama):
     probe = Probe("logistic", hook, torch.randn(tiny_llama.d_model, generator=g) * 0.3, 0.1,
                   torch.randn(tiny_llama.d_model, generator=g))
     cities = ["Paris", "Rome"]
-    rep = evaluate_lies(tiny_llama, probe, cities=cities, max_new_tokens=5, batch_size=3, progress=False)
+    rep = evaluate_lies(tiny_llama, probe, cities=cities, max_new_tokens=5, batch_size=3, progress=False, n_boot=20)
     for r in rep.rollouts:
         p = prompt_ids(tiny_llama, r["city"], "lie" if r["instructed_lie"] else "honest")
         a = cut(tiny_llama, greedy(tiny_llama, [p], 5)[0])
@@ -569,17 +570,57 @@ def test_probe_lies_cli_and_stored_threshold(trained, tmp_path, capsys):
     probe = tmp_path / "p"
     shutil.copytree(trained, probe)
     capsys.readouterr()
-    assert main(["probe", "lies", "--probe", str(probe), "--limit", "4", "--max-new-tokens", "3", "--json"]) == 0
+    assert main(["probe", "lies", "--probe", str(probe), "--limit", "4", "--max-new-tokens", "3", "--n-boot", "20", "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["max_new_tokens"] == 3 and len(rep["rollouts"]) == 8
     assert main(["probe", "lies", "--probe", str(probe), "--max-new-tokens", "0"]) == 2
-    assert main(["probe", "lies", "--probe", str(probe), "--limit", "4", "--max-new-tokens", "3",
+    assert main(["probe", "lies", "--probe", str(probe), "--limit", "4", "--max-new-tokens", "3", "--n-boot", "20",
                  "--set-threshold"]) == 2
     assert "honest and correct control" in capsys.readouterr().err
-    assert main(["probe", "lies", "--probe", str(probe), "--limit", "4", "--max-new-tokens", "3"]) == 0
+    assert main(["probe", "lies", "--probe", str(probe), "--limit", "4", "--max-new-tokens", "3", "--n-boot", "20"]) == 0
     out = capsys.readouterr().out
     assert "probe_qa" in out and "baseline_template_logprob" in out and "ran into the 3-token limit" in out
     set_thresholds(probe, {"qa": 0.999, "statement": 0.001})
     assert main(["lie-check", "--probe", str(probe), "Q: is paris in france ? A: yes .", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["threshold"] == 0.999 and res["threshold_format"] == "qa" and res["contradiction"]
+
+
+# --- transfer ---------------------------------------------------------------------------
+def test_midpoint_recalibration_by_hand():
+    """Three entities (true, false scores): e1 (2, 0), e2 (1, 0.5), e3 (3, 2.5). One labelled entity sets
+    the threshold at the midpoint of its two scores; accuracy on the other two entities by hand:
+    e1 -> 1.0: 2/4; e2 -> 0.75: 3/4; e3 -> 2.75: 2/4. Every draw gives one of these, the mean 7/12."""
+    from lmscope.probe.transfer import midpoint_accuracy
+
+    score = torch.tensor([2.0, 0.0, 1.0, 0.5, 3.0, 2.5], dtype=torch.float64)
+    y = torch.tensor([1, 0, 1, 0, 1, 0])
+    ents = ["e1", "e1", "e2", "e2", "e3", "e3"]
+    mean, rng = midpoint_accuracy(score, y, ents, 1, 600, torch.Generator().manual_seed(0))
+    assert mean == pytest.approx(7 / 12, abs=0.03) and rng == [0.5, 0.75]
+    # k >= entities: nothing left to score
+    assert math.isnan(midpoint_accuracy(score, y, ents, 3, 5, torch.Generator())[0])
+
+
+def test_transfer_cli_holds_out_each_domain(model_dirs, capsys):
+    """Every statement of the held-out domain is scored, and the log-probability baseline is the mean
+    token log-probability of the statement, checked by hand for one statement."""
+    from lmscope.models.load import load_model
+    from lmscope.probe.transfer import statement_logprobs
+
+    capsys.readouterr()
+    assert main(["probe", "transfer", "--model", model_dirs["a"], "--datasets", "cities,neg_cities,larger_than",
+                 "--layers", "1", "--shots", "2", "--repeats", "3", "--n-boot", "50", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    by = {d["domain"]: d for d in out["domains"]}
+    assert set(by) == {"cities", "numbers"}
+    assert by["cities"]["n"] == len(load_dataset("cities").all) * 2 and by["cities"]["n_entities"] == 85
+    assert by["numbers"]["sets"] == ["larger_than"] and by["numbers"]["n"] == len(load_dataset("larger_than").all)
+    lm = load_model(model_dirs["a"])
+    text = "The city of Paris is in France."
+    ids = [lm.bos_token_id] + lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(lm.model(torch.tensor([ids])).logits[0].float(), -1)
+    ref = logp[:-1].gather(1, torch.tensor(ids[1:])[:, None]).mean()
+    assert float(statement_logprobs(lm, [text])[0]) == pytest.approx(float(ref), abs=1e-5)
+    assert main(["probe", "transfer", "--model", model_dirs["a"], "--datasets", "cities", "--layers", "1"]) == 2

@@ -83,6 +83,8 @@ def register(sub) -> None:
                       help="answer length limit in tokens (default: 20; answers are cut at the first newline or "
                            "sentence end)")
     lies.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch (default: 16)")
+    lies.add_argument("--n-boot", type=int, default=1000,
+                      help="bootstrap resamples (over cities) behind each interval (default: 1000)")
     lies.add_argument("--set-threshold", action="store_true",
                       help="store the thresholds set on honest and correct control answers in the probe; "
                            "lie-check applies the one of the Q/A format it reads (probe_qa)")
@@ -337,8 +339,8 @@ def cmd_lies(args) -> int:
     from ..probe.facts import CITIES
     from ..probe.lies import evaluate_lies
 
-    if args.max_new_tokens < 1 or args.batch_size < 1 or args.limit < 0:
-        raise UserError("--max-new-tokens and --batch-size must be at least 1, --limit at least 0")
+    if args.max_new_tokens < 1 or args.batch_size < 1 or args.limit < 0 or args.n_boot < 1:
+        raise UserError("--max-new-tokens, --batch-size and --n-boot must be at least 1, --limit at least 0")
     probe, meta, lm = _open_probe(args.probe, args.model, args.device)
     cities = sorted(CITIES)[: args.limit] if args.limit else None
     # Cities in the probe's training statements: the train split of a cities-domain set. Validation
@@ -346,7 +348,7 @@ def cmd_lies(args) -> int:
     seen = {c for c in CITIES if split_of("cities", c) == "train"}
     train_cities = seen if any(BUILTIN.get(n, ("",))[0] == "cities" for n in meta.get("datasets", [])) else set()
     rep = evaluate_lies(lm, probe, cities=cities, train_cities=train_cities, max_new_tokens=args.max_new_tokens,
-                        batch_size=args.batch_size, progress=sys.stderr.isatty())
+                        batch_size=args.batch_size, progress=sys.stderr.isatty(), n_boot=args.n_boot)
     if args.set_threshold:
         if not rep.thresholds or math.isnan(rep.thresholds["qa"]):
             raise UserError("no honest and correct control answers to set a threshold on; run on more cities "

@@ -200,7 +200,7 @@ SUBSETS = {  # name -> which non-empty rollouts
 @torch.no_grad()
 def evaluate_lies(lm, probe: Probe, *, cities: list[str] | None = None, train_cities: set[str] | None = None,
                   max_new_tokens: int = MAX_NEW_TOKENS, batch_size: int = 16, seed: int = 0,
-                  progress: bool = True) -> LieReport:
+                  progress: bool = True, n_boot: int = 1000) -> LieReport:
     """Generate honest and lie-prompt answers for each city, score them, summarize."""
     cities = cities or sorted(CITIES)
     gen = torch.Generator().manual_seed(seed)
@@ -218,7 +218,7 @@ def evaluate_lies(lm, probe: Probe, *, cities: list[str] | None = None, train_ci
                                 n_answer_tokens=len(a.tokens),
                                 probe_saw_city=None if train_cities is None else c in train_cities))
     score_rollouts(lm, probe, rollouts, prompts, answers, batch_size=batch_size, seed=seed, progress=progress)
-    return summarize(rollouts, max_new_tokens=max_new_tokens)
+    return summarize(rollouts, max_new_tokens=max_new_tokens, n_boot=n_boot)
 
 
 @torch.no_grad()

@@ -62,12 +62,14 @@ class TransferConfig:
     """torch device."""
     seed: int = 0
     """Seed of the bootstrap and of the few-shot draws."""
+    n_boot: int = 1000
+    """Bootstrap resamples (over the held-out domain's entities) behind each interval."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS or self.kind == "ccs":
             raise ValueError(f"--kind {self.kind!r}: choose logistic, massmean or massmean_iid")
-        if self.repeats < 1 or any(k < 1 for k in self.shots):
-            raise ValueError("--repeats and every --shots value must be at least 1")
+        if self.repeats < 1 or self.n_boot < 1 or any(k < 1 for k in self.shots):
+            raise ValueError("--repeats, --n-boot and every --shots value must be at least 1")
 
 
 @dataclass
@@ -195,7 +197,7 @@ def leave_one_domain_out(lm, cfg: TransferConfig, hooks: list[str], *, progress:
         logit, lp, y = probe.logits(st.x[probe.hook][te]), st.logprob[te].double(), st.y[te]
         ents = [e for e, m in zip(st.entity, te.tolist()) if m]
         srcs = [s for s, m in zip(st.source, te.tolist()) if m]
-        boot = {"seed": cfg.seed}
+        boot = {"seed": cfg.seed, "n_boot": cfg.n_boot}
         by_set = {}
         for name in dict.fromkeys(srcs):
             m = torch.tensor([s == name for s in srcs])
