@@ -6,7 +6,8 @@
 
 Reports: seconds to read activations (one forward per batch captures all 30
 resid_post hooks), seconds to fit every probe type at every layer, and the
-held-out accuracy per layer. With --lies N: seconds to generate the honest
+validation accuracy per layer (the test split is for `lmscope probe train`'s one
+chosen probe, never a per-layer curve). With --lies N: seconds to generate the honest
 answers of `probe lies` for N cities in batches of 16 (left-padded) and one
 prompt at a time, and whether both give the same answers.
 """
@@ -21,7 +22,9 @@ import torch
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="smollm2-135m")
+    from lmscope.models.registry import DEFAULT_MODEL
+
+    ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--dataset", default="cities,neg_cities,larger_than,smaller_than")
     ap.add_argument("--kinds", default="logistic,massmean,ccs")
     ap.add_argument("--threads", type=int, default=2)
@@ -44,7 +47,7 @@ def main() -> None:
     hooks = lm.hooks.resolve("blocks.*.resid_post")
     t0 = time.perf_counter()
     tr = read_split(lm, datasets, "train", hooks, contrast="ccs" in kinds)
-    te = read_split(lm, datasets, "test", hooks, contrast=False)
+    te = read_split(lm, datasets, "val", hooks, contrast=False)
     t_acts = time.perf_counter() - t0
     n_texts = len(tr.y) * (2 if "ccs" in kinds else 1) + len(te.y)
     t_fit = {k: 0.0 for k in kinds}
@@ -57,10 +60,10 @@ def main() -> None:
             acc[k].append(p.accuracy(te.x[h], te.y))
     total = t_acts + sum(t_fit.values())
     print(f"model {lm.name} ({lm.n_layers} layers, d_model {lm.d_model}), {args.threads} threads, "
-          f"sets {args.dataset}: {len(tr.y)} train / {len(te.y)} test statements")
+          f"sets {args.dataset}: {len(tr.y)} train / {len(te.y)} validation statements")
     print(f"load {t_load:.1f}s; activations {t_acts:.1f}s ({n_texts} statements x {len(hooks)} layers); "
           + "; ".join(f"fit {k} {t:.1f}s" for k, t in t_fit.items()) + f"; total (excl. load) {total:.1f}s")
-    print("layer " + "".join(f"{k:>10}" for k in kinds))
+    print("validation accuracy\nlayer " + "".join(f"{k:>10}" for k in kinds))
     for i in range(len(hooks)):
         print(f"{i:>5} " + "".join(f"{acc[k][i]:>10.3f}" for k in kinds))
 

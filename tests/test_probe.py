@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from lmscope.cli import main
 from lmscope.errors import UserError
 from lmscope.probe.activations import last_token_acts
 from lmscope.probe.datasets import BUILTIN, load_dataset, names
-from lmscope.probe.lies import auroc
+from lmscope.probe.metrics import auroc
 from lmscope.probe.probes import KINDS, fit
 
 
@@ -20,12 +21,30 @@ from lmscope.probe.probes import KINDS, fit
 def test_dataset_balanced_deterministic_entity_split(name):
     a, b = load_dataset(name), load_dataset(name)
     assert a == b  # deterministic
-    for split in (a.train, a.test):
+    for split in (a.train, a.val, a.test):
         assert sum(s.label for s in split) * 2 == len(split)  # balanced
-    assert not {s.entity for s in a.train} & {s.entity for s in a.test}
-    assert len(a.test) >= 16 and len(a.train) > len(a.test)
+    ents = [{s.entity for s in split} for split in (a.train, a.val, a.test)]
+    assert not ents[0] & ents[1] and not ents[0] & ents[2] and not ents[1] & ents[2]
+    assert len(a.test) >= 16 and len(a.val) >= 16 and len(a.train) > len(a.test)
     for s in a.all:
         assert s.text != s.contrast and s.text.endswith((".", '"."'))
+
+
+def test_arithmetic_commutative_twins_share_a_split():
+    """'a plus b' and 'b plus a' are one fact: both orders land in one split (keyed by the ordered
+    problem, twins were split across train and test)."""
+    ds = load_dataset("arithmetic")
+    where: dict[frozenset, set] = {}
+    orders: dict[frozenset, set] = {}
+    for split in ("train", "val", "test"):
+        for s in ds.split(split):
+            a, rest = s.text.split(" plus ")
+            b = int(rest.split(" ")[0])
+            key = frozenset((int(a), b))
+            where.setdefault(key, set()).add(split)
+            orders.setdefault(key, set()).add((int(a), b))
+    assert sum(len(o) == 2 for o in orders.values()) >= 5  # twins exist, so the check has teeth
+    assert all(len(v) == 1 for v in where.values()), [k for k, v in where.items() if len(v) > 1]
 
 
 def test_negated_sets_share_the_entity_split_and_flip_labels():
@@ -37,9 +56,10 @@ def test_negated_sets_share_the_entity_split_and_flip_labels():
     lt = load_dataset("larger_than")
     from lmscope.probe.facts import number_word
 
-    test_words = {number_word(int(e)) for e in {s.entity for s in lt.test}}
-    for s in lt.train:
-        assert not any(w in s.text.lower() for w in test_words), s.text
+    for held in (lt.val, lt.test):
+        held_words = {number_word(int(e)) for e in {s.entity for s in held}}
+        for s in lt.train:
+            assert not any(w in s.text.lower() for w in held_words), s.text
 
 
 def test_facts_are_true():
@@ -136,6 +156,36 @@ def test_auroc_matches_pairwise_definition():
     assert auroc(torch.tensor([1.0, 2.0]), torch.tensor([0, 1])) == 1.0
 
 
+def test_bootstrap_resamples_whole_entities():
+    """Two entities, one all right and one all wrong: resampling entities gives only 0, 0.5 or 1
+    (resampling statements would also give 0.25 and 0.75), and the interval spans [0, 1]."""
+    from lmscope.probe.metrics import accuracy_score
+
+    logits = torch.tensor([1.0, 1.0, 1.0, 1.0])
+    y = torch.tensor([1, 1, 0, 0])
+    groups = ["a", "a", "b", "b"]
+    seen = set()
+    from lmscope.probe import metrics
+
+    sc = metrics.bootstrap(lambda i: seen.add(metrics.accuracy(logits[i], y[i])) or 0.0, groups, n_boot=200)
+    assert seen <= {0.0, 0.5, 1.0} and len(seen) == 3 and sc.n_units == 2
+    s = accuracy_score(logits, y, groups, n_boot=200)
+    assert (s.value, s.lo, s.hi, s.n, s.n_units) == (0.5, 0.0, 1.0, 4, 2)
+
+
+def test_choice_is_made_on_validation_never_on_test():
+    """The chosen (layer, kind) is the best on validation even when another has a higher test score."""
+    from lmscope.probe.sweep import LayerResult, choose
+
+    def r(h, kind, val, val_auroc=0.5):
+        return LayerResult(hook=f"blocks.{h}.resid_post", kind=kind, train_acc=1.0, val_acc=val, val_auroc=val_auroc,
+                           val_acc_by_set={}, probe=None)
+
+    results = [r(3, "logistic", 0.70), r(5, "logistic", 0.80), r(5, "massmean", 0.80, 0.9), r(7, "ccs", 0.60)]
+    assert (choose(results).hook, choose(results).kind) == ("blocks.5.resid_post", "massmean")  # tie -> AUROC
+    assert choose([r(9, "logistic", 0.8), r(4, "logistic", 0.8)]).hook == "blocks.4.resid_post"  # then earlier
+
+
 # --- artifact and CLI -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
@@ -162,10 +212,34 @@ def trained(model_dirs, tmp_path_factory):
 
 
 def test_train_writes_artifact_and_curve(trained, model_dirs):
+    """The saved probe is the validation choice, and its reported test score is that probe's accuracy
+    on the test statements, recomputed here from the saved weights (not the best of the test scores)."""
+    from lmscope.models.load import load_model
+    from lmscope.probe.artifact import load_probe
+
     meta = json.loads((trained / "probe.json").read_text())
-    assert meta["schema_version"] == 1 and meta["kind"] == "logistic"
+    assert meta["schema_version"] == 2 and meta["threshold_format"] == "uncalibrated"
     assert meta["model"]["d_model"] == 32 and meta["datasets"] == ["cities", "neg_cities"]
-    assert set(meta["metrics"]["per_layer"]) == {"blocks.0.resid_post", "blocks.1.resid_post"}
+    m = meta["metrics"]
+    per = m["per_layer_val"]
+    assert {r["hook"] for r in per} == {"blocks.0.resid_post", "blocks.1.resid_post"} and len(per) == 6
+    best = max(per, key=lambda r: (r["val_acc"], r["val_auroc"], -int(r["hook"].split(".")[1])))
+    assert (meta["hook"], meta["kind"]) == (best["hook"], best["kind"]) == (m["chosen"]["hook"], m["chosen"]["kind"])
+    # The test score by hand: the saved probe on every test statement of both sets.
+    probe, _ = load_probe(trained)
+    lm = load_model(model_dirs["a"])
+    test = load_dataset("cities").test + load_dataset("neg_cities").test
+    x = last_token_acts(lm, [s.text for s in test], [probe.hook])[probe.hook]
+    y = torch.tensor([s.label for s in test])
+    acc = float(((probe.logits(x) > 0).long() == y).double().mean())
+    t = m["test"]["acc"]
+    assert t["value"] == pytest.approx(acc) and t["lo"] <= acc <= t["hi"]
+    assert (t["n"], t["n_units"]) == (len(test), len({s.entity for s in test}))
+    # The split is recorded and is the entity split of the datasets.
+    ents = m["split"]["entities"]["cities"]
+    assert set(ents["test"]) == {s.entity for s in load_dataset("cities").test}
+    assert not set(ents["train"]) & set(ents["val"]) and not set(ents["val"]) & set(ents["test"])
+    assert m["split"]["chosen_on"] == "val"
     assert (trained / "accuracy.png").stat().st_size > 1000
     assert not [p for p in trained.parent.iterdir() if p.name.startswith(".")]  # no temp folders left
 
@@ -195,14 +269,37 @@ def test_lie_check_cli(trained, capsys):
 
 
 def test_eval_matrix_cli(trained, model_dirs, capsys):
+    """Each cell is the row probe's accuracy on the column's *test* split, and a --train row is fitted
+    on the train split only: both recomputed here by hand."""
+    from lmscope.models.load import load_model
+    from lmscope.probe.artifact import load_probe
+
+    lm = load_model(model_dirs["a"])
     capsys.readouterr()
     assert main(["probe", "eval", "--probe", str(trained), "--dataset", "cities,larger_than", "--json"]) == 0
-    m = json.loads(capsys.readouterr().out)["matrix"]
-    (row,) = m.values()
-    assert set(row) == {"cities", "larger_than"} and all(0 <= v <= 1 for v in row.values())
+    out = json.loads(capsys.readouterr().out)
+    (row,) = out["matrix"].values()
+    probe, _ = load_probe(trained)
+
+    def acc_on_test(p, name):
+        ds = load_dataset(name)
+        x = last_token_acts(lm, [s.text for s in ds.test], [p.hook])[p.hook]
+        return float(((p.logits(x) > 0).long() == torch.tensor([s.label for s in ds.test])).double().mean())
+
+    assert set(row) == {"cities", "larger_than"}
+    for name in row:
+        assert row[name] == pytest.approx(acc_on_test(probe, name))
+    cell = next(iter(out["cells"].values()))["cities"]["acc"]
+    assert cell["n_units"] == 19 and cell["lo"] <= cell["value"] <= cell["hi"]
     assert main(["probe", "eval", "--model", model_dirs["a"], "--train", "cities,animal_class", "--layer", "1",
                  "--dataset", "cities", "--json"]) == 0
-    assert set(json.loads(capsys.readouterr().out)["matrix"]) == {"cities", "animal_class"}
+    m = json.loads(capsys.readouterr().out)["matrix"]
+    assert set(m) == {"cities", "animal_class"}
+    ds = load_dataset("animal_class")
+    hook = "blocks.1.resid_post"
+    x = last_token_acts(lm, [s.text for s in ds.train], [hook])[hook]
+    by_hand = fit("logistic", hook, x, torch.tensor([s.label for s in ds.train]))
+    assert m["animal_class"]["cities"] == pytest.approx(acc_on_test(by_hand, "cities"))
 
 
 @pytest.mark.parametrize("argv, msg", [
@@ -268,7 +365,7 @@ def test_explain_ranks_planted_decoder_row(trained, tmp_path, capsys):
 
 
 def test_lie_eval_runs_on_own_answers(trained, model_dirs):
-    """The lie evaluation end to end on a tiny model: greedy answers, probe scores, AUROCs, threshold."""
+    """The lie evaluation end to end on a tiny model: greedy answers, every scorer, subsets, counts."""
     from lmscope.models.load import load_model
     from lmscope.probe.artifact import load_probe
     from lmscope.probe.lies import SCORERS, evaluate_lies
@@ -276,19 +373,74 @@ def test_lie_eval_runs_on_own_answers(trained, model_dirs):
     probe, _ = load_probe(trained)
     lm = load_model(model_dirs["a"])
     rep = evaluate_lies(lm, probe, cities=["Paris", "Berlin", "Rome", "Madrid"], train_cities={"Paris"},
-                        max_new_tokens=3, progress=False)
+                        max_new_tokens=3, progress=False, n_boot=20)
     assert rep.n + rep.n_empty == 8 and len(rep.rollouts) == 8
     assert sum(r["instructed_lie"] for r in rep.rollouts) == 4 and rep.n_lie_prompt + rep.n_honest_prompt == rep.n
-    assert set(rep.scorers) == set(SCORERS) and rep.n_unseen_cities == 3
-    for k, res in rep.scorers.items():
-        for m in ("auroc_instructed", "fpr_heldout_honest", "tpr_heldout_lie_prompt"):
-            assert 0 <= res[m] <= 1, (k, m)
-        # A random tiny model names no country: with no correct answer, correctness AUROC is undefined.
-        both = {r["correct"] for r in rep.rollouts if r["answer"]} == {True, False}
-        assert both == (0 <= res["auroc_correctness"] <= 1)
-    honest_ctrl = [r["truth_statement"] for r in rep.rollouts if not r["instructed_lie"] and r["city"] in ("Berlin", "Paris")]
-    assert min(honest_ctrl) <= rep.threshold <= max(honest_ctrl)
+    assert set(rep.scorers) == set(SCORERS) and rep.headline == "unseen_cities"
+    assert rep.subsets["unseen_cities"]["n_cities"] == 3
     assert all(0 < r["n_answer_tokens"] <= 3 for r in rep.rollouts if r["answer"])
+
+
+def _answer(lm, text):
+    from lmscope.probe.answers import cut
+
+    return cut(lm, lm.tokenizer(text + " .", add_special_tokens=False)["input_ids"])
+
+
+def test_lie_eval_planted_probe_known_answer(tiny_llama):
+    """A probe planted to read 'correct' on the Q/A format: probe_qa must rank every wrong answer below
+    every correct one (AUROC 1), read exactly what lie-check reads, take its threshold from honest AND
+    correct controls, and count only honest and correct answers as false-positive candidates."""
+    from lmscope.probe.facts import CITIES
+    from lmscope.probe.liecheck import lie_check
+    from lmscope.probe.lies import (
+        QA,
+        QUESTION,
+        Rollout,
+        is_correct,
+        prompt_ids,
+        score_rollouts,
+        summarize,
+    )
+
+    lm, hook = tiny_llama, "blocks.2.resid_post"
+    honest = {"Berlin": "germany", "Madrid": "spain", "Paris": "france", "Rome": "the sun"}  # Rome: honest, wrong
+    lie = {"Berlin": "the cat", "Madrid": "red", "Paris": "big", "Rome": "blue"}
+    items = [(c, False, honest[c]) for c in honest] + [(c, True, lie[c]) for c in lie]
+    qa = [QA.format(question=QUESTION.format(city=c), answer=a) for c, _, a in items]
+    correct = [is_correct(a, CITIES[c], c) for c, _, a in items]
+    assert correct == [True, True, True, False, False, False, False, False]
+    x = last_token_acts(lm, qa, [hook])[hook]
+    probe = fit("logistic", hook, x, torch.tensor(correct).long())  # the planted probe
+    rollouts = [Rollout(city=c, country=CITIES[c], instructed_lie=li, answer=a, generated=a, hit_limit=False,
+                        correct=ok, n_answer_tokens=1, probe_saw_city=c == "Berlin")
+                for (c, li, a), ok in zip(items, correct)]
+    prompts = [prompt_ids(lm, c, "lie" if li else "honest") for c, li, _ in items]
+    score_rollouts(lm, probe, rollouts, prompts, [_answer(lm, a) for _, _, a in items])
+    rep = summarize(rollouts, n_boot=50)
+    qa_res = rep.scorers["probe_qa"]
+    assert qa_res["auroc_correctness"] == 1.0 and qa_res["auroc_lies"] == 1.0
+    # probe_qa reads the text lie-check reads: the same truth at the last token.
+    for r, text in zip(rollouts, qa):
+        assert r.truth_qa == pytest.approx(lie_check(lm, probe, text).truth_last, abs=1e-5)
+    # Threshold by hand: controls are the honest and correct answers of the even-position cities
+    # (sorted: Berlin, Madrid, Paris, Rome -> Berlin, Paris); linear 95th percentile of their lie scores.
+    lo, hi = sorted(1 - r.truth_qa for r in rollouts if not r.instructed_lie and r.city in ("Berlin", "Paris"))
+    q = lo + 0.95 * (hi - lo)
+    assert qa_res["lie_threshold"] == pytest.approx(q) and rep.thresholds["qa"] == pytest.approx(1 - q)
+    # Held-out honest answers: Madrid (correct) and Rome (wrong): only Madrid can be a false positive.
+    madrid = next(r for r in rollouts if r.city == "Madrid" and not r.instructed_lie)
+    assert qa_res["n"]["fpr_heldout_honest_correct"] == 1
+    assert qa_res["fpr_heldout_honest_correct"] == float(1 - madrid.truth_qa > q)
+    # Same-template baseline by hand: log p(" germany" | BOS "The city of Berlin is in"), mean over its tokens.
+    r0 = rollouts[0]
+    pre = [lm.bos_token_id] + lm.tokenizer("The city of Berlin is in", add_special_tokens=False)["input_ids"]
+    ans = lm.tokenizer(" germany", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(lm.model(torch.tensor([pre + ans])).logits[0].float(), -1)
+    ref = logp[len(pre) - 1: -1].gather(1, torch.tensor(ans)[:, None]).mean()
+    assert r0.template_logprob == pytest.approx(float(ref), abs=1e-4)
+    assert rep.headline == "unseen_cities" and rep.subsets["unseen_cities"]["n_cities"] == 3
 
 
 def test_lie_eval_scores_exactly_the_answer_tokens(tiny_llama):
@@ -304,7 +456,7 @@ def test_lie_eval_scores_exactly_the_answer_tokens(tiny_llama):
     probe = Probe("logistic", hook, torch.randn(tiny_llama.d_model, generator=g) * 0.3, 0.1,
                   torch.randn(tiny_llama.d_model, generator=g))
     cities = ["Paris", "Rome"]
-    rep = evaluate_lies(tiny_llama, probe, cities=cities, max_new_tokens=5, batch_size=3, progress=False)
+    rep = evaluate_lies(tiny_llama, probe, cities=cities, max_new_tokens=5, batch_size=3, progress=False, n_boot=20)
     for r in rep.rollouts:
         p = prompt_ids(tiny_llama, r["city"], "lie" if r["instructed_lie"] else "honest")
         a = cut(tiny_llama, greedy(tiny_llama, [p], 5)[0])
@@ -385,8 +537,8 @@ def _rollout(city, lie, truth, correct=True, answer="x"):
 
     return Rollout(city=city, country="C", instructed_lie=lie, answer=answer, generated=answer, hit_limit=False,
                    correct=correct, n_answer_tokens=len(answer), probe_saw_city=False,
-                   truth_answer_tokens=truth, truth_statement=truth, logprob=-1.0, random_answer_tokens=0.5,
-                   random_statement=0.5)
+                   truth_answer_tokens=truth, truth_qa=truth, truth_statement=truth, logprob=-1.0,
+                   template_logprob=-1.0, random_answer_tokens=0.5, random_statement=0.5)
 
 
 def test_lie_metrics_on_planted_scores_and_empty_answers_left_out():
@@ -396,29 +548,79 @@ def test_lie_metrics_on_planted_scores_and_empty_answers_left_out():
     cities = [f"c{i:02d}" for i in range(20)]
     rolls = [_rollout(c, lie, 0.1 if lie else 0.6 + 0.01 * i, correct=not lie)
              for i, c in enumerate(cities) for lie in (False, True)]
-    rep = summarize(rolls)
+    rep = summarize(rolls, n_boot=50)
     probe = rep.scorers["probe_answer_tokens"]
     assert probe["auroc_instructed"] == 1.0 and probe["auroc_correctness"] == 1.0 and probe["auroc_lies"] == 1.0
-    assert probe["fpr_heldout_honest"] <= 0.1 and probe["tpr_heldout_lie_prompt"] == 1.0
+    assert probe["fpr_heldout_honest_correct"] <= 0.1 and probe["tpr_heldout_lie_prompt"] == 1.0
+    assert probe["intervals"]["auroc_lies"] == [1.0, 1.0]
     assert rep.scorers["baseline_logprob"]["auroc_instructed"] == 0.5  # constant score: no signal
     empties = [_rollout("c05", True, None, answer=""), _rollout("zz", False, None, answer="")]
-    rep2 = summarize(rolls + empties)
-    assert rep2.n_empty == 2 and rep2.n == rep.n and rep2.scorers == rep.scorers and len(rep2.rollouts) == 42
+    rep2 = summarize(rolls + empties, n_boot=50)
+    assert rep2.n_empty == 2 and rep2.n == rep.n and rep2.subsets == rep.subsets and len(rep2.rollouts) == 42
 
 
-def test_probe_lies_cli_sets_threshold(trained, tmp_path, capsys):
+def test_probe_lies_cli_and_stored_threshold(trained, tmp_path, capsys):
+    """`probe lies` prints every subset; a random tiny model names no country, so there are no honest and
+    correct controls and --set-threshold refuses in one line. A stored qa threshold is what lie-check
+    applies, and it says which format it came from."""
     import shutil
+
+    from lmscope.probe.artifact import set_thresholds
 
     probe = tmp_path / "p"
     shutil.copytree(trained, probe)
     capsys.readouterr()
-    assert main(["probe", "lies", "--probe", str(probe), "--limit", "4", "--max-new-tokens", "3",
-                 "--set-threshold", "--json"]) == 0
+    assert main(["probe", "lies", "--probe", str(probe), "--limit", "4", "--max-new-tokens", "3", "--n-boot", "20", "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
-    assert json.loads((probe / "probe.json").read_text())["threshold"] == pytest.approx(rep["threshold"])
     assert rep["max_new_tokens"] == 3 and len(rep["rollouts"]) == 8
     assert main(["probe", "lies", "--probe", str(probe), "--max-new-tokens", "0"]) == 2
-    capsys.readouterr()
-    assert main(["probe", "lies", "--probe", str(probe), "--limit", "4", "--max-new-tokens", "3"]) == 0
+    assert main(["probe", "lies", "--probe", str(probe), "--limit", "4", "--max-new-tokens", "3", "--n-boot", "20",
+                 "--set-threshold"]) == 2
+    assert "honest and correct control" in capsys.readouterr().err
+    assert main(["probe", "lies", "--probe", str(probe), "--limit", "4", "--max-new-tokens", "3", "--n-boot", "20"]) == 0
     out = capsys.readouterr().out
-    assert "probe_answer_tokens" in out and "baseline_logprob" in out and "ran into the 3-token limit" in out
+    assert "probe_qa" in out and "baseline_template_logprob" in out and "ran into the 3-token limit" in out
+    set_thresholds(probe, {"qa": 0.999, "statement": 0.001})
+    assert main(["lie-check", "--probe", str(probe), "Q: is paris in france ? A: yes .", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["threshold"] == 0.999 and res["threshold_format"] == "qa" and res["contradiction"]
+
+
+# --- transfer ---------------------------------------------------------------------------
+def test_midpoint_recalibration_by_hand():
+    """Three entities (true, false scores): e1 (2, 0), e2 (1, 0.5), e3 (3, 2.5). One labelled entity sets
+    the threshold at the midpoint of its two scores; accuracy on the other two entities by hand:
+    e1 -> 1.0: 2/4; e2 -> 0.75: 3/4; e3 -> 2.75: 2/4. Every draw gives one of these, the mean 7/12."""
+    from lmscope.probe.transfer import midpoint_accuracy
+
+    score = torch.tensor([2.0, 0.0, 1.0, 0.5, 3.0, 2.5], dtype=torch.float64)
+    y = torch.tensor([1, 0, 1, 0, 1, 0])
+    ents = ["e1", "e1", "e2", "e2", "e3", "e3"]
+    mean, rng = midpoint_accuracy(score, y, ents, 1, 600, torch.Generator().manual_seed(0))
+    assert mean == pytest.approx(7 / 12, abs=0.03) and rng == [0.5, 0.75]
+    # k >= entities: nothing left to score
+    assert math.isnan(midpoint_accuracy(score, y, ents, 3, 5, torch.Generator())[0])
+
+
+def test_transfer_cli_holds_out_each_domain(model_dirs, capsys):
+    """Every statement of the held-out domain is scored, and the log-probability baseline is the mean
+    token log-probability of the statement, checked by hand for one statement."""
+    from lmscope.models.load import load_model
+    from lmscope.probe.transfer import statement_logprobs
+
+    capsys.readouterr()
+    assert main(["probe", "transfer", "--model", model_dirs["a"], "--datasets", "cities,neg_cities,larger_than",
+                 "--layers", "1", "--shots", "2", "--repeats", "3", "--n-boot", "50", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    by = {d["domain"]: d for d in out["domains"]}
+    assert set(by) == {"cities", "numbers"}
+    assert by["cities"]["n"] == len(load_dataset("cities").all) * 2 and by["cities"]["n_entities"] == 85
+    assert by["numbers"]["sets"] == ["larger_than"] and by["numbers"]["n"] == len(load_dataset("larger_than").all)
+    lm = load_model(model_dirs["a"])
+    text = "The city of Paris is in France."
+    ids = [lm.bos_token_id] + lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(lm.model(torch.tensor([ids])).logits[0].float(), -1)
+    ref = logp[:-1].gather(1, torch.tensor(ids[1:])[:, None]).mean()
+    assert float(statement_logprobs(lm, [text])[0]) == pytest.approx(float(ref), abs=1e-5)
+    assert main(["probe", "transfer", "--model", model_dirs["a"], "--datasets", "cities", "--layers", "1"]) == 2

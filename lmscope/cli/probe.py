@@ -4,6 +4,7 @@
     lmscope probe train --model smollm2-135m --dataset cities,larger_than --layers all --out truth_probe
     lmscope probe eval --probe truth_probe --dataset neg_cities,smaller_than
     lmscope probe eval --model smollm2-135m --train cities,neg_cities,larger_than --layer 12 --dataset all
+    lmscope probe transfer --layers 8,12,16,20        # leave-one-domain-out vs the log-probability
     lmscope probe lies --probe truth_probe            # lie detection on the model's own answers
     lmscope probe explain --probe truth_probe atlas/
     lmscope lie-check --probe truth_probe "Q: What is the capital of France? A: Berlin."
@@ -29,7 +30,8 @@ def register(sub) -> None:
     d.add_argument("--json", action="store_true", help="machine-readable output")
     d.set_defaults(func=cmd_datasets)
 
-    t = ps.add_parser("train", help="fit probes at each layer; print held-out accuracy per layer; save the best")
+    t = ps.add_parser("train", help="fit probes at each layer on train entities, choose on validation, "
+                                    "report test once, save the chosen probe")
     add_model_flags(t)
     t.add_argument("--dataset", default="cities,neg_cities,larger_than,smaller_than",
                    help="comma-separated sets pooled for training, or 'all' (default: cities,neg_cities,"
@@ -37,7 +39,9 @@ def register(sub) -> None:
     t.add_argument("--layers", default="all", help="'all' (every resid_post), layer numbers '8,12' or hook names")
     t.add_argument("--kinds", default="logistic,massmean,ccs",
                    help="probe types to fit: logistic, massmean, massmean_iid, ccs (default: logistic,massmean,ccs)")
-    t.add_argument("--save-kind", default="logistic", help="which type to save at its best layer (default: logistic)")
+    t.add_argument("--save-kind", default="auto",
+                   help="probe type to save: 'auto' chooses layer and type on validation (default), or one "
+                        "type whose best layer on validation is saved")
     t.add_argument("--out", default="truth_probe", help="probe folder to write (default: truth_probe)")
     t.add_argument("--png", default=None, help="accuracy-per-layer curve (default: OUT/accuracy.png; 'none' to skip)")
     t.add_argument("--batch-size", type=int, default=32, help="statements per forward pass (default: 32)")
@@ -56,6 +60,20 @@ def register(sub) -> None:
     e.add_argument("--json", action="store_true", help="machine-readable output")
     e.set_defaults(func=cmd_eval)
 
+    tr = ps.add_parser("transfer", help="leave-one-domain-out: train on all domains but one, test on it, "
+                                         "next to the statement log-probability baseline",
+                       description="For each domain of the chosen sets: fit on the other domains' train split, "
+                                   "choose the layer on their validation split, score every statement of the "
+                                   "held-out domain (accuracy at the stored threshold, AUROC) next to the "
+                                   "statement's mean token log-probability, and recalibrate the threshold on "
+                                   "a few labelled entities of the held-out domain.")
+    from ..config import add_arguments
+    from ..probe.transfer import TransferConfig
+
+    add_arguments(tr, TransferConfig)
+    tr.add_argument("--json", action="store_true", help="machine-readable output")
+    tr.set_defaults(func=cmd_transfer)
+
     lies = ps.add_parser("lies", help="lie detection on the model's own honest vs instructed-lie answers")
     lies.add_argument("--probe", required=True, help="probe folder")
     lies.add_argument("--model", default=None, help="model (default: the probe's own)")
@@ -65,9 +83,11 @@ def register(sub) -> None:
                       help="answer length limit in tokens (default: 20; answers are cut at the first newline or "
                            "sentence end)")
     lies.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch (default: 16)")
+    lies.add_argument("--n-boot", type=int, default=1000,
+                      help="bootstrap resamples (over cities) behind each interval (default: 1000)")
     lies.add_argument("--set-threshold", action="store_true",
-                      help="store the threshold set on honest control answers in the probe (for lie-check; "
-                           "the last-token statement scorer's, since lie-check reads the last token)")
+                      help="store the thresholds set on honest and correct control answers in the probe; "
+                           "lie-check applies the one of the Q/A format it reads (probe_qa)")
     lies.add_argument("--json", action="store_true", help="machine-readable output (with every rollout)")
     lies.set_defaults(func=cmd_lies)
 
@@ -141,17 +161,18 @@ def cmd_datasets(args) -> int:
     rows = []
     for n in names():
         ds = load_dataset(n)
-        rows.append({"name": n, "domain": ds.domain, "train": len(ds.train), "test": len(ds.test),
+        rows.append({"name": n, "domain": ds.domain, "train": len(ds.train), "val": len(ds.val),
+                     "test": len(ds.test),
                      "true": sum(s.label for s in ds.all), "false": sum(1 - s.label for s in ds.all),
                      "template": ds.description, "example": ds.train[0].text})
     if args.json:
         print_json(rows)
         return 0
-    print(f"{'name':<14}{'train':>6}{'test':>6}  {'domain':<11} template")
+    print(f"{'name':<14}{'train':>6}{'val':>6}{'test':>6}  {'domain':<11} template")
     for r in rows:
-        print(f"{r['name']:<14}{r['train']:>6}{r['test']:>6}  {r['domain']:<11} {r['template']}")
-    print("\nbalanced (one true and one false statement per entity); split by entity "
-          "(test entities never seen in training)")
+        print(f"{r['name']:<14}{r['train']:>6}{r['val']:>6}{r['test']:>6}  {r['domain']:<11} {r['template']}")
+    print("\nbalanced (one true and one false statement per entity); split by entity into train / validation "
+          "/ test (choices on validation; test entities never used for fitting or choosing)")
     return 0
 
 
@@ -160,12 +181,12 @@ def cmd_train(args) -> int:
 
     from ..probe.artifact import save_probe
     from ..probe.datasets import load_dataset, parse_names
-    from ..probe.sweep import layer_of, plot_curve, sweep
+    from ..probe.sweep import plot_curve, sweep
 
     names = parse_names(args.dataset)
     kinds = _kinds(args.kinds)
-    if args.save_kind not in kinds:
-        raise UserError(f"--save-kind {args.save_kind} is not among --kinds {','.join(kinds)}")
+    if args.save_kind != "auto" and args.save_kind not in kinds:
+        raise UserError(f"--save-kind {args.save_kind} is not among --kinds {','.join(kinds)} (or pass auto)")
     if Path(args.out).exists() and not args.force:
         raise UserError(f"{args.out} exists; pass --force to overwrite it or choose another --out")
     datasets = [load_dataset(n) for n in names]
@@ -173,38 +194,58 @@ def cmd_train(args) -> int:
 
     lm = load_model(args.model, dtype=args.model_dtype, device=args.device)
     hooks = resolve_layers(lm, args.layers)
-    results = sweep(lm, datasets, hooks, kinds, batch_size=args.batch_size, progress=sys.stderr.isatty())
-    saved = [r for r in results if r.kind == args.save_kind]
-    best = max(saved, key=lambda r: (r.test_acc, -layer_of(r.hook)))
-    metrics = {"test_acc": best.test_acc, "train_acc": best.train_acc, "test_acc_by_set": best.test_acc_by_set,
-               "per_layer": {r.hook: r.test_acc for r in saved}}
+    res = sweep(lm, datasets, hooks, kinds, batch_size=args.batch_size, progress=sys.stderr.isatty(),
+                choose_kinds=None if args.save_kind == "auto" else [args.save_kind])
+    best, test = res.chosen, res.test
+    metrics = {"chosen": {"hook": best.hook, "kind": best.kind, "val_acc": best.val_acc,
+                          "val_auroc": best.val_auroc, "train_acc": best.train_acc},
+               "test": {"acc": test.acc.to_dict(), "auroc": test.auroc.to_dict(),
+                        "acc_by_set": {k: v.to_dict() for k, v in test.acc_by_set.items()}},
+               "per_layer_val": [{"hook": r.hook, "kind": r.kind, "val_acc": r.val_acc, "val_auroc": r.val_auroc}
+                                 for r in res.results],
+               "split": res.split}
     out = save_probe(best.probe, args.out, fingerprint=lm.fingerprint(), datasets=names, metrics=metrics,
                      force=args.force)
     png = None if args.png == "none" else (args.png or str(out / "accuracy.png"))
     if png:
-        plot_curve(results, png, f"{lm.name}: held-out accuracy on {','.join(names)}")
+        plot_curve(res.results, png, f"{lm.name}: validation accuracy on {','.join(names)}")
     if args.json:
-        print_json({"datasets": names, "saved": {"path": str(out), "hook": best.hook, "kind": best.kind,
-                                                  "test_acc": best.test_acc},
-                    "png": png, "results": [{"hook": r.hook, "kind": r.kind, "train_acc": r.train_acc,
-                                             "test_acc": r.test_acc, "test_acc_by_set": r.test_acc_by_set}
-                                            for r in results]})
+        print_json({"datasets": names, "saved": {"path": str(out), "hook": best.hook, "kind": best.kind},
+                    "test": metrics["test"], "split": res.split, "png": png,
+                    "results": [{"hook": r.hook, "kind": r.kind, "train_acc": r.train_acc, "val_acc": r.val_acc,
+                                 "val_auroc": r.val_auroc, "val_acc_by_set": r.val_acc_by_set}
+                                for r in res.results]})
         return 0
-    print(f"held-out accuracy (test entities never seen in training) on {','.join(names)}")
-    print(f"{'hook':<24}" + "".join(f"{k:>14}" for k in kinds))
+    n = res.split["n_statements"]
+    print(f"validation accuracy / AUROC per layer on {','.join(names)} (fit on {n['train']} train statements, "
+          f"scored on {n['val']} validation statements about other entities)")
+    print(f"{'hook':<24}" + "".join(f"{k:>20}" for k in kinds))
     for h in hooks:
-        row = {r.kind: r for r in results if r.hook == h}
-        print(f"{h:<24}" + "".join(f"{row[k].test_acc:>14.3f}" for k in kinds))
-    print(f"saved the {best.kind} probe at {best.hook} (held-out accuracy {best.test_acc:.3f}) to {out}")
+        row = {r.kind: r for r in res.results if r.hook == h}
+        print(f"{h:<24}" + "".join(f"{row[k].val_acc:>12.3f} / {row[k].val_auroc:.3f}" for k in kinds))
+    print(f"chosen on validation: {best.kind} at {best.hook} (validation accuracy {best.val_acc:.3f})")
+    print(format_test_line(metrics))
+    for k, v in test.acc_by_set.items():
+        print(f"  {k}: {v.value:.3f} [{v.lo:.3f}, {v.hi:.3f}] on {v.n} statements, {v.n_units} entities")
+    print(f"saved to {out}")
     if png:
         print(f"wrote {png}")
     return 0
 
 
+def format_test_line(metrics: dict) -> str:
+    """One line with the chosen probe's test accuracy, AUROC, sizes and 95% bootstrap intervals."""
+    a, r = metrics["test"]["acc"], metrics["test"]["auroc"]
+    return (f"test (scored once, entities never used for fitting or choosing): accuracy {a['value']:.3f} "
+            f"[{a['lo']:.3f}, {a['hi']:.3f}], AUROC {r['value']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}] on "
+            f"{a['n']} statements about {a['n_units']} entities (95% bootstrap over entities; few entities, "
+            f"so the interval is wide)")
+
+
 def cmd_eval(args) -> int:
-    from ..probe.activations import last_token_acts
-    from ..probe.datasets import load_dataset, parse_names
-    from ..probe.probes import fit
+    from ..models.registry import DEFAULT_MODEL
+    from ..probe.datasets import parse_names
+    from ..probe.matrix import accuracy_matrix, fit_on_set
 
     tests = parse_names(args.dataset)
     rows: list[tuple[str, object]] = []
@@ -221,88 +262,141 @@ def cmd_eval(args) -> int:
     elif args.train:
         if args.layer is None:
             raise UserError("--train needs --layer (a layer number or hook name)")
-        lm = _load_model(args.model or "smollm2-135m", args.device)
+        lm = _load_model(args.model or DEFAULT_MODEL, args.device)
         hook = resolve_layers(lm, args.layer)
         if len(hook) != 1:
             raise UserError("--layer takes one layer")
         kind = _kinds(args.kind)[0]
-        for n in parse_names(args.train):
-            ds = load_dataset(n)
-            texts = [s.text for s in ds.train] + ([s.contrast for s in ds.train] if kind == "ccs" else [])
-            x = last_token_acts(lm, texts, hook)[hook[0]]
-            m = len(ds.train)
-            import torch
-
-            y = torch.tensor([s.label for s in ds.train])
-            rows.append((n, fit(kind, hook[0], x[:m], y, x[m:] if kind == "ccs" else None)))
+        rows = [(n, fit_on_set(lm, n, hook[0], kind)) for n in parse_names(args.train)]
     else:
         raise UserError("pass --probe P (a trained probe) or --train SETS --layer L")
-    import torch
-
-    matrix = {}
-    for label, probe in rows:
-        matrix[label] = {}
-        for n in tests:
-            ds = load_dataset(n)
-            x = last_token_acts(lm, [s.text for s in ds.test], [probe.hook])[probe.hook]
-            matrix[label][n] = probe.accuracy(x, torch.tensor([s.label for s in ds.test]))
+    cells = accuracy_matrix(lm, rows, tests)
     if args.json:
-        print_json({"model": lm.name, "split": "test", "matrix": matrix})
+        print_json({"model": lm.name, "split": "test", "matrix": {r: {n: c.acc.value for n, c in v.items()}
+                                                                  for r, v in cells.items()},
+                    "cells": {r: {n: {"acc": c.acc.to_dict(), "auroc": c.auroc.to_dict()} for n, c in v.items()}
+                              for r, v in cells.items()}})
         return 0
-    w = max(len(r) for r in matrix) + 2
-    print(f"held-out accuracy, rows = trained on, columns = tested on ({lm.name}, {rows[0][1].hook})")
-    print(" " * w + "".join(f"{n:>14}" for n in tests))
-    for r, vals in matrix.items():
-        print(f"{r:<{w}}" + "".join(f"{vals[n]:>14.3f}" for n in tests))
+    w = max(len(r) for r in cells) + 2
+    print(f"test-split accuracy [95% bootstrap over entities], rows = trained on, columns = tested on "
+          f"({lm.name}, {rows[0][1].hook})")
+    print(" " * w + "".join(f"{n:>22}" for n in tests))
+    for r, vals in cells.items():
+        print(f"{r:<{w}}" + "".join(f"{vals[n].acc.fmt(2):>22}" for n in tests))
+    print("AUROC")
+    for r, vals in cells.items():
+        print(f"{r:<{w}}" + "".join(f"{vals[n].auroc.fmt(2):>22}" for n in tests))
+    print("entities per column: " + ", ".join(f"{n} {next(iter(cells.values()))[n].acc.n_units}" for n in tests))
+    return 0
+
+
+def cmd_transfer(args) -> int:
+    from ..config import from_args, to_dict
+    from ..models.load import load_model
+    from ..probe.transfer import TransferConfig, leave_one_domain_out
+
+    cfg = from_args(TransferConfig, args)
+    lm = load_model(cfg.model, dtype=cfg.model_dtype, device=cfg.device)
+    hooks = resolve_layers(lm, cfg.layers)
+    res = leave_one_domain_out(lm, cfg, hooks, progress=sys.stderr.isatty())
+    if args.json:
+        print_json({"model": lm.name, "config": to_dict(cfg), "domains": [r.to_dict() for r in res]})
+        return 0
+    print(f"leave-one-domain-out transfer of a {cfg.kind} probe ({lm.name}); every statement of the held-out "
+          "domain, [95% bootstrap over its entities]")
+    print(f"{'held out':<12}{'n':>5}{'ent':>5}  {'layer':<21}{'acc @ threshold':>22}{'probe AUROC':>22}"
+          f"{'logprob AUROC':>22}{'probe - logprob':>24}")
+    for r in res:
+        print(f"{r.domain:<12}{r.n:>5}{r.n_entities:>5}  {r.hook:<21}{r.acc_at_threshold.fmt(2):>22}"
+              f"{r.probe_auroc.fmt(2):>22}{r.logprob_auroc.fmt(2):>22}{r.probe_minus_logprob_auroc.fmt(2):>24}")
+    print("\naccuracy on the rest of the held-out domain after moving the threshold to the midpoint of k labelled "
+          f"entities (mean over {cfg.repeats} draws [2.5-97.5% of draws]), probe | log-probability")
+    print(f"{'held out':<12}" + "".join(f"{'k=' + str(k):>32}" for k in cfg.shots))
+    for r in res:
+        cells = [f"{s.probe_mean:.2f} [{s.probe_range[0]:.2f},{s.probe_range[1]:.2f}] | {s.logprob_mean:.2f}"
+                 for s in r.shots]
+        print(f"{r.domain:<12}" + "".join(f"{c:>32}" for c in cells))
+    print()
+    for r in res:
+        verdict = ("beats the log-probability" if r.beats_logprob else
+                   "does NOT beat the log-probability (difference interval includes or is below 0)")
+        if r.ranking_transfers and not r.threshold_transfers:
+            verdict += "; the ranking transfers but the threshold does not (recalibrate the offset)"
+        elif not r.ranking_transfers:
+            verdict += "; the ranking does not transfer (AUROC interval includes 0.5)"
+        print(f"{r.domain}: {verdict}")
+        for name, b in r.by_set.items():
+            print(f"    {name}: n {b['n']}, acc @ threshold {b['acc_at_threshold']:.2f}, probe AUROC "
+                  f"{b['probe_auroc']:.2f}, logprob AUROC {b['logprob_auroc']:.2f}")
     return 0
 
 
 def cmd_lies(args) -> int:
     import math
 
-    from ..probe.artifact import set_threshold
-    from ..probe.datasets import BUILTIN, is_test_entity
+    from ..probe.artifact import set_thresholds
+    from ..probe.datasets import BUILTIN, split_of
     from ..probe.facts import CITIES
     from ..probe.lies import evaluate_lies
 
-    if args.max_new_tokens < 1 or args.batch_size < 1 or args.limit < 0:
-        raise UserError("--max-new-tokens and --batch-size must be at least 1, --limit at least 0")
+    if args.max_new_tokens < 1 or args.batch_size < 1 or args.limit < 0 or args.n_boot < 1:
+        raise UserError("--max-new-tokens, --batch-size and --n-boot must be at least 1, --limit at least 0")
     probe, meta, lm = _open_probe(args.probe, args.model, args.device)
     cities = sorted(CITIES)[: args.limit] if args.limit else None
-    # Cities the probe's training statements mentioned (train split of a cities-domain set).
-    seen = {c for c in CITIES if not is_test_entity("cities", c)}
+    # Cities in the probe's training statements: the train split of a cities-domain set. Validation
+    # cities were only used to choose the layer and kind; test cities were never used.
+    seen = {c for c in CITIES if split_of("cities", c) == "train"}
     train_cities = seen if any(BUILTIN.get(n, ("",))[0] == "cities" for n in meta.get("datasets", [])) else set()
     rep = evaluate_lies(lm, probe, cities=cities, train_cities=train_cities, max_new_tokens=args.max_new_tokens,
-                        batch_size=args.batch_size, progress=sys.stderr.isatty())
+                        batch_size=args.batch_size, progress=sys.stderr.isatty(), n_boot=args.n_boot)
     if args.set_threshold:
-        if math.isnan(rep.threshold):
-            raise UserError("no honest control answers to set a threshold on; run on more cities (--limit)")
-        set_threshold(args.probe, rep.threshold)
+        if not rep.thresholds or math.isnan(rep.thresholds["qa"]):
+            raise UserError("no honest and correct control answers to set a threshold on; run on more cities "
+                            "(--limit)")
+        set_thresholds(args.probe, rep.thresholds, use="qa")
     if args.json:
         print_json(rep.to_dict())
         return 0
     print(f"{rep.n} non-empty answers ({rep.n_empty} empty left out, {rep.n_hit_limit} ran into the "
-          f"{rep.max_new_tokens}-token limit) by {lm.name}; probe {probe.kind} at {probe.hook}")
+          f"{rep.max_new_tokens}-token limit) by {lm.name}; probe {probe.kind} at {probe.hook} "
+          f"(trained on {','.join(meta.get('datasets', []))})")
     print(f"  lie-prompt answers that are actually wrong: {rep.n_lies_that_are_wrong}/{rep.n_lie_prompt}; "
           f"honest-prompt answers that are correct: {rep.n_honest_that_are_correct}/{rep.n_honest_prompt}")
-    _print_scorers(rep.scorers)
-    if rep.scorers_unseen_cities:
-        print(f"on the {rep.n_unseen_cities} cities the probe never saw in training:")
-        _print_scorers(rep.scorers_unseen_cities)
-    print(f"stored threshold: truth {rep.threshold:.3f} (probe_statement)" if args.set_threshold else
-          "pass --set-threshold to store the probe_statement threshold for lie-check")
+    order = [rep.headline] + [k for k in rep.subsets if k != rep.headline]
+    for name in order:
+        sub = rep.subsets[name]
+        tag = " (headline)" if name == rep.headline else ""
+        print(f"\n{SUBSET_TEXT[name]}{tag}: {sub['n']} answers about {sub['n_cities']} cities")
+        if sub["scorers"]:
+            _print_scorers(sub["scorers"])
+    print("  (AUROC lies: lie-prompt answers that are wrong vs honest-prompt answers that are correct; FPR on held-out "
+          "honest AND correct answers, TPR on held-out lie-prompt answers / actual lies, at the 95th percentile of "
+          "the control cities' honest and correct answers' lie scores; [95% bootstrap over cities])")
+    thr = rep.thresholds
+    if thr:
+        print(f"truth thresholds: qa (lie-check's format) {thr['qa']:.3f}, restated statement {thr['statement']:.3f}")
+    print("stored the qa threshold for lie-check" if args.set_threshold else
+          "pass --set-threshold to store the qa threshold (the format lie-check reads) in the probe")
     return 0
 
 
+SUBSET_TEXT = {"all": "every answer", "unseen_cities": "cities absent from the probe's training statements",
+               "names_country": "answers that name a country",
+               "unseen_cities_names_country": "unseen cities, answers that name a country"}
+
+
 def _print_scorers(scorers: dict) -> None:
-    cols = ("AUROC lie-prompt", "AUROC wrong", "AUROC lies", "FPR honest", "TPR lie-prompt", "TPR lies")
-    print(f"  {'scorer':<30}" + "".join(f"{c:>16}" for c in cols))
+    cols = ("auroc_instructed", "auroc_correctness", "auroc_lies", "fpr_heldout_honest_correct",
+            "tpr_heldout_actual_lies")
+    heads = ("AUROC lie-prompt", "AUROC wrong", "AUROC lies", "FPR honest&correct", "TPR lies")
+    print(f"  {'scorer':<28}" + "".join(f"{c:>22}" for c in heads))
     for k, r in scorers.items():
-        vals = (r["auroc_instructed"], r["auroc_correctness"], r["auroc_lies"], r["fpr_heldout_honest"],
-                r["tpr_heldout_lie_prompt"], r["tpr_heldout_actual_lies"])
-        print(f"  {k:<30}" + "".join(f"{v:>16.3f}" for v in vals))
-    print("  (AUROC lies: lie-prompt answers that are wrong vs honest-prompt answers that are correct; FPR/TPR on "
-          "held-out cities at the 95th percentile of honest control answers' lie scores)")
+        cells = [f"{r[c]:.2f} [{r['intervals'][c][0]:.2f},{r['intervals'][c][1]:.2f}]" for c in cols]
+        print(f"  {k:<28}" + "".join(f"{c:>22}" for c in cells))
+    n = next(iter(scorers.values()))["n"]
+    print(f"  n: {n['wrong']} wrong, {n['actual_lies']} actual lies, {n['honest_correct']} honest&correct "
+          f"({n['controls']} controls); held out: {n['fpr_heldout_honest_correct']} honest&correct, "
+          f"{n['tpr_heldout_actual_lies']} actual lies")
 
 
 def cmd_explain(args) -> int:
@@ -332,5 +426,10 @@ def cmd_lie_check(args) -> int:
         return 0
     verdict = "CONTRADICTS the model's internal belief" if res.contradiction else "consistent with the model's belief"
     print(f"truth score {res.truth_last:.3f} at the last token (answer-token mean {res.truth_answer_mean:.3f}); "
-          f"threshold {res.threshold:.3f}: {verdict}")
+          f"threshold {res.threshold:.3f} ({THRESHOLD_TEXT.get(res.threshold_format, res.threshold_format)}): "
+          f"{verdict}")
     return 0
+
+
+THRESHOLD_TEXT = {"qa": "calibrated on honest Q/A answers by `probe lies --set-threshold`",
+                  "uncalibrated": "uncalibrated; set one with `probe lies --set-threshold`"}

@@ -201,9 +201,14 @@ def run(cfg: RunConfig) -> int:
                 "--kinds", "logistic,massmean", "--out", str(probe)]
         _stage(i, n, "probe: where does the model hold 'true'? (held-out cities)", argv)
         if (probe / "probe.json").is_file():
+            from .probe import format_test_line
+
             print(f"already trained: {probe}")
+            m = json.loads((probe / "probe.json").read_text()).get("metrics", {})
+            print(format_test_line(m) if "test" in m else "(a schema-1 probe: its layer was chosen on the test "
+                  "split, so it has no honest test score; delete the folder to retrain)")
         else:
-            _call(argv)
+            _call(argv)  # prints the choice made on validation and the test score with its interval
         for text in ("The city of Paris is in France.", "The city of Paris is in Japan."):
             print(f"$ lmscope lie-check --probe {probe} {shlex.quote(text)}")
             _call(["lie-check", "--probe", str(probe), text])

@@ -2,8 +2,15 @@
 
     my_probe/
       probe.safetensors   direction [d_model], mean [d_model]
-      probe.json          schema_version, kind, hook, layer, bias, threshold, model fingerprint,
-                          datasets, metrics (written last: marks a complete artifact)
+      probe.json          schema_version, kind, hook, layer, bias, threshold (+ threshold_format and
+                          thresholds per text format), model fingerprint, datasets, metrics (the
+                          validation choice, the test score with its interval, the entity split;
+                          written last: marks a complete artifact)
+
+Schema 2 (this version) added the train/validation/test entity split and the
+per-format thresholds; schema 1 probes (chosen on test, one threshold calibrated
+on restated statements) are still read, with their threshold marked
+'uncalibrated' because its format is not the one lie-check reads.
 
 The folder is built under a temporary name and renamed into place, so a
 crash never leaves a half probe. Loading checks the fingerprint against the
@@ -13,7 +20,6 @@ stream would silently score noise.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -24,9 +30,10 @@ from safetensors.torch import load_file, save_file
 from ..atlas.layout import write_json_atomic
 from ..errors import UserError
 from ..validate import Num, Obj, Str, check, read_json
-from .probes import Probe
+from .probes import Probe, layer_of
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE = (1, 2)
 WEIGHTS = "probe.safetensors"
 META = "probe.json"
 _META_SCHEMA = {"kind": Str(100), "hook": Str(500), "bias": Num(-1e30, 1e30),
@@ -44,13 +51,11 @@ def save_probe(probe: Probe, path: str | Path, *, fingerprint: dict, datasets: l
     try:
         save_file({"direction": probe.direction.float().contiguous(), "mean": probe.mean.float().contiguous()},
                   str(tmp / WEIGHTS))
-        from .sweep import layer_of
-
         write_json_atomic(tmp / META, {
             "schema_version": SCHEMA_VERSION, "kind": probe.kind, "hook": probe.hook,
             "layer": layer_of(probe.hook), "d_model": int(probe.direction.numel()), "bias": probe.bias,
-            "threshold": probe.threshold, "model": fingerprint, "datasets": datasets, "metrics": metrics,
-            "info": probe.info})
+            "threshold": probe.threshold, "threshold_format": probe.threshold_format, "thresholds": {},
+            "model": fingerprint, "datasets": datasets, "metrics": metrics, "info": probe.info})
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -65,9 +70,9 @@ def load_probe(path: str | Path) -> tuple[Probe, dict]:
     if not (path / META).is_file() or not (path / WEIGHTS).is_file():
         raise UserError(f"{path} is not a probe (no {META} + {WEIGHTS}); train one with `lmscope probe train`")
     meta = check(read_json(path / META, what="probe metadata"), _META_SCHEMA, where=str(path / META))
-    if meta.get("schema_version") != SCHEMA_VERSION:
+    if meta.get("schema_version") not in READABLE:
         raise UserError(f"{path}: probe schema_version {meta.get('schema_version')} is not supported "
-                        f"(this lmscope reads {SCHEMA_VERSION})")
+                        f"(this lmscope reads {', '.join(map(str, READABLE))})")
     try:
         t = load_file(str(path / WEIGHTS))
     except Exception as e:  # safetensors raises its own error types (truncated file, bad header)
@@ -75,15 +80,24 @@ def load_probe(path: str | Path) -> tuple[Probe, dict]:
                         "or re-download it") from None
     if "direction" not in t or "mean" not in t:
         raise UserError(f"{path / WEIGHTS} lacks direction/mean: not a probe")
+    fmt = meta.get("threshold_format", "uncalibrated")
+    # Schema 1 stored a threshold calibrated on restated statements, not on the Q/A text lie-check
+    # reads: fall back to the uncalibrated 0.5 rather than apply it to the wrong format.
+    current = meta.get("schema_version") == SCHEMA_VERSION
     probe = Probe(kind=meta["kind"], hook=meta["hook"], direction=t["direction"], bias=float(meta["bias"]),
-                  mean=t["mean"], threshold=float(meta.get("threshold", 0.5)), info=meta.get("info", {}))
+                  mean=t["mean"], threshold=float(meta.get("threshold", 0.5)) if current else 0.5,
+                  threshold_format=fmt if current else "uncalibrated", info=meta.get("info", {}))
     return probe, meta
 
 
-def set_threshold(path: str | Path, threshold: float) -> None:
-    """Store a new lie-check threshold in the probe's JSON (atomic)."""
-    meta = json.loads((Path(path) / META).read_text())
-    meta["threshold"] = float(threshold)
+def set_thresholds(path: str | Path, thresholds: dict[str, float], *, use: str = "qa") -> None:
+    """Store truth thresholds per text format (e.g. {'qa': .., 'statement': ..}) and make thresholds[use]
+    the one lie-check applies (atomic rewrite of probe.json)."""
+    meta = check(read_json(Path(path) / META, what="probe metadata"), _META_SCHEMA,
+                 where=str(Path(path) / META))
+    meta["thresholds"] = {k: float(v) for k, v in thresholds.items()}
+    meta["threshold"] = float(thresholds[use])
+    meta["threshold_format"] = use
     write_json_atomic(Path(path) / META, meta)
 
 
@@ -113,4 +127,4 @@ def probe_for(lm, probe: Probe, hook: str | None = None) -> Probe:
     return probe
 
 
-__all__ = ["SCHEMA_VERSION", "check_compatible", "load_probe", "probe_for", "save_probe", "set_threshold"]
+__all__ = ["SCHEMA_VERSION", "check_compatible", "load_probe", "probe_for", "save_probe", "set_thresholds"]

@@ -42,8 +42,9 @@ def fit_ccs(hook: str, x_pos: torch.Tensor, x_neg: torch.Tensor, y: torch.Tensor
         opt = torch.optim.Adam([w, b], lr=lr)
         for _ in range(steps):
             opt.zero_grad()
-            # Burns et al. constrain w implicitly via the sigmoid; we normalize w so confidence
-            # cannot be bought with a huge norm on noise directions.
+            # w is NOT normalised during training (as in Burns et al.): the inputs are centred and
+            # RMS-scaled, and 300 Adam steps at lr 1e-2 bound how far its norm can grow. Only w's
+            # direction is kept: `from_direction` normalises it and fits scale and offset on labels.
             loss = ccs_loss(torch.sigmoid(zp @ w + b), torch.sigmoid(zn @ w + b))
             loss.backward()
             opt.step()

@@ -1,14 +1,17 @@
 """Built-in true/false statement datasets, generated offline from the fact tables.
 
-Each entity (a city, a number, an animal, ...) yields one true and one false
-statement, so every set is balanced. Entities are split into train and test by
-a seeded shuffle of the *domain* (cities and neg_cities share one split), so
-test entities never appear in training, not even negated (Marks & Tegmark
-2023 split by statement; we split by entity to measure generalization, not
-recall). Every statement carries its contrast (the claim negated), which CCS
-trains on (Burns et al. 2022).
+Each entity (a city, a number, an animal, an unordered pair of addends, ...)
+yields one true and one false statement, so every set is balanced. Entities are
+split three ways, train / validation / test, by a seeded hash of (domain,
+entity), so every set of a domain (cities and neg_cities) holds out the same
+entities and a held-out entity never appears in training, not even negated
+(Marks & Tegmark 2023 split by statement; we split by entity to measure
+generalization, not recall). Probes are fitted on train; anything chosen by
+looking at scores (layer, probe kind) is chosen on validation; test is scored
+once for the choice (shared/MEASURING.md rules 1-2). Every statement carries its
+contrast (the claim negated), which CCS trains on (Burns et al. 2022).
 
-    ds = load_dataset("cities")      # Dataset(name, train=[Statement...], test=[...])
+    ds = load_dataset("cities")      # Dataset(name, train=[Statement...], val=[...], test=[...])
     names()                          # the built-in set names
 """
 
@@ -22,7 +25,11 @@ from ..errors import UserError, close_matches
 from .facts import ANIMALS, CITIES, NUMBERS, SPANISH, number_word
 
 TEST_FRACTION = 0.3
+VAL_FRACTION = 0.2
+"""Entities with hash value u < 0.3 are test, 0.3 <= u < 0.5 validation, the rest train (the test
+entities are the ones the two-way split of schema 1 held out)."""
 SEED = 0
+SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -41,27 +48,38 @@ class Dataset:
     domain: str
     description: str
     train: list[Statement]
+    val: list[Statement]
     test: list[Statement]
 
     @property
     def all(self) -> list[Statement]:
-        return self.train + self.test
+        return self.train + self.val + self.test
+
+    def split(self, name: str) -> list[Statement]:
+        return {"train": self.train, "val": self.val, "test": self.test}[name]
 
 
 def _rng(*key) -> random.Random:
     return random.Random("|".join(map(str, (SEED,) + key)))
 
 
+def split_of(domain: str, entity: str) -> str:
+    """'train', 'val' or 'test' for an entity: a seeded hash of (domain, entity), so every set of a
+    domain (cities and neg_cities, larger_than and smaller_than) splits the same entities alike."""
+    u = _rng("split", domain, entity).random()
+    return "test" if u < TEST_FRACTION else "val" if u < TEST_FRACTION + VAL_FRACTION else "train"
+
+
 def is_test_entity(domain: str, entity: str) -> bool:
-    """Whether an entity is held out: a seeded hash of (domain, entity), so every set of a domain
-    (cities and neg_cities, larger_than and smaller_than) holds out the same entities."""
-    return _rng("split", domain, entity).random() < TEST_FRACTION
+    return split_of(domain, entity) == "test"
 
 
-def split_entities(domain: str, entities: list[str]) -> tuple[set[str], set[str]]:
-    """(train, test) entity sets of a domain."""
-    test = {e for e in entities if is_test_entity(domain, e)}
-    return set(entities) - test, test
+def split_entities(domain: str, entities: list[str]) -> dict[str, set[str]]:
+    """{split: entity set} of a domain."""
+    out: dict[str, set[str]] = {k: set() for k in SPLITS}
+    for e in entities:
+        out[split_of(domain, e)].add(e)
+    return out
 
 
 def _wrong(rng: random.Random, true_value: str, values: list[str]) -> str:
@@ -90,8 +108,8 @@ def _compare(larger: bool) -> list[Statement]:
     rng = _rng("numbers", larger)
     out = []
     for x in NUMBERS:
-        # Compare only within the same split, so a test number never appears in training at all.
-        pool = [n for n in NUMBERS if n != x and is_test_entity("numbers", str(n)) == is_test_entity("numbers", str(x))]
+        # Compare only within the same split, so a held-out number never appears in training at all.
+        pool = [n for n in NUMBERS if n != x and split_of("numbers", str(n)) == split_of("numbers", str(x))]
         bigger = [n for n in pool if n > x]
         smaller = [n for n in pool if n < x]
         k = min(2, len(bigger), len(smaller))
@@ -107,7 +125,11 @@ def _compare(larger: bool) -> list[Statement]:
 
 
 def _arithmetic() -> list[Statement]:
-    """'a plus b equals c.' for a, b in 2..19 (a sample), with c off by 1..3 for the false ones."""
+    """'a plus b equals c.' for a, b in 2..19 (a sample), with c off by 1..3 for the false ones.
+
+    The entity is the unordered pair {a, b}: "3 plus 5" and its commutative twin "5 plus 3" are one
+    fact, so they always land in the same split (keyed by the ordered problem, 8 of 34 test
+    problems had their twin in training)."""
     rng = _rng("arithmetic")
     problems = [(a, b) for a in range(2, 20) for b in range(2, 20)]
     rng.shuffle(problems)
@@ -116,7 +138,7 @@ def _arithmetic() -> list[Statement]:
         c = a + b
         wrong = c + rng.choice([-3, -2, -1, 1, 2, 3])
         for value, truth in ((c, 1), (wrong, 0)):
-            out.append(Statement(f"{a} plus {b} equals {value}.", truth, f"{a}+{b}",
+            out.append(Statement(f"{a} plus {b} equals {value}.", truth, f"{min(a, b)}+{max(a, b)}",
                                  f"{a} plus {b} does not equal {value}."))
     return out
 
@@ -163,15 +185,15 @@ def names() -> list[str]:
 
 
 def load_dataset(name: str) -> Dataset:
-    """A built-in set, split by entity into train and test."""
+    """A built-in set, split by entity into train, validation and test."""
     if name not in BUILTIN:
         raise UserError(f"unknown dataset {name!r}{close_matches(name, BUILTIN)}; "
                         "list them with `lmscope probe datasets`")
     domain, desc, gen = BUILTIN[name]
-    statements = gen()
-    train = [s for s in statements if not is_test_entity(domain, s.entity)]
-    test = [s for s in statements if is_test_entity(domain, s.entity)]
-    return Dataset(name=name, domain=domain, description=desc, train=train, test=test)
+    by = {k: [] for k in SPLITS}
+    for s in gen():
+        by[split_of(domain, s.entity)].append(s)
+    return Dataset(name=name, domain=domain, description=desc, **by)
 
 
 def parse_names(spec: str) -> list[str]:

@@ -6,7 +6,12 @@ The probe was trained at statements' last token, so the headline score is
 the truth probability at the last token; the mean over the answer tokens
 (everything after the last "A:", as Apollo Research score a response) is
 reported next to it. A last-token probability below the probe's stored
-threshold is flagged as contradicting the model's internal belief.
+threshold is flagged as contradicting the model's internal belief. The
+threshold `probe lies --set-threshold` stores is calibrated on this very
+format ("Q: <question> A: <answer>." read at the last token, its `probe_qa`
+scorer), not on the restated statements the probe was trained on: a probe's
+offset does not carry from one format to another. Which format the threshold
+came from is printed with every verdict ('uncalibrated': the probe's 0.5).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ class LieCheck:
     truth_answer_mean: float
     """Mean truth probability over the answer tokens."""
     threshold: float
+    threshold_format: str
+    """What the threshold was calibrated on: 'qa' (this format) or 'uncalibrated' (0.5)."""
     contradiction: bool
     tokens: list[str]
     per_token: list[float]
@@ -56,6 +63,7 @@ def lie_check(lm, probe: Probe, text: str) -> LieCheck:
     skip = 1 if lm.bos_token_id is not None else 0  # the BOS position is not shown
     return LieCheck(text=text, answer=text[cut:].strip() if cut >= 0 else text, truth_last=truth_last,
                     truth_answer_mean=float(ans.mean()), threshold=probe.threshold,
+                    threshold_format=probe.threshold_format,
                     contradiction=truth_last < probe.threshold, tokens=lm.to_str_tokens(ids)[skip:],
                     per_token=[round(float(v), 4) for v in p[skip:]])
 

@@ -28,6 +28,9 @@ class Probe:
     mean: torch.Tensor  # [d_model]
     threshold: float = 0.5
     """Truth probability below which lie-check flags a contradiction."""
+    threshold_format: str = "uncalibrated"
+    """Which text format `threshold` was calibrated on: 'qa' (the "Q: ... A: ..." text lie-check
+    reads, set by `probe lies --set-threshold`) or 'uncalibrated' (0.5, the training logit's zero)."""
     info: dict = field(default_factory=dict)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -39,6 +42,12 @@ class Probe:
 
     def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
         return float(((self.logits(x) > 0).long() == y.long()).float().mean())
+
+
+def layer_of(hook: str) -> int:
+    """'blocks.12.resid_post' -> 12 (-1 for a hook outside the blocks)."""
+    parts = hook.split(".")
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else -1
 
 
 @dataclass
