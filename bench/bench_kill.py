@@ -239,7 +239,13 @@ def rerun_ok(t: dict) -> bool:
         return True
     return (t["marker_after_kill"] and t["rerun_exit"] == 2
             and not t["half_written_taken_as_finished"]
-            and any("already" in line for line in t.get("stderr", [])))
+            and any(refusal(line) for line in t.get("stderr", [])))
+
+
+def refusal(line: str) -> bool:
+    """The one line a finished artifact's rerun prints when it will not overwrite it without
+    --force (train says "already", graph and probe "exists; pass --force")."""
+    return "already" in line or "pass --force" in line
 
 
 def final_ok(t: dict) -> bool:
@@ -351,7 +357,7 @@ def run_stage(stage: Stage, base: dict, refs: dict[str, Path], work: Path, trial
         # refuses to overwrite a finished dictionary without --force (exit 2, one line), by
         # design; its artifact is what must equal the reference.
         done_before = marker and not half_taken  # finished (maybe killed while exiting)
-        refused_done = code == 2 and done_before and "already" in err
+        refused_done = code == 2 and done_before and refusal(err)
         same, where = (equal(ref, snapshot(folder / stage.artifact), ignore) if code == 0 or refused_done
                        else (False, []))
         rows.append({"trial": t, "delay_s": round(delay, 2), "killed_while_running": was_running,
