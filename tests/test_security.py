@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmscope.atlas.layout import AtlasLayout
 from lmscope.dictionaries.checkpoint import Checkpoints
 from lmscope.errors import UserError
+from lmscope.layout import AtlasLayout
 from lmscope.validate import Int, List, Obj, Str, check, read_json
 
 

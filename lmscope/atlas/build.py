@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
-from .layout import AtlasLayout, write_json_atomic
+from ..layout import AtlasLayout, write_json_atomic
 from .profile import N_BUCKETS, ProfileState, merge, peak_index, update
 
 
@@ -146,9 +146,9 @@ def build_atlas(cfg: BuildConfig, *, progress: bool = True, lm=None,
                 contexts: Callable[[], Iterator[Tensor]] | None = None) -> BuildResult:
     """Run (or resume) the profile pass and write the atlas DB. `contexts` (tests) replaces the corpus."""
     from .. import dist
-    from ..capture.hooks import run
-    from ..dictionaries.sources import token_mask
     from ..models.load import load_model
+    from ..models.runtime import run
+    from ..models.tokens import token_mask
     from .db import AtlasDB
 
     t0 = time.time()
@@ -333,7 +333,7 @@ def _write_db(layout: AtlasLayout, lm, dicts: dict, states: dict, cfg: BuildConf
                 toks, ids, acts, first = _window_rows(vocab, s.neg_tok[f, r], None)
                 examples.append((f, "negative", None, r, 0.0, int(s.neg_id[f, r]), json.dumps(toks),
                                  json.dumps(ids), json.dumps(acts), peak - first))
-            from ..trace.dictmath import decoder_rows
+            from ..dictionaries.dictmath import decoder_rows
             eff = logit_effects(lm, decoder_rows(d))
             if eff is not None:
                 for kind, ids_t, vals_t in (("promoted", eff.promoted_ids, eff.promoted),

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import UserError
-from .layout import AtlasLayout
+from ..layout import AtlasLayout
 
 
 @dataclass
@@ -34,11 +34,11 @@ class TextHit:
 def search_text(atlas: str, text: str, *, limit: int = 20, lm=None, dicts: dict | None = None,
                 device: str = "cpu") -> list[TextHit]:
     """Features ranked by max activation on `text` (every dictionary of the atlas)."""
-    from ..capture.hooks import run
     from ..dictionaries import load_dictionary
     from ..dictionaries.base import check_fits
-    from ..dictionaries.sources import token_mask
     from ..models.load import load_model
+    from ..models.runtime import run
+    from ..models.tokens import token_mask
     from .db import AtlasDB
 
     layout = AtlasLayout(atlas)

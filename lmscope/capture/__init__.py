@@ -1,5 +1,1 @@
-"""Stage 1: capture activations at named hook points, from a corpus, into a store."""
-
-from .hooks import Edit, RunResult, StopForward, add, capture, edit, hooked, replace, run, scale
-
-__all__ = ["Edit", "RunResult", "StopForward", "add", "capture", "edit", "hooked", "replace", "run", "scale"]
+"""Stage 1: capture activations from a corpus into a store (the hooking itself is lmscope.models.runtime)."""

@@ -23,9 +23,9 @@ from typing import Literal
 
 import torch
 
-from ..atlas.layout import write_json_atomic
 from ..config import to_dict
 from ..errors import UserError
+from ..layout import write_json_atomic
 from ..models.registry import DEFAULT_MODEL
 from ..validate import Str, check, read_json
 from . import corpus as C
@@ -129,8 +129,8 @@ def _digest(d: dict) -> str:
 
 def capture_to_store(cfg: CaptureConfig, *, lm=None) -> CaptureResult:
     """Run (or resume) a capture. Returns at once for a store that is already complete."""
-    from ..dictionaries.sources import special_ids
     from ..models.load import load_model
+    from ..models.tokens import special_ids
 
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():

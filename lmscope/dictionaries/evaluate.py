@@ -17,7 +17,7 @@ vector and median norm; pass 2 runs the model clean and with each splice.
 - L0 (active latents per token), the dead fraction (never fired on these tokens) and the
   dense fraction (fires on > 10% of tokens).
 - The language-model loss with the reconstruction spliced in (the activation at the hook
-  replaced by the dictionary's output; lmscope.capture.hooks edits). Headline: the added loss
+  replaced by the dictionary's output; lmscope.models.runtime edits). Headline: the added loss
   CE(spliced) - CE(clean) in nats per token and KL(clean || spliced) per token, each with a 95%
   bootstrap interval over contexts (Gao et al. 2024 Sec. 4.1 argue for these over fractions).
   Secondary, with the reference named: the fraction of loss recovered against zero-ablation
@@ -56,9 +56,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..atlas.layout import AtlasLayout, hook_dirname, write_json_atomic
 from ..errors import UserError
-from .sources import token_mask
+from ..layout import AtlasLayout, hook_dirname, write_json_atomic
+from ..models.tokens import token_mask
 
 HELDOUT_SPLIT = "test"
 DENSE_THRESHOLD = 0.1
@@ -290,7 +290,7 @@ def clean_stats(lm, hooks: list[str], chunks: list[Tensor]) -> dict[str, _CleanS
 
     chunks: token batches [b, ctx_len]. The forward stops after the deepest hook (no LM head).
     """
-    from ..capture.hooks import run
+    from ..models.runtime import run
 
     sums: dict[str, Tensor] = {}
     norms: dict[str, list[Tensor]] = {h: [] for h in hooks}
@@ -315,7 +315,7 @@ def reconstruction(lm, dicts: dict[str, object], contexts: list[Tensor], *, batc
     thresholds: hook -> outlier norm threshold (e.g. the held-out one, so both sets use the
     same); None: OUTLIER_FACTOR x the median norm of these tokens (one more pass).
     """
-    from ..capture.hooks import run
+    from ..models.runtime import run
 
     chunks = [torch.stack(contexts[i:i + batch]) for i in range(0, len(contexts), batch)]  # [b, ctx_len]
     needed = _needed(dicts)
@@ -396,7 +396,7 @@ def _recovered(ce: dict[str, float], ref: str) -> float:
 def evaluate_dictionaries(lm, dicts: dict[str, object], contexts: list[Tensor], *, batch: int = 8,
                           progress: bool = True) -> list[DictionaryEval]:
     """Evaluate `dicts` (hook -> SparseDictionary) on token contexts [ctx_len] each."""
-    from ..capture.hooks import run
+    from ..models.runtime import run
 
     needed = _needed(dicts)
     chunks = [torch.stack(contexts[i:i + batch]) for i in range(0, len(contexts), batch)]  # [b, ctx_len]

@@ -4,7 +4,7 @@ A source yields this rank's part of each global batch as `{hook: [n, d]}` float 
 every hook the run needs at once, and can restart at any global batch index (resume):
 
 - `StreamSource` runs the model on packed corpus contexts and captures *all* requested hook
-  points in one forward pass (lmscope.capture.hooks.run, which stops after the deepest
+  points in one forward pass (lmscope.models.runtime.run, which stops after the deepest
   hook), so 30 dictionaries cost one model pass, not 30. Activations of several contexts
   go into a shuffle buffer (`buffer_batches` batches worth) and are drawn in a random
   order, so one step's batch mixes ~(contexts in the buffer) texts instead of being 30
@@ -41,6 +41,7 @@ from torch import Tensor
 
 from ..dist import DistInfo, rank_slice, split_sizes
 from ..errors import UserError
+from ..models.tokens import token_mask
 
 Batch = dict[str, Tensor]
 """hook name -> [n_tokens, d] activations (this rank's part of one global batch)."""
@@ -59,20 +60,6 @@ class ActivationSource(Protocol):
 
 def local_batch_size(batch_size: int, info: DistInfo) -> int:
     return split_sizes(batch_size, info.world_size)[info.rank]
-
-
-def special_ids(lm) -> Tensor:
-    """Token ids excluded from training and splicing: BOS, EOS, padding and the other special tokens."""
-    ids = set(getattr(lm.tokenizer, "all_special_ids", None) or [])
-    ids |= {i for i in (lm.bos_token_id, getattr(lm.tokenizer, "eos_token_id", None)) if i is not None}
-    return torch.tensor(sorted(ids), dtype=torch.long)
-
-
-def token_mask(lm, tokens: Tensor) -> Tensor:
-    """bool [batch, pos]: positions whose activations train and get evaluated (see module docstring)."""
-    keep = ~torch.isin(tokens, special_ids(lm).to(tokens.device))
-    keep[:, 0] = False  # position 0 is an attention sink whatever its token
-    return keep
 
 
 # --- in memory ------------------------------------------------------------------------
@@ -178,7 +165,7 @@ class StreamSource:
 
     def _activations(self, contexts: list[Tensor]) -> Batch:
         """One forward pass over [n, ctx_len] contexts -> {hook: [tokens, d]} without BOS positions."""
-        from ..capture.hooks import run
+        from ..models.runtime import run
 
         tokens = torch.stack(contexts).to(self.lm.device)  # [n, ctx_len]
         res = run(self.lm, tokens, capture=self.hooks)

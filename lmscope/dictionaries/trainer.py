@@ -35,10 +35,10 @@ import torch
 from torch import Tensor
 
 from .. import dist
-from ..atlas.layout import AtlasLayout
 from ..config import to_dict
 from ..dist import DistInfo
 from ..errors import UserError
+from ..layout import AtlasLayout
 from .base import DictionaryConfig, SparseDictionary, build
 from .checkpoint import Checkpoints, RunState
 from .sharded import ShardedTopK, gather_uneven

@@ -132,7 +132,7 @@ def _rows(hook: str, per: dict, metric: dict, values: dict) -> list[ScoreRow]:
 
 def score_report(atlas: str | Path) -> ScoreReport:
     from ..atlas.db import AtlasDB
-    from ..atlas.layout import AtlasLayout
+    from ..layout import AtlasLayout
 
     path = AtlasLayout(atlas).db_path
     if not path.is_file():

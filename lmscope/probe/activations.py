@@ -4,7 +4,7 @@ Statements are tokenized with BOS, right-padded into batches with an
 attention mask, and each row's activation is gathered at its last real token.
 Right padding leaves positions and causal attention of the real tokens
 unchanged, so a batched read equals one-statement-at-a-time reads (tested).
-One forward per batch captures every requested hook (`capture.hooks.run`
+One forward per batch captures every requested hook (`models.runtime.run`
 stops after the deepest one). `span_acts` reads a span of positions per row the
 same way (the tokens of a generated answer).
 """
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ..capture.hooks import run
 from ..errors import UserError
+from ..models.runtime import run
 
 
 def tokenize(lm, texts: Sequence[str]) -> list[list[int]]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..capture.hooks import run
+from ..models.runtime import run
 from .activations import batches, pad_id
 
 # A sentence ends at . ! ? followed by whitespace or the end ("U.S." is not cut after "U.").

@@ -27,8 +27,8 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from ..atlas.layout import write_json_atomic
 from ..errors import UserError
+from ..layout import write_json_atomic
 from ..validate import Num, Obj, Str, check, read_json
 from .probes import Probe, layer_of
 

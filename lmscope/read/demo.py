@@ -42,9 +42,9 @@ def build_demo_atlas(root: str | Path, *, d_sae: int = 64, seed: int = 0, profil
     of CALIBRATION (with HTML_TOKEN in it), then label the planted feature by hand with an
     explanation and a score, so every viewer page has real DB content.
     """
-    from ..atlas.layout import AtlasLayout
-    from ..capture.hooks import run
     from ..dictionaries import DictionaryConfig, build
+    from ..layout import AtlasLayout
+    from ..models.runtime import run
     from ..models.tiny import tiny_model
 
     root = Path(root)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..capture.hooks import hooked
+from ..models.runtime import hooked
 
 
 @dataclass

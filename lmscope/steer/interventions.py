@@ -25,9 +25,9 @@ from typing import Literal
 
 import torch
 
+from ..dictionaries.dictmath import decoder_rows
 from ..errors import UserError
 from ..trace.attribution import out_hook, parse_feature_id
-from ..trace.dictmath import decoder_rows
 
 _SPEC = re.compile(r"^(?P<feat>[^=]+)=(?P<op>[+*-]?)(?P<num>[0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)$")
 
@@ -79,7 +79,7 @@ def parse_interventions(specs: list[str], dictionaries: dict[str, object]) -> li
 
 def feature_edits(interventions: list[FeatureIntervention], dictionaries: dict[str, object],
                   positions: slice | None = None) -> dict:
-    """Edits for `lmscope.capture.hooks.hooked`: one per hook, all features there at once.
+    """Edits for `lmscope.models.runtime.hooked`: one per hook, all features there at once.
 
     The dictionary encodes the activation at its input hook; the change is added where its
     decoder writes (the same hook for an SAE, mlp_out for a transcoder, whose input is

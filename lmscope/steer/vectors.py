@@ -19,8 +19,8 @@ from typing import Literal
 
 import torch
 
-from ..capture.hooks import run
 from ..errors import UserError
+from ..models.runtime import run
 
 
 @dataclass

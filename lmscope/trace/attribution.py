@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor
 
-from ..capture.hooks import hooked
+from ..dictionaries.dictmath import decoder_rows
 from ..errors import UserError, close_matches
-from .dictmath import decoder_rows
+from ..models.runtime import hooked
 from .frozen import _NormLinearization
 
 
@@ -111,12 +111,12 @@ def trace(lm, dictionaries: dict[str, object], prompt: str, *, target: str | int
 
     labels: optional callable (hook, feature) -> str.
     include_special: also rank features at position 0 / special tokens. Off by default: the
-    dictionaries never saw those positions in training (lmscope.dictionaries.sources.token_mask),
+    dictionaries never saw those positions in training (lmscope.dictionaries.models.tokens.token_mask),
     and BOS is an attention sink with outlier norms (~4,000+ in SmolLM2's middle layers) whose
     encodings are off-distribution; their effect stays in the model (not attributed), as an error
     term would.
     """
-    from ..dictionaries.sources import token_mask
+    from ..models.tokens import token_mask
 
     tokens = lm.to_tokens(prompt)
     for d in dictionaries.values():  # UserError with close matches for hooks this model lacks

@@ -19,7 +19,7 @@ frozen mode it applies the cached probabilities to the (live) values, so only th
 carries signal and gradient. Norms get plain forward hooks that recompute the output
 from the live input and the cached scale. Both are removed on exit (try/finally), and
 they are a linearization of modules, not hook *points*: captures and edits still go
-through `lmscope.capture.hooks`.
+through `lmscope.models.runtime`.
 
 Foot-gun: the cached values broadcast over the batch, so a frozen forward may run on B
 copies of the recorded prompt (batched backward passes), never on another prompt.

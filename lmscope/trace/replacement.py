@@ -16,7 +16,7 @@ inputs here, not recomputed: an intervention on one feature changes only what it
         run = rep.forward(batch=1)                     # exact forward, logits [1, pos, vocab]
         run = rep.forward(acts={3: new_acts_3})        # a feature intervention (direct effects)
 
-Captures and edits use `lmscope.capture.hooks.hooked` (the one hooking mechanism).
+Captures and edits use `lmscope.models.runtime.hooked` (the one hooking mechanism).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..capture.hooks import hooked
+from ..dictionaries.dictmath import decoder_bias, decoder_rows, encoder_affine, skip_term
 from ..errors import UserError
-from .dictmath import decoder_bias, decoder_rows, encoder_affine, skip_term
+from ..models.runtime import hooked
 from .frozen import FrozenModel, frozen
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from ..capture.hooks import run
+from ..dictionaries.dictmath import decoder_rows
+from ..models.runtime import run
 from .attribution import TraceResult, out_hook
-from .dictmath import decoder_rows
 
 
 def ablation_edits(lm, dictionaries: dict[str, object], feats) -> dict:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models.hooks import HookPoint, first_tensor
+from .hooks import HookPoint, first_tensor
 
 Edit = Callable[[torch.Tensor], torch.Tensor]
 """A function of the activation [batch, pos, d] returning its replacement (same shape)."""
