@@ -13,7 +13,7 @@ from lmscope.errors import UserError
 from lmscope.probe.activations import last_token_acts
 from lmscope.probe.datasets import BUILTIN, load_dataset, names
 from lmscope.probe.metrics import auroc
-from lmscope.probe.probes import KINDS, fit
+from lmscope.probe.registry import KINDS, fit
 
 
 # --- datasets -----------------------------------------------------------------------

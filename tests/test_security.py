@@ -144,7 +144,7 @@ def test_marker_helper_really_creates_file(tmp_path):
 
 
 def _saved_sae(tmp_path: Path) -> Path:
-    from lmscope.dictionaries.base import DictionaryConfig, build
+    from lmscope.dictionaries import DictionaryConfig, build
     from lmscope.dictionaries.io.saelens import save_saelens
 
     torch.manual_seed(0)

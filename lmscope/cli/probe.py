@@ -130,7 +130,7 @@ def resolve_layers(lm, spec: str) -> list[str]:
 
 def _kinds(spec: str) -> list[str]:
     from ..errors import close_matches
-    from ..probe.probes import KINDS
+    from ..probe.registry import KINDS
 
     out = [k.strip() for k in spec.split(",") if k.strip()]
     for k in out:

@@ -11,11 +11,12 @@ with d_out / out_hook_name set (transcoder.py); sparse TopK kernels in kernels.p
 foreign formats in io/.
 """
 
-from .base import ARCHS, DictionaryConfig, SparseDictionary, TopKOutput, TrainOutput, build
+from .base import ARCHS, DictionaryConfig, SparseDictionary, TopKOutput, TrainOutput
 from .batchtopk import BatchTopKDictionary
 from .init import geometric_median, norm_scale
 from .io import detect_format, load_dictionary, saelens_metadata
 from .jumprelu import JumpReLUDictionary
+from .registry import build
 from .relu import ReLUDictionary
 from .topk import TopKDictionary
 from .transcoder import mlp_hooks, transcoder_config

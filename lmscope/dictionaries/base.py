@@ -376,13 +376,6 @@ class SparseDictionary(nn.Module):
 
         return save_saelens(self, path, sparsity=sparsity, metadata=metadata)
 
-    @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> SparseDictionary:
-        """Load a dictionary from any supported folder (see load_dictionary)."""
-        from .io import load_dictionary
-
-        return load_dictionary(path, device=device)
-
     # --- helpers for save: raw-space ("folded") weights -------------------------------
     @torch.no_grad()
     def folded_state(self) -> dict[str, Tensor]:
@@ -420,20 +413,8 @@ class _Terms(NamedTuple):
     aux_loss: Tensor  # scalar, unweighted AuxK
 
 
-def build(cfg: DictionaryConfig) -> SparseDictionary:
-    """A fresh dictionary of the class for `cfg.arch`."""
-    from .batchtopk import BatchTopKDictionary
-    from .jumprelu import JumpReLUDictionary
-    from .relu import ReLUDictionary
-    from .topk import TopKDictionary
-
-    classes = {"topk": TopKDictionary, "batchtopk": BatchTopKDictionary,
-               "jumprelu": JumpReLUDictionary, "relu": ReLUDictionary}
-    return classes[cfg.arch](cfg)
-
-
 __all__ = [
-    "ARCHS", "DictionaryConfig", "SparseDictionary", "TopKOutput", "TrainOutput", "build",
+    "ARCHS", "DictionaryConfig", "SparseDictionary", "TopKOutput", "TrainOutput",
     "geometric_median",
 ]
 

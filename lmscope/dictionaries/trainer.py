@@ -39,8 +39,9 @@ from ..config import to_dict
 from ..dist import DistInfo
 from ..errors import UserError
 from ..layout import AtlasLayout
-from .base import DictionaryConfig, SparseDictionary, build
+from .base import DictionaryConfig, SparseDictionary
 from .checkpoint import Checkpoints, RunState
+from .registry import build
 from .sharded import ShardedTopK, gather_uneven
 from .sources import ActivationSource, Batch
 from .train_config import DictionaryPlan, TrainConfig, TrainPlan, changed_settings, resolve_plan

@@ -20,7 +20,8 @@ import torch
 from .activations import last_token_acts
 from .datasets import load_dataset
 from .metrics import Score, accuracy_score, auroc_score
-from .probes import Probe, fit
+from .probes import Probe
+from .registry import fit
 
 
 @dataclass(frozen=True)

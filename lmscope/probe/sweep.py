@@ -20,7 +20,8 @@ import torch
 from .activations import last_token_acts
 from .datasets import Dataset, split_entities
 from .metrics import Score, accuracy, accuracy_score, auroc, auroc_score
-from .probes import Probe, fit, layer_of
+from .probes import Probe, layer_of
+from .registry import fit
 
 
 @dataclass

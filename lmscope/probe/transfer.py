@@ -34,7 +34,8 @@ from .activations import last_token_acts, tokenize
 from .answers import token_logprobs
 from .datasets import Dataset, load_dataset
 from .metrics import Score, accuracy, auroc, auroc_score, bootstrap, paired_difference
-from .probes import KINDS, fit, layer_of
+from .probes import layer_of
+from .registry import KINDS, fit
 
 
 @dataclass(frozen=True)

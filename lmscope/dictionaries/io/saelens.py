@@ -42,7 +42,8 @@ from torch import Tensor
 
 from ...errors import UserError
 from ...validate import MAX_DIM, MAX_LATENTS, Int, Obj, Str, check, read_json
-from ..base import DictionaryConfig, SparseDictionary, build
+from ..base import DictionaryConfig, SparseDictionary
+from ..registry import build
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
