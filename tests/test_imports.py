@@ -11,6 +11,7 @@ import ast
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent / "lmscope"
 
@@ -182,3 +183,17 @@ def test_registries_cover_every_kind():
     with pytest.raises(ValueError, match="choose from logistic"):
         fit("nope", "h", None, None)
     assert len(KINDS) == 4
+
+
+def test_dictionary_protocol_covers_every_class_and_the_sharded_one():
+    from lmscope.dictionaries import DictionaryConfig, build
+    from lmscope.dictionaries.protocol import Dictionary
+    from lmscope.dictionaries.registry import ARCHITECTURES
+    from lmscope.dictionaries.sharded import ShardedTopK
+    from lmscope.dist import DistInfo
+
+    for arch in ARCHITECTURES:
+        d = build(DictionaryConfig(d_in=8, d_sae=16, arch=arch, k=2))
+        assert isinstance(d, Dictionary), arch
+    assert isinstance(ShardedTopK(build(DictionaryConfig(d_in=8, d_sae=16, k=2)), DistInfo()), Dictionary)
+    assert not isinstance(torch.nn.Linear(8, 16), Dictionary)  # the check can fail

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
@@ -31,6 +31,10 @@ from torch import Tensor
 from ..errors import UserError
 from ..layout import AtlasLayout, write_json_atomic
 from .profile import N_BUCKETS, ProfileState, merge, peak_index, update
+
+if TYPE_CHECKING:
+    from ..dictionaries import SparseDictionary
+    from ..models import LanguageModel
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,7 @@ def _save_state(path: Path, payload: dict) -> None:
     save_torch_atomic(payload, path)  # temp + rename; a full disk is a plain OSError(ENOSPC)
 
 
-def _load_dictionaries(layout: AtlasLayout, lm, hooks: str) -> dict:
+def _load_dictionaries(layout: AtlasLayout, lm: LanguageModel, hooks: str) -> dict:
     from ..dictionaries import load_dictionary
 
     listed = layout.dictionaries()
@@ -136,13 +140,13 @@ def _load_dictionaries(layout: AtlasLayout, lm, hooks: str) -> dict:
     return out
 
 
-def _contexts(lm, cfg: BuildConfig) -> Iterator[Tensor]:
+def _contexts(lm: LanguageModel, cfg: BuildConfig) -> Iterator[Tensor]:
     from ..dictionaries.sources import iter_contexts
 
     return iter_contexts(lm, cfg.corpus, ctx_len=cfg.ctx_len, seed=cfg.seed)
 
 
-def build_atlas(cfg: BuildConfig, *, progress: bool = True, lm=None,
+def build_atlas(cfg: BuildConfig, *, progress: bool = True, lm: LanguageModel | None = None,
                 contexts: Callable[[], Iterator[Tensor]] | None = None) -> BuildResult:
     """Run (or resume) the profile pass and write the atlas DB. `contexts` (tests) replaces the corpus."""
     from .. import dist
@@ -289,7 +293,7 @@ def _window_rows(vocab: list[str], toks: Tensor, acts: Tensor | None):
     return [vocab[i] if i < len(vocab) else f"<{i}>" for i in ids], ids, [round(v, 5) for v in a], first
 
 
-def _write_db(layout: AtlasLayout, lm, dicts: dict, states: dict, cfg: BuildConfig, identity: dict) -> None:
+def _write_db(layout: AtlasLayout, lm: LanguageModel, dicts: dict[str, SparseDictionary], states: dict, cfg: BuildConfig, identity: dict) -> None:
     from .db import AtlasDB
     from .logits import logit_effects
     from .profile import HIST_PER_OCTAVE, LOG2_LO

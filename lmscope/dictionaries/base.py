@@ -29,13 +29,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
 from .init import geometric_median, norm_scale, ridge_map
+
+if TYPE_CHECKING:
+    from ..models import LanguageModel
 
 ARCHS = ("topk", "batchtopk", "jumprelu", "relu")
 
@@ -419,7 +422,7 @@ __all__ = [
 ]
 
 
-def check_fits(d: SparseDictionary, lm, name: str) -> None:
+def check_fits(d: SparseDictionary, lm: LanguageModel, name: str) -> None:
     """UserError unless dictionary `name` reads (and, for a transcoder, writes) hook points of `lm`
     with its widths: a dictionary downloaded for another model fails here with one line instead
     of a shape error mid-forward."""

@@ -49,7 +49,7 @@ import math
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -59,6 +59,10 @@ from torch import Tensor
 from ..errors import UserError
 from ..layout import AtlasLayout, hook_dirname, write_json_atomic
 from ..models.tokens import token_mask
+
+if TYPE_CHECKING:
+    from ..models import LanguageModel
+    from .base import SparseDictionary
 
 HELDOUT_SPLIT = "test"
 DENSE_THRESHOLD = 0.1
@@ -262,13 +266,13 @@ class _ReconSums:
             outlier_var_share=var_out / max(var, 1e-12), outlier_err_share=tot["err_out"] / max(tot["err"], 1e-12))
 
 
-def _reconstruct(d, x: Tensor) -> tuple[Tensor, Tensor]:
+def _reconstruct(d: SparseDictionary, x: Tensor) -> tuple[Tensor, Tensor]:
     """(latent activations [tokens, d_sae], reconstruction [tokens, d_out]) of inputs x [tokens, d_in]."""
     acts = d.encode(x)
     return acts, (d.decode(acts, x) if d.W_skip is not None else d.decode(acts))
 
 
-def _needed(dicts: dict) -> list[str]:
+def _needed(dicts: dict[str, SparseDictionary]) -> list[str]:
     out: list[str] = []
     for h, d in dicts.items():
         for x in (h, d.cfg.out_hook_name):
@@ -285,7 +289,7 @@ class _CleanStats:
 
 
 @torch.no_grad()
-def clean_stats(lm, hooks: list[str], chunks: list[Tensor]) -> dict[str, _CleanStats]:
+def clean_stats(lm: LanguageModel, hooks: list[str], chunks: list[Tensor]) -> dict[str, _CleanStats]:
     """Pass 1: per hook, the mean activation and the median norm over the text tokens of `chunks`.
 
     chunks: token batches [b, ctx_len]. The forward stops after the deepest hook (no LM head).
@@ -308,7 +312,7 @@ def clean_stats(lm, hooks: list[str], chunks: list[Tensor]) -> dict[str, _CleanS
 
 
 @torch.no_grad()
-def reconstruction(lm, dicts: dict[str, object], contexts: list[Tensor], *, batch: int = 8,
+def reconstruction(lm: LanguageModel, dicts: dict[str, SparseDictionary], contexts: list[Tensor], *, batch: int = 8,
                    thresholds: dict[str, float] | None = None) -> dict[str, Reconstruction]:
     """Reconstruction numbers only (no splicing) of every dictionary on `contexts` [ctx_len] each.
 
@@ -393,7 +397,7 @@ def _recovered(ce: dict[str, float], ref: str) -> float:
 
 
 @torch.no_grad()
-def evaluate_dictionaries(lm, dicts: dict[str, object], contexts: list[Tensor], *, batch: int = 8,
+def evaluate_dictionaries(lm: LanguageModel, dicts: dict[str, SparseDictionary], contexts: list[Tensor], *, batch: int = 8,
                           progress: bool = True) -> list[DictionaryEval]:
     """Evaluate `dicts` (hook -> SparseDictionary) on token contexts [ctx_len] each."""
     from ..models.runtime import run
@@ -501,7 +505,7 @@ def density_plot(ev: DictionaryEval, freq: Tensor, path: Path) -> Path:
     return path
 
 
-def heldout_contexts(lm, corpus: str, *, tokens: int, ctx_len: int, split: str = HELDOUT_SPLIT,
+def heldout_contexts(lm: LanguageModel, corpus: str, *, tokens: int, ctx_len: int, split: str = HELDOUT_SPLIT,
                      seen: set[int] | None = None) -> list[Tensor]:
     """Enough contexts of a split for `tokens` non-BOS tokens; `seen` gets their documents' keys."""
     from .sources import iter_contexts
@@ -548,7 +552,7 @@ def _check_documents(layout: AtlasLayout, entries: dict, eval_keys: np.ndarray, 
     return out
 
 
-def evaluate_atlas(cfg: EvalConfig, *, lm=None, progress: bool = True) -> EvalReport:
+def evaluate_atlas(cfg: EvalConfig, *, lm: LanguageModel | None = None, progress: bool = True) -> EvalReport:
     """Evaluate every (or the selected) dictionary of an atlas; writes eval.json and plots."""
     from ..models import load_model
     from .io import load_dictionary

@@ -34,7 +34,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor
@@ -42,6 +42,9 @@ from torch import Tensor
 from ..dist import DistInfo, rank_slice, split_sizes
 from ..errors import UserError
 from ..models.tokens import token_mask
+
+if TYPE_CHECKING:
+    from ..models import LanguageModel
 
 Batch = dict[str, Tensor]
 """hook name -> [n_tokens, d] activations (this rank's part of one global batch)."""
@@ -102,7 +105,7 @@ class TensorSource:
 
 
 # --- streaming from the model -----------------------------------------------------------
-def iter_contexts(lm, corpus: str, *, ctx_len: int, split: str = "train", seed: int = 0,
+def iter_contexts(lm: LanguageModel, corpus: str, *, ctx_len: int, split: str = "train", seed: int = 0,
                   seen: set[int] | None = None) -> Iterator[Tensor]:
     """Packed token contexts [ctx_len] (BOS first) from a corpus, one at a time, deterministic.
 
@@ -119,7 +122,7 @@ def iter_contexts(lm, corpus: str, *, ctx_len: int, split: str = "train", seed: 
 class StreamSource:
     """Run the model on corpus contexts; capture every requested hook in the same pass."""
 
-    def __init__(self, lm, hooks: list[str], *, corpus: str, ctx_len: int, batch_size: int,
+    def __init__(self, lm: LanguageModel, hooks: list[str], *, corpus: str, ctx_len: int, batch_size: int,
                  buffer_batches: int = 8, model_batch: int = 16, seed: int = 0,
                  info: DistInfo | None = None, split: str = "train", contexts=None) -> None:
         self.lm, self.hooks = lm, list(hooks)

@@ -14,6 +14,7 @@ maximum over 90 noisy test scores, not a held-out result (MEASURING.md rule 2).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,6 +23,9 @@ from .datasets import Dataset, split_entities
 from .metrics import Score, accuracy, accuracy_score, auroc, auroc_score
 from .probes import Probe, layer_of
 from .registry import fit
+
+if TYPE_CHECKING:
+    from ..models import LanguageModel
 
 
 @dataclass
@@ -36,7 +40,7 @@ class SplitActs:
     """(domain, entity) per statement: the bootstrap's resampling unit."""
 
 
-def read_split(lm, datasets: list[Dataset], split: str, hooks: list[str], *, contrast: bool,
+def read_split(lm: LanguageModel, datasets: list[Dataset], split: str, hooks: list[str], *, contrast: bool,
                batch_size: int = 32, progress: bool = False) -> SplitActs:
     st = [(d, s) for d in datasets for s in d.split(split)]
     texts = [s.text for _, s in st]
@@ -113,7 +117,7 @@ def split_record(datasets: list[Dataset]) -> dict:
     return out
 
 
-def sweep(lm, datasets: list[Dataset], hooks: list[str], kinds: list[str], *, batch_size: int = 32,
+def sweep(lm: LanguageModel, datasets: list[Dataset], hooks: list[str], kinds: list[str], *, batch_size: int = 32,
           progress: bool = True, seed: int = 0, choose_kinds: list[str] | None = None) -> SweepResult:
     """Fit every kind at every hook on the pooled train splits, score validation, choose, test once.
 

@@ -14,8 +14,12 @@ mean elsewhere), with its bias at the midpoint of the two groups' projections: i
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from ..models import LanguageModel
 
 PLANTED = 7
 PLANTED_WORD = "horse"
@@ -93,7 +97,7 @@ def build_demo_atlas(root: str | Path, *, d_sae: int = 64, seed: int = 0, profil
     return root
 
 
-def _profile(root: Path, lm) -> None:
+def _profile(root: Path, lm: LanguageModel) -> None:
     from ..atlas.build import BuildConfig, build_atlas
     from ..atlas.db import AtlasDB
 

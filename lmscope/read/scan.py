@@ -26,10 +26,15 @@ import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import UserError, close_matches
+
+if TYPE_CHECKING:
+    from ..dictionaries import SparseDictionary
+    from ..models import LanguageModel
 
 SCHEMA_VERSION = 1
 DEFAULT_MAX_TOKENS = 256
@@ -116,7 +121,7 @@ class Reader:
     one batch (see `encode`).
     """
 
-    def __init__(self, lm, dicts: dict, *, labels: LabelFn | None = None, atlas: str | Path | None = None,
+    def __init__(self, lm: LanguageModel, dicts: dict[str, SparseDictionary], *, labels: LabelFn | None = None, atlas: str | Path | None = None,
                  max_tokens: int = DEFAULT_MAX_TOKENS, db=None) -> None:
         if not dicts:
             raise UserError("no dictionaries to scan with; train some with `lmscope train`")
