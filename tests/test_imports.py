@@ -35,7 +35,12 @@ STAGES: list[set[str]] = [
 ]
 # Among the parts of one stage, only these imports are allowed (kept acyclic): the reader is
 # the base the others build on, steering names features the way trace does.
-PEERS: set[tuple[str, str]] = {("trace", "read"), ("steer", "read"), ("steer", "trace"), ("probe", "read")}
+PEERS: set[tuple[str, str]] = {
+    ("trace", "read"),
+    ("steer", "read"),
+    ("steer", "trace"),
+    ("probe", "read"),
+}
 
 
 def stage_of(part: str) -> int:
@@ -67,8 +72,11 @@ def imports_of(path: Path, root: Path) -> list[tuple[str, int]]:
             else:
                 target = node.module or ""
             # `from . import x` / `from .. import x` may name a module: count each name.
-            out += [(f"{target}.{a.name}", node.lineno) for a in node.names] if not node.module else \
-                [(target, node.lineno)]
+            out += (
+                [(f"{target}.{a.name}", node.lineno) for a in node.names]
+                if not node.module
+                else [(target, node.lineno)]
+            )
     return [(t, line) for t, line in out if t == root.name or t.startswith(root.name + ".")]
 
 
@@ -91,7 +99,9 @@ def violations(root: Path = ROOT) -> list[str]:
             try:
                 sa, sb = stage_of(a), stage_of(b)
             except KeyError as e:
-                bad.append(f"{where}: {e.args[0]!r} has no stage; add it to STAGES and docs/packages.md")
+                bad.append(
+                    f"{where}: {e.args[0]!r} has no stage; add it to STAGES and docs/packages.md"
+                )
                 continue
             if sb > sa:
                 bad.append(f"{where}: {a} (stage {sa}) must not import {b} (stage {sb})")
@@ -108,14 +118,19 @@ def test_peer_imports_are_acyclic():
     graph = {a: {b for x, b in PEERS if x == a} for a, _ in PEERS}
 
     def reaches(a: str, goal: str, seen: frozenset = frozenset()) -> bool:
-        return any(b == goal or (b not in seen and reaches(b, goal, seen | {b})) for b in graph.get(a, ()))
+        return any(
+            b == goal or (b not in seen and reaches(b, goal, seen | {b})) for b in graph.get(a, ())
+        )
 
     assert not [a for a in graph if reaches(a, a)]
 
 
 def test_every_part_has_a_stage():
-    parts = {p.stem if p.is_file() else p.name for p in ROOT.iterdir()
-             if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").is_file()}
+    parts = {
+        p.stem if p.is_file() else p.name
+        for p in ROOT.iterdir()
+        if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").is_file()
+    }
     assert parts <= set().union(*STAGES)
 
 
@@ -130,34 +145,64 @@ def _plant(tmp_path: Path, files: dict[str, str]) -> Path:
     return root
 
 
-@pytest.mark.parametrize("files, needles", [
-    # module-level relative import of a higher stage
-    ({"capture/store.py": "from ..atlas.db import AtlasDB\n"}, ("capture (stage", "must not import atlas")),
-    # function-level import (the way cycles usually hide)
-    ({"models/load.py": "def f():\n    from ..viewer import server\n"}, ("models (stage", "must not import viewer")),
-    # absolute import, and one under TYPE_CHECKING
-    ({"dictionaries/base.py": "import lmscope.explain.runner\n"}, ("dictionaries (stage", "must not import explain")),
-    ({"layout.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .models import LanguageModel\n"},
-     ("layout (stage", "must not import models")),
-    # `from .. import x` naming a higher package, from a nested module
-    ({"dictionaries/io/saelens.py": "from ... import cli\n"}, ("dictionaries (stage", "must not import cli")),
-    # peers: read may not import steer, and the reverse of an allowed pair is refused
-    ({"read/scan.py": "from ..steer import plan\n"}, ("read must not", "import its peer steer")),
-    ({"trace/graph.py": "from ..steer.plan import steer\n"}, ("trace must not", "import its peer steer")),
-    # a new top-level part must be placed in the order first
-    ({"newstage/x.py": "from ..errors import UserError\n"}, ("'newstage'", "has no stage")),
-])
+@pytest.mark.parametrize(
+    "files, needles",
+    [
+        # module-level relative import of a higher stage
+        (
+            {"capture/store.py": "from ..atlas.db import AtlasDB\n"},
+            ("capture (stage", "must not import atlas"),
+        ),
+        # function-level import (the way cycles usually hide)
+        (
+            {"models/load.py": "def f():\n    from ..viewer import server\n"},
+            ("models (stage", "must not import viewer"),
+        ),
+        # absolute import, and one under TYPE_CHECKING
+        (
+            {"dictionaries/base.py": "import lmscope.explain.runner\n"},
+            ("dictionaries (stage", "must not import explain"),
+        ),
+        (
+            {
+                "layout.py": "from typing import TYPE_CHECKING\n"
+                "if TYPE_CHECKING:\n    from .models import LanguageModel\n"
+            },
+            ("layout (stage", "must not import models"),
+        ),
+        # `from .. import x` naming a higher package, from a nested module
+        (
+            {"dictionaries/io/saelens.py": "from ... import cli\n"},
+            ("dictionaries (stage", "must not import cli"),
+        ),
+        # peers: read may not import steer, and the reverse of an allowed pair is refused
+        (
+            {"read/scan.py": "from ..steer import plan\n"},
+            ("read must not", "import its peer steer"),
+        ),
+        (
+            {"trace/graph.py": "from ..steer.plan import steer\n"},
+            ("trace must not", "import its peer steer"),
+        ),
+        # a new top-level part must be placed in the order first
+        ({"newstage/x.py": "from ..errors import UserError\n"}, ("'newstage'", "has no stage")),
+    ],
+)
 def test_planted_violation_fails(tmp_path, files, needles):
     found = violations(_plant(tmp_path, files))
     assert any(all(n in v for n in needles) for v in found), found
 
 
 def test_planted_allowed_imports_pass(tmp_path):
-    root = _plant(tmp_path, {
-        "atlas/build.py": "from ..dictionaries.registry import build\nfrom ..layout import AtlasLayout\n",
-        "steer/plan.py": "def f():\n    from ..trace import resolve_target\n",
-        "cli/run.py": "from .. import __version__\nfrom ..viewer import server\n",
-    })
+    root = _plant(
+        tmp_path,
+        {
+            "atlas/build.py": "from ..dictionaries.registry import build\n"
+            "from ..layout import AtlasLayout\n",
+            "steer/plan.py": "def f():\n    from ..trace import resolve_target\n",
+            "cli/run.py": "from .. import __version__\nfrom ..viewer import server\n",
+        },
+    )
     assert violations(root) == []
 
 
@@ -166,7 +211,9 @@ def _direct_imports(rel: str) -> set[str]:
 
 
 def test_base_classes_do_not_import_their_subclasses():
-    arch = {f"lmscope.dictionaries.{m}" for m in ("topk", "batchtopk", "jumprelu", "relu", "registry")}
+    arch = {
+        f"lmscope.dictionaries.{m}" for m in ("topk", "batchtopk", "jumprelu", "relu", "registry")
+    }
     kinds = {f"lmscope.probe.{m}" for m in ("logistic", "massmean", "ccs", "registry")}
     assert not _direct_imports("dictionaries/base.py") & arch
     assert not _direct_imports("probe/probes.py") & kinds
@@ -179,7 +226,11 @@ def test_registries_cover_every_kind():
 
     assert tuple(ARCHITECTURES) == ARCHS
     assert {c.__module__.rsplit(".", 1)[1] for c in ARCHITECTURES.values()} == {
-        "topk", "batchtopk", "jumprelu", "relu"}
+        "topk",
+        "batchtopk",
+        "jumprelu",
+        "relu",
+    }
     with pytest.raises(ValueError, match="choose from logistic"):
         fit("nope", "h", None, None)
     assert len(KINDS) == 4
@@ -195,5 +246,7 @@ def test_dictionary_protocol_covers_every_class_and_the_sharded_one():
     for arch in ARCHITECTURES:
         d = build(DictionaryConfig(d_in=8, d_sae=16, arch=arch, k=2))
         assert isinstance(d, Dictionary), arch
-    assert isinstance(ShardedTopK(build(DictionaryConfig(d_in=8, d_sae=16, k=2)), DistInfo()), Dictionary)
+    assert isinstance(
+        ShardedTopK(build(DictionaryConfig(d_in=8, d_sae=16, k=2)), DistInfo()), Dictionary
+    )
     assert not isinstance(torch.nn.Linear(8, 16), Dictionary)  # the check can fail

@@ -1,1 +1,4 @@
-"""Stage 1: capture activations from a corpus into a store (the hooking itself is lmscope.models.runtime)."""
+"""Stage 1: capture activations from a corpus into a store.
+
+The hooking itself (capture/edit at hook points) is lmscope.models.runtime.
+"""

@@ -20,8 +20,10 @@ and the sparsity term of the loss; everything else lives here:
   "Circuits Updates, April 2024"); those norms are folded into the encoder on save.
 - b_dec starts at the geometric median of the (normalized) targets (Bricken et al. 2023)
   and, for SAEs, is subtracted from the input before encoding (Gao et al. 2024 "b_pre").
-- The encoder starts as the decoder's transpose (Gao et al. 2024 Sec. 2.4; for a
-  transcoder, whose d_out != d_in, it starts random at the same scale).
+- The encoder of an SAE starts as the decoder's transpose (Gao et al. 2024 Sec. 2.4). A
+  transcoder's input and output are different spaces, so its encoder starts random at
+  TRANSCODER_ENC_SCALE (0.1) times the decoder rows' norm: the latents start near zero and the
+  skip's least-squares fit and b_dec carry the first steps.
 """
 
 from __future__ import annotations

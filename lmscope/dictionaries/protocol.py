@@ -39,8 +39,9 @@ class Dictionary(Protocol):
         """SAEs subtract b_dec before encoding; transcoders do not."""
         ...
 
-    def loss(self, x: Tensor, target: Tensor | None = None, *,
-             dead_mask: Tensor | None = None) -> TrainOutput:
+    def loss(
+        self, x: Tensor, target: Tensor | None = None, *, dead_mask: Tensor | None = None
+    ) -> TrainOutput:
         """One training step's loss and metrics on raw activations x [batch, d_in]."""
         ...
 

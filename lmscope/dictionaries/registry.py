@@ -14,8 +14,10 @@ from .relu import ReLUDictionary
 from .topk import TopKDictionary
 
 ARCHITECTURES: dict[str, type[SparseDictionary]] = {
-    "topk": TopKDictionary, "batchtopk": BatchTopKDictionary,
-    "jumprelu": JumpReLUDictionary, "relu": ReLUDictionary,
+    "topk": TopKDictionary,
+    "batchtopk": BatchTopKDictionary,
+    "jumprelu": JumpReLUDictionary,
+    "relu": ReLUDictionary,
 }
 
 

@@ -1,7 +1,7 @@
 """Capture and edit activations at named hook points: one hooking mechanism.
 
 Plain PyTorch hooks inside context managers that always remove them, also on
-exceptions (shared/STYLE.md habit 6). Every later stage (training, splicing,
+exceptions (docs/STYLE.md #6). Every later stage (training, splicing,
 steering, attribution) goes through `hooked`.
 
     with lm.capture(["blocks.6.resid_post"]) as acts:

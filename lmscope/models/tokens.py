@@ -18,14 +18,16 @@ if TYPE_CHECKING:
 
 
 def special_ids(lm: LanguageModel) -> Tensor:
-    """Token ids excluded from training and splicing: BOS, EOS, padding and the other special tokens."""
+    """Token ids excluded from training and splicing: BOS, EOS, padding, other special tokens."""
     ids = set(getattr(lm.tokenizer, "all_special_ids", None) or [])
-    ids |= {i for i in (lm.bos_token_id, getattr(lm.tokenizer, "eos_token_id", None)) if i is not None}
+    ids |= {
+        i for i in (lm.bos_token_id, getattr(lm.tokenizer, "eos_token_id", None)) if i is not None
+    }
     return torch.tensor(sorted(ids), dtype=torch.long)
 
 
 def token_mask(lm: LanguageModel, tokens: Tensor) -> Tensor:
-    """bool [batch, pos]: positions whose activations train and get evaluated (see module docstring)."""
+    """bool [batch, pos]: positions whose activations train and get evaluated (module docstring)."""
     keep = ~torch.isin(tokens, special_ids(lm).to(tokens.device))
     keep[:, 0] = False  # position 0 is an attention sink whatever its token
     return keep

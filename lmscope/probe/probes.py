@@ -1,6 +1,7 @@
 """The trained probe: a direction in the residual stream and how it scores a statement.
 
-Every probe type (logistic.py, massmean.py, ccs.py; by name in registry.py) ends in the same `Probe`:
+Every probe type (logistic.py, massmean.py, ccs.py; fitted by name through registry.py) ends
+in the same `Probe`:
 
     logit(x) = (x - mean) . direction + bias        x: [n, d_model] -> [n]
 

@@ -16,9 +16,16 @@ from .probes import Probe
 KINDS = ("logistic", "massmean", "massmean_iid", "ccs")
 
 
-def fit(kind: str, hook: str, x: torch.Tensor, y: torch.Tensor, contrast: torch.Tensor | None = None,
-        *, seed: int = 0) -> Probe:
-    """Fit one probe of `kind` on activations x [n, d_model], labels y [n] (and contrasts for CCS)."""
+def fit(
+    kind: str,
+    hook: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    contrast: torch.Tensor | None = None,
+    *,
+    seed: int = 0,
+) -> Probe:
+    """Fit a probe of `kind` on activations x [n, d_model], labels y [n] (contrasts for CCS)."""
     if kind == "logistic":
         return fit_logistic(hook, x, y)
     if kind in ("massmean", "massmean_iid"):

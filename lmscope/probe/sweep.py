@@ -8,7 +8,7 @@ with the best validation accuracy is chosen (ties: higher validation AUROC,
 then the earlier layer), and only that probe is scored on the test split,
 with bootstrap intervals over test entities (`metrics.py`). Reporting the
 best test score over 30 layers x 3 kinds as "held-out accuracy" would be a
-maximum over 90 noisy test scores, not a held-out result (MEASURING.md rule 2).
+maximum over 90 noisy test scores, not a held-out result (docs/measuring.md: choose on validation).
 """
 
 from __future__ import annotations

@@ -116,7 +116,7 @@ def trace(lm: LanguageModel, dictionaries: dict[str, SparseDictionary], prompt: 
 
     labels: optional callable (hook, feature) -> str.
     include_special: also rank features at position 0 / special tokens. Off by default: the
-    dictionaries never saw those positions in training (lmscope.dictionaries.models.tokens.token_mask),
+    dictionaries never saw those positions in training (lmscope.models.tokens.token_mask),
     and BOS is an attention sink with outlier norms (~4,000+ in SmolLM2's middle layers) whose
     encodings are off-distribution; their effect stays in the model (not attributed), as an error
     term would.
