@@ -1,4 +1,4 @@
-"""A dictionary's linear pieces in raw activation units, as attribution needs them.
+"""A dictionary's linear pieces in raw activation units (for attribution, steering, the atlas).
 
 `SparseDictionary.encode`/`decode` take and return raw activations; attribution needs
 the affine maps behind them: what one unit of feature f writes (its raw decoder row) and
