@@ -34,7 +34,7 @@ vector and median norm; pass 2 runs the model clean and with each splice.
   token as much as one with it; see docs/measuring.md.)
 
 BOS and other special-token positions keep their clean activation in every splice and are
-left out of every number: the dictionaries are trained without them (sources.py), and the
+left out of every number: the dictionaries are trained without them (models/tokens.py), and the
 attention sinks' norms (~25,000 in SmolLM2's middle layer) would make the ablated loss
 meaningless. CE is averaged over next-token targets that are text tokens.
 
