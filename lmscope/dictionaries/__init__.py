@@ -6,9 +6,10 @@
     sae.save("atlas/dictionaries/blocks.15.resid_post")   # SAELens folder
     sae = load_dictionary(path)                            # lmscope/SAELens, sparsify, Gemma Scope
 
-One file per architecture (topk, batchtopk, jumprelu, relu); transcoders are any of them
-with d_out / out_hook_name set (transcoder.py); sparse TopK kernels in kernels.py;
-foreign formats in io/.
+One file per architecture (topk, batchtopk, jumprelu, relu), found by name in registry.py;
+transcoders are any of them with d_out / out_hook_name set (transcoder.py); the `Dictionary`
+protocol (protocol.py) is what they and the sharded TopK share; sparse TopK kernels in
+kernels.py; foreign formats in io/.
 """
 
 from .base import ARCHS, DictionaryConfig, SparseDictionary, TopKOutput, TrainOutput

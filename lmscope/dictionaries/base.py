@@ -1,4 +1,4 @@
-"""The sparse dictionary every architecture shares: config, parameters, normalization, save/load.
+"""The sparse dictionary every architecture shares: config, parameters, normalization, saving.
 
 A sparse dictionary maps an activation `x` [batch, d_in] read at one hook point to a
 sparse code `acts` [batch, d_sae] and back to a reconstruction [batch, d_out] of a
