@@ -71,19 +71,28 @@ def imports_of(path: Path, root: Path) -> list[tuple[str, int]]:
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
-            # `from . import x` / `from .. import x` may name a module: count each name.
-            out += (
-                [(f"{target}.{a.name}", node.lineno) for a in node.names]
-                if not node.module
-                else [(target, node.lineno)]
-            )
+            if node.module:
+                out.append((target, node.lineno))
+            else:  # `from .. import x`: x is a module (count it) or a name of the package
+                out += [
+                    (
+                        f"{target}.{a.name}" if _is_module(f"{target}.{a.name}", root) else target,
+                        node.lineno,
+                    )
+                    for a in node.names
+                ]
     return [(t, line) for t, line in out if t == root.name or t.startswith(root.name + ".")]
+
+
+def _is_module(dotted: str, root: Path) -> bool:
+    path = root.parent.joinpath(*dotted.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
 
 
 def part_of(module: str) -> str:
     """lmscope.atlas.db -> atlas; lmscope.errors -> errors; lmscope -> lmscope (the facade)."""
     parts = module.split(".")
-    return parts[1] if len(parts) > 1 and not parts[1].startswith("__version") else parts[0]
+    return parts[1] if len(parts) > 1 else parts[0]
 
 
 def violations(root: Path = ROOT) -> list[str]:
@@ -172,8 +181,13 @@ def _plant(tmp_path: Path, files: dict[str, str]) -> Path:
         ),
         # `from .. import x` naming a higher package, from a nested module
         (
-            {"dictionaries/io/saelens.py": "from ... import cli\n"},
+            {"dictionaries/io/saelens.py": "from ... import cli\n", "cli/__init__.py": ""},
             ("dictionaries (stage", "must not import cli"),
+        ),
+        # a name of the facade (`lmscope/__init__.py`) from below it
+        (
+            {"models/load.py": "from .. import UserError\n"},
+            ("models (stage", "must not import lmscope"),
         ),
         # peers: read may not import steer, and the reverse of an allowed pair is refused
         (
@@ -201,6 +215,7 @@ def test_planted_allowed_imports_pass(tmp_path):
             "from ..layout import AtlasLayout\n",
             "steer/plan.py": "def f():\n    from ..trace import resolve_target\n",
             "cli/run.py": "from .. import __version__\nfrom ..viewer import server\n",
+            "capture/corpus.py": "from .. import UserError\n",  # a name of the facade, not a module
         },
     )
     assert violations(root) == []
