@@ -35,8 +35,8 @@ CTX = 128
 
 
 def make_atlas(root: Path, lm, d_sae: int, sample: torch.Tensor) -> None:
-    from lmscope.atlas.layout import AtlasLayout
     from lmscope.dictionaries import DictionaryConfig, build
+    from lmscope.layout import AtlasLayout
 
     if root.exists():
         shutil.rmtree(root)
@@ -112,10 +112,11 @@ def main() -> None:
 
     from lmscope.atlas.build import BuildConfig, build_atlas
     from lmscope.atlas.profile import ProfileState, update
-    from lmscope.capture.hooks import run
     from lmscope.dictionaries import load_dictionary
-    from lmscope.dictionaries.sources import iter_contexts, token_mask
+    from lmscope.dictionaries.sources import iter_contexts
     from lmscope.models.load import load_model
+    from lmscope.models.runtime import run
+    from lmscope.models.tokens import token_mask
 
     lm = load_model("smollm2-135m")
     corpus = Path("/tmp/lmscope-bench-atlas-corpus.txt")

@@ -111,7 +111,7 @@ def worker_lmscope(spec: dict) -> dict:
     import sqlite3
 
     import lmscope.atlas.build as B
-    import lmscope.capture.hooks as H
+    import lmscope.models.runtime as H
     from lmscope.models.load import load_model
 
     lm = load_model(spec["model_dir"])
@@ -257,10 +257,11 @@ def prepare(work: Path, n_features: int, n_tokens: int) -> dict:
     from bench_atlas import make_atlas
     from bench_train_step import corpus_text
 
-    from lmscope.atlas.layout import AtlasLayout
-    from lmscope.capture.hooks import run
-    from lmscope.dictionaries.sources import iter_contexts, special_ids, token_mask
+    from lmscope.dictionaries.sources import iter_contexts
+    from lmscope.layout import AtlasLayout
     from lmscope.models.load import load_model
+    from lmscope.models.runtime import run
+    from lmscope.models.tokens import special_ids, token_mask
 
     lm = load_model("smollm2-135m")
     corpus = Path("/tmp/lmscope-bench-atlas-corpus.txt")

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from lmscope.capture import run
 from lmscope.models import load_model
+from lmscope.models.runtime import run
 
 
 def timed(fn, repeats: int) -> list[float]:

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from lmscope.capture.hooks import run
 from lmscope.dictionaries import load_dictionary
 from lmscope.dictionaries.evaluate import OUTLIER_FACTOR, heldout_contexts
-from lmscope.dictionaries.sources import token_mask
 from lmscope.models import load_model
+from lmscope.models.runtime import run
+from lmscope.models.tokens import token_mask
 
 
 def fvus(x: torch.Tensor, r: torch.Tensor, batch: int, seed: int = 0) -> dict:

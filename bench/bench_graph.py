@@ -50,10 +50,9 @@ def make_transcoders(out: Path, d_sae: int, k_target: int) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from lmscope.capture import run
-    from lmscope.dictionaries import transcoder_config
-    from lmscope.dictionaries.base import build
+    from lmscope.dictionaries import build, transcoder_config
     from lmscope.models import load_model
+    from lmscope.models.runtime import run
 
     lm = load_model("smollm2-135m")
     toks = lm.to_tokens(PROMPT)

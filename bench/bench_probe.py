@@ -36,7 +36,7 @@ def main() -> None:
 
     from lmscope.models.load import load_model
     from lmscope.probe.datasets import load_dataset, parse_names
-    from lmscope.probe.probes import fit
+    from lmscope.probe.registry import fit
     from lmscope.probe.sweep import read_split
 
     t0 = time.perf_counter()

@@ -36,8 +36,8 @@ PROMPT = ("The horse galloped across the field while the farmer watched from the
 
 def random_atlas(root: Path, model: str, hook: str, d_sae: int, k: int) -> Path:
     """An atlas with one random TopK dictionary (no training needed for a latency benchmark)."""
-    from lmscope.atlas.layout import AtlasLayout
     from lmscope.dictionaries import DictionaryConfig, build
+    from lmscope.layout import AtlasLayout
     from lmscope.models import load_model
 
     layout = AtlasLayout(root)

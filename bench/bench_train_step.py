@@ -72,8 +72,8 @@ def capture_cache(n_tokens: int, layer_hook: str = "blocks.15.resid_post", ctx: 
     import torch
     from safetensors.torch import save_file
 
-    from lmscope.capture.hooks import run
     from lmscope.models.load import load_model
+    from lmscope.models.runtime import run
 
     lm = load_model("smollm2-135m")
     ids = lm.tokenizer(corpus_text(), add_special_tokens=False)["input_ids"]

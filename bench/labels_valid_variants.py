@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from lmscope.atlas.db import AtlasDB
-from lmscope.atlas.layout import AtlasLayout
 from lmscope.explain import baselines
 from lmscope.explain.runner import ExplainConfig, Scoring, _token_embeddings, split_config
 from lmscope.explain.split import split_examples
 from lmscope.explain.stats_explainer import NO_OUTPUT, compose
+from lmscope.layout import AtlasLayout
 
 atlas, n = sys.argv[1], int(sys.argv[2])
 db = AtlasDB(Path(atlas) / "atlas.db", readonly=True)

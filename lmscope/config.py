@@ -1,7 +1,7 @@
 """Frozen-dataclass configs and the CLI generated from them.
 
 Every stage's settings are a frozen dataclass with a docstring under each
-field (shared/STYLE.md habit 2). `add_arguments` turns one into argparse flags
+field (docs/STYLE.md #2). `add_arguments` turns one into argparse flags
 whose help text *is* that docstring, and `from_args` builds the dataclass back
 from the parsed namespace, so the CLI and the Python API cannot drift apart.
 """

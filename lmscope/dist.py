@@ -1,6 +1,6 @@
 """One code path for 1 and N processes: torchrun detection, rank-0 work, all-reduce helpers.
 
-Launch the same command either way (shared/STYLE.md habit 7):
+Launch the same command either way (docs/STYLE.md #7):
 
     lmscope train --model M --hooks 'blocks.6.resid_post' --out atlas/                  # 1 process
     torchrun --nproc-per-node 4 -m lmscope train --model M ... --out atlas/             # DDP over tokens

@@ -23,9 +23,9 @@ import torch
 from lmscope.atlas import profile as P
 from lmscope.atlas.build import BuildConfig, build_atlas
 from lmscope.atlas.db import AtlasDB
-from lmscope.atlas.layout import AtlasLayout
 from lmscope.cli import main
 from lmscope.errors import UserError
+from lmscope.layout import AtlasLayout
 from lmscope.read.demo import CALIBRATION, HOOKS, PLANTED, PLANTED_WORD, build_demo_atlas
 
 CTX, TOKENS, BATCH, K = 32, 1024, 4, 5
@@ -69,9 +69,10 @@ def built(base, tmp_path_factory):
 @pytest.fixture(scope="module")
 def dense(base):
     """Dense reference: per hook [N, F] activations (invalid positions 0), tokens, global ids."""
-    from lmscope.capture.hooks import run
     from lmscope.dictionaries import load_dictionary
-    from lmscope.dictionaries.sources import iter_contexts, token_mask
+    from lmscope.dictionaries.sources import iter_contexts
+    from lmscope.models.runtime import run
+    from lmscope.models.tokens import token_mask
 
     root, corpus, lm = base
     n_ctx = TOKENS // CTX

@@ -70,7 +70,7 @@ def bad(demo_atlas_root, tmp_path_factory):
     paths["atlas:truncated_safetensors"] = a
     a = d / "atlases" / "other_model_dictionary"  # a dictionary for a 48-wide model
     shutil.copytree(good, a)
-    from lmscope.dictionaries.base import DictionaryConfig, build
+    from lmscope.dictionaries import DictionaryConfig, build
     from lmscope.dictionaries.io.saelens import save_saelens
 
     other = build(DictionaryConfig(d_in=48, d_sae=64, arch="relu", hook_name=HOOK, model_name="other"))

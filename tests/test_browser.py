@@ -213,8 +213,8 @@ def tc_atlas(tmp_path_factory):
     from test_trace import make_atlas
 
     from lmscope.atlas.db import AtlasDB
-    from lmscope.atlas.layout import AtlasLayout
     from lmscope.cli import main
+    from lmscope.layout import AtlasLayout
     from lmscope.models.tiny import tiny_model
 
     tmp = tmp_path_factory.mktemp("tc")
@@ -380,7 +380,7 @@ def xss_viewer(demo_atlas_root, tmp_path_factory):
     import sqlite3
 
     from lmscope.atlas.db import AtlasDB
-    from lmscope.atlas.layout import AtlasLayout
+    from lmscope.layout import AtlasLayout
 
     root = tmp_path_factory.mktemp("xss") / "demo"
     shutil.copytree(demo_atlas_root, root)

@@ -234,7 +234,7 @@ def planted():
 
 
 def _sae(d: int, seed: int = 0):
-    from lmscope.dictionaries.base import DictionaryConfig, build
+    from lmscope.dictionaries import DictionaryConfig, build
 
     torch.manual_seed(seed)
     return build(DictionaryConfig(d_in=d, d_sae=4 * d, k=6, hook_name="blocks.1.resid_post")).eval()

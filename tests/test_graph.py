@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from lmscope.dictionaries import build, transcoder_config
+from lmscope.dictionaries.dictmath import decoder_rows, encoder_affine, skip_term
 from lmscope.errors import UserError
 from lmscope.models.tiny import tiny_model
 from lmscope.trace import (
@@ -19,7 +20,6 @@ from lmscope.trace import (
     prune,
     replacement,
 )
-from lmscope.trace.dictmath import decoder_rows, encoder_affine, skip_term
 from lmscope.trace.frozen import frozen
 from lmscope.trace.graph import Graph, feature_input, logit_input, logit_nodes
 from lmscope.trace.prune import PruneResult, circuit_tracer_scores, scores

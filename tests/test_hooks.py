@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmscope.capture import add, hooked, replace, run
 from lmscope.errors import UserError
+from lmscope.models.runtime import add, hooked, replace, run
 from lmscope.models.tiny import FAMILIES, tiny_model
 
 TEXT = "the cat saw a big red horse in the field ."

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from lmscope.capture import run
 from lmscope.cli import main
 from lmscope.errors import UserError
 from lmscope.models import load_model, resolve
+from lmscope.models.runtime import run
 from lmscope.models.tiny import tiny_model
 
 

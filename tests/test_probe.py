@@ -13,7 +13,7 @@ from lmscope.errors import UserError
 from lmscope.probe.activations import last_token_acts
 from lmscope.probe.datasets import BUILTIN, load_dataset, names
 from lmscope.probe.metrics import auroc
-from lmscope.probe.probes import KINDS, fit
+from lmscope.probe.registry import KINDS, fit
 
 
 # --- datasets -----------------------------------------------------------------------
@@ -344,9 +344,9 @@ def test_datasets_cli(capsys):
 
 def test_explain_ranks_planted_decoder_row(trained, tmp_path, capsys):
     """A dictionary whose decoder row 3 is the truth direction: explain ranks it first with cos 1."""
-    from lmscope.atlas.layout import AtlasLayout
     from lmscope.dictionaries import DictionaryConfig, build
     from lmscope.dictionaries.io import save_saelens
+    from lmscope.layout import AtlasLayout
     from lmscope.probe.artifact import load_probe
 
     probe, meta = load_probe(trained)

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmscope.atlas.layout import AtlasLayout
 from lmscope.dictionaries.checkpoint import Checkpoints
 from lmscope.errors import UserError
+from lmscope.layout import AtlasLayout
 from lmscope.validate import Int, List, Obj, Str, check, read_json
 
 
@@ -144,7 +144,7 @@ def test_marker_helper_really_creates_file(tmp_path):
 
 
 def _saved_sae(tmp_path: Path) -> Path:
-    from lmscope.dictionaries.base import DictionaryConfig, build
+    from lmscope.dictionaries import DictionaryConfig, build
     from lmscope.dictionaries.io.saelens import save_saelens
 
     torch.manual_seed(0)

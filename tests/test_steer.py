@@ -7,10 +7,11 @@ import json
 import pytest
 import torch
 
-from lmscope.capture.hooks import hooked, run
 from lmscope.cli import main
 from lmscope.dictionaries import DictionaryConfig, build, transcoder_config
+from lmscope.dictionaries.dictmath import decoder_rows, encoder_affine
 from lmscope.errors import UserError
+from lmscope.models.runtime import hooked, run
 from lmscope.models.tiny import tiny_model
 from lmscope.steer import (
     compare,
@@ -20,7 +21,6 @@ from lmscope.steer import (
     steering_vector,
     vector_edits,
 )
-from lmscope.trace.dictmath import decoder_rows, encoder_affine
 
 PROMPT = "the cat sat on the big red"
 HOOK = "blocks.1.resid_post"

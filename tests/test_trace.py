@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 
-from lmscope.atlas.layout import AtlasLayout
 from lmscope.cli import main
 from lmscope.dictionaries import DictionaryConfig, build, transcoder_config
+from lmscope.dictionaries.dictmath import decoder_rows
 from lmscope.errors import UserError
+from lmscope.layout import AtlasLayout
 from lmscope.models.tiny import tiny_model
 from lmscope.trace import resolve_target, trace, verify
-from lmscope.trace.dictmath import decoder_rows
 from lmscope.trace.frozen import _NormLinearization
 
 PROMPT = "the cat sat on the big red"
@@ -87,7 +87,7 @@ def test_special_positions_are_left_out_unless_asked(lm):
     assert res.features and all(f.pos > 0 for f in res.features)
     every = trace(lm, saes, PROMPT, top=10_000, include_special=True)
     assert any(f.pos == 0 for f in every.features)
-    from lmscope.dictionaries.sources import token_mask
+    from lmscope.models.tokens import token_mask
 
     keep = token_mask(lm, lm.to_tokens(PROMPT))[0]  # not BOS, not a special token (e.g. <unk>)
     assert {(f.id, f.pos) for f in res.features} == {(f.id, f.pos) for f in every.features if keep[f.pos]}

@@ -18,12 +18,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lmscope.atlas.layout import AtlasLayout
 from lmscope.cli import main
 from lmscope.dictionaries import load_dictionary
 from lmscope.dictionaries.checkpoint import Checkpoints, save_torch_atomic
 from lmscope.dictionaries.train_config import TrainConfig, default_lr, parse_width
 from lmscope.dictionaries.trainer import Interrupted, train
+from lmscope.layout import AtlasLayout
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -23,14 +23,18 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
 
 from ..errors import UserError
-from .layout import AtlasLayout, write_json_atomic
+from ..layout import AtlasLayout, write_json_atomic
 from .profile import N_BUCKETS, ProfileState, merge, peak_index, update
+
+if TYPE_CHECKING:
+    from ..dictionaries import SparseDictionary
+    from ..models import LanguageModel
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,7 @@ def _save_state(path: Path, payload: dict) -> None:
     save_torch_atomic(payload, path)  # temp + rename; a full disk is a plain OSError(ENOSPC)
 
 
-def _load_dictionaries(layout: AtlasLayout, lm, hooks: str) -> dict:
+def _load_dictionaries(layout: AtlasLayout, lm: LanguageModel, hooks: str) -> dict:
     from ..dictionaries import load_dictionary
 
     listed = layout.dictionaries()
@@ -136,19 +140,19 @@ def _load_dictionaries(layout: AtlasLayout, lm, hooks: str) -> dict:
     return out
 
 
-def _contexts(lm, cfg: BuildConfig) -> Iterator[Tensor]:
+def _contexts(lm: LanguageModel, cfg: BuildConfig) -> Iterator[Tensor]:
     from ..dictionaries.sources import iter_contexts
 
     return iter_contexts(lm, cfg.corpus, ctx_len=cfg.ctx_len, seed=cfg.seed)
 
 
-def build_atlas(cfg: BuildConfig, *, progress: bool = True, lm=None,
+def build_atlas(cfg: BuildConfig, *, progress: bool = True, lm: LanguageModel | None = None,
                 contexts: Callable[[], Iterator[Tensor]] | None = None) -> BuildResult:
     """Run (or resume) the profile pass and write the atlas DB. `contexts` (tests) replaces the corpus."""
     from .. import dist
-    from ..capture.hooks import run
-    from ..dictionaries.sources import token_mask
     from ..models.load import load_model
+    from ..models.runtime import run
+    from ..models.tokens import token_mask
     from .db import AtlasDB
 
     t0 = time.time()
@@ -289,7 +293,7 @@ def _window_rows(vocab: list[str], toks: Tensor, acts: Tensor | None):
     return [vocab[i] if i < len(vocab) else f"<{i}>" for i in ids], ids, [round(v, 5) for v in a], first
 
 
-def _write_db(layout: AtlasLayout, lm, dicts: dict, states: dict, cfg: BuildConfig, identity: dict) -> None:
+def _write_db(layout: AtlasLayout, lm: LanguageModel, dicts: dict[str, SparseDictionary], states: dict, cfg: BuildConfig, identity: dict) -> None:
     from .db import AtlasDB
     from .logits import logit_effects
     from .profile import HIST_PER_OCTAVE, LOG2_LO
@@ -333,7 +337,7 @@ def _write_db(layout: AtlasLayout, lm, dicts: dict, states: dict, cfg: BuildConf
                 toks, ids, acts, first = _window_rows(vocab, s.neg_tok[f, r], None)
                 examples.append((f, "negative", None, r, 0.0, int(s.neg_id[f, r]), json.dumps(toks),
                                  json.dumps(ids), json.dumps(acts), peak - first))
-            from ..trace.dictmath import decoder_rows
+            from ..dictionaries.dictmath import decoder_rows
             eff = logit_effects(lm, decoder_rows(d))
             if eff is not None:
                 for kind, ids_t, vals_t in (("promoted", eff.promoted_ids, eff.promoted),

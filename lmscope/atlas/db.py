@@ -145,7 +145,9 @@ class FeatureProfile:
     mean_firing: float | None
     """mean over firing tokens"""
     histogram: dict | None
-    """{"edges": [...N+1], "counts": [...N]} of nonzero activations (log2 bins)"""
+    """{"log2_lo", "per_octave", "bins": [...], "counts": [...]}: counts of nonzero activations
+    in the non-empty fixed log2 bins; bin b starts at 2 ** (log2_lo + b / per_octave)
+    (atlas/profile.py, written by atlas/build.py)"""
     label: str | None
     top: list[Example]
     quantiles: list[Example]

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import UserError
-from .layout import AtlasLayout, hook_dirname, write_json_atomic
+from ..layout import AtlasLayout, hook_dirname, write_json_atomic
 
 Format = Literal["saelens", "neuronpedia-json", "parquet"]
 

@@ -11,10 +11,13 @@ One batched matmul over chunks of features: [chunk, d] @ [d, vocab] -> topk on b
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from ..models import LanguageModel
 
 
 class LogitEffects(NamedTuple):
@@ -24,7 +27,7 @@ class LogitEffects(NamedTuple):
     suppressed: Tensor  # [F, k]
 
 
-def final_norm_gain(lm) -> Tensor | None:
+def final_norm_gain(lm: LanguageModel) -> Tensor | None:
     """[d_model] the final norm's multiplicative weight (None when the model has none)."""
     norm = getattr(lm.hooks, "final_norm", None)
     w = getattr(norm, "weight", None)
@@ -37,7 +40,7 @@ def final_norm_gain(lm) -> Tensor | None:
 
 
 @torch.no_grad()
-def logit_effects(lm, W_dec: Tensor, k: int = 10, chunk: int = 4096) -> LogitEffects | None:
+def logit_effects(lm: LanguageModel, W_dec: Tensor, k: int = 10, chunk: int = 4096) -> LogitEffects | None:
     """Top-k promoted and suppressed tokens for every decoder row W_dec [F, d_model]."""
     W_U = lm.model.get_output_embeddings().weight.detach().float()  # [vocab, d_model]
     if W_dec.shape[1] != W_U.shape[1]:

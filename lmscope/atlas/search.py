@@ -10,11 +10,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import UserError
-from .layout import AtlasLayout
+from ..layout import AtlasLayout
+
+if TYPE_CHECKING:
+    from ..dictionaries import SparseDictionary
+    from ..models import LanguageModel
 
 
 @dataclass
@@ -31,14 +36,14 @@ class TextHit:
 
 
 @torch.no_grad()
-def search_text(atlas: str, text: str, *, limit: int = 20, lm=None, dicts: dict | None = None,
+def search_text(atlas: str, text: str, *, limit: int = 20, lm: LanguageModel | None = None, dicts: dict[str, SparseDictionary] | None = None,
                 device: str = "cpu") -> list[TextHit]:
     """Features ranked by max activation on `text` (every dictionary of the atlas)."""
-    from ..capture.hooks import run
     from ..dictionaries import load_dictionary
     from ..dictionaries.base import check_fits
-    from ..dictionaries.sources import token_mask
     from ..models.load import load_model
+    from ..models.runtime import run
+    from ..models.tokens import token_mask
     from .db import AtlasDB
 
     layout = AtlasLayout(atlas)

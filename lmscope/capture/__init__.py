@@ -1,5 +1,4 @@
-"""Stage 1: capture activations at named hook points, from a corpus, into a store."""
+"""Stage 1: capture activations from a corpus into a store.
 
-from .hooks import Edit, RunResult, StopForward, add, capture, edit, hooked, replace, run, scale
-
-__all__ = ["Edit", "RunResult", "StopForward", "add", "capture", "edit", "hooked", "replace", "run", "scale"]
+The hooking itself (capture/edit at hook points) is lmscope.models.runtime.
+"""

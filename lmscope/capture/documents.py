@@ -8,8 +8,8 @@ small JSON record in the manifest (corpus fingerprint, split, seed, count, file,
 The corpus split already keeps held-out documents out of training by construction (it is
 decided by the same hash), but a store can be captured with `--split all` or `heldout`, or
 from another corpus that shares documents; the recorded keys let `lmscope eval` check the
-actual documents rather than trust the settings (MEASURING.md rule 1: no shared document
-between training and evaluation tokens).
+actual documents rather than trust the settings (docs/measuring.md, out of sample: no shared
+document between training and evaluation tokens).
 """
 
 from __future__ import annotations

@@ -19,13 +19,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from ..atlas.layout import write_json_atomic
 from ..config import to_dict
 from ..errors import UserError
+from ..layout import write_json_atomic
 from ..models.registry import DEFAULT_MODEL
 from ..validate import Str, check, read_json
 from . import corpus as C
@@ -40,6 +40,9 @@ from .store import (
     shard_name,
     write_shard,
 )
+
+if TYPE_CHECKING:
+    from ..models import LanguageModel
 
 MAX_TOKENS = 10_000_000_000
 
@@ -115,7 +118,7 @@ class CaptureResult:
         return self.tokens_this_run / max(self.seconds, 1e-9)
 
 
-def _settings(cfg: CaptureConfig, lm, hooks: list[str]) -> dict:
+def _settings(cfg: CaptureConfig, lm: LanguageModel, hooks: list[str]) -> dict:
     d = {k: v for k, v in to_dict(cfg).items() if k not in RESUME_FREE and k != "out"}
     d["hooks"] = hooks
     d["model_fingerprint"] = lm.fingerprint()
@@ -127,10 +130,10 @@ def _digest(d: dict) -> str:
     return hashlib.blake2b(json.dumps(d, sort_keys=True).encode(), digest_size=8).hexdigest()
 
 
-def capture_to_store(cfg: CaptureConfig, *, lm=None) -> CaptureResult:
+def capture_to_store(cfg: CaptureConfig, *, lm: LanguageModel | None = None) -> CaptureResult:
     """Run (or resume) a capture. Returns at once for a store that is already complete."""
-    from ..dictionaries.sources import special_ids
     from ..models.load import load_model
+    from ..models.tokens import special_ids
 
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():

@@ -27,11 +27,15 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import UserError
 from ..validate import Int, Str, check, read_json
+
+if TYPE_CHECKING:
+    from ..models import LanguageModel
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -166,7 +170,7 @@ class ActivationStore:
         rec = self.documents
         return None if rec is None else read_keys(self.path / rec["file"])
 
-    def check_compatible(self, lm) -> None:
+    def check_compatible(self, lm: LanguageModel) -> None:
         """Refuse to mix this store with another model (one line)."""
         fp, mine = self.fingerprint, lm.fingerprint()
         if fp.get("model") != mine["model"] or fp.get("d_model") != mine["d_model"]:

@@ -81,7 +81,7 @@ def cmd_build(args) -> int:
 
 def _open_db(atlas: str):
     from ..atlas.db import AtlasDB
-    from ..atlas.layout import AtlasLayout
+    from ..layout import AtlasLayout
 
     layout = AtlasLayout(atlas)
     layout.read()
@@ -113,7 +113,7 @@ def cmd_search(args) -> int:
         raise UserError("--limit must be >= 1")
     out: dict = {}
     if args.by in ("label", "both"):
-        from ..atlas.layout import AtlasLayout
+        from ..layout import AtlasLayout
 
         if AtlasLayout(args.atlas).db_path.exists() or args.by == "label":
             with _open_db(args.atlas) as db:

@@ -13,9 +13,13 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from ..errors import UserError
 from ._common import add_model_flags, print_json
+
+if TYPE_CHECKING:
+    from ..models import LanguageModel
 
 
 def register(sub) -> None:
@@ -110,7 +114,7 @@ def register(sub) -> None:
 
 
 # --- helpers -----------------------------------------------------------------------
-def resolve_layers(lm, spec: str) -> list[str]:
+def resolve_layers(lm: LanguageModel, spec: str) -> list[str]:
     spec = spec.strip()
     if spec == "all":
         return lm.hooks.resolve("blocks.*.resid_post")
@@ -130,7 +134,7 @@ def resolve_layers(lm, spec: str) -> list[str]:
 
 def _kinds(spec: str) -> list[str]:
     from ..errors import close_matches
-    from ..probe.probes import KINDS
+    from ..probe.registry import KINDS
 
     out = [k.strip() for k in spec.split(",") if k.strip()]
     for k in out:

@@ -115,8 +115,8 @@ def cmd_run(args) -> int:
 
 
 def run(cfg: RunConfig) -> int:
-    from ..atlas.layout import AtlasLayout
     from ..capture.pipeline import CaptureConfig, capture_to_store, format_report
+    from ..layout import AtlasLayout
     from ..models.load import load_model
 
     t0 = time.perf_counter()
@@ -238,7 +238,7 @@ def run(cfg: RunConfig) -> int:
 def _show_features(atlas: Path, hook: str, n: int = 2) -> None:
     """Print the dashboards of the n most frequently firing features (the atlas's profile)."""
     from ..atlas.db import AtlasDB
-    from ..atlas.layout import AtlasLayout
+    from ..layout import AtlasLayout
 
     try:
         with AtlasDB(AtlasLayout(atlas).db_path, readonly=True) as db:

@@ -109,9 +109,9 @@ def load_atlas(atlas: str, *, model: str | None = None, device: str = "cpu", hoo
     """(LanguageModel, {hook: dictionary}, labels or None) from an atlas folder."""
     import fnmatch
 
-    from ..atlas.layout import AtlasLayout
     from ..dictionaries import load_dictionary
     from ..dictionaries.base import check_fits
+    from ..layout import AtlasLayout
     from ..models import load_model
 
     layout = AtlasLayout(atlas)
@@ -186,7 +186,7 @@ def cmd_trace(args) -> int:
 
 
 def cmd_graph(args) -> int:
-    from ..atlas.layout import write_json_atomic
+    from ..layout import write_json_atomic
     from ..trace import build_graph, check_transcoders, graph_json, prune
     from ..trace.graph_files import graphs_dir, save_graph
 

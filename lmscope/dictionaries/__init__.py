@@ -6,16 +6,18 @@
     sae.save("atlas/dictionaries/blocks.15.resid_post")   # SAELens folder
     sae = load_dictionary(path)                            # lmscope/SAELens, sparsify, Gemma Scope
 
-One file per architecture (topk, batchtopk, jumprelu, relu); transcoders are any of them
-with d_out / out_hook_name set (transcoder.py); sparse TopK kernels in kernels.py;
-foreign formats in io/.
+One file per architecture (topk, batchtopk, jumprelu, relu), found by name in registry.py;
+transcoders are any of them with d_out / out_hook_name set (transcoder.py); the `Dictionary`
+protocol (protocol.py) is what they and the sharded TopK share; sparse TopK kernels in
+kernels.py; foreign formats in io/.
 """
 
-from .base import ARCHS, DictionaryConfig, SparseDictionary, TopKOutput, TrainOutput, build
+from .base import ARCHS, DictionaryConfig, SparseDictionary, TopKOutput, TrainOutput
 from .batchtopk import BatchTopKDictionary
 from .init import geometric_median, norm_scale
 from .io import detect_format, load_dictionary, saelens_metadata
 from .jumprelu import JumpReLUDictionary
+from .registry import build
 from .relu import ReLUDictionary
 from .topk import TopKDictionary
 from .transcoder import mlp_hooks, transcoder_config

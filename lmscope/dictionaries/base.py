@@ -1,4 +1,4 @@
-"""The sparse dictionary every architecture shares: config, parameters, normalization, save/load.
+"""The sparse dictionary every architecture shares: config, parameters, normalization, saving.
 
 A sparse dictionary maps an activation `x` [batch, d_in] read at one hook point to a
 sparse code `acts` [batch, d_sae] and back to a reconstruction [batch, d_out] of a
@@ -20,8 +20,10 @@ and the sparsity term of the loss; everything else lives here:
   "Circuits Updates, April 2024"); those norms are folded into the encoder on save.
 - b_dec starts at the geometric median of the (normalized) targets (Bricken et al. 2023)
   and, for SAEs, is subtracted from the input before encoding (Gao et al. 2024 "b_pre").
-- The encoder starts as the decoder's transpose (Gao et al. 2024 Sec. 2.4; for a
-  transcoder, whose d_out != d_in, it starts random at the same scale).
+- The encoder of an SAE starts as the decoder's transpose (Gao et al. 2024 Sec. 2.4). A
+  transcoder's input and output are different spaces, so its encoder starts random at
+  TRANSCODER_ENC_SCALE (0.1) times the decoder rows' norm: the latents start near zero and the
+  skip's least-squares fit and b_dec carry the first steps.
 """
 
 from __future__ import annotations
@@ -29,13 +31,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
 from .init import geometric_median, norm_scale, ridge_map
+
+if TYPE_CHECKING:
+    from ..models import LanguageModel
 
 ARCHS = ("topk", "batchtopk", "jumprelu", "relu")
 
@@ -376,13 +381,6 @@ class SparseDictionary(nn.Module):
 
         return save_saelens(self, path, sparsity=sparsity, metadata=metadata)
 
-    @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> SparseDictionary:
-        """Load a dictionary from any supported folder (see load_dictionary)."""
-        from .io import load_dictionary
-
-        return load_dictionary(path, device=device)
-
     # --- helpers for save: raw-space ("folded") weights -------------------------------
     @torch.no_grad()
     def folded_state(self) -> dict[str, Tensor]:
@@ -420,25 +418,13 @@ class _Terms(NamedTuple):
     aux_loss: Tensor  # scalar, unweighted AuxK
 
 
-def build(cfg: DictionaryConfig) -> SparseDictionary:
-    """A fresh dictionary of the class for `cfg.arch`."""
-    from .batchtopk import BatchTopKDictionary
-    from .jumprelu import JumpReLUDictionary
-    from .relu import ReLUDictionary
-    from .topk import TopKDictionary
-
-    classes = {"topk": TopKDictionary, "batchtopk": BatchTopKDictionary,
-               "jumprelu": JumpReLUDictionary, "relu": ReLUDictionary}
-    return classes[cfg.arch](cfg)
-
-
 __all__ = [
-    "ARCHS", "DictionaryConfig", "SparseDictionary", "TopKOutput", "TrainOutput", "build",
+    "ARCHS", "DictionaryConfig", "SparseDictionary", "TopKOutput", "TrainOutput",
     "geometric_median",
 ]
 
 
-def check_fits(d: SparseDictionary, lm, name: str) -> None:
+def check_fits(d: SparseDictionary, lm: LanguageModel, name: str) -> None:
     """UserError unless dictionary `name` reads (and, for a transcoder, writes) hook points of `lm`
     with its widths: a dictionary downloaded for another model fails here with one line instead
     of a shape error mid-forward."""

@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-from ..atlas.layout import AtlasLayout, write_json_atomic
 from ..errors import UserError
+from ..layout import AtlasLayout, write_json_atomic
 from ..validate import Int, check, read_json
 
 SCHEMA_VERSION = 1

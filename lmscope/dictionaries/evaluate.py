@@ -17,7 +17,7 @@ vector and median norm; pass 2 runs the model clean and with each splice.
 - L0 (active latents per token), the dead fraction (never fired on these tokens) and the
   dense fraction (fires on > 10% of tokens).
 - The language-model loss with the reconstruction spliced in (the activation at the hook
-  replaced by the dictionary's output; lmscope.capture.hooks edits). Headline: the added loss
+  replaced by the dictionary's output; lmscope.models.runtime edits). Headline: the added loss
   CE(spliced) - CE(clean) in nats per token and KL(clean || spliced) per token, each with a 95%
   bootstrap interval over contexts (Gao et al. 2024 Sec. 4.1 argue for these over fractions).
   Secondary, with the reference named: the fraction of loss recovered against zero-ablation
@@ -34,7 +34,7 @@ vector and median norm; pass 2 runs the model clean and with each splice.
   token as much as one with it; see docs/measuring.md.)
 
 BOS and other special-token positions keep their clean activation in every splice and are
-left out of every number: the dictionaries are trained without them (sources.py), and the
+left out of every number: the dictionaries are trained without them (models/tokens.py), and the
 attention sinks' norms (~25,000 in SmolLM2's middle layer) would make the ablated loss
 meaningless. CE is averaged over next-token targets that are text tokens.
 
@@ -49,16 +49,20 @@ import math
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..atlas.layout import AtlasLayout, hook_dirname, write_json_atomic
 from ..errors import UserError
-from .sources import token_mask
+from ..layout import AtlasLayout, hook_dirname, write_json_atomic
+from ..models.tokens import token_mask
+
+if TYPE_CHECKING:
+    from ..models import LanguageModel
+    from .base import SparseDictionary
 
 HELDOUT_SPLIT = "test"
 DENSE_THRESHOLD = 0.1
@@ -262,13 +266,13 @@ class _ReconSums:
             outlier_var_share=var_out / max(var, 1e-12), outlier_err_share=tot["err_out"] / max(tot["err"], 1e-12))
 
 
-def _reconstruct(d, x: Tensor) -> tuple[Tensor, Tensor]:
+def _reconstruct(d: SparseDictionary, x: Tensor) -> tuple[Tensor, Tensor]:
     """(latent activations [tokens, d_sae], reconstruction [tokens, d_out]) of inputs x [tokens, d_in]."""
     acts = d.encode(x)
     return acts, (d.decode(acts, x) if d.W_skip is not None else d.decode(acts))
 
 
-def _needed(dicts: dict) -> list[str]:
+def _needed(dicts: dict[str, SparseDictionary]) -> list[str]:
     out: list[str] = []
     for h, d in dicts.items():
         for x in (h, d.cfg.out_hook_name):
@@ -285,12 +289,12 @@ class _CleanStats:
 
 
 @torch.no_grad()
-def clean_stats(lm, hooks: list[str], chunks: list[Tensor]) -> dict[str, _CleanStats]:
+def clean_stats(lm: LanguageModel, hooks: list[str], chunks: list[Tensor]) -> dict[str, _CleanStats]:
     """Pass 1: per hook, the mean activation and the median norm over the text tokens of `chunks`.
 
     chunks: token batches [b, ctx_len]. The forward stops after the deepest hook (no LM head).
     """
-    from ..capture.hooks import run
+    from ..models.runtime import run
 
     sums: dict[str, Tensor] = {}
     norms: dict[str, list[Tensor]] = {h: [] for h in hooks}
@@ -308,14 +312,14 @@ def clean_stats(lm, hooks: list[str], chunks: list[Tensor]) -> dict[str, _CleanS
 
 
 @torch.no_grad()
-def reconstruction(lm, dicts: dict[str, object], contexts: list[Tensor], *, batch: int = 8,
+def reconstruction(lm: LanguageModel, dicts: dict[str, SparseDictionary], contexts: list[Tensor], *, batch: int = 8,
                    thresholds: dict[str, float] | None = None) -> dict[str, Reconstruction]:
     """Reconstruction numbers only (no splicing) of every dictionary on `contexts` [ctx_len] each.
 
     thresholds: hook -> outlier norm threshold (e.g. the held-out one, so both sets use the
     same); None: OUTLIER_FACTOR x the median norm of these tokens (one more pass).
     """
-    from ..capture.hooks import run
+    from ..models.runtime import run
 
     chunks = [torch.stack(contexts[i:i + batch]) for i in range(0, len(contexts), batch)]  # [b, ctx_len]
     needed = _needed(dicts)
@@ -393,10 +397,10 @@ def _recovered(ce: dict[str, float], ref: str) -> float:
 
 
 @torch.no_grad()
-def evaluate_dictionaries(lm, dicts: dict[str, object], contexts: list[Tensor], *, batch: int = 8,
+def evaluate_dictionaries(lm: LanguageModel, dicts: dict[str, SparseDictionary], contexts: list[Tensor], *, batch: int = 8,
                           progress: bool = True) -> list[DictionaryEval]:
     """Evaluate `dicts` (hook -> SparseDictionary) on token contexts [ctx_len] each."""
-    from ..capture.hooks import run
+    from ..models.runtime import run
 
     needed = _needed(dicts)
     chunks = [torch.stack(contexts[i:i + batch]) for i in range(0, len(contexts), batch)]  # [b, ctx_len]
@@ -501,7 +505,7 @@ def density_plot(ev: DictionaryEval, freq: Tensor, path: Path) -> Path:
     return path
 
 
-def heldout_contexts(lm, corpus: str, *, tokens: int, ctx_len: int, split: str = HELDOUT_SPLIT,
+def heldout_contexts(lm: LanguageModel, corpus: str, *, tokens: int, ctx_len: int, split: str = HELDOUT_SPLIT,
                      seen: set[int] | None = None) -> list[Tensor]:
     """Enough contexts of a split for `tokens` non-BOS tokens; `seen` gets their documents' keys."""
     from .sources import iter_contexts
@@ -548,7 +552,7 @@ def _check_documents(layout: AtlasLayout, entries: dict, eval_keys: np.ndarray, 
     return out
 
 
-def evaluate_atlas(cfg: EvalConfig, *, lm=None, progress: bool = True) -> EvalReport:
+def evaluate_atlas(cfg: EvalConfig, *, lm: LanguageModel | None = None, progress: bool = True) -> EvalReport:
     """Evaluate every (or the selected) dictionary of an atlas; writes eval.json and plots."""
     from ..models import load_model
     from .io import load_dictionary

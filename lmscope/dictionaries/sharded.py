@@ -27,8 +27,9 @@ from torch import Tensor
 
 from .. import dist
 from ..dist import DistInfo, split_sizes
-from .base import SparseDictionary, TopKOutput, TrainOutput, build
+from .base import SparseDictionary, TopKOutput, TrainOutput
 from .kernels import sparse_decode, sparse_encoder_grad
+from .registry import build
 
 
 class _ReduceFromShards(torch.autograd.Function):

@@ -4,7 +4,7 @@ A source yields this rank's part of each global batch as `{hook: [n, d]}` float 
 every hook the run needs at once, and can restart at any global batch index (resume):
 
 - `StreamSource` runs the model on packed corpus contexts and captures *all* requested hook
-  points in one forward pass (lmscope.capture.hooks.run, which stops after the deepest
+  points in one forward pass (lmscope.models.runtime.run, which stops after the deepest
   hook), so 30 dictionaries cost one model pass, not 30. Activations of several contexts
   go into a shuffle buffer (`buffer_batches` batches worth) and are drawn in a random
   order, so one step's batch mixes ~(contexts in the buffer) texts instead of being 30
@@ -34,13 +34,17 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor
 
 from ..dist import DistInfo, rank_slice, split_sizes
 from ..errors import UserError
+from ..models.tokens import token_mask
+
+if TYPE_CHECKING:
+    from ..models import LanguageModel
 
 Batch = dict[str, Tensor]
 """hook name -> [n_tokens, d] activations (this rank's part of one global batch)."""
@@ -59,20 +63,6 @@ class ActivationSource(Protocol):
 
 def local_batch_size(batch_size: int, info: DistInfo) -> int:
     return split_sizes(batch_size, info.world_size)[info.rank]
-
-
-def special_ids(lm) -> Tensor:
-    """Token ids excluded from training and splicing: BOS, EOS, padding and the other special tokens."""
-    ids = set(getattr(lm.tokenizer, "all_special_ids", None) or [])
-    ids |= {i for i in (lm.bos_token_id, getattr(lm.tokenizer, "eos_token_id", None)) if i is not None}
-    return torch.tensor(sorted(ids), dtype=torch.long)
-
-
-def token_mask(lm, tokens: Tensor) -> Tensor:
-    """bool [batch, pos]: positions whose activations train and get evaluated (see module docstring)."""
-    keep = ~torch.isin(tokens, special_ids(lm).to(tokens.device))
-    keep[:, 0] = False  # position 0 is an attention sink whatever its token
-    return keep
 
 
 # --- in memory ------------------------------------------------------------------------
@@ -115,7 +105,7 @@ class TensorSource:
 
 
 # --- streaming from the model -----------------------------------------------------------
-def iter_contexts(lm, corpus: str, *, ctx_len: int, split: str = "train", seed: int = 0,
+def iter_contexts(lm: LanguageModel, corpus: str, *, ctx_len: int, split: str = "train", seed: int = 0,
                   seen: set[int] | None = None) -> Iterator[Tensor]:
     """Packed token contexts [ctx_len] (BOS first) from a corpus, one at a time, deterministic.
 
@@ -132,7 +122,7 @@ def iter_contexts(lm, corpus: str, *, ctx_len: int, split: str = "train", seed: 
 class StreamSource:
     """Run the model on corpus contexts; capture every requested hook in the same pass."""
 
-    def __init__(self, lm, hooks: list[str], *, corpus: str, ctx_len: int, batch_size: int,
+    def __init__(self, lm: LanguageModel, hooks: list[str], *, corpus: str, ctx_len: int, batch_size: int,
                  buffer_batches: int = 8, model_batch: int = 16, seed: int = 0,
                  info: DistInfo | None = None, split: str = "train", contexts=None) -> None:
         self.lm, self.hooks = lm, list(hooks)
@@ -178,7 +168,7 @@ class StreamSource:
 
     def _activations(self, contexts: list[Tensor]) -> Batch:
         """One forward pass over [n, ctx_len] contexts -> {hook: [tokens, d]} without BOS positions."""
-        from ..capture.hooks import run
+        from ..models.runtime import run
 
         tokens = torch.stack(contexts).to(self.lm.device)  # [n, ctx_len]
         res = run(self.lm, tokens, capture=self.hooks)

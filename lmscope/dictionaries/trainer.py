@@ -29,21 +29,26 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from .. import dist
-from ..atlas.layout import AtlasLayout
 from ..config import to_dict
 from ..dist import DistInfo
 from ..errors import UserError
-from .base import DictionaryConfig, SparseDictionary, build
+from ..layout import AtlasLayout
+from .base import DictionaryConfig, SparseDictionary
 from .checkpoint import Checkpoints, RunState
+from .protocol import Dictionary
+from .registry import build
 from .sharded import ShardedTopK, gather_uneven
 from .sources import ActivationSource, Batch
 from .train_config import DictionaryPlan, TrainConfig, TrainPlan, changed_settings, resolve_plan
+
+if TYPE_CHECKING:
+    from ..models import LanguageModel
 
 TRAIN_DOCUMENTS = "train_documents.npy"
 """In each dictionary folder: the doc_keys of the documents it was trained on."""
@@ -93,7 +98,7 @@ class _Slot:
     """One dictionary being trained and its optimizer state."""
 
     plan: DictionaryPlan
-    sae: Any  # SparseDictionary or ShardedTopK
+    sae: Dictionary  # a SparseDictionary or a ShardedTopK
     opt: torch.optim.Adam
     """Adam over every parameter but W_dec."""
     opt_dec: torch.optim.Adam
@@ -313,7 +318,7 @@ class _SigintFlag:
             signal.signal(signal.SIGINT, self._old)
 
 
-def run_training(cfg: TrainConfig, plan: TrainPlan, source: ActivationSource, *, lm=None,
+def run_training(cfg: TrainConfig, plan: TrainPlan, source: ActivationSource, *, lm: LanguageModel | None = None,
                  info: DistInfo | None = None, stop_after: int | None = None) -> TrainResult:
     """Train every dictionary of `plan` on `source`, resuming from --out's checkpoint if any.
 
@@ -436,7 +441,7 @@ def run_training(cfg: TrainConfig, plan: TrainPlan, source: ActivationSource, *,
                        history={s.plan.hook: s.history for s in slots})
 
 
-def _write_dictionaries(cfg: TrainConfig, plan: TrainPlan, slots: list[_Slot], layout: AtlasLayout, lm,
+def _write_dictionaries(cfg: TrainConfig, plan: TrainPlan, slots: list[_Slot], layout: AtlasLayout, lm: LanguageModel,
                         info: DistInfo, sharded: bool, docs: tuple[dict, Any] | None = None) -> dict[str, Path]:
     """SAELens folders (+ sparsity.safetensors, + train_documents.npy), then the manifest entry: rank 0 only.
 
@@ -480,7 +485,7 @@ def _write_dictionaries(cfg: TrainConfig, plan: TrainPlan, slots: list[_Slot], l
 
 
 # --- from a TrainConfig (what the CLI calls) ----------------------------------------------
-def train(cfg: TrainConfig, *, lm=None, source: ActivationSource | None = None,
+def train(cfg: TrainConfig, *, lm: LanguageModel | None = None, source: ActivationSource | None = None,
           stop_after: int | None = None) -> TrainResult:
     """Resolve the run against the model / store, build the source and train (see run_training).
 
@@ -537,7 +542,7 @@ def train(cfg: TrainConfig, *, lm=None, source: ActivationSource | None = None,
     return run_training(cfg, plan, source, lm=lm, info=info, stop_after=stop_after)
 
 
-def _expand_middle(hooks: str, lm) -> str:
+def _expand_middle(hooks: str, lm: LanguageModel) -> str:
     return ",".join(f"blocks.{lm.n_layers // 2}.resid_post" if h.strip() == "middle" else h.strip()
                     for h in hooks.split(","))
 

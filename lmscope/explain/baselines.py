@@ -1,5 +1,5 @@
 """Baseline explanations, scored by the same scorers on the same held-out windows, so a method's
-score means something (MEASURING.md rule 4).
+score means something (docs/measuring.md: fair baselines).
 
 - `baseline-random`: the label (text and token list) another feature got from the SAME method (a
   shuffled assignment inside a batch; Paulo et al. 2024 report ~0.51 detection accuracy for random

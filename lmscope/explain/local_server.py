@@ -15,12 +15,16 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..models import LanguageModel
 
 
 class LocalLLM:
     """Generation with a loaded LanguageModel (one request at a time)."""
 
-    def __init__(self, lm, name: str) -> None:
+    def __init__(self, lm: LanguageModel, name: str) -> None:
         self.lm, self.name = lm, name
         self.lock = threading.Lock()
 
@@ -90,7 +94,7 @@ def _handler(llm: LocalLLM):
 class LocalServer:
     """Serve `lm` on 127.0.0.1:port (0 = a free port) in a daemon thread; use as a context manager."""
 
-    def __init__(self, lm, name: str, port: int = 0) -> None:
+    def __init__(self, lm: LanguageModel, name: str, port: int = 0) -> None:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(LocalLLM(lm, name)))
         self.httpd.daemon_threads = True
         self.name = name

@@ -1,5 +1,5 @@
 """The score table: per dictionary, method and scorer, the method's scores next to its own baselines,
-compared PAIRED per feature with a bootstrap interval (MEASURING.md rule 3).
+compared PAIRED per feature with a bootstrap interval (docs/measuring.md: small samples).
 
 For each feature scored by both a method and one of its baselines (the baselines stored `for` that
 method, never another method's), d = method score - baseline score. The row shows the mean of d and
@@ -132,7 +132,7 @@ def _rows(hook: str, per: dict, metric: dict, values: dict) -> list[ScoreRow]:
 
 def score_report(atlas: str | Path) -> ScoreReport:
     from ..atlas.db import AtlasDB
-    from ..atlas.layout import AtlasLayout
+    from ..layout import AtlasLayout
 
     path = AtlasLayout(atlas).db_path
     if not path.is_file():

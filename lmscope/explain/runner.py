@@ -242,7 +242,7 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
     from tqdm.auto import tqdm
 
     from ..atlas.db import AtlasDB
-    from ..atlas.layout import AtlasLayout
+    from ..layout import AtlasLayout
     from .atlas_io import load_profiles, write_explanations
     from .llm_explainer import explain_llm
     from .stats_explainer import Labeller, explain_stats

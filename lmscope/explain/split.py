@@ -8,7 +8,7 @@ octave) and non-activating windows, each a `window`-token slice of one corpus co
   whether a concept word earns its place in a label); never reported;
 - `test`: held-out activating + non-activating windows for the REPORTED scores, scored once.
 
-The unit of leakage is text, not a window (MEASURING.md rule 1): two top-K windows of a dense feature
+The unit of leakage is text, not a window (docs/measuring.md): two top-K windows of a dense feature
 often overlap (neighbouring peaks), and dealing windows alternately put 98% of the held-out window
 tokens of a synthetic dense feature inside a shown window. So windows are first grouped: windows of
 the same corpus context (when the build's `ctx_len` is known) and windows whose token spans overlap

@@ -125,20 +125,20 @@ class LanguageModel:
 
     # --- running --------------------------------------------------------------
     def run(self, tokens: torch.Tensor, **kw):
-        """Shortcut for `lmscope.capture.run(self, tokens, ...)`."""
-        from ..capture.hooks import run
+        """Shortcut for `lmscope.models.runtime.run(self, tokens, ...)`."""
+        from .runtime import run
 
         return run(self, tokens, **kw)
 
     def capture(self, names, **kw):
-        """Shortcut for `lmscope.capture.capture(self, names, ...)` (a context manager)."""
-        from ..capture.hooks import capture
+        """Shortcut for `lmscope.models.runtime.capture(self, names, ...)` (a context manager)."""
+        from .runtime import capture
 
         return capture(self, names, **kw)
 
     def edit(self, edits, **kw):
-        """Shortcut for `lmscope.capture.edit(self, edits)` (a context manager)."""
-        from ..capture.hooks import edit
+        """Shortcut for `lmscope.models.runtime.edit(self, edits)` (a context manager)."""
+        from .runtime import edit
 
         return edit(self, edits, **kw)
 

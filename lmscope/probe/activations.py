@@ -4,7 +4,7 @@ Statements are tokenized with BOS, right-padded into batches with an
 attention mask, and each row's activation is gathered at its last real token.
 Right padding leaves positions and causal attention of the real tokens
 unchanged, so a batched read equals one-statement-at-a-time reads (tested).
-One forward per batch captures every requested hook (`capture.hooks.run`
+One forward per batch captures every requested hook (`models.runtime.run`
 stops after the deepest one). `span_acts` reads a span of positions per row the
 same way (the tokens of a generated answer).
 """
@@ -12,14 +12,18 @@ same way (the tokens of a generated answer).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
-from ..capture.hooks import run
 from ..errors import UserError
+from ..models.runtime import run
+
+if TYPE_CHECKING:
+    from ..models import LanguageModel
 
 
-def tokenize(lm, texts: Sequence[str]) -> list[list[int]]:
+def tokenize(lm: LanguageModel, texts: Sequence[str]) -> list[list[int]]:
     """Token ids per text (BOS first); a text that tokenizes to nothing is a one-line UserError."""
     rows = []
     for t in texts:
@@ -42,7 +46,7 @@ def pad_batch(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return toks, mask, torch.tensor([len(r) for r in rows])
 
 
-def pad_id(lm) -> int:
+def pad_id(lm: LanguageModel) -> int:
     tok = lm.tokenizer
     for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
         v = getattr(tok, attr, None)
@@ -65,7 +69,7 @@ def batches(rows: list[list[int]], order: Sequence[int], batch_size: int, pid: i
 
 
 @torch.no_grad()
-def last_token_acts(lm, texts: Sequence[str], hooks: Sequence[str], *, batch_size: int = 32,
+def last_token_acts(lm: LanguageModel, texts: Sequence[str], hooks: Sequence[str], *, batch_size: int = 32,
                     progress: bool = False, edits: dict | None = None) -> dict[str, torch.Tensor]:
     """{hook: [n_texts, d_model]} float32 activations at each text's last token."""
     rows = tokenize(lm, texts)
@@ -86,14 +90,14 @@ def last_token_acts(lm, texts: Sequence[str], hooks: Sequence[str], *, batch_siz
 
 
 @torch.no_grad()
-def token_acts(lm, ids: list[int], hook: str) -> torch.Tensor:
+def token_acts(lm: LanguageModel, ids: list[int], hook: str) -> torch.Tensor:
     """[pos, d_model] activations of one token sequence at one hook."""
     res = run(lm, torch.tensor([ids], device=lm.device), capture=[hook])
     return res.acts[hook][0].float().cpu()
 
 
 @torch.no_grad()
-def span_acts(lm, rows: Sequence[list[int]], spans: Sequence[tuple[int, int]], hook: str, *,
+def span_acts(lm: LanguageModel, rows: Sequence[list[int]], spans: Sequence[tuple[int, int]], hook: str, *,
               batch_size: int = 16, progress: bool = False) -> list[torch.Tensor]:
     """Activations of token spans: row i's positions spans[i][0]:spans[i][1] -> [span_len, d_model].
 

@@ -17,17 +17,21 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from ..capture.hooks import run
+from ..models.runtime import run
 from .activations import batches, pad_id
+
+if TYPE_CHECKING:
+    from ..models import LanguageModel
 
 # A sentence ends at . ! ? followed by whitespace or the end ("U.S." is not cut after "U.").
 SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
 
 
-def chat_ids(lm, system: str, user: str, example: tuple[str, str] | None = None) -> list[int]:
+def chat_ids(lm: LanguageModel, system: str, user: str, example: tuple[str, str] | None = None) -> list[int]:
     """Prompt token ids: the model's chat template (system, optional worked example, user turn), or a
     plain "Q: ... A:" prompt for a model without one."""
     tok = lm.tokenizer
@@ -81,7 +85,7 @@ class Answer:
         return self.generated[self.start: self.stop]
 
 
-def cut(lm, generated: list[int]) -> Answer:
+def cut(lm: LanguageModel, generated: list[int]) -> Answer:
     """Cut generated ids at the answer's end and find the token span that covers it."""
     dec = lm.tokenizer.decode
     text = dec(generated)
@@ -97,7 +101,7 @@ def cut(lm, generated: list[int]) -> Answer:
 
 
 @torch.no_grad()
-def greedy(lm, prompts: Sequence[list[int]], max_new_tokens: int = 20) -> list[list[int]]:
+def greedy(lm: LanguageModel, prompts: Sequence[list[int]], max_new_tokens: int = 20) -> list[list[int]]:
     """Greedy continuations of left-padded prompts (one batch), each cut at its first EOS."""
     pid = pad_id(lm)
     n = max(len(p) for p in prompts)
@@ -115,7 +119,7 @@ def greedy(lm, prompts: Sequence[list[int]], max_new_tokens: int = 20) -> list[l
     return rows
 
 
-def generate_answers(lm, prompts: Sequence[list[int]], *, max_new_tokens: int = 20, batch_size: int = 16,
+def generate_answers(lm: LanguageModel, prompts: Sequence[list[int]], *, max_new_tokens: int = 20, batch_size: int = 16,
                      progress: bool = False) -> list[Answer]:
     """Greedy short answers to each prompt, cut at the first newline or sentence end."""
     # Similar lengths share a batch (little padding); the order is restored at the end.
@@ -134,7 +138,7 @@ def generate_answers(lm, prompts: Sequence[list[int]], *, max_new_tokens: int = 
 
 
 @torch.no_grad()
-def token_logprobs(lm, rows: Sequence[list[int]], spans: Sequence[tuple[int, int]], *,
+def token_logprobs(lm: LanguageModel, rows: Sequence[list[int]], spans: Sequence[tuple[int, int]], *,
                    batch_size: int = 16) -> list[torch.Tensor]:
     """log p(token | everything before it) for row i's tokens at spans[i][0]:spans[i][1] -> [span_len].
 

@@ -24,13 +24,17 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from safetensors.torch import load_file, save_file
 
-from ..atlas.layout import write_json_atomic
 from ..errors import UserError
+from ..layout import write_json_atomic
 from ..validate import Num, Obj, Str, check, read_json
 from .probes import Probe, layer_of
+
+if TYPE_CHECKING:
+    from ..models import LanguageModel
 
 SCHEMA_VERSION = 2
 READABLE = (1, 2)
@@ -101,7 +105,7 @@ def set_thresholds(path: str | Path, thresholds: dict[str, float], *, use: str =
     write_json_atomic(Path(path) / META, meta)
 
 
-def check_compatible(meta: dict, lm, *, path: str = "probe") -> None:
+def check_compatible(meta: dict, lm: LanguageModel, *, path: str = "probe") -> None:
     """Refuse a probe trained on another model, or whose hook/width this model lacks."""
     fp, ours = meta.get("model", {}), lm.fingerprint()
     for key in ("n_layers", "d_model", "vocab"):
@@ -119,7 +123,7 @@ def check_compatible(meta: dict, lm, *, path: str = "probe") -> None:
         raise UserError(f"{path} has width {meta.get('d_model')} but {hook} has width {d}")
 
 
-def probe_for(lm, probe: Probe, hook: str | None = None) -> Probe:
+def probe_for(lm: LanguageModel, probe: Probe, hook: str | None = None) -> Probe:
     """The probe itself, or a one-line error if asked to read another hook than it was trained at."""
     if hook is not None and hook != probe.hook:
         raise UserError(f"the probe was trained at {probe.hook}, not {hook}; train one at {hook} "

@@ -8,8 +8,9 @@ entities and a held-out entity never appears in training, not even negated
 (Marks & Tegmark 2023 split by statement; we split by entity to measure
 generalization, not recall). Probes are fitted on train; anything chosen by
 looking at scores (layer, probe kind) is chosen on validation; test is scored
-once for the choice (shared/MEASURING.md rules 1-2). Every statement carries its
-contrast (the claim negated), which CCS trains on (Burns et al. 2022).
+once for the choice (docs/measuring.md: out of sample, choices on validation).
+Every statement carries its contrast (the claim negated), which CCS trains on
+(Burns et al. 2022).
 
     ds = load_dataset("cities")      # Dataset(name, train=[Statement...], val=[...], test=[...])
     names()                          # the built-in set names

@@ -28,7 +28,7 @@ class AlignedFeature:
 
 def aligned_features(probe: Probe, atlas: str, *, top: int = 10) -> list[AlignedFeature]:
     """Top `top` features by |cosine| with the probe direction, from the atlas dictionary at the probe's hook."""
-    from ..atlas.layout import AtlasLayout
+    from ..layout import AtlasLayout
 
     layout = AtlasLayout(atlas)
     if not layout.root.is_dir():

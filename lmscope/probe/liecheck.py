@@ -17,9 +17,13 @@ came from is printed with every verdict ('uncalibrated': the probe's 0.5).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from .activations import token_acts, tokenize
 from .probes import Probe
+
+if TYPE_CHECKING:
+    from ..models import LanguageModel
 
 ANSWER_MARKERS = ("A:", "Answer:")
 
@@ -43,7 +47,7 @@ class LieCheck:
         return asdict(self)
 
 
-def answer_start(lm, text: str, ids: list[int]) -> int:
+def answer_start(lm: LanguageModel, text: str, ids: list[int]) -> int:
     """Index of the first answer token in ids (BOS included): after the last 'A:' marker, else the last token."""
     cut = max((text.rfind(m) + len(m) for m in ANSWER_MARKERS if m in text), default=-1)
     if cut < 0:
@@ -52,7 +56,7 @@ def answer_start(lm, text: str, ids: list[int]) -> int:
     return min(n_prefix, len(ids) - 1)
 
 
-def lie_check(lm, probe: Probe, text: str) -> LieCheck:
+def lie_check(lm: LanguageModel, probe: Probe, text: str) -> LieCheck:
     ids = tokenize(lm, [text])[0]
     acts = token_acts(lm, ids, probe.hook)  # [pos, d_model]
     p = probe.probs(acts)  # [pos]

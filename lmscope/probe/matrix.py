@@ -14,13 +14,18 @@ sample: the domains split their entities alike.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from .activations import last_token_acts
 from .datasets import load_dataset
 from .metrics import Score, accuracy_score, auroc_score
-from .probes import Probe, fit
+from .probes import Probe
+from .registry import fit
+
+if TYPE_CHECKING:
+    from ..models import LanguageModel
 
 
 @dataclass(frozen=True)
@@ -29,7 +34,7 @@ class Cell:
     auroc: Score
 
 
-def fit_on_set(lm, name: str, hook: str, kind: str, *, batch_size: int = 32, seed: int = 0) -> Probe:
+def fit_on_set(lm: LanguageModel, name: str, hook: str, kind: str, *, batch_size: int = 32, seed: int = 0) -> Probe:
     """A probe of `kind` at `hook` fitted on the train split of one built-in set."""
     ds = load_dataset(name)
     texts = [s.text for s in ds.train] + ([s.contrast for s in ds.train] if kind == "ccs" else [])
@@ -39,7 +44,7 @@ def fit_on_set(lm, name: str, hook: str, kind: str, *, batch_size: int = 32, see
     return fit(kind, hook, x[:m], y, x[m:] if kind == "ccs" else None, seed=seed)
 
 
-def accuracy_matrix(lm, rows: list[tuple[str, Probe]], tests: list[str], *, batch_size: int = 32,
+def accuracy_matrix(lm: LanguageModel, rows: list[tuple[str, Probe]], tests: list[str], *, batch_size: int = 32,
                     seed: int = 0) -> dict[str, dict[str, Cell]]:
     """{row label: {test set: Cell}} on the test split of each test set."""
     out: dict[str, dict[str, Cell]] = {label: {} for label, _ in rows}

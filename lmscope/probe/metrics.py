@@ -4,7 +4,7 @@ The probe test sets are small (19 held-out cities, 9 held-out numbers), so
 every score is reported with a percentile bootstrap interval whose resampling
 unit is the *entity* (a city brings both its true and its false statement, or
 both answers of the lie evaluation), the unit at which a split could leak
-(shared/MEASURING.md rule 3). With 9-19 entities these intervals are wide:
+(docs/measuring.md: intervals for small samples). With 9-19 entities these intervals are wide:
 read them, not the third decimal.
 
     s = score(values=y_hat == y, groups=entities)             # Score(value, lo, hi, n, n_units)

@@ -1,6 +1,7 @@
 """The trained probe: a direction in the residual stream and how it scores a statement.
 
-Every probe type (logistic.py, massmean.py, ccs.py) ends in the same `Probe`:
+Every probe type (logistic.py, massmean.py, ccs.py; fitted by name through registry.py) ends
+in the same `Probe`:
 
     logit(x) = (x - mean) . direction + bias        x: [n, d_model] -> [n]
 
@@ -15,8 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-
-KINDS = ("logistic", "massmean", "massmean_iid", "ccs")
 
 
 @dataclass
@@ -85,22 +84,3 @@ def from_direction(kind: str, hook: str, direction: torch.Tensor, mean: torch.Te
     cal = calibrate((x.float() - mean) @ d, y)
     return Probe(kind=kind, hook=hook, direction=d * cal.scale, bias=cal.bias, mean=mean, info=info or {})
 
-
-def fit(kind: str, hook: str, x: torch.Tensor, y: torch.Tensor, contrast: torch.Tensor | None = None,
-        *, seed: int = 0) -> Probe:
-    """Fit one probe of `kind` on activations x [n, d_model], labels y [n] (and contrasts for CCS)."""
-    if kind == "logistic":
-        from .logistic import fit_logistic
-
-        return fit_logistic(hook, x, y)
-    if kind in ("massmean", "massmean_iid"):
-        from .massmean import fit_massmean
-
-        return fit_massmean(hook, x, y, iid=kind == "massmean_iid")
-    if kind == "ccs":
-        from .ccs import fit_ccs
-
-        if contrast is None:
-            raise ValueError("CCS needs contrast activations")
-        return fit_ccs(hook, x, contrast, y, seed=seed)
-    raise ValueError(f"unknown probe kind {kind!r}; choose from {', '.join(KINDS)}")

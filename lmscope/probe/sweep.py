@@ -8,19 +8,24 @@ with the best validation accuracy is chosen (ties: higher validation AUROC,
 then the earlier layer), and only that probe is scored on the test split,
 with bootstrap intervals over test entities (`metrics.py`). Reporting the
 best test score over 30 layers x 3 kinds as "held-out accuracy" would be a
-maximum over 90 noisy test scores, not a held-out result (MEASURING.md rule 2).
+maximum over 90 noisy test scores, not a held-out result (docs/measuring.md: choose on validation).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from .activations import last_token_acts
 from .datasets import Dataset, split_entities
 from .metrics import Score, accuracy, accuracy_score, auroc, auroc_score
-from .probes import Probe, fit, layer_of
+from .probes import Probe, layer_of
+from .registry import fit
+
+if TYPE_CHECKING:
+    from ..models import LanguageModel
 
 
 @dataclass
@@ -35,7 +40,7 @@ class SplitActs:
     """(domain, entity) per statement: the bootstrap's resampling unit."""
 
 
-def read_split(lm, datasets: list[Dataset], split: str, hooks: list[str], *, contrast: bool,
+def read_split(lm: LanguageModel, datasets: list[Dataset], split: str, hooks: list[str], *, contrast: bool,
                batch_size: int = 32, progress: bool = False) -> SplitActs:
     st = [(d, s) for d in datasets for s in d.split(split)]
     texts = [s.text for _, s in st]
@@ -112,7 +117,7 @@ def split_record(datasets: list[Dataset]) -> dict:
     return out
 
 
-def sweep(lm, datasets: list[Dataset], hooks: list[str], kinds: list[str], *, batch_size: int = 32,
+def sweep(lm: LanguageModel, datasets: list[Dataset], hooks: list[str], kinds: list[str], *, batch_size: int = 32,
           progress: bool = True, seed: int = 0, choose_kinds: list[str] | None = None) -> SweepResult:
     """Fit every kind at every hook on the pooled train splits, score validation, choose, test once.
 

@@ -26,6 +26,7 @@ bootstrap intervals over D's entities:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -34,7 +35,11 @@ from .activations import last_token_acts, tokenize
 from .answers import token_logprobs
 from .datasets import Dataset, load_dataset
 from .metrics import Score, accuracy, auroc, auroc_score, bootstrap, paired_difference
-from .probes import KINDS, fit, layer_of
+from .probes import layer_of
+from .registry import KINDS, fit
+
+if TYPE_CHECKING:
+    from ..models import LanguageModel
 
 
 @dataclass(frozen=True)
@@ -132,7 +137,7 @@ class Statements:
     entity: list[str]
 
 
-def statement_logprobs(lm, texts: list[str], *, batch_size: int = 32) -> torch.Tensor:
+def statement_logprobs(lm: LanguageModel, texts: list[str], *, batch_size: int = 32) -> torch.Tensor:
     """[n] mean log p(token | the tokens before it) over each statement's tokens after BOS."""
     rows = tokenize(lm, texts)
     # Position 0 (BOS, or the first token of a model without one) has no prediction: score from 1 on.
@@ -140,7 +145,7 @@ def statement_logprobs(lm, texts: list[str], *, batch_size: int = 32) -> torch.T
     return torch.stack([lp.double().mean() for lp in lps]).float()
 
 
-def read_statements(lm, datasets: list[Dataset], hooks: list[str], *, batch_size: int = 32,
+def read_statements(lm: LanguageModel, datasets: list[Dataset], hooks: list[str], *, batch_size: int = 32,
                     progress: bool = False) -> Statements:
     rows = [(d, split, s) for d in datasets for split in ("train", "val", "test") for s in d.split(split)]
     texts = [s.text for _, _, s in rows]
@@ -170,7 +175,7 @@ def midpoint_accuracy(score: torch.Tensor, y: torch.Tensor, ents: list[str], k: 
     return float(v.mean()), [float(q[0]), float(q[1])]
 
 
-def leave_one_domain_out(lm, cfg: TransferConfig, hooks: list[str], *, progress: bool = False) -> list[DomainTransfer]:
+def leave_one_domain_out(lm: LanguageModel, cfg: TransferConfig, hooks: list[str], *, progress: bool = False) -> list[DomainTransfer]:
     from .datasets import parse_names
 
     datasets = [load_dataset(n) for n in parse_names(cfg.datasets)]

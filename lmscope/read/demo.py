@@ -14,8 +14,12 @@ mean elsewhere), with its bias at the midpoint of the two groups' projections: i
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from ..models import LanguageModel
 
 PLANTED = 7
 PLANTED_WORD = "horse"
@@ -42,9 +46,9 @@ def build_demo_atlas(root: str | Path, *, d_sae: int = 64, seed: int = 0, profil
     of CALIBRATION (with HTML_TOKEN in it), then label the planted feature by hand with an
     explanation and a score, so every viewer page has real DB content.
     """
-    from ..atlas.layout import AtlasLayout
-    from ..capture.hooks import run
     from ..dictionaries import DictionaryConfig, build
+    from ..layout import AtlasLayout
+    from ..models.runtime import run
     from ..models.tiny import tiny_model
 
     root = Path(root)
@@ -93,7 +97,7 @@ def build_demo_atlas(root: str | Path, *, d_sae: int = 64, seed: int = 0, profil
     return root
 
 
-def _profile(root: Path, lm) -> None:
+def _profile(root: Path, lm: LanguageModel) -> None:
     from ..atlas.build import BuildConfig, build_atlas
     from ..atlas.db import AtlasDB
 

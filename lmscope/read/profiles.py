@@ -157,7 +157,7 @@ def dictionary_density(reader, hook: str) -> torch.Tensor | None:
     """Firing frequency per feature [d_sae] from SAELens' sparsity file (log10 freq), if saved."""
     if reader.atlas is None:
         return None
-    from ..atlas.layout import AtlasLayout
+    from ..layout import AtlasLayout
 
     path = Path(AtlasLayout(reader.atlas).dictionary_dir(hook)) / "sparsity.safetensors"
     if not path.is_file():

@@ -8,7 +8,7 @@
 
 The CLI (`lmscope scan`), the JSON API and the web viewer all call `Reader.scan`; there is
 no second implementation of "which features fire". One forward pass captures every
-dictionary's hook point (the forward stops after the deepest one, capture.hooks.run), then
+dictionary's hook point (the forward stops after the deepest one, models.runtime.run), then
 each dictionary encodes its activations.
 
 Brain map: for each dictionary and token, the sum of the token's active feature activations
@@ -26,10 +26,15 @@ import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import UserError, close_matches
+
+if TYPE_CHECKING:
+    from ..dictionaries import SparseDictionary
+    from ..models import LanguageModel
 
 SCHEMA_VERSION = 1
 DEFAULT_MAX_TOKENS = 256
@@ -116,7 +121,7 @@ class Reader:
     one batch (see `encode`).
     """
 
-    def __init__(self, lm, dicts: dict, *, labels: LabelFn | None = None, atlas: str | Path | None = None,
+    def __init__(self, lm: LanguageModel, dicts: dict[str, SparseDictionary], *, labels: LabelFn | None = None, atlas: str | Path | None = None,
                  max_tokens: int = DEFAULT_MAX_TOKENS, db=None) -> None:
         if not dicts:
             raise UserError("no dictionaries to scan with; train some with `lmscope train`")
@@ -138,9 +143,9 @@ class Reader:
     def open(cls, atlas: str | Path, *, model: str | None = None, device: str = "cpu",
              hooks: str | None = None, max_tokens: int = DEFAULT_MAX_TOKENS) -> Reader:
         """Load the atlas's model, its dictionaries (optionally only `hooks` globs) and labels."""
-        from ..atlas.layout import AtlasLayout
         from ..dictionaries import load_dictionary
         from ..dictionaries.base import check_fits
+        from ..layout import AtlasLayout
         from ..models import load_model
         from .profiles import open_db
 
@@ -226,7 +231,7 @@ class Reader:
     @torch.no_grad()
     def _encode_tokens(self, toks: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         """Prompts [1, pos_i] -> per prompt {hook: [pos_i, d_sae]}, one right-padded forward."""
-        from ..capture.hooks import run
+        from ..models.runtime import run
 
         lengths = [t.shape[1] for t in toks]
         pad = self.lm.bos_token_id if self.lm.bos_token_id is not None else 0

@@ -11,10 +11,14 @@ random numbers.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
-from ..capture.hooks import hooked
+from ..models.runtime import hooked
+
+if TYPE_CHECKING:
+    from ..models import LanguageModel
 
 
 @dataclass
@@ -35,7 +39,7 @@ class Comparison:
 
 
 @torch.no_grad()
-def generate(lm, prompt: str, edits: dict | None = None, *, max_new_tokens: int = 30,
+def generate(lm: LanguageModel, prompt: str, edits: dict | None = None, *, max_new_tokens: int = 30,
              temperature: float = 0.0, seed: int = 0) -> tuple[str, torch.Tensor]:
     """(continuation text, next-token probabilities [vocab] after the prompt) under `edits`."""
     toks = lm.to_tokens(prompt)
@@ -63,7 +67,7 @@ def generate(lm, prompt: str, edits: dict | None = None, *, max_new_tokens: int 
     return _continuation(lm, toks[0, : toks.shape[1] - len(new)].tolist(), new), first_probs
 
 
-def _continuation(lm, prompt_ids: list[int], new: list[int]) -> str:
+def _continuation(lm: LanguageModel, prompt_ids: list[int], new: list[int]) -> str:
     """The text the new tokens add after the prompt, spacing included.
 
     decode(new) alone drops the space between prompt and continuation for tokenizers that
@@ -76,7 +80,7 @@ def _continuation(lm, prompt_ids: list[int], new: list[int]) -> str:
     return full[len(head):] if full.startswith(head) else dec(new)
 
 
-def compare(lm, prompt: str, edits: dict, *, interventions: list[str] | None = None,
+def compare(lm: LanguageModel, prompt: str, edits: dict, *, interventions: list[str] | None = None,
             max_new_tokens: int = 30, temperature: float = 0.0, seed: int = 0,
             targets: list[int] | None = None, top: int = 5) -> Comparison:
     """Unsteered and steered continuations of `prompt`, target-token and top next-token probabilities."""

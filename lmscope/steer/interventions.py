@@ -21,13 +21,16 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from ..dictionaries.dictmath import decoder_rows
 from ..errors import UserError
 from ..trace.attribution import out_hook, parse_feature_id
-from ..trace.dictmath import decoder_rows
+
+if TYPE_CHECKING:
+    from ..dictionaries import SparseDictionary
 
 _SPEC = re.compile(r"^(?P<feat>[^=]+)=(?P<op>[+*-]?)(?P<num>[0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)$")
 
@@ -56,7 +59,7 @@ class FeatureIntervention:
         return f"{self.hook}/{self.feature}{sym}{v:g}"
 
 
-def parse_interventions(specs: list[str], dictionaries: dict[str, object]) -> list[FeatureIntervention]:
+def parse_interventions(specs: list[str], dictionaries: dict[str, SparseDictionary]) -> list[FeatureIntervention]:
     """'HOOK/INDEX=+8' strings -> interventions; UserError (with close matches) for unknown features."""
     out = []
     for spec in specs:
@@ -77,9 +80,9 @@ def parse_interventions(specs: list[str], dictionaries: dict[str, object]) -> li
     return out
 
 
-def feature_edits(interventions: list[FeatureIntervention], dictionaries: dict[str, object],
+def feature_edits(interventions: list[FeatureIntervention], dictionaries: dict[str, SparseDictionary],
                   positions: slice | None = None) -> dict:
-    """Edits for `lmscope.capture.hooks.hooked`: one per hook, all features there at once.
+    """Edits for `lmscope.models.runtime.hooked`: one per hook, all features there at once.
 
     The dictionary encodes the activation at its input hook; the change is added where its
     decoder writes (the same hook for an SAE, mlp_out for a transcoder, whose input is

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from ..errors import UserError
 from .generate import Comparison, compare
 from .interventions import feature_edits, parse_interventions
 from .vectors import SteeringVector, steering_vector, vector_edits
+
+if TYPE_CHECKING:
+    from ..dictionaries import SparseDictionary
+    from ..models import LanguageModel
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,7 @@ class SteerPlan:
     coeff: float | None = None
 
 
-def plan(lm, dictionaries: dict, features: list[str] = (), vector: VectorSpec | None = None) -> SteerPlan:
+def plan(lm: LanguageModel, dictionaries: dict[str, SparseDictionary], features: list[str] = (), vector: VectorSpec | None = None) -> SteerPlan:
     """Parse feature specs (HOOK/INDEX=V) and build the vector; UserError on anything wrong."""
     if not features and vector is None:
         raise UserError("nothing to steer with: give a feature intervention (HOOK/INDEX=V) "
@@ -76,7 +80,7 @@ def plan(lm, dictionaries: dict, features: list[str] = (), vector: VectorSpec | 
     return SteerPlan(edits, names, sv, vector.coeff if vector else None)
 
 
-def steer(lm, dictionaries: dict, prompt: str, *, features: list[str] = (), vector: VectorSpec | None = None,
+def steer(lm: LanguageModel, dictionaries: dict[str, SparseDictionary], prompt: str, *, features: list[str] = (), vector: VectorSpec | None = None,
           max_new_tokens: int = 30, temperature: float = 0.0, seed: int = 0, targets: list[str] = (),
           top: int = 5) -> Comparison:
     """Generate with and without the interventions; probabilities of `targets` and the top next tokens."""

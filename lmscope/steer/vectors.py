@@ -15,12 +15,15 @@ Both act at resid_pre (use `site="resid_post"` to read and add at the block outp
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from ..capture.hooks import run
 from ..errors import UserError
+from ..models.runtime import run
+
+if TYPE_CHECKING:
+    from ..models import LanguageModel
 
 
 @dataclass
@@ -39,7 +42,7 @@ class SteeringVector:
                 "norm": float(self.vector.norm())}
 
 
-def steering_vector(lm, positive: str, negative: str, *, layer: int, mode: Literal["actadd", "mean"] = "actadd",
+def steering_vector(lm: LanguageModel, positive: str, negative: str, *, layer: int, mode: Literal["actadd", "mean"] = "actadd",
                     site: Literal["resid_pre", "resid_post"] = "resid_pre") -> SteeringVector:
     """The residual difference positive - negative at blocks.{layer}.{site}."""
     if not 0 <= layer < lm.n_layers:
@@ -55,7 +58,7 @@ def steering_vector(lm, positive: str, negative: str, *, layer: int, mode: Liter
     return SteeringVector(hook, vec.float(), mode, positive, negative)
 
 
-def _pad(lm, toks: torch.Tensor, n: int) -> torch.Tensor:
+def _pad(lm: LanguageModel, toks: torch.Tensor, n: int) -> torch.Tensor:
     """Right-pad with the space token (as ActAdd does), or the pad/eos token."""
     if toks.shape[1] >= n:
         return toks

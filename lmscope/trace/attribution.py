@@ -22,14 +22,19 @@ target - vs.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from ..capture.hooks import hooked
+from ..dictionaries.dictmath import decoder_rows
 from ..errors import UserError, close_matches
-from .dictmath import decoder_rows
+from ..models.runtime import hooked
 from .frozen import _NormLinearization
+
+if TYPE_CHECKING:
+    from ..dictionaries import SparseDictionary
+    from ..models import LanguageModel
 
 
 @dataclass
@@ -76,7 +81,7 @@ class TraceResult:
         return d
 
 
-def resolve_target(lm, target: str | int) -> int:
+def resolve_target(lm: LanguageModel, target: str | int) -> int:
     """A token string (e.g. ' Paris') or id -> one token id; UserError showing how it tokenizes."""
     if isinstance(target, int):
         return target
@@ -93,30 +98,30 @@ def resolve_target(lm, target: str | int) -> int:
     return ids[0]
 
 
-def out_hook(d) -> str:
+def out_hook(d: SparseDictionary) -> str:
     """The hook point a dictionary's decoder writes to (its own hook for an SAE)."""
     return d.cfg.out_hook_name or d.cfg.hook_name
 
 
-def target_direction(lm, target_id: int, vs_id: int | None) -> Tensor:
+def target_direction(lm: LanguageModel, target_id: int, vs_id: int | None) -> Tensor:
     """[d_model] the unembedding direction of the target (minus that of `vs`)."""
     W_U = lm.model.get_output_embeddings().weight.detach()
     u = W_U[target_id].float()
     return u - W_U[vs_id].float() if vs_id is not None else u
 
 
-def trace(lm, dictionaries: dict[str, object], prompt: str, *, target: str | int | None = None,
+def trace(lm: LanguageModel, dictionaries: dict[str, SparseDictionary], prompt: str, *, target: str | int | None = None,
           vs: str | int | None = None, top: int = 20, labels=None, include_special: bool = False) -> TraceResult:
     """Rank the features of `dictionaries` {hook: dictionary} by their effect on the target.
 
     labels: optional callable (hook, feature) -> str.
     include_special: also rank features at position 0 / special tokens. Off by default: the
-    dictionaries never saw those positions in training (lmscope.dictionaries.sources.token_mask),
+    dictionaries never saw those positions in training (lmscope.models.tokens.token_mask),
     and BOS is an attention sink with outlier norms (~4,000+ in SmolLM2's middle layers) whose
     encodings are off-distribution; their effect stays in the model (not attributed), as an error
     term would.
     """
-    from ..dictionaries.sources import token_mask
+    from ..models.tokens import token_mask
 
     tokens = lm.to_tokens(prompt)
     for d in dictionaries.values():  # UserError with close matches for hooks this model lacks
@@ -196,7 +201,7 @@ def _norm_transpose(norm: _NormLinearization, u: Tensor, inv: Tensor) -> Tensor:
     return v.grad[0]
 
 
-def parse_feature_id(spec: str, dictionaries: dict[str, object]) -> tuple[str, int]:
+def parse_feature_id(spec: str, dictionaries: dict[str, SparseDictionary]) -> tuple[str, int]:
     """'blocks.6.resid_post/123' -> (hook, 123); UserError with close matches for unknown hooks."""
     hook, sep, idx = spec.rpartition("/")
     if not sep or not idx.isdigit():

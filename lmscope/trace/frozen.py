@@ -19,7 +19,7 @@ frozen mode it applies the cached probabilities to the (live) values, so only th
 carries signal and gradient. Norms get plain forward hooks that recompute the output
 from the live input and the cached scale. Both are removed on exit (try/finally), and
 they are a linearization of modules, not hook *points*: captures and edits still go
-through `lmscope.capture.hooks`.
+through `lmscope.models.runtime`.
 
 Foot-gun: the cached values broadcast over the batch, so a frozen forward may run on B
 copies of the recorded prompt (batched backward passes), never on another prompt.
@@ -31,11 +31,15 @@ import contextlib
 import math
 import sys
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..errors import UserError
+
+if TYPE_CHECKING:
+    from ..models import LanguageModel
 
 ATTN_NAME = "lmscope_frozen"
 
@@ -102,7 +106,7 @@ class _NormLinearization:
 class FrozenModel:
     """State behind `frozen(lm)`: cached patterns/scales and the record/frozen switch."""
 
-    def __init__(self, lm) -> None:
+    def __init__(self, lm: LanguageModel) -> None:
         self.lm = lm
         self.frozen = False
         self.patterns: dict[int, torch.Tensor] = {}  # id(attn module) -> [1, heads, q, k]
@@ -157,7 +161,7 @@ class FrozenModel:
 
 
 @contextlib.contextmanager
-def frozen(lm) -> Iterator[FrozenModel]:
+def frozen(lm: LanguageModel) -> Iterator[FrozenModel]:
     """Context manager: patterns and norm scales become cacheable and, once `.frozen`, fixed."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, eager_mask

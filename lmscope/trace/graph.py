@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -41,6 +42,10 @@ from tqdm import tqdm
 
 from ..errors import UserError
 from .replacement import Replacement, replacement
+
+if TYPE_CHECKING:
+    from ..dictionaries import SparseDictionary
+    from ..models import LanguageModel
 
 
 @dataclass
@@ -126,7 +131,7 @@ def logit_nodes(probs: Tensor, target: int | None, *, max_logits: int = 10,
     return ids
 
 
-def estimate_bytes(lm, n_pos: int, batch_size: int, n_active: int, n_logits: int = 10,
+def estimate_bytes(lm: LanguageModel, n_pos: int, batch_size: int, n_active: int, n_logits: int = 10,
                    max_feature_nodes: int | None = None) -> int:
     """Peak memory of a graph build: the batched forward's saved tensors + the adjacency.
 
@@ -146,7 +151,7 @@ def estimate_bytes(lm, n_pos: int, batch_size: int, n_active: int, n_logits: int
     return forward + adjacency + weights
 
 
-def build_graph(lm, transcoders: dict[int, object], prompt: str, *, target: str | int | None = None,
+def build_graph(lm: LanguageModel, transcoders: dict[int, SparseDictionary], prompt: str, *, target: str | int | None = None,
                 max_feature_nodes: int = 4096, batch_size: int = 64, max_logits: int = 10,
                 desired_prob: float = 0.95, max_memory_gb: float = 16.0,
                 progress: bool = False) -> Graph:

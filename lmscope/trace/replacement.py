@@ -16,7 +16,7 @@ inputs here, not recomputed: an intervention on one feature changes only what it
         run = rep.forward(batch=1)                     # exact forward, logits [1, pos, vocab]
         run = rep.forward(acts={3: new_acts_3})        # a feature intervention (direct effects)
 
-Captures and edits use `lmscope.capture.hooks.hooked` (the one hooking mechanism).
+Captures and edits use `lmscope.models.runtime.hooked` (the one hooking mechanism).
 """
 
 from __future__ import annotations
@@ -24,14 +24,19 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from ..capture.hooks import hooked
+from ..dictionaries.dictmath import decoder_bias, decoder_rows, encoder_affine, skip_term
 from ..errors import UserError
-from .dictmath import decoder_bias, decoder_rows, encoder_affine, skip_term
+from ..models.runtime import hooked
 from .frozen import FrozenModel, frozen
+
+if TYPE_CHECKING:
+    from ..dictionaries import SparseDictionary
+    from ..models import LanguageModel
 
 
 @dataclass
@@ -73,9 +78,9 @@ class ReplacementRun:
     """[pos, d_model] the token embeddings (what enters block 0)."""
 
 
-def check_transcoders(lm, dictionaries: dict[str, object]) -> dict[int, object]:
+def check_transcoders(lm: LanguageModel, dictionaries: dict[str, SparseDictionary]) -> dict[int, SparseDictionary]:
     """{hook: dictionary} -> {layer: transcoder mlp_in -> mlp_out}; UserError naming what is missing."""
-    by_layer: dict[int, object] = {}
+    by_layer: dict[int, SparseDictionary] = {}
     for d in dictionaries.values():
         cfg = d.cfg
         parsed = lm.hooks.parse(cfg.hook_name)
@@ -103,7 +108,7 @@ def _ranges(xs: list[int]) -> str:
 class Replacement:
     """The replacement model on one prompt (use through `replacement(...)`)."""
 
-    def __init__(self, lm, fz: FrozenModel, tokens: Tensor, layers: dict[int, LayerState],
+    def __init__(self, lm: LanguageModel, fz: FrozenModel, tokens: Tensor, layers: dict[int, LayerState],
                  clean_logits: Tensor, embed: Tensor) -> None:
         self.lm = lm
         self.fz = fz
@@ -189,7 +194,7 @@ def _layer_state(L: int, tc, mlp_in: Tensor, mlp_out: Tensor, zero_bos: bool) ->
 
 
 @contextlib.contextmanager
-def replacement(lm, transcoders: dict[int, object], tokens: Tensor, *,
+def replacement(lm: LanguageModel, transcoders: dict[int, SparseDictionary], tokens: Tensor, *,
                 zero_bos: bool = True) -> Iterator[Replacement]:
     """Build the replacement model on tokens [1, pos]; frozen attention/norms while open."""
     if tokens.shape[0] != 1:

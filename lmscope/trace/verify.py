@@ -11,13 +11,18 @@ exactly this intervention, so they agree when the model is near-linear along it.
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
-from ..capture.hooks import run
+from ..dictionaries.dictmath import decoder_rows
+from ..models.runtime import run
 from .attribution import TraceResult, out_hook
-from .dictmath import decoder_rows
+
+if TYPE_CHECKING:
+    from ..dictionaries import SparseDictionary
+    from ..models import LanguageModel
 
 
-def ablation_edits(lm, dictionaries: dict[str, object], feats) -> dict:
+def ablation_edits(lm: LanguageModel, dictionaries: dict[str, SparseDictionary], feats) -> dict:
     """Edits removing what each (hook, feature, pos, activation) writes, error kept."""
     by_hook: dict[str, list] = defaultdict(list)
     for f in feats:
@@ -39,7 +44,7 @@ def ablation_edits(lm, dictionaries: dict[str, object], feats) -> dict:
     return edits
 
 
-def target_value(lm, tokens, res: TraceResult, edits=None) -> float:
+def target_value(lm: LanguageModel, tokens, res: TraceResult, edits=None) -> float:
     """The target logit (or logit difference) at the last position, under `edits`."""
     logits = run(lm, tokens, edits=edits or {}, logits=True).logits[0, -1].float()
     v = logits[res.target_id]
@@ -48,7 +53,7 @@ def target_value(lm, tokens, res: TraceResult, edits=None) -> float:
     return float(v)
 
 
-def verify(lm, dictionaries: dict[str, object], res: TraceResult, *, top: int = 5) -> list[dict]:
+def verify(lm: LanguageModel, dictionaries: dict[str, SparseDictionary], res: TraceResult, *, top: int = 5) -> list[dict]:
     """Ablate the top features one at a time and jointly; predicted vs actual change of the target."""
     tokens = lm.to_tokens(res.prompt)
     base = target_value(lm, tokens, res)

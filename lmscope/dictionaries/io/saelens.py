@@ -34,7 +34,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -42,7 +42,11 @@ from torch import Tensor
 
 from ...errors import UserError
 from ...validate import MAX_DIM, MAX_LATENTS, Int, Obj, Str, check, read_json
-from ..base import DictionaryConfig, SparseDictionary, build
+from ..base import DictionaryConfig, SparseDictionary
+from ..registry import build
+
+if TYPE_CHECKING:
+    from ...models import LanguageModel
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
@@ -146,7 +150,7 @@ def _atomic(target: Path, write) -> None:
             os.unlink(tmp)
 
 
-def saelens_metadata(lm, hook_name: str, **extra: Any) -> dict[str, Any]:
+def saelens_metadata(lm: LanguageModel, hook_name: str, **extra: Any) -> dict[str, Any]:
     """SAELens metadata for a dictionary on `lm` at our `hook_name`: the model's module name etc."""
     meta = {"model_name": lm.name, "hook_name": lm.hooks.module_name(hook_name), "prepend_bos": True}
     meta.update(extra)

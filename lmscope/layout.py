@@ -1,4 +1,7 @@
-"""The on-disk atlas folder: one place that knows its layout.
+"""The on-disk atlas folder and atomic writes: one place that knows the layout.
+
+A low-level module (next to errors, config and validate) because every stage that writes
+an artifact goes through it: dictionaries (training checkpoints), capture, atlas, probe.
 
     atlas/
       atlas.json                      manifest (schema_version, model, dictionaries); written last
@@ -22,8 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
-from ..validate import Int, Obj, Str, check, read_json
+from .errors import UserError
+from .validate import Int, Obj, Str, check, read_json
 
 SCHEMA_VERSION = 1
 MANIFEST = "atlas.json"

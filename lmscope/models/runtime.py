@@ -1,7 +1,7 @@
 """Capture and edit activations at named hook points: one hooking mechanism.
 
 Plain PyTorch hooks inside context managers that always remove them, also on
-exceptions (shared/STYLE.md habit 6). Every later stage (training, splicing,
+exceptions (docs/STYLE.md #6). Every later stage (training, splicing,
 steering, attribution) goes through `hooked`.
 
     with lm.capture(["blocks.6.resid_post"]) as acts:
@@ -22,10 +22,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from ..models.hooks import HookPoint, first_tensor
+from .hooks import HookPoint, first_tensor
+
+if TYPE_CHECKING:
+    from .load import LanguageModel
 
 Edit = Callable[[torch.Tensor], torch.Tensor]
 """A function of the activation [batch, pos, d] returning its replacement (same shape)."""
@@ -78,7 +82,7 @@ def _set_first(out, new):
 
 @contextlib.contextmanager
 def hooked(
-    lm,
+    lm: LanguageModel,
     capture: Sequence[str] | str = (),
     edits: Mapping[str, Edit] | None = None,
     *,
@@ -202,18 +206,18 @@ def hooked(
         scratch.clear()
 
 
-def capture(lm, names: Sequence[str] | str, *, stop_early: bool = True, **kw):
+def capture(lm: LanguageModel, names: Sequence[str] | str, *, stop_early: bool = True, **kw):
     """Context manager: record activations at `names`; stops the forward after the deepest."""
     return hooked(lm, names, stop_early=stop_early, **kw)
 
 
-def edit(lm, edits: Mapping[str, Edit]):
+def edit(lm: LanguageModel, edits: Mapping[str, Edit]):
     """Context manager: replace activations at hook points by functions of themselves."""
     return hooked(lm, (), edits)
 
 
 def run(
-    lm,
+    lm: LanguageModel,
     tokens: torch.Tensor,
     capture: Sequence[str] | str = (),
     *,
