@@ -8,6 +8,9 @@
     lmscope probe lies --probe truth_probe            # lie detection on the model's own answers
     lmscope probe explain --probe truth_probe atlas/
     lmscope lie-check --probe truth_probe "Q: What is the capital of France? A: Berlin."
+
+Flags are generated from each command's frozen config in lmscope/probe (SweepConfig, MatrixConfig,
+TransferConfig, LiesConfig, AlignConfig, LieCheckConfig); the work is done there too.
 """
 
 from __future__ import annotations

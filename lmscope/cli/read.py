@@ -4,6 +4,8 @@
     lmscope scan atlas/ "The horse galloped" --png scan.png --html scan.html
     lmscope scan atlas/ "I love dogs" --vs "I hate dogs"
     lmscope scan atlas/ "The horse galloped" --json
+
+Flags are generated from ScanConfig (lmscope/read/scan_config.py).
 """
 
 from __future__ import annotations

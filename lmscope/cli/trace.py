@@ -5,6 +5,9 @@
     lmscope steer atlas/ "I think dogs are" --feature blocks.15.resid_post/1234=+8 --generate 30
     lmscope steer atlas/ "I think dogs are" --vector "Love" "Hate" --layer 6 --coeff 5
     lmscope steer --model smollm2-135m "I think dogs are" --vector "Love" "Hate" --layer 6   # no atlas
+
+Flags are generated from TraceConfig and GraphConfig (lmscope/trace/config.py) and SteerConfig
+(lmscope/steer/plan.py).
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
     lmscope serve atlas/                      # http://127.0.0.1:8765
     lmscope serve atlas/ --port 9000 --open   # and open a browser tab
+
+Flags are generated from ServeConfig (lmscope/viewer/server.py).
 """
 
 from __future__ import annotations
