@@ -94,6 +94,17 @@ def _converter(name: str, tp: Any):
     return str
 
 
+def flag(default: Any = dataclasses.MISSING, **argparse_kw: Any) -> Any:
+    """A dataclass field whose flag needs more than its type says: `action="store_true"` (a bool
+    switch without a --no- twin), `action="append"` (a repeatable flag filling a tuple),
+    `nargs`, `metavar`. Everything else (help, default, type, choices) still comes from the
+    field."""
+    bad = set(argparse_kw) - {"action", "nargs", "metavar"}
+    if bad or argparse_kw.get("action") not in (None, "store_true", "append"):
+        raise TypeError(f"flag() takes action (store_true/append), nargs, metavar, not {argparse_kw}")
+    return dataclasses.field(default=default, metadata={"argparse": argparse_kw})
+
+
 def add_arguments(
     parser: argparse.ArgumentParser,
     cls: type,
@@ -102,7 +113,9 @@ def add_arguments(
     exclude: tuple[str, ...] = (),
     rename: dict[str, str] | None = None,
 ) -> None:
-    """Add one flag per field of dataclass `cls`; help text = the field's docstring."""
+    """Add one flag per field of dataclass `cls`; help text = the field's docstring.
+
+    A field without a default is a required flag (or a required positional)."""
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
     rename = rename or {}
@@ -112,26 +125,40 @@ def add_arguments(
         tp = hints[f.name]
         base, _ = _unwrap_optional(tp)
         help_text = docs.get(f.name, "")
+        extra = dict(f.metadata.get("argparse", {}))
+        no_factory = f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+        required = f.default is dataclasses.MISSING and no_factory
         default = f.default if f.default is not dataclasses.MISSING else None
         if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
             default = f.default_factory()  # type: ignore[misc]
+        conv = _converter(f.name, tp)
+        if "nargs" in extra or extra.get("action") == "append":  # argparse collects the items
+            inner = get_args(base)[0] if get_args(base) else str
+            conv = _converter(f.name, inner) or str
+            if extra.get("action") == "append":
+                default = list(default or ())  # argparse appends to (a copy of) the default
         flag = "--" + rename.get(f.name, f.name).replace("_", "-")
         kw: dict[str, Any] = {"dest": f.name, "help": help_text}
         if f.name in positional:
             parser.add_argument(
-                f.name, type=_converter(f.name, tp), help=help_text,
+                f.name, type=conv, help=help_text, **extra,
                 **({"nargs": "?", "default": default} if default is not None else {}),
             )
             continue
+        if required:
+            kw["required"] = True
         if base is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, **kw)
+            if extra.get("action") == "store_true":
+                parser.add_argument(flag, default=default, **extra, **kw)
+            else:
+                parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, **kw)
             continue
         if get_origin(base) is Literal:
             kw["choices"] = list(get_args(base))
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        shown = ",".join(map(str, default)) if isinstance(default, (tuple, list)) else default
         if shown is not None and shown != "":
             kw["help"] = f"{help_text} (default: {shown})"
-        parser.add_argument(flag, type=_converter(f.name, tp), default=default, **kw)
+        parser.add_argument(flag, type=conv, default=default, **extra, **kw)
 
 
 def from_args(cls: type, ns: argparse.Namespace, **overrides: Any):
@@ -143,7 +170,8 @@ def from_args(cls: type, ns: argparse.Namespace, **overrides: Any):
         if f.name in overrides:
             values[f.name] = overrides[f.name]
         elif hasattr(ns, f.name):
-            values[f.name] = getattr(ns, f.name)
+            v = getattr(ns, f.name)
+            values[f.name] = tuple(v) if isinstance(v, list) else v  # append/nargs give lists
     try:
         return cls(**values)
     except (ValueError, TypeError) as e:

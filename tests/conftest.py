@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,35 @@ def tiny_llama():
     from lmscope.models.tiny import tiny_model
 
     return tiny_model("llama", n_layers=3)
+
+
+def save_model(lm, folder) -> Path:
+    """Write a LanguageModel as a Hugging Face folder (weights and tokenizer): what a user passes
+    as --model. For a model a test changed (trained, planted); plain tiny models: tiny_model_dir."""
+    folder = Path(folder)
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """tiny_model_dir(family="llama", **kw) -> the folder of lmscope.models.tiny.tiny_model(family,
+    **kw), written once per session for each configuration (same arguments, same weights, so a
+    test may compare it with its own tiny_model(...)). Tests only read it; a test that wants it
+    next to its corpus links it there."""
+    from lmscope.models.tiny import tiny_model
+
+    saved: dict[tuple, Path] = {}
+
+    def get(family: str = "llama", **kw) -> Path:
+        key = (family, *sorted(kw.items()))
+        if key not in saved:
+            name = "-".join([family, *(f"{k}{v}" for k, v in sorted(kw.items()))])
+            saved[key] = save_model(tiny_model(family, **kw), tmp_path_factory.mktemp(name))
+        return saved[key]
+
+    return get
 
 
 @pytest.fixture(scope="session")

@@ -402,20 +402,16 @@ def test_cli_bad_inputs_exit_2(built, argv, capsys):
     assert err.startswith("lmscope: error:") and err.count("\n") == 1
 
 
-def test_corrupt_db_and_other_model(base, tmp_path, capsys):
-    from lmscope.models.tiny import tiny_model
-
+def test_corrupt_db_and_other_model(base, tmp_path, capsys, tiny_model_dir):
     root = _copy(base, tmp_path / "a")
     (root / "atlas.db").write_bytes(b"this is not a database" * 100)
     assert main(["feature", str(root), f"{HOOKS[0]}/1"]) == 2
     assert "corrupt" in capsys.readouterr().err
     # an atlas whose dictionaries were trained on another model (different width)
-    other = tiny_model("llama", n_layers=2, d_model=16)
-    other.model.save_pretrained(tmp_path / "m16")
-    other.tokenizer.save_pretrained(tmp_path / "m16")
+    m16 = tiny_model_dir("llama", n_layers=2, d_model=16)
     root2 = _copy(base, tmp_path / "b")
     m = json.loads((root2 / "atlas.json").read_text())
-    m["model"] = str(tmp_path / "m16")
+    m["model"] = str(m16)
     (root2 / "atlas.json").write_text(json.dumps(m))
     assert main(["atlas", "build", str(root2), "--corpus", str(base[1]), "--tokens", "64", "--ctx-len", "32"]) == 2
     assert "another model" in capsys.readouterr().err

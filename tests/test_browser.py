@@ -201,7 +201,7 @@ DEMO_LABEL = "demo label: a random transcoder feature"
 
 
 @pytest.fixture(scope="module")
-def tc_atlas(tmp_path_factory):
+def tc_atlas(tmp_path_factory, tiny_model_dir):
     """(atlas root, the labeled feature "HOOK/INDEX", the saved graph's file name).
 
     The tiny llama of tests/test_trace.py with random SAEs and transcoders; the most influential
@@ -218,7 +218,7 @@ def tc_atlas(tmp_path_factory):
     from lmscope.models.tiny import tiny_model
 
     tmp = tmp_path_factory.mktemp("tc")
-    root, dicts = make_atlas(tmp, tiny_model("llama", n_layers=3))
+    root, dicts = make_atlas(tmp, tiny_model("llama", n_layers=3), tiny_model_dir("llama", n_layers=3))
     scratch = tmp / "first.json"
     assert main(["graph", str(root), TC_PROMPT, "--out", str(scratch), "--json"]) == 0
     feats = [n for n in json.loads(scratch.read_text())["nodes"] if n["feature_type"] == "cross layer transcoder"]
@@ -319,7 +319,7 @@ def test_graph_page_builds_a_graph(tc_page):
     assert not unexpected(page)
 
 
-def test_steer_page_matches_the_engine(tc_page, tc_atlas):
+def test_steer_page_matches_the_engine(tc_page, tc_atlas, tiny_model_dir):
     from lmscope.dictionaries import load_dictionary
     from lmscope.models import load_model
     from lmscope.steer import VectorSpec, steer
@@ -344,7 +344,7 @@ def test_steer_page_matches_the_engine(tc_page, tc_atlas):
     page.click("#steer-btn")
     page.wait_for_selector("#steered")
     hook, idx = labeled.rsplit("/", 1)
-    lm = load_model(str(root.parent / "model"))
+    lm = load_model(str(tiny_model_dir("llama", n_layers=3)))  # the atlas's model
     dicts = {h: load_dictionary(root / "dictionaries" / h) for h in (hook, "blocks.2.resid_post")}
     ref = steer(lm, dicts, STEER_PROMPT, features=[f"{labeled}=+40", "blocks.2.resid_post/3=*3"],
                 vector=VectorSpec("love", "hate", 1, 4.0), max_new_tokens=8, targets=["cat", "dog"])

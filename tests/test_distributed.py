@@ -114,13 +114,11 @@ def test_sharded_topk_is_the_global_topk():
 
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
                     reason="torchrun not installed next to python")
-def test_torchrun_cli(tmp_path):
+def test_torchrun_cli(tmp_path, tiny_model_dir):
     """`torchrun --nproc-per-node 2 -m lmscope train ...` on a tiny model folder, streaming."""
-    from lmscope.models.tiny import WORDS, tiny_model
+    from lmscope.models.tiny import WORDS
 
-    lm = tiny_model("llama", n_layers=2)
-    lm.model.save_pretrained(tmp_path / "model")
-    lm.tokenizer.save_pretrained(tmp_path / "model")
+    model = tiny_model_dir("llama", n_layers=2)
     import random
 
     r = random.Random(0)
@@ -128,7 +126,7 @@ def test_torchrun_cli(tmp_path):
     torchrun = str(Path(sys.executable).parent / "torchrun")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     cmd = [torchrun, "--nproc-per-node", "2", "--master-port", str(_free_port()), "-m", "lmscope", "train",
-           "--model", str(tmp_path / "model"), "--hooks", "blocks.1.resid_post", "--width", "2x", "--k", "4",
+           "--model", str(model), "--hooks", "blocks.1.resid_post", "--width", "2x", "--k", "4",
            "--tokens", "3k", "--batch-size", "511", "--ctx-len", "32", "--corpus", str(tmp_path / "c.txt"),
            "--out", str(tmp_path / "atlas"), "--no-progress"]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

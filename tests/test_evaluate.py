@@ -9,6 +9,7 @@ import random
 
 import pytest
 import torch
+from conftest import save_model
 
 from lmscope.cli import main
 from lmscope.dictionaries.evaluate import EvalConfig, evaluate_atlas
@@ -56,8 +57,7 @@ def trained(tmp_path_factory):
     lm = tiny_model("llama", n_layers=3)
     text = structured_corpus(1000)
     fit_lm(lm, text)
-    lm.model.save_pretrained(d / "model")
-    lm.tokenizer.save_pretrained(d / "model")
+    save_model(lm, d / "model")  # trained here: its own folder, not the shared tiny one
     (d / "corpus.txt").write_text(text)
     common = dict(model=str(d / "model"), width="4x", k=8, tokens=20_480, batch_size=512, ctx_len=32,
                   corpus=str(d / "corpus.txt"), progress=False, lr=3e-3)

@@ -29,15 +29,12 @@ def sentences(r: random.Random, n: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, tiny_model_dir):
     """A tiny model folder, a corpus folder (.txt + .jsonl) and the documents of each split."""
     from lmscope.models import load_model
-    from lmscope.models.tiny import tiny_model
 
     d = tmp_path_factory.mktemp("docs")
-    tiny = tiny_model("llama", n_layers=2)
-    tiny.model.save_pretrained(d / "model")
-    tiny.tokenizer.save_pretrained(d / "model")
+    (d / "model").symlink_to(tiny_model_dir("llama", n_layers=2))
     r = random.Random(0)
     paras = [f"doc {i}: " + sentences(r, r.randint(2, 6)) for i in range(400)]
     rows = [f"row {i}: " + sentences(r, r.randint(2, 6)) for i in range(200)]

@@ -15,12 +15,8 @@ from lmscope.models.tiny import tiny_model
 
 
 @pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    lm = tiny_model("qwen2", n_layers=2)
-    d = tmp_path_factory.mktemp("tiny-qwen2")
-    lm.model.save_pretrained(d)
-    lm.tokenizer.save_pretrained(d)
-    return lm, d
+def tiny_folder(tiny_model_dir):
+    return tiny_model("qwen2", n_layers=2), tiny_model_dir("qwen2", n_layers=2)
 
 
 def test_load_local_folder_gives_same_logits(tiny_folder):

@@ -188,18 +188,9 @@ def test_choice_is_made_on_validation_never_on_test():
 
 # --- artifact and CLI -------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory):
+def model_dirs(tiny_model_dir):
     """Two tiny models saved as HF folders (so the CLI can load them by path)."""
-    from lmscope.models.tiny import tiny_model
-
-    root = tmp_path_factory.mktemp("models")
-    out = {}
-    for name, d in (("a", 32), ("b", 48)):
-        lm = tiny_model("llama", n_layers=2, d_model=d, seed=1)
-        lm.model.save_pretrained(root / name)
-        lm.tokenizer.save_pretrained(root / name)
-        out[name] = str(root / name)
-    return out
+    return {name: str(tiny_model_dir("llama", n_layers=2, d_model=d, seed=1)) for name, d in (("a", 32), ("b", 48))}
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,11 @@ from lmscope.cli import main
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from lmscope.models.tiny import WORDS, tiny_model
+def tiny(tmp_path_factory, tiny_model_dir):
+    from lmscope.models.tiny import WORDS
 
     d = tmp_path_factory.mktemp("run")
-    lm = tiny_model("llama", n_layers=4)
-    lm.model.save_pretrained(d / "model")
-    lm.tokenizer.save_pretrained(d / "model")
+    (d / "model").symlink_to(tiny_model_dir("llama", n_layers=4))
     r = random.Random(0)
     (d / "corpus.txt").write_text("\n\n".join(" ".join(r.choice(WORDS) for _ in range(r.randint(10, 60)))
                                               for _ in range(1500)))

@@ -145,10 +145,10 @@ def test_bad_feature_specs(dicts):
         parse_interventions([f"{HOOK}/3=+x"], dicts)
 
 
-def test_cli_steer(lm, tmp_path, capsys):
+def test_cli_steer(lm, tmp_path, capsys, tiny_model_dir):
     from test_trace import make_atlas
 
-    root, _ = make_atlas(tmp_path, lm, transcoders=False)
+    root, _ = make_atlas(tmp_path, lm, tiny_model_dir("llama", n_layers=3), transcoders=False)
     assert main(["steer", str(root), PROMPT, "--feature", "blocks.2.resid_post/3=+5", "--vector", "love", "hate",
                  "--layer", "1", "--coeff", "4", "--generate", "5", "--target", "cat", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
@@ -171,11 +171,9 @@ def test_hooked_is_the_only_mechanism(lm, dicts):
     assert acts[HOOK].shape[-1] == lm.d_model
 
 
-def test_cli_steer_vector_without_atlas(lm, tmp_path, capsys):
+def test_cli_steer_vector_without_atlas(lm, capsys, tiny_model_dir):
     """--vector needs only a model: `lmscope steer --model DIR PROMPT --vector A B --layer L`."""
-    model_dir = tmp_path / "model"
-    lm.model.save_pretrained(model_dir)
-    lm.tokenizer.save_pretrained(model_dir)
+    model_dir = tiny_model_dir("llama", n_layers=3)  # the weights of `lm`
     argv = ["steer", "--model", str(model_dir), PROMPT, "--vector", "love", "hate", "--layer", "1",
             "--coeff", "4", "--generate", "4", "--target", "cat", "--json"]
     assert main(argv) == 0

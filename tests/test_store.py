@@ -22,14 +22,12 @@ HOOKS = "blocks.1.resid_pre,blocks.1.attn_out,blocks.1.resid_mid,blocks.2.resid_
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, tiny_model_dir):
     from lmscope.models import load_model
-    from lmscope.models.tiny import WORDS, tiny_model
+    from lmscope.models.tiny import WORDS
 
     d = tmp_path_factory.mktemp("tiny")
-    lm0 = tiny_model("llama", n_layers=3)
-    lm0.model.save_pretrained(d / "model")
-    lm0.tokenizer.save_pretrained(d / "model")
+    (d / "model").symlink_to(tiny_model_dir("llama", n_layers=3))
     r = random.Random(0)
     (d / "corpus.txt").write_text("\n\n".join(" ".join(r.choice(WORDS) for _ in range(r.randint(10, 60)))
                                               for _ in range(400)))

@@ -31,11 +31,8 @@ def small_saes(lm, scale=0.1):
     return out
 
 
-def make_atlas(root, lm, *, transcoders=True, saes=True):
-    """A real atlas folder: the tiny model saved as a HF folder + SAELens-format dictionaries."""
-    model_dir = root / "model"
-    lm.model.save_pretrained(model_dir)
-    lm.tokenizer.save_pretrained(model_dir)
+def make_atlas(root, lm, model_dir, *, transcoders=True, saes=True):
+    """A real atlas folder: SAELens-format dictionaries for `lm`, whose HF folder is `model_dir`."""
     layout = AtlasLayout(root / "atlas")
     dicts = dict(small_saes(lm)) if saes else {}
     if transcoders:
@@ -56,8 +53,8 @@ def lm():
 
 
 @pytest.fixture(scope="module")
-def atlas(lm, tmp_path_factory):
-    return make_atlas(tmp_path_factory.mktemp("trace"), lm)
+def atlas(lm, tmp_path_factory, tiny_model_dir):
+    return make_atlas(tmp_path_factory.mktemp("trace"), lm, tiny_model_dir("llama", n_layers=3))
 
 
 def test_grad_x_act_predicts_ablation(lm):
@@ -247,23 +244,23 @@ def test_cli_graph_default_goes_to_atlas_graphs_without_overwriting(atlas, capsy
     assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_cli_bad_input_is_one_line(atlas, lm, tmp_path, capsys):
+def test_cli_bad_input_is_one_line(atlas, lm, tmp_path, capsys, tiny_model_dir):
     root, _ = atlas
     assert main(["trace", str(root), PROMPT, "--target", "big red"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "2 tokens" in err
     assert main(["trace", str(root), PROMPT, "--hooks", "blocks.9.resid_post"]) == 2
     assert "matches no dictionary" in capsys.readouterr().err
-    only_saes, _ = make_atlas(tmp_path, lm, transcoders=False)
+    only_saes, _ = make_atlas(tmp_path, lm, tiny_model_dir("llama", n_layers=3), transcoders=False)
     assert main(["graph", str(only_saes), PROMPT]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing layers 0-2" in err
 
 
-def test_cli_trace_shows_atlas_labels(lm, tmp_path, capsys):
+def test_cli_trace_shows_atlas_labels(lm, tmp_path, capsys, tiny_model_dir):
     from lmscope.atlas.db import AtlasDB
 
-    root, dicts = make_atlas(tmp_path, lm, transcoders=False)
+    root, dicts = make_atlas(tmp_path, lm, tiny_model_dir("llama", n_layers=3), transcoders=False)
     assert main(["trace", str(root), PROMPT, "--json", "--top", "3"]) == 0
     top = json.loads(capsys.readouterr().out)["features"][0]
     assert top["label"] == ""  # no DB yet: ids only

@@ -39,14 +39,10 @@ def write_corpus(path: Path, n_docs: int = 600, seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
+def tiny_dir(tmp_path_factory, tiny_model_dir):
     """A tiny llama saved as a model folder (what a user passes as --model) and a corpus."""
-    from lmscope.models.tiny import tiny_model
-
     d = tmp_path_factory.mktemp("tiny")
-    lm = tiny_model("llama", n_layers=3)
-    lm.model.save_pretrained(d / "model")
-    lm.tokenizer.save_pretrained(d / "model")
+    (d / "model").symlink_to(tiny_model_dir("llama", n_layers=3))
     write_corpus(d / "corpus.txt")
     return d
 
@@ -228,7 +224,7 @@ def test_ctrl_c_saves_and_resumes(tiny_dir, tmp_path):
     assert not (out / "atlas.json").exists()
 
 
-def test_train_from_store(tiny_dir, tmp_path):
+def test_train_from_store(tiny_dir, tmp_path, tiny_model_dir):
     store_mod = pytest.importorskip("lmscope.capture.store")
     pytest.importorskip("lmscope.capture.corpus")
     out = tmp_path / "store"
@@ -238,12 +234,7 @@ def test_train_from_store(tiny_dir, tmp_path):
     res = train(_cfg(tiny_dir, tmp_path / "atlas", hooks="blocks.1.resid_post", from_store=str(out)))
     assert res.metrics["blocks.1.resid_post"].fvu < 1
     # A store of another model is refused with one line.
-    from lmscope.models.tiny import tiny_model
-
-    other = tmp_path / "other"
-    lm2 = tiny_model("gpt2", n_layers=2, d_model=48)
-    lm2.model.save_pretrained(other)
-    lm2.tokenizer.save_pretrained(other)
+    other = tiny_model_dir("gpt2", n_layers=2, d_model=48)
     assert main(["train", "--model", str(other), "--hooks", "blocks.1.resid_post", "--from-store", str(out),
                  "--width", "2x", "--k", "4", "--tokens", "2k", "--batch-size", "512",
                  "--out", str(tmp_path / "x"), "--no-progress"]) == 2

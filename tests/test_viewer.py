@@ -202,14 +202,14 @@ TC_PROMPT = "the cat sat on the big red"
 
 
 @pytest.fixture(scope="module")
-def tc_server(tmp_path_factory):
+def tc_server(tmp_path_factory, tiny_model_dir):
     from test_trace import make_atlas
 
     from lmscope.cli import main
     from lmscope.models.tiny import tiny_model
 
     tmp = tmp_path_factory.mktemp("tc")
-    root, _ = make_atlas(tmp, tiny_model("llama", n_layers=3))
+    root, _ = make_atlas(tmp, tiny_model("llama", n_layers=3), tiny_model_dir("llama", n_layers=3))
     assert main(["graph", str(root), TC_PROMPT, "--json"]) == 0  # -> ATLAS/graphs/<slug>.json
     graphs = root / "graphs"
     (graphs / "notes.json").write_text('{"a": 1}')  # JSON, but not a graph

@@ -11,6 +11,7 @@ Flags of `capture` are generated from CaptureConfig (lmscope/capture/pipeline.py
 from __future__ import annotations
 
 from ..config import add_arguments, from_args
+from ..models.registry import DEFAULT_MODEL
 from ._common import print_json
 
 
@@ -36,7 +37,7 @@ def register(sub) -> None:
     p.add_argument("--corpus", default="default", help="'default', a file or folder, or hf:NAME")
     p.add_argument("--text-field", default="text", help=".jsonl field / .parquet column with the text")
     p.add_argument("--tokens", action="store_true", help="also count tokens with the model's tokenizer")
-    p.add_argument("--model", default=None, help="tokenizer for --tokens (default: smollm2-135m)")
+    p.add_argument("--model", default=None, help=f"tokenizer for --tokens (default: {DEFAULT_MODEL})")
     p.add_argument("--force", action="store_true", help="build: rebuild even if built")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_corpus)
@@ -71,7 +72,7 @@ def cmd_corpus(args) -> int:
     if args.tokens:
         from ..models.load import load_model
 
-        tok = load_model(args.model or "smollm2-135m").tokenizer
+        tok = load_model(args.model or DEFAULT_MODEL).tokenizer
     info = C.corpus_info(args.corpus, text_field=args.text_field, tokenizer=tok)
     if args.json:
         print_json(info.__dict__)

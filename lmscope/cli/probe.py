@@ -8,21 +8,29 @@
     lmscope probe lies --probe truth_probe            # lie detection on the model's own answers
     lmscope probe explain --probe truth_probe atlas/
     lmscope lie-check --probe truth_probe "Q: What is the capital of France? A: Berlin."
+
+Flags are generated from each command's frozen config in lmscope/probe (SweepConfig, MatrixConfig,
+TransferConfig, LiesConfig, AlignConfig, LieCheckConfig); the work is done there too.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
 
+from ..config import add_arguments, from_args
 from ..errors import UserError
-from ._common import add_model_flags, print_json
-
-if TYPE_CHECKING:
-    from ..models import LanguageModel
+from ..probe.specs import resolve_layers
+from ._common import print_json
 
 
 def register(sub) -> None:
+    from ..probe.explain import AlignConfig
+    from ..probe.liecheck import LieCheckConfig
+    from ..probe.lies import LiesConfig
+    from ..probe.matrix import MatrixConfig
+    from ..probe.sweep import SweepConfig
+    from ..probe.transfer import TransferConfig
+
     p = sub.add_parser("probe", help="truth probes: datasets, per-layer training, generalization, atlas links",
                        description="Linear probes that read what the model internally holds true "
                                    "(logistic regression, mass-mean, CCS), trained per layer on built-in "
@@ -36,31 +44,12 @@ def register(sub) -> None:
 
     t = ps.add_parser("train", help="fit probes at each layer on train entities, choose on validation, "
                                     "report test once, save the chosen probe")
-    add_model_flags(t)
-    t.add_argument("--dataset", default="cities,neg_cities,larger_than,smaller_than",
-                   help="comma-separated sets pooled for training, or 'all' (default: cities,neg_cities,"
-                        "larger_than,smaller_than)")
-    t.add_argument("--layers", default="all", help="'all' (every resid_post), layer numbers '8,12' or hook names")
-    t.add_argument("--kinds", default="logistic,massmean,ccs",
-                   help="probe types to fit: logistic, massmean, massmean_iid, ccs (default: logistic,massmean,ccs)")
-    t.add_argument("--save-kind", default="auto",
-                   help="probe type to save: 'auto' chooses layer and type on validation (default), or one "
-                        "type whose best layer on validation is saved")
-    t.add_argument("--out", default="truth_probe", help="probe folder to write (default: truth_probe)")
-    t.add_argument("--png", default=None, help="accuracy-per-layer curve (default: OUT/accuracy.png; 'none' to skip)")
-    t.add_argument("--batch-size", type=int, default=32, help="statements per forward pass (default: 32)")
-    t.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    add_arguments(t, SweepConfig)
     t.add_argument("--json", action="store_true", help="machine-readable output")
     t.set_defaults(func=cmd_train)
 
     e = ps.add_parser("eval", help="generalization: a train x test accuracy matrix on held-out entities")
-    e.add_argument("--probe", default=None, help="probe folder(s), comma-separated (rows of the matrix)")
-    e.add_argument("--train", default=None, help="instead of --probe: fit one probe per set here (rows)")
-    e.add_argument("--layer", default=None, help="with --train: the layer number or hook to probe")
-    e.add_argument("--kind", default="logistic", help="with --train: probe type (default: logistic)")
-    e.add_argument("--dataset", default="all", help="test sets (columns), comma-separated or 'all'")
-    e.add_argument("--model", default=None, help="model (default: the probe's own)")
-    e.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    add_arguments(e, MatrixConfig)
     e.add_argument("--json", action="store_true", help="machine-readable output")
     e.set_defaults(func=cmd_eval)
 
@@ -71,91 +60,26 @@ def register(sub) -> None:
                                    "held-out domain (accuracy at the stored threshold, AUROC) next to the "
                                    "statement's mean token log-probability, and recalibrate the threshold on "
                                    "a few labelled entities of the held-out domain.")
-    from ..config import add_arguments
-    from ..probe.transfer import TransferConfig
-
     add_arguments(tr, TransferConfig)
     tr.add_argument("--json", action="store_true", help="machine-readable output")
     tr.set_defaults(func=cmd_transfer)
 
     lies = ps.add_parser("lies", help="lie detection on the model's own honest vs instructed-lie answers")
-    lies.add_argument("--probe", required=True, help="probe folder")
-    lies.add_argument("--model", default=None, help="model (default: the probe's own)")
-    lies.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    lies.add_argument("--limit", type=int, default=0, help="only the first N cities (default: all)")
-    lies.add_argument("--max-new-tokens", type=int, default=20,
-                      help="answer length limit in tokens (default: 20; answers are cut at the first newline or "
-                           "sentence end)")
-    lies.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch (default: 16)")
-    lies.add_argument("--n-boot", type=int, default=1000,
-                      help="bootstrap resamples (over cities) behind each interval (default: 1000)")
-    lies.add_argument("--set-threshold", action="store_true",
-                      help="store the thresholds set on honest and correct control answers in the probe; "
-                           "lie-check applies the one of the Q/A format it reads (probe_qa)")
+    add_arguments(lies, LiesConfig)
     lies.add_argument("--json", action="store_true", help="machine-readable output (with every rollout)")
     lies.set_defaults(func=cmd_lies)
 
     x = ps.add_parser("explain", help="atlas features most aligned with the truth direction")
-    x.add_argument("--probe", required=True, help="probe folder")
-    x.add_argument("atlas", help="atlas folder")
-    x.add_argument("--top", type=int, default=10, help="how many features (default: 10)")
+    add_arguments(x, AlignConfig, positional=("atlas",))
     x.add_argument("--json", action="store_true", help="machine-readable output")
     x.set_defaults(func=cmd_explain)
 
     lc = sub.add_parser("lie-check", help="truth score of a stated answer; flags a contradiction",
                         description="Read a text (e.g. 'Q: ... A: ...') through the model and score it with a "
                                     "truth probe: the probability the model internally holds it true.")
-    lc.add_argument("text", help='e.g. "Q: What is the capital of France? A: Berlin."')
-    lc.add_argument("--probe", required=True, help="probe folder (from `lmscope probe train`)")
-    lc.add_argument("--model", default=None, help="model (default: the probe's own)")
-    lc.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    add_arguments(lc, LieCheckConfig, positional=("text",))
     lc.add_argument("--json", action="store_true", help="machine-readable output")
     lc.set_defaults(func=cmd_lie_check)
-
-
-# --- helpers -----------------------------------------------------------------------
-def resolve_layers(lm: LanguageModel, spec: str) -> list[str]:
-    spec = spec.strip()
-    if spec == "all":
-        return lm.hooks.resolve("blocks.*.resid_post")
-    out = []
-    for item in (s.strip() for s in spec.split(",") if s.strip()):
-        if item.lstrip("-").isdigit():
-            L = int(item)
-            if not 0 <= L < lm.n_layers:
-                raise UserError(f"layer {L} is out of range; {lm.name} has layers 0..{lm.n_layers - 1}")
-            out.append(f"blocks.{L}.resid_post")
-        else:
-            out.extend(lm.hooks.resolve(item))
-    if not out:
-        raise UserError("no layers given; pass --layers all, '8,12' or hook names")
-    return out
-
-
-def _kinds(spec: str) -> list[str]:
-    from ..errors import close_matches
-    from ..probe.registry import KINDS
-
-    out = [k.strip() for k in spec.split(",") if k.strip()]
-    for k in out:
-        if k not in KINDS:
-            raise UserError(f"unknown probe type {k!r}{close_matches(k, KINDS)}; choose from {', '.join(KINDS)}")
-    return out
-
-
-def _load_model(name, device):
-    from ..models.load import load_model
-
-    return load_model(name, device=device)
-
-
-def _open_probe(path: str, model: str | None, device: str):
-    from ..probe.artifact import check_compatible, load_probe
-
-    probe, meta = load_probe(path)
-    lm = _load_model(model or meta["model"]["model"], device)
-    check_compatible(meta, lm, path=path)
-    return probe, meta, lm
 
 
 # --- commands ------------------------------------------------------------------------
@@ -185,21 +109,23 @@ def cmd_train(args) -> int:
 
     from ..probe.artifact import save_probe
     from ..probe.datasets import load_dataset, parse_names
-    from ..probe.sweep import plot_curve, sweep
+    from ..probe.specs import parse_kinds
+    from ..probe.sweep import SweepConfig, plot_curve, sweep
 
-    names = parse_names(args.dataset)
-    kinds = _kinds(args.kinds)
-    if args.save_kind != "auto" and args.save_kind not in kinds:
-        raise UserError(f"--save-kind {args.save_kind} is not among --kinds {','.join(kinds)} (or pass auto)")
-    if Path(args.out).exists() and not args.force:
-        raise UserError(f"{args.out} exists; pass --force to overwrite it or choose another --out")
+    cfg = from_args(SweepConfig, args)
+    names = parse_names(cfg.dataset)
+    kinds = parse_kinds(cfg.kinds)
+    if cfg.save_kind != "auto" and cfg.save_kind not in kinds:
+        raise UserError(f"--save-kind {cfg.save_kind} is not among --kinds {','.join(kinds)} (or pass auto)")
+    if Path(cfg.out).exists() and not cfg.force:
+        raise UserError(f"{cfg.out} exists; pass --force to overwrite it or choose another --out")
     datasets = [load_dataset(n) for n in names]
     from ..models.load import load_model
 
-    lm = load_model(args.model, dtype=args.model_dtype, device=args.device)
-    hooks = resolve_layers(lm, args.layers)
-    res = sweep(lm, datasets, hooks, kinds, batch_size=args.batch_size, progress=sys.stderr.isatty(),
-                choose_kinds=None if args.save_kind == "auto" else [args.save_kind])
+    lm = load_model(cfg.model, dtype=cfg.model_dtype, device=cfg.device)
+    hooks = resolve_layers(lm, cfg.layers)
+    res = sweep(lm, datasets, hooks, kinds, batch_size=cfg.batch_size, progress=sys.stderr.isatty(),
+                choose_kinds=None if cfg.save_kind == "auto" else [cfg.save_kind])
     best, test = res.chosen, res.test
     metrics = {"chosen": {"hook": best.hook, "kind": best.kind, "val_acc": best.val_acc,
                           "val_auroc": best.val_auroc, "train_acc": best.train_acc},
@@ -208,9 +134,9 @@ def cmd_train(args) -> int:
                "per_layer_val": [{"hook": r.hook, "kind": r.kind, "val_acc": r.val_acc, "val_auroc": r.val_auroc}
                                  for r in res.results],
                "split": res.split}
-    out = save_probe(best.probe, args.out, fingerprint=lm.fingerprint(), datasets=names, metrics=metrics,
-                     force=args.force)
-    png = None if args.png == "none" else (args.png or str(out / "accuracy.png"))
+    out = save_probe(best.probe, cfg.out, fingerprint=lm.fingerprint(), datasets=names, metrics=metrics,
+                     force=cfg.force)
+    png = None if cfg.png == "none" else (cfg.png or str(out / "accuracy.png"))
     if png:
         plot_curve(res.results, png, f"{lm.name}: validation accuracy on {','.join(names)}")
     if args.json:
@@ -247,43 +173,16 @@ def format_test_line(metrics: dict) -> str:
 
 
 def cmd_eval(args) -> int:
-    from ..models.registry import DEFAULT_MODEL
-    from ..probe.datasets import parse_names
-    from ..probe.matrix import accuracy_matrix, fit_on_set
+    from ..probe.matrix import MatrixConfig, generalization_matrix
 
-    tests = parse_names(args.dataset)
-    rows: list[tuple[str, object]] = []
-    if args.probe and args.train:
-        raise UserError("pass either --probe (saved probes) or --train (fit per set), not both")
-    if args.probe:
-        lm = None
-        for path in [s for s in args.probe.split(",") if s]:
-            probe, meta, lm2 = _open_probe(path, args.model, args.device)
-            if lm is not None and lm2.name != lm.name:
-                raise UserError("all --probe folders must belong to the same model")
-            lm = lm2
-            rows.append((f"{path} ({','.join(meta['datasets'])})", probe))
-    elif args.train:
-        if args.layer is None:
-            raise UserError("--train needs --layer (a layer number or hook name)")
-        lm = _load_model(args.model or DEFAULT_MODEL, args.device)
-        hook = resolve_layers(lm, args.layer)
-        if len(hook) != 1:
-            raise UserError("--layer takes one layer")
-        kind = _kinds(args.kind)[0]
-        rows = [(n, fit_on_set(lm, n, hook[0], kind)) for n in parse_names(args.train)]
-    else:
-        raise UserError("pass --probe P (a trained probe) or --train SETS --layer L")
-    cells = accuracy_matrix(lm, rows, tests)
+    res = generalization_matrix(from_args(MatrixConfig, args))
     if args.json:
-        print_json({"model": lm.name, "split": "test", "matrix": {r: {n: c.acc.value for n, c in v.items()}
-                                                                  for r, v in cells.items()},
-                    "cells": {r: {n: {"acc": c.acc.to_dict(), "auroc": c.auroc.to_dict()} for n, c in v.items()}
-                              for r, v in cells.items()}})
+        print_json(res.to_dict())
         return 0
+    cells, tests = res.cells, res.tests
     w = max(len(r) for r in cells) + 2
     print(f"test-split accuracy [95% bootstrap over entities], rows = trained on, columns = tested on "
-          f"({lm.name}, {rows[0][1].hook})")
+          f"({res.model}, {res.hook})")
     print(" " * w + "".join(f"{n:>22}" for n in tests))
     for r, vals in cells.items():
         print(f"{r:<{w}}" + "".join(f"{vals[n].acc.fmt(2):>22}" for n in tests))
@@ -295,7 +194,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_transfer(args) -> int:
-    from ..config import from_args, to_dict
+    from ..config import to_dict
     from ..models.load import load_model
     from ..probe.transfer import TransferConfig, leave_one_domain_out
 
@@ -338,26 +237,25 @@ def cmd_transfer(args) -> int:
 def cmd_lies(args) -> int:
     import math
 
-    from ..probe.artifact import set_thresholds
+    from ..probe.artifact import open_probe, set_thresholds
     from ..probe.datasets import BUILTIN, split_of
     from ..probe.facts import CITIES
-    from ..probe.lies import evaluate_lies
+    from ..probe.lies import LiesConfig, evaluate_lies
 
-    if args.max_new_tokens < 1 or args.batch_size < 1 or args.limit < 0 or args.n_boot < 1:
-        raise UserError("--max-new-tokens, --batch-size and --n-boot must be at least 1, --limit at least 0")
-    probe, meta, lm = _open_probe(args.probe, args.model, args.device)
-    cities = sorted(CITIES)[: args.limit] if args.limit else None
+    cfg = from_args(LiesConfig, args)
+    probe, meta, lm = open_probe(cfg.probe, cfg.model, cfg.device)
+    cities = sorted(CITIES)[: cfg.limit] if cfg.limit else None
     # Cities in the probe's training statements: the train split of a cities-domain set. Validation
     # cities were only used to choose the layer and kind; test cities were never used.
     seen = {c for c in CITIES if split_of("cities", c) == "train"}
     train_cities = seen if any(BUILTIN.get(n, ("",))[0] == "cities" for n in meta.get("datasets", [])) else set()
-    rep = evaluate_lies(lm, probe, cities=cities, train_cities=train_cities, max_new_tokens=args.max_new_tokens,
-                        batch_size=args.batch_size, progress=sys.stderr.isatty(), n_boot=args.n_boot)
-    if args.set_threshold:
+    rep = evaluate_lies(lm, probe, cities=cities, train_cities=train_cities, max_new_tokens=cfg.max_new_tokens,
+                        batch_size=cfg.batch_size, progress=sys.stderr.isatty(), n_boot=cfg.n_boot)
+    if cfg.set_threshold:
         if not rep.thresholds or math.isnan(rep.thresholds["qa"]):
             raise UserError("no honest and correct control answers to set a threshold on; run on more cities "
                             "(--limit)")
-        set_thresholds(args.probe, rep.thresholds, use="qa")
+        set_thresholds(cfg.probe, rep.thresholds, use="qa")
     if args.json:
         print_json(rep.to_dict())
         return 0
@@ -379,7 +277,7 @@ def cmd_lies(args) -> int:
     thr = rep.thresholds
     if thr:
         print(f"truth thresholds: qa (lie-check's format) {thr['qa']:.3f}, restated statement {thr['statement']:.3f}")
-    print("stored the qa threshold for lie-check" if args.set_threshold else
+    print("stored the qa threshold for lie-check" if cfg.set_threshold else
           "pass --set-threshold to store the qa threshold (the format lie-check reads) in the probe")
     return 0
 
@@ -405,10 +303,11 @@ def _print_scorers(scorers: dict) -> None:
 
 def cmd_explain(args) -> int:
     from ..probe.artifact import load_probe
-    from ..probe.explain import aligned_features
+    from ..probe.explain import AlignConfig, aligned_features
 
-    probe, _ = load_probe(args.probe)
-    feats = aligned_features(probe, args.atlas, top=args.top)
+    cfg = from_args(AlignConfig, args)
+    probe, _ = load_probe(cfg.probe)
+    feats = aligned_features(probe, cfg.atlas, top=cfg.top)
     if args.json:
         print_json([f.to_dict() for f in feats])
         return 0
@@ -421,10 +320,12 @@ def cmd_explain(args) -> int:
 
 
 def cmd_lie_check(args) -> int:
-    from ..probe.liecheck import lie_check
+    from ..probe.artifact import open_probe
+    from ..probe.liecheck import LieCheckConfig, lie_check
 
-    probe, _, lm = _open_probe(args.probe, args.model, args.device)
-    res = lie_check(lm, probe, args.text)
+    cfg = from_args(LieCheckConfig, args)
+    probe, _, lm = open_probe(cfg.probe, cfg.model, cfg.device)
+    res = lie_check(lm, probe, cfg.text)
     if args.json:
         print_json(res.to_dict())
         return 0

@@ -131,4 +131,16 @@ def probe_for(lm: LanguageModel, probe: Probe, hook: str | None = None) -> Probe
     return probe
 
 
-__all__ = ["SCHEMA_VERSION", "check_compatible", "load_probe", "probe_for", "save_probe", "set_thresholds"]
+def open_probe(path: str, model: str | None = None, device: str = "cpu"):
+    """(probe, meta, lm): a saved probe with the model it reads (its own unless `model` is given),
+    checked to fit that model."""
+    from ..models.load import load_model
+
+    probe, meta = load_probe(path)
+    lm = load_model(model or meta["model"]["model"], device=device)
+    check_compatible(meta, lm, path=path)
+    return probe, meta, lm
+
+
+__all__ = ["SCHEMA_VERSION", "check_compatible", "load_probe", "open_probe", "probe_for", "save_probe",
+           "set_thresholds"]

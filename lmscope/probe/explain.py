@@ -60,3 +60,15 @@ def _labels(layout):
         return None
     db = open_db(layout)
     return db.label if db is not None else None
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """`lmscope probe explain`: the atlas features most aligned with a probe's truth direction."""
+
+    probe: str
+    """probe folder"""
+    atlas: str
+    """atlas folder"""
+    top: int = 10
+    """how many features"""

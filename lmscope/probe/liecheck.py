@@ -47,6 +47,20 @@ class LieCheck:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class LieCheckConfig:
+    """`lmscope lie-check`: the truth score of a stated answer under a saved probe."""
+
+    text: str
+    '''e.g. "Q: What is the capital of France? A: Berlin."'''
+    probe: str
+    """probe folder (from `lmscope probe train`)"""
+    model: str | None = None
+    """model (default: the probe's own)"""
+    device: str = "cpu"
+    """torch device"""
+
+
 def answer_start(lm: LanguageModel, text: str, ids: list[int]) -> int:
     """Index of the first answer token in ids (BOS included): after the last 'A:' marker, else the last token."""
     cut = max((text.rfind(m) + len(m) for m in ANSWER_MARKERS if m in text), default=-1)
@@ -72,4 +86,4 @@ def lie_check(lm: LanguageModel, probe: Probe, text: str) -> LieCheck:
                     per_token=[round(float(v), 4) for v in p[skip:]])
 
 
-__all__ = ["LieCheck", "answer_start", "lie_check"]
+__all__ = ["LieCheck", "LieCheckConfig", "answer_start", "lie_check"]

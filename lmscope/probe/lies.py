@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..config import flag
 from .activations import last_token_acts, span_acts, tokenize
 from .answers import Answer, chat_ids, generate_answers, has_end, token_logprobs
 from .facts import CITIES
@@ -199,6 +200,34 @@ SUBSETS = {  # name -> which non-empty rollouts
     "names_country": lambda r: names_country(r.answer),
     "unseen_cities_names_country": lambda r: r.probe_saw_city is False and names_country(r.answer),
 }
+
+
+@dataclass(frozen=True)
+class LiesConfig:
+    """`lmscope probe lies`: lie detection on the model's own honest vs instructed-lie answers."""
+
+    probe: str
+    """probe folder"""
+    model: str | None = None
+    """model (default: the probe's own)"""
+    device: str = "cpu"
+    """torch device"""
+    limit: int = 0
+    """only the first N cities; 0: all"""
+    max_new_tokens: int = 20
+    """answer length limit in tokens (answers are cut at the first newline or sentence end)"""
+    batch_size: int = 16
+    """prompts per generation batch"""
+    n_boot: int = 1000
+    """bootstrap resamples (over cities) behind each interval"""
+    set_threshold: bool = flag(False, action="store_true")
+    """store the thresholds set on honest and correct control answers in the probe; lie-check
+    applies the one of the Q/A format it reads (probe_qa)"""
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1 or self.batch_size < 1 or self.limit < 0 or self.n_boot < 1:
+            raise ValueError("--max-new-tokens, --batch-size and --n-boot must be at least 1, "
+                             "--limit at least 0")
 
 
 @torch.no_grad()

@@ -2,6 +2,7 @@
 
     rows = [("cities", fit_on_set(lm, "cities", hook, "logistic")), ...]   # or saved probes
     m = accuracy_matrix(lm, rows, ["cities", "neg_cities", "arithmetic"])
+    res = generalization_matrix(MatrixConfig(probe="truth_probe"))   # = `lmscope probe eval`
 
 A row probe fitted here sees only the train split of its set; every cell is
 scored on the test split of the column's set (entities never used for
@@ -18,8 +19,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..errors import UserError
+from ..models.registry import DEFAULT_MODEL
 from .activations import last_token_acts
-from .datasets import load_dataset
+from .datasets import load_dataset, parse_names
 from .metrics import Score, accuracy_score, auroc_score
 from .probes import Probe
 from .registry import fit
@@ -61,4 +64,78 @@ def accuracy_matrix(lm: LanguageModel, rows: list[tuple[str, Probe]], tests: lis
     return out
 
 
-__all__ = ["Cell", "accuracy_matrix", "fit_on_set"]
+@dataclass(frozen=True)
+class MatrixConfig:
+    """A train x test accuracy matrix: saved probes (--probe) or one probe fitted per set
+    (--train)."""
+
+    probe: str | None = None
+    """probe folder(s), comma-separated (rows of the matrix)"""
+    train: str | None = None
+    """instead of --probe: fit one probe per set here (rows)"""
+    layer: str | None = None
+    """with --train: the layer number or hook to probe"""
+    kind: str = "logistic"
+    """with --train: probe type"""
+    dataset: str = "all"
+    """test sets (columns), comma-separated or 'all'"""
+    model: str | None = None
+    """model (default: the probe's own)"""
+    device: str = "cpu"
+    """torch device"""
+
+
+@dataclass(frozen=True)
+class GeneralizationMatrix:
+    """Rows (probes) x columns (test sets) of test-split scores, and what they came from."""
+
+    model: str
+    hook: str
+    """The hook of the first row's probe (every --train row reads the same one)."""
+    tests: list[str]
+    cells: dict[str, dict[str, Cell]]
+
+    def to_dict(self) -> dict:
+        cells = self.cells
+        return {"model": self.model, "split": "test",
+                "matrix": {r: {n: c.acc.value for n, c in v.items()} for r, v in cells.items()},
+                "cells": {r: {n: {"acc": c.acc.to_dict(), "auroc": c.auroc.to_dict()}
+                              for n, c in v.items()} for r, v in cells.items()}}
+
+
+def generalization_matrix(cfg: MatrixConfig) -> GeneralizationMatrix:
+    """Rows from saved probes (all of one model) or fitted here per set (on `cfg.model`, by default
+    the default model), each scored on the test split of every set in `cfg.dataset`."""
+    from ..models.load import load_model
+    from .artifact import open_probe
+    from .specs import parse_kinds, resolve_layers
+
+    tests = parse_names(cfg.dataset)
+    rows: list[tuple[str, Probe]] = []
+    if cfg.probe and cfg.train:
+        raise UserError("pass either --probe (saved probes) or --train (fit per set), not both")
+    if cfg.probe:
+        lm = None
+        for path in [s for s in cfg.probe.split(",") if s]:
+            probe, meta, lm2 = open_probe(path, cfg.model, cfg.device)
+            if lm is not None and lm2.name != lm.name:
+                raise UserError("all --probe folders must belong to the same model")
+            lm = lm2
+            rows.append((f"{path} ({','.join(meta['datasets'])})", probe))
+    elif cfg.train:
+        if cfg.layer is None:
+            raise UserError("--train needs --layer (a layer number or hook name)")
+        lm = load_model(cfg.model or DEFAULT_MODEL, device=cfg.device)
+        hook = resolve_layers(lm, cfg.layer)
+        if len(hook) != 1:
+            raise UserError("--layer takes one layer")
+        kind = parse_kinds(cfg.kind)[0]
+        rows = [(n, fit_on_set(lm, n, hook[0], kind)) for n in parse_names(cfg.train)]
+    else:
+        raise UserError("pass --probe P (a trained probe) or --train SETS --layer L")
+    cells = accuracy_matrix(lm, rows, tests)
+    return GeneralizationMatrix(model=lm.name, hook=rows[0][1].hook, tests=tests, cells=cells)
+
+
+__all__ = ["Cell", "GeneralizationMatrix", "MatrixConfig", "accuracy_matrix", "fit_on_set",
+           "generalization_matrix"]

@@ -14,10 +14,12 @@ maximum over 90 noisy test scores, not a held-out result (docs/measuring.md: cho
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from ..config import flag
+from ..models.registry import DEFAULT_MODEL
 from .activations import last_token_acts
 from .datasets import Dataset, split_entities
 from .metrics import Score, accuracy, accuracy_score, auroc, auroc_score
@@ -115,6 +117,36 @@ def split_record(datasets: list[Dataset]) -> dict:
         ents = sorted({s.entity for s in d.all})
         out[d.domain] = {k: sorted(v) for k, v in split_entities(d.domain, ents).items()}
     return out
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """`lmscope probe train`: fit probes at each layer on train entities, choose on validation,
+    report test once, save the chosen probe."""
+
+    model: str = DEFAULT_MODEL
+    """alias, Hugging Face id, local folder or .gguf file"""
+    model_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """dtype of the model weights (bfloat16 is ~2x faster on CPUs with AVX-512 bf16)"""
+    device: str = "cpu"
+    """torch device, e.g. cpu, cuda, cuda:1"""
+    dataset: str = "cities,neg_cities,larger_than,smaller_than"
+    """comma-separated sets pooled for training, or 'all'"""
+    layers: str = "all"
+    """'all' (every resid_post), layer numbers '8,12' or hook names"""
+    kinds: str = "logistic,massmean,ccs"
+    """probe types to fit: logistic, massmean, massmean_iid, ccs"""
+    save_kind: str = "auto"
+    """probe type to save: 'auto' chooses layer and type on validation, or one type whose best
+    layer on validation is saved"""
+    out: str = "truth_probe"
+    """probe folder to write"""
+    png: str | None = None
+    """accuracy-per-layer curve (default: OUT/accuracy.png; 'none' to skip)"""
+    batch_size: int = 32
+    """statements per forward pass"""
+    force: bool = flag(False, action="store_true")
+    """overwrite an existing --out"""
 
 
 def sweep(lm: LanguageModel, datasets: list[Dataset], hooks: list[str], kinds: list[str], *, batch_size: int = 32,

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from ..config import flag
 from ..errors import UserError
 from .generate import Comparison, compare
 from .interventions import feature_edits, parse_interventions
@@ -46,6 +47,67 @@ class VectorSpec:
             raise UserError(f"the steering coefficient must be a finite number, got {self.coeff}")
         if not self.positive.strip() or not self.negative.strip():
             raise UserError("both contrastive prompts of the steering vector must be non-empty")
+
+
+@dataclass(frozen=True)
+class SteerConfig:
+    """`lmscope steer`: generate with and without interventions, side by side."""
+
+    where: tuple[str, ...] = flag(nargs="+", metavar="[ATLAS] PROMPT")
+    """atlas folder (needed for --feature; optional with --vector and --model) and the prompt"""
+    feature: tuple[str, ...] = flag((), action="append", metavar="HOOK/INDEX=V")
+    """a feature intervention (repeatable): =8 clamp, =+8 add, =-8, =*2 scale, =0 ablate"""
+    vector: tuple[str, str] | None = flag(None, nargs=2, metavar=("POSITIVE", "NEGATIVE"))
+    """contrastive prompts for a steering vector, e.g. --vector Love Hate"""
+    layer: int | None = None
+    """layer of the steering vector (blocks.LAYER.<site>)"""
+    coeff: float = 5.0
+    """steering vector coefficient"""
+    vector_mode: Literal["actadd", "mean"] = "actadd"
+    """actadd: position-wise difference added at the first positions (Turner et al. 2023); mean:
+    last-token difference added at every position (CAA-style)"""
+    site: Literal["resid_pre", "resid_post"] = "resid_pre"
+    """where the steering vector is read and added"""
+    generate: int = 30
+    """new tokens to generate"""
+    temperature: float = 0.0
+    """sampling temperature: 0 = greedy; > 0 samples"""
+    seed: int = 0
+    """sampling seed (the same for both runs)"""
+    target: tuple[str, ...] = flag((), action="append")
+    """report this next token's probability with and without the intervention (repeatable)"""
+    model: str | None = None
+    """override the atlas's model, or without an atlas the model to steer (alias, folder, hub id,
+    .gguf)"""
+    device: str = "cpu"
+    """torch device"""
+
+    def __post_init__(self) -> None:
+        if len(self.where) > 2:
+            raise ValueError(f"steer takes [ATLAS] PROMPT, got {len(self.where)} positional "
+                             "arguments; quote the prompt")
+        if not self.feature and not self.vector:
+            raise ValueError("nothing to steer with: pass --feature HOOK/INDEX=V and/or --vector "
+                             "POSITIVE NEGATIVE")
+        if self.vector and self.layer is None:
+            raise ValueError("--vector needs --layer L (the steering vector is read and added at "
+                             "blocks.L.resid_pre)")
+        if self.generate < 0:
+            raise ValueError("--generate must be >= 0")
+
+    @property
+    def atlas(self) -> str | None:
+        return self.where[0] if len(self.where) == 2 else None
+
+    @property
+    def prompt(self) -> str:
+        return self.where[-1]
+
+    def vector_spec(self) -> VectorSpec | None:
+        if not self.vector:
+            return None
+        pos, neg = self.vector
+        return VectorSpec(pos, neg, self.layer, self.coeff, self.vector_mode, self.site)
 
 
 @dataclass

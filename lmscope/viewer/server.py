@@ -49,6 +49,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
+from ..config import flag
 from ..errors import UserError
 from .routes import MODEL_RUNS, ROUTES, ApiError, Request, load_api_modules
 
@@ -87,6 +88,55 @@ class Limits:
     """Time every body gets before min_body_rate applies."""
     max_model_queue: int = 32
     """Model runs (scan, compare, text search, steer, graph) running or waiting; 503 beyond."""
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """`lmscope serve`: the local web viewer over an atlas."""
+
+    atlas: str
+    """atlas folder"""
+    host: str = "127.0.0.1"
+    """interface to bind (0.0.0.0 exposes the viewer to your network)"""
+    port: int = 8765
+    """port (0 picks a free one)"""
+    allow_host: tuple[str, ...] = flag((), action="append", metavar="NAME")
+    """also accept this name in the Host header (repeatable; loopback names are always accepted, any
+    other name is refused as DNS rebinding; '*' accepts any, only behind a proxy that checks it)"""
+    open: bool = flag(False, action="store_true")
+    """open the viewer in the default browser"""
+    max_tokens: int = 256
+    """longest prompt accepted, in tokens"""
+    max_body_kb: int = 64
+    """largest request body in KiB"""
+    max_generate: int = 64
+    """most new tokens the steer page generates per request"""
+    max_graph_tokens: int = 32
+    """longest prompt, in tokens, the graph page builds a graph for"""
+    hooks: str | None = None
+    """only these dictionaries (names or globs, comma-separated)"""
+    model: str | None = None
+    """override the atlas's model (same architecture)"""
+    device: str = "cpu"
+    """torch device"""
+    threads: int = 1
+    """torch intra-op threads per scan (on a shared CPU, 2+ threads stall in OpenMP barriers:
+    measured 0.37 s vs 2.5-13 s per 64-token scan at load 12 on 2 cores; raise it for large
+    models on an idle machine)"""
+    verbose: bool = flag(False, action="store_true")
+    """log every request"""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"--port must be between 0 and 65535, got {self.port}")
+        at_least_1 = (self.max_tokens, self.max_body_kb, self.threads, self.max_graph_tokens)
+        if min(at_least_1) < 1 or self.max_generate < 0:
+            raise ValueError("--max-tokens, --max-body-kb, --threads and --max-graph-tokens must be "
+                             ">= 1, --max-generate >= 0")
+
+    def limits(self) -> Limits:
+        return Limits(max_body_bytes=self.max_body_kb * 1024, max_generate=self.max_generate,
+                      max_graph_tokens=self.max_graph_tokens)
 
 
 def confined(root: Path, rel: str) -> Path | None:

@@ -1,0 +1,49 @@
+"""The settings of `lmscope scan`; its flags are generated from `ScanConfig`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..config import flag
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """`lmscope scan`: read a prompt through every dictionary of an atlas."""
+
+    atlas: str
+    """atlas folder"""
+    prompt: str
+    """the text to scan"""
+    vs: str | None = flag(None, metavar="PROMPT_B")
+    """also list the features whose max activation differs most from PROMPT_B"""
+    top: int = 5
+    """features per token and dictionary"""
+    show: int = 3
+    """features per token printed in the terminal"""
+    hooks: str | None = None
+    """only these dictionaries (names or globs, comma-separated)"""
+    png: str | None = flag(None, metavar="FILE")
+    """write the brain map as a PNG heatmap"""
+    html: str | None = flag(None, metavar="FILE")
+    """write a self-contained HTML report"""
+    force: bool = flag(False, action="store_true")
+    """overwrite existing --png/--html files"""
+    max_tokens: int = 256
+    """refuse longer prompts"""
+    model: str | None = None
+    """override the atlas's model (same architecture)"""
+    device: str = "cpu"
+    """torch device"""
+    color: Literal["auto", "always", "never"] = "auto"
+    """ANSI colors in the brain map (auto = when stdout is a terminal)"""
+    threads: int | None = None
+    """torch intra-op threads (default: torch's choice; 1 is faster on a busy shared CPU)"""
+
+    def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise ValueError("--threads must be >= 1")
+
+
+__all__ = ["ScanConfig"]
