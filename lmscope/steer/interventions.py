@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 
 from ..errors import UserError
-from ..trace.attribution import out_hook, parse_feature_id
+from ..trace.attribution import out_hook, resolve_feature_id
 from ..trace.dictmath import decoder_rows
 
 _SPEC = re.compile(r"^(?P<feat>[^=]+)=(?P<op>[+*-]?)(?P<num>[0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)$")
@@ -64,7 +64,7 @@ def parse_interventions(specs: list[str], dictionaries: dict[str, object]) -> li
         if not m:
             raise UserError(f"cannot read feature intervention {spec!r}: use HOOK/INDEX=8 (clamp), =+8 (add), "
                             "=-8, =*2 (scale) or =0 (ablate)")
-        hook, f = parse_feature_id(m.group("feat"), dictionaries)
+        hook, f = resolve_feature_id(m.group("feat"), dictionaries)
         op, num = m.group("op"), float(m.group("num"))
         if op == "+":
             out.append(FeatureIntervention(hook, f, "add", num))
