@@ -112,7 +112,7 @@ def test_stats_equal_dense_reference(built, dense, hook):
             valid = built[1].n_tokens
             assert p.density == pytest.approx(fires / valid)
             assert p.mean_act == pytest.approx(float(col.double().sum()) / valid, rel=1e-9)
-            assert sum(p.histogram["counts"]) == fires
+            assert (sum(p.histogram.counts) if p.histogram else 0) == fires
             # exact top-K: values descending, ties broken by smaller token id
             order = sorted(range(N), key=lambda n: (-float(col[n]), n))[:K]
             want = [(n, float(col[n])) for n in order if col[n] > 0]
@@ -379,7 +379,9 @@ def test_cli_feature_and_search(built, capsys):
     assert "\x1b[48;5;" in capsys.readouterr().out
     assert main(["feature", root, f"{HOOKS[0]}/{PLANTED}", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
-    assert d["id"] == f"{HOOKS[0]}/{PLANTED}" and len(d["top"]) == K and d["histogram_rows"]
+    assert d["id"] == f"{HOOKS[0]}/{PLANTED}" and len(d["profile"]["top"]) == K
+    hist = d["profile"]["histogram"]  # the same FeaturePage JSON as the viewer's /api/feature
+    assert sum(hist["counts"]) == d["profile"]["fires"] and len(hist["edges"]) == len(hist["counts"]) + 1
     assert main(["search", root, "the horse", "--by", "text", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["text"][0]["feature"] == PLANTED
 

@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from lmscope.dictionaries.feature_id import parse_feature_id
 from lmscope.errors import UserError
 from lmscope.read import (
     Reader,
@@ -22,7 +23,6 @@ from lmscope.read import (
 )
 from lmscope.read.demo import HOOKS, HTML_TOKEN, PLANTED, PLANTED_LABEL, build_demo_atlas
 from lmscope.read.render_terminal import brain_map
-from lmscope.read.scan import parse_feature_id
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import http.client
 import json
+import shutil
 import socket
 import threading
+from urllib.parse import quote
 
 import pytest
 
+from lmscope.errors import UserError
 from lmscope.read import Reader
 from lmscope.read.demo import HOOKS, HTML_TOKEN, PLANTED, PLANTED_LABEL
 from lmscope.viewer.routes import ROUTES
@@ -65,7 +68,7 @@ def test_compare_feature_search_overview(server):
     st, cmp = call(server, "POST", "/api/compare", {"prompt_a": "the horse ran", "prompt_b": "the dog ran"})
     assert st == 200 and cmp["diffs"][0]["feature"] == PLANTED
     st, f = call(server, "GET", f"/api/feature?id={HOOKS[0]}/{PLANTED}")
-    assert st == 200 and f["label"] == PLANTED_LABEL and f["display"] == PLANTED_LABEL
+    assert st == 200 and f["label"] == PLANTED_LABEL and f["id"] == f"{HOOKS[0]}/{PLANTED}"
     assert len(f["logits"]["promoted"]) == 10 and f["logits"]["promoted"][0]["value"] >= f["logits"]["promoted"][-1]["value"]
     assert 0 < f["density"] < 1
     prof = f["profile"]  # the atlas build's profile: every top example peaks on "horse"
@@ -76,7 +79,7 @@ def test_compare_feature_search_overview(server):
     assert f["explanations"][0]["text"] == PLANTED_LABEL
     assert f["explanations"][0]["scores"][0]["value"] == 1.0
     st, f = call(server, "GET", f"/api/feature?id={HOOKS[0]}/{PLANTED + 1}")
-    assert st == 200 and f["label"] is None and f["display"].endswith("(unlabeled)")
+    assert st == 200 and f["label"] is None
     st, s = call(server, "GET", "/api/search?mode=text&q=a+big+horse")
     assert st == 200 and s["results"][0]["feature"] == PLANTED and s["results"][0]["token"] == "horse"
     st, s = call(server, "GET", "/api/search?mode=labels&q=ponies")
@@ -329,3 +332,100 @@ def test_graph_build_needs_transcoders(server):
     assert st == 200 and res["graphs"] == [] and not res["can_build"] and "missing layers 0-1" in res["build_note"]
     st, res = call(server, "POST", "/api/graph", {"prompt": "the horse"})
     assert st == 400 and "needs a transcoder" in res["error"]
+
+
+# --- the feature page's JSON: written once (atlas/feature_page.py), read as written -------------
+FEATURE_JS = "lmscope/viewer/static/pages/20-feature.js"
+# Variables through which 20-feature.js reads the /api/feature JSON (f = the page; prof = its
+# profile; ex, q = examples; x = explanations; s = scores; t = logit effects; h = histograms).
+_JS_DATA_VARS = ("f", "prof", "ex", "q", "x", "s", "t", "h", "logits")
+# Written for `lmscope feature --json` readers and not shown by the viewer, with the reason.
+NOT_SHOWN = {
+    "hook", "feature",  # shown together as the id
+    "kind",             # implied by the list an example is in (top / quantiles / negatives)
+    "details",          # free-form explainer / scorer records
+    "explanation_id",   # a score sits under its explanation
+}
+
+
+def _keys(obj, out: set) -> set:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.add(k)
+            _keys(v, out)
+    elif isinstance(obj, list):
+        for v in obj:
+            _keys(v, out)
+    return out
+
+
+def _js_reads() -> set:
+    import re
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1].joinpath(FEATURE_JS).read_text()
+    src = re.sub(r"//[^\n]*", "", src)  # comments name fields too
+    names = "|".join(_JS_DATA_VARS)
+    return set(re.findall(rf"\b(?:{names})\.([A-Za-z_]\w*)", src))
+
+
+def test_viewer_reads_every_feature_field_the_api_writes(server):
+    st, f = call(server, "GET", f"/api/feature?id={HOOKS[0]}/{PLANTED}")
+    assert st == 200
+    written = _keys(f, set())
+    reads = _js_reads()
+    assert written - NOT_SHOWN <= reads, f"written, never shown: {sorted(written - NOT_SHOWN - reads)}"
+    assert NOT_SHOWN <= written  # the exceptions are real fields, not stale names
+    # ...and the page guesses no field the API does not write (e.g. `ex.activations`)
+    assert reads <= written, f"read, never written: {sorted(reads - written)}"
+
+
+def test_cli_json_is_the_api_json(server, capsys):
+    """`lmscope feature --json` and /api/feature are one structure; the API only adds what the
+    loaded model gives (the logit histogram over the vocabulary)."""
+    from lmscope.cli import main
+
+    st, api = call(server, "GET", f"/api/feature?id={HOOKS[0]}/{PLANTED}")
+    assert main(["feature", str(server.reader.atlas), f"{HOOKS[0]}/{PLANTED}", "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    assert api["logits"].pop("histogram")["counts"] and cli["logits"].pop("histogram") is None
+    assert cli == api
+
+
+def test_feature_ids_one_rule_everywhere(server, capsys):
+    from lmscope.cli import main
+    from lmscope.dictionaries.feature_id import format_feature_id, parse_feature_id
+
+    assert parse_feature_id(" a/b.c/12 ") == ("a/b.c", 12) and format_feature_id("a/b.c", 12) == "a/b.c/12"
+    for bad in ("blocks.0.resid_post/-3", "blocks.0.resid_post/²", "blocks.0.resid_post/1.5", "/3", "3"):
+        with pytest.raises(UserError, match="HOOK/INDEX"):
+            parse_feature_id(bad)
+        st, res = call(server, "GET", f"/api/feature?id={quote(bad)}")
+        assert st == 400 and "HOOK/INDEX" in res["error"]
+        assert main(["feature", str(server.reader.atlas), bad]) == 2
+        assert "HOOK/INDEX" in capsys.readouterr().err
+
+
+def test_feature_page_for_a_dictionary_the_db_has_not_profiled(demo_atlas_root, tmp_path):
+    """The DB's expected answer (UserError: no such dictionary) means no profile and no label;
+    the page still has the dictionary's own logit effects and density."""
+    import sqlite3
+
+    from lmscope.read import profiles
+
+    root = tmp_path / "a"
+    shutil.copytree(demo_atlas_root, root, ignore=shutil.ignore_patterns("model"))
+    with sqlite3.connect(root / "atlas.db") as c:
+        (did,) = c.execute("SELECT id FROM dictionaries WHERE hook = ?", (HOOKS[1],)).fetchone()
+        for table in ("features", "examples", "logit_effects", "explanations"):
+            c.execute(f"DELETE FROM {table} WHERE dictionary = ?", (did,))
+        c.execute("DELETE FROM dictionaries WHERE id = ?", (did,))
+    reader = Reader.open(root, max_tokens=16)
+    page = profiles.feature_profile(reader, HOOKS[1], PLANTED)
+    assert page.profile is None and page.label is None and page.explanations == []
+    assert len(page.logits.promoted) == 10 and page.logits.histogram is not None
+    assert page.density is not None and 0 < page.density < 1  # from the sparsity file
+    assert reader.label(HOOKS[1], PLANTED) is None
+    o = profiles.overview(reader)
+    assert [d["hook"] for d in o["dictionaries"]] == list(HOOKS) and o["dictionaries"][1]["density_histogram"]
+    assert profiles.feature_profile(reader, HOOKS[0], PLANTED).label == PLANTED_LABEL

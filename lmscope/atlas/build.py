@@ -58,7 +58,7 @@ class BuildConfig:
     negatives: int = 8
     """non-activating contexts kept per feature (for explanation scoring)"""
     hooks: str = ""
-    """only these dictionaries (comma-separated hook names); empty = all"""
+    """only these dictionaries (comma-separated names or globs, e.g. 'blocks.1*.resid_post'); empty = all"""
     seed: int = 0
     """seed of the sampling keys"""
     checkpoint_every: int = 50
@@ -110,36 +110,6 @@ def _save_state(path: Path, payload: dict) -> None:
     save_torch_atomic(payload, path)  # temp + rename; a full disk is a plain OSError(ENOSPC)
 
 
-def _load_dictionaries(layout: AtlasLayout, lm: LanguageModel, hooks: str) -> dict:
-    from ..dictionaries import load_dictionary
-
-    listed = layout.dictionaries()
-    names = list(listed)
-    if hooks:
-        want = [h.strip() for h in hooks.split(",") if h.strip()]
-        for h in want:
-            if h not in listed:
-                from ..errors import close_matches
-                raise UserError(f"no dictionary {h!r} in {layout.root}{close_matches(h, names)}")
-        names = want
-    if not names:
-        raise UserError(f"{layout.root} has no dictionaries; train one first (`lmscope train ... --out {layout.root}`)")
-    out = {}
-    for h in names:
-        d = load_dictionary(layout.dictionary_dir(h))
-        src = d.cfg.hook_name or h
-        try:
-            point = lm.hooks[src]
-        except (KeyError, UserError):
-            raise UserError(f"dictionary {h} reads hook {src!r}, which model {lm.name} does not have; "
-                            "is this an atlas of another model?") from None
-        if point.d != d.cfg.d_in:
-            raise UserError(f"dictionary {h} expects width {d.cfg.d_in} at {src} but model {lm.name} has {point.d}; "
-                            "this atlas belongs to another model")
-        out[h] = d
-    return out
-
-
 def _contexts(lm: LanguageModel, cfg: BuildConfig) -> Iterator[Tensor]:
     from ..dictionaries.sources import iter_contexts
 
@@ -150,14 +120,14 @@ def build_atlas(cfg: BuildConfig, *, progress: bool = True, lm: LanguageModel | 
                 contexts: Callable[[], Iterator[Tensor]] | None = None) -> BuildResult:
     """Run (or resume) the profile pass and write the atlas DB. `contexts` (tests) replaces the corpus."""
     from .. import dist
-    from ..models.load import load_model
+    from ..dictionaries.folder import open_dictionaries
     from ..models.runtime import run
     from ..models.tokens import token_mask
     from .db import AtlasDB
 
     t0 = time.time()
     layout = AtlasLayout(cfg.atlas)
-    manifest = layout.read()
+    layout.read()  # a missing or damaged atlas fails before any work
     info = dist.setup(cfg.device)
     device = dist.device_for(info, cfg.device) if info.enabled else torch.device(cfg.device)
     identity = cfg.identity(info.world_size)
@@ -173,11 +143,7 @@ def build_atlas(cfg: BuildConfig, *, progress: bool = True, lm: LanguageModel | 
             raise UserError(f"{layout.root} already has a completed profile with other settings; "
                             "pass --force to replace it")
 
-    if lm is None:
-        lm = load_model(manifest["model"], dtype=cfg.model_dtype, device=device)
-    dicts = _load_dictionaries(layout, lm, cfg.hooks)
-    for d in dicts.values():
-        d.to(device).eval()
+    _, lm, dicts = open_dictionaries(layout.root, hooks=cfg.hooks, dtype=cfg.model_dtype, device=device, lm=lm)
     capture = sorted({d.cfg.hook_name or h for h, d in dicts.items()})
 
     n_ctx = math.ceil(cfg.tokens / cfg.ctx_len)
@@ -295,6 +261,7 @@ def _window_rows(vocab: list[str], toks: Tensor, acts: Tensor | None):
 
 def _write_db(layout: AtlasLayout, lm: LanguageModel, dicts: dict[str, SparseDictionary], states: dict, cfg: BuildConfig, identity: dict) -> None:
     from .db import AtlasDB
+    from .histogram import encode_histogram
     from .logits import logit_effects
     from .profile import HIST_PER_OCTAVE, LOG2_LO
 
@@ -317,10 +284,7 @@ def _write_db(layout: AtlasLayout, lm: LanguageModel, dicts: dict[str, SparseDic
             fires, sums = s.fires.tolist(), s.act_sum.tolist()
             maxes = s.max_act.tolist()
             for f in range(s.d_sae):
-                counts = s.hist[f]
-                nz = counts.nonzero(as_tuple=True)[0]
-                hist = {"log2_lo": LOG2_LO, "per_octave": HIST_PER_OCTAVE,
-                        "bins": nz.tolist(), "counts": counts[nz].tolist()}
+                hist = encode_histogram(s.hist[f], LOG2_LO, HIST_PER_OCTAVE)
                 feats.append((f, fires[f] / n, fires[f], maxes[f], sums[f] / n,
                               sums[f] / fires[f] if fires[f] else 0.0, json.dumps(hist)))
             tv, tid = s.top_val, s.top_id

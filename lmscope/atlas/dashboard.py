@@ -1,4 +1,4 @@
-"""`lmscope feature`: one feature's profile as a terminal dashboard (or JSON).
+"""`lmscope feature`: one feature's profile as a terminal dashboard (its JSON: feature_page.py).
 
 Layout: header (id, label, density, max / mean activation), a unicode histogram of nonzero
 activations (log2 bins), the top activating contexts with the active tokens highlighted
@@ -8,40 +8,17 @@ from lower activation buckets, and the tokens the decoder direction promotes and
 
 from __future__ import annotations
 
-import dataclasses
-import math
-
 from .db import Example, FeatureProfile
 
 _BARS = " ▁▂▃▄▅▆▇█"
 _SHADES = (52, 88, 124, 160, 196)  # ANSI 256-color reds, dark to bright
 
 
-def parse_feature_id(text: str) -> tuple[str, int]:
-    """'blocks.15.resid_post/1234' -> (hook, 1234)."""
-    from ..errors import UserError
-
-    hook, sep, idx = text.rpartition("/")
-    if not sep or not hook or not idx.strip().lstrip("-").isdigit():
-        raise UserError(f"feature id {text!r} should look like HOOK/INDEX, e.g. blocks.15.resid_post/1234")
-    return hook, int(idx)
-
-
-def histogram_rows(hist: dict | None) -> list[tuple[float, int]]:
-    """(lower edge, count) of every bin from the first to the last nonempty one."""
-    if not hist or not hist.get("bins"):
-        return []
-    lo, per = hist["log2_lo"], hist["per_octave"]
-    counts = dict(zip(hist["bins"], hist["counts"]))
-    first, last = min(counts), max(counts)
-    return [(2.0 ** (lo + b / per), counts.get(b, 0)) for b in range(first, last + 1)]
-
-
-def _spark(rows: list[tuple[float, int]]) -> str:
-    top = max((c for _, c in rows), default=0)
+def _spark(counts: list[int]) -> str:
+    top = max(counts, default=0)
     if not top:
         return ""
-    return "".join(_BARS[0 if c == 0 else max(1, round(c / top * (len(_BARS) - 1)))] for _, c in rows)
+    return "".join(_BARS[0 if c == 0 else max(1, round(c / top * (len(_BARS) - 1)))] for c in counts)
 
 
 def render_example(ex: Example, max_act: float, color: bool) -> str:
@@ -67,9 +44,9 @@ def render(p: FeatureProfile, *, color: bool = False, n_top: int = 10, n_lower: 
     else:
         lines.append(f"  density {p.density:.3%} ({p.fires} tokens)   max {p.max_act:.3f}   "
                      f"mean {p.mean_act:.4f}   mean when firing {p.mean_firing:.3f}")
-        rows = histogram_rows(p.histogram)
-        if rows:
-            lines.append(f"  activations {rows[0][0]:.3g} {_spark(rows)} {rows[-1][0] * 2 ** 0.25:.3g}  (log scale)")
+        h = p.histogram
+        if h is not None:
+            lines.append(f"  activations {h.edges[0]:.3g} {_spark(h.counts)} {h.edges[-1]:.3g}  (log scale)")
     for e in p.explanations:
         best = max(e.scores, key=lambda s: s.value, default=None)
         sc = f"  [{best.scorer} {best.metric} {best.value:.2f}]" if best else ""
@@ -93,13 +70,3 @@ def render(p: FeatureProfile, *, color: bool = False, n_top: int = 10, n_lower: 
         lines.append(f"promotes:   {fmt(p.promoted)}")
         lines.append(f"suppresses: {fmt(p.suppressed)}")
     return "\n".join(lines)
-
-
-def to_dict(p: FeatureProfile) -> dict:
-    d = dataclasses.asdict(p)
-    d["id"] = f"{p.hook}/{p.feature}"
-    d["histogram_rows"] = [{"lo": lo, "count": c} for lo, c in histogram_rows(p.histogram)]
-    for k in ("max_act", "mean_act", "mean_firing", "density"):
-        if isinstance(d[k], float) and not math.isfinite(d[k]):
-            d[k] = None
-    return d

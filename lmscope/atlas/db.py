@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError, close_matches
+from .histogram import Histogram, decode_histogram
 
 SCHEMA_VERSION = 1
 QUICK_CHECK_MAX_BYTES = 1 << 30
@@ -144,10 +145,8 @@ class FeatureProfile:
     """mean over all tokens"""
     mean_firing: float | None
     """mean over firing tokens"""
-    histogram: dict | None
-    """{"log2_lo", "per_octave", "bins": [...], "counts": [...]}: counts of nonzero activations
-    in the non-empty fixed log2 bins; bin b starts at 2 ** (log2_lo + b / per_octave)
-    (atlas/profile.py, written by atlas/build.py)"""
+    histogram: Histogram | None
+    """nonzero activations on log2 bins, first to last nonempty bin (None: never fired)"""
     label: str | None
     top: list[Example]
     quantiles: list[Example]
@@ -239,6 +238,7 @@ class AtlasDB:
             self._release()
             raise
         self._dict_ids: dict[str, int] = {}
+        self._read_lock = threading.Lock()
 
     @classmethod
     def open(cls, path: str | Path, readonly: bool = False) -> AtlasDB:
@@ -283,9 +283,12 @@ class AtlasDB:
             raise UserError(_db_error(self.path, e)) from None
 
     def _q(self, sql: str, args=()) -> list[tuple]:
+        # One connection may serve several threads (the viewer); a query and its fetch must not
+        # interleave with another thread's.
         try:
-            return self.conn.execute(sql, args).fetchall()
-        except sqlite3.OperationalError as e:
+            with self._read_lock:
+                return self.conn.execute(sql, args).fetchall()
+        except sqlite3.DatabaseError as e:  # locked past the timeout, or a page damaged since opening
             raise UserError(_db_error(self.path, e)) from None
 
     # --- meta and dictionaries ----------------------------------------------------------
@@ -342,12 +345,10 @@ class AtlasDB:
         for kind, tid, tok, val in self._q("SELECT kind, token_id, token, value FROM logit_effects "
                                            "WHERE dictionary = ? AND idx = ? ORDER BY kind, rank", (did, idx)):
             logits[kind].append(LogitEffect(tok, tid, val))
-        return FeatureProfile(hook, idx, stats[0], stats[1], stats[2], stats[3], stats[4], _unjson(stats[5]),
+        return FeatureProfile(hook, idx, stats[0], stats[1], stats[2], stats[3], stats[4],
+                              decode_histogram(_unjson(stats[5])),
                               stats[6], ex["top"], ex["quantile"], ex["negative"], logits["promoted"],
                               logits["suppressed"], self.explanations(hook, idx))
-
-    def profile(self, hook: str, idx: int) -> FeatureProfile:
-        return self.feature(hook, idx)
 
     def densities(self, hook: str) -> list[tuple[int, float, float]]:
         """(idx, density, max_act) of every profiled feature of a dictionary."""
@@ -413,6 +414,10 @@ class AtlasDB:
                        "ORDER BY rank LIMIT ?", (match, int(limit)))
         return [SearchHit(h, int(i), t, s, float(r)) for h, i, t, s, r in rows]
 
+    def score_values(self) -> list[tuple[str, str, float]]:
+        """(scorer, metric, value) of every stored score (the viewer's overview distributions)."""
+        return [tuple(r) for r in self._q("SELECT scorer, metric, value FROM scores")]
+
     def summary(self) -> dict:
         return {"dictionaries": [d.__dict__ for d in self.dictionaries()], "meta": self.meta(),
                 "n_features": self._q("SELECT COUNT(*) FROM features")[0][0],
@@ -442,6 +447,25 @@ class AtlasDB:
         c.executemany("INSERT INTO logit_effects VALUES (?, ?, ?, ?, ?, ?, ?)", ((did, *x) for x in logits))
         if commit:
             c.commit()
+
+
+def open_atlas_db(atlas, *, required: bool = False) -> AtlasDB | None:
+    """The one way to open an atlas's database for reading: AtlasDB(ATLAS/atlas.db, readonly).
+
+    `atlas`: the atlas folder (or its AtlasLayout). No atlas.db yet: None, since every reader but
+    the DB's own commands works without it (features are then shown unlabeled); with `required`,
+    a UserError saying how to build it. A file that is there but damaged or from a newer lmscope
+    is always one UserError line with the fix, never silently ignored.
+    """
+    from ..layout import AtlasLayout
+
+    layout = atlas if isinstance(atlas, AtlasLayout) else AtlasLayout(atlas)
+    if not layout.db_path.exists():
+        if required:
+            raise UserError(f"{layout.root} has no atlas.db yet; run `lmscope atlas build {layout.root} "
+                            "--corpus C` first")
+        return None
+    return AtlasDB(layout.db_path, readonly=True)
 
 
 def _rebuild_hint(path: Path) -> str:

@@ -23,6 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
+from ..dictionaries.folder import DictionaryFolder
 from ..errors import UserError
 from ..layout import AtlasLayout, hook_dirname, write_json_atomic
 
@@ -37,7 +38,7 @@ def _prepare_out(out: Path, force: bool) -> None:
 
 def export_atlas(atlas: str, fmt: str, out: str | Path, *, force: bool = False) -> list[Path]:
     """Write the atlas in format `fmt` under `out`. Returns the files written."""
-    from .db import AtlasDB
+    from .db import open_atlas_db
 
     layout = AtlasLayout(atlas)
     manifest = layout.read()
@@ -49,18 +50,15 @@ def export_atlas(atlas: str, fmt: str, out: str | Path, *, force: bool = False) 
             import pyarrow  # noqa: F401
         except ImportError:
             raise UserError("parquet export needs pyarrow: pip install 'lmscope[data]'") from None
-    if fmt != "saelens" and not layout.db_path.exists():
-        raise UserError(f"{layout.root} has no atlas.db yet; run `lmscope atlas build {layout.root}` first")
+    folder = None
     if fmt == "saelens":  # never pass on a damaged dictionary: each one must load before any copy
-        from ..dictionaries import load_dictionary
-
-        for hook in manifest["dictionaries"]:
-            load_dictionary(layout.dictionary_dir(hook))
-    _prepare_out(out, force)
-    db = AtlasDB(layout.db_path, readonly=True) if layout.db_path.exists() else None
+        folder = DictionaryFolder.open(layout)
+        folder.load(folder.select())
+    db = open_atlas_db(layout, required=fmt != "saelens")  # before `out` is touched
     try:
-        if fmt == "saelens":
-            return _saelens(layout, manifest, db, out)
+        _prepare_out(out, force)
+        if folder is not None:
+            return _saelens(folder, db, out)
         if fmt == "neuronpedia-json":
             return _neuronpedia(manifest, db, out)
         return _parquet(db, out)
@@ -69,14 +67,14 @@ def export_atlas(atlas: str, fmt: str, out: str | Path, *, force: bool = False) 
             db.close()
 
 
-def _saelens(layout: AtlasLayout, manifest: dict, db, out: Path) -> list[Path]:
+def _saelens(folder: DictionaryFolder, db, out: Path) -> list[Path]:
     import torch
     from safetensors.torch import save_file
 
     written = []
-    for hook in manifest["dictionaries"]:
+    for hook in folder.select():
         dst = out / hook_dirname(hook)
-        shutil.copytree(layout.dictionary_dir(hook), dst, dirs_exist_ok=True)
+        shutil.copytree(folder.path(hook), dst, dirs_exist_ok=True)
         if db is not None and hook in {d.hook for d in db.dictionaries()}:
             rows = db.densities(hook)
             dens = torch.full((max((i for i, _, _ in rows), default=-1) + 1,), 0.0)
@@ -101,10 +99,8 @@ def _neuronpedia(manifest: dict, db, out: Path) -> list[Path]:
         feats = []
         for i in range(info.d_sae):
             p = db.feature(info.hook, i)
-            edges_counts = []
-            if p.histogram and p.histogram.get("bins"):
-                lo, per = p.histogram["log2_lo"], p.histogram["per_octave"]
-                edges_counts = [(2.0 ** (lo + b / per), c) for b, c in zip(p.histogram["bins"], p.histogram["counts"])]
+            hist = p.histogram  # Neuronpedia gets the nonempty bins only
+            edges_counts = [(e, c) for e, c in zip(hist.edges, hist.counts) if c] if hist else []
             acts = []
             for ex in p.top:
                 acts.append({"tokens": ex.tokens, "values": ex.acts, "bin_min": -1, "bin_max": p.max_act,

@@ -292,11 +292,6 @@ def merge(a: ProfileState, b: ProfileState) -> ProfileState:
     )
 
 
-def hist_edges() -> list[float]:
-    """Lower edges of the histogram bins (the first bin also holds smaller values)."""
-    return [2.0 ** (LOG2_LO + i / HIST_PER_OCTAVE) for i in range(N_HIST + 1)]
-
-
 def bucket_range(b: int) -> tuple[float, float]:
     """Activation range of reservoir bucket b (end buckets are open-ended)."""
     lo = 0.0 if b == 0 else 2.0 ** (BUCKET_LO + b)

@@ -15,10 +15,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import UserError
-from ..layout import AtlasLayout
 
 if TYPE_CHECKING:
-    from ..dictionaries import SparseDictionary
     from ..models import LanguageModel
 
 
@@ -36,33 +34,25 @@ class TextHit:
 
 
 @torch.no_grad()
-def search_text(atlas: str, text: str, *, limit: int = 20, lm: LanguageModel | None = None, dicts: dict[str, SparseDictionary] | None = None,
+def search_text(atlas: str, text: str, *, limit: int = 20, lm: LanguageModel | None = None,
                 device: str = "cpu") -> list[TextHit]:
     """Features ranked by max activation on `text` (every dictionary of the atlas)."""
-    from ..dictionaries import load_dictionary
-    from ..dictionaries.base import check_fits
-    from ..models.load import load_model
+    from ..dictionaries.folder import DictionaryFolder, open_dictionaries
     from ..models.runtime import run
     from ..models.tokens import token_mask
-    from .db import AtlasDB
+    from .db import open_atlas_db
 
-    layout = AtlasLayout(atlas)
-    m = layout.read()
+    folder = DictionaryFolder.open(atlas)
     if not text.strip():
         raise UserError("empty search text")
-    if lm is None:
-        lm = load_model(m["model"], device=device)
-    if dicts is None:
-        dicts = {h: load_dictionary(layout.dictionary_dir(h)).to(lm.device) for h in m["dictionaries"]}
-        for h, d in dicts.items():
-            check_fits(d, lm, h)
+    _, lm, dicts = open_dictionaries(atlas, device=lm.device if lm is not None else device, lm=lm)
     tokens = lm.to_tokens(text).to(lm.device)  # [1, pos]
     keep = token_mask(lm, tokens)[0]  # [pos]
     if not keep.any():
         raise UserError("the search text has no tokens besides BOS/special tokens")
     acts = run(lm, tokens, capture=sorted({d.cfg.hook_name or h for h, d in dicts.items()})).acts
     strs = lm.to_str_tokens(tokens[0])
-    db = AtlasDB(layout.db_path, readonly=True) if layout.db_path.exists() else None
+    db = open_atlas_db(folder.layout)
     hits = []
     try:
         for h, d in dicts.items():

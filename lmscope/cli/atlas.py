@@ -80,25 +80,25 @@ def cmd_build(args) -> int:
 
 
 def _open_db(atlas: str):
-    from ..atlas.db import AtlasDB
+    from ..atlas.db import open_atlas_db
     from ..layout import AtlasLayout
 
     layout = AtlasLayout(atlas)
     layout.read()
-    if not layout.db_path.exists():
-        raise UserError(f"{atlas} has no atlas.db yet; run `lmscope atlas build {atlas} --corpus C` first")
-    return AtlasDB(layout.db_path, readonly=True)
+    return open_atlas_db(layout, required=True)
 
 
 def cmd_feature(args) -> int:
-    from ..atlas.dashboard import parse_feature_id, render, to_dict
+    from ..atlas.dashboard import render
+    from ..atlas.feature_page import from_db
+    from ..dictionaries.feature_id import parse_feature_id
 
     hook, idx = parse_feature_id(args.feature)
     with _open_db(args.atlas) as db:
+        if args.json:
+            print_json(from_db(db, hook, idx).to_dict())
+            return 0
         prof = db.feature(hook, idx)
-    if args.json:
-        print_json(to_dict(prof))
-        return 0
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
     print(render(prof, color=color, n_top=args.top))
     return 0

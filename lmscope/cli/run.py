@@ -237,13 +237,12 @@ def run(cfg: RunConfig) -> int:
 
 def _show_features(atlas: Path, hook: str, n: int = 2) -> None:
     """Print the dashboards of the n most frequently firing features (the atlas's profile)."""
-    from ..atlas.db import AtlasDB
-    from ..layout import AtlasLayout
+    from ..atlas.db import open_atlas_db
 
     try:
-        with AtlasDB(AtlasLayout(atlas).db_path, readonly=True) as db:
+        with open_atlas_db(atlas, required=True) as db:
             dens = db.densities(hook)
-    except Exception as e:  # noqa: BLE001 (a report line is enough here)
+    except UserError as e:  # a report line is enough here
         print(f"(no feature dashboards: {e})")
         return
     fired = sorted((r for r in dens if r[1] > 0), key=lambda r: -r[1])  # (idx, density, max_act)

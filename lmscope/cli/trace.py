@@ -63,47 +63,18 @@ def register(sub) -> None:
 # --- loading -------------------------------------------------------------------------
 def load_atlas(atlas: str, *, model: str | None = None, device: str = "cpu", hooks: str | None = None):
     """(LanguageModel, {hook: dictionary}, labels or None) from an atlas folder."""
-    import fnmatch
+    from ..dictionaries.folder import open_dictionaries
 
-    from ..dictionaries import load_dictionary
-    from ..dictionaries.base import check_fits
-    from ..layout import AtlasLayout
-    from ..models import load_model
-
-    layout = AtlasLayout(atlas)
-    manifest = layout.read()
-    entries = manifest.get("dictionaries", {})
-    if not entries:
-        raise UserError(f"atlas {atlas} holds no dictionaries yet; train some with `lmscope train`")
-    if hooks:
-        wanted = [h.strip() for h in hooks.split(",") if h.strip()]
-        keep = {h: e for h, e in entries.items() if any(fnmatch.fnmatchcase(h, w) for w in wanted)}
-        if not keep:
-            from ..errors import close_matches
-
-            raise UserError(f"--hooks {hooks!r} matches no dictionary in the atlas"
-                            f"{close_matches(wanted[0], entries)}; it has: {', '.join(sorted(entries))}")
-        entries = keep
-    lm = load_model(model or manifest["model"], device=device)
-    dicts = {}
-    for hook, e in entries.items():
-        d = load_dictionary(layout.root / e.get("path", f"dictionaries/{hook}"), device=device)
-        check_fits(d, lm, hook)
-        dicts[hook] = d.to(device).eval()
-    return lm, dicts, _labels(layout)
+    folder, lm, dicts = open_dictionaries(atlas, hooks=hooks, model=model, device=device)
+    return lm, dicts, _labels(folder.layout)
 
 
 def _labels(layout):
     """A (hook, feature) -> label function reading the atlas DB (AtlasDB.label), or None without one."""
-    if not layout.db_path.exists():
-        return None
-    try:
-        from ..atlas.db import AtlasDB
-    except ImportError:
-        return None
-    try:
-        db = AtlasDB(layout.db_path, readonly=True)
-    except (UserError, OSError):  # a half-written DB must not break tracing: show feature ids
+    from ..atlas.db import open_atlas_db
+
+    db = open_atlas_db(layout)
+    if db is None:
         return None
 
     def label(hook: str, feature: int) -> str:

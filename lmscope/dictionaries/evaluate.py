@@ -57,8 +57,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import UserError
-from ..layout import AtlasLayout, hook_dirname, write_json_atomic
+from ..layout import hook_dirname, write_json_atomic
 from ..models.tokens import token_mask
+from .folder import DictionaryFolder
 
 if TYPE_CHECKING:
     from ..models import LanguageModel
@@ -89,7 +90,7 @@ class EvalConfig:
     batch: int = 8
     """Contexts per model forward pass."""
     hooks: str = ""
-    """Evaluate only these dictionaries (comma-separated hook names); empty: all."""
+    """Evaluate only these dictionaries (comma-separated names or globs); empty: all."""
     train_tokens: int = 0
     """Also measure FVU on this many tokens of the corpus's training split, the same way (the
     in-sample reference for the held-out FVU); 0: skip."""
@@ -525,7 +526,7 @@ def heldout_contexts(lm: LanguageModel, corpus: str, *, tokens: int, ctx_len: in
     return out
 
 
-def _check_documents(layout: AtlasLayout, entries: dict, eval_keys: np.ndarray, corpus: str,
+def _check_documents(folder: DictionaryFolder, entries: dict, eval_keys: np.ndarray, corpus: str,
                      allow: bool) -> dict[str, tuple[int | None, int | None]]:
     """Per hook: (training documents recorded, evaluated documents among them). Refuses overlap."""
     from ..capture.documents import overlap, read_keys
@@ -538,7 +539,7 @@ def _check_documents(layout: AtlasLayout, entries: dict, eval_keys: np.ndarray, 
             print(f"lmscope: {h} has no record of its training documents (trained before lmscope kept one, "
                   "or imported); held-out disjointness is not checked", file=sys.stderr)
             continue
-        keys = read_keys(layout.root / e["path"] / rec["file"])
+        keys = read_keys(folder.path(h) / rec["file"])
         ov = overlap(keys, eval_keys)
         out[h] = (int(keys.size), ov)
         if ov:
@@ -555,28 +556,18 @@ def _check_documents(layout: AtlasLayout, entries: dict, eval_keys: np.ndarray, 
 def evaluate_atlas(cfg: EvalConfig, *, lm: LanguageModel | None = None, progress: bool = True) -> EvalReport:
     """Evaluate every (or the selected) dictionary of an atlas; writes eval.json and plots."""
     from ..models import load_model
-    from .io import load_dictionary
 
-    layout = AtlasLayout(cfg.atlas)
-    manifest = layout.read()
-    entries = manifest["dictionaries"]
-    if cfg.hooks:
-        wanted = [h.strip() for h in cfg.hooks.split(",") if h.strip()]
-        for h in wanted:
-            if h not in entries:
-                from ..errors import close_matches
-
-                raise UserError(f"no dictionary for {h!r} in {layout.root}{close_matches(h, entries)}")
-        entries = {h: entries[h] for h in wanted}
-    if not entries:
-        raise UserError(f"{layout.root} holds no dictionaries yet; run `lmscope train --out {layout.root}` first")
+    folder = DictionaryFolder.open(cfg.atlas)
+    layout, manifest = folder.layout, folder.manifest
+    hooks = folder.select(cfg.hooks)
+    entries = {h: folder.entries[h] for h in hooks}
     if lm is None:
-        lm = load_model(cfg.model or manifest["model"], dtype=getattr(torch, cfg.model_dtype), device=cfg.device)
+        lm = load_model(cfg.model or folder.model, dtype=getattr(torch, cfg.model_dtype), device=cfg.device)
+    dicts = folder.load(hooks, lm, device=cfg.device)
     seen: set[int] = set()
     contexts = heldout_contexts(lm, cfg.corpus, tokens=cfg.tokens, ctx_len=cfg.ctx_len, seen=seen)
     eval_keys = np.unique(np.array(sorted(seen), dtype=np.uint64))
-    docs = _check_documents(layout, entries, eval_keys, cfg.corpus, cfg.allow_overlap)
-    dicts = {h: load_dictionary(layout.root / e["path"], device=cfg.device).eval() for h, e in entries.items()}
+    docs = _check_documents(folder, entries, eval_keys, cfg.corpus, cfg.allow_overlap)
     results = evaluate_dictionaries(lm, dicts, contexts, batch=cfg.batch, progress=progress)
     insample = {}
     if cfg.train_tokens:

@@ -117,13 +117,13 @@ class ExplainResult:
 
 def _select(db, cfg: ExplainConfig) -> list[tuple[str, int]]:
     if cfg.features:
+        from ..dictionaries.feature_id import parse_feature_id
+
         out = []
         for item in cfg.features.split(","):
-            hook, _, idx = item.strip().rpartition("/")
-            if not hook or not idx.isdigit():
-                raise UserError(f"--features {item!r}: use hook/idx, e.g. blocks.6.resid_post/123")
-            db._check_feature(hook, int(idx))
-            out.append((hook, int(idx)))
+            hook, idx = parse_feature_id(item)
+            db._check_feature(hook, idx)
+            out.append((hook, idx))
         return out
     out = []
     for d in db.dictionaries():

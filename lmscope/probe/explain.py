@@ -28,19 +28,14 @@ class AlignedFeature:
 
 def aligned_features(probe: Probe, atlas: str, *, top: int = 10) -> list[AlignedFeature]:
     """Top `top` features by |cosine| with the probe direction, from the atlas dictionary at the probe's hook."""
-    from ..layout import AtlasLayout
+    from ..dictionaries.folder import DictionaryFolder
 
-    layout = AtlasLayout(atlas)
-    if not layout.root.is_dir():
-        raise UserError(f"atlas folder {atlas} does not exist")
-    dicts = layout.dictionaries()
-    if probe.hook not in dicts:
-        have = ", ".join(sorted(dicts)) or "none"
-        raise UserError(f"the atlas has no dictionary at {probe.hook} (it has: {have}); "
-                        f"train a probe at one of those layers or a dictionary at {probe.hook}")
-    from ..dictionaries import load_dictionary
-
-    sae = load_dictionary(layout.root / dicts[probe.hook]["path"])
+    folder = DictionaryFolder.open(atlas)
+    try:
+        (hook,) = folder.select(probe.hook)  # a hook name is a glob without wildcards: itself
+    except UserError as e:
+        raise UserError(f"{e}; train a probe at one of those layers or a dictionary at {probe.hook}") from None
+    sae = folder.load([hook])[hook]  # no model here: the width is checked against the probe
     w_dec = sae.W_dec.detach().float().cpu()  # [d_sae, d_in]
     if w_dec.shape[1] != probe.direction.numel():
         raise UserError(f"the dictionary at {probe.hook} has width {w_dec.shape[1]}, "
@@ -48,20 +43,20 @@ def aligned_features(probe: Probe, atlas: str, *, top: int = 10) -> list[Aligned
     d = probe.direction.float() / probe.direction.norm().clamp_min(1e-12)
     cos = (w_dec @ d) / w_dec.norm(dim=1).clamp_min(1e-12)  # [d_sae]
     idx = cos.abs().topk(min(top, len(cos))).indices
-    labels = _labels(layout)
-    return [AlignedFeature(probe.hook, int(i), float(cos[i]), labels(probe.hook, int(i)) if labels else None)
-            for i in idx]
+    from ..atlas.db import open_atlas_db
+
+    db = open_atlas_db(folder.layout)
+    if db is None:
+        return [AlignedFeature(probe.hook, int(i), float(cos[i]), None) for i in idx]
+    with db:
+        return [AlignedFeature(probe.hook, int(i), float(cos[i]), _label(db, probe.hook, int(i))) for i in idx]
 
 
-def _labels(layout):
+def _label(db, hook: str, feature: int) -> str | None:
     try:
-        from ..read.profiles import open_db
-    except ImportError:
+        return db.label(hook, feature) or None
+    except UserError:  # a dictionary the DB has not profiled yet
         return None
-    db = open_db(layout)
-    return db.label if db is not None else None
-
-
 @dataclass(frozen=True)
 class AlignConfig:
     """`lmscope probe explain`: the atlas features most aligned with a probe's truth direction."""

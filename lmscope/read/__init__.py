@@ -11,8 +11,7 @@ from .compare import CompareResult, FeatureDiff, compare
 from .render_html import render_html, write_html
 from .render_png import render_png
 from .render_terminal import render_compare, render_scan
-from .scan import FeatureHit, Reader, ScanResult, feature_id, parse_feature_id, scan
+from .scan import FeatureHit, Reader, ScanResult, scan
 
-__all__ = ["CompareResult", "FeatureDiff", "FeatureHit", "Reader", "ScanResult", "compare", "feature_id",
-           "parse_feature_id", "render_compare", "render_html", "render_png", "render_scan", "scan",
+__all__ = ["CompareResult", "FeatureDiff", "FeatureHit", "Reader", "ScanResult", "compare", "render_compare", "render_html", "render_png", "render_scan", "scan",
            "write_html"]

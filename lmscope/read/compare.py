@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .scan import Reader, feature_id
+from ..dictionaries.feature_id import format_feature_id
+from .scan import Reader
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class FeatureDiff:
 
     @property
     def id(self) -> str:
-        return feature_id(self.hook, self.feature)
+        return format_feature_id(self.hook, self.feature)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "id": self.id, "diff": self.diff}

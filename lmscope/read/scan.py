@@ -21,7 +21,6 @@ every other column; its cell is clipped to 1.
 
 from __future__ import annotations
 
-import fnmatch
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -30,7 +29,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..errors import UserError, close_matches
+from ..dictionaries.feature_id import format_feature_id
+from ..errors import UserError
 
 if TYPE_CHECKING:
     from ..dictionaries import SparseDictionary
@@ -53,7 +53,7 @@ class FeatureHit:
 
     @property
     def id(self) -> str:
-        return feature_id(self.hook, self.feature)
+        return format_feature_id(self.hook, self.feature)
 
     def display(self) -> str:
         """The label, or the feature's id marked unlabeled (explanations may not exist yet)."""
@@ -100,18 +100,6 @@ class ScanResult:
         }
 
 
-def feature_id(hook: str, feature: int) -> str:
-    return f"{hook}/{feature}"
-
-
-def parse_feature_id(text: str) -> tuple[str, int]:
-    """'blocks.15.resid_post/1234' -> ('blocks.15.resid_post', 1234); UserError otherwise."""
-    hook, sep, idx = text.rpartition("/")
-    if not sep or not hook or not idx.isdigit():
-        raise UserError(f"feature id {text!r} should look like HOOK/INDEX, e.g. blocks.15.resid_post/1234")
-    return hook, int(idx)
-
-
 # --- the engine ----------------------------------------------------------------------------
 class Reader:
     """A model, its atlas dictionaries and their labels, loaded once; scans many prompts.
@@ -142,36 +130,14 @@ class Reader:
     @classmethod
     def open(cls, atlas: str | Path, *, model: str | None = None, device: str = "cpu",
              hooks: str | None = None, max_tokens: int = DEFAULT_MAX_TOKENS) -> Reader:
-        """Load the atlas's model, its dictionaries (optionally only `hooks` globs) and labels."""
-        from ..dictionaries import load_dictionary
-        from ..dictionaries.base import check_fits
-        from ..layout import AtlasLayout
-        from ..models import load_model
-        from .profiles import open_db
+        """Load the atlas's model, its dictionaries (optionally only `hooks`: names or globs) and
+        its DB (labels, profiles) when it has one."""
+        from ..atlas.db import open_atlas_db
+        from ..dictionaries.folder import open_dictionaries
 
-        layout = AtlasLayout(atlas)
-        manifest = layout.read()
-        entries = manifest.get("dictionaries", {})
-        if not entries:
-            raise UserError(f"atlas {atlas} holds no dictionaries yet; train some with `lmscope train`")
-        if hooks:
-            wanted = [h.strip() for h in hooks.split(",") if h.strip()]
-            entries = {h: e for h, e in entries.items() if any(fnmatch.fnmatchcase(h, w) for w in wanted)}
-            if not entries:
-                raise UserError(f"--hooks {hooks!r} matches no dictionary in the atlas"
-                                f"{close_matches(wanted[0], list(manifest['dictionaries']))}; it has: "
-                                f"{', '.join(sorted(manifest['dictionaries']))}")
-        lm = load_model(model or manifest["model"], device=device)
-        dicts = {}
-        for hook, e in entries.items():
-            d = load_dictionary(layout.root / e.get("path", f"dictionaries/{hook}"), device=device)
-            dicts[hook] = d.to(device).eval()
-            if hook not in lm.hooks:
-                raise UserError(f"dictionary {hook} does not match a hook point of model {lm.name}; "
-                                f"is this atlas for another model?")
-            check_fits(d, lm, hook)
-        db = open_db(layout)
-        return cls(lm, dicts, labels=db.label if db is not None else None, atlas=layout.root,
+        folder, lm, dicts = open_dictionaries(atlas, hooks=hooks, model=model, device=device)
+        db = open_atlas_db(folder.layout)
+        return cls(lm, dicts, labels=db.label if db is not None else None, atlas=folder.root,
                    max_tokens=max_tokens, db=db)
 
     def label(self, hook: str, feature: int) -> str | None:
@@ -179,7 +145,7 @@ class Reader:
             return None
         try:
             return self.labels(hook, feature) or None
-        except Exception:  # a half-written DB must never break a scan
+        except UserError:  # a dictionary the DB has not profiled yet
             return None
 
     def tokenize(self, prompt: str) -> torch.Tensor:
@@ -305,4 +271,4 @@ def scan(atlas: str | Path, prompt: str, *, top_k: int = 5, **open_kw) -> ScanRe
     return Reader.open(atlas, **open_kw).scan(prompt, top_k=top_k)
 
 
-__all__ = ["FeatureHit", "Reader", "ScanResult", "feature_id", "parse_feature_id", "scan"]
+__all__ = ["FeatureHit", "Reader", "ScanResult", "scan"]

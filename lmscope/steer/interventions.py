@@ -27,7 +27,7 @@ import torch
 
 from ..dictionaries.dictmath import decoder_rows
 from ..errors import UserError
-from ..trace.attribution import out_hook, parse_feature_id
+from ..trace.attribution import out_hook, resolve_feature_id
 
 if TYPE_CHECKING:
     from ..dictionaries import SparseDictionary
@@ -67,7 +67,7 @@ def parse_interventions(specs: list[str], dictionaries: dict[str, SparseDictiona
         if not m:
             raise UserError(f"cannot read feature intervention {spec!r}: use HOOK/INDEX=8 (clamp), =+8 (add), "
                             "=-8, =*2 (scale) or =0 (ablate)")
-        hook, f = parse_feature_id(m.group("feat"), dictionaries)
+        hook, f = resolve_feature_id(m.group("feat"), dictionaries)
         op, num = m.group("op"), float(m.group("num"))
         if op == "+":
             out.append(FeatureIntervention(hook, f, "add", num))

@@ -7,7 +7,7 @@
     graph_json(g, pruned)                               # circuit-tracer / Neuronpedia graph JSON
 """
 
-from .attribution import FeatureAttribution, TraceResult, parse_feature_id, resolve_target, trace
+from .attribution import FeatureAttribution, TraceResult, resolve_feature_id, resolve_target, trace
 from .graph import Graph, build_graph, estimate_bytes
 from .graph_json import graph_json
 from .prune import GraphScores, PruneResult, graph_scores, prune
@@ -16,6 +16,6 @@ from .verify import verify
 
 __all__ = [
     "FeatureAttribution", "Graph", "GraphScores", "PruneResult", "TraceResult", "build_graph",
-    "check_transcoders", "estimate_bytes", "graph_json", "graph_scores", "parse_feature_id", "prune",
+    "check_transcoders", "estimate_bytes", "graph_json", "graph_scores", "resolve_feature_id", "prune",
     "replacement", "resolve_target", "trace", "verify",
 ]

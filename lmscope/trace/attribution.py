@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from ..dictionaries.dictmath import decoder_rows
+from ..dictionaries.feature_id import format_feature_id
 from ..errors import UserError, close_matches
 from ..models.runtime import hooked
 from .frozen import _NormLinearization
@@ -54,7 +55,7 @@ class FeatureAttribution:
 
     @property
     def id(self) -> str:
-        return f"{self.hook}/{self.feature}"
+        return format_feature_id(self.hook, self.feature)
 
 
 @dataclass
@@ -201,15 +202,15 @@ def _norm_transpose(norm: _NormLinearization, u: Tensor, inv: Tensor) -> Tensor:
     return v.grad[0]
 
 
-def parse_feature_id(spec: str, dictionaries: dict[str, SparseDictionary]) -> tuple[str, int]:
-    """'blocks.6.resid_post/123' -> (hook, 123); UserError with close matches for unknown hooks."""
-    hook, sep, idx = spec.rpartition("/")
-    if not sep or not idx.isdigit():
-        raise UserError(f"feature {spec!r} is not HOOK/INDEX, e.g. blocks.6.resid_post/123")
+def resolve_feature_id(spec: str, dictionaries: dict[str, object]) -> tuple[str, int]:
+    """'blocks.6.resid_post/123' -> (hook, 123) of a feature these dictionaries have; UserError
+    (with close matches for an unknown hook) otherwise."""
+    from ..dictionaries.feature_id import parse_feature_id
+
+    hook, f = parse_feature_id(spec)
     if hook not in dictionaries:
         raise UserError(f"no dictionary at {hook!r} in this atlas{close_matches(hook, dictionaries)}; "
                         f"it has: {', '.join(sorted(dictionaries)) or 'none'}")
-    f = int(idx)
     d_sae = dictionaries[hook].cfg.d_sae
     if f >= d_sae:
         raise UserError(f"feature {f} does not exist at {hook}: its dictionary has {d_sae} features (0..{d_sae - 1})")

@@ -5,8 +5,9 @@ All of it calls the one reading engine (lmscope.read); nothing here decides whic
 
 from __future__ import annotations
 
+from ...dictionaries.feature_id import parse_feature_id
 from ...errors import UserError
-from ...read import compare, parse_feature_id, profiles
+from ...read import compare, profiles
 from ..routes import ApiError, Request, route
 
 
@@ -40,7 +41,7 @@ def feature(req: Request) -> dict:
     except UserError as e:
         raise ApiError(400, str(e)) from None
     try:
-        return profiles.feature_profile(req.reader, hook, idx)
+        return profiles.feature_profile(req.reader, hook, idx).to_dict()
     except LookupError as e:
         raise ApiError(404, str(e.args[0]) if e.args else "unknown feature") from None
 

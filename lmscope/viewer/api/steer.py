@@ -10,6 +10,7 @@ The same `lmscope.steer.steer` as `lmscope steer`; this file only checks and bou
 
 from __future__ import annotations
 
+from ...dictionaries.feature_id import parse_feature_id
 from ...steer import VectorSpec, steer
 from ..routes import ApiError, Request, model_lock, route
 
@@ -58,5 +59,5 @@ def steer_prompt(req: Request) -> dict:
                     temperature=temperature, seed=seed, targets=targets)
     d = res.to_dict()
     ids = [spec.replace(" ", "").partition("=")[0] for spec in features]  # validated by steer()
-    d["labels"] = {i: reader.label(h, int(f)) for i in ids for h, _, f in [i.rpartition("/")]}
+    d["labels"] = {i: reader.label(*parse_feature_id(i)) for i in ids}
     return d

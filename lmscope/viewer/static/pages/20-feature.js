@@ -1,29 +1,32 @@
 // Feature page: the atlas profile of one feature (examples with highlighted tokens, quantile
 // samples, activation histogram, logit effects, labels and scores). Works without an atlas DB:
 // then it shows what the dictionary alone gives (logit effects, density if saved).
+// It reads /api/feature, whose one shape is lmscope/atlas/feature_page.py (FeaturePage.to_dict);
+// tests/test_viewer.py checks that this page reads every field written there and no other.
 "use strict";
 (() => {
   const {el, api, heat, labelSpan, showToken} = lmscope;
 
-  // One example: tokens with a background proportional to activation / scale.
+  // One example (an Example: tokens, acts, position, score): tokens with a background
+  // proportional to activation / scale; the peak token (position) is outlined.
   function example(ex, scale) {
-    const toks = ex.tokens || ex.str_tokens || [];
-    const acts = ex.acts || ex.activations || [];
-    const max = scale || Math.max(1e-9, ...acts);
-    const peak = ex.score !== undefined ? el("span", {class: "exscore"}, Number(ex.score).toFixed(2)) : null;
-    return el("div", {class: "example"}, peak, toks.map((t, i) => {
-      const a = acts[i] || 0;
-      return el("span", {class: a > 0 ? "etok on" : "etok", style: {background: a > 0 ? heat(a / max) : "transparent"},
-                         title: `${Number(a).toFixed(3)}`}, String(t));
-    }));
+    const max = scale || Math.max(1e-9, ...ex.acts);
+    const where = ex.token_index === null ? "" : ` (corpus token ${ex.token_index})`;
+    return el("div", {class: "example"},
+      el("span", {class: "exscore", title: `peak activation${where}`}, Number(ex.score).toFixed(2)),
+      ex.tokens.map((t, i) => {
+        const a = ex.acts[i] || 0;
+        return el("span", {class: (a > 0 ? "etok on" : "etok") + (i === ex.position ? " peak" : ""),
+                           style: {background: a > 0 ? heat(a / max) : "transparent"},
+                           title: `${Number(a).toFixed(3)} · token id ${ex.token_ids[i]}`}, String(t));
+      }));
   }
 
   function histogram(h, title) {
-    // h: {counts, lo, hi} or {counts, edges}
-    const counts = h.counts || [];
+    // h: a Histogram {counts [N], edges [N+1], log_scale}
+    const counts = h.counts;
     const peak = Math.max(1, ...counts);
-    const lo = h.lo !== undefined ? h.lo : (h.edges ? h.edges[0] : 0);
-    const hi = h.hi !== undefined ? h.hi : (h.edges ? h.edges[h.edges.length - 1] : counts.length);
+    const lo = h.edges[0], hi = h.edges[h.edges.length - 1];
     return el("figure", {class: "hist"},
       el("div", {class: "bars"}, counts.map(c =>
         el("div", {class: "bar", title: String(c), style: {height: `${Math.max(1, 100 * c / peak)}%`}}))),
@@ -32,7 +35,7 @@
 
   function tokenList(items, cls) {
     return el("table", {class: `hits ${cls}`}, items.map(t =>
-      el("tr", {}, el("td", {}, el("code", {class: "tok"}, showToken(t.token))),
+      el("tr", {}, el("td", {title: `token id ${t.token_id}`}, el("code", {class: "tok"}, showToken(t.token))),
          el("td", {class: "num"}, Number(t.value).toFixed(3)))));
   }
 
@@ -46,27 +49,27 @@
       return;
     }
     const f = await api(`/api/feature?id=${encodeURIComponent(id)}`);
-    const prof = f.profile || {};
+    const prof = f.profile || {top: [], quantiles: [], negatives: []};  // null before the atlas build
     main.append(el("h1", {id: "feature-title"}, el("code", {}, f.id)),
                 el("p", {class: "bigLabel"}, labelSpan(f.label)),
                 el("p", {}, el("a", {href: `#/steer/${encodeURIComponent(f.id)}`, id: "steer-link"}, "Steer with this feature →")));
     const facts = [];
-    const density = f.density !== null && f.density !== undefined ? f.density : prof.density;
-    if (density !== null && density !== undefined) facts.push(`density ${(100 * density).toPrecision(3)}%`);
-    for (const k of ["fires", "max_act", "mean_firing"]) {
-      if (prof[k] !== undefined && prof[k] !== null) facts.push(`${k.replace("_", " ")} ${Number(prof[k]).toPrecision(4)}`);
+    if (f.density !== null) facts.push(`density ${(100 * f.density).toPrecision(3)}%`);
+    const stats = [["fires", prof.fires], ["max act", prof.max_act], ["mean act", prof.mean_act],
+                   ["mean when firing", prof.mean_firing]];
+    for (const [name, v] of stats) {
+      if (v !== undefined && v !== null) facts.push(`${name} ${Number(v).toPrecision(4)}`);
     }
     if (facts.length) main.append(el("p", {class: "muted"}, facts.join(" · ")));
 
-    const exps = f.explanations || [];
+    const exps = f.explanations;
     if (exps.length) {
-      const scoreText = (sc) => Array.isArray(sc)
-        ? sc.map(s => `${s.scorer} ${s.metric} ${Number(s.value).toFixed(2)}` + (s.n_pos ? ` (n=${s.n_pos}+${s.n_neg})` : "")).join(" · ")
-        : Object.entries(sc || {}).map(([k, v]) => `${k} ${Number(v).toFixed(2)}`).join(" · ");
+      const scoreText = (sc) => sc.map(s => `${s.scorer} ${s.metric} ${Number(s.value).toFixed(2)}`
+                                           + (s.n_pos ? ` (n=${s.n_pos}+${s.n_neg})` : "")).join(" · ");
       main.append(el("h2", {}, "Explanations and scores"), el("table", {class: "hits", id: "explanations"},
         el("tr", {}, el("th", {}, "explanation"), el("th", {}, "method"), el("th", {}, "scores")),
-        exps.map(x => el("tr", {}, el("td", {}, x.text || x.label || x.explanation || ""),
-           el("td", {class: "muted"}, [x.method, x.version].filter(Boolean).join(" ")),
+        exps.map(x => el("tr", {}, el("td", {}, x.text),
+           el("td", {class: "muted", title: `written ${x.created}`}, [x.method, x.version].filter(Boolean).join(" ")),
            el("td", {}, scoreText(x.scores))))));
     }
 
@@ -75,7 +78,7 @@
     grid.append(left, right);
     main.append(grid);
 
-    const examples = prof.top || prof.examples || [];
+    const examples = prof.top;
     left.append(el("h2", {}, "Top activating examples"));
     if (examples.length) {
       const scale = prof.max_act || null;
@@ -83,7 +86,7 @@
     } else {
       left.append(el("p", {class: "muted"}, "No examples in the atlas DB yet (run the atlas build)."));
     }
-    const quant = prof.quantiles || [];
+    const quant = prof.quantiles;
     if (quant.length) {
       // Samples drawn per activation octave (bucket b holds activations in [2^b, 2^(b+1)) ).
       left.append(el("h2", {}, "Samples by activation interval"));
@@ -100,22 +103,20 @@
       }
       left.append(box);
     }
-    const negs = prof.negatives || [];
+    const negs = prof.negatives;
     if (negs.length) {
       left.append(el("h2", {}, "Contexts where it does not fire"),
                   el("div", {}, negs.slice(0, 4).map(ex => example(ex, prof.max_act || 1))));
     }
 
-    const hist = prof.histogram || prof.act_histogram;
-    if (hist && hist.counts) right.append(el("h2", {}, "Activations"), histogram(hist, "nonzero activations"));
+    const hist = prof.histogram;
+    if (hist) right.append(el("h2", {}, "Activations"), histogram(hist, "nonzero activations"));
     const logits = f.logits;
-    if (logits) {
-      right.append(el("h2", {}, "Logit effects"),
-        el("div", {class: "cols2"},
-          el("div", {}, el("h4", {}, "promoted"), tokenList(logits.promoted || [], "up")),
-          el("div", {}, el("h4", {}, "suppressed"), tokenList(logits.suppressed || [], "down"))));
-      if (logits.histogram) right.append(histogram(logits.histogram, "decoder · unembedding over the vocabulary"));
-    }
+    right.append(el("h2", {}, "Logit effects"),
+      el("div", {class: "cols2"},
+        el("div", {}, el("h4", {}, "promoted"), tokenList(logits.promoted, "up")),
+        el("div", {}, el("h4", {}, "suppressed"), tokenList(logits.suppressed, "down"))));
+    if (logits.histogram) right.append(histogram(logits.histogram, "decoder · unembedding over the vocabulary"));
   }
 
   lmscope.registerPage({name: "feature", title: "Feature", render});

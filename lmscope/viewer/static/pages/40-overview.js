@@ -8,7 +8,7 @@
     return el("figure", {class: "hist"},
       el("div", {class: "bars"}, h.counts.map(c =>
         el("div", {class: "bar", title: String(c), style: {height: `${Math.max(1, 100 * c / peak)}%`}}))),
-      el("figcaption", {}, `${caption} (${h.lo.toFixed(1)} … ${h.hi.toFixed(1)})`));
+      el("figcaption", {}, `${caption} (${h.edges[0].toFixed(1)} … ${h.edges[h.edges.length - 1].toFixed(1)})`));
   }
 
   async function render(main) {
