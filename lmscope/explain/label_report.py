@@ -81,7 +81,7 @@ def class_table(db, test_predicates: bool = True) -> list[dict]:
         if test_predicates and (c or d.get("context")):
             sp = split_examples(db.feature(hook, idx), scfg)
             held = sp.test.pos + sp.test.neg
-            concept = concepts.Concept(c["name"], c["kind"], c["pos"], c["offset"]) if c else None
+            concept = concepts.Concept.from_dict(c) if c else None
             T = set(d.get("tokens") or [])
             full = concepts.bal_acc(*concepts.predict(held, T, concept, d.get("context"), wn))
             alone = concepts.bal_acc(*concepts.predict(held, T, None, None, wn))
