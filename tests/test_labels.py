@@ -4,6 +4,8 @@ test of the output side. Real WordNet files (wordnet-base) and the real MiniLM w
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 
@@ -173,7 +175,8 @@ def test_feature_classes():
 
 
 def test_one_pass_context_flags_equal_the_reference_definitions():
-    toks = ["He", " said", ' "', "Yes", " 3", " apples", '"', "Ċ", "Then", " 4", " more"]
+    toks = ["He", " said", ' "', "Yes", " 3", " apples", '"', "Ċ", "Then", " 4", " more", ".", " Un", "fold",
+            "ing", " it"]
     flags = concepts.window_flags(toks)
     for j, name in enumerate(concepts.NAMES):
         assert [f[j] for f in flags] == [concepts.CONTEXTS[name](toks, i) for i in range(len(toks))], name
@@ -183,7 +186,10 @@ def test_one_pass_context_flags_equal_the_reference_definitions():
     assert [i for i, f in enumerate(flags) if f[1]] == [3, 4, 5, 6]
     assert [i for i, f in enumerate(flags) if f[0]] == [8]
     assert [i for i, f in enumerate(flags) if f[2]] == [5, 10]
-    assert [i for i, f in enumerate(flags) if f[3]] == [0, 3, 8]
+    assert [i for i, f in enumerate(flags) if f[3]] == [0, 3, 8, 12]
+    # "fold", "ing" continue " Un" (no word-start mark, letters on both sides); " Un" follows "."
+    assert [i for i, f in enumerate(flags) if f[4]] == [13, 14]
+    assert [i for i, f in enumerate(flags) if f[5]] == [12]
 
 
 def test_paired_ci_by_hand():
@@ -193,3 +199,124 @@ def test_paired_ci_by_hand():
     m, lo, hi = paired_ci([0.0, 0.4])
     # resampled means of two values can only be 0, 0.2 or 0.4 (probabilities 1/4, 1/2, 1/4)
     assert m == pytest.approx(0.2) and lo == 0.0 and hi == pytest.approx(0.4)
+
+
+# ---- concepts found over every shown firing word, curated concept words, information content ----
+
+def test_information_content_counts_every_synset_below(wn):
+    # Reference by another route: walk DOWN the hyponym pointers (~, ~i) of data.noun from the synset
+    # (WordNet.below counts by walking UP the hypernym pointers of every synset).
+    def down(off):
+        seen, todo = set(), [off]
+        with open(wn.root / "data.noun", "rb") as fh:
+            while todo:
+                o = todo.pop()
+                fh.seek(o)
+                f = fh.readline().split(b"|")[0].split()
+                j = 4 + 2 * int(f[3], 16)
+                for i in range(int(f[j])):
+                    sym, h, p = f[j + 1 + 4 * i], int(f[j + 2 + 4 * i]), f[j + 3 + 4 * i]
+                    if sym in (b"~", b"~i") and p == b"n" and h not in seen:
+                        seen.add(h)
+                        todo.append(h)
+        return len(seen)
+
+    import math
+
+    rel = wn.index("n")["relative"][0]
+    n = down(rel)
+    assert wn.below("n")[rel] == n and n > 100  # mother, father, ... every kin term below it
+    assert wn.ic("n", rel) == pytest.approx(1 - math.log(n + 1) / math.log(len(wn.below("n"))))
+    leaf = wn.index("n")["stepmother"][0]
+    assert down(leaf) == 0 and wn.ic("n", leaf) == 1.0
+    entity = next(o for o in wn.below("n") if not wn.synset("n", o)[1] and wn.name("n", o) == "entity")
+    assert wn.ic("n", entity) == pytest.approx(1 - math.log(len(wn.below("n"))) / math.log(len(wn.below("n"))))
+
+
+def test_trials_score_equals_the_per_token_reference():
+    # 2 windows, 8 tokens: firing = {he, she, we}; predicate "he or she, or a pronoun".
+    wins = [_w(["he", " ran", " and", " she"], {"he", "she"}, 1), _w(["we", " sat", " by", " it"], {"we"}, 2)]
+    tr = concepts.Trials(wins)
+    pron = concepts.Curated(None).concepts[0]
+    assert pron.name == "pronoun" and pron.member("we", None) and not pron.member("sat", None)
+    # tokens alone: tp 2 of 3 firing, fp 0 of 5 silent -> (2/3 + 1) / 2; with pronoun: tp 3/3, fp 1/5
+    # (" it" is a pronoun that stays silent) -> (1 + 4/5) / 2 = 0.9
+    assert tr.score({"he", "she"}) == pytest.approx((2 / 3 + 1) / 2)
+    assert tr.score({"he", "she"}, pron) == pytest.approx(0.9)
+    for T, c in (({"he", "she"}, None), ({"he", "she"}, pron), (set(), None), ({"sat"}, pron)):
+        assert tr.score(T, c) == pytest.approx(concepts.bal_acc(*concepts.predict(wins, T, c, None, None)))
+
+
+PRON = {"he", "she", "they", "him", "we", "them"}
+_P_SHOWN = [["he", " ran", " and", " she", " sat"], ["they", " ate", " the", " bread"],
+            ["he", " saw", " him", " there"], ["she", " and", " they", " left"]]
+_P_NEW = [["we", " ran", " the", " race"], ["them", " ate", " a", " cake"]]
+_P_OLD = [["he", " ran", " the", " race"], ["she", " ate", " a", " cake"]]
+_P_NEG = [["the", " race", " ran", " on"], ["a", " cake", " was", " eaten"]]
+
+
+def _psplit(valid_pos) -> Split:
+    shown = [_w(s, PRON, 10 * i) for i, s in enumerate(_P_SHOWN)]
+    valid = Held([_w(s, PRON, 100 + i) for i, s in enumerate(valid_pos)],
+                 [_w(s, PRON, 200 + i, "negative") for i, s in enumerate(_P_NEG)])
+    return Split(shown, valid, Held())
+
+
+def test_curated_concept_over_the_shown_firing_words():
+    # Shown: firings he x2, she x2, they x2, him x1; the list takes 3 tokens (he, she, they), "him"
+    # fires beyond it. Shown tokens 17, firing 7, silent 10; list: tp 6, fp 0 -> (6/7 + 1) / 2;
+    # + pronoun: tp 7, fp 0 -> 1.0 > list -> "pronoun" is a candidate.
+    sp = _psplit(_P_NEW)
+    fires, seen, _, _ = __import__("lmscope.explain.stats_explainer", fromlist=["_counts"])._counts(sp)
+    assert sum(fires.values()) == 7 and sum(seen.values()) == 17
+    lab = Labeller(coherence=False, embed_concepts=False)
+    cands = concepts.shown_candidates(fires, seen, ["he", "she", "they"], lab.wn, lab.curated())
+    assert [c.name for c in cands] == ["pronoun"]
+    # Validation fires on "we", "them" (never shown): list alone 0 of 2 firing named, 0 of 14 silent
+    # -> 0.5; with the pronoun 2/2 and 0/14 -> 1.0: the concept stays.
+    e = explain_stats(_profile(sp.shown), sp, lab)
+    assert e.tokens == ["he", "she", "they"] and e.concept.name == "pronoun"
+    assert e.choice["tokens"] == 0.5 and e.choice["concept"] == 1.0
+    assert e.label.startswith("pronoun (he, she, they)")
+    # Validation fires only on listed words: the pronoun does not beat the list (1.0 = 1.0) -> no word.
+    sp = _psplit(_P_OLD)
+    e = explain_stats(_profile(sp.shown), sp, lab)
+    assert e.concept is None and e.choice["tokens"] == 1.0 and e.details()["proposed"]["concepts"] == ["pronoun"]
+    assert not e.label.startswith("pronoun")
+
+
+def test_concept_must_hold_the_listed_tokens():
+    # "him" is a pronoun that fires beyond the list, but the list (ran, ate, saw) holds no pronoun: a
+    # label "pronoun (ran, ate, saw)" would misname the tokens it lists, so no candidate.
+    fires = Counter({"ran": 3, "ate": 2, "saw": 2, "him": 1})
+    seen = Counter({"ran": 3, "ate": 2, "saw": 2, "him": 1, "the": 5})
+    lab = Labeller(coherence=False, embed_concepts=False)
+    cands = concepts.shown_candidates(fires, seen, ["ran", "ate", "saw"], None, lab.curated())
+    assert cands == []
+
+
+def test_wordnet_class_over_the_shown_firing_words(wn):
+    # Fires on family words; the list takes the 3 most frequent (mother, father, son), the shown windows
+    # also fire on "daughter" and "aunt" (one each), "table" is silent: the deepest class that holds
+    # the list and the extra firings ("relative", IC 0.54 >= MIN_IC) raises shown balanced accuracy from
+    # (6/8 + 1) / 2 to (8/8 + 1) / 2.
+    fires = Counter({"mother": 2, "father": 2, "son": 2, "daughter": 1, "aunt": 1})
+    seen = fires + Counter({"table": 4, "chair": 2})
+    c = concepts.shown_candidates(fires, seen, ["mother", "father", "son"], wn, None)
+    assert [x.name for x in c] == ["relative"] and wn.ic(c[0].pos, c[0].offset) >= concepts.MIN_IC["n"]
+    # with only near-root classes in common (idea, mountain, happiness: "entity", "abstraction"), none
+    fires = Counter({"idea": 2, "mountain": 2, "happiness": 1})
+    assert concepts.shown_candidates(fires, fires + Counter({"the": 5}), ["idea", "mountain"], wn, None) == []
+
+
+def test_embedder_ranks_the_curated_concepts(emb):
+    # sun, moon, star, sky fire: both "sky / celestial body" and "body of water"-free lists apply only
+    # by membership; the ranking picks the concept whose name is nearest the firing words.
+    cur = concepts.Curated(wordnet(), emb)
+    sky = next(j for j, c in enumerate(cur.concepts) if c.name == "sky / celestial body")
+    num = next(j for j, c in enumerate(cur.concepts) if c.name == "number word")
+    fires = Counter({"sun": 3, "moon": 2, "star": 1, "sky": 1})
+    assert cur.rank(fires, [num, sky]) == [sky, num]
+    assert set(cur.of("stars")) >= {sky} and sky not in cur.of("table")
+    fires = Counter({"two": 3, "three": 2, "seven": 1})
+    assert cur.rank(fires, [sky, num]) == [num, sky]

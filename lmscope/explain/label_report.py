@@ -81,7 +81,7 @@ def class_table(db, test_predicates: bool = True) -> list[dict]:
         if test_predicates and (c or d.get("context")):
             sp = split_examples(db.feature(hook, idx), scfg)
             held = sp.test.pos + sp.test.neg
-            concept = concepts.Concept(c["name"], c["kind"], c["pos"], c["offset"]) if c else None
+            concept = concepts.Concept.from_dict(c) if c else None
             T = set(d.get("tokens") or [])
             full = concepts.bal_acc(*concepts.predict(held, T, concept, d.get("context"), wn))
             alone = concepts.bal_acc(*concepts.predict(held, T, None, None, wn))
@@ -159,6 +159,29 @@ def before_after(db, before_db, n: int, seed: int) -> list[tuple[str, int, str, 
     return [(h, i, before[(h, i)], after[(h, i)]) for h, i in pick]
 
 
+def before_after_scores(db, before_db) -> dict:
+    """The stats labels of two atlases explained on the same windows (the same build, two labeller
+    versions), paired per feature on their stored TEST scores: mean after - before with a bootstrap
+    interval per scorer, over all shared features and over those whose label changed; and how many
+    labels name a concept in each."""
+    after, before = _stats_rows(db), _stats_rows(before_db)
+    both = sorted(set(after) & set(before))
+    out: dict = {"features": len(both),
+                 "concept_before": sum(bool(before[k]["details"].get("concept")) for k in both),
+                 "concept_after": sum(bool(after[k]["details"].get("concept")) for k in both),
+                 "changed": sum(after[k]["text"] != before[k]["text"] for k in both), "scorers": {}}
+    for s in sorted({s for k in both for s in after[k]["scores"]}):
+        for subset in ("all", "changed"):
+            d = [after[k]["scores"][s] - before[k]["scores"][s] for k in both
+                 if s in before[k]["scores"] and after[k]["scores"].get(s) == after[k]["scores"].get(s)
+                 and before[k]["scores"][s] == before[k]["scores"][s]
+                 and (subset == "all" or after[k]["text"] != before[k]["text"])]
+            m, lo, hi = paired_ci(d)
+            out["scorers"].setdefault(s, {})[subset] = {"n": len(d), "after_minus_before": round(m, 4),
+                                                        "ci95": [round(lo, 4), round(hi, 4)]}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from ..atlas.db import AtlasDB
 
@@ -177,12 +200,14 @@ def main(argv: list[str] | None = None) -> int:
     with AtlasDB(Path(a.atlas) / "atlas.db", readonly=True) as db:
         rows = class_table(db)
         vs = versus_stats(db, a.versus) if a.versus else None
-        ba = None
+        ba = bas = None
         if a.before:
             with AtlasDB(Path(a.before) / "atlas.db", readonly=True) as bdb:
                 ba = before_after(db, bdb, a.draw, a.seed)
+                bas = before_after_scores(db, bdb)
     if a.json:
-        print(json.dumps({"classes": rows, "before_after": ba, "versus": vs}, indent=1))
+        print(json.dumps({"classes": rows, "before_after": ba, "before_after_scores": bas, "versus": vs},
+                         indent=1))
         return 0
     print(format_table(rows))
     if vs:
@@ -190,6 +215,13 @@ def main(argv: list[str] | None = None) -> int:
         for s, x in vs["scorers"].items():
             print(f"  {s:<10} n {x['n']:>4}  {vs['method']} {x['method']:.3f}  stats {x['stats']:.3f}  "
                   f"difference {x['minus_stats']:+.3f} [{x['ci95'][0]:+.3f}, {x['ci95'][1]:+.3f}]")
+    if bas:
+        print(f"\nbefore/after on the {bas['features']} features in both (TEST scores, paired): labels naming a "
+              f"concept {bas['concept_before']} -> {bas['concept_after']}; labels changed {bas['changed']}")
+        for s, x in bas["scorers"].items():
+            for subset, y in x.items():
+                print(f"  {s:<10} {subset:<8} n {y['n']:>5}  after - before {y['after_minus_before']:+.4f} "
+                      f"[{y['ci95'][0]:+.4f}, {y['ci95'][1]:+.4f}]")
     if ba:
         print(f"\nbefore/after: {len(ba)} features drawn with random.Random({a.seed}).sample")
         print("| feature | before | after |\n|---|---|---|")

@@ -10,8 +10,10 @@ on the VALIDATION windows (ties: that order). The token list is the label's stru
 
 Reading aids (concepts.py), each proposed on the shown windows and KEPT only if it raises the
 token-level balanced accuracy on the VALIDATION windows over the token list alone (never the test
-windows): the concept behind the tokens (`relative (mother, wife, husband)`, `a number (3, 6)`) and
-the context it fires in (`after "the"`, `at the start of a line`, `inside quotes`).
+windows): the concept behind the tokens (`relative (mother, wife, husband)`, `a number (3, 6)`,
+`pronoun (he, she, they)`: up to three candidates, from the listed tokens, from WordNet over every
+shown firing word, and from a curated list of concept words ranked by the embedder) and the context
+it fires in (`after "the"`, `at the start of a line`, `inside quotes`, `inside a word`).
 
 Output side: the top promoted tokens of the decoder direction through the unembedding ("says
 "gallop""), the vocabulary projection of Bills et al. 2023 / the output-centric descriptions of
@@ -31,7 +33,7 @@ from . import concepts
 from .split import Split, token_key
 
 METHOD = "stats"
-VERSION = "2"
+VERSION = "3"
 MAX_TOKENS = 3
 COVER = 0.8
 MIN_PRECISION = 0.2
@@ -73,11 +75,14 @@ class Labeller:
     output side is judged against MiniLM's own whole-word vocabulary (a stand-in when no atlas is at
     hand, e.g. a single profile in a script)."""
 
-    def __init__(self, pool: list[str] | None = None, wordnet=True, coherence=True) -> None:
+    def __init__(self, pool: list[str] | None = None, wordnet=True, coherence=True,
+                 embed_concepts: bool | None = None) -> None:
         self.wn = concepts.default_wordnet() if wordnet else None
         self._pool = pool
         self._coh = None
         self._want_coh = coherence
+        self._cur = None
+        self._want_embed = coherence if embed_concepts is None else embed_concepts
         self.marks = True
         """the tokenizer marks word starts (GPT-2 'Ġ', SentencePiece '▁'): pieces without one are
         word fragments ("rowsiness", "ilantro"), which no reader can use as an output word"""
@@ -100,6 +105,20 @@ class Labeller:
             return True
         coh = self.coherence()
         return coh is not None and k in coh.embed.vocab
+
+    def curated(self) -> concepts.Curated:
+        """The curated concept words, resolved in WordNet and embedded once for this run."""
+        if self._cur is None:
+            emb = None
+            if self._want_embed:
+                coh = self.coherence()
+                if coh is not None:
+                    emb = coh.embed
+                else:
+                    from .coherence import StaticEmbedder
+                    emb = StaticEmbedder()
+            self._cur = concepts.Curated(self.wn, emb)
+        return self._cur
 
     def coherence(self):
         if self._coh is None and self._want_coh:
@@ -175,19 +194,19 @@ def _greedy_balanced(fires: Counter, seen: Counter, n_fire: int, n_tok: int) -> 
     return [k for g, k in gains[:MAX_TOKENS] if g > 0]
 
 
-def token_candidates(split: Split) -> dict[str, list[str]]:
+def token_candidates(split: Split, counts: tuple | None = None) -> dict[str, list[str]]:
     """Token lists from three rules on the shown windows; the label takes the one that predicts
-    firing best on the validation windows (explain_stats)."""
+    firing best on the validation windows (explain_stats). `counts`: _counts(split), if at hand."""
     from .baselines import top_tokens
 
-    fires, seen, n_fire, n_tok = _counts(split)
+    fires, seen, n_fire, n_tok = counts or _counts(split)
     return {"precision": _greedy_precision(fires, seen, n_fire),
             "balanced": _greedy_balanced(fires, seen, n_fire, n_tok),
             "peak": top_tokens(split, MAX_TOKENS)}
 
 
-def _shown_fit(split: Split, chosen: list[str]) -> tuple[float, float]:
-    fires, seen, n_fire, _ = _counts(split)
+def _shown_fit(counts: tuple, chosen: list[str]) -> tuple[float, float]:
+    fires, seen, n_fire, _ = counts
     tp = sum(fires[k] for k in chosen)
     occ = sum(seen[k] for k in chosen)
     return tp / occ if occ else 0.0, tp / n_fire if n_fire else 0.0
@@ -216,15 +235,17 @@ def compose(tokens: list[str], concept, context: str | None, says: list[str], ou
 def explain_stats(p: FeatureProfile, split: Split, labeller: Labeller | None = None) -> StatsExplanation:
     lab = labeller or default_labeller()
     valid = split.valid.pos + split.valid.neg
-    cands = token_candidates(split)
-    rule_scores = {r: concepts.bal_acc(*concepts.predict(valid, set(t), None, None, None)) for r, t in cands.items()}
+    trials = concepts.Trials(valid)
+    counts = _counts(split)
+    cands = token_candidates(split, counts)
+    rule_scores = {r: trials.score(set(t)) for r, t in cands.items()}
     # ties and no validation windows: the first rule (precision-weighted, the most specific list)
     rule = max(cands, key=lambda r: (rule_scores[r] if rule_scores[r] is not None else -1.0, -list(cands).index(r)))
     chosen = cands[rule]
-    precision, recall = _shown_fit(split, chosen)
-    concept = concepts.propose_concept(chosen, lab.wn)
+    precision, recall = _shown_fit(counts, chosen)
+    proposed = concepts.propose_concepts(counts[0], counts[1], chosen, lab.wn, lab.curated())
     context = concepts.propose_context(split.shown, chosen)
-    ch = concepts.choose(valid, chosen, concept, context, lab.wn)
+    ch = concepts.choose(valid, chosen, proposed, context, lab.wn, trials)
     promoted = list(dict.fromkeys(k for k in (token_key(x.token) for x in p.promoted[:concepts_n()]
                                               if readable(x.token, lab.marks)) if k and lab.is_word(k)))
     coh = lab.coherence()
@@ -236,7 +257,8 @@ def explain_stats(p: FeatureProfile, split: Split, labeller: Labeller | None = N
         concepts.feature_class(chosen, context, recall),
         {**ch.valid, "token_rule": rule, "token_rules": {r: None if v is None else round(v, 4)
                                                          for r, v in rule_scores.items()}},
-        {"concept": concept.name if concept else None, "context": context},
+        {"concept": proposed[0].name if proposed else None, "concepts": [c.name for c in proposed],
+         "context": context},
         res.as_dict() if res is not None else None)
 
 

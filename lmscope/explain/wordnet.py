@@ -3,7 +3,8 @@
 Only what concept naming needs (concepts.py): the senses of a word (index.{noun,verb}, base forms
 by WordNet's morphy rules and the *.exc exception lists), a synset's lemmas and hypernyms
 (data.{noun,verb}, read by seeking to the synset's byte offset, as the offsets in the files are),
-its ancestors with their depth, and the multi-word lemmas a word is part of ("good_old_days").
+its ancestors with their depth, the multi-word lemmas a word is part of ("good_old_days"), and a
+synset's intrinsic information content (how specific it is, from the size of the hierarchy below it).
 No download, no nltk: the files the corpus builder already reads (capture/corpus.py). Every lookup
 is cached, so a run over thousands of features reads each synset once.
 """
@@ -30,6 +31,7 @@ class WordNet:
         self._exc: dict[str, dict[str, list[str]]] = {}
         self._parts: dict[str, list[tuple[str, int]]] | None = None
         self._fh: dict[str, object] = {}
+        self._below: dict[str, dict[int, int]] = {}
         self.synset = lru_cache(maxsize=200_000)(self._synset)
         self.ancestors = lru_cache(maxsize=200_000)(self._ancestors)
         self.senses = lru_cache(maxsize=200_000)(self._senses)
@@ -124,6 +126,48 @@ class WordNet:
         """Length of the longest hypernym path from the synset to a root (entity = 0)."""
         hyper = self.synset(pos, offset)[1]
         return 0 if not hyper else 1 + max(self.depth(pos, h) for h in hyper)
+
+    def below(self, pos: str) -> dict[int, int]:
+        """offset -> number of synsets under it (all hyponym levels, itself excluded); one read of
+        data.{noun,verb} (~1 s), kept for the run."""
+        if pos not in self._below:
+            parents: dict[int, tuple[int, ...]] = {}
+            with open(self.root / f"data.{POS[pos]}", "rb") as fh:
+                for raw in fh:
+                    if raw.startswith(b" "):
+                        continue  # license header
+                    f = raw.split(b"|")[0].split()
+                    n_w = int(f[3], 16)
+                    j = 4 + 2 * n_w
+                    n_p = int(f[j])
+                    parents[int(f[0])] = tuple(int(f[j + 2 + 4 * i]) for i in range(n_p)
+                                               if f[j + 1 + 4 * i] in (b"@", b"@i") and f[j + 3 + 4 * i] == pos.encode())
+            anc: dict[int, frozenset[int]] = {}
+
+            def up(o: int) -> frozenset[int]:  # every synset above o (WordNet is < 20 levels deep)
+                got = anc.get(o)
+                if got is None:
+                    s: set[int] = set()
+                    for h in parents.get(o, ()):
+                        s.add(h)
+                        s |= up(h)
+                    got = anc[o] = frozenset(s)
+                return got
+
+            count: dict[int, int] = dict.fromkeys(parents, 0)
+            for o in parents:
+                for a in up(o):
+                    count[a] = count.get(a, 0) + 1
+            self._below[pos] = count
+        return self._below[pos]
+
+    def ic(self, pos: str, offset: int) -> float:
+        """Intrinsic information content (Seco, Veale & Hayes 2004): 1 - log(hyponyms + 1) / log(synsets),
+        1 for a leaf, 0 for the root of the whole hierarchy ("entity"); no corpus counts needed."""
+        import math
+
+        below = self.below(pos)
+        return 1.0 - math.log(below.get(offset, 0) + 1) / math.log(len(below))
 
     def name(self, pos: str, offset: int) -> str:
         return self.synset(pos, offset)[0][0].replace("_", " ")
