@@ -14,7 +14,6 @@ import json
 import sys
 
 from lmscope.atlas.db import AtlasDB
-from lmscope.explain.atlas_io import load_profiles
 from lmscope.explain.runner import split_config
 from lmscope.explain.split import Held, Split, span, split_examples
 
@@ -55,7 +54,7 @@ def main() -> None:
     for d in db.dictionaries():
         idxs = [i for i, _, mx in db.densities(d.hook) if (mx or 0) > 0]
         for b in range(0, len(idxs), 512):
-            for p in load_profiles(db, d.hook, idxs[b:b + 512]):
+            for p in db.feature_profiles(d.hook, idxs[b:b + 512]):
                 n += 1
                 new = split_examples(p, cfg)
                 for k, sp in (("old", old_split(p)), ("new", new)):

@@ -167,6 +167,22 @@ class SearchHit:
 
 
 @dataclass
+class BulkExplanations:
+    """One feature's explanations for `AtlasDB.add_explanations`."""
+
+    hook: str
+    idx: int
+    explanations: list[tuple]
+    """(method, version, text, details, scores, search): scores as (scorer, metric, value, n_pos,
+    n_neg, details) tuples; search=False keeps the text out of the full-text search (a baseline's
+    borrowed label must not make a search for "horse" find this feature)"""
+    label_if_unset: str | None = None
+    """the feature's label, set only where it has none"""
+    current_label: str | None = None
+    """the label the feature had when it was read"""
+
+
+@dataclass
 class DictionaryInfo:
     hook: str
     arch: str | None
@@ -422,6 +438,102 @@ class AtlasDB:
         return {"dictionaries": [d.__dict__ for d in self.dictionaries()], "meta": self.meta(),
                 "n_features": self._q("SELECT COUNT(*) FROM features")[0][0],
                 "n_explanations": self._q("SELECT COUNT(*) FROM explanations")[0][0]}
+
+    # --- bulk reads and writes (the explain stage: thousands of features per call) ----------------
+    def feature_profiles(self, hook: str, idxs: list[int]) -> list[FeatureProfile]:
+        """Profiles of these features of one dictionary, in idxs order, WITHOUT their explanations
+        (`feature` reads one feature with ~6 queries plus its explanations; this reads a batch with 3).
+        Examples carry no token_ids (the explain stage never reads them)."""
+        if not idxs:
+            return []
+        did = self._dict_id(hook)
+        marks = ",".join("?" * len(idxs))
+        stats = {r[0]: r[1:] for r in self._q(
+            f"SELECT idx, density, fires, max_act, mean_act, mean_firing, histogram, label FROM features "
+            f"WHERE dictionary = ? AND idx IN ({marks})", (did, *idxs))}
+        ex: dict = {i: {"top": [], "quantile": [], "negative": []} for i in idxs}
+        rows = self._q(f"SELECT idx, kind, bucket, score, token_id, tokens, acts, position FROM examples "
+                       f"WHERE dictionary = ? AND idx IN ({marks}) ORDER BY idx, kind, bucket DESC, rank",
+                       (did, *idxs))
+        # One json.loads per column of the whole batch, not two per example (the per-call cost dominated).
+        toks = json.loads("[" + ",".join(r[5] for r in rows) + "]")
+        acts = json.loads("[" + ",".join(r[6] for r in rows) + "]")
+        for (idx, kind, bucket, score, tid, _, _, pos), t, a in zip(rows, toks, acts):
+            ex[idx][kind].append(Example(kind, t, a, pos, score, bucket, [], tid))
+        logits: dict = {i: {"promoted": [], "suppressed": []} for i in idxs}
+        for idx, kind, tid, tok, val in self._q(
+                f"SELECT idx, kind, token_id, token, value FROM logit_effects WHERE dictionary = ? "
+                f"AND idx IN ({marks}) ORDER BY idx, kind, rank", (did, *idxs)):
+            logits[idx][kind].append(LogitEffect(tok, tid, val))
+        out = []
+        for i in idxs:
+            s = stats.get(i, (None,) * 7)
+            hist = json.loads(s[5]) if s[5] else None
+            out.append(FeatureProfile(hook, i, s[0], s[1], s[2], s[3], s[4], hist, s[6], ex[i]["top"],
+                                      ex[i]["quantile"], ex[i]["negative"], logits[i]["promoted"],
+                                      logits[i]["suppressed"], []))
+        return out
+
+    def example_windows(self, hook: str):
+        """(idx, token_id, position, tokens_json) of every stored example window of a dictionary, in
+        storage order, tokens left as JSON text (a reader that dedupes windows decodes only new ones)."""
+        try:
+            yield from self.conn.execute("SELECT idx, token_id, position, tokens FROM examples "
+                                         "WHERE dictionary = ?", (self._dict_id(hook),))
+        except sqlite3.OperationalError as e:
+            raise UserError(_db_error(self.path, e)) from None
+
+    def explained(self, method: str, version: str) -> set[tuple[str, int]]:
+        """(hook, idx) of every feature with an explanation by this method and version."""
+        return {(h, i) for h, i in self._q("SELECT d.hook, e.idx FROM explanations e JOIN dictionaries d "
+                                           "ON d.id = e.dictionary WHERE e.method = ? AND e.version = ?",
+                                           (method, version))}
+
+    def add_explanations(self, rows: list[BulkExplanations]) -> None:
+        """Store many features' explanations with their scores, and labels, in ONE transaction, with
+        exactly the rows (and search entries) `add_explanation`, `add_score` and `set_label` write,
+        except: an explanation with `search=False` gets no search entry, and a label is set only
+        where the feature has none (`BulkExplanations.label_if_unset`; never overwrites a hand label)."""
+        now = _now()
+        c = self.conn
+        if self.readonly:
+            raise UserError(f"{self.path} is open read-only")
+        try:
+            c.execute("BEGIN IMMEDIATE")  # we hold the write lock: explanation ids can be assigned here
+            eid = c.execute("SELECT COALESCE(MAX(id), 0) FROM explanations").fetchone()[0]
+            expl, scores, search, labelled = [], [], [], []
+            for r in rows:
+                did = self._dict_id(r.hook)
+                for m, v, text, details, ss, searchable in r.explanations:
+                    eid += 1
+                    expl.append((eid, did, r.idx, m, v, text, now, _json(details)))
+                    if searchable:
+                        search.append((text, r.hook, r.idx, "explanation", eid))
+                    scores += [(eid, scorer, metric, float(value), n_pos, n_neg, _json(det), now)
+                               for scorer, metric, value, n_pos, n_neg, det in ss]
+                if r.label_if_unset and not r.current_label:
+                    labelled.append((did, r.hook, r.idx, r.label_if_unset))
+            c.executemany("INSERT INTO explanations (id, dictionary, idx, method, version, text, created, "
+                          "details) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", expl)
+            c.executemany("INSERT INTO scores (explanation_id, scorer, metric, value, n_pos, n_neg, details, "
+                          "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", scores)
+            c.executemany("INSERT INTO features (dictionary, idx, label) VALUES (?, ?, ?) ON CONFLICT "
+                          "(dictionary, idx) DO UPDATE SET label = excluded.label",
+                          [(did, idx, label) for did, _, idx, label in labelled])
+            # No DELETE of an old 'label' search row: these features have no label, and set_label never
+            # leaves a row behind for an empty one (a DELETE on FTS5's unindexed columns scans the whole
+            # search table: once per feature that was quadratic).
+            search += [(label, hook, idx, "label", None) for _, hook, idx, label in labelled]
+            c.executemany("INSERT INTO search VALUES (?, ?, ?, ?, ?)", search)
+            c.execute("COMMIT")
+        except sqlite3.OperationalError as e:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise UserError(_db_error(self.path, e)) from None
+        except BaseException:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise
 
     # --- writing a build (one transaction) -------------------------------------------------
     def write_dictionary_profiles(self, hook: str, info: dict, features: list[tuple], examples: list[tuple],

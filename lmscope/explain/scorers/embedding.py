@@ -25,7 +25,7 @@ from . import ScoreResult, auroc
 
 NAME = "embedding"
 _LOCK = threading.Lock()
-_MODEL = None
+_MODELS: dict[str, Embedder] = {}
 
 
 def model_dir() -> Path:
@@ -38,18 +38,40 @@ def model_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "model"
 
 
+DTYPES = ("float32", "bfloat16")
+
+
 class Embedder:
-    name = "all-MiniLM-L6-v2/mean-pool/fp32"
     dim = 384
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, dtype: str = "float32") -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoModel, AutoTokenizer
 
+        if dtype not in DTYPES:
+            raise UserError(f"--embed-dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+        self.dtype = dtype
+        self.name = "all-MiniLM-L6-v2/mean-pool/" + ("fp32" if dtype == "float32" else "bf16-autocast")
+        """names the vectors (cache files are keyed by it: fp32 and bf16 vectors never mix)"""
         self.tok = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path).eval()
         self.cache: dict = {}
         """phrase -> [384] unit vector (phrases repeat across features and baselines)"""
+
+    def _forward(self, b):
+        """Last hidden states [batch, pieces, 384] in float32; bfloat16 runs the matrix products in
+        bf16 (torch autocast; ~2.7x less CPU time on AVX-512-BF16 cores, cosine to fp32 >= 0.9998)."""
+        import contextlib
+
+        import torch
+
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if self.dtype == "bfloat16" else contextlib.nullcontext()
+        with torch.no_grad(), ctx:
+            return self.model(**b).last_hidden_state.float()
+
+    def n_pieces(self, texts: list[str], max_length: int = 256) -> list[int]:
+        """Word pieces (with CLS/SEP) each text is embedded as: batches of similar counts pad little."""
+        return [len(x) for x in self.tok(texts, truncation=True, max_length=max_length)["input_ids"]]
 
     def __call__(self, texts: list[str]):
         """Sentence embeddings [len(texts), 384] (unit vectors, torch)."""
@@ -57,7 +79,7 @@ class Embedder:
 
         with torch.no_grad():
             b = self.tok(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
-            h = self.model(**b).last_hidden_state  # [batch, pos, 384]
+            h = self._forward(b)  # [batch, pos, 384]
             m = b["attention_mask"].unsqueeze(-1).float()  # [batch, pos, 1]
             v = (h * m).sum(1) / m.sum(1).clamp(min=1)  # [batch, 384]
             return torch.nn.functional.normalize(v, dim=-1)
@@ -82,7 +104,10 @@ class Embedder:
     def phrases(self, texts: list[str], chunk: int = 256) -> None:
         """Embed every phrase not cached yet, in large batches."""
         todo = list(dict.fromkeys(t for t in texts if t not in self.cache))
-        todo.sort(key=len)
+        # by word-piece count (what a batch pads to), not characters: 29.5k padded piece slots for the
+        # default atlas's 17k pieces before, ~17.5k now
+        n = self.n_pieces(todo, 128) if todo else []
+        todo = [todo[i] for i in np.argsort(n, kind="stable")]
         for i in range(0, len(todo), chunk):
             part = todo[i:i + chunk]
             for t, v in zip(part, self(part).numpy()):
@@ -100,7 +125,7 @@ class Embedder:
             b = self.tok(list(texts), padding=True, truncation=True, max_length=256, return_tensors="pt",
                          return_offsets_mapping=True)
             off = b.pop("offset_mapping")  # [batch, pieces, 2] characters
-            h = self.model(**b).last_hidden_state  # [batch, pieces, 384]
+            h = self._forward(b)  # [batch, pieces, 384]
         vecs, counts = [], []
         for j, st in enumerate(starts):
             st_a = np.asarray(st)  # [t] start character of each token
@@ -116,12 +141,11 @@ class Embedder:
         return vecs, counts
 
 
-def embedder() -> Embedder:
-    global _MODEL
+def embedder(dtype: str = "float32") -> Embedder:
     with _LOCK:
-        if _MODEL is None:
-            _MODEL = Embedder(model_dir())
-        return _MODEL
+        if dtype not in _MODELS:
+            _MODELS[dtype] = Embedder(model_dir(), dtype)
+        return _MODELS[dtype]
 
 
 def label_vector(text: str, emb: Embedder, tokens: list[str] | None = None) -> np.ndarray:
