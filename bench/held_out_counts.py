@@ -21,7 +21,6 @@ from collections import Counter
 import numpy as np
 
 from lmscope.atlas.db import AtlasDB
-from lmscope.explain.atlas_io import load_profiles
 from lmscope.explain.runner import split_config
 from lmscope.explain.split import split_examples
 
@@ -60,7 +59,7 @@ def main() -> None:
     for d in db.dictionaries():
         idx = [i for i, _, mx in db.densities(d.hook) if (mx or 0) > 0]
         for b in range(0, len(idx), 512):
-            for p in load_profiles(db, d.hook, idx[b:b + 512]):
+            for p in db.feature_profiles(d.hook, list(idx[b:b + 512])):
                 sp = split_examples(subset(p, a.samples, a.negatives), cfg)
                 for k, v in (("shown", sp.shown), ("valid_pos", sp.valid.pos), ("valid_neg", sp.valid.neg),
                              ("test_pos", sp.test.pos), ("test_neg", sp.test.neg)):

@@ -12,7 +12,6 @@ import sys
 import time
 
 from lmscope.atlas.db import AtlasDB
-from lmscope.explain.atlas_io import load_profiles
 from lmscope.explain.runner import split_config
 from lmscope.explain.split import split_examples
 from lmscope.explain.stats_explainer import Labeller, explain_stats
@@ -24,7 +23,7 @@ def main() -> None:
     hook = db.dictionaries()[0].hook
     idx = sorted(random.Random(1).sample(range(db.dictionaries()[0].d_sae), n))
     cfg = split_config(db)
-    items = [(p, split_examples(p, cfg)) for p in load_profiles(db, hook, idx)]
+    items = [(p, split_examples(p, cfg)) for p in db.feature_profiles(hook, list(idx))]
     t = time.time()
     lab = Labeller.for_atlas(db)
     explain_stats(*items[0], lab)

@@ -468,7 +468,7 @@ class AtlasDB:
         out = []
         for i in idxs:
             s = stats.get(i, (None,) * 7)
-            hist = json.loads(s[5]) if s[5] else None
+            hist = decode_histogram(_unjson(s[5]))
             out.append(FeatureProfile(hook, i, s[0], s[1], s[2], s[3], s[4], hist, s[6], ex[i]["top"],
                                       ex[i]["quantile"], ex[i]["negative"], logits[i]["promoted"],
                                       logits[i]["suppressed"], []))
