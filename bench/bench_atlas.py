@@ -1,6 +1,7 @@
 """Feature-profile throughput of `lmscope atlas build` (feature x tokens per second).
 
-    .venv/bin/python bench/bench_atlas.py                       # 1024 and 4608 features x 8,192 tokens
+    .venv/bin/python bench/bench_atlas.py                       # 1024 and 4608 features x 8,192
+    tokens
     .venv/bin/python bench/bench_atlas.py --features 1024 --tokens 8192
 
 On the default model (SmolLM2-135M, blocks.15.resid_post, d_model 576) with a TopK dictionary
@@ -40,8 +41,17 @@ def make_atlas(root: Path, lm, d_sae: int, sample: torch.Tensor) -> None:
 
     if root.exists():
         shutil.rmtree(root)
-    d = build(DictionaryConfig(d_in=lm.d_model, d_sae=d_sae, arch="topk", k=32, hook_name=HOOK,
-                               model_name="smollm2-135m", seed=0))
+    d = build(
+        DictionaryConfig(
+            d_in=lm.d_model,
+            d_sae=d_sae,
+            arch="topk",
+            k=32,
+            hook_name=HOOK,
+            model_name="smollm2-135m",
+            seed=0,
+        )
+    )
     d.init_from_data(sample)
     layout = AtlasLayout(root)
     d.save(layout.dictionary_dir(HOOK))
@@ -59,19 +69,40 @@ def db_scale(n_features: int, path: Path, examples_per_feature: int = 2) -> dict
         if p.exists():
             p.unlink()
     rnd = random.Random(0)
-    # Labels of 3 words from a 20k-word vocabulary (a query word matches ~n_features * 3 / 20k labels);
+    # Labels of 3 words from a 20k-word vocabulary (a query word matches ~n_features * 3 / 20k
+    # labels);
     # common words make FTS ranking O(matches): see docs/notes/atlas.md.
     words = [f"w{j}x" for j in range(20_000)]
     t0 = time.time()
     db = AtlasDB(path)
-    feats = ((i, rnd.random() * 1e-2, rnd.randrange(1000), rnd.random() * 10, rnd.random(), rnd.random(), "{}")
-             for i in range(n_features))
+    feats = (
+        (
+            i,
+            rnd.random() * 1e-2,
+            rnd.randrange(1000),
+            rnd.random() * 10,
+            rnd.random(),
+            rnd.random(),
+            "{}",
+        )
+        for i in range(n_features)
+    )
     toks = json.dumps(["the", "horse", "ran"])
-    ex = ((i, "top", None, r, 1.0, i * 10 + r, toks, "[1, 2, 3]", "[0, 1.5, 0]", 1)
-          for i in range(n_features) for r in range(examples_per_feature))
-    db.write_dictionary_profiles(HOOK, {"d_sae": n_features, "arch": "topk"}, feats, ex, [], commit=False)
-    db.conn.executemany("UPDATE features SET label = ? WHERE dictionary = 1 AND idx = ?",
-                        ((f"{rnd.choice(words)} {rnd.choice(words)} {rnd.choice(words)}", i) for i in range(n_features)))
+    ex = (
+        (i, "top", None, r, 1.0, i * 10 + r, toks, "[1, 2, 3]", "[0, 1.5, 0]", 1)
+        for i in range(n_features)
+        for r in range(examples_per_feature)
+    )
+    db.write_dictionary_profiles(
+        HOOK, {"d_sae": n_features, "arch": "topk"}, feats, ex, [], commit=False
+    )
+    db.conn.executemany(
+        "UPDATE features SET label = ? WHERE dictionary = 1 AND idx = ?",
+        (
+            (f"{rnd.choice(words)} {rnd.choice(words)} {rnd.choice(words)}", i)
+            for i in range(n_features)
+        ),
+    )
     db.conn.execute("INSERT INTO search SELECT label, ?, idx, 'label', NULL FROM features", (HOOK,))
     db.conn.commit()
     t_build = time.time() - t0
@@ -88,22 +119,35 @@ def db_scale(n_features: int, path: Path, examples_per_feature: int = 2) -> dict
         db.search_labels(w, limit=20)
     t_search = (time.time() - t0) / len(queries)
     db.close()
-    return {"features": n_features, "build_s": round(t_build, 1), "db_mb": round(path.stat().st_size / 2**20),
-            "feature_lookup_ms": round(t_lookup * 1000, 2), "label_search_ms": round(t_search * 1000, 2)}
+    return {
+        "features": n_features,
+        "build_s": round(t_build, 1),
+        "db_mb": round(path.stat().st_size / 2**20),
+        "feature_lookup_ms": round(t_lookup * 1000, 2),
+        "label_search_ms": round(t_search * 1000, 2),
+    }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--features", default="1024,4608", help="dictionary widths (comma-separated)")
     ap.add_argument("--tokens", type=int, default=8192)
     ap.add_argument("--batch-size", type=int, default=16, help="contexts per model pass")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     ap.add_argument("--out", default=None, help="also write the results as JSON here")
-    ap.add_argument("--db-scale", type=int, default=0,
-                    help="instead: build a synthetic atlas.db of this many features and time lookup/search")
+    ap.add_argument(
+        "--db-scale",
+        type=int,
+        default=0,
+        help="instead: build a synthetic atlas.db of this many features and time lookup/search",
+    )
     args = ap.parse_args()
     if args.db_scale:
-        print(json.dumps(db_scale(args.db_scale, Path("/tmp/lmscope-bench-atlas-scale.db")), indent=2))
+        print(
+            json.dumps(db_scale(args.db_scale, Path("/tmp/lmscope-bench-atlas-scale.db")), indent=2)
+        )
         return
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -130,15 +174,24 @@ def main() -> None:
         ctxs.append(c)
     tokens = torch.stack(ctxs)  # [n_ctx, CTX]
     t0 = time.time()
-    acts = [run(lm, tokens[s:s + args.batch_size], capture=[HOOK]).acts[HOOK]
-            for s in range(0, n_ctx, args.batch_size)]  # [b, CTX, d_model] each
+    acts = [
+        run(lm, tokens[s : s + args.batch_size], capture=[HOOK]).acts[HOOK]
+        for s in range(0, n_ctx, args.batch_size)
+    ]  # [b, CTX, d_model] each
     t_model = time.time() - t0
     valid = token_mask(lm, tokens)
     n_valid = int(valid.sum())
     sample = torch.cat(acts).reshape(-1, lm.d_model)[valid.reshape(-1)][:4096]
 
-    results = {"model": "smollm2-135m", "hook": HOOK, "tokens": int(tokens.numel()), "valid_tokens": n_valid,
-               "model_forward_s": round(t_model, 2), "threads": torch.get_num_threads(), "widths": []}
+    results = {
+        "model": "smollm2-135m",
+        "hook": HOOK,
+        "tokens": int(tokens.numel()),
+        "valid_tokens": n_valid,
+        "model_forward_s": round(t_model, 2),
+        "threads": torch.get_num_threads(),
+        "widths": [],
+    }
     for F in [int(x) for x in args.features.split(",")]:
         root = Path(f"/tmp/lmscope-bench-atlas-{F}")
         make_atlas(root, lm, F, sample)
@@ -147,21 +200,35 @@ def main() -> None:
         t0 = time.time()
         for j, a in enumerate(acts):
             s = j * args.batch_size
-            t = tokens[s:s + args.batch_size]
+            t = tokens[s : s + args.batch_size]
             with torch.inference_mode():
                 f = d.encode(a.reshape(-1, a.shape[-1]).float()).reshape(*t.shape, F)
             ids = torch.arange(s, s + t.shape[0])[:, None] * CTX + torch.arange(CTX)
-            update(state, f, t, valid[s:s + t.shape[0]], ids)
+            update(state, f, t, valid[s : s + t.shape[0]], ids)
         t_profile = time.time() - t0
         t0 = time.time()
-        build_atlas(BuildConfig(atlas=str(root), corpus=str(corpus), tokens=args.tokens, ctx_len=CTX,
-                                batch_size=args.batch_size, force=True), progress=False, lm=lm)
+        build_atlas(
+            BuildConfig(
+                atlas=str(root),
+                corpus=str(corpus),
+                tokens=args.tokens,
+                ctx_len=CTX,
+                batch_size=args.batch_size,
+                force=True,
+            ),
+            progress=False,
+            lm=lm,
+        )
         t_e2e = time.time() - t0
-        row = {"features": F, "profile_pass_s": round(t_profile, 2),
-               "profile_feature_tokens_per_s": round(F * n_valid / t_profile),
-               "end_to_end_s": round(t_e2e, 2), "end_to_end_feature_tokens_per_s": round(F * n_valid / t_e2e),
-               "state_mb": round(state.nbytes() / 2**20, 1),
-               "db_mb": round((root / "atlas.db").stat().st_size / 2**20, 1)}
+        row = {
+            "features": F,
+            "profile_pass_s": round(t_profile, 2),
+            "profile_feature_tokens_per_s": round(F * n_valid / t_profile),
+            "end_to_end_s": round(t_e2e, 2),
+            "end_to_end_feature_tokens_per_s": round(F * n_valid / t_e2e),
+            "state_mb": round(state.nbytes() / 2**20, 1),
+            "db_mb": round((root / "atlas.db").stat().st_size / 2**20, 1),
+        }
         results["widths"].append(row)
         print(json.dumps(row), flush=True)
     results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

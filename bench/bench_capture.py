@@ -70,13 +70,18 @@ def measure(args, dtype: str) -> dict:
             times[name] += timed(f, 1)
     ntok = args.batch * args.ctx
     med = {k: statistics.median(v) for k, v in times.items()}
-    return {"dtype": dtype, **{f"{k}_tok_s": ntok / v for k, v in med.items()},
-            "capture_vs_full": med["full"] / med["capture"],
-            "capture_overhead_vs_bare": med["capture"] / med["bare"] - 1}
+    return {
+        "dtype": dtype,
+        **{f"{k}_tok_s": ntok / v for k, v in med.items()},
+        "capture_vs_full": med["full"] / med["capture"],
+        "capture_overhead_vs_bare": med["capture"] / med["bare"] - 1,
+    }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--layer", type=int, default=15)
     ap.add_argument("--batch", type=int, default=8)
@@ -84,15 +89,26 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
     torch.manual_seed(0)
-    results = {"machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(),
-                           "torch": torch.__version__, "platform": platform.platform()},
-               "args": vars(args), "rows": []}
+    results = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "platform": platform.platform(),
+        },
+        "args": vars(args),
+        "rows": [],
+    }
     for dtype in ("float32", "bfloat16"):
         row = measure(args, dtype)
         results["rows"].append(row)
-        print(f"{dtype:>9}: full {row['full_tok_s']:7.0f} tok/s | bare truncated {row['bare_tok_s']:7.0f} | "
-              f"capture {row['capture_tok_s']:7.0f} | capture/full {row['capture_vs_full']:.2f}x | "
-              f"overhead vs bare {100 * row['capture_overhead_vs_bare']:+.1f}%", flush=True)
+        print(
+            f"{dtype:>9}: full {row['full_tok_s']:7.0f} tok/s | bare truncated "
+            f"{row['bare_tok_s']:7.0f} | "
+            f"capture {row['capture_tok_s']:7.0f} | capture/full {row['capture_vs_full']:.2f}x | "
+            f"overhead vs bare {100 * row['capture_overhead_vs_bare']:+.1f}%",
+            flush=True,
+        )
     f32, b16 = results["rows"]
     results["bf16_vs_fp32_capture"] = b16["capture_tok_s"] / f32["capture_tok_s"]
     print(f"bf16 / fp32 capture speed: {results['bf16_vs_fp32_capture']:.2f}x")

@@ -4,7 +4,8 @@ code on the same features, and on the same atlas widened K times (K copies of it
 the same corpus windows: a 30 x 4,608 = 138k-feature atlas like the whole-model one).
 
     PYTHONPATH=$PWD .venv/bin/python bench/bench_explain.py --atlas runs/smollm2-135m/atlas \\
-        --work /tmp/bench-explain [--old-code /path/to/old/checkout --old-sample 500] [--replicate 30]
+        --work /tmp/bench-explain [--old-code /path/to/old/checkout --old-sample 500] [--replicate
+        30]
 
 Works on copies under --work (the atlas given is only read). Prints one JSON line per run and
 appends them to bench/results/explain.jsonl.
@@ -47,19 +48,36 @@ def copy_atlas(src: Path, dst: Path) -> Path:
 def replicate(dst: Path, k: int) -> int:
     """Add k-1 copies of every dictionary (same windows, same corpus ids) under new hook names."""
     c = sqlite3.connect(dst / "atlas.db")
-    dicts = c.execute("SELECT id, hook, arch, d_sae, d_in, n_tokens, config FROM dictionaries").fetchall()
+    dicts = c.execute(
+        "SELECT id, hook, arch, d_sae, d_in, n_tokens, config FROM dictionaries"
+    ).fetchall()
     for r in range(1, k):
         for did, hook, *rest in dicts:
-            cur = c.execute("INSERT INTO dictionaries (hook, arch, d_sae, d_in, n_tokens, config) "
-                            "VALUES (?, ?, ?, ?, ?, ?)", (f"{hook}.copy{r}", *rest))
+            cur = c.execute(
+                "INSERT INTO dictionaries (hook, arch, d_sae, d_in, n_tokens, config) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (f"{hook}.copy{r}", *rest),
+            )
             new = cur.lastrowid
-            c.execute("INSERT INTO features SELECT ?, idx, density, fires, max_act, mean_act, mean_firing, "
-                      "histogram, label FROM features WHERE dictionary = ?", (new, did))
-            c.execute("INSERT INTO examples (dictionary, idx, kind, bucket, rank, score, token_id, tokens, "
-                      "token_ids, acts, position) SELECT ?, idx, kind, bucket, rank, score, token_id, tokens, "
-                      "token_ids, acts, position FROM examples WHERE dictionary = ?", (new, did))
-            c.execute("INSERT INTO logit_effects SELECT ?, idx, kind, rank, token_id, token, value "
-                      "FROM logit_effects WHERE dictionary = ?", (new, did))
+            c.execute(
+                "INSERT INTO features SELECT ?, idx, density, fires, max_act, mean_act, "
+                "mean_firing, "
+                "histogram, label FROM features WHERE dictionary = ?",
+                (new, did),
+            )
+            c.execute(
+                "INSERT INTO examples (dictionary, idx, kind, bucket, rank, score, token_id, "
+                "tokens, "
+                "token_ids, acts, position) SELECT ?, idx, kind, bucket, rank, score, token_id, "
+                "tokens, "
+                "token_ids, acts, position FROM examples WHERE dictionary = ?",
+                (new, did),
+            )
+            c.execute(
+                "INSERT INTO logit_effects SELECT ?, idx, kind, rank, token_id, token, value "
+                "FROM logit_effects WHERE dictionary = ?",
+                (new, did),
+            )
         c.commit()
     n = c.execute("SELECT COUNT(*) FROM features WHERE max_act > 0").fetchone()[0]
     c.close()
@@ -70,38 +88,73 @@ def run_new(atlas: Path, label: str, **kw) -> dict:
     t = time.perf_counter()
     r = explain_atlas(ExplainConfig(atlas=str(atlas), **kw), progress=False)
     wall = time.perf_counter() - t
-    return {"run": label, "code": "new", "features": r.explained, "seconds": round(wall, 1),
-            "features_per_s": round(r.explained / wall, 1), "embedded_tokens": r.embedded_tokens,
-            "embed_seconds": round(r.embed_seconds, 1)}
+    return {
+        "run": label,
+        "code": "new",
+        "features": r.explained,
+        "seconds": round(wall, 1),
+        "features_per_s": round(r.explained / wall, 1),
+        "embedded_tokens": r.embedded_tokens,
+        "embed_seconds": round(r.embed_seconds, 1),
+    }
 
 
 def run_old(code: Path, atlas: Path, sample: int) -> dict:
-    cmd = [sys.executable, "-c", "import sys; from lmscope.cli import main; sys.exit(main(sys.argv[1:]))",
-           "explain", str(atlas), "--no-progress", "--json"] + (["--sample", str(sample)] if sample else [])
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys; from lmscope.cli import main; sys.exit(main(sys.argv[1:]))",
+        "explain",
+        str(atlas),
+        "--no-progress",
+        "--json",
+    ] + (["--sample", str(sample)] if sample else [])
     t = time.perf_counter()
-    out = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(code)}, capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        cmd, env={**os.environ, "PYTHONPATH": str(code)}, capture_output=True, text=True, check=True
+    ).stdout
     wall = time.perf_counter() - t
-    n = json.loads(out[out.index("{"):])["explained"]
-    return {"run": f"old code, --sample {sample}" if sample else "old code", "code": str(code), "features": n,
-            "seconds": round(wall, 1), "features_per_s": round(n / wall, 1)}
+    n = json.loads(out[out.index("{") :])["explained"]
+    return {
+        "run": f"old code, --sample {sample}" if sample else "old code",
+        "code": str(code),
+        "features": n,
+        "seconds": round(wall, 1),
+        "features_per_s": round(n / wall, 1),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--atlas", required=True, help="atlas folder (read only)")
     ap.add_argument("--work", required=True, help="scratch folder for the copies")
-    ap.add_argument("--old-code", default="", help="an older checkout to time on a copy (its own split/scorers)")
-    ap.add_argument("--old-sample", type=int, default=0, help="features per dictionary for the old code (0 = all)")
-    ap.add_argument("--replicate", type=int, default=0, help="also time a K-times wider copy of the atlas")
-    ap.add_argument("--skip-base", action="store_true", help="only the --replicate / --old-code runs")
+    ap.add_argument(
+        "--old-code", default="", help="an older checkout to time on a copy (its own split/scorers)"
+    )
+    ap.add_argument(
+        "--old-sample",
+        type=int,
+        default=0,
+        help="features per dictionary for the old code (0 = all)",
+    )
+    ap.add_argument(
+        "--replicate", type=int, default=0, help="also time a K-times wider copy of the atlas"
+    )
+    ap.add_argument(
+        "--skip-base", action="store_true", help="only the --replicate / --old-code runs"
+    )
     a = ap.parse_args()
     src, work = Path(a.atlas), Path(a.work)
     results = []
 
     def emit(r: dict) -> None:
-        r = {**r, "atlas": str(src), "cpus": os.cpu_count(), "load1": round(os.getloadavg()[0], 2),
-             "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        r = {
+            **r,
+            "atlas": str(src),
+            "cpus": os.cpu_count(),
+            "load1": round(os.getloadavg()[0], 2),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
         print(json.dumps(r), flush=True)
         results.append(r)
 
@@ -115,8 +168,13 @@ def main() -> None:
         dst = copy_atlas(src, work / "old")
         emit(run_old(Path(a.old_code), dst, a.old_sample))
         if a.old_sample:
-            emit(run_new(copy_atlas(src, work / "new-sample"), f"cold, --sample {a.old_sample}",
-                         sample=a.old_sample))
+            emit(
+                run_new(
+                    copy_atlas(src, work / "new-sample"),
+                    f"cold, --sample {a.old_sample}",
+                    sample=a.old_sample,
+                )
+            )
     if a.replicate:
         dst = copy_atlas(src, work / "wide")
         n = replicate(dst, a.replicate)

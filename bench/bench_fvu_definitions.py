@@ -46,16 +46,26 @@ def fvus(x: torch.Tensor, r: torch.Tensor, batch: int, seed: int = 0) -> dict:
         idx = perm[m[perm]]
         vals = []
         for s in range(0, idx.numel() - batch + 1, batch):
-            b = idx[s:s + batch]
+            b = idx[s : s + batch]
             vals.append(float(err[b].sum() / (x[b] - x[b].mean(0)).pow(2).sum()))
-        return {"mean": sum(vals) / len(vals), "min": min(vals), "max": max(vals), "batches": len(vals)}
+        return {
+            "mean": sum(vals) / len(vals),
+            "min": min(vals),
+            "max": max(vals),
+            "batches": len(vals),
+        }
 
     every = torch.ones_like(inl)
     var = (x - x.mean(0)).pow(2).sum()
-    return {"tokens": int(x.shape[0]), "outliers": int((~inl).sum()),
-            "outlier_var_share": float((x[~inl] - x.mean(0)).pow(2).sum() / var),
-            "pooled": pooled(every), "pooled_no_outliers": pooled(inl),
-            "per_batch": per_batch(every), "per_batch_no_outliers": per_batch(inl)}
+    return {
+        "tokens": int(x.shape[0]),
+        "outliers": int((~inl).sum()),
+        "outlier_var_share": float((x[~inl] - x.mean(0)).pow(2).sum() / var),
+        "pooled": pooled(every),
+        "pooled_no_outliers": pooled(inl),
+        "per_batch": per_batch(every),
+        "per_batch_no_outliers": per_batch(inl),
+    }
 
 
 def main() -> None:
@@ -70,20 +80,30 @@ def main() -> None:
     entry = man["dictionaries"][args.hook]
     lm = load_model(man["model"])
     sae = load_dictionary(Path(args.atlas) / entry["path"]).eval()
-    out = {"atlas": args.atlas, "hook": args.hook, "train_fvu_reported": entry.get("train_fvu"),
-           "outlier_factor": OUTLIER_FACTOR, "splits": {}}
+    out = {
+        "atlas": args.atlas,
+        "hook": args.hook,
+        "train_fvu_reported": entry.get("train_fvu"),
+        "outlier_factor": OUTLIER_FACTOR,
+        "splits": {},
+    }
     for split in ("train", "test"):
         ctxs = heldout_contexts(lm, "default", tokens=args.tokens, ctx_len=128, split=split)
         xs, rs = [], []
         with torch.no_grad():
             for i in range(0, len(ctxs), 8):
-                t = torch.stack(ctxs[i:i + 8])  # [b, 128]
-                x = run(lm, t, capture=[args.hook]).acts[args.hook].float()[token_mask(lm, t)]  # [tokens, d]
+                t = torch.stack(ctxs[i : i + 8])  # [b, 128]
+                x = (
+                    run(lm, t, capture=[args.hook]).acts[args.hook].float()[token_mask(lm, t)]
+                )  # [tokens, d]
                 xs.append(x.double())
                 rs.append(sae(x).double())
         out["splits"][split] = fvus(torch.cat(xs), torch.cat(rs), args.batch)
         print(split, json.dumps(out["splits"][split]), flush=True)
-    path = Path("bench/results") / f"fvu_definitions-{time.strftime('%Y-%m-%dT%H%M%SZ', time.gmtime())}.json"
+    path = (
+        Path("bench/results")
+        / f"fvu_definitions-{time.strftime('%Y-%m-%dT%H%M%SZ', time.gmtime())}.json"
+    )
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {path}")
 

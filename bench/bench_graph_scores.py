@@ -19,7 +19,8 @@ features pinned and every other feature eligible for folding. Every pair must ag
     .venv/bin/python bench/bench_graph_scores.py ATLAS [--prompt P] [--ct-python VENV/bin/python]
     .venv/bin/python bench/bench_graph_scores.py /tmp/lmscope-bench-graph --random-transcoders
 
-circuit-tracer's venv: python3 -m venv ct-venv && ct-venv/bin/pip install torch==2.13.0 circuit-tracer.
+circuit-tracer's venv: python3 -m venv ct-venv && ct-venv/bin/pip install torch==2.13.0
+circuit-tracer.
 Writes bench/results/graph_scores.json (--out).
 """
 
@@ -46,15 +47,15 @@ def old_scores(g, pr) -> tuple[float, float]:
 
     A = g.adjacency_as_circuit_tracer()
     is_err = __import__("torch").zeros(g.n_nodes, dtype=bool)
-    is_err[g.error_start:g.token_start] = True
+    is_err[g.error_start : g.token_start] = True
     if pr is not None:
         dropped = ~pr.node_mask
-        dropped[g.error_start:] = False
+        dropped[g.error_start :] = False
         is_err = is_err | dropped
     w = logit_weights(g)
     B = normalize_rows(A)
     infl = influence(B, w)
-    tok = infl[g.token_start:g.logit_start].sum()
+    tok = infl[g.token_start : g.logit_start].sum()
     err = infl[is_err].sum()
     weight = infl + w
     comp = ((1 - B[:, is_err].sum(1)) * weight).sum() / weight.sum()
@@ -80,40 +81,67 @@ def build(args) -> tuple[dict, dict]:
         if not (tc_dir / "model_path").exists():
             make_transcoders(tc_dir, 4096, 32)
         lm = load_model("smollm2-135m")
-        tcs = {L: load_dictionary(tc_dir / "lmscope" / f"blocks.{L}.mlp_in").eval() for L in range(lm.n_layers)}
+        tcs = {
+            L: load_dictionary(tc_dir / "lmscope" / f"blocks.{L}.mlp_in").eval()
+            for L in range(lm.n_layers)
+        }
     else:
         lm, dicts, _ = load_atlas(args.atlas, model=None, device="cpu")
         tcs = check_transcoders(lm, dicts)
     t = time.perf_counter()
-    g = build_graph(lm, tcs, args.prompt, max_feature_nodes=args.max_feature_nodes,
-                    batch_size=args.batch_size)
+    g = build_graph(
+        lm, tcs, args.prompt, max_feature_nodes=args.max_feature_nodes, batch_size=args.batch_size
+    )
     seconds = time.perf_counter() - t
     pr = prune(g, args.node_threshold, args.edge_threshold)
     full, part = graph_scores(g), graph_scores(g, pr)
     ct = circuit_tracer_scores(g, args.node_threshold, args.edge_threshold)
     old_full, old_part = old_scores(g, None), old_scores(g, pr)
     res = {
-        "prompt": args.prompt, "target": g.logit_strs[0], "n_pos": g.n_pos, "build_seconds": seconds,
-        "active_features": g.stats["active_features"], "feature_nodes": g.n_features,
+        "prompt": args.prompt,
+        "target": g.logit_strs[0],
+        "n_pos": g.n_pos,
+        "build_seconds": seconds,
+        "active_features": g.stats["active_features"],
+        "feature_nodes": g.n_features,
         "unexpanded_features": g.stats["unexpanded_features"],
         "unexpanded_fraction": g.stats["unexpanded_fraction"],
         "kept_features": int(pr.node_mask[: g.n_features].sum()),
-        "lmscope": {"replacement_score": full.replacement, "completeness_score": full.completeness,
-                    "pruned_replacement_score": part.replacement,
-                    "pruned_completeness_score": part.completeness},
+        "lmscope": {
+            "replacement_score": full.replacement,
+            "completeness_score": full.completeness,
+            "pruned_replacement_score": part.replacement,
+            "pruned_completeness_score": part.completeness,
+        },
         "circuit_tracer_way": ct,
-        "old_lmscope_method": {"replacement_score": old_full[0], "completeness_score": old_full[1],
-                               "pruned_replacement_score": old_part[0],
-                               "pruned_completeness_score": old_part[1]},
+        "old_lmscope_method": {
+            "replacement_score": old_full[0],
+            "completeness_score": old_full[1],
+            "pruned_replacement_score": old_part[0],
+            "pruned_completeness_score": old_part[1],
+        },
     }
     cfg = lm.model.config
-    tensors = {"adjacency": g.adjacency, "adjacency_ct": g.adjacency_as_circuit_tracer(),
-               "features": g.features, "activations": g.activations, "tokens": torch.tensor(g.tokens),
-               "logit_tokens": torch.tensor(g.logit_tokens), "logit_probs": g.logit_probs,
-               "node_mask": pr.node_mask, "edge_mask": pr.edge_mask,
-               "meta": {"n_layers": g.n_layers, "d_model": lm.d_model, "d_vocab": int(cfg.vocab_size),
-                        "prompt": g.prompt, "logit_strs": g.logit_strs,
-                        "node_threshold": args.node_threshold, "edge_threshold": args.edge_threshold}}
+    tensors = {
+        "adjacency": g.adjacency,
+        "adjacency_ct": g.adjacency_as_circuit_tracer(),
+        "features": g.features,
+        "activations": g.activations,
+        "tokens": torch.tensor(g.tokens),
+        "logit_tokens": torch.tensor(g.logit_tokens),
+        "logit_probs": g.logit_probs,
+        "node_mask": pr.node_mask,
+        "edge_mask": pr.edge_mask,
+        "meta": {
+            "n_layers": g.n_layers,
+            "d_model": lm.d_model,
+            "d_vocab": int(cfg.vocab_size),
+            "prompt": g.prompt,
+            "logit_strs": g.logit_strs,
+            "node_threshold": args.node_threshold,
+            "edge_threshold": args.edge_threshold,
+        },
+    }
     return res, tensors
 
 
@@ -126,15 +154,30 @@ def _ct_graph(t: dict, adjacency):
 
     m = t["meta"]
     # Only n_layers (error-node count) enters the scores; the other sizes are placeholders.
-    cfg = UnifiedConfig(n_layers=m["n_layers"], d_model=m["d_model"], d_head=1, n_heads=1, d_mlp=1,
-                        d_vocab=m["d_vocab"], tokenizer_name="lmscope", model_name="lmscope",
-                        original_architecture="lmscope")
+    cfg = UnifiedConfig(
+        n_layers=m["n_layers"],
+        d_model=m["d_model"],
+        d_head=1,
+        n_heads=1,
+        d_mlp=1,
+        d_vocab=m["d_vocab"],
+        tokenizer_name="lmscope",
+        model_name="lmscope",
+        original_architecture="lmscope",
+    )
     n = t["features"].shape[0]
-    return Graph(input_string=m["prompt"], input_tokens=t["tokens"], active_features=t["features"],
-                 adjacency_matrix=adjacency.clone(), cfg=cfg, selected_features=torch.arange(n),
-                 activation_values=t["activations"],
-                 logit_targets=[LogitTarget(s, int(i)) for s, i in zip(m["logit_strs"], t["logit_tokens"])],
-                 logit_probabilities=t["logit_probs"], scan="lmscope")
+    return Graph(
+        input_string=m["prompt"],
+        input_tokens=t["tokens"],
+        active_features=t["features"],
+        adjacency_matrix=adjacency.clone(),
+        cfg=cfg,
+        selected_features=torch.arange(n),
+        activation_values=t["activations"],
+        logit_targets=[LogitTarget(s, int(i)) for s, i in zip(m["logit_strs"], t["logit_tokens"])],
+        logit_probabilities=t["logit_probs"],
+        scan="lmscope",
+    )
 
 
 def subgraph_scores_pr42(graph, pinned: set, node_mask, edge_mask) -> tuple[float, float]:
@@ -159,7 +202,7 @@ def subgraph_scores_pr42(graph, pinned: set, node_mask, edge_mask) -> tuple[floa
     M[:, ~node_mask] = 0
     M = M * edge_mask
     w = M.new_zeros(M.shape[0])
-    w[-len(graph.logit_probabilities):] = graph.logit_probabilities
+    w[-len(graph.logit_probabilities) :] = graph.logit_probabilities
     B = normalize_matrix(M)
     infl = compute_influence(B, w)
     e0, e1, t1 = n_feat, n_feat + n_layers * n_pos, n_feat + n_layers * n_pos + n_pos
@@ -188,29 +231,50 @@ def peer(path: str) -> None:
     pr = prune_graph(theirs, m["node_threshold"], m["edge_threshold"])
     A = theirs.adjacency_matrix * pr.node_mask[:, None] * pr.node_mask[None, :] * pr.edge_mask
     ct_pruned = compute_graph_scores(_ct_graph(t, A))
-    print("RESULT " + json.dumps({
-        "lmscope": {"replacement_score": full[0], "completeness_score": full[1],
-                    "pruned_replacement_score": pruned[0], "pruned_completeness_score": pruned[1]},
-        "circuit_tracer_way": {"replacement_score": ct_full[0], "completeness_score": ct_full[1],
-                               "pruned_replacement_score": ct_pruned[0],
-                               "pruned_completeness_score": ct_pruned[1]},
-        "prune_graph_node_mask_equal": bool(torch.equal(pr_ours.node_mask, t["node_mask"])),
-        "prune_graph_edge_mask_equal": bool(torch.equal(pr_ours.edge_mask, t["edge_mask"])),
-    }))
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "lmscope": {
+                    "replacement_score": full[0],
+                    "completeness_score": full[1],
+                    "pruned_replacement_score": pruned[0],
+                    "pruned_completeness_score": pruned[1],
+                },
+                "circuit_tracer_way": {
+                    "replacement_score": ct_full[0],
+                    "completeness_score": ct_full[1],
+                    "pruned_replacement_score": ct_pruned[0],
+                    "pruned_completeness_score": ct_pruned[1],
+                },
+                "prune_graph_node_mask_equal": bool(torch.equal(pr_ours.node_mask, t["node_mask"])),
+                "prune_graph_edge_mask_equal": bool(torch.equal(pr_ours.edge_mask, t["edge_mask"])),
+            }
+        )
+    )
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("atlas", nargs="?", help="an atlas with a transcoder per layer (or, with "
-                    "--random-transcoders, bench_graph.py's --tc-dir, made if missing)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "atlas",
+        nargs="?",
+        help="an atlas with a transcoder per layer (or, with "
+        "--random-transcoders, bench_graph.py's --tc-dir, made if missing)",
+    )
     ap.add_argument("--random-transcoders", action="store_true")
     ap.add_argument("--prompt", default=PROMPT)
     ap.add_argument("--max-feature-nodes", type=int, default=4096)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--node-threshold", type=float, default=0.8)
     ap.add_argument("--edge-threshold", type=float, default=0.98)
-    ap.add_argument("--ct-python", default=str(ROOT / ".venv-ct" / "bin" / "python"),
-                    help="python of a venv with circuit-tracer installed")
+    ap.add_argument(
+        "--ct-python",
+        default=str(ROOT / ".venv-ct" / "bin" / "python"),
+        help="python of a venv with circuit-tracer installed",
+    )
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "graph_scores.json"))
     ap.add_argument("--peer", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -229,24 +293,38 @@ def main() -> None:
             path = str(Path(d) / "graph.pt")
             torch.save(tensors, path)
             env = dict(os.environ, PYTHONPATH=str(ROOT))
-            p = subprocess.run([args.ct_python, __file__, "--peer", path], capture_output=True, text=True,
-                               env=env)
+            p = subprocess.run(
+                [args.ct_python, __file__, "--peer", path], capture_output=True, text=True, env=env
+            )
             for line in p.stdout.splitlines():
                 if line.startswith("RESULT "):
                     ct_row = json.loads(line[7:])
             if ct_row is None:
                 print(f"circuit-tracer run failed:\n{p.stderr[-3000:]}", file=sys.stderr)
     else:
-        print(f"no circuit-tracer venv at {args.ct_python}: skipping the check with its code", file=sys.stderr)
+        print(
+            f"no circuit-tracer venv at {args.ct_python}: skipping the check with its code",
+            file=sys.stderr,
+        )
     if ct_row:
-        diffs = {f"{who}.{k}": abs(ct_row[who][k] - res[who][k])
-                 for who in ("lmscope", "circuit_tracer_way") for k in res[who]}
+        diffs = {
+            f"{who}.{k}": abs(ct_row[who][k] - res[who][k])
+            for who in ("lmscope", "circuit_tracer_way")
+            for k in res[who]
+        }
         res["circuit_tracer_code"] = ct_row
         res["max_abs_difference"] = max(diffs.values())
         print(json.dumps(ct_row, indent=1))
-        print(f"largest difference between lmscope and circuit-tracer's code: {res['max_abs_difference']:.2e}")
-    res["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),
-                      "load_avg": list(os.getloadavg()), "shared": True}
+        print(
+            "largest difference between lmscope and circuit-tracer's code: "
+            f"{res['max_abs_difference']:.2e}"
+        )
+    res["machine"] = {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "load_avg": list(os.getloadavg()),
+        "shared": True,
+    }
     res["command"] = " ".join([Path(sys.executable).name, *sys.argv])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")

@@ -109,61 +109,179 @@ def _explained(folder: Path) -> bool:
         return False
 
 
-TRAIN = ["--width", "4x", "--k", "4", "--tokens", "6k", "--batch-size", "256", "--ctx-len", "32",
-         "--checkpoint-every", "3", "--no-progress", "--seed", "0"]
+TRAIN = [
+    "--width",
+    "4x",
+    "--k",
+    "4",
+    "--tokens",
+    "6k",
+    "--batch-size",
+    "256",
+    "--ctx-len",
+    "32",
+    "--checkpoint-every",
+    "3",
+    "--no-progress",
+    "--seed",
+    "0",
+]
 
 STAGES = {
     "train": Stage(
-        "train", lambda b, f: ["train", "--model", b["model"], "--hooks", "blocks.1.resid_post",
-                               "--corpus", b["corpus"], "--out", str(f / "atlas"), *TRAIN],
-        "atlas", finished=lambda f: _atlas_lists(f)),
+        "train",
+        lambda b, f: [
+            "train",
+            "--model",
+            b["model"],
+            "--hooks",
+            "blocks.1.resid_post",
+            "--corpus",
+            b["corpus"],
+            "--out",
+            str(f / "atlas"),
+            *TRAIN,
+        ],
+        "atlas",
+        finished=lambda f: _atlas_lists(f),
+    ),
     "train_transcode": Stage(
-        "train_transcode", lambda b, f: ["train", "--model", b["model"], "--hooks", "blocks.*.mlp_in",
-                                         "--transcode", "--corpus", b["corpus"], "--out", str(f / "atlas"),
-                                         *TRAIN],
-        "atlas", finished=lambda f: _atlas_lists(f, 2)),
+        "train_transcode",
+        lambda b, f: [
+            "train",
+            "--model",
+            b["model"],
+            "--hooks",
+            "blocks.*.mlp_in",
+            "--transcode",
+            "--corpus",
+            b["corpus"],
+            "--out",
+            str(f / "atlas"),
+            *TRAIN,
+        ],
+        "atlas",
+        finished=lambda f: _atlas_lists(f, 2),
+    ),
     "atlas_build": Stage(
-        "atlas_build", lambda b, f: ["atlas", "build", str(f / "atlas"), "--corpus", b["corpus"],
-                                     "--tokens", "4k", "--ctx-len", "32"],
-        "atlas", needs="train", finished=_db_built),
+        "atlas_build",
+        lambda b, f: [
+            "atlas",
+            "build",
+            str(f / "atlas"),
+            "--corpus",
+            b["corpus"],
+            "--tokens",
+            "4k",
+            "--ctx-len",
+            "32",
+        ],
+        "atlas",
+        needs="train",
+        finished=_db_built,
+    ),
     "explain": Stage(
-        "explain", lambda b, f: ["explain", str(f / "atlas"), "--explainer", "stats", "--sample", "8",
-                                 "--no-progress"],
-        "atlas", needs="atlas_build", finished=_explained),
+        "explain",
+        lambda b, f: [
+            "explain",
+            str(f / "atlas"),
+            "--explainer",
+            "stats",
+            "--sample",
+            "8",
+            "--no-progress",
+        ],
+        "atlas",
+        needs="atlas_build",
+        finished=_explained,
+    ),
     "graph": Stage(
-        "graph", lambda b, f: ["graph", str(f / "atlas"), "the cat sat on the", "--out",
-                               str(f / "graph.json")],
-        "graph.json", needs="train_transcode", finished=lambda f: (f / "graph.json").exists(),
+        "graph",
+        lambda b, f: [
+            "graph",
+            str(f / "atlas"),
+            "the cat sat on the",
+            "--out",
+            str(f / "graph.json"),
+        ],
+        "graph.json",
+        needs="train_transcode",
+        finished=lambda f: (f / "graph.json").exists(),
         # The tiny graph is ~10 KiB: the default 16 KiB of spare room would hold it.
-        extra={"disk_margin_kb": 0}),
+        extra={"disk_margin_kb": 0},
+    ),
     "probe_train": Stage(
-        "probe_train", lambda b, f: ["probe", "train", "--model", b["model"], "--dataset", "cities,neg_cities",
-                                     "--layers", "all", "--kinds", "logistic,massmean", "--out",
-                                     str(f / "probe"), "--png", "none"],
-        "probe", finished=lambda f: (f / "probe" / "probe.json").exists(),
-        extra={"disk_margin_kb": 0}),  # a ~2 KiB probe: no spare room
+        "probe_train",
+        lambda b, f: [
+            "probe",
+            "train",
+            "--model",
+            b["model"],
+            "--dataset",
+            "cities,neg_cities",
+            "--layers",
+            "all",
+            "--kinds",
+            "logistic,massmean",
+            "--out",
+            str(f / "probe"),
+            "--png",
+            "none",
+        ],
+        "probe",
+        finished=lambda f: (f / "probe" / "probe.json").exists(),
+        extra={"disk_margin_kb": 0},
+    ),  # a ~2 KiB probe: no spare room
     "capture": Stage(
-        "capture", lambda b, f: ["capture", "--model", b["model"], "--hooks", "blocks.1.resid_post",
-                                 "--corpus", b["corpus"], "--tokens", "16k", "--ctx-len", "32",
-                                 "--out", str(f / "store")],
-        "store", finished=lambda f: (f / "store" / "manifest.json").exists()),
+        "capture",
+        lambda b, f: [
+            "capture",
+            "--model",
+            b["model"],
+            "--hooks",
+            "blocks.1.resid_post",
+            "--corpus",
+            b["corpus"],
+            "--tokens",
+            "16k",
+            "--ctx-len",
+            "32",
+            "--out",
+            str(f / "store"),
+        ],
+        "store",
+        finished=lambda f: (f / "store" / "manifest.json").exists(),
+    ),
 }
 
 
 def run_cmd(argv: list[str], timeout: float = 600) -> tuple[int, str, float]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+    }
     t0 = time.monotonic()
-    r = subprocess.run([PY, "-m", "lmscope", *argv], capture_output=True, text=True, timeout=timeout, env=env)
+    r = subprocess.run(
+        [PY, "-m", "lmscope", *argv], capture_output=True, text=True, timeout=timeout, env=env
+    )
     return r.returncode, r.stderr, time.monotonic() - t0
 
 
 def killed_run(argv: list[str], delay: float) -> bool:
     """Start the command, SIGKILL it after `delay` s; True if it was still running when killed."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": "1"}
-    p = subprocess.Popen([PY, "-m", "lmscope", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         env=env)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+    }
+    p = subprocess.Popen(
+        [PY, "-m", "lmscope", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
     try:
         p.wait(timeout=delay)
         return False
@@ -182,13 +300,19 @@ def snapshot(path: Path) -> dict:
     out = {}
     for p in files:
         rel = p.name if path.is_file() else str(p.relative_to(path))
-        if p.name.startswith(".") or p.suffix in (".pt", ".lock", ".png") or p.name.endswith(("-wal", "-shm")):
+        if (
+            p.name.startswith(".")
+            or p.suffix in (".pt", ".lock", ".png")
+            or p.name.endswith(("-wal", "-shm"))
+        ):
             continue  # temp files, checkpoints (intermediate), locks, plots
         if "train/" in rel or rel.startswith("build/"):
             continue  # resume state, deleted once finished
         if p.suffix == ".safetensors":
-            out[rel] = {k: hashlib.sha256(v.contiguous().numpy().tobytes()).hexdigest()
-                        for k, v in load_file(str(p)).items()}
+            out[rel] = {
+                k: hashlib.sha256(v.contiguous().numpy().tobytes()).hexdigest()
+                for k, v in load_file(str(p)).items()
+            }
         elif p.suffix in (".json", ".jsonl"):
             try:
                 out[rel] = json.loads(p.read_text())
@@ -196,8 +320,13 @@ def snapshot(path: Path) -> dict:
                 out[rel] = "<invalid json>"
         elif p.suffix == ".db":
             con = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
-            tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table' "
-                                                "AND name NOT LIKE 'search%' AND name NOT LIKE 'sqlite%'")]
+            tables = [
+                r[0]
+                for r in con.execute(
+                    "SELECT name FROM sqlite_master WHERE type='table' "
+                    "AND name NOT LIKE 'search%' AND name NOT LIKE 'sqlite%'"
+                )
+            ]
             out[rel] = {}
             for t in tables:  # time stamps of rows are not content
                 cols = [r[1] for r in con.execute(f"PRAGMA table_info({t})") if r[1] != "created"]
@@ -228,7 +357,8 @@ def equal(a: dict, b: dict, ignore: set[str]) -> tuple[bool, list[str]]:
 
 
 def volatile(ref1: dict, ref2: dict) -> set[str]:
-    """Paths that differ between two clean runs; DB tables differing only in time columns included."""
+    """Paths that differ between two clean runs; DB tables differing only in time columns
+    included."""
     return diff_paths(ref1, ref2)
 
 
@@ -237,9 +367,12 @@ def rerun_ok(t: dict) -> bool:
     exiting after its completion marker was written) refused as already done."""
     if t["rerun_exit"] == 0:
         return True
-    return (t["marker_after_kill"] and t["rerun_exit"] == 2
-            and not t["half_written_taken_as_finished"]
-            and any(refusal(line) for line in t.get("stderr", [])))
+    return (
+        t["marker_after_kill"]
+        and t["rerun_exit"] == 2
+        and not t["half_written_taken_as_finished"]
+        and any(refusal(line) for line in t.get("stderr", []))
+    )
 
 
 def refusal(line: str) -> bool:
@@ -251,8 +384,12 @@ def refusal(line: str) -> bool:
 def final_ok(t: dict) -> bool:
     """The artifact equals the uninterrupted run's: after the rerun, or (finished before the
     kill) as checked right after the kill."""
-    return t["final_equal"] or (rerun_ok(t) and t["rerun_exit"] != 0 and t["marker_after_kill"]
-                                and not t["half_written_taken_as_finished"])
+    return t["final_equal"] or (
+        rerun_ok(t)
+        and t["rerun_exit"] != 0
+        and t["marker_after_kill"]
+        and not t["half_written_taken_as_finished"]
+    )
 
 
 # --- one stage -----------------------------------------------------------------------------------
@@ -278,11 +415,23 @@ def tree_hash(root: Path) -> dict[str, object]:
         if p.suffix == ".db":
             con = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
             try:
-                tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table' "
-                                                    "AND name NOT LIKE 'search%'") if r[0] not in OWN_TABLES]
-                out[rel] = {"quick_check": con.execute("PRAGMA quick_check").fetchall(),
-                            **{t: hashlib.sha256(repr(sorted(con.execute(f"SELECT * FROM {t}").fetchall()))
-                                                 .encode()).hexdigest() for t in tables}}
+                tables = [
+                    r[0]
+                    for r in con.execute(
+                        "SELECT name FROM sqlite_master WHERE type='table' "
+                        "AND name NOT LIKE 'search%'"
+                    )
+                    if r[0] not in OWN_TABLES
+                ]
+                out[rel] = {
+                    "quick_check": con.execute("PRAGMA quick_check").fetchall(),
+                    **{
+                        t: hashlib.sha256(
+                            repr(sorted(con.execute(f"SELECT * FROM {t}").fetchall())).encode()
+                        ).hexdigest()
+                        for t in tables
+                    },
+                }
             except sqlite3.DatabaseError as e:
                 out[rel] = f"unreadable: {e}"
             finally:
@@ -300,8 +449,11 @@ def disk_full_trial(stage: Stage, base: dict, refs: dict[str, Path], work: Path)
     used = sum(p.stat().st_blocks * 512 for p in staging.rglob("*") if p.is_file())
     margin = stage.extra.get("disk_margin_kb", 16)
     size_kb = used // 1024 + (4 * len(list(staging.rglob("*"))) + margin if margin else 4)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+    )
     if r.returncode != 0:
         return {"result": "skipped", "why": (r.stderr.strip() or "mount failed")[:200]}
     try:
@@ -316,14 +468,26 @@ def disk_full_trial(stage: Stage, base: dict, refs: dict[str, Path], work: Path)
         after = tree_hash(mnt)
         kept = all(after.get(k) == v for k, v in before.items())
         ok = code == 2 and len(lines) == 1 and "Traceback" not in err and kept
-        return {"result": "ok" if ok else "FAIL", "exit": code, "stderr": lines[-3:], "inputs_intact": kept,
-                "tmpfs_kb": size_kb}
+        return {
+            "result": "ok" if ok else "FAIL",
+            "exit": code,
+            "stderr": lines[-3:],
+            "inputs_intact": kept,
+            "tmpfs_kb": size_kb,
+        }
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
-def run_stage(stage: Stage, base: dict, refs: dict[str, Path], work: Path, trials: int, seed: int,
-              disk: bool = True) -> dict:
+def run_stage(
+    stage: Stage,
+    base: dict,
+    refs: dict[str, Path],
+    work: Path,
+    trials: int,
+    seed: int,
+    disk: bool = True,
+) -> dict:
     # Two clean references: what differs between them is the stage's own nondeterminism.
     ref_dirs = []
     walls = []
@@ -332,8 +496,12 @@ def run_stage(stage: Stage, base: dict, refs: dict[str, Path], work: Path, trial
         prepare(stage, base, refs, d)
         code, err, wall = run_cmd(stage.argv(base, d))
         if code != 0:
-            return {"stage": stage.name, "error": f"reference run failed ({code}): {err.strip()[-500:]}",
-                    "n": 0, "trials": []}
+            return {
+                "stage": stage.name,
+                "error": f"reference run failed ({code}): {err.strip()[-500:]}",
+                "n": 0,
+                "trials": [],
+            }
         ref_dirs.append(d)
         walls.append(wall)
     refs[stage.name] = ref_dirs[0]
@@ -358,20 +526,38 @@ def run_stage(stage: Stage, base: dict, refs: dict[str, Path], work: Path, trial
         # design; its artifact is what must equal the reference.
         done_before = marker and not half_taken  # finished (maybe killed while exiting)
         refused_done = code == 2 and done_before and refusal(err)
-        same, where = (equal(ref, snapshot(folder / stage.artifact), ignore) if code == 0 or refused_done
-                       else (False, []))
-        rows.append({"trial": t, "delay_s": round(delay, 2), "killed_while_running": was_running,
-                     "marker_after_kill": marker, "half_written_taken_as_finished": half_taken,
-                     "rerun_exit": code, "rerun_refused_as_already_finished": refused_done,
-                     "final_equal": same, "diff": where,
-                     "stderr": err.strip().splitlines()[-1:] if code else []})
+        same, where = (
+            equal(ref, snapshot(folder / stage.artifact), ignore)
+            if code == 0 or refused_done
+            else (False, [])
+        )
+        rows.append(
+            {
+                "trial": t,
+                "delay_s": round(delay, 2),
+                "killed_while_running": was_running,
+                "marker_after_kill": marker,
+                "half_written_taken_as_finished": half_taken,
+                "rerun_exit": code,
+                "rerun_refused_as_already_finished": refused_done,
+                "final_equal": same,
+                "diff": where,
+                "stderr": err.strip().splitlines()[-1:] if code else [],
+            }
+        )
         shutil.rmtree(folder, ignore_errors=True)
-    out = {"stage": stage.name, "command": "lmscope " + " ".join(stage.argv(base, Path("OUT"))),
-           "reference_wall_s": round(wall, 2), "ignored_fields": sorted(ignore)[:20], "trials": rows,
-           "n": len(rows), "killed_while_running": sum(x["killed_while_running"] for x in rows),
-           "half_written_taken": sum(x["half_written_taken_as_finished"] for x in rows),
-           "rerun_ok": sum(rerun_ok(x) for x in rows),
-           "final_equal": sum(final_ok(x) for x in rows)}
+    out = {
+        "stage": stage.name,
+        "command": "lmscope " + " ".join(stage.argv(base, Path("OUT"))),
+        "reference_wall_s": round(wall, 2),
+        "ignored_fields": sorted(ignore)[:20],
+        "trials": rows,
+        "n": len(rows),
+        "killed_while_running": sum(x["killed_while_running"] for x in rows),
+        "half_written_taken": sum(x["half_written_taken_as_finished"] for x in rows),
+        "rerun_ok": sum(rerun_ok(x) for x in rows),
+        "final_equal": sum(final_ok(x) for x in rows),
+    }
     if disk:
         out["disk_full"] = disk_full_trial(stage, base, refs, work)
     return out
@@ -379,8 +565,12 @@ def run_stage(stage: Stage, base: dict, refs: dict[str, Path], work: Path, trial
 
 def print_table(results: list[dict]) -> int:
     bad = 0
-    print("| stage | trials | killed while running | marker present after kill | half-written taken as "
-          "finished | rerun finishes | final = uninterrupted | full disk: exit 2, one line, inputs intact |")
+    print(
+        "| stage | trials | killed while running | marker present after kill | half-written taken "
+        "as "
+        "finished | rerun finishes | final = uninterrupted | full disk: exit 2, one line, inputs "
+        "intact |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
         if "error" in r:
@@ -389,8 +579,12 @@ def print_table(results: list[dict]) -> int:
             continue
         disk = r.get("disk_full", {}).get("result", "not run")
         markers = sum(x["marker_after_kill"] for x in r["trials"])
-        print(f"| {r['stage']} | {r['n']} | {r['killed_while_running']} | {markers} | {r['half_written_taken']} | "
-              f"{sum(rerun_ok(x) for x in r['trials'])} | {sum(final_ok(x) for x in r['trials'])} | {disk} |")
+        print(
+            f"| {r['stage']} | {r['n']} | {r['killed_while_running']} | {markers} | "
+            f"{r['half_written_taken']} | "
+            f"{sum(rerun_ok(x) for x in r['trials'])} | {sum(final_ok(x) for x in r['trials'])} | "
+            f"{disk} |"
+        )
         bad += r["half_written_taken"] + sum(not (rerun_ok(x) and final_ok(x)) for x in r["trials"])
         bad += disk == "FAIL"
     return 1 if bad else 0
@@ -403,8 +597,12 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-disk", action="store_true", help="skip the full-disk trials")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "kill.json"))
-    ap.add_argument("--table", default=None, metavar="KILL_JSON",
-                    help="only print the table of an earlier run's results file")
+    ap.add_argument(
+        "--table",
+        default=None,
+        metavar="KILL_JSON",
+        help="only print the table of an earlier run's results file",
+    )
     args = ap.parse_args()
     if args.table:
         return print_table(json.loads(Path(args.table).read_text())["results"])
@@ -427,15 +625,22 @@ def main() -> int:
         for n in order:
             trials = args.trials if n in names else 0
             t0 = time.monotonic()
-            res = run_stage(STAGES[n], base, refs, work, trials, args.seed, disk=not args.no_disk and n in names)
+            res = run_stage(
+                STAGES[n], base, refs, work, trials, args.seed, disk=not args.no_disk and n in names
+            )
             res["bench_wall_s"] = round(time.monotonic() - t0, 1)
             if n in names:
                 results.append(res)
                 print(json.dumps({k: v for k, v in res.items() if k != "trials"}), flush=True)
                 # Written after every stage: a long run that is stopped keeps what it measured.
                 Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.out).write_text(json.dumps({"command": " ".join(sys.argv), "seed": args.seed,
-                                                      "results": results}, indent=2, default=str))
+                Path(args.out).write_text(
+                    json.dumps(
+                        {"command": " ".join(sys.argv), "seed": args.seed, "results": results},
+                        indent=2,
+                        default=str,
+                    )
+                )
     return print_table(results)
 
 

@@ -28,8 +28,13 @@ def main() -> None:
     a = ap.parse_args()
     with AtlasDB(Path(a.atlas) / "atlas.db", readonly=True) as db:
         scfg = split_config(db)
-        feats = [(d.hook, i) for d in db.dictionaries() for i, _, mx in db.densities(d.hook) if (mx or 0) > 0]
-        feats = feats[:a.features]
+        feats = [
+            (d.hook, i)
+            for d in db.dictionaries()
+            for i, _, mx in db.densities(d.hook)
+            if (mx or 0) > 0
+        ]
+        feats = feats[: a.features]
         items = [(p, split_examples(p, scfg)) for p in (db.feature(h, i) for h, i in feats)]
         t = time.perf_counter()
         lab = Labeller.for_atlas(db)
@@ -42,9 +47,12 @@ def main() -> None:
             explain_stats(p, sp, lab)
         runs.append(time.perf_counter() - t)
     med = statistics.median(runs)
-    print(f"{len(items)} features: setup {setup:.1f}s once; labelling median {med:.2f}s over {a.repeats} runs "
-          f"({', '.join(f'{r:.2f}' for r in runs)}) = {len(items) / med:.0f} features/s, "
-          f"{1000 * med / len(items):.2f} ms/feature")
+    print(
+        f"{len(items)} features: setup {setup:.1f}s once; labelling median {med:.2f}s over "
+        f"{a.repeats} runs "
+        f"({', '.join(f'{r:.2f}' for r in runs)}) = {len(items) / med:.0f} features/s, "
+        f"{1000 * med / len(items):.2f} ms/feature"
+    )
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Time probe training over every layer of the default model on the built-in sets (2 CPU threads).
 
-    .venv/bin/python bench/bench_probe.py                      # cities,neg_cities,larger_than,smaller_than
+    .venv/bin/python bench/bench_probe.py                      #
+    cities,neg_cities,larger_than,smaller_than
     .venv/bin/python bench/bench_probe.py --dataset all --kinds logistic,massmean,ccs
-    .venv/bin/python bench/bench_probe.py --lies 32          # answer generation: batched vs one at a time
+    .venv/bin/python bench/bench_probe.py --lies 32          # answer generation: batched vs one at
+    a time
 
 Reports: seconds to read activations (one forward per batch captures all 30
 resid_post hooks), seconds to fit every probe type at every layer, and the
@@ -28,7 +30,9 @@ def main() -> None:
     ap.add_argument("--dataset", default="cities,neg_cities,larger_than,smaller_than")
     ap.add_argument("--kinds", default="logistic,massmean,ccs")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--lies", type=int, default=0, help="time answer generation for N cities instead")
+    ap.add_argument(
+        "--lies", type=int, default=0, help="time answer generation for N cities instead"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.lies:
@@ -59,10 +63,16 @@ def main() -> None:
             t_fit[k] += time.perf_counter() - t1
             acc[k].append(p.accuracy(te.x[h], te.y))
     total = t_acts + sum(t_fit.values())
-    print(f"model {lm.name} ({lm.n_layers} layers, d_model {lm.d_model}), {args.threads} threads, "
-          f"sets {args.dataset}: {len(tr.y)} train / {len(te.y)} validation statements")
-    print(f"load {t_load:.1f}s; activations {t_acts:.1f}s ({n_texts} statements x {len(hooks)} layers); "
-          + "; ".join(f"fit {k} {t:.1f}s" for k, t in t_fit.items()) + f"; total (excl. load) {total:.1f}s")
+    print(
+        f"model {lm.name} ({lm.n_layers} layers, d_model {lm.d_model}), {args.threads} threads, "
+        f"sets {args.dataset}: {len(tr.y)} train / {len(te.y)} validation statements"
+    )
+    print(
+        f"load {t_load:.1f}s; activations {t_acts:.1f}s ({n_texts} statements x {len(hooks)} "
+        "layers); "
+        + "; ".join(f"fit {k} {t:.1f}s" for k, t in t_fit.items())
+        + f"; total (excl. load) {total:.1f}s"
+    )
     print("validation accuracy\nlayer " + "".join(f"{k:>10}" for k in kinds))
     for i in range(len(hooks)):
         print(f"{i:>5} " + "".join(f"{acc[k][i]:>10.3f}" for k in kinds))
@@ -83,9 +93,12 @@ def bench_answers(args) -> None:
         times[bs] = time.perf_counter() - t0
         texts[bs] = [a.text for a in answers]
     n_tok = sum(len(a.generated) for a in answers)
-    print(f"model {lm.name}, {args.threads} threads: {len(prompts)} answers ({n_tok} generated tokens, <= 20 each); "
-          f"batch 16 {times[16]:.1f}s, one at a time {times[1]:.1f}s ({times[1] / times[16]:.1f}x); "
-          f"same answers: {texts[16] == texts[1]}")
+    print(
+        f"model {lm.name}, {args.threads} threads: {len(prompts)} answers ({n_tok} generated "
+        "tokens, <= 20 each); "
+        f"batch 16 {times[16]:.1f}s, one at a time {times[1]:.1f}s ({times[1] / times[16]:.1f}x); "
+        f"same answers: {texts[16] == texts[1]}"
+    )
 
 
 if __name__ == "__main__":

@@ -43,13 +43,30 @@ def one(width: int, d_model: int, batch: int, steps: int, k: int, auxk: bool) ->
     from lmscope.dist import DistInfo
 
     torch.manual_seed(0)
-    cfg = TrainConfig(model="bench", hooks="h", width=str(width), k=k, tokens=batch * (steps + 1),
-                      batch_size=batch, progress=False, dead_tokens=aux_after)
-    plan = resolve_plan(cfg, hooks=[("h", None)], dims={"h": d_model}, model="bench", world_size=1,
-                        source="random", fingerprint={})
+    cfg = TrainConfig(
+        model="bench",
+        hooks="h",
+        width=str(width),
+        k=k,
+        tokens=batch * (steps + 1),
+        batch_size=batch,
+        progress=False,
+        dead_tokens=aux_after,
+    )
+    plan = resolve_plan(
+        cfg,
+        hooks=[("h", None)],
+        dims={"h": d_model},
+        model="bench",
+        world_size=1,
+        source="random",
+        fingerprint={},
+    )
     x = torch.randn(batch, d_model) * 3 + 1
     t0 = time.perf_counter()
-    slot = _make_slot(cfg, plan.dictionaries[0], "bench", DistInfo(), False, torch.device("cpu"), {"h": x}, batch)
+    slot = _make_slot(
+        cfg, plan.dictionaries[0], "bench", DistInfo(), False, torch.device("cpu"), {"h": x}, batch
+    )
     t_init = time.perf_counter() - t0
     rss_init = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KB -> GB
     times = []
@@ -65,13 +82,23 @@ def one(width: int, d_model: int, batch: int, steps: int, k: int, auxk: bool) ->
         t0 = time.perf_counter()
         torch.addmm(slot.sae.b_enc.detach(), xb, W)
         gemm.append(time.perf_counter() - t0)
-    return {"width": width, "d_model": d_model, "batch": batch, "k": k, "threads": torch.get_num_threads(),
-            "init_s": t_init, "step_s": statistics.median(times[1:] if len(times) > 1 else times),
-            "first_step_s": times[0], "gemm_s": min(gemm),
-            "gemm_gflops": 2 * batch * d_model * width / min(gemm) / 1e9,
-            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-            "rss_after_init_gb": rss_init, "dead_frac_last": m.dead_frac, "auxk": auxk,
-            "param_bytes": sum(p.numel() * p.element_size() for p in slot.sae.parameters())}
+    return {
+        "width": width,
+        "d_model": d_model,
+        "batch": batch,
+        "k": k,
+        "threads": torch.get_num_threads(),
+        "init_s": t_init,
+        "step_s": statistics.median(times[1:] if len(times) > 1 else times),
+        "first_step_s": times[0],
+        "gemm_s": min(gemm),
+        "gemm_gflops": 2 * batch * d_model * width / min(gemm) / 1e9,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "rss_after_init_gb": rss_init,
+        "dead_frac_last": m.dead_frac,
+        "auxk": auxk,
+        "param_bytes": sum(p.numel() * p.element_size() for p in slot.sae.parameters()),
+    }
 
 
 def peak_gemm(n: int = 2048) -> float:
@@ -98,14 +125,18 @@ def _timed(f) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--widths", default="16384,65536,262144,1048576")
     ap.add_argument("--d-model", type=int, default=576)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--auxk", action="store_true", help="make every latent dead so AuxK runs each step")
+    ap.add_argument(
+        "--auxk", action="store_true", help="make every latent dead so AuxK runs each step"
+    )
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "scale.json"))
     a = ap.parse_args()
@@ -115,17 +146,39 @@ def main() -> None:
         return
     rows = []
     for w in [int(x) for x in a.widths.split(",")]:
-        cmd = [sys.executable, __file__, "--one", str(w), "--d-model", str(a.d_model), "--batch", str(a.batch),
-               "--k", str(a.k), "--steps", str(a.steps), "--threads", str(a.threads)] + (["--auxk"] if a.auxk else [])
-        p = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS=str(a.threads)))
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            str(w),
+            "--d-model",
+            str(a.d_model),
+            "--batch",
+            str(a.batch),
+            "--k",
+            str(a.k),
+            "--steps",
+            str(a.steps),
+            "--threads",
+            str(a.threads),
+        ] + (["--auxk"] if a.auxk else [])
+        p = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, OMP_NUM_THREADS=str(a.threads)),
+        )
         if p.returncode != 0:
             print(f"width {w}: failed ({p.returncode}): {p.stderr[-500:]}", file=sys.stderr)
             continue
         r = json.loads(p.stdout.strip().splitlines()[-1])
         rows.append(r)
-        print(f"width {w:>9,}: step {r['step_s']:7.3f}s (GEMM floor {r['gemm_s']:.3f}s, "
-              f"{r['gemm_gflops']:.0f} GFLOP/s), peak RSS {r['peak_rss_gb']:.2f} GB, init {r['init_s']:.1f}s",
-              flush=True)
+        print(
+            f"width {w:>9,}: step {r['step_s']:7.3f}s (GEMM floor {r['gemm_s']:.3f}s, "
+            f"{r['gemm_gflops']:.0f} GFLOP/s), peak RSS {r['peak_rss_gb']:.2f} GB, init "
+            f"{r['init_s']:.1f}s",
+            flush=True,
+        )
     peak = peak_gemm()
     bw = mem_bandwidth()
     # Fit t_step = a * gemm_s + c * width (least squares over the widths measured).
@@ -137,8 +190,17 @@ def main() -> None:
         y = np.array([r["step_s"] for r in rows])
         (ga, c), *_ = np.linalg.lstsq(A, y, rcond=None)
         fit = {"gemm_multiplier": float(ga), "seconds_per_latent": float(c)}
-    res = {"machine": {"cpus": os.cpu_count(), "threads": a.threads, "peak_gemm_gflops": peak, "copy_gbps": bw,
-                       "torch": torch.__version__}, "rows": rows, "fit": fit}
+    res = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "threads": a.threads,
+            "peak_gemm_gflops": peak,
+            "copy_gbps": bw,
+            "torch": torch.__version__,
+        },
+        "rows": rows,
+        "fit": fit,
+    }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=2))
     print(f"peak fp32 GEMM {peak:.0f} GFLOP/s, copy {bw:.1f} GB/s; fit {fit}; -> {a.out}")

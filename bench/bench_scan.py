@@ -6,7 +6,8 @@ Measures (issue 6 target: a 64-token scan in < 2 s on 2 CPU cores):
   http-4    the same with 4 concurrent clients (bounded: --requests per client), p50/p95
             latency per request and throughput
 
-    .venv/bin/python bench/bench_scan.py                      # random 4608-latent TopK on blocks.15.resid_post
+    .venv/bin/python bench/bench_scan.py                      # random 4608-latent TopK on
+    blocks.15.resid_post
     .venv/bin/python bench/bench_scan.py --atlas atlas/       # a real atlas
 Writes bench/results/scan.json.
 """
@@ -28,10 +29,12 @@ from pathlib import Path
 
 import torch
 
-PROMPT = ("The horse galloped across the field while the farmer watched from the old wooden fence. "
-          "Clouds gathered over the hills, and the first drops of rain began to fall on the barn roof, "
-          "so the children ran inside to find their grandmother baking bread in the warm kitchen near "
-          "the window that looked over the river and the town beyond it")
+PROMPT = (
+    "The horse galloped across the field while the farmer watched from the old wooden fence. "
+    "Clouds gathered over the hills, and the first drops of rain began to fall on the barn roof, "
+    "so the children ran inside to find their grandmother baking bread in the warm kitchen near "
+    "the window that looked over the river and the town beyond it"
+)
 
 
 def random_atlas(root: Path, model: str, hook: str, d_sae: int, k: int) -> Path:
@@ -44,7 +47,9 @@ def random_atlas(root: Path, model: str, hook: str, d_sae: int, k: int) -> Path:
     if layout.exists() and hook in layout.dictionaries():
         return root
     lm = load_model(model)
-    cfg = DictionaryConfig(d_in=lm.d_model, d_sae=d_sae, arch="topk", k=k, hook_name=hook, model_name=model)
+    cfg = DictionaryConfig(
+        d_in=lm.d_model, d_sae=d_sae, arch="topk", k=k, hook_name=hook, model_name=model
+    )
     build(cfg).save(layout.dictionary_dir(hook))
     layout.add_dictionary(hook, model=model, arch="topk", d_sae=d_sae)
     return root
@@ -64,14 +69,21 @@ def pct(xs: list[float], q: float) -> float:
 
 
 def summary(xs: list[float]) -> dict:
-    return {"n": len(xs), "p50_s": round(pct(xs, 0.5), 4), "p95_s": round(pct(xs, 0.95), 4),
-            "mean_s": round(statistics.mean(xs), 4), "max_s": round(max(xs), 4)}
+    return {
+        "n": len(xs),
+        "p50_s": round(pct(xs, 0.5), 4),
+        "p95_s": round(pct(xs, 0.95), 4),
+        "mean_s": round(statistics.mean(xs), 4),
+        "max_s": round(max(xs), 4),
+    }
 
 
 def post(host: str, port: int, body: dict) -> float:
     t = time.perf_counter()
     conn = http.client.HTTPConnection(host, port, timeout=120)
-    conn.request("POST", "/api/scan", body=json.dumps(body), headers={"Content-Type": "application/json"})
+    conn.request(
+        "POST", "/api/scan", body=json.dumps(body), headers={"Content-Type": "application/json"}
+    )
     resp = conn.getresponse()
     data = resp.read()
     conn.close()
@@ -81,8 +93,12 @@ def post(host: str, port: int, body: dict) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--atlas", default=None, help="an existing atlas (default: build a random one in /tmp)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--atlas", default=None, help="an existing atlas (default: build a random one in /tmp)"
+    )
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--hook", default="blocks.15.resid_post")
     ap.add_argument("--d-sae", type=int, default=4608)
@@ -91,14 +107,24 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20, help="sequential scans (engine and http-1)")
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--requests", type=int, default=10, help="requests per concurrent client")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads of the server (lmscope serve --threads)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of the server (lmscope serve --threads)",
+    )
     ap.add_argument("--out", default="bench/results/scan.json")
     args = ap.parse_args()
 
     from lmscope.read import Reader
 
-    atlas = Path(args.atlas) if args.atlas else random_atlas(
-        Path("/tmp/lmscope-bench-scan-atlas"), args.model, args.hook, args.d_sae, args.k)
+    atlas = (
+        Path(args.atlas)
+        if args.atlas
+        else random_atlas(
+            Path("/tmp/lmscope-bench-scan-atlas"), args.model, args.hook, args.d_sae, args.k
+        )
+    )
     t = time.perf_counter()
     reader = Reader.open(atlas)
     load_s = time.perf_counter() - t
@@ -118,9 +144,22 @@ def main() -> None:
     torch.set_num_threads(default_threads)
     del reader
 
-    proc = subprocess.Popen([sys.executable, "-m", "lmscope", "serve", str(atlas), "--port", "0",
-                             "--threads", str(args.threads)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lmscope",
+            "serve",
+            str(atlas),
+            "--port",
+            "0",
+            "--threads",
+            str(args.threads),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         m = re.search(r"http://(127\.0\.0\.1):(\d+)/", line)
@@ -147,21 +186,38 @@ def main() -> None:
         for th in threads:
             th.join()
         wall = time.perf_counter() - t
-        conc = {**summary(lat), "clients": args.clients, "wall_s": round(wall, 3),
-                "scans_per_s": round(len(lat) / wall, 3)}
+        conc = {
+            **summary(lat),
+            "clients": args.clients,
+            "wall_s": round(wall, 3),
+            "scans_per_s": round(len(lat) / wall, 3),
+        }
         print(f"http-{args.clients}  {conc}", flush=True)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
     result = {
-        "bench": "scan", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "platform": platform.platform(), "torch": torch.__version__},
-        "atlas": str(atlas), "model": args.model, "dictionaries": args.hook if not args.atlas else "atlas",
-        "d_sae": args.d_sae, "k": args.k, "tokens": args.tokens, "atlas_load_s": round(load_s, 2),
-        "load_avg_1m": round(os.getloadavg()[0], 2), "server_threads": args.threads,
-        "engine": engines, "http_1": summary(single), f"http_{args.clients}": conc,
+        "bench": "scan",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+        },
+        "atlas": str(atlas),
+        "model": args.model,
+        "dictionaries": args.hook if not args.atlas else "atlas",
+        "d_sae": args.d_sae,
+        "k": args.k,
+        "tokens": args.tokens,
+        "atlas_load_s": round(load_s, 2),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "server_threads": args.threads,
+        "engine": engines,
+        "http_1": summary(single),
+        f"http_{args.clients}": conc,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

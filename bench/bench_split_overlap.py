@@ -54,18 +54,26 @@ def main() -> None:
     for d in db.dictionaries():
         idxs = [i for i, _, mx in db.densities(d.hook) if (mx or 0) > 0]
         for b in range(0, len(idxs), 512):
-            for p in db.feature_profiles(d.hook, idxs[b:b + 512]):
+            for p in db.feature_profiles(d.hook, idxs[b : b + 512]):
                 n += 1
                 new = split_examples(p, cfg)
                 for k, sp in (("old", old_split(p)), ("new", new)):
                     tot[k] = [a + b for a, b in zip(tot[k], overlap(sp))]
-                for k, v in (("shown", new.shown), ("valid_pos", new.valid.pos), ("valid_neg", new.valid.neg),
-                             ("test_pos", new.test.pos), ("test_neg", new.test.neg)):
+                for k, v in (
+                    ("shown", new.shown),
+                    ("valid_pos", new.valid.pos),
+                    ("valid_neg", new.valid.neg),
+                    ("test_pos", new.test.pos),
+                    ("test_neg", new.test.neg),
+                ):
                     parts[k] += len(v)
     out = {"atlas": atlas, "features": n, "ctx_len": cfg.ctx_len}
     for k, (wh, w, th, t) in tot.items():
-        out[k] = {"held_windows": w, "windows_meeting_shown": round(wh / max(w, 1), 4),
-                  "tokens_inside_shown": round(th / max(t, 1), 4)}
+        out[k] = {
+            "held_windows": w,
+            "windows_meeting_shown": round(wh / max(w, 1), 4),
+            "tokens_inside_shown": round(th / max(t, 1), 4),
+        }
     out["mean_per_feature"] = {k: round(v / max(n, 1), 2) for k, v in parts.items()}
     print(json.dumps(out, indent=1))
 

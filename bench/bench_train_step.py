@@ -51,7 +51,9 @@ def corpus_text() -> str:
 
     parts, seen = [], set()
     warnings.simplefilter("ignore")
-    names = sorted(m.name for m in pkgutil.iter_modules() if m.module_finder.path.startswith(sys.base_prefix))
+    names = sorted(
+        m.name for m in pkgutil.iter_modules() if m.module_finder.path.startswith(sys.base_prefix)
+    )
     for name in names:
         if name.startswith(("_", "test", "idlelib", "tkinter", "turtle", "antigravity", "this")):
             continue
@@ -60,7 +62,11 @@ def corpus_text() -> str:
         except Exception:  # noqa: BLE001 - some stdlib modules need optional system libs
             continue
         for obj in [mod, *vars(mod).values()]:
-            doc = inspect.getdoc(obj) if (inspect.ismodule(obj) or inspect.isclass(obj) or inspect.isfunction(obj)) else None
+            doc = (
+                inspect.getdoc(obj)
+                if (inspect.ismodule(obj) or inspect.isclass(obj) or inspect.isfunction(obj))
+                else None
+            )
             if doc and len(doc) > 200 and doc not in seen:
                 seen.add(doc)
                 parts.append(doc)
@@ -87,14 +93,18 @@ def capture_cache(n_tokens: int, layer_hook: str = "blocks.15.resid_post", ctx: 
     chunks = []
     t0 = time.time()
     for s in range(0, n_ctx, 16):
-        acts = run(lm, tokens[s:s + 16], capture=[layer_hook]).acts[layer_hook]  # [b, ctx, 576]
-        chunks.append(acts[:, 1:].reshape(-1, acts.shape[-1]).float())  # drop BOS (norm ~4,600 outlier)
+        acts = run(lm, tokens[s : s + 16], capture=[layer_hook]).acts[layer_hook]  # [b, ctx, 576]
+        chunks.append(
+            acts[:, 1:].reshape(-1, acts.shape[-1]).float()
+        )  # drop BOS (norm ~4,600 outlier)
         print(f"\rcapturing {min(s + 16, n_ctx)}/{n_ctx} contexts", end="", file=sys.stderr)
     acts = torch.cat(chunks)[:n_tokens].contiguous()
     print(f"\ncaptured {acts.shape[0]} activations in {time.time() - t0:.0f}s", file=sys.stderr)
     CACHE.parent.mkdir(parents=True, exist_ok=True)
     tmp = CACHE.with_suffix(".tmp")
-    save_file({"acts": acts}, str(tmp), metadata={"model": lm.name, "hook": layer_hook, "ctx": str(ctx)})
+    save_file(
+        {"acts": acts}, str(tmp), metadata={"model": lm.name, "hook": layer_hook, "ctx": str(ctx)}
+    )
     os.replace(tmp, CACHE)
 
 
@@ -110,12 +120,13 @@ def load_data(seed: int):
 
 
 def batches(train, batch: int, n: int):
-    """n batches of `batch` rows, cycling through `train` in order (identical for every contender)."""
+    """n batches of `batch` rows, cycling through `train` in order (identical for every
+    contender)."""
     pos = 0
     for _ in range(n):
         if pos + batch > train.shape[0]:
             pos = 0
-        yield train[pos:pos + batch]
+        yield train[pos : pos + batch]
         pos += batch
 
 
@@ -146,10 +157,17 @@ def worker(args) -> dict:
     with torch.no_grad():
         score = evaluate(held)
     med = statistics.median(times)
-    return {"contender": args.worker, "precision": args.precision, "step_s_median": med,
-            "step_s_all": times, "acts_per_s": args.batch / med, "fvu_heldout": score,
-            "tokens_trained": n_total * args.batch, "threads": torch.get_num_threads(),
-            "torch": torch.__version__}
+    return {
+        "contender": args.worker,
+        "precision": args.precision,
+        "step_s_median": med,
+        "step_s_all": times,
+        "acts_per_s": args.batch / med,
+        "fvu_heldout": score,
+        "tokens_trained": n_total * args.batch,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
 
 
 def _make_contender(args, d_in, train, ac):
@@ -208,16 +226,30 @@ def _make_contender(args, d_in, train, ac):
         from sae_lens.config import LoggingConfig, SAETrainerConfig
         from sae_lens.training.sae_trainer import SAETrainer
 
-        sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=args.d_sae, k=args.k,
-                                                    normalize_activations="expected_average_only_in"))
+        sae = TopKTrainingSAE(
+            TopKTrainingSAEConfig(
+                d_in=d_in,
+                d_sae=args.d_sae,
+                k=args.k,
+                normalize_activations="expected_average_only_in",
+            )
+        )
         n_total = args.warmup + args.steps
-        cfg = SAETrainerConfig(total_training_samples=n_total * args.batch, train_batch_size_samples=args.batch,
-                               lr=lr, lr_end=lr, autocast=ac is not None, dead_feature_window=args.dead_steps,
-                               logger=LoggingConfig(log_to_wandb=False))
+        cfg = SAETrainerConfig(
+            total_training_samples=n_total * args.batch,
+            train_batch_size_samples=args.batch,
+            lr=lr,
+            lr_end=lr,
+            autocast=ac is not None,
+            dead_feature_window=args.dead_steps,
+            logger=LoggingConfig(log_to_wandb=False),
+        )
         trainer = SAETrainer(cfg, sae, data_provider=iter(()))
         sample = train[:16384]
         scale = math.sqrt(d_in) / float(sample.norm(dim=-1).mean())
-        trainer.activation_scaler.scaling_factor = scale  # what its estimate_scaling_factor computes
+        trainer.activation_scaler.scaling_factor = (
+            scale  # what its estimate_scaling_factor computes
+        )
         sae.b_dec.data.copy_((sample * scale).mean(0)) if hasattr(sae, "b_dec") else None
 
         def step(x):
@@ -249,8 +281,12 @@ def gemm_peak(args) -> dict:
             ts.append(time.perf_counter() - t0)
         best, med = min(ts), statistics.median(ts)
         flops = 2 * args.batch * 576 * args.d_sae
-        out[prec] = {"gemm_s_median": med, "gemm_s_best": best, "gflops_peak": flops / best / 1e9,
-                     "gflops_median": flops / med / 1e9}
+        out[prec] = {
+            "gemm_s_median": med,
+            "gemm_s_best": best,
+            "gflops_peak": flops / best / 1e9,
+            "gflops_median": flops / med / 1e9,
+        }
     return out
 
 
@@ -263,11 +299,23 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--d-sae", type=int, default=4608)
     p.add_argument("--k", type=int, default=32)
-    p.add_argument("--lr", type=float, default=4e-4, help="Adam lr, the same for all (Gao et al. 2024 scaling for 4608 latents)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=4e-4,
+        help="Adam lr, the same for all (Gao et al. 2024 scaling for 4608 latents)",
+    )
     p.add_argument("--auxk-alpha", type=float, default=1 / 32)
-    p.add_argument("--dead-steps", type=int, default=10, help="steps without firing before a latent counts as dead (AuxK)")
+    p.add_argument(
+        "--dead-steps",
+        type=int,
+        default=10,
+        help="steps without firing before a latent counts as dead (AuxK)",
+    )
     p.add_argument("--gemm-reps", type=int, default=15)
-    p.add_argument("--tokens", type=int, default=100_000, help="activations to capture into the cache")
+    p.add_argument(
+        "--tokens", type=int, default=100_000, help="activations to capture into the cache"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--contenders", default=",".join(CONTENDERS))
     p.add_argument("--precisions", default="fp32,bf16")
@@ -289,16 +337,40 @@ def main() -> None:
 
     if not CACHE.exists():
         print(f"capturing activations into {CACHE.relative_to(ROOT)} (once)", file=sys.stderr)
-        subprocess.run([str(MAIN_PY), __file__, "--capture", "--tokens", str(args.tokens)], check=True)
+        subprocess.run(
+            [str(MAIN_PY), __file__, "--capture", "--tokens", str(args.tokens)], check=True
+        )
     if not BENCH_PY.exists():
-        raise SystemExit(f"{BENCH_PY} missing: create the bench venv (see the docstring of {__file__})")
-    common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch),
-              "--d-sae", str(args.d_sae), "--k", str(args.k), "--lr", str(args.lr), "--seed", str(args.seed),
-              "--auxk-alpha", str(args.auxk_alpha), "--dead-steps", str(args.dead_steps),
-              "--gemm-reps", str(args.gemm_reps)]
+        raise SystemExit(
+            f"{BENCH_PY} missing: create the bench venv (see the docstring of {__file__})"
+        )
+    common = [
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--batch",
+        str(args.batch),
+        "--d-sae",
+        str(args.d_sae),
+        "--k",
+        str(args.k),
+        "--lr",
+        str(args.lr),
+        "--seed",
+        str(args.seed),
+        "--auxk-alpha",
+        str(args.auxk_alpha),
+        "--dead-steps",
+        str(args.dead_steps),
+        "--gemm-reps",
+        str(args.gemm_reps),
+    ]
 
     def sub(extra):
-        r = subprocess.run([str(BENCH_PY), __file__, *common, *extra], capture_output=True, text=True)
+        r = subprocess.run(
+            [str(BENCH_PY), __file__, *common, *extra], capture_output=True, text=True
+        )
         if r.returncode != 0 or not r.stdout.strip():
             raise SystemExit(f"{extra} failed:\n{r.stderr[-3000:]}")
         return json.loads(r.stdout.strip().splitlines()[-1])
@@ -314,42 +386,83 @@ def main() -> None:
                 print(f"round {rnd + 1}/{args.rounds}: {c} {prec} ...", file=sys.stderr)
                 by_key.setdefault((c, prec), []).append(sub(["--worker", c, "--precision", prec]))
     gemms.append(sub(["--gemm"]))
-    gemm = {p: {"gflops_peak": max(g[p]["gflops_peak"] for g in gemms),
-                "gflops_median": statistics.median(g[p]["gflops_median"] for g in gemms)} for p in ("fp32", "bf16")}
+    gemm = {
+        p: {
+            "gflops_peak": max(g[p]["gflops_peak"] for g in gemms),
+            "gflops_median": statistics.median(g[p]["gflops_median"] for g in gemms),
+        }
+        for p in ("fp32", "bf16")
+    }
     runs = []
     for (c, prec), rs in by_key.items():
         steps = [t for r in rs for t in r["step_s_all"]]
         med = statistics.median(steps)
-        runs.append({"contender": c, "precision": prec, "step_s_median": med, "acts_per_s": args.batch / med,
-                     "step_s_round_medians": [r["step_s_median"] for r in rs],
-                     "fvu_heldout": statistics.median(r["fvu_heldout"] for r in rs),
-                     "fvu_rounds": [r["fvu_heldout"] for r in rs], "tokens_trained": rs[0]["tokens_trained"],
-                     "threads": rs[0]["threads"], "torch": rs[0]["torch"]})
+        runs.append(
+            {
+                "contender": c,
+                "precision": prec,
+                "step_s_median": med,
+                "acts_per_s": args.batch / med,
+                "step_s_round_medians": [r["step_s_median"] for r in rs],
+                "fvu_heldout": statistics.median(r["fvu_heldout"] for r in rs),
+                "fvu_rounds": [r["fvu_heldout"] for r in rs],
+                "tokens_trained": rs[0]["tokens_trained"],
+                "threads": rs[0]["threads"],
+                "torch": rs[0]["torch"],
+            }
+        )
 
     flops = 2 * args.batch * 576 * args.d_sae
     rows = []
     for r in runs:
-        base = next((x for x in runs if x["contender"] == "saelens" and x["precision"] == r["precision"]), None)
+        base = next(
+            (x for x in runs if x["contender"] == "saelens" and x["precision"] == r["precision"]),
+            None,
+        )
         peak = gemm[r["precision"]]["gflops_peak"] * 1e9
         r["vs_saelens"] = base["step_s_median"] / r["step_s_median"] if base else None
         r["floor_s"] = flops / peak
         r["x_floor"] = r["step_s_median"] / r["floor_s"]
         rows.append(r)
-    print(f"\nTopK d_in 576, d_sae {args.d_sae}, k {args.k}, batch {args.batch}, {args.rounds} rounds x "
-          f"{args.steps} timed steps (+{args.warmup} warm-up), {os.cpu_count()} CPUs")
-    print(f"peak GEMM {args.batch}x576@576x{args.d_sae} (best of {len(gemms)} probes): "
-          f"fp32 {gemm['fp32']['gflops_peak']:.0f} GFLOP/s, bf16 {gemm['bf16']['gflops_peak']:.0f} GFLOP/s; "
-          f"medians {gemm['fp32']['gflops_median']:.0f} / {gemm['bf16']['gflops_median']:.0f}")
-    print(f"{'contender':10} {'prec':5} {'step ms':>8} {'act/s':>8} {'vs SAELens':>10} {'x floor':>8} {'FVU':>7}")
+    print(
+        f"\nTopK d_in 576, d_sae {args.d_sae}, k {args.k}, batch {args.batch}, {args.rounds} "
+        "rounds x "
+        f"{args.steps} timed steps (+{args.warmup} warm-up), {os.cpu_count()} CPUs"
+    )
+    print(
+        f"peak GEMM {args.batch}x576@576x{args.d_sae} (best of {len(gemms)} probes): "
+        f"fp32 {gemm['fp32']['gflops_peak']:.0f} GFLOP/s, bf16 {gemm['bf16']['gflops_peak']:.0f} "
+        "GFLOP/s; "
+        f"medians {gemm['fp32']['gflops_median']:.0f} / {gemm['bf16']['gflops_median']:.0f}"
+    )
+    print(
+        f"{'contender':10} {'prec':5} {'step ms':>8} {'act/s':>8} {'vs SAELens':>10} "
+        f"{'x floor':>8} {'FVU':>7}"
+    )
     for r in rows:
         vs = f"{r['vs_saelens']:.2f}x" if r["vs_saelens"] else "-"
-        print(f"{r['contender']:10} {r['precision']:5} {r['step_s_median'] * 1e3:8.1f} {r['acts_per_s']:8.0f} "
-              f"{vs:>10} {r['x_floor']:8.2f} {r['fvu_heldout']:7.4f}")
+        print(
+            f"{r['contender']:10} {r['precision']:5} {r['step_s_median'] * 1e3:8.1f} "
+            f"{r['acts_per_s']:8.0f} "
+            f"{vs:>10} {r['x_floor']:8.2f} {r['fvu_heldout']:7.4f}"
+        )
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"train_step-{started.replace(':', '')}.json"
-    payload = {"schema_version": 1, "bench": "train_step", "started": started, "argv": sys.argv,
-               "settings": {k: v for k, v in vars(args).items() if k not in ("worker", "precision", "capture", "gemm")},
-               "cache": str(CACHE.relative_to(ROOT)), "gemm": gemm, "gemm_probes": gemms, "runs": rows}
+    payload = {
+        "schema_version": 1,
+        "bench": "train_step",
+        "started": started,
+        "argv": sys.argv,
+        "settings": {
+            k: v
+            for k, v in vars(args).items()
+            if k not in ("worker", "precision", "capture", "gemm")
+        },
+        "cache": str(CACHE.relative_to(ROOT)),
+        "gemm": gemm,
+        "gemm_probes": gemms,
+        "runs": rows,
+    }
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=2))
     os.replace(tmp, out)

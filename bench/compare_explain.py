@@ -1,7 +1,9 @@
-"""Are two `lmscope explain` runs' results the same? Compares labels, explanations (text and details)
+"""Are two `lmscope explain` runs' results the same? Compares labels, explanations (text and
+details)
 and every score of two atlas databases explained from the same atlas with the same seed.
 
-    PYTHONPATH=$PWD .venv/bin/python bench/compare_explain.py BEFORE/atlas.db AFTER/atlas.db [--tol 1e-6]
+    PYTHONPATH=$PWD .venv/bin/python bench/compare_explain.py BEFORE/atlas.db AFTER/atlas.db [--tol
+    1e-6]
 
 Texts, details, labels and the counts of every score must be equal; score values equal within
 --tol (absolute); prints one JSON line (max difference per scorer, values beyond --tol) and exits 1
@@ -23,17 +25,30 @@ def rows(path: str) -> tuple[dict, dict]:
     expl = {}
     ids = {}
     for eid, hook, idx, m, v, text, det in c.execute(
-            "SELECT e.id, d.hook, e.idx, e.method, e.version, e.text, e.details FROM explanations e "
-            "JOIN dictionaries d ON d.id = e.dictionary"):
+        "SELECT e.id, d.hook, e.idx, e.method, e.version, e.text, e.details FROM explanations e "
+        "JOIN dictionaries d ON d.id = e.dictionary"
+    ):
         key = (hook, idx, m, v)
         expl[key] = (text, json.loads(det) if det else None)
         ids[eid] = key
     scores: dict = {}
     for eid, scorer, metric, value, n_pos, n_neg, det in c.execute(
-            "SELECT explanation_id, scorer, metric, value, n_pos, n_neg, details FROM scores"):
-        scores[(*ids[eid], scorer)] = (metric, value, n_pos, n_neg, json.loads(det) if det else None)
-    labels = {(h, i): lab for h, i, lab in c.execute(
-        "SELECT d.hook, f.idx, f.label FROM features f JOIN dictionaries d ON d.id = f.dictionary")}
+        "SELECT explanation_id, scorer, metric, value, n_pos, n_neg, details FROM scores"
+    ):
+        scores[(*ids[eid], scorer)] = (
+            metric,
+            value,
+            n_pos,
+            n_neg,
+            json.loads(det) if det else None,
+        )
+    labels = {
+        (h, i): lab
+        for h, i, lab in c.execute(
+            "SELECT d.hook, f.idx, f.label FROM features f JOIN dictionaries d ON d.id = "
+            "f.dictionary"
+        )
+    }
     c.close()
     return expl, scores, labels
 
@@ -41,10 +56,14 @@ def rows(path: str) -> tuple[dict, dict]:
 def compare(a: str, b: str, tol: float) -> dict:
     ea, sa, la = rows(a)
     eb, sb, lb = rows(b)
-    out = {"explanations": len(ea), "scores": len(sa), "features": len(la),
-           "explanations_differ": sum(ea.get(k) != eb.get(k) for k in set(ea) | set(eb)),
-           "labels_differ": sum(la.get(k) != lb.get(k) for k in set(la) | set(lb)),
-           "score_keys_differ": len(set(sa) ^ set(sb))}
+    out = {
+        "explanations": len(ea),
+        "scores": len(sa),
+        "features": len(la),
+        "explanations_differ": sum(ea.get(k) != eb.get(k) for k in set(ea) | set(eb)),
+        "labels_differ": sum(la.get(k) != lb.get(k) for k in set(la) | set(lb)),
+        "score_keys_differ": len(set(sa) ^ set(sb)),
+    }
     maxd: dict = defaultdict(float)
     beyond: dict = defaultdict(int)
     other = 0
@@ -53,16 +72,29 @@ def compare(a: str, b: str, tol: float) -> dict:
         if (ma, pa, na, da) != (mb, pb, nb, db):
             other += 1
         if va is None or vb is None or (math.isnan(va) and math.isnan(vb)):
-            if (va is None) != (vb is None) or (va is not None and math.isnan(va) != math.isnan(vb)):
+            if (va is None) != (vb is None) or (
+                va is not None and math.isnan(va) != math.isnan(vb)
+            ):
                 beyond[k[-1]] += 1
             continue
         d = abs(va - vb) if not (math.isnan(va) or math.isnan(vb)) else math.inf
         maxd[k[-1]] = max(maxd[k[-1]], d)
         beyond[k[-1]] += d > tol
-    out.update({"score_meta_differ": other, "max_abs_diff": dict(maxd), "beyond_tol": dict(beyond),
-                "tol": tol, "identical_within_tol": not (out["explanations_differ"] or out["labels_differ"]
-                                                         or out["score_keys_differ"] or other
-                                                         or any(beyond.values()))})
+    out.update(
+        {
+            "score_meta_differ": other,
+            "max_abs_diff": dict(maxd),
+            "beyond_tol": dict(beyond),
+            "tol": tol,
+            "identical_within_tol": not (
+                out["explanations_differ"]
+                or out["labels_differ"]
+                or out["score_keys_differ"]
+                or other
+                or any(beyond.values())
+            ),
+        }
+    )
     return out
 
 

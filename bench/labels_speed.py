@@ -1,4 +1,5 @@
-"""CPU time per feature of the stats labeller on a seeded sample (3 passes: the first fills the word caches).
+"""CPU time per feature of the stats labeller on a seeded sample (3 passes: the first fills the
+word caches).
 
     PYTHONPATH=$PWD .venv/bin/python bench/labels_speed.py ATLAS/atlas.db 500 NAME
 
@@ -33,8 +34,14 @@ def main() -> None:
         t = time.process_time()
         out = [explain_stats(p, sp, lab) for p, sp in items]
         ts.append(time.process_time() - t)
-    print(sys.argv[3], f"setup+first {setup:.1f}s", "CPU ms/feature per pass:",
-          [round(1000 * x / n, 2) for x in ts], "concepts kept", sum(e.concept is not None for e in out))
+    print(
+        sys.argv[3],
+        f"setup+first {setup:.1f}s",
+        "CPU ms/feature per pass:",
+        [round(1000 * x / n, 2) for x in ts],
+        "concepts kept",
+        sum(e.concept is not None for e in out),
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Which rule picks a stats label's token list best? Mean token-level balanced accuracy of each rule's
+"""Which rule picks a stats label's token list best? Mean token-level balanced accuracy of each
+rule's
 list on the VALIDATION windows of every feature (a design check, so validation only).
 
     python bench/labels_token_rules.py ATLAS
@@ -24,7 +25,10 @@ for d in db.dictionaries():
             continue
         sp = split_examples(db.feature(d.hook, i), scfg)
         v = sp.valid.pos + sp.valid.neg
-        sc = {r: bal_acc(*predict(v, set(t), None, None, None)) for r, t in token_candidates(sp).items()}
+        sc = {
+            r: bal_acc(*predict(v, set(t), None, None, None))
+            for r, t in token_candidates(sp).items()
+        }
         if all(x is not None for x in sc.values()):
             for r, x in sc.items():
                 res.setdefault(r, []).append(x)

@@ -20,8 +20,10 @@ from lmscope.layout import AtlasLayout
 
 atlas, n = sys.argv[1], int(sys.argv[2])
 db = AtlasDB(Path(atlas) / "atlas.db", readonly=True)
-rows = db._q("SELECT d.hook, e.idx, e.text, e.details FROM explanations e JOIN dictionaries d "
-             "ON d.id = e.dictionary WHERE e.method = 'stats'")
+rows = db._q(
+    "SELECT d.hook, e.idx, e.text, e.details FROM explanations e JOIN dictionaries d "
+    "ON d.id = e.dictionary WHERE e.method = 'stats'"
+)
 rows = random.Random(0).sample(rows, n)
 scfg = split_config(db)
 te, *_ = _token_embeddings(db, AtlasLayout(atlas), [(h, i) for h, i, _, _ in rows], scfg)
@@ -34,10 +36,12 @@ for h, i, text, det in rows:
     if not sp.valid.pos or not sp.valid.neg or b is None:
         continue
     toks = d["tokens"]
-    variants = {"label": (text, toks),
-                "no_marker": (text.replace(" | " + NO_OUTPUT, "").replace(NO_OUTPUT, ""), toks),
-                "no_concept": (compose(toks, None, d.get("context"), d.get("says") or [], False), toks),
-                "baseline": b}
+    variants = {
+        "label": (text, toks),
+        "no_marker": (text.replace(" | " + NO_OUTPUT, "").replace(NO_OUTPUT, ""), toks),
+        "no_concept": (compose(toks, None, d.get("context"), d.get("says") or [], False), toks),
+        "baseline": b,
+    }
     hv = sc.vectors(sp.valid)
     sc.prepare(list(variants.values()))
     for k, (t, tk) in variants.items():

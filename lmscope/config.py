@@ -101,7 +101,9 @@ def flag(default: Any = dataclasses.MISSING, **argparse_kw: Any) -> Any:
     field."""
     bad = set(argparse_kw) - {"action", "nargs", "metavar"}
     if bad or argparse_kw.get("action") not in (None, "store_true", "append"):
-        raise TypeError(f"flag() takes action (store_true/append), nargs, metavar, not {argparse_kw}")
+        raise TypeError(
+            f"flag() takes action (store_true/append), nargs, metavar, not {argparse_kw}"
+        )
     return dataclasses.field(default=default, metadata={"argparse": argparse_kw})
 
 
@@ -141,7 +143,10 @@ def add_arguments(
         kw: dict[str, Any] = {"dest": f.name, "help": help_text}
         if f.name in positional:
             parser.add_argument(
-                f.name, type=conv, help=help_text, **extra,
+                f.name,
+                type=conv,
+                help=help_text,
+                **extra,
                 **({"nargs": "?", "default": default} if default is not None else {}),
             )
             continue
@@ -151,7 +156,9 @@ def add_arguments(
             if extra.get("action") == "store_true":
                 parser.add_argument(flag, default=default, **extra, **kw)
             else:
-                parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, **kw)
+                parser.add_argument(
+                    flag, action=argparse.BooleanOptionalAction, default=default, **kw
+                )
             continue
         if get_origin(base) is Literal:
             kw["choices"] = list(get_args(base))

@@ -3,8 +3,10 @@
 Launch the same command either way (docs/STYLE.md #7):
 
     lmscope train --model M --hooks 'blocks.6.resid_post' --out atlas/                  # 1 process
-    torchrun --nproc-per-node 4 -m lmscope train --model M ... --out atlas/             # DDP over tokens
-    torchrun --nproc-per-node 4 -m lmscope train ... --shard-features --out atlas/      # latents split over ranks
+    torchrun --nproc-per-node 4 -m lmscope train --model M ... --out atlas/             # DDP over
+    tokens
+    torchrun --nproc-per-node 4 -m lmscope train ... --shard-features --out atlas/      # latents
+    split over ranks
     torchrun --nnodes 2 --node-rank R --master-addr HOST --nproc-per-node 8 -m lmscope train ...
 
 torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT; without them we
@@ -41,8 +43,11 @@ class DistInfo:
 
 def env_info() -> DistInfo:
     """Read torchrun's environment (a world of one when not launched by torchrun)."""
-    return DistInfo(rank=int(os.environ.get("RANK", 0)), world_size=int(os.environ.get("WORLD_SIZE", 1)),
-                    local_rank=int(os.environ.get("LOCAL_RANK", 0)))
+    return DistInfo(
+        rank=int(os.environ.get("RANK", 0)),
+        world_size=int(os.environ.get("WORLD_SIZE", 1)),
+        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+    )
 
 
 def setup(device: str = "cpu") -> DistInfo:
@@ -135,7 +140,18 @@ def rank_slice(n: int, info: DistInfo) -> slice:
 
 
 __all__ = [
-    "DistInfo", "all_gather_cat", "all_reduce_max_", "all_reduce_sum_", "barrier", "broadcast_",
-    "broadcast_module_", "device_for", "env_info", "is_active", "rank_slice", "setup", "split_sizes",
+    "DistInfo",
+    "all_gather_cat",
+    "all_reduce_max_",
+    "all_reduce_sum_",
+    "barrier",
+    "broadcast_",
+    "broadcast_module_",
+    "device_for",
+    "env_info",
+    "is_active",
+    "rank_slice",
+    "setup",
+    "split_sizes",
     "teardown",
 ]

@@ -86,25 +86,55 @@ class AtlasLayout:
 
     def read(self) -> dict:
         if not self.root.is_dir():
-            raise UserError(f"atlas folder not found: {self.root} (create one with `lmscope train ... --out {self.root}`)")
+            raise UserError(
+                f"atlas folder not found: {self.root} (create one with `lmscope train ... --out "
+                f"{self.root}`)"
+            )
         if not self.manifest_path.is_file():
-            raise UserError(f"{self.root} is not an atlas (no {MANIFEST}); train dictionaries into it first")
-        m = check(read_json(self.manifest_path, what="atlas manifest"),
-                  {"schema_version": Int(0), "model": Str(1000),
-                   "dictionaries": Obj({}, max_items=100_000)}, where=str(self.manifest_path))
+            raise UserError(
+                f"{self.root} is not an atlas (no {MANIFEST}); train dictionaries into it first"
+            )
+        m = check(
+            read_json(self.manifest_path, what="atlas manifest"),
+            {
+                "schema_version": Int(0),
+                "model": Str(1000),
+                "dictionaries": Obj({}, max_items=100_000),
+            },
+            where=str(self.manifest_path),
+        )
         if m.get("schema_version", 0) > SCHEMA_VERSION:
-            raise UserError(f"{self.root} was written by a newer lmscope (schema {m['schema_version']}); upgrade lmscope")
+            raise UserError(
+                f"{self.root} was written by a newer lmscope (schema {m['schema_version']}); "
+                "upgrade lmscope"
+            )
         return m
 
-    def add_dictionary(self, hook_name: str, *, model: str, arch: str, d_sae: int, extra: dict | None = None) -> None:
+    def add_dictionary(
+        self, hook_name: str, *, model: str, arch: str, d_sae: int, extra: dict | None = None
+    ) -> None:
         """Record a completed dictionary in the manifest (call after its files are written)."""
-        m = self.read() if self.exists() else {"schema_version": SCHEMA_VERSION, "model": model,
-                                               "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                               "dictionaries": {}}
+        m = (
+            self.read()
+            if self.exists()
+            else {
+                "schema_version": SCHEMA_VERSION,
+                "model": model,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "dictionaries": {},
+            }
+        )
         if m.get("model") != model:
-            raise UserError(f"atlas {self.root} belongs to model {m.get('model')!r}, not {model!r}; use another --out")
-        m["dictionaries"][hook_name] = {"path": str(self.dictionary_dir(hook_name).relative_to(self.root)),
-                                        "arch": arch, "d_sae": d_sae, **(extra or {})}
+            raise UserError(
+                f"atlas {self.root} belongs to model {m.get('model')!r}, not {model!r}; use "
+                "another --out"
+            )
+        m["dictionaries"][hook_name] = {
+            "path": str(self.dictionary_dir(hook_name).relative_to(self.root)),
+            "arch": arch,
+            "d_sae": d_sae,
+            **(extra or {}),
+        }
         m["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         write_json_atomic(self.manifest_path, m)
 

@@ -5,7 +5,8 @@ lmscope loads is read through `read_json`: its size is checked with stat() *befo
 read (a 2 GB "examples" field is refused without allocating it), it must be UTF-8 JSON, and
 then `check` validates it against a schema written as a plain dict:
 
-    CFG = {"d_in": Int(1, MAX_DIM), "d_sae": Int(1, MAX_LATENTS), "k": Int(1, MAX_LATENTS, required=False)}
+    CFG = {"d_in": Int(1, MAX_DIM), "d_sae": Int(1, MAX_LATENTS), "k": Int(1, MAX_LATENTS,
+    required=False)}
     raw = read_json(path / "cfg.json", max_bytes=1 << 20, what="dictionary config")
     check(raw, CFG, where=str(path / "cfg.json"))
 
@@ -36,15 +37,18 @@ MAX_CONFIG_BYTES = 4 << 20
 
 
 def read_json(path: str | Path, *, max_bytes: int = MAX_CONFIG_BYTES, what: str = "file") -> Any:
-    """The JSON value in `path`, refused (UserError) when missing, too large, not UTF-8 or not JSON."""
+    """The JSON value in `path`, refused (UserError) when missing, too large, not UTF-8 or not
+    JSON."""
     path = Path(path)
     try:
         size = path.stat().st_size
     except OSError as e:
         raise UserError(f"cannot read {what} {path}: {e.strerror or e}") from None
     if size > max_bytes:
-        raise UserError(f"{what} {path} is {_mib(size)}, larger than the {_mib(max_bytes)} allowed; "
-                        "it is not a file lmscope wrote (re-download or rebuild it)")
+        raise UserError(
+            f"{what} {path} is {_mib(size)}, larger than the {_mib(max_bytes)} allowed; "
+            "it is not a file lmscope wrote (re-download or rebuild it)"
+        )
     try:
         with open(path, "rb") as f:
             raw = f.read(max_bytes + 1)  # the file may have grown since stat()
@@ -55,11 +59,14 @@ def read_json(path: str | Path, *, max_bytes: int = MAX_CONFIG_BYTES, what: str 
     try:
         return json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
     except UnicodeDecodeError:
-        raise UserError(f"{what} {path} is not UTF-8 text (a binary or damaged file); "
-                        "re-download or rebuild it") from None
+        raise UserError(
+            f"{what} {path} is not UTF-8 text (a binary or damaged file); re-download or rebuild it"
+        ) from None
     except (json.JSONDecodeError, ValueError, RecursionError) as e:
         msg = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
-        raise UserError(f"{what} {path} is not valid JSON ({msg}); re-download or rebuild it") from None
+        raise UserError(
+            f"{what} {path} is not valid JSON ({msg}); re-download or rebuild it"
+        ) from None
 
 
 def _no_constant(name: str):
@@ -178,8 +185,10 @@ def _check(v: Any, s: Schema, where: str, at: str) -> None:
             path = f"{at}.{key}" if at else f"field {key!r}"
             if key not in v:
                 if sub_s.required:
-                    raise UserError(f"{where}: {path} is missing; the file is damaged or not one "
-                                    "lmscope can read")
+                    raise UserError(
+                        f"{where}: {path} is missing; the file is damaged or not one "
+                        "lmscope can read"
+                    )
                 continue
             _check(v[key], sub_s, where, path)
     else:  # pragma: no cover - a schema bug, not bad input
@@ -187,8 +196,14 @@ def _check(v: Any, s: Schema, where: str, at: str) -> None:
 
 
 def _kind(v: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
-            int: "an integer", float: "a number"}.get(type(v), type(v).__name__)
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+    }.get(type(v), type(v).__name__)
 
 
 def opt(s: Schema) -> Schema:
@@ -198,5 +213,17 @@ def opt(s: Schema) -> Schema:
     return type(s)(**{**s.__dict__, "required": False})
 
 
-__all__ = ["MAX_CONFIG_BYTES", "MAX_DIM", "MAX_LATENTS", "Bool", "Int", "List", "Num", "Obj", "Str",
-           "check", "opt", "read_json"]
+__all__ = [
+    "MAX_CONFIG_BYTES",
+    "MAX_DIM",
+    "MAX_LATENTS",
+    "Bool",
+    "Int",
+    "List",
+    "Num",
+    "Obj",
+    "Str",
+    "check",
+    "opt",
+    "read_json",
+]

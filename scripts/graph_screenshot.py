@@ -23,7 +23,9 @@ def main() -> int:
     ap.add_argument("atlas")
     ap.add_argument("graph", help="file name under ATLAS/graphs/")
     ap.add_argument("out")
-    ap.add_argument("--hover", default=None, help="feature to hover, HOOK/IDX (default: the most influential)")
+    ap.add_argument(
+        "--hover", default=None, help="feature to hover, HOOK/IDX (default: the most influential)"
+    )
     ap.add_argument("--edges", default=None, help="edges to draw: 100, 300, 1000 or 3000")
     a = ap.parse_args()
     from playwright.sync_api import sync_playwright
@@ -32,7 +34,9 @@ def main() -> int:
     feats = [n for n in data["nodes"] if n.get("lmscope_hook") is not None]
     if a.hover:
         hook, idx = a.hover.rsplit("/", 1)
-        node = next(n for n in feats if n["lmscope_hook"] == hook and n["lmscope_feature"] == int(idx))
+        node = next(
+            n for n in feats if n["lmscope_hook"] == hook and n["lmscope_feature"] == int(idx)
+        )
     else:
         # `influence` is cumulative (circuit-tracer): the most influential node has the smallest.
         node = min(feats, key=lambda n: n.get("influence") or 1.0) if feats else None
@@ -44,7 +48,9 @@ def main() -> int:
     base = f"http://127.0.0.1:{srv.server_address[1]}/"
     try:
         with sync_playwright() as p:
-            b = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
+            b = p.chromium.launch(
+                executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"]
+            )
             page = b.new_page(viewport={"width": 1360, "height": 1500})
             page.goto(base + "#/graph/" + a.graph)
             page.wait_for_selector("#graph-svg")

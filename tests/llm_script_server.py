@@ -22,7 +22,21 @@ import sys
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-STOP = {"the", "word", "words", "a", "an", "of", "and", "or", "says", "output", "no", "clear", "pattern"}
+STOP = {
+    "the",
+    "word",
+    "words",
+    "a",
+    "an",
+    "of",
+    "and",
+    "or",
+    "says",
+    "output",
+    "no",
+    "clear",
+    "pattern",
+}
 
 
 def content_words(label: str) -> set[str]:
@@ -83,11 +97,26 @@ def main() -> None:
             stats["chat"] += 1
             text = answer(body["messages"])
             prompt = sum(len(m["content"]) for m in body["messages"]) // 4
-            self._send(200, {"id": f"c{stats['chat']}", "object": "chat.completion", "model": body["model"],
-                             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                          "finish_reason": "stop"}],
-                             "usage": {"prompt_tokens": prompt, "completion_tokens": len(text) // 4 + 1,
-                                       "total_tokens": prompt + len(text) // 4 + 1}})
+            self._send(
+                200,
+                {
+                    "id": f"c{stats['chat']}",
+                    "object": "chat.completion",
+                    "model": body["model"],
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": text},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": {
+                        "prompt_tokens": prompt,
+                        "completion_tokens": len(text) // 4 + 1,
+                        "total_tokens": prompt + len(text) // 4 + 1,
+                    },
+                },
+            )
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
     httpd.daemon_threads = True

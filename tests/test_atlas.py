@@ -1,4 +1,5 @@
-"""The atlas: one streaming profile pass == a dense brute-force reference; the DB; search; export; CLI.
+"""The atlas: one streaming profile pass == a dense brute-force reference; the DB; search; export;
+CLI.
 
 The atlas is the demo atlas (tiny llama, two ReLU dictionaries) where feature PLANTED fires on
 "horse" and nowhere else. The reference recomputes every feature activation densely on the same
@@ -55,8 +56,18 @@ def _copy(base, dst: Path) -> Path:
 
 
 def _cfg(root, corpus, **kw) -> BuildConfig:
-    return BuildConfig(atlas=str(root), corpus=str(corpus), tokens=kw.pop("tokens", TOKENS), ctx_len=CTX,
-                       batch_size=kw.pop("batch_size", BATCH), top_k=K, ctx_window=8, samples=3, negatives=2, **kw)
+    return BuildConfig(
+        atlas=str(root),
+        corpus=str(corpus),
+        tokens=kw.pop("tokens", TOKENS),
+        ctx_len=CTX,
+        batch_size=kw.pop("batch_size", BATCH),
+        top_k=K,
+        ctx_window=8,
+        samples=3,
+        negatives=2,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +96,7 @@ def dense(base):
     dicts = {h: load_dictionary(AtlasLayout(root).dictionary_dir(h)) for h in HOOKS}
     acts = {h: [] for h in HOOKS}
     for s in range(0, n_ctx, BATCH):  # the build's batches: bit-identical model numbers
-        t = tokens[s:s + BATCH]
+        t = tokens[s : s + BATCH]
         out = run(lm, t, capture=list(HOOKS)).acts
         for h, d in dicts.items():
             with torch.inference_mode():
@@ -132,8 +143,11 @@ def test_stats_equal_dense_reference(built, dense, hook):
             assert {e.token_index for e in p.quantiles} == want_q
             for e in p.negatives:  # non-activating: the whole window is quiet for this feature
                 ctx, pos = divmod(e.token_index, CTX)
-                lo, hi = max(0, pos - (8 - 1 - 8 // 4)), min(CTX, pos + 8 // 4 + 1)  # inside its context
-                assert float(A[ctx * CTX + lo: ctx * CTX + hi, f].max()) == 0
+                lo, hi = (
+                    max(0, pos - (8 - 1 - 8 // 4)),
+                    min(CTX, pos + 8 // 4 + 1),
+                )  # inside its context
+                assert float(A[ctx * CTX + lo : ctx * CTX + hi, f].max()) == 0
     assert n_valid == N
 
 
@@ -160,7 +174,9 @@ def test_logit_effects_exact(built, dense):
             for f in (0, PLANTED, d.cfg.d_sae - 1):
                 p = db.feature(hook, f)
                 assert [x.token_id for x in p.promoted] == eff[f].topk(10).indices.tolist()
-                assert [x.token_id for x in p.suppressed] == eff[f].topk(10, largest=False).indices.tolist()
+                assert [x.token_id for x in p.suppressed] == eff[f].topk(
+                    10, largest=False
+                ).indices.tolist()
                 assert p.promoted[0].value == pytest.approx(float(eff[f].max()), rel=1e-5)
 
 
@@ -188,8 +204,13 @@ def test_merge_equals_one_state():
     """Two states on disjoint halves merge into exactly the state of the whole (any split)."""
     F, B, Pn = 50, 3, 12
     gen = torch.Generator().manual_seed(1)
-    data = [(torch.relu(torch.randn(B, Pn, F, generator=gen) - 1), torch.randint(0, 60, (B, Pn), generator=gen))
-            for _ in range(6)]
+    data = [
+        (
+            torch.relu(torch.randn(B, Pn, F, generator=gen) - 1),
+            torch.randint(0, 60, (B, Pn), generator=gen),
+        )
+        for _ in range(6)
+    ]
     mk = lambda: P.ProfileState.empty(F, top_k=4, window=6, samples=2, negatives=2)  # noqa: E731
     valid = torch.ones(B, Pn, dtype=torch.bool)
     ids = lambda i: torch.arange(B * Pn).view(B, Pn) + i * B * Pn  # noqa: E731
@@ -207,11 +228,20 @@ def test_merge_equals_one_state():
 def _dump(db_path: Path) -> dict:
     c = sqlite3.connect(db_path)
     out = {
-        "features": [r[:3] + (round(r[3], 9),) + r[4:] for r in c.execute(
-            "SELECT idx, fires, max_act, mean_act, histogram FROM features ORDER BY dictionary, idx")],
-        "examples": c.execute("SELECT dictionary, idx, kind, bucket, rank, score, token_id, tokens, acts, position "
-                              "FROM examples ORDER BY dictionary, idx, kind, bucket, rank").fetchall(),
-        "logits": c.execute("SELECT * FROM logit_effects ORDER BY dictionary, idx, kind, rank").fetchall(),
+        "features": [
+            r[:3] + (round(r[3], 9),) + r[4:]
+            for r in c.execute(
+                "SELECT idx, fires, max_act, mean_act, histogram FROM features ORDER BY "
+                "dictionary, idx"
+            )
+        ],
+        "examples": c.execute(
+            "SELECT dictionary, idx, kind, bucket, rank, score, token_id, tokens, acts, position "
+            "FROM examples ORDER BY dictionary, idx, kind, bucket, rank"
+        ).fetchall(),
+        "logits": c.execute(
+            "SELECT * FROM logit_effects ORDER BY dictionary, idx, kind, rank"
+        ).fetchall(),
     }
     c.close()
     return out
@@ -251,7 +281,22 @@ def test_rebuild_keeps_explanations_and_needs_force_for_other_settings(base, tmp
     build_atlas(_cfg(root, base[1], tokens=256), progress=False, lm=lm)
     with AtlasDB(root / "atlas.db") as db:
         db.add_explanation(HOOKS[0], PLANTED, "the word horse", method="manual")
-    assert main(["atlas", "build", str(root), "--corpus", str(base[1]), "--tokens", "512", "--ctx-len", str(CTX)]) == 2
+    assert (
+        main(
+            [
+                "atlas",
+                "build",
+                str(root),
+                "--corpus",
+                str(base[1]),
+                "--tokens",
+                "512",
+                "--ctx-len",
+                str(CTX),
+            ]
+        )
+        == 2
+    )
     build_atlas(_cfg(root, base[1], tokens=512, force=True), progress=False, lm=lm)
     with AtlasDB(root / "atlas.db", readonly=True) as db:
         assert [e.text for e in db.explanations(HOOKS[0], PLANTED)] == ["the word horse"]
@@ -263,10 +308,18 @@ def test_explanations_scores_labels_and_fts(base, tmp_path):
     root = _copy(base, tmp_path / "a")
     build_atlas(_cfg(root, base[1], tokens=256), progress=False, lm=base[2])
     with AtlasDB.open(root / "atlas.db") as db:
-        e1 = db.add_explanation(HOOKS[0], PLANTED, "mentions of a horse galloping", method="delphi", version="2")
-        e2 = db.add_explanation(HOOKS[0], PLANTED, "farm animals", method="oai", details={"model": "x"})
-        db.add_score(e1, scorer="detection", metric="balanced_accuracy", value=0.9, n_pos=10, n_neg=10)
-        db.add_score(e1, scorer="fuzzing", metric="balanced_accuracy", value=0.7, n_pos=10, n_neg=10)
+        e1 = db.add_explanation(
+            HOOKS[0], PLANTED, "mentions of a horse galloping", method="delphi", version="2"
+        )
+        e2 = db.add_explanation(
+            HOOKS[0], PLANTED, "farm animals", method="oai", details={"model": "x"}
+        )
+        db.add_score(
+            e1, scorer="detection", metric="balanced_accuracy", value=0.9, n_pos=10, n_neg=10
+        )
+        db.add_score(
+            e1, scorer="fuzzing", metric="balanced_accuracy", value=0.7, n_pos=10, n_neg=10
+        )
         db.set_label(HOOKS[1], 3, "rivers and water")
         with pytest.raises(UserError):
             db.add_score(999, scorer="x", metric="y", value=1.0)
@@ -274,13 +327,21 @@ def test_explanations_scores_labels_and_fts(base, tmp_path):
             db.add_explanation(HOOKS[0], 10_000, "x", method="m")
     with AtlasDB.open(root / "atlas.db", readonly=True) as db:
         exps = db.explanations(HOOKS[0], PLANTED)
-        assert [(e.id, e.method, e.version) for e in exps] == [(e1, "delphi", "2"), (e2, "oai", "1")]
-        assert [s.scorer for s in exps[0].scores] == ["detection", "fuzzing"] and exps[1].details == {"model": "x"}
+        assert [(e.id, e.method, e.version) for e in exps] == [
+            (e1, "delphi", "2"),
+            (e2, "oai", "1"),
+        ]
+        assert [s.scorer for s in exps[0].scores] == ["detection", "fuzzing"] and exps[
+            1
+        ].details == {"model": "x"}
         hits = db.search_labels("horse")
         assert [(h.hook, h.feature, h.source) for h in hits] == [(HOOKS[0], PLANTED, "explanation")]
         assert db.search_labels("gallop")[0].feature == PLANTED  # prefix match
         assert [(h.hook, h.feature) for h in db.search_labels("water")] == [(HOOKS[1], 3)]
-        assert db.label(HOOKS[1], 3) == "rivers and water" and db.feature(HOOKS[1], 3).label == "rivers and water"
+        assert (
+            db.label(HOOKS[1], 3) == "rivers and water"
+            and db.feature(HOOKS[1], 3).label == "rivers and water"
+        )
         assert db.search_labels("zebra") == [] and db.search_labels("  ") == []
         v = db.conn.execute("SELECT version FROM schema_version").fetchone()[0]
         assert v == 1 and db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -301,7 +362,8 @@ import sys, json
 from lmscope.atlas.db import AtlasDB
 db = AtlasDB(sys.argv[1], readonly=True)
 p = db.feature(sys.argv[2], int(sys.argv[3]))
-print(json.dumps({"n_exp": len(p.explanations), "top": len(p.top), "hits": len(db.search_labels("horse", limit=1000))}))
+hits = len(db.search_labels("horse", limit=1000))
+print(json.dumps({"n_exp": len(p.explanations), "top": len(p.top), "hits": hits}))
 """
 
 
@@ -313,12 +375,21 @@ def test_concurrent_reader_while_writing(base, tmp_path):
     db.add_explanation(HOOKS[0], PLANTED, "horse one", method="m")
     db.conn.execute("BEGIN IMMEDIATE")
     for i in range(200):  # an open, uncommitted write transaction
-        db.conn.execute("INSERT INTO explanations (dictionary, idx, method, version, text) VALUES (1, ?, 'm', '1', ?)",
-                        (PLANTED, f"horse {i}"))
-        db.conn.execute("INSERT INTO search VALUES (?, ?, ?, 'explanation', NULL)", (f"horse {i}", HOOKS[0], PLANTED))
-    read = lambda: json.loads(subprocess.run(  # noqa: E731
-        [sys.executable, "-c", _READER, str(root / "atlas.db"), HOOKS[0], str(PLANTED)],
-        capture_output=True, text=True, timeout=60, check=True).stdout)
+        db.conn.execute(
+            "INSERT INTO explanations (dictionary, idx, method, version, text) VALUES (1, ?, 'm', "
+            "'1', ?)",
+            (PLANTED, f"horse {i}"),
+        )
+        db.conn.execute(
+            "INSERT INTO search VALUES (?, ?, ?, 'explanation', NULL)",
+            (f"horse {i}", HOOKS[0], PLANTED),
+        )
+
+    def read():
+        argv = [sys.executable, "-c", _READER, str(root / "atlas.db"), HOOKS[0], str(PLANTED)]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
+        return json.loads(out.stdout)
+
     during = read()
     assert during == {"n_exp": 1, "top": K, "hits": 1}  # the last committed snapshot, no waiting
     db.conn.commit()
@@ -348,17 +419,30 @@ def test_export_formats(built, tmp_path):
         p = db.feature(HOOKS[1], PLANTED)
         row = next(r for r in feats if r["hook"] == HOOKS[1] and r["idx"] == PLANTED)
         assert row["max_act"] == p.max_act and row["fires"] == p.fires
-        tops = sorted((r for r in ex if r["hook"] == HOOKS[1] and r["idx"] == PLANTED and r["kind"] == "top"),
-                      key=lambda r: r["rank"])
+        tops = sorted(
+            (r for r in ex if r["hook"] == HOOKS[1] and r["idx"] == PLANTED and r["kind"] == "top"),
+            key=lambda r: r["rank"],
+        )
         assert [json.loads(r["tokens"]) for r in tops] == [e.tokens for e in p.top]
         assert len(feats) == sum(d.d_sae for d in db.dictionaries())
 
-    assert main(["export", root, "--format", "neuronpedia-json", "--out", str(tmp_path / "np")]) == 0
+    assert (
+        main(["export", root, "--format", "neuronpedia-json", "--out", str(tmp_path / "np")]) == 0
+    )
     batch = json.loads((tmp_path / "np" / HOOKS[0] / "batch-0.json").read_text())
     assert {"model_id", "layer", "sae_set", "features"} <= set(batch) and batch["layer"] == "0"
     f7 = batch["features"][PLANTED]
-    assert {"feature_index", "frac_nonzero", "pos_str", "pos_values", "neg_str", "neg_values",
-            "freq_hist_data_bar_values", "freq_hist_data_bar_heights", "activations"} <= set(f7)
+    assert {
+        "feature_index",
+        "frac_nonzero",
+        "pos_str",
+        "pos_values",
+        "neg_str",
+        "neg_values",
+        "freq_hist_data_bar_values",
+        "freq_hist_data_bar_heights",
+        "activations",
+    } <= set(f7)
     assert len(f7["freq_hist_data_bar_values"]) == len(f7["freq_hist_data_bar_heights"])
     top = [a for a in f7["activations"] if a["bin_min"] == -1]
     assert top and all(a["tokens"][a["qualifying_token_index"]] == PLANTED_WORD for a in top)
@@ -366,7 +450,9 @@ def test_export_formats(built, tmp_path):
     assert main(["export", root, "--format", "saelens", "--out", str(tmp_path / "sl")]) == 0
     d = load_dictionary(tmp_path / "sl" / HOOKS[0])
     assert d.cfg.d_sae == 64 and (tmp_path / "sl" / HOOKS[0] / "sparsity.safetensors").is_file()
-    assert main(["export", root, "--format", "saelens", "--out", str(tmp_path / "sl")]) == 2  # not empty
+    assert (
+        main(["export", root, "--format", "saelens", "--out", str(tmp_path / "sl")]) == 2
+    )  # not empty
 
 
 # --- CLI ---------------------------------------------------------------------------------------
@@ -381,22 +467,28 @@ def test_cli_feature_and_search(built, capsys):
     d = json.loads(capsys.readouterr().out)
     assert d["id"] == f"{HOOKS[0]}/{PLANTED}" and len(d["profile"]["top"]) == K
     hist = d["profile"]["histogram"]  # the same FeaturePage JSON as the viewer's /api/feature
-    assert sum(hist["counts"]) == d["profile"]["fires"] and len(hist["edges"]) == len(hist["counts"]) + 1
+    assert (
+        sum(hist["counts"]) == d["profile"]["fires"]
+        and len(hist["edges"]) == len(hist["counts"]) + 1
+    )
     assert main(["search", root, "the horse", "--by", "text", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["text"][0]["feature"] == PLANTED
 
 
-@pytest.mark.parametrize("argv", [
-    ["feature", "{root}", "blocks.0.resid_post"],            # no /INDEX
-    ["feature", "{root}", "blocks.0.resid_pst/3"],           # unknown dictionary
-    ["feature", "{root}", "blocks.0.resid_post/64"],         # out of range
-    ["feature", "{root}/nope", "blocks.0.resid_post/1"],     # not an atlas
-    ["search", "{root}", "", "--by", "text"],                 # empty text
-    ["export", "{root}", "--format", "parquet", "--out", "{root}"],  # non-empty out
-    ["atlas", "build", "{root}", "--corpus", "/nonexistent.txt", "--force"],
-    ["atlas", "build", "{root}", "--tokens", "0"],
-    ["atlas", "build", "{root}", "--hooks", "blocks.7.mlp_out", "--force"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["feature", "{root}", "blocks.0.resid_post"],  # no /INDEX
+        ["feature", "{root}", "blocks.0.resid_pst/3"],  # unknown dictionary
+        ["feature", "{root}", "blocks.0.resid_post/64"],  # out of range
+        ["feature", "{root}/nope", "blocks.0.resid_post/1"],  # not an atlas
+        ["search", "{root}", "", "--by", "text"],  # empty text
+        ["export", "{root}", "--format", "parquet", "--out", "{root}"],  # non-empty out
+        ["atlas", "build", "{root}", "--corpus", "/nonexistent.txt", "--force"],
+        ["atlas", "build", "{root}", "--tokens", "0"],
+        ["atlas", "build", "{root}", "--hooks", "blocks.7.mlp_out", "--force"],
+    ],
+)
 def test_cli_bad_inputs_exit_2(built, argv, capsys):
     root = str(built[0])
     assert main([a.replace("{root}", root) for a in argv]) == 2
@@ -415,15 +507,33 @@ def test_corrupt_db_and_other_model(base, tmp_path, capsys, tiny_model_dir):
     m = json.loads((root2 / "atlas.json").read_text())
     m["model"] = str(m16)
     (root2 / "atlas.json").write_text(json.dumps(m))
-    assert main(["atlas", "build", str(root2), "--corpus", str(base[1]), "--tokens", "64", "--ctx-len", "32"]) == 2
+    assert (
+        main(
+            [
+                "atlas",
+                "build",
+                str(root2),
+                "--corpus",
+                str(base[1]),
+                "--tokens",
+                "64",
+                "--ctx-len",
+                "32",
+            ]
+        )
+        == 2
+    )
     assert "another model" in capsys.readouterr().err
 
 
 # --- scale out ------------------------------------------------------------------------------------
-@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
-                    reason="torchrun not installed next to python")
+@pytest.mark.skipif(
+    shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
+    reason="torchrun not installed next to python",
+)
 def test_torchrun_two_processes_equal_one(base, tmp_path):
-    """`torchrun --nproc-per-node 2 -m lmscope atlas build` == 1 process on the same tokens (exact)."""
+    """`torchrun --nproc-per-node 2 -m lmscope atlas build` == 1 process on the same tokens
+    (exact)."""
     import os
     import socket
 
@@ -434,10 +544,37 @@ def test_torchrun_two_processes_equal_one(base, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     torchrun = str(Path(sys.executable).parent / "torchrun")
-    cmd = [torchrun, "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(port),
-           "-m", "lmscope", "atlas", "build", str(two), "--corpus", str(base[1]), "--tokens", "512",
-           "--ctx-len", str(CTX), "--batch-size", "1", "--top-k", str(K), "--ctx-window", "8", "--samples", "3",
-           "--negatives", "2", "--json"]
+    cmd = [
+        torchrun,
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(port),
+        "-m",
+        "lmscope",
+        "atlas",
+        "build",
+        str(two),
+        "--corpus",
+        str(base[1]),
+        "--tokens",
+        "512",
+        "--ctx-len",
+        str(CTX),
+        "--batch-size",
+        "1",
+        "--top-k",
+        str(K),
+        "--ctx-window",
+        "8",
+        "--samples",
+        "3",
+        "--negatives",
+        "2",
+        "--json",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
@@ -449,7 +586,8 @@ def test_torchrun_two_processes_equal_one(base, tmp_path):
 
 
 def test_exactly_enough_contexts_is_complete(base, built, tmp_path):
-    """A context source with exactly tokens/ctx_len contexts builds (== the corpus build); one fewer is refused."""
+    """A context source with exactly tokens/ctx_len contexts builds (== the corpus build); one
+    fewer is refused."""
     import itertools
 
     from lmscope.dictionaries.sources import iter_contexts

@@ -98,16 +98,19 @@ def _corrupt_middle(p: Path) -> None:
     n = len(data) // page
     assert n > 4
     for i in range(2, n - 1):  # every b-tree page but the first: headers and cells garbage
-        data[i * page: i * page + 64] = b"\xff" * 64
+        data[i * page : i * page + 64] = b"\xff" * 64
     p.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage, needle", [
-    (lambda p: p.write_bytes(b""), "empty"),
-    (lambda p: p.write_bytes(b"PK\x03\x04" + b"\x00" * 5000), "not an SQLite file"),
-    (lambda p: p.write_bytes(p.read_bytes()[:4096 * 2]), "damaged"),
-    (_corrupt_middle, "damaged"),
-])
+@pytest.mark.parametrize(
+    "damage, needle",
+    [
+        (lambda p: p.write_bytes(b""), "empty"),
+        (lambda p: p.write_bytes(b"PK\x03\x04" + b"\x00" * 5000), "not an SQLite file"),
+        (lambda p: p.write_bytes(p.read_bytes()[: 4096 * 2]), "damaged"),
+        (_corrupt_middle, "damaged"),
+    ],
+)
 def test_damaged_database_is_one_line_with_the_fix(atlas, damage, needle, capsys):
     db_path = atlas / "atlas.db"
     for side in ("atlas.db-wal", "atlas.db-shm"):
@@ -118,7 +121,9 @@ def test_damaged_database_is_one_line_with_the_fix(atlas, damage, needle, capsys
         with pytest.raises(UserError) as e:
             AtlasDB(db_path, readonly=readonly)
         msg = str(e.value)
-        assert "\n" not in msg and needle in msg and "lmscope atlas build" in msg and "--force" in msg
+        assert (
+            "\n" not in msg and needle in msg and "lmscope atlas build" in msg and "--force" in msg
+        )
     code = main(["feature", str(atlas), f"{HOOKS[0]}/{PLANTED}"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and "Traceback" not in err and "atlas build" in err

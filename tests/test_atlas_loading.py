@@ -51,16 +51,34 @@ def _scan(atlas, spec, corpus):
 def _build(atlas, spec, corpus):
     from lmscope.atlas.build import BuildConfig, build_atlas
 
-    cfg = BuildConfig(atlas=str(atlas), corpus=str(corpus), tokens=32, ctx_len=16, batch_size=2, top_k=2,
-                      samples=1, negatives=1, ctx_window=6, force=True, hooks=spec)
+    cfg = BuildConfig(
+        atlas=str(atlas),
+        corpus=str(corpus),
+        tokens=32,
+        ctx_len=16,
+        batch_size=2,
+        top_k=2,
+        samples=1,
+        negatives=1,
+        ctx_window=6,
+        force=True,
+        hooks=spec,
+    )
     return build_atlas(cfg, progress=False).hooks
 
 
 def _eval(atlas, spec, corpus):
     from lmscope.dictionaries.evaluate import EvalConfig, evaluate_atlas
 
-    cfg = EvalConfig(atlas=str(atlas), corpus=str(corpus), tokens=32, ctx_len=16, plots=False, hooks=spec,
-                     allow_overlap=True)
+    cfg = EvalConfig(
+        atlas=str(atlas),
+        corpus=str(corpus),
+        tokens=32,
+        ctx_len=16,
+        plots=False,
+        hooks=spec,
+        allow_overlap=True,
+    )
     return [e.hook for e in evaluate_atlas(cfg, progress=False).dictionaries]
 
 
@@ -75,11 +93,14 @@ def _probe_explain(atlas, spec, corpus):
 SITES = {"trace": _trace, "scan": _scan, "atlas build": _build, "eval": _eval}
 
 
-@pytest.mark.parametrize("spec, want", [
-    ("blocks.*.resid_post", list(HOOKS)),  # a glob
-    (HOOKS[1], [HOOKS[1]]),                # an exact name is a glob without wildcards
-    (f"{HOOKS[1]},blocks.0.*", [HOOKS[1], HOOKS[0]]),
-])
+@pytest.mark.parametrize(
+    "spec, want",
+    [
+        ("blocks.*.resid_post", list(HOOKS)),  # a glob
+        (HOOKS[1], [HOOKS[1]]),  # an exact name is a glob without wildcards
+        (f"{HOOKS[1]},blocks.0.*", [HOOKS[1], HOOKS[0]]),
+    ],
+)
 def test_every_site_selects_the_same_dictionaries(atlases, spec, want):
     good, _, corpus = atlases
     got = {name: sorted(site(good, spec, corpus)) for name, site in SITES.items()}
@@ -94,7 +115,9 @@ def test_order_is_the_patterns_then_the_atlas():
     names = ["b.0", "b.1", "b.2"]
     assert select_hooks(names, "b.2, b.*", where="x") == ["b.2", "b.0", "b.1"]
     assert select_hooks(names, None, where="x") == names == select_hooks(names, " , ", where="x")
-    with pytest.raises(UserError, match=r"'b\.9' matches no dictionary in x.*it has: b\.0, b\.1, b\.2"):
+    with pytest.raises(
+        UserError, match=r"'b\.9' matches no dictionary in x.*it has: b\.0, b\.1, b\.2"
+    ):
         select_hooks(names, "b.*,b.9", where="x")  # one typo among good patterns is not dropped
 
 
@@ -106,7 +129,10 @@ def test_unknown_hook_is_the_same_line_everywhere(atlases):
             site(good, "blocks.9.resid_post", corpus)
         msgs[name] = str(e.value)
     first = msgs["trace"]
-    assert first.startswith("'blocks.9.resid_post' matches no dictionary in atlas ") and "\n" not in first
+    assert (
+        first.startswith("'blocks.9.resid_post' matches no dictionary in atlas ")
+        and "\n" not in first
+    )
     assert all(m.startswith(first) for m in msgs.values()), msgs  # probe explain adds its advice
 
 
@@ -121,5 +147,7 @@ def test_model_mismatch_is_the_same_line_everywhere(atlases):
             site(bad, "blocks.*", corpus)
         msgs[name] = str(e.value)
     assert len(set(msgs.values())) == 1, msgs
-    assert msgs["trace"] == (f"dictionary {HOOKS[0]} expects width 32 at {HOOKS[0]} but model "
-                             f"{good.parent / 'm16'} has 16; the dictionary belongs to another model")
+    assert msgs["trace"] == (
+        f"dictionary {HOOKS[0]} expects width 32 at {HOOKS[0]} but model "
+        f"{good.parent / 'm16'} has 16; the dictionary belongs to another model"
+    )

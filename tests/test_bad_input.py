@@ -45,12 +45,17 @@ def bad(demo_atlas_root, tmp_path_factory):
         "empty": b"",
         "binary": bytes(range(256)) * 64,
         "invalid_utf8": b"the horse \xff\xfe\xc3\x28 ran\n\nthe dog \x80 sat\n",
-        "one_line_10mb": b'{"text": "' + b"horse " * (10 * 2**20 // 6),  # one unterminated JSON line
+        "one_line_10mb": b'{"text": "'
+        + b"horse " * (10 * 2**20 // 6),  # one unterminated JSON line
         "jsonl_no_text": b'{"body": "the horse ran"}\n{"body": "the dog sat"}\n',
     }
     paths = {}
     for name, data in files.items():
-        p = d / "corpora" / (name + (".jsonl" if name in ("one_line_10mb", "jsonl_no_text") else ".txt"))
+        p = (
+            d
+            / "corpora"
+            / (name + (".jsonl" if name in ("one_line_10mb", "jsonl_no_text") else ".txt"))
+        )
         p.parent.mkdir(exist_ok=True)
         p.write_bytes(data)
         paths[f"corpus:{name}"] = p
@@ -58,7 +63,10 @@ def bad(demo_atlas_root, tmp_path_factory):
     empty = d / "atlases" / "empty"
     empty.mkdir(parents=True)
     paths["atlas:empty_dir"] = empty
-    for name, data in (("manifest_binary", bytes(range(256))), ("manifest_invalid_utf8", b'{"model": "\xff"}')):
+    for name, data in (
+        ("manifest_binary", bytes(range(256))),
+        ("manifest_invalid_utf8", b'{"model": "\xff"}'),
+    ):
         a = d / "atlases" / name
         shutil.copytree(good, a)
         (a / "atlas.json").write_bytes(data)
@@ -73,7 +81,9 @@ def bad(demo_atlas_root, tmp_path_factory):
     from lmscope.dictionaries import DictionaryConfig, build
     from lmscope.dictionaries.io.saelens import save_saelens
 
-    other = build(DictionaryConfig(d_in=48, d_sae=64, arch="relu", hook_name=HOOK, model_name="other"))
+    other = build(
+        DictionaryConfig(d_in=48, d_sae=64, arch="relu", hook_name=HOOK, model_name="other")
+    )
     shutil.rmtree(a / "dictionaries" / HOOK)
     save_saelens(other, a / "dictionaries" / HOOK)
     paths["atlas:other_model_dictionary"] = a
@@ -88,46 +98,124 @@ def bad(demo_atlas_root, tmp_path_factory):
     paths["probe:meta_binary"] = p
     p = d / "probes" / "truncated_weights"
     p.mkdir()
-    (p / "probe.json").write_text(json.dumps({"schema_version": 1, "kind": "mean_diff", "hook": HOOK,
-                                              "bias": 0.0, "model": {"model": model}}))
-    (p / "probe.safetensors").write_bytes(b"\x40\x00\x00\x00\x00\x00\x00\x00{\"direction\":")
+    (p / "probe.json").write_text(
+        json.dumps(
+            {
+                "schema_version": 1,
+                "kind": "mean_diff",
+                "hook": HOOK,
+                "bias": 0.0,
+                "model": {"model": model},
+            }
+        )
+    )
+    (p / "probe.safetensors").write_bytes(b'\x40\x00\x00\x00\x00\x00\x00\x00{"direction":')
     paths["probe:truncated_weights"] = p
     return {"paths": paths, "good": good, "model": model, "root": d, "corpus": good / "corpus.txt"}
 
 
 CORPUS_CMDS = {
-    "capture": lambda c, b, out: ["capture", "--model", b["model"], "--hooks", HOOK, "--corpus", str(c),
-                                  "--tokens", "2k", "--ctx-len", "16", "--out", str(out)],
-    "train": lambda c, b, out: ["train", "--model", b["model"], "--hooks", HOOK, "--corpus", str(c),
-                                "--tokens", "2k", "--ctx-len", "16", "--width", "2x", "--k", "2",
-                                "--out", str(out), "--no-progress"],
+    "capture": lambda c, b, out: [
+        "capture",
+        "--model",
+        b["model"],
+        "--hooks",
+        HOOK,
+        "--corpus",
+        str(c),
+        "--tokens",
+        "2k",
+        "--ctx-len",
+        "16",
+        "--out",
+        str(out),
+    ],
+    "train": lambda c, b, out: [
+        "train",
+        "--model",
+        b["model"],
+        "--hooks",
+        HOOK,
+        "--corpus",
+        str(c),
+        "--tokens",
+        "2k",
+        "--ctx-len",
+        "16",
+        "--width",
+        "2x",
+        "--k",
+        "2",
+        "--out",
+        str(out),
+        "--no-progress",
+    ],
     "corpus info": lambda c, b, out: ["corpus", "info", "--corpus", str(c)],
 }
 ATLAS_CMDS = {
     "feature": lambda a, b: ["feature", str(a), f"{HOOK}/1"],
     "search": lambda a, b: ["search", str(a), "horse"],
-    "export": lambda a, b: ["export", str(a), "--format", "saelens", "--out", str(b["root"].parent / "export-out")],
+    "export": lambda a, b: [
+        "export",
+        str(a),
+        "--format",
+        "saelens",
+        "--out",
+        str(b["root"].parent / "export-out"),
+    ],
     "explain": lambda a, b: ["explain", str(a), "--features", "2"],
     "explain-report": lambda a, b: ["explain-report", str(a)],
     "scan": lambda a, b: ["scan", str(a), "the horse ran"],
     "trace": lambda a, b: ["trace", str(a), "the horse ran"],
     "graph": lambda a, b: ["graph", str(a), "the horse ran"],
     "eval": lambda a, b: ["eval", str(a), "--corpus", str(b["corpus"]), "--tokens", "1k"],
-    "atlas build": lambda a, b: ["atlas", "build", str(a), "--corpus", str(b["corpus"]), "--tokens", "1k"],
+    "atlas build": lambda a, b: [
+        "atlas",
+        "build",
+        str(a),
+        "--corpus",
+        str(b["corpus"]),
+        "--tokens",
+        "1k",
+    ],
 }
 PROBE_CMDS = {
-    "lie-check": lambda p, b: ["lie-check", "the horse ran", "--probe", str(p), "--model", b["model"]],
+    "lie-check": lambda p, b: [
+        "lie-check",
+        "the horse ran",
+        "--probe",
+        str(p),
+        "--model",
+        b["model"],
+    ],
 }
 
-CASES = ([(cmd, inp) for cmd in CORPUS_CMDS for inp in
-          ("empty", "binary", "invalid_utf8", "one_line_10mb", "jsonl_no_text")]
-         + [(cmd, inp) for cmd in ATLAS_CMDS for inp in
-            ("empty_dir", "manifest_binary", "manifest_invalid_utf8", "truncated_safetensors",
-             "other_model_dictionary")
-            # export copies files and never loads the model, so it cannot tell whose they are
-            # (every dictionary is still loaded, so damaged ones are refused).
-            if (cmd, inp) != ("export", "other_model_dictionary")]
-         + [(cmd, inp) for cmd in PROBE_CMDS for inp in ("empty_dir", "meta_binary", "truncated_weights")])
+CASES = (
+    [
+        (cmd, inp)
+        for cmd in CORPUS_CMDS
+        for inp in ("empty", "binary", "invalid_utf8", "one_line_10mb", "jsonl_no_text")
+    ]
+    + [
+        (cmd, inp)
+        for cmd in ATLAS_CMDS
+        for inp in (
+            "empty_dir",
+            "manifest_binary",
+            "manifest_invalid_utf8",
+            "truncated_safetensors",
+            "other_model_dictionary",
+        )
+        # export copies files and never loads the model, so it cannot tell whose they are
+        # (every dictionary is still loaded, so damaged ones are refused).
+        if (cmd, inp) != ("export", "other_model_dictionary")
+    ]
+    + [
+        (cmd, inp)
+        for cmd in PROBE_CMDS
+        for inp in ("empty_dir", "meta_binary", "truncated_weights")
+    ]
+)
 
 
 @pytest.mark.parametrize("cmd, inp", CASES, ids=[f"{c}-{i}" for c, i in CASES])
@@ -150,13 +238,29 @@ def test_bad_input_is_one_line_exit_2(bad, cmd, inp, capfd, tmp_path):
     assert tree_hash(bad["root"]) == before  # nothing existing was modified
 
 
-@pytest.mark.parametrize("inp", ["empty_dir", "manifest_binary", "truncated_safetensors",
-                                 "other_model_dictionary"])
+@pytest.mark.parametrize(
+    "inp", ["empty_dir", "manifest_binary", "truncated_safetensors", "other_model_dictionary"]
+)
 def test_serve_bad_atlas_is_one_line(bad, inp):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     before = tree_hash(bad["root"])
-    r = subprocess.run([sys.executable, "-m", "lmscope", "serve", str(bad["paths"][f"atlas:{inp}"]),
-                        "--port", "0"], capture_output=True, text=True, timeout=120, env=env)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lmscope",
+            "serve",
+            str(bad["paths"][f"atlas:{inp}"]),
+            "--port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     lines = [x for x in r.stderr.replace("\r", "\n").splitlines() if x.strip() and "%|" not in x]
-    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("lmscope: error: "), r.stderr
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("lmscope: error: "), (
+        r.stderr
+    )
     assert tree_hash(bad["root"]) == before

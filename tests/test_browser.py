@@ -21,19 +21,33 @@ import pytest
 from lmscope.read.demo import HOOKS, HTML_TOKEN, PLANTED, PLANTED_LABEL
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} missing (apt-get install chromium)"),
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} missing (apt-get install chromium)"
+    ),
 ]
 
 
 def serve(root):
     """A real `lmscope serve` process on a free loopback port: (process, base URL)."""
-    proc = subprocess.Popen([sys.executable, "-m", "lmscope", "serve", str(root), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lmscope", "serve", str(root), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     line = proc.stdout.readline()
     m = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
     if not m:
@@ -44,7 +58,8 @@ def serve(root):
 
 @pytest.fixture(scope="module")
 def viewer(demo_atlas_root):
-    """`lmscope serve` on the demo atlas (planted "horse" feature, atlas DB); yields its base URL."""
+    """`lmscope serve` on the demo atlas (planted "horse" feature, atlas DB); yields its base
+    URL."""
     proc, url = serve(demo_atlas_root)
     try:
         yield url
@@ -55,7 +70,9 @@ def viewer(demo_atlas_root):
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install 'lmscope[test]' (playwright)")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="pip install 'lmscope[test]' (playwright)"
+    )
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         yield b
@@ -70,8 +87,14 @@ def new_page(browser, base):
     pg.on("dialog", lambda d: (pg.problems.append(f"dialog: {d.message}"), d.dismiss()))
     # Offline: any request that leaves the viewer's origin is a failure (no CDN).
     pg.offsite = []
-    pg.route("**/*", lambda route: route.continue_() if route.request.url.startswith(base)
-             else (pg.offsite.append(route.request.url), route.abort()))
+    pg.route(
+        "**/*",
+        lambda route: (
+            route.continue_()
+            if route.request.url.startswith(base)
+            else (pg.offsite.append(route.request.url), route.abort())
+        ),
+    )
     return pg
 
 
@@ -105,7 +128,10 @@ def test_scan_heatmap_token_and_feature_page(page, viewer):
     heads = page.locator("#brain .tokhead")
     assert heads.nth(2).text_content() == "horse"
     # The hottest cell of each row is the planted word (background = the heat ramp's red end).
-    assert page.locator("#brain .cell[data-pos='2']").first.evaluate("e => e.style.background") == "rgb(255, 70, 20)"
+    assert (
+        page.locator("#brain .cell[data-pos='2']").first.evaluate("e => e.style.background")
+        == "rgb(255, 70, 20)"
+    )
     heads.nth(2).click()  # pin the token
     panel = page.locator("#token-panel")
     assert "horse" in panel.text_content()
@@ -168,7 +194,9 @@ def test_overview_page(page, viewer):
     page.goto(viewer + "#/overview")
     page.wait_for_selector("#dict-table")
     assert page.locator("#dict-table tr").count() == 1 + len(HOOKS)
-    assert page.locator("figure.hist").count() == len(HOOKS) + 1  # densities + one score distribution
+    assert (
+        page.locator("figure.hist").count() == len(HOOKS) + 1
+    )  # densities + one score distribution
     assert "explanations" in page.locator("#db-summary").text_content()
     shot(page, "overview")
     assert not page.problems
@@ -218,14 +246,23 @@ def tc_atlas(tmp_path_factory, tiny_model_dir):
     from lmscope.models.tiny import tiny_model
 
     tmp = tmp_path_factory.mktemp("tc")
-    root, dicts = make_atlas(tmp, tiny_model("llama", n_layers=3), tiny_model_dir("llama", n_layers=3))
+    root, dicts = make_atlas(
+        tmp, tiny_model("llama", n_layers=3), tiny_model_dir("llama", n_layers=3)
+    )
     scratch = tmp / "first.json"
     assert main(["graph", str(root), TC_PROMPT, "--out", str(scratch), "--json"]) == 0
-    feats = [n for n in json.loads(scratch.read_text())["nodes"] if n["feature_type"] == "cross layer transcoder"]
+    feats = [
+        n
+        for n in json.loads(scratch.read_text())["nodes"]
+        if n["feature_type"] == "cross layer transcoder"
+    ]
     top = min(feats, key=lambda n: n["influence"])
     hook, idx = top["lmscope_hook"], top["lmscope_feature"]
     with AtlasDB(AtlasLayout(root).db_path) as db:
-        db._dict_id(hook, create={"arch": "topk", "d_sae": dicts[hook].cfg.d_sae, "d_in": dicts[hook].cfg.d_in})
+        db._dict_id(
+            hook,
+            create={"arch": "topk", "d_sae": dicts[hook].cfg.d_sae, "d_in": dicts[hook].cfg.d_in},
+        )
         db.set_label(hook, idx, DEMO_LABEL)
     assert main(["graph", str(root), TC_PROMPT, "--json"]) == 0
     return root, f"{hook}/{idx}", "the-capital-of-france-is.json"
@@ -266,19 +303,31 @@ def test_graph_page_draws_hovers_and_links(tc_page, tc_atlas):
     assert page.locator("#graph-svg path.edge").count() == min(300, len(data["links"]))
     # Embeddings along the bottom row, left to right in token order; logits in the top row.
     emb = page.locator("#graph-svg .emb")
-    assert [emb.nth(i).text_content() for i in range(emb.count())] == data["metadata"]["prompt_tokens"]
-    ys = {cls: page.locator(f"#graph-svg .{cls} rect").first.get_attribute("y") for cls in ("emb", "logit")}
+    assert [emb.nth(i).text_content() for i in range(emb.count())] == data["metadata"][
+        "prompt_tokens"
+    ]
+    ys = {
+        cls: page.locator(f"#graph-svg .{cls} rect").first.get_attribute("y")
+        for cls in ("emb", "logit")
+    }
     assert float(ys["logit"]) < float(ys["emb"])
     xs = [float(emb.nth(i).locator("rect").get_attribute("x")) for i in range(emb.count())]
     assert xs == sorted(xs)
     # Both edge signs drawn with their colours.
-    strokes = set(page.locator("#graph-svg path.edge").evaluate_all("es => es.map(e => e.getAttribute('stroke'))"))
+    strokes = set(
+        page.locator("#graph-svg path.edge").evaluate_all(
+            "es => es.map(e => e.getAttribute('stroke'))"
+        )
+    )
     signs = {link["weight"] >= 0 for link in data["links"]}
     assert len(strokes) == len(signs)
     # Hover the labeled feature: the tooltip shows its id and label and its edges light up.
     hook, idx = labeled.rsplit("/", 1)
-    node_id = next(n["node_id"] for n in data["nodes"] if n.get("lmscope_hook") == hook
-                   and n.get("lmscope_feature") == int(idx))
+    node_id = next(
+        n["node_id"]
+        for n in data["nodes"]
+        if n.get("lmscope_hook") == hook and n.get("lmscope_feature") == int(idx)
+    )
     node = page.locator(f"#graph-svg [data-node='{node_id}']")
     node.hover()
     tip = page.locator("#graph-tip")
@@ -346,8 +395,15 @@ def test_steer_page_matches_the_engine(tc_page, tc_atlas, tiny_model_dir):
     hook, idx = labeled.rsplit("/", 1)
     lm = load_model(str(tiny_model_dir("llama", n_layers=3)))  # the atlas's model
     dicts = {h: load_dictionary(root / "dictionaries" / h) for h in (hook, "blocks.2.resid_post")}
-    ref = steer(lm, dicts, STEER_PROMPT, features=[f"{labeled}=+40", "blocks.2.resid_post/3=*3"],
-                vector=VectorSpec("love", "hate", 1, 4.0), max_new_tokens=8, targets=["cat", "dog"])
+    ref = steer(
+        lm,
+        dicts,
+        STEER_PROMPT,
+        features=[f"{labeled}=+40", "blocks.2.resid_post/3=*3"],
+        vector=VectorSpec("love", "hate", 1, 4.0),
+        max_new_tokens=8,
+        targets=["cat", "dog"],
+    )
     assert page.locator("#unsteered .cont").text_content() == ref.unsteered
     assert page.locator("#steered .cont").text_content() == ref.steered
     rows = page.locator("#steer-targets tr")
@@ -397,20 +453,53 @@ def xss_viewer(demo_atlas_root, tmp_path_factory):
             con.execute("UPDATE examples SET tokens = ? WHERE id = ?", (json.dumps(t), rid))
         con.execute("UPDATE logit_effects SET token = ?", (XSS_IMG,))
     con.close()
-    graph = {"metadata": {"slug": "xss", "prompt": XSS, "prompt_tokens": [XSS_IMG, XSS_SCRIPT]},
-             "nodes": [{"node_id": "E_1_0", "feature": 0, "layer": "E", "ctx_idx": 0,
-                        "feature_type": "embedding", "clerp": XSS_IMG},
-                       {"node_id": f"0_{PLANTED}_1\"><img src=x onerror=window.__pwned=3>", "feature": PLANTED,
-                        "layer": "0", "ctx_idx": 1, "feature_type": "cross layer transcoder",
-                        "clerp": XSS, "influence": 0.5, "activation": 1.0,
-                        "lmscope_hook": hook, "lmscope_feature": PLANTED},
-                       {"node_id": "3_5_1", "feature": 5, "layer": "3", "ctx_idx": 1, "feature_type": "logit",
-                        "clerp": f'Output "{XSS_SCRIPT}" (p=0.500)', "is_target_logit": True,
-                        "token_prob": 0.5}],
-             "links": [{"source": "E_1_0", "target": f"0_{PLANTED}_1\"><img src=x onerror=window.__pwned=3>",
-                        "weight": 1.0},
-                       {"source": f"0_{PLANTED}_1\"><img src=x onerror=window.__pwned=3>", "target": "3_5_1",
-                        "weight": 0.7}]}
+    graph = {
+        "metadata": {"slug": "xss", "prompt": XSS, "prompt_tokens": [XSS_IMG, XSS_SCRIPT]},
+        "nodes": [
+            {
+                "node_id": "E_1_0",
+                "feature": 0,
+                "layer": "E",
+                "ctx_idx": 0,
+                "feature_type": "embedding",
+                "clerp": XSS_IMG,
+            },
+            {
+                "node_id": f'0_{PLANTED}_1"><img src=x onerror=window.__pwned=3>',
+                "feature": PLANTED,
+                "layer": "0",
+                "ctx_idx": 1,
+                "feature_type": "cross layer transcoder",
+                "clerp": XSS,
+                "influence": 0.5,
+                "activation": 1.0,
+                "lmscope_hook": hook,
+                "lmscope_feature": PLANTED,
+            },
+            {
+                "node_id": "3_5_1",
+                "feature": 5,
+                "layer": "3",
+                "ctx_idx": 1,
+                "feature_type": "logit",
+                "clerp": f'Output "{XSS_SCRIPT}" (p=0.500)',
+                "is_target_logit": True,
+                "token_prob": 0.5,
+            },
+        ],
+        "links": [
+            {
+                "source": "E_1_0",
+                "target": f'0_{PLANTED}_1"><img src=x onerror=window.__pwned=3>',
+                "weight": 1.0,
+            },
+            {
+                "source": f'0_{PLANTED}_1"><img src=x onerror=window.__pwned=3>',
+                "target": "3_5_1",
+                "weight": 0.7,
+            },
+        ],
+    }
     (root / "graphs").mkdir(exist_ok=True)
     (root / "graphs" / "xss.json").write_text(json.dumps(graph))
     proc, url = serve(root)
@@ -433,11 +522,13 @@ def test_planted_payloads_show_as_text_on_every_page(browser, xss_viewer):
     pg = new_page(browser, xss_viewer)
     try:
         fid = f"{HOOKS[0]}%2F{PLANTED}"
-        pages = [(f"#/feature/{fid}", "#main h1, #main .label, #main"),
-                 ("#/search/labels/explained", "#main"),
-                 ("#/overview", "#main"),
-                 ("#/graph", "#main"),
-                 ("#/graph/xss.json", "#graph-title")]
+        pages = [
+            (f"#/feature/{fid}", "#main h1, #main .label, #main"),
+            ("#/search/labels/explained", "#main"),
+            ("#/overview", "#main"),
+            ("#/graph", "#main"),
+            ("#/graph/xss.json", "#graph-title"),
+        ]
         for hash_, _ in pages:
             pg.goto(xss_viewer + hash_)
             pg.wait_for_load_state("networkidle")
@@ -450,7 +541,9 @@ def test_planted_payloads_show_as_text_on_every_page(browser, xss_viewer):
                 assert XSS_IMG in text
             if hash_ == "#/graph/xss.json":
                 assert XSS_IMG in text
-                for node in pg.locator("#graph-wrap [data-node]").all():  # hover every node's tooltip
+                for node in pg.locator(
+                    "#graph-wrap [data-node]"
+                ).all():  # hover every node's tooltip
                     node.hover()
                     pg.wait_for_timeout(50)
                     _no_script_ran(pg)

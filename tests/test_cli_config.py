@@ -32,14 +32,24 @@ def _configs():
     from lmscope.trace.config import GraphConfig, TraceConfig
     from lmscope.viewer.server import ServeConfig
 
-    return [(("probe", "train"), SweepConfig), (("probe", "eval"), MatrixConfig),
-            (("probe", "transfer"), TransferConfig), (("probe", "lies"), LiesConfig),
-            (("probe", "explain"), AlignConfig), (("lie-check",), LieCheckConfig),
-            (("trace",), TraceConfig), (("graph",), GraphConfig), (("steer",), SteerConfig),
-            (("scan",), ScanConfig), (("serve",), ServeConfig)]
+    return [
+        (("probe", "train"), SweepConfig),
+        (("probe", "eval"), MatrixConfig),
+        (("probe", "transfer"), TransferConfig),
+        (("probe", "lies"), LiesConfig),
+        (("probe", "explain"), AlignConfig),
+        (("lie-check",), LieCheckConfig),
+        (("trace",), TraceConfig),
+        (("graph",), GraphConfig),
+        (("steer",), SteerConfig),
+        (("scan",), ScanConfig),
+        (("serve",), ServeConfig),
+    ]
 
 
-@pytest.mark.parametrize("path, cls", _configs(), ids=lambda x: " ".join(x) if isinstance(x, tuple) else "")
+@pytest.mark.parametrize(
+    "path, cls", _configs(), ids=lambda x: " ".join(x) if isinstance(x, tuple) else ""
+)
 def test_every_flag_is_a_config_field(path, cls):
     """Only --json (an output format, not a setting) is added by hand."""
     p = _sub(build_parser(), *path)
@@ -67,7 +77,9 @@ class Example:
 def test_flag_switches_repeats_pairs_and_required_fields():
     p = argparse.ArgumentParser()
     add_arguments(p, Example)
-    ns = p.parse_args(["--name", "x", "--tags", "a", "--tags", "b", "--pair", "u", "v", "--loud", "--n", "2k"])
+    ns = p.parse_args(
+        ["--name", "x", "--tags", "a", "--tags", "b", "--pair", "u", "v", "--loud", "--n", "2k"]
+    )
     assert from_args(Example, ns) == Example("x", ("a", "b"), ("u", "v"), True, False, 2000)
     assert from_args(Example, p.parse_args(["--name", "x"])) == Example("x")
     with pytest.raises(SystemExit):  # a field without a default is a required flag

@@ -29,7 +29,9 @@ def test_formats_read_the_same_documents(tmp_path):
     docs = _docs(50)
     (tmp_path / "a.txt").write_text("\n\n".join(docs[:20]))
     (tmp_path / "b.md").write_text("\n\n\n".join(docs[20:30]))
-    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps({"body": d, "id": i}) for i, d in enumerate(docs[30:40])))
+    (tmp_path / "c.jsonl").write_text(
+        "\n".join(json.dumps({"body": d, "id": i}) for i, d in enumerate(docs[30:40]))
+    )
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
 
@@ -37,20 +39,36 @@ def test_formats_read_the_same_documents(tmp_path):
     (tmp_path / ".hidden").mkdir()
     (tmp_path / ".hidden" / "x.txt").write_text("never read")
     assert list(C.iter_documents(str(tmp_path / "a.txt"), split="all")) == docs[:20]
-    assert list(C.iter_documents(str(tmp_path / "c.jsonl"), text_field="body", split="all")) == docs[30:40]
-    assert list(C.iter_documents(str(tmp_path / "d.parquet"), text_field="body", split="all")) == docs[40:]
-    # A folder: files in sorted order, .txt/.md paragraphs, .jsonl rows, .parquet rows; dot-folders skipped.
+    assert (
+        list(C.iter_documents(str(tmp_path / "c.jsonl"), text_field="body", split="all"))
+        == docs[30:40]
+    )
+    assert (
+        list(C.iter_documents(str(tmp_path / "d.parquet"), text_field="body", split="all"))
+        == docs[40:]
+    )
+    # A folder: files in sorted order, .txt/.md paragraphs, .jsonl rows, .parquet rows; dot-folders
+    # skipped.
     assert list(C.iter_documents(str(tmp_path), text_field="body", split="all")) == docs
 
 
-@pytest.mark.parametrize("make, msg", [
-    (lambda p: p / "missing.txt", "corpus not found"),
-    (lambda p: (p / "e.txt").write_text("\n\n  \n") and p / "e.txt", "no text"),
-    (lambda p: (p / "x.csv").write_text("a,b") and p / "x.csv", "unsupported corpus file"),
-    (lambda p: (p / "bad.jsonl").write_text("{not json}\n") and p / "bad.jsonl", "not valid JSON"),
-    (lambda p: (p / "f.jsonl").write_text('{"content": "hi"}\n') and p / "f.jsonl", "no field 'text'"),
-    (lambda p: (p / "emptydir").mkdir() or p / "emptydir", "holds no"),
-])
+@pytest.mark.parametrize(
+    "make, msg",
+    [
+        (lambda p: p / "missing.txt", "corpus not found"),
+        (lambda p: (p / "e.txt").write_text("\n\n  \n") and p / "e.txt", "no text"),
+        (lambda p: (p / "x.csv").write_text("a,b") and p / "x.csv", "unsupported corpus file"),
+        (
+            lambda p: (p / "bad.jsonl").write_text("{not json}\n") and p / "bad.jsonl",
+            "not valid JSON",
+        ),
+        (
+            lambda p: (p / "f.jsonl").write_text('{"content": "hi"}\n') and p / "f.jsonl",
+            "no field 'text'",
+        ),
+        (lambda p: (p / "emptydir").mkdir() or p / "emptydir", "holds no"),
+    ],
+)
 def test_bad_corpora_are_one_line_errors(tmp_path, make, msg):
     src = make(tmp_path)
     with pytest.raises(UserError, match=msg) as e:
@@ -89,7 +107,9 @@ def test_split_is_disjoint_complete_and_order_free(tmp_path):
 
 def test_pack_keeps_every_token_in_order(tok, tmp_path):
     docs = _docs(120)
-    batches = list(C.pack(tok, docs, ctx_len=16, batch_size=4, bos_token_id=tok.bos_token_id, seed=-1))
+    batches = list(
+        C.pack(tok, docs, ctx_len=16, batch_size=4, bos_token_id=tok.bos_token_id, seed=-1)
+    )
     assert batches and all(b.shape == (4, 16) and b.dtype == torch.long for b in batches)
     flat = torch.cat(batches)
     assert (flat[:, 0] == tok.bos_token_id).all()
@@ -97,7 +117,9 @@ def test_pack_keeps_every_token_in_order(tok, tmp_path):
     for d in docs:
         stream += tok(d, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     body = flat[:, 1:].reshape(-1).tolist()
-    assert body == stream[:len(body)]  # contexts are consecutive slices: nothing dropped or repeated
+    assert (
+        body == stream[: len(body)]
+    )  # contexts are consecutive slices: nothing dropped or repeated
     assert len(stream) - len(body) < 15 * 4 + 15  # only the last partial batch/context is left out
 
 
@@ -105,7 +127,13 @@ def test_pack_is_deterministic_per_seed(tok):
     docs = _docs(300)
 
     def run(seed):
-        return torch.cat(list(C.pack(tok, docs, ctx_len=12, batch_size=8, bos_token_id=tok.bos_token_id, seed=seed)))
+        return torch.cat(
+            list(
+                C.pack(
+                    tok, docs, ctx_len=12, batch_size=8, bos_token_id=tok.bos_token_id, seed=seed
+                )
+            )
+        )
 
     a, b, c = run(1), run(1), run(2)
     assert torch.equal(a, b) and not torch.equal(a, c)
@@ -123,15 +151,20 @@ def _fake_debian(root: Path) -> tuple[Path, Path]:
     fort, wn = root / "fortunes", root / "wordnet"
     (fort / "off").mkdir(parents=True)
     wn.mkdir()
-    recs = [f"Record number {i}: a real saying about the sea, the sky and patience." for i in range(3000)]
+    recs = [
+        f"Record number {i}: a real saying about the sea, the sky and patience."
+        for i in range(3000)
+    ]
     (fort / "wisdom").write_text("\n%\n".join(recs[:2000]) + "\n%\n")
     (fort / "wisdom.dat").write_bytes(b"\x00\x01binary index")
     (fort / "people").write_text("\n%\n".join(recs[2000:]))
     (fort / "off" / "rude").write_text("OFFENSIVE RECORD that must never be read\n%\n")
-    lines = ["  1 This software and database is provided \"as is\" and Princeton makes no warranties"]
+    lines = ['  1 This software and database is provided "as is" and Princeton makes no warranties']
     for i in range(500):
-        lines.append(f"0000{i:04d} 29 v 01 walk 0 000 | use one's feet to advance; "
-                     f"\"we walked to the market number {i}\"; \"she walks her dog every morning {i}\"  ")
+        lines.append(
+            f"0000{i:04d} 29 v 01 walk 0 000 | use one's feet to advance; "
+            f'"we walked to the market number {i}"; "she walks her dog every morning {i}"  '
+        )
     (wn / "data.verb").write_text("\n".join(lines) + "\n")
     return fort, wn
 
@@ -165,8 +198,10 @@ def test_default_corpus_fallback_without_apt(tmp_path, monkeypatch):
     assert sum(s["chars"] for s in C.default_corpus_sources()) > 1_000_000
 
 
-@pytest.mark.skipif(not C.FORTUNES_DIR.is_dir() or not C.WORDNET_DIR.is_dir(),
-                    reason="Debian's fortunes + wordnet-base are not installed (scripts/setup.sh installs them)")
+@pytest.mark.skipif(
+    not C.FORTUNES_DIR.is_dir() or not C.WORDNET_DIR.is_dir(),
+    reason="Debian's fortunes + wordnet-base are not installed (scripts/setup.sh installs them)",
+)
 def test_real_default_corpus_is_big_varied_english(tmp_path, monkeypatch):
     monkeypatch.setenv("LMSCOPE_CACHE", str(tmp_path / "cache"))
     info = C.corpus_info("default")

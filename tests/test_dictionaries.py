@@ -21,7 +21,8 @@ D_IN, N_FEAT, ACTIVE = 32, 64, 4
 
 @pytest.fixture(autouse=True)
 def _flush_denormals():
-    """Adam moments of rarely active latents decay into denormal floats, which are ~4x slower on CPU."""
+    """Adam moments of rarely active latents decay into denormal floats, which are ~4x slower on
+    CPU."""
     before = torch.set_flush_denormal(True)
     yield
     torch.set_flush_denormal(False)
@@ -29,13 +30,16 @@ def _flush_denormals():
 
 
 def planted(n: int, *, seed: int = 0, d_out: int | None = None):
-    """x [n, D_IN] = sparse combos of N_FEAT unit directions (scaled, offset); optional transcoder target."""
+    """x [n, D_IN] = sparse combos of N_FEAT unit directions (scaled, offset); optional transcoder
+    target."""
     g = torch.Generator().manual_seed(seed)
     feats = torch.randn(N_FEAT, D_IN, generator=g)
     feats /= feats.norm(dim=1, keepdim=True)
     idx = torch.rand(n, N_FEAT, generator=g).argsort(1)[:, :ACTIVE]
     coef = torch.zeros(n, N_FEAT).scatter_(1, idx, torch.rand(n, ACTIVE, generator=g) * 2 + 1)
-    x = coef @ feats * 40 + 3  # raw scale far from 1 and a mean offset: exercises act_scale and b_dec
+    x = (
+        coef @ feats * 40 + 3
+    )  # raw scale far from 1 and a mean offset: exercises act_scale and b_dec
     target = out_feats = None
     if d_out is not None:
         out_feats = torch.randn(N_FEAT, d_out, generator=g)
@@ -44,11 +48,22 @@ def planted(n: int, *, seed: int = 0, d_out: int | None = None):
     return x, feats, target, out_feats
 
 
-def train(cfg: DictionaryConfig, x, target=None, *, steps=300, lr=3e-3, batch=256, aux=True, dead_after=20,
-          prepare=None):
+def train(
+    cfg: DictionaryConfig,
+    x,
+    target=None,
+    *,
+    steps=300,
+    lr=3e-3,
+    batch=256,
+    aux=True,
+    dead_after=20,
+    prepare=None,
+):
     """A minimal training loop (the real one is the trainer's): Adam, AuxK dead mask, unit decoder.
 
-    Returns (dictionary, last TrainOutput, per-latent bool 'dead' = did not fire in the last 50 steps).
+    Returns (dictionary, last TrainOutput, per-latent bool 'dead' = did not fire in the last 50
+    steps).
     """
     d = build(cfg)
     d.init_from_data(x[:2048], None if target is None else target[:2048])
@@ -61,7 +76,11 @@ def train(cfg: DictionaryConfig, x, target=None, *, steps=300, lr=3e-3, batch=25
     out = None
     for s in range(steps):
         i = torch.randint(0, x.shape[0], (batch,), generator=g)
-        out = d.loss(x[i], None if target is None else target[i], dead_mask=(since > dead_after) if aux else None)
+        out = d.loss(
+            x[i],
+            None if target is None else target[i],
+            dead_mask=(since > dead_after) if aux else None,
+        )
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         d.remove_parallel_grad_()
@@ -88,7 +107,9 @@ def test_recovers_planted_features(arch):
     cfg = DictionaryConfig(d_in=D_IN, d_sae=128, k=ACTIVE, arch=arch, **ARCH_KW[arch])
     d, out, _ = train(cfg, x)
     cos = mean_max_cos(feats, d.W_dec.detach())
-    assert cos > (0.9 if arch in ("topk", "batchtopk") else 0.85), f"{arch}: mean max cosine {cos:.3f}"
+    assert cos > (0.9 if arch in ("topk", "batchtopk") else 0.85), (
+        f"{arch}: mean max cosine {cos:.3f}"
+    )
     assert out.fvu < 0.3
     # inference on raw activations reconstructs them too (act_scale is handled inside)
     with torch.no_grad():
@@ -103,17 +124,30 @@ def test_recovers_planted_features(arch):
 @pytest.mark.parametrize("skip", [False, True])
 def test_topk_transcoder_recovers_output_features(skip):
     x, _, target, out_feats = planted(20000, d_out=24)
-    cfg = DictionaryConfig(d_in=D_IN, d_sae=128, k=ACTIVE, d_out=24, skip=skip,
-                           hook_name="blocks.0.mlp_in", out_hook_name="blocks.0.mlp_out")
-    d, out, _ = train(cfg, x, target, lr=1e-2)  # the encoder starts random (not the decoder's transpose)
-    if skip:  # the linear skip takes the linear part of the map, so decoder rows need not be the features
+    cfg = DictionaryConfig(
+        d_in=D_IN,
+        d_sae=128,
+        k=ACTIVE,
+        d_out=24,
+        skip=skip,
+        hook_name="blocks.0.mlp_in",
+        out_hook_name="blocks.0.mlp_out",
+    )
+    d, out, _ = train(
+        cfg, x, target, lr=1e-2
+    )  # the encoder starts random (not the decoder's transpose)
+    if (
+        skip
+    ):  # the linear skip takes the linear part of the map, so decoder rows need not be the features
         assert d.W_skip.detach().norm() > 0.1
     else:
         assert mean_max_cos(out_feats, d.W_dec.detach()) > 0.9
     assert out.fvu < 0.3
     with torch.no_grad():
         assert d(x[:5]).shape == (5, 24)
-        assert float(d.act_scale) != float(d.act_scale_out)  # input and target normalized separately
+        assert float(d.act_scale) != float(
+            d.act_scale_out
+        )  # input and target normalized separately
     with pytest.raises(ValueError, match="target"):
         d.loss(x[:8])
 
@@ -137,8 +171,16 @@ def test_skip_starts_at_the_least_squares_map():
     assert 0.2 < linear_fvu < 0.5  # a linear part and a sparse part
 
     def step0_fvu(skip_init):
-        cfg = DictionaryConfig(d_in=D_IN, d_sae=128, k=ACTIVE, d_out=24, skip=True, skip_init=skip_init,
-                               hook_name="blocks.0.mlp_in", out_hook_name="blocks.0.mlp_out")
+        cfg = DictionaryConfig(
+            d_in=D_IN,
+            d_sae=128,
+            k=ACTIVE,
+            d_out=24,
+            skip=True,
+            skip_init=skip_init,
+            hook_name="blocks.0.mlp_in",
+            out_hook_name="blocks.0.mlp_out",
+        )
         d = build(cfg)
         d.init_from_data(x[:2048], target[:2048])
         with torch.no_grad():
@@ -149,8 +191,15 @@ def test_skip_starts_at_the_least_squares_map():
     assert d_zero.W_skip.abs().max() == 0 and fvu_zero > 0.9
     d_fit, fvu_fit = step0_fvu("lstsq")
     assert fvu_fit < linear_fvu + 0.02, (fvu_fit, linear_fvu)
-    cfg = DictionaryConfig(d_in=D_IN, d_sae=128, k=ACTIVE, d_out=24, skip=True,
-                           hook_name="blocks.0.mlp_in", out_hook_name="blocks.0.mlp_out")
+    cfg = DictionaryConfig(
+        d_in=D_IN,
+        d_sae=128,
+        k=ACTIVE,
+        d_out=24,
+        skip=True,
+        hook_name="blocks.0.mlp_in",
+        out_hook_name="blocks.0.mlp_out",
+    )
     d, _, _ = train(cfg, x[:-2000], target[:-2000], lr=1e-2)
     with torch.no_grad():
         trained = float((d(held_x) - held_t).pow(2).sum() / (held_t - held_t.mean(0)).pow(2).sum())
@@ -170,7 +219,9 @@ def test_auxk_revives_dead_latents():
         with torch.no_grad():
             d.W_enc[:, 48:] *= 0.02
 
-    _, out_without, dead_without = train(cfg, x, aux=False, steps=400, dead_after=50, prepare=kill_half)
+    _, out_without, dead_without = train(
+        cfg, x, aux=False, steps=400, dead_after=50, prepare=kill_half
+    )
     _, out_with, dead_with = train(cfg, x, aux=True, steps=400, dead_after=50, prepare=kill_half)
     frac_without = dead_without[48:].float().mean().item()
     frac_with = dead_with[48:].float().mean().item()
@@ -183,9 +234,21 @@ def test_auxk_revives_dead_latents():
 @pytest.mark.parametrize("kind", ["sae", "transcoder", "skip"])
 def test_save_load_gives_identical_outputs(tmp_path, arch, kind):
     x, _, target, _ = planted(4000, d_out=None if kind == "sae" else 24)
-    tc = {} if kind == "sae" else {"d_out": 24, "skip": kind == "skip", "out_hook_name": "blocks.1.mlp_out"}
-    cfg = DictionaryConfig(d_in=D_IN, d_sae=96, k=ACTIVE, arch=arch, hook_name="blocks.1.mlp_in", model_name="tiny",
-                           **ARCH_KW[arch], **tc)
+    tc = (
+        {}
+        if kind == "sae"
+        else {"d_out": 24, "skip": kind == "skip", "out_hook_name": "blocks.1.mlp_out"}
+    )
+    cfg = DictionaryConfig(
+        d_in=D_IN,
+        d_sae=96,
+        k=ACTIVE,
+        arch=arch,
+        hook_name="blocks.1.mlp_in",
+        model_name="tiny",
+        **ARCH_KW[arch],
+        **tc,
+    )
     d, _, _ = train(cfg, x, target, steps=30)
     path = d.save(tmp_path / "dict", sparsity=torch.rand(96), metadata={"context_size": 64})
     e = load_dictionary(path)
@@ -220,9 +283,13 @@ def test_act_scale_is_folded_into_the_saved_weights(tmp_path):
         torch.testing.assert_close(foreign(held), d(held), rtol=1e-5, atol=1e-4)
         # encode() reports raw-unit activations, the same with or without our metadata
         torch.testing.assert_close(foreign.encode(held), d.encode(held), rtol=1e-5, atol=1e-4)
-        torch.testing.assert_close(foreign.decode(foreign.encode(held)), d.decode(d.encode(held)), rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(
+            foreign.decode(foreign.encode(held)), d.decode(d.encode(held)), rtol=1e-5, atol=1e-4
+        )
         codes = d.encode_topk(held)
-        torch.testing.assert_close(d.decode_sparse(codes.values, codes.indices), d(held), rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(
+            d.decode_sparse(codes.values, codes.indices), d(held), rtol=1e-5, atol=1e-4
+        )
         # by hand, the SAELens formula: topk(relu((x - b_dec) W_enc + b_enc)) W_dec + b_dec
         pre = (held - st["b_dec"]) @ st["W_enc"] + st["b_enc"]
         v, i = pre.topk(ACTIVE, dim=-1)
@@ -302,7 +369,8 @@ def test_load_dictionary_rejects_non_dictionary_folders(tmp_path):
 
 
 def test_saelens_metadata_names_the_models_module(tmp_path):
-    """metadata.hook_name is the HF module path (what SAELens users hook); ours is kept beside it."""
+    """metadata.hook_name is the HF module path (what SAELens users hook); ours is kept beside
+    it."""
     from lmscope.dictionaries import saelens_metadata
     from lmscope.models.tiny import tiny_model
 
@@ -313,4 +381,8 @@ def test_saelens_metadata_names_the_models_module(tmp_path):
     meta = json.loads((path / "cfg.json").read_text())["metadata"]
     assert meta["hook_name"] == lm.hooks.module_name(hook) != hook
     assert meta["hook_name"] in dict(lm.model.named_modules())
-    assert meta["lmscope_hook_name"] == hook and meta["context_size"] == 16 and meta["model_name"] == lm.name
+    assert (
+        meta["lmscope_hook_name"] == hook
+        and meta["context_size"] == 16
+        and meta["model_name"] == lm.name
+    )

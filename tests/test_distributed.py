@@ -46,19 +46,42 @@ def _run(mode: str, out: str, data: torch.Tensor, info=None) -> None:
     from lmscope.dist import DistInfo
 
     info = info or DistInfo()
-    cfg = TrainConfig(model="synthetic", hooks="h", width="64", k=4, tokens=BATCH * STEPS, batch_size=BATCH,
-                      out=out, progress=False, checkpoint_every=0, dead_tokens=2 * BATCH,
-                      shard_features=(mode == "shard"), lr=3e-3)
-    plan = resolve_plan(cfg, hooks=[("h", None)], dims={"h": D_IN}, model="synthetic",
-                        world_size=info.world_size, source="tensors", fingerprint={})
+    cfg = TrainConfig(
+        model="synthetic",
+        hooks="h",
+        width="64",
+        k=4,
+        tokens=BATCH * STEPS,
+        batch_size=BATCH,
+        out=out,
+        progress=False,
+        checkpoint_every=0,
+        dead_tokens=2 * BATCH,
+        shard_features=(mode == "shard"),
+        lr=3e-3,
+    )
+    plan = resolve_plan(
+        cfg,
+        hooks=[("h", None)],
+        dims={"h": D_IN},
+        model="synthetic",
+        world_size=info.world_size,
+        source="tensors",
+        fingerprint={},
+    )
     data_info = DistInfo() if mode == "shard" else info
     src = TensorSource({"h": data}, batch_size=BATCH, seed=0, info=data_info)
     run_training(cfg, plan, src, info=info)
 
 
 def _worker(rank: int, world: int, port: int, mode: str, out: str, data: torch.Tensor) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(1)
     from lmscope import dist
 
@@ -87,7 +110,9 @@ def test_two_processes_equal_one(single, tmp_path, mode):
     got = _weights(out)
     assert set(got) == set(single)
     for k in single:
-        torch.testing.assert_close(got[k], single[k], rtol=1e-4, atol=1e-5, msg=f"{mode}: {k} differs")
+        torch.testing.assert_close(
+            got[k], single[k], rtol=1e-4, atol=1e-5, msg=f"{mode}: {k} differs"
+        )
     # And the run actually learned something (not two equal untrained dictionaries).
     from lmscope.dictionaries import load_dictionary
 
@@ -112,8 +137,10 @@ def test_sharded_topk_is_the_global_topk():
     assert torch.allclose(top, ref.values.clamp_min(0))
 
 
-@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
-                    reason="torchrun not installed next to python")
+@pytest.mark.skipif(
+    shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
+    reason="torchrun not installed next to python",
+)
 def test_torchrun_cli(tmp_path, tiny_model_dir):
     """`torchrun --nproc-per-node 2 -m lmscope train ...` on a tiny model folder, streaming."""
     from lmscope.models.tiny import WORDS
@@ -122,14 +149,43 @@ def test_torchrun_cli(tmp_path, tiny_model_dir):
     import random
 
     r = random.Random(0)
-    (tmp_path / "c.txt").write_text("\n\n".join(" ".join(r.choice(WORDS) for _ in range(40)) for _ in range(300)))
+    (tmp_path / "c.txt").write_text(
+        "\n\n".join(" ".join(r.choice(WORDS) for _ in range(40)) for _ in range(300))
+    )
     torchrun = str(Path(sys.executable).parent / "torchrun")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    cmd = [torchrun, "--nproc-per-node", "2", "--master-port", str(_free_port()), "-m", "lmscope", "train",
-           "--model", str(model), "--hooks", "blocks.1.resid_post", "--width", "2x", "--k", "4",
-           "--tokens", "3k", "--batch-size", "511", "--ctx-len", "32", "--corpus", str(tmp_path / "c.txt"),
-           "--out", str(tmp_path / "atlas"), "--no-progress"]
+    cmd = [
+        torchrun,
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(_free_port()),
+        "-m",
+        "lmscope",
+        "train",
+        "--model",
+        str(model),
+        "--hooks",
+        "blocks.1.resid_post",
+        "--width",
+        "2x",
+        "--k",
+        "4",
+        "--tokens",
+        "3k",
+        "--batch-size",
+        "511",
+        "--ctx-len",
+        "32",
+        "--corpus",
+        str(tmp_path / "c.txt"),
+        "--out",
+        str(tmp_path / "atlas"),
+        "--no-progress",
+    ]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     assert (tmp_path / "atlas" / "atlas.json").is_file()
-    assert "trained 1 dictionary" in p.stdout and p.stdout.count("trained") == 1  # rank 0 prints once
+    assert (
+        "trained 1 dictionary" in p.stdout and p.stdout.count("trained") == 1
+    )  # rank 0 prints once

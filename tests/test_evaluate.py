@@ -1,5 +1,6 @@
 """Evaluation on a tiny real model: sane numbers, the recon+error splice gives back the clean loss
-exactly, zero-ablation is worse than the spliced reconstruction, transcoders splice their output hook.
+exactly, zero-ablation is worse than the spliced reconstruction, transcoders splice their output
+hook.
 """
 
 from __future__ import annotations
@@ -20,18 +21,27 @@ from lmscope.dictionaries.trainer import train
 def structured_corpus(n_docs: int, seed: int = 0) -> str:
     """Templated English-like sentences: a tiny model can learn their structure in seconds."""
     r = random.Random(seed)
-    animals, verbs = "cat dog horse bird fish cow sheep".split(), "sees saw eats ate love hate".split()
-    adjs, nouns = "red blue green black white big small".split(), "house tree river field city moon".split()
+    animals, verbs = (
+        "cat dog horse bird fish cow sheep".split(),
+        "sees saw eats ate love hate".split(),
+    )
+    adjs, nouns = (
+        "red blue green black white big small".split(),
+        "house tree river field city moon".split(),
+    )
     docs = []
     for _ in range(n_docs):
-        sents = [f"the {r.choice(animals)} {r.choice(verbs)} the {r.choice(adjs)} {r.choice(nouns)} ."
-                 for _ in range(r.randint(3, 10))]
+        sents = [
+            f"the {r.choice(animals)} {r.choice(verbs)} the {r.choice(adjs)} {r.choice(nouns)} ."
+            for _ in range(r.randint(3, 10))
+        ]
         docs.append(" ".join(sents))
     return "\n\n".join(docs)
 
 
 def fit_lm(lm, text: str, steps: int = 150) -> None:
-    """A few Adam steps of next-token training, so the residual stream carries what the loss needs."""
+    """A few Adam steps of next-token training, so the residual stream carries what the loss
+    needs."""
     ids = lm.tokenizer(text.replace("\n\n", " "), add_special_tokens=False)["input_ids"]
     data = torch.tensor(ids[: (len(ids) // 31) * 31]).view(-1, 31)
     data = torch.cat([torch.full((data.shape[0], 1), lm.bos_token_id), data], 1)  # [n, 32]
@@ -59,22 +69,43 @@ def trained(tmp_path_factory):
     fit_lm(lm, text)
     save_model(lm, d / "model")  # trained here: its own folder, not the shared tiny one
     (d / "corpus.txt").write_text(text)
-    common = dict(model=str(d / "model"), width="4x", k=8, tokens=20_480, batch_size=512, ctx_len=32,
-                  corpus=str(d / "corpus.txt"), progress=False, lr=3e-3)
+    common = dict(
+        model=str(d / "model"),
+        width="4x",
+        k=8,
+        tokens=20_480,
+        batch_size=512,
+        ctx_len=32,
+        corpus=str(d / "corpus.txt"),
+        progress=False,
+        lr=3e-3,
+    )
     train(TrainConfig(hooks="blocks.1.resid_post", out=str(d / "atlas"), **common))
     train(TrainConfig(hooks="blocks.1.resid_post", transcode=True, out=str(d / "tc"), **common))
     return d
 
 
 def test_eval_numbers_match_a_hand_computation(trained, capsys):
-    """The CLI's JSON equals the numbers written out by hand (by_hand, below) on the same contexts."""
+    """The CLI's JSON equals the numbers written out by hand (by_hand, below) on the same
+    contexts."""
     from lmscope.dictionaries import load_dictionary
     from lmscope.dictionaries.evaluate import heldout_contexts
     from lmscope.models import load_model
 
     d = trained
-    rc = main(["eval", str(d / "atlas"), "--tokens", "1500", "--corpus", str(d / "corpus.txt"), "--ctx-len", "32",
-               "--json"])
+    rc = main(
+        [
+            "eval",
+            str(d / "atlas"),
+            "--tokens",
+            "1500",
+            "--corpus",
+            str(d / "corpus.txt"),
+            "--ctx-len",
+            "32",
+            "--json",
+        ]
+    )
     assert rc == 0
     rep = json.loads(capsys.readouterr().out)
     (e,) = rep["dictionaries"]
@@ -83,13 +114,23 @@ def test_eval_numbers_match_a_hand_computation(trained, capsys):
     sae = load_dictionary(d / "atlas" / "dictionaries" / "blocks.1.resid_post")
     ctxs = heldout_contexts(lm, str(d / "corpus.txt"), tokens=1500, ctx_len=32)
     hand = by_hand(lm, 1, sae, torch.stack(ctxs))
-    for key in ("fvu", "fvu_inliers", "ce_clean", "ce_spliced", "ce_zero", "ce_mean", "ce_added", "kl"):
+    for key in (
+        "fvu",
+        "fvu_inliers",
+        "ce_clean",
+        "ce_spliced",
+        "ce_zero",
+        "ce_mean",
+        "ce_added",
+        "kl",
+    ):
         assert e[key] == pytest.approx(hand[key], rel=1e-4, abs=1e-6), key
     assert e["loss_recovered"] == pytest.approx(hand["recovered_zero"], rel=1e-4)
     assert e["loss_recovered_mean"] == pytest.approx(hand["recovered_mean"], rel=1e-4)
     assert e["outlier_tokens"] == hand["outliers"]
     assert e["l0"] == pytest.approx(8.0)  # TopK k=8: every token has exactly 8 active latents
-    # The splice machinery: reconstruction + error is bitwise the activation, so the loss is unchanged.
+    # The splice machinery: reconstruction + error is bitwise the activation, so the loss is
+    # unchanged.
     assert e["ce_recon_plus_error"] == e["ce_clean_first"]
     # Streamed training recorded its documents; none of the evaluated ones is among them.
     assert e["train_documents"] > 0 and e["overlap_documents"] == 0 and e["eval_documents"] > 0
@@ -99,16 +140,27 @@ def test_eval_numbers_match_a_hand_computation(trained, capsys):
 
 
 def test_eval_transcoder_splices_the_output_hook(trained):
-    rep = evaluate_atlas(EvalConfig(atlas=str(trained / "tc"), tokens=2000, corpus=str(trained / "corpus.txt"),
-                                    ctx_len=32, plots=False), progress=False)
+    rep = evaluate_atlas(
+        EvalConfig(
+            atlas=str(trained / "tc"),
+            tokens=2000,
+            corpus=str(trained / "corpus.txt"),
+            ctx_len=32,
+            plots=False,
+        ),
+        progress=False,
+    )
     (e,) = rep.dictionaries
     assert e.hook == "blocks.1.mlp_in" and e.out_hook == "blocks.1.mlp_out"
     assert e.ce_recon_plus_error == e.ce_clean_first
-    assert e.fvu < 1 and e.kl > 0  # (this layer's MLP matters little to the loss, so no CE ordering)
+    assert (
+        e.fvu < 1 and e.kl > 0
+    )  # (this layer's MLP matters little to the loss, so no CE ordering)
 
 
 def test_spliced_loss_matches_a_manual_splice(trained):
-    """The reported spliced CE equals running the model with the reconstruction patched in by hand."""
+    """The reported spliced CE equals running the model with the reconstruction patched in by
+    hand."""
     import torch.nn.functional as F
 
     from lmscope.dictionaries import load_dictionary
@@ -122,7 +174,8 @@ def test_spliced_loss_matches_a_manual_splice(trained):
     tokens = torch.stack(ctxs)
     layer = lm.model.model.layers[1]
 
-    # Text positions: not position 0, not one of the tiny tokenizer's specials (<pad> <bos> <eos> <unk>).
+    # Text positions: not position 0, not one of the tiny tokenizer's specials (<pad> <bos> <eos>
+    # <unk>).
     text = ~torch.isin(tokens, torch.tensor([0, 1, 2, 3]))
     text[:, 0] = False
 
@@ -194,6 +247,7 @@ def by_hand(lm, layer: int, f, tokens: torch.Tensor, factor: float = 5.0) -> dic
             h = (out[0] if isinstance(out, tuple) else out).clone()
             h[text] = value(h[text]).to(h.dtype)
             return (h,) + tuple(out[1:]) if isinstance(out, tuple) else h
+
         return forward(hook)
 
     mean = x.mean(0).float()
@@ -209,10 +263,17 @@ def by_hand(lm, layer: int, f, tokens: torch.Tensor, factor: float = 5.0) -> dic
     lq = F.log_softmax(spliced[:, :-1][tgt].double(), -1)
     kl = float((lp.exp() * (lp - lq)).sum(-1).mean())
     c = {"clean": ce(clean), "spliced": ce(spliced), "zero": ce(zero), "mean": ce(mean_abl)}
-    return {"fvu": fvu, "fvu_inliers": fvu_in, "outliers": int((~inl).sum()), "mean": mean, "kl": kl,
-            **{f"ce_{k}": v for k, v in c.items()}, "ce_added": c["spliced"] - c["clean"],
-            "recovered_zero": (c["zero"] - c["spliced"]) / (c["zero"] - c["clean"]),
-            "recovered_mean": (c["mean"] - c["spliced"]) / (c["mean"] - c["clean"])}
+    return {
+        "fvu": fvu,
+        "fvu_inliers": fvu_in,
+        "outliers": int((~inl).sum()),
+        "mean": mean,
+        "kl": kl,
+        **{f"ce_{k}": v for k, v in c.items()},
+        "ce_added": c["spliced"] - c["clean"],
+        "recovered_zero": (c["zero"] - c["spliced"]) / (c["zero"] - c["clean"]),
+        "recovered_mean": (c["mean"] - c["spliced"]) / (c["mean"] - c["clean"]),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +311,8 @@ def test_fvu_with_and_without_outliers_and_the_loss_by_hand(planted):
     hand = by_hand(lm, 1, f, torch.stack(ctxs))
 
     class Known(torch.nn.Module):
-        """f through the interface evaluate_dictionaries calls (encode, then decode of the codes)."""
+        """f through the interface evaluate_dictionaries calls (encode, then decode of the
+        codes)."""
 
         cfg, d_sae, d_out, W_skip = sae.cfg, sae.d_sae, sae.d_out, None
 
@@ -261,7 +323,9 @@ def test_fvu_with_and_without_outliers_and_the_loss_by_hand(planted):
         def decode(self, acts):
             return 0.9 * self.x + 0.05 * sae.decode(acts)
 
-    (e,) = evaluate_dictionaries(lm, {"blocks.1.resid_post": Known()}, ctxs, batch=5, progress=False)
+    (e,) = evaluate_dictionaries(
+        lm, {"blocks.1.resid_post": Known()}, ctxs, batch=5, progress=False
+    )
     assert e.outlier_tokens == hand["outliers"] == 4  # exactly the planted positions
     assert e.fvu == pytest.approx(hand["fvu"], rel=1e-5)
     assert e.fvu_inliers == pytest.approx(hand["fvu_inliers"], rel=1e-5)
@@ -274,7 +338,10 @@ def test_fvu_with_and_without_outliers_and_the_loss_by_hand(planted):
     assert e.loss_recovered_mean == pytest.approx(hand["recovered_mean"], rel=1e-4)
     lo, hi = e.ce_added_ci
     assert lo <= e.ce_added <= hi and lo < hi
-    assert e.fvu_ci[0] <= e.fvu <= e.fvu_ci[1] and e.fvu_inliers_ci[0] <= e.fvu_inliers <= e.fvu_inliers_ci[1]
+    assert (
+        e.fvu_ci[0] <= e.fvu <= e.fvu_ci[1]
+        and e.fvu_inliers_ci[0] <= e.fvu_inliers <= e.fvu_inliers_ci[1]
+    )
 
 
 def test_a_dictionary_that_outputs_the_mean_recovers_nothing_against_mean_ablation(planted):
@@ -295,7 +362,8 @@ def test_a_dictionary_that_outputs_the_mean_recovers_nothing_against_mean_ablati
     assert e.ce_added == pytest.approx(hand["ce_mean"] - hand["ce_clean"], rel=1e-4)
     # ... while the zero-ablation reference credits it with (zero - mean) / (zero - clean).
     assert e.loss_recovered == pytest.approx(
-        (hand["ce_zero"] - hand["ce_mean"]) / (hand["ce_zero"] - hand["ce_clean"]), rel=1e-4)
+        (hand["ce_zero"] - hand["ce_mean"]) / (hand["ce_zero"] - hand["ce_clean"]), rel=1e-4
+    )
 
 
 def test_bootstrap_interval_of_a_ratio():

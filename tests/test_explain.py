@@ -1,4 +1,5 @@
-"""Explain: stats explainer on a tiny atlas with a planted 'horse' feature, scorers vs a wrong label,
+"""Explain: stats explainer on a tiny atlas with a planted 'horse' feature, scorers vs a wrong
+label,
 baselines, resume, report, and one-line CLI errors (real atlas build, real SQLite)."""
 
 from __future__ import annotations
@@ -32,17 +33,46 @@ def atlas(demo, tmp_path):
 
 
 def _profile(top, quantiles=(), negatives=()) -> FeatureProfile:
-    return FeatureProfile("blocks.0.resid_post", 0, 0.5, 100, 10.0, 1.0, 2.0, None, None, list(top),
-                          list(quantiles), list(negatives), [], [], [])
+    return FeatureProfile(
+        "blocks.0.resid_post",
+        0,
+        0.5,
+        100,
+        10.0,
+        1.0,
+        2.0,
+        None,
+        None,
+        list(top),
+        list(quantiles),
+        list(negatives),
+        [],
+        [],
+        [],
+    )
 
 
-def _window(peak_id: int, score: float, kind: str = "top", W: int = 16, before: int = 11) -> Example:
-    """A W-token window whose peak is global token `peak_id` (11 tokens before it, as the atlas stores)."""
+def _window(
+    peak_id: int, score: float, kind: str = "top", W: int = 16, before: int = 11
+) -> Example:
+    """A W-token window whose peak is global token `peak_id` (11 tokens before it, as the atlas
+    stores)."""
     toks = [f" t{peak_id - before + i}" for i in range(W)]
-    acts = [score if kind != "negative" else 0.0] * W if kind == "dense" else \
-        [score if i == before else 0.0 for i in range(W)]
-    return Example("top" if kind == "dense" else kind, toks, acts, before, score if kind != "negative" else 0.0,
-                   None, [], peak_id)
+    acts = (
+        [score if kind != "negative" else 0.0] * W
+        if kind == "dense"
+        else [score if i == before else 0.0 for i in range(W)]
+    )
+    return Example(
+        "top" if kind == "dense" else kind,
+        toks,
+        acts,
+        before,
+        score if kind != "negative" else 0.0,
+        None,
+        [],
+        peak_id,
+    )
 
 
 def _hand_overlap(shown, held) -> tuple[int, int]:
@@ -62,11 +92,15 @@ def _hand_overlap(shown, held) -> tuple[int, int]:
 def test_split_deals_whole_contexts_no_overlap_on_dense_feature():
     # A dense feature: in each of 6 contexts (ctx_len 128) it fires on 8 neighbouring tokens, so the
     # atlas keeps 8 overlapping windows per context (peaks 1 token apart, 16-token windows).
-    top = [_window(c * 128 + 60 + j, 10.0 - c - 0.1 * j, "dense") for c in range(6) for j in range(8)]
+    top = [
+        _window(c * 128 + 60 + j, 10.0 - c - 0.1 * j, "dense") for c in range(6) for j in range(8)
+    ]
     negs = [_window(c * 128 + 20, 0.0, "negative") for c in range(6, 10)]
     p = _profile(top, negatives=negs)
-    # The old split dealt neighbours alternately: per context the shown windows (peaks 60, 62, 64, 66)
-    # cover tokens 49..70, so held-out windows (peaks 61, 63, 65, 67: 16 tokens each) lie inside them
+    # The old split dealt neighbours alternately: per context the shown windows (peaks 60, 62, 64,
+    # 66)
+    # cover tokens 49..70, so held-out windows (peaks 61, 63, 65, 67: 16 tokens each) lie inside
+    # them
     # but for token 71: 63 of 64 tokens, 378 of 384 in all (98.4%). Recounted by hand so the test
     # fails for that method.
     old_shown, old_held = top[0::2], top[1::2]
@@ -78,9 +112,12 @@ def test_split_deals_whole_contexts_no_overlap_on_dense_feature():
         # Whole contexts: 6 groups of 8 windows dealt 0.4/0.2/0.4 by activation rank:
         # shown, test, valid, shown, test, shown (the part furthest below its share each time).
         ctx = lambda es: sorted({e.token_index // 128 for e in es})  # noqa: E731
-        assert ctx(sp.shown) == [0, 3, 5] and ctx(sp.test.pos) == [1, 4] and ctx(sp.valid.pos) == [2]
+        assert (
+            ctx(sp.shown) == [0, 3, 5] and ctx(sp.test.pos) == [1, 4] and ctx(sp.valid.pos) == [2]
+        )
         assert len(sp.shown) == 24 and len(sp.test.pos) == 16 and len(sp.valid.pos) == 8
-        # The 4 negative windows (one per context) are dealt valid/test by the 1:2 share, each to the
+        # The 4 negative windows (one per context) are dealt valid/test by the 1:2 share, each to
+        # the
         # part furthest below it: test (0.2 vs 0.4), valid (0.4 vs -0.2), test (-0.4 vs 0.2), valid.
         assert [e.token_index // 128 for e in sp.test.neg] == [6, 8]
         assert [e.token_index // 128 for e in sp.valid.neg] == [7, 9]
@@ -117,7 +154,8 @@ _N = ["Oh", ",", " it", " is", " fine", " now", " so", " go"]  # one ","
 
 @pytest.mark.parametrize("fire", [",", " the"])
 def test_direct_scores_punctuation_and_function_word_labels_by_token_list(fire):
-    # A planted feature that fires exactly on `fire`. The explainer sees 4 windows; the scorer judges
+    # A planted feature that fires exactly on `fire`. The explainer sees 4 windows; the scorer
+    # judges
     # held-out windows: 2 activating (_S1, _S1) + 2 non-activating (_N, _N) for " the", or for ","
     # 2 activating (_S1, _S2) + 2 non-activating (_N, _N).
     shown = [_text_window(_S1, fire, 100 * i) for i in range(4)]
@@ -143,7 +181,8 @@ def test_direct_scores_punctuation_and_function_word_labels_by_token_list(fire):
     text, toks = baselines.top_token_label(sp, ["x"])
     assert toks == [key] and text == f'{key} | says "x"'
     assert score_direct(text, held, toks).value == got.value
-    # A random baseline naming another feature's token ("and"): in the "," case " and" is silent once
+    # A random baseline naming another feature's token ("and"): in the "," case " and" is silent
+    # once
     # in _S1 -> recall 0, specificity 27/28; in the " the" case twice -> 28/30.
     other = score_direct("and", held, ["and"]).value
     assert other == pytest.approx((0 + 27 / 28) / 2 if fire == "," else (0 + 28 / 30) / 2)
@@ -165,7 +204,9 @@ def test_stats_label_names_planted_token(demo):
             e = explain_stats(p, split_examples(p, SplitConfig(ctx_len=16)))
             assert e.tokens == [PLANTED_WORD], e.label
             # the demo's output side is a random tiny model's: it says so rather than print it
-            assert e.label.startswith(PLANTED_WORD) and ("says" in e.label or "output: no clear pattern" in e.label)
+            assert e.label.startswith(PLANTED_WORD) and (
+                "says" in e.label or "output: no clear pattern" in e.label
+            )
             assert e.precision == 1.0 and e.recall == 1.0
 
 
@@ -178,20 +219,27 @@ def test_scorers_rank_correct_above_wrong(demo, tmp_path):
         p = db.feature(HOOKS[0], PLANTED)
         ctx = ContextEmbedder(db, [HOOKS[0]], 16, tmp_path, embedder())
     sp = split_examples(p, SplitConfig(ctx_len=16))
-    good, bad = score_direct(PLANTED_WORD, sp.test, [PLANTED_WORD]), score_direct("fish, river", sp.test)
+    good, bad = (
+        score_direct(PLANTED_WORD, sp.test, [PLANTED_WORD]),
+        score_direct("fish, river", sp.test),
+    )
     assert good.value == 1.0 and bad.value <= 0.5
     assert good.details["precision"] == 1.0 and good.details["recall"] == 1.0
     te = ctx.ensure(ctx.spans_of([(HOOKS[0], PLANTED)]))
     assert ctx.embedded_tokens > 0 and ctx.path.is_file()
     emb = embedder()
     horse, capital = label_vector("horse", emb), label_vector("the capital of france", emb)
-    every = Held(p.top + p.quantiles, p.negatives)  # more windows than the test part: a sharper check
+    every = Held(
+        p.top + p.quantiles, p.negatives
+    )  # more windows than the test part: a sharper check
     hv = te.held(every)
     assert score_embedding(horse, hv).value > score_embedding(capital, hv).value
     assert score_simulation(horse, hv).value > score_simulation(capital, hv).value
     assert free_text_tokens('horse, pony | after "the" | says "gallop"') == {"horse", "pony"}
     from lmscope.explain.token_embeddings import label_phrases
-    # The input side only (what these scorers judge), a structured "," kept although the split drops it.
+
+    # The input side only (what these scorers judge), a structured "," kept although the split drops
+    # it.
     assert label_phrases('horse, pony | after "the" | says "gallop"') == ["horse", "pony", "the"]
     assert label_phrases(', | says "x"', [","]) == [","]
 
@@ -211,9 +259,15 @@ def test_explain_runner_baselines_resume_report(atlas):
     with AtlasDB(atlas / "atlas.db") as db:
         assert db._q("SELECT COUNT(*) FROM explanations")[0][0] == n
     rep = score_report(atlas)
-    assert {r.scorer for r in rep.rows if r.method == "stats"} == {"direct", "embedding", "simulation"}
+    assert {r.scorer for r in rep.rows if r.method == "stats"} == {
+        "direct",
+        "embedding",
+        "simulation",
+    }
     stats = [r for r in rep.rows if r.method == "stats" and r.scorer == "direct"]
-    assert [r.hook for r in stats] == [*HOOKS, "all"] and all({p.baseline for p in r.paired} == set(BASELINES) for r in stats)
+    assert [r.hook for r in stats] == [*HOOKS, "all"] and all(
+        {p.baseline for p in r.paired} == set(BASELINES) for r in stats
+    )
     assert main(["explain-report", str(atlas)]) == 0
     assert (atlas / "plots" / "explain_scores.png").stat().st_size > 1000
 
@@ -237,7 +291,8 @@ def test_simulation_and_embedding_scores_by_hand():
     neg = Example("negative", ["c", "d"], [0.0, 0.0], 0, 0.0, None, [], 2)  # tokens 2, 3
     held = Held([pos], [neg])
     # Predicted activations = cosines with the label: 1, 0, 1/sqrt(2), 0; true: 3, 0, 0, 0.
-    # Centred: pred - 0.42678 = (0.57322, -0.42678, 0.28033, -0.42678); act - 0.75 = (2.25, -0.75 x3);
+    # Centred: pred - 0.42678 = (0.57322, -0.42678, 0.28033, -0.42678); act - 0.75 = (2.25, -0.75
+    # x3);
     # sum of products 1.28975 + 0.75 x 0.57323 = 1.71967; norms sqrt(0.77144) and sqrt(6.75):
     # r = 1.71967 / 2.28193 = 0.75361.
     got = score_simulation(label, te.held(held))
@@ -245,7 +300,8 @@ def test_simulation_and_embedding_scores_by_hand():
     assert pearson([1, 2, 3], [1, 2, 4]) == pytest.approx(3 / (2 * 14 / 3) ** 0.5)
     assert math.isnan(pearson([1, 1, 1], [0, 1, 2]))
     # Windows: mean of their tokens' vectors: (0.5, 0.5) -> cosine 0.7071; (0.5, 1.5) -> 0.3162.
-    # One positive above the one negative: AUROC 1. The reverse label (along y): 0.7071 < 0.9487 -> 0.
+    # One positive above the one negative: AUROC 1. The reverse label (along y): 0.7071 < 0.9487 ->
+    # 0.
     assert score_embedding(label, te.held(held)).value == 1.0
     assert score_embedding(np.array([0.0, 1.0]), te.held(held)).value == 0.0
 
@@ -262,8 +318,10 @@ def test_judges_sample_across_activation_quantiles():
 def test_paired_bootstrap_by_hand():
     # Constant differences: every resample has the same mean.
     assert paired_bootstrap([0.2, 0.2, 0.2]) == pytest.approx((0.2, 0.2, 0.2))
-    # Two features, d = -0.1 and 0.3: a resample's mean is -0.1 (prob 1/4), 0.1 (1/2) or 0.3 (1/4), so
-    # the 2.5% and 97.5% percentiles are -0.1 and 0.3. The mean (0.1) is above 0 but the interval is not:
+    # Two features, d = -0.1 and 0.3: a resample's mean is -0.1 (prob 1/4), 0.1 (1/2) or 0.3 (1/4),
+    # so
+    # the 2.5% and 97.5% percentiles are -0.1 and 0.3. The mean (0.1) is above 0 but the interval is
+    # not:
     # "does not beat" (the old rule, mean above the baseline's mean, said yes).
     assert paired_bootstrap([-0.1, 0.3]) == pytest.approx((0.1, -0.1, 0.3))
     assert Paired("b", 2, 0.1, -0.1, 0.3).verdict == "does not beat"
@@ -272,24 +330,42 @@ def test_paired_bootstrap_by_hand():
 
 def test_report_pairs_each_method_with_its_own_baselines(atlas):
     with AtlasDB(atlas / "atlas.db") as db:
+
         def put(f, method, v, for_m=None):
-            eid = db.add_explanation(HOOKS[0], f, "x", method=method, details={"for": for_m} if for_m else None)
-            db.add_score(eid, scorer="direct", metric="balanced_accuracy", value=v, n_pos=1, n_neg=1)
+            eid = db.add_explanation(
+                HOOKS[0], f, "x", method=method, details={"for": for_m} if for_m else None
+            )
+            db.add_score(
+                eid, scorer="direct", metric="balanced_accuracy", value=v, n_pos=1, n_neg=1
+            )
+
         for f, (m, top, rand) in enumerate([(0.9, 0.6, 0.9), (0.8, 0.6, 0.9), (0.7, 0.6, 0.9)]):
             put(f, "stats", m)
             put(f, "baseline-toptoken", top, "stats")
             put(f, "baseline-random", rand, "stats")
-            put(f, "baseline-toptoken", 1.0, "llm")  # another method's baseline: never paired with stats
+            put(
+                f, "baseline-toptoken", 1.0, "llm"
+            )  # another method's baseline: never paired with stats
     rep = score_report(atlas)
     (row,) = [r for r in rep.rows if r.method == "stats" and r.hook == HOOKS[0]]
     got = {p.baseline: p for p in row.paired}
-    # vs top-token: d = 0.3, 0.2, 0.1; a resample's mean is 0.1 with prob 1/27 > 2.5% and 0.3 likewise,
+    # vs top-token: d = 0.3, 0.2, 0.1; a resample's mean is 0.1 with prob 1/27 > 2.5% and 0.3
+    # likewise,
     # so the interval is [0.1, 0.3]: beats.
     t = got["baseline-toptoken"]
-    assert (t.n, t.mean_diff, t.lo, t.hi) == (3, pytest.approx(0.2), pytest.approx(0.1), pytest.approx(0.3))
+    assert (t.n, t.mean_diff, t.lo, t.hi) == (
+        3,
+        pytest.approx(0.2),
+        pytest.approx(0.1),
+        pytest.approx(0.3),
+    )
     # vs random: d = 0, -0.1, -0.2 -> [-0.2, 0]: does not beat.
     r = got["baseline-random"]
-    assert (r.mean_diff, r.lo, r.hi) == (pytest.approx(-0.1), pytest.approx(-0.2), pytest.approx(0.0))
+    assert (r.mean_diff, r.lo, r.hi) == (
+        pytest.approx(-0.1),
+        pytest.approx(-0.2),
+        pytest.approx(0.0),
+    )
     assert t.verdict == "beats" and r.verdict == "does not beat" and row.beats is False
     assert "baseline-toptoken (for llm)" in rep.text and "does not beat" in rep.text
 
@@ -304,5 +380,18 @@ def test_cli_bad_input(atlas, tmp_path, capsys):
     assert main(["explain", str(atlas), "--explainer", "llm"]) == 2
     assert "--llm" in capsys.readouterr().err
     assert main(["explain", str(atlas), "--scorers", "magic"]) == 2
-    assert main(["explain", str(atlas), "--features", f"{HOOKS[0]}/{PLANTED}", "--scorers", "direct",
-                 "--no-progress", "--json"]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                str(atlas),
+                "--features",
+                f"{HOOKS[0]}/{PLANTED}",
+                "--scorers",
+                "direct",
+                "--no-progress",
+                "--json",
+            ]
+        )
+        == 0
+    )

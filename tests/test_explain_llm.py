@@ -45,8 +45,11 @@ class Faulty:
                 outer.hits += 1
                 step = outer.plan.pop(0) if outer.plan else None
                 if step is None:
-                    req = urllib.request.Request(upstream + self.path.removeprefix("/v1"), data=body,
-                                                 headers={"Content-Type": "application/json"})
+                    req = urllib.request.Request(
+                        upstream + self.path.removeprefix("/v1"),
+                        data=body,
+                        headers={"Content-Type": "application/json"},
+                    )
                     code, data, headers = 200, urllib.request.urlopen(req).read(), {}
                 else:
                     code, data, headers, delay = step
@@ -74,11 +77,15 @@ MSG = [{"role": "user", "content": "the horse ran in the field"}]
 def test_real_server_chat_usage_cache_no_key_on_disk(server, tmp_path):
     models = json.loads(urllib.request.urlopen(server.url + "/models").read())
     assert models["data"][0]["id"] == "tiny"
-    c = LLMClient(server.url, "tiny", cache_dir=tmp_path, api_key="sk-SECRET-123", price_in=1.0, price_out=2.0)
+    c = LLMClient(
+        server.url, "tiny", cache_dir=tmp_path, api_key="sk-SECRET-123", price_in=1.0, price_out=2.0
+    )
     a = c.chat(MSG, max_tokens=5)
     assert isinstance(a, str) and c.usage.requests == 1
     assert c.usage.prompt_tokens > 5 and 1 <= c.usage.completion_tokens <= 5
-    assert c.usage.cost_usd == pytest.approx((c.usage.prompt_tokens + 2 * c.usage.completion_tokens) / 1e6)
+    assert c.usage.cost_usd == pytest.approx(
+        (c.usage.prompt_tokens + 2 * c.usage.completion_tokens) / 1e6
+    )
     assert c.chat(MSG, max_tokens=5) == a  # greedy + cached
     assert c.usage.requests == 1 and c.usage.cached == 1
     files = list(tmp_path.rglob("*.json"))
@@ -104,8 +111,15 @@ def test_retries_500_and_429_retry_after(server):
 
 
 def test_malformed_timeout_unreachable(server):
-    f = Faulty(server.url, [(200, b'{"choices": []}', {}, 0), (200, b"<html>", {}, 0), (200, b"{}", {}, 1.5),
-                            (401, b"bad key", {}, 0)])
+    f = Faulty(
+        server.url,
+        [
+            (200, b'{"choices": []}', {}, 0),
+            (200, b"<html>", {}, 0),
+            (200, b"{}", {}, 1.5),
+            (401, b"bad key", {}, 0),
+        ],
+    )
     try:
         c = LLMClient(f.url, "tiny", retries=0, timeout=0.5)
         with pytest.raises(LLMError, match="malformed completion"):
@@ -130,10 +144,20 @@ def test_llm_explain_partial_progress_then_resume(server, tmp_path):
     atlas = build_demo_atlas(tmp_path / "atlas")
     feats = ",".join(f"{HOOKS[0]}/{i}" for i in range(6))
     f = Faulty(server.url, [])
-    f.plan = [None, None, None] + [(500, b"down", {}, 0)] * 50  # 3 good requests, then the server fails
+    f.plan = [None, None, None] + [
+        (500, b"down", {}, 0)
+    ] * 50  # 3 good requests, then the server fails
     try:
-        cfg = ExplainConfig(atlas=str(atlas), features=feats, explainer="llm", llm=f"openai:{f.url}",
-                            llm_model="tiny", scorers="direct", concurrency=1, retries=0)
+        cfg = ExplainConfig(
+            atlas=str(atlas),
+            features=feats,
+            explainer="llm",
+            llm=f"openai:{f.url}",
+            llm_model="tiny",
+            scorers="direct",
+            concurrency=1,
+            retries=0,
+        )
         with pytest.raises(UserError, match="3 features were saved, rerun"):
             explain_atlas(cfg, progress=False)
         with AtlasDB(atlas / "atlas.db") as db:
@@ -148,7 +172,9 @@ def test_llm_explain_partial_progress_then_resume(server, tmp_path):
         f.close()
 
 
-# ---- a scripted OpenAI-compatible server running as its own process (tests/llm_script_server.py) ----
+# ---- a scripted OpenAI-compatible server running as its own process (tests/llm_script_server.py)
+# ----
+
 
 class Scripted:
     def __init__(self, fail_first: int = 0) -> None:
@@ -157,8 +183,11 @@ class Scripted:
         from pathlib import Path
 
         script = Path(__file__).with_name("llm_script_server.py")
-        self.proc = subprocess.Popen([sys.executable, str(script), "--fail-first", str(fail_first)],
-                                     stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), "--fail-first", str(fail_first)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         line = self.proc.stdout.readline()
         assert line.startswith("PORT "), line
         self.base = f"http://127.0.0.1:{int(line.split()[1])}"
@@ -190,9 +219,17 @@ def test_scripted_server_process_explainer_judges_retry_cache_and_no_secret(tmp_
     with Scripted(fail_first=1) as srv:
         a = build_demo_atlas(tmp_path / "a")
         shutil.copytree(a, tmp_path / "b")  # a fresh copy for the second run
-        cfg = ExplainConfig(atlas=str(a), features=feats, explainer="llm", llm=f"openai:{srv.url}",
-                            llm_model="scripted", scorers="direct,detection,fuzzing", concurrency=1,
-                            retries=2, baselines=False)
+        cfg = ExplainConfig(
+            atlas=str(a),
+            features=feats,
+            explainer="llm",
+            llm=f"openai:{srv.url}",
+            llm_model="scripted",
+            scorers="direct,detection,fuzzing",
+            concurrency=1,
+            retries=2,
+            baselines=False,
+        )
         r = explain_atlas(cfg, progress=False)
         st = srv.stats()
         # the first call got a 500 and was retried; every answered call is one the client counted
@@ -213,7 +250,9 @@ def test_scripted_server_process_explainer_judges_retry_cache_and_no_secret(tmp_
         shutil.copytree(a / "llm_cache", b / "llm_cache")
         r2 = explain_atlas(ExplainConfig(**{**cfg.__dict__, "atlas": str(b)}), progress=False)
         assert r2.explained == 3 and r2.llm_usage["requests"] == 0
-        assert r2.llm_usage["cached"] == r.llm_usage["requests"] and srv.stats()["chat"] == st["chat"]
+        assert (
+            r2.llm_usage["cached"] == r.llm_usage["requests"] and srv.stats()["chat"] == st["chat"]
+        )
 
 
 def test_triage_and_budget_spend_calls_on_the_weakest_labels_only(tmp_path):
@@ -229,15 +268,28 @@ def test_triage_and_budget_spend_calls_on_the_weakest_labels_only(tmp_path):
     lab = Labeller(coherence=False)
     with AtlasDB(a / "atlas.db") as db:
         scfg = split_config(db)
-        reading = {i: stats_reading(db.feature(HOOKS[0], i), split_examples(db.feature(HOOKS[0], i), scfg), lab)
-                   for i in ids}
+        reading = {
+            i: stats_reading(
+                db.feature(HOOKS[0], i), split_examples(db.feature(HOOKS[0], i), scfg), lab
+            )
+            for i in ids
+        }
     assert reading[PLANTED][0] == 1.0  # the planted feature's stats label is perfect on validation
     weak = sorted((v, i) for i, (v, s) in reading.items() if v is not None and v < 0.9)
     assert len(weak) >= 3
     with Scripted() as srv:
-        cfg = ExplainConfig(atlas=str(a), features=",".join(f"{h}/{i}" for h, i in feats), explainer="llm",
-                            llm=f"openai:{srv.url}", llm_model="scripted", scorers="direct", concurrency=1,
-                            baselines=False, triage=0.9, budget=2)
+        cfg = ExplainConfig(
+            atlas=str(a),
+            features=",".join(f"{h}/{i}" for h, i in feats),
+            explainer="llm",
+            llm=f"openai:{srv.url}",
+            llm_model="scripted",
+            scorers="direct",
+            concurrency=1,
+            baselines=False,
+            triage=0.9,
+            budget=2,
+        )
         with pytest.raises(UserError, match="budget of 2 calls is spent"):
             explain_atlas(cfg, progress=False)
         assert srv.stats()["chat"] == 2
@@ -249,7 +301,9 @@ def test_triage_and_budget_spend_calls_on_the_weakest_labels_only(tmp_path):
 
 def test_dollar_budget(tmp_path):
     with Scripted() as srv:
-        c = LLMClient(srv.url, "scripted", price_in=1e6, price_out=0.0, max_cost_usd=5.0)  # $1 per prompt token
+        c = LLMClient(
+            srv.url, "scripted", price_in=1e6, price_out=0.0, max_cost_usd=5.0
+        )  # $1 per prompt token
         c.chat(MSG, max_tokens=3)  # ~6 prompt tokens -> $6 > $5
         from lmscope.explain.llm_client import BudgetSpent
 

@@ -1,4 +1,5 @@
-"""Attribution graphs on tiny real models: the science (edges predict interventions) and the format."""
+"""Attribution graphs on tiny real models: the science (edges predict interventions) and the
+format."""
 
 from __future__ import annotations
 
@@ -31,7 +32,9 @@ def random_transcoders(lm, d_sae=64, k=4, skip_layers=(), arch="topk"):
     """Random sparse transcoders mlp_in -> mlp_out for every layer (nonzero biases, some skips)."""
     tcs = {}
     for L in range(lm.n_layers):
-        tc = build(transcoder_config(L, lm.d_model, d_sae, arch=arch, k=k, seed=L, skip=L in skip_layers))
+        tc = build(
+            transcoder_config(L, lm.d_model, d_sae, arch=arch, k=k, seed=L, skip=L in skip_layers)
+        )
         with torch.no_grad():
             tc.b_enc.normal_(0, 0.1, generator=torch.Generator().manual_seed(10 + L))
             tc.b_dec.normal_(0, 0.01, generator=torch.Generator().manual_seed(20 + L))
@@ -72,7 +75,9 @@ def test_replacement_forward_is_exact(family):
     with replacement(lm, tcs, toks) as rep:
         out = rep.forward(1).logits[0]
         # error nodes are what makes it exact: without them the output moves
-        no_err = rep.forward(1, errors={L: torch.zeros_like(st.error) for L, st in rep.layers.items()}).logits[0]
+        no_err = rep.forward(
+            1, errors={L: torch.zeros_like(st.error) for L, st in rep.layers.items()}
+        ).logits[0]
     assert (out - ref).abs().max() < 1e-4
     assert (no_err - ref).abs().max() > 1e-3
     assert all(p.requires_grad for p in lm.model.parameters())  # restored
@@ -133,7 +138,7 @@ def test_every_edge_predicts_its_intervention(setup):
             emb[p] = 0
             check(rep.forward(1, embed=emb), g.token_start + p)
     assert n_checked >= 5
-    assert (A[: g.n_features].abs().sum() > 0) and (A[g.logit_start:].abs().sum() > 0)
+    assert (A[: g.n_features].abs().sum() > 0) and (A[g.logit_start :].abs().sum() > 0)
 
 
 def test_edges_are_causal_and_layered(setup):
@@ -145,8 +150,8 @@ def test_edges_are_causal_and_layered(setup):
             Ls, ps, _ = g.features[s].tolist()
             if Ls >= Lt or ps > pt:
                 assert A[t, s] == 0
-    assert A[:, g.logit_start:].abs().sum() == 0  # nothing reads a logit
-    assert A[g.error_start:g.logit_start].abs().sum() == 0  # errors and tokens have no inputs
+    assert A[:, g.logit_start :].abs().sum() == 0  # nothing reads a logit
+    assert A[g.error_start : g.logit_start].abs().sum() == 0  # errors and tokens have no inputs
 
 
 def test_batched_backward_equals_one_at_a_time(setup):
@@ -157,7 +162,8 @@ def test_batched_backward_equals_one_at_a_time(setup):
 
 
 def _direct_logit_share(g, cols):
-    """For each column: sum over logits of p_logit x |A[logit, col]| / sum_s |A[logit, s]|, by hand."""
+    """For each column: sum over logits of p_logit x |A[logit, col]| / sum_s |A[logit, s]|, by
+    hand."""
     out = []
     for c in cols:
         v = 0.0
@@ -199,8 +205,8 @@ def test_max_feature_nodes_follows_a_planted_feature(setup):
     ranked = _direct_logit_share(g, range(g.n_features)).argsort(descending=True).tolist()
     i = next(j for j in ranked[5:] if lf.count(lf[j]) == 1)
     L, p, f = g.features[i].tolist()
-    logit_rows = g.adjacency[g.logit_start:, : g.n_features].abs()
-    others = torch.cat([logit_rows[:, :i], logit_rows[:, i + 1:]], 1).max(1).values
+    logit_rows = g.adjacency[g.logit_start :, : g.n_features].abs()
+    others = torch.cat([logit_rows[:, :i], logit_rows[:, i + 1 :]], 1).max(1).values
     assert (logit_rows[:, i] > 0).all()
     c = 4 * float((others / logit_rows[:, i]).max())
     planted = dict(tcs)
@@ -232,19 +238,25 @@ def test_unexpanded_features_are_folded_into_error_nodes(setup):
         for L in range(g.n_layers):
             for p in range(g.n_pos):
                 want = float(g.adjacency[rf, g.error_index(L, p)])
-                want += sum(float(g.adjacency[rf, i]) for i in left if g.features[i, 0] == L
-                            and g.features[i, 1] == p)
+                want += sum(
+                    float(g.adjacency[rf, i])
+                    for i in left
+                    if g.features[i, 0] == L and g.features[i, 1] == p
+                )
                 assert abs(float(small.adjacency[rs, small.error_index(L, p)]) - want) < tol
         for j, i in enumerate(kept):
             assert abs(float(small.adjacency[rs, j]) - float(g.adjacency[rf, i])) < tol
     # Undoing the fold gives circuit-tracer's adjacency: the left-out columns simply gone.
     ct = small.adjacency_as_circuit_tracer()
-    assert torch.allclose(ct[small_rows][:, small.error_start:], g.adjacency[rows][:, g.error_start:],
-                          atol=tol)
+    assert torch.allclose(
+        ct[small_rows][:, small.error_start :], g.adjacency[rows][:, g.error_start :], atol=tol
+    )
     # Exact: zero the error vector and the left-out features at (L, p); every kept target's
     # input moves by minus the folded error edge.
-    L, p = max(((int(g.features[i, 0]), int(g.features[i, 1])) for i in left),
-               key=lambda lp: sum(1 for i in left if tuple(g.features[i, :2].tolist()) == lp))
+    L, p = max(
+        ((int(g.features[i, 0]), int(g.features[i, 1])) for i in left),
+        key=lambda lp: sum(1 for i in left if tuple(g.features[i, :2].tolist()) == lp),
+    )
     col = small.error_index(L, p)
     toks = lm.to_tokens(PROMPT)
     with replacement(lm, tcs, toks) as rep:
@@ -261,15 +273,19 @@ def test_unexpanded_features_are_folded_into_error_nodes(setup):
             assert abs(actual + float(small.adjacency[small.logit_start + li, col])) < tol
         for ti in range(small.n_features):
             Lt, pt, ft = small.features[ti].tolist()
-            actual = float(feature_input(rep, run, Lt, pt, ft) - feature_input(rep, base, Lt, pt, ft))
+            actual = float(
+                feature_input(rep, run, Lt, pt, ft) - feature_input(rep, base, Lt, pt, ft)
+            )
             assert abs(actual + float(small.adjacency[ti, col])) < tol
     # Scores: by hand on the folded adjacency (checked entry by entry above); circuit-tracer's
     # version on the adjacency with the left-out columns dropped, which differs.
-    assert small.adjacency[small.error_start:small.logit_start].abs().sum() == 0
+    assert small.adjacency[small.error_start : small.logit_start].abs().sum() == 0
     ours, theirs = graph_scores(small), circuit_tracer_scores(small)
     assert tuple(ours) == pytest.approx(_scores_by_hand(small, small.adjacency), rel=1e-4)
     ct_full = _scores_by_hand(small, small.adjacency_as_circuit_tracer())
-    assert (theirs["replacement_score"], theirs["completeness_score"]) == pytest.approx(ct_full, rel=1e-4)
+    assert (theirs["replacement_score"], theirs["completeness_score"]) == pytest.approx(
+        ct_full, rel=1e-4
+    )
     assert abs(ours.replacement - ct_full[0]) > 1e-4
     # The JSON says how many were left out.
     meta = graph_json(small, prune(small))["metadata"]["lmscope"]
@@ -278,15 +294,16 @@ def test_unexpanded_features_are_folded_into_error_nodes(setup):
 
 
 def _scores_by_hand(g, A):
-    """Replacement and completeness with the influence as w ((I - B)^-1 - I), B = |A| row-normalized."""
+    """Replacement and completeness with the influence as w ((I - B)^-1 - I), B = |A|
+    row-normalized."""
     B = A.abs() / A.abs().sum(1, keepdim=True).clamp_min(1e-10)
     w = torch.zeros(g.n_nodes)
-    w[g.logit_start:] = g.logit_probs
+    w[g.logit_start :] = g.logit_probs
     infl = w @ torch.linalg.inv(torch.eye(g.n_nodes) - B) - w
-    tok = float(infl[g.token_start:g.logit_start].sum())
-    err = float(infl[g.error_start:g.token_start].sum())
+    tok = float(infl[g.token_start : g.logit_start].sum())
+    err = float(infl[g.error_start : g.token_start].sum())
     weight = infl + w
-    comp = ((1 - B[:, g.error_start:g.token_start].sum(1)) * weight).sum() / weight.sum()
+    comp = ((1 - B[:, g.error_start : g.token_start].sum(1)) * weight).sum() / weight.sum()
     return tok / (tok + err), float(comp)
 
 
@@ -300,17 +317,26 @@ def test_logit_nodes():
 def hand_graph(logit_from_f1: float = 2.0) -> Graph:
     """7 nodes, 1 layer, 2 positions: f0, f1 (layer 0, pos 1), errors e00 e01, tokens t0 t1, logit.
 
-        f0 <- t1: 3, f0 <- t0: -1          logit <- f0: 1, logit <- f1: 2, logit <- e01: 1
-        f1 <- t0: 1, f1 <- t1: 1           (rows = targets; logit probability 0.6)
+    f0 <- t1: 3, f0 <- t0: -1          logit <- f0: 1, logit <- f1: 2, logit <- e01: 1
+    f1 <- t0: 1, f1 <- t1: 1           (rows = targets; logit probability 0.6)
     """
     A = torch.zeros(7, 7)
     f0, f1, e00, e01, t0, t1, lg = range(7)
     A[f0, t1], A[f0, t0] = 3.0, -1.0
     A[f1, t0], A[f1, t1] = 1.0, 1.0
     A[lg, f0], A[lg, f1], A[lg, e01] = 1.0, logit_from_f1, 1.0
-    return Graph(prompt="a b", tokens=[5, 6], str_tokens=["a", " b"], n_layers=1,
-                 features=torch.tensor([[0, 1, 10], [0, 1, 11]]), activations=torch.tensor([1.0, 1.0]),
-                 logit_tokens=[7], logit_strs=[" c"], logit_probs=torch.tensor([0.6]), adjacency=A)
+    return Graph(
+        prompt="a b",
+        tokens=[5, 6],
+        str_tokens=["a", " b"],
+        n_layers=1,
+        features=torch.tensor([[0, 1, 10], [0, 1, 11]]),
+        activations=torch.tensor([1.0, 1.0]),
+        logit_tokens=[7],
+        logit_strs=[" c"],
+        logit_probs=torch.tensor([0.6]),
+        adjacency=A,
+    )
 
 
 def hand_mask() -> PruneResult:
@@ -372,7 +398,7 @@ def test_pruned_scores_by_hand_fold_dropped_features_into_errors():
 def test_pruning_and_scores(setup):
     lm, tcs, g = setup
     pr = prune(g, 0.8, 0.98)
-    assert pr.node_mask[g.token_start:].all()  # tokens and logits always kept
+    assert pr.node_mask[g.token_start :].all()  # tokens and logits always kept
     assert 0 < int(pr.node_mask[: g.n_features].sum()) < g.n_features
     # Every feature kept by the node threshold has at least the influence of every dropped one.
     nf = g.n_features
@@ -382,13 +408,13 @@ def test_pruning_and_scores(setup):
     # Influence by hand: w (I - B)^-1 - w, B nilpotent.
     B = g.adjacency.abs() / g.adjacency.abs().sum(1, keepdim=True).clamp_min(1e-10)
     w = torch.zeros(g.n_nodes)
-    w[g.logit_start:] = g.logit_probs
+    w[g.logit_start :] = g.logit_probs
     ref = w @ torch.linalg.inv(torch.eye(g.n_nodes) - B) - w
     assert torch.allclose(pr.influence, ref, atol=1e-5 * float(ref.max()))
     # Scores by hand on this graph: full from `ref`, pruned on a fold written as loops.
     is_err = torch.zeros(g.n_nodes, dtype=torch.bool)
-    is_err[g.error_start:g.token_start] = True
-    tok = ref[g.token_start:g.logit_start].sum()
+    is_err[g.error_start : g.token_start] = True
+    tok = ref[g.token_start : g.logit_start].sum()
     full = graph_scores(g)
     assert full.replacement == pytest.approx(float(tok / (tok + ref[is_err].sum())), rel=1e-5)
     weight = ref + w
@@ -409,19 +435,20 @@ def test_pruning_and_scores(setup):
     M = M * pr.edge_mask
     Bm = M.abs() / M.abs().sum(1, keepdim=True).clamp_min(1e-10)
     refm = w @ torch.linalg.inv(torch.eye(g.n_nodes) - Bm) - w
-    tokm = refm[g.token_start:g.logit_start].sum()
+    tokm = refm[g.token_start : g.logit_start].sum()
     part = graph_scores(g, pr)
     assert part.replacement == pytest.approx(float(tokm / (tokm + refm[is_err].sum())), rel=1e-4)
     weightm = refm + w
     compm = ((1 - Bm[:, is_err].sum(1)) * weightm).sum() / weightm.sum()
     assert part.completeness == pytest.approx(float(compm), rel=1e-4)
     # Keeping everything reproduces the full scores (nothing folded, no edge dropped).
-    every = PruneResult(torch.ones(g.n_nodes, dtype=torch.bool), g.adjacency != 0, pr.cumulative,
-                        pr.influence)
+    every = PruneResult(
+        torch.ones(g.n_nodes, dtype=torch.bool), g.adjacency != 0, pr.cumulative, pr.influence
+    )
     assert graph_scores(g, every) == pytest.approx(tuple(full), abs=1e-6)
     # A graph whose errors are all zero is fully explained.
     g2 = dataclasses.replace(g, adjacency=g.adjacency.clone())
-    g2.adjacency[:, g2.error_start:g2.token_start] = 0
+    g2.adjacency[:, g2.error_start : g2.token_start] = 0
     s2 = graph_scores(g2)
     assert s2.replacement == pytest.approx(1.0) and s2.completeness == pytest.approx(1.0)
 
@@ -437,10 +464,31 @@ def _threshold_by_hand(scores, fraction):
 
 
 # The keys circuit-tracer's pydantic models (frontend/graph_models.py) define.
-METADATA_KEYS = {"slug", "scan", "transcoder_list", "prompt_tokens", "prompt", "node_threshold", "schema_version"}
+METADATA_KEYS = {
+    "slug",
+    "scan",
+    "transcoder_list",
+    "prompt_tokens",
+    "prompt",
+    "node_threshold",
+    "schema_version",
+}
 QPARAMS_KEYS = {"pinnedIds", "supernodes", "linkType", "clickedId", "sg_pos"}
-NODE_KEYS = {"node_id", "feature", "layer", "ctx_idx", "feature_type", "token_prob", "is_target_logit",
-             "run_idx", "reverse_ctx_idx", "jsNodeId", "clerp", "influence", "activation"}
+NODE_KEYS = {
+    "node_id",
+    "feature",
+    "layer",
+    "ctx_idx",
+    "feature_type",
+    "token_prob",
+    "is_target_logit",
+    "run_idx",
+    "reverse_ctx_idx",
+    "jsNodeId",
+    "clerp",
+    "influence",
+    "activation",
+}
 
 
 def test_graph_json_format(setup):
@@ -472,7 +520,9 @@ def test_graph_json_format(setup):
         key = (n["layer"], n["lmscope_feature"]) if n.get("lmscope_hook") else n["node_id"]
         js.setdefault(n["jsNodeId"], set()).add(key)
     assert all(len(keys) == 1 for keys in js.values()), js
-    assert d["links"] and all(link["source"] in ids and link["target"] in ids for link in d["links"])
+    assert d["links"] and all(
+        link["source"] in ids and link["target"] in ids for link in d["links"]
+    )
     # Values, not only keys: every link is a kept edge with its direct effect, every node's
     # numbers are the graph's, and the scores are the ones graph_scores computes.
     index = {nid: i for i, nid in enumerate(node_ids_by_hand(g))}
@@ -480,7 +530,9 @@ def test_graph_json_format(setup):
         t, s = index[link["target"]], index[link["source"]]
         assert pr.edge_mask[t, s] and pr.node_mask[t] and pr.node_mask[s]
         assert link["weight"] == pytest.approx(float(g.adjacency[t, s]), rel=1e-6, abs=1e-12)
-    assert len(d["links"]) == int((pr.edge_mask & pr.node_mask[:, None] & pr.node_mask[None, :]).sum())
+    assert len(d["links"]) == int(
+        (pr.edge_mask & pr.node_mask[:, None] & pr.node_mask[None, :]).sum()
+    )
     for n in d["nodes"]:
         i = index[n["node_id"]]
         if n["feature_type"] == "cross layer transcoder":

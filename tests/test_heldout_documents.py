@@ -23,9 +23,14 @@ def key(text: str) -> int:
 
 
 def sentences(r: random.Random, n: int) -> str:
-    animals, verbs = "cat dog horse bird fish cow sheep".split(), "sees saw eats ate love hate".split()
+    animals, verbs = (
+        "cat dog horse bird fish cow sheep".split(),
+        "sees saw eats ate love hate".split(),
+    )
     nouns = "house tree river field city moon".split()
-    return " ".join(f"the {r.choice(animals)} {r.choice(verbs)} the {r.choice(nouns)} {i} ." for i in range(n))
+    return " ".join(
+        f"the {r.choice(animals)} {r.choice(verbs)} the {r.choice(nouns)} {i} ." for i in range(n)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +57,22 @@ def train_atlas(d, lm, name: str, **kw):
     from lmscope.dictionaries.trainer import train
 
     out = d / name
-    train(TrainConfig(model=str(d / "model"), hooks="blocks.1.resid_post", width="2x", k=4, tokens=2048,
-                      batch_size=256, ctx_len=32, corpus=str(d / "corpus"), out=str(out), progress=False, **kw),
-          lm=lm)
+    train(
+        TrainConfig(
+            model=str(d / "model"),
+            hooks="blocks.1.resid_post",
+            width="2x",
+            k=4,
+            tokens=2048,
+            batch_size=256,
+            ctx_len=32,
+            corpus=str(d / "corpus"),
+            out=str(out),
+            progress=False,
+            **kw,
+        ),
+        lm=lm,
+    )
     entry = json.loads((out / "atlas.json").read_text())["dictionaries"]["blocks.1.resid_post"]
     keys = np.load(out / entry["path"] / entry["train_data"]["file"])
     return out, entry, {int(k) for k in keys}
@@ -64,8 +82,19 @@ def capture(d, lm, name: str, split: str):
     from lmscope.capture.pipeline import CaptureConfig, capture_to_store
 
     out = d / name
-    capture_to_store(CaptureConfig(model=str(d / "model"), hooks="blocks.1.resid_post", corpus=str(d / "corpus"),
-                                   tokens=4096, ctx_len=32, out=str(out), split=split, progress=False), lm=lm)
+    capture_to_store(
+        CaptureConfig(
+            model=str(d / "model"),
+            hooks="blocks.1.resid_post",
+            corpus=str(d / "corpus"),
+            tokens=4096,
+            ctx_len=32,
+            out=str(out),
+            split=split,
+            progress=False,
+        ),
+        lm=lm,
+    )
     return out
 
 
@@ -73,12 +102,25 @@ def test_pack_records_exactly_the_documents_of_the_contexts_read(world):
     from lmscope.capture.corpus import pack
 
     _, lm, _, _ = world
-    docs = ["the cat sees the moon .", "a b c d e f g h i j k l", "the dog", "one two three four five six"]
+    docs = [
+        "the cat sees the moon .",
+        "a b c d e f g h i j k l",
+        "the dog",
+        "one two three four five six",
+    ]
     lens = [len(lm.tokenizer(t, add_special_tokens=False)["input_ids"]) + 1 for t in docs]  # + EOS
     ends = np.cumsum(lens)  # document i spans [ends[i] - lens[i], ends[i]) of the token stream
     body = 7  # ctx_len 8 = BOS + 7
     seen: set[int] = set()
-    it = pack(lm.tokenizer, docs, ctx_len=8, batch_size=1, bos_token_id=lm.bos_token_id, seed=-1, seen=seen)
+    it = pack(
+        lm.tokenizer,
+        docs,
+        ctx_len=8,
+        batch_size=1,
+        bos_token_id=lm.bos_token_id,
+        seed=-1,
+        seen=seen,
+    )
     for n_ctx in (1, 2):
         next(it)
         want = {key(t) for t, e, n in zip(docs, ends, lens) if e - n < n_ctx * body}
@@ -108,8 +150,13 @@ def test_heldout_documents_never_appear_in_training(world, tmp_path):
     heldout_contexts(lm, str(d / "corpus"), tokens=400, ctx_len=32, seen=seen)
     assert seen and seen <= held
     for atlas in (out, out2):
-        rep = evaluate_atlas(EvalConfig(atlas=str(atlas), tokens=400, corpus=str(d / "corpus"), ctx_len=32,
-                                        plots=False), lm=lm, progress=False)
+        rep = evaluate_atlas(
+            EvalConfig(
+                atlas=str(atlas), tokens=400, corpus=str(d / "corpus"), ctx_len=32, plots=False
+            ),
+            lm=lm,
+            progress=False,
+        )
         (e,) = rep.dictionaries
         assert e.overlap_documents == 0 and e.eval_documents == len(seen)
 
@@ -120,7 +167,17 @@ def test_eval_refuses_a_dictionary_trained_on_its_documents(world, capsys):
     store = capture(d, lm, "store_all", "all")
     assert held & {int(k) for k in np.load(store / "documents.npy")}
     out, _, _ = train_atlas(d, lm, "leaky", from_store=str(store))
-    argv = ["eval", str(out), "--tokens", "400", "--corpus", str(d / "corpus"), "--ctx-len", "32", "--no-plots"]
+    argv = [
+        "eval",
+        str(out),
+        "--tokens",
+        "400",
+        "--corpus",
+        str(d / "corpus"),
+        "--ctx-len",
+        "32",
+        "--no-plots",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "were in the training data of blocks.1.resid_post" in err
@@ -142,10 +199,25 @@ def test_a_tensor_source_records_no_documents(world, tmp_path):
     d, lm, _, _ = world
     src = TensorSource({"blocks.1.resid_post": torch.randn(1024, lm.d_model)}, batch_size=256)
     out = tmp_path / "t"
-    train(TrainConfig(model=str(d / "model"), hooks="blocks.1.resid_post", width="2x", k=4, tokens=1024,
-                      batch_size=256, out=str(out), progress=False), lm=lm, source=src)
+    train(
+        TrainConfig(
+            model=str(d / "model"),
+            hooks="blocks.1.resid_post",
+            width="2x",
+            k=4,
+            tokens=1024,
+            batch_size=256,
+            out=str(out),
+            progress=False,
+        ),
+        lm=lm,
+        source=src,
+    )
     entry = json.loads((out / "atlas.json").read_text())["dictionaries"]["blocks.1.resid_post"]
     assert entry["train_data"] is None
-    rep = evaluate_atlas(EvalConfig(atlas=str(out), tokens=200, corpus=str(d / "corpus"), ctx_len=32, plots=False),
-                         lm=lm, progress=False)
+    rep = evaluate_atlas(
+        EvalConfig(atlas=str(out), tokens=200, corpus=str(d / "corpus"), ctx_len=32, plots=False),
+        lm=lm,
+        progress=False,
+    )
     assert rep.dictionaries[0].overlap_documents is None

@@ -26,10 +26,12 @@ def test_hook_points_match_hidden_states_and_add_up(family):
         if L < lm.n_layers - 1:  # HF's last hidden state is after the final norm
             torch.testing.assert_close(a[f"blocks.{L}.resid_post"], hs[L + 1])
         torch.testing.assert_close(a[f"blocks.{L}.resid_pre"], hs[L])
-        torch.testing.assert_close(a[f"blocks.{L}.resid_pre"] + a[f"blocks.{L}.attn_out"],
-                                   a[f"blocks.{L}.resid_mid"])
-        torch.testing.assert_close(a[f"blocks.{L}.resid_mid"] + a[f"blocks.{L}.mlp_out"],
-                                   a[f"blocks.{L}.resid_post"])
+        torch.testing.assert_close(
+            a[f"blocks.{L}.resid_pre"] + a[f"blocks.{L}.attn_out"], a[f"blocks.{L}.resid_mid"]
+        )
+        torch.testing.assert_close(
+            a[f"blocks.{L}.resid_mid"] + a[f"blocks.{L}.mlp_out"], a[f"blocks.{L}.resid_post"]
+        )
     torch.testing.assert_close(a["ln_final"], hs[-1])
     torch.testing.assert_close(res.logits, ref.logits)  # capturing changes nothing
 
@@ -44,7 +46,11 @@ def test_gemma_sandwich_norms_found_structurally():
 def test_resolve_globs_order_and_errors(tiny_llama):
     hp = tiny_llama.hooks
     assert hp.resolve("blocks.2.resid_post,blocks.*.mlp_out") == [
-        "blocks.0.mlp_out", "blocks.1.mlp_out", "blocks.2.mlp_out", "blocks.2.resid_post"]
+        "blocks.0.mlp_out",
+        "blocks.1.mlp_out",
+        "blocks.2.mlp_out",
+        "blocks.2.resid_post",
+    ]
     with pytest.raises(UserError, match="did you mean: blocks.1.resid_post"):
         hp.resolve("blocks.1.resid_pots")
     with pytest.raises(UserError, match="matches no hook point"):
@@ -70,13 +76,17 @@ def test_hooks_removed_on_exception(tiny_llama):
     lm = tiny_llama
     before = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in lm.model.modules())
     with pytest.raises(RuntimeError, match="boom"):
-        with hooked(lm, ["blocks.0.resid_mid", "blocks.1.mlp_in"], {"blocks.0.resid_post": lambda x: x}):
+        with hooked(
+            lm, ["blocks.0.resid_mid", "blocks.1.mlp_in"], {"blocks.0.resid_post": lambda x: x}
+        ):
             raise RuntimeError("boom")
     after = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in lm.model.modules())
     assert before == after
 
 
-@pytest.mark.parametrize("kind", ["resid_pre", "attn_out", "resid_mid", "mlp_in", "mlp_out", "resid_post"])
+@pytest.mark.parametrize(
+    "kind", ["resid_pre", "attn_out", "resid_mid", "mlp_in", "mlp_out", "resid_post"]
+)
 def test_identity_edit_is_exact_and_add_edit_propagates(tiny_llama, kind):
     lm, toks = tiny_llama, tiny_llama.to_tokens(TEXT)
     name = f"blocks.1.{kind}"

@@ -30,7 +30,7 @@ def pipeline(tmp_path_factory):
 @pytest.mark.parametrize("stage", ["capture", "train", "atlas_build"])
 def test_killed_stage_reruns_to_the_uninterrupted_result(pipeline, stage):
     bk, work, base, refs = pipeline
-    for need in ([bk.STAGES[stage].needs] if bk.STAGES[stage].needs else []):
+    for need in [bk.STAGES[stage].needs] if bk.STAGES[stage].needs else []:
         if need not in refs:
             bk.run_stage(bk.STAGES[need], base, refs, work, trials=0, seed=0, disk=False)
     res = bk.run_stage(bk.STAGES[stage], base, refs, work, trials=1, seed=1, disk=True)

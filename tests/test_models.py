@@ -23,7 +23,9 @@ def test_load_local_folder_gives_same_logits(tiny_folder):
     ref, d = tiny_folder
     lm = load_model(str(d))
     toks = ref.to_tokens("the big horse ran")
-    torch.testing.assert_close(run(lm, toks, logits=True).logits, run(ref, toks, logits=True).logits)
+    torch.testing.assert_close(
+        run(lm, toks, logits=True).logits, run(ref, toks, logits=True).logits
+    )
     assert lm.n_layers == 2 and lm.d_model == 32
 
 
@@ -35,11 +37,14 @@ def test_load_bf16(tiny_folder):
     assert acts["blocks.1.resid_post"].dtype == torch.bfloat16
 
 
-@pytest.mark.parametrize("name, msg", [
-    ("smollm", "did you mean: smollm2-135m"),
-    ("missing.gguf", "GGUF file not found"),
-    ("not a model", "unknown model"),
-])
+@pytest.mark.parametrize(
+    "name, msg",
+    [
+        ("smollm", "did you mean: smollm2-135m"),
+        ("missing.gguf", "GGUF file not found"),
+        ("not a model", "unknown model"),
+    ],
+)
 def test_bad_model_names(name, msg):
     with pytest.raises(UserError, match=msg):
         resolve(name)
@@ -72,12 +77,18 @@ def test_real_default_model_hooks_and_answer(default_lm):
     lm = default_lm
     assert (lm.n_layers, lm.d_model) == (30, 576)
     toks = lm.to_tokens("The capital of France is")
-    res = run(lm, toks, capture=["blocks.14.resid_post", "blocks.14.resid_mid", "blocks.14.mlp_out"],
-              logits=True)
+    res = run(
+        lm,
+        toks,
+        capture=["blocks.14.resid_post", "blocks.14.resid_mid", "blocks.14.mlp_out"],
+        logits=True,
+    )
     with torch.no_grad():
         hs = lm.model(toks, output_hidden_states=True, use_cache=False).hidden_states
     torch.testing.assert_close(res.acts["blocks.14.resid_post"], hs[15])
-    torch.testing.assert_close(res.acts["blocks.14.resid_mid"] + res.acts["blocks.14.mlp_out"], hs[15])
+    torch.testing.assert_close(
+        res.acts["blocks.14.resid_mid"] + res.acts["blocks.14.mlp_out"], hs[15]
+    )
     assert lm.tokenizer.decode(res.logits[0, -1].argmax()) == " Paris"
 
 

@@ -1,4 +1,5 @@
-"""Interop with the real SAELens package (extra `saelens`), both directions, plus sparsify and Gemma Scope files.
+"""Interop with the real SAELens package (extra `saelens`), both directions, plus sparsify and
+Gemma Scope files.
 
 - lmscope -> SAELens: a trained lmscope dictionary saved with `save()` opens with
   `sae_lens.SAE.load_from_disk` and gives the same encode/decode/forward outputs.
@@ -31,7 +32,8 @@ def _seed():
 
 
 def _trained(cfg: DictionaryConfig, steps: int = 25) -> tuple:
-    """A dictionary after a few real optimizer steps on offset, scaled data (non-trivial everything)."""
+    """A dictionary after a few real optimizer steps on offset, scaled data (non-trivial
+    everything)."""
     x = torch.randn(2048, cfg.d_in) * 30 + 5
     target = torch.randn(2048, cfg.output_dim) * 3 - 1 if cfg.is_transcoder else None
     d = build(cfg)
@@ -39,7 +41,9 @@ def _trained(cfg: DictionaryConfig, steps: int = 25) -> tuple:
     opt = torch.optim.Adam(d.parameters(), lr=1e-2)
     for s in range(steps):
         i = slice(s * 64, (s + 1) * 64)
-        out = d.loss(x[i], None if target is None else target[i], dead_mask=torch.rand(cfg.d_sae) < 0.2)
+        out = d.loss(
+            x[i], None if target is None else target[i], dead_mask=torch.rand(cfg.d_sae) < 0.2
+        )
         opt.zero_grad()
         out.loss.backward()
         opt.step()
@@ -53,19 +57,30 @@ LMSCOPE_CASES = {
     "jumprelu": dict(arch="jumprelu", l0_coeff=0.05),
     "relu": dict(arch="relu"),
     "relu-transcoder": dict(arch="relu", d_out=D_OUT, out_hook_name="blocks.2.mlp_out"),
-    "relu-skip-transcoder": dict(arch="relu", d_out=D_OUT, skip=True, out_hook_name="blocks.2.mlp_out"),
-    "jumprelu-skip-transcoder": dict(arch="jumprelu", d_out=D_OUT, skip=True, out_hook_name="blocks.2.mlp_out",
-                                     l0_coeff=0.05),
+    "relu-skip-transcoder": dict(
+        arch="relu", d_out=D_OUT, skip=True, out_hook_name="blocks.2.mlp_out"
+    ),
+    "jumprelu-skip-transcoder": dict(
+        arch="jumprelu", d_out=D_OUT, skip=True, out_hook_name="blocks.2.mlp_out", l0_coeff=0.05
+    ),
 }
 
 
 @pytest.mark.parametrize("name", list(LMSCOPE_CASES))
 def test_lmscope_dictionary_opens_in_saelens(tmp_path, name):
-    cfg = DictionaryConfig(d_in=D_IN, d_sae=D_SAE, hook_name="blocks.2.mlp_in", model_name="tiny-llama",
-                           **LMSCOPE_CASES[name])
+    cfg = DictionaryConfig(
+        d_in=D_IN,
+        d_sae=D_SAE,
+        hook_name="blocks.2.mlp_in",
+        model_name="tiny-llama",
+        **LMSCOPE_CASES[name],
+    )
     d, x = _trained(cfg)
-    path = d.save(tmp_path / name, sparsity=torch.rand(D_SAE), metadata={"hook_name": "model.layers.2.mlp",
-                                                                         "context_size": 128})
+    path = d.save(
+        tmp_path / name,
+        sparsity=torch.rand(D_SAE),
+        metadata={"hook_name": "model.layers.2.mlp", "context_size": 128},
+    )
     sae = SAE.load_from_disk(str(path))
     with torch.no_grad():
         ours_acts = d.encode(x)
@@ -75,7 +90,9 @@ def test_lmscope_dictionary_opens_in_saelens(tmp_path, name):
         if cfg.skip:  # SAELens' skip transcoders add W_skip in forward()
             torch.testing.assert_close(sae(x), d(x), rtol=1e-4, atol=1e-3)
         else:
-            torch.testing.assert_close(sae.decode(ours_acts), d.decode(ours_acts), rtol=1e-4, atol=1e-3)
+            torch.testing.assert_close(
+                sae.decode(ours_acts), d.decode(ours_acts), rtol=1e-4, atol=1e-3
+            )
             torch.testing.assert_close(sae(x), d(x), rtol=1e-4, atol=1e-3)
     assert sae.cfg.metadata.hook_name == "model.layers.2.mlp"
     assert sae.cfg.metadata.model_name == "tiny-llama"
@@ -115,15 +132,25 @@ def _saelens_cases():
 
     return {
         "standard": lambda: StandardSAE(StandardSAEConfig(d_in=D_IN, d_sae=D_SAE)),
-        "standard-no-bdec-in": lambda: StandardSAE(StandardSAEConfig(d_in=D_IN, d_sae=D_SAE, apply_b_dec_to_input=False)),
+        "standard-no-bdec-in": lambda: StandardSAE(
+            StandardSAEConfig(d_in=D_IN, d_sae=D_SAE, apply_b_dec_to_input=False)
+        ),
         "topk": lambda: TopKSAE(TopKSAEConfig(d_in=D_IN, d_sae=D_SAE, k=7)),
-        "topk-rescaled": lambda: TopKSAE(TopKSAEConfig(d_in=D_IN, d_sae=D_SAE, k=7, rescale_acts_by_decoder_norm=True)),
+        "topk-rescaled": lambda: TopKSAE(
+            TopKSAEConfig(d_in=D_IN, d_sae=D_SAE, k=7, rescale_acts_by_decoder_norm=True)
+        ),
         "jumprelu": lambda: JumpReLUSAE(JumpReLUSAEConfig(d_in=D_IN, d_sae=D_SAE)),
-        "transcoder": lambda: Transcoder(TranscoderConfig(d_in=D_IN, d_sae=D_SAE, d_out=D_OUT, apply_b_dec_to_input=False)),
-        "skip-transcoder": lambda: SkipTranscoder(SkipTranscoderConfig(d_in=D_IN, d_sae=D_SAE, d_out=D_OUT,
-                                                                       apply_b_dec_to_input=False)),
-        "jumprelu-skip-transcoder": lambda: JumpReLUSkipTranscoder(JumpReLUSkipTranscoderConfig(
-            d_in=D_IN, d_sae=D_SAE, d_out=D_OUT, apply_b_dec_to_input=False)),
+        "transcoder": lambda: Transcoder(
+            TranscoderConfig(d_in=D_IN, d_sae=D_SAE, d_out=D_OUT, apply_b_dec_to_input=False)
+        ),
+        "skip-transcoder": lambda: SkipTranscoder(
+            SkipTranscoderConfig(d_in=D_IN, d_sae=D_SAE, d_out=D_OUT, apply_b_dec_to_input=False)
+        ),
+        "jumprelu-skip-transcoder": lambda: JumpReLUSkipTranscoder(
+            JumpReLUSkipTranscoderConfig(
+                d_in=D_IN, d_sae=D_SAE, d_out=D_OUT, apply_b_dec_to_input=False
+            )
+        ),
     }
 
 
@@ -152,13 +179,30 @@ def test_pre_6_0_flat_config_loads_in_both(tmp_path):
     W_dec, b_dec = torch.randn(D_SAE, D_IN) * 0.3, torch.randn(D_IN)
     folder = tmp_path / "old"
     folder.mkdir()
-    save_file({"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}, str(folder / "sae_weights.safetensors"))
-    (folder / "cfg.json").write_text(json.dumps({
-        "model_name": "gpt2-small", "hook_point": "blocks.8.hook_resid_pre", "hook_point_layer": 8,
-        "hook_point_head_index": None, "d_in": D_IN, "d_sae": D_SAE, "dtype": "float32", "device": "cpu",
-        "activation_fn_str": "relu", "apply_b_dec_to_input": True, "context_size": 128, "prepend_bos": True,
-        "normalize_activations": "none", "sae_lens_version": "3.5.0",
-    }))
+    save_file(
+        {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec},
+        str(folder / "sae_weights.safetensors"),
+    )
+    (folder / "cfg.json").write_text(
+        json.dumps(
+            {
+                "model_name": "gpt2-small",
+                "hook_point": "blocks.8.hook_resid_pre",
+                "hook_point_layer": 8,
+                "hook_point_head_index": None,
+                "d_in": D_IN,
+                "d_sae": D_SAE,
+                "dtype": "float32",
+                "device": "cpu",
+                "activation_fn_str": "relu",
+                "apply_b_dec_to_input": True,
+                "context_size": 128,
+                "prepend_bos": True,
+                "normalize_activations": "none",
+                "sae_lens_version": "3.5.0",
+            }
+        )
+    )
     d = load_dictionary(folder)
     sae = SAE.load_from_disk(str(folder))
     x = torch.randn(100, D_IN)
@@ -171,19 +215,33 @@ def test_pre_6_0_flat_config_loads_in_both(tmp_path):
 
 
 def test_sparsify_folder_loads_with_its_formula(tmp_path):
-    """cfg.json + sae.safetensors as sparsify 1.x writes them; encode = topk(relu(enc(x - b_dec)))."""
+    """cfg.json + sae.safetensors as sparsify 1.x writes them; encode = topk(relu(enc(x -
+    b_dec)))."""
     n, k = D_SAE, 5
     enc_w, enc_b = torch.randn(n, D_IN) * 0.3, torch.randn(n) * 0.1
     W_dec, b_dec = torch.randn(n, D_IN), torch.randn(D_IN)
     W_dec /= W_dec.norm(dim=1, keepdim=True)
     folder = tmp_path / "layers.4"
     folder.mkdir()
-    save_file({"encoder.weight": enc_w, "encoder.bias": enc_b, "W_dec": W_dec, "b_dec": b_dec},
-              str(folder / "sae.safetensors"))
-    (folder / "cfg.json").write_text(json.dumps({
-        "activation": "topk", "expansion_factor": 32, "normalize_decoder": True, "num_latents": n, "k": k,
-        "multi_topk": False, "skip_connection": False, "transcode": False, "d_in": D_IN,
-    }))
+    save_file(
+        {"encoder.weight": enc_w, "encoder.bias": enc_b, "W_dec": W_dec, "b_dec": b_dec},
+        str(folder / "sae.safetensors"),
+    )
+    (folder / "cfg.json").write_text(
+        json.dumps(
+            {
+                "activation": "topk",
+                "expansion_factor": 32,
+                "normalize_decoder": True,
+                "num_latents": n,
+                "k": k,
+                "multi_topk": False,
+                "skip_connection": False,
+                "transcode": False,
+                "d_in": D_IN,
+            }
+        )
+    )
     d = load_dictionary(folder)
     x = torch.randn(100, D_IN) * 2
     pre = torch.relu((x - b_dec) @ enc_w.t() + enc_b)
@@ -192,12 +250,15 @@ def test_sparsify_folder_loads_with_its_formula(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(d(x), manual, rtol=1e-5, atol=1e-5)
         codes = d.encode_topk(x)
-        torch.testing.assert_close(codes.values.sort(-1).values, v.sort(-1).values, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            codes.values.sort(-1).values, v.sort(-1).values, rtol=1e-5, atol=1e-5
+        )
     assert d.cfg.arch == "topk" and d.cfg.k == k and d.cfg.hook_name == "layers.4"
 
 
 def test_gemmascope_params_npz_loads_with_its_formula(tmp_path):
-    """Gemma Scope JumpReLU: acts = relu(x W_enc + b_enc) * (pre > threshold), no b_dec subtraction."""
+    """Gemma Scope JumpReLU: acts = relu(x W_enc + b_enc) * (pre > threshold), no b_dec
+    subtraction."""
     p = {
         "W_enc": np.random.randn(D_IN, D_SAE).astype(np.float32) * 0.3,
         "b_enc": np.random.randn(D_SAE).astype(np.float32) * 0.1,

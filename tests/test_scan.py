@@ -1,4 +1,5 @@
-"""The reading engine on a tiny atlas with a planted feature: scan, brain map, --vs, renderers, CLI."""
+"""The reading engine on a tiny atlas with a planted feature: scan, brain map, --vs, renderers,
+CLI."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def test_planted_feature_lights_on_its_word_only(reader):
         for p in range(len(res.tokens)):
             ids = [h.feature for h in res.top[hook][p]]
             if p in horse:
-                assert ids[0] == PLANTED, (hook, p, ids)   # the strongest feature on "horse"
+                assert ids[0] == PLANTED, (hook, p, ids)  # the strongest feature on "horse"
                 assert res.top[hook][p][0].act > 1.0
             else:
                 assert PLANTED not in ids, (hook, p, ids)  # and absent everywhere else
@@ -58,9 +59,12 @@ def test_scan_matches_reference_encode(reader):
     tokens = lm.to_tokens(prompt)
     seen = {}
     layers = lm.model.model.layers
-    handles = [layers[i].register_forward_hook(
-        lambda m, a, o, i=i: seen.__setitem__(i, (o[0] if isinstance(o, tuple) else o).detach()))
-        for i in range(len(layers))]
+    handles = [
+        layers[i].register_forward_hook(
+            lambda m, a, o, i=i: seen.__setitem__(i, (o[0] if isinstance(o, tuple) else o).detach())
+        )
+        for i in range(len(layers))
+    ]
     try:
         with torch.no_grad():
             lm.model(tokens)
@@ -119,7 +123,9 @@ def test_labels_from_the_atlas_db_and_unlabeled_features(reader):
 
 
 def test_labels_come_from_the_label_source(atlas, reader):
-    labeled = Reader(reader.lm, reader.dicts, labels=lambda h, f: "horses" if f == PLANTED else None)
+    labeled = Reader(
+        reader.lm, reader.dicts, labels=lambda h, f: "horses" if f == PLANTED else None
+    )
     hit = labeled.scan("the horse").top[HOOKS[1]][2][0]
     assert hit.label == "horses" and hit.display() == "horses"
 
@@ -152,7 +158,9 @@ def test_html_report_escapes_model_text(reader, tmp_path):
     page = render_html(res, compare(reader, f"{HTML_TOKEN} horse", "the dog"))
     assert HTML_TOKEN not in page and "<img" not in page
     assert html.escape(HTML_TOKEN) in page
-    assert PLANTED_LABEL not in page and html.escape(PLANTED_LABEL) in page  # labels are escaped too
+    assert (
+        PLANTED_LABEL not in page and html.escape(PLANTED_LABEL) in page
+    )  # labels are escaped too
     assert "<script" not in page and "http" not in page  # self-contained: no script, no CDN
     out = write_html(res, tmp_path / "r.html")
     assert out.read_text() == render_html(res)
@@ -170,13 +178,25 @@ def test_png_heatmap(reader, tmp_path):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "lmscope", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "lmscope", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_scan_json_vs_png_html(atlas, tmp_path):
     png, page = tmp_path / "s.png", tmp_path / "s.html"
-    r = _cli("scan", str(atlas), "the horse ran", "--vs", "the dog ran", "--json", "--png", str(png),
-             "--html", str(page))
+    r = _cli(
+        "scan",
+        str(atlas),
+        "the horse ran",
+        "--vs",
+        "the dog ran",
+        "--json",
+        "--png",
+        str(png),
+        "--html",
+        str(page),
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["tokens"] == ["<bos>", "the", "horse", "ran"]
@@ -202,8 +222,14 @@ def test_concurrent_scans_are_batched_and_equal_to_single(reader):
     """Prompts of different lengths scanned from 6 threads at once == each scanned alone."""
     import threading
 
-    prompts = ["the horse ran", "a big horse and a small cow ran to the river", "the dog",
-               "she sees the horse in the field", "paris is the capital of france", "the horse"]
+    prompts = [
+        "the horse ran",
+        "a big horse and a small cow ran to the river",
+        "the dog",
+        "she sees the horse in the field",
+        "paris is the capital of france",
+        "the horse",
+    ]
     alone = [reader.scan(p, top_k=4) for p in prompts]
     out: dict[int, object] = {}
     barrier = threading.Barrier(len(prompts))
@@ -214,7 +240,9 @@ def test_concurrent_scans_are_batched_and_equal_to_single(reader):
 
     sizes = []
     real = reader._encode_tokens
-    reader._encode_tokens = lambda toks: (sizes.append(len(toks)), real(toks))[1]  # count batch sizes
+    reader._encode_tokens = lambda toks: (sizes.append(len(toks)), real(toks))[
+        1
+    ]  # count batch sizes
     try:
         threads = [threading.Thread(target=work, args=(i,)) for i in range(len(prompts))]
         for t in threads:

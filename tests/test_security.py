@@ -53,7 +53,9 @@ def test_checkpoint_with_pickle_payload_is_refused_and_runs_nothing(tmp_path):
 
 def test_checkpoint_damaged_or_truncated_is_one_line(tmp_path):
     ck, path = _plant(tmp_path, {"model": {"w": torch.arange(1000.0)}})
-    assert torch.equal(ck.load_dictionary("blocks.0.resid_post", 5)["model"]["w"], torch.arange(1000.0))
+    assert torch.equal(
+        ck.load_dictionary("blocks.0.resid_post", 5)["model"]["w"], torch.arange(1000.0)
+    )
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(UserError, match="damaged"):
@@ -88,27 +90,37 @@ def test_read_json_checks_size_before_reading(tmp_path, monkeypatch):
         read_json(big, what="dictionary config")
     assert not opened
     monkeypatch.undo()
-    for body, match in [(b"\xff\xfe{}", "not UTF-8"), (b'{"a": NaN}', "not valid JSON"),
-                        (b'{"a": 1', "not valid JSON"), (b"[" * 100_000, "not valid JSON")]:
+    for body, match in [
+        (b"\xff\xfe{}", "not UTF-8"),
+        (b'{"a": NaN}', "not valid JSON"),
+        (b'{"a": 1', "not valid JSON"),
+        (b"[" * 100_000, "not valid JSON"),
+    ]:
         big.write_bytes(body)
         with pytest.raises(UserError, match=match):
             read_json(big)
 
 
 def test_schema_validators_hand_cases():
-    schema = {"d_in": Int(1, 4096), "name": Str(max_chars=5), "xs": List(Int(0, 9), max_items=3),
-              "sub": Obj({"k": Int(1)}, required=False)}
+    schema = {
+        "d_in": Int(1, 4096),
+        "name": Str(max_chars=5),
+        "xs": List(Int(0, 9), max_items=3),
+        "sub": Obj({"k": Int(1)}, required=False),
+    }
     ok = {"d_in": 64, "name": "abc", "xs": [1, 2], "extra": "fine"}
     assert check(ok, schema, where="f") is ok
-    cases = [({**ok, "d_in": -1}, "field 'd_in' must be between 1 and 4096, got -1"),
-             ({**ok, "d_in": True}, "field 'd_in' must be an integer, got a boolean"),
-             ({**ok, "d_in": 2.5}, "must be an integer, got a number"),
-             ({k: v for k, v in ok.items() if k != "d_in"}, "field 'd_in' is missing"),
-             ({**ok, "name": "abcdef"}, "is 6 characters long, at most 5"),
-             ({**ok, "xs": [1, 2, 3, 4]}, "has 4 items, at most 3"),
-             ({**ok, "xs": [1, 10]}, r"field 'xs'\[1\] must be between 0 and 9"),
-             ({**ok, "sub": {"k": 0}}, r"field 'sub'.k must be between 1"),
-             ([1], "the top level must be an object")]
+    cases = [
+        ({**ok, "d_in": -1}, "field 'd_in' must be between 1 and 4096, got -1"),
+        ({**ok, "d_in": True}, "field 'd_in' must be an integer, got a boolean"),
+        ({**ok, "d_in": 2.5}, "must be an integer, got a number"),
+        ({k: v for k, v in ok.items() if k != "d_in"}, "field 'd_in' is missing"),
+        ({**ok, "name": "abcdef"}, "is 6 characters long, at most 5"),
+        ({**ok, "xs": [1, 2, 3, 4]}, "has 4 items, at most 3"),
+        ({**ok, "xs": [1, 10]}, r"field 'xs'\[1\] must be between 0 and 9"),
+        ({**ok, "sub": {"k": 0}}, r"field 'sub'.k must be between 1"),
+        ([1], "the top level must be an object"),
+    ]
     for value, match in cases:
         with pytest.raises(UserError, match=match) as e:
             check(value, schema, where="f")
@@ -121,8 +133,15 @@ def test_no_unrestricted_loaders_in_the_package():
     bad = []
     for p in root.rglob("*.py"):
         src = p.read_text()
-        for needle in ("weights_only=False", "import pickle", "pickle.load", "yaml.load(",
-                       "allow_pickle=True", " eval(", "exec("):
+        for needle in (
+            "weights_only=False",
+            "import pickle",
+            "pickle.load",
+            "yaml.load(",
+            "allow_pickle=True",
+            " eval(",
+            "exec(",
+        ):
             if needle in src:
                 bad.append(f"{p.relative_to(root)}: {needle}")
         for line in src.splitlines():
@@ -148,18 +167,26 @@ def _saved_sae(tmp_path: Path) -> Path:
     from lmscope.dictionaries.io.saelens import save_saelens
 
     torch.manual_seed(0)
-    d = build(DictionaryConfig(d_in=8, d_sae=16, k=2, hook_name="blocks.0.resid_post", model_name="m"))
+    d = build(
+        DictionaryConfig(d_in=8, d_sae=16, k=2, hook_name="blocks.0.resid_post", model_name="m")
+    )
     return save_saelens(d, tmp_path / "sae")
 
 
-@pytest.mark.parametrize("change, match", [
-    ({"d_in": 9}, "d_in=9 but lmscope_config says 8"),
-    ({"d_in": -8}, "field 'd_in' must be between 1"),
-    ({"d_sae": 0}, "field 'd_sae' must be between 1"),
-    ({"d_sae": "16"}, "field 'd_sae' must be an integer"),
-    ({"metadata": {"lmscope_config": {"d_in": 9, "d_sae": 16}}}, "d_in=8 but lmscope_config says 9"),
-    ({"metadata": {"lmscope_config": {"d_in": -1, "d_sae": 16}}}, "lmscope_config"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"d_in": 9}, "d_in=9 but lmscope_config says 8"),
+        ({"d_in": -8}, "field 'd_in' must be between 1"),
+        ({"d_sae": 0}, "field 'd_sae' must be between 1"),
+        ({"d_sae": "16"}, "field 'd_sae' must be an integer"),
+        (
+            {"metadata": {"lmscope_config": {"d_in": 9, "d_sae": 16}}},
+            "d_in=8 but lmscope_config says 9",
+        ),
+        ({"metadata": {"lmscope_config": {"d_in": -1, "d_sae": 16}}}, "lmscope_config"),
+    ],
+)
 def test_saelens_cfg_with_wrong_or_negative_sizes_is_one_line(tmp_path, change, match):
     from lmscope.dictionaries.io.saelens import load_saelens
 
@@ -190,17 +217,24 @@ def test_graph_with_a_million_nodes_is_refused(tmp_path):
     from lmscope.trace.graph_files import MAX_NODES, read_graph
 
     g = tmp_path / "g.json"
-    base = {"metadata": {"slug": "x"}, "nodes": [{"node_id": "a"}, {"node_id": "b"}],
-            "links": [{"source": "a", "target": "b", "weight": 0.5}]}
+    base = {
+        "metadata": {"slug": "x"},
+        "nodes": [{"node_id": "a"}, {"node_id": "b"}],
+        "links": [{"source": "a", "target": "b", "weight": 0.5}],
+    }
     g.write_text(json.dumps(base))
     assert read_graph(g)["nodes"][1]["node_id"] == "b"
     g.write_text('{"metadata": {}, "links": [], "nodes": [' + ",".join(["{}"] * 1_000_000) + "]}")
     with pytest.raises(UserError, match=f"has 1000000 items, at most {MAX_NODES}"):
         read_graph(g)
-    for bad, match in [({**base, "nodes": [{"node_id": 3}]}, r"nodes'\[0\].node_id must be a string"),
-                       ({**base, "links": [{"source": "a", "target": "b", "weight": "x"}]},
-                        "weight must be a number"),
-                       ({**base, "nodes": "x"}, "not a graph JSON")]:
+    for bad, match in [
+        ({**base, "nodes": [{"node_id": 3}]}, r"nodes'\[0\].node_id must be a string"),
+        (
+            {**base, "links": [{"source": "a", "target": "b", "weight": "x"}]},
+            "weight must be a number",
+        ),
+        ({**base, "nodes": "x"}, "not a graph JSON"),
+    ]:
         g.write_text(json.dumps(bad))
         with pytest.raises(UserError, match=match):
             read_graph(g)

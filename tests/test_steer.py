@@ -33,7 +33,9 @@ def lm():
 
 @pytest.fixture(scope="module")
 def dicts(lm):
-    sae = build(DictionaryConfig(d_in=lm.d_model, d_sae=96, arch="relu", hook_name=HOOK, seed=3)).eval()
+    sae = build(
+        DictionaryConfig(d_in=lm.d_model, d_sae=96, arch="relu", hook_name=HOOK, seed=3)
+    ).eval()
     with torch.no_grad():
         sae.b_enc.fill_(0.01)
     tc = build(transcoder_config(0, lm.d_model, 64, arch="topk", k=4, seed=1)).eval()
@@ -53,7 +55,8 @@ def test_empty_intervention_is_the_identity(lm, dicts):
 
 
 def test_add_changes_the_feature_by_the_expected_amount(lm, dicts):
-    """+c on feature f moves its pre-activation (re-encoded) by c * <decoder row, encoder column>."""
+    """+c on feature f moves its pre-activation (re-encoded) by c * <decoder row, encoder
+    column>."""
     sae, f, c = dicts[HOOK], 11, 8.0
     toks = lm.to_tokens(PROMPT)
     edits = feature_edits(parse_interventions([f"{HOOK}/{f}=+{c}"], dicts), dicts)
@@ -63,7 +66,9 @@ def test_add_changes_the_feature_by_the_expected_amount(lm, dicts):
     row = decoder_rows(sae)[f]
     assert torch.allclose(after - before, (c * row).expand_as(before), atol=1e-5)
     d_pre = (after - before) @ aff.weight[:, f]
-    assert torch.allclose(d_pre, torch.full_like(d_pre, c * float(row @ aff.weight[:, f])), atol=1e-4)
+    assert torch.allclose(
+        d_pre, torch.full_like(d_pre, c * float(row @ aff.weight[:, f])), atol=1e-4
+    )
 
 
 def test_clamp_scale_ablate_keep_the_error(lm, dicts):
@@ -73,8 +78,11 @@ def test_clamp_scale_ablate_keep_the_error(lm, dicts):
     a = sae.encode(x).detach()
     f = int(a.sum(0).argmax())  # an active feature
     row = decoder_rows(sae)[f]
-    for spec, new in ((f"{HOOK}/{f}=3", torch.full_like(a[:, f], 3.0)), (f"{HOOK}/{f}=*2", 2 * a[:, f]),
-                      (f"{HOOK}/{f}=0", torch.zeros_like(a[:, f]))):
+    for spec, new in (
+        (f"{HOOK}/{f}=3", torch.full_like(a[:, f], 3.0)),
+        (f"{HOOK}/{f}=*2", 2 * a[:, f]),
+        (f"{HOOK}/{f}=0", torch.zeros_like(a[:, f])),
+    ):
         edits = feature_edits(parse_interventions([spec], dicts), dicts)
         y = run(lm, toks, capture=[HOOK], edits=edits).acts[HOOK][0]
         assert torch.allclose(y - x, (new - a[:, f])[:, None] * row, atol=1e-5), spec
@@ -124,8 +132,10 @@ def test_generation_matches_hf_greedy_and_steering_changes_it(lm, dicts):
     text, probs = generate(lm, PROMPT, max_new_tokens=6)
     full = lm.tokenizer.decode(hf[0].tolist(), skip_special_tokens=True)
     head = lm.tokenizer.decode(toks[0].tolist(), skip_special_tokens=True)
-    assert head + text == full and text.startswith(" ")  # the space between prompt and continuation kept
-    assert text.strip() == lm.tokenizer.decode(hf[0, toks.shape[1]:].tolist())
+    assert head + text == full and text.startswith(
+        " "
+    )  # the space between prompt and continuation kept
+    assert text.strip() == lm.tokenizer.decode(hf[0, toks.shape[1] :].tolist())
     assert probs.sum() == pytest.approx(1.0, abs=1e-4)
     edits = feature_edits(parse_interventions([f"{HOOK}/11=+40"], dicts), dicts)
     cmp = compare(lm, PROMPT, edits, max_new_tokens=6, targets=[4])
@@ -149,11 +159,42 @@ def test_cli_steer(lm, tmp_path, capsys, tiny_model_dir):
     from test_trace import make_atlas
 
     root, _ = make_atlas(tmp_path, lm, tiny_model_dir("llama", n_layers=3), transcoders=False)
-    assert main(["steer", str(root), PROMPT, "--feature", "blocks.2.resid_post/3=+5", "--vector", "love", "hate",
-                 "--layer", "1", "--coeff", "4", "--generate", "5", "--target", "cat", "--json"]) == 0
+    assert (
+        main(
+            [
+                "steer",
+                str(root),
+                PROMPT,
+                "--feature",
+                "blocks.2.resid_post/3=+5",
+                "--vector",
+                "love",
+                "hate",
+                "--layer",
+                "1",
+                "--coeff",
+                "4",
+                "--generate",
+                "5",
+                "--target",
+                "cat",
+                "--json",
+            ]
+        )
+        == 0
+    )
     d = json.loads(capsys.readouterr().out)
-    assert len(d["interventions"]) == 2 and d["targets"][0]["token"] == "cat" and d["vector"]["coeff"] == 4
-    assert main(["steer", str(root), PROMPT, "--feature", "blocks.2.resid_post/3=+5", "--generate", "3"]) == 0
+    assert (
+        len(d["interventions"]) == 2
+        and d["targets"][0]["token"] == "cat"
+        and d["vector"]["coeff"] == 4
+    )
+    assert (
+        main(
+            ["steer", str(root), PROMPT, "--feature", "blocks.2.resid_post/3=+5", "--generate", "3"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "unsteered:" in out and "steered:" in out
     assert main(["steer", str(root), PROMPT, "--feature", "blocks.7.resid_post/3=+5"]) == 2
@@ -174,22 +215,59 @@ def test_hooked_is_the_only_mechanism(lm, dicts):
 def test_cli_steer_vector_without_atlas(lm, capsys, tiny_model_dir):
     """--vector needs only a model: `lmscope steer --model DIR PROMPT --vector A B --layer L`."""
     model_dir = tiny_model_dir("llama", n_layers=3)  # the weights of `lm`
-    argv = ["steer", "--model", str(model_dir), PROMPT, "--vector", "love", "hate", "--layer", "1",
-            "--coeff", "4", "--generate", "4", "--target", "cat", "--json"]
+    argv = [
+        "steer",
+        "--model",
+        str(model_dir),
+        PROMPT,
+        "--vector",
+        "love",
+        "hate",
+        "--layer",
+        "1",
+        "--coeff",
+        "4",
+        "--generate",
+        "4",
+        "--target",
+        "cat",
+        "--json",
+    ]
     assert main(argv) == 0
     d = json.loads(capsys.readouterr().out)
     sv = steering_vector(lm, "love", "hate", layer=1)
-    ref = compare(lm, PROMPT, vector_edits(sv, 4.0), max_new_tokens=4, targets=[d["targets"][0]["id"]])
+    ref = compare(
+        lm, PROMPT, vector_edits(sv, 4.0), max_new_tokens=4, targets=[d["targets"][0]["id"]]
+    )
     assert d["steered"] == ref.steered and d["unsteered"] == ref.unsteered
     assert d["targets"] == json.loads(json.dumps(ref.targets))
     assert d["vector"]["hook"] == "blocks.1.resid_pre" and d["vector"]["coeff"] == 4
-    assert d["next_tokens"] == json.loads(json.dumps(ref.next_tokens)) and len(d["next_tokens"]) >= 5
+    assert (
+        d["next_tokens"] == json.loads(json.dumps(ref.next_tokens)) and len(d["next_tokens"]) >= 5
+    )
     # Without an atlas: features are refused, and the model is required; one line each.
-    for bad, needle in ((["steer", "--model", str(model_dir), PROMPT, "--feature", f"{HOOK}/3=+5"], "needs an atlas"),
-                        (["steer", PROMPT, "--vector", "love", "hate", "--layer", "1"], "--model"),
-                        (["steer", "a", "b", "c", "--vector", "x", "y", "--layer", "1"], "quote the prompt"),
-                        (["steer", "--model", str(model_dir), PROMPT, "--vector", "love", "hate", "--layer", "9"],
-                         "out of range")):
+    for bad, needle in (
+        (
+            ["steer", "--model", str(model_dir), PROMPT, "--feature", f"{HOOK}/3=+5"],
+            "needs an atlas",
+        ),
+        (["steer", PROMPT, "--vector", "love", "hate", "--layer", "1"], "--model"),
+        (["steer", "a", "b", "c", "--vector", "x", "y", "--layer", "1"], "quote the prompt"),
+        (
+            [
+                "steer",
+                "--model",
+                str(model_dir),
+                PROMPT,
+                "--vector",
+                "love",
+                "hate",
+                "--layer",
+                "9",
+            ],
+            "out of range",
+        ),
+    ):
         assert main(bad) == 2, bad
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and needle in err, err
@@ -200,8 +278,16 @@ def test_steer_is_the_shared_engine(lm, dicts):
     from lmscope.steer import VectorSpec, steer
 
     spec = f"{HOOK}/11=+8"
-    res = steer(lm, dicts, PROMPT, features=[spec], vector=VectorSpec("love", "hate", 1, coeff=3.0),
-                max_new_tokens=4, targets=["cat"], top=3)
+    res = steer(
+        lm,
+        dicts,
+        PROMPT,
+        features=[spec],
+        vector=VectorSpec("love", "hate", 1, coeff=3.0),
+        max_new_tokens=4,
+        targets=["cat"],
+        top=3,
+    )
     edits = feature_edits(parse_interventions([spec], dicts), dicts)
     sv = steering_vector(lm, "love", "hate", layer=1)
     vec = vector_edits(sv, 3.0)["blocks.1.resid_pre"]

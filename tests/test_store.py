@@ -29,14 +29,24 @@ def tiny(tmp_path_factory, tiny_model_dir):
     d = tmp_path_factory.mktemp("tiny")
     (d / "model").symlink_to(tiny_model_dir("llama", n_layers=3))
     r = random.Random(0)
-    (d / "corpus.txt").write_text("\n\n".join(" ".join(r.choice(WORDS) for _ in range(r.randint(10, 60)))
-                                              for _ in range(400)))
+    (d / "corpus.txt").write_text(
+        "\n\n".join(" ".join(r.choice(WORDS) for _ in range(r.randint(10, 60))) for _ in range(400))
+    )
     return d, load_model(str(d / "model"))
 
 
 def _cfg(d: Path, out: Path, **kw) -> CaptureConfig:
-    base = dict(model=str(d / "model"), hooks=HOOKS, corpus=str(d / "corpus.txt"), tokens=4096, ctx_len=32,
-                batch_size=8, out=str(out), shard_mb=0.1, progress=False)
+    base = dict(
+        model=str(d / "model"),
+        hooks=HOOKS,
+        corpus=str(d / "corpus.txt"),
+        tokens=4096,
+        ctx_len=32,
+        batch_size=8,
+        out=str(out),
+        shard_mb=0.1,
+        progress=False,
+    )
     base.update(kw)
     return CaptureConfig(**base)
 
@@ -49,13 +59,19 @@ def test_store_holds_exactly_the_model_activations(tiny, tmp_path):
     d, lm = tiny
     res = capture_to_store(_cfg(d, tmp_path / "s"), lm=lm)
     st = ActivationStore(res.out)
-    assert res.tokens == st.n_tokens == 4096 and st.n_contexts == 128 and len(st.manifest["shards"]) > 1
+    assert (
+        res.tokens == st.n_tokens == 4096
+        and st.n_contexts == 128
+        and len(st.manifest["shards"]) > 1
+    )
     assert st.model == lm.name and st.fingerprint["d_model"] == lm.d_model
     assert not (res.out / PROGRESS).exists()
     toks = st.tokens()
     assert toks.shape == (128, 32) and (toks[:, 0] == lm.bos_token_id).all()
     # The stored activations are the model's own at these tokens.
-    got = torch.cat([st.shard_acts(i, "blocks.2.resid_post")[1] for i in range(len(st.manifest["shards"]))])
+    got = torch.cat(
+        [st.shard_acts(i, "blocks.2.resid_post")[1] for i in range(len(st.manifest["shards"]))]
+    )
     ref = lm.run(toks[:16], capture=["blocks.2.resid_post"]).acts["blocks.2.resid_post"]
     torch.testing.assert_close(got[:16], ref, rtol=1e-5, atol=1e-5)
     # Norm statistics match a direct computation over non-BOS positions.
@@ -71,15 +87,21 @@ def test_batches_are_aligned_across_hooks_and_cover_every_row_once(tiny, tmp_pat
     d, lm = tiny
     st = ActivationStore(capture_to_store(_cfg(d, tmp_path / "s"), lm=lm).out)
     kw = dict(seed=7, window=2)
-    pre, attn, mid = (torch.cat(list(st.batches(h, 300, **kw)))
-                      for h in ("blocks.1.resid_pre", "blocks.1.attn_out", "blocks.1.resid_mid"))
+    pre, attn, mid = (
+        torch.cat(list(st.batches(h, 300, **kw)))
+        for h in ("blocks.1.resid_pre", "blocks.1.attn_out", "blocks.1.resid_mid")
+    )
     # Same seed, same row order for every hook: resid_mid = resid_pre + attn_out row by row.
     torch.testing.assert_close(mid, pre + attn, rtol=1e-4, atol=1e-4)
     toks = st.tokens()
     keep = st.mask(toks)
     assert mid.shape[0] == int(keep.sum())
-    every = torch.cat([st.shard_acts(i, "blocks.1.resid_mid")[1] for i in range(len(st.manifest["shards"]))])[keep]
-    assert torch.equal(mid.sum(1).sort().values, every.sum(1).sort().values)  # a permutation of all rows
+    every = torch.cat(
+        [st.shard_acts(i, "blocks.1.resid_mid")[1] for i in range(len(st.manifest["shards"]))]
+    )[keep]
+    assert torch.equal(
+        mid.sum(1).sort().values, every.sum(1).sort().values
+    )  # a permutation of all rows
     assert not torch.equal(mid, every)  # and actually shuffled
     other = torch.cat(list(st.batches("blocks.1.resid_mid", 300, seed=8, window=2)))
     assert not torch.equal(other, mid)
@@ -148,8 +170,11 @@ def test_complete_store_is_never_rewritten(tiny, tmp_path):
 
 def test_bf16_store_and_peak_buffer_bounded_by_shard(tiny, tmp_path):
     d, lm = tiny
-    st = ActivationStore(capture_to_store(_cfg(d, tmp_path / "s", dtype="bfloat16", hooks="blocks.2.resid_post"),
-                                          lm=lm).out)
+    st = ActivationStore(
+        capture_to_store(
+            _cfg(d, tmp_path / "s", dtype="bfloat16", hooks="blocks.2.resid_post"), lm=lm
+        ).out
+    )
     assert st.dtype == torch.bfloat16
     x = next(iter(st.batches("blocks.2.resid_post", 64)))
     assert x.dtype == torch.bfloat16 and x.shape == (64, lm.d_model)
@@ -177,37 +202,66 @@ def test_disk_checks_are_one_line(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr("safetensors.torch.save_file", full)
     with pytest.raises(UserError, match="disk is full"):
         capture_to_store(_cfg(d, tmp_path / "b"), lm=lm)
-    assert not (tmp_path / "b" / MANIFEST).exists() and not list((tmp_path / "b").glob("*.safetensors"))
+    assert not (tmp_path / "b" / MANIFEST).exists() and not list(
+        (tmp_path / "b").glob("*.safetensors")
+    )
     assert S  # the module under test wrote nothing that looks complete
 
 
 def test_capture_cli(tiny, tmp_path, capsys):
     d, _ = tiny
     out = tmp_path / "cli"
-    args = ["capture", "--model", str(d / "model"), "--hooks", "blocks.0.resid_post,blocks.*.mlp_out",
-            "--corpus", str(d / "corpus.txt"), "--tokens", "2048", "--ctx-len", "32", "--out", str(out),
-            "--no-progress", "--json"]
+    args = [
+        "capture",
+        "--model",
+        str(d / "model"),
+        "--hooks",
+        "blocks.0.resid_post,blocks.*.mlp_out",
+        "--corpus",
+        str(d / "corpus.txt"),
+        "--tokens",
+        "2048",
+        "--ctx-len",
+        "32",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--json",
+    ]
     assert main(args) == 0
     res = json.loads(capsys.readouterr().out)
-    assert res["tokens"] == 2048 and res["hooks"] == ["blocks.0.mlp_out", "blocks.0.resid_post",
-                                                        "blocks.1.mlp_out", "blocks.2.mlp_out"]
+    assert res["tokens"] == 2048 and res["hooks"] == [
+        "blocks.0.mlp_out",
+        "blocks.0.resid_post",
+        "blocks.1.mlp_out",
+        "blocks.2.mlp_out",
+    ]
     assert set(res["norms"]) == set(res["hooks"]) and res["tokens_per_s"] > 0
     assert main(args[:-1]) == 0
     assert "already complete" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("change, msg", [
-    ({"--hooks": "blocks.1.resid_pots"}, "resid_post"),
-    ({"--model": "no-such-model-xyz"}, "no-such-model-xyz"),
-    ({"--corpus": "/nonexistent/corpus.txt"}, "corpus not found"),
-    ({"--tokens": "0"}, "--tokens"),
-    ({"--tokens": "lots"}, "lots"),
-    ({"--ctx-len": "1"}, "ctx-len"),
-])
+@pytest.mark.parametrize(
+    "change, msg",
+    [
+        ({"--hooks": "blocks.1.resid_pots"}, "resid_post"),
+        ({"--model": "no-such-model-xyz"}, "no-such-model-xyz"),
+        ({"--corpus": "/nonexistent/corpus.txt"}, "corpus not found"),
+        ({"--tokens": "0"}, "--tokens"),
+        ({"--tokens": "lots"}, "lots"),
+        ({"--ctx-len": "1"}, "ctx-len"),
+    ],
+)
 def test_capture_cli_errors(tiny, tmp_path, capsys, change, msg):
     d, _ = tiny
-    flags = {"--model": str(d / "model"), "--hooks": "blocks.1.resid_post", "--corpus": str(d / "corpus.txt"),
-             "--tokens": "1k", "--ctx-len": "32", "--out": str(tmp_path / "x")}
+    flags = {
+        "--model": str(d / "model"),
+        "--hooks": "blocks.1.resid_post",
+        "--corpus": str(d / "corpus.txt"),
+        "--tokens": "1k",
+        "--ctx-len": "32",
+        "--out": str(tmp_path / "x"),
+    }
     flags.update(change)
     argv = ["capture", "--no-progress"] + [t for kv in flags.items() for t in kv]
     try:
@@ -223,9 +277,27 @@ def test_capture_cli_errors(tiny, tmp_path, capsys, change, msg):
 def test_empty_corpus_cli(tiny, tmp_path, capsys):
     d, _ = tiny
     (tmp_path / "empty.txt").write_text("")
-    assert main(["capture", "--model", str(d / "model"), "--hooks", "blocks.1.resid_post", "--corpus",
-                 str(tmp_path / "empty.txt"), "--tokens", "1k", "--ctx-len", "32", "--out",
-                 str(tmp_path / "x"), "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "capture",
+                "--model",
+                str(d / "model"),
+                "--hooks",
+                "blocks.1.resid_post",
+                "--corpus",
+                str(tmp_path / "empty.txt"),
+                "--tokens",
+                "1k",
+                "--ctx-len",
+                "32",
+                "--out",
+                str(tmp_path / "x"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "no text" in capsys.readouterr().err
 
 
@@ -235,8 +307,26 @@ def test_default_model_capture(tmp_path, capsys):
     if os.environ.get("LMSCOPE_SKIP_DEFAULT") == "1":
         pytest.skip("LMSCOPE_SKIP_DEFAULT=1")
     out = tmp_path / "st"
-    assert main(["capture", "--hooks", "blocks.3.resid_post,blocks.15.resid_post", "--tokens", "1024",
-                 "--ctx-len", "128", "--batch-size", "8", "--out", str(out), "--no-progress", "--json"]) == 0
+    assert (
+        main(
+            [
+                "capture",
+                "--hooks",
+                "blocks.3.resid_post,blocks.15.resid_post",
+                "--tokens",
+                "1024",
+                "--ctx-len",
+                "128",
+                "--batch-size",
+                "8",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--json",
+            ]
+        )
+        == 0
+    )
     res = json.loads(capsys.readouterr().out)
     n3, n15 = res["norms"]["blocks.3.resid_post"], res["norms"]["blocks.15.resid_post"]
     assert res["tokens"] == 1024

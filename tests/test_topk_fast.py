@@ -60,7 +60,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items() if k != "out_hook_name"))
+@pytest.mark.parametrize(
+    "case", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items() if k != "out_hook_name")
+)
 @pytest.mark.parametrize("with_dead", [False, True], ids=["no-dead", "auxk"])
 def test_fast_path_equals_dense_reference(case, with_dead):
     torch.manual_seed(0)
@@ -77,7 +79,9 @@ def test_fast_path_equals_dense_reference(case, with_dead):
 
     out = d.loss(x, target, dead_mask=dead)
     fast = _grads(d, out.loss)
-    ref_loss, ref_mse, ref_aux = _dense_reference(d, x, target, dead, batch_topk=cfg.arch == "batchtopk")
+    ref_loss, ref_mse, ref_aux = _dense_reference(
+        d, x, target, dead, batch_topk=cfg.arch == "batchtopk"
+    )
     ref = _grads(d, ref_loss)
 
     torch.testing.assert_close(out.loss, ref_loss.detach(), rtol=1e-5, atol=1e-5)
@@ -88,8 +92,13 @@ def test_fast_path_equals_dense_reference(case, with_dead):
     assert set(fast) == set(ref) and "W_enc" in fast and "W_dec" in fast and "b_dec" in fast
     for name in ref:
         scale = ref[name].abs().max().item()
-        torch.testing.assert_close(fast[name], ref[name], rtol=1e-4, atol=1e-5 * max(1.0, scale),
-                                   msg=lambda m, n=name: f"gradient of {n}: {m}")
+        torch.testing.assert_close(
+            fast[name],
+            ref[name],
+            rtol=1e-4,
+            atol=1e-5 * max(1.0, scale),
+            msg=lambda m, n=name: f"gradient of {n}: {m}",
+        )
 
 
 def test_kernels_directly_against_autograd():
@@ -104,7 +113,7 @@ def test_kernels_directly_against_autograd():
     vals, idx = pre.topk(k, dim=-1)
     g_out = torch.randn(batch, 12)
 
-    ref = (torch.zeros_like(pre).scatter(-1, idx, vals.relu()) @ W_dec)
+    ref = torch.zeros_like(pre).scatter(-1, idx, vals.relu()) @ W_dec
     ref_grads = torch.autograd.grad((ref * g_out).sum(), [x, W_enc, b_enc, W_dec])
 
     v = sparse_encoder_grad(x, W_enc, b_enc, vals.detach().relu(), idx)

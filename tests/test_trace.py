@@ -1,4 +1,5 @@
-"""`trace`: DLA and gradient x activation on tiny real models, checked by ablation; the CLI end to end."""
+"""`trace`: DLA and gradient x activation on tiny real models, checked by ablation; the CLI end to
+end."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ def small_saes(lm, scale=0.1):
     """Random TopK SAEs whose features write small vectors (so first-order predictions hold)."""
     out = {}
     for i, h in enumerate(SAE_HOOKS):
-        d = build(DictionaryConfig(d_in=lm.d_model, d_sae=128, arch="topk", k=8, hook_name=h, seed=i))
+        d = build(
+            DictionaryConfig(d_in=lm.d_model, d_sae=128, arch="topk", k=8, hook_name=h, seed=i)
+        )
         with torch.no_grad():
             d.W_dec.mul_(scale)
         out[h] = d.eval()
@@ -78,7 +81,8 @@ def test_grad_x_act_predicts_ablation(lm):
 
 
 def test_special_positions_are_left_out_unless_asked(lm):
-    """Dictionaries never trained on BOS: its off-distribution encodings are not ranked by default."""
+    """Dictionaries never trained on BOS: its off-distribution encodings are not ranked by
+    default."""
     saes = small_saes(lm)
     res = trace(lm, saes, PROMPT, top=10_000)
     assert res.features and all(f.pos > 0 for f in res.features)
@@ -87,11 +91,14 @@ def test_special_positions_are_left_out_unless_asked(lm):
     from lmscope.models.tokens import token_mask
 
     keep = token_mask(lm, lm.to_tokens(PROMPT))[0]  # not BOS, not a special token (e.g. <unk>)
-    assert {(f.id, f.pos) for f in res.features} == {(f.id, f.pos) for f in every.features if keep[f.pos]}
+    assert {(f.id, f.pos) for f in res.features} == {
+        (f.id, f.pos) for f in every.features if keep[f.pos]
+    }
 
 
 def test_dla_is_the_direct_path_through_the_frozen_final_norm(lm):
-    """DLA of a last-layer feature = what it writes x frozen norm scale x norm weight . W_U[target]."""
+    """DLA of a last-layer feature = what it writes x frozen norm scale x norm weight .
+    W_U[target]."""
     saes = small_saes(lm)
     res = trace(lm, saes, PROMPT, top=200)
     toks = lm.to_tokens(PROMPT)
@@ -100,11 +107,15 @@ def test_dla_is_the_direct_path_through_the_frozen_final_norm(lm):
     inv = torch.rsqrt(resid.pow(2).mean() + norm.variance_epsilon)
     u = lm.model.get_output_embeddings().weight[res.target_id].detach()
     d = saes["blocks.2.resid_post"]
-    rows = [r for r in res.features if r.hook == "blocks.2.resid_post" and r.pos == toks.shape[1] - 1]
+    rows = [
+        r for r in res.features if r.hook == "blocks.2.resid_post" and r.pos == toks.shape[1] - 1
+    ]
     assert rows
     for r in rows:
         v = r.activation * decoder_rows(d)[r.feature]
-        assert r.dla == pytest.approx(float((v * inv * norm.weight.detach()) @ u), rel=1e-4, abs=1e-7)
+        assert r.dla == pytest.approx(
+            float((v * inv * norm.weight.detach()) @ u), rel=1e-4, abs=1e-7
+        )
     # Features at earlier positions have no direct path to the last logits.
     assert all(r.dla == 0 for r in res.features if r.pos != toks.shape[1] - 1)
 
@@ -161,8 +172,24 @@ def _target_logit_with(lm, toks, target, hook=None, pos=None, delta=None):
 def test_cli_trace_json_and_verify(atlas, lm, capsys):
     """The CLI's numbers, recomputed by hand: target logit, activations, ablations (error kept)."""
     root, dicts = atlas
-    assert main(["trace", str(root), PROMPT, "--target", "cat", "--verify", "--top", "5", "--json",
-                 "--hooks", "blocks.*.resid_post"]) == 0
+    assert (
+        main(
+            [
+                "trace",
+                str(root),
+                PROMPT,
+                "--target",
+                "cat",
+                "--verify",
+                "--top",
+                "5",
+                "--json",
+                "--hooks",
+                "blocks.*.resid_post",
+            ]
+        )
+        == 0
+    )
     d = json.loads(capsys.readouterr().out)
     assert d["target"] == "cat" and len(d["features"]) == 5
     assert all(f["hook"].endswith("resid_post") for f in d["features"])
@@ -202,21 +229,57 @@ def test_cli_graph_writes_viewer_json(atlas, tmp_path, capsys):
     assert main(["graph", str(root), PROMPT, "--out", str(out), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     g = json.loads(out.read_text())
-    assert set(g) == {"metadata", "qParams", "nodes", "links"} and summary["links"] == len(g["links"])
+    assert set(g) == {"metadata", "qParams", "nodes", "links"} and summary["links"] == len(
+        g["links"]
+    )
     meta = g["metadata"]["lmscope"]
-    for k in ("replacement_score", "pruned_completeness_score", "unexpanded_fraction", "circuit_tracer_scores"):
+    for k in (
+        "replacement_score",
+        "pruned_completeness_score",
+        "unexpanded_fraction",
+        "circuit_tracer_scores",
+    ):
         assert summary[k] == meta[k]
     # A graph with fewer feature nodes than active features says how many were left out.
-    assert main(["graph", str(root), PROMPT, "--out", str(tmp_path / "small.json"), "--max-feature-nodes", "5"]) == 0
+    assert (
+        main(
+            [
+                "graph",
+                str(root),
+                PROMPT,
+                "--out",
+                str(tmp_path / "small.json"),
+                "--max-feature-nodes",
+                "5",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     small = json.loads((tmp_path / "small.json").read_text())["metadata"]["lmscope"]
     n, left = small["active_features"], small["unexpanded_features"]
     assert left == n - 5 > 0
     assert f"{left} of {n} active features ({left / n:.1%}) not expanded" in text
     assert "as circuit-tracer computes them" in text
-    assert main(["graph", str(root), PROMPT, "--out", str(out)]) == 2  # no overwrite without --force
+    assert (
+        main(["graph", str(root), PROMPT, "--out", str(out)]) == 2
+    )  # no overwrite without --force
     assert "--force" in capsys.readouterr().err
-    assert main(["graph", str(root), PROMPT, "--out", str(out), "--force", "--max-memory-gb", "0.000001"]) == 2
+    assert (
+        main(
+            [
+                "graph",
+                str(root),
+                PROMPT,
+                "--out",
+                str(out),
+                "--force",
+                "--max-memory-gb",
+                "0.000001",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "needs about" in err and "GB" in err
 
@@ -273,13 +336,16 @@ def test_cli_trace_shows_atlas_labels(lm, tmp_path, capsys, tiny_model_dir):
 
 @pytest.mark.slow
 def test_real_model_trace_and_graph(default_lm):
-    """SmolLM2: the Paris logit's grad x act predicts ablations; the replacement forward is exact."""
+    """SmolLM2: the Paris logit's grad x act predicts ablations; the replacement forward is
+    exact."""
     lm = default_lm
     prompt = "The capital of France is"
     saes = {}
     for L in (10, 20):
         h = f"blocks.{L}.resid_post"
-        saes[h] = build(DictionaryConfig(d_in=lm.d_model, d_sae=1024, arch="topk", k=16, hook_name=h, seed=L)).eval()
+        saes[h] = build(
+            DictionaryConfig(d_in=lm.d_model, d_sae=1024, arch="topk", k=16, hook_name=h, seed=L)
+        ).eval()
     res = trace(lm, saes, prompt, target=" Paris", top=5)
     assert res.target == " Paris" and res.prob > 0.3
     ver = verify(lm, saes, res, top=3)
@@ -291,8 +357,10 @@ def test_real_model_trace_and_graph(default_lm):
         assert abs(v["actual"] - v["predicted"]) < 0.5 * abs(v["actual"]) + 1e-3
     from lmscope.trace import replacement
 
-    tcs = {L: build(transcoder_config(L, lm.d_model, 512, arch="topk", k=16, seed=L)).eval()
-           for L in range(lm.n_layers)}
+    tcs = {
+        L: build(transcoder_config(L, lm.d_model, 512, arch="topk", k=16, seed=L)).eval()
+        for L in range(lm.n_layers)
+    }
     toks = lm.to_tokens(prompt)
     with replacement(lm, tcs, toks) as rep:
         out = rep.forward(1).logits[0]

@@ -48,15 +48,47 @@ def tiny_dir(tmp_path_factory, tiny_model_dir):
 
 
 def _args(d: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "--model", str(d / "model"), "--hooks", "blocks.1.resid_post", "--width", "4x",
-            "--k", "4", "--tokens", "6k", "--batch-size", "512", "--ctx-len", "32",
-            "--corpus", str(d / "corpus.txt"), "--out", str(out), "--no-progress", *extra]
+    return [
+        "train",
+        "--model",
+        str(d / "model"),
+        "--hooks",
+        "blocks.1.resid_post",
+        "--width",
+        "4x",
+        "--k",
+        "4",
+        "--tokens",
+        "6k",
+        "--batch-size",
+        "512",
+        "--ctx-len",
+        "32",
+        "--corpus",
+        str(d / "corpus.txt"),
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _cfg(d: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(model=str(d / "model"), hooks="blocks.1.resid_post,blocks.2.resid_post", width="4x", k=4,
-                tokens=6144, batch_size=512, ctx_len=32, corpus=str(d / "corpus.txt"), out=str(out),
-                progress=False, checkpoint_every=0, dead_tokens=1024, shuffle_buffer=4)
+    base = dict(
+        model=str(d / "model"),
+        hooks="blocks.1.resid_post,blocks.2.resid_post",
+        width="4x",
+        k=4,
+        tokens=6144,
+        batch_size=512,
+        ctx_len=32,
+        corpus=str(d / "corpus.txt"),
+        out=str(out),
+        progress=False,
+        checkpoint_every=0,
+        dead_tokens=1024,
+        shuffle_buffer=4,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -80,7 +112,7 @@ def test_train_streaming_cli(tiny_dir, tmp_path, capsys):
     out = tmp_path / "atlas"
     assert main(_args(tiny_dir, out, "--json")) == 0
     res = json.loads(capsys.readouterr().out)
-    (h, row), = res["dictionaries"].items()
+    ((h, row),) = res["dictionaries"].items()
     assert h == "blocks.1.resid_post"
     assert 0 < row["fvu"] < 1 and row["l0"] <= 4
     manifest = AtlasLayout(out).read()
@@ -101,14 +133,16 @@ def test_train_streaming_cli(tiny_dir, tmp_path, capsys):
 
     lm = load_model(str(tiny_dir / "model"))
     sae = load_dictionary(folder)
-    x = lm.run(lm.to_tokens("the cat sat on the big red house and the dog ran to the city"),
-               capture=[h]).acts[h][0, 1:]
+    x = lm.run(
+        lm.to_tokens("the cat sat on the big red house and the dog ran to the city"), capture=[h]
+    ).acts[h][0, 1:]
     fvu = ((sae(x) - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()).item()
     assert fvu < 0.9
 
 
 def test_one_pass_feeds_all_dictionaries_and_resume_is_exact(tiny_dir, tmp_path):
-    """Interrupt after 3 steps, resume: the final weights equal an uninterrupted run's, bit for bit."""
+    """Interrupt after 3 steps, resume: the final weights equal an uninterrupted run's, bit for
+    bit."""
     full = train(_cfg(tiny_dir, tmp_path / "full"))
     assert set(full.dictionaries) == {"blocks.1.resid_post", "blocks.2.resid_post"}
     with pytest.raises(Interrupted) as e:
@@ -152,9 +186,17 @@ def test_checkpoint_atomicity(tiny_dir, tmp_path):
 
 
 def test_transcoder_training(tiny_dir, tmp_path):
-    res = train(_cfg(tiny_dir, tmp_path / "tc", hooks="blocks.1.resid_post", transcode=True, skip=True,
-                     tokens=30_000))
-    (h, path), = res.dictionaries.items()
+    res = train(
+        _cfg(
+            tiny_dir,
+            tmp_path / "tc",
+            hooks="blocks.1.resid_post",
+            transcode=True,
+            skip=True,
+            tokens=30_000,
+        )
+    )
+    ((h, path),) = res.dictionaries.items()
     assert h == "blocks.1.mlp_in"
     d = load_dictionary(path)
     assert d.cfg.out_hook_name == "blocks.1.mlp_out" and d.cfg.skip
@@ -163,8 +205,10 @@ def test_transcoder_training(tiny_dir, tmp_path):
 
 @pytest.mark.parametrize("arch", ["batchtopk", "jumprelu", "relu"])
 def test_other_architectures_train(tiny_dir, tmp_path, arch):
-    res = train(_cfg(tiny_dir, tmp_path / arch, hooks="blocks.1.resid_post", arch=arch, tokens=4096))
-    (h, hist), = res.history.items()
+    res = train(
+        _cfg(tiny_dir, tmp_path / arch, hooks="blocks.1.resid_post", arch=arch, tokens=4096)
+    )
+    ((h, hist),) = res.history.items()
     first, last = sum(m.loss for m in hist[:2]) / 2, sum(m.loss for m in hist[-2:]) / 2
     assert last < first, [m.loss for m in hist]  # the loss goes down for every architecture
     assert load_dictionary(res.dictionaries[h]).cfg.arch == arch
@@ -185,9 +229,21 @@ def test_bad_inputs_one_line(tiny_dir, tmp_path, capsys):
     assert "less than one batch" in err(_args(tiny_dir, out, "--tokens", "100"))
     # An interrupted run, resumed with other settings, is refused with the changes listed.
     with pytest.raises(Interrupted):
-        train(TrainConfig(model=str(tiny_dir / "model"), hooks="blocks.1.resid_post", width="4x", k=4,
-                          tokens=6000, batch_size=512, ctx_len=32, corpus=str(tiny_dir / "corpus.txt"),
-                          out=str(out), progress=False), stop_after=2)
+        train(
+            TrainConfig(
+                model=str(tiny_dir / "model"),
+                hooks="blocks.1.resid_post",
+                width="4x",
+                k=4,
+                tokens=6000,
+                batch_size=512,
+                ctx_len=32,
+                corpus=str(tiny_dir / "corpus.txt"),
+                out=str(out),
+                progress=False,
+            ),
+            stop_after=2,
+        )
     e = err(_args(tiny_dir, out, "--k", "8"))
     assert "k: 4 -> 8" in e and "--force" in e
     assert Checkpoints(AtlasLayout(out)).read_state().step == 2  # untouched
@@ -197,14 +253,22 @@ def test_bad_inputs_one_line(tiny_dir, tmp_path, capsys):
     before = (out / "dictionaries" / "blocks.1.resid_post" / "sae_weights.safetensors").read_bytes()
     e = err(_args(tiny_dir, out))
     assert "already holds" in e and "--force" in e
-    assert (out / "dictionaries" / "blocks.1.resid_post" / "sae_weights.safetensors").read_bytes() == before
+    assert (
+        out / "dictionaries" / "blocks.1.resid_post" / "sae_weights.safetensors"
+    ).read_bytes() == before
     assert main(_args(tiny_dir, out, "--force", "--seed", "1")) == 0
 
 
 def test_ctrl_c_saves_and_resumes(tiny_dir, tmp_path):
-    """A real SIGINT to a running `python -m lmscope train`: exit 130, checkpoint, same command resumes."""
+    """A real SIGINT to a running `python -m lmscope train`: exit 130, checkpoint, same command
+    resumes."""
     out = tmp_path / "atlas"
-    argv = [sys.executable, "-m", "lmscope", *_args(tiny_dir, out, "--tokens", "400k", "--progress")]
+    argv = [
+        sys.executable,
+        "-m",
+        "lmscope",
+        *_args(tiny_dir, out, "--tokens", "400k", "--progress"),
+    ]
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     deadline = time.time() + 120
@@ -228,16 +292,55 @@ def test_train_from_store(tiny_dir, tmp_path, tiny_model_dir):
     store_mod = pytest.importorskip("lmscope.capture.store")
     pytest.importorskip("lmscope.capture.corpus")
     out = tmp_path / "store"
-    rc = main(["capture", "--model", str(tiny_dir / "model"), "--hooks", "blocks.1.resid_post",
-               "--corpus", str(tiny_dir / "corpus.txt"), "--tokens", "8k", "--ctx-len", "32", "--out", str(out)])
+    rc = main(
+        [
+            "capture",
+            "--model",
+            str(tiny_dir / "model"),
+            "--hooks",
+            "blocks.1.resid_post",
+            "--corpus",
+            str(tiny_dir / "corpus.txt"),
+            "--tokens",
+            "8k",
+            "--ctx-len",
+            "32",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0 and store_mod is not None
-    res = train(_cfg(tiny_dir, tmp_path / "atlas", hooks="blocks.1.resid_post", from_store=str(out)))
+    res = train(
+        _cfg(tiny_dir, tmp_path / "atlas", hooks="blocks.1.resid_post", from_store=str(out))
+    )
     assert res.metrics["blocks.1.resid_post"].fvu < 1
     # A store of another model is refused with one line.
     other = tiny_model_dir("gpt2", n_layers=2, d_model=48)
-    assert main(["train", "--model", str(other), "--hooks", "blocks.1.resid_post", "--from-store", str(out),
-                 "--width", "2x", "--k", "4", "--tokens", "2k", "--batch-size", "512",
-                 "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                str(other),
+                "--hooks",
+                "blocks.1.resid_post",
+                "--from-store",
+                str(out),
+                "--width",
+                "2x",
+                "--k",
+                "4",
+                "--tokens",
+                "2k",
+                "--batch-size",
+                "512",
+                "--out",
+                str(tmp_path / "x"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
 
 
 @pytest.mark.slow
@@ -247,9 +350,33 @@ def test_default_model_demo_small(tmp_path):
 
     # English prose available everywhere: docstrings of a few standard-library modules.
     docs = []
-    for name in ("argparse", "collections", "csv", "datetime", "decimal", "difflib", "fractions", "heapq",
-                 "json", "logging", "pathlib", "pickle", "random", "re", "shutil", "statistics", "string",
-                 "textwrap", "threading", "typing", "unittest", "zipfile", "tarfile", "subprocess", "socket"):
+    for name in (
+        "argparse",
+        "collections",
+        "csv",
+        "datetime",
+        "decimal",
+        "difflib",
+        "fractions",
+        "heapq",
+        "json",
+        "logging",
+        "pathlib",
+        "pickle",
+        "random",
+        "re",
+        "shutil",
+        "statistics",
+        "string",
+        "textwrap",
+        "threading",
+        "typing",
+        "unittest",
+        "zipfile",
+        "tarfile",
+        "subprocess",
+        "socket",
+    ):
         mod = importlib.import_module(name)
         for obj in [mod, *vars(mod).values()]:
             doc = getattr(obj, "__doc__", None)
@@ -257,11 +384,46 @@ def test_default_model_demo_small(tmp_path):
                 docs.append(doc.strip())
     (tmp_path / "c.txt").write_text("\n\n".join(docs))
     out = tmp_path / "atlas"
-    assert main(["train", "--hooks", "blocks.15.resid_post", "--width", "4608", "--k", "32", "--tokens", "16k",
-                 "--batch-size", "1024", "--lr", "1e-3", "--corpus", str(tmp_path / "c.txt"), "--out", str(out),
-                 "--no-progress"]) == 0
-    assert main(["eval", str(out), "--tokens", "1k", "--corpus", str(tmp_path / "c.txt"), "--no-plots",
-                 "--json"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--hooks",
+                "blocks.15.resid_post",
+                "--width",
+                "4608",
+                "--k",
+                "32",
+                "--tokens",
+                "16k",
+                "--batch-size",
+                "1024",
+                "--lr",
+                "1e-3",
+                "--corpus",
+                str(tmp_path / "c.txt"),
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "eval",
+                str(out),
+                "--tokens",
+                "1k",
+                "--corpus",
+                str(tmp_path / "c.txt"),
+                "--no-plots",
+                "--json",
+            ]
+        )
+        == 0
+    )
     ev = json.loads((out / "eval.json").read_text())["dictionaries"][0]
     assert 0 < ev["fvu"] < 1 and ev["ce_spliced"] < ev["ce_zero"]
     assert ev["ce_recon_plus_error"] == ev["ce_clean_first"]

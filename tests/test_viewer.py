@@ -65,11 +65,16 @@ def test_scan_api_is_the_engine(server):
 
 
 def test_compare_feature_search_overview(server):
-    st, cmp = call(server, "POST", "/api/compare", {"prompt_a": "the horse ran", "prompt_b": "the dog ran"})
+    st, cmp = call(
+        server, "POST", "/api/compare", {"prompt_a": "the horse ran", "prompt_b": "the dog ran"}
+    )
     assert st == 200 and cmp["diffs"][0]["feature"] == PLANTED
     st, f = call(server, "GET", f"/api/feature?id={HOOKS[0]}/{PLANTED}")
     assert st == 200 and f["label"] == PLANTED_LABEL and f["id"] == f"{HOOKS[0]}/{PLANTED}"
-    assert len(f["logits"]["promoted"]) == 10 and f["logits"]["promoted"][0]["value"] >= f["logits"]["promoted"][-1]["value"]
+    assert (
+        len(f["logits"]["promoted"]) == 10
+        and f["logits"]["promoted"][0]["value"] >= f["logits"]["promoted"][-1]["value"]
+    )
     assert 0 < f["density"] < 1
     prof = f["profile"]  # the atlas build's profile: every top example peaks on "horse"
     assert prof["top"] and all(ex["tokens"][ex["position"]] == "horse" for ex in prof["top"])
@@ -81,7 +86,9 @@ def test_compare_feature_search_overview(server):
     st, f = call(server, "GET", f"/api/feature?id={HOOKS[0]}/{PLANTED + 1}")
     assert st == 200 and f["label"] is None
     st, s = call(server, "GET", "/api/search?mode=text&q=a+big+horse")
-    assert st == 200 and s["results"][0]["feature"] == PLANTED and s["results"][0]["token"] == "horse"
+    assert (
+        st == 200 and s["results"][0]["feature"] == PLANTED and s["results"][0]["token"] == "horse"
+    )
     st, s = call(server, "GET", "/api/search?mode=labels&q=ponies")
     assert st == 200 and [r["id"] for r in s["results"]] == [f"{h}/{PLANTED}" for h in HOOKS]
     assert s["results"][0]["label"] == PLANTED_LABEL
@@ -93,10 +100,16 @@ def test_compare_feature_search_overview(server):
 
 def test_static_files_and_page_registry(server):
     st, page = call(server, "GET", "/")
-    assert st == 200 and b"/static/app.js" in page and b"http" not in page.replace(b"http-equiv", b"")
+    assert (
+        st == 200 and b"/static/app.js" in page and b"http" not in page.replace(b"http-equiv", b"")
+    )
     st, pages = call(server, "GET", "/api/pages")
     assert [p.rsplit("/", 1)[1] for p in pages["pages"]][:4] == [
-        "10-scan.js", "20-feature.js", "30-search.js", "40-overview.js"]
+        "10-scan.js",
+        "20-feature.js",
+        "30-search.js",
+        "40-overview.js",
+    ]
     for p in pages["pages"]:
         st, js = call(server, "GET", p)
         assert st == 200 and b"registerPage" in js
@@ -105,39 +118,52 @@ def test_static_files_and_page_registry(server):
     assert st == 200
 
 
-@pytest.mark.parametrize("path", [
-    "/static/../server.py", "/static/%2e%2e/server.py", "/static/..%2f..%2fsecret.txt",
-    "/plots/../secret.txt", "/plots/%2e%2e/secret.txt", "/plots/../atlas.json", "/static//etc/passwd",
-    "/etc/passwd", "/static/pages", "/plots/ok.txt%00.js",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/static/../server.py",
+        "/static/%2e%2e/server.py",
+        "/static/..%2f..%2fsecret.txt",
+        "/plots/../secret.txt",
+        "/plots/%2e%2e/secret.txt",
+        "/plots/../atlas.json",
+        "/static//etc/passwd",
+        "/etc/passwd",
+        "/static/pages",
+        "/plots/ok.txt%00.js",
+    ],
+)
 def test_path_traversal_refused(server, path):
     st, body = call(server, "GET", path)
     assert st == 404 and "error" in body
 
 
-@pytest.mark.parametrize("method,path,body,raw,status,needle", [
-    ("POST", "/api/scan", None, b"{not json", 400, "not valid JSON"),
-    ("POST", "/api/scan", None, b"", 400, "missing JSON body"),
-    ("POST", "/api/scan", None, b"[1, 2]", 400, "JSON object"),
-    ("POST", "/api/scan", None, b"\xff\xfe", 400, "not valid JSON"),
-    ("POST", "/api/scan", {}, None, 400, "missing field 'prompt'"),
-    ("POST", "/api/scan", {"prompt": 5}, None, 400, "must be a string"),
-    ("POST", "/api/scan", {"prompt": ""}, None, 400, "empty"),
-    ("POST", "/api/scan", {"prompt": "the horse", "top_k": "x"}, None, 400, "integer"),
-    ("POST", "/api/scan", {"prompt": "the horse", "top_k": 1000}, None, 400, "between"),
-    ("POST", "/api/scan", {"prompt": "the horse ran " * 10}, None, 400, "at most 16"),
-    ("POST", "/api/scan", {"prompt": "x" * 3000}, None, 400, "too long"),
-    ("POST", "/api/compare", {"prompt_a": "the horse"}, None, 400, "prompt_b"),
-    ("GET", "/api/feature", None, None, 400, "missing field 'id'"),
-    ("GET", "/api/feature?id=nonsense", None, None, 400, "HOOK/INDEX"),
-    ("GET", "/api/feature?id=blocks.0.resid_post/64", None, None, 404, "out of range"),
-    ("GET", "/api/feature?id=blocks.7.mlp_out/1", None, None, 404, "no dictionary"),
-    ("GET", "/api/search?q=horse&mode=sql", None, None, 400, "mode"),
-    ("GET", "/api/search?mode=text", None, None, 400, "missing field 'q'"),
-    ("GET", "/api/nope", None, None, 404, "no API endpoint"),
-    ("GET", "/api/scan", None, None, 405, "not allowed"),
-    ("DELETE", "/api/scan", None, None, 405, "not allowed"),
-])
+@pytest.mark.parametrize(
+    "method,path,body,raw,status,needle",
+    [
+        ("POST", "/api/scan", None, b"{not json", 400, "not valid JSON"),
+        ("POST", "/api/scan", None, b"", 400, "missing JSON body"),
+        ("POST", "/api/scan", None, b"[1, 2]", 400, "JSON object"),
+        ("POST", "/api/scan", None, b"\xff\xfe", 400, "not valid JSON"),
+        ("POST", "/api/scan", {}, None, 400, "missing field 'prompt'"),
+        ("POST", "/api/scan", {"prompt": 5}, None, 400, "must be a string"),
+        ("POST", "/api/scan", {"prompt": ""}, None, 400, "empty"),
+        ("POST", "/api/scan", {"prompt": "the horse", "top_k": "x"}, None, 400, "integer"),
+        ("POST", "/api/scan", {"prompt": "the horse", "top_k": 1000}, None, 400, "between"),
+        ("POST", "/api/scan", {"prompt": "the horse ran " * 10}, None, 400, "at most 16"),
+        ("POST", "/api/scan", {"prompt": "x" * 3000}, None, 400, "too long"),
+        ("POST", "/api/compare", {"prompt_a": "the horse"}, None, 400, "prompt_b"),
+        ("GET", "/api/feature", None, None, 400, "missing field 'id'"),
+        ("GET", "/api/feature?id=nonsense", None, None, 400, "HOOK/INDEX"),
+        ("GET", "/api/feature?id=blocks.0.resid_post/64", None, None, 404, "out of range"),
+        ("GET", "/api/feature?id=blocks.7.mlp_out/1", None, None, 404, "no dictionary"),
+        ("GET", "/api/search?q=horse&mode=sql", None, None, 400, "mode"),
+        ("GET", "/api/search?mode=text", None, None, 400, "missing field 'q'"),
+        ("GET", "/api/nope", None, None, 404, "no API endpoint"),
+        ("GET", "/api/scan", None, None, 405, "not allowed"),
+        ("DELETE", "/api/scan", None, None, 405, "not allowed"),
+    ],
+)
 def test_bad_requests_are_json_4xx(server, method, path, body, raw, status, needle):
     st, res = call(server, method, path, body, raw=raw)
     assert st == status, res
@@ -150,8 +176,10 @@ def test_oversized_body_refused_without_reading(server):
     # A lying Content-Length larger than the limit is refused before any read.
     host, port = server.server_address[:2]
     with socket.create_connection((host, port), timeout=10) as s:
-        s.sendall(b"POST /api/scan HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: 999999999\r\n\r\n{}")
+        s.sendall(
+            b"POST /api/scan HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 999999999\r\n\r\n{}"
+        )
         reply = b""
         while chunk := s.recv(4096):  # the server closes the connection after refusing
             reply += chunk
@@ -195,8 +223,12 @@ def test_serve_cli_refuses_bad_flags(tmp_path):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "lmscope", "serve", str(tmp_path), "--port", "70000"],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "lmscope", "serve", str(tmp_path), "--port", "70000"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and "--port" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -219,8 +251,13 @@ def tc_server(tmp_path_factory, tiny_model_dir):
     (tmp / "outside.json").write_text(json.dumps({"metadata": {}, "nodes": [], "links": []}))
     (graphs / "escape.json").symlink_to(tmp / "outside.json")  # a link out of the atlas
     reader = Reader.open(root, max_tokens=24)
-    srv = make_server(reader, port=0, limits=Limits(max_body_bytes=4096, max_generate=8, max_graph_tokens=12,
-                                                   max_interventions=3))
+    srv = make_server(
+        reader,
+        port=0,
+        limits=Limits(
+            max_body_bytes=4096, max_generate=8, max_graph_tokens=12, max_interventions=3
+        ),
+    )
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     yield srv
@@ -241,13 +278,21 @@ def test_graph_list_and_serve(tc_server):
     assert st == 200 and data == on_disk and len(data["nodes"]) == g["n_nodes"]
 
 
-@pytest.mark.parametrize("name,status,needle", [
-    ("../atlas.json", 400, "bad graph name"), ("%2e%2e%2fatlas.json", 400, "bad graph name"),
-    ("/etc/passwd", 400, "bad graph name"), ("graphs/x.json", 400, "bad graph name"),
-    (".hidden.json", 400, "bad graph name"), ("x.txt", 400, "bad graph name"), ("x.json%00", 400, "bad graph name"),
-    ("missing.json", 404, "no graph named"), ("escape.json", 404, "no graph named"),
-    ("notes.json", 400, "not a graph JSON"),
-])
+@pytest.mark.parametrize(
+    "name,status,needle",
+    [
+        ("../atlas.json", 400, "bad graph name"),
+        ("%2e%2e%2fatlas.json", 400, "bad graph name"),
+        ("/etc/passwd", 400, "bad graph name"),
+        ("graphs/x.json", 400, "bad graph name"),
+        (".hidden.json", 400, "bad graph name"),
+        ("x.txt", 400, "bad graph name"),
+        ("x.json%00", 400, "bad graph name"),
+        ("missing.json", 404, "no graph named"),
+        ("escape.json", 404, "no graph named"),
+        ("notes.json", 400, "not a graph JSON"),
+    ],
+)
 def test_graph_names_are_confined(tc_server, name, status, needle):
     st, res = call(tc_server, "GET", f"/api/graph?name={name}")
     assert st == status and needle in res["error"], res
@@ -258,16 +303,26 @@ def test_build_graph_from_the_page_is_the_engine(tc_server):
 
     reader = tc_server.reader
     before = set(p.name for p in (reader.atlas / "graphs").iterdir())
-    st, res = call(tc_server, "POST", "/api/graph", {"prompt": "the dog ran", "max_feature_nodes": 40})
+    st, res = call(
+        tc_server, "POST", "/api/graph", {"prompt": "the dog ran", "max_feature_nodes": 40}
+    )
     assert st == 200 and res["name"] == "the-dog-ran.json" and res["name"] not in before
-    st, again = call(tc_server, "POST", "/api/graph", {"prompt": "the dog ran", "max_feature_nodes": 40})
+    st, again = call(
+        tc_server, "POST", "/api/graph", {"prompt": "the dog ran", "max_feature_nodes": 40}
+    )
     assert st == 200 and again["name"] == "the-dog-ran-2.json"  # never overwrites
     st, data = call(tc_server, "GET", f"/api/graph?name={res['name']}")
-    g = build_graph(reader.lm, check_transcoders(reader.lm, reader.dicts), "the dog ran", max_feature_nodes=40)
+    g = build_graph(
+        reader.lm, check_transcoders(reader.lm, reader.dicts), "the dog ran", max_feature_nodes=40
+    )
     ref = json.loads(json.dumps(graph_json(g, prune(g))))
     assert [n["node_id"] for n in data["nodes"]] == [n["node_id"] for n in ref["nodes"]]
-    assert [(x["source"], x["target"]) for x in data["links"]] == [(x["source"], x["target"]) for x in ref["links"]]
-    assert [x["weight"] for x in data["links"]] == pytest.approx([x["weight"] for x in ref["links"]], rel=1e-4, abs=1e-6)
+    assert [(x["source"], x["target"]) for x in data["links"]] == [
+        (x["source"], x["target"]) for x in ref["links"]
+    ]
+    assert [x["weight"] for x in data["links"]] == pytest.approx(
+        [x["weight"] for x in ref["links"]], rel=1e-4, abs=1e-6
+    )
     st, lst = call(tc_server, "GET", "/api/graphs")
     assert {"the-dog-ran.json", "the-dog-ran-2.json"} <= {x["name"] for x in lst["graphs"]}
 
@@ -276,52 +331,113 @@ def test_steer_api_is_the_engine(tc_server):
     from lmscope.steer import VectorSpec, steer
 
     reader = tc_server.reader
-    body = {"prompt": TC_PROMPT, "features": ["blocks.2.resid_post/3=+5", "blocks.1.mlp_in/2=*3"],
-            "vector": {"positive": "love", "negative": "hate", "layer": 1, "coeff": 4},
-            "generate": 5, "targets": ["cat"]}
+    body = {
+        "prompt": TC_PROMPT,
+        "features": ["blocks.2.resid_post/3=+5", "blocks.1.mlp_in/2=*3"],
+        "vector": {"positive": "love", "negative": "hate", "layer": 1, "coeff": 4},
+        "generate": 5,
+        "targets": ["cat"],
+    }
     st, res = call(tc_server, "POST", "/api/steer", body)
     assert st == 200, res
-    ref = steer(reader.lm, reader.dicts, TC_PROMPT, features=body["features"],
-                vector=VectorSpec("love", "hate", 1, 4.0), max_new_tokens=5, targets=["cat"])
+    ref = steer(
+        reader.lm,
+        reader.dicts,
+        TC_PROMPT,
+        features=body["features"],
+        vector=VectorSpec("love", "hate", 1, 4.0),
+        max_new_tokens=5,
+        targets=["cat"],
+    )
     assert {k: res[k] for k in ref.to_dict()} == json.loads(json.dumps(ref.to_dict()))
     assert res["labels"] == {"blocks.2.resid_post/3": None, "blocks.1.mlp_in/2": None}
     assert res["targets"][0]["token"] == "cat" and len(res["next_tokens"]) >= 5
 
 
-@pytest.mark.parametrize("body,status,needle", [
-    ({"features": ["blocks.2.resid_post/3=+5"]}, 400, "missing field 'prompt'"),
-    ({"prompt": TC_PROMPT}, 400, "nothing to steer"),
-    ({"prompt": TC_PROMPT, "features": "blocks.2.resid_post/3=+5"}, 400, "list of strings"),
-    ({"prompt": TC_PROMPT, "features": ["blocks.9.resid_post/3=+5"]}, 400, "no dictionary at"),
-    ({"prompt": TC_PROMPT, "features": ["blocks.2.resid_post/999=+5"]}, 400, "has 128 features"),
-    ({"prompt": TC_PROMPT, "features": ["blocks.2.resid_post/3=lots"]}, 400, "cannot read feature intervention"),
-    ({"prompt": TC_PROMPT, "features": ["blocks.2.resid_post/3=+5"] * 4}, 400, "at most 3"),
-    ({"prompt": TC_PROMPT, "features": ["blocks.2.resid_post/3=+5"], "generate": 9}, 400, "between 0 and 8"),
-    ({"prompt": TC_PROMPT, "features": ["blocks.2.resid_post/3=+5"], "temperature": -1}, 400, "temperature"),
-    ({"prompt": TC_PROMPT, "features": ["blocks.2.resid_post/3=+5"], "targets": ["big red"]}, 400, "2 tokens"),
-    ({"prompt": TC_PROMPT, "vector": {"positive": "love", "negative": "hate"}}, 400, "needs 'layer'"),
-    ({"prompt": TC_PROMPT, "vector": {"positive": "love", "negative": "hate", "layer": 7}}, 400, "between 0 and 2"),
-    ({"prompt": TC_PROMPT, "vector": {"positive": "love", "negative": " ", "layer": 1}}, 400, "non-empty"),
-    ({"prompt": TC_PROMPT, "vector": {"positive": "love", "negative": "hate", "layer": 1, "coeff": "x"}}, 400,
-     "must be a number"),
-    ({"prompt": TC_PROMPT, "vector": {"positive": "love", "negative": "hate", "layer": 1, "mode": "sql"}}, 400,
-     "actadd"),
-    ({"prompt": TC_PROMPT, "vector": "love-hate"}, 400, "must be an object"),
-    ({"prompt": "the cat " * 20, "features": ["blocks.2.resid_post/3=+5"]}, 400, "at most 24"),
-])
+@pytest.mark.parametrize(
+    "body,status,needle",
+    [
+        ({"features": ["blocks.2.resid_post/3=+5"]}, 400, "missing field 'prompt'"),
+        ({"prompt": TC_PROMPT}, 400, "nothing to steer"),
+        ({"prompt": TC_PROMPT, "features": "blocks.2.resid_post/3=+5"}, 400, "list of strings"),
+        ({"prompt": TC_PROMPT, "features": ["blocks.9.resid_post/3=+5"]}, 400, "no dictionary at"),
+        (
+            {"prompt": TC_PROMPT, "features": ["blocks.2.resid_post/999=+5"]},
+            400,
+            "has 128 features",
+        ),
+        (
+            {"prompt": TC_PROMPT, "features": ["blocks.2.resid_post/3=lots"]},
+            400,
+            "cannot read feature intervention",
+        ),
+        ({"prompt": TC_PROMPT, "features": ["blocks.2.resid_post/3=+5"] * 4}, 400, "at most 3"),
+        (
+            {"prompt": TC_PROMPT, "features": ["blocks.2.resid_post/3=+5"], "generate": 9},
+            400,
+            "between 0 and 8",
+        ),
+        (
+            {"prompt": TC_PROMPT, "features": ["blocks.2.resid_post/3=+5"], "temperature": -1},
+            400,
+            "temperature",
+        ),
+        (
+            {"prompt": TC_PROMPT, "features": ["blocks.2.resid_post/3=+5"], "targets": ["big red"]},
+            400,
+            "2 tokens",
+        ),
+        (
+            {"prompt": TC_PROMPT, "vector": {"positive": "love", "negative": "hate"}},
+            400,
+            "needs 'layer'",
+        ),
+        (
+            {"prompt": TC_PROMPT, "vector": {"positive": "love", "negative": "hate", "layer": 7}},
+            400,
+            "between 0 and 2",
+        ),
+        (
+            {"prompt": TC_PROMPT, "vector": {"positive": "love", "negative": " ", "layer": 1}},
+            400,
+            "non-empty",
+        ),
+        (
+            {
+                "prompt": TC_PROMPT,
+                "vector": {"positive": "love", "negative": "hate", "layer": 1, "coeff": "x"},
+            },
+            400,
+            "must be a number",
+        ),
+        (
+            {
+                "prompt": TC_PROMPT,
+                "vector": {"positive": "love", "negative": "hate", "layer": 1, "mode": "sql"},
+            },
+            400,
+            "actadd",
+        ),
+        ({"prompt": TC_PROMPT, "vector": "love-hate"}, 400, "must be an object"),
+        ({"prompt": "the cat " * 20, "features": ["blocks.2.resid_post/3=+5"]}, 400, "at most 24"),
+    ],
+)
 def test_steer_bad_requests(tc_server, body, status, needle):
     st, res = call(tc_server, "POST", "/api/steer", body)
     assert st == status and needle in res["error"] and "Traceback" not in res["error"], res
 
 
-@pytest.mark.parametrize("body,needle", [
-    ({}, "missing field 'prompt'"),
-    ({"prompt": "the cat sat on the big red house and the dog ran"}, "at most 12"),
-    ({"prompt": "the cat", "target": "big red"}, "2 tokens"),
-    ({"prompt": "the cat", "target": "99999999"}, "not a token id"),
-    ({"prompt": "the cat", "max_feature_nodes": 100000}, "between 1 and 512"),
-    ({"prompt": "the cat", "node_threshold": 2}, "between"),
-])
+@pytest.mark.parametrize(
+    "body,needle",
+    [
+        ({}, "missing field 'prompt'"),
+        ({"prompt": "the cat sat on the big red house and the dog ran"}, "at most 12"),
+        ({"prompt": "the cat", "target": "big red"}, "2 tokens"),
+        ({"prompt": "the cat", "target": "99999999"}, "not a token id"),
+        ({"prompt": "the cat", "max_feature_nodes": 100000}, "between 1 and 512"),
+        ({"prompt": "the cat", "node_threshold": 2}, "between"),
+    ],
+)
 def test_graph_bad_requests(tc_server, body, needle):
     st, res = call(tc_server, "POST", "/api/graph", body)
     assert st == 400 and needle in res["error"], res
@@ -329,7 +445,12 @@ def test_graph_bad_requests(tc_server, body, needle):
 
 def test_graph_build_needs_transcoders(server):
     st, res = call(server, "GET", "/api/graphs")
-    assert st == 200 and res["graphs"] == [] and not res["can_build"] and "missing layers 0-1" in res["build_note"]
+    assert (
+        st == 200
+        and res["graphs"] == []
+        and not res["can_build"]
+        and "missing layers 0-1" in res["build_note"]
+    )
     st, res = call(server, "POST", "/api/graph", {"prompt": "the horse"})
     assert st == 400 and "needs a transcoder" in res["error"]
 
@@ -341,10 +462,11 @@ FEATURE_JS = "lmscope/viewer/static/pages/20-feature.js"
 _JS_DATA_VARS = ("f", "prof", "ex", "q", "x", "s", "t", "h", "logits")
 # Written for `lmscope feature --json` readers and not shown by the viewer, with the reason.
 NOT_SHOWN = {
-    "hook", "feature",  # shown together as the id
-    "kind",             # implied by the list an example is in (top / quantiles / negatives)
-    "details",          # free-form explainer / scorer records
-    "explanation_id",   # a score sits under its explanation
+    "hook",
+    "feature",  # shown together as the id
+    "kind",  # implied by the list an example is in (top / quantiles / negatives)
+    "details",  # free-form explainer / scorer records
+    "explanation_id",  # a score sits under its explanation
 }
 
 
@@ -374,7 +496,9 @@ def test_viewer_reads_every_feature_field_the_api_writes(server):
     assert st == 200
     written = _keys(f, set())
     reads = _js_reads()
-    assert written - NOT_SHOWN <= reads, f"written, never shown: {sorted(written - NOT_SHOWN - reads)}"
+    assert written - NOT_SHOWN <= reads, (
+        f"written, never shown: {sorted(written - NOT_SHOWN - reads)}"
+    )
     assert NOT_SHOWN <= written  # the exceptions are real fields, not stale names
     # ...and the page guesses no field the API does not write (e.g. `ex.activations`)
     assert reads <= written, f"read, never written: {sorted(reads - written)}"
@@ -396,8 +520,17 @@ def test_feature_ids_one_rule_everywhere(server, capsys):
     from lmscope.cli import main
     from lmscope.dictionaries.feature_id import format_feature_id, parse_feature_id
 
-    assert parse_feature_id(" a/b.c/12 ") == ("a/b.c", 12) and format_feature_id("a/b.c", 12) == "a/b.c/12"
-    for bad in ("blocks.0.resid_post/-3", "blocks.0.resid_post/²", "blocks.0.resid_post/1.5", "/3", "3"):
+    assert (
+        parse_feature_id(" a/b.c/12 ") == ("a/b.c", 12)
+        and format_feature_id("a/b.c", 12) == "a/b.c/12"
+    )
+    for bad in (
+        "blocks.0.resid_post/-3",
+        "blocks.0.resid_post/²",
+        "blocks.0.resid_post/1.5",
+        "/3",
+        "3",
+    ):
         with pytest.raises(UserError, match="HOOK/INDEX"):
             parse_feature_id(bad)
         st, res = call(server, "GET", f"/api/feature?id={quote(bad)}")
@@ -427,5 +560,7 @@ def test_feature_page_for_a_dictionary_the_db_has_not_profiled(demo_atlas_root, 
     assert page.density is not None and 0 < page.density < 1  # from the sparsity file
     assert reader.label(HOOKS[1], PLANTED) is None
     o = profiles.overview(reader)
-    assert [d["hook"] for d in o["dictionaries"]] == list(HOOKS) and o["dictionaries"][1]["density_histogram"]
+    assert [d["hook"] for d in o["dictionaries"]] == list(HOOKS) and o["dictionaries"][1][
+        "density_histogram"
+    ]
     assert profiles.feature_profile(reader, HOOKS[0], PLANTED).label == PLANTED_LABEL

@@ -1,4 +1,5 @@
-"""Attacks on the viewer as real HTTP requests over real sockets: each one refused (403 / 415 / 503).
+"""Attacks on the viewer as real HTTP requests over real sockets: each one refused (403 / 415 /
+503).
 
 DNS rebinding (a foreign Host header), cross-site POSTs (foreign Origin / Referer, a browser's
 Sec-Fetch-Site, text/plain and form bodies), a missing or wrong token on a server that needs one,
@@ -34,15 +35,20 @@ def atlas(demo_atlas_root):
 
 @pytest.fixture(scope="module")
 def server(atlas):
-    srv = _start(atlas, limits=Limits(idle_timeout_s=1.0, header_timeout_s=1.5, body_grace_s=1.0,
-                                      min_body_rate=100))
+    srv = _start(
+        atlas,
+        limits=Limits(
+            idle_timeout_s=1.0, header_timeout_s=1.5, body_grace_s=1.0, min_body_rate=100
+        ),
+    )
     yield srv
     srv.shutdown()
     srv.server_close()
 
 
 def raw(srv, head: str, body: bytes = b"", timeout: float = 30) -> tuple[int, dict, bytes]:
-    """Send `head` (request line + headers, \\n-separated) and body as bytes; (status, headers, body)."""
+    """Send `head` (request line + headers, \\n-separated) and body as bytes; (status, headers,
+    body)."""
     host, port = srv.server_address[:2]
     data = head.strip().replace("\n", "\r\n").format(port=port).encode() + b"\r\n"
     data += f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
@@ -60,13 +66,24 @@ def raw(srv, head: str, body: bytes = b"", timeout: float = 30) -> tuple[int, di
 SCAN = json.dumps({"prompt": "the horse ran", "top_k": 1}).encode()
 
 
-@pytest.mark.parametrize("host, status", [
-    ("127.0.0.1:{port}", 200), ("localhost:{port}", 200), ("[::1]:{port}", 200), ("127.0.0.1", 200),
-    ("LOCALHOST:{port}", 200),
-    ("evil.example:{port}", 403), ("evil.example", 403), ("127.0.0.1.evil.example:{port}", 403),
-    ("localhost.evil.example", 403), ("10.0.0.1:{port}", 403), ("", 403), ("127.0.0.1:x", 403),
-    ("a@127.0.0.1", 403),
-])
+@pytest.mark.parametrize(
+    "host, status",
+    [
+        ("127.0.0.1:{port}", 200),
+        ("localhost:{port}", 200),
+        ("[::1]:{port}", 200),
+        ("127.0.0.1", 200),
+        ("LOCALHOST:{port}", 200),
+        ("evil.example:{port}", 403),
+        ("evil.example", 403),
+        ("127.0.0.1.evil.example:{port}", 403),
+        ("localhost.evil.example", 403),
+        ("10.0.0.1:{port}", 403),
+        ("", 403),
+        ("127.0.0.1:x", 403),
+        ("a@127.0.0.1", 403),
+    ],
+)
 def test_dns_rebinding_host_header(server, host, status):
     st, _, body = raw(server, f"GET /api/info HTTP/1.1\nHost: {host}")
     assert st == status, body
@@ -81,21 +98,38 @@ def test_request_without_host_is_refused(server):
     assert st == 403
 
 
-@pytest.mark.parametrize("extra, ctype, status", [
-    ("Origin: http://127.0.0.1:{port}", "application/json", 200),
-    ("Referer: http://localhost:{port}/#/scan\nHost: localhost:{port}", "application/json", 200),
-    ("", "application/json", 200),  # curl, scripts: no Origin, no Referer
-    ("Origin: http://evil.example", "application/json", 403),
-    ("Origin: null", "application/json", 403),
-    ("Origin: http://127.0.0.1:1", "application/json", 403),  # another local port, another origin
-    ("Origin: http://127.0.0.1:{port}.evil.example", "application/json", 403),
-    ("Referer: http://evil.example/page", "application/json", 403),
-    ("Sec-Fetch-Site: cross-site", "application/json", 403),
-    ("Origin: http://evil.example", "text/plain", 403),  # a cross-site fetch without preflight
-    ("Origin: http://evil.example", "application/x-www-form-urlencoded", 403),  # a cross-site form
-    ("", "text/plain", 415), ("", "application/x-www-form-urlencoded", 415),
-    ("", "multipart/form-data; boundary=x", 415), ("", "", 415),
-])
+@pytest.mark.parametrize(
+    "extra, ctype, status",
+    [
+        ("Origin: http://127.0.0.1:{port}", "application/json", 200),
+        (
+            "Referer: http://localhost:{port}/#/scan\nHost: localhost:{port}",
+            "application/json",
+            200,
+        ),
+        ("", "application/json", 200),  # curl, scripts: no Origin, no Referer
+        ("Origin: http://evil.example", "application/json", 403),
+        ("Origin: null", "application/json", 403),
+        (
+            "Origin: http://127.0.0.1:1",
+            "application/json",
+            403,
+        ),  # another local port, another origin
+        ("Origin: http://127.0.0.1:{port}.evil.example", "application/json", 403),
+        ("Referer: http://evil.example/page", "application/json", 403),
+        ("Sec-Fetch-Site: cross-site", "application/json", 403),
+        ("Origin: http://evil.example", "text/plain", 403),  # a cross-site fetch without preflight
+        (
+            "Origin: http://evil.example",
+            "application/x-www-form-urlencoded",
+            403,
+        ),  # a cross-site form
+        ("", "text/plain", 415),
+        ("", "application/x-www-form-urlencoded", 415),
+        ("", "multipart/form-data; boundary=x", 415),
+        ("", "", 415),
+    ],
+)
 def test_cross_origin_posts(server, extra, ctype, status):
     head = "POST /api/scan HTTP/1.1\n" + ("" if "Host:" in extra else "Host: 127.0.0.1:{port}\n")
     head += extra + ("\n" if extra else "") + (f"Content-Type: {ctype}" if ctype else "")
@@ -106,16 +140,25 @@ def test_cross_origin_posts(server, extra, ctype, status):
 
 
 def test_cross_origin_get_of_the_api_is_refused(server):
-    st, _, _ = raw(server, "GET /api/info HTTP/1.1\nHost: 127.0.0.1:{port}\nOrigin: http://evil.example")
+    st, _, _ = raw(
+        server, "GET /api/info HTTP/1.1\nHost: 127.0.0.1:{port}\nOrigin: http://evil.example"
+    )
     assert st == 403
-    st, _, _ = raw(server, "GET /api/info HTTP/1.1\nHost: 127.0.0.1:{port}\nOrigin: http://127.0.0.1:{port}")
+    st, _, _ = raw(
+        server, "GET /api/info HTTP/1.1\nHost: 127.0.0.1:{port}\nOrigin: http://127.0.0.1:{port}"
+    )
     assert st == 200
 
 
 def test_split_host_and_token_policy():
-    assert split_host("[::1]:80") == ("::1", "80") and split_host("LocalHost.:1") == ("localhost", "1")
+    assert split_host("[::1]:80") == ("::1", "80") and split_host("LocalHost.:1") == (
+        "localhost",
+        "1",
+    )
     assert split_host("::1") is None and split_host("a b") is None and split_host("x/y") is None
-    assert not needs_token("127.0.0.1") and not needs_token("localhost") and not needs_token("[::1]")
+    assert (
+        not needs_token("127.0.0.1") and not needs_token("localhost") and not needs_token("[::1]")
+    )
     assert needs_token("0.0.0.0") and needs_token("192.168.1.5") and needs_token("::")
 
 
@@ -139,7 +182,10 @@ def test_token_required_on_every_call(token_server):
         st, _, body = raw(token_server, get.replace("{path}", path))
         assert st == 403 and b"token" in body, path
     for bad in ("wrong", TOKEN[:-1], TOKEN + "x", ""):
-        st, _, _ = raw(token_server, get.replace("{path}", "/api/info") + f"\nCookie: {token_server.cookie_name}={bad}")
+        st, _, _ = raw(
+            token_server,
+            get.replace("{path}", "/api/info") + f"\nCookie: {token_server.cookie_name}={bad}",
+        )
         assert st == 403
         st, _, _ = raw(token_server, get.replace("{path}", f"/api/info?token={bad}"))
         assert st == 403
@@ -153,8 +199,12 @@ def test_token_required_on_every_call(token_server):
     for auth in (cookie, f"Authorization: token {TOKEN}", f"Authorization: Bearer {TOKEN}"):
         st, _, body = raw(token_server, get.replace("{path}", "/api/info") + "\n" + auth)
         assert st == 200 and b"hooks" in body
-    st, _, _ = raw(token_server, "POST /api/scan HTTP/1.1\nHost: 127.0.0.1:{port}\n"
-                   f"Content-Type: application/json\n{cookie}", SCAN)
+    st, _, _ = raw(
+        token_server,
+        "POST /api/scan HTTP/1.1\nHost: 127.0.0.1:{port}\n"
+        f"Content-Type: application/json\n{cookie}",
+        SCAN,
+    )
     assert st == 200
     # The token does not let a foreign Host or Origin in.
     st, _, _ = raw(token_server, "GET /api/info HTTP/1.1\nHost: evil.example\n" + cookie)
@@ -198,8 +248,10 @@ def test_silent_and_trickling_clients_are_cut_off(server):
     assert cut or _closed_by_server(trickle, 5)
     # A body slower than min_body_rate after the grace: cut, and the server answers others.
     slow = socket.create_connection((host, port))
-    slow.sendall(b"POST /api/scan HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: 5000\r\n\r\n{")
+    slow.sendall(
+        b"POST /api/scan HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 5000\r\n\r\n{"
+    )
     assert _closed_by_server(slow)
     assert _ok(server)
     for s in (silent, trickle, slow):
@@ -207,11 +259,16 @@ def test_silent_and_trickling_clients_are_cut_off(server):
 
 
 def test_thread_pool_is_bounded_and_overflow_gets_503(atlas):
-    srv = _start(atlas, limits=Limits(max_threads=2, max_waiting_connections=1, idle_timeout_s=30,
-                                      header_timeout_s=30))
+    srv = _start(
+        atlas,
+        limits=Limits(
+            max_threads=2, max_waiting_connections=1, idle_timeout_s=30, header_timeout_s=30
+        ),
+    )
     try:
         host, port = srv.server_address[:2]
         before = threading.active_count()
+
         # 2 connections occupy the workers, 1 waits, the other 3 must get a 503 at once (which
         # ones depends on scheduling, so count replies instead of naming connections).
         def settle(n_waiting):  # wait (bounded) until the accept loop has handed connections out
@@ -228,7 +285,9 @@ def test_thread_pool_is_bounded_and_overflow_gets_503(atlas):
         replies: dict[int, bytes] = {}
         deadline = time.monotonic() + 30
         while len(replies) < 3 and time.monotonic() < deadline:
-            ready, _, _ = select.select([c for i, c in enumerate(conns) if i not in replies], [], [], 1)
+            ready, _, _ = select.select(
+                [c for i, c in enumerate(conns) if i not in replies], [], [], 1
+            )
             for c in ready:
                 data = b""
                 while chunk := c.recv(4096):
@@ -253,16 +312,18 @@ def test_model_run_queue_full_is_503(atlas):
     srv = _start(atlas, limits=Limits(max_model_queue=1))
     try:
         assert srv._model_slots.acquire(blocking=False)  # one model run in flight
-        st, h, body = raw(srv, "POST /api/scan HTTP/1.1\nHost: 127.0.0.1\nContent-Type: application/json",
-                          SCAN)
+        st, h, body = raw(
+            srv, "POST /api/scan HTTP/1.1\nHost: 127.0.0.1\nContent-Type: application/json", SCAN
+        )
         assert st == 503 and h["retry-after"] == "2" and b"model is busy" in body
         st, _, _ = raw(srv, "GET /api/search?mode=text&q=horse HTTP/1.1\nHost: 127.0.0.1")
         assert st == 503
         st, _, _ = raw(srv, "GET /api/search?mode=labels&q=horse HTTP/1.1\nHost: 127.0.0.1")
         assert st == 200  # a DB lookup does not queue behind the model
         srv._model_slots.release()
-        st, _, _ = raw(srv, "POST /api/scan HTTP/1.1\nHost: 127.0.0.1\nContent-Type: application/json",
-                       SCAN)
+        st, _, _ = raw(
+            srv, "POST /api/scan HTTP/1.1\nHost: 127.0.0.1\nContent-Type: application/json", SCAN
+        )
         assert st == 200
     finally:
         srv.shutdown()

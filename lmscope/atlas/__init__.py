@@ -1,1 +1,2 @@
-"""Stage 3: the feature atlas (profiles of every feature in SQLite, search, export). See docs/atlas.md."""
+"""Stage 3: the feature atlas (profiles of every feature in SQLite, search, export). See
+docs/atlas.md."""

@@ -61,7 +61,8 @@ class BuildConfig:
     """non-activating contexts kept per feature (for explanation scoring; 40 leave a median 23 in
     the TEST part, >= 20 for every feature of the default run; 8 left 5)"""
     hooks: str = ""
-    """only these dictionaries (comma-separated names or globs, e.g. 'blocks.1*.resid_post'); empty = all"""
+    """only these dictionaries (comma-separated names or globs, e.g. 'blocks.1*.resid_post'); empty
+    = all"""
     seed: int = 0
     """seed of the sampling keys"""
     checkpoint_every: int = 50
@@ -119,9 +120,15 @@ def _contexts(lm: LanguageModel, cfg: BuildConfig) -> Iterator[Tensor]:
     return iter_contexts(lm, cfg.corpus, ctx_len=cfg.ctx_len, seed=cfg.seed)
 
 
-def build_atlas(cfg: BuildConfig, *, progress: bool = True, lm: LanguageModel | None = None,
-                contexts: Callable[[], Iterator[Tensor]] | None = None) -> BuildResult:
-    """Run (or resume) the profile pass and write the atlas DB. `contexts` (tests) replaces the corpus."""
+def build_atlas(
+    cfg: BuildConfig,
+    *,
+    progress: bool = True,
+    lm: LanguageModel | None = None,
+    contexts: Callable[[], Iterator[Tensor]] | None = None,
+) -> BuildResult:
+    """Run (or resume) the profile pass and write the atlas DB. `contexts` (tests) replaces the
+    corpus."""
     from .. import dist
     from ..dictionaries.folder import open_dictionaries
     from ..models.runtime import run
@@ -140,26 +147,45 @@ def build_atlas(cfg: BuildConfig, *, progress: bool = True, lm: LanguageModel | 
             done = db.meta().get("build")
         if done and done.get("identity") == identity:
             if info.is_main and progress:
-                print(f"lmscope: {layout.root} is already profiled with these settings; pass --force to rebuild")
-            return BuildResult(str(layout.root), done.get("hooks", []), done.get("n_tokens", 0), 0.0, skipped=True)
+                print(
+                    f"lmscope: {layout.root} is already profiled with these settings; pass "
+                    "--force to rebuild"
+                )
+            return BuildResult(
+                str(layout.root), done.get("hooks", []), done.get("n_tokens", 0), 0.0, skipped=True
+            )
         if done:
-            raise UserError(f"{layout.root} already has a completed profile with other settings; "
-                            "pass --force to replace it")
+            raise UserError(
+                f"{layout.root} already has a completed profile with other settings; "
+                "pass --force to replace it"
+            )
 
-    _, lm, dicts = open_dictionaries(layout.root, hooks=cfg.hooks, dtype=cfg.model_dtype, device=device, lm=lm)
+    _, lm, dicts = open_dictionaries(
+        layout.root, hooks=cfg.hooks, dtype=cfg.model_dtype, device=device, lm=lm
+    )
     capture = sorted({d.cfg.hook_name or h for h, d in dicts.items()})
 
     n_ctx = math.ceil(cfg.tokens / cfg.ctx_len)
     mine = len(range(info.rank, n_ctx, info.world_size))
     path = _state_path(layout, info.rank)
-    states = {h: ProfileState.empty(d.cfg.d_sae, top_k=cfg.top_k, window=cfg.ctx_window, samples=cfg.samples,
-                                    negatives=cfg.negatives) for h, d in dicts.items()}
+    states = {
+        h: ProfileState.empty(
+            d.cfg.d_sae,
+            top_k=cfg.top_k,
+            window=cfg.ctx_window,
+            samples=cfg.samples,
+            negatives=cfg.negatives,
+        )
+        for h, d in dicts.items()
+    }
     done_local = 0
     if path.exists():
         saved = torch.load(path, weights_only=True)
         if saved["identity"] != json.loads(json.dumps(identity)) and not cfg.force:
-            raise UserError(f"an interrupted build with other settings is in {path.parent}; "
-                            "rerun it with the same flags or pass --force to restart")
+            raise UserError(
+                f"an interrupted build with other settings is in {path.parent}; "
+                "rerun it with the same flags or pass --force to restart"
+            )
         if saved["identity"] == json.loads(json.dumps(identity)):
             done_local = saved["done_local"]
             states = {h: ProfileState(**t) for h, t in saved["states"].items()}
@@ -175,12 +201,20 @@ def build_atlas(cfg: BuildConfig, *, progress: bool = True, lm: LanguageModel | 
                 yield i, ctx
         if seen >= n_ctx:  # exactly n_ctx contexts: complete
             return
-        raise UserError(f"the corpus {cfg.corpus!r} has fewer than {n_ctx} contexts of {cfg.ctx_len} tokens; "
-                        "pass a smaller --tokens or a larger corpus")
+        raise UserError(
+            f"the corpus {cfg.corpus!r} has fewer than {n_ctx} contexts of {cfg.ctx_len} tokens; "
+            "pass a smaller --tokens or a larger corpus"
+        )
 
     def save() -> None:
-        _save_state(path, {"identity": identity, "done_local": done_local,
-                           "states": {h: s.tensors() for h, s in states.items()}})
+        _save_state(
+            path,
+            {
+                "identity": identity,
+                "done_local": done_local,
+                "states": {h: s.tensors() for h, s in states.items()},
+            },
+        )
 
     batch: list[tuple[int, Tensor]] = []
     n_batches = 0
@@ -190,14 +224,18 @@ def build_atlas(cfg: BuildConfig, *, progress: bool = True, lm: LanguageModel | 
         idx = torch.tensor([i for i, _ in batch])  # [B] global context indices
         tokens = torch.stack([c for _, c in batch]).to(device)  # [B, P]
         if tokens.shape[1] != cfg.ctx_len:
-            raise UserError(f"contexts have {tokens.shape[1]} tokens, expected --ctx-len {cfg.ctx_len}")
+            raise UserError(
+                f"contexts have {tokens.shape[1]} tokens, expected --ctx-len {cfg.ctx_len}"
+            )
         valid = token_mask(lm, tokens).cpu()
         ids = idx[:, None] * cfg.ctx_len + torch.arange(cfg.ctx_len)  # [B, P] global token ids
         acts = run(lm, tokens, capture=capture).acts
         with torch.inference_mode():
             for h, d in dicts.items():
                 x = acts[d.cfg.hook_name or h]  # [B, P, d_in]
-                f = d.encode(x.reshape(-1, x.shape[-1]).float()).reshape(*tokens.shape, -1)  # [B, P, F]
+                f = d.encode(x.reshape(-1, x.shape[-1]).float()).reshape(
+                    *tokens.shape, -1
+                )  # [B, P, F]
                 update(states[h], f.float().cpu(), tokens.cpu(), valid, ids, seed=cfg.seed)
         done_local += len(batch)
         n_batches += 1
@@ -212,8 +250,15 @@ def build_atlas(cfg: BuildConfig, *, progress: bool = True, lm: LanguageModel | 
     bar = None
     if progress and info.is_main:
         from tqdm import tqdm
-        bar = tqdm(total=mine * cfg.ctx_len, initial=done_local * cfg.ctx_len, unit="tok", unit_scale=True,
-                   desc="atlas build", dynamic_ncols=True)
+
+        bar = tqdm(
+            total=mine * cfg.ctx_len,
+            initial=done_local * cfg.ctx_len,
+            unit="tok",
+            unit_scale=True,
+            desc="atlas build",
+            dynamic_ncols=True,
+        )
     try:
         for j, (i, ctx) in enumerate(itertools.chain([first] if first else [], stream)):
             if j < done_local:
@@ -234,6 +279,7 @@ def build_atlas(cfg: BuildConfig, *, progress: bool = True, lm: LanguageModel | 
 
     if info.enabled:
         import torch.distributed as td
+
         gathered = [None] * info.world_size if info.is_main else None
         td.gather_object({h: s.tensors() for h, s in states.items()}, gathered, dst=0)
         if info.is_main:
@@ -244,13 +290,20 @@ def build_atlas(cfg: BuildConfig, *, progress: bool = True, lm: LanguageModel | 
     if info.is_main:
         _write_db(layout, lm, dicts, states, cfg, identity)
         m = layout.read()
-        m["profile"] = {"hooks": list(dicts), "tokens": n_tokens, "corpus": cfg.corpus,
-                        "top_k": cfg.top_k, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        m["profile"] = {
+            "hooks": list(dicts),
+            "tokens": n_tokens,
+            "corpus": cfg.corpus,
+            "top_k": cfg.top_k,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
         write_json_atomic(layout.manifest_path, m)
     if info.enabled:
         dist.barrier()
     shutil.rmtree(path.parent, ignore_errors=True) if info.is_main else None
-    return BuildResult(str(layout.root), list(dicts), n_tokens, time.time() - t0, state_bytes=state_bytes)
+    return BuildResult(
+        str(layout.root), list(dicts), n_tokens, time.time() - t0, state_bytes=state_bytes
+    )
 
 
 def _window_rows(vocab: list[str], toks: Tensor, acts: Tensor | None):
@@ -259,10 +312,22 @@ def _window_rows(vocab: list[str], toks: Tensor, acts: Tensor | None):
     first = int(keep.float().argmax()) if keep.any() else 0
     ids = toks[keep].tolist()
     a = acts[keep].tolist() if acts is not None else [0.0] * len(ids)
-    return [vocab[i] if i < len(vocab) else f"<{i}>" for i in ids], ids, [round(v, 5) for v in a], first
+    return (
+        [vocab[i] if i < len(vocab) else f"<{i}>" for i in ids],
+        ids,
+        [round(v, 5) for v in a],
+        first,
+    )
 
 
-def _write_db(layout: AtlasLayout, lm: LanguageModel, dicts: dict[str, SparseDictionary], states: dict, cfg: BuildConfig, identity: dict) -> None:
+def _write_db(
+    layout: AtlasLayout,
+    lm: LanguageModel,
+    dicts: dict[str, SparseDictionary],
+    states: dict,
+    cfg: BuildConfig,
+    identity: dict,
+) -> None:
     from .db import AtlasDB
     from .histogram import encode_histogram
     from .logits import logit_effects
@@ -279,7 +344,9 @@ def _write_db(layout: AtlasLayout, lm: LanguageModel, dicts: dict[str, SparseDic
         try:
             db.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as e:  # another writer holds the lock past the busy timeout
-            raise UserError(_db_error(layout.db_path, e) + "; the profile is kept in the build checkpoint") from None
+            raise UserError(
+                _db_error(layout.db_path, e) + "; the profile is kept in the build checkpoint"
+            ) from None
         for h, d in dicts.items():
             s = states[h]
             n = max(int(s.n_tokens), 1)
@@ -288,38 +355,116 @@ def _write_db(layout: AtlasLayout, lm: LanguageModel, dicts: dict[str, SparseDic
             maxes = s.max_act.tolist()
             for f in range(s.d_sae):
                 hist = encode_histogram(s.hist[f], LOG2_LO, HIST_PER_OCTAVE)
-                feats.append((f, fires[f] / n, fires[f], maxes[f], sums[f] / n,
-                              sums[f] / fires[f] if fires[f] else 0.0, json.dumps(hist)))
+                feats.append(
+                    (
+                        f,
+                        fires[f] / n,
+                        fires[f],
+                        maxes[f],
+                        sums[f] / n,
+                        sums[f] / fires[f] if fires[f] else 0.0,
+                        json.dumps(hist),
+                    )
+                )
             tv, tid = s.top_val, s.top_id
             for f, r in (tid >= 0).nonzero().tolist():
                 toks, ids, acts, first = _window_rows(vocab, s.top_tok[f, r], s.top_act[f, r])
-                examples.append((f, "top", None, r, float(tv[f, r]), int(tid[f, r]), json.dumps(toks),
-                                 json.dumps(ids), json.dumps(acts), peak - first))
+                examples.append(
+                    (
+                        f,
+                        "top",
+                        None,
+                        r,
+                        float(tv[f, r]),
+                        int(tid[f, r]),
+                        json.dumps(toks),
+                        json.dumps(ids),
+                        json.dumps(acts),
+                        peak - first,
+                    )
+                )
             for g, r in (s.res_id >= 0).nonzero().tolist():
                 f, b = divmod(g, N_BUCKETS)
                 toks, ids, acts, first = _window_rows(vocab, s.res_tok[g, r], s.res_act[g, r])
-                examples.append((f, "quantile", b, r, float(s.res_val[g, r]), int(s.res_id[g, r]),
-                                 json.dumps(toks), json.dumps(ids), json.dumps(acts), peak - first))
+                examples.append(
+                    (
+                        f,
+                        "quantile",
+                        b,
+                        r,
+                        float(s.res_val[g, r]),
+                        int(s.res_id[g, r]),
+                        json.dumps(toks),
+                        json.dumps(ids),
+                        json.dumps(acts),
+                        peak - first,
+                    )
+                )
             for f, r in (s.neg_id >= 0).nonzero().tolist():
                 toks, ids, acts, first = _window_rows(vocab, s.neg_tok[f, r], None)
-                examples.append((f, "negative", None, r, 0.0, int(s.neg_id[f, r]), json.dumps(toks),
-                                 json.dumps(ids), json.dumps(acts), peak - first))
+                examples.append(
+                    (
+                        f,
+                        "negative",
+                        None,
+                        r,
+                        0.0,
+                        int(s.neg_id[f, r]),
+                        json.dumps(toks),
+                        json.dumps(ids),
+                        json.dumps(acts),
+                        peak - first,
+                    )
+                )
             from ..dictionaries.dictmath import decoder_rows
+
             eff = logit_effects(lm, decoder_rows(d))
             if eff is not None:
-                for kind, ids_t, vals_t in (("promoted", eff.promoted_ids, eff.promoted),
-                                            ("suppressed", eff.suppressed_ids, eff.suppressed)):
+                for kind, ids_t, vals_t in (
+                    ("promoted", eff.promoted_ids, eff.promoted),
+                    ("suppressed", eff.suppressed_ids, eff.suppressed),
+                ):
                     for f, row in enumerate(ids_t.tolist()):
                         for r, t in enumerate(row):
-                            logits.append((f, kind, r, t, vocab[t] if t < len(vocab) else f"<{t}>",
-                                           float(vals_t[f, r])))
-            info = {"arch": d.cfg.arch, "d_sae": d.cfg.d_sae, "d_in": d.cfg.d_in, "n_tokens": int(s.n_tokens),
-                    "config": {"hook_name": d.cfg.hook_name, "out_hook_name": getattr(d.cfg, "out_hook_name", None)}}
+                            logits.append(
+                                (
+                                    f,
+                                    kind,
+                                    r,
+                                    t,
+                                    vocab[t] if t < len(vocab) else f"<{t}>",
+                                    float(vals_t[f, r]),
+                                )
+                            )
+            info = {
+                "arch": d.cfg.arch,
+                "d_sae": d.cfg.d_sae,
+                "d_in": d.cfg.d_in,
+                "n_tokens": int(s.n_tokens),
+                "config": {
+                    "hook_name": d.cfg.hook_name,
+                    "out_hook_name": getattr(d.cfg, "out_hook_name", None),
+                },
+            }
             db.write_dictionary_profiles(h, info, feats, examples, logits, commit=False)
-        db.conn.execute("INSERT OR REPLACE INTO meta VALUES ('build', ?)", (json.dumps(
-            {"identity": identity, "hooks": list(dicts), "n_tokens": int(next(iter(states.values())).n_tokens),
-             "model": layout.read().get("model"), "completed": time.strftime("%Y-%m-%dT%H:%M:%S")}),))
-        db.conn.execute("INSERT OR REPLACE INTO meta VALUES ('model', ?)", (json.dumps(layout.read().get("model")),))
+        db.conn.execute(
+            "INSERT OR REPLACE INTO meta VALUES ('build', ?)",
+            (
+                json.dumps(
+                    {
+                        "identity": identity,
+                        "hooks": list(dicts),
+                        "n_tokens": int(next(iter(states.values())).n_tokens),
+                        "model": layout.read().get("model"),
+                        "completed": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    }
+                ),
+            ),
+        )
+        db.conn.execute(
+            "INSERT OR REPLACE INTO meta VALUES ('model', ?)",
+            (json.dumps(layout.read().get("model")),),
+        )
         db.conn.commit()
     except BaseException:
         if db.conn.in_transaction:

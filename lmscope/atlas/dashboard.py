@@ -18,7 +18,9 @@ def _spark(counts: list[int]) -> str:
     top = max(counts, default=0)
     if not top:
         return ""
-    return "".join(_BARS[0 if c == 0 else max(1, round(c / top * (len(_BARS) - 1)))] for c in counts)
+    return "".join(
+        _BARS[0 if c == 0 else max(1, round(c / top * (len(_BARS) - 1)))] for c in counts
+    )
 
 
 def render_example(ex: Example, max_act: float, color: bool) -> str:
@@ -38,15 +40,19 @@ def render_example(ex: Example, max_act: float, color: bool) -> str:
 
 
 def render(p: FeatureProfile, *, color: bool = False, n_top: int = 10, n_lower: int = 6) -> str:
-    lines = [f"{p.hook}/{p.feature}" + (f"  \"{p.label}\"" if p.label else "  (unlabeled)")]
+    lines = [f"{p.hook}/{p.feature}" + (f'  "{p.label}"' if p.label else "  (unlabeled)")]
     if p.density is None:
         lines.append("  no profile yet: run `lmscope atlas build` on this atlas")
     else:
-        lines.append(f"  density {p.density:.3%} ({p.fires} tokens)   max {p.max_act:.3f}   "
-                     f"mean {p.mean_act:.4f}   mean when firing {p.mean_firing:.3f}")
+        lines.append(
+            f"  density {p.density:.3%} ({p.fires} tokens)   max {p.max_act:.3f}   "
+            f"mean {p.mean_act:.4f}   mean when firing {p.mean_firing:.3f}"
+        )
         h = p.histogram
         if h is not None:
-            lines.append(f"  activations {h.edges[0]:.3g} {_spark(h.counts)} {h.edges[-1]:.3g}  (log scale)")
+            lines.append(
+                f"  activations {h.edges[0]:.3g} {_spark(h.counts)} {h.edges[-1]:.3g}  (log scale)"
+            )
     for e in p.explanations:
         best = max(e.scores, key=lambda s: s.value, default=None)
         sc = f"  [{best.scorer} {best.metric} {best.value:.2f}]" if best else ""
@@ -57,7 +63,9 @@ def render(p: FeatureProfile, *, color: bool = False, n_top: int = 10, n_lower: 
         lines.append("top activating contexts")
         for ex in p.top[:n_top]:
             lines.append(f"  {ex.score:7.3f}  {render_example(ex, max_act, color)}")
-    lower = [e for e in p.quantiles if p.top and e.score < p.top[-1].score] or p.quantiles[len(p.quantiles) // 2:]
+    lower = [e for e in p.quantiles if p.top and e.score < p.top[-1].score] or p.quantiles[
+        len(p.quantiles) // 2 :
+    ]
     if lower:
         lines.append("")
         lines.append("lower activations (samples per octave bucket)")

@@ -1,9 +1,11 @@
 """The atlas database: one SQLite file (atlas/atlas.db) that every later stage reads and writes.
 
     db = AtlasDB.open("atlas/atlas.db")                       # or readonly=True (viewer)
-    p = db.feature("blocks.15.resid_post", 1234)               # FeatureProfile (stats, examples, logits)
+    p = db.feature("blocks.15.resid_post", 1234)               # FeatureProfile (stats, examples,
+    logits)
     eid = db.add_explanation("blocks.15.resid_post", 1234, "horses", method="delphi", version="1")
-    db.add_score(eid, scorer="detection", metric="balanced_accuracy", value=0.82, n_pos=50, n_neg=50)
+    db.add_score(eid, scorer="detection", metric="balanced_accuracy", value=0.82, n_pos=50,
+    n_neg=50)
     db.search_labels("horse")                                  # FTS5 over labels and explanations
 
 Why SQLite: embedded, one file per atlas, and in WAL mode readers never block the one writer
@@ -65,7 +67,8 @@ CREATE TABLE IF NOT EXISTS examples (
 CREATE INDEX IF NOT EXISTS examples_feature ON examples (dictionary, idx, kind);
 CREATE TABLE IF NOT EXISTS logit_effects (
     dictionary INTEGER NOT NULL, idx INTEGER NOT NULL, kind TEXT NOT NULL, rank INTEGER NOT NULL,
-    token_id INTEGER, token TEXT, value REAL, PRIMARY KEY (dictionary, idx, kind, rank)) WITHOUT ROWID;
+    token_id INTEGER, token TEXT, value REAL,
+    PRIMARY KEY (dictionary, idx, kind, rank)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS explanations (
     id INTEGER PRIMARY KEY, dictionary INTEGER NOT NULL, idx INTEGER NOT NULL, method TEXT NOT NULL,
     version TEXT, text TEXT NOT NULL, created TEXT, details TEXT);
@@ -211,7 +214,10 @@ def migrate(conn: sqlite3.Connection) -> int:
     row = conn.execute("SELECT version FROM schema_version").fetchone()
     found = row[0] if row else 0
     if found > SCHEMA_VERSION:
-        raise UserError(f"atlas database schema {found} is newer than this lmscope ({SCHEMA_VERSION}); upgrade lmscope")
+        raise UserError(
+            f"atlas database schema {found} is newer than this lmscope ({SCHEMA_VERSION}); "
+            "upgrade lmscope"
+        )
     if found == SCHEMA_VERSION:
         return found  # nothing to write: opening never needs the write lock
     for v in range(found + 1, SCHEMA_VERSION + 1):
@@ -230,14 +236,18 @@ class AtlasDB:
         self.readonly = readonly
         self._writer = None
         if readonly and not self.path.is_file():
-            raise UserError(f"no atlas database at {self.path}; run `lmscope atlas build {self.path.parent}` first")
+            raise UserError(
+                f"no atlas database at {self.path}; run `lmscope atlas build {self.path.parent}` "
+                "first"
+            )
         _check_header(self.path)
         if not readonly:
             self._writer = _WriterLock.acquire(self.path, timeout)
         try:
             if readonly:
-                self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=timeout,
-                                            check_same_thread=False)
+                self.conn = sqlite3.connect(
+                    f"file:{self.path}?mode=ro", uri=True, timeout=timeout, check_same_thread=False
+                )
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self.conn = sqlite3.connect(self.path, timeout=timeout, check_same_thread=False)
@@ -263,14 +273,17 @@ class AtlasDB:
     def _check_readable(self) -> None:
         row = self.conn.execute("SELECT version FROM schema_version").fetchone()
         if row and row[0] > SCHEMA_VERSION:
-            raise UserError(f"{self.path} has schema {row[0]}, newer than this lmscope; upgrade lmscope")
+            raise UserError(
+                f"{self.path} has schema {row[0]}, newer than this lmscope; upgrade lmscope"
+            )
 
     def _check_intact(self) -> None:
         if self.path.is_file() and self.path.stat().st_size <= QUICK_CHECK_MAX_BYTES:
             rows = self.conn.execute("PRAGMA quick_check(3)").fetchall()
             if [r[0] for r in rows] != ["ok"]:
-                raise sqlite3.DatabaseError("database disk image is malformed: "
-                                            + "; ".join(str(r[0]) for r in rows)[:200])
+                raise sqlite3.DatabaseError(
+                    "database disk image is malformed: " + "; ".join(str(r[0]) for r in rows)[:200]
+                )
 
     def _release(self) -> None:
         if self._writer is not None:
@@ -304,7 +317,9 @@ class AtlasDB:
         try:
             with self._read_lock:
                 return self.conn.execute(sql, args).fetchall()
-        except sqlite3.DatabaseError as e:  # locked past the timeout, or a page damaged since opening
+        except (
+            sqlite3.DatabaseError
+        ) as e:  # locked past the timeout, or a page damaged since opening
             raise UserError(_db_error(self.path, e)) from None
 
     # --- meta and dictionaries ----------------------------------------------------------
@@ -316,7 +331,12 @@ class AtlasDB:
             self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, _json(value)))
 
     def dictionaries(self) -> list[DictionaryInfo]:
-        return [DictionaryInfo(*r) for r in self._q("SELECT hook, arch, d_sae, d_in, n_tokens FROM dictionaries ORDER BY id")]
+        return [
+            DictionaryInfo(*r)
+            for r in self._q(
+                "SELECT hook, arch, d_sae, d_in, n_tokens FROM dictionaries ORDER BY id"
+            )
+        ]
 
     def _dict_id(self, hook: str, *, create: dict | None = None) -> int:
         if hook in self._dict_ids:
@@ -325,13 +345,24 @@ class AtlasDB:
         if not row:
             if create is None:
                 hooks = [d.hook for d in self.dictionaries()]
-                raise UserError(f"no dictionary {hook!r} in this atlas{close_matches(hook, hooks)}"
-                                if hooks else f"no dictionary {hook!r}: the atlas database is empty "
-                                "(run `lmscope atlas build` first)")
-            cur = self.conn.execute("INSERT INTO dictionaries (hook, arch, d_sae, d_in, n_tokens, config) "
-                                    "VALUES (?, ?, ?, ?, ?, ?)", (hook, create.get("arch"), create["d_sae"],
-                                                                  create.get("d_in"), create.get("n_tokens"),
-                                                                  _json(create.get("config"))))
+                raise UserError(
+                    f"no dictionary {hook!r} in this atlas{close_matches(hook, hooks)}"
+                    if hooks
+                    else f"no dictionary {hook!r}: the atlas database is empty "
+                    "(run `lmscope atlas build` first)"
+                )
+            cur = self.conn.execute(
+                "INSERT INTO dictionaries (hook, arch, d_sae, d_in, n_tokens, config) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    hook,
+                    create.get("arch"),
+                    create["d_sae"],
+                    create.get("d_in"),
+                    create.get("n_tokens"),
+                    _json(create.get("config")),
+                ),
+            )
             self._dict_ids[hook] = cur.lastrowid
             return cur.lastrowid
         self._dict_ids[hook] = row[0][0]
@@ -348,77 +379,167 @@ class AtlasDB:
     def feature(self, hook: str, idx: int) -> FeatureProfile:
         """Everything stored about one feature (UserError for an unknown dictionary or index)."""
         did = self._check_feature(hook, idx)
-        row = self._q("SELECT density, fires, max_act, mean_act, mean_firing, histogram, label FROM features "
-                      "WHERE dictionary = ? AND idx = ?", (did, idx))
+        row = self._q(
+            "SELECT density, fires, max_act, mean_act, mean_firing, histogram, label FROM features "
+            "WHERE dictionary = ? AND idx = ?",
+            (did, idx),
+        )
         stats = row[0] if row else (None,) * 7
         ex = {"top": [], "quantile": [], "negative": []}
         for kind, bucket, score, tid, toks, tids, acts, pos in self._q(
-                "SELECT kind, bucket, score, token_id, tokens, token_ids, acts, position FROM examples "
-                "WHERE dictionary = ? AND idx = ? ORDER BY kind, bucket DESC, rank", (did, idx)):
-            ex[kind].append(Example(kind, json.loads(toks), json.loads(acts), pos, score, bucket,
-                                    json.loads(tids), tid))
+            "SELECT kind, bucket, score, token_id, tokens, token_ids, acts, position FROM examples "
+            "WHERE dictionary = ? AND idx = ? ORDER BY kind, bucket DESC, rank",
+            (did, idx),
+        ):
+            ex[kind].append(
+                Example(
+                    kind,
+                    json.loads(toks),
+                    json.loads(acts),
+                    pos,
+                    score,
+                    bucket,
+                    json.loads(tids),
+                    tid,
+                )
+            )
         logits = {"promoted": [], "suppressed": []}
-        for kind, tid, tok, val in self._q("SELECT kind, token_id, token, value FROM logit_effects "
-                                           "WHERE dictionary = ? AND idx = ? ORDER BY kind, rank", (did, idx)):
+        for kind, tid, tok, val in self._q(
+            "SELECT kind, token_id, token, value FROM logit_effects "
+            "WHERE dictionary = ? AND idx = ? ORDER BY kind, rank",
+            (did, idx),
+        ):
             logits[kind].append(LogitEffect(tok, tid, val))
-        return FeatureProfile(hook, idx, stats[0], stats[1], stats[2], stats[3], stats[4],
-                              decode_histogram(_unjson(stats[5])),
-                              stats[6], ex["top"], ex["quantile"], ex["negative"], logits["promoted"],
-                              logits["suppressed"], self.explanations(hook, idx))
+        return FeatureProfile(
+            hook,
+            idx,
+            stats[0],
+            stats[1],
+            stats[2],
+            stats[3],
+            stats[4],
+            decode_histogram(_unjson(stats[5])),
+            stats[6],
+            ex["top"],
+            ex["quantile"],
+            ex["negative"],
+            logits["promoted"],
+            logits["suppressed"],
+            self.explanations(hook, idx),
+        )
 
     def densities(self, hook: str) -> list[tuple[int, float, float]]:
         """(idx, density, max_act) of every profiled feature of a dictionary."""
-        return self._q("SELECT idx, density, max_act FROM features WHERE dictionary = ? ORDER BY idx",
-                       (self._dict_id(hook),))
+        return self._q(
+            "SELECT idx, density, max_act FROM features WHERE dictionary = ? ORDER BY idx",
+            (self._dict_id(hook),),
+        )
 
     # --- labels, explanations, scores -------------------------------------------------------
     def label(self, hook: str, idx: int) -> str | None:
-        row = self._q("SELECT label FROM features WHERE dictionary = ? AND idx = ?", (self._dict_id(hook), idx))
+        row = self._q(
+            "SELECT label FROM features WHERE dictionary = ? AND idx = ?",
+            (self._dict_id(hook), idx),
+        )
         return row[0][0] if row else None
 
     def set_label(self, hook: str, idx: int, text: str | None) -> None:
         did = self._check_feature(hook, idx)
         with self._tx():
-            self.conn.execute("INSERT INTO features (dictionary, idx, label) VALUES (?, ?, ?) "
-                              "ON CONFLICT (dictionary, idx) DO UPDATE SET label = excluded.label", (did, idx, text))
-            self.conn.execute("DELETE FROM search WHERE hook = ? AND idx = ? AND source = 'label'", (hook, idx))
+            self.conn.execute(
+                "INSERT INTO features (dictionary, idx, label) VALUES (?, ?, ?) "
+                "ON CONFLICT (dictionary, idx) DO UPDATE SET label = excluded.label",
+                (did, idx, text),
+            )
+            self.conn.execute(
+                "DELETE FROM search WHERE hook = ? AND idx = ? AND source = 'label'", (hook, idx)
+            )
             if text:
-                self.conn.execute("INSERT INTO search VALUES (?, ?, ?, 'label', NULL)", (text, hook, idx))
+                self.conn.execute(
+                    "INSERT INTO search VALUES (?, ?, ?, 'label', NULL)", (text, hook, idx)
+                )
 
-    def add_explanation(self, hook: str, idx: int, text: str, *, method: str, version: str = "1",
-                        details: dict | None = None) -> int:
-        """Store one explanation (a feature may have many: one per method/version). Returns its id."""
+    def add_explanation(
+        self,
+        hook: str,
+        idx: int,
+        text: str,
+        *,
+        method: str,
+        version: str = "1",
+        details: dict | None = None,
+    ) -> int:
+        """Store one explanation (a feature may have many: one per method/version). Returns its
+        id."""
         did = self._check_feature(hook, idx)
         with self._tx():
-            cur = self.conn.execute("INSERT INTO explanations (dictionary, idx, method, version, text, created, details) "
-                                    "VALUES (?, ?, ?, ?, ?, ?, ?)", (did, idx, method, version, text, _now(),
-                                                                     _json(details)))
-            self.conn.execute("INSERT INTO search VALUES (?, ?, ?, 'explanation', ?)", (text, hook, idx, cur.lastrowid))
+            cur = self.conn.execute(
+                "INSERT INTO explanations (dictionary, idx, method, version, text, created, "
+                "details) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (did, idx, method, version, text, _now(), _json(details)),
+            )
+            self.conn.execute(
+                "INSERT INTO search VALUES (?, ?, ?, 'explanation', ?)",
+                (text, hook, idx, cur.lastrowid),
+            )
         return cur.lastrowid
 
     def explanations(self, hook: str, idx: int) -> list[Explanation]:
         did = self._dict_id(hook)
-        out = [Explanation(i, hook, idx, m, v, t, c, _unjson(d)) for i, m, v, t, c, d in self._q(
-            "SELECT id, method, version, text, created, details FROM explanations WHERE dictionary = ? AND idx = ? "
-            "ORDER BY id", (did, idx))]
+        out = [
+            Explanation(i, hook, idx, m, v, t, c, _unjson(d))
+            for i, m, v, t, c, d in self._q(
+                "SELECT id, method, version, text, created, details FROM explanations WHERE "
+                "dictionary = ? AND idx = ? "
+                "ORDER BY id",
+                (did, idx),
+            )
+        ]
         for e in out:
             e.scores = self.scores(e.id)
         return out
 
-    def add_score(self, explanation_id: int, *, scorer: str, metric: str, value: float,
-                  n_pos: int | None = None, n_neg: int | None = None, details: dict | None = None) -> int:
+    def add_score(
+        self,
+        explanation_id: int,
+        *,
+        scorer: str,
+        metric: str,
+        value: float,
+        n_pos: int | None = None,
+        n_neg: int | None = None,
+        details: dict | None = None,
+    ) -> int:
         if not self._q("SELECT 1 FROM explanations WHERE id = ?", (explanation_id,)):
             raise UserError(f"no explanation with id {explanation_id}")
         with self._tx():
-            cur = self.conn.execute("INSERT INTO scores (explanation_id, scorer, metric, value, n_pos, n_neg, details, "
-                                    "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                                    (explanation_id, scorer, metric, float(value), n_pos, n_neg, _json(details), _now()))
+            cur = self.conn.execute(
+                "INSERT INTO scores (explanation_id, scorer, metric, value, n_pos, n_neg, details, "
+                "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    explanation_id,
+                    scorer,
+                    metric,
+                    float(value),
+                    n_pos,
+                    n_neg,
+                    _json(details),
+                    _now(),
+                ),
+            )
         return cur.lastrowid
 
     def scores(self, explanation_id: int) -> list[Score]:
-        return [Score(i, e, s, m, v, p, n, _unjson(d)) for i, e, s, m, v, p, n, d in self._q(
-            "SELECT id, explanation_id, scorer, metric, value, n_pos, n_neg, details FROM scores "
-            "WHERE explanation_id = ? ORDER BY id", (explanation_id,))]
+        return [
+            Score(i, e, s, m, v, p, n, _unjson(d))
+            for i, e, s, m, v, p, n, d in self._q(
+                "SELECT id, explanation_id, scorer, metric, value, n_pos, n_neg, details FROM "
+                "scores "
+                "WHERE explanation_id = ? ORDER BY id",
+                (explanation_id,),
+            )
+        ]
 
     def search_labels(self, query: str, limit: int = 20) -> list[SearchHit]:
         """Full-text search (FTS5, bm25 ranking) over labels and explanations; best first."""
@@ -426,8 +547,11 @@ class AtlasDB:
         if not words:
             return []
         match = " ".join(f'"{w}"*' for w in words)
-        rows = self._q("SELECT hook, idx, text, source, rank FROM search WHERE search MATCH ? "
-                       "ORDER BY rank LIMIT ?", (match, int(limit)))
+        rows = self._q(
+            "SELECT hook, idx, text, source, rank FROM search WHERE search MATCH ? "
+            "ORDER BY rank LIMIT ?",
+            (match, int(limit)),
+        )
         return [SearchHit(h, int(i), t, s, float(r)) for h, i, t, s, r in rows]
 
     def score_values(self) -> list[tuple[str, str, float]]:
@@ -435,71 +559,113 @@ class AtlasDB:
         return [tuple(r) for r in self._q("SELECT scorer, metric, value FROM scores")]
 
     def summary(self) -> dict:
-        return {"dictionaries": [d.__dict__ for d in self.dictionaries()], "meta": self.meta(),
-                "n_features": self._q("SELECT COUNT(*) FROM features")[0][0],
-                "n_explanations": self._q("SELECT COUNT(*) FROM explanations")[0][0]}
+        return {
+            "dictionaries": [d.__dict__ for d in self.dictionaries()],
+            "meta": self.meta(),
+            "n_features": self._q("SELECT COUNT(*) FROM features")[0][0],
+            "n_explanations": self._q("SELECT COUNT(*) FROM explanations")[0][0],
+        }
 
     # --- bulk reads and writes (the explain stage: thousands of features per call) ----------------
     def feature_profiles(self, hook: str, idxs: list[int]) -> list[FeatureProfile]:
         """Profiles of these features of one dictionary, in idxs order, WITHOUT their explanations
-        (`feature` reads one feature with ~6 queries plus its explanations; this reads a batch with 3).
+        (`feature` reads one feature with ~6 queries plus its explanations; this reads a batch with
+        3).
         Examples carry no token_ids (the explain stage never reads them)."""
         if not idxs:
             return []
         did = self._dict_id(hook)
         marks = ",".join("?" * len(idxs))
-        stats = {r[0]: r[1:] for r in self._q(
-            f"SELECT idx, density, fires, max_act, mean_act, mean_firing, histogram, label FROM features "
-            f"WHERE dictionary = ? AND idx IN ({marks})", (did, *idxs))}
+        stats = {
+            r[0]: r[1:]
+            for r in self._q(
+                "SELECT idx, density, fires, max_act, mean_act, mean_firing, histogram, label "
+                "FROM features "
+                f"WHERE dictionary = ? AND idx IN ({marks})",
+                (did, *idxs),
+            )
+        }
         ex: dict = {i: {"top": [], "quantile": [], "negative": []} for i in idxs}
-        rows = self._q(f"SELECT idx, kind, bucket, score, token_id, tokens, acts, position FROM examples "
-                       f"WHERE dictionary = ? AND idx IN ({marks}) ORDER BY idx, kind, bucket DESC, rank",
-                       (did, *idxs))
-        # One json.loads per column of the whole batch, not two per example (the per-call cost dominated).
+        rows = self._q(
+            f"SELECT idx, kind, bucket, score, token_id, tokens, acts, position FROM examples "
+            f"WHERE dictionary = ? AND idx IN ({marks}) ORDER BY idx, kind, bucket DESC, rank",
+            (did, *idxs),
+        )
+        # One json.loads per column of the whole batch, not two per example (the per-call cost
+        # dominated).
         toks = json.loads("[" + ",".join(r[5] for r in rows) + "]")
         acts = json.loads("[" + ",".join(r[6] for r in rows) + "]")
         for (idx, kind, bucket, score, tid, _, _, pos), t, a in zip(rows, toks, acts):
             ex[idx][kind].append(Example(kind, t, a, pos, score, bucket, [], tid))
         logits: dict = {i: {"promoted": [], "suppressed": []} for i in idxs}
         for idx, kind, tid, tok, val in self._q(
-                f"SELECT idx, kind, token_id, token, value FROM logit_effects WHERE dictionary = ? "
-                f"AND idx IN ({marks}) ORDER BY idx, kind, rank", (did, *idxs)):
+            f"SELECT idx, kind, token_id, token, value FROM logit_effects WHERE dictionary = ? "
+            f"AND idx IN ({marks}) ORDER BY idx, kind, rank",
+            (did, *idxs),
+        ):
             logits[idx][kind].append(LogitEffect(tok, tid, val))
         out = []
         for i in idxs:
             s = stats.get(i, (None,) * 7)
             hist = decode_histogram(_unjson(s[5]))
-            out.append(FeatureProfile(hook, i, s[0], s[1], s[2], s[3], s[4], hist, s[6], ex[i]["top"],
-                                      ex[i]["quantile"], ex[i]["negative"], logits[i]["promoted"],
-                                      logits[i]["suppressed"], []))
+            out.append(
+                FeatureProfile(
+                    hook,
+                    i,
+                    s[0],
+                    s[1],
+                    s[2],
+                    s[3],
+                    s[4],
+                    hist,
+                    s[6],
+                    ex[i]["top"],
+                    ex[i]["quantile"],
+                    ex[i]["negative"],
+                    logits[i]["promoted"],
+                    logits[i]["suppressed"],
+                    [],
+                )
+            )
         return out
 
     def example_windows(self, hook: str):
         """(idx, token_id, position, tokens_json) of every stored example window of a dictionary, in
-        storage order, tokens left as JSON text (a reader that dedupes windows decodes only new ones)."""
+        storage order, tokens left as JSON text (a reader that dedupes windows decodes only new
+        ones)."""
         try:
-            yield from self.conn.execute("SELECT idx, token_id, position, tokens FROM examples "
-                                         "WHERE dictionary = ?", (self._dict_id(hook),))
+            yield from self.conn.execute(
+                "SELECT idx, token_id, position, tokens FROM examples WHERE dictionary = ?",
+                (self._dict_id(hook),),
+            )
         except sqlite3.OperationalError as e:
             raise UserError(_db_error(self.path, e)) from None
 
     def explained(self, method: str, version: str) -> set[tuple[str, int]]:
         """(hook, idx) of every feature with an explanation by this method and version."""
-        return {(h, i) for h, i in self._q("SELECT d.hook, e.idx FROM explanations e JOIN dictionaries d "
-                                           "ON d.id = e.dictionary WHERE e.method = ? AND e.version = ?",
-                                           (method, version))}
+        return {
+            (h, i)
+            for h, i in self._q(
+                "SELECT d.hook, e.idx FROM explanations e JOIN dictionaries d "
+                "ON d.id = e.dictionary WHERE e.method = ? AND e.version = ?",
+                (method, version),
+            )
+        }
 
     def add_explanations(self, rows: list[BulkExplanations]) -> None:
         """Store many features' explanations with their scores, and labels, in ONE transaction, with
         exactly the rows (and search entries) `add_explanation`, `add_score` and `set_label` write,
         except: an explanation with `search=False` gets no search entry, and a label is set only
-        where the feature has none (`BulkExplanations.label_if_unset`; never overwrites a hand label)."""
+        where the feature has none (`BulkExplanations.label_if_unset`; never overwrites a hand
+        label)."""
         now = _now()
         c = self.conn
         if self.readonly:
             raise UserError(f"{self.path} is open read-only")
         try:
-            c.execute("BEGIN IMMEDIATE")  # we hold the write lock: explanation ids can be assigned here
+            c.execute(
+                "BEGIN IMMEDIATE"
+            )  # we hold the write lock: explanation ids can be assigned here
             eid = c.execute("SELECT COALESCE(MAX(id), 0) FROM explanations").fetchone()[0]
             expl, scores, search, labelled = [], [], [], []
             for r in rows:
@@ -509,19 +675,31 @@ class AtlasDB:
                     expl.append((eid, did, r.idx, m, v, text, now, _json(details)))
                     if searchable:
                         search.append((text, r.hook, r.idx, "explanation", eid))
-                    scores += [(eid, scorer, metric, float(value), n_pos, n_neg, _json(det), now)
-                               for scorer, metric, value, n_pos, n_neg, det in ss]
+                    scores += [
+                        (eid, scorer, metric, float(value), n_pos, n_neg, _json(det), now)
+                        for scorer, metric, value, n_pos, n_neg, det in ss
+                    ]
                 if r.label_if_unset and not r.current_label:
                     labelled.append((did, r.hook, r.idx, r.label_if_unset))
-            c.executemany("INSERT INTO explanations (id, dictionary, idx, method, version, text, created, "
-                          "details) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", expl)
-            c.executemany("INSERT INTO scores (explanation_id, scorer, metric, value, n_pos, n_neg, details, "
-                          "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", scores)
-            c.executemany("INSERT INTO features (dictionary, idx, label) VALUES (?, ?, ?) ON CONFLICT "
-                          "(dictionary, idx) DO UPDATE SET label = excluded.label",
-                          [(did, idx, label) for did, _, idx, label in labelled])
-            # No DELETE of an old 'label' search row: these features have no label, and set_label never
-            # leaves a row behind for an empty one (a DELETE on FTS5's unindexed columns scans the whole
+            c.executemany(
+                "INSERT INTO explanations (id, dictionary, idx, method, version, text, created, "
+                "details) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                expl,
+            )
+            c.executemany(
+                "INSERT INTO scores (explanation_id, scorer, metric, value, n_pos, n_neg, details, "
+                "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                scores,
+            )
+            c.executemany(
+                "INSERT INTO features (dictionary, idx, label) VALUES (?, ?, ?) ON CONFLICT "
+                "(dictionary, idx) DO UPDATE SET label = excluded.label",
+                [(did, idx, label) for did, _, idx, label in labelled],
+            )
+            # No DELETE of an old 'label' search row: these features have no label, and set_label
+            # never
+            # leaves a row behind for an empty one (a DELETE on FTS5's unindexed columns scans the
+            # whole
             # search table: once per feature that was quadratic).
             search += [(label, hook, idx, "label", None) for _, hook, idx, label in labelled]
             c.executemany("INSERT INTO search VALUES (?, ?, ?, ?, ?)", search)
@@ -536,27 +714,55 @@ class AtlasDB:
             raise
 
     # --- writing a build (one transaction) -------------------------------------------------
-    def write_dictionary_profiles(self, hook: str, info: dict, features: list[tuple], examples: list[tuple],
-                                  logits: list[tuple], *, commit: bool = True) -> None:
+    def write_dictionary_profiles(
+        self,
+        hook: str,
+        info: dict,
+        features: list[tuple],
+        examples: list[tuple],
+        logits: list[tuple],
+        *,
+        commit: bool = True,
+    ) -> None:
         """Replace a dictionary's profiles. features: (idx, density, fires, max_act, mean_act,
-        mean_firing, histogram_json); examples: (idx, kind, bucket, rank, score, token_id, tokens_json,
+        mean_firing, histogram_json); examples: (idx, kind, bucket, rank, score, token_id,
+        tokens_json,
         token_ids_json, acts_json, position); logits: (idx, kind, rank, token_id, token, value).
         Labels and explanations are kept."""
         c = self.conn
         did = self._dict_id(hook, create=info)
-        c.execute("UPDATE dictionaries SET arch = ?, d_sae = ?, d_in = ?, n_tokens = ?, config = ? WHERE id = ?",
-                  (info.get("arch"), info["d_sae"], info.get("d_in"), info.get("n_tokens"),
-                   _json(info.get("config")), did))
+        c.execute(
+            "UPDATE dictionaries SET arch = ?, d_sae = ?, d_in = ?, n_tokens = ?, config = ? "
+            "WHERE id = ?",
+            (
+                info.get("arch"),
+                info["d_sae"],
+                info.get("d_in"),
+                info.get("n_tokens"),
+                _json(info.get("config")),
+                did,
+            ),
+        )
         c.execute("DELETE FROM examples WHERE dictionary = ?", (did,))
         c.execute("DELETE FROM logit_effects WHERE dictionary = ?", (did,))
-        c.executemany("INSERT INTO features (dictionary, idx, density, fires, max_act, mean_act, mean_firing, histogram) "
-                      "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dictionary, idx) DO UPDATE SET "
-                      "density = excluded.density, fires = excluded.fires, max_act = excluded.max_act, "
-                      "mean_act = excluded.mean_act, mean_firing = excluded.mean_firing, histogram = excluded.histogram",
-                      ((did, *f) for f in features))
-        c.executemany("INSERT INTO examples (dictionary, idx, kind, bucket, rank, score, token_id, tokens, token_ids, "
-                      "acts, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", ((did, *e) for e in examples))
-        c.executemany("INSERT INTO logit_effects VALUES (?, ?, ?, ?, ?, ?, ?)", ((did, *x) for x in logits))
+        c.executemany(
+            "INSERT INTO features (dictionary, idx, density, fires, max_act, mean_act, "
+            "mean_firing, histogram) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dictionary, idx) DO UPDATE SET "
+            "density = excluded.density, fires = excluded.fires, max_act = excluded.max_act, "
+            "mean_act = excluded.mean_act, mean_firing = excluded.mean_firing, histogram = "
+            "excluded.histogram",
+            ((did, *f) for f in features),
+        )
+        c.executemany(
+            "INSERT INTO examples (dictionary, idx, kind, bucket, rank, score, token_id, tokens, "
+            "token_ids, "
+            "acts, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            ((did, *e) for e in examples),
+        )
+        c.executemany(
+            "INSERT INTO logit_effects VALUES (?, ?, ?, ?, ?, ?, ?)", ((did, *x) for x in logits)
+        )
         if commit:
             c.commit()
 
@@ -574,30 +780,42 @@ def open_atlas_db(atlas, *, required: bool = False) -> AtlasDB | None:
     layout = atlas if isinstance(atlas, AtlasLayout) else AtlasLayout(atlas)
     if not layout.db_path.exists():
         if required:
-            raise UserError(f"{layout.root} has no atlas.db yet; run `lmscope atlas build {layout.root} "
-                            "--corpus C` first")
+            raise UserError(
+                f"{layout.root} has no atlas.db yet; run `lmscope atlas build {layout.root} "
+                "--corpus C` first"
+            )
         return None
     return AtlasDB(layout.db_path, readonly=True)
 
 
 def _rebuild_hint(path: Path) -> str:
-    return (f"move it away and rebuild it with `lmscope atlas build {path.parent} --force` "
-            "(then rerun `lmscope explain` for the labels)")
+    return (
+        f"move it away and rebuild it with `lmscope atlas build {path.parent} --force` "
+        "(then rerun `lmscope explain` for the labels)"
+    )
 
 
 def _db_error(path: Path, e: Exception) -> str:
     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
     if "locked" in msg or "busy" in msg:
-        return f"atlas database {path} is locked by another process ({msg}); wait for it to finish and retry"
-    if ("not a database" in msg or "malformed" in msg or "file is encrypted" in msg
-            or "no such table" in msg):
+        return (
+            f"atlas database {path} is locked by another process ({msg}); wait for it to "
+            "finish and retry"
+        )
+    if (
+        "not a database" in msg
+        or "malformed" in msg
+        or "file is encrypted" in msg
+        or "no such table" in msg
+    ):
         return f"atlas database {path} is damaged ({msg}); {_rebuild_hint(path)}"
     return f"atlas database {path}: {msg}"
 
 
 def _check_header(path: Path) -> None:
     """A file that is not SQLite at all (truncated to nothing, overwritten) is refused before
-    SQLite sees it: a writable open of an empty file would otherwise quietly start a new atlas DB."""
+    SQLite sees it: a writable open of an empty file would otherwise quietly start a new atlas
+    DB."""
     try:
         with open(path, "rb") as f:
             head = f.read(len(_HEADER))
@@ -639,12 +857,17 @@ class _WriterLock:
                         break
                     except BlockingIOError:
                         if time.monotonic() >= deadline:
-                            holder = os.pread(fd, 500, 0).decode("utf-8", "replace").strip() or "unknown"
+                            holder = (
+                                os.pread(fd, 500, 0).decode("utf-8", "replace").strip() or "unknown"
+                            )
                             os.close(fd)
                             raise UserError(
-                                f"atlas database {path} is being written by another lmscope process "
-                                f"({holder}); wait for it to finish (two writers are refused so that "
-                                "neither overwrites the other's rows)") from None
+                                f"atlas database {path} is being written by another lmscope "
+                                "process "
+                                f"({holder}); wait for it to finish (two writers are refused so "
+                                "that "
+                                "neither overwrites the other's rows)"
+                            ) from None
                         time.sleep(0.1)
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"pid {os.getpid()}: {' '.join(sys.argv)[:300]}".encode(), 0)

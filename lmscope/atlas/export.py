@@ -44,7 +44,9 @@ def export_atlas(atlas: str, fmt: str, out: str | Path, *, force: bool = False) 
     manifest = layout.read()
     out = Path(out)
     if fmt not in ("saelens", "neuronpedia-json", "parquet"):
-        raise UserError(f"unknown export format {fmt!r}; choose saelens, neuronpedia-json or parquet")
+        raise UserError(
+            f"unknown export format {fmt!r}; choose saelens, neuronpedia-json or parquet"
+        )
     if fmt == "parquet":
         try:
             import pyarrow  # noqa: F401
@@ -80,7 +82,9 @@ def _saelens(folder: DictionaryFolder, db, out: Path) -> list[Path]:
             dens = torch.full((max((i for i, _, _ in rows), default=-1) + 1,), 0.0)
             for i, dn, _ in rows:
                 dens[i] = dn or 0.0
-            save_file({"sparsity": torch.log10(dens.clamp_min(1e-10))}, str(dst / "sparsity.safetensors"))
+            save_file(
+                {"sparsity": torch.log10(dens.clamp_min(1e-10))}, str(dst / "sparsity.safetensors")
+            )
         written += sorted(p for p in dst.rglob("*") if p.is_file())
     return written
 
@@ -103,27 +107,63 @@ def _neuronpedia(manifest: dict, db, out: Path) -> list[Path]:
             edges_counts = [(e, c) for e, c in zip(hist.edges, hist.counts) if c] if hist else []
             acts = []
             for ex in p.top:
-                acts.append({"tokens": ex.tokens, "values": ex.acts, "bin_min": -1, "bin_max": p.max_act,
-                             "bin_contains": None, "qualifying_token_index": ex.position})
+                acts.append(
+                    {
+                        "tokens": ex.tokens,
+                        "values": ex.acts,
+                        "bin_min": -1,
+                        "bin_max": p.max_act,
+                        "bin_contains": None,
+                        "qualifying_token_index": ex.position,
+                    }
+                )
             for ex in p.quantiles:
                 lo, hi = bucket_range(ex.bucket or 0)
-                acts.append({"tokens": ex.tokens, "values": ex.acts, "bin_min": lo,
-                             "bin_max": hi if math.isfinite(hi) else p.max_act, "bin_contains": None,
-                             "qualifying_token_index": ex.position})
-            feats.append({
-                "feature_index": i, "frac_nonzero": p.density or 0.0, "maxActApprox": p.max_act or 0.0,
-                "pos_str": [x.token for x in p.promoted], "pos_values": [x.value for x in p.promoted],
-                "neg_str": [x.token for x in p.suppressed], "neg_values": [x.value for x in p.suppressed],
-                "freq_hist_data_bar_values": [e for e, _ in edges_counts],
-                "freq_hist_data_bar_heights": [c for _, c in edges_counts],
-                "logits_hist_data_bar_values": [], "logits_hist_data_bar_heights": [],
-                "activations": acts,
-                "explanations": [{"description": e.text, "explanationModelName": e.method,
-                                  "typeName": f"lmscope-{e.method}-v{e.version}"} for e in p.explanations],
-            })
+                acts.append(
+                    {
+                        "tokens": ex.tokens,
+                        "values": ex.acts,
+                        "bin_min": lo,
+                        "bin_max": hi if math.isfinite(hi) else p.max_act,
+                        "bin_contains": None,
+                        "qualifying_token_index": ex.position,
+                    }
+                )
+            feats.append(
+                {
+                    "feature_index": i,
+                    "frac_nonzero": p.density or 0.0,
+                    "maxActApprox": p.max_act or 0.0,
+                    "pos_str": [x.token for x in p.promoted],
+                    "pos_values": [x.value for x in p.promoted],
+                    "neg_str": [x.token for x in p.suppressed],
+                    "neg_values": [x.value for x in p.suppressed],
+                    "freq_hist_data_bar_values": [e for e, _ in edges_counts],
+                    "freq_hist_data_bar_heights": [c for _, c in edges_counts],
+                    "logits_hist_data_bar_values": [],
+                    "logits_hist_data_bar_heights": [],
+                    "activations": acts,
+                    "explanations": [
+                        {
+                            "description": e.text,
+                            "explanationModelName": e.method,
+                            "typeName": f"lmscope-{e.method}-v{e.version}",
+                        }
+                        for e in p.explanations
+                    ],
+                }
+            )
         path = out / hook_dirname(info.hook) / "batch-0.json"
-        write_json_atomic(path, {"model_id": model, "layer": _layer_of(info.hook), "sae_set": info.hook,
-                                 "hook_name": info.hook, "features": feats})
+        write_json_atomic(
+            path,
+            {
+                "model_id": model,
+                "layer": _layer_of(info.hook),
+                "sae_set": info.hook,
+                "hook_name": info.hook,
+                "features": feats,
+            },
+        )
         written.append(path)
     return written
 
@@ -134,26 +174,44 @@ def _parquet(db, out: Path) -> list[Path]:
 
     hooks = "(SELECT hook FROM dictionaries d WHERE d.id = t.dictionary) AS hook"
     queries = {
-        "features": f"SELECT {hooks}, idx, density, fires, max_act, mean_act, mean_firing, histogram, label FROM features t",
-        "examples": f"SELECT {hooks}, idx, kind, bucket, rank, score, token_id, tokens, token_ids, acts, position "
-                    "FROM examples t",
-        "logit_effects": f"SELECT {hooks}, idx, kind, rank, token_id, token, value FROM logit_effects t",
-        "explanations": f"SELECT {hooks}, id, idx, method, version, text, created, details FROM explanations t",
-        "scores": "SELECT id, explanation_id, scorer, metric, value, n_pos, n_neg, details, created FROM scores",
+        "features": f"SELECT {hooks}, idx, density, fires, max_act, mean_act, mean_firing, "
+        "histogram, label FROM features t",
+        "examples": f"SELECT {hooks}, idx, kind, bucket, rank, score, token_id, tokens, "
+        "token_ids, acts, position "
+        "FROM examples t",
+        "logit_effects": f"SELECT {hooks}, idx, kind, rank, token_id, token, value FROM "
+        "logit_effects t",
+        "explanations": f"SELECT {hooks}, id, idx, method, version, text, created, details FROM "
+        "explanations t",
+        "scores": "SELECT id, explanation_id, scorer, metric, value, n_pos, n_neg, details, "
+        "created FROM scores",
     }
     written = []
     for name, sql in queries.items():
         cur = db.conn.execute(sql)
         cols = [c[0] for c in cur.description]
         rows = cur.fetchall()
-        table = pa.table({c: [r[j] for r in rows] for j, c in enumerate(cols)}) if rows else \
-            pa.table({c: pa.array([], pa.null()) for c in cols})
+        table = (
+            pa.table({c: [r[j] for r in rows] for j, c in enumerate(cols)})
+            if rows
+            else pa.table({c: pa.array([], pa.null()) for c in cols})
+        )
         path = out / f"{name}.parquet"
         pq.write_table(table, path)
         written.append(path)
-    write_json_atomic(out / "README.json", {"tables": list(queries), "json_columns": [
-        "features.histogram", "examples.tokens", "examples.token_ids", "examples.acts", "explanations.details",
-        "scores.details"]})
+    write_json_atomic(
+        out / "README.json",
+        {
+            "tables": list(queries),
+            "json_columns": [
+                "features.histogram",
+                "examples.tokens",
+                "examples.token_ids",
+                "examples.acts",
+                "explanations.details",
+                "scores.details",
+            ],
+        },
+    )
     written.append(out / "README.json")
     return written
-

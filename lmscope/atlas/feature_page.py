@@ -97,10 +97,25 @@ def from_db(db: AtlasDB, hook: str, feature: int) -> FeaturePage:
     p = db.feature(hook, feature)
     stats = None
     if p.density is not None:
-        stats = FeatureStats(p.fires, p.max_act, p.mean_act, p.mean_firing, p.histogram,
-                             p.top, p.quantiles, p.negatives)
-    return FeaturePage(hook, feature, p.label, p.density, stats, p.explanations,
-                       LogitEffects(p.promoted, p.suppressed))
+        stats = FeatureStats(
+            p.fires,
+            p.max_act,
+            p.mean_act,
+            p.mean_firing,
+            p.histogram,
+            p.top,
+            p.quantiles,
+            p.negatives,
+        )
+    return FeaturePage(
+        hook,
+        feature,
+        p.label,
+        p.density,
+        stats,
+        p.explanations,
+        LogitEffects(p.promoted, p.suppressed),
+    )
 
 
 __all__ = ["FeaturePage", "FeatureStats", "LogitEffects", "from_db"]

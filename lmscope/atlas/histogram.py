@@ -33,7 +33,12 @@ class Histogram:
 def encode_histogram(counts: torch.Tensor, log2_lo: int, per_octave: int) -> dict:
     """counts [N_HIST] on the fixed log2 bins -> the stored sparse form (nonempty bins only)."""
     nz = counts.nonzero(as_tuple=True)[0]
-    return {"log2_lo": log2_lo, "per_octave": per_octave, "bins": nz.tolist(), "counts": counts[nz].tolist()}
+    return {
+        "log2_lo": log2_lo,
+        "per_octave": per_octave,
+        "bins": nz.tolist(),
+        "counts": counts[nz].tolist(),
+    }
 
 
 def decode_histogram(stored: dict | None) -> Histogram | None:
@@ -44,8 +49,11 @@ def decode_histogram(stored: dict | None) -> Histogram | None:
     lo, per = stored["log2_lo"], stored["per_octave"]
     by_bin = dict(zip(stored["bins"], stored["counts"]))
     first, last = min(by_bin), max(by_bin)
-    return Histogram(counts=[int(by_bin.get(b, 0)) for b in range(first, last + 1)],
-                     edges=[2.0 ** (lo + b / per) for b in range(first, last + 2)], log_scale=True)
+    return Histogram(
+        counts=[int(by_bin.get(b, 0)) for b in range(first, last + 1)],
+        edges=[2.0 ** (lo + b / per) for b in range(first, last + 2)],
+        log_scale=True,
+    )
 
 
 def linear_histogram(x: torch.Tensor, bins: int) -> Histogram:
@@ -57,8 +65,9 @@ def linear_histogram(x: torch.Tensor, bins: int) -> Histogram:
         hi = lo + 1e-6
     counts = torch.histc(x.float(), bins=bins, min=lo, max=hi)
     step = (hi - lo) / bins
-    return Histogram(counts=[int(c) for c in counts.tolist()],
-                     edges=[lo + i * step for i in range(bins)] + [hi])
+    return Histogram(
+        counts=[int(c) for c in counts.tolist()], edges=[lo + i * step for i in range(bins)] + [hi]
+    )
 
 
 __all__ = ["Histogram", "decode_histogram", "encode_histogram", "linear_histogram"]

@@ -40,7 +40,9 @@ def final_norm_gain(lm: LanguageModel) -> Tensor | None:
 
 
 @torch.no_grad()
-def logit_effects(lm: LanguageModel, W_dec: Tensor, k: int = 10, chunk: int = 4096) -> LogitEffects | None:
+def logit_effects(
+    lm: LanguageModel, W_dec: Tensor, k: int = 10, chunk: int = 4096
+) -> LogitEffects | None:
     """Top-k promoted and suppressed tokens for every decoder row W_dec [F, d_model]."""
     W_U = lm.model.get_output_embeddings().weight.detach().float()  # [vocab, d_model]
     if W_dec.shape[1] != W_U.shape[1]:
@@ -49,7 +51,7 @@ def logit_effects(lm: LanguageModel, W_dec: Tensor, k: int = 10, chunk: int = 40
     k = min(k, W_U.shape[0])
     outs = []
     for s in range(0, W_dec.shape[0], chunk):
-        rows = W_dec[s:s + chunk].detach().float().to(W_U.device)  # [c, d]
+        rows = W_dec[s : s + chunk].detach().float().to(W_U.device)  # [c, d]
         if gain is not None:
             rows = rows * gain.to(rows.device)
         eff = rows @ W_U.t()  # [c, vocab]

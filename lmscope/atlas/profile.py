@@ -87,19 +87,28 @@ class ProfileState:
     neg_tok: Tensor  # [F, M, W] int32
 
     @classmethod
-    def empty(cls, d_sae: int, *, top_k: int, window: int, samples: int, negatives: int) -> ProfileState:
+    def empty(
+        cls, d_sae: int, *, top_k: int, window: int, samples: int, negatives: int
+    ) -> ProfileState:
         F, K, W, S, M, G = d_sae, top_k, window, samples, negatives, d_sae * N_BUCKETS
         i64 = dict(dtype=torch.int64)
         return cls(
-            n_tokens=torch.zeros((), **i64), fires=torch.zeros(F, **i64),
-            act_sum=torch.zeros(F, dtype=torch.float64), max_act=torch.zeros(F),
+            n_tokens=torch.zeros((), **i64),
+            fires=torch.zeros(F, **i64),
+            act_sum=torch.zeros(F, dtype=torch.float64),
+            max_act=torch.zeros(F),
             hist=torch.zeros(F, N_HIST, **i64),
-            top_val=torch.full((F, K), -math.inf), top_id=torch.full((F, K), -1, **i64),
-            top_tok=torch.full((F, K, W), -1, dtype=torch.int32), top_act=torch.zeros(F, K, W),
-            res_key=torch.full((G, S), EMPTY_KEY, **i64), res_val=torch.zeros(G, S),
-            res_id=torch.full((G, S), -1, **i64), res_tok=torch.full((G, S, W), -1, dtype=torch.int32),
+            top_val=torch.full((F, K), -math.inf),
+            top_id=torch.full((F, K), -1, **i64),
+            top_tok=torch.full((F, K, W), -1, dtype=torch.int32),
+            top_act=torch.zeros(F, K, W),
+            res_key=torch.full((G, S), EMPTY_KEY, **i64),
+            res_val=torch.zeros(G, S),
+            res_id=torch.full((G, S), -1, **i64),
+            res_tok=torch.full((G, S, W), -1, dtype=torch.int32),
             res_act=torch.zeros(G, S, W),
-            neg_key=torch.full((F, M), EMPTY_KEY, **i64), neg_id=torch.full((F, M), -1, **i64),
+            neg_key=torch.full((F, M), EMPTY_KEY, **i64),
+            neg_id=torch.full((F, M), -1, **i64),
             neg_tok=torch.full((F, M, W), -1, dtype=torch.int32),
         )
 
@@ -148,8 +157,15 @@ def _bottom_k_groups(group: Tensor, key: Tensor, n_groups: int, k: int):
 
 
 @torch.no_grad()
-def update(state: ProfileState, acts: Tensor, tokens: Tensor, valid: Tensor, token_ids: Tensor, *,
-           seed: int = 0) -> None:
+def update(
+    state: ProfileState,
+    acts: Tensor,
+    tokens: Tensor,
+    valid: Tensor,
+    token_ids: Tensor,
+    *,
+    seed: int = 0,
+) -> None:
     """Fold one batch into `state`.
 
     acts [B, P, F] feature activations; tokens [B, P] token ids; valid [B, P] bool (positions that
@@ -216,7 +232,13 @@ def update(state: ProfileState, acts: Tensor, tokens: Tensor, valid: Tensor, tok
         group = f_idx * N_BUCKETS + _bucket_of(vals)  # [nnz]
         key = pair_key(ids_flat[n_idx], f_idx, seed)
         cand = key < state.res_key[group, S - 1]  # only items that can enter their reservoir
-        n_idx, f_idx, vals, group, key = n_idx[cand], f_idx[cand], vals[cand], group[cand], key[cand]
+        n_idx, f_idx, vals, group, key = (
+            n_idx[cand],
+            f_idx[cand],
+            vals[cand],
+            group[cand],
+            key[cand],
+        )
     if vals.numel():
         touched, local = torch.unique(group, return_inverse=True)  # [T], [c]
         T = touched.numel()
@@ -241,8 +263,13 @@ def update(state: ProfileState, acts: Tensor, tokens: Tensor, valid: Tensor, tok
         i_new[kg[new], slot[new]] = ids_flat[n_idx[j]]
         t, a = windows(n_idx[j] // P, n_idx[j] % P, f_idx[j])
         t_new[kg[new], slot[new]], a_new[kg[new], slot[new]] = t, a
-        for name, new in (("res_key", k_new), ("res_val", v_new), ("res_id", i_new), ("res_tok", t_new),
-                          ("res_act", a_new)):
+        for name, new in (
+            ("res_key", k_new),
+            ("res_val", v_new),
+            ("res_id", i_new),
+            ("res_tok", t_new),
+            ("res_act", a_new),
+        ):
             getattr(state, name).index_copy_(0, touched, new)
 
     feats = torch.arange(F)
@@ -259,7 +286,9 @@ def update(state: ProfileState, acts: Tensor, tokens: Tensor, valid: Tensor, tok
         key = pair_key(ids_flat[c_idx][None, :].expand(F, C), feats[:, None], seed + 13)
         key = key.masked_fill(~quiet, EMPTY_KEY)
         allk = torch.cat([state.neg_key, key], 1)  # [F, M + C]
-        allid = torch.cat([state.neg_id, ids_flat[c_idx][None, :].expand(F, C).masked_fill(~quiet, -1)], 1)
+        allid = torch.cat(
+            [state.neg_id, ids_flat[c_idx][None, :].expand(F, C).masked_fill(~quiet, -1)], 1
+        )
         order = allk.argsort(dim=1, stable=True)[:, :M]  # [F, M]
         tok_c, _ = windows(c_idx // P, c_idx % P, None)  # [C, W]
         all_tok = torch.cat([state.neg_tok, tok_c[None].expand(F, C, W)], 1)
@@ -275,19 +304,29 @@ def merge(a: ProfileState, b: ProfileState) -> ProfileState:
     F, G = a.d_sae, a.res_key.shape[0]
     sel = _top_merge(torch.cat([a.top_val, b.top_val], 1), torch.cat([a.top_id, b.top_id], 1), K)
     selw = sel[..., None].expand(F, K, W)
-    r_sel = torch.cat([a.res_key, b.res_key], 1).argsort(dim=1, stable=True)[:, :S]  # keys unique per group
+    r_sel = torch.cat([a.res_key, b.res_key], 1).argsort(dim=1, stable=True)[
+        :, :S
+    ]  # keys unique per group
     r_selw = r_sel[..., None].expand(G, S, W)
     n_sel = torch.cat([a.neg_key, b.neg_key], 1).argsort(dim=1, stable=True)[:, :M]
     cat1 = lambda x, y, s: torch.cat([x, y], 1).gather(1, s)  # noqa: E731
     return ProfileState(
-        n_tokens=a.n_tokens + b.n_tokens, fires=a.fires + b.fires, act_sum=a.act_sum + b.act_sum,
-        max_act=torch.maximum(a.max_act, b.max_act), hist=a.hist + b.hist,
-        top_val=cat1(a.top_val, b.top_val, sel), top_id=cat1(a.top_id, b.top_id, sel),
-        top_tok=cat1(a.top_tok, b.top_tok, selw), top_act=cat1(a.top_act, b.top_act, selw),
-        res_key=cat1(a.res_key, b.res_key, r_sel), res_val=cat1(a.res_val, b.res_val, r_sel),
-        res_id=cat1(a.res_id, b.res_id, r_sel), res_tok=cat1(a.res_tok, b.res_tok, r_selw),
+        n_tokens=a.n_tokens + b.n_tokens,
+        fires=a.fires + b.fires,
+        act_sum=a.act_sum + b.act_sum,
+        max_act=torch.maximum(a.max_act, b.max_act),
+        hist=a.hist + b.hist,
+        top_val=cat1(a.top_val, b.top_val, sel),
+        top_id=cat1(a.top_id, b.top_id, sel),
+        top_tok=cat1(a.top_tok, b.top_tok, selw),
+        top_act=cat1(a.top_act, b.top_act, selw),
+        res_key=cat1(a.res_key, b.res_key, r_sel),
+        res_val=cat1(a.res_val, b.res_val, r_sel),
+        res_id=cat1(a.res_id, b.res_id, r_sel),
+        res_tok=cat1(a.res_tok, b.res_tok, r_selw),
         res_act=cat1(a.res_act, b.res_act, r_selw),
-        neg_key=cat1(a.neg_key, b.neg_key, n_sel), neg_id=cat1(a.neg_id, b.neg_id, n_sel),
+        neg_key=cat1(a.neg_key, b.neg_key, n_sel),
+        neg_id=cat1(a.neg_id, b.neg_id, n_sel),
         neg_tok=cat1(a.neg_tok, b.neg_tok, n_sel[..., None].expand(F, M, W)),
     )
 

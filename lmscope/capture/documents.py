@@ -34,7 +34,10 @@ def write_keys(path: Path, keys: set[int] | np.ndarray) -> dict:
     with tmp.open("wb") as f:
         np.save(f, arr, allow_pickle=False)
     os.replace(tmp, path)
-    return {"count": int(arr.size), "digest": hashlib.blake2b(arr.tobytes(), digest_size=8).hexdigest()}
+    return {
+        "count": int(arr.size),
+        "digest": hashlib.blake2b(arr.tobytes(), digest_size=8).hexdigest(),
+    }
 
 
 def read_keys(path: Path) -> np.ndarray:
@@ -42,19 +45,37 @@ def read_keys(path: Path) -> np.ndarray:
     try:
         arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot read the document record {path} ({e}); the artifact is incomplete: "
-                        "rebuild it") from None
+        raise UserError(
+            f"cannot read the document record {path} ({e}); the artifact is incomplete: rebuild it"
+        ) from None
     if arr.dtype != np.uint64 or arr.ndim != 1:
         raise UserError(f"{path} is not a document record (uint64 keys); rebuild the artifact")
     return arr
 
 
-def record(*, file: str, keys: set[int] | np.ndarray, folder: Path, corpus: dict | None, split: str | None,
-           seed: int | None, source: str) -> dict:
+def record(
+    *,
+    file: str,
+    keys: set[int] | np.ndarray,
+    folder: Path,
+    corpus: dict | None,
+    split: str | None,
+    seed: int | None,
+    source: str,
+) -> dict:
     """Write the keys into folder/file and return the manifest record describing them."""
     info = write_keys(folder / file, keys)
-    return {"schema_version": SCHEMA_VERSION, "key": KEY, "source": source, "corpus": corpus, "split": split,
-            "seed": seed, "documents": info["count"], "file": file, "digest": info["digest"]}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "key": KEY,
+        "source": source,
+        "corpus": corpus,
+        "split": split,
+        "seed": seed,
+        "documents": info["count"],
+        "file": file,
+        "digest": info["digest"],
+    }
 
 
 def overlap(a: np.ndarray, b: np.ndarray) -> int:

@@ -71,7 +71,8 @@ class CaptureConfig:
     batch_size: int = 16
     """Contexts per forward pass (peak memory grows with it)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Storage dtype of the activations (bfloat16 halves the disk; norms are computed in float32 first)."""
+    """Storage dtype of the activations (bfloat16 halves the disk; norms are computed in float32
+    first)."""
     model_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """dtype of the model weights (bfloat16 is ~2x faster on CPUs with AVX-512 bf16)."""
     device: str = "cpu"
@@ -91,7 +92,9 @@ class CaptureConfig:
         if self.ctx_len < 2 or self.ctx_len > 1_000_000:
             raise ValueError(f"--ctx-len must be between 2 and 1,000,000 (got {self.ctx_len})")
         if self.tokens < self.ctx_len:
-            raise ValueError(f"--tokens {self.tokens} is less than one context of --ctx-len {self.ctx_len}")
+            raise ValueError(
+                f"--tokens {self.tokens} is less than one context of --ctx-len {self.ctx_len}"
+            )
         if self.batch_size < 1 or self.shard_mb <= 0:
             raise ValueError("--batch-size and --shard-mb must be positive")
 
@@ -138,9 +141,15 @@ def capture_to_store(cfg: CaptureConfig, *, lm: LanguageModel | None = None) -> 
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; pass a folder")
-    if out.is_dir() and any(out.iterdir()) and not ((out / MANIFEST).is_file() or (out / PROGRESS).is_file()):
-        raise UserError(f"--out {out} is a non-empty folder that is not an activation store; "
-                        "pass a new folder (nothing is overwritten)")
+    if (
+        out.is_dir()
+        and any(out.iterdir())
+        and not ((out / MANIFEST).is_file() or (out / PROGRESS).is_file())
+    ):
+        raise UserError(
+            f"--out {out} is a non-empty folder that is not an activation store; "
+            "pass a new folder (nothing is overwritten)"
+        )
     lm = lm or load_model(cfg.model, dtype=cfg.model_dtype, device=cfg.device)
     hooks = lm.hooks.resolve(cfg.hooks)
     settings = _settings(cfg, lm, hooks)
@@ -149,19 +158,38 @@ def capture_to_store(cfg: CaptureConfig, *, lm: LanguageModel | None = None) -> 
     if (out / MANIFEST).is_file():
         st = ActivationStore(out)
         if st.manifest.get("settings_digest") != key:
-            raise UserError(f"{out} already holds a complete store made with other settings; "
-                            "pass a new --out (a complete store is never rewritten)")
-        return CaptureResult(out, hooks, st.n_tokens, st.n_contexts, 0.0, 0, sum(s["bytes"] for s in
-                             st.manifest["shards"]), st.norms, False, True, st.manifest.get("corpus_exhausted", False))
+            raise UserError(
+                f"{out} already holds a complete store made with other settings; "
+                "pass a new --out (a complete store is never rewritten)"
+            )
+        return CaptureResult(
+            out,
+            hooks,
+            st.n_tokens,
+            st.n_contexts,
+            0.0,
+            0,
+            sum(s["bytes"] for s in st.manifest["shards"]),
+            st.norms,
+            False,
+            True,
+            st.manifest.get("corpus_exhausted", False),
+        )
 
     prog: dict = {}
     if (out / PROGRESS).is_file():
-        prog = check(read_json(out / PROGRESS, what="capture progress"),
-                     {"settings_digest": Str(200, required=False)}, where=str(out / PROGRESS))
+        prog = check(
+            read_json(out / PROGRESS, what="capture progress"),
+            {"settings_digest": Str(200, required=False)},
+            where=str(out / PROGRESS),
+        )
         if prog.get("settings_digest") != key:
             diff = [k for k in settings if prog.get("settings", {}).get(k) != settings[k]]
-            raise UserError(f"{out} holds an unfinished capture with other settings ({', '.join(diff) or 'model'}); "
-                            "rerun it with the same flags to finish it, or pass a new --out")
+            raise UserError(
+                f"{out} holds an unfinished capture with other settings "
+                f"({', '.join(diff) or 'model'}); "
+                "rerun it with the same flags to finish it, or pass a new --out"
+            )
     out.mkdir(parents=True, exist_ok=True)
 
     dims = {h: lm.hooks[h].d for h in hooks}
@@ -174,20 +202,37 @@ def capture_to_store(cfg: CaptureConfig, *, lm: LanguageModel | None = None) -> 
     need = (n_ctx - done_ctx) * bytes_per_ctx
     free = shutil.disk_usage(out).free
     if need * 1.05 > free:
-        raise UserError(f"the store needs {need / 2**30:.2f} GiB more but {out} has {free / 2**30:.2f} GiB free; "
-                        "free space, use --dtype bfloat16, or capture fewer --tokens")
+        raise UserError(
+            f"the store needs {need / 2**30:.2f} GiB more but {out} has {free / 2**30:.2f} GiB "
+            "free; "
+            "free space, use --dtype bfloat16, or capture fewer --tokens"
+        )
 
     norms = {h: NormStats(**prog["norms"][h]) if prog.get("norms") else NormStats() for h in hooks}
     special = special_ids(lm)
     # The documents of the stored contexts (rebuilt on resume: the skipped contexts pass through
     # pack too), so a dictionary trained on this store can say which documents it saw.
     seen: set[int] = set()
-    stream = C.pack(lm.tokenizer, C.iter_documents(cfg.corpus, text_field=cfg.text_field, split=cfg.split),
-                    ctx_len=cfg.ctx_len, batch_size=1, bos_token_id=lm.bos_token_id, seed=cfg.seed, seen=seen)
+    stream = C.pack(
+        lm.tokenizer,
+        C.iter_documents(cfg.corpus, text_field=cfg.text_field, split=cfg.split),
+        ctx_len=cfg.ctx_len,
+        batch_size=1,
+        bos_token_id=lm.bos_token_id,
+        seed=cfg.seed,
+        seen=seen,
+    )
 
     def save_progress() -> None:
-        write_json_atomic(out / PROGRESS, {"settings_digest": key, "settings": settings, "shards": shards,
-                                           "norms": {h: vars(s) for h, s in norms.items()}})
+        write_json_atomic(
+            out / PROGRESS,
+            {
+                "settings_digest": key,
+                "settings": settings,
+                "shards": shards,
+                "norms": {h: vars(s) for h, s in norms.items()},
+            },
+        )
 
     if not prog:
         save_progress()
@@ -201,9 +246,17 @@ def capture_to_store(cfg: CaptureConfig, *, lm: LanguageModel | None = None) -> 
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=n_ctx * cfg.ctx_len, initial=done_ctx * cfg.ctx_len, unit="tok", unit_scale=True,
-               desc=f"capture {len(hooks)} hook{'s' if len(hooks) > 1 else ''}", disable=not cfg.progress,
-               dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
+    bar = tqdm(
+        total=n_ctx * cfg.ctx_len,
+        initial=done_ctx * cfg.ctx_len,
+        unit="tok",
+        unit_scale=True,
+        desc=f"capture {len(hooks)} hook{'s' if len(hooks) > 1 else ''}",
+        disable=not cfg.progress,
+        dynamic_ncols=True,
+        file=sys.stderr,
+        smoothing=0.1,
+    )
     buf_toks: list[torch.Tensor] = []
     buf_acts: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
     have = done_ctx
@@ -221,8 +274,13 @@ def capture_to_store(cfg: CaptureConfig, *, lm: LanguageModel | None = None) -> 
             tensors[h] = torch.cat(buf_acts[h])
             buf_acts[h] = []
         write_shard(out / shard_name(i), tensors, metadata={"lmscope_store": str(SCHEMA_VERSION)})
-        shards.append({"file": shard_name(i), "contexts": int(tensors["tokens"].shape[0]),
-                       "bytes": (out / shard_name(i)).stat().st_size})
+        shards.append(
+            {
+                "file": shard_name(i),
+                "contexts": int(tensors["tokens"].shape[0]),
+                "bytes": (out / shard_name(i)).stat().st_size,
+            }
+        )
         buf_toks = []
         save_progress()  # only after the shard is on disk: a crash re-captures at most one shard
 
@@ -259,31 +317,65 @@ def capture_to_store(cfg: CaptureConfig, *, lm: LanguageModel | None = None) -> 
         bar.close()
     seconds = time.perf_counter() - t0
     if not shards:
-        raise UserError(f"corpus {cfg.corpus!r} gave no context of {cfg.ctx_len} tokens; pass a larger corpus "
-                        "or a smaller --ctx-len")
+        raise UserError(
+            f"corpus {cfg.corpus!r} gave no context of {cfg.ctx_len} tokens; pass a larger corpus "
+            "or a smaller --ctx-len"
+        )
     if exhausted:
-        print(f"lmscope: the corpus ran out after {have * cfg.ctx_len:,} of {cfg.tokens:,} tokens; "
-              "the store holds what it had", file=sys.stderr)
+        print(
+            f"lmscope: the corpus ran out after {have * cfg.ctx_len:,} of {cfg.tokens:,} tokens; "
+            "the store holds what it had",
+            file=sys.stderr,
+        )
 
     from .documents import record
 
-    docs = record(file=DOCUMENTS, keys=seen, folder=out, corpus=settings["corpus_fingerprint"], split=cfg.split,
-                  seed=cfg.seed, source="capture")
+    docs = record(
+        file=DOCUMENTS,
+        keys=seen,
+        folder=out,
+        corpus=settings["corpus_fingerprint"],
+        split=cfg.split,
+        seed=cfg.seed,
+        source="capture",
+    )
     manifest = {
-        "schema_version": SCHEMA_VERSION, "kind": "lmscope.activation_store",
-        "model": lm.name, "model_fingerprint": lm.fingerprint(),
+        "schema_version": SCHEMA_VERSION,
+        "kind": "lmscope.activation_store",
+        "model": lm.name,
+        "model_fingerprint": lm.fingerprint(),
         "hooks": {h: {"d": dims[h], "shape": ["contexts", "ctx_len", dims[h]]} for h in hooks},
-        "dtype": cfg.dtype, "ctx_len": cfg.ctx_len, "tokens": have * cfg.ctx_len, "contexts": have,
-        "requested_tokens": cfg.tokens, "corpus_exhausted": exhausted,
+        "dtype": cfg.dtype,
+        "ctx_len": cfg.ctx_len,
+        "tokens": have * cfg.ctx_len,
+        "contexts": have,
+        "requested_tokens": cfg.tokens,
+        "corpus_exhausted": exhausted,
         "corpus": {**settings["corpus_fingerprint"], "split": cfg.split, "seed": cfg.seed},
-        "special_ids": special.tolist(), "bos_token_id": lm.bos_token_id, "documents": docs,
-        "shards": shards, "norms": {h: s.summary() for h, s in norms.items()},
-        "config": to_dict(cfg), "settings_digest": key, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "special_ids": special.tolist(),
+        "bos_token_id": lm.bos_token_id,
+        "documents": docs,
+        "shards": shards,
+        "norms": {h: s.summary() for h, s in norms.items()},
+        "config": to_dict(cfg),
+        "settings_digest": key,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_json_atomic(out / MANIFEST, manifest)  # last: now the store is complete
     (out / PROGRESS).unlink(missing_ok=True)
-    return CaptureResult(out, hooks, have * cfg.ctx_len, have, seconds, run_tokens,
-                         sum(s["bytes"] for s in shards), manifest["norms"], bool(prog), False, exhausted)
+    return CaptureResult(
+        out,
+        hooks,
+        have * cfg.ctx_len,
+        have,
+        seconds,
+        run_tokens,
+        sum(s["bytes"] for s in shards),
+        manifest["norms"],
+        bool(prog),
+        False,
+        exhausted,
+    )
 
 
 def format_report(res: CaptureResult) -> str:
@@ -292,14 +384,20 @@ def format_report(res: CaptureResult) -> str:
     if res.already_complete:
         lines.append(f"store {res.out} is already complete ({res.tokens:,} tokens); nothing to do")
     else:
-        lines.append(f"captured {res.tokens_this_run:,} tokens in {res.seconds:.1f}s "
-                     f"({res.tokens_per_s:,.0f} tok/s){' (resumed)' if res.resumed else ''}")
-    lines.append(f"store: {res.out}  ({res.tokens:,} tokens, {res.contexts:,} contexts, "
-                 f"{res.bytes / 2**20:,.1f} MiB)")
+        lines.append(
+            f"captured {res.tokens_this_run:,} tokens in {res.seconds:.1f}s "
+            f"({res.tokens_per_s:,.0f} tok/s){' (resumed)' if res.resumed else ''}"
+        )
+    lines.append(
+        f"store: {res.out}  ({res.tokens:,} tokens, {res.contexts:,} contexts, "
+        f"{res.bytes / 2**20:,.1f} MiB)"
+    )
     lines.append(f"  {'hook':<26}{'mean |x|':>10}{'std':>9}{'max':>10}{'BOS |x|':>10}")
     for h, s in res.norms.items():
         bos = f"{s['bos_mean_norm']:>10.1f}" if s.get("bos_mean_norm") is not None else f"{'-':>10}"
-        lines.append(f"  {h:<26}{s['mean_norm']:>10.2f}{s['std_norm']:>9.2f}{s['max_norm']:>10.1f}{bos}")
+        lines.append(
+            f"  {h:<26}{s['mean_norm']:>10.2f}{s['std_norm']:>9.2f}{s['max_norm']:>10.1f}{bos}"
+        )
     return "\n".join(lines)
 
 

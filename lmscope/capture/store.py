@@ -5,7 +5,8 @@
                                 [contexts, ctx_len, d] in the store dtype (fp32 / bf16 / fp16)
       ...
       progress.json             while capturing: settings, shards done, running norm sums (resume)
-      documents.npy             doc_key of every document with tokens in the store (capture/documents.py)
+      documents.npy             doc_key of every document with tokens in the store
+      (capture/documents.py)
       manifest.json             written last, once every shard is on disk: the store is complete
 
 Every shard is written to a temporary name and renamed, so a shard file that exists is whole;
@@ -48,7 +49,9 @@ def shard_name(i: int) -> str:
     return f"shard-{i:05d}.safetensors"
 
 
-def write_shard(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def write_shard(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
     """Write one shard atomically (temp file + rename). A full disk becomes a UserError."""
     from safetensors.torch import save_file
 
@@ -59,8 +62,10 @@ def write_shard(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str
     except OSError as e:
         tmp.unlink(missing_ok=True)
         if e.errno == 28:  # ENOSPC
-            raise UserError(f"the disk is full while writing {path}; free space and rerun the same "
-                            "command to continue the capture") from None
+            raise UserError(
+                f"the disk is full while writing {path}; free space and rerun the same "
+                "command to continue the capture"
+            ) from None
         raise
 
 
@@ -88,9 +93,14 @@ class NormStats:
     def summary(self) -> dict:
         mean = self.sum / max(self.count, 1)
         var = max(self.sum_sq / max(self.count, 1) - mean * mean, 0.0)
-        return {"tokens": self.count, "mean_norm": mean, "std_norm": var ** 0.5, "max_norm": self.max,
-                "rms_norm": (self.sum_sq / max(self.count, 1)) ** 0.5,
-                "bos_mean_norm": self.bos_sum / self.bos_count if self.bos_count else None}
+        return {
+            "tokens": self.count,
+            "mean_norm": mean,
+            "std_norm": var**0.5,
+            "max_norm": self.max,
+            "rms_norm": (self.sum_sq / max(self.count, 1)) ** 0.5,
+            "bos_mean_norm": self.bos_sum / self.bos_count if self.bos_count else None,
+        }
 
 
 @dataclass
@@ -104,17 +114,28 @@ class ActivationStore:
         self.path = Path(path)
         m = self.path / MANIFEST
         if not self.path.is_dir():
-            raise UserError(f"activation store not found: {self.path} (write one with `lmscope capture --out DIR`)")
+            raise UserError(
+                f"activation store not found: {self.path} (write one with `lmscope capture --out "
+                "DIR`)"
+            )
         if not m.is_file():
             if (self.path / PROGRESS).is_file():
-                raise UserError(f"the activation store {self.path} is incomplete (its capture was interrupted); "
-                                "rerun the same `lmscope capture` command to finish it")
+                raise UserError(
+                    f"the activation store {self.path} is incomplete (its capture was "
+                    "interrupted); "
+                    "rerun the same `lmscope capture` command to finish it"
+                )
             raise UserError(f"{self.path} is not an activation store (no {MANIFEST})")
-        self.manifest = check(read_json(m, what="activation store manifest"),
-                              {"schema_version": Int(0), "model": Str(1000)}, where=str(m))
+        self.manifest = check(
+            read_json(m, what="activation store manifest"),
+            {"schema_version": Int(0), "model": Str(1000)},
+            where=str(m),
+        )
         if self.manifest.get("schema_version", 0) > SCHEMA_VERSION:
-            raise UserError(f"{self.path} was written by a newer lmscope (store schema "
-                            f"{self.manifest['schema_version']}); upgrade lmscope")
+            raise UserError(
+                f"{self.path} was written by a newer lmscope (store schema "
+                f"{self.manifest['schema_version']}); upgrade lmscope"
+            )
 
     # --- description -------------------------------------------------------------------------
     @property
@@ -160,7 +181,8 @@ class ActivationStore:
 
     @property
     def documents(self) -> dict | None:
-        """The record of the documents stored (None for a store captured before lmscope kept one)."""
+        """The record of the documents stored (None for a store captured before lmscope kept
+        one)."""
         return self.manifest.get("documents")
 
     def document_keys(self):
@@ -174,9 +196,12 @@ class ActivationStore:
         """Refuse to mix this store with another model (one line)."""
         fp, mine = self.fingerprint, lm.fingerprint()
         if fp.get("model") != mine["model"] or fp.get("d_model") != mine["d_model"]:
-            raise UserError(f"the store {self.path} holds activations of {fp.get('model')!r} "
-                            f"(d_model {fp.get('d_model')}), not of {mine['model']!r} (d_model {mine['d_model']}); "
-                            "capture a new store for this model")
+            raise UserError(
+                f"the store {self.path} holds activations of {fp.get('model')!r} "
+                f"(d_model {fp.get('d_model')}), not of {mine['model']!r} (d_model "
+                f"{mine['d_model']}); "
+                "capture a new store for this model"
+            )
 
     # --- reading -----------------------------------------------------------------------------
     def _shard(self, i: int, keys: list[str]) -> dict[str, torch.Tensor]:
@@ -187,7 +212,9 @@ class ActivationStore:
 
     def tokens(self) -> torch.Tensor:
         """All token ids, LongTensor [contexts, ctx_len] (small: 4 bytes per token)."""
-        return torch.cat([self._shard(i, ["tokens"])["tokens"] for i in range(len(self.manifest["shards"]))]).long()
+        return torch.cat(
+            [self._shard(i, ["tokens"])["tokens"] for i in range(len(self.manifest["shards"]))]
+        ).long()
 
     def shard_acts(self, i: int, hook: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(tokens [c, ctx_len], activations [c, ctx_len, d]) of shard i."""
@@ -199,18 +226,32 @@ class ActivationStore:
         if hook not in self.manifest["hooks"]:
             from ..errors import close_matches
 
-            raise UserError(f"hook {hook!r} is not in the store {self.path} (it holds: {', '.join(self.hooks)})"
-                            + close_matches(hook, self.hooks))
+            raise UserError(
+                f"hook {hook!r} is not in the store {self.path} (it holds: {', '.join(self.hooks)})"
+                + close_matches(hook, self.hooks)
+            )
 
     def mask(self, tokens: torch.Tensor) -> torch.Tensor:
-        """bool [c, ctx_len]: positions kept with exclude_bos (not position 0, not a special token)."""
-        keep = ~torch.isin(tokens, torch.tensor(self.manifest.get("special_ids", []), dtype=torch.long))
+        """bool [c, ctx_len]: positions kept with exclude_bos (not position 0, not a special
+        token)."""
+        keep = ~torch.isin(
+            tokens, torch.tensor(self.manifest.get("special_ids", []), dtype=torch.long)
+        )
         keep[:, 0] = False
         return keep
 
-    def batches(self, hook: str, batch_size: int, *, seed: int = 0, shuffle: bool = True,
-                exclude_bos: bool = True, window: int = 4, drop_last: bool = False,
-                dtype: torch.dtype | None = None) -> Iterator[torch.Tensor]:
+    def batches(
+        self,
+        hook: str,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        exclude_bos: bool = True,
+        window: int = 4,
+        drop_last: bool = False,
+        dtype: torch.dtype | None = None,
+    ) -> Iterator[torch.Tensor]:
         """One pass over the store's activations at `hook` as [batch_size, d] tensors.
 
         Memory: at most `window` shards at a time. With the same seed, every hook yields its
@@ -225,9 +266,11 @@ class ActivationStore:
         carry: torch.Tensor | None = None
         for w in range(0, n, window):
             rows = []
-            for i in order[w:w + window]:
+            for i in order[w : w + window]:
                 toks, acts = self.shard_acts(i, hook)
-                rows.append(acts[self.mask(toks)] if exclude_bos else acts.reshape(-1, acts.shape[-1]))
+                rows.append(
+                    acts[self.mask(toks)] if exclude_bos else acts.reshape(-1, acts.shape[-1])
+                )
             x = torch.cat(rows)  # [rows, d]
             if shuffle:
                 x = x[torch.randperm(x.shape[0], generator=gen)]
@@ -235,7 +278,7 @@ class ActivationStore:
                 x = torch.cat([carry, x])
             full = x.shape[0] // batch_size * batch_size
             for s in range(0, full, batch_size):
-                b = x[s:s + batch_size]
+                b = x[s : s + batch_size]
                 yield b.to(dtype) if dtype is not None else b
             carry = x[full:]
         if carry is not None and carry.shape[0] and not drop_last:
@@ -243,14 +286,31 @@ class ActivationStore:
 
     def summary(self) -> dict:
         m = self.manifest
-        return {"path": str(self.path), "model": m["model"], "hooks": self.dims, "dtype": m["dtype"],
-                "contexts": self.n_contexts, "ctx_len": self.ctx_len, "tokens": self.n_tokens,
-                "shards": len(m["shards"]), "bytes": sum(s.get("bytes", 0) for s in m["shards"]),
-                "corpus": m.get("corpus", {}).get("source"), "norms": self.norms}
+        return {
+            "path": str(self.path),
+            "model": m["model"],
+            "hooks": self.dims,
+            "dtype": m["dtype"],
+            "contexts": self.n_contexts,
+            "ctx_len": self.ctx_len,
+            "tokens": self.n_tokens,
+            "shards": len(m["shards"]),
+            "bytes": sum(s.get("bytes", 0) for s in m["shards"]),
+            "corpus": m.get("corpus", {}).get("source"),
+            "norms": self.norms,
+        }
 
 
 def is_complete(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
-__all__ = ["DOCUMENTS", "ActivationStore", "NormStats", "SCHEMA_VERSION", "is_complete", "shard_name", "write_shard"]
+__all__ = [
+    "DOCUMENTS",
+    "ActivationStore",
+    "NormStats",
+    "SCHEMA_VERSION",
+    "is_complete",
+    "shard_name",
+    "write_shard",
+]

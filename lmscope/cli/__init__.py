@@ -16,8 +16,20 @@ import sys
 
 from ..errors import UserError
 
-# Order in --help: the data flow (capture -> dictionaries -> atlas -> read/trace/steer/probe -> viewer).
-_ORDER = ["run", "models", "capture", "train", "atlas", "explain", "read", "trace", "probe", "viewer"]
+# Order in --help: the data flow (capture -> dictionaries -> atlas -> read/trace/steer/probe ->
+# viewer).
+_ORDER = [
+    "run",
+    "models",
+    "capture",
+    "train",
+    "atlas",
+    "explain",
+    "read",
+    "trace",
+    "probe",
+    "viewer",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
             "An MRI scanner for language models. Capture activations at named hook points, "
             "learn sparse dictionaries whose latents are the model's features, profile them in "
             "an atlas, and read prompts through it.\n\n"
-            "Start with:  lmscope run            (the whole pipeline on the embedded default model)\n"
+            "Start with:  lmscope run            (the whole pipeline on the embedded default "
+            "model)\n"
             "             lmscope models         (what can be loaded offline)\n"
             "             lmscope hooks --model smollm2-135m"
         ),

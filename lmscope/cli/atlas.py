@@ -1,10 +1,10 @@
 """`lmscope atlas build`, `lmscope feature`, `lmscope search`, `lmscope export`.
 
-    lmscope atlas build atlas/ --corpus corpus.txt --tokens 1M
-    torchrun --nproc-per-node 2 -m lmscope atlas build atlas/ --corpus corpus.txt --tokens 1M
-    lmscope feature atlas/ blocks.15.resid_post/1234
-    lmscope search atlas/ "horse" --by both
-    lmscope export atlas/ --format neuronpedia-json --out np/
+lmscope atlas build atlas/ --corpus corpus.txt --tokens 1M
+torchrun --nproc-per-node 2 -m lmscope atlas build atlas/ --corpus corpus.txt --tokens 1M
+lmscope feature atlas/ blocks.15.resid_post/1234
+lmscope search atlas/ "horse" --by both
+lmscope export atlas/ --format neuronpedia-json --out np/
 """
 
 from __future__ import annotations
@@ -21,40 +21,62 @@ def register(sub) -> None:
 
     p = sub.add_parser("atlas", help="profile every feature of an atlas (build the atlas database)")
     asub = p.add_subparsers(dest="atlas_command", metavar="ACTION")
-    b = asub.add_parser("build", help="one streaming pass over a corpus: stats, examples, logit effects -> atlas.db",
-                        description="Stream a corpus through the model and every dictionary once, keep bounded "
-                                    "per-feature profiles (density, max/mean, histogram, top-K contexts, samples per "
-                                    "activation octave, non-activating contexts, logit effects) and write them to "
-                                    "ATLAS/atlas.db. Resumable: rerun the same command after an interruption.")
+    b = asub.add_parser(
+        "build",
+        help="one streaming pass over a corpus: stats, examples, logit effects -> atlas.db",
+        description="Stream a corpus through the model and every dictionary once, keep bounded "
+        "per-feature profiles (density, max/mean, histogram, top-K contexts, samples per "
+        "activation octave, non-activating contexts, logit effects) and write them to "
+        "ATLAS/atlas.db. Resumable: rerun the same command after an interruption.",
+    )
     add_arguments(b, BuildConfig, positional=("atlas",))
     b.add_argument("--json", action="store_true", help="print the build result as JSON")
     b.set_defaults(func=cmd_build)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
-    f = sub.add_parser("feature", help="one feature's profile: stats, histogram, examples, promoted tokens")
+    f = sub.add_parser(
+        "feature", help="one feature's profile: stats, histogram, examples, promoted tokens"
+    )
     f.add_argument("atlas", help="atlas folder")
     f.add_argument("feature", help="HOOK/INDEX, e.g. blocks.15.resid_post/1234")
     f.add_argument("--top", type=int, default=10, help="top examples shown (default: 10)")
-    f.add_argument("--color", choices=["auto", "always", "never"], default="auto",
-                   help="ANSI highlighting (default: auto = when stdout is a terminal)")
+    f.add_argument(
+        "--color",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="ANSI highlighting (default: auto = when stdout is a terminal)",
+    )
     f.add_argument("--json", action="store_true", help="the whole profile as JSON")
     f.set_defaults(func=cmd_feature)
 
-    s = sub.add_parser("search", help="find features by label/explanation (full text) or by text they fire on")
+    s = sub.add_parser(
+        "search", help="find features by label/explanation (full text) or by text they fire on"
+    )
     s.add_argument("atlas", help="atlas folder")
     s.add_argument("query", help="words to look up in labels, or text to run through the model")
-    s.add_argument("--by", choices=["label", "text", "both"], default="both",
-                   help="label: full-text over labels and explanations; text: run the query through the model and "
-                        "rank features by activation (default: both)")
+    s.add_argument(
+        "--by",
+        choices=["label", "text", "both"],
+        default="both",
+        help="label: full-text over labels and explanations; text: run the query through the "
+        "model and "
+        "rank features by activation (default: both)",
+    )
     s.add_argument("--limit", type=int, default=20, help="results per kind (default: 20)")
     s.add_argument("--device", default="cpu", help="torch device for --by text (default: cpu)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_search)
 
-    e = sub.add_parser("export", help="write the atlas for other tools (SAELens, Neuronpedia, parquet)")
+    e = sub.add_parser(
+        "export", help="write the atlas for other tools (SAELens, Neuronpedia, parquet)"
+    )
     e.add_argument("atlas", help="atlas folder")
-    e.add_argument("--format", required=True, choices=["saelens", "neuronpedia-json", "parquet"],
-                   help="saelens folders, Neuronpedia upload JSON, or parquet tables")
+    e.add_argument(
+        "--format",
+        required=True,
+        choices=["saelens", "neuronpedia-json", "parquet"],
+        help="saelens folders, Neuronpedia upload JSON, or parquet tables",
+    )
     e.add_argument("--out", required=True, help="output folder")
     e.add_argument("--force", action="store_true", help="write into a non-empty --out")
     e.add_argument("--json", action="store_true", help="list the written files as JSON")
@@ -74,8 +96,11 @@ def cmd_build(args) -> int:
     if args.json:
         print_json(asdict(res))
     elif not res.skipped:
-        print(f"profiled {len(res.hooks)} dictionaries on {res.n_tokens:,} tokens in {res.seconds:.1f}s -> "
-              f"{res.atlas}/atlas.db")
+        print(
+            f"profiled {len(res.hooks)} dictionaries on {res.n_tokens:,} tokens in "
+            f"{res.seconds:.1f}s -> "
+            f"{res.atlas}/atlas.db"
+        )
     return 0
 
 
@@ -121,21 +146,33 @@ def cmd_search(args) -> int:
         else:
             out["labels"] = []
     if args.by in ("text", "both"):
-        out["text"] = [asdict(h) for h in search_text(args.atlas, args.query, limit=args.limit, device=args.device)]
+        out["text"] = [
+            asdict(h)
+            for h in search_text(args.atlas, args.query, limit=args.limit, device=args.device)
+        ]
     if args.json:
         print_json(out)
         return 0
     if "labels" in out:
-        print(f"labels and explanations matching {args.query!r}:" if out["labels"] else
-              f"no label or explanation matches {args.query!r}")
+        print(
+            f"labels and explanations matching {args.query!r}:"
+            if out["labels"]
+            else f"no label or explanation matches {args.query!r}"
+        )
         for h in out["labels"]:
             print(f"  {h['hook']}/{h['feature']:<6} [{h['source']}] {h['text']}")
     if "text" in out:
-        print(f"features firing on {args.query!r}:" if out["text"] else f"no feature fires on {args.query!r}")
+        print(
+            f"features firing on {args.query!r}:"
+            if out["text"]
+            else f"no feature fires on {args.query!r}"
+        )
         for h in out["text"]:
             rel = f" ({h['relative']:.0%} of its max)" if h.get("relative") else ""
-            lab = f"  \"{h['label']}\"" if h.get("label") else ""
-            print(f"  {h['hook']}/{h['feature']:<6} {h['max_act']:8.3f}{rel} on {h['token']!r}{lab}")
+            lab = f'  "{h["label"]}"' if h.get("label") else ""
+            print(
+                f"  {h['hook']}/{h['feature']:<6} {h['max_act']:8.3f}{rel} on {h['token']!r}{lab}"
+            )
     return 0
 
 

@@ -19,25 +19,37 @@ def register(sub) -> None:
     from ..capture.pipeline import CaptureConfig
 
     p = sub.add_parser(
-        "capture", help="record activations at hook points over a corpus into an activation store",
-        description="Run a corpus through a model and write the activations at the given hook points "
-                    "(and the token ids) into sharded safetensors files with a manifest written last. "
-                    "The forward pass stops after the deepest hook. Interrupted? Run the same command "
-                    "to continue; a complete store is never rewritten. Read it back with "
-                    "lmscope.capture.store.ActivationStore or `lmscope train --from-store DIR`.")
+        "capture",
+        help="record activations at hook points over a corpus into an activation store",
+        description="Run a corpus through a model and write the activations at the given hook "
+        "points "
+        "(and the token ids) into sharded safetensors files with a manifest written last. "
+        "The forward pass stops after the deepest hook. Interrupted? Run the same command "
+        "to continue; a complete store is never rewritten. Read it back with "
+        "lmscope.capture.store.ActivationStore or `lmscope train --from-store DIR`.",
+    )
     add_arguments(p, CaptureConfig)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_capture)
 
-    p = sub.add_parser("corpus", help="describe or build the text corpus",
-                       description="`info`: documents, held-out share, characters (and tokens with --tokens) "
-                                   "of a corpus, with the default corpus's sources and licenses. "
-                                   "`build`: build the default corpus into the cache now.")
+    p = sub.add_parser(
+        "corpus",
+        help="describe or build the text corpus",
+        description="`info`: documents, held-out share, characters (and tokens with --tokens) "
+        "of a corpus, with the default corpus's sources and licenses. "
+        "`build`: build the default corpus into the cache now.",
+    )
     p.add_argument("action", choices=["info", "build"])
     p.add_argument("--corpus", default="default", help="'default', a file or folder, or hf:NAME")
-    p.add_argument("--text-field", default="text", help=".jsonl field / .parquet column with the text")
-    p.add_argument("--tokens", action="store_true", help="also count tokens with the model's tokenizer")
-    p.add_argument("--model", default=None, help=f"tokenizer for --tokens (default: {DEFAULT_MODEL})")
+    p.add_argument(
+        "--text-field", default="text", help=".jsonl field / .parquet column with the text"
+    )
+    p.add_argument(
+        "--tokens", action="store_true", help="also count tokens with the model's tokenizer"
+    )
+    p.add_argument(
+        "--model", default=None, help=f"tokenizer for --tokens (default: {DEFAULT_MODEL})"
+    )
     p.add_argument("--force", action="store_true", help="build: rebuild even if built")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_corpus)
@@ -49,10 +61,21 @@ def cmd_capture(args) -> int:
     cfg = from_args(CaptureConfig, args)
     res = capture_to_store(cfg)
     if args.json:
-        print_json({"out": str(res.out), "hooks": res.hooks, "tokens": res.tokens, "contexts": res.contexts,
-                    "seconds": res.seconds, "tokens_per_s": res.tokens_per_s, "bytes": res.bytes,
-                    "norms": res.norms, "resumed": res.resumed, "already_complete": res.already_complete,
-                    "corpus_exhausted": res.corpus_exhausted})
+        print_json(
+            {
+                "out": str(res.out),
+                "hooks": res.hooks,
+                "tokens": res.tokens,
+                "contexts": res.contexts,
+                "seconds": res.seconds,
+                "tokens_per_s": res.tokens_per_s,
+                "bytes": res.bytes,
+                "norms": res.norms,
+                "resumed": res.resumed,
+                "already_complete": res.already_complete,
+                "corpus_exhausted": res.corpus_exhausted,
+            }
+        )
         return 0
     print(format_report(res))
     return 0
@@ -77,10 +100,17 @@ def cmd_corpus(args) -> int:
     if args.json:
         print_json(info.__dict__)
         return 0
-    print(f"corpus {info.source}: {info.documents:,} documents ({info.heldout_documents:,} held out), "
-          f"{info.chars / 1e6:.2f} M characters" + (f", {info.tokens:,} tokens" if info.tokens is not None else ""))
+    print(
+        f"corpus {info.source}: {info.documents:,} documents ({info.heldout_documents:,} held "
+        "out), "
+        f"{info.chars / 1e6:.2f} M characters"
+        + (f", {info.tokens:,} tokens" if info.tokens is not None else "")
+    )
     for s in info.sources:
-        print(f"  {s['name']}: {s['documents']:,} documents, {s['chars'] / 1e6:.2f} M chars; license: {s['license']}")
+        print(
+            f"  {s['name']}: {s['documents']:,} documents, {s['chars'] / 1e6:.2f} M chars; "
+            f"license: {s['license']}"
+        )
     return 0
 
 

@@ -1,9 +1,11 @@
 """`lmscope explain` / `lmscope explain-report`: label features and score the labels.
 
-    lmscope explain atlas/                                   # stats explainer, direct+embedding+simulation
+    lmscope explain atlas/                                   # stats explainer,
+    direct+embedding+simulation
     lmscope explain atlas/ --top-density 50 --explainer llm --llm local:smollm2-135m
     lmscope explain atlas/ --explainer llm --llm openai:http://127.0.0.1:8080/v1 --llm-model qwen \\
-        --scorers direct,embedding,detection,fuzzing        # key from LMSCOPE_LLM_API_KEY / OPENAI_API_KEY
+        --scorers direct,embedding,detection,fuzzing        # key from LMSCOPE_LLM_API_KEY /
+        OPENAI_API_KEY
     lmscope explain-report atlas/                            # paired differences to baselines + PNG
 """
 
@@ -16,17 +18,25 @@ def register(sub) -> None:
     from ..config import add_arguments
     from ..explain.runner import ExplainConfig
 
-    p = sub.add_parser("explain", help="label every feature of an atlas and score the labels",
-                       description="Label features (stats explainer by default, or any OpenAI-compatible LLM) "
-                                   "and score each label on held-out examples next to baselines; resumable.")
+    p = sub.add_parser(
+        "explain",
+        help="label every feature of an atlas and score the labels",
+        description="Label features (stats explainer by default, or any OpenAI-compatible LLM) "
+        "and score each label on held-out examples next to baselines; resumable.",
+    )
     add_arguments(p, ExplainConfig, positional=("atlas",))
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_explain)
-    r = sub.add_parser("explain-report", help="scores per dictionary, method and scorer, paired with the "
-                                              "method's baselines per feature (bootstrap interval)")
+    r = sub.add_parser(
+        "explain-report",
+        help="scores per dictionary, method and scorer, paired with the "
+        "method's baselines per feature (bootstrap interval)",
+    )
     r.add_argument("atlas", help="atlas folder")
-    r.add_argument("--png", default=None, help="plot path (default: ATLAS/plots/explain_scores.png)")
+    r.add_argument(
+        "--png", default=None, help="plot path (default: ATLAS/plots/explain_scores.png)"
+    )
     r.add_argument("--json", action="store_true", help="print the table as JSON")
     r.set_defaults(func=cmd_report)
 
@@ -39,15 +49,28 @@ def cmd_explain(args) -> int:
     if args.json:
         print_json(res.__dict__)
     else:
-        rate = f", {res.explained / res.seconds:.0f} features/s" if res.explained and res.seconds else ""
-        print(f"explained {res.explained} features ({res.skipped} already done) in {res.seconds:.1f}s{rate}")
+        rate = (
+            f", {res.explained / res.seconds:.0f} features/s"
+            if res.explained and res.seconds
+            else ""
+        )
+        print(
+            f"explained {res.explained} features ({res.skipped} already done) in "
+            f"{res.seconds:.1f}s{rate}"
+        )
         if res.embedded_tokens:
-            print(f"embedded {res.embedded_tokens} corpus tokens in context in {res.embed_seconds:.1f}s "
-                  f"(once per atlas: cached under {args.atlas}/cache/)")
+            print(
+                f"embedded {res.embedded_tokens} corpus tokens in context in "
+                f"{res.embed_seconds:.1f}s "
+                f"(once per atlas: cached under {args.atlas}/cache/)"
+            )
         if res.llm_usage:
             u = res.llm_usage
-            print(f"LLM: {u['requests']} requests ({u['cached']} cached), {u['prompt_tokens']} prompt + "
-                  f"{u['completion_tokens']} completion tokens, ${u['cost_usd']:.4f}")
+            print(
+                f"LLM: {u['requests']} requests ({u['cached']} cached), {u['prompt_tokens']} "
+                "prompt + "
+                f"{u['completion_tokens']} completion tokens, ${u['cost_usd']:.4f}"
+            )
         print(f"see the scores: lmscope explain-report {args.atlas}")
     return 0
 

@@ -19,10 +19,13 @@ def register(sub) -> None:
     from ..read.scan_config import ScanConfig
 
     p = sub.add_parser(
-        "scan", help="which features light up on a prompt, where in the model, and what they mean",
-        description="Run a prompt through the model and every dictionary of the atlas: per token the "
-                    "top features of each dictionary with labels and activations, and a brain map "
-                    "(dictionaries x tokens heatmap of feature activity, normalized per dictionary).")
+        "scan",
+        help="which features light up on a prompt, where in the model, and what they mean",
+        description="Run a prompt through the model and every dictionary of the atlas: per token "
+        "the "
+        "top features of each dictionary with labels and activations, and a brain map "
+        "(dictionaries x tokens heatmap of feature activity, normalized per dictionary).",
+    )
     add_arguments(p, ScanConfig, positional=("atlas", "prompt"))
     p.add_argument("--json", action="store_true", help="machine-readable output (the ScanResult)")
     p.set_defaults(func=cmd_scan)
@@ -43,8 +46,9 @@ def cmd_scan(args) -> int:
         path = getattr(cfg, flag)
         if path and Path(path).exists() and not cfg.force:
             raise UserError(f"--{flag} {path} exists; pass --force to overwrite it")
-    reader = Reader.open(cfg.atlas, model=cfg.model, device=cfg.device, hooks=cfg.hooks,
-                         max_tokens=cfg.max_tokens)
+    reader = Reader.open(
+        cfg.atlas, model=cfg.model, device=cfg.device, hooks=cfg.hooks, max_tokens=cfg.max_tokens
+    )
     res = reader.scan(cfg.prompt, top_k=cfg.top)
     cmp = compare(reader, cfg.prompt, cfg.vs, top=20) if cfg.vs is not None else None
     if cfg.png:

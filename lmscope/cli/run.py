@@ -1,6 +1,7 @@
 """`lmscope run`: the whole pipeline on one model, each stage the command a user would type.
 
-    lmscope run                          # the embedded default (SmolLM2-135M-Instruct, default corpus)
+    lmscope run                          # the embedded default (SmolLM2-135M-Instruct, default
+    corpus)
     lmscope run --model M --out runs/m   # any causal LM
     lmscope run --skip probe,trace       # leave stages out
 
@@ -83,11 +84,14 @@ class RunConfig:
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "run", help="the whole pipeline on one model (default: the embedded SmolLM2-135M)",
-        description="Capture activations, train a TopK sparse autoencoder on the middle layer, evaluate it, "
-                    "build its feature atlas, label the features, probe for truth, then scan and trace a "
-                    "prompt. Each stage prints the stand-alone command it runs. Rerun the same command to "
-                    "continue an interrupted run; finished stages are skipped.")
+        "run",
+        help="the whole pipeline on one model (default: the embedded SmolLM2-135M)",
+        description="Capture activations, train a TopK sparse autoencoder on the middle layer, "
+        "evaluate it, "
+        "build its feature atlas, label the features, probe for truth, then scan and trace a "
+        "prompt. Each stage prints the stand-alone command it runs. Rerun the same command to "
+        "continue an interrupted run; finished stages are skipped.",
+    )
     add_arguments(p, RunConfig)
     p.set_defaults(func=cmd_run)
 
@@ -97,7 +101,9 @@ _TIMES: list[tuple[str, float]] = []  # (stage, start time) of this run, for the
 
 def _stage(i: int, n: int, name: str, argv: list[str]) -> None:
     _TIMES.append((name.split(":")[0], time.perf_counter()))
-    print(f"\n\033[1m== [{i}/{n}] {name}\033[0m" if sys.stdout.isatty() else f"\n== [{i}/{n}] {name}")
+    print(
+        f"\n\033[1m== [{i}/{n}] {name}\033[0m" if sys.stdout.isatty() else f"\n== [{i}/{n}] {name}"
+    )
     print("$ lmscope " + " ".join(shlex.quote(a) for a in argv), flush=True)
 
 
@@ -124,8 +130,10 @@ def run(cfg: RunConfig) -> int:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; pass a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / "run.json").is_file():
-        raise UserError(f"--out {out} is a non-empty folder that lmscope run did not make; pass a new --out "
-                        "(nothing is overwritten)")
+        raise UserError(
+            f"--out {out} is a non-empty folder that lmscope run did not make; pass a new --out "
+            "(nothing is overwritten)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     (out / "run.json").write_text(json.dumps({"config": cfg.__dict__}, indent=2))
     skip = set(cfg.skipped())
@@ -139,29 +147,78 @@ def run(cfg: RunConfig) -> int:
     lm = load_model(cfg.model, dtype=cfg.model_dtype)
     layer = cfg.layer if cfg.layer is not None else lm.n_layers // 2
     if not 0 <= layer < lm.n_layers:
-        raise UserError(f"--layer {layer} is out of range: {lm.name} has blocks 0..{lm.n_layers - 1}")
+        raise UserError(
+            f"--layer {layer} is out of range: {lm.name} has blocks 0..{lm.n_layers - 1}"
+        )
     hook = f"blocks.{layer}.resid_post"
     store, atlas, probe = out / "store", out / "atlas", out / "probe"
     print(f"model: {lm.name}, {lm.n_layers} blocks, d_model {lm.d_model}; dictionary at {hook}")
 
     if "capture" in todo:
         i += 1
-        layers = sorted({max(0, lm.n_layers // 5), layer, min(lm.n_layers - 1, (4 * lm.n_layers) // 5)})
+        layers = sorted(
+            {max(0, lm.n_layers // 5), layer, min(lm.n_layers - 1, (4 * lm.n_layers) // 5)}
+        )
         hooks = ",".join(f"blocks.{L}.resid_post" for L in layers)
-        argv = ["capture", *common, *dt, "--hooks", hooks, "--corpus", cfg.corpus, "--tokens",
-                str(cfg.capture_tokens), "--ctx-len", str(cfg.ctx_len), "--out", str(store)]
+        argv = [
+            "capture",
+            *common,
+            *dt,
+            "--hooks",
+            hooks,
+            "--corpus",
+            cfg.corpus,
+            "--tokens",
+            str(cfg.capture_tokens),
+            "--ctx-len",
+            str(cfg.ctx_len),
+            "--out",
+            str(store),
+        ]
         _stage(i, n, "capture: activations into a store", argv)
-        res = capture_to_store(CaptureConfig(model=cfg.model, hooks=hooks, corpus=cfg.corpus,
-                                             tokens=cfg.capture_tokens, ctx_len=cfg.ctx_len, out=str(store),
-                                             model_dtype=cfg.model_dtype, progress=sys.stderr.isatty()), lm=lm)
+        res = capture_to_store(
+            CaptureConfig(
+                model=cfg.model,
+                hooks=hooks,
+                corpus=cfg.corpus,
+                tokens=cfg.capture_tokens,
+                ctx_len=cfg.ctx_len,
+                out=str(store),
+                model_dtype=cfg.model_dtype,
+                progress=sys.stderr.isatty(),
+            ),
+            lm=lm,
+        )
         print(format_report(res))
 
     layout = AtlasLayout(atlas)
     if "train" in todo:
         i += 1
-        argv = ["train", *common, *dt, "--hooks", hook, "--arch", "topk", "--width", cfg.width, "--k", str(cfg.k),
-                "--tokens", str(cfg.train_tokens), "--batch-size", str(cfg.batch_size), "--lr", str(cfg.lr),
-                "--corpus", cfg.corpus, "--ctx-len", str(cfg.ctx_len), "--out", str(atlas)]
+        argv = [
+            "train",
+            *common,
+            *dt,
+            "--hooks",
+            hook,
+            "--arch",
+            "topk",
+            "--width",
+            cfg.width,
+            "--k",
+            str(cfg.k),
+            "--tokens",
+            str(cfg.train_tokens),
+            "--batch-size",
+            str(cfg.batch_size),
+            "--lr",
+            str(cfg.lr),
+            "--corpus",
+            cfg.corpus,
+            "--ctx-len",
+            str(cfg.ctx_len),
+            "--out",
+            str(atlas),
+        ]
         _stage(i, n, "train: a TopK sparse autoencoder (features)", argv)
         if layout.exists() and hook in layout.dictionaries():
             print(f"already trained: {layout.dictionary_dir(hook)}")
@@ -172,16 +229,42 @@ def run(cfg: RunConfig) -> int:
         i += 1
         # --train-tokens: the same FVU on training-split tokens, so the printed in-sample and
         # held-out numbers are one measure (`lmscope train` prints a per-batch mean).
-        argv = ["eval", str(atlas), "--tokens", str(cfg.eval_tokens), "--train-tokens", str(cfg.eval_tokens),
-                "--corpus", cfg.corpus, "--ctx-len", str(cfg.ctx_len), *dt]
-        _stage(i, n, "eval: loss added by the dictionary (nats, KL), FVU with and without outlier tokens, "
-                     "on held-out documents", argv)
+        argv = [
+            "eval",
+            str(atlas),
+            "--tokens",
+            str(cfg.eval_tokens),
+            "--train-tokens",
+            str(cfg.eval_tokens),
+            "--corpus",
+            cfg.corpus,
+            "--ctx-len",
+            str(cfg.ctx_len),
+            *dt,
+        ]
+        _stage(
+            i,
+            n,
+            "eval: loss added by the dictionary (nats, KL), FVU with and without outlier tokens, "
+            "on held-out documents",
+            argv,
+        )
         _call(argv)
 
     if "atlas" in todo:
         i += 1
-        argv = ["atlas", "build", str(atlas), "--corpus", cfg.corpus, "--tokens", str(cfg.atlas_tokens),
-                "--ctx-len", str(cfg.ctx_len), *dt]
+        argv = [
+            "atlas",
+            "build",
+            str(atlas),
+            "--corpus",
+            cfg.corpus,
+            "--tokens",
+            str(cfg.atlas_tokens),
+            "--ctx-len",
+            str(cfg.ctx_len),
+            *dt,
+        ]
         _stage(i, n, "atlas: profile every feature into atlas.db", argv)
         _call(argv)
         _show_features(atlas, hook)
@@ -189,24 +272,44 @@ def run(cfg: RunConfig) -> int:
     if "explain" in todo:
         i += 1
         argv = ["explain", str(atlas)]
-        _stage(i, n, "explain: label every feature (stats explainer); score the labels on held-out windows "
-                     "against an equal-budget top-token and a random baseline (paired, 95% bootstrap)", argv)
+        _stage(
+            i,
+            n,
+            "explain: label every feature (stats explainer); score the labels on held-out windows "
+            "against an equal-budget top-token and a random baseline (paired, 95% bootstrap)",
+            argv,
+        )
         _call(argv)
         print()
         _call(["explain-report", str(atlas)])
 
     if "probe" in todo:
         i += 1
-        argv = ["probe", "train", *common, "--dataset", "cities,neg_cities", "--layers", cfg.probe_layers,
-                "--kinds", "logistic,massmean", "--out", str(probe)]
+        argv = [
+            "probe",
+            "train",
+            *common,
+            "--dataset",
+            "cities,neg_cities",
+            "--layers",
+            cfg.probe_layers,
+            "--kinds",
+            "logistic,massmean",
+            "--out",
+            str(probe),
+        ]
         _stage(i, n, "probe: where does the model hold 'true'? (held-out cities)", argv)
         if (probe / "probe.json").is_file():
             from .probe import format_test_line
 
             print(f"already trained: {probe}")
             m = json.loads((probe / "probe.json").read_text()).get("metrics", {})
-            print(format_test_line(m) if "test" in m else "(a schema-1 probe: its layer was chosen on the test "
-                  "split, so it has no honest test score; delete the folder to retrain)")
+            print(
+                format_test_line(m)
+                if "test" in m
+                else "(a schema-1 probe: its layer was chosen on the test "
+                "split, so it has no honest test score; delete the folder to retrain)"
+            )
         else:
             _call(argv)  # prints the choice made on validation and the test score with its interval
         for text in ("The city of Paris is in France.", "The city of Paris is in Japan."):

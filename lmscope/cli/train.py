@@ -1,6 +1,7 @@
 """`lmscope train` and `lmscope eval`: learn sparse dictionaries, then measure them.
 
-    lmscope train --model smollm2-135m --hooks 'blocks.*.resid_post' --arch topk --width 16x --k 32 \\
+    lmscope train --model smollm2-135m --hooks 'blocks.*.resid_post' --arch topk --width 16x --k 32
+    \\
         --tokens 2M --out atlas/
     torchrun --nproc-per-node 4 -m lmscope train ... [--shard-features]
     lmscope eval atlas/ --tokens 100k [--train-tokens 100k] [--json]
@@ -22,25 +23,30 @@ def register(sub) -> None:
     from ..dictionaries.train_config import TrainConfig
 
     p = sub.add_parser(
-        "train", help="train sparse dictionaries (SAEs / transcoders) on a model's activations",
+        "train",
+        help="train sparse dictionaries (SAEs / transcoders) on a model's activations",
         description="Train one sparse dictionary per hook point, all from the same model passes "
-                    "(or from an activation store with --from-store). Writes SAELens-format folders "
-                    "into OUT/dictionaries/<hook>/ and lists them in OUT/atlas.json. Ctrl-C saves a "
-                    "checkpoint; run the same command to resume. Multi-process: "
-                    "torchrun --nproc-per-node N -m lmscope train ... [--shard-features].")
+        "(or from an activation store with --from-store). Writes SAELens-format folders "
+        "into OUT/dictionaries/<hook>/ and lists them in OUT/atlas.json. Ctrl-C saves a "
+        "checkpoint; run the same command to resume. Multi-process: "
+        "torchrun --nproc-per-node N -m lmscope train ... [--shard-features].",
+    )
     add_arguments(p, TrainConfig)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
-        "eval", help="evaluate an atlas's dictionaries: FVU, L0, dead/dense latents, spliced LM loss",
-        description="For every dictionary in ATLAS, on held-out text (documents it was not trained on: "
-                    "checked against the documents its training recorded): the loss added by splicing "
-                    "the reconstruction in at its hook (nats per token) and KL(clean || spliced), with "
-                    "bootstrap intervals; FVU with and without the few massive-norm tokens; L0, dead and "
-                    "dense fractions; loss recovered against mean- and zero-ablation. Writes "
-                    "ATLAS/eval.json and a feature-density histogram per dictionary in ATLAS/plots/ "
-                    "(needs the 'plot' extra). What each number is computed on: docs/measuring.md.")
+        "eval",
+        help="evaluate an atlas's dictionaries: FVU, L0, dead/dense latents, spliced LM loss",
+        description="For every dictionary in ATLAS, on held-out text (documents it was not "
+        "trained on: "
+        "checked against the documents its training recorded): the loss added by splicing "
+        "the reconstruction in at its hook (nats per token) and KL(clean || spliced), with "
+        "bootstrap intervals; FVU with and without the few massive-norm tokens; L0, dead and "
+        "dense fractions; loss recovered against mean- and zero-ablation. Writes "
+        "ATLAS/eval.json and a feature-density histogram per dictionary in ATLAS/plots/ "
+        "(needs the 'plot' extra). What each number is computed on: docs/measuring.md.",
+    )
     add_arguments(p, EvalConfig, positional=("atlas",))
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_eval)
@@ -57,8 +63,11 @@ def cmd_train(args) -> int:
         res = train(cfg)
     except Interrupted as e:
         if info.is_main:
-            print(f"\nlmscope: interrupted at step {e.step}; checkpoint saved in {cfg.out}/train. "
-                  "Run the same command to resume.", file=sys.stderr)
+            print(
+                f"\nlmscope: interrupted at step {e.step}; checkpoint saved in {cfg.out}/train. "
+                "Run the same command to resume.",
+                file=sys.stderr,
+            )
         return 130
     finally:
         dist.teardown()
@@ -66,15 +75,32 @@ def cmd_train(args) -> int:
         return 0
     rows = {h: {"path": str(p), **res.metrics[h].__dict__} for h, p in res.dictionaries.items()}
     if args.json:
-        print_json({"out": str(res.out), "steps": res.steps, "tokens": res.tokens, "seconds": res.seconds,
-                    "tokens_per_s": res.tokens / max(res.seconds, 1e-9), "dictionaries": rows})
+        print_json(
+            {
+                "out": str(res.out),
+                "steps": res.steps,
+                "tokens": res.tokens,
+                "seconds": res.seconds,
+                "tokens_per_s": res.tokens / max(res.seconds, 1e-9),
+                "dictionaries": rows,
+            }
+        )
         return 0
-    print(f"trained {len(rows)} dictionar{'y' if len(rows) == 1 else 'ies'} on {res.tokens:,} tokens "
-          f"in {res.seconds:.0f}s ({res.tokens / max(res.seconds, 1e-9):,.0f} tok/s) -> {res.out}")
+    print(
+        f"trained {len(rows)} dictionar{'y' if len(rows) == 1 else 'ies'} on {res.tokens:,} tokens "
+        f"in {res.seconds:.0f}s ({res.tokens / max(res.seconds, 1e-9):,.0f} tok/s) -> {res.out}"
+    )
     for h, r in rows.items():
-        print(f"  {h:<24} FVU {r['fvu']:.3f}  L0 {r['l0']:.1f}  dead {r['dead_frac']:.1%}  {r['path']}")
-    # Say what this FVU is: held-out numbers (pooled, with and without norm outliers) come from eval.
-    print("(FVU: mean of per-batch FVUs over the last 10% of steps, in-sample; held-out: lmscope eval)")
+        print(
+            f"  {h:<24} FVU {r['fvu']:.3f}  L0 {r['l0']:.1f}  dead {r['dead_frac']:.1%}  "
+            f"{r['path']}"
+        )
+    # Say what this FVU is: held-out numbers (pooled, with and without norm outliers) come from
+    # eval.
+    print(
+        "(FVU: mean of per-batch FVUs over the last 10% of steps, in-sample; held-out: lmscope "
+        "eval)"
+    )
     print(f"next: lmscope eval {res.out}")
     return 0
 

@@ -15,11 +15,13 @@ def register(sub) -> None:
     from ..viewer.server import ServeConfig
 
     p = sub.add_parser(
-        "serve", help="local web viewer: scan, feature pages, search, atlas overview, graphs, steering",
+        "serve",
+        help="local web viewer: scan, feature pages, search, atlas overview, graphs, steering",
         description="Serve the atlas viewer on this machine (loopback only unless --host says "
-                    "otherwise). Pages: scan (brain map, per-token features), feature profiles, "
-                    "search (labels and features that fire on a text), atlas overview, attribution "
-                    "graphs (ATLAS/graphs/*.json, and new ones when the atlas has transcoders), steering.")
+        "otherwise). Pages: scan (brain map, per-token features), feature profiles, "
+        "search (labels and features that fire on a text), atlas overview, attribution "
+        "graphs (ATLAS/graphs/*.json, and new ones when the atlas has transcoders), steering.",
+    )
     add_arguments(p, ServeConfig, positional=("atlas",))
     p.set_defaults(func=cmd_serve)
 
@@ -34,10 +36,17 @@ def cmd_serve(args) -> int:
     import torch
 
     torch.set_num_threads(cfg.threads)
-    reader = Reader.open(cfg.atlas, model=cfg.model, device=cfg.device, hooks=cfg.hooks,
-                         max_tokens=cfg.max_tokens)
-    server = make_server(reader, host=cfg.host, port=cfg.port, limits=cfg.limits(), verbose=cfg.verbose,
-                         allow_hosts=cfg.allow_host)
+    reader = Reader.open(
+        cfg.atlas, model=cfg.model, device=cfg.device, hooks=cfg.hooks, max_tokens=cfg.max_tokens
+    )
+    server = make_server(
+        reader,
+        host=cfg.host,
+        port=cfg.port,
+        limits=cfg.limits(),
+        verbose=cfg.verbose,
+        allow_hosts=cfg.allow_host,
+    )
     url = server.local_url()
     if server.token is not None:
         # Printed once, as Jupyter does: whoever has this URL can use the viewer.
@@ -45,9 +54,12 @@ def cmd_serve(args) -> int:
         if host not in ("0.0.0.0", "::", ""):
             url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
         url += f"?token={server.token}"
-        print(f"warning: listening on {cfg.host}: anyone who can reach this machine and has the "
-              "token in the URL below can use the viewer (plain HTTP: use it only on a network you "
-              "trust, or behind an HTTPS proxy; see docs/security.md)", file=sys.stderr)
+        print(
+            f"warning: listening on {cfg.host}: anyone who can reach this machine and has the "
+            "token in the URL below can use the viewer (plain HTTP: use it only on a network you "
+            "trust, or behind an HTTPS proxy; see docs/security.md)",
+            file=sys.stderr,
+        )
     print(f"lmscope viewer for {cfg.atlas} at {url}  (Ctrl-C to stop)", flush=True)
     if cfg.open:
         import webbrowser

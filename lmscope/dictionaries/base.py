@@ -54,46 +54,61 @@ class DictionaryConfig:
     d_sae: int
     """Number of latents (dictionary width)."""
     arch: Literal["topk", "batchtopk", "jumprelu", "relu"] = "topk"
-    """Activation function: topk (Gao et al. 2024), batchtopk (Bussmann et al. 2024), jumprelu (Rajamanoharan et al. 2024) or relu (ReLU + decoder-norm-weighted L1)."""
+    """Activation function: topk (Gao et al. 2024), batchtopk (Bussmann et al. 2024), jumprelu
+    (Rajamanoharan et al. 2024) or relu (ReLU + decoder-norm-weighted L1)."""
     k: int = 32
     """Active latents per token for topk; average active latents per token for batchtopk."""
     d_out: int | None = None
-    """Width of the reconstructed activation; None: an SAE reconstructing its own input (d_out = d_in)."""
+    """Width of the reconstructed activation; None: an SAE reconstructing its own input (d_out =
+    d_in)."""
     skip: bool = False
-    """Transcoders: add a linear skip connection W_skip [d_out, d_in] from input to output (Paulo et al. 2025)."""
+    """Transcoders: add a linear skip connection W_skip [d_out, d_in] from input to output (Paulo
+    et al. 2025)."""
     hook_name: str = ""
-    """Our hook point read by the encoder, e.g. blocks.15.resid_post (blocks.L.mlp_in for a transcoder)."""
+    """Our hook point read by the encoder, e.g. blocks.15.resid_post (blocks.L.mlp_in for a
+    transcoder)."""
     out_hook_name: str | None = None
-    """Transcoders: the hook point the decoder predicts, e.g. blocks.15.mlp_out (None: same as hook_name)."""
+    """Transcoders: the hook point the decoder predicts, e.g. blocks.15.mlp_out (None: same as
+    hook_name)."""
     model_name: str = ""
     """The model the dictionary was trained on (our name or alias, e.g. smollm2-135m)."""
     l1_coeff: float = 5.0
-    """relu: weight of the L1 penalty sum_i |f_i| * ||W_dec_i|| (Anthropic April 2024 uses ~5 at mean squared input norm d_in)."""
+    """relu: weight of the L1 penalty sum_i |f_i| * ||W_dec_i|| (Anthropic April 2024 uses ~5 at
+    mean squared input norm d_in)."""
     l0_coeff: float = 0.5
-    """jumprelu: weight of the (straight-through) L0 penalty, in units of squared error per active latent."""
+    """jumprelu: weight of the (straight-through) L0 penalty, in units of squared error per active
+    latent."""
     jumprelu_bandwidth: float = 0.05
-    """jumprelu: width of the rectangle kernel in the threshold's pseudo-derivative (epsilon in Rajamanoharan et al. 2024)."""
+    """jumprelu: width of the rectangle kernel in the threshold's pseudo-derivative (epsilon in
+    Rajamanoharan et al. 2024)."""
     init_threshold: float = 0.1
-    """jumprelu: initial threshold of every latent (in normalized units; pre-activations are O(1))."""
+    """jumprelu: initial threshold of every latent (in normalized units; pre-activations are
+    O(1))."""
     aux_k: int | None = None
-    """topk/batchtopk: dead latents used by the AuxK loss (None: d_in // 2, Gao et al. 2024 App. A.2)."""
+    """topk/batchtopk: dead latents used by the AuxK loss (None: d_in // 2, Gao et al. 2024 App.
+    A.2)."""
     aux_coeff: float = 1 / 32
     """topk/batchtopk: weight of the AuxK loss (Gao et al. 2024 use 1/32)."""
     threshold_momentum: float = 0.01
-    """batchtopk: the inference threshold is a running mean of each batch's smallest kept activation with this momentum."""
+    """batchtopk: the inference threshold is a running mean of each batch's smallest kept
+    activation with this momentum."""
     b_dec_init: Literal["geometric_median", "mean", "zeros"] = "geometric_median"
     """How init_from_data sets the decoder bias from the (normalized) targets."""
     skip_init: Literal["lstsq", "zeros"] = "lstsq"
-    """Skip transcoders: W_skip starts as the ridge least-squares map from the init sample (the MLP's best
+    """Skip transcoders: W_skip starts as the ridge least-squares map from the init sample (the
+    MLP's best
     linear part; the latents then learn what is left) or at zeros (Paulo et al. 2025)."""
     normalize_activations: bool = True
-    """Scale inputs (and targets) to mean squared norm d_in (d_out) before encoding; folded into the weights on save."""
+    """Scale inputs (and targets) to mean squared norm d_in (d_out) before encoding; folded into
+    the weights on save."""
     seed: int = 0
     """Seed for the initial weights (the same seed gives the same dictionary on CPU)."""
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
-            raise ValueError(f"unknown dictionary arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
+            raise ValueError(
+                f"unknown dictionary arch {self.arch!r}; choose one of {', '.join(ARCHS)}"
+            )
         if self.d_in < 1:
             raise ValueError(f"d_in must be >= 1, got {self.d_in}")
         if self.d_sae < 1:
@@ -105,7 +120,8 @@ class DictionaryConfig:
                 raise ValueError(f"k must be >= 1 for arch {self.arch}, got {self.k}")
             if self.k > self.d_sae:
                 raise ValueError(
-                    f"k={self.k} active latents is more than the dictionary width d_sae={self.d_sae}; "
+                    f"k={self.k} active latents is more than the dictionary width "
+                    f"d_sae={self.d_sae}; "
                     "use a smaller k or a wider dictionary"
                 )
         if self.aux_k is not None and not 1 <= self.aux_k <= self.d_sae:
@@ -121,7 +137,8 @@ class DictionaryConfig:
             raise ValueError(f"threshold_momentum must be in (0, 1], got {self.threshold_momentum}")
         if self.skip and not self.is_transcoder:
             raise ValueError(
-                "skip=True needs a transcoder: set d_out or out_hook_name (an SAE's skip would be the identity)"
+                "skip=True needs a transcoder: set d_out or out_hook_name (an SAE's skip would be "
+                "the identity)"
             )
 
     # --- derived ---------------------------------------------------------------------
@@ -143,7 +160,8 @@ class DictionaryConfig:
 
     @property
     def unit_norm_decoder(self) -> bool:
-        """Whether training keeps decoder rows at unit norm (all but relu, whose L1 is norm-weighted)."""
+        """Whether training keeps decoder rows at unit norm (all but relu, whose L1 is
+        norm-weighted)."""
         return self.arch != "relu"
 
     def to_dict(self) -> dict[str, Any]:
@@ -166,7 +184,8 @@ class TrainOutput(NamedTuple):
     mse: Tensor
     """Squared reconstruction error summed over d_out, mean over tokens."""
     fvu: Tensor
-    """Fraction of variance unexplained: total squared error / total variance of the target (detached)."""
+    """Fraction of variance unexplained: total squared error / total variance of the target
+    (detached)."""
     l0: Tensor
     """Mean number of active latents per token (detached)."""
     aux_loss: Tensor
@@ -187,7 +206,8 @@ class TopKOutput(NamedTuple):
 
 
 TRANSCODER_ENC_SCALE = 0.1
-"""A transcoder's random encoder starts at this fraction of the unit scale (pre-activations ~N(0, 0.01))."""
+"""A transcoder's random encoder starts at this fraction of the unit scale (pre-activations ~N(0,
+0.01))."""
 
 
 class SparseDictionary(nn.Module):
@@ -243,7 +263,8 @@ class SparseDictionary(nn.Module):
 
     @property
     def apply_b_dec_to_input(self) -> bool:
-        """SAEs subtract b_dec from the input (Gao's b_pre); a transcoder's b_dec lives in output space."""
+        """SAEs subtract b_dec from the input (Gao's b_pre); a transcoder's b_dec lives in output
+        space."""
         return not self.cfg.is_transcoder
 
     # --- the arch-specific part ------------------------------------------------------
@@ -267,7 +288,8 @@ class SparseDictionary(nn.Module):
         return x_n @ self.W_enc + self.b_enc  # [batch, d_sae]
 
     def decode_normalized(self, acts: Tensor, x_n: Tensor | None = None) -> Tensor:
-        """[batch, d_sae] activations (+ normalized input for the skip) -> [batch, d_out] normalized."""
+        """[batch, d_sae] activations (+ normalized input for the skip) -> [batch, d_out]
+        normalized."""
         out = acts @ self.W_dec + self.b_dec  # [batch, d_out]
         if self.W_skip is not None:
             if x_n is None:
@@ -294,13 +316,20 @@ class SparseDictionary(nn.Module):
         return self.decode_normalized(acts * self.act_scale_out, x_n) / self.act_scale_out
 
     def forward(self, x: Tensor) -> Tensor:
-        """[batch, d_in] raw -> [batch, d_out] raw reconstruction (of x, or of the transcoder target)."""
+        """[batch, d_in] raw -> [batch, d_out] raw reconstruction (of x, or of the transcoder
+        target)."""
         x_n = x * self.act_scale
-        return self.decode_normalized(self.activation(self.pre_acts_normalized(x_n)), x_n) / self.act_scale_out
+        return (
+            self.decode_normalized(self.activation(self.pre_acts_normalized(x_n)), x_n)
+            / self.act_scale_out
+        )
 
     # --- training --------------------------------------------------------------------
-    def loss(self, x: Tensor, target: Tensor | None = None, *, dead_mask: Tensor | None = None) -> TrainOutput:
-        """The training objective on raw `x` [batch, d_in] (and `target` [batch, d_out] for a transcoder).
+    def loss(
+        self, x: Tensor, target: Tensor | None = None, *, dead_mask: Tensor | None = None
+    ) -> TrainOutput:
+        """The training objective on raw `x` [batch, d_in] (and `target` [batch, d_out] for a
+        transcoder).
 
         `dead_mask` bool [d_sae] marks latents that have not fired for a while (the trainer
         tracks it); topk/batchtopk then add the AuxK loss on them (Gao et al. 2024 App. A.2).
@@ -312,19 +341,27 @@ class SparseDictionary(nn.Module):
         x_n = x * self.act_scale
         t_n = target * self.act_scale_out
         terms = self._train_terms(x_n, t_n, dead_mask)
-        err = (terms.recon.float() - t_n.float())  # [batch, d_out]
+        err = terms.recon.float() - t_n.float()  # [batch, d_out]
         sq = err.pow(2).sum()
         mse = sq / x.shape[0]
         with torch.no_grad():
             var = (t_n.float() - t_n.float().mean(0)).pow(2).sum().clamp_min(1e-12)
             fvu = sq.detach() / var
         loss = mse + terms.sparsity_loss + self.cfg.aux_coeff * terms.aux_loss
-        return TrainOutput(loss, mse.detach(), fvu, terms.l0.detach(), terms.aux_loss.detach(),
-                           terms.fired, terms.sparsity_loss.detach())
+        return TrainOutput(
+            loss,
+            mse.detach(),
+            fvu,
+            terms.l0.detach(),
+            terms.aux_loss.detach(),
+            terms.fired,
+            terms.sparsity_loss.detach(),
+        )
 
     @torch.no_grad()
     def init_from_data(self, x: Tensor, target: Tensor | None = None) -> None:
-        """Set act_scale(s) and b_dec from a sample of raw activations x [n, d_in] (target [n, d_out]).
+        """Set act_scale(s) and b_dec from a sample of raw activations x [n, d_in] (target [n,
+        d_out]).
 
         act_scale makes the mean squared norm d_in (SAELens' expected-average normalization);
         b_dec is the geometric median (or mean) of the normalized targets (minus the skip's part:
@@ -334,7 +371,9 @@ class SparseDictionary(nn.Module):
         t = x if target is None else target.float()
         if self.cfg.normalize_activations:
             self.act_scale.fill_(norm_scale(x, self.d_in))
-            self.act_scale_out.fill_(self.act_scale if target is None else norm_scale(t, self.d_out))
+            self.act_scale_out.fill_(
+                self.act_scale if target is None else norm_scale(t, self.d_out)
+            )
         t_n = t * self.act_scale_out
         if self.W_skip is not None and self.cfg.skip_init == "lstsq" and target is not None:
             # Starting from zero, Adam needs hundreds of steps before the skip even matches the
@@ -357,7 +396,8 @@ class SparseDictionary(nn.Module):
 
     @torch.no_grad()
     def remove_parallel_grad_(self) -> None:
-        """Project out the W_dec gradient component parallel to each (unit) row (Gao et al. 2024 App. A.4).
+        """Project out the W_dec gradient component parallel to each (unit) row (Gao et al. 2024
+        App. A.4).
 
         Call between backward() and the optimizer step; the step then moves rows (almost)
         tangentially to the unit sphere, and normalize_decoder_() after it fixes the rest.
@@ -369,13 +409,19 @@ class SparseDictionary(nn.Module):
         g.addcmul_(w, torch.linalg.vecdot(g, w)[:, None], value=-1.0)
 
     # --- persistence (SAELens format, see io/saelens.py) --------------------------------
-    def save(self, path: str | Path, *, sparsity: Tensor | None = None,
-             metadata: dict[str, Any] | None = None) -> Path:
+    def save(
+        self,
+        path: str | Path,
+        *,
+        sparsity: Tensor | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Path:
         """Write a SAELens folder (cfg.json + sae_weights.safetensors [+ sparsity.safetensors]).
 
         act_scale is folded into the weights, so SAELens and lmscope read the same raw-space
         SAE. `sparsity` is the per-latent firing frequency [d_sae] (stored as log10, SAELens
-        convention); `metadata` adds/overrides SAELens metadata keys (context_size, prepend_bos, ...).
+        convention); `metadata` adds/overrides SAELens metadata keys (context_size, prepend_bos,
+        ...).
         """
         from .io.saelens import save_saelens
 
@@ -419,7 +465,11 @@ class _Terms(NamedTuple):
 
 
 __all__ = [
-    "ARCHS", "DictionaryConfig", "SparseDictionary", "TopKOutput", "TrainOutput",
+    "ARCHS",
+    "DictionaryConfig",
+    "SparseDictionary",
+    "TopKOutput",
+    "TrainOutput",
     "geometric_median",
 ]
 
@@ -430,8 +480,10 @@ def check_fits(d: SparseDictionary, lm: LanguageModel, name: str) -> None:
     of a shape error mid-forward."""
     from ..errors import UserError
 
-    for hook, width in ((d.cfg.hook_name or name, d.cfg.d_in),
-                        (d.cfg.out_hook_name if d.cfg.is_transcoder else None, d.cfg.output_dim)):
+    for hook, width in (
+        (d.cfg.hook_name or name, d.cfg.d_in),
+        (d.cfg.out_hook_name if d.cfg.is_transcoder else None, d.cfg.output_dim),
+    ):
         if not hook:
             continue
         try:
@@ -439,8 +491,12 @@ def check_fits(d: SparseDictionary, lm: LanguageModel, name: str) -> None:
         except (KeyError, UserError):
             if hook == d.cfg.out_hook_name:  # foreign transcoders name their target loosely
                 continue
-            raise UserError(f"dictionary {name} reads hook {hook!r}, which model {lm.name} does not "
-                            "have; is this an atlas of another model?") from None
+            raise UserError(
+                f"dictionary {name} reads hook {hook!r}, which model {lm.name} does not "
+                "have; is this an atlas of another model?"
+            ) from None
         if point.d != width:
-            raise UserError(f"dictionary {name} expects width {width} at {hook} but model {lm.name} "
-                            f"has {point.d}; the dictionary belongs to another model")
+            raise UserError(
+                f"dictionary {name} expects width {width} at {hook} but model {lm.name} "
+                f"has {point.d}; the dictionary belongs to another model"
+            )

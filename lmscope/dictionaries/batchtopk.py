@@ -64,7 +64,9 @@ class BatchTopKDictionary(TopKDictionary):
         return pre * (pre > self.topk_threshold.to(pre.dtype))  # [batch, d_sae]
 
     def encode_topk(self, x: Tensor) -> TopKOutput:
-        raise NotImplementedError("BatchTopK has a variable number of latents per token; use encode()")
+        raise NotImplementedError(
+            "BatchTopK has a variable number of latents per token; use encode()"
+        )
 
     def _select(self, pre: Tensor) -> TopKOutput:
         codes = batch_topk_codes(pre, self.cfg.k)

@@ -35,8 +35,11 @@ from ..validate import Int, check, read_json
 
 SCHEMA_VERSION = 1
 STATE = "state.json"
-_STATE_SCHEMA = {"step": Int(0), "tokens": Int(0), "sharded_ranks": Int(1, 1 << 16, required=False,
-                                                                      nullable=True)}
+_STATE_SCHEMA = {
+    "step": Int(0),
+    "tokens": Int(0),
+    "sharded_ranks": Int(1, 1 << 16, required=False, nullable=True),
+}
 
 
 def save_torch_atomic(obj: Any, path: Path) -> None:
@@ -86,8 +89,11 @@ class Checkpoints:
     def read_state(self) -> RunState | None:
         if not self.state_path.is_file():
             return None
-        d = check(read_json(self.state_path, what="checkpoint state"), _STATE_SCHEMA,
-                  where=str(self.state_path))
+        d = check(
+            read_json(self.state_path, what="checkpoint state"),
+            _STATE_SCHEMA,
+            where=str(self.state_path),
+        )
         return RunState(step=d["step"], tokens=d["tokens"], sharded_ranks=d.get("sharded_ranks"))
 
     def read_config(self) -> dict | None:
@@ -109,9 +115,18 @@ class Checkpoints:
 
     def commit(self, hooks: list[str], state: RunState) -> None:
         """Select `state.step` (state.json last), then delete older checkpoint files."""
-        write_json_atomic(self.state_path, {"schema_version": SCHEMA_VERSION, "step": state.step,
-                                            "tokens": state.tokens, "sharded_ranks": state.sharded_ranks})
-        keep = {ckpt_name(state.step)} | {ckpt_name(state.step, r) for r in range(state.sharded_ranks or 0)}
+        write_json_atomic(
+            self.state_path,
+            {
+                "schema_version": SCHEMA_VERSION,
+                "step": state.step,
+                "tokens": state.tokens,
+                "sharded_ranks": state.sharded_ranks,
+            },
+        )
+        keep = {ckpt_name(state.step)} | {
+            ckpt_name(state.step, r) for r in range(state.sharded_ranks or 0)
+        }
         for h in hooks:
             d = self.layout.train_dir(h)
             for f in d.glob("ckpt-*.pt"):
@@ -127,12 +142,16 @@ class Checkpoints:
             st = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise UserError(f"checkpoint {path} holds objects other than tensors and plain data "
-                            f"({first}); refusing to load it. Delete {self.root} to train from "
-                            "scratch (or use --force)") from None
+            raise UserError(
+                f"checkpoint {path} holds objects other than tensors and plain data "
+                f"({first}); refusing to load it. Delete {self.root} to train from "
+                "scratch (or use --force)"
+            ) from None
         except (OSError, RuntimeError, EOFError, ValueError) as e:
-            raise UserError(f"checkpoint {path} is damaged ({type(e).__name__}); delete {self.root} "
-                            "to train from scratch (or use --force)") from None
+            raise UserError(
+                f"checkpoint {path} is damaged ({type(e).__name__}); delete {self.root} "
+                "to train from scratch (or use --force)"
+            ) from None
         if not isinstance(st, dict):
             raise UserError(f"checkpoint {path} is not a training checkpoint; delete {self.root}")
         return st

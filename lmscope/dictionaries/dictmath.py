@@ -36,7 +36,8 @@ def decoder_bias(d: Dictionary) -> Tensor:
 
 
 def encoder_affine(d: Dictionary) -> EncoderAffine:
-    """Raw-unit pre-activations: encode(x) = activation(x @ weight + bias) (for relu/topk exactly)."""
+    """Raw-unit pre-activations: encode(x) = activation(x @ weight + bias) (for relu/topk
+    exactly)."""
     s, so = d.act_scale, d.act_scale_out
     bias = d.b_enc
     if d.apply_b_dec_to_input:  # SAEs subtract b_dec (normalized space) before encoding

@@ -220,18 +220,27 @@ class _ReconSums:
         self.rows: dict[str, list[Tensor]] = {k: [] for k in (*self.FIELDS, "sum_x", "sum_x_out")}
 
     def add(self, target: Tensor, recon: Tensor, row: Tensor, n_rows: int) -> None:
-        """target, recon: [tokens, d_out]; row: [tokens] index of each token's context in this batch."""
+        """target, recon: [tokens, d_out]; row: [tokens] index of each token's context in this
+        batch."""
         t = target.double().cpu()
         err = (recon.double().cpu() - t).pow(2).sum(-1)  # [tokens]
         sq = t.pow(2).sum(-1)  # [tokens]
         out = sq.sqrt() > self.threshold  # [tokens]
         row = row.cpu()
-        per_token = {"n": torch.ones_like(sq), "n_out": out.double(), "err": err, "err_out": err * out,
-                     "sq": sq, "sq_out": sq * out}
+        per_token = {
+            "n": torch.ones_like(sq),
+            "n_out": out.double(),
+            "err": err,
+            "err_out": err * out,
+            "sq": sq,
+            "sq_out": sq * out,
+        }
         for k, v in per_token.items():
             self.rows[k].append(torch.zeros(n_rows, dtype=torch.float64).index_add_(0, row, v))
         for k, v in (("sum_x", t), ("sum_x_out", t * out[:, None])):
-            self.rows[k].append(torch.zeros(n_rows, t.shape[1], dtype=torch.float64).index_add_(0, row, v))
+            self.rows[k].append(
+                torch.zeros(n_rows, t.shape[1], dtype=torch.float64).index_add_(0, row, v)
+            )
 
     @staticmethod
     def _fvus(a: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -239,36 +248,51 @@ class _ReconSums:
         var = a["sq"] - (a["sum_x"] ** 2).sum(-1) / np.maximum(a["n"], 1)  # sum ||x - mean||^2
         n_in = a["n"] - a["n_out"]
         sum_in = a["sum_x"] - a["sum_x_out"]
-        var_in = (a["sq"] - a["sq_out"]) - (sum_in ** 2).sum(-1) / np.maximum(n_in, 1)
+        var_in = (a["sq"] - a["sq_out"]) - (sum_in**2).sum(-1) / np.maximum(n_in, 1)
         with np.errstate(divide="ignore", invalid="ignore"):
             return a["err"] / var, np.where(n_in > 0, (a["err"] - a["err_out"]) / var_in, np.nan)
 
     def result(self, *, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> Reconstruction:
-        rows = {k: torch.cat(v).numpy() for k, v in self.rows.items()}  # [contexts] or [contexts, d]
+        rows = {
+            k: torch.cat(v).numpy() for k, v in self.rows.items()
+        }  # [contexts] or [contexts, d]
         tot = {k: v.sum(0) for k, v in rows.items()}
         fvu, fvu_in = (float(v) for v in self._fvus(tot))
         n = max(1.0, tot["n"])
         mean = tot["sum_x"] / n
         var = tot["sq"] - float(tot["sum_x"] @ tot["sum_x"]) / n
         # The outliers' part of sum ||x - mean||^2, about the same global mean.
-        var_out = tot["sq_out"] - 2 * float(mean @ tot["sum_x_out"]) + tot["n_out"] * float(mean @ mean)
+        var_out = (
+            tot["sq_out"] - 2 * float(mean @ tot["sum_x_out"]) + tot["n_out"] * float(mean @ mean)
+        )
         ci, ci_in = (math.nan, math.nan), (math.nan, math.nan)
         c = rows["n"].shape[0]
         if c >= 2:
             idx = np.random.default_rng(seed).integers(0, c, size=(samples, c))
             w = np.zeros((samples, c))
-            np.add.at(w, (np.arange(samples)[:, None], idx), 1.0)  # [samples, contexts] resample counts
+            np.add.at(
+                w, (np.arange(samples)[:, None], idx), 1.0
+            )  # [samples, contexts] resample counts
             b_fvu, b_in = self._fvus({k: w @ v for k, v in rows.items()})
             ci = (float(np.nanpercentile(b_fvu, 2.5)), float(np.nanpercentile(b_fvu, 97.5)))
             ci_in = (float(np.nanpercentile(b_in, 2.5)), float(np.nanpercentile(b_in, 97.5)))
         return Reconstruction(
-            tokens=int(tot["n"]), mse=tot["err"] / n, fvu=fvu, fvu_ci=ci, fvu_inliers=fvu_in, fvu_inliers_ci=ci_in,
-            outlier_threshold=self.threshold, outlier_tokens=int(tot["n_out"]),
-            outlier_var_share=var_out / max(var, 1e-12), outlier_err_share=tot["err_out"] / max(tot["err"], 1e-12))
+            tokens=int(tot["n"]),
+            mse=tot["err"] / n,
+            fvu=fvu,
+            fvu_ci=ci,
+            fvu_inliers=fvu_in,
+            fvu_inliers_ci=ci_in,
+            outlier_threshold=self.threshold,
+            outlier_tokens=int(tot["n_out"]),
+            outlier_var_share=var_out / max(var, 1e-12),
+            outlier_err_share=tot["err_out"] / max(tot["err"], 1e-12),
+        )
 
 
 def _reconstruct(d: SparseDictionary, x: Tensor) -> tuple[Tensor, Tensor]:
-    """(latent activations [tokens, d_sae], reconstruction [tokens, d_out]) of inputs x [tokens, d_in]."""
+    """(latent activations [tokens, d_sae], reconstruction [tokens, d_out]) of inputs x [tokens,
+    d_in]."""
     acts = d.encode(x)
     return acts, (d.decode(acts, x) if d.W_skip is not None else d.decode(acts))
 
@@ -290,7 +314,9 @@ class _CleanStats:
 
 
 @torch.no_grad()
-def clean_stats(lm: LanguageModel, hooks: list[str], chunks: list[Tensor]) -> dict[str, _CleanStats]:
+def clean_stats(
+    lm: LanguageModel, hooks: list[str], chunks: list[Tensor]
+) -> dict[str, _CleanStats]:
     """Pass 1: per hook, the mean activation and the median norm over the text tokens of `chunks`.
 
     chunks: token batches [b, ctx_len]. The forward stops after the deepest hook (no LM head).
@@ -313,8 +339,14 @@ def clean_stats(lm: LanguageModel, hooks: list[str], chunks: list[Tensor]) -> di
 
 
 @torch.no_grad()
-def reconstruction(lm: LanguageModel, dicts: dict[str, SparseDictionary], contexts: list[Tensor], *, batch: int = 8,
-                   thresholds: dict[str, float] | None = None) -> dict[str, Reconstruction]:
+def reconstruction(
+    lm: LanguageModel,
+    dicts: dict[str, SparseDictionary],
+    contexts: list[Tensor],
+    *,
+    batch: int = 8,
+    thresholds: dict[str, float] | None = None,
+) -> dict[str, Reconstruction]:
     """Reconstruction numbers only (no splicing) of every dictionary on `contexts` [ctx_len] each.
 
     thresholds: hook -> outlier norm threshold (e.g. the held-out one, so both sets use the
@@ -322,11 +354,16 @@ def reconstruction(lm: LanguageModel, dicts: dict[str, SparseDictionary], contex
     """
     from ..models.runtime import run
 
-    chunks = [torch.stack(contexts[i:i + batch]) for i in range(0, len(contexts), batch)]  # [b, ctx_len]
+    chunks = [
+        torch.stack(contexts[i : i + batch]) for i in range(0, len(contexts), batch)
+    ]  # [b, ctx_len]
     needed = _needed(dicts)
     if thresholds is None:
         stats = clean_stats(lm, needed, chunks)
-        thresholds = {h: OUTLIER_FACTOR * stats[d.cfg.out_hook_name or h].median_norm for h, d in dicts.items()}
+        thresholds = {
+            h: OUTLIER_FACTOR * stats[d.cfg.out_hook_name or h].median_norm
+            for h, d in dicts.items()
+        }
     sums = {h: _ReconSums(thresholds[h]) for h in dicts}
     for tokens in chunks:
         tokens = tokens.to(lm.device)
@@ -342,7 +379,8 @@ def reconstruction(lm: LanguageModel, dicts: dict[str, SparseDictionary], contex
 
 # --- the spliced loss ------------------------------------------------------------------------
 def _ce_rows(logits: Tensor, tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Per context: summed next-token CE over targets where mask[:, 1:], and their count. [batch] each."""
+    """Per context: summed next-token CE over targets where mask[:, 1:], and their count. [batch]
+    each."""
     lp = F.log_softmax(logits[:, :-1].float(), dim=-1)  # [batch, pos-1, vocab]
     nll = -lp.gather(-1, tokens[:, 1:, None]).squeeze(-1)  # [batch, pos-1]
     m = mask[:, 1:]
@@ -366,7 +404,9 @@ def _splice(value: Tensor, keep: Tensor):
     return f
 
 
-def bootstrap_ratio(num: Tensor, den: Tensor, *, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ratio(
+    num: Tensor, den: Tensor, *, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0
+) -> tuple[float, float]:
     """95% percentile-bootstrap interval of sum(num) / sum(den), resampling the rows (contexts)."""
     n = num.shape[0]
     if n < 2:
@@ -381,7 +421,9 @@ class _LossSums:
     """Per-context CE sums of each run and KL of the splice, for means and bootstrap intervals."""
 
     def __init__(self) -> None:
-        self.rows: dict[str, list[Tensor]] = {k: [] for k in ("clean", "spliced", "zero", "mean", "kl", "n")}
+        self.rows: dict[str, list[Tensor]] = {
+            k: [] for k in ("clean", "spliced", "zero", "mean", "kl", "n")
+        }
 
     def add(self, **parts: Tensor) -> None:
         for k, v in parts.items():
@@ -392,21 +434,33 @@ class _LossSums:
 
 
 def _recovered(ce: dict[str, float], ref: str) -> float:
-    """(ce[ref] - spliced) / (ce[ref] - clean): the fraction of the ablation's damage the splice avoids."""
+    """(ce[ref] - spliced) / (ce[ref] - clean): the fraction of the ablation's damage the splice
+    avoids."""
     denom = ce[ref] - ce["clean"]
     return (ce[ref] - ce["spliced"]) / denom if abs(denom) > 1e-12 else math.nan
 
 
 @torch.no_grad()
-def evaluate_dictionaries(lm: LanguageModel, dicts: dict[str, SparseDictionary], contexts: list[Tensor], *, batch: int = 8,
-                          progress: bool = True) -> list[DictionaryEval]:
+def evaluate_dictionaries(
+    lm: LanguageModel,
+    dicts: dict[str, SparseDictionary],
+    contexts: list[Tensor],
+    *,
+    batch: int = 8,
+    progress: bool = True,
+) -> list[DictionaryEval]:
     """Evaluate `dicts` (hook -> SparseDictionary) on token contexts [ctx_len] each."""
     from ..models.runtime import run
 
     needed = _needed(dicts)
-    chunks = [torch.stack(contexts[i:i + batch]) for i in range(0, len(contexts), batch)]  # [b, ctx_len]
+    chunks = [
+        torch.stack(contexts[i : i + batch]) for i in range(0, len(contexts), batch)
+    ]  # [b, ctx_len]
     stats = clean_stats(lm, sorted({d.cfg.out_hook_name or h for h, d in dicts.items()}), chunks)
-    recon = {h: _ReconSums(OUTLIER_FACTOR * stats[d.cfg.out_hook_name or h].median_norm) for h, d in dicts.items()}
+    recon = {
+        h: _ReconSums(OUTLIER_FACTOR * stats[d.cfg.out_hook_name or h].median_norm)
+        for h, d in dicts.items()
+    }
     loss = {h: _LossSums() for h in dicts}
     active = {h: 0.0 for h in dicts}
     fires = {h: torch.zeros(d.d_sae, dtype=torch.float64) for h, d in dicts.items()}
@@ -434,11 +488,19 @@ def evaluate_dictionaries(lm: LanguageModel, dicts: dict[str, SparseDictionary],
             full = t.clone()
             full[keep] = rec.to(full.dtype)  # [b, pos, d_out]
             spliced = run(lm, tokens, edits={out_h: _splice(full, keep)}, logits=True).logits
-            zero = run(lm, tokens, edits={out_h: _splice(torch.zeros_like(t), keep)}, logits=True).logits
+            zero = run(
+                lm, tokens, edits={out_h: _splice(torch.zeros_like(t), keep)}, logits=True
+            ).logits
             mean = stats[out_h].mean.to(t.device, t.dtype).expand_as(t)  # [b, pos, d_out]
             mean_abl = run(lm, tokens, edits={out_h: _splice(mean, keep)}, logits=True).logits
-            loss[h].add(clean=ce_clean, spliced=_ce_rows(spliced, tokens, keep)[0], zero=_ce_rows(zero, tokens, keep)[0],
-                        mean=_ce_rows(mean_abl, tokens, keep)[0], kl=_kl_rows(clean.logits, spliced, keep), n=n)
+            loss[h].add(
+                clean=ce_clean,
+                spliced=_ce_rows(spliced, tokens, keep)[0],
+                zero=_ce_rows(zero, tokens, keep)[0],
+                mean=_ce_rows(mean_abl, tokens, keep)[0],
+                kl=_kl_rows(clean.logits, spliced, keep),
+                n=n,
+            )
             if ci == 0:
                 # recon + error in float64 is bitwise the clean activation: the loss must not move.
                 r64 = full.double()
@@ -446,7 +508,10 @@ def evaluate_dictionaries(lm: LanguageModel, dicts: dict[str, SparseDictionary],
                 ones = torch.ones_like(keep)
                 ck = run(lm, tokens, edits={out_h: _splice(back, ones)}, logits=True).logits
                 nn = max(1, int(n.sum()))
-                check[h] = (float(_ce_rows(ck, tokens, keep)[0].sum()) / nn, float(ce_clean.sum()) / nn)
+                check[h] = (
+                    float(_ce_rows(ck, tokens, keep)[0].sum()) / nn,
+                    float(ce_clean.sum()) / nn,
+                )
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -459,21 +524,40 @@ def evaluate_dictionaries(lm: LanguageModel, dicts: dict[str, SparseDictionary],
         ce = {k: float(rows[k].sum()) / n_ce for k in ("clean", "spliced", "zero", "mean")}
         freq = fires[h] / max(1, r.tokens)
 
-        out.append(DictionaryEval(
-            hook=h, out_hook=d.cfg.out_hook_name, arch=d.cfg.arch, d_sae=d.d_sae, tokens=r.tokens,
-            contexts=len(contexts), mse=r.mse, fvu=r.fvu, fvu_ci=r.fvu_ci, fvu_inliers=r.fvu_inliers,
-            fvu_inliers_ci=r.fvu_inliers_ci,
-            outlier_threshold=r.outlier_threshold, outlier_tokens=r.outlier_tokens,
-            outlier_var_share=r.outlier_var_share, outlier_err_share=r.outlier_err_share,
-            l0=active[h] / max(1, r.tokens), dead_frac=float((fires[h] == 0).double().mean()),
-            dense_frac=float((freq > DENSE_THRESHOLD).double().mean()),
-            ce_clean=ce["clean"], ce_spliced=ce["spliced"], ce_added=ce["spliced"] - ce["clean"],
-            ce_added_ci=bootstrap_ratio(rows["spliced"] - rows["clean"], rows["n"]),
-            kl=float(rows["kl"].sum()) / n_ce, kl_ci=bootstrap_ratio(rows["kl"], rows["n"]),
-            ce_zero=ce["zero"], ce_mean=ce["mean"], loss_recovered=_recovered(ce, "zero"),
-            loss_recovered_mean=_recovered(ce, "mean"),
-            ce_recon_plus_error=check[h][0] if h in check else math.nan,
-            ce_clean_first=check[h][1] if h in check else math.nan))
+        out.append(
+            DictionaryEval(
+                hook=h,
+                out_hook=d.cfg.out_hook_name,
+                arch=d.cfg.arch,
+                d_sae=d.d_sae,
+                tokens=r.tokens,
+                contexts=len(contexts),
+                mse=r.mse,
+                fvu=r.fvu,
+                fvu_ci=r.fvu_ci,
+                fvu_inliers=r.fvu_inliers,
+                fvu_inliers_ci=r.fvu_inliers_ci,
+                outlier_threshold=r.outlier_threshold,
+                outlier_tokens=r.outlier_tokens,
+                outlier_var_share=r.outlier_var_share,
+                outlier_err_share=r.outlier_err_share,
+                l0=active[h] / max(1, r.tokens),
+                dead_frac=float((fires[h] == 0).double().mean()),
+                dense_frac=float((freq > DENSE_THRESHOLD).double().mean()),
+                ce_clean=ce["clean"],
+                ce_spliced=ce["spliced"],
+                ce_added=ce["spliced"] - ce["clean"],
+                ce_added_ci=bootstrap_ratio(rows["spliced"] - rows["clean"], rows["n"]),
+                kl=float(rows["kl"].sum()) / n_ce,
+                kl_ci=bootstrap_ratio(rows["kl"], rows["n"]),
+                ce_zero=ce["zero"],
+                ce_mean=ce["mean"],
+                loss_recovered=_recovered(ce, "zero"),
+                loss_recovered_mean=_recovered(ce, "mean"),
+                ce_recon_plus_error=check[h][0] if h in check else math.nan,
+                ce_clean_first=check[h][1] if h in check else math.nan,
+            )
+        )
         out[-1]._freq = freq  # type: ignore[attr-defined]  # for the plot
     return out
 
@@ -486,7 +570,9 @@ def density_plot(ev: DictionaryEval, freq: Tensor, path: Path) -> Path:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise UserError("plots need matplotlib: pip install 'lmscope[plot]' (or pass --no-plots)") from None
+        raise UserError(
+            "plots need matplotlib: pip install 'lmscope[plot]' (or pass --no-plots)"
+        ) from None
     alive = freq[freq > 0]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     if alive.numel():
@@ -506,8 +592,15 @@ def density_plot(ev: DictionaryEval, freq: Tensor, path: Path) -> Path:
     return path
 
 
-def heldout_contexts(lm: LanguageModel, corpus: str, *, tokens: int, ctx_len: int, split: str = HELDOUT_SPLIT,
-                     seen: set[int] | None = None) -> list[Tensor]:
+def heldout_contexts(
+    lm: LanguageModel,
+    corpus: str,
+    *,
+    tokens: int,
+    ctx_len: int,
+    split: str = HELDOUT_SPLIT,
+    seen: set[int] | None = None,
+) -> list[Tensor]:
     """Enough contexts of a split for `tokens` non-BOS tokens; `seen` gets their documents' keys."""
     from .sources import iter_contexts
 
@@ -521,13 +614,17 @@ def heldout_contexts(lm: LanguageModel, corpus: str, *, tokens: int, ctx_len: in
     if not out:
         raise UserError(f"the {what} split of corpus {corpus!r} is empty; use a larger --corpus")
     if have < tokens:
-        print(f"lmscope: the {what} split of {corpus!r} has only {have:,} tokens; evaluating on those",
-              file=sys.stderr)
+        print(
+            f"lmscope: the {what} split of {corpus!r} has only {have:,} tokens; "
+            "evaluating on those",
+            file=sys.stderr,
+        )
     return out
 
 
-def _check_documents(folder: DictionaryFolder, entries: dict, eval_keys: np.ndarray, corpus: str,
-                     allow: bool) -> dict[str, tuple[int | None, int | None]]:
+def _check_documents(
+    folder: DictionaryFolder, entries: dict, eval_keys: np.ndarray, corpus: str, allow: bool
+) -> dict[str, tuple[int | None, int | None]]:
     """Per hook: (training documents recorded, evaluated documents among them). Refuses overlap."""
     from ..capture.documents import overlap, read_keys
 
@@ -536,24 +633,37 @@ def _check_documents(folder: DictionaryFolder, entries: dict, eval_keys: np.ndar
         rec = e.get("train_data")
         if not rec or not rec.get("file"):
             out[h] = (None, None)
-            print(f"lmscope: {h} has no record of its training documents (trained before lmscope kept one, "
-                  "or imported); held-out disjointness is not checked", file=sys.stderr)
+            print(
+                f"lmscope: {h} has no record of its training documents (trained before lmscope "
+                "kept one, "
+                "or imported); held-out disjointness is not checked",
+                file=sys.stderr,
+            )
             continue
         keys = read_keys(folder.path(h) / rec["file"])
         ov = overlap(keys, eval_keys)
         out[h] = (int(keys.size), ov)
         if ov:
-            where = f"{rec.get('source')}: {(rec.get('corpus') or {}).get('source')}, split {rec.get('split')}"
-            msg = (f"{ov:,} of the {eval_keys.size:,} documents evaluated (--corpus {corpus}) were in the training "
-                   f"data of {h} ({where}), so its held-out numbers would be in-sample; evaluate on text it never "
-                   "saw (another --corpus), or retrain it from a store captured with --split train")
+            where = (
+                f"{rec.get('source')}: {(rec.get('corpus') or {}).get('source')}, split "
+                f"{rec.get('split')}"
+            )
+            msg = (
+                f"{ov:,} of the {eval_keys.size:,} documents evaluated (--corpus {corpus}) were "
+                "in the training "
+                f"data of {h} ({where}), so its held-out numbers would be in-sample; evaluate on "
+                "text it never "
+                "saw (another --corpus), or retrain it from a store captured with --split train"
+            )
             if not allow:
                 raise UserError(msg + " (--allow-overlap evaluates anyway)")
             print(f"lmscope: WARNING: {msg}", file=sys.stderr)
     return out
 
 
-def evaluate_atlas(cfg: EvalConfig, *, lm: LanguageModel | None = None, progress: bool = True) -> EvalReport:
+def evaluate_atlas(
+    cfg: EvalConfig, *, lm: LanguageModel | None = None, progress: bool = True
+) -> EvalReport:
     """Evaluate every (or the selected) dictionary of an atlas; writes eval.json and plots."""
     from ..models import load_model
 
@@ -562,7 +672,9 @@ def evaluate_atlas(cfg: EvalConfig, *, lm: LanguageModel | None = None, progress
     hooks = folder.select(cfg.hooks)
     entries = {h: folder.entries[h] for h in hooks}
     if lm is None:
-        lm = load_model(cfg.model or folder.model, dtype=getattr(torch, cfg.model_dtype), device=cfg.device)
+        lm = load_model(
+            cfg.model or folder.model, dtype=getattr(torch, cfg.model_dtype), device=cfg.device
+        )
     dicts = folder.load(hooks, lm, device=cfg.device)
     seen: set[int] = set()
     contexts = heldout_contexts(lm, cfg.corpus, tokens=cfg.tokens, ctx_len=cfg.ctx_len, seen=seen)
@@ -571,9 +683,16 @@ def evaluate_atlas(cfg: EvalConfig, *, lm: LanguageModel | None = None, progress
     results = evaluate_dictionaries(lm, dicts, contexts, batch=cfg.batch, progress=progress)
     insample = {}
     if cfg.train_tokens:
-        train_ctx = heldout_contexts(lm, cfg.corpus, tokens=cfg.train_tokens, ctx_len=cfg.ctx_len, split="train")
-        insample = reconstruction(lm, dicts, train_ctx, batch=cfg.batch,
-                                  thresholds={ev.hook: ev.outlier_threshold for ev in results})
+        train_ctx = heldout_contexts(
+            lm, cfg.corpus, tokens=cfg.train_tokens, ctx_len=cfg.ctx_len, split="train"
+        )
+        insample = reconstruction(
+            lm,
+            dicts,
+            train_ctx,
+            batch=cfg.batch,
+            thresholds={ev.hook: ev.outlier_threshold for ev in results},
+        )
     for ev in results:
         ev.eval_documents = int(eval_keys.size)
         ev.train_documents, ev.overlap_documents = docs[ev.hook]
@@ -582,51 +701,86 @@ def evaluate_atlas(cfg: EvalConfig, *, lm: LanguageModel | None = None, progress
     if cfg.plots:
         try:
             for ev in results:
-                ev.plot = str(density_plot(ev, ev._freq, layout.plots / f"density_{hook_dirname(ev.hook)}.png"))  # type: ignore[attr-defined]
+                ev.plot = str(
+                    density_plot(
+                        ev, ev._freq, layout.plots / f"density_{hook_dirname(ev.hook)}.png"
+                    )
+                )  # type: ignore[attr-defined]
         except UserError as e:  # no matplotlib: the numbers are still worth having
             print(f"lmscope: skipping plots: {e}", file=sys.stderr)
-    report = EvalReport(atlas=str(layout.root), model=manifest["model"], tokens=results[0].tokens if results else 0,
-                        dictionaries=results)
-    write_json_atomic(layout.root / "eval.json", {"schema_version": EVAL_SCHEMA_VERSION, **report.to_dict()})
+    report = EvalReport(
+        atlas=str(layout.root),
+        model=manifest["model"],
+        tokens=results[0].tokens if results else 0,
+        dictionaries=results,
+    )
+    write_json_atomic(
+        layout.root / "eval.json", {"schema_version": EVAL_SCHEMA_VERSION, **report.to_dict()}
+    )
     return report
 
 
 def format_report(r: EvalReport) -> str:
     """The printed report: added loss and KL first, FVU with and without norm outliers."""
     n_ctx = r.dictionaries[0].contexts if r.dictionaries else 0
-    lines = [f"{r.atlas}: {r.model}, {r.tokens:,} held-out tokens ({n_ctx:,} contexts; intervals: 95% bootstrap "
-             "over contexts)", ""]
+    lines = [
+        f"{r.atlas}: {r.model}, {r.tokens:,} held-out tokens ({n_ctx:,} contexts; intervals: 95% "
+        "bootstrap "
+        "over contexts)",
+        "",
+    ]
     for e in r.dictionaries:
         lo, hi = e.ce_added_ci
         klo, khi = e.kl_ci
         lines += [
-            f"{e.hook} ({e.arch}, {e.d_sae:,} latents" + (f", writes {e.out_hook}" if e.out_hook else "") + ")",
+            f"{e.hook} ({e.arch}, {e.d_sae:,} latents"
+            + (f", writes {e.out_hook}" if e.out_hook else "")
+            + ")",
             f"  loss added by the splice  {e.ce_added:+.4f} nats/token [{lo:+.4f}, {hi:+.4f}]   "
             f"KL(clean||spliced) {e.kl:.4f} [{klo:.4f}, {khi:.4f}]",
-            f"  CE clean {e.ce_clean:.4f}  spliced {e.ce_spliced:.4f}  mean-ablated {e.ce_mean:.4f}  "
+            f"  CE clean {e.ce_clean:.4f}  spliced {e.ce_spliced:.4f}  mean-ablated "
+            f"{e.ce_mean:.4f}  "
             f"zero-ablated {e.ce_zero:.4f}",
-            f"  loss recovered: {e.loss_recovered_mean:.1%} vs mean-ablation, {e.loss_recovered:.1%} vs zero-ablation",
-            f"  FVU {e.fvu_inliers:.3f} [{e.fvu_inliers_ci[0]:.3f}, {e.fvu_inliers_ci[1]:.3f}] without the "
-            f"{e.outlier_tokens} norm outliers; {e.fvu:.3f} [{e.fvu_ci[0]:.3f}, {e.fvu_ci[1]:.3f}] with them",
-            f"    (outlier: ||x|| > {r.outlier_factor:g}x the median norm = {e.outlier_threshold:,.0f}; "
-            f"{e.outlier_tokens / max(1, e.tokens):.2%} of the tokens, {e.outlier_var_share:.0%} of the variance, "
+            f"  loss recovered: {e.loss_recovered_mean:.1%} vs mean-ablation, "
+            f"{e.loss_recovered:.1%} vs zero-ablation",
+            f"  FVU {e.fvu_inliers:.3f} [{e.fvu_inliers_ci[0]:.3f}, {e.fvu_inliers_ci[1]:.3f}] "
+            "without the "
+            f"{e.outlier_tokens} norm outliers; {e.fvu:.3f} [{e.fvu_ci[0]:.3f}, "
+            f"{e.fvu_ci[1]:.3f}] with them",
+            f"    (outlier: ||x|| > {r.outlier_factor:g}x the median norm = "
+            f"{e.outlier_threshold:,.0f}; "
+            f"{e.outlier_tokens / max(1, e.tokens):.2%} of the tokens, {e.outlier_var_share:.0%} "
+            "of the variance, "
             f"{e.outlier_err_share:.0%} of the squared error)",
             f"  L0 {e.l0:.1f}  dead {e.dead_frac:.1%}  dense {e.dense_frac:.1%}  MSE {e.mse:.4g}",
         ]
         if e.insample is not None:
             s = e.insample
-            lines.append(f"  in-sample, same measure on {s.tokens:,} training-split tokens: FVU {s.fvu_inliers:.3f} "
-                         f"[{s.fvu_inliers_ci[0]:.3f}, {s.fvu_inliers_ci[1]:.3f}] without its {s.outlier_tokens} "
-                         f"outliers; {s.fvu:.3f} [{s.fvu_ci[0]:.3f}, {s.fvu_ci[1]:.3f}] with them")
+            lines.append(
+                f"  in-sample, same measure on {s.tokens:,} training-split tokens: FVU "
+                f"{s.fvu_inliers:.3f} "
+                f"[{s.fvu_inliers_ci[0]:.3f}, {s.fvu_inliers_ci[1]:.3f}] without its "
+                f"{s.outlier_tokens} "
+                f"outliers; {s.fvu:.3f} [{s.fvu_ci[0]:.3f}, {s.fvu_ci[1]:.3f}] with them"
+            )
         if e.train_fvu_reported is not None:
-            lines.append(f"  (`lmscope train` printed FVU {e.train_fvu_reported:.3f}: the mean of per-batch FVUs over "
-                         "its last 10% of steps; a batch holding an outlier scores low, one without scores like "
-                         "the no-outlier FVU, so it falls between the two pooled numbers above)")
+            lines.append(
+                f"  (`lmscope train` printed FVU {e.train_fvu_reported:.3f}: the mean of "
+                "per-batch FVUs over "
+                "its last 10% of steps; a batch holding an outlier scores low, one without scores "
+                "like "
+                "the no-outlier FVU, so it falls between the two pooled numbers above)"
+            )
         if e.overlap_documents is None:
-            lines.append(f"  documents: {e.eval_documents:,} evaluated; training documents not recorded (unchecked)")
+            lines.append(
+                f"  documents: {e.eval_documents:,} evaluated; training documents not recorded "
+                "(unchecked)"
+            )
         else:
-            lines.append(f"  documents: {e.eval_documents:,} evaluated, {e.train_documents:,} in training, "
-                         f"{e.overlap_documents} shared")
+            lines.append(
+                f"  documents: {e.eval_documents:,} evaluated, {e.train_documents:,} in training, "
+                f"{e.overlap_documents} shared"
+            )
         lines.append("")
     plots = [e.plot for e in r.dictionaries if e.plot]
     if plots:
@@ -634,6 +788,17 @@ def format_report(r: EvalReport) -> str:
     return "\n".join(lines).rstrip()
 
 
-__all__ = ["DictionaryEval", "EvalConfig", "EvalReport", "Reconstruction", "bootstrap_ratio", "clean_stats",
-           "density_plot", "evaluate_atlas", "evaluate_dictionaries", "format_report", "heldout_contexts",
-           "reconstruction"]
+__all__ = [
+    "DictionaryEval",
+    "EvalConfig",
+    "EvalReport",
+    "Reconstruction",
+    "bootstrap_ratio",
+    "clean_stats",
+    "density_plot",
+    "evaluate_atlas",
+    "evaluate_dictionaries",
+    "format_report",
+    "heldout_contexts",
+    "reconstruction",
+]

@@ -11,7 +11,9 @@ import re
 
 from ..errors import UserError
 
-_INDEX = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit() also accepts '²', which int() refuses
+_INDEX = re.compile(
+    r"[0-9]+"
+)  # ASCII digits only: str.isdigit() also accepts '²', which int() refuses
 
 
 def format_feature_id(hook: str, feature: int) -> str:
@@ -23,8 +25,10 @@ def parse_feature_id(text: str) -> tuple[str, int]:
     (no '/', an empty hook, a negative or non-numeric index)."""
     hook, sep, idx = text.strip().rpartition("/")
     if not sep or not hook or not _INDEX.fullmatch(idx):
-        raise UserError(f"feature id {text!r} should look like HOOK/INDEX with a non-negative INDEX, "
-                        "e.g. blocks.15.resid_post/1234")
+        raise UserError(
+            f"feature id {text!r} should look like HOOK/INDEX with a non-negative INDEX, "
+            "e.g. blocks.15.resid_post/1234"
+        )
     return hook, int(idx)
 
 

@@ -3,7 +3,8 @@ they fit the model.
 
     folder = DictionaryFolder.open("atlas/")                  # reads atlas.json; UserError if empty
     hooks = folder.select("blocks.*.resid_post")              # globs; an exact name is a glob too
-    dicts = folder.load(hooks, lm, device="cpu")              # {hook: dictionary}, checked against lm
+    dicts = folder.load(hooks, lm, device="cpu")              # {hook: dictionary}, checked against
+    lm
     folder, lm, dicts = open_dictionaries("atlas/", hooks="blocks.6.*")   # the three steps at once
 
 Every command that reads an atlas's dictionaries (trace, graph, steer, scan, serve, search,
@@ -24,7 +25,9 @@ from ..errors import UserError, close_matches
 from ..layout import AtlasLayout
 
 
-def select_hooks(available: Iterable[str], spec: str | Iterable[str] | None, *, where: str) -> list[str]:
+def select_hooks(
+    available: Iterable[str], spec: str | Iterable[str] | None, *, where: str
+) -> list[str]:
     """The hooks of `available` that `spec` names: comma-separated fnmatch globs (case-sensitive),
     an exact name being a glob without wildcards. None or empty: all of them.
 
@@ -35,15 +38,19 @@ def select_hooks(available: Iterable[str], spec: str | Iterable[str] | None, *, 
     names = list(available)
     if spec is None or spec == "":
         return names
-    patterns = [p.strip() for p in (spec.split(",") if isinstance(spec, str) else spec) if p.strip()]
+    patterns = [
+        p.strip() for p in (spec.split(",") if isinstance(spec, str) else spec) if p.strip()
+    ]
     if not patterns:
         return names
     out: list[str] = []
     for p in patterns:
         hits = [n for n in names if fnmatch.fnmatchcase(n, p)]
         if not hits:
-            raise UserError(f"{p!r} matches no dictionary in {where}{close_matches(p, names)}; "
-                            f"it has: {', '.join(sorted(names)) or 'none'}")
+            raise UserError(
+                f"{p!r} matches no dictionary in {where}{close_matches(p, names)}; "
+                f"it has: {', '.join(sorted(names)) or 'none'}"
+            )
         out.extend(h for h in hits if h not in out)
     return out
 
@@ -61,8 +68,10 @@ class DictionaryFolder:
         layout = atlas if isinstance(atlas, AtlasLayout) else AtlasLayout(atlas)
         manifest = layout.read()
         if not manifest.get("dictionaries"):
-            raise UserError(f"atlas {layout.root} holds no dictionaries yet; train some with "
-                            f"`lmscope train ... --out {layout.root}`")
+            raise UserError(
+                f"atlas {layout.root} holds no dictionaries yet; train some with "
+                f"`lmscope train ... --out {layout.root}`"
+            )
         return cls(layout, manifest)
 
     @property
@@ -105,8 +114,15 @@ class DictionaryFolder:
         return out
 
 
-def open_dictionaries(atlas: str | Path, *, hooks: str | Iterable[str] | None = None, model: str | None = None,
-                      device="cpu", dtype=None, lm=None) -> tuple[DictionaryFolder, object, dict]:
+def open_dictionaries(
+    atlas: str | Path,
+    *,
+    hooks: str | Iterable[str] | None = None,
+    model: str | None = None,
+    device="cpu",
+    dtype=None,
+    lm=None,
+) -> tuple[DictionaryFolder, object, dict]:
     """(folder, language model, {hook: dictionary}) of an atlas: the hooks are selected before the
     model loads (a typo fails fast), then the atlas's model (or `model`, or the given `lm`) is
     loaded and every dictionary checked against it."""

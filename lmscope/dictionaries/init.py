@@ -28,7 +28,8 @@ def norm_scale(x: Tensor, d: int) -> float:
 
 @torch.no_grad()
 def geometric_median(points: Tensor, iters: int = 100, tol: float = 1e-6) -> Tensor:
-    """Weiszfeld's algorithm: the point minimizing the summed Euclidean distance to `points` [n, d]."""
+    """Weiszfeld's algorithm: the point minimizing the summed Euclidean distance to `points` [n,
+    d]."""
     points = points.float()
     y = points.mean(0)  # [d]
     for _ in range(iters):
@@ -44,7 +45,8 @@ def geometric_median(points: Tensor, iters: int = 100, tol: float = 1e-6) -> Ten
 
 @torch.no_grad()
 def ridge_map(x: Tensor, t: Tensor, ridge: float = 1e-3) -> Tensor:
-    """W [d_out, d_in] minimizing ||(t - t_mean) - (x - x_mean) W^T||^2 + lam ||W||^2 for x [n, d_in], t [n, d_out].
+    """W [d_out, d_in] minimizing ||(t - t_mean) - (x - x_mean) W^T||^2 + lam ||W||^2 for x [n,
+    d_in], t [n, d_out].
 
     lam = ridge * mean eigenvalue of the input covariance, so the fit stays well posed when the
     sample has fewer tokens than dimensions. Solved in float64 (one d_in x d_in linear solve).

@@ -1,4 +1,5 @@
-"""JumpReLU sparse autoencoder / transcoder (Rajamanoharan et al. 2024, "Jumping Ahead"; Gemma Scope).
+"""JumpReLU sparse autoencoder / transcoder (Rajamanoharan et al. 2024, "Jumping Ahead"; Gemma
+Scope).
 
 A latent is active when its pre-activation exceeds its own threshold theta_i, and then
 passes the pre-activation through unchanged: f_i = z_i * H(z_i - theta_i). The loss
@@ -98,7 +99,9 @@ class JumpReLUDictionary(SparseDictionary):
         l0_per_token = step(pre, theta, eps).float().sum(-1)  # [batch]
         sparsity = self.cfg.l0_coeff * l0_per_token.mean()
         active = acts.detach() > 0
-        return _Terms(recon, active.sum(1).float().mean(), active.any(0), sparsity, recon.new_zeros(()))
+        return _Terms(
+            recon, active.sum(1).float().mean(), active.any(0), sparsity, recon.new_zeros(())
+        )
 
 
 __all__ = ["JumpReLUDictionary", "jumprelu", "step"]

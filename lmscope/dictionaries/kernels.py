@@ -37,16 +37,20 @@ def _sparse_t_matmul(indices: Tensor, weights: Tensor, dense: Tensor, n_rows: in
     batch, k = indices.shape
     rows = indices.reshape(-1)  # [batch*k] latent id
     cols = torch.arange(batch, device=indices.device).repeat_interleave(k)  # [batch*k] token id
-    st = torch.sparse_coo_tensor(torch.stack([rows, cols]), weights.reshape(-1), (n_rows, batch),
-                                 check_invariants=False)
+    st = torch.sparse_coo_tensor(
+        torch.stack([rows, cols]), weights.reshape(-1), (n_rows, batch), check_invariants=False
+    )
     return torch.sparse.mm(st, dense)  # [n_rows, d]
 
 
 class _SparseEncoderGrad(torch.autograd.Function):
-    """values = (x_in @ W_enc + b_enc)[b, indices[b, j]], with gradients only through those entries."""
+    """values = (x_in @ W_enc + b_enc)[b, indices[b, j]], with gradients only through those
+    entries."""
 
     @staticmethod
-    def forward(ctx, x_in: Tensor, W_enc: Tensor, b_enc: Tensor, values: Tensor, indices: Tensor) -> Tensor:
+    def forward(
+        ctx, x_in: Tensor, W_enc: Tensor, b_enc: Tensor, values: Tensor, indices: Tensor
+    ) -> Tensor:
         # `values` were computed by the caller (dense matmul + topk, no autograd) and are
         # returned as is; ReLU'd zeros get no gradient (the mask below).
         ctx.save_for_backward(x_in, W_enc, indices, values > 0)
@@ -67,12 +71,14 @@ class _SparseEncoderGrad(torch.autograd.Function):
                 W_t = W_enc.t()  # [d_sae, d_in] view, no copy
                 grad_x = torch.empty(x_in.shape, dtype=W_enc.dtype, device=W_enc.device)
                 for s in range(0, indices.shape[0], 512):
-                    rows = W_t[indices[s:s + 512]]  # [chunk, k, d_in]
-                    torch.bmm(g[s:s + 512, None, :], rows, out=grad_x[s:s + 512, None, :])
+                    rows = W_t[indices[s : s + 512]]  # [chunk, k, d_in]
+                    torch.bmm(g[s : s + 512, None, :], rows, out=grad_x[s : s + 512, None, :])
                 grad_x = grad_x.to(x_in.dtype)
             else:
                 W_t = W_enc.t().contiguous()  # [d_sae, d_in]
-                grad_x = F.embedding_bag(indices, W_t, per_sample_weights=g, mode="sum").to(x_in.dtype)
+                grad_x = F.embedding_bag(indices, W_t, per_sample_weights=g, mode="sum").to(
+                    x_in.dtype
+                )
         if ctx.needs_input_grad[1]:
             # grad W_enc[:, c] = sum over (b, j) with indices[b, j] == c of g[b, j] * x_in[b]
             grad_W = _sparse_t_matmul(indices, g, x_in.to(W_enc.dtype), d_sae).t()  # [d_in, d_sae]
@@ -82,7 +88,9 @@ class _SparseEncoderGrad(torch.autograd.Function):
         return grad_x, grad_W, grad_b, None, None
 
 
-def sparse_encoder_grad(x_in: Tensor, W_enc: Tensor, b_enc: Tensor, values: Tensor, indices: Tensor) -> Tensor:
+def sparse_encoder_grad(
+    x_in: Tensor, W_enc: Tensor, b_enc: Tensor, values: Tensor, indices: Tensor
+) -> Tensor:
     """Attach the sparse encoder gradient to pre-computed top-k `values` [batch, k].
 
     x_in [batch, d_in] is the encoder input (after b_dec subtraction, with its own
@@ -98,7 +106,9 @@ class _SparseDecode(torch.autograd.Function):
     def forward(ctx, values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
         values = values.to(W_dec.dtype)
         ctx.save_for_backward(values, indices, W_dec)
-        return F.embedding_bag(indices, W_dec, per_sample_weights=values, mode="sum")  # [batch, d_out]
+        return F.embedding_bag(
+            indices, W_dec, per_sample_weights=values, mode="sum"
+        )  # [batch, d_out]
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):

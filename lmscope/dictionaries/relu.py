@@ -1,4 +1,5 @@
-"""ReLU + L1 sparse autoencoder / transcoder (Bricken et al. 2023, with Anthropic's April 2024 update).
+"""ReLU + L1 sparse autoencoder / transcoder (Bricken et al. 2023, with Anthropic's April 2024
+update).
 
 f = ReLU(W_enc^T (x - b_dec) + b_enc), and the sparsity penalty is the L1 norm of the
 activations weighted by the decoder row norms, lambda * sum_i f_i ||W_dec_i||
@@ -33,7 +34,9 @@ class ReLUDictionary(SparseDictionary):
         norms = self.W_dec.norm(dim=1)  # [d_sae]
         sparsity = self.cfg.l1_coeff * (acts.float() * norms).sum(-1).mean()
         active = acts.detach() > 0
-        return _Terms(recon, active.sum(1).float().mean(), active.any(0), sparsity, recon.new_zeros(()))
+        return _Terms(
+            recon, active.sum(1).float().mean(), active.any(0), sparsity, recon.new_zeros(())
+        )
 
 
 __all__ = ["ReLUDictionary"]

@@ -95,11 +95,17 @@ class ShardedTopK(nn.Module):
         self.lo = sum(self.sizes[: info.rank])
         self.hi = self.lo + self.sizes[info.rank]
         self.apply_b_dec_to_input = full.apply_b_dec_to_input
-        self.W_enc = nn.Parameter(full.W_enc.detach()[:, self.lo:self.hi].clone())  # [d_in, d_local]
-        self.b_enc = nn.Parameter(full.b_enc.detach()[self.lo:self.hi].clone())  # [d_local]
-        self.W_dec = nn.Parameter(full.W_dec.detach()[self.lo:self.hi].clone())  # [d_local, d_out]
+        self.W_enc = nn.Parameter(
+            full.W_enc.detach()[:, self.lo : self.hi].clone()
+        )  # [d_in, d_local]
+        self.b_enc = nn.Parameter(full.b_enc.detach()[self.lo : self.hi].clone())  # [d_local]
+        self.W_dec = nn.Parameter(
+            full.W_dec.detach()[self.lo : self.hi].clone()
+        )  # [d_local, d_out]
         self.b_dec = nn.Parameter(full.b_dec.detach().clone())  # [d_out], replicated
-        self.W_skip = nn.Parameter(full.W_skip.detach().clone()) if full.W_skip is not None else None
+        self.W_skip = (
+            nn.Parameter(full.W_skip.detach().clone()) if full.W_skip is not None else None
+        )
         self.register_buffer("act_scale", full.act_scale.detach().clone())
         self.register_buffer("act_scale_out", full.act_scale_out.detach().clone())
 
@@ -112,8 +118,11 @@ class ShardedTopK(nn.Module):
         own = (codes.indices >= self.lo) & (codes.indices < self.hi)
         return codes.values.where(own, 0.0), (codes.indices - self.lo).where(own, 0)
 
-    def loss(self, x: Tensor, target: Tensor | None = None, *, dead_mask: Tensor | None = None) -> TrainOutput:
-        """Same objective as the unsharded TopK (mse + aux_coeff * AuxK); `dead_mask` is local [d_local]."""
+    def loss(
+        self, x: Tensor, target: Tensor | None = None, *, dead_mask: Tensor | None = None
+    ) -> TrainOutput:
+        """Same objective as the unsharded TopK (mse + aux_coeff * AuxK); `dead_mask` is local
+        [d_local]."""
         target = x if target is None else target
         x_n, t_n = x * self.act_scale, target * self.act_scale_out
         x_in = x_n - self.b_dec if self.apply_b_dec_to_input else x_n  # [batch, d_in]
@@ -123,7 +132,9 @@ class ShardedTopK(nn.Module):
         codes = global_topk(pre, self.cfg.k, self.lo)
         vals, idx = self._owned(codes)
         v = sparse_encoder_grad(x_sh, self.W_enc, self.b_enc, vals, idx)
-        recon = _ReduceFromShards.apply(sparse_decode(v, idx, self.W_dec)) + self.b_dec  # [batch, d_out]
+        recon = (
+            _ReduceFromShards.apply(sparse_decode(v, idx, self.W_dec)) + self.b_dec
+        )  # [batch, d_out]
         if self.W_skip is not None:
             recon = recon + x_n @ self.W_skip.t()
         residual = (t_n - recon).detach()
@@ -138,10 +149,19 @@ class ShardedTopK(nn.Module):
             fired[idx[active & (vals > 0)]] = True
         loss = mse + self.cfg.aux_coeff * aux
         zero = mse.new_zeros(())
-        return TrainOutput(loss, mse.detach(), sq.detach() / var, active.sum(1).float().mean(), aux.detach(),
-                           fired, zero)
+        return TrainOutput(
+            loss,
+            mse.detach(),
+            sq.detach() / var,
+            active.sum(1).float().mean(),
+            aux.detach(),
+            fired,
+            zero,
+        )
 
-    def _auxk(self, pre: Tensor, x_sh: Tensor, residual: Tensor, dead_mask: Tensor | None) -> Tensor:
+    def _auxk(
+        self, pre: Tensor, x_sh: Tensor, residual: Tensor, dead_mask: Tensor | None
+    ) -> Tensor:
         zero = residual.new_zeros(())
         if dead_mask is None:
             return zero

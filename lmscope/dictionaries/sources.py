@@ -54,11 +54,11 @@ class ActivationSource(Protocol):
     hooks: list[str]
 
     def batches(self, start: int = 0) -> Iterator[Batch]:
-        """This rank's part of global batches start, start+1, ... (endless or until data runs out)."""
+        """This rank's part of global batches start, start+1, ... (endless or until data runs
+        out)."""
         ...
 
-    def describe(self) -> str:
-        ...
+    def describe(self) -> str: ...
 
 
 def local_batch_size(batch_size: int, info: DistInfo) -> int:
@@ -99,14 +99,21 @@ class TensorSource:
                 order = torch.randperm(self.n, generator=gen)
             else:
                 order = torch.arange(self.n)
-            idx = order[j * self.batch_size:(j + 1) * self.batch_size][mine]
+            idx = order[j * self.batch_size : (j + 1) * self.batch_size][mine]
             yield {h: v[idx].float() for h, v in self.acts.items()}
             step += 1
 
 
 # --- streaming from the model -----------------------------------------------------------
-def iter_contexts(lm: LanguageModel, corpus: str, *, ctx_len: int, split: str = "train", seed: int = 0,
-                  seen: set[int] | None = None) -> Iterator[Tensor]:
+def iter_contexts(
+    lm: LanguageModel,
+    corpus: str,
+    *,
+    ctx_len: int,
+    split: str = "train",
+    seed: int = 0,
+    seen: set[int] | None = None,
+) -> Iterator[Tensor]:
     """Packed token contexts [ctx_len] (BOS first) from a corpus, one at a time, deterministic.
 
     The same contexts `lmscope capture` stores (lmscope.capture.corpus.pack). `seen` receives
@@ -114,28 +121,54 @@ def iter_contexts(lm: LanguageModel, corpus: str, *, ctx_len: int, split: str = 
     """
     from ..capture import corpus as C
 
-    for batch in C.pack(lm.tokenizer, C.iter_documents(corpus, split=split), ctx_len=ctx_len,
-                        batch_size=1, bos_token_id=lm.bos_token_id, seed=seed, seen=seen):
+    for batch in C.pack(
+        lm.tokenizer,
+        C.iter_documents(corpus, split=split),
+        ctx_len=ctx_len,
+        batch_size=1,
+        bos_token_id=lm.bos_token_id,
+        seed=seed,
+        seen=seen,
+    ):
         yield from batch
 
 
 class StreamSource:
     """Run the model on corpus contexts; capture every requested hook in the same pass."""
 
-    def __init__(self, lm: LanguageModel, hooks: list[str], *, corpus: str, ctx_len: int, batch_size: int,
-                 buffer_batches: int = 8, model_batch: int = 16, seed: int = 0,
-                 info: DistInfo | None = None, split: str = "train", contexts=None) -> None:
+    def __init__(
+        self,
+        lm: LanguageModel,
+        hooks: list[str],
+        *,
+        corpus: str,
+        ctx_len: int,
+        batch_size: int,
+        buffer_batches: int = 8,
+        model_batch: int = 16,
+        seed: int = 0,
+        info: DistInfo | None = None,
+        split: str = "train",
+        contexts=None,
+    ) -> None:
         self.lm, self.hooks = lm, list(hooks)
         self.corpus, self.ctx_len, self.split, self.seed = corpus, ctx_len, split, seed
-        self.batch_size, self.buffer_batches, self.model_batch = batch_size, buffer_batches, model_batch
+        self.batch_size, self.buffer_batches, self.model_batch = (
+            batch_size,
+            buffer_batches,
+            model_batch,
+        )
         self.info = info = info or DistInfo()
         self.local = local_batch_size(batch_size, info)
         # The documents of every context read (this rank reads all contexts, keeping its share,
         # so rank 0's set covers every rank's). None when the caller supplies the contexts.
         self.seen: set[int] | None = None if contexts else set()
         # Tests may pass a function returning a fresh context iterator.
-        self._contexts = contexts or (lambda: iter_contexts(lm, corpus, ctx_len=ctx_len, split=split, seed=seed,
-                                                            seen=self.seen))
+        self._contexts = contexts or (
+            lambda: iter_contexts(
+                lm, corpus, ctx_len=ctx_len, split=split, seed=seed, seen=self.seen
+            )
+        )
 
     def describe(self) -> str:
         return f"stream ({self.corpus}, ctx_len {self.ctx_len})"
@@ -146,8 +179,15 @@ class StreamSource:
             return None
         from ..capture.corpus import fingerprint
 
-        return ({"source": "stream", "corpus": fingerprint(self.corpus), "split": self.split, "seed": self.seed},
-                self.seen)
+        return (
+            {
+                "source": "stream",
+                "corpus": fingerprint(self.corpus),
+                "split": self.split,
+                "seed": self.seed,
+            },
+            self.seen,
+        )
 
     def _my_contexts(self) -> Iterator[Tensor]:
         """This rank's contexts: global context i belongs to rank i % world_size."""
@@ -159,15 +199,21 @@ class StreamSource:
                 if i % self.info.world_size == self.info.rank:
                     yield ctx
             if n < self.info.world_size:
-                raise UserError(f"the corpus {self.corpus!r} gave {n} contexts of {self.ctx_len} tokens; "
-                                "use a larger --corpus or a smaller --ctx-len")
+                raise UserError(
+                    f"the corpus {self.corpus!r} gave {n} contexts of {self.ctx_len} tokens; "
+                    "use a larger --corpus or a smaller --ctx-len"
+                )
             epoch += 1
             if epoch == 1 and self.info.is_main:
-                print(f"lmscope: the corpus ran out after {n} contexts; starting it again "
-                      "(later tokens repeat earlier text)", file=sys.stderr)
+                print(
+                    f"lmscope: the corpus ran out after {n} contexts; starting it again "
+                    "(later tokens repeat earlier text)",
+                    file=sys.stderr,
+                )
 
     def _activations(self, contexts: list[Tensor]) -> Batch:
-        """One forward pass over [n, ctx_len] contexts -> {hook: [tokens, d]} without BOS positions."""
+        """One forward pass over [n, ctx_len] contexts -> {hook: [tokens, d]} without BOS
+        positions."""
         from ..models.runtime import run
 
         tokens = torch.stack(contexts).to(self.lm.device)  # [n, ctx_len]
@@ -207,10 +253,12 @@ class StreamSource:
                     for h, a in self._activations(pending).items():
                         pieces[h].append(a)
                 acts = {h: torch.cat(v)[:need] for h, v in pieces.items()}
-                gen = torch.Generator().manual_seed((self.seed * 1_000_003 + refill) * 131 + self.info.rank)
+                gen = torch.Generator().manual_seed(
+                    (self.seed * 1_000_003 + refill) * 131 + self.info.rank
+                )
                 order = torch.randperm(need, generator=gen)
                 for j in range(skip if refill == first_refill else 0, self.buffer_batches):
-                    idx = order[j * self.local:(j + 1) * self.local]
+                    idx = order[j * self.local : (j + 1) * self.local]
                     yield {h: a[idx] for h, a in acts.items()}
             refill += 1
 
@@ -222,7 +270,9 @@ def resolve_store_hooks(store_hooks: list[str], pattern: str) -> list[str]:
     for part in [p.strip() for p in pattern.split(",") if p.strip()]:
         hits = [h for h in store_hooks if fnmatch.fnmatchcase(h, part)]
         if not hits:
-            raise UserError(f"hook {part!r} is not in the store (it holds: {', '.join(store_hooks)})")
+            raise UserError(
+                f"hook {part!r} is not in the store (it holds: {', '.join(store_hooks)})"
+            )
         out += [h for h in hits if h not in out]
     return out
 
@@ -230,11 +280,23 @@ def resolve_store_hooks(store_hooks: list[str], pattern: str) -> list[str]:
 class StoreSource:
     """Global batches read from an activation store (lmscope.capture.store.ActivationStore)."""
 
-    def __init__(self, path: str | Path, hooks: list[str], *, batch_size: int, seed: int = 0,
-                 info: DistInfo | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        hooks: list[str],
+        *,
+        batch_size: int,
+        seed: int = 0,
+        info: DistInfo | None = None,
+    ) -> None:
         from ..capture.store import ActivationStore
 
-        self.path, self.hooks, self.batch_size, self.seed = Path(path), list(hooks), batch_size, seed
+        self.path, self.hooks, self.batch_size, self.seed = (
+            Path(path),
+            list(hooks),
+            batch_size,
+            seed,
+        )
         self.info = info or DistInfo()
         self.store = ActivationStore(path)
 
@@ -247,11 +309,19 @@ class StoreSource:
         rec = self.store.documents
         if rec is None:
             return None
-        return ({"source": f"store {self.path}", "corpus": rec.get("corpus"), "split": rec.get("split"),
-                 "seed": rec.get("seed")}, self.store.document_keys())
+        return (
+            {
+                "source": f"store {self.path}",
+                "corpus": rec.get("corpus"),
+                "split": rec.get("split"),
+                "seed": rec.get("seed"),
+            },
+            self.store.document_keys(),
+        )
 
     def _iter(self, hook: str, epoch: int) -> Iterator[Any]:
-        """One shuffled pass over `hook`; every hook gets the same seed so transcoder in/out align."""
+        """One shuffled pass over `hook`; every hook gets the same seed so transcoder in/out
+        align."""
         kw = dict(shuffle=True, exclude_bos=True)
         try:
             return iter(self.store.batches(hook, self.batch_size, seed=self.seed + epoch, **kw))
@@ -285,7 +355,9 @@ def store_info(path: str | Path) -> dict[str, Any]:
     """The store's manifest (model, hooks, d per hook), with one-line errors."""
     p = Path(path)
     if not p.is_dir():
-        raise UserError(f"activation store not found: {p} (write one with `lmscope capture ... --out {p}`)")
+        raise UserError(
+            f"activation store not found: {p} (write one with `lmscope capture ... --out {p}`)"
+        )
     from ..capture.store import ActivationStore
 
     try:
@@ -294,8 +366,12 @@ def store_info(path: str | Path) -> dict[str, Any]:
         raise
     except Exception as e:  # a folder that is not a store
         raise UserError(f"{p} is not a readable activation store ({e})") from None
-    return {"model": getattr(st, "model", None), "hooks": list(st.hooks), "dims": _store_dims(st),
-            "fingerprint": getattr(st, "fingerprint", None)}
+    return {
+        "model": getattr(st, "model", None),
+        "hooks": list(st.hooks),
+        "dims": _store_dims(st),
+        "fingerprint": getattr(st, "fingerprint", None),
+    }
 
 
 def _store_dims(st) -> dict[str, int]:
@@ -308,13 +384,27 @@ def _store_dims(st) -> dict[str, int]:
 def check_store_matches(info: dict[str, Any], model: str, d_model: int | None) -> None:
     """Refuse a store of another model (or d_model) with one line."""
     if info["model"] and info["model"] != model:
-        raise UserError(f"the store holds activations of {info['model']!r}, not --model {model!r}; "
-                        f"pass --model {info['model']} or capture a store of {model}")
+        raise UserError(
+            f"the store holds activations of {info['model']!r}, not --model {model!r}; "
+            f"pass --model {info['model']} or capture a store of {model}"
+        )
     fp = info.get("fingerprint") or {}
     if d_model is not None and fp.get("d_model") not in (None, d_model):
-        raise UserError(f"the store's d_model is {fp['d_model']}, the model's is {d_model}; "
-                        "it was captured from another model")
+        raise UserError(
+            f"the store's d_model is {fp['d_model']}, the model's is {d_model}; "
+            "it was captured from another model"
+        )
 
 
-__all__ = ["ActivationSource", "Batch", "StoreSource", "StreamSource", "TensorSource", "check_store_matches",
-           "iter_contexts", "local_batch_size", "resolve_store_hooks", "store_info"]
+__all__ = [
+    "ActivationSource",
+    "Batch",
+    "StoreSource",
+    "StreamSource",
+    "TensorSource",
+    "check_store_matches",
+    "iter_contexts",
+    "local_batch_size",
+    "resolve_store_hooks",
+    "store_info",
+]

@@ -1,4 +1,5 @@
-"""TopK sparse autoencoder / transcoder (Gao et al. 2024, "Scaling and evaluating sparse autoencoders").
+"""TopK sparse autoencoder / transcoder (Gao et al. 2024, "Scaling and evaluating sparse
+autoencoders").
 
 Each token keeps its k largest encoder pre-activations (then ReLU) and zeroes the rest,
 so the sparsity is set directly instead of through an L1 penalty. Training runs on the
@@ -33,8 +34,9 @@ def fired_mask(values: Tensor, indices: Tensor, d_sae: int) -> Tensor:
     return counts > 0
 
 
-def auxk_loss(dict_: SparseDictionary, pre: Tensor, x_in: Tensor, residual: Tensor,
-              dead_mask: Tensor | None) -> Tensor:
+def auxk_loss(
+    dict_: SparseDictionary, pre: Tensor, x_in: Tensor, residual: Tensor, dead_mask: Tensor | None
+) -> Tensor:
     """AuxK: squared error of reconstructing `residual` [batch, d_out] from the top dead latents.
 
     `pre` [batch, d_sae] are the (no-grad) encoder pre-activations, `x_in` the encoder input
@@ -71,13 +73,16 @@ class TopKDictionary(SparseDictionary):
         return torch.zeros_like(pre).scatter_(-1, codes.indices, codes.values)  # [batch, d_sae]
 
     def encode_topk(self, x: Tensor) -> TopKOutput:
-        """[batch, d_in] raw -> sparse code TopKOutput(values [batch, k], indices [batch, k]) (units as encode)."""
+        """[batch, d_in] raw -> sparse code TopKOutput(values [batch, k], indices [batch, k])
+        (units as encode)."""
         codes = topk_codes(self.pre_acts_normalized(x * self.act_scale), self.cfg.k)
         return TopKOutput(codes.values / self.act_scale_out, codes.indices)
 
     def decode_sparse(self, values: Tensor, indices: Tensor, x: Tensor | None = None) -> Tensor:
         """Sparse code [batch, k] -> [batch, d_out] raw reconstruction (skip transcoders need x)."""
-        out = sparse_decode(values * self.act_scale_out, indices, self.W_dec) + self.b_dec  # [batch, d_out]
+        out = (
+            sparse_decode(values * self.act_scale_out, indices, self.W_dec) + self.b_dec
+        )  # [batch, d_out]
         if self.W_skip is not None:
             if x is None:
                 raise ValueError("a skip transcoder needs its input to decode: pass x=")
@@ -99,7 +104,9 @@ class TopKDictionary(SparseDictionary):
 
     def _train_terms(self, x_n: Tensor, target_n: Tensor, dead_mask: Tensor | None) -> _Terms:
         x_in, pre, codes = self._sparse_forward(x_n)
-        recon = sparse_decode(codes.values, codes.indices, self.W_dec) + self.b_dec  # [batch, d_out]
+        recon = (
+            sparse_decode(codes.values, codes.indices, self.W_dec) + self.b_dec
+        )  # [batch, d_out]
         if self.W_skip is not None:
             recon = recon + x_n @ self.W_skip.t()
         residual = (target_n - recon).detach()

@@ -19,7 +19,8 @@ from ..models.registry import DEFAULT_MODEL
 
 _WIDTH = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*x\s*$", re.IGNORECASE)
 
-# Settings that may differ between an interrupted run and its resume (they do not change the result).
+# Settings that may differ between an interrupted run and its resume (they do not change the
+# result).
 RESUME_FREE = ("checkpoint_every", "force", "progress")
 
 
@@ -30,11 +31,13 @@ class TrainConfig:
     model: str = DEFAULT_MODEL
     """Model alias, Hugging Face id, local folder or .gguf file."""
     hooks: str = "middle"
-    """Hook points, comma-separated names or globs (blocks.*.resid_post); 'middle' = the middle block's resid_post."""
+    """Hook points, comma-separated names or globs (blocks.*.resid_post); 'middle' = the middle
+    block's resid_post."""
     arch: Literal["topk", "batchtopk", "jumprelu", "relu"] = "topk"
     """Dictionary architecture."""
     width: str = "8x"
-    """Latents per dictionary: an expansion of the input width ('8x', '16x') or an absolute count (4608)."""
+    """Latents per dictionary: an expansion of the input width ('8x', '16x') or an absolute count
+    (4608)."""
     k: int = 32
     """Active latents per token (topk; the batch average for batchtopk)."""
     tokens: int = 200_000
@@ -42,7 +45,8 @@ class TrainConfig:
     batch_size: int = 4096
     """Tokens per optimizer step (the global batch, summed over ranks)."""
     lr: float | None = None
-    """Adam learning rate; None: 2e-4 / sqrt(d_sae / 2^14) (Gao et al. 2024 Sec. 2.4 scaling law)."""
+    """Adam learning rate; None: 2e-4 / sqrt(d_sae / 2^14) (Gao et al. 2024 Sec. 2.4 scaling
+    law)."""
     warmup_steps: int | None = None
     """Linear LR warm-up steps; None: 1/20 of the steps (at most 1000)."""
     decay_frac: float = 0.2
@@ -50,11 +54,14 @@ class TrainConfig:
     ctx_len: int = 128
     """Tokens per context fed to the model (BOS included)."""
     corpus: str = "default"
-    """Text to stream: 'default' (the built-in corpus), a .txt/.jsonl/.parquet file or folder, or a HF dataset."""
+    """Text to stream: 'default' (the built-in corpus), a .txt/.jsonl/.parquet file or folder, or a
+    HF dataset."""
     from_store: str | None = None
-    """Read activations from this activation store folder (lmscope capture) instead of running the model."""
+    """Read activations from this activation store folder (lmscope capture) instead of running the
+    model."""
     transcode: bool = False
-    """Train transcoders blocks.L.mlp_in -> blocks.L.mlp_out for the layers of --hooks instead of SAEs."""
+    """Train transcoders blocks.L.mlp_in -> blocks.L.mlp_out for the layers of --hooks instead of
+    SAEs."""
     skip: bool = False
     """Transcoders: add a linear skip connection from input to output."""
     dtype: Literal["float32", "bfloat16"] = "float32"
@@ -66,7 +73,8 @@ class TrainConfig:
     seed: int = 0
     """Seed for the initial weights and the activation shuffle (same seed, same result on CPU)."""
     dead_tokens: int | None = None
-    """A latent is dead (and fed to AuxK) after this many tokens without firing; None: min(250k, tokens/4)."""
+    """A latent is dead (and fed to AuxK) after this many tokens without firing; None: min(250k,
+    tokens/4)."""
     aux_coeff: float = 1 / 32
     """topk/batchtopk: weight of the AuxK loss on dead latents (Gao et al. 2024)."""
     l1_coeff: float | None = None
@@ -74,15 +82,18 @@ class TrainConfig:
     l0_coeff: float | None = None
     """jumprelu: L0 coefficient (None: the architecture's default)."""
     shuffle_buffer: int = 8
-    """Batches of activations mixed together before they are cut into steps (more contexts per batch)."""
+    """Batches of activations mixed together before they are cut into steps (more contexts per
+    batch)."""
     model_batch: int = 16
     """Contexts per model forward pass when streaming."""
     checkpoint_every: int = 50
     """Save a resumable checkpoint every this many steps (0: only on Ctrl-C and at the end)."""
     shard_features: bool = False
-    """Under torchrun: split the latents of each dictionary across ranks (topk only) instead of the tokens."""
+    """Under torchrun: split the latents of each dictionary across ranks (topk only) instead of the
+    tokens."""
     out: str = "atlas"
-    """Atlas folder to write the dictionaries into (dictionaries/<hook>/, train/<hook>/, atlas.json)."""
+    """Atlas folder to write the dictionaries into (dictionaries/<hook>/, train/<hook>/,
+    atlas.json)."""
     force: bool = False
     """Retrain and overwrite dictionaries that are already finished in --out."""
     progress: bool = True
@@ -97,8 +108,10 @@ class TrainConfig:
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.tokens < self.batch_size:
-            raise ValueError(f"--tokens {self.tokens} is less than one batch ({self.batch_size}); "
-                             "train on more tokens or use a smaller --batch-size")
+            raise ValueError(
+                f"--tokens {self.tokens} is less than one batch ({self.batch_size}); "
+                "train on more tokens or use a smaller --batch-size"
+            )
         if self.lr is not None and not (0 < self.lr < 1):
             raise ValueError(f"--lr must be in (0, 1), got {self.lr}")
         if self.warmup_steps is not None and self.warmup_steps < 0:
@@ -110,7 +123,9 @@ class TrainConfig:
         if self.dead_tokens is not None and self.dead_tokens < 1:
             raise ValueError(f"--dead-tokens must be >= 1, got {self.dead_tokens}")
         if self.shuffle_buffer < 1 or self.model_batch < 1 or self.checkpoint_every < 0:
-            raise ValueError("--shuffle-buffer and --model-batch must be >= 1, --checkpoint-every >= 0")
+            raise ValueError(
+                "--shuffle-buffer and --model-batch must be >= 1, --checkpoint-every >= 0"
+            )
         if self.skip and not self.transcode:
             raise ValueError("--skip only applies to transcoders; add --transcode")
         if self.shard_features and self.arch != "topk":
@@ -133,12 +148,16 @@ def parse_width(width: str | int, d_in: int) -> int:
         factor = float(m.group(1))
         n = int(round(factor * d_in))
         if factor <= 0 or n < 1:
-            raise ValueError(f"--width {text!r} gives no latents; use an expansion like 8x or a count like 4608")
+            raise ValueError(
+                f"--width {text!r} gives no latents; use an expansion like 8x or a count like 4608"
+            )
         return n
     try:
         n = int(text.replace("_", ""))
     except ValueError:
-        raise ValueError(f"--width {text!r} is neither an expansion (8x, 16x) nor a latent count (4608)") from None
+        raise ValueError(
+            f"--width {text!r} is neither an expansion (8x, 16x) nor a latent count (4608)"
+        ) from None
     if n < 1:
         raise ValueError(f"--width must be >= 1 latent, got {n}")
     return n
@@ -193,7 +212,8 @@ class TrainPlan:
         return out
 
     def lr_at(self, step: int) -> float:
-        """Linear warm-up, constant, then linear decay to 0 over the last decay_frac (Gao et al. 2024)."""
+        """Linear warm-up, constant, then linear decay to 0 over the last decay_frac (Gao et al.
+        2024)."""
         if self.warmup_steps and step < self.warmup_steps:
             return self.lr * (step + 1) / self.warmup_steps
         if step >= self.decay_start:
@@ -204,28 +224,55 @@ class TrainPlan:
         return asdict(self)
 
 
-def resolve_plan(cfg: TrainConfig, *, hooks: list[tuple[str, str | None]], dims: dict[str, int],
-                 model: str, world_size: int, source: str, fingerprint: dict[str, Any]) -> TrainPlan:
-    """Resolve widths, LR and step counts. `hooks` are (input, target-or-None) pairs, `dims` their widths."""
+def resolve_plan(
+    cfg: TrainConfig,
+    *,
+    hooks: list[tuple[str, str | None]],
+    dims: dict[str, int],
+    model: str,
+    world_size: int,
+    source: str,
+    fingerprint: dict[str, Any],
+) -> TrainPlan:
+    """Resolve widths, LR and step counts. `hooks` are (input, target-or-None) pairs, `dims` their
+    widths."""
     dicts = []
     for h, o in hooks:
         d_in = dims[h]
         d_sae = parse_width(cfg.width, d_in)
         if cfg.arch in ("topk", "batchtopk") and cfg.k > d_sae:
-            raise ValueError(f"--k {cfg.k} is more than the dictionary width {d_sae} at {h}; "
-                             "use a smaller --k or a larger --width")
+            raise ValueError(
+                f"--k {cfg.k} is more than the dictionary width {d_sae} at {h}; "
+                "use a smaller --k or a larger --width"
+            )
         if cfg.shard_features and d_sae < world_size:
-            raise ValueError(f"--shard-features over {world_size} ranks needs at least {world_size} latents")
+            raise ValueError(
+                f"--shard-features over {world_size} ranks needs at least {world_size} latents"
+            )
         dicts.append(DictionaryPlan(h, o, d_in, dims[o] if o else d_in, d_sae))
     steps = cfg.tokens // cfg.batch_size
     warm = cfg.warmup_steps if cfg.warmup_steps is not None else min(1000, steps // 20)
     lr = cfg.lr if cfg.lr is not None else default_lr(max(d.d_sae for d in dicts))
     dead = cfg.dead_tokens if cfg.dead_tokens is not None else min(250_000, max(1, cfg.tokens // 4))
-    mode = "shard_features" if cfg.shard_features and world_size > 1 else ("ddp" if world_size > 1 else "single")
-    return TrainPlan(model=model, dictionaries=dicts, steps=steps, batch_size=cfg.batch_size, lr=lr,
-                     warmup_steps=min(warm, steps), decay_start=steps - int(round(cfg.decay_frac * steps)),
-                     dead_tokens=dead, world_size=world_size, mode=mode, source=source,
-                     fingerprint=fingerprint)
+    mode = (
+        "shard_features"
+        if cfg.shard_features and world_size > 1
+        else ("ddp" if world_size > 1 else "single")
+    )
+    return TrainPlan(
+        model=model,
+        dictionaries=dicts,
+        steps=steps,
+        batch_size=cfg.batch_size,
+        lr=lr,
+        warmup_steps=min(warm, steps),
+        decay_start=steps - int(round(cfg.decay_frac * steps)),
+        dead_tokens=dead,
+        world_size=world_size,
+        mode=mode,
+        source=source,
+        fingerprint=fingerprint,
+    )
 
 
 def changed_settings(saved: dict[str, Any], now: TrainConfig) -> list[str]:
@@ -240,5 +287,12 @@ def changed_settings(saved: dict[str, Any], now: TrainConfig) -> list[str]:
     return out
 
 
-__all__ = ["DictionaryPlan", "TrainConfig", "TrainPlan", "changed_settings", "default_lr", "parse_width",
-           "resolve_plan"]
+__all__ = [
+    "DictionaryPlan",
+    "TrainConfig",
+    "TrainPlan",
+    "changed_settings",
+    "default_lr",
+    "parse_width",
+    "resolve_plan",
+]

@@ -102,7 +102,8 @@ class _Slot:
     opt: torch.optim.Adam
     """Adam over every parameter but W_dec."""
     opt_dec: torch.optim.Adam
-    """Adam over W_dec, stepped inside backward as soon as its gradient is complete (_update_decoder)."""
+    """Adam over W_dec, stepped inside backward as soon as its gradient is complete
+    (_update_decoder)."""
     since_fired: Tensor  # [d_local] int64: tokens since the latent last fired
     freq: Tensor  # [d_local] float64: tokens on which it fired, over the last FREQ_TOKENS tokens
     history: list[StepMetrics] = field(default_factory=list)
@@ -118,23 +119,44 @@ def _dictionary_config(cfg: TrainConfig, p: DictionaryPlan, model: str) -> Dicti
         extra["l1_coeff"] = cfg.l1_coeff
     if cfg.l0_coeff is not None:
         extra["l0_coeff"] = cfg.l0_coeff
-    return DictionaryConfig(d_in=p.d_in, d_sae=p.d_sae, arch=cfg.arch, k=min(cfg.k, p.d_sae),
-                            d_out=p.d_out if p.out_hook else None, skip=cfg.skip, hook_name=p.hook,
-                            out_hook_name=p.out_hook, model_name=model, aux_coeff=cfg.aux_coeff,
-                            seed=cfg.seed, **extra)
+    return DictionaryConfig(
+        d_in=p.d_in,
+        d_sae=p.d_sae,
+        arch=cfg.arch,
+        k=min(cfg.k, p.d_sae),
+        d_out=p.d_out if p.out_hook else None,
+        skip=cfg.skip,
+        hook_name=p.hook,
+        out_hook_name=p.out_hook,
+        model_name=model,
+        aux_coeff=cfg.aux_coeff,
+        seed=cfg.seed,
+        **extra,
+    )
 
 
 def _check_finished(layout: AtlasLayout, plan: TrainPlan, force: bool) -> None:
     """A finished dictionary is never overwritten without --force."""
-    done = [d.hook for d in plan.dictionaries
-            if (layout.dictionary_dir(d.hook) / "cfg.json").is_file()]
+    done = [
+        d.hook for d in plan.dictionaries if (layout.dictionary_dir(d.hook) / "cfg.json").is_file()
+    ]
     if done and not force:
-        raise UserError(f"{layout.root} already holds a trained dictionary for {', '.join(done)}; "
-                        "pass --force to retrain it or choose another --out")
+        raise UserError(
+            f"{layout.root} already holds a trained dictionary for {', '.join(done)}; "
+            "pass --force to retrain it or choose another --out"
+        )
 
 
-def _make_slot(cfg: TrainConfig, p: DictionaryPlan, model: str, info: DistInfo, sharded: bool,
-               device: torch.device, first: Batch | None, batch_size: int) -> _Slot:
+def _make_slot(
+    cfg: TrainConfig,
+    p: DictionaryPlan,
+    model: str,
+    info: DistInfo,
+    sharded: bool,
+    device: torch.device,
+    first: Batch | None,
+    batch_size: int,
+) -> _Slot:
     sae: Any = build(_dictionary_config(cfg, p, model))
     if first is not None:
         x = first[p.hook]
@@ -146,15 +168,23 @@ def _make_slot(cfg: TrainConfig, p: DictionaryPlan, model: str, info: DistInfo, 
             x = gather_uneven(x, 0, sizes)
             t = gather_uneven(t, 0, sizes) if t is not None else None
         sae.init_from_data(x, t)
-    dist.broadcast_module_(sae)  # identical already; makes it so even if init were not deterministic
+    dist.broadcast_module_(
+        sae
+    )  # identical already; makes it so even if init were not deterministic
     if sharded:
         sae = ShardedTopK(sae, info)
     sae = sae.to(device)
     opt = make_optimizer([q for q in sae.parameters() if q is not sae.W_dec])
     opt_dec = make_optimizer([sae.W_dec])
     n = sae.W_dec.shape[0]
-    slot = _Slot(p, sae, opt, opt_dec, torch.zeros(n, dtype=torch.long, device=device),
-                 torch.zeros(n, dtype=torch.float64, device=device))
+    slot = _Slot(
+        p,
+        sae,
+        opt,
+        opt_dec,
+        torch.zeros(n, dtype=torch.long, device=device),
+        torch.zeros(n, dtype=torch.float64, device=device),
+    )
     sae.W_dec.register_post_accumulate_grad_hook(lambda _: _update_decoder(slot))
     return slot
 
@@ -169,9 +199,14 @@ def make_optimizer(params: list[torch.nn.Parameter]) -> torch.optim.Adam:
 
 
 def _slot_state(s: _Slot) -> dict:
-    return {"model": s.sae.state_dict(), "optim": s.opt.state_dict(), "optim_dec": s.opt_dec.state_dict(),
-            "since_fired": s.since_fired.cpu(),
-            "freq": s.freq.cpu(), "history": [m.__dict__ for m in s.history[-1000:]]}
+    return {
+        "model": s.sae.state_dict(),
+        "optim": s.opt.state_dict(),
+        "optim_dec": s.opt_dec.state_dict(),
+        "since_fired": s.since_fired.cpu(),
+        "freq": s.freq.cpu(),
+        "history": [m.__dict__ for m in s.history[-1000:]],
+    }
 
 
 def _load_slot_state(s: _Slot, st: dict) -> None:
@@ -193,7 +228,7 @@ def _allreduce_grads(params: list[torch.nn.Parameter]) -> None:
     dist.all_reduce_sum_(flat)
     off = 0
     for g in grads:
-        g.copy_(flat[off:off + g.numel()].view_as(g))
+        g.copy_(flat[off : off + g.numel()].view_as(g))
         off += g.numel()
 
 
@@ -205,9 +240,9 @@ def _remove_parallel_grad_(W: Tensor, g: Tensor, rows: int = 65536) -> None:
     1M-latent decoder needs no full-size temporaries.
     """
     for i in range(0, W.shape[0], rows):
-        w = W[i:i + rows]
+        w = W[i : i + rows]
         w = w / w.norm(dim=1, keepdim=True).clamp_min(1e-8)
-        g[i:i + rows] -= (g[i:i + rows] * w).sum(1, keepdim=True) * w
+        g[i : i + rows] -= (g[i : i + rows] * w).sum(1, keepdim=True) * w
 
 
 @torch.no_grad()
@@ -233,7 +268,9 @@ def _update_decoder(s: _Slot) -> None:
     s.decoder_done = True
 
 
-def _step(s: _Slot, batch: Batch, lr: float, plan: TrainPlan, autocast: bool, ddp: bool) -> StepMetrics:
+def _step(
+    s: _Slot, batch: Batch, lr: float, plan: TrainPlan, autocast: bool, ddp: bool
+) -> StepMetrics:
     x = batch[s.plan.hook]
     t = batch[s.plan.out_hook] if s.plan.out_hook else None
     n_local = x.shape[0]
@@ -242,7 +279,11 @@ def _step(s: _Slot, batch: Batch, lr: float, plan: TrainPlan, autocast: bool, dd
     s.opt_dec.zero_grad(set_to_none=True)
     s.lr, s.ddp, s.decoder_done = lr, ddp, False
     if n_local > 0:
-        ctx = torch.autocast(x.device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+        ctx = (
+            torch.autocast(x.device.type, dtype=torch.bfloat16)
+            if autocast
+            else contextlib.nullcontext()
+        )
         with ctx:
             out = s.sae.loss(x, t, dead_mask=dead)
         # DDP: the global loss is the token-weighted mean of the ranks' losses.
@@ -267,8 +308,13 @@ def _step(s: _Slot, batch: Batch, lr: float, plan: TrainPlan, autocast: bool, dd
     s.opt.step()
     s.since_fired += plan.batch_size
     s.since_fired[fired] = 0
-    return StepMetrics(loss=metrics[0], fvu=metrics[1], l0=metrics[2], aux_loss=metrics[3],
-                       dead_frac=float(dead.float().mean()))
+    return StepMetrics(
+        loss=metrics[0],
+        fvu=metrics[1],
+        l0=metrics[2],
+        aux_loss=metrics[3],
+        dead_frac=float(dead.float().mean()),
+    )
 
 
 @torch.no_grad()
@@ -286,8 +332,11 @@ def _count_firing(s: _Slot, batch: Batch, sharded: bool) -> None:
         x_in = x_n - sae.b_dec if sae.apply_b_dec_to_input else x_n
         codes = global_topk(torch.addmm(sae.b_enc, x_in, sae.W_enc), sae.cfg.k, sae.lo)
         own = (codes.indices >= sae.lo) & (codes.indices < sae.hi) & (codes.values > 0)
-        s.freq.index_add_(0, (codes.indices[own] - sae.lo), torch.ones(int(own.sum()), dtype=torch.float64,
-                                                                       device=x.device))
+        s.freq.index_add_(
+            0,
+            (codes.indices[own] - sae.lo),
+            torch.ones(int(own.sum()), dtype=torch.float64, device=x.device),
+        )
         return
     acts = s.sae.encode(x)  # [batch, d_sae]
     s.freq += acts.gt(0).sum(0).double()
@@ -318,8 +367,15 @@ class _SigintFlag:
             signal.signal(signal.SIGINT, self._old)
 
 
-def run_training(cfg: TrainConfig, plan: TrainPlan, source: ActivationSource, *, lm: LanguageModel | None = None,
-                 info: DistInfo | None = None, stop_after: int | None = None) -> TrainResult:
+def run_training(
+    cfg: TrainConfig,
+    plan: TrainPlan,
+    source: ActivationSource,
+    *,
+    lm: LanguageModel | None = None,
+    info: DistInfo | None = None,
+    stop_after: int | None = None,
+) -> TrainResult:
     """Train every dictionary of `plan` on `source`, resuming from --out's checkpoint if any.
 
     `lm` (optional) supplies SAELens metadata (module names). `stop_after` stops (with a
@@ -347,8 +403,10 @@ def run_training(cfg: TrainConfig, plan: TrainPlan, source: ActivationSource, *,
         if plan.world_size != (state.sharded_ranks or plan.world_size) and sharded:
             diff.append(f"ranks: {state.sharded_ranks} -> {plan.world_size}")
         if diff:
-            raise UserError(f"{layout.root} holds an interrupted run with other settings ({'; '.join(diff)}); "
-                            "rerun it with the same settings, or pass --force to start over")
+            raise UserError(
+                f"{layout.root} holds an interrupted run with other settings ({'; '.join(diff)}); "
+                "rerun it with the same settings, or pass --force to start over"
+            )
     dist.barrier()
     if info.is_main:
         ckpts.write_config(to_dict(cfg), plan.to_dict())
@@ -360,13 +418,18 @@ def run_training(cfg: TrainConfig, plan: TrainPlan, source: ActivationSource, *,
     slots = []
     for p in plan.dictionaries:
         first_dev = {h: v.to(device) for h, v in first.items()} if first is not None else None
-        slots.append(_make_slot(cfg, p, plan.model, info, sharded, device, first_dev, plan.batch_size))
+        slots.append(
+            _make_slot(cfg, p, plan.model, info, sharded, device, first_dev, plan.batch_size)
+        )
     if state is not None:
         for s in slots:
             rank = info.rank if sharded else None
             _load_slot_state(s, ckpts.load_dictionary(s.plan.hook, state.step, rank))
         if info.is_main:
-            print(f"lmscope: resuming {layout.root} at step {state.step}/{plan.steps}", file=sys.stderr)
+            print(
+                f"lmscope: resuming {layout.root} at step {state.step}/{plan.steps}",
+                file=sys.stderr,
+            )
 
     def save(step: int) -> None:
         for s in slots:
@@ -376,7 +439,9 @@ def run_training(cfg: TrainConfig, plan: TrainPlan, source: ActivationSource, *,
                 ckpts.save_dictionary(s.plan.hook, step, _slot_state(s))
         dist.barrier()
         if info.is_main:
-            ckpts.commit(hooks, RunState(step, step * plan.batch_size, info.world_size if sharded else None))
+            ckpts.commit(
+                hooks, RunState(step, step * plan.batch_size, info.world_size if sharded else None)
+            )
         dist.barrier()
 
     freq_from = max(0, plan.steps - max(1, math.ceil(FREQ_TOKENS / plan.batch_size)))
@@ -384,8 +449,15 @@ def run_training(cfg: TrainConfig, plan: TrainPlan, source: ActivationSource, *,
     if info.is_main and cfg.progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=plan.steps * plan.batch_size, initial=start * plan.batch_size, unit="tok",
-                   unit_scale=True, desc="train", dynamic_ncols=True, file=sys.stderr)
+        bar = tqdm(
+            total=plan.steps * plan.batch_size,
+            initial=start * plan.batch_size,
+            unit="tok",
+            unit_scale=True,
+            desc="train",
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
     t0 = time.perf_counter()
     step = start
     autocast = cfg.dtype == "bfloat16"
@@ -409,9 +481,12 @@ def run_training(cfg: TrainConfig, plan: TrainPlan, source: ActivationSource, *,
                 if bar is not None:
                     m0 = [s.history[-1] for s in slots]
                     bar.update(plan.batch_size)
-                    bar.set_postfix(fvu=f"{sum(m.fvu for m in m0) / len(m0):.3f}",
-                                    l0=f"{sum(m.l0 for m in m0) / len(m0):.1f}",
-                                    dead=f"{sum(m.dead_frac for m in m0) / len(m0):.1%}", refresh=False)
+                    bar.set_postfix(
+                        fvu=f"{sum(m.fvu for m in m0) / len(m0):.3f}",
+                        l0=f"{sum(m.l0 for m in m0) / len(m0):.1f}",
+                        dead=f"{sum(m.dead_frac for m in m0) / len(m0):.1%}",
+                        refresh=False,
+                    )
                 stop = sigint.hit or (stop_after is not None and step >= stop_after)
                 if dist.is_active():
                     flag = torch.tensor([1 if stop else 0], device=device)
@@ -434,16 +509,36 @@ def run_training(cfg: TrainConfig, plan: TrainPlan, source: ActivationSource, *,
     metrics = {}
     for s in slots:
         h = s.history[-tail:] or [StepMetrics(0, 0, 0, 0, 0)]
-        metrics[s.plan.hook] = StepMetrics(*(sum(getattr(m, f) for m in h) / len(h)
-                                             for f in ("loss", "fvu", "l0", "dead_frac", "aux_loss")))
-    return TrainResult(out=layout.root, dictionaries=written, steps=plan.steps,
-                       tokens=plan.steps * plan.batch_size, seconds=seconds, metrics=metrics, plan=plan,
-                       history={s.plan.hook: s.history for s in slots})
+        metrics[s.plan.hook] = StepMetrics(
+            *(
+                sum(getattr(m, f) for m in h) / len(h)
+                for f in ("loss", "fvu", "l0", "dead_frac", "aux_loss")
+            )
+        )
+    return TrainResult(
+        out=layout.root,
+        dictionaries=written,
+        steps=plan.steps,
+        tokens=plan.steps * plan.batch_size,
+        seconds=seconds,
+        metrics=metrics,
+        plan=plan,
+        history={s.plan.hook: s.history for s in slots},
+    )
 
 
-def _write_dictionaries(cfg: TrainConfig, plan: TrainPlan, slots: list[_Slot], layout: AtlasLayout, lm: LanguageModel,
-                        info: DistInfo, sharded: bool, docs: tuple[dict, Any] | None = None) -> dict[str, Path]:
-    """SAELens folders (+ sparsity.safetensors, + train_documents.npy), then the manifest entry: rank 0 only.
+def _write_dictionaries(
+    cfg: TrainConfig,
+    plan: TrainPlan,
+    slots: list[_Slot],
+    layout: AtlasLayout,
+    lm: LanguageModel,
+    info: DistInfo,
+    sharded: bool,
+    docs: tuple[dict, Any] | None = None,
+) -> dict[str, Path]:
+    """SAELens folders (+ sparsity.safetensors, + train_documents.npy), then the manifest entry:
+    rank 0 only.
 
     `docs` is the source's record of the documents it read (lmscope.capture.documents): it goes
     into the manifest entry as `train_data`, so `lmscope eval` can refuse held-out text the
@@ -453,7 +548,9 @@ def _write_dictionaries(cfg: TrainConfig, plan: TrainPlan, slots: list[_Slot], l
     from .io.saelens import saelens_metadata
 
     written: dict[str, Path] = {}
-    counted = (plan.steps - max(0, plan.steps - max(1, math.ceil(FREQ_TOKENS / plan.batch_size)))) * plan.batch_size
+    counted = (
+        plan.steps - max(0, plan.steps - max(1, math.ceil(FREQ_TOKENS / plan.batch_size)))
+    ) * plan.batch_size
     for s in slots:
         sae: SparseDictionary = s.sae.gather_full() if sharded else s.sae
         freq = s.freq.clone()
@@ -463,9 +560,13 @@ def _write_dictionaries(cfg: TrainConfig, plan: TrainPlan, slots: list[_Slot], l
             dist.all_reduce_sum_(freq)
         if not info.is_main:
             continue
-        meta: dict[str, Any] = {"context_size": cfg.ctx_len, "prepend_bos": True,
-                                "exclude_special_tokens": True, "dataset_path": cfg.from_store or cfg.corpus,
-                                "lmscope_train_tokens": plan.steps * plan.batch_size}
+        meta: dict[str, Any] = {
+            "context_size": cfg.ctx_len,
+            "prepend_bos": True,
+            "exclude_special_tokens": True,
+            "dataset_path": cfg.from_store or cfg.corpus,
+            "lmscope_train_tokens": plan.steps * plan.batch_size,
+        }
         if lm is not None:
             meta = saelens_metadata(lm, s.plan.hook, **meta)
         path = layout.dictionary_dir(s.plan.hook)
@@ -473,20 +574,35 @@ def _write_dictionaries(cfg: TrainConfig, plan: TrainPlan, slots: list[_Slot], l
         train_data = None
         if docs is not None:
             train_data = record(file=TRAIN_DOCUMENTS, keys=docs[1], folder=path, **docs[0])
-        last = s.history[-max(1, plan.steps // 10):]
-        layout.add_dictionary(s.plan.hook, model=plan.model, arch=cfg.arch, d_sae=s.plan.d_sae, extra={
-            "d_in": s.plan.d_in, "out_hook": s.plan.out_hook, "k": cfg.k, "tokens": plan.steps * plan.batch_size,
-            "train_fvu": sum(m.fvu for m in last) / len(last), "train_l0": sum(m.l0 for m in last) / len(last),
-            "dead_frac": float((s.freq == 0).double().mean()) if not sharded else None,
-            "train_data": train_data,
-        })
+        last = s.history[-max(1, plan.steps // 10) :]
+        layout.add_dictionary(
+            s.plan.hook,
+            model=plan.model,
+            arch=cfg.arch,
+            d_sae=s.plan.d_sae,
+            extra={
+                "d_in": s.plan.d_in,
+                "out_hook": s.plan.out_hook,
+                "k": cfg.k,
+                "tokens": plan.steps * plan.batch_size,
+                "train_fvu": sum(m.fvu for m in last) / len(last),
+                "train_l0": sum(m.l0 for m in last) / len(last),
+                "dead_frac": float((s.freq == 0).double().mean()) if not sharded else None,
+                "train_data": train_data,
+            },
+        )
         written[s.plan.hook] = path
     return written
 
 
 # --- from a TrainConfig (what the CLI calls) ----------------------------------------------
-def train(cfg: TrainConfig, *, lm: LanguageModel | None = None, source: ActivationSource | None = None,
-          stop_after: int | None = None) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    *,
+    lm: LanguageModel | None = None,
+    source: ActivationSource | None = None,
+    stop_after: int | None = None,
+) -> TrainResult:
     """Resolve the run against the model / store, build the source and train (see run_training).
 
     Under torchrun this joins the process group; `lm` may be passed to reuse a loaded model.
@@ -501,14 +617,20 @@ def train(cfg: TrainConfig, *, lm: LanguageModel | None = None, source: Activati
 
     info = dist.setup(cfg.device)
     if cfg.shard_features and not info.enabled and info.is_main:
-        print("lmscope: --shard-features with one process: nothing to shard, training normally",
-              file=sys.stderr)
+        print(
+            "lmscope: --shard-features with one process: nothing to shard, training normally",
+            file=sys.stderr,
+        )
     data_info = DistInfo() if (cfg.shard_features and info.enabled) else info
     world = info.world_size
     if lm is None:  # also for a store: hook names, SAELens module names and eval need it
         from ..models import load_model
 
-        lm = load_model(cfg.model, dtype=getattr(torch, cfg.model_dtype), device=str(dist.device_for(info, cfg.device)))
+        lm = load_model(
+            cfg.model,
+            dtype=getattr(torch, cfg.model_dtype),
+            device=str(dist.device_for(info, cfg.device)),
+        )
     fingerprint = lm.fingerprint()
     if cfg.from_store is not None:
         si = store_info(cfg.from_store)
@@ -524,31 +646,53 @@ def train(cfg: TrainConfig, *, lm: LanguageModel | None = None, source: Activati
     if cfg.from_store is not None:
         missing = [o for _, o in pairs if o and o not in dims]
         if missing:
-            raise UserError(f"the store has no {', '.join(missing)} to train transcoders on; "
-                            "capture the mlp_out hooks too")
+            raise UserError(
+                f"the store has no {', '.join(missing)} to train transcoders on; "
+                "capture the mlp_out hooks too"
+            )
     try:
-        plan = resolve_plan(cfg, hooks=pairs, dims=dims, model=lm.name, world_size=world,
-                            source=cfg.from_store or "stream", fingerprint=fingerprint)
+        plan = resolve_plan(
+            cfg,
+            hooks=pairs,
+            dims=dims,
+            model=lm.name,
+            world_size=world,
+            source=cfg.from_store or "stream",
+            fingerprint=fingerprint,
+        )
     except ValueError as e:
         raise UserError(str(e)) from None
     if source is None:
         needed = plan.hooks_needed
         if cfg.from_store is not None:
-            source = StoreSource(cfg.from_store, needed, batch_size=cfg.batch_size, seed=cfg.seed, info=data_info)
+            source = StoreSource(
+                cfg.from_store, needed, batch_size=cfg.batch_size, seed=cfg.seed, info=data_info
+            )
         else:
-            source = StreamSource(lm, needed, corpus=cfg.corpus, ctx_len=cfg.ctx_len, batch_size=cfg.batch_size,
-                                  buffer_batches=cfg.shuffle_buffer, model_batch=cfg.model_batch, seed=cfg.seed,
-                                  info=data_info)
+            source = StreamSource(
+                lm,
+                needed,
+                corpus=cfg.corpus,
+                ctx_len=cfg.ctx_len,
+                batch_size=cfg.batch_size,
+                buffer_batches=cfg.shuffle_buffer,
+                model_batch=cfg.model_batch,
+                seed=cfg.seed,
+                info=data_info,
+            )
     return run_training(cfg, plan, source, lm=lm, info=info, stop_after=stop_after)
 
 
 def _expand_middle(hooks: str, lm: LanguageModel) -> str:
-    return ",".join(f"blocks.{lm.n_layers // 2}.resid_post" if h.strip() == "middle" else h.strip()
-                    for h in hooks.split(","))
+    return ",".join(
+        f"blocks.{lm.n_layers // 2}.resid_post" if h.strip() == "middle" else h.strip()
+        for h in hooks.split(",")
+    )
 
 
 def _pairs(hooks: list[str], transcode: bool) -> list[tuple[str, str | None]]:
-    """SAEs: (hook, None). Transcoders: (blocks.L.mlp_in, blocks.L.mlp_out) per layer of the hooks."""
+    """SAEs: (hook, None). Transcoders: (blocks.L.mlp_in, blocks.L.mlp_out) per layer of the
+    hooks."""
     if not transcode:
         return [(h, None) for h in hooks]
     layers = []

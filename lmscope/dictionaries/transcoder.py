@@ -27,12 +27,26 @@ def mlp_hooks(layer: int) -> tuple[str, str]:
     return f"blocks.{layer}.mlp_in", f"blocks.{layer}.mlp_out"
 
 
-def transcoder_config(layer: int, d_model: int, d_sae: int, *, d_out: int | None = None,
-                      skip: bool = False, **kwargs: Any) -> DictionaryConfig:
+def transcoder_config(
+    layer: int,
+    d_model: int,
+    d_sae: int,
+    *,
+    d_out: int | None = None,
+    skip: bool = False,
+    **kwargs: Any,
+) -> DictionaryConfig:
     """A DictionaryConfig for an MLP transcoder mlp_in -> mlp_out at `layer`."""
     hook_in, hook_out = mlp_hooks(layer)
-    return DictionaryConfig(d_in=d_model, d_sae=d_sae, d_out=d_model if d_out is None else d_out,
-                            skip=skip, hook_name=hook_in, out_hook_name=hook_out, **kwargs)
+    return DictionaryConfig(
+        d_in=d_model,
+        d_sae=d_sae,
+        d_out=d_model if d_out is None else d_out,
+        skip=skip,
+        hook_name=hook_in,
+        out_hook_name=hook_out,
+        **kwargs,
+    )
 
 
 __all__ = ["mlp_hooks", "transcoder_config"]

@@ -1,7 +1,8 @@
 """Automatic interpretation: label every feature of an atlas and score each label honestly.
 
     from lmscope.explain import ExplainConfig, explain_atlas, score_report
-    explain_atlas(ExplainConfig(atlas="atlas/"))          # stats explainer + direct/embedding scorers + baselines
+    explain_atlas(ExplainConfig(atlas="atlas/"))          # stats explainer + direct/embedding
+    scorers + baselines
     print(score_report("atlas/").text)
 
 Explainers see only part of a feature's stored examples (`split.py`); scorers judge the label on the

@@ -7,7 +7,8 @@ score means something (docs/measuring.md: fair baselines).
 - `baseline-toptoken`: the equal-budget top-token label: the `BUDGET` tokens with the highest
   activations in the SHOWN windows (the label names at most 3 tokens too), plus the label's own
   output part (`| says ...`), so the comparison isolates how the label chose its input tokens.
-A method is only claimed to work where the paired difference to each baseline is above 0 (report.py).
+A method is only claimed to work where the paired difference to each baseline is above 0
+(report.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ BUDGET = 3
 
 
 def top_tokens(split: Split, k: int = BUDGET) -> list[str]:
-    """The k distinct tokens (by `token_key`) with the highest activation anywhere in the shown windows."""
+    """The k distinct tokens (by `token_key`) with the highest activation anywhere in the shown
+    windows."""
     best: dict[str, float] = {}
     for e in split.shown:
         for t, a in zip(e.tokens, e.acts):
@@ -32,8 +34,11 @@ def top_tokens(split: Split, k: int = BUDGET) -> list[str]:
     return [t for t, _ in sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))[:k]]
 
 
-def top_token_label(split: Split, says: list[str] | None = None, k: int = BUDGET) -> tuple[str, list[str]] | None:
-    """(label text, token list) of the equal-budget baseline, or None when nothing fired in shown."""
+def top_token_label(
+    split: Split, says: list[str] | None = None, k: int = BUDGET
+) -> tuple[str, list[str]] | None:
+    """(label text, token list) of the equal-budget baseline, or None when nothing fired in
+    shown."""
     toks = top_tokens(split, k)
     if not toks:
         return None

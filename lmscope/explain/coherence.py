@@ -2,7 +2,8 @@
 
 The "says" part of a stats label lists the top tokens the decoder direction promotes through the
 unembedding. On a short-trained dictionary those are often unrelated word pieces ("rowsiness",
-"ilantro", "termedi"), which a reader cannot use. We measure coherence as the mean pairwise cosine of
+"ilantro", "termedi"), which a reader cannot use. We measure coherence as the mean pairwise cosine
+of
 the promoted tokens (the top `N_TOKENS`, distinct visible words) in a space independent of the model
 being explained (the model's own unembedding would make any promoted set look coherent: the tokens
 were chosen for aligning with one direction): the static word-piece embeddings of all-MiniLM-L6-v2
@@ -39,9 +40,14 @@ class CoherenceResult:
     n: int
 
     def as_dict(self) -> dict:
-        return {"mean_cos": round(self.mean_cos, 4), "z": round(self.z, 3),
-                "percentile": round(self.percentile, 4), "coherent": self.coherent, "n": self.n,
-                "threshold": PERCENTILE}
+        return {
+            "mean_cos": round(self.mean_cos, 4),
+            "z": round(self.z, 3),
+            "percentile": round(self.percentile, 4),
+            "coherent": self.coherent,
+            "n": self.n,
+            "threshold": PERCENTILE,
+        }
 
 
 class StaticEmbedder:
@@ -101,7 +107,9 @@ class Coherence:
         """Sorted mean pairwise cosines of N_NULL random n-sets of the pool."""
         if n not in self._null:
             rng = np.random.default_rng(self.seed + n)
-            idx = np.stack([rng.choice(len(self.pool), n, replace=False) for _ in range(N_NULL)])  # [N_NULL, n]
+            idx = np.stack(
+                [rng.choice(len(self.pool), n, replace=False) for _ in range(N_NULL)]
+            )  # [N_NULL, n]
             v = self.pool[idx]  # [N_NULL, n, 384]
             g = np.einsum("snd,smd->snm", v, v)  # [N_NULL, n, n]
             self._null[n] = np.sort((g.sum((1, 2)) - np.trace(g, axis1=1, axis2=2)) / (n * (n - 1)))
@@ -117,4 +125,6 @@ class Coherence:
         null = self.null(len(vs))
         pct = float(np.searchsorted(null, obs, side="left") / len(null))
         sd = float(null.std()) or 1e-9
-        return CoherenceResult(obs, (obs - float(null.mean())) / sd, pct, pct >= PERCENTILE, len(vs))
+        return CoherenceResult(
+            obs, (obs - float(null.mean())) / sd, pct, pct >= PERCENTILE, len(vs)
+        )

@@ -1,18 +1,22 @@
 """Name the concept behind a feature's token list, and the context it fires in (no LLM).
 
 A stats label is a predicate over tokens in context: "the token is one of T, or a word under the
-concept C, and the context P holds". Each part is proposed from the SHOWN windows and has to earn its
-place on the VALIDATION windows (split.py): C (or P) stays only if the predicate with it has a higher
+concept C, and the context P holds". Each part is proposed from the SHOWN windows and has to earn
+its
+place on the VALIDATION windows (split.py): C (or P) stays only if the predicate with it has a
+higher
 token-level balanced accuracy on validation than without it (the direct scorer's trial unit), so a
 concept word is never printed unless it predicts firing better than the token list alone. The test
 windows are never read here.
 
 Concepts, in the order they are tried:
 - token kind: every token a number -> "a number"; every token punctuation -> "punctuation";
-- a multi-word WordNet lemma containing two or more of the tokens (old, good, days -> "good old days");
+- a multi-word WordNet lemma containing two or more of the tokens (old, good, days -> "good old
+days");
 - the lowest common hypernym of the tokens' first three senses in WordNet (nouns, then verbs), as
   specific as possible (greatest depth), covering every token (or all but one of three or more),
-  never a near-root class ("entity", "object", "whole", "abstraction", ...): mother, wife, husband ->
+  never a near-root class ("entity", "object", "whole", "abstraction", ...): mother, wife, husband
+  ->
   "relative"; sun, moon -> "celestial body";
 - for a single word, its most frequent sense's hypernym (horse -> "equine"), kept only if held-out
   firings on other words under it make it earn its place;
@@ -48,13 +52,41 @@ from .wordnet import WordNet, wordnet
 
 MIN_DEPTH = {"n": 4, "v": 1}
 """concepts closer to WordNet's roots than this say nothing (noun roots: entity = 0)"""
-VAGUE = {"entity", "physical entity", "object", "whole", "abstraction", "attribute", "relation", "group",
-         "act", "event", "psychological feature", "matter", "thing", "artifact", "causal agent", "measure",
-         "communication", "state", "unit", "part", "living thing", "organism",
-         "be", "have", "make", "do", "get", "cause", "move"}
+VAGUE = {
+    "entity",
+    "physical entity",
+    "object",
+    "whole",
+    "abstraction",
+    "attribute",
+    "relation",
+    "group",
+    "act",
+    "event",
+    "psychological feature",
+    "matter",
+    "thing",
+    "artifact",
+    "causal agent",
+    "measure",
+    "communication",
+    "state",
+    "unit",
+    "part",
+    "living thing",
+    "organism",
+    "be",
+    "have",
+    "make",
+    "do",
+    "get",
+    "cause",
+    "move",
+}
 MIN_IC = {"n": 0.25, "v": 0.3}
 """intrinsic information content (WordNet.ic) below which a class found over the firing words says
-nothing: nouns "person" 0.18, "artifact" 0.18, "organism" 0.13 fail, "animal" 0.27, "body part" 0.34,
+nothing: nouns "person" 0.18, "artifact" 0.18, "organism" 0.13 fail, "animal" 0.27, "body part"
+0.34,
 "relative" 0.54 pass; verbs (a flatter hierarchy) "change" 0.22 fails, "travel" 0.34 passes.
 ("person" stays reachable as a curated concept and through the listed tokens' own hypernym.)"""
 MAX_CANDIDATES = 3
@@ -66,7 +98,8 @@ _QUOTES = ('"', "\u201c", "\u201d")
 
 
 def visible(tok: str) -> str:
-    """The token's text without BPE space / newline / tab markers (case kept; "Ċ" is not a capital)."""
+    """The token's text without BPE space / newline / tab markers (case kept; "Ċ" is not a
+    capital)."""
     return tok.replace("Ġ", " ").replace("▁", " ").replace("Ċ", "\n").replace("ĉ", "\t").strip()
 
 
@@ -117,8 +150,14 @@ class Concept:
 
     @classmethod
     def from_dict(cls, d: dict) -> Concept:
-        return cls(d["name"], d["kind"], d.get("pos", ""), d.get("offset", 0), tuple(d.get("words", ())),
-                   tuple((p, o) for p, o in d.get("anchors", ())))
+        return cls(
+            d["name"],
+            d["kind"],
+            d.get("pos", ""),
+            d.get("offset", 0),
+            tuple(d.get("words", ())),
+            tuple((p, o) for p, o in d.get("anchors", ())),
+        )
 
 
 _ANC: dict = {}
@@ -151,10 +190,60 @@ def propose_concept(tokens: list[str], wn: WordNet | None) -> Concept | None:
 
 
 _CONCEPT_CACHE: dict = {}
-_FUNCTION = {"of", "the", "and", "a", "an", "in", "to", "on", "at", "for", "by", "with", "or", "as", "is",
-             "are", "was", "were", "be", "been", "has", "had", "have", "not", "but", "from", "this", "that",
-             "his", "her", "its", "our", "their", "who", "which", "what", "when", "then", "than", "can",
-             "will", "would", "all", "any", "one", "out", "off", "too", "very", "just", "also", "you"}
+_FUNCTION = {
+    "of",
+    "the",
+    "and",
+    "a",
+    "an",
+    "in",
+    "to",
+    "on",
+    "at",
+    "for",
+    "by",
+    "with",
+    "or",
+    "as",
+    "is",
+    "are",
+    "was",
+    "were",
+    "be",
+    "been",
+    "has",
+    "had",
+    "have",
+    "not",
+    "but",
+    "from",
+    "this",
+    "that",
+    "his",
+    "her",
+    "its",
+    "our",
+    "their",
+    "who",
+    "which",
+    "what",
+    "when",
+    "then",
+    "than",
+    "can",
+    "will",
+    "would",
+    "all",
+    "any",
+    "one",
+    "out",
+    "off",
+    "too",
+    "very",
+    "just",
+    "also",
+    "you",
+}
 
 
 def _propose_concept(tokens: list[str], wn: WordNet | None) -> Concept | None:
@@ -199,12 +288,18 @@ def _compound(words: list[str], wn: WordNet) -> Concept | None:
 
 def _common_hypernym(words: list[str], wn: WordNet) -> Concept | None:
     for pos in ("n", "v"):
-        anc = [set().union(*(wn.ancestors(pos, o) for o in wn.senses(w, pos))) if wn.senses(w, pos) else set()
-               for w in words]
+        anc = [
+            set().union(*(wn.ancestors(pos, o) for o in wn.senses(w, pos)))
+            if wn.senses(w, pos)
+            else set()
+            for w in words
+        ]
         need = len(words) if len(words) < 3 else len(words) - 1
         count: Counter = Counter(o for a in anc for o in a)
         cands = [(c, wn.depth(pos, o), o) for o, c in count.items() if c >= need]
-        cands = [(c, d, o) for c, d, o in cands if d >= MIN_DEPTH[pos] and wn.name(pos, o) not in VAGUE]
+        cands = [
+            (c, d, o) for c, d, o in cands if d >= MIN_DEPTH[pos] and wn.name(pos, o) not in VAGUE
+        ]
         if cands:
             c, d, o = max(cands, key=lambda x: (x[0], x[1]))
             return Concept(wn.name(pos, o), "hypernym", pos, o)
@@ -212,6 +307,7 @@ def _common_hypernym(words: list[str], wn: WordNet) -> Concept | None:
 
 
 # ---- candidates from all the shown firing words ----------------------------------------------
+
 
 class Curated:
     """The curated concepts of concept_list.py, resolved against WordNet once per run, with their
@@ -229,7 +325,9 @@ class Curated:
                 if len(offs) > int(k):
                     res.append((pos, offs[int(k)]))
             if res or words:
-                self.concepts.append(Concept(name, "curated", words=tuple(words), anchors=tuple(res)))
+                self.concepts.append(
+                    Concept(name, "curated", words=tuple(words), anchors=tuple(res))
+                )
         self.by_anchor: dict = {}
         for j, c in enumerate(self.concepts):
             for a in c.anchors:
@@ -245,8 +343,13 @@ class Curated:
             # a concept's vector: the mean of its name's words ("verb of saying" -> verb, saying)
             rows = []
             for c in self.concepts:
-                vs = [v for v in embed.vectors([w for w in c.name.replace("/", " ").split() if w != "of"])
-                      if v is not None]
+                vs = [
+                    v
+                    for v in embed.vectors(
+                        [w for w in c.name.replace("/", " ").split() if w != "of"]
+                    )
+                    if v is not None
+                ]
                 v = np.mean(vs, 0) if vs else np.zeros(embed.table.shape[1], np.float32)
                 rows.append(v / (np.linalg.norm(v) or 1.0))
             self.vecs = np.stack(rows)  # [concepts, d]
@@ -282,11 +385,13 @@ def _bal(tp: float, fp: float, n_fire: int, n_neg: int) -> float:
     return (tp / n_fire + 1 - fp / n_neg) / 2
 
 
-def shown_candidates(fires: Counter, seen: Counter, chosen: list[str], wn: WordNet | None,
-                     curated: Curated | None) -> list[Concept]:
+def shown_candidates(
+    fires: Counter, seen: Counter, chosen: list[str], wn: WordNet | None, curated: Curated | None
+) -> list[Concept]:
     """The WordNet class and the curated concept that best generalize the token list over every
     word that fires in the shown windows. A candidate must hold at least half of the listed tokens
-    (it names THEIR concept: "pronoun (he, she, they)", never "pronoun (bearing, en, free)"), a firing
+    (it names THEIR concept: "pronoun (he, she, they)", never "pronoun (bearing, en, free)"), a
+    firing
     word the list does not, and raise the balanced accuracy of the list on the shown tokens:
     (recall + specificity) / 2 of "token in list or member"."""
     n_fire = sum(fires.values())
@@ -325,7 +430,9 @@ def shown_candidates(fires: Counter, seen: Counter, chosen: list[str], wn: WordN
                 for w in silent:
                     for a in cand & word_ancestors(w, wn):
                         fp[a] += seen[w] - fires[w]
-                scored = [(_bal(tp0 + tp[a], fp0 + fp[a], n_fire, n_neg), wn.ic(*a), a) for a in cand]
+                scored = [
+                    (_bal(tp0 + tp[a], fp0 + fp[a], n_fire, n_neg), wn.ic(*a), a) for a in cand
+                ]
                 b, _, a = max(scored)
                 if b > base:
                     out.append(Concept(wn.name(*a), "hypernym", a[0], a[1]))
@@ -347,12 +454,19 @@ def shown_candidates(fires: Counter, seen: Counter, chosen: list[str], wn: WordN
                 gain = {j: _bal(tp0 + tp_c[j], fp0 + fp_c[j], n_fire, n_neg) for j in tp_c}
                 ok = sorted((j for j in gain if gain[j] > base), key=lambda j: (-gain[j], j))
                 if ok:
-                    out.append(curated.concepts[curated.rank(fires, ok)[0] if len(ok) > 1 else ok[0]])
+                    out.append(
+                        curated.concepts[curated.rank(fires, ok)[0] if len(ok) > 1 else ok[0]]
+                    )
     return out
 
 
-def propose_concepts(fires: Counter, seen: Counter, chosen: list[str], wn: WordNet | None,
-                     curated: Curated | None = None) -> list[Concept]:
+def propose_concepts(
+    fires: Counter,
+    seen: Counter,
+    chosen: list[str],
+    wn: WordNet | None,
+    curated: Curated | None = None,
+) -> list[Concept]:
     """Every concept candidate of a feature (at most MAX_CANDIDATES, distinct names): the concept of
     the listed tokens (propose_concept), then the shown-window candidates (shown_candidates)."""
     out: list[Concept] = []
@@ -366,6 +480,7 @@ def propose_concepts(fires: Counter, seen: Counter, chosen: list[str], wn: WordN
 
 
 # ---- contexts: predicates over (window tokens, position) --------------------------------------
+
 
 def _prev(toks: list[str], i: int) -> str:
     return toks[i - 1] if i > 0 else ""
@@ -389,8 +504,13 @@ _END = (".", "!", "?")
 
 def _continues(prev: str, tok: str) -> bool:
     """tok is a word piece continuing prev's word: no word-start mark, and both sides letters."""
-    return (not tok.startswith(_MARKS) and tok[:1].isalpha() and visible(prev)[-1:].isalpha()
-            and not prev.startswith("<") and not prev.endswith(_MARKS))  # "Ċ" is a letter to isalpha
+    return (
+        not tok.startswith(_MARKS)
+        and tok[:1].isalpha()
+        and visible(prev)[-1:].isalpha()
+        and not prev.startswith("<")
+        and not prev.endswith(_MARKS)
+    )  # "Ċ" is a letter to isalpha
 
 
 def _ends_sentence(prefix: list[str]) -> bool:
@@ -411,7 +531,9 @@ def window_flags(toks: list[str]) -> list[tuple[bool, ...]]:
     prev = ""
     for t in toks:
         v = visible(t)
-        out.append((prev_nl, quotes % 2 == 1, prev_num, v[:1].isupper(), _continues(prev, t), prev_end))
+        out.append(
+            (prev_nl, quotes % 2 == 1, prev_num, v[:1].isupper(), _continues(prev, t), prev_end)
+        )
         quotes += sum(t.count(q) for q in _QUOTES)
         prev_nl = any(n in t for n in _NEWLINE)
         prev_num = is_number(token_key(t))
@@ -423,7 +545,7 @@ def window_flags(toks: list[str]) -> list[tuple[bool, ...]]:
 
 def context_fn(name: str) -> Callable[[list[str], int], bool]:
     if name.startswith('after "') and name.endswith('"'):
-        k = name[len('after "'):-1]
+        k = name[len('after "') : -1]
         return lambda t, i: i > 0 and token_key(t[i - 1]) == k
     return CONTEXTS[name]
 
@@ -452,7 +574,9 @@ def propose_context(shown, chosen: list[str]) -> str | None:
             if a > 0:
                 n_fire += 1
                 fire.update(hits)
-                if i > 0 and not any(n in e.tokens[i - 1] for n in _NEWLINE):  # that is a line start
+                if i > 0 and not any(
+                    n in e.tokens[i - 1] for n in _NEWLINE
+                ):  # that is a line start
                     before[token_key(e.tokens[i - 1])] += 1
     if n_fire < 4:
         return None
@@ -470,9 +594,12 @@ def propose_context(shown, chosen: list[str]) -> str | None:
 
 # ---- the label as a predicate, and the choice on validation -----------------------------------
 
-def predict(held_windows, tokens: set[str], concept: Concept | None, context: str | None,
-            wn: WordNet | None) -> tuple[list[bool], list[bool]]:
-    """(prediction, truth) per token of the windows: named token or concept member, within context."""
+
+def predict(
+    held_windows, tokens: set[str], concept: Concept | None, context: str | None, wn: WordNet | None
+) -> tuple[list[bool], list[bool]]:
+    """(prediction, truth) per token of the windows: named token or concept member, within
+    context."""
     pred, truth = [], []
     memo: dict[str, bool] = {}
     for e in held_windows:
@@ -530,8 +657,13 @@ class Trials:
         self.n_pos = sum(self.pos.values())
         self.n_neg = sum(self.neg.values())
 
-    def score(self, tokens: set[str], concept: Concept | None = None, context: str | None = None,
-              wn: WordNet | None = None) -> float | None:
+    def score(
+        self,
+        tokens: set[str],
+        concept: Concept | None = None,
+        context: str | None = None,
+        wn: WordNet | None = None,
+    ) -> float | None:
         if not self.n_pos or not self.n_neg:
             return None
         if context is not None:
@@ -546,23 +678,38 @@ class Trials:
         return (tp / self.n_pos + (self.n_neg - fp) / self.n_neg) / 2
 
 
-def choose(valid_windows, tokens: list[str], concept: Concept | list[Concept] | None, context: str | None,
-           wn: WordNet | None, trials: Trials | None = None) -> Choice:
+def choose(
+    valid_windows,
+    tokens: list[str],
+    concept: Concept | list[Concept] | None,
+    context: str | None,
+    wn: WordNet | None,
+    trials: Trials | None = None,
+) -> Choice:
     """Keep the best concept candidate, then the context, only where each raises validation balanced
     accuracy over what is kept so far (ties drop the word)."""
     T = set(tokens)
-    cands = [] if concept is None else ([concept] if isinstance(concept, Concept) else list(concept))
+    cands = (
+        [] if concept is None else ([concept] if isinstance(concept, Concept) else list(concept))
+    )
     tr = trials if trials is not None else Trials(valid_windows)
     base = tr.score(T)
     log: dict = {"tokens": base}
     if base is None or (not cands and context is None):
-        return Choice(None, None, {**log, "score": None if base is None else round(base, 4),
-                                   "kept": "tokens" if base is not None else "no validation windows"})
+        return Choice(
+            None,
+            None,
+            {
+                **log,
+                "score": None if base is None else round(base, 4),
+                "kept": "tokens" if base is not None else "no validation windows",
+            },
+        )
     keep_c = None
     best = base
     if cands:
         scores = {c.name: tr.score(T, c, None, wn) for c in cands}
-        top = max(cands, key=lambda c: (scores[c.name] if scores[c.name] is not None else -1.0))
+        top = max(cands, key=lambda c: scores[c.name] if scores[c.name] is not None else -1.0)
         log["concept"] = scores[top.name]
         if len(cands) > 1:
             log["concepts"] = {n: None if v is None else round(v, 4) for n, v in scores.items()}
@@ -576,7 +723,9 @@ def choose(valid_windows, tokens: list[str], concept: Concept | list[Concept] | 
             keep_x, best = context, s
     log["score"] = best
     log = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in log.items()}
-    log["kept"] = "+".join(["tokens"] + (["concept"] if keep_c else []) + (["context"] if keep_x else []))
+    log["kept"] = "+".join(
+        ["tokens"] + (["concept"] if keep_c else []) + (["context"] if keep_x else [])
+    )
     return Choice(keep_c, keep_x, log)
 
 

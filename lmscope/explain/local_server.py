@@ -33,7 +33,10 @@ class LocalLLM:
         if getattr(tok, "chat_template", None):
             ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
             return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
-        text = "\n".join(f"{m.get('role', 'user')}: {m.get('content', '')}" for m in messages) + "\nassistant:"
+        text = (
+            "\n".join(f"{m.get('role', 'user')}: {m.get('content', '')}" for m in messages)
+            + "\nassistant:"
+        )
         return self.lm.to_tokens(text)[0].tolist()
 
     def generate(self, ids: list[int], max_tokens: int, temperature: float) -> tuple[str, int]:
@@ -41,11 +44,18 @@ class LocalLLM:
 
         with self.lock, torch.no_grad():
             x = torch.tensor([ids], device=self.lm.model.device)
-            kw = {"do_sample": temperature > 0, "max_new_tokens": max(1, int(max_tokens)),
-                  "pad_token_id": self.lm.tokenizer.pad_token_id or self.lm.tokenizer.eos_token_id or 0}
+            kw = {
+                "do_sample": temperature > 0,
+                "max_new_tokens": max(1, int(max_tokens)),
+                "pad_token_id": self.lm.tokenizer.pad_token_id
+                or self.lm.tokenizer.eos_token_id
+                or 0,
+            }
             if temperature > 0:
                 kw["temperature"] = float(temperature)
-            out = self.lm.model.generate(x, attention_mask=torch.ones_like(x), **kw)[0, len(ids):]  # [new]
+            out = self.lm.model.generate(x, attention_mask=torch.ones_like(x), **kw)[
+                0, len(ids) :
+            ]  # [new]
             return self.lm.tokenizer.decode(out, skip_special_tokens=True), int(out.numel())
 
 
@@ -64,7 +74,9 @@ def _handler(llm: LocalLLM):
 
         def do_GET(self) -> None:
             if self.path.rstrip("/") == "/v1/models":
-                return self._send(200, {"object": "list", "data": [{"id": llm.name, "object": "model"}]})
+                return self._send(
+                    200, {"object": "list", "data": [{"id": llm.name, "object": "model"}]}
+                )
             self._send(404, {"error": {"message": f"no route {self.path}"}})
 
         def do_POST(self) -> None:
@@ -80,19 +92,41 @@ def _handler(llm: LocalLLM):
                     ids = llm.lm.to_tokens(str(body["prompt"]))[0].tolist()
                 else:
                     return self._send(404, {"error": {"message": f"no route {self.path}"}})
-                text, n_out = llm.generate(ids, body.get("max_tokens", 64), float(body.get("temperature", 0.0)))
+                text, n_out = llm.generate(
+                    ids, body.get("max_tokens", 64), float(body.get("temperature", 0.0))
+                )
             except (ValueError, KeyError, TypeError) as e:
                 return self._send(400, {"error": {"message": f"bad request: {e}"}})
-            choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-                      if route.endswith("chat/completions") else {"index": 0, "text": text, "finish_reason": "stop"})
-            self._send(200, {"id": f"lmscope-{time.time_ns()}", "object": "chat.completion", "model": llm.name,
-                             "choices": [choice], "usage": {"prompt_tokens": len(ids), "completion_tokens": n_out,
-                                                            "total_tokens": len(ids) + n_out}})
+            choice = (
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop",
+                }
+                if route.endswith("chat/completions")
+                else {"index": 0, "text": text, "finish_reason": "stop"}
+            )
+            self._send(
+                200,
+                {
+                    "id": f"lmscope-{time.time_ns()}",
+                    "object": "chat.completion",
+                    "model": llm.name,
+                    "choices": [choice],
+                    "usage": {
+                        "prompt_tokens": len(ids),
+                        "completion_tokens": n_out,
+                        "total_tokens": len(ids) + n_out,
+                    },
+                },
+            )
+
     return H
 
 
 class LocalServer:
-    """Serve `lm` on 127.0.0.1:port (0 = a free port) in a daemon thread; use as a context manager."""
+    """Serve `lm` on 127.0.0.1:port (0 = a free port) in a daemon thread; use as a context
+    manager."""
 
     def __init__(self, lm: LanguageModel, name: str, port: int = 0) -> None:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(LocalLLM(lm, name)))
@@ -124,7 +158,9 @@ def main(argv=None) -> None:
 
     from ..models.load import load_model
 
-    ap = argparse.ArgumentParser(description="OpenAI-compatible server around a transformers model (127.0.0.1)")
+    ap = argparse.ArgumentParser(
+        description="OpenAI-compatible server around a transformers model (127.0.0.1)"
+    )
     ap.add_argument("model", help="model alias, HF id or folder (e.g. smollm2-135m)")
     ap.add_argument("--port", type=int, default=8000)
     a = ap.parse_args(argv)

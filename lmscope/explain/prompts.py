@@ -9,9 +9,13 @@ from ..atlas.db import Example, FeatureProfile
 from .split import token_key, window_text
 
 MARK_FRACTION = 0.3
-SYSTEM = ("You label features of a language model. Each example is text where the feature is active on the "
-          "tokens marked <<like this>>. Reply with a short label (under 8 words) naming what the marked tokens "
-          "have in common, nothing else.")
+SYSTEM = (
+    "You label features of a language model. Each example is text where the feature is active on "
+    "the "
+    "tokens marked <<like this>>. Reply with a short label (under 8 words) naming what the marked "
+    "tokens "
+    "have in common, nothing else."
+)
 
 
 def mark(e: Example, fraction: float = MARK_FRACTION) -> str:
@@ -44,15 +48,25 @@ def clean_label(text: str) -> str:
 
 
 def detection_messages(label: str, e: Example) -> list[dict]:
-    return [{"role": "system", "content": "Answer only Yes or No."},
-            {"role": "user", "content": f"Feature: {label}\nText: {window_text(e)}\n"
-                                        "Does this text contain what the feature describes? Yes or No:"}]
+    return [
+        {"role": "system", "content": "Answer only Yes or No."},
+        {
+            "role": "user",
+            "content": f"Feature: {label}\nText: {window_text(e)}\n"
+            "Does this text contain what the feature describes? Yes or No:",
+        },
+    ]
 
 
 def fuzzing_messages(label: str, marked: str) -> list[dict]:
-    return [{"role": "system", "content": "Answer only Yes or No."},
-            {"role": "user", "content": f"Feature: {label}\nText with some tokens marked <<like this>>: {marked}\n"
-                                        "Are the marked tokens ones the feature describes? Yes or No:"}]
+    return [
+        {"role": "system", "content": "Answer only Yes or No."},
+        {
+            "role": "user",
+            "content": f"Feature: {label}\nText with some tokens marked <<like this>>: {marked}\n"
+            "Are the marked tokens ones the feature describes? Yes or No:",
+        },
+    ]
 
 
 def parse_yes_no(text: str) -> bool | None:

@@ -1,4 +1,5 @@
-"""The score table: per dictionary, method and scorer, the method's scores next to its own baselines,
+"""The score table: per dictionary, method and scorer, the method's scores next to its own
+baselines,
 compared PAIRED per feature with a bootstrap interval (docs/measuring.md: small samples).
 
 For each feature scored by both a method and one of its baselines (the baselines stored `for` that
@@ -52,8 +53,12 @@ def paired_bootstrap(diffs, b: int = B, seed: int = 0) -> tuple[float, float, fl
         return float("nan"), float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     step = max(1, 2_000_000 // d.size)  # resamples per chunk: bounded memory for 100k+ features
-    means = np.concatenate([d[rng.integers(0, d.size, size=(min(step, b - i), d.size))].mean(1)
-                            for i in range(0, b, step)])  # [b]
+    means = np.concatenate(
+        [
+            d[rng.integers(0, d.size, size=(min(step, b - i), d.size))].mean(1)
+            for i in range(0, b, step)
+        ]
+    )  # [b]
     lo, hi = np.quantile(means, [0.025, 0.975])
     return float(d.mean()), float(lo), float(hi)
 
@@ -88,21 +93,38 @@ class ScoreReport:
 
     @property
     def text(self) -> str:
-        head = (f"{'dictionary':<22} {'method':<30} {'scorer':<10} {'metric':<17} {'n':>5} {'mean':>6} "
-                f"{'median':>6}  paired difference to the baseline [95% bootstrap interval over features]")
+        head = (
+            f"{'dictionary':<22} {'method':<30} {'scorer':<10} {'metric':<17} {'n':>5} {'mean':>6} "
+            f"{'median':>6}  paired difference to the baseline [95% bootstrap interval over "
+            "features]"
+        )
         lines = [head, "-" * len(head)]
         for r in self.rows:
-            lines.append(f"{r.hook:<22} {r.method:<30} {r.scorer:<10} {r.metric:<17} {r.n:>5} {r.mean:>6.3f} "
-                         f"{r.median:>6.3f}")
+            lines.append(
+                f"{r.hook:<22} {r.method:<30} {r.scorer:<10} {r.metric:<17} {r.n:>5} "
+                f"{r.mean:>6.3f} "
+                f"{r.median:>6.3f}"
+            )
             for p in r.paired:
-                lines.append(f"{'':<22}   vs {p.baseline:<25} {'':<28} {p.n:>5} {p.mean_diff:>+6.3f} "
-                             f"[{p.lo:+.3f}, {p.hi:+.3f}]  {p.verdict}")
+                lines.append(
+                    f"{'':<22}   vs {p.baseline:<25} {'':<28} {p.n:>5} {p.mean_diff:>+6.3f} "
+                    f"[{p.lo:+.3f}, {p.hi:+.3f}]  {p.verdict}"
+                )
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        return {"rows": [{**{k: v for k, v in r.__dict__.items() if k != "paired"}, "beats": r.beats,
-                          "paired": [{**p.__dict__, "beats": p.beats, "verdict": p.verdict} for p in r.paired]}
-                         for r in self.rows]}
+        return {
+            "rows": [
+                {
+                    **{k: v for k, v in r.__dict__.items() if k != "paired"},
+                    "beats": r.beats,
+                    "paired": [
+                        {**p.__dict__, "beats": p.beats, "verdict": p.verdict} for p in r.paired
+                    ],
+                }
+                for r in self.rows
+            ]
+        }
 
 
 def _rows(hook: str, per: dict, metric: dict, values: dict) -> list[ScoreRow]:
@@ -111,12 +133,22 @@ def _rows(hook: str, per: dict, metric: dict, values: dict) -> list[ScoreRow]:
     import numpy as np
 
     out = []
-    for (m, for_m, s), vals in sorted(per.items(), key=lambda kv: (kv[0][1] or kv[0][0], kv[0][1] is not None,
-                                                                   kv[0][0], kv[0][2])):
+    for (m, for_m, s), vals in sorted(
+        per.items(), key=lambda kv: (kv[0][1] or kv[0][0], kv[0][1] is not None, kv[0][0], kv[0][2])
+    ):
         a = np.asarray(list(vals.values()), dtype=float)
         name = m if for_m is None else f"{m} (for {for_m})"
-        row = ScoreRow(hook, name, s, metric[s], len(a), float(a.mean()), float(np.median(a)),
-                       float(np.quantile(a, 0.25)), float(np.quantile(a, 0.75)))
+        row = ScoreRow(
+            hook,
+            name,
+            s,
+            metric[s],
+            len(a),
+            float(a.mean()),
+            float(np.median(a)),
+            float(np.quantile(a, 0.25)),
+            float(np.quantile(a, 0.75)),
+        )
         values[(hook, name, s)] = a.tolist()
         if for_m is None:
             for bm in BASELINES:
@@ -136,12 +168,18 @@ def score_report(atlas: str | Path) -> ScoreReport:
 
     path = AtlasLayout(atlas).db_path
     if not path.is_file():
-        raise UserError(f"{atlas} has no atlas.db; run `lmscope atlas build {atlas}` then `lmscope explain {atlas}`")
+        raise UserError(
+            f"{atlas} has no atlas.db; run `lmscope atlas build {atlas}` then `lmscope explain "
+            f"{atlas}`"
+        )
     db = AtlasDB(path, readonly=True)
     try:
-        q = db._q("SELECT d.hook, e.idx, e.method, e.details, s.scorer, s.metric, s.value FROM scores s "
-                  "JOIN explanations e ON e.id = s.explanation_id JOIN dictionaries d ON d.id = e.dictionary "
-                  "ORDER BY d.id, e.id")
+        q = db._q(
+            "SELECT d.hook, e.idx, e.method, e.details, s.scorer, s.metric, s.value FROM scores s "
+            "JOIN explanations e ON e.id = s.explanation_id JOIN dictionaries d ON d.id = "
+            "e.dictionary "
+            "ORDER BY d.id, e.id"
+        )
     finally:
         db.close()
     per: dict = {}
@@ -173,14 +211,19 @@ def score_report(atlas: str | Path) -> ScoreReport:
 def plot_report(rep: ScoreReport, path: str | Path) -> Path:
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         raise UserError("the score plot needs matplotlib: pip install 'lmscope[plot]'") from None
     keys = sorted(rep.values)
     scorers = sorted({k[2] for k in keys})
-    fig, axes = plt.subplots(1, max(1, len(scorers)), figsize=(5 * max(1, len(scorers)), 4 + 0.25 * len(keys)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1,
+        max(1, len(scorers)),
+        figsize=(5 * max(1, len(scorers)), 4 + 0.25 * len(keys)),
+        squeeze=False,
+    )
     for ax, s in zip(axes[0], scorers):
         ks = [k for k in keys if k[2] == s]
         try:

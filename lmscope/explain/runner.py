@@ -40,7 +40,8 @@ class ExplainConfig:
     explainer: Literal["stats", "llm"] = "stats"
     """stats: counts + logit effects, no LLM; llm: an OpenAI-compatible chat model (--llm)"""
     scorers: str = "direct,embedding,simulation"
-    """comma-separated: direct, embedding, simulation, detection, fuzzing (the last two need --llm)"""
+    """comma-separated: direct, embedding, simulation, detection, fuzzing (the last two need
+    --llm)"""
     judge_pos: int = 50
     """detection/fuzzing: held-out activating windows judged per feature, spread over activation
     quantiles (delphi: 50); fewer where the atlas's test part has fewer"""
@@ -68,7 +69,8 @@ class ExplainConfig:
     """seed of --sample and of the random baseline"""
     triage: float = 0.0
     """llm explainer: only features whose stats label scores below this on VALIDATION (or fits its
-    shown windows far better than validation), weakest first (triage.py); 0 = every selected feature"""
+    shown windows far better than validation), weakest first (triage.py); 0 = every selected
+    feature"""
     budget: int = 0
     """stop after this many LLM calls (cache hits are free; rerun to continue); 0 = no limit"""
     budget_usd: float = 0.0
@@ -84,8 +86,10 @@ class ExplainConfig:
             raise ValueError(f"unknown scorer {bad[0]!r}; choose from {', '.join(SCORERS)}")
         if self.explainer == "llm" or {"detection", "fuzzing"} & set(self.scorer_list()):
             if not self.llm:
-                raise ValueError("the llm explainer and the detection/fuzzing scorers need --llm "
-                                 "(local:smollm2-135m or openai:http://host:port/v1)")
+                raise ValueError(
+                    "the llm explainer and the detection/fuzzing scorers need --llm "
+                    "(local:smollm2-135m or openai:http://host:port/v1)"
+                )
         if self.llm and not self.llm.startswith(("local:", "openai:")):
             raise ValueError(f"--llm {self.llm!r}: use local:MODEL or openai:http://host:port/v1")
         if self.concurrency < 1 or self.batch < 1:
@@ -135,7 +139,7 @@ def _select(db, cfg: ExplainConfig) -> list[tuple[str, int]]:
     for d in db.dictionaries():
         rows = [(i, dens) for i, dens, mx in db.densities(d.hook) if (mx or 0) > 0]
         if cfg.top_density:
-            rows = sorted(rows, key=lambda r: -r[1])[:cfg.top_density]
+            rows = sorted(rows, key=lambda r: -r[1])[: cfg.top_density]
         if cfg.sample and cfg.sample < len(rows):
             rows = sorted(random.Random(cfg.seed).sample(rows, cfg.sample))
         out += [(d.hook, i) for i, _ in rows]
@@ -157,10 +161,20 @@ class _LLM:
         else:
             url, model = target, cfg.llm_model
             if not model:
-                raise UserError("--llm openai:URL needs --llm-model NAME (the model the server serves)")
-        self.client = LLMClient(url, model, cache_dir=cache_dir, timeout=cfg.timeout, retries=cfg.retries,
-                                price_in=cfg.price_in, price_out=cfg.price_out, max_requests=cfg.budget,
-                                max_cost_usd=cfg.budget_usd)
+                raise UserError(
+                    "--llm openai:URL needs --llm-model NAME (the model the server serves)"
+                )
+        self.client = LLMClient(
+            url,
+            model,
+            cache_dir=cache_dir,
+            timeout=cfg.timeout,
+            retries=cfg.retries,
+            price_in=cfg.price_in,
+            price_out=cfg.price_out,
+            max_requests=cfg.budget,
+            max_cost_usd=cfg.budget_usd,
+        )
 
     def close(self) -> None:
         if self.server is not None:
@@ -171,13 +185,20 @@ class Scoring:
     """Everything the scorers of one run share: the scorer list, the LLM client, the atlas's token
     embeddings and the sentence embedder (for embedding/simulation)."""
 
-    def __init__(self, scorers: list[str], client: LLMClient | None, cfg: ExplainConfig, te=None,
-                 phrase_cache: Path | None = None) -> None:
+    def __init__(
+        self,
+        scorers: list[str],
+        client: LLMClient | None,
+        cfg: ExplainConfig,
+        te=None,
+        phrase_cache: Path | None = None,
+    ) -> None:
         self.scorers, self.client, self.cfg, self.te = scorers, client, cfg, te
         self.emb = None
         self.phrase_cache = phrase_cache
         if set(scorers) & set(EMBEDDED):
             from .scorers.embedding import embedder
+
             self.emb = embedder(cfg.embed_dtype)
             if phrase_cache is not None:
                 self.emb.load_phrases(phrase_cache)
@@ -190,6 +211,7 @@ class Scoring:
         """Embed the phrases of a batch's labels (text, tokens) in a few large forwards."""
         if self.emb is not None:
             from .token_embeddings import label_phrases
+
             self.emb.phrases([ph for t, tk in labels for ph in label_phrases(t, tk)])
 
     def prepared(self, held: Held) -> dict:
@@ -198,36 +220,49 @@ class Scoring:
         out: dict = {}
         if "direct" in self.scorers:
             from .scorers.direct import trials
+
             out["direct"] = trials(held)
         if self.te is not None:
             out["vectors"] = self.te.held(held)
         return out
 
-    def score(self, text: str, tokens: list[str] | None, held: Held, prep: dict | None = None) -> list[ScoreResult]:
-        """Score one label on one held-out part. `tokens`: the label's structured token list (token-based
-        labels, scored by it as is) or None (free text; the direct scorer parses it with a stop list);
+    def score(
+        self, text: str, tokens: list[str] | None, held: Held, prep: dict | None = None
+    ) -> list[ScoreResult]:
+        """Score one label on one held-out part. `tokens`: the label's structured token list
+        (token-based
+        labels, scored by it as is) or None (free text; the direct scorer parses it with a stop
+        list);
         `prep`: self.prepared(held), shared by a feature's label and its baselines."""
         prep = prep if prep is not None else self.prepared(held)
         out = []
         vec = None
         if self.emb is not None and set(self.scorers) & set(EMBEDDED):
             from .scorers.embedding import label_vector
+
             vec = label_vector(text, self.emb, tokens)
         for s in self.scorers:
             if s == "direct":
                 from .scorers.direct import score_direct
+
                 out.append(score_direct(text, held, tokens, prep.get("direct")))
             elif s == "embedding":
                 from .scorers.embedding import score_embedding
+
                 out.append(score_embedding(vec, prep["vectors"]))
             elif s == "simulation":
                 from .scorers.simulation import score_simulation
+
                 out.append(score_simulation(vec, prep["vectors"]))
             elif s == "detection":
                 from .scorers.detection import score_detection
-                out.append(score_detection(self.client, text, held, self.cfg.judge_pos, self.cfg.judge_neg))
+
+                out.append(
+                    score_detection(self.client, text, held, self.cfg.judge_pos, self.cfg.judge_neg)
+                )
             elif s == "fuzzing":
                 from .scorers.fuzzing import score_fuzzing
+
                 out.append(score_fuzzing(self.client, text, held, self.cfg.judge_pos))
         return out
 
@@ -249,13 +284,18 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
     t0 = time.perf_counter()
     layout = AtlasLayout(cfg.atlas)
     if not layout.db_path.is_file():
-        raise UserError(f"{cfg.atlas} has no feature profiles (no atlas.db); run `lmscope atlas build {cfg.atlas}` first")
+        raise UserError(
+            f"{cfg.atlas} has no feature profiles (no atlas.db); run `lmscope atlas build "
+            f"{cfg.atlas}` first"
+        )
     db = AtlasDB(layout.db_path)
     llm = None
     res = ExplainResult()
     try:
         if not db.dictionaries():
-            raise UserError(f"{cfg.atlas} has no feature profiles; run `lmscope atlas build {cfg.atlas}` first")
+            raise UserError(
+                f"{cfg.atlas} has no feature profiles; run `lmscope atlas build {cfg.atlas}` first"
+            )
         method, version = cfg.method
         feats = _select(db, cfg)
         done = db.explained(method, version)
@@ -265,21 +305,33 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
         if cfg.llm:
             llm = _LLM(cfg, layout.root / "llm_cache")
         client = llm.client if llm else None
-        labeller = Labeller.for_atlas(db) if cfg.explainer == "stats" else None  # WordNet + output null
+        labeller = (
+            Labeller.for_atlas(db) if cfg.explainer == "stats" else None
+        )  # WordNet + output null
         split_cfg = split_config(db)
         if cfg.explainer == "llm" and cfg.triage:
             from .triage import triage
 
-            todo = [(t.hook, t.feature) for t in triage(db, todo, cfg.triage, split_cfg, Labeller(coherence=False))]
+            todo = [
+                (t.hook, t.feature)
+                for t in triage(db, todo, cfg.triage, split_cfg, Labeller(coherence=False))
+            ]
             res.triaged = len(todo)
         te = None
         if todo and set(scorers) & set(EMBEDDED):
-            te, res.embedded_tokens, res.embed_seconds = _token_embeddings(db, layout, todo, split_cfg,
-                                                                           cfg.embed_dtype)
+            te, res.embedded_tokens, res.embed_seconds = _token_embeddings(
+                db, layout, todo, split_cfg, cfg.embed_dtype
+            )
         from .scorers.embedding import embedder
+
         name = embedder(cfg.embed_dtype).name if set(scorers) & set(EMBEDDED) else "none"
-        scoring = Scoring(scorers, client, cfg, te, layout.root / "cache" /
-                          f"phrases.{name.replace('/', '_')}.npz")
+        scoring = Scoring(
+            scorers,
+            client,
+            cfg,
+            te,
+            layout.root / "cache" / f"phrases.{name.replace('/', '_')}.npz",
+        )
         bar = tqdm(total=len(todo), desc=f"explain ({method})", disable=not progress, unit="feat")
 
         def label(item):
@@ -303,21 +355,25 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
             return out, err
 
         for b0 in range(0, len(todo), cfg.batch):
-            chunk = todo[b0:b0 + cfg.batch]
+            chunk = todo[b0 : b0 + cfg.batch]
             profiles = []
             for h in dict.fromkeys(h for h, _ in chunk):
                 profiles += db.feature_profiles(h, [i for hh, i in chunk if hh == h])
             items = [(p, split_examples(p, split_cfg)) for p in profiles]
             labels, error = labels_of(items)
             rows = []
-            plans = [_plan(j, sp, labels, cfg) if labels[j] else None for j, (_, sp) in enumerate(items)]
+            plans = [
+                _plan(j, sp, labels, cfg) if labels[j] else None for j, (_, sp) in enumerate(items)
+            ]
             scoring.prepare([(t, tk) for pl in plans if pl for _, t, tk, _ in pl])
 
             def score_one(j, items=items, plans=plans):
                 p, sp = items[j]
                 prep = scoring.prepared(sp.test)
                 # Baselines are scored before anything of this feature is written: no half feature.
-                return [(m, t, tk, d, scoring.score(t, tk, sp.test, prep)) for m, t, tk, d in plans[j]]
+                return [
+                    (m, t, tk, d, scoring.score(t, tk, sp.test, prep)) for m, t, tk, d in plans[j]
+                ]
 
             todo_j = [j for j in range(len(items)) if plans[j]]
             if client is None:
@@ -334,14 +390,27 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
             for j, out in scored.items():
                 p, sp = items[j]
                 (m, text, _, details, scores), *base = out
-                details = {**details, "shown": len(sp.shown), "valid_pos": len(sp.valid.pos),
-                           "valid_neg": len(sp.valid.neg), "test_pos": len(sp.test.pos),
-                           "test_neg": len(sp.test.neg)}
+                details = {
+                    **details,
+                    "shown": len(sp.shown),
+                    "valid_pos": len(sp.valid.pos),
+                    "valid_neg": len(sp.valid.neg),
+                    "test_pos": len(sp.test.pos),
+                    "test_neg": len(sp.test.neg),
+                }
                 # Baselines stay out of the full-text search: a search for "horse" must not find the
                 # random label another feature lent to this one.
                 expl = [(method, version, text, details, _score_rows(scores), True)] + [
-                    (bm, baselines.VERSION, bt, {"for": method, "for_version": version, "tokens": btk},
-                     _score_rows(bs), False) for bm, bt, btk, _, bs in base]
+                    (
+                        bm,
+                        baselines.VERSION,
+                        bt,
+                        {"for": method, "for_version": version, "tokens": btk},
+                        _score_rows(bs),
+                        False,
+                    )
+                    for bm, bt, btk, _, bs in base
+                ]
                 rows.append(BulkExplanations(p.hook, p.feature, expl, text, p.label))
             db.add_explanations(rows)
             scoring.save()
@@ -349,8 +418,11 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
             bar.update(len(rows))
             if error is not None:
                 bar.close()
-                raise UserError(f"{error}; {res.explained} features were saved, rerun the same command to resume "
-                                f"({len(todo) - res.explained} left)")
+                raise UserError(
+                    f"{error}; {res.explained} features were saved, rerun the same command to "
+                    "resume "
+                    f"({len(todo) - res.explained} left)"
+                )
         bar.close()
     finally:
         if llm is not None:
@@ -366,7 +438,8 @@ def _score_rows(scores: list[ScoreResult]) -> list[tuple]:
 
 
 def _plan(j: int, sp, labels: list, cfg: ExplainConfig) -> list[tuple]:
-    """(method-or-baseline, text, structured tokens or None, details) of everything scored for feature j:
+    """(method-or-baseline, text, structured tokens or None, details) of everything scored for
+    feature j:
     its label first, then the random label of another feature by the same method, then the
     equal-budget top-token label."""
     text, details = labels[j]

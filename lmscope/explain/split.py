@@ -121,8 +121,12 @@ def split_examples(p: FeatureProfile, cfg: SplitConfig = SplitConfig()) -> Split
     groups = _groups(windows, cfg.ctx_len)
     # A group's rank is its best peak activation (negative-only groups rank last, dealt separately).
     best = [max((windows[i].score for i in g if i < len(pos)), default=0.0) for g in groups]
-    act_groups = [g for g, b in sorted(zip(groups, best), key=lambda gb: -gb[1]) if _has_pos(g, len(pos))]
-    parts = _deal([sum(i < len(pos) for i in g) for g in act_groups], [cfg.shown, cfg.valid, cfg.test])
+    act_groups = [
+        g for g, b in sorted(zip(groups, best), key=lambda gb: -gb[1]) if _has_pos(g, len(pos))
+    ]
+    parts = _deal(
+        [sum(i < len(pos) for i in g) for g in act_groups], [cfg.shown, cfg.valid, cfg.test]
+    )
     out = Split(shown=[], valid=Held(), test=Held())
     for g, j in zip(act_groups, parts):
         for i in sorted(g):
@@ -160,8 +164,10 @@ def overlap_tokens(split: Split) -> tuple[int, int]:
 
 @functools.lru_cache(maxsize=1 << 18)
 def token_key(tok: str) -> str:
-    """Compare tokens by their visible word: strip BPE space markers and case. Memoized: the labeller
-    and scorers call it ~9M times on the default atlas, over a vocabulary of a few thousand tokens."""
+    """Compare tokens by their visible word: strip BPE space markers and case. Memoized: the
+    labeller
+    and scorers call it ~9M times on the default atlas, over a vocabulary of a few thousand
+    tokens."""
     return tok.replace("Ġ", " ").replace("▁", " ").strip().lower()
 
 

@@ -61,22 +61,35 @@ class StatsExplanation:
     """coherence of the promoted tokens (coherence.CoherenceResult.as_dict) or None"""
 
     def details(self) -> dict:
-        return {"tokens": self.tokens, "context": self.context, "says": self.says,
-                "concept": self.concept.as_dict() if self.concept else None,
-                "class": self.feature_class, "valid_choice": self.choice, "proposed": self.proposed,
-                "output": self.output,
-                "shown_precision": round(self.precision, 4), "shown_recall": round(self.recall, 4)}
+        return {
+            "tokens": self.tokens,
+            "context": self.context,
+            "says": self.says,
+            "concept": self.concept.as_dict() if self.concept else None,
+            "class": self.feature_class,
+            "valid_choice": self.choice,
+            "proposed": self.proposed,
+            "output": self.output,
+            "shown_precision": round(self.precision, 4),
+            "shown_recall": round(self.recall, 4),
+        }
 
 
 class Labeller:
-    """Shared resources of one labelling run: WordNet (cached lookups) and the output-coherence null.
+    """Shared resources of one labelling run: WordNet (cached lookups) and the output-coherence
+    null.
 
     `pool`: the atlas's output vocabulary for the coherence null (`for_atlas` reads it); None = the
     output side is judged against MiniLM's own whole-word vocabulary (a stand-in when no atlas is at
     hand, e.g. a single profile in a script)."""
 
-    def __init__(self, pool: list[str] | None = None, wordnet=True, coherence=True,
-                 embed_concepts: bool | None = None) -> None:
+    def __init__(
+        self,
+        pool: list[str] | None = None,
+        wordnet=True,
+        coherence=True,
+        embed_concepts: bool | None = None,
+    ) -> None:
         self.wn = concepts.default_wordnet() if wordnet else None
         self._pool = pool
         self._coh = None
@@ -95,12 +108,14 @@ class Labeller:
         return lab
 
     def is_word(self, k: str) -> bool:
-        """A word a reader knows: in WordNet, or one whole piece of MiniLM's English vocabulary, or a
+        """A word a reader knows: in WordNet, or one whole piece of MiniLM's English vocabulary, or
+        a
         number / punctuation. Word-start BPE pieces of longer words ("accred", "incarc") are not."""
         if not k[0].isalpha():
             return True
         if len(k) < 2 or k in concepts._FUNCTION:
-            return False  # "and", "under", "s" cluster in any embedding space and tell a reader nothing
+            # "and", "under", "s" cluster in any embedding space and tell a reader nothing
+            return False
         if self.wn is not None and (k in self.wn.index("n") or k in self.wn.index("v")):
             return True
         coh = self.coherence()
@@ -116,6 +131,7 @@ class Labeller:
                     emb = coh.embed
                 else:
                     from .coherence import StaticEmbedder
+
                     emb = StaticEmbedder()
             self._cur = concepts.Curated(self.wn, emb)
         return self._cur
@@ -131,7 +147,11 @@ class Labeller:
             # the null draws from the same kind of tokens the test admits: words a reader knows
             wn_n = self.wn.index("n") if self.wn else {}
             wn_v = self.wn.index("v") if self.wn else {}
-            pool = [w for w in pool if w and (not w[0].isalpha() or w in emb.vocab or w in wn_n or w in wn_v)]
+            pool = [
+                w
+                for w in pool
+                if w and (not w[0].isalpha() or w in emb.vocab or w in wn_n or w in wn_v)
+            ]
             self._coh = Coherence(pool, emb)
         return self._coh
 
@@ -190,7 +210,10 @@ def _greedy_balanced(fires: Counter, seen: Counter, n_fire: int, n_tok: int) -> 
     n_neg = n_tok - n_fire
     if not n_fire or not n_neg:
         return []
-    gains = sorted(((fires[k] / n_fire - (seen[k] - fires[k]) / n_neg, k) for k in fires if k), key=lambda g: (-g[0], g[1]))
+    gains = sorted(
+        ((fires[k] / n_fire - (seen[k] - fires[k]) / n_neg, k) for k in fires if k),
+        key=lambda g: (-g[0], g[1]),
+    )
     return [k for g, k in gains[:MAX_TOKENS] if g > 0]
 
 
@@ -200,9 +223,11 @@ def token_candidates(split: Split, counts: tuple | None = None) -> dict[str, lis
     from .baselines import top_tokens
 
     fires, seen, n_fire, n_tok = counts or _counts(split)
-    return {"precision": _greedy_precision(fires, seen, n_fire),
-            "balanced": _greedy_balanced(fires, seen, n_fire, n_tok),
-            "peak": top_tokens(split, MAX_TOKENS)}
+    return {
+        "precision": _greedy_precision(fires, seen, n_fire),
+        "balanced": _greedy_balanced(fires, seen, n_fire, n_tok),
+        "peak": top_tokens(split, MAX_TOKENS),
+    }
 
 
 def _shown_fit(counts: tuple, chosen: list[str]) -> tuple[float, float]:
@@ -216,7 +241,9 @@ def _show(t: str) -> str:
     return t if t.replace("'", "").replace("-", "").isalnum() else f'"{t}"'
 
 
-def compose(tokens: list[str], concept, context: str | None, says: list[str], output_known: bool) -> str:
+def compose(
+    tokens: list[str], concept, context: str | None, says: list[str], output_known: bool
+) -> str:
     parts = []
     if tokens:
         lst = ", ".join(_show(t) for t in tokens)
@@ -232,7 +259,9 @@ def compose(tokens: list[str], concept, context: str | None, says: list[str], ou
     return " | ".join(parts) if parts else "(no pattern)"
 
 
-def explain_stats(p: FeatureProfile, split: Split, labeller: Labeller | None = None) -> StatsExplanation:
+def explain_stats(
+    p: FeatureProfile, split: Split, labeller: Labeller | None = None
+) -> StatsExplanation:
     lab = labeller or default_labeller()
     valid = split.valid.pos + split.valid.neg
     trials = concepts.Trials(valid)
@@ -240,26 +269,58 @@ def explain_stats(p: FeatureProfile, split: Split, labeller: Labeller | None = N
     cands = token_candidates(split, counts)
     rule_scores = {r: trials.score(set(t)) for r, t in cands.items()}
     # ties and no validation windows: the first rule (precision-weighted, the most specific list)
-    rule = max(cands, key=lambda r: (rule_scores[r] if rule_scores[r] is not None else -1.0, -list(cands).index(r)))
+    rule = max(
+        cands,
+        key=lambda r: (
+            rule_scores[r] if rule_scores[r] is not None else -1.0,
+            -list(cands).index(r),
+        ),
+    )
     chosen = cands[rule]
     precision, recall = _shown_fit(counts, chosen)
     proposed = concepts.propose_concepts(counts[0], counts[1], chosen, lab.wn, lab.curated())
     context = concepts.propose_context(split.shown, chosen)
     ch = concepts.choose(valid, chosen, proposed, context, lab.wn, trials)
-    promoted = list(dict.fromkeys(k for k in (token_key(x.token) for x in p.promoted[:concepts_n()]
-                                              if readable(x.token, lab.marks)) if k and lab.is_word(k)))
+    promoted = list(
+        dict.fromkeys(
+            k
+            for k in (
+                token_key(x.token)
+                for x in p.promoted[: concepts_n()]
+                if readable(x.token, lab.marks)
+            )
+            if k and lab.is_word(k)
+        )
+    )
     coh = lab.coherence()
     res = coh(promoted) if coh is not None and promoted else None
-    says = promoted[:N_SAYS] if (res is None and coh is None) or (res is not None and res.coherent) else []
+    says = (
+        promoted[:N_SAYS]
+        if (res is None and coh is None) or (res is not None and res.coherent)
+        else []
+    )
     label = compose(chosen, ch.concept, ch.context, says, output_known=bool(p.promoted))
     return StatsExplanation(
-        label, chosen, ch.context, says, precision, recall, ch.concept,
+        label,
+        chosen,
+        ch.context,
+        says,
+        precision,
+        recall,
+        ch.concept,
         concepts.feature_class(chosen, context, recall),
-        {**ch.valid, "token_rule": rule, "token_rules": {r: None if v is None else round(v, 4)
-                                                         for r, v in rule_scores.items()}},
-        {"concept": proposed[0].name if proposed else None, "concepts": [c.name for c in proposed],
-         "context": context},
-        res.as_dict() if res is not None else None)
+        {
+            **ch.valid,
+            "token_rule": rule,
+            "token_rules": {r: None if v is None else round(v, 4) for r, v in rule_scores.items()},
+        },
+        {
+            "concept": proposed[0].name if proposed else None,
+            "concepts": [c.name for c in proposed],
+            "context": context,
+        },
+        res.as_dict() if res is not None else None,
+    )
 
 
 def concepts_n() -> int:

@@ -9,10 +9,12 @@ So the text is embedded ONCE:
    x ctx_len + position), its token string; runs of consecutive ids inside one context are cut into
    segments of at most `MAX_SEG` tokens (the text around each token, as the profiling pass saw it);
 2. each segment runs through the sentence embedder (all-MiniLM-L6-v2, batched); each token's vector
-   is the mean of the last hidden states of its word pieces (character offsets map word pieces to the
+   is the mean of the last hidden states of its word pieces (character offsets map word pieces to
+   the
    model's tokens), and its word-piece count is kept;
 3. a window's embedding is then the word-piece-weighted mean of its tokens' vectors, i.e. the
-   sentence-transformers mean pool over the window's word pieces, read in context; one token's vector
+   sentence-transformers mean pool over the window's word pieces, read in context; one token's
+   vector
    is that token in its context (the simulation scorer's input).
 
 The result is cached under ATLAS/cache/, keyed by the atlas build, the dictionaries, the embedder
@@ -87,7 +89,9 @@ class TokenEmbeddings:
         for e in held.pos + held.neg:
             if (s := span(e)) is not None:
                 gids.append(np.arange(*s))
-                acts.append(np.asarray(e.acts if e.acts else [0.0] * len(e.tokens), dtype=np.float64))
+                acts.append(
+                    np.asarray(e.acts if e.acts else [0.0] * len(e.tokens), dtype=np.float64)
+                )
         if gids:
             g, a = np.concatenate(gids), np.concatenate(acts)
             order = np.lexsort((-a, g))  # by id, highest activation first
@@ -131,7 +135,9 @@ def corpus_tokens(db, hooks: list[str]) -> tuple[dict[int, str], dict[str, np.nd
     stored window's span), over every stored window of these dictionaries."""
     text: dict[int, str] = {}
     spans: dict[str, np.ndarray] = {}
-    known: dict[int, tuple[int, int]] = {}  # peak id -> span: one window per peak, whatever the feature
+    known: dict[
+        int, tuple[int, int]
+    ] = {}  # peak id -> span: one window per peak, whatever the feature
     for h in hooks:
         rows = []
         for idx, tid, pos, toks in db.example_windows(h):
@@ -148,7 +154,9 @@ def corpus_tokens(db, hooks: list[str]) -> tuple[dict[int, str], dict[str, np.nd
     return text, spans
 
 
-def segments(gids: np.ndarray, ctx_len: int | None, max_seg: int = MAX_SEG) -> list[tuple[int, int]]:
+def segments(
+    gids: np.ndarray, ctx_len: int | None, max_seg: int = MAX_SEG
+) -> list[tuple[int, int]]:
     """[start, end) runs of consecutive ids, cut at context ends and every max_seg tokens."""
     if not len(gids):
         return []
@@ -165,20 +173,33 @@ def segments(gids: np.ndarray, ctx_len: int | None, max_seg: int = MAX_SEG) -> l
 class ContextEmbedder:
     """Builds, caches and serves `TokenEmbeddings` for one atlas and one sentence embedder."""
 
-    def __init__(self, db, hooks: list[str], ctx_len: int | None, cache_dir: Path, embedder) -> None:
+    def __init__(
+        self, db, hooks: list[str], ctx_len: int | None, cache_dir: Path, embedder
+    ) -> None:
         self.emb = embedder
         self.text, self.spans = corpus_tokens(db, hooks)
         gids = np.fromiter(sorted(self.text), dtype=np.int64, count=len(self.text))
         self.segs = segments(gids, ctx_len)
         self.seg_starts = np.asarray([s for s, _ in self.segs], dtype=np.int64)
-        build = (db.meta().get("build") or {})
-        key = json.dumps({"schema": SCHEMA, "max_seg": MAX_SEG, "build": build.get("identity"),
-                          "completed": build.get("completed"), "hooks": sorted(hooks),
-                          "embedder": embedder.name}, sort_keys=True)
-        self.path = cache_dir / f"token_embeddings.{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
+        build = db.meta().get("build") or {}
+        key = json.dumps(
+            {
+                "schema": SCHEMA,
+                "max_seg": MAX_SEG,
+                "build": build.get("identity"),
+                "completed": build.get("completed"),
+                "hooks": sorted(hooks),
+                "embedder": embedder.name,
+            },
+            sort_keys=True,
+        )
+        self.path = (
+            cache_dir / f"token_embeddings.{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
+        )
         self.done: set[int] = set()
-        self.te = TokenEmbeddings(np.zeros(0, np.int64), np.zeros((0, embedder.dim), np.float16),
-                                  np.zeros(0, np.int16))
+        self.te = TokenEmbeddings(
+            np.zeros(0, np.int64), np.zeros((0, embedder.dim), np.float16), np.zeros(0, np.int16)
+        )
         if self.path.is_file():
             z = np.load(self.path)
             self.te = TokenEmbeddings(z["ids"], z["vecs"], z["counts"])
@@ -218,7 +239,7 @@ class ContextEmbedder:
         todo = [todo[i] for i in np.argsort(n_pieces, kind="stable")]
         ids, vecs, counts = [self.te.ids], [self.te.vecs], [self.te.counts]
         for i in range(0, len(todo), BATCH):
-            part = todo[i:i + BATCH]
+            part = todo[i : i + BATCH]
             v, c = self.emb.embed_tokens([toks_of[sg] for sg in part])
             for (a, b), vv, cc in zip(part, v, c):
                 ids.append(np.arange(a, b, dtype=np.int64))
@@ -227,12 +248,19 @@ class ContextEmbedder:
             self.embedded_tokens += sum(b - a for a, b in part)
         ids_a = np.concatenate(ids)
         order = np.argsort(ids_a, kind="stable")
-        self.te = TokenEmbeddings(ids_a[order], np.concatenate(vecs)[order], np.concatenate(counts)[order])
+        self.te = TokenEmbeddings(
+            ids_a[order], np.concatenate(vecs)[order], np.concatenate(counts)[order]
+        )
         self.done |= {s for s, _ in todo}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(f".tmp{os.getpid()}.npz")
-        np.savez(tmp, ids=self.te.ids, vecs=self.te.vecs, counts=self.te.counts,
-                 segs=np.asarray(sorted(self.done), dtype=np.int64))
+        np.savez(
+            tmp,
+            ids=self.te.ids,
+            vecs=self.te.vecs,
+            counts=self.te.counts,
+            segs=np.asarray(sorted(self.done), dtype=np.int64),
+        )
         os.replace(tmp, self.path)
         return self.te
 

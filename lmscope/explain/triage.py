@@ -41,7 +41,9 @@ def stats_reading(p, split, labeller=None) -> tuple[float | None, float | None]:
     return v, shown
 
 
-def triage(db, feats: list[tuple[str, int]], threshold: float, split_cfg=None, labeller=None) -> list[TriageItem]:
+def triage(
+    db, feats: list[tuple[str, int]], threshold: float, split_cfg=None, labeller=None
+) -> list[TriageItem]:
     """The features of `feats` to send to the LLM, weakest offline label first."""
     from .split import SplitConfig, split_examples
 

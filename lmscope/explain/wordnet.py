@@ -4,7 +4,8 @@ Only what concept naming needs (concepts.py): the senses of a word (index.{noun,
 by WordNet's morphy rules and the *.exc exception lists), a synset's lemmas and hypernyms
 (data.{noun,verb}, read by seeking to the synset's byte offset, as the offsets in the files are),
 its ancestors with their depth, the multi-word lemmas a word is part of ("good_old_days"), and a
-synset's intrinsic information content (how specific it is, from the size of the hierarchy below it).
+synset's intrinsic information content (how specific it is, from the size of the hierarchy below
+it).
 No download, no nltk: the files the corpus builder already reads (capture/corpus.py). Every lookup
 is cached, so a run over thousands of features reads each synset once.
 """
@@ -17,11 +18,30 @@ from pathlib import Path
 from ..capture.corpus import WORDNET_DIR
 
 POS = {"n": "noun", "v": "verb"}
-# WordNet's morphy detachment rules (wndb(5WN) / morph.c): suffix -> replacement, per part of speech.
-_RULES = {"n": [("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"), ("men", "man"),
-                ("ies", "y"), ("s", "")],
-          "v": [("ies", "y"), ("es", "e"), ("es", ""), ("ed", "e"), ("ed", ""), ("ing", "e"), ("ing", ""),
-                ("s", "")]}
+# WordNet's morphy detachment rules (wndb(5WN) / morph.c): suffix -> replacement, per part of
+# speech.
+_RULES = {
+    "n": [
+        ("ses", "s"),
+        ("xes", "x"),
+        ("zes", "z"),
+        ("ches", "ch"),
+        ("shes", "sh"),
+        ("men", "man"),
+        ("ies", "y"),
+        ("s", ""),
+    ],
+    "v": [
+        ("ies", "y"),
+        ("es", "e"),
+        ("es", ""),
+        ("ed", "e"),
+        ("ed", ""),
+        ("ing", "e"),
+        ("ing", ""),
+        ("s", ""),
+    ],
+}
 
 
 class WordNet:
@@ -38,7 +58,9 @@ class WordNet:
 
     @classmethod
     def available(cls, root: str | Path = WORDNET_DIR) -> bool:
-        return all((Path(root) / f"{k}.{p}").is_file() for p in POS.values() for k in ("index", "data"))
+        return all(
+            (Path(root) / f"{k}.{p}").is_file() for p in POS.values() for k in ("index", "data")
+        )
 
     def index(self, pos: str) -> dict[str, list[int]]:
         if pos not in self._index:
@@ -49,7 +71,9 @@ class WordNet:
                         continue  # license header
                     f = line.split()
                     n_syn, n_ptr = int(f[2]), int(f[3])
-                    out[f[0]] = [int(x) for x in f[6 + n_ptr:6 + n_ptr + n_syn]]  # most frequent sense first
+                    out[f[0]] = [
+                        int(x) for x in f[6 + n_ptr : 6 + n_ptr + n_syn]
+                    ]  # most frequent sense first
             self._index[pos] = out
         return self._index[pos]
 
@@ -92,7 +116,8 @@ class WordNet:
         """(lemmas, hypernym offsets) of one synset; instance hypernyms (@i) count as hypernyms."""
         fh = self._fh.get(pos)
         if fh is None:
-            fh = self._fh[pos] = open(self.root / f"data.{POS[pos]}", "rb")  # noqa: SIM115 (kept open, cached)
+            # noqa: SIM115 (kept open, cached)
+            fh = self._fh[pos] = open(self.root / f"data.{POS[pos]}", "rb")
         fh.seek(offset)
         f = fh.readline().decode("utf-8", errors="replace").split("|")[0].split()
         n_w = int(f[3], 16)
@@ -140,8 +165,11 @@ class WordNet:
                     n_w = int(f[3], 16)
                     j = 4 + 2 * n_w
                     n_p = int(f[j])
-                    parents[int(f[0])] = tuple(int(f[j + 2 + 4 * i]) for i in range(n_p)
-                                               if f[j + 1 + 4 * i] in (b"@", b"@i") and f[j + 3 + 4 * i] == pos.encode())
+                    parents[int(f[0])] = tuple(
+                        int(f[j + 2 + 4 * i])
+                        for i in range(n_p)
+                        if f[j + 1 + 4 * i] in (b"@", b"@i") and f[j + 3 + 4 * i] == pos.encode()
+                    )
             anc: dict[int, frozenset[int]] = {}
 
             def up(o: int) -> frozenset[int]:  # every synset above o (WordNet is < 20 levels deep)
@@ -162,7 +190,8 @@ class WordNet:
         return self._below[pos]
 
     def ic(self, pos: str, offset: int) -> float:
-        """Intrinsic information content (Seco, Veale & Hayes 2004): 1 - log(hyponyms + 1) / log(synsets),
+        """Intrinsic information content (Seco, Veale & Hayes 2004): 1 - log(hyponyms + 1) /
+        log(synsets),
         1 for a leaf, 0 for the root of the whole hierarchy ("entity"); no corpus counts needed."""
         import math
 
@@ -188,7 +217,8 @@ _WN: WordNet | None = None
 
 
 def wordnet() -> WordNet | None:
-    """The shared reader, or None where wordnet-base is not installed (labels then name no concept)."""
+    """The shared reader, or None where wordnet-base is not installed (labels then name no
+    concept)."""
     global _WN
     if _WN is None and WordNet.available():
         _WN = WordNet()

@@ -96,8 +96,14 @@ def _find_child(block: nn.Module, words: tuple[str, ...]) -> tuple[str, nn.Modul
 class HookPoints:
     """The hook points of one model: names -> HookPoint, plus the modules behind them."""
 
-    def __init__(self, model: nn.Module, layers: nn.ModuleList, parts: list[BlockParts],
-                 final_norm: nn.Module | None, d_model: int) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: nn.ModuleList,
+        parts: list[BlockParts],
+        final_norm: nn.Module | None,
+        d_model: int,
+    ) -> None:
         self.model = model
         self.layers = layers
         self.parts = parts
@@ -124,8 +130,10 @@ class HookPoints:
                 base = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
                 break
         if layers is None:
-            raise UserError(f"cannot find the decoder blocks of {type(model).__name__}: "
-                            "no ModuleList of num_hidden_layers modules")
+            raise UserError(
+                f"cannot find the decoder blocks of {type(model).__name__}: "
+                "no ModuleList of num_hidden_layers modules"
+            )
         norms = [m for _, m in base.named_children() if _is_norm(m)]
         final_norm = norms[-1] if norms else None
         d_model = model.get_input_embeddings().weight.shape[1]
@@ -134,8 +142,10 @@ class HookPoints:
             attn = _find_child(block, ("self_attn", "attention", "attn"))
             mlp = _find_child(block, ("mlp", "feed_forward", "ffn"))
             if attn is None or mlp is None:
-                raise UserError(f"cannot find attention/MLP inside {type(block).__name__}; "
-                                "this model family is not supported yet")
+                raise UserError(
+                    f"cannot find attention/MLP inside {type(block).__name__}; "
+                    "this model family is not supported yet"
+                )
             parts.append(BlockParts(block, attn[1], attn[1], mlp[1], mlp[1]))
         hp = cls(model, layers, parts, final_norm, d_model)
         hp._calibrate()
@@ -177,8 +187,10 @@ class HookPoints:
 
         for L, p in enumerate(self.parts):
             if id(p.attn) not in seen or id(p.mlp) not in seen or id(p.block) not in seen:
-                raise UserError(f"block {L}: attention or MLP did not run in a forward pass; "
-                                "this model family is not supported yet")
+                raise UserError(
+                    f"block {L}: attention or MLP did not run in a forward pass; "
+                    "this model family is not supported yet"
+                )
             p.attn_out = follower(p, p.attn)
             p.mlp_out = follower(p, p.mlp)
             pre, post = seen[id(p.block)]
@@ -186,8 +198,10 @@ class HookPoints:
             err = (pre + a + m - post).abs().max().item()
             scale = post.abs().max().item() + 1e-6
             if err > 1e-3 * scale + 1e-4:
-                raise UserError(f"block {L} of {type(p.block).__name__} is not resid_pre + attn_out + "
-                                f"mlp_out (max error {err:.3g}); this layout is not supported yet")
+                raise UserError(
+                    f"block {L} of {type(p.block).__name__} is not resid_pre + attn_out + "
+                    f"mlp_out (max error {err:.3g}); this layout is not supported yet"
+                )
 
     # --- names ----------------------------------------------------------------
     def __contains__(self, name: str) -> bool:
@@ -197,8 +211,10 @@ class HookPoints:
         try:
             return self.points[name]
         except KeyError:
-            raise UserError(f"unknown hook point {name!r}{close_matches(name, self.points)}; "
-                            "list them with `lmscope hooks --model M`") from None
+            raise UserError(
+                f"unknown hook point {name!r}{close_matches(name, self.points)}; "
+                "list them with `lmscope hooks --model M`"
+            ) from None
 
     def names(self) -> list[str]:
         return list(self.points)
@@ -217,8 +233,10 @@ class HookPoints:
             if any(c in item for c in "*?["):
                 hits = [n for n in self.points if fnmatch.fnmatchcase(n, item)]
                 if not hits:
-                    raise UserError(f"hook pattern {item!r} matches no hook point"
-                                    f"{close_matches(item, self.points)}")
+                    raise UserError(
+                        f"hook pattern {item!r} matches no hook point"
+                        f"{close_matches(item, self.points)}"
+                    )
                 out += hits
             else:
                 self[item]  # raises with close matches
@@ -241,7 +259,15 @@ class HookPoints:
         if hp.kind == "ln_final":
             return mods[id(self.final_norm)]
         p = self.parts[hp.layer]
-        mod = {"resid_pre": p.block, "resid_post": p.block, "resid_mid": p.attn_out,
-               "attn_out": p.attn_out, "mlp_in": p.mlp, "mlp_out": p.mlp_out}[hp.kind]
-        suffix = {"resid_pre": ":input", "mlp_in": ":input", "resid_mid": ":output+resid_pre"}.get(hp.kind, "")
+        mod = {
+            "resid_pre": p.block,
+            "resid_post": p.block,
+            "resid_mid": p.attn_out,
+            "attn_out": p.attn_out,
+            "mlp_in": p.mlp,
+            "mlp_out": p.mlp_out,
+        }[hp.kind]
+        suffix = {"resid_pre": ":input", "mlp_in": ":input", "resid_mid": ":output+resid_pre"}.get(
+            hp.kind, ""
+        )
         return mods[id(mod)] + suffix

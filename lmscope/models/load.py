@@ -46,7 +46,9 @@ def resolve(name: str) -> ModelSource:
         return ModelSource(name=str(p.resolve()), kind="gguf", path=str(p.resolve()))
     if p.is_dir():
         if not (p / "config.json").is_file():
-            raise UserError(f"{name} is a folder but has no config.json; point at a Hugging Face model folder")
+            raise UserError(
+                f"{name} is a folder but has no config.json; point at a Hugging Face model folder"
+            )
         return ModelSource(name=str(p.resolve()), kind="folder", path=str(p.resolve()))
     if name.count("/") == 1 and not name.startswith((".", "/")):
         return ModelSource(name=name, kind="hub", path=name)
@@ -144,16 +146,24 @@ class LanguageModel:
 
     def fingerprint(self) -> dict:
         """What artifacts record to refuse mixing models later."""
-        return {"model": self.name, "n_layers": self.n_layers, "d_model": self.d_model,
-                "vocab": int(self.model.get_output_embeddings().weight.shape[0])}
+        return {
+            "model": self.name,
+            "n_layers": self.n_layers,
+            "d_model": self.d_model,
+            "vocab": int(self.model.get_output_embeddings().weight.shape[0]),
+        }
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
-    """A cheap connectivity check, so an offline machine fails in milliseconds, not after retries."""
+    """A cheap connectivity check, so an offline machine fails in milliseconds, not after
+    retries."""
     import socket
     from urllib.parse import urlparse
 
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    host = (
+        urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+        or "huggingface.co"
+    )
     try:
         socket.create_connection((host, 443), timeout=timeout).close()
         return True
@@ -172,7 +182,9 @@ def _quiet_hf():
 
 def _gguf_cache_folder(src: ModelSource) -> Path:
     st = os.stat(src.path)
-    key = hashlib.sha256(f"{src.path}|{st.st_size}|{st.st_mtime_ns}|{CACHE_FORMAT}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        f"{src.path}|{st.st_size}|{st.st_mtime_ns}|{CACHE_FORMAT}".encode()
+    ).hexdigest()[:16]
     return cache_dir() / "models" / f"{Path(src.path).stem}-{key}"
 
 
@@ -183,7 +195,10 @@ def _convert_gguf(src: ModelSource, dest: Path) -> None:
     folder, fname = os.path.dirname(src.path), os.path.basename(src.path)
     import sys
 
-    print(f"lmscope: converting {fname} to safetensors once (cached in {dest.parent})", file=sys.stderr)
+    print(
+        f"lmscope: converting {fname} to safetensors once (cached in {dest.parent})",
+        file=sys.stderr,
+    )
     try:
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
@@ -200,7 +215,9 @@ def _convert_gguf(src: ModelSource, dest: Path) -> None:
     try:
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        (tmp / "lmscope_source.json").write_text(json.dumps({"gguf": src.path, "format": CACHE_FORMAT}))
+        (tmp / "lmscope_source.json").write_text(
+            json.dumps({"gguf": src.path, "format": CACHE_FORMAT})
+        )
         os.replace(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -227,15 +244,21 @@ def cpu_half_is_slow(dtype: torch.dtype, device: str | torch.device = "cpu") -> 
 _WARNED_HALF: set[str] = set()
 
 
-def warn_if_slow_half(dtype: torch.dtype, device: str | torch.device = "cpu", what: str = "--model-dtype") -> None:
+def warn_if_slow_half(
+    dtype: torch.dtype, device: str | torch.device = "cpu", what: str = "--model-dtype"
+) -> None:
     """One stderr line (once per process and flag) when a half dtype will be slow on this CPU."""
     if what in _WARNED_HALF or not cpu_half_is_slow(dtype, device):
         return
     _WARNED_HALF.add(what)
     name = str(dtype).removeprefix("torch.")
     cap = torch.backends.cpu.get_cpu_capability()
-    print(f"lmscope: warning: this CPU ({cap}) has no native {name}; {what} {name} runs several times "
-          f"slower than float32 here (use {what} float32)", file=sys.stderr)
+    print(
+        f"lmscope: warning: this CPU ({cap}) has no native {name}; {what} {name} runs several "
+        "times "
+        f"slower than float32 here (use {what} float32)",
+        file=sys.stderr,
+    )
 
 
 def load_model(
@@ -270,8 +293,10 @@ def load_model(
             if src.kind != "hub" or os.environ.get("HF_HUB_OFFLINE") == "1":
                 raise
             if not _hub_reachable():
-                raise UserError(f"model {name!r} is not in the local Hugging Face cache and the hub is "
-                                "unreachable; download it on a connected machine or pass a local folder") from None
+                raise UserError(
+                    f"model {name!r} is not in the local Hugging Face cache and the hub is "
+                    "unreachable; download it on a connected machine or pass a local folder"
+                ) from None
             tok = AutoTokenizer.from_pretrained(path)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
     except OSError as e:
@@ -285,7 +310,13 @@ def load_model(
     return LanguageModel(model=model, tokenizer=tok, name=src.name, source=src)
 
 
-def from_pretrained_model(model: torch.nn.Module, tokenizer=None, name: str = "custom") -> LanguageModel:
+def from_pretrained_model(
+    model: torch.nn.Module, tokenizer=None, name: str = "custom"
+) -> LanguageModel:
     """Wrap an already-built HF causal LM (e.g. a tiny random one in tests)."""
-    return LanguageModel(model=model, tokenizer=tokenizer, name=name,
-                         source=ModelSource(name=name, kind="object", path=name))
+    return LanguageModel(
+        model=model,
+        tokenizer=tokenizer,
+        name=name,
+        source=ModelSource(name=name, kind="object", path=name),
+    )

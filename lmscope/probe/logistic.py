@@ -12,8 +12,9 @@ import torch
 from .probes import Probe
 
 
-def fit_logistic(hook: str, x: torch.Tensor, y: torch.Tensor, *, l2: float = 1e-2,
-                 max_iter: int = 200) -> Probe:
+def fit_logistic(
+    hook: str, x: torch.Tensor, y: torch.Tensor, *, l2: float = 1e-2, max_iter: int = 200
+) -> Probe:
     """x: [n, d_model], y: [n] in {0, 1}."""
     x = x.double()
     mean = x.mean(0)
@@ -27,11 +28,20 @@ def fit_logistic(hook: str, x: torch.Tensor, y: torch.Tensor, *, l2: float = 1e-
     def closure():
         opt.zero_grad()
         logit = z @ w[:-1] + w[-1]
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, yy) + l2 * w[:-1].pow(2).sum()
+        loss = (
+            torch.nn.functional.binary_cross_entropy_with_logits(logit, yy)
+            + l2 * w[:-1].pow(2).sum()
+        )
         loss.backward()
         return loss
 
     opt.step(closure)
     w = w.detach()
-    return Probe(kind="logistic", hook=hook, direction=(w[:-1] / rms).float(), bias=float(w[-1]),
-                 mean=mean.float(), info={"l2": l2})
+    return Probe(
+        kind="logistic",
+        hook=hook,
+        direction=(w[:-1] / rms).float(),
+        bias=float(w[-1]),
+        mean=mean.float(),
+        info={"l2": l2},
+    )

@@ -14,8 +14,9 @@ import torch
 from .probes import Probe, from_direction
 
 
-def fit_massmean(hook: str, x: torch.Tensor, y: torch.Tensor, *, iid: bool = False,
-                 ridge: float = 1e-2) -> Probe:
+def fit_massmean(
+    hook: str, x: torch.Tensor, y: torch.Tensor, *, iid: bool = False, ridge: float = 1e-2
+) -> Probe:
     """x: [n, d_model], y: [n] in {0, 1}."""
     x = x.double()
     mean = x.mean(0)
@@ -26,5 +27,6 @@ def fit_massmean(hook: str, x: torch.Tensor, y: torch.Tensor, *, iid: bool = Fal
         cov = resid.T @ resid / max(len(x) - 2, 1)  # [d_model, d_model]
         cov = cov + ridge * cov.diagonal().mean() * torch.eye(len(cov), dtype=cov.dtype)
         theta = torch.linalg.solve(cov, theta)
-    return from_direction("massmean_iid" if iid else "massmean", hook, theta.float(), mean.float(),
-                          x.float(), y)
+    return from_direction(
+        "massmean_iid" if iid else "massmean", hook, theta.float(), mean.float(), x.float(), y
+    )

@@ -37,7 +37,9 @@ class Cell:
     auroc: Score
 
 
-def fit_on_set(lm: LanguageModel, name: str, hook: str, kind: str, *, batch_size: int = 32, seed: int = 0) -> Probe:
+def fit_on_set(
+    lm: LanguageModel, name: str, hook: str, kind: str, *, batch_size: int = 32, seed: int = 0
+) -> Probe:
     """A probe of `kind` at `hook` fitted on the train split of one built-in set."""
     ds = load_dataset(name)
     texts = [s.text for s in ds.train] + ([s.contrast for s in ds.train] if kind == "ccs" else [])
@@ -47,8 +49,14 @@ def fit_on_set(lm: LanguageModel, name: str, hook: str, kind: str, *, batch_size
     return fit(kind, hook, x[:m], y, x[m:] if kind == "ccs" else None, seed=seed)
 
 
-def accuracy_matrix(lm: LanguageModel, rows: list[tuple[str, Probe]], tests: list[str], *, batch_size: int = 32,
-                    seed: int = 0) -> dict[str, dict[str, Cell]]:
+def accuracy_matrix(
+    lm: LanguageModel,
+    rows: list[tuple[str, Probe]],
+    tests: list[str],
+    *,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> dict[str, dict[str, Cell]]:
     """{row label: {test set: Cell}} on the test split of each test set."""
     out: dict[str, dict[str, Cell]] = {label: {} for label, _ in rows}
     for n in tests:
@@ -59,8 +67,10 @@ def accuracy_matrix(lm: LanguageModel, rows: list[tuple[str, Probe]], tests: lis
         ents = [s.entity for s in ds.test]
         for label, probe in rows:
             logits = probe.logits(x[probe.hook])
-            out[label][n] = Cell(acc=accuracy_score(logits, y, ents, seed=seed),
-                                 auroc=auroc_score(logits, y, ents, seed=seed))
+            out[label][n] = Cell(
+                acc=accuracy_score(logits, y, ents, seed=seed),
+                auroc=auroc_score(logits, y, ents, seed=seed),
+            )
     return out
 
 
@@ -97,10 +107,15 @@ class GeneralizationMatrix:
 
     def to_dict(self) -> dict:
         cells = self.cells
-        return {"model": self.model, "split": "test",
-                "matrix": {r: {n: c.acc.value for n, c in v.items()} for r, v in cells.items()},
-                "cells": {r: {n: {"acc": c.acc.to_dict(), "auroc": c.auroc.to_dict()}
-                              for n, c in v.items()} for r, v in cells.items()}}
+        return {
+            "model": self.model,
+            "split": "test",
+            "matrix": {r: {n: c.acc.value for n, c in v.items()} for r, v in cells.items()},
+            "cells": {
+                r: {n: {"acc": c.acc.to_dict(), "auroc": c.auroc.to_dict()} for n, c in v.items()}
+                for r, v in cells.items()
+            },
+        }
 
 
 def generalization_matrix(cfg: MatrixConfig) -> GeneralizationMatrix:
@@ -137,5 +152,11 @@ def generalization_matrix(cfg: MatrixConfig) -> GeneralizationMatrix:
     return GeneralizationMatrix(model=lm.name, hook=rows[0][1].hook, tests=tests, cells=cells)
 
 
-__all__ = ["Cell", "GeneralizationMatrix", "MatrixConfig", "accuracy_matrix", "fit_on_set",
-           "generalization_matrix"]
+__all__ = [
+    "Cell",
+    "GeneralizationMatrix",
+    "MatrixConfig",
+    "accuracy_matrix",
+    "fit_on_set",
+    "generalization_matrix",
+]

@@ -9,7 +9,8 @@ read them, not the third decimal.
 
     s = score(values=y_hat == y, groups=entities)             # Score(value, lo, hi, n, n_units)
     a = auroc(scores, labels)                                 # Mann-Whitney U / (n_pos n_neg)
-    d = paired_difference(a_fn, b_fn, groups)                 # Score of a - b over the same resamples
+    d = paired_difference(a_fn, b_fn, groups)                 # Score of a - b over the same
+    resamples
 """
 
 from __future__ import annotations
@@ -53,7 +54,11 @@ def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Fraction of items whose decision (logit > 0) equals the label."""
-    return float(((logits > 0).long() == labels.long()).double().mean()) if len(labels) else float("nan")
+    return (
+        float(((logits > 0).long() == labels.long()).double().mean())
+        if len(labels)
+        else float("nan")
+    )
 
 
 def _resamples(groups: Sequence, n_boot: int, seed: int) -> list[torch.Tensor]:
@@ -78,8 +83,14 @@ def _interval(values: list[float], level: float) -> tuple[float, float]:
     return float(q[0]), float(q[1])
 
 
-def bootstrap(stat: Callable[[torch.Tensor], float], groups: Sequence, *, n_boot: int = N_BOOT, seed: int = 0,
-              level: float = LEVEL) -> Score:
+def bootstrap(
+    stat: Callable[[torch.Tensor], float],
+    groups: Sequence,
+    *,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> Score:
     """stat(item indices) on all items, with a percentile interval from resampling whole groups."""
     everything = torch.arange(len(groups))
     value = stat(everything)
@@ -87,10 +98,20 @@ def bootstrap(stat: Callable[[torch.Tensor], float], groups: Sequence, *, n_boot
     return Score(value=value, lo=lo, hi=hi, n=len(groups), n_units=len(set(groups)))
 
 
-def paired_difference(stat_a: Callable[[torch.Tensor], float], stat_b: Callable[[torch.Tensor], float],
-                      groups: Sequence, *, n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL) -> Score:
-    """a - b on the same items and the same resamples (a paired difference; 'a beats b' means lo > 0)."""
-    return bootstrap(lambda idx: stat_a(idx) - stat_b(idx), groups, n_boot=n_boot, seed=seed, level=level)
+def paired_difference(
+    stat_a: Callable[[torch.Tensor], float],
+    stat_b: Callable[[torch.Tensor], float],
+    groups: Sequence,
+    *,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> Score:
+    """a - b on the same items and the same resamples (a paired difference; 'a beats b' means lo >
+    0)."""
+    return bootstrap(
+        lambda idx: stat_a(idx) - stat_b(idx), groups, n_boot=n_boot, seed=seed, level=level
+    )
 
 
 def accuracy_score(logits: torch.Tensor, labels: torch.Tensor, groups: Sequence, **kw) -> Score:
@@ -101,4 +122,12 @@ def auroc_score(scores: torch.Tensor, labels: torch.Tensor, groups: Sequence, **
     return bootstrap(lambda idx: auroc(scores[idx], labels[idx]), groups, **kw)
 
 
-__all__ = ["Score", "accuracy", "accuracy_score", "auroc", "auroc_score", "bootstrap", "paired_difference"]
+__all__ = [
+    "Score",
+    "accuracy",
+    "accuracy_score",
+    "auroc",
+    "auroc_score",
+    "bootstrap",
+    "paired_difference",
+]

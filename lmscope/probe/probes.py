@@ -29,7 +29,8 @@ class Probe:
     """Truth probability below which lie-check flags a contradiction."""
     threshold_format: str = "uncalibrated"
     """Which text format `threshold` was calibrated on: 'qa' (the "Q: ... A: ..." text lie-check
-    reads, set by `probe lies --set-threshold`) or 'uncalibrated' (0.5, the training logit's zero)."""
+    reads, set by `probe lies --set-threshold`) or 'uncalibrated' (0.5, the training logit's
+    zero)."""
     info: dict = field(default_factory=dict)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,10 +78,18 @@ def calibrate(proj: torch.Tensor, y: torch.Tensor, l2: float = 1e-4) -> Calibrat
     return Calibration(scale=a / float(s), bias=b - a * float(p.mean()) / float(s))
 
 
-def from_direction(kind: str, hook: str, direction: torch.Tensor, mean: torch.Tensor,
-                   x: torch.Tensor, y: torch.Tensor, info: dict | None = None) -> Probe:
+def from_direction(
+    kind: str,
+    hook: str,
+    direction: torch.Tensor,
+    mean: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    info: dict | None = None,
+) -> Probe:
     """A probe along `direction` with scale and offset fitted on (x, y)."""
     d = direction.float() / direction.float().norm().clamp_min(1e-12)
     cal = calibrate((x.float() - mean) @ d, y)
-    return Probe(kind=kind, hook=hook, direction=d * cal.scale, bias=cal.bias, mean=mean, info=info or {})
-
+    return Probe(
+        kind=kind, hook=hook, direction=d * cal.scale, bias=cal.bias, mean=mean, info=info or {}
+    )

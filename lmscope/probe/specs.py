@@ -1,8 +1,8 @@
 """The --layers and --kinds specs of the probe commands, turned into hook names and probe kinds.
 
-    resolve_layers(lm, "all")      -> every blocks.L.resid_post
-    resolve_layers(lm, "8,12")     -> ["blocks.8.resid_post", "blocks.12.resid_post"]
-    parse_kinds("logistic,ccs")    -> ["logistic", "ccs"]  (UserError with a suggestion on a typo)
+resolve_layers(lm, "all")      -> every blocks.L.resid_post
+resolve_layers(lm, "8,12")     -> ["blocks.8.resid_post", "blocks.12.resid_post"]
+parse_kinds("logistic,ccs")    -> ["logistic", "ccs"]  (UserError with a suggestion on a typo)
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ def resolve_layers(lm, spec: str) -> list[str]:
         if item.lstrip("-").isdigit():
             L = int(item)
             if not 0 <= L < lm.n_layers:
-                raise UserError(f"layer {L} is out of range; {lm.name} has layers "
-                                f"0..{lm.n_layers - 1}")
+                raise UserError(
+                    f"layer {L} is out of range; {lm.name} has layers 0..{lm.n_layers - 1}"
+                )
             out.append(f"blocks.{L}.resid_post")
         else:
             out.extend(lm.hooks.resolve(item))
@@ -36,8 +37,9 @@ def parse_kinds(spec: str) -> list[str]:
     out = [k.strip() for k in spec.split(",") if k.strip()]
     for k in out:
         if k not in KINDS:
-            raise UserError(f"unknown probe type {k!r}{close_matches(k, KINDS)}; "
-                            f"choose from {', '.join(KINDS)}")
+            raise UserError(
+                f"unknown probe type {k!r}{close_matches(k, KINDS)}; choose from {', '.join(KINDS)}"
+            )
     return out
 
 

@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class SplitActs:
-    """Activations of one split of several sets: x [n, d] per hook, contrasts, labels, set, entity."""
+    """Activations of one split of several sets: x [n, d] per hook, contrasts, labels, set,
+    entity."""
 
     x: dict[str, torch.Tensor]
     contrast: dict[str, torch.Tensor]
@@ -42,18 +43,29 @@ class SplitActs:
     """(domain, entity) per statement: the bootstrap's resampling unit."""
 
 
-def read_split(lm: LanguageModel, datasets: list[Dataset], split: str, hooks: list[str], *, contrast: bool,
-               batch_size: int = 32, progress: bool = False) -> SplitActs:
+def read_split(
+    lm: LanguageModel,
+    datasets: list[Dataset],
+    split: str,
+    hooks: list[str],
+    *,
+    contrast: bool,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> SplitActs:
     st = [(d, s) for d in datasets for s in d.split(split)]
     texts = [s.text for _, s in st]
     if contrast:
         texts = texts + [s.contrast for _, s in st]
     acts = last_token_acts(lm, texts, hooks, batch_size=batch_size, progress=progress)
     n = len(st)
-    return SplitActs(x={h: a[:n] for h, a in acts.items()},
-                     contrast={h: a[n:] for h, a in acts.items()} if contrast else {},
-                     y=torch.tensor([s.label for _, s in st]), source=[d.name for d, _ in st],
-                     entity=[(d.domain, s.entity) for d, s in st])
+    return SplitActs(
+        x={h: a[:n] for h, a in acts.items()},
+        contrast={h: a[n:] for h, a in acts.items()} if contrast else {},
+        y=torch.tensor([s.label for _, s in st]),
+        source=[d.name for d, _ in st],
+        entity=[(d.domain, s.entity) for d, s in st],
+    )
 
 
 @dataclass
@@ -84,11 +96,13 @@ class SweepResult:
     chosen: LayerResult
     test: TestResult
     split: dict
-    """Entities per split and domain, and how the choice was made (recorded in the probe artifact)."""
+    """Entities per split and domain, and how the choice was made (recorded in the probe
+    artifact)."""
 
 
 def choose(results: list[LayerResult]) -> LayerResult:
-    """The (layer, kind) with the best validation accuracy; ties: validation AUROC, then earlier layer."""
+    """The (layer, kind) with the best validation accuracy; ties: validation AUROC, then earlier
+    layer."""
     return max(results, key=lambda r: (r.val_acc, _nan0(r.val_auroc), -layer_of(r.hook)))
 
 
@@ -104,12 +118,16 @@ def score_test(probe: Probe, te: SplitActs, *, seed: int = 0) -> TestResult:
         m = torch.tensor([s == name for s in te.source])
         ents = [e for e, k in zip(te.entity, m.tolist()) if k]
         by_set[name] = accuracy_score(logits[m], te.y[m], ents, seed=seed)
-    return TestResult(acc=accuracy_score(logits, te.y, te.entity, seed=seed),
-                      auroc=auroc_score(logits, te.y, te.entity, seed=seed), acc_by_set=by_set)
+    return TestResult(
+        acc=accuracy_score(logits, te.y, te.entity, seed=seed),
+        auroc=auroc_score(logits, te.y, te.entity, seed=seed),
+        acc_by_set=by_set,
+    )
 
 
 def split_record(datasets: list[Dataset]) -> dict:
-    """{domain: {split: sorted entities}} of the sets used: what a reader needs to check for leaks."""
+    """{domain: {split: sorted entities}} of the sets used: what a reader needs to check for
+    leaks."""
     out: dict[str, dict[str, list[str]]] = {}
     for d in datasets:
         if d.domain in out:
@@ -149,14 +167,33 @@ class SweepConfig:
     """overwrite an existing --out"""
 
 
-def sweep(lm: LanguageModel, datasets: list[Dataset], hooks: list[str], kinds: list[str], *, batch_size: int = 32,
-          progress: bool = True, seed: int = 0, choose_kinds: list[str] | None = None) -> SweepResult:
+def sweep(
+    lm: LanguageModel,
+    datasets: list[Dataset],
+    hooks: list[str],
+    kinds: list[str],
+    *,
+    batch_size: int = 32,
+    progress: bool = True,
+    seed: int = 0,
+    choose_kinds: list[str] | None = None,
+) -> SweepResult:
     """Fit every kind at every hook on the pooled train splits, score validation, choose, test once.
 
     choose_kinds: the kinds the choice may pick (default: all of `kinds`)."""
     need_contrast = "ccs" in kinds
-    tr = read_split(lm, datasets, "train", hooks, contrast=need_contrast, batch_size=batch_size, progress=progress)
-    va = read_split(lm, datasets, "val", hooks, contrast=False, batch_size=batch_size, progress=progress)
+    tr = read_split(
+        lm,
+        datasets,
+        "train",
+        hooks,
+        contrast=need_contrast,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    va = read_split(
+        lm, datasets, "val", hooks, contrast=False, batch_size=batch_size, progress=progress
+    )
     out = []
     for h in hooks:
         for kind in kinds:
@@ -166,18 +203,34 @@ def sweep(lm: LanguageModel, datasets: list[Dataset], hooks: list[str], kinds: l
             for d in datasets:
                 m = torch.tensor([s == d.name for s in va.source])
                 by_set[d.name] = accuracy(lv[m], va.y[m])
-            out.append(LayerResult(hook=h, kind=kind, train_acc=probe.accuracy(tr.x[h], tr.y),
-                                   val_acc=accuracy(lv, va.y), val_auroc=auroc(lv, va.y), val_acc_by_set=by_set,
-                                   probe=probe))
+            out.append(
+                LayerResult(
+                    hook=h,
+                    kind=kind,
+                    train_acc=probe.accuracy(tr.x[h], tr.y),
+                    val_acc=accuracy(lv, va.y),
+                    val_auroc=auroc(lv, va.y),
+                    val_acc_by_set=by_set,
+                    probe=probe,
+                )
+            )
     pool = [r for r in out if r.kind in (choose_kinds or kinds)]
     best = choose(pool)
     # The test split is read only now, for the one chosen probe.
-    te = read_split(lm, datasets, "test", [best.hook], contrast=False, batch_size=batch_size, progress=progress)
-    split = {"entities": split_record(datasets), "fit_on": "train", "chosen_on": "val",
-             "chosen_among": {"hooks": hooks, "kinds": sorted({r.kind for r in pool})},
-             "criterion": "validation accuracy (ties: validation AUROC, then the earlier layer)",
-             "n_statements": {"train": len(tr.y), "val": len(va.y), "test": len(te.y)}}
-    return SweepResult(results=out, chosen=best, test=score_test(best.probe, te, seed=seed), split=split)
+    te = read_split(
+        lm, datasets, "test", [best.hook], contrast=False, batch_size=batch_size, progress=progress
+    )
+    split = {
+        "entities": split_record(datasets),
+        "fit_on": "train",
+        "chosen_on": "val",
+        "chosen_among": {"hooks": hooks, "kinds": sorted({r.kind for r in pool})},
+        "criterion": "validation accuracy (ties: validation AUROC, then the earlier layer)",
+        "n_statements": {"train": len(tr.y), "val": len(va.y), "test": len(te.y)},
+    }
+    return SweepResult(
+        results=out, chosen=best, test=score_test(best.probe, te, seed=seed), split=split
+    )
 
 
 def plot_curve(results: list[LayerResult], path: str, title: str) -> None:
@@ -190,12 +243,16 @@ def plot_curve(results: list[LayerResult], path: str, title: str) -> None:
     except ImportError:
         from ..errors import UserError
 
-        raise UserError("the accuracy curve needs matplotlib; install the plot extra: "
-                        "pip install 'lmscope[plot]' (or drop --png)") from None
+        raise UserError(
+            "the accuracy curve needs matplotlib; install the plot extra: "
+            "pip install 'lmscope[plot]' (or drop --png)"
+        ) from None
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for kind in dict.fromkeys(r.kind for r in results):
         rs = [r for r in results if r.kind == kind]
-        ax.plot([layer_of(r.hook) for r in rs], [r.val_acc for r in rs], marker="o", ms=3, label=kind)
+        ax.plot(
+            [layer_of(r.hook) for r in rs], [r.val_acc for r in rs], marker="o", ms=3, label=kind
+        )
     ax.axhline(0.5, color="gray", lw=0.8, ls="--")
     ax.set_xlabel("layer (resid_post)")
     ax.set_ylabel("validation accuracy")

@@ -44,7 +44,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class TransferConfig:
-    """Leave-one-domain-out transfer of a truth probe, next to the statement log-probability baseline."""
+    """Leave-one-domain-out transfer of a truth probe, next to the statement log-probability
+    baseline."""
 
     model: str = DEFAULT_MODEL
     """Model alias, Hugging Face id, local folder or .gguf file."""
@@ -119,14 +120,18 @@ class DomainTransfer:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.update(beats_logprob=self.beats_logprob, ranking_transfers=self.ranking_transfers,
-                 threshold_transfers=self.threshold_transfers)
+        d.update(
+            beats_logprob=self.beats_logprob,
+            ranking_transfers=self.ranking_transfers,
+            threshold_transfers=self.threshold_transfers,
+        )
         return d
 
 
 @dataclass
 class Statements:
-    """Every statement of the pooled sets, its activations per hook and its mean token log-probability."""
+    """Every statement of the pooled sets, its activations per hook and its mean token
+    log-probability."""
 
     x: dict[str, torch.Tensor]  # hook -> [n, d_model]
     logprob: torch.Tensor  # [n]
@@ -137,27 +142,52 @@ class Statements:
     entity: list[str]
 
 
-def statement_logprobs(lm: LanguageModel, texts: list[str], *, batch_size: int = 32) -> torch.Tensor:
+def statement_logprobs(
+    lm: LanguageModel, texts: list[str], *, batch_size: int = 32
+) -> torch.Tensor:
     """[n] mean log p(token | the tokens before it) over each statement's tokens after BOS."""
     rows = tokenize(lm, texts)
-    # Position 0 (BOS, or the first token of a model without one) has no prediction: score from 1 on.
+    # Position 0 (BOS, or the first token of a model without one) has no prediction: score from 1
+    # on.
     lps = token_logprobs(lm, rows, [(1, len(r)) for r in rows], batch_size=batch_size)
     return torch.stack([lp.double().mean() for lp in lps]).float()
 
 
-def read_statements(lm: LanguageModel, datasets: list[Dataset], hooks: list[str], *, batch_size: int = 32,
-                    progress: bool = False) -> Statements:
-    rows = [(d, split, s) for d in datasets for split in ("train", "val", "test") for s in d.split(split)]
+def read_statements(
+    lm: LanguageModel,
+    datasets: list[Dataset],
+    hooks: list[str],
+    *,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> Statements:
+    rows = [
+        (d, split, s)
+        for d in datasets
+        for split in ("train", "val", "test")
+        for s in d.split(split)
+    ]
     texts = [s.text for _, _, s in rows]
     x = last_token_acts(lm, texts, hooks, batch_size=batch_size, progress=progress)
-    return Statements(x=x, logprob=statement_logprobs(lm, texts, batch_size=batch_size),
-                      y=torch.tensor([s.label for _, _, s in rows]), domain=[d.domain for d, _, _ in rows],
-                      source=[d.name for d, _, _ in rows], split=[sp for _, sp, _ in rows],
-                      entity=[s.entity for _, _, s in rows])
+    return Statements(
+        x=x,
+        logprob=statement_logprobs(lm, texts, batch_size=batch_size),
+        y=torch.tensor([s.label for _, _, s in rows]),
+        domain=[d.domain for d, _, _ in rows],
+        source=[d.name for d, _, _ in rows],
+        split=[sp for _, sp, _ in rows],
+        entity=[s.entity for _, _, s in rows],
+    )
 
 
-def midpoint_accuracy(score: torch.Tensor, y: torch.Tensor, ents: list[str], k: int, repeats: int,
-                      gen: torch.Generator) -> tuple[float, list[float]]:
+def midpoint_accuracy(
+    score: torch.Tensor,
+    y: torch.Tensor,
+    ents: list[str],
+    k: int,
+    repeats: int,
+    gen: torch.Generator,
+) -> tuple[float, list[float]]:
     """Threshold at the midpoint of the true and false mean scores of k random labelled entities;
     accuracy on the other entities. (mean, [2.5%, 97.5%]) over the draws."""
     units = sorted(set(ents))
@@ -175,7 +205,9 @@ def midpoint_accuracy(score: torch.Tensor, y: torch.Tensor, ents: list[str], k: 
     return float(v.mean()), [float(q[0]), float(q[1])]
 
 
-def leave_one_domain_out(lm: LanguageModel, cfg: TransferConfig, hooks: list[str], *, progress: bool = False) -> list[DomainTransfer]:
+def leave_one_domain_out(
+    lm: LanguageModel, cfg: TransferConfig, hooks: list[str], *, progress: bool = False
+) -> list[DomainTransfer]:
     from .datasets import parse_names
 
     datasets = [load_dataset(n) for n in parse_names(cfg.datasets)]
@@ -183,7 +215,9 @@ def leave_one_domain_out(lm: LanguageModel, cfg: TransferConfig, hooks: list[str
     if len(domains) < 2:
         from ..errors import UserError
 
-        raise UserError("transfer needs sets from at least two domains (e.g. --datasets cities,larger_than)")
+        raise UserError(
+            "transfer needs sets from at least two domains (e.g. --datasets cities,larger_than)"
+        )
     st = read_statements(lm, datasets, hooks, batch_size=cfg.batch_size, progress=progress)
     gen = torch.Generator().manual_seed(cfg.seed)
     out = []
@@ -196,7 +230,11 @@ def leave_one_domain_out(lm: LanguageModel, cfg: TransferConfig, hooks: list[str
         for h in hooks:  # choose the layer on the training domains' validation split
             probe = fit(cfg.kind, h, st.x[h][tr], st.y[tr], seed=cfg.seed)
             acc = accuracy(probe.logits(st.x[h][va]), st.y[va])
-            if best is None or acc > best[0] or (acc == best[0] and layer_of(h) < layer_of(best[1].hook)):
+            if (
+                best is None
+                or acc > best[0]
+                or (acc == best[0] and layer_of(h) < layer_of(best[1].hook))
+            ):
                 best = (acc, probe)
         val_acc, probe = best
         logit, lp, y = probe.logits(st.x[probe.hook][te]), st.logprob[te].double(), st.y[te]
@@ -206,23 +244,50 @@ def leave_one_domain_out(lm: LanguageModel, cfg: TransferConfig, hooks: list[str
         by_set = {}
         for name in dict.fromkeys(srcs):
             m = torch.tensor([s == name for s in srcs])
-            by_set[name] = {"n": int(m.sum()), "acc_at_threshold": accuracy(logit[m], y[m]),
-                            "probe_auroc": auroc(logit[m], y[m]), "logprob_auroc": auroc(lp[m], y[m])}
+            by_set[name] = {
+                "n": int(m.sum()),
+                "acc_at_threshold": accuracy(logit[m], y[m]),
+                "probe_auroc": auroc(logit[m], y[m]),
+                "logprob_auroc": auroc(lp[m], y[m]),
+            }
         shots = []
         for k in cfg.shots:
             pm, pr = midpoint_accuracy(logit.double(), y, ents, k, cfg.repeats, gen)
             lm_, lr = midpoint_accuracy(lp, y, ents, k, cfg.repeats, gen)
-            shots.append(Shots(k=k, probe_mean=pm, probe_range=pr, logprob_mean=lm_, logprob_range=lr))
-        out.append(DomainTransfer(
-            domain=held, sets=list(dict.fromkeys(srcs)), n=len(y), n_entities=len(set(ents)), hook=probe.hook,
-            val_acc_training_domains=val_acc,
-            acc_at_threshold=bootstrap(lambda i, a=logit, b=y: accuracy(a[i], b[i]), ents, **boot),
-            probe_auroc=auroc_score(logit, y, ents, **boot), logprob_auroc=auroc_score(lp, y, ents, **boot),
-            probe_minus_logprob_auroc=paired_difference(lambda i, a=logit, b=y: auroc(a[i], b[i]),
-                                                        lambda i, a=lp, b=y: auroc(a[i], b[i]), ents, **boot),
-            by_set=by_set, shots=shots))
+            shots.append(
+                Shots(k=k, probe_mean=pm, probe_range=pr, logprob_mean=lm_, logprob_range=lr)
+            )
+        out.append(
+            DomainTransfer(
+                domain=held,
+                sets=list(dict.fromkeys(srcs)),
+                n=len(y),
+                n_entities=len(set(ents)),
+                hook=probe.hook,
+                val_acc_training_domains=val_acc,
+                acc_at_threshold=bootstrap(
+                    lambda i, a=logit, b=y: accuracy(a[i], b[i]), ents, **boot
+                ),
+                probe_auroc=auroc_score(logit, y, ents, **boot),
+                logprob_auroc=auroc_score(lp, y, ents, **boot),
+                probe_minus_logprob_auroc=paired_difference(
+                    lambda i, a=logit, b=y: auroc(a[i], b[i]),
+                    lambda i, a=lp, b=y: auroc(a[i], b[i]),
+                    ents,
+                    **boot,
+                ),
+                by_set=by_set,
+                shots=shots,
+            )
+        )
     return out
 
 
-__all__ = ["DomainTransfer", "Shots", "TransferConfig", "leave_one_domain_out", "midpoint_accuracy",
-           "statement_logprobs"]
+__all__ = [
+    "DomainTransfer",
+    "Shots",
+    "TransferConfig",
+    "leave_one_domain_out",
+    "midpoint_accuracy",
+    "statement_logprobs",
+]

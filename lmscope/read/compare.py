@@ -47,11 +47,16 @@ class CompareResult:
     """Strongest differences first; diff > 0 means stronger on A."""
 
     def to_dict(self) -> dict:
-        return {"prompt_a": self.prompt_a, "prompt_b": self.prompt_b,
-                "diffs": [d.to_dict() for d in self.diffs]}
+        return {
+            "prompt_a": self.prompt_a,
+            "prompt_b": self.prompt_b,
+            "diffs": [d.to_dict() for d in self.diffs],
+        }
 
 
-def _strength(reader: Reader, prompt: str) -> tuple[list[str], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+def _strength(
+    reader: Reader, prompt: str
+) -> tuple[list[str], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
     tokens, feats = reader.encode(prompt)
     strs = reader.lm.to_str_tokens(tokens[0])
     start = 1 if tokens.shape[1] > 1 and int(tokens[0, 0]) == reader.lm.bos_token_id else 0
@@ -74,10 +79,20 @@ def compare(reader: Reader, prompt_a: str, prompt_b: str, *, top: int = 20) -> C
         for v, i in zip(vals.tolist(), idx.tolist()):
             if v <= 0:
                 break
-            cands.append((v, hook, i, float(a[i]), float(b[i]),
-                          strs_a[int(wa[i])] if a[i] > 0 else None,
-                          strs_b[int(wb[i])] if b[i] > 0 else None))
+            cands.append(
+                (
+                    v,
+                    hook,
+                    i,
+                    float(a[i]),
+                    float(b[i]),
+                    strs_a[int(wa[i])] if a[i] > 0 else None,
+                    strs_b[int(wb[i])] if b[i] > 0 else None,
+                )
+            )
     cands.sort(key=lambda c: -c[0])
-    diffs = [FeatureDiff(hook, i, fa, fb, ta, tb, reader.label(hook, i))
-             for _, hook, i, fa, fb, ta, tb in cands[:top]]
+    diffs = [
+        FeatureDiff(hook, i, fa, fb, ta, tb, reader.label(hook, i))
+        for _, hook, i, fa, fb, ta, tb in cands[:top]
+    ]
     return CompareResult(prompt_a, prompt_b, diffs)

@@ -3,7 +3,8 @@
     root = build_demo_atlas("/tmp/demo-atlas")      # tiny llama + 2 dictionaries
     lmscope scan /tmp/demo-atlas "the horse galloped across the field"
 
-The model is `tiny_model("llama")` (plus one HTML-looking token, HTML_TOKEN) saved as a plain folder (model + tokenizer), so
+The model is `tiny_model("llama")` (plus one HTML-looking token, HTML_TOKEN) saved as a plain
+folder (model + tokenizer), so
 `load_model(path)` opens it like any real model. Each dictionary (ReLU, 64 latents, random
 small features) gets feature PLANTED = 7 set by hand to read the direction that separates the
 word "horse" from every other word at that hook point (mean residual on "horse" minus the
@@ -28,10 +29,18 @@ HOOKS = ("blocks.0.resid_post", "blocks.1.resid_post")
 HTML_TOKEN = "<img src=x onerror=alert(1)>"
 # Sentences over the tiny vocabulary; "horse" appears in several contexts.
 CALIBRATION = [
-    "the horse galloped across the field", "a horse ran in the field", "the cat sat on the house",
-    "the dog ran to the river", "a big horse and a small cow", "the bird flew over the tree",
-    "she sees the horse", "the fish swam in the river", "paris is the capital of france",
-    "the red horse was fast", "he ate the green fish", "they walked to the city",
+    "the horse galloped across the field",
+    "a horse ran in the field",
+    "the cat sat on the house",
+    "the dog ran to the river",
+    "a big horse and a small cow",
+    "the bird flew over the tree",
+    "she sees the horse",
+    "the fish swam in the river",
+    "paris is the capital of france",
+    "the red horse was fast",
+    "he ate the green fish",
+    "they walked to the city",
 ]
 
 
@@ -39,7 +48,9 @@ CALIBRATION = [
 PLANTED_LABEL = "horses <b>and</b> ponies"
 
 
-def build_demo_atlas(root: str | Path, *, d_sae: int = 64, seed: int = 0, profile: bool = True) -> Path:
+def build_demo_atlas(
+    root: str | Path, *, d_sae: int = 64, seed: int = 0, profile: bool = True
+) -> Path:
     """Write a complete tiny atlas (model folder, dictionaries, manifest) under `root`.
 
     With `profile`, also run the atlas build (lmscope.atlas.build) over a small text corpus made
@@ -75,11 +86,20 @@ def build_demo_atlas(root: str | Path, *, d_sae: int = 64, seed: int = 0, profil
         lo, hi = float(proj[~h].max()), float(proj[h].min())
         if hi <= lo:
             raise RuntimeError(f"planted direction does not separate {PLANTED_WORD!r} at {hook}")
-        cfg = DictionaryConfig(d_in=lm.d_model, d_sae=d_sae, arch="relu", hook_name=hook,
-                               model_name=str(model_dir), normalize_activations=False, seed=seed + li)
+        cfg = DictionaryConfig(
+            d_in=lm.d_model,
+            d_sae=d_sae,
+            arch="relu",
+            hook_name=hook,
+            model_name=str(model_dir),
+            normalize_activations=False,
+            seed=seed + li,
+        )
         d = build(cfg)
         with torch.no_grad():
-            W = 10 * torch.randn(lm.d_model, d_sae, generator=gen) / lm.d_model ** 0.5  # [d_in, d_sae]
+            W = (
+                10 * torch.randn(lm.d_model, d_sae, generator=gen) / lm.d_model**0.5
+            )  # [d_in, d_sae]
             d.W_enc.copy_(W)
             # Random features fire on the top few percent of their projections: sparse background.
             d.b_enc.copy_(-(x @ W).quantile(0.9, dim=0))
@@ -89,7 +109,9 @@ def build_demo_atlas(root: str | Path, *, d_sae: int = 64, seed: int = 0, profil
             d.b_enc[PLANTED] = -s * (lo + hi) / 2
             d.W_dec.copy_(d.W_enc.t() / d.W_enc.t().norm(dim=1, keepdim=True))
             d.b_dec.zero_()
-            freq = (d.encode(x) > 0).float().mean(0)  # [d_sae] firing frequency on the calibration text
+            freq = (
+                (d.encode(x) > 0).float().mean(0)
+            )  # [d_sae] firing frequency on the calibration text
         d.save(layout.dictionary_dir(hook), sparsity=freq)
         layout.add_dictionary(hook, model=str(model_dir), arch="relu", d_sae=d_sae)
     if profile:
@@ -104,13 +126,27 @@ def _profile(root: Path, lm: LanguageModel) -> None:
     corpus = root / "corpus.txt"
     lines = CALIBRATION + [f"the {HTML_TOKEN} horse ran in the field", "the cat and the dog"]
     corpus.write_text("\n\n".join(lines * 8) + "\n")
-    build_atlas(BuildConfig(atlas=str(root), corpus=str(corpus), tokens=16 * 24, ctx_len=16, batch_size=8,
-                            top_k=6, samples=2, negatives=2, ctx_window=10), progress=False)
+    build_atlas(
+        BuildConfig(
+            atlas=str(root),
+            corpus=str(corpus),
+            tokens=16 * 24,
+            ctx_len=16,
+            batch_size=8,
+            top_k=6,
+            samples=2,
+            negatives=2,
+            ctx_window=10,
+        ),
+        progress=False,
+    )
     db = AtlasDB(root / "atlas.db")
     try:
         for hook in HOOKS:
             db.set_label(hook, PLANTED, PLANTED_LABEL)
             eid = db.add_explanation(hook, PLANTED, PLANTED_LABEL, method="hand", version="demo")
-            db.add_score(eid, scorer="detection", metric="balanced_accuracy", value=1.0, n_pos=8, n_neg=8)
+            db.add_score(
+                eid, scorer="detection", metric="balanced_accuracy", value=1.0, n_pos=8, n_neg=8
+            )
     finally:
         db.close()

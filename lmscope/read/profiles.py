@@ -28,7 +28,9 @@ from ..errors import UserError
 # --- from the dictionaries alone ------------------------------------------------------------
 def check_feature(reader, hook: str, feature: int) -> None:
     if hook not in reader.dicts:
-        raise LookupError(f"no dictionary {hook!r} in this atlas; it has: {', '.join(reader.hooks)}")
+        raise LookupError(
+            f"no dictionary {hook!r} in this atlas; it has: {', '.join(reader.hooks)}"
+        )
     d_sae = reader.dicts[hook].d_sae
     if not 0 <= feature < d_sae:
         raise LookupError(f"feature {feature} is out of range for {hook} (0..{d_sae - 1})")
@@ -51,10 +53,16 @@ def logit_effects(reader, hook: str, feature: int, k: int = 10) -> LogitEffects:
     up, down = eff.topk(n), (-eff).topk(n)
     tok = reader.lm.to_str_tokens
     return LogitEffects(
-        promoted=[LogitEffect(t, int(i), float(v)) for t, i, v in zip(tok(up.indices), up.indices, up.values)],
-        suppressed=[LogitEffect(t, int(i), -float(v))
-                    for t, i, v in zip(tok(down.indices), down.indices, down.values)],
-        histogram=linear_histogram(eff, 30))
+        promoted=[
+            LogitEffect(t, int(i), float(v))
+            for t, i, v in zip(tok(up.indices), up.indices, up.values)
+        ],
+        suppressed=[
+            LogitEffect(t, int(i), -float(v))
+            for t, i, v in zip(tok(down.indices), down.indices, down.values)
+        ],
+        histogram=linear_histogram(eff, 30),
+    )
 
 
 def dictionary_density(reader, hook: str) -> torch.Tensor | None:
@@ -115,8 +123,16 @@ def search_text(reader, text: str, *, limit: int = 20) -> list[dict]:
             if v <= 0:
                 break
             label = reader.label(hook, i)
-            rows.append({"id": format_feature_id(hook, i), "hook": hook, "feature": i, "act": v, "label": label,
-                         "token": strs[start + int(where[i])]})
+            rows.append(
+                {
+                    "id": format_feature_id(hook, i),
+                    "hook": hook,
+                    "feature": i,
+                    "act": v,
+                    "label": label,
+                    "token": strs[start + int(where[i])],
+                }
+            )
     rows.sort(key=lambda r: -r["act"])
     return rows[:limit]
 
@@ -136,8 +152,15 @@ def search_labels(reader, query: str, *, limit: int = 20) -> list[dict]:
         if key in seen or h.hook not in reader.dicts:
             continue
         seen.add(key)
-        out.append({**asdict(h), "id": format_feature_id(*key), "label": reader.label(*key), "match": h.text,
-                    "score": -h.rank})
+        out.append(
+            {
+                **asdict(h),
+                "id": format_feature_id(*key),
+                "label": reader.label(*key),
+                "match": h.text,
+                "score": -h.rank,
+            }
+        )
     return out
 
 
@@ -147,9 +170,16 @@ def overview(reader) -> dict:
     for hook in reader.hooks:
         d = reader.dicts[hook]
         cfg = d.cfg
-        entry = {"hook": hook, "arch": cfg.arch, "d_in": d.d_in, "d_sae": d.d_sae,
-                 "k": cfg.k if cfg.arch in ("topk", "batchtopk") else None, "transcoder": bool(getattr(cfg, "is_transcoder", False)),
-                 "density_histogram": None, "dead": None}
+        entry = {
+            "hook": hook,
+            "arch": cfg.arch,
+            "d_in": d.d_in,
+            "d_sae": d.d_sae,
+            "k": cfg.k if cfg.arch in ("topk", "batchtopk") else None,
+            "transcoder": bool(getattr(cfg, "is_transcoder", False)),
+            "density_histogram": None,
+            "dead": None,
+        }
         dens = dictionary_density(reader, hook)
         if reader.db is not None:  # the atlas build's densities are measured on more text
             try:
@@ -172,7 +202,19 @@ def overview(reader) -> dict:
             groups.setdefault(f"{scorer} {metric}", []).append(float(value))
         for name, vals in sorted(groups.items()):
             t = torch.tensor(vals)
-            scores.append({"name": name, "n": len(vals), "mean": float(t.mean()),
-                           "histogram": linear_histogram(t, 10).to_dict()})
-    return {"model": reader.lm.name, "atlas": reader.atlas.name if reader.atlas else None,
-            "dictionaries": dicts, "db": summary, "scores": scores, "has_db": reader.db is not None}
+            scores.append(
+                {
+                    "name": name,
+                    "n": len(vals),
+                    "mean": float(t.mean()),
+                    "histogram": linear_histogram(t, 10).to_dict(),
+                }
+            )
+    return {
+        "model": reader.lm.name,
+        "atlas": reader.atlas.name if reader.atlas else None,
+        "dictionaries": dicts,
+        "db": summary,
+        "scores": scores,
+        "has_db": reader.db is not None,
+    }

@@ -50,8 +50,12 @@ def render_html(res: ScanResult, cmp: CompareResult | None = None) -> str:
         hits = res.token_features(p, limit=5)
         items = "<br>".join(
             f"<code>{_e(h.id)}</code> {h.act:.2f} "
-            + (f"{_e(h.label)}" if h.label else '<span class="unl">(unlabeled)</span>') for h in hits)
-        feats.append(f"<tr><td><code>{p}</code></td><td><code>{_e(repr(tok))}</code></td><td>{items}</td></tr>")
+            + (f"{_e(h.label)}" if h.label else '<span class="unl">(unlabeled)</span>')
+            for h in hits
+        )
+        feats.append(
+            f"<tr><td><code>{p}</code></td><td><code>{_e(repr(tok))}</code></td><td>{items}</td></tr>"
+        )
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>lmscope scan: {_e(res.prompt[:60])}</title><style>{CSS}</style></head><body>",
@@ -65,10 +69,13 @@ def render_html(res: ScanResult, cmp: CompareResult | None = None) -> str:
         diff_rows = "".join(
             f"<tr><td><code>{_e(d.id)}</code></td><td>{d.act_a:.2f}</td><td>{d.act_b:.2f}</td>"
             f"<td>{d.diff:+.2f}</td><td>{_e(d.label) if d.label else '(unlabeled)'}</td></tr>"
-            for d in cmp.diffs)
-        parts.append(f"<h2>Differences: A = {_e(cmp.prompt_a)} vs B = {_e(cmp.prompt_b)}</h2>"
-                     f"<table class='feats'><tr><th>feature</th><th>A</th><th>B</th><th>A-B</th>"
-                     f"<th>label</th></tr>{diff_rows}</table>")
+            for d in cmp.diffs
+        )
+        parts.append(
+            f"<h2>Differences: A = {_e(cmp.prompt_a)} vs B = {_e(cmp.prompt_b)}</h2>"
+            f"<table class='feats'><tr><th>feature</th><th>A</th><th>B</th><th>A-B</th>"
+            f"<th>label</th></tr>{diff_rows}</table>"
+        )
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -28,7 +28,9 @@ def render_png(res: ScanResult, path: str | Path) -> Path:
         im = ax.imshow(data, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
         ax.set_xticks(range(len(res.tokens)))
         # Mathtext would interpret '$' in tokens: escape it.
-        ax.set_xticklabels([t.replace("$", r"\$") for t in res.tokens], rotation=60, ha="right", fontsize=8)
+        ax.set_xticklabels(
+            [t.replace("$", r"\$") for t in res.tokens], rotation=60, ha="right", fontsize=8
+        )
         ax.set_yticks(range(len(res.hooks)))
         ax.set_yticklabels(res.hooks, fontsize=8)
         ax.set_title(f"feature activity: {res.prompt[:80]!r}".replace("$", r"\$"), fontsize=9)

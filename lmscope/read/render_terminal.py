@@ -72,13 +72,18 @@ def _label(label: str | None) -> str:
 
 def render_scan(res: ScanResult, *, color: bool | None = None, per_token: int = 3) -> str:
     color = use_color() if color is None else color
-    head = f"scan of {res.prompt!r} on {res.model} ({len(res.tokens)} tokens, {len(res.hooks)} dictionaries)"
+    head = (
+        f"scan of {res.prompt!r} on {res.model} ({len(res.tokens)} tokens, {len(res.hooks)} "
+        "dictionaries)"
+    )
     return "\n\n".join([head, token_table(res, per_token=per_token), brain_map(res, color=color)])
 
 
 def render_compare(cmp: CompareResult) -> str:
-    lines = [f"features that differ most: A={cmp.prompt_a!r}  B={cmp.prompt_b!r}",
-             f"{'feature':<34} {'A':>8} {'B':>8} {'A-B':>8}  label"]
+    lines = [
+        f"features that differ most: A={cmp.prompt_a!r}  B={cmp.prompt_b!r}",
+        f"{'feature':<34} {'A':>8} {'B':>8} {'A-B':>8}  label",
+    ]
     for d in cmp.diffs:
         lines.append(f"{d.id:<34} {d.act_a:8.2f} {d.act_b:8.2f} {d.diff:+8.2f}  {_label(d.label)}")
     if not cmp.diffs:

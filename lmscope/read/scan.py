@@ -3,8 +3,10 @@
     reader = Reader.open("atlas/")                 # model + dictionaries + labels, loaded once
     res = reader.scan("The horse galloped across the field", top_k=5)
     res.tokens                                     # ['<bos>', 'The', ' horse', ...]
-    res.top["blocks.15.resid_post"][3]             # [FeatureHit(hook, feature, act, label), ...] at token 3
-    res.brain                                      # [n_dicts][pos] activity in [0, 1] (the brain map)
+    res.top["blocks.15.resid_post"][3]             # [FeatureHit(hook, feature, act, label), ...]
+    at token 3
+    res.brain                                      # [n_dicts][pos] activity in [0, 1] (the brain
+    map)
 
 The CLI (`lmscope scan`), the JSON API and the web viewer all call `Reader.scan`; there is
 no second implementation of "which features fire". One forward pass captures every
@@ -92,11 +94,20 @@ class ScanResult:
 
     def to_dict(self) -> dict:
         return {
-            "schema_version": self.schema_version, "prompt": self.prompt, "model": self.model,
-            "tokens": self.tokens, "token_ids": self.token_ids, "hooks": self.hooks,
-            "has_bos": self.has_bos, "brain": self.brain, "activity": self.activity,
+            "schema_version": self.schema_version,
+            "prompt": self.prompt,
+            "model": self.model,
+            "tokens": self.tokens,
+            "token_ids": self.token_ids,
+            "hooks": self.hooks,
+            "has_bos": self.has_bos,
+            "brain": self.brain,
+            "activity": self.activity,
             "n_active": self.n_active,
-            "top": {hook: [[h.to_dict() for h in row] for row in rows] for hook, rows in self.top.items()},
+            "top": {
+                hook: [[h.to_dict() for h in row] for row in rows]
+                for hook, rows in self.top.items()
+            },
         }
 
 
@@ -109,8 +120,16 @@ class Reader:
     one batch (see `encode`).
     """
 
-    def __init__(self, lm: LanguageModel, dicts: dict[str, SparseDictionary], *, labels: LabelFn | None = None, atlas: str | Path | None = None,
-                 max_tokens: int = DEFAULT_MAX_TOKENS, db=None) -> None:
+    def __init__(
+        self,
+        lm: LanguageModel,
+        dicts: dict[str, SparseDictionary],
+        *,
+        labels: LabelFn | None = None,
+        atlas: str | Path | None = None,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        db=None,
+    ) -> None:
         if not dicts:
             raise UserError("no dictionaries to scan with; train some with `lmscope train`")
         self.lm = lm
@@ -128,8 +147,15 @@ class Reader:
         self._queue: list[_Job] = []
 
     @classmethod
-    def open(cls, atlas: str | Path, *, model: str | None = None, device: str = "cpu",
-             hooks: str | None = None, max_tokens: int = DEFAULT_MAX_TOKENS) -> Reader:
+    def open(
+        cls,
+        atlas: str | Path,
+        *,
+        model: str | None = None,
+        device: str = "cpu",
+        hooks: str | None = None,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+    ) -> Reader:
         """Load the atlas's model, its dictionaries (optionally only `hooks`: names or globs) and
         its DB (labels, profiles) when it has one."""
         from ..atlas.db import open_atlas_db
@@ -137,8 +163,14 @@ class Reader:
 
         folder, lm, dicts = open_dictionaries(atlas, hooks=hooks, model=model, device=device)
         db = open_atlas_db(folder.layout)
-        return cls(lm, dicts, labels=db.label if db is not None else None, atlas=folder.root,
-                   max_tokens=max_tokens, db=db)
+        return cls(
+            lm,
+            dicts,
+            labels=db.label if db is not None else None,
+            atlas=folder.root,
+            max_tokens=max_tokens,
+            db=db,
+        )
 
     def label(self, hook: str, feature: int) -> str | None:
         if self.labels is None:
@@ -154,12 +186,16 @@ class Reader:
             raise UserError("the prompt is empty; type some text to scan")
         # Cheap guard before tokenizing: no tokenizer makes fewer than 1 token per 64 chars.
         if len(prompt) > 64 * self.max_tokens:
-            raise UserError(f"the prompt is too long ({len(prompt)} characters); "
-                            f"at most {self.max_tokens} tokens are scanned")
+            raise UserError(
+                f"the prompt is too long ({len(prompt)} characters); "
+                f"at most {self.max_tokens} tokens are scanned"
+            )
         tokens = self.lm.to_tokens(prompt)  # [1, pos]
         if tokens.shape[1] > self.max_tokens:
-            raise UserError(f"the prompt is {tokens.shape[1]} tokens long; at most {self.max_tokens} "
-                            f"are scanned (shorten it or raise --max-tokens)")
+            raise UserError(
+                f"the prompt is {tokens.shape[1]} tokens long; at most {self.max_tokens} "
+                f"are scanned (shorten it or raise --max-tokens)"
+            )
         return tokens
 
     def encode(self, prompt: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -241,9 +277,18 @@ class Reader:
             activity.append(pos_act.tolist())
             n_active.append((f > 0).sum(dim=1).tolist())
             brain.append(_normalize(pos_act, skip_first=has_bos and f.shape[0] > 1))
-        return ScanResult(prompt=prompt, model=self.lm.name, tokens=self.lm.to_str_tokens(ids),
-                          token_ids=ids, hooks=list(self.hooks), top=top, brain=brain,
-                          activity=activity, n_active=n_active, has_bos=has_bos)
+        return ScanResult(
+            prompt=prompt,
+            model=self.lm.name,
+            tokens=self.lm.to_str_tokens(ids),
+            token_ids=ids,
+            hooks=list(self.hooks),
+            top=top,
+            brain=brain,
+            activity=activity,
+            n_active=n_active,
+            has_bos=has_bos,
+        )
 
 
 class _Job:

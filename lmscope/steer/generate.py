@@ -39,8 +39,15 @@ class Comparison:
 
 
 @torch.no_grad()
-def generate(lm: LanguageModel, prompt: str, edits: dict | None = None, *, max_new_tokens: int = 30,
-             temperature: float = 0.0, seed: int = 0) -> tuple[str, torch.Tensor]:
+def generate(
+    lm: LanguageModel,
+    prompt: str,
+    edits: dict | None = None,
+    *,
+    max_new_tokens: int = 30,
+    temperature: float = 0.0,
+    seed: int = 0,
+) -> tuple[str, torch.Tensor]:
     """(continuation text, next-token probabilities [vocab] after the prompt) under `edits`."""
     toks = lm.to_tokens(prompt)
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -54,7 +61,11 @@ def generate(lm: LanguageModel, prompt: str, edits: dict | None = None, *, max_n
             if first_probs is None:
                 first_probs = probs.cpu()
             if temperature > 0:
-                nxt = int(torch.multinomial(torch.softmax(logits / temperature, -1).cpu(), 1, generator=gen))
+                nxt = int(
+                    torch.multinomial(
+                        torch.softmax(logits / temperature, -1).cpu(), 1, generator=gen
+                    )
+                )
             else:
                 nxt = int(logits.argmax())
             if nxt == eos:
@@ -63,7 +74,9 @@ def generate(lm: LanguageModel, prompt: str, edits: dict | None = None, *, max_n
             toks = torch.cat([toks, torch.tensor([[nxt]], device=toks.device)], 1)
     if first_probs is None:  # max_new_tokens == 0
         with hooked(lm, (), edits or {}):
-            first_probs = torch.softmax(lm.model(toks, use_cache=False).logits[0, -1].float(), -1).cpu()
+            first_probs = torch.softmax(
+                lm.model(toks, use_cache=False).logits[0, -1].float(), -1
+            ).cpu()
     return _continuation(lm, toks[0, : toks.shape[1] - len(new)].tolist(), new), first_probs
 
 
@@ -77,22 +90,47 @@ def _continuation(lm: LanguageModel, prompt_ids: list[int], new: list[int]) -> s
     dec = lm.tokenizer.decode
     head = dec(prompt_ids, skip_special_tokens=True)
     full = dec(prompt_ids + new, skip_special_tokens=True)
-    return full[len(head):] if full.startswith(head) else dec(new)
+    return full[len(head) :] if full.startswith(head) else dec(new)
 
 
-def compare(lm: LanguageModel, prompt: str, edits: dict, *, interventions: list[str] | None = None,
-            max_new_tokens: int = 30, temperature: float = 0.0, seed: int = 0,
-            targets: list[int] | None = None, top: int = 5) -> Comparison:
-    """Unsteered and steered continuations of `prompt`, target-token and top next-token probabilities."""
-    base, p0 = generate(lm, prompt, None, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    steer, p1 = generate(lm, prompt, edits, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+def compare(
+    lm: LanguageModel,
+    prompt: str,
+    edits: dict,
+    *,
+    interventions: list[str] | None = None,
+    max_new_tokens: int = 30,
+    temperature: float = 0.0,
+    seed: int = 0,
+    targets: list[int] | None = None,
+    top: int = 5,
+) -> Comparison:
+    """Unsteered and steered continuations of `prompt`, target-token and top next-token
+    probabilities."""
+    base, p0 = generate(
+        lm, prompt, None, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
+    )
+    steer, p1 = generate(
+        lm, prompt, edits, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
+    )
 
     def row(t: int) -> dict:
-        return {"token": lm.tokenizer.decode([t]), "id": t, "p_unsteered": float(p0[t]), "p_steered": float(p1[t])}
+        return {
+            "token": lm.tokenizer.decode([t]),
+            "id": t,
+            "p_unsteered": float(p0[t]),
+            "p_steered": float(p1[t]),
+        }
 
     nxt: list[int] = []
     if top > 0:
         cand = set(p0.topk(top).indices.tolist()) | set(p1.topk(top).indices.tolist())
         nxt = sorted(cand, key=lambda t: -max(float(p0[t]), float(p1[t])))
-    return Comparison(prompt, base, steer, interventions or [], [row(t) for t in (targets or [])],
-                      [row(t) for t in nxt])
+    return Comparison(
+        prompt,
+        base,
+        steer,
+        interventions or [],
+        [row(t) for t in (targets or [])],
+        [row(t) for t in nxt],
+    )

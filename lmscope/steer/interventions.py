@@ -59,14 +59,19 @@ class FeatureIntervention:
         return f"{self.hook}/{self.feature}{sym}{v:g}"
 
 
-def parse_interventions(specs: list[str], dictionaries: dict[str, SparseDictionary]) -> list[FeatureIntervention]:
-    """'HOOK/INDEX=+8' strings -> interventions; UserError (with close matches) for unknown features."""
+def parse_interventions(
+    specs: list[str], dictionaries: dict[str, SparseDictionary]
+) -> list[FeatureIntervention]:
+    """'HOOK/INDEX=+8' strings -> interventions; UserError (with close matches) for unknown
+    features."""
     out = []
     for spec in specs:
         m = _SPEC.match(spec.strip().replace(" ", ""))
         if not m:
-            raise UserError(f"cannot read feature intervention {spec!r}: use HOOK/INDEX=8 (clamp), =+8 (add), "
-                            "=-8, =*2 (scale) or =0 (ablate)")
+            raise UserError(
+                f"cannot read feature intervention {spec!r}: use HOOK/INDEX=8 (clamp), =+8 (add), "
+                "=-8, =*2 (scale) or =0 (ablate)"
+            )
         hook, f = resolve_feature_id(m.group("feat"), dictionaries)
         op, num = m.group("op"), float(m.group("num"))
         if op == "+":
@@ -80,8 +85,11 @@ def parse_interventions(specs: list[str], dictionaries: dict[str, SparseDictiona
     return out
 
 
-def feature_edits(interventions: list[FeatureIntervention], dictionaries: dict[str, SparseDictionary],
-                  positions: slice | None = None) -> dict:
+def feature_edits(
+    interventions: list[FeatureIntervention],
+    dictionaries: dict[str, SparseDictionary],
+    positions: slice | None = None,
+) -> dict:
     """Edits for `lmscope.models.runtime.hooked`: one per hook, all features there at once.
 
     The dictionary encodes the activation at its input hook; the change is added where its
@@ -115,12 +123,15 @@ def feature_edits(interventions: list[FeatureIntervention], dictionaries: dict[s
         if src == dst:
             edits[dst] = _compose(edits.get(dst), lambda x, delta=delta: x + delta(x))
         else:
+
             def remember(x, seen=seen, src=src):
                 seen[src] = x
                 return x
 
             edits[src] = _compose(edits.get(src), remember)
-            edits[dst] = _compose(edits.get(dst), lambda x, delta=delta, seen=seen, src=src: x + delta(seen[src]))
+            edits[dst] = _compose(
+                edits.get(dst), lambda x, delta=delta, seen=seen, src=src: x + delta(seen[src])
+            )
     return edits
 
 

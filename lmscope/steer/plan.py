@@ -1,8 +1,10 @@
-"""One steering request, end to end: feature specs + an optional steering vector -> edits -> compare.
+"""One steering request, end to end: feature specs + an optional steering vector -> edits ->
+compare.
 
     res = steer(lm, dictionaries, "I think dogs are", features=["blocks.6.resid_post/12=+8"],
                 vector=VectorSpec("Love", "Hate", layer=6, coeff=5), max_new_tokens=30,
-                targets=[" great"])                     # a Comparison (side by side + probabilities)
+                targets=[" great"])                     # a Comparison (side by side +
+                probabilities)
 
 `lmscope steer` and the viewer's steer page both call `steer()`, so they cannot drift apart.
 Feature interventions need dictionaries (an atlas); a steering vector needs only the model.
@@ -35,7 +37,8 @@ class VectorSpec:
     """Read and added at blocks.{layer}.{site}."""
     coeff: float = 5.0
     mode: Literal["actadd", "mean"] = "actadd"
-    """actadd: position-wise difference at the first positions; mean: last-token difference everywhere."""
+    """actadd: position-wise difference at the first positions; mean: last-token difference
+    everywhere."""
     site: Literal["resid_pre", "resid_post"] = "resid_pre"
 
     def __post_init__(self) -> None:
@@ -84,14 +87,20 @@ class SteerConfig:
 
     def __post_init__(self) -> None:
         if len(self.where) > 2:
-            raise ValueError(f"steer takes [ATLAS] PROMPT, got {len(self.where)} positional "
-                             "arguments; quote the prompt")
+            raise ValueError(
+                f"steer takes [ATLAS] PROMPT, got {len(self.where)} positional "
+                "arguments; quote the prompt"
+            )
         if not self.feature and not self.vector:
-            raise ValueError("nothing to steer with: pass --feature HOOK/INDEX=V and/or --vector "
-                             "POSITIVE NEGATIVE")
+            raise ValueError(
+                "nothing to steer with: pass --feature HOOK/INDEX=V and/or --vector "
+                "POSITIVE NEGATIVE"
+            )
         if self.vector and self.layer is None:
-            raise ValueError("--vector needs --layer L (the steering vector is read and added at "
-                             "blocks.L.resid_pre)")
+            raise ValueError(
+                "--vector needs --layer L (the steering vector is read and added at "
+                "blocks.L.resid_pre)"
+            )
         if self.generate < 0:
             raise ValueError("--generate must be >= 0")
 
@@ -120,32 +129,61 @@ class SteerPlan:
     coeff: float | None = None
 
 
-def plan(lm: LanguageModel, dictionaries: dict[str, SparseDictionary], features: list[str] = (), vector: VectorSpec | None = None) -> SteerPlan:
+def plan(
+    lm: LanguageModel,
+    dictionaries: dict[str, SparseDictionary],
+    features: list[str] = (),
+    vector: VectorSpec | None = None,
+) -> SteerPlan:
     """Parse feature specs (HOOK/INDEX=V) and build the vector; UserError on anything wrong."""
     if not features and vector is None:
-        raise UserError("nothing to steer with: give a feature intervention (HOOK/INDEX=V) "
-                        "and/or a steering vector (POSITIVE NEGATIVE)")
+        raise UserError(
+            "nothing to steer with: give a feature intervention (HOOK/INDEX=V) "
+            "and/or a steering vector (POSITIVE NEGATIVE)"
+        )
     if features and not dictionaries:
-        raise UserError("feature interventions need an atlas (its dictionaries); without one, steer "
-                        "with a vector only")
+        raise UserError(
+            "feature interventions need an atlas (its dictionaries); without one, steer "
+            "with a vector only"
+        )
     ivs = parse_interventions(list(features), dictionaries)
     edits = feature_edits(ivs, dictionaries)
     names = [str(iv) for iv in ivs]
     sv = None
     if vector is not None:
-        sv = steering_vector(lm, vector.positive, vector.negative, layer=vector.layer, mode=vector.mode,
-                             site=vector.site)
+        sv = steering_vector(
+            lm,
+            vector.positive,
+            vector.negative,
+            layer=vector.layer,
+            mode=vector.mode,
+            site=vector.site,
+        )
         for hook, fn in vector_edits(sv, vector.coeff).items():
             prev = edits.get(hook)
             edits[hook] = fn if prev is None else (lambda x, a=prev, b=fn: b(a(x)))
-        names.append(f"{vector.coeff:g} x ({vector.positive!r} - {vector.negative!r}) at {sv.hook} [{sv.mode}]")
+        names.append(
+            f"{vector.coeff:g} x ({vector.positive!r} - {vector.negative!r}) at {sv.hook} "
+            f"[{sv.mode}]"
+        )
     return SteerPlan(edits, names, sv, vector.coeff if vector else None)
 
 
-def steer(lm: LanguageModel, dictionaries: dict[str, SparseDictionary], prompt: str, *, features: list[str] = (), vector: VectorSpec | None = None,
-          max_new_tokens: int = 30, temperature: float = 0.0, seed: int = 0, targets: list[str] = (),
-          top: int = 5) -> Comparison:
-    """Generate with and without the interventions; probabilities of `targets` and the top next tokens."""
+def steer(
+    lm: LanguageModel,
+    dictionaries: dict[str, SparseDictionary],
+    prompt: str,
+    *,
+    features: list[str] = (),
+    vector: VectorSpec | None = None,
+    max_new_tokens: int = 30,
+    temperature: float = 0.0,
+    seed: int = 0,
+    targets: list[str] = (),
+    top: int = 5,
+) -> Comparison:
+    """Generate with and without the interventions; probabilities of `targets` and the top next
+    tokens."""
     from ..trace import resolve_target
 
     if max_new_tokens < 0:
@@ -158,8 +196,17 @@ def steer(lm: LanguageModel, dictionaries: dict[str, SparseDictionary], prompt: 
     for t, i in zip(targets, ids):
         if not 0 <= i < vocab:
             raise UserError(f"target {t!r} is not a token id of this model (0..{vocab - 1})")
-    cmp = compare(lm, prompt, p.edits, interventions=p.interventions, max_new_tokens=max_new_tokens,
-                  temperature=temperature, seed=seed, targets=ids, top=top)
+    cmp = compare(
+        lm,
+        prompt,
+        p.edits,
+        interventions=p.interventions,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        seed=seed,
+        targets=ids,
+        top=top,
+    )
     if p.vector is not None:
         cmp.vector = p.vector.to_dict() | {"coeff": p.coeff}
     return cmp

@@ -37,16 +37,30 @@ class SteeringVector:
     negative: str
 
     def to_dict(self) -> dict:
-        return {"hook": self.hook, "mode": self.mode, "positive": self.positive, "negative": self.negative,
-                "n_tokens": int(self.vector.shape[0]) if self.vector.dim() == 2 else None,
-                "norm": float(self.vector.norm())}
+        return {
+            "hook": self.hook,
+            "mode": self.mode,
+            "positive": self.positive,
+            "negative": self.negative,
+            "n_tokens": int(self.vector.shape[0]) if self.vector.dim() == 2 else None,
+            "norm": float(self.vector.norm()),
+        }
 
 
-def steering_vector(lm: LanguageModel, positive: str, negative: str, *, layer: int, mode: Literal["actadd", "mean"] = "actadd",
-                    site: Literal["resid_pre", "resid_post"] = "resid_pre") -> SteeringVector:
+def steering_vector(
+    lm: LanguageModel,
+    positive: str,
+    negative: str,
+    *,
+    layer: int,
+    mode: Literal["actadd", "mean"] = "actadd",
+    site: Literal["resid_pre", "resid_post"] = "resid_pre",
+) -> SteeringVector:
     """The residual difference positive - negative at blocks.{layer}.{site}."""
     if not 0 <= layer < lm.n_layers:
-        raise UserError(f"--layer {layer} is out of range: the model has layers 0..{lm.n_layers - 1}")
+        raise UserError(
+            f"--layer {layer} is out of range: the model has layers 0..{lm.n_layers - 1}"
+        )
     hook = f"blocks.{layer}.{site}"
     a, b = lm.to_tokens(positive), lm.to_tokens(negative)
     if mode == "actadd":

@@ -1,4 +1,5 @@
-"""Which features push an output token up or down: direct logit attribution and gradient x activation.
+"""Which features push an output token up or down: direct logit attribution and gradient x
+activation.
 
 For a dictionary at hook h (an SAE, or a transcoder whose decoder writes to its output
 hook) and a feature f active at position p with activation a:
@@ -91,11 +92,17 @@ def resolve_target(lm: LanguageModel, target: str | int) -> int:
     ids = lm.tokenizer(target, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
         pieces = [lm.tokenizer.decode([i]) for i in ids]
-        raise UserError(f"target {target!r} is {len(ids)} tokens {pieces!r}, not one; pass a single "
-                        f"token such as {pieces[0]!r}" if ids else f"target {target!r} tokenizes to nothing")
+        raise UserError(
+            f"target {target!r} is {len(ids)} tokens {pieces!r}, not one; pass a single "
+            f"token such as {pieces[0]!r}"
+            if ids
+            else f"target {target!r} tokenizes to nothing"
+        )
     unk = getattr(lm.tokenizer, "unk_token_id", None)
     if unk is not None and ids[0] == unk and target.strip() != lm.tokenizer.unk_token:
-        raise UserError(f"target {target!r} is not in the vocabulary (it becomes the unknown token)")
+        raise UserError(
+            f"target {target!r} is not in the vocabulary (it becomes the unknown token)"
+        )
     return ids[0]
 
 
@@ -111,8 +118,17 @@ def target_direction(lm: LanguageModel, target_id: int, vs_id: int | None) -> Te
     return u - W_U[vs_id].float() if vs_id is not None else u
 
 
-def trace(lm: LanguageModel, dictionaries: dict[str, SparseDictionary], prompt: str, *, target: str | int | None = None,
-          vs: str | int | None = None, top: int = 20, labels=None, include_special: bool = False) -> TraceResult:
+def trace(
+    lm: LanguageModel,
+    dictionaries: dict[str, SparseDictionary],
+    prompt: str,
+    *,
+    target: str | int | None = None,
+    vs: str | int | None = None,
+    top: int = 20,
+    labels=None,
+    include_special: bool = False,
+) -> TraceResult:
     """Rank the features of `dictionaries` {hook: dictionary} by their effect on the target.
 
     labels: optional callable (hook, feature) -> str.
@@ -130,17 +146,23 @@ def trace(lm: LanguageModel, dictionaries: dict[str, SparseDictionary], prompt: 
         lm.hooks[out_hook(d)]
     ins = sorted({d.cfg.hook_name for d in dictionaries.values()})
     outs = sorted({out_hook(d) for d in dictionaries.values()})
-    cap = sorted(set(ins) | set(outs) | ({"ln_final"} if lm.hooks.final_norm is not None else set()),
-                 key=lambda n: lm.hooks[n].order)
+    cap = sorted(
+        set(ins) | set(outs) | ({"ln_final"} if lm.hooks.final_norm is not None else set()),
+        key=lambda n: lm.hooks[n].order,
+    )
     # Pre-final-norm residual at the last position: for the frozen norm scale.
     last_resid = f"blocks.{lm.n_layers - 1}.resid_post"
     cap = sorted(set(cap) | {last_resid}, key=lambda n: lm.hooks[n].order)
     params = [p for p in lm.model.parameters() if p.requires_grad]
     # A zero leaf added where each dictionary writes: its gradient is dT/dx there, and
     # x + 0 keeps the forward bit-exact (the spliced decode(acts) + error is x itself).
-    leaves = {n: torch.zeros(1, tokens.shape[1], lm.hooks[n].d, dtype=lm.dtype, device=lm.device,
-                             requires_grad=True) for n in outs}
-    edits = {n: (lambda leaf: (lambda x: x + leaf))(leaves[n]) for n in outs}
+    leaves = {
+        n: torch.zeros(
+            1, tokens.shape[1], lm.hooks[n].d, dtype=lm.dtype, device=lm.device, requires_grad=True
+        )
+        for n in outs
+    }
+    edits = {n: (lambda leaf: lambda x: x + leaf)(leaves[n]) for n in outs}
     try:
         for p in params:  # gradients w.r.t. activations only
             p.requires_grad_(False)
@@ -154,8 +176,10 @@ def trace(lm: LanguageModel, dictionaries: dict[str, SparseDictionary], prompt: 
     finally:
         for p in params:
             p.requires_grad_(True)
-    grad_at = {n: (g[0] if g is not None else torch.zeros_like(leaves[n][0])).float()
-               for n, g in zip(outs, grads)}
+    grad_at = {
+        n: (g[0] if g is not None else torch.zeros_like(leaves[n][0])).float()
+        for n, g in zip(outs, grads)
+    }
     # DLA through the final norm frozen at the last position.
     u = target_direction(lm, target_id, vs_id)  # [d_model]
     if lm.hooks.final_norm is not None:
@@ -181,17 +205,34 @@ def trace(lm: LanguageModel, dictionaries: dict[str, SparseDictionary], prompt: 
                 a = a * token_mask(lm, tokens)[0, :, None].to(a.device)  # [pos, d_sae]
             pos, f = a.nonzero(as_tuple=True)
             for p_, f_ in zip(pos.tolist(), f.tolist()):
-                rows.append(FeatureAttribution(hook, f_, p_, str_tokens[p_], float(a[p_, f_]),
-                                               float(dla[p_, f_]), float(gxa[p_, f_])))
+                rows.append(
+                    FeatureAttribution(
+                        hook,
+                        f_,
+                        p_,
+                        str_tokens[p_],
+                        float(a[p_, f_]),
+                        float(dla[p_, f_]),
+                        float(gxa[p_, f_]),
+                    )
+                )
     rows.sort(key=lambda r: -abs(r.grad_x_act))
     rows = rows[:top]
     if labels is not None:
         for r in rows:
             r.label = labels(r.hook, r.feature) or ""
     probs = torch.softmax(logits.detach(), -1)
-    return TraceResult(prompt, str_tokens, lm.tokenizer.decode([target_id]), target_id,
-                       None if vs_id is None else lm.tokenizer.decode([vs_id]), vs_id,
-                       float(value.detach()), float(probs[target_id]), rows)
+    return TraceResult(
+        prompt,
+        str_tokens,
+        lm.tokenizer.decode([target_id]),
+        target_id,
+        None if vs_id is None else lm.tokenizer.decode([vs_id]),
+        vs_id,
+        float(value.detach()),
+        float(probs[target_id]),
+        rows,
+    )
 
 
 def _norm_transpose(norm: _NormLinearization, u: Tensor, inv: Tensor) -> Tensor:
@@ -209,9 +250,14 @@ def resolve_feature_id(spec: str, dictionaries: dict[str, object]) -> tuple[str,
 
     hook, f = parse_feature_id(spec)
     if hook not in dictionaries:
-        raise UserError(f"no dictionary at {hook!r} in this atlas{close_matches(hook, dictionaries)}; "
-                        f"it has: {', '.join(sorted(dictionaries)) or 'none'}")
+        raise UserError(
+            f"no dictionary at {hook!r} in this atlas{close_matches(hook, dictionaries)}; "
+            f"it has: {', '.join(sorted(dictionaries)) or 'none'}"
+        )
     d_sae = dictionaries[hook].cfg.d_sae
     if f >= d_sae:
-        raise UserError(f"feature {f} does not exist at {hook}: its dictionary has {d_sae} features (0..{d_sae - 1})")
+        raise UserError(
+            f"feature {f} does not exist at {hook}: its dictionary has {d_sae} features "
+            f"(0..{d_sae - 1})"
+        )
     return hook, f

@@ -59,8 +59,10 @@ class _NormLinearization:
         if eps is None:
             eps = getattr(module, "eps", None)
         if eps is None:
-            raise UserError(f"cannot freeze norm {type(module).__name__}: no eps attribute; "
-                            "this model family is not supported by graph/trace yet")
+            raise UserError(
+                f"cannot freeze norm {type(module).__name__}: no eps attribute; "
+                "this model family is not supported by graph/trace yet"
+            )
         self.eps = float(eps)
         w = getattr(module, "weight", None)
         d = w.shape[0] if w is not None else None
@@ -70,11 +72,20 @@ class _NormLinearization:
             with torch.no_grad():
                 ones = torch.ones(1, 1, d, device=w.device, dtype=w.dtype)
                 self.w_eff = (module(ones).float() * math.sqrt(1.0 + self.eps)).reshape(d)  # [d]
-                x = torch.randn(1, 3, d, generator=torch.Generator().manual_seed(0)).to(w.device, w.dtype)
-                err = (self.apply(x, self.inv_sigma(x)).float() - module(x).float()).abs().max().item()
+                x = torch.randn(1, 3, d, generator=torch.Generator().manual_seed(0)).to(
+                    w.device, w.dtype
+                )
+                err = (
+                    (self.apply(x, self.inv_sigma(x)).float() - module(x).float())
+                    .abs()
+                    .max()
+                    .item()
+                )
             if err > 1e-3 * (1 + self.w_eff.abs().max().item()):
-                raise UserError(f"norm {type(module).__name__} is neither RMSNorm-like nor LayerNorm "
-                                f"(calibration error {err:.3g}); graph/trace do not support it yet")
+                raise UserError(
+                    f"norm {type(module).__name__} is neither RMSNorm-like nor LayerNorm "
+                    f"(calibration error {err:.3g}); graph/trace do not support it yet"
+                )
         self.cached: torch.Tensor | None = None  # [1, pos, 1] inv_sigma on the recorded prompt
 
     def center(self, x: torch.Tensor) -> torch.Tensor:
@@ -125,7 +136,8 @@ class FrozenModel:
 
     @torch.no_grad()
     def record(self, tokens: torch.Tensor):
-        """One clean pass on tokens [1, pos]: cache the patterns and 1/sigma; returns the HF output."""
+        """One clean pass on tokens [1, pos]: cache the patterns and 1/sigma; returns the HF
+        output."""
         if tokens.shape[0] != 1:
             raise ValueError("record one prompt at a time (tokens [1, pos])")
         self.frozen = False
@@ -145,10 +157,14 @@ class FrozenModel:
             raise RuntimeError("frozen forward before record(): no cached norm scale")
         return lin.apply(x, lin.cached)
 
-    def _attention(self, module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kw):
+    def _attention(
+        self, module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kw
+    ):
         if not self.frozen:
             eager = sys.modules[type(module).__module__].eager_attention_forward
-            out, w = eager(module, query, key, value, attention_mask, scaling=scaling, dropout=0.0, **kw)
+            out, w = eager(
+                module, query, key, value, attention_mask, scaling=scaling, dropout=0.0, **kw
+            )
             self.patterns[id(module)] = w.detach()
             return out, w
         w = self.patterns[id(module)]  # [1, heads, q, k]

@@ -116,13 +116,15 @@ class Graph:
         if self.unexpanded is None:
             return self.adjacency
         A = self.adjacency.clone()
-        A[:, self.error_start:self.token_start] -= self.unexpanded
+        A[:, self.error_start : self.token_start] -= self.unexpanded
         return A
 
 
-def logit_nodes(probs: Tensor, target: int | None, *, max_logits: int = 10,
-                desired_prob: float = 0.95) -> list[int]:
-    """Top tokens until cumulative probability `desired_prob`, at most `max_logits`; target first."""
+def logit_nodes(
+    probs: Tensor, target: int | None, *, max_logits: int = 10, desired_prob: float = 0.95
+) -> list[int]:
+    """Top tokens until cumulative probability `desired_prob`, at most `max_logits`; target
+    first."""
     p, idx = probs.sort(descending=True)
     n = int((p.cumsum(0) < desired_prob).sum().item()) + 1
     ids = idx[: min(n, max_logits)].tolist()
@@ -131,13 +133,20 @@ def logit_nodes(probs: Tensor, target: int | None, *, max_logits: int = 10,
     return ids
 
 
-def estimate_bytes(lm: LanguageModel, n_pos: int, batch_size: int, n_active: int, n_logits: int = 10,
-                   max_feature_nodes: int | None = None) -> int:
+def estimate_bytes(
+    lm: LanguageModel,
+    n_pos: int,
+    batch_size: int,
+    n_active: int,
+    n_logits: int = 10,
+    max_feature_nodes: int | None = None,
+) -> int:
     """Peak memory of a graph build: the batched forward's saved tensors + the adjacency.
 
     Per layer and token a vmapped backward over `batch_size` gradients holds ~24
     d_model-sized float tensors per gradient (norm inputs, values, attention output,
-    residual, write leaves) plus the heads x pos pattern; the adjacency holds the computed rows over all n_nodes columns.
+    residual, write leaves) plus the heads x pos pattern; the adjacency holds the computed rows
+    over all n_nodes columns.
     """
     cfg = lm.model.config
     heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", 8)
@@ -146,15 +155,26 @@ def estimate_bytes(lm: LanguageModel, n_pos: int, batch_size: int, n_active: int
     forward = batch_size * n_pos * L * (24 * d + heads * n_pos) * itemsize
     n_nodes = n_active + L * n_pos + n_pos + n_logits
     rows = min(n_active, max_feature_nodes or n_active) + n_logits
-    adjacency = rows * n_nodes * 4 + (rows + L * n_pos + n_pos) ** 2 * 4  # filled rows + kept square
+    adjacency = (
+        rows * n_nodes * 4 + (rows + L * n_pos + n_pos) ** 2 * 4
+    )  # filled rows + kept square
     weights = sum(p.numel() * p.element_size() for p in lm.model.parameters())
     return forward + adjacency + weights
 
 
-def build_graph(lm: LanguageModel, transcoders: dict[int, SparseDictionary], prompt: str, *, target: str | int | None = None,
-                max_feature_nodes: int = 4096, batch_size: int = 64, max_logits: int = 10,
-                desired_prob: float = 0.95, max_memory_gb: float = 16.0,
-                progress: bool = False) -> Graph:
+def build_graph(
+    lm: LanguageModel,
+    transcoders: dict[int, SparseDictionary],
+    prompt: str,
+    *,
+    target: str | int | None = None,
+    max_feature_nodes: int = 4096,
+    batch_size: int = 64,
+    max_logits: int = 10,
+    desired_prob: float = 0.95,
+    max_memory_gb: float = 16.0,
+    progress: bool = False,
+) -> Graph:
     """The attribution graph of `prompt` through per-layer transcoders {layer: dictionary}.
 
     target: a token string/id to put first among the logit nodes (default: the top token).
@@ -175,13 +195,21 @@ def build_graph(lm: LanguageModel, transcoders: dict[int, SparseDictionary], pro
         raise UserError(
             f"a graph of this {tokens.shape[1]}-token prompt needs about {need / 2**30:.1f} GB "
             f"(limit --max-memory-gb {max_memory_gb:g}); shorten the prompt, lower --batch-size or "
-            "--max-feature-nodes, or raise the limit")
+            "--max-feature-nodes, or raise the limit"
+        )
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     with replacement(lm, transcoders, tokens) as rep:
-        g = _attribute(rep, prompt, target_id, max_feature_nodes=max_feature_nodes,
-                       batch_size=batch_size, max_logits=max_logits, desired_prob=desired_prob,
-                       progress=progress)
+        g = _attribute(
+            rep,
+            prompt,
+            target_id,
+            max_feature_nodes=max_feature_nodes,
+            batch_size=batch_size,
+            max_logits=max_logits,
+            desired_prob=desired_prob,
+            progress=progress,
+        )
     g.model = lm.name
     g.hooks = [transcoders[L].cfg.hook_name for L in sorted(transcoders)]
     g.stats["seconds"] = time.perf_counter() - t0
@@ -189,8 +217,17 @@ def build_graph(lm: LanguageModel, transcoders: dict[int, SparseDictionary], pro
     return g
 
 
-def _attribute(rep: Replacement, prompt: str, target_id: int | None, *, max_feature_nodes: int,
-               batch_size: int, max_logits: int, desired_prob: float, progress: bool) -> Graph:
+def _attribute(
+    rep: Replacement,
+    prompt: str,
+    target_id: int | None,
+    *,
+    max_feature_nodes: int,
+    batch_size: int,
+    max_logits: int,
+    desired_prob: float,
+    progress: bool,
+) -> Graph:
     lm = rep.lm
     n_pos, n_layers = rep.n_pos, lm.n_layers
     probs = torch.softmax(rep.clean_logits[-1].float(), -1)  # [vocab]
@@ -222,12 +259,17 @@ def _attribute(rep: Replacement, prompt: str, target_id: int | None, *, max_feat
     B = max(1, min(batch_size, max(n_log, min(n_active, max_feature_nodes))))
     timing = {"forward": 0.0, "backward": 0.0, "influence": 0.0}
     # What each active feature writes: activation x decoder row, [n_L, d_model] per layer.
-    writes: dict[int, dict[int, tuple[Tensor, Tensor]]] = {}  # layer -> pos -> (columns, [n_p, d_model])
+    writes: dict[
+        int, dict[int, tuple[Tensor, Tensor]]
+    ] = {}  # layer -> pos -> (columns, [n_p, d_model])
     for L, idx in layer_rows.items():
         writes[L] = {}
         for p in feats_t[idx, 1].unique().tolist():
             cols = idx[feats_t[idx, 1] == p]
-            writes[L][p] = (cols, vals_t[cols, None].float() * rep.layers[L].dec[feats_t[cols, 2]].float())
+            writes[L][p] = (
+                cols,
+                vals_t[cols, None].float() * rep.layers[L].dec[feats_t[cols, 2]].float(),
+            )
     tf = time.perf_counter()
     # One forward on the prompt; each backward below is vmapped over up to B injected
     # gradients (is_grads_batched): 4-5x faster than a forward on B copies + one backward.
@@ -260,8 +302,9 @@ def _attribute(rep: Replacement, prompt: str, target_id: int | None, *, max_feat
             grads.append(fin)
         srcs = [run.write_leaves[L] for L in rep.layers] + [run.embed_leaf]
         tb = time.perf_counter()
-        gs = torch.autograd.grad(outs, srcs, grads, retain_graph=True, allow_unused=True,
-                                 is_grads_batched=True)  # each [n, 1, pos, d_model]
+        gs = torch.autograd.grad(
+            outs, srcs, grads, retain_graph=True, allow_unused=True, is_grads_batched=True
+        )  # each [n, 1, pos, d_model]
         timing["backward"] += time.perf_counter() - tb
         for r in row_ids:
             slot_of[r] = len(slot_nodes)
@@ -279,7 +322,8 @@ def _attribute(rep: Replacement, prompt: str, target_id: int | None, *, max_feat
         gE = gs[-1]
         if gE is not None:
             A[rows[:, None], (tok0 + torch.arange(n_pos))[None, :]] = torch.einsum(
-                "bpd,pd->bp", gE[:, 0].float(), rep.embed.float())
+                "bpd,pd->bp", gE[:, 0].float(), rep.embed.float()
+            )
         if torch.cuda.is_available():
             peak = max(peak, torch.cuda.max_memory_allocated())
 
@@ -329,15 +373,27 @@ def _attribute(rep: Replacement, prompt: str, target_id: int | None, *, max_feat
     unexpanded[new_index[slots]] = folded
     tok_list = rep.tokens[0].tolist()
     return Graph(
-        prompt=prompt, tokens=tok_list, str_tokens=lm.to_str_tokens(tok_list), n_layers=n_layers,
-        features=feats_t[keep_f], activations=vals_t[keep_f].float(), logit_tokens=logit_ids,
-        logit_strs=lm.to_str_tokens(logit_ids), logit_probs=probs[logit_ids].float(),
-        adjacency=adjacency, unexpanded=unexpanded,
-        stats={"active_features": n_active, "feature_nodes": int(keep_f.numel()),
-               "unexpanded_features": int(left.numel()),
-               "unexpanded_fraction": float(left.numel() / max(n_active, 1)),
-               "backward_batches": n_batches, "batch_size": B, "peak_cuda_bytes": peak or None,
-               **{f"{k}_seconds": v for k, v in timing.items()}},
+        prompt=prompt,
+        tokens=tok_list,
+        str_tokens=lm.to_str_tokens(tok_list),
+        n_layers=n_layers,
+        features=feats_t[keep_f],
+        activations=vals_t[keep_f].float(),
+        logit_tokens=logit_ids,
+        logit_strs=lm.to_str_tokens(logit_ids),
+        logit_probs=probs[logit_ids].float(),
+        adjacency=adjacency,
+        unexpanded=unexpanded,
+        stats={
+            "active_features": n_active,
+            "feature_nodes": int(keep_f.numel()),
+            "unexpanded_features": int(left.numel()),
+            "unexpanded_fraction": float(left.numel() / max(n_active, 1)),
+            "backward_batches": n_batches,
+            "batch_size": B,
+            "peak_cuda_bytes": peak or None,
+            **{f"{k}_seconds": v for k, v in timing.items()},
+        },
     )
 
 

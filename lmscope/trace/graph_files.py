@@ -1,6 +1,7 @@
 """Graph JSON files in an atlas: ATLAS/graphs/*.json, saved without overwriting, listed, read back.
 
-    path = save_graph(data, graphs_dir(atlas))          # ATLAS/graphs/<slug>.json, or <slug>-2.json, ...
+    path = save_graph(data, graphs_dir(atlas))          # ATLAS/graphs/<slug>.json, or
+    <slug>-2.json, ...
     for g in list_graphs(graphs_dir(atlas)): ...        # GraphFile(name, slug, prompt, target, ...)
     data = read_graph(graphs_dir(atlas) / name)         # UserError unless it is a graph JSON
 
@@ -84,7 +85,8 @@ class GraphFile:
 
 
 MAX_NODES = 50_000
-"""Most nodes a graph file may hold (circuit-tracer prunes to a few thousand; the page draws each)."""
+"""Most nodes a graph file may hold (circuit-tracer prunes to a few thousand; the page draws
+each)."""
 MAX_LINKS = 2_000_000
 """Most links a graph file may hold."""
 _NODE = Obj({"node_id": Str(500)})
@@ -96,15 +98,24 @@ def read_graph(path: str | Path, *, max_bytes: int = 64 * 2**20) -> dict:
     path = Path(path)
     size = path.stat().st_size
     if size > max_bytes:
-        raise UserError(f"{path.name} is {size / 2**20:.1f} MiB; at most {max_bytes / 2**20:.0f} MiB "
-                        "are shown (prune the graph harder: --node-threshold / --edge-threshold)")
+        raise UserError(
+            f"{path.name} is {size / 2**20:.1f} MiB; at most {max_bytes / 2**20:.0f} MiB "
+            "are shown (prune the graph harder: --node-threshold / --edge-threshold)"
+        )
     data = read_json(path, max_bytes=max_bytes, what="graph")
-    if not (isinstance(data, dict) and isinstance(data.get("nodes"), list)
-            and isinstance(data.get("links"), list) and isinstance(data.get("metadata"), dict)):
+    if not (
+        isinstance(data, dict)
+        and isinstance(data.get("nodes"), list)
+        and isinstance(data.get("links"), list)
+        and isinstance(data.get("metadata"), dict)
+    ):
         raise UserError(f"{path.name} is not a graph JSON (needs metadata, nodes and links)")
     # Size limits and the fields the pages use, before anything walks the graph (lmscope.validate).
-    check(data, {"nodes": List(_NODE, max_items=MAX_NODES), "links": List(max_items=MAX_LINKS)},
-          where=path.name)
+    check(
+        data,
+        {"nodes": List(_NODE, max_items=MAX_NODES), "links": List(max_items=MAX_LINKS)},
+        where=path.name,
+    )
     if len(data["links"]) <= 10_000:
         check(data["links"], List(_LINK), where=f"{path.name} links")
     elif not all(isinstance(x, dict) for x in data["links"]):
@@ -115,13 +126,17 @@ def read_graph(path: str | Path, *, max_bytes: int = 64 * 2**20) -> dict:
 _cache: dict[tuple[str, int, int], GraphFile] = {}
 
 
-def list_graphs(folder: str | Path, *, max_files: int = 500, max_bytes: int = 64 * 2**20) -> list[GraphFile]:
+def list_graphs(
+    folder: str | Path, *, max_files: int = 500, max_bytes: int = 64 * 2**20
+) -> list[GraphFile]:
     """The graph files in `folder`, newest first (metadata cached by path, size and mtime)."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     out = []
-    files = [p for p in folder.iterdir() if valid_name(p.name) and p.is_file() and not p.is_symlink()]
+    files = [
+        p for p in folder.iterdir() if valid_name(p.name) and p.is_file() and not p.is_symlink()
+    ]
     files.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     for p in files[:max_files]:
         st = p.stat()
@@ -147,5 +162,14 @@ def _describe(p: Path, st: os.stat_result, max_bytes: int) -> GraphFile:
         target = m.group(1) if m else str(node.get("clerp") or node.get("feature"))
         prob = node.get("token_prob")
     prompt = meta.get("prompt") or "".join(str(t) for t in meta.get("prompt_tokens") or [])
-    return GraphFile(p.name, str(meta.get("slug") or p.stem), str(prompt), target, len(d["nodes"]),
-                     len(d["links"]), st.st_size, st.st_mtime, target_prob=prob)
+    return GraphFile(
+        p.name,
+        str(meta.get("slug") or p.stem),
+        str(prompt),
+        target,
+        len(d["nodes"]),
+        len(d["links"]),
+        st.st_size,
+        st.st_mtime,
+        target_prob=prob,
+    )

@@ -40,7 +40,8 @@ class PruneResult(NamedTuple):
     edge_mask: Tensor
     """bool [n_nodes, n_nodes] edges kept (rows = targets)."""
     cumulative: Tensor
-    """[n_nodes] cumulative share of influence at each node's rank (what circuit-tracer calls influence)."""
+    """[n_nodes] cumulative share of influence at each node's rank (what circuit-tracer calls
+    influence)."""
     influence: Tensor
     """[n_nodes] each node's influence on the logits (unpruned graph)."""
 
@@ -102,7 +103,7 @@ def _threshold(scores: Tensor, fraction: float) -> Tensor:
 
 def logit_weights(graph) -> Tensor:
     w = torch.zeros(graph.n_nodes)
-    w[graph.logit_start:] = graph.logit_probs
+    w[graph.logit_start :] = graph.logit_probs
     return w
 
 
@@ -114,7 +115,7 @@ def prune(graph, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> P
     n_fixed = graph.n_nodes - graph.token_start  # tokens + logits: always kept
     infl = node_influence(A, w)
     node_mask = infl >= _threshold(infl, node_threshold)
-    node_mask[graph.token_start:] = True
+    node_mask[graph.token_start :] = True
     P = A.clone()
     P[~node_mask] = 0
     P[:, ~node_mask] = 0
@@ -155,9 +156,9 @@ def scores(A: Tensor, w: Tensor, is_error: Tensor, is_token: Tensor) -> GraphSco
 
 def _kinds(graph) -> tuple[Tensor, Tensor]:
     is_err = torch.zeros(graph.n_nodes, dtype=torch.bool)
-    is_err[graph.error_start:graph.token_start] = True
+    is_err[graph.error_start : graph.token_start] = True
     is_tok = torch.zeros(graph.n_nodes, dtype=torch.bool)
-    is_tok[graph.token_start:graph.logit_start] = True
+    is_tok[graph.token_start : graph.logit_start] = True
     return is_err, is_tok
 
 
@@ -223,5 +224,9 @@ def circuit_tracer_scores(graph, node_threshold: float = 0.8, edge_threshold: fl
     pr = prune(g, node_threshold, edge_threshold)
     P = g.adjacency * pr.node_mask[:, None] * pr.node_mask[None, :] * pr.edge_mask
     part = scores(P, w, is_err, is_tok)
-    return {"replacement_score": full.replacement, "completeness_score": full.completeness,
-            "pruned_replacement_score": part.replacement, "pruned_completeness_score": part.completeness}
+    return {
+        "replacement_score": full.replacement,
+        "completeness_score": full.completeness,
+        "pruned_replacement_score": part.replacement,
+        "pruned_completeness_score": part.completeness,
+    }

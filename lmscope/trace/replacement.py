@@ -71,15 +71,19 @@ class ReplacementRun:
     ln_final: Tensor | None
     """[batch, pos, d_model] output of the (frozen) final norm."""
     write_leaves: dict[int, Tensor]
-    """layer -> zeros [batch, pos, d_model] added to the MLP output: its .grad = d target / d write."""
+    """layer -> zeros [batch, pos, d_model] added to the MLP output: its .grad = d target / d
+    write."""
     embed_leaf: Tensor | None
     """zeros [batch, pos, d_model] added to the embeddings."""
     embed: Tensor
     """[pos, d_model] the token embeddings (what enters block 0)."""
 
 
-def check_transcoders(lm: LanguageModel, dictionaries: dict[str, SparseDictionary]) -> dict[int, SparseDictionary]:
-    """{hook: dictionary} -> {layer: transcoder mlp_in -> mlp_out}; UserError naming what is missing."""
+def check_transcoders(
+    lm: LanguageModel, dictionaries: dict[str, SparseDictionary]
+) -> dict[int, SparseDictionary]:
+    """{hook: dictionary} -> {layer: transcoder mlp_in -> mlp_out}; UserError naming what is
+    missing."""
     by_layer: dict[int, SparseDictionary] = {}
     for d in dictionaries.values():
         cfg = d.cfg
@@ -90,9 +94,11 @@ def check_transcoders(lm: LanguageModel, dictionaries: dict[str, SparseDictionar
     if missing:
         have = ", ".join(sorted(dictionaries)) or "none"
         raise UserError(
-            f"an attribution graph needs a transcoder blocks.L.mlp_in -> blocks.L.mlp_out for every layer; "
+            "an attribution graph needs a transcoder blocks.L.mlp_in -> blocks.L.mlp_out for "
+            "every layer; "
             f"missing layers {_ranges(missing)} (the atlas has: {have}); train them with "
-            "`lmscope train --hooks 'blocks.*.mlp_in' --transcoder ...`")
+            "`lmscope train --hooks 'blocks.*.mlp_in' --transcoder ...`"
+        )
     return by_layer
 
 
@@ -108,8 +114,15 @@ def _ranges(xs: list[int]) -> str:
 class Replacement:
     """The replacement model on one prompt (use through `replacement(...)`)."""
 
-    def __init__(self, lm: LanguageModel, fz: FrozenModel, tokens: Tensor, layers: dict[int, LayerState],
-                 clean_logits: Tensor, embed: Tensor) -> None:
+    def __init__(
+        self,
+        lm: LanguageModel,
+        fz: FrozenModel,
+        tokens: Tensor,
+        layers: dict[int, LayerState],
+        clean_logits: Tensor,
+        embed: Tensor,
+    ) -> None:
         self.lm = lm
         self.fz = fz
         self.tokens = tokens
@@ -121,9 +134,16 @@ class Replacement:
     def n_pos(self) -> int:
         return self.tokens.shape[1]
 
-    def forward(self, batch: int = 1, *, acts: dict[int, Tensor] | None = None,
-                errors: dict[int, Tensor] | None = None, embed: Tensor | None = None, grad: bool = False,
-                logits: bool = True) -> ReplacementRun:
+    def forward(
+        self,
+        batch: int = 1,
+        *,
+        acts: dict[int, Tensor] | None = None,
+        errors: dict[int, Tensor] | None = None,
+        embed: Tensor | None = None,
+        grad: bool = False,
+        logits: bool = True,
+    ) -> ReplacementRun:
         """A frozen forward on `batch` copies of the prompt.
 
         acts: layer -> [batch|1, pos, d_sae] feature activations to use instead of the
@@ -135,7 +155,9 @@ class Replacement:
         lm = self.lm
         dev, dt = self.embed.device, self.embed.dtype
         shape = (batch, self.n_pos, lm.d_model)
-        leaves = {L: torch.zeros(shape, device=dev, dtype=dt, requires_grad=grad) for L in self.layers}
+        leaves = {
+            L: torch.zeros(shape, device=dev, dtype=dt, requires_grad=grad) for L in self.layers
+        }
         embed_leaf = torch.zeros(shape, device=dev, dtype=dt, requires_grad=grad)
         mlp_in: dict[int, Tensor] = {}
 
@@ -143,6 +165,7 @@ class Replacement:
             def f(x):
                 mlp_in[L] = x
                 return x.detach()  # the real MLP runs, but nothing flows through it
+
             return f
 
         def put_out(L):
@@ -156,20 +179,35 @@ class Replacement:
                 if skip is not None:
                     w = w + skip
                 return w.expand(x.shape) + leaves[L]
+
             return f
 
-        edits = {"embed": lambda x: (x.detach() if embed is None else embed.to(x.dtype).expand(x.shape)) + embed_leaf}
+        edits = {
+            "embed": lambda x: (
+                (x.detach() if embed is None else embed.to(x.dtype).expand(x.shape)) + embed_leaf
+            )
+        }
         for L in self.layers:
             edits[f"blocks.{L}.mlp_in"] = take_in(L)
             edits[f"blocks.{L}.mlp_out"] = put_out(L)
         capture = ["ln_final"] if lm.hooks.final_norm is not None else []
         toks = self.tokens.expand(batch, -1)
         ctx = torch.enable_grad() if grad else torch.no_grad()
-        with ctx, hooked(lm, capture, edits, stop_early=not logits and bool(capture), detach=False) as got:
+        with (
+            ctx,
+            hooked(
+                lm, capture, edits, stop_early=not logits and bool(capture), detach=False
+            ) as got,
+        ):
             out = lm.model(toks, use_cache=False)
-        return ReplacementRun(logits=out.logits if logits else None, mlp_in=mlp_in,
-                              ln_final=got.get("ln_final"), write_leaves=leaves,
-                              embed_leaf=embed_leaf if grad else None, embed=self.embed)
+        return ReplacementRun(
+            logits=out.logits if logits else None,
+            mlp_in=mlp_in,
+            ln_final=got.get("ln_final"),
+            write_leaves=leaves,
+            embed_leaf=embed_leaf if grad else None,
+            embed=self.embed,
+        )
 
     def pre_acts(self, run: ReplacementRun, layer: int) -> Tensor:
         """[batch, pos, d_sae] encoder pre-activations of `layer` in a frozen run."""
@@ -190,12 +228,19 @@ def _layer_state(L: int, tc, mlp_in: Tensor, mlp_out: Tensor, zero_bos: bool) ->
             acts[0] = 0
         recon = tc.decode(acts, mlp_in)  # [pos, d_model]
         enc = encoder_affine(tc)
-        return LayerState(L, tc, acts, mlp_out - recon, mlp_in, decoder_rows(tc), enc.weight, enc.bias)
+        return LayerState(
+            L, tc, acts, mlp_out - recon, mlp_in, decoder_rows(tc), enc.weight, enc.bias
+        )
 
 
 @contextlib.contextmanager
-def replacement(lm: LanguageModel, transcoders: dict[int, SparseDictionary], tokens: Tensor, *,
-                zero_bos: bool = True) -> Iterator[Replacement]:
+def replacement(
+    lm: LanguageModel,
+    transcoders: dict[int, SparseDictionary],
+    tokens: Tensor,
+    *,
+    zero_bos: bool = True,
+) -> Iterator[Replacement]:
     """Build the replacement model on tokens [1, pos]; frozen attention/norms while open."""
     if tokens.shape[0] != 1:
         raise ValueError("the replacement model is built on one prompt: tokens [1, pos]")
@@ -205,8 +250,10 @@ def replacement(lm: LanguageModel, transcoders: dict[int, SparseDictionary], tok
         with torch.no_grad(), hooked(lm, names) as got:
             out = fz.record(tokens)
         bos = zero_bos and lm.bos_token_id is not None and int(tokens[0, 0]) == lm.bos_token_id
-        layers = {L: _layer_state(L, tc, got[f"blocks.{L}.mlp_in"][0], got[f"blocks.{L}.mlp_out"][0], bos)
-                  for L, tc in sorted(transcoders.items())}
+        layers = {
+            L: _layer_state(L, tc, got[f"blocks.{L}.mlp_in"][0], got[f"blocks.{L}.mlp_out"][0], bos)
+            for L, tc in sorted(transcoders.items())
+        }
         fz.frozen = True
         try:
             for p in params:  # edges need gradients w.r.t. activations only, never the weights

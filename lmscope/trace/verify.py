@@ -53,20 +53,36 @@ def target_value(lm: LanguageModel, tokens, res: TraceResult, edits=None) -> flo
     return float(v)
 
 
-def verify(lm: LanguageModel, dictionaries: dict[str, SparseDictionary], res: TraceResult, *, top: int = 5) -> list[dict]:
-    """Ablate the top features one at a time and jointly; predicted vs actual change of the target."""
+def verify(
+    lm: LanguageModel, dictionaries: dict[str, SparseDictionary], res: TraceResult, *, top: int = 5
+) -> list[dict]:
+    """Ablate the top features one at a time and jointly; predicted vs actual change of the
+    target."""
     tokens = lm.to_tokens(res.prompt)
     base = target_value(lm, tokens, res)
     out = []
     feats = res.features[:top]
     for f in feats:
         actual = target_value(lm, tokens, res, ablation_edits(lm, dictionaries, [f])) - base
-        out.append({"id": f.id, "pos": f.pos, "predicted": -f.grad_x_act, "predicted_dla": -f.dla,
-                    "actual": actual})
+        out.append(
+            {
+                "id": f.id,
+                "pos": f.pos,
+                "predicted": -f.grad_x_act,
+                "predicted_dla": -f.dla,
+                "actual": actual,
+            }
+        )
     if len(feats) > 1:
         actual = target_value(lm, tokens, res, ablation_edits(lm, dictionaries, feats)) - base
-        out.append({"id": f"top {len(feats)} jointly", "pos": None,
-                    "predicted": -sum(f.grad_x_act for f in feats),
-                    "predicted_dla": -sum(f.dla for f in feats), "actual": actual})
+        out.append(
+            {
+                "id": f"top {len(feats)} jointly",
+                "pos": None,
+                "predicted": -sum(f.grad_x_act for f in feats),
+                "predicted_dla": -sum(f.dla for f in feats),
+                "actual": actual,
+            }
+        )
     res.verification = out
     return out

@@ -1,1 +1,2 @@
-"""The local web viewer (`lmscope serve`): scan, feature, search, overview, graph and steer pages. See docs/viewer.md."""
+"""The local web viewer (`lmscope serve`): scan, feature, search, overview, graph and steer pages.
+See docs/viewer.md."""

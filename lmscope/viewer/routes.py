@@ -3,7 +3,8 @@
     from lmscope.viewer.routes import route, Request
 
     @route("POST", "/api/trace")
-    def trace(req: Request) -> dict:           # returns JSON; raise ApiError(400, "...") on bad input
+    def trace(req: Request) -> dict:           # returns JSON; raise ApiError(400, "...") on bad
+    input
         prompt = req.text("prompt")
         ...
 
@@ -37,12 +38,17 @@ class ApiError(Exception):
 
 
 def route(method: str, path: str, *, runs_model: bool | Callable[[Request], bool] = False):
-    """Register `fn` for method + path; runs_model (or a predicate on the request) marks a model run."""
+    """Register `fn` for method + path; runs_model (or a predicate on the request) marks a model
+    run."""
+
     def deco(fn):
         ROUTES[(method.upper(), path)] = fn
         if runs_model:
-            MODEL_RUNS[(method.upper(), path)] = runs_model if callable(runs_model) else (lambda req: True)
+            MODEL_RUNS[(method.upper(), path)] = (
+                runs_model if callable(runs_model) else (lambda req: True)
+            )
         return fn
+
     return deco
 
 
@@ -75,7 +81,9 @@ class Request:
             raise ApiError(400, f"field {name!r} must be a string")
         limit = max_chars or getattr(self.limits, "max_text_chars", 20000)
         if len(val) > limit:
-            raise ApiError(413, f"field {name!r} is too long ({len(val)} characters, at most {limit})")
+            raise ApiError(
+                413, f"field {name!r} is too long ({len(val)} characters, at most {limit})"
+            )
         return val
 
     def int(self, name: str, default: int, lo: int, hi: int) -> int:
@@ -87,7 +95,6 @@ class Request:
         if not lo <= val <= hi:
             raise ApiError(400, f"field {name!r} must be between {lo} and {hi}, got {val}")
         return val
-
 
     def float(self, name: str, default: float, lo: float, hi: float) -> float:
         val = self.get(name, default)
@@ -112,7 +119,10 @@ class Request:
             raise ApiError(400, f"field {name!r} has {len(val)} items, at most {max_items}")
         for v in val:
             if len(v) > max_chars:
-                raise ApiError(400, f"an item of {name!r} is too long ({len(v)} characters, at most {max_chars})")
+                raise ApiError(
+                    400,
+                    f"an item of {name!r} is too long ({len(v)} characters, at most {max_chars})",
+                )
         return val
 
 

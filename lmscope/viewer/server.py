@@ -131,12 +131,17 @@ class ServeConfig:
             raise ValueError(f"--port must be between 0 and 65535, got {self.port}")
         at_least_1 = (self.max_tokens, self.max_body_kb, self.threads, self.max_graph_tokens)
         if min(at_least_1) < 1 or self.max_generate < 0:
-            raise ValueError("--max-tokens, --max-body-kb, --threads and --max-graph-tokens must be "
-                             ">= 1, --max-generate >= 0")
+            raise ValueError(
+                "--max-tokens, --max-body-kb, --threads and --max-graph-tokens must be "
+                ">= 1, --max-generate >= 0"
+            )
 
     def limits(self) -> Limits:
-        return Limits(max_body_bytes=self.max_body_kb * 1024, max_generate=self.max_generate,
-                      max_graph_tokens=self.max_graph_tokens)
+        return Limits(
+            max_body_bytes=self.max_body_kb * 1024,
+            max_generate=self.max_generate,
+            max_graph_tokens=self.max_graph_tokens,
+        )
 
 
 def confined(root: Path, rel: str) -> Path | None:
@@ -165,7 +170,7 @@ def split_host(value: str) -> tuple[str, str | None] | None:
         end = value.find("]")
         if end < 0:
             return None
-        name, rest = value[1:end], value[end + 1:]
+        name, rest = value[1:end], value[end + 1 :]
         if rest and not rest.startswith(":"):
             return None
         port = rest[1:] or None
@@ -226,9 +231,11 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("X-Frame-Options", "DENY")  # no clickjacking through a framing page
         self.send_header("Referrer-Policy", "no-referrer")  # the token never leaks in a Referer
         # The page loads only its own scripts and styles: no CDN, no inline script.
-        self.send_header("Content-Security-Policy",
-                         "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-                         "frame-ancestors 'none'")
+        self.send_header(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+            "frame-ancestors 'none'",
+        )
         for k, v in (extra or {}).items():
             self.send_header(k, v)
         if self.server.crowded():  # others wait for a thread: do not keep this one idle for us
@@ -242,8 +249,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def _json(self, status: int, obj, extra: dict | None = None) -> None:
         body = json.dumps(obj, allow_nan=False, default=str).encode()
-        self._send(status, body, "application/json; charset=utf-8",
-                   extra={"Cache-Control": "no-store", **(extra or {})})
+        self._send(
+            status,
+            body,
+            "application/json; charset=utf-8",
+            extra={"Cache-Control": "no-store", **(extra or {})},
+        )
 
     def _error(self, status: int, message: str, extra: dict | None = None) -> None:
         self._json(status, {"error": message, "status": status}, extra)
@@ -296,8 +307,11 @@ class Handler(BaseHTTPRequestHandler):
         if parsed is None or not srv.host_allowed(parsed[0]):
             # DNS rebinding: a page on evil.example whose name now resolves to 127.0.0.1.
             self.close_connection = True
-            raise ApiError(403, f"Host {host[:100]!r} is not allowed (DNS-rebinding protection); open "
-                                f"{srv.local_url()} or start lmscope serve with --allow-host NAME")
+            raise ApiError(
+                403,
+                f"Host {host[:100]!r} is not allowed (DNS-rebinding protection); open "
+                f"{srv.local_url()} or start lmscope serve with --allow-host NAME",
+            )
         if path.startswith("/api/") or method != "GET":
             self._check_origin(host)
         if method == "POST":
@@ -306,7 +320,9 @@ class Handler(BaseHTTPRequestHandler):
                 # Cross-site forms and simple fetches can only send text/plain, urlencoded or
                 # multipart bodies without a CORS preflight: refusing them closes that door.
                 self.close_connection = True
-                raise ApiError(415, "POST bodies must be JSON sent with Content-Type: application/json")
+                raise ApiError(
+                    415, "POST bodies must be JSON sent with Content-Type: application/json"
+                )
         if srv.token is not None and not path.startswith("/static/"):
             return self._check_token(method, path, qs)
         return False
@@ -315,26 +331,48 @@ class Handler(BaseHTTPRequestHandler):
         origin = self.headers.get("Origin")
         if self.headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
             raise ApiError(403, "cross-site request refused (Sec-Fetch-Site: cross-site)")
-        source, kind = (origin, "Origin") if origin is not None else (self.headers.get("Referer"), "Referer")
+        source, kind = (
+            (origin, "Origin") if origin is not None else (self.headers.get("Referer"), "Referer")
+        )
         if source is None:
             return  # not sent by a browser page (curl, scripts); browsers send Origin on every POST
         u = urlsplit(source.strip())
-        if source.strip() == "null" or u.scheme not in ("http", "https") or u.netloc.lower() != host.lower():
+        if (
+            source.strip() == "null"
+            or u.scheme not in ("http", "https")
+            or u.netloc.lower() != host.lower()
+        ):
             self.close_connection = True
-            raise ApiError(403, f"cross-origin request refused ({kind} {source[:100]!r} is not this "
-                                "server's own page)")
+            raise ApiError(
+                403,
+                f"cross-origin request refused ({kind} {source[:100]!r} is not this "
+                "server's own page)",
+            )
 
     def _check_token(self, method: str, path: str, qs: str) -> bool:
         srv: ViewerServer = self.server
         given = parse_qs(qs).get("token", [None])[0]
-        if given is not None and srv.token_ok(given) and method == "GET" and not path.startswith("/api/"):
+        if (
+            given is not None
+            and srv.token_ok(given)
+            and method == "GET"
+            and not path.startswith("/api/")
+        ):
             # First visit through the printed URL: keep the token in a cookie and drop it from
             # the address bar (and from history) with a redirect.
             rest = {k: v for k, v in parse_qs(qs, keep_blank_values=True).items() if k != "token"}
             target = path + ("?" + urlencode(rest, doseq=True) if rest else "")
-            self._send(303, b"", "text/plain; charset=utf-8", extra={
-                "Location": target, "Cache-Control": "no-store",
-                "Set-Cookie": f"{srv.cookie_name}={srv.token}; Path=/; HttpOnly; SameSite=Strict"})
+            self._send(
+                303,
+                b"",
+                "text/plain; charset=utf-8",
+                extra={
+                    "Location": target,
+                    "Cache-Control": "no-store",
+                    "Set-Cookie": f"{srv.cookie_name}={srv.token}; Path=/; HttpOnly; "
+                    "SameSite=Strict",
+                },
+            )
             return True
         candidates = [given, self._cookie(srv.cookie_name)]
         auth = self.headers.get("Authorization", "")
@@ -343,8 +381,11 @@ class Handler(BaseHTTPRequestHandler):
         if any(c is not None and srv.token_ok(c) for c in candidates):
             return False
         self.close_connection = True
-        raise ApiError(403, "this viewer needs its token: open the URL with ?token=... that "
-                            "`lmscope serve` printed when it started")
+        raise ApiError(
+            403,
+            "this viewer needs its token: open the URL with ?token=... that "
+            "`lmscope serve` printed when it started",
+        )
 
     def _cookie(self, name: str) -> str | None:
         for part in self.headers.get("Cookie", "").split(";"):
@@ -371,7 +412,9 @@ class Handler(BaseHTTPRequestHandler):
         if n > limits.max_body_bytes:
             # Do not read it; close the connection so the rest is not parsed as a request.
             self.close_connection = True
-            raise ApiError(413, f"request body too large ({n} bytes, at most {limits.max_body_bytes})")
+            raise ApiError(
+                413, f"request body too large ({n} bytes, at most {limits.max_body_bytes})"
+            )
         # A body slower than min_body_rate (after a grace) is cut off by the reaper.
         self.server.watch(self.connection, limits.body_grace_s + n / limits.min_body_rate)
         try:
@@ -401,8 +444,12 @@ class Handler(BaseHTTPRequestHandler):
                 raise ApiError(405, f"{method} not allowed on {path}")
             raise ApiError(404, f"no API endpoint {path}")
         body = self._read_body() if method == "POST" else {}
-        req = Request(reader=self.server.reader, query=Request.parse_query(qs), body=body,
-                      limits=self.server.limits)
+        req = Request(
+            reader=self.server.reader,
+            query=Request.parse_query(qs),
+            body=body,
+            limits=self.server.limits,
+        )
         runs_model = MODEL_RUNS.get((method, path))
         if runs_model is not None and runs_model(req):
             with self.server.model_slot():
@@ -415,9 +462,9 @@ class Handler(BaseHTTPRequestHandler):
         if path in ("/", "/index.html"):
             file = STATIC / "index.html"
         elif path.startswith("/static/"):
-            file = confined(STATIC, path[len("/static/"):])
+            file = confined(STATIC, path[len("/static/") :])
         elif path.startswith("/plots/") and self.server.reader.atlas is not None:
-            file = confined(Path(self.server.reader.atlas) / "plots", path[len("/plots/"):])
+            file = confined(Path(self.server.reader.atlas) / "plots", path[len("/plots/") :])
         else:
             file = None
         if file is None:
@@ -433,8 +480,10 @@ def page_scripts() -> list[str]:
     return [f"/static/pages/{p.name}" for p in sorted((STATIC / "pages").glob("*.js"))]
 
 
-_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
-         b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s")
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
+    b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+)
 
 
 class ViewerServer(HTTPServer):
@@ -448,8 +497,16 @@ class ViewerServer(HTTPServer):
 
     request_queue_size = 64  # the kernel's accept backlog
 
-    def __init__(self, addr, reader, limits: Limits, verbose: bool = False, *,
-                 token: str | None = None, allow_hosts: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        addr,
+        reader,
+        limits: Limits,
+        verbose: bool = False,
+        *,
+        token: str | None = None,
+        allow_hosts: tuple[str, ...] = (),
+    ) -> None:
         self.reader = reader
         self.limits = limits
         self.verbose = verbose
@@ -469,8 +526,10 @@ class ViewerServer(HTTPServer):
         self._deadline_lock = threading.Lock()
         self._model_slots = threading.BoundedSemaphore(limits.max_model_queue)
         self._stopping = threading.Event()
-        self._workers = [threading.Thread(target=self._work, daemon=True, name=f"lmscope-http-{i}")
-                         for i in range(limits.max_threads)]
+        self._workers = [
+            threading.Thread(target=self._work, daemon=True, name=f"lmscope-http-{i}")
+            for i in range(limits.max_threads)
+        ]
         for t in self._workers:
             t.start()
         threading.Thread(target=self._reap, daemon=True, name="lmscope-http-reaper").start()
@@ -493,8 +552,12 @@ class ViewerServer(HTTPServer):
         try:
             self._conns.put_nowait((request, client_address))
         except queue.Full:
-            msg = json.dumps({"error": "the viewer is busy (too many connections); retry in a moment",
-                              "status": 503}).encode()
+            msg = json.dumps(
+                {
+                    "error": "the viewer is busy (too many connections); retry in a moment",
+                    "status": 503,
+                }
+            ).encode()
             try:
                 request.settimeout(1.0)
                 request.sendall(_BUSY % (len(msg), msg))
@@ -560,8 +623,12 @@ class ViewerServer(HTTPServer):
         class _Slot:
             def __enter__(self):
                 if not server._model_slots.acquire(blocking=False):
-                    raise ApiError(503, f"the model is busy ({server.limits.max_model_queue} runs "
-                                        "queued); retry in a moment", headers={"Retry-After": "2"})
+                    raise ApiError(
+                        503,
+                        f"the model is busy ({server.limits.max_model_queue} runs "
+                        "queued); retry in a moment",
+                        headers={"Retry-After": "2"},
+                    )
 
             def __exit__(self, *exc):
                 server._model_slots.release()
@@ -581,13 +648,21 @@ def _own_names() -> set[str]:
 
 
 def needs_token(host: str) -> bool:
-    """A server bound to anything but a loopback address is reachable by others: it needs a token."""
+    """A server bound to anything but a loopback address is reachable by others: it needs a
+    token."""
     return not is_loopback(host.strip("[]"))
 
 
-def make_server(reader, *, host: str = "127.0.0.1", port: int = 8765, limits: Limits | None = None,
-                verbose: bool = False, token: str | None = None,
-                allow_hosts: tuple[str, ...] = ()) -> ViewerServer:
+def make_server(
+    reader,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    limits: Limits | None = None,
+    verbose: bool = False,
+    token: str | None = None,
+    allow_hosts: tuple[str, ...] = (),
+) -> ViewerServer:
     """A ready (not yet serving) viewer server; port 0 picks a free port (see .server_address).
 
     token: the secret every request must carry; None generates one when `host` is not a loopback
@@ -601,7 +676,15 @@ def make_server(reader, *, host: str = "127.0.0.1", port: int = 8765, limits: Li
     if token is not None and len(token) < 16:
         raise UserError("the viewer token must be at least 16 characters")
     try:
-        return ViewerServer((host.strip("[]"), port), reader, limits, verbose=verbose, token=token,
-                            allow_hosts=tuple(allow_hosts))
+        return ViewerServer(
+            (host.strip("[]"), port),
+            reader,
+            limits,
+            verbose=verbose,
+            token=token,
+            allow_hosts=tuple(allow_hosts),
+        )
     except OSError as e:
-        raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); pick another --port") from None
+        raise UserError(
+            f"cannot listen on {host}:{port} ({e.strerror}); pick another --port"
+        ) from None

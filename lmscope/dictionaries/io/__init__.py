@@ -35,7 +35,8 @@ def detect_format(path: str | Path) -> str:
     if (p / PARAMS_FILENAME).exists():
         return "gemmascope"
     raise UserError(
-        f"{p} is not a dictionary folder: expected cfg.json + {WEIGHTS_FILENAME} (lmscope/SAELens), "
+        f"{p} is not a dictionary folder: expected cfg.json + {WEIGHTS_FILENAME} "
+        "(lmscope/SAELens), "
         f"cfg.json + {SPARSIFY_WEIGHTS} (sparsify) or {PARAMS_FILENAME} (Gemma Scope)"
     )
 
@@ -50,5 +51,13 @@ def load_dictionary(path: str | Path, device: str | torch.device = "cpu") -> Spa
     return load_saelens(folder, device) if fmt == "saelens" else load_sparsify(folder, device)
 
 
-__all__ = ["detect_format", "load_dictionary", "load_gemmascope", "load_saelens", "load_sparsify",
-           "read_sparsity", "saelens_metadata", "save_saelens"]
+__all__ = [
+    "detect_format",
+    "load_dictionary",
+    "load_gemmascope",
+    "load_saelens",
+    "load_sparsify",
+    "read_sparsity",
+    "saelens_metadata",
+    "save_saelens",
+]

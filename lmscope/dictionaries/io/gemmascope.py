@@ -1,4 +1,5 @@
-"""Gemma Scope `params.npz` (Lieberum et al. 2024): JumpReLU SAEs and transcoders on raw activations.
+"""Gemma Scope `params.npz` (Lieberum et al. 2024): JumpReLU SAEs and transcoders on raw
+activations.
 
 The archive holds W_enc [d_in, d_sae], W_dec [d_sae, d_out], b_enc [d_sae], b_dec [d_out]
 and threshold [d_sae]. Gemma Scope encodes x @ W_enc + b_enc without subtracting b_dec
@@ -21,8 +22,13 @@ from .saelens import from_raw_state
 PARAMS_FILENAME = "params.npz"
 
 
-def load_gemmascope(path: str | Path, device: str | torch.device = "cpu", *, hook_name: str = "",
-                    model_name: str = "") -> SparseDictionary:
+def load_gemmascope(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    *,
+    hook_name: str = "",
+    model_name: str = "",
+) -> SparseDictionary:
     """A Gemma Scope params.npz (or the folder holding it) -> JumpReLU SparseDictionary."""
     path = Path(path)
     file = path / PARAMS_FILENAME if path.is_dir() else path
@@ -37,8 +43,13 @@ def load_gemmascope(path: str | Path, device: str | torch.device = "cpu", *, hoo
     d_in, d_sae = st["W_enc"].shape
     d_out = st["W_dec"].shape[1]
     cfg = DictionaryConfig(
-        d_in=d_in, d_sae=d_sae, arch="jumprelu", d_out=None if d_out == d_in else d_out,
-        skip="W_skip" in st, hook_name=hook_name, model_name=model_name,
+        d_in=d_in,
+        d_sae=d_sae,
+        arch="jumprelu",
+        d_out=None if d_out == d_in else d_out,
+        skip="W_skip" in st,
+        hook_name=hook_name,
+        model_name=model_name,
     )
     return from_raw_state(cfg, st, apply_b_dec_to_input=False).to(device)
 

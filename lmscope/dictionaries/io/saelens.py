@@ -1,10 +1,13 @@
-"""SAELens on-disk format: read and write `cfg.json` + `sae_weights.safetensors` (+ `sparsity.safetensors`).
+"""SAELens on-disk format: read and write `cfg.json` + `sae_weights.safetensors` (+
+`sparsity.safetensors`).
 
 The folder SAELens >= 6 writes with `SAE.save_model` and reads with `SAE.load_from_disk`:
 
-    cfg.json               {"architecture", "d_in", "d_sae", "dtype", "device", "apply_b_dec_to_input",
+    cfg.json               {"architecture", "d_in", "d_sae", "dtype", "device",
+    "apply_b_dec_to_input",
                             "normalize_activations", "reshape_activations", "metadata": {...},
-                            "k" (topk), "rescale_acts_by_decoder_norm" (topk), "d_out" (transcoders)}
+                            "k" (topk), "rescale_acts_by_decoder_norm" (topk), "d_out"
+                            (transcoders)}
     sae_weights.safetensors W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_out], b_dec [d_out],
                             threshold [d_sae] (jumprelu), W_skip [d_out, d_in] (skip transcoders)
     sparsity.safetensors   sparsity [d_sae] = log10(firing frequency + 1e-10)   (optional)
@@ -22,7 +25,8 @@ What we write, and why:
   running threshold (as SAELens saves BatchTopK); jumprelu -> "jumprelu"; relu -> "standard".
   Transcoders: "transcoder"/"skip_transcoder" (relu), "jumprelu_transcoder"/
   "jumprelu_skip_transcoder" (jumprelu, batchtopk). SAELens has no TopK transcoder class, so
-  a topk transcoder is written as "topk_transcoder"/"topk_skip_transcoder", which only lmscope reads.
+  a topk transcoder is written as "topk_transcoder"/"topk_skip_transcoder", which only lmscope
+  reads.
 - `metadata.hook_name` is the model's module name (what SAELens/TransformerLens users hook);
   our own hook names and settings go under `metadata.lmscope_*`, so that a dictionary we
   wrote comes back exactly (same normalized-space parameters, ready to resume training).
@@ -60,8 +64,15 @@ SCHEMA_VERSION = 1
 def saelens_architecture(cfg: DictionaryConfig) -> str:
     """The SAELens `architecture` string a dictionary is saved under."""
     if not cfg.is_transcoder:
-        return {"topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu", "relu": "standard"}[cfg.arch]
-    base = {"topk": "topk_", "batchtopk": "jumprelu_", "jumprelu": "jumprelu_", "relu": ""}[cfg.arch]
+        return {
+            "topk": "topk",
+            "batchtopk": "jumprelu",
+            "jumprelu": "jumprelu",
+            "relu": "standard",
+        }[cfg.arch]
+    base = {"topk": "topk_", "batchtopk": "jumprelu_", "jumprelu": "jumprelu_", "relu": ""}[
+        cfg.arch
+    ]
     return f"{base}{'skip_' if cfg.skip else ''}transcoder"
 
 
@@ -85,8 +96,13 @@ def saelens_state(d: SparseDictionary) -> dict[str, Tensor]:
     return {k: v.contiguous() for k, v in st.items()}
 
 
-def save_saelens(d: SparseDictionary, path: str | Path, *, sparsity: Tensor | None = None,
-                 metadata: dict[str, Any] | None = None) -> Path:
+def save_saelens(
+    d: SparseDictionary,
+    path: str | Path,
+    *,
+    sparsity: Tensor | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
     """Write `d` as a SAELens folder at `path` (created; files replaced atomically)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -106,14 +122,16 @@ def save_saelens(d: SparseDictionary, path: str | Path, *, sparsity: Tensor | No
         "seqpos_slice": [None],
     }
     meta.update(metadata or {})
-    meta.update({
-        "lmscope_schema_version": SCHEMA_VERSION,
-        "lmscope_hook_name": cfg.hook_name,
-        "lmscope_out_hook_name": cfg.out_hook_name,
-        "lmscope_config": cfg.to_dict(),
-        "lmscope_act_scale": float(d.act_scale),
-        "lmscope_act_scale_out": float(d.act_scale_out),
-    })
+    meta.update(
+        {
+            "lmscope_schema_version": SCHEMA_VERSION,
+            "lmscope_hook_name": cfg.hook_name,
+            "lmscope_out_hook_name": cfg.out_hook_name,
+            "lmscope_config": cfg.to_dict(),
+            "lmscope_act_scale": float(d.act_scale),
+            "lmscope_act_scale_out": float(d.act_scale_out),
+        }
+    )
     out: dict[str, Any] = {
         "architecture": saelens_architecture(cfg),
         "d_in": cfg.d_in,
@@ -152,43 +170,74 @@ def _atomic(target: Path, write) -> None:
 
 def saelens_metadata(lm: LanguageModel, hook_name: str, **extra: Any) -> dict[str, Any]:
     """SAELens metadata for a dictionary on `lm` at our `hook_name`: the model's module name etc."""
-    meta = {"model_name": lm.name, "hook_name": lm.hooks.module_name(hook_name), "prepend_bos": True}
+    meta = {
+        "model_name": lm.name,
+        "hook_name": lm.hooks.module_name(hook_name),
+        "prepend_bos": True,
+    }
     meta.update(extra)
     return meta
 
 
 # --- reading ----------------------------------------------------------------------------
 _ARCH_FROM_SAELENS = {
-    "standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "transcoder": "relu",
-    "skip_transcoder": "relu", "jumprelu_transcoder": "jumprelu", "jumprelu_skip_transcoder": "jumprelu",
-    "topk_transcoder": "topk", "topk_skip_transcoder": "topk",
+    "standard": "relu",
+    "topk": "topk",
+    "jumprelu": "jumprelu",
+    "transcoder": "relu",
+    "skip_transcoder": "relu",
+    "jumprelu_transcoder": "jumprelu",
+    "jumprelu_skip_transcoder": "jumprelu",
+    "topk_transcoder": "topk",
+    "topk_skip_transcoder": "topk",
 }
 
 
 # What cfg.json must hold before any of it is used (files from other people: see lmscope.validate).
 # Sizes are bounded so that a config cannot make us allocate terabytes before the weights are read.
 SAELENS_CFG_SCHEMA = {
-    "d_in": Int(1, MAX_DIM), "d_sae": Int(1, MAX_LATENTS),
+    "d_in": Int(1, MAX_DIM),
+    "d_sae": Int(1, MAX_LATENTS),
     "d_out": Int(1, MAX_DIM, required=False, nullable=True),
     "k": Int(1, MAX_LATENTS, required=False, nullable=True),
     "architecture": Str(100, required=False),
-    "metadata": Obj({"hook_name": Str(500, required=False, nullable=True),
-                     "model_name": Str(500, required=False, nullable=True)},
-                    required=False, nullable=True),
+    "metadata": Obj(
+        {
+            "hook_name": Str(500, required=False, nullable=True),
+            "model_name": Str(500, required=False, nullable=True),
+        },
+        required=False,
+        nullable=True,
+    ),
 }
 
 
 def read_saelens_config(path: Path) -> dict[str, Any]:
     """cfg.json as a SAELens-6 style dict (pre-6.0 flat configs converted)."""
-    raw = check(read_json(path / CFG_FILENAME, what="dictionary config"), SAELENS_CFG_SCHEMA,
-                where=str(path / CFG_FILENAME))
+    raw = check(
+        read_json(path / CFG_FILENAME, what="dictionary config"),
+        SAELENS_CFG_SCHEMA,
+        where=str(path / CFG_FILENAME),
+    )
     meta = dict(raw.get("metadata") or {})
     if "architecture" not in raw or "metadata" not in raw:  # pre-6.0: one flat dict
-        renames = {"hook_point": "hook_name", "hook_point_head_index": "hook_head_index",
-                   "activation_fn_str": "activation_fn"}
+        renames = {
+            "hook_point": "hook_name",
+            "hook_point_head_index": "hook_head_index",
+            "activation_fn_str": "activation_fn",
+        }
         raw = {renames.get(k, k): v for k, v in raw.items()}
-        for key in ("model_name", "hook_name", "hook_head_index", "context_size", "prepend_bos",
-                    "dataset_path", "model_class_name", "model_from_pretrained_kwargs", "sae_lens_version"):
+        for key in (
+            "model_name",
+            "hook_name",
+            "hook_head_index",
+            "context_size",
+            "prepend_bos",
+            "dataset_path",
+            "model_class_name",
+            "model_from_pretrained_kwargs",
+            "sae_lens_version",
+        ):
             if key in raw:
                 meta.setdefault(key, raw[key])
         arch = raw.get("architecture", "standard")
@@ -198,7 +247,9 @@ def read_saelens_config(path: Path) -> dict[str, Any]:
         raw["architecture"] = arch
         raw.setdefault("apply_b_dec_to_input", True)
         norm = raw.get("normalize_activations", "none")
-        raw["normalize_activations"] = {True: "expected_average_only_in", False: "none"}.get(norm, norm)
+        raw["normalize_activations"] = {True: "expected_average_only_in", False: "none"}.get(
+            norm, norm
+        )
     raw["metadata"] = meta
     return raw
 
@@ -221,13 +272,22 @@ def load_saelens(path: str | Path, device: str | torch.device = "cpu") -> Sparse
     ours = meta.get("lmscope_config")
     if ours is not None:
         where = f"{path / CFG_FILENAME} metadata.lmscope_config"
-        check(ours, {"d_in": Int(1, MAX_DIM), "d_sae": Int(1, MAX_LATENTS),
-                     "d_out": Int(1, MAX_DIM, required=False, nullable=True),
-                     "k": Int(1, MAX_LATENTS, required=False)}, where=where)
+        check(
+            ours,
+            {
+                "d_in": Int(1, MAX_DIM),
+                "d_sae": Int(1, MAX_LATENTS),
+                "d_out": Int(1, MAX_DIM, required=False, nullable=True),
+                "k": Int(1, MAX_LATENTS, required=False),
+            },
+            where=where,
+        )
         for key in ("d_in", "d_sae"):
             if ours[key] != raw[key]:
-                raise UserError(f"{path / CFG_FILENAME}: {key}={raw[key]} but lmscope_config says "
-                                f"{ours[key]}; the file was edited or damaged (re-download it)")
+                raise UserError(
+                    f"{path / CFG_FILENAME}: {key}={raw[key]} but lmscope_config says "
+                    f"{ours[key]}; the file was edited or damaged (re-download it)"
+                )
         try:
             cfg = DictionaryConfig.from_dict(ours)
         except (TypeError, ValueError) as e:
@@ -236,14 +296,25 @@ def load_saelens(path: str | Path, device: str | torch.device = "cpu") -> Sparse
         d_in, d_sae = int(raw["d_in"]), int(raw["d_sae"])
         d_out = int(raw["d_out"]) if "d_out" in raw else None
         cfg = DictionaryConfig(
-            d_in=d_in, d_sae=d_sae, arch=_ARCH_FROM_SAELENS[arch_name], k=int(raw.get("k", 32)),
-            d_out=d_out, skip="W_skip" in st, hook_name=str(meta.get("hook_name") or ""),
-            out_hook_name=None, model_name=str(meta.get("model_name") or ""),
+            d_in=d_in,
+            d_sae=d_sae,
+            arch=_ARCH_FROM_SAELENS[arch_name],
+            k=int(raw.get("k", 32)),
+            d_out=d_out,
+            skip="W_skip" in st,
+            hook_name=str(meta.get("hook_name") or ""),
+            out_hook_name=None,
+            model_name=str(meta.get("model_name") or ""),
         )
     scales = _input_scales(raw, meta, path)
-    return from_raw_state(cfg, st, apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input", True)),
-                          rescale_by_decoder_norm=bool(raw.get("rescale_acts_by_decoder_norm", False)),
-                          act_scale=scales[0], act_scale_out=scales[1]).to(device)
+    return from_raw_state(
+        cfg,
+        st,
+        apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input", True)),
+        rescale_by_decoder_norm=bool(raw.get("rescale_acts_by_decoder_norm", False)),
+        act_scale=scales[0],
+        act_scale_out=scales[1],
+    ).to(device)
 
 
 def _input_scales(raw: dict[str, Any], meta: dict[str, Any], path: Path) -> tuple[float, float]:
@@ -257,14 +328,21 @@ def _input_scales(raw: dict[str, Any], meta: dict[str, Any], path: Path) -> tupl
         return s, s
     raise UserError(
         f"{path}: normalize_activations={norm!r} needs run-time statistics lmscope cannot recover; "
-        "fold the normalization into the weights in SAELens first (e.g. fold_activation_norm_scaling_factor)"
+        "fold the normalization into the weights in SAELens first (e.g. "
+        "fold_activation_norm_scaling_factor)"
     )
 
 
 @torch.no_grad()
-def from_raw_state(cfg: DictionaryConfig, st: dict[str, Tensor], *, apply_b_dec_to_input: bool,
-                   rescale_by_decoder_norm: bool = False, act_scale: float = 1.0,
-                   act_scale_out: float = 1.0) -> SparseDictionary:
+def from_raw_state(
+    cfg: DictionaryConfig,
+    st: dict[str, Tensor],
+    *,
+    apply_b_dec_to_input: bool,
+    rescale_by_decoder_norm: bool = False,
+    act_scale: float = 1.0,
+    act_scale_out: float = 1.0,
+) -> SparseDictionary:
     """Build a dictionary from raw-space weights (the SAELens convention) and optional scales.
 
     With act_scale s and act_scale_out s_o (from our metadata; 1 for foreign files) the
@@ -276,9 +354,13 @@ def from_raw_state(cfg: DictionaryConfig, st: dict[str, Tensor], *, apply_b_dec_
     if missing:
         raise UserError(f"dictionary weights lack {', '.join(missing)}")
     W_enc, b_enc, W_dec, b_dec = st["W_enc"], st["b_enc"], st["W_dec"], st["b_dec"]
-    if tuple(W_enc.shape) != (cfg.d_in, cfg.d_sae) or tuple(W_dec.shape) != (cfg.d_sae, cfg.output_dim):
+    if tuple(W_enc.shape) != (cfg.d_in, cfg.d_sae) or tuple(W_dec.shape) != (
+        cfg.d_sae,
+        cfg.output_dim,
+    ):
         raise UserError(
-            f"weight shapes W_enc {tuple(W_enc.shape)}, W_dec {tuple(W_dec.shape)} do not match the config "
+            f"weight shapes W_enc {tuple(W_enc.shape)}, W_dec {tuple(W_dec.shape)} do not match "
+            "the config "
             f"(d_in={cfg.d_in}, d_sae={cfg.d_sae}, d_out={cfg.output_dim})"
         )
     threshold = st.get("threshold")
@@ -287,7 +369,8 @@ def from_raw_state(cfg: DictionaryConfig, st: dict[str, Tensor], *, apply_b_dec_
         n = W_dec.norm(dim=1)
         W_enc, b_enc, W_dec = W_enc * n, b_enc * n, W_dec / n[:, None]
     if not apply_b_dec_to_input and not cfg.is_transcoder:
-        # pre = x W_enc + b_enc == (x - b_dec) W_enc + (b_enc + b_dec W_enc): our SAEs subtract b_dec.
+        # pre = x W_enc + b_enc == (x - b_dec) W_enc + (b_enc + b_dec W_enc): our SAEs subtract
+        # b_dec.
         b_enc = b_enc + b_dec @ W_enc
     s, so = float(act_scale), float(act_scale_out)
     d = build(cfg)
@@ -320,5 +403,12 @@ def read_sparsity(path: str | Path) -> Tensor | None:
     return load_file(str(p))["sparsity"]
 
 
-__all__ = ["load_saelens", "save_saelens", "saelens_metadata", "read_sparsity", "from_raw_state",
-           "saelens_architecture", "saelens_state"]
+__all__ = [
+    "load_saelens",
+    "save_saelens",
+    "saelens_metadata",
+    "read_sparsity",
+    "from_raw_state",
+    "saelens_architecture",
+    "saelens_state",
+]

@@ -24,35 +24,63 @@ from .saelens import from_raw_state
 SPARSIFY_WEIGHTS = "sae.safetensors"
 
 
-def load_sparsify(path: str | Path, device: str | torch.device = "cpu", *, hook_name: str = "",
-                  model_name: str = "") -> SparseDictionary:
+def load_sparsify(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    *,
+    hook_name: str = "",
+    model_name: str = "",
+) -> SparseDictionary:
     """A sparsify folder -> TopK SparseDictionary with the same outputs."""
     path = Path(path)
-    cfg_raw = check(read_json(path / "cfg.json", what="sparsify config"),
-                    {"k": Int(1, MAX_LATENTS, required=False), "activation": Str(50, required=False),
-                     "transcode": Bool(required=False)}, where=str(path / "cfg.json"))
+    cfg_raw = check(
+        read_json(path / "cfg.json", what="sparsify config"),
+        {
+            "k": Int(1, MAX_LATENTS, required=False),
+            "activation": Str(50, required=False),
+            "transcode": Bool(required=False),
+        },
+        where=str(path / "cfg.json"),
+    )
     try:
         st = load_file(str(path / SPARSIFY_WEIGHTS))
     except Exception as e:  # safetensors raises its own error types (truncated, bad header)
-        raise UserError(f"cannot read sparsify dictionary {path / SPARSIFY_WEIGHTS}: "
-                        f"{str(e).splitlines()[0][:200] if str(e) else type(e).__name__}") from None
+        raise UserError(
+            f"cannot read sparsify dictionary {path / SPARSIFY_WEIGHTS}: "
+            f"{str(e).splitlines()[0][:200] if str(e) else type(e).__name__}"
+        ) from None
     if cfg_raw.get("activation", "topk") != "topk":
-        raise UserError(f"{path}: sparsify activation {cfg_raw.get('activation')!r} is not supported (only topk)")
+        raise UserError(
+            f"{path}: sparsify activation {cfg_raw.get('activation')!r} is not supported (only "
+            "topk)"
+        )
     if "encoder.weight" not in st or "W_dec" not in st:
-        raise UserError(f"{path}/{SPARSIFY_WEIGHTS} lacks encoder.weight / W_dec: not a sparsify dictionary")
+        raise UserError(
+            f"{path}/{SPARSIFY_WEIGHTS} lacks encoder.weight / W_dec: not a sparsify dictionary"
+        )
     n, d_in = st["encoder.weight"].shape
     d_out = st["W_dec"].shape[1]
     transcode = bool(cfg_raw.get("transcode", False))
     cfg = DictionaryConfig(
-        d_in=d_in, d_sae=n, arch="topk", k=int(cfg_raw.get("k", 32)), d_out=d_out if transcode else None,
-        skip="W_skip" in st, hook_name=hook_name or path.name, model_name=model_name,
+        d_in=d_in,
+        d_sae=n,
+        arch="topk",
+        k=int(cfg_raw.get("k", 32)),
+        d_out=d_out if transcode else None,
+        skip="W_skip" in st,
+        hook_name=hook_name or path.name,
+        model_name=model_name,
         # sparsify transcoders keep d_out == d_in; a distinct out hook marks them as transcoders
         # (b_dec is then an output bias, not subtracted from the input). The real target hook is
         # the module's output, which the folder name alone does not spell in our vocabulary.
         out_hook_name=(hook_name or path.name) + ":out" if transcode else None,
     )
-    raw = {"W_enc": st["encoder.weight"].t(), "b_enc": st["encoder.bias"], "W_dec": st["W_dec"],
-           "b_dec": st["b_dec"]}
+    raw = {
+        "W_enc": st["encoder.weight"].t(),
+        "b_enc": st["encoder.bias"],
+        "W_dec": st["W_dec"],
+        "b_dec": st["b_dec"],
+    }
     if "W_skip" in st:
         raw["W_skip"] = st["W_skip"]
     return from_raw_state(cfg, raw, apply_b_dec_to_input=not transcode).to(device)

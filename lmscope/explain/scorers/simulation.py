@@ -1,4 +1,5 @@
-"""Simulation scorer (no LLM): how well does the label predict the activation of every held-out token?
+"""Simulation scorer (no LLM): how well does the label predict the activation of every held-out
+token?
 
 In the spirit of OpenAI's explanation simulation (Bills et al. 2023), which asks a model to predict
 each token's activation from the explanation and reports the correlation with the true activations
@@ -33,7 +34,15 @@ def score_simulation(label: np.ndarray, hv: HeldVectors) -> ScoreResult:
     (TokenEmbeddings.held: every distinct token once, with its true activation)."""
     n_pos = int((hv.acts > 0).sum())
     if n_pos == 0 or n_pos == len(hv.acts):
-        return ScoreResult(NAME, "pearson", float("nan"), n_pos, len(hv.acts) - n_pos,
-                           {"skipped": "no firing or no silent held-out token"})
+        return ScoreResult(
+            NAME,
+            "pearson",
+            float("nan"),
+            n_pos,
+            len(hv.acts) - n_pos,
+            {"skipped": "no firing or no silent held-out token"},
+        )
     pred = hv.tokens @ label  # [t] cosine per token
-    return ScoreResult(NAME, "pearson", pearson(pred, hv.acts), n_pos, len(hv.acts) - n_pos, {"unit": "token"})
+    return ScoreResult(
+        NAME, "pearson", pearson(pred, hv.acts), n_pos, len(hv.acts) - n_pos, {"unit": "token"}
+    )

@@ -15,9 +15,16 @@ from ..routes import ApiError, Request, route
 def info(req: Request) -> dict:
     r = req.reader
     lim = req.limits
-    return {"model": r.lm.name, "hooks": r.hooks, "max_tokens": r.max_tokens, "n_layers": r.lm.n_layers,
-            "has_db": r.db is not None, "atlas": r.atlas.name if r.atlas else None,
-            "max_generate": lim.max_generate, "max_interventions": lim.max_interventions}
+    return {
+        "model": r.lm.name,
+        "hooks": r.hooks,
+        "max_tokens": r.max_tokens,
+        "n_layers": r.lm.n_layers,
+        "has_db": r.db is not None,
+        "atlas": r.atlas.name if r.atlas else None,
+        "max_generate": lim.max_generate,
+        "max_interventions": lim.max_interventions,
+    }
 
 
 @route("POST", "/api/scan", runs_model=True)
@@ -53,7 +60,11 @@ def search(req: Request) -> dict:
     limit = req.int("limit", 20, 1, 200)
     if mode == "labels":
         hits = profiles.search_labels(req.reader, q, limit=limit)
-        note = None if req.reader.db is not None else "no atlas DB yet: labels appear after `lmscope explain`"
+        note = (
+            None
+            if req.reader.db is not None
+            else "no atlas DB yet: labels appear after `lmscope explain`"
+        )
     elif mode == "text":
         hits, note = profiles.search_text(req.reader, q, limit=limit), None
     else:

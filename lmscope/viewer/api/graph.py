@@ -3,7 +3,8 @@
     GET  /api/graphs               -> {graphs: [GraphFile...], can_build, build_note, max_tokens}
     GET  /api/graph?name=F.json    -> the graph JSON (circuit-tracer / Neuronpedia format)
     POST /api/graph {prompt, target?, node_threshold?, edge_threshold?, max_feature_nodes?}
-                                   -> {name, nodes, links, ...}; the graph is saved under a free name
+                                   -> {name, nodes, links, ...}; the graph is saved under a free
+                                   name
 
 Graphs are built by the one engine `lmscope graph` uses (lmscope.trace); files are read only from
 the atlas's graphs/ folder, by plain file name, after resolving the path inside the atlas.
@@ -37,8 +38,13 @@ def _transcoders(reader):
 def graphs(req: Request) -> dict:
     tcs, note = _transcoders(req.reader)
     files = list_graphs(graphs_dir(_atlas(req)), max_bytes=req.limits.max_graph_file_bytes)
-    return {"graphs": [g.to_dict() for g in files], "folder": GRAPHS, "can_build": tcs is not None,
-            "build_note": note, "max_tokens": min(req.limits.max_graph_tokens, req.reader.max_tokens)}
+    return {
+        "graphs": [g.to_dict() for g in files],
+        "folder": GRAPHS,
+        "can_build": tcs is not None,
+        "build_note": note,
+        "max_tokens": min(req.limits.max_graph_tokens, req.reader.max_tokens),
+    }
 
 
 @route("GET", "/api/graph")
@@ -47,7 +53,9 @@ def graph(req: Request) -> dict:
 
     name = req.text("name", max_chars=300)
     if not valid_name(name):
-        raise ApiError(400, f"bad graph name {name[:80]!r}: a file name in {GRAPHS}/ ending in .json")
+        raise ApiError(
+            400, f"bad graph name {name[:80]!r}: a file name in {GRAPHS}/ ending in .json"
+        )
     path = confined(_atlas(req), f"{GRAPHS}/{name}")  # resolved inside the atlas (no symlink out)
     if path is None:
         raise ApiError(404, f"no graph named {name!r} in {GRAPHS}/")
@@ -64,29 +72,55 @@ def build(req: Request) -> dict:
     target = req.text("target", required=False, max_chars=200) or None
     node_t = req.float("node_threshold", 0.8, 0.01, 1.0)
     edge_t = req.float("edge_threshold", 0.98, 0.01, 1.0)
-    max_nodes = req.int("max_feature_nodes", min(256, limits.max_graph_feature_nodes), 1,
-                        limits.max_graph_feature_nodes)
+    max_nodes = req.int(
+        "max_feature_nodes",
+        min(256, limits.max_graph_feature_nodes),
+        1,
+        limits.max_graph_feature_nodes,
+    )
     tcs, note = _transcoders(reader)
     if tcs is None:
         raise ApiError(400, note)
     atlas = _atlas(req)
     n = reader.tokenize(prompt).shape[1]  # UserError (400) when empty or past --max-tokens
     if n > limits.max_graph_tokens:
-        raise ApiError(400, f"the prompt is {n} tokens long; graphs are built here for at most "
-                            f"{limits.max_graph_tokens} (use `lmscope graph` for longer prompts)")
+        raise ApiError(
+            400,
+            f"the prompt is {n} tokens long; graphs are built here for at most "
+            f"{limits.max_graph_tokens} (use `lmscope graph` for longer prompts)",
+        )
     if target is not None:
         tid = resolve_target(reader.lm, target)  # UserError (400) unless one token
         vocab = reader.lm.model.get_output_embeddings().weight.shape[0]
         if not 0 <= tid < vocab:
-            raise ApiError(400, f"target {target!r} is not a token id of this model (0..{vocab - 1})")
+            raise ApiError(
+                400, f"target {target!r} is not a token id of this model (0..{vocab - 1})"
+            )
         target = tid
     with model_lock(reader):
-        g = build_graph(reader.lm, tcs, prompt, target=target, max_feature_nodes=max_nodes,
-                        max_memory_gb=limits.max_graph_memory_gb)
+        g = build_graph(
+            reader.lm,
+            tcs,
+            prompt,
+            target=target,
+            max_feature_nodes=max_nodes,
+            max_memory_gb=limits.max_graph_memory_gb,
+        )
     pruned = prune(g, node_t, edge_t)
-    data = graph_json(g, pruned, labels=lambda h, f: reader.label(h, f) or "", node_threshold=node_t,
-                      edge_threshold=edge_t)
+    data = graph_json(
+        g,
+        pruned,
+        labels=lambda h, f: reader.label(h, f) or "",
+        node_threshold=node_t,
+        edge_threshold=edge_t,
+    )
     path = save_graph(data, graphs_dir(atlas))
     meta = data["metadata"]["lmscope"]
-    return {"name": path.name, "target": g.logit_strs[0], "nodes": meta["n_nodes"], "links": meta["n_links"],
-            "replacement_score": meta["replacement_score"], "seconds": g.stats.get("seconds")}
+    return {
+        "name": path.name,
+        "target": g.logit_strs[0],
+        "nodes": meta["n_nodes"],
+        "links": meta["n_links"],
+        "replacement_score": meta["replacement_score"],
+        "seconds": g.stats.get("seconds"),
+    }

@@ -3,7 +3,8 @@
     POST /api/steer {prompt, features: ["HOOK/INDEX=+8", ...],
                      vector: {positive, negative, layer, coeff?, mode?, site?} | null,
                      generate?, temperature?, seed?, targets?: [" Paris", ...]}
-      -> Comparison.to_dict(): {prompt, unsteered, steered, interventions, targets, next_tokens, vector}
+      -> Comparison.to_dict(): {prompt, unsteered, steered, interventions, targets, next_tokens,
+      vector}
 
 The same `lmscope.steer.steer` as `lmscope steer`; this file only checks and bounds the request.
 """
@@ -36,7 +37,9 @@ def _vector(req: Request) -> VectorSpec | None:
     if mode not in ("actadd", "mean"):
         raise ApiError(400, f"vector mode must be 'actadd' or 'mean', got {str(mode)[:40]!r}")
     if site not in ("resid_pre", "resid_post"):
-        raise ApiError(400, f"vector site must be 'resid_pre' or 'resid_post', got {str(site)[:40]!r}")
+        raise ApiError(
+            400, f"vector site must be 'resid_pre' or 'resid_post', got {str(site)[:40]!r}"
+        )
     return VectorSpec(pos, neg, layer, coeff, mode, site)
 
 
@@ -45,18 +48,34 @@ def steer_prompt(req: Request) -> dict:
     limits, reader = req.limits, req.reader
     prompt = req.text("prompt")
     reader.tokenize(prompt)  # UserError (400) when empty or past --max-tokens
-    features = [f for f in req.strings("features", max_items=limits.max_interventions, max_chars=300) if f.strip()]
+    features = [
+        f
+        for f in req.strings("features", max_items=limits.max_interventions, max_chars=300)
+        if f.strip()
+    ]
     targets = req.strings("targets", max_items=limits.max_interventions, max_chars=100)
     vector = _vector(req)
     n = req.int("generate", min(20, limits.max_generate), 0, limits.max_generate)
     temperature = req.float("temperature", 0.0, 0.0, 5.0)
     seed = req.int("seed", 0, 0, 2**31 - 1)
     if not features and vector is None:
-        raise ApiError(400, "nothing to steer with: add a feature intervention (HOOK/INDEX=V) or a "
-                            "steering vector (positive and negative prompts)")
+        raise ApiError(
+            400,
+            "nothing to steer with: add a feature intervention (HOOK/INDEX=V) or a "
+            "steering vector (positive and negative prompts)",
+        )
     with model_lock(reader):
-        res = steer(reader.lm, reader.dicts, prompt, features=features, vector=vector, max_new_tokens=n,
-                    temperature=temperature, seed=seed, targets=targets)
+        res = steer(
+            reader.lm,
+            reader.dicts,
+            prompt,
+            features=features,
+            vector=vector,
+            max_new_tokens=n,
+            temperature=temperature,
+            seed=seed,
+            targets=targets,
+        )
     d = res.to_dict()
     ids = [spec.replace(" ", "").partition("=")[0] for spec in features]  # validated by steer()
     d["labels"] = {i: reader.label(*parse_feature_id(i)) for i in ids}
