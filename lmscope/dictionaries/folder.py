@@ -3,8 +3,7 @@ they fit the model.
 
     folder = DictionaryFolder.open("atlas/")                  # reads atlas.json; UserError if empty
     hooks = folder.select("blocks.*.resid_post")              # globs; an exact name is a glob too
-    dicts = folder.load(hooks, lm, device="cpu")              # {hook: dictionary}, checked against
-    lm
+    dicts = folder.load(hooks, lm, device="cpu")              # {hook: dictionary}, fit to lm
     folder, lm, dicts = open_dictionaries("atlas/", hooks="blocks.6.*")   # the three steps at once
 
 Every command that reads an atlas's dictionaries (trace, graph, steer, scan, serve, search,
