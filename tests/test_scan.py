@@ -17,6 +17,7 @@ from lmscope.read import (
     Reader,
     compare,
     render_compare,
+    render_diff,
     render_html,
     render_png,
     render_scan,
@@ -34,6 +35,29 @@ def atlas(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reader(atlas):
     return Reader.open(atlas)
+
+
+@pytest.fixture(scope="module")
+def tc_reader(tmp_path_factory, tiny_model_dir):
+    """A Reader over a tiny atlas with a skip transcoder per layer (blocks.L.mlp_in -> mlp_out,
+    random weights and a random W_skip), and its model."""
+    from lmscope.dictionaries import build
+    from lmscope.dictionaries.transcoder import transcoder_config
+    from lmscope.layout import AtlasLayout
+    from lmscope.models.tiny import tiny_model
+
+    lm = tiny_model("llama", n_layers=3)
+    model_dir = tiny_model_dir("llama", n_layers=3)
+    layout = AtlasLayout(tmp_path_factory.mktemp("tc") / "atlas")
+    for L in range(lm.n_layers):
+        tc = build(transcoder_config(L, lm.d_model, 64, arch="topk", k=4, seed=L, skip=True))
+        g = torch.Generator().manual_seed(L)
+        with torch.no_grad():
+            tc.b_enc.normal_(0, 0.1, generator=g)
+            tc.W_skip.normal_(0, 0.05, generator=g)
+        tc.save(layout.dictionary_dir(tc.cfg.hook_name))
+        layout.add_dictionary(tc.cfg.hook_name, model=str(model_dir), arch="topk", d_sae=64)
+    return Reader.open(layout.root), lm
 
 
 def test_planted_feature_lights_on_its_word_only(reader):
@@ -85,8 +109,11 @@ def test_scan_matches_reference_encode(reader):
         assert res.n_active[r] == (f > 0).sum(1).tolist()
 
 
-def test_brain_map_normalized_per_dictionary_without_bos(reader):
-    res = reader.scan("the horse ran to the river")
+def test_brain_map_prompt_max_without_a_db(reader):
+    """Without atlas profiles, each row is divided by its largest non-BOS activity."""
+    bare = Reader(reader.lm, reader.dicts)
+    res = bare.scan("the horse ran to the river")
+    assert res.brain_norm == "prompt_max" and res.layer_ref == [None, None]
     for r, row in enumerate(res.brain):
         assert len(row) == len(res.tokens)
         assert all(0.0 <= v <= 1.0 for v in row)
@@ -95,6 +122,117 @@ def test_brain_map_normalized_per_dictionary_without_bos(reader):
         assert row[3] == pytest.approx(res.activity[r][3] / peak)
     # The planted word dominates both rows.
     assert all(row.index(max(row[1:])) == 2 for row in res.brain)
+
+
+def test_brain_map_cells_by_hand_against_the_corpus_mean(reader, atlas):
+    """Each cell = 0.5 + log2(activity / layer mean over the atlas corpus) / 4, clipped to
+    [0, 1]; the layer mean is the sum of the profiled features' mean activations, read here
+    with plain sqlite, and the activity is recomputed from a plain forward with torch hooks."""
+    import math
+    import sqlite3
+
+    prompt = "the horse ran to the river"
+    res = reader.scan(prompt)
+    assert res.brain_norm == "corpus_mean"
+    con = sqlite3.connect(atlas / "atlas.db")
+    try:
+        means = {
+            hook: sum(
+                v
+                for (v,) in con.execute(
+                    "SELECT f.mean_act FROM features f JOIN dictionaries d ON d.id = f.dictionary "
+                    "WHERE d.hook = ?",
+                    (hook,),
+                )
+            )
+            for hook in HOOKS
+        }
+    finally:
+        con.close()
+    tokens = reader.lm.to_tokens(prompt)
+    layers = reader.lm.model.model.layers
+    seen = {}
+    handles = [
+        layers[i].register_forward_hook(
+            lambda m, a, o, i=i: seen.__setitem__(i, (o[0] if isinstance(o, tuple) else o).detach())
+        )
+        for i in range(len(layers))
+    ]
+    try:
+        with torch.no_grad():
+            reader.lm.model(tokens)
+    finally:
+        for h in handles:
+            h.remove()
+    for r, hook in enumerate(res.hooks):
+        assert res.layer_ref[r] == pytest.approx(means[hook], rel=1e-9)
+        with torch.no_grad():
+            f = reader.dicts[hook].encode(seen[r][0])  # [pos, d_sae]
+        for p in range(tokens.shape[1]):
+            act = float(f[p].clamp(min=0).sum())
+            want = 0.0 if act == 0 else min(1.0, max(0.0, 0.5 + math.log2(act / means[hook]) / 4))
+            assert res.brain[r][p] == pytest.approx(want, abs=1e-5), (hook, p)
+            assert res.relative[r][p] == pytest.approx(act / means[hook], rel=1e-4, abs=1e-6)
+    # The two layers' raw activity differs in scale; the normalized rows are comparable: the
+    # planted word is the hottest non-BOS cell of each row.
+    assert all(row.index(max(row[1:])) == 2 for row in res.brain)
+
+
+def test_explained_fraction_is_one_minus_fvu_by_hand(tc_reader):
+    """Per layer: 1 - sum||y - y_hat||^2 / sum||y - mean y||^2 over the non-BOS tokens, with y
+    the transcoder's target (mlp_out) from a plain torch hook and y_hat its output (skip
+    included); the old per-prompt code had no such number."""
+    reader, lm = tc_reader
+    prompt = "the capital of france is paris"
+    res = reader.scan(prompt)
+    tokens = lm.to_tokens(prompt)
+    mlp_in, mlp_out = {}, {}
+    handles = []
+
+    def keep(i):
+        def hook(module, args, out):  # returns None: the forward is left unchanged
+            mlp_in[i], mlp_out[i] = args[0].detach(), out.detach()
+
+        return hook
+
+    for i, layer in enumerate(lm.model.model.layers):
+        handles.append(layer.mlp.register_forward_hook(keep(i)))
+    try:
+        with torch.no_grad():
+            lm.model(tokens)
+    finally:
+        for h in handles:
+            h.remove()
+    assert res.out_hooks == [f"blocks.{i}.mlp_out" for i in range(3)]
+    for r, hook in enumerate(res.hooks):
+        L = int(hook.split(".")[1])
+        x, y = mlp_in[L][0, 1:].double(), mlp_out[L][0, 1:].double()  # BOS dropped
+        d = reader.dicts[hook].double()
+        with torch.no_grad():
+            y_hat = d(x)  # [pos - 1, d_model], skip included
+        sse, sst = 0.0, 0.0
+        mean = [
+            sum(y[t, j].item() for t in range(y.shape[0])) / y.shape[0] for j in range(y.shape[1])
+        ]
+        for t in range(y.shape[0]):
+            for j in range(y.shape[1]):
+                sse += (y[t, j].item() - y_hat[t, j].item()) ** 2
+                sst += (y[t, j].item() - mean[j]) ** 2
+        assert res.explained[r] == pytest.approx(1 - sse / sst, rel=1e-4, abs=1e-5), hook
+        # BOS left in would give another number: the test tells the two apart.
+        with torch.no_grad():
+            yb, xb = mlp_out[L][0].double(), mlp_in[L][0].double()
+            with_bos = 1 - ((yb - d(xb)) ** 2).sum() / ((yb - yb.mean(0)) ** 2).sum()
+        assert abs(float(with_bos) - res.explained[r]) > 1e-4
+
+
+def test_explained_fraction_undefined_on_one_token():
+    from lmscope.read.scan import explained_fraction
+
+    assert explained_fraction(torch.ones(1, 3), torch.zeros(1, 3)) is None
+    assert explained_fraction(torch.ones(4, 3), torch.zeros(4, 3)) is None  # no variance
+    y = torch.tensor([[1.0, 0.0], [3.0, 0.0]])  # mean (2, 0): sum of squares about it = 2
+    assert explained_fraction(y, torch.tensor([[1.0, 1.0], [3.0, 0.0]])) == pytest.approx(0.5)
 
 
 def test_compare_finds_the_planted_difference(reader):
@@ -147,9 +285,29 @@ def test_terminal_render_plain_and_color(reader):
     res = reader.scan("the horse ran")
     plain = brain_map(res, color=False)
     assert "\x1b[" not in plain and "██" in plain
-    assert plain.count("\n") == len(res.hooks) + 2
+    rows = [ln for ln in plain.splitlines() if ln.lstrip().startswith("blocks.")]
+    assert len(rows) == len(res.hooks)  # one row per layer, in model order
+    for hook, fit, row in zip(res.hooks, res.explained, rows):
+        assert row.split()[:2] == [hook, f"{max(fit, -9.99) * 100:.0f}%"]  # the fit column
     colored = brain_map(res, color=True)
     assert "\x1b[48;5;" in colored
+
+
+def test_terminal_map_wraps_long_prompts(reader):
+    """Columns wrap into chunks that fit the width, each with its position range; no cell is
+    lost."""
+    res = reader.scan(" ".join(["the horse ran to the river"] * 8))  # 49 tokens
+    text = brain_map(res, color=False, width=60)
+    assert max(len(ln) for ln in text.splitlines() if "blocks." in ln) <= 60
+    chunks = [ln for ln in text.splitlines() if ln.startswith("positions ")]
+    assert len(chunks) > 1 and chunks[0].startswith("positions 0-")
+    assert chunks[-1].endswith(f"-{len(res.tokens) - 1} of {len(res.tokens)}")
+    cells = sum(
+        (len(ln) - len(ln.split("%", 1)[0]) - 2) // 2
+        for ln in text.splitlines()
+        if ln.lstrip().startswith(res.hooks[0])
+    )
+    assert cells == len(res.tokens)
 
 
 def test_html_report_escapes_model_text(reader, tmp_path):
@@ -267,3 +425,37 @@ def test_concurrent_scans_are_batched_and_equal_to_single(reader):
     # An error in one prompt (too long) is that caller's error only.
     with pytest.raises(UserError):
         Reader(reader.lm, reader.dicts, max_tokens=3).scan("the horse ran to the river")
+
+
+def test_diff_map_of_a_prompt_with_itself_is_zero(reader):
+    cmp = compare(reader, "the horse ran to the river", "the horse ran to the river")
+    m = cmp.map
+    assert m.first_diff is None and m.note is None and m.n_aligned == len(m.tokens_a)
+    assert all(v == 0.0 for row in m.change for v in row)
+    assert all(v == 0.0 for row in m.activity_diff for v in row)
+    assert cmp.diffs == []
+
+
+def test_diff_map_cells_by_hand(reader):
+    """change[l][p] = sum_i |a_i - b_i| / (sum_i a_i + sum_i b_i) of the two prompts' features
+    at position p; positions are aligned and the longer prompt's extra tokens are named."""
+    a, b = "the horse ran to the river", "the dog ran"
+    cmp = compare(reader, a, b)
+    m = cmp.map
+    _, fa = reader.encode(a)
+    _, fb = reader.encode(b)
+    assert m.n_aligned == 4 and len(m.tokens_a) == 7 and m.first_diff == 2
+    assert "7 vs 4" in m.note and "'to'" in m.note and "'river'" in m.note
+    for r, hook in enumerate(HOOKS):
+        assert len(m.change[r]) == 4
+        for p in range(4):
+            va, vb = fa[hook][p].tolist(), fb[hook][p].tolist()
+            num = sum(abs(max(x, 0) - max(y, 0)) for x, y in zip(va, vb))
+            den = sum(max(x, 0) for x in va) + sum(max(y, 0) for y in vb)
+            assert m.change[r][p] == pytest.approx(num / den if den else 0.0, abs=1e-6)
+        assert m.change[r][0] == 0.0 and m.change[r][1] == 0.0  # same prefix, causal model
+        assert m.change[r][2] > 0.5  # horse vs dog: the planted feature and others change
+    d = cmp.to_dict()["map"]
+    assert d["n_aligned"] == 4 and len(d["layer_change"]) == len(HOOKS)
+    text = render_diff(cmp, color=False)
+    assert "diff map" in text and "horse/dog" in text and "7 vs 4" in text

@@ -443,6 +443,34 @@ class AtlasDB:
         )
         return row[0][0] if row else None
 
+    def labels(self, hook: str, idxs: list[int]) -> dict[int, str | None]:
+        """{idx: label} of many features of one dictionary in one query (the scan's bulk read)."""
+        if not idxs:
+            return {}
+        did = self._dict_id(hook)
+        out: dict[int, str | None] = {}
+        for lo in range(0, len(idxs), 900):  # SQLite's bound-parameter limit
+            part = idxs[lo : lo + 900]
+            marks = ",".join("?" * len(part))
+            out.update(
+                self._q(
+                    f"SELECT idx, label FROM features WHERE dictionary = ? AND idx IN ({marks})",
+                    (did, *part),
+                )
+            )
+        return out
+
+    def activity_means(self) -> dict[str, float]:
+        """{hook: mean per profiled token of the sum of all its features' activations} = the sum
+        of the features' mean_act (each is sum of activations / profiled tokens). The scan's
+        per-layer reference that makes layers comparable (lmscope.read.scan)."""
+        return dict(
+            self._q(
+                "SELECT d.hook, SUM(f.mean_act) FROM features f "
+                "JOIN dictionaries d ON d.id = f.dictionary GROUP BY d.id"
+            )
+        )
+
     def set_label(self, hook: str, idx: int, text: str | None) -> None:
         did = self._check_feature(hook, idx)
         with self._tx():

@@ -22,9 +22,10 @@ def register(sub) -> None:
         "scan",
         help="which features light up on a prompt, where in the model, and what they mean",
         description="Run a prompt through the model and every dictionary of the atlas: per token "
-        "the "
-        "top features of each dictionary with labels and activations, and a brain map "
-        "(dictionaries x tokens heatmap of feature activity, normalized per dictionary).",
+        "the top features of each dictionary with labels and activations, and a brain map "
+        "(layers x tokens heatmap of feature activity against each layer's mean over the atlas "
+        "corpus, with each layer's fit = 1 - FVU on the prompt). With --vs, also the features "
+        "that differ most and a diff map (layers x positions: share of features changed).",
     )
     add_arguments(p, ScanConfig, positional=("atlas", "prompt"))
     p.add_argument("--json", action="store_true", help="machine-readable output (the ScanResult)")
@@ -34,14 +35,13 @@ def register(sub) -> None:
 def cmd_scan(args) -> int:
     from pathlib import Path
 
-    from ..read import Reader, compare, render_compare, render_png, render_scan, write_html
+    from ..read import Reader, compare, render_diff, render_png, render_scan, write_html
     from ..read.scan_config import ScanConfig
 
     cfg = from_args(ScanConfig, args)
-    if cfg.threads is not None:
-        import torch
+    import torch
 
-        torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(cfg.threads)
     for flag in ("png", "html"):
         path = getattr(cfg, flag)
         if path and Path(path).exists() and not cfg.force:
@@ -52,7 +52,7 @@ def cmd_scan(args) -> int:
     res = reader.scan(cfg.prompt, top_k=cfg.top)
     cmp = compare(reader, cfg.prompt, cfg.vs, top=20) if cfg.vs is not None else None
     if cfg.png:
-        render_png(res, cfg.png)
+        render_png(res, cfg.png, cmp)
     if cfg.html:
         write_html(res, cfg.html, cmp)
     if args.json:
@@ -65,7 +65,7 @@ def cmd_scan(args) -> int:
     print(render_scan(res, color=color, per_token=cfg.show))
     if cmp is not None:
         print()
-        print(render_compare(cmp))
+        print(render_diff(cmp, color=color))
     for flag in ("png", "html"):
         if getattr(cfg, flag):
             print(f"wrote {getattr(cfg, flag)}")

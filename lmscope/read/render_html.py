@@ -38,13 +38,15 @@ def _color(v: float) -> str:
 def render_html(res: ScanResult, cmp: CompareResult | None = None) -> str:
     rows = []
     head = "".join(f'<th class="tok">{_e(t)}</th>' for t in res.tokens)
-    rows.append(f"<tr><th></th>{head}</tr>")
-    for hook, row in zip(res.hooks, res.brain):
+    rows.append(f"<tr><th></th><th>fit</th>{head}</tr>")
+    fits = res.explained or [None] * len(res.hooks)
+    for hook, row, fit in zip(res.hooks, res.brain, fits):
         cells = []
         for p, v in enumerate(row):
             tip = "\n".join(f"{h.id} {h.act:.2f} {h.display()}" for h in res.top[hook][p])
             cells.append(f'<td style="background:{_color(v)}" title="{_e(tip)}">{v:.2f}</td>')
-        rows.append(f'<tr><th class="hook">{_e(hook)}</th>{"".join(cells)}</tr>')
+        fit_s = f"{fit:.0%}" if fit is not None else "-"
+        rows.append(f'<tr><th class="hook">{_e(hook)}</th><td>{fit_s}</td>{"".join(cells)}</tr>')
     feats = []
     for p, tok in enumerate(res.tokens):
         hits = res.token_features(p, limit=5)
@@ -60,8 +62,15 @@ def render_html(res: ScanResult, cmp: CompareResult | None = None) -> str:
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>lmscope scan: {_e(res.prompt[:60])}</title><style>{CSS}</style></head><body>",
         f"<h1>lmscope scan</h1><p>Prompt: <b>{_e(res.prompt)}</b><br>Model: {_e(res.model)}</p>",
-        "<h2>Brain map</h2><p>Feature activity per token, normalized per dictionary "
-        "(hover a cell for its top features).</p>",
+        "<h2>Brain map</h2><p>Feature activity per token, "
+        + (
+            "against the layer's mean over the atlas corpus (log scale: 0.5 = the mean, "
+            "each 0.25 a factor of 2)"
+            if res.brain_norm == "corpus_mean"
+            else "normalized per dictionary (1 = the row's peak on this prompt)"
+        )
+        + "; fit = 1 - FVU of the dictionary's output on this prompt (BOS excluded). "
+        "Hover a cell for its top features.</p>",
         f"<table class='brain'>{''.join(rows)}</table>",
         f"<h2>Top features per token</h2><table class='feats'>{''.join(feats)}</table>",
     ]

@@ -1,15 +1,15 @@
-"""The brain map as a PNG heatmap (matplotlib, the `plot` extra)."""
+"""The brain map (and the --vs diff map) as a PNG heatmap (matplotlib, the `plot` extra)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..errors import UserError
+from .compare import CompareResult
 from .scan import ScanResult
 
 
-def render_png(res: ScanResult, path: str | Path) -> Path:
-    """Write a dictionaries x tokens heatmap of the brain map to `path` (atomic)."""
+def _plt():
     try:
         import matplotlib
 
@@ -17,29 +17,107 @@ def render_png(res: ScanResult, path: str | Path) -> Path:
         import matplotlib.pyplot as plt
     except ImportError:
         raise UserError("--png needs matplotlib: pip install 'lmscope[plot]'") from None
+    return plt
+
+
+def _esc(text: str) -> str:
+    """Mathtext would interpret '$' in tokens: escape it."""
+    return text.replace("$", r"\$")
+
+
+def _fit_label(hook: str, fit: float | None) -> str:
+    return f"{hook}  fit {fit:.0%}" if fit is not None else f"{hook}  fit -"
+
+
+def _heat(ax, fig, data, xlabels, ylabels, title, cbar_label, cmap="viridis"):
+    im = ax.imshow(data, aspect="auto", cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks(range(len(xlabels)))
+    ax.set_xticklabels([_esc(t) for t in xlabels], rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(ylabels)))
+    ax.set_yticklabels(ylabels, fontsize=7 if len(ylabels) > 12 else 8)
+    ax.set_title(_esc(title), fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01, label=cbar_label)
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    tmp.replace(path)
+
+
+def _scale_label(res: ScanResult) -> str:
+    if res.brain_norm == "corpus_mean":
+        return "activity vs layer's corpus mean (0.5 = mean, +-0.25 = x2)"
+    return "activity / row max on this prompt"
+
+
+def render_png(res: ScanResult, path: str | Path, cmp: CompareResult | None = None) -> Path:
+    """Write the dictionaries x tokens brain map to `path` (atomic), each row labelled with the
+    layer's fit (1 - FVU on this prompt); with `cmp` (a --vs comparison), the diff map below."""
     import numpy as np
 
+    plt = _plt()
     path = Path(path)
-    data = np.asarray(res.brain, dtype=float)  # [n_hooks, pos]
-    w = max(4.0, 0.45 * len(res.tokens) + 2.5)
-    h = max(2.0, 0.35 * len(res.hooks) + 1.6)
+    n_rows = len(res.hooks)
+    panels = 2 if cmp is not None and cmp.map is not None else 1
+    w = max(5.0, 0.4 * len(res.tokens) + 4.0)
+    h = max(2.2, 0.22 * n_rows + 1.8)
+    fig, axes = plt.subplots(panels, 1, figsize=(w, h * panels), dpi=110, squeeze=False)
+    try:
+        fits = res.explained or [None] * n_rows
+        _heat(
+            axes[0][0],
+            fig,
+            np.asarray(res.brain, dtype=float),  # [n_hooks, pos]
+            res.tokens,
+            [_fit_label(hk, f) for hk, f in zip(res.hooks, fits)],
+            f"brain map: {res.prompt[:80]!r}",
+            _scale_label(res),
+        )
+        if panels == 2:
+            m = cmp.map
+            _heat(
+                axes[1][0],
+                fig,
+                np.asarray(m.change, dtype=float),  # [n_hooks, n_aligned]
+                [a if a == b else f"{a} / {b}" for a, b in zip(m.tokens_a, m.tokens_b)],
+                [f"{hk}  {v:.0%}" for hk, v in zip(m.hooks, m.layer_change())],
+                f"diff map vs {cmp.prompt_b[:60]!r} (row: mean change)",
+                "share of features changed",
+                cmap="magma",
+            )
+        _save(fig, path)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def render_diff_png(cmp: CompareResult, path: str | Path) -> Path:
+    """Write only the --vs diff map (layers x aligned positions) to `path` (atomic)."""
+    import numpy as np
+
+    if cmp.map is None:
+        raise ValueError("this comparison has no diff map")
+    plt = _plt()
+    path = Path(path)
+    m = cmp.map
+    w = max(5.0, 0.4 * m.n_aligned + 4.0)
+    h = max(2.2, 0.22 * len(m.hooks) + 1.8)
     fig, ax = plt.subplots(figsize=(w, h), dpi=110)
     try:
-        im = ax.imshow(data, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
-        ax.set_xticks(range(len(res.tokens)))
-        # Mathtext would interpret '$' in tokens: escape it.
-        ax.set_xticklabels(
-            [t.replace("$", r"\$") for t in res.tokens], rotation=60, ha="right", fontsize=8
+        _heat(
+            ax,
+            fig,
+            np.asarray(m.change, dtype=float),
+            [a if a == b else f"{a} / {b}" for a, b in zip(m.tokens_a, m.tokens_b)],
+            [f"{hk}  {v:.0%}" for hk, v in zip(m.hooks, m.layer_change())],
+            f"diff map: {cmp.prompt_a[:50]!r} vs {cmp.prompt_b[:50]!r}",
+            "share of features changed",
+            cmap="magma",
         )
-        ax.set_yticks(range(len(res.hooks)))
-        ax.set_yticklabels(res.hooks, fontsize=8)
-        ax.set_title(f"feature activity: {res.prompt[:80]!r}".replace("$", r"\$"), fontsize=9)
-        fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01, label="activity (per dictionary)")
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp)
-        tmp.replace(path)
+        _save(fig, path)
     finally:
         plt.close(fig)
     return path

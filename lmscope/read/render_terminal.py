@@ -7,9 +7,10 @@ logs and pipes stay clean.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 
-from .compare import CompareResult
+from .compare import CompareResult, DiffMap
 from .scan import ScanResult
 
 BLOCKS = " ░▒▓█"
@@ -38,16 +39,89 @@ def _short(tok: str, width: int = 12) -> str:
     return t if len(t) <= width else t[: width - 1] + "…"
 
 
-def brain_map(res: ScanResult, *, color: bool = False) -> str:
-    """Rows = dictionaries (model order), columns = tokens, 2 characters per cell."""
-    name_w = max(len(h) for h in res.hooks)
-    lines = ["brain map (feature activity per token, normalized per dictionary)"]
-    for hook, row in zip(res.hooks, res.brain):
-        lines.append(f"{hook:>{name_w}} " + "".join(_cell(v, color) for v in row))
-    # Column legend: token index every 5 columns, then the index -> token table below.
-    axis = "".join(f"{i:<2d}" if i % 5 == 0 else "  " for i in range(len(res.tokens)))
-    lines.append(" " * (name_w + 1) + axis)
+def _fit(v: float | None) -> str:
+    """The row's explained fraction as a 5-character column ('  93%', ' -12%', '    -')."""
+    if v is None:
+        return "    -"
+    return f"{max(v, -9.99) * 100:4.0f}%"
+
+
+def _grid(
+    names: list[str],
+    rows: list[list[float]],
+    tokens: list[str],
+    *,
+    color: bool,
+    side: list[str] | None = None,
+    width: int | None = None,
+) -> list[str]:
+    """Rows x tokens heatmap, 2 characters per cell, wrapped into column chunks that fit `width`
+    (default: the terminal's width, 100 when unknown); each chunk has its own position axis."""
+    name_w = max(len(h) for h in names)
+    side_w = (max(len(t) for t in side) + 1) if side else 0
+    width = width or shutil.get_terminal_size((100, 24)).columns
+    per = max(5, (width - name_w - side_w - 1) // 2)
+    n = len(tokens)
+    lines = []
+    for lo in range(0, max(n, 1), per):
+        hi = min(n, lo + per)
+        if n > per:
+            lines.append(f"positions {lo}-{hi - 1} of {n}")
+        for r, (name, row) in enumerate(zip(names, rows)):
+            left = f"{name:>{name_w}} " + (f"{side[r]:>{side_w - 1}} " if side else "")
+            lines.append(left + "".join(_cell(v, color) for v in row[lo:hi]))
+        axis = "".join(f"{i:<2d}" if i % 5 == 0 else "  " for i in range(lo, hi))
+        # An index >= 100 takes 3 characters: the axis then shifts by one; still readable.
+        lines.append(" " * (name_w + 1 + side_w) + axis)
+    return lines
+
+
+def brain_map(res: ScanResult, *, color: bool = False, width: int | None = None) -> str:
+    """Rows = dictionaries (model order), columns = tokens, 2 characters per cell; the layer's
+    fit (1 - FVU on this prompt) before each row."""
+    if res.brain_norm == "corpus_mean":
+        head = (
+            "brain map: feature activity per token vs the layer's mean over the atlas corpus "
+            "(log scale: blank <= 1/4x, ▒ ~ 1x, █ >= 4x);"
+        )
+    else:
+        head = "brain map: feature activity per token, normalized per dictionary (row max = █);"
+    lines = [head, "fit = 1 - FVU of the dictionary's output on this prompt (BOS excluded)"]
+    lines.append(" " * (max(len(h) for h in res.hooks) + 1) + "  fit")
+    lines += _grid(
+        res.hooks,
+        res.brain,
+        res.tokens,
+        color=color,
+        side=[_fit(v) for v in res.explained] if res.explained else None,
+        width=width,
+    )
     lines.append("tokens: " + "  ".join(f"{i}:{_short(t)!s}" for i, t in enumerate(res.tokens)))
+    return "\n".join(lines)
+
+
+def diff_map_text(m: DiffMap, *, color: bool = False, width: int | None = None) -> str:
+    """The diff map: layers x aligned positions, cell = share of the features that changed."""
+    lines = [
+        "diff map: how much each layer's features change at each position, A vs B "
+        "(blank = same features, █ = none in common); mean = mean change over positions (BOS "
+        "excluded)"
+    ]
+    lines.append(" " * (max(len(h) for h in m.hooks) + 1) + " mean")
+    tokens = [a if a == b else f"{a}/{b}" for a, b in zip(m.tokens_a, m.tokens_b)]
+    lines += _grid(
+        m.hooks,
+        m.change,
+        tokens,
+        color=color,
+        side=[f"{v * 100:3.0f}%" for v in m.layer_change()],
+        width=width,
+    )
+    lines.append("positions: " + "  ".join(f"{i}:{_short(t, 16)!s}" for i, t in enumerate(tokens)))
+    if m.first_diff is not None:
+        lines.append(f"first differing token at position {m.first_diff}")
+    if m.note:
+        lines.append(m.note)
     return "\n".join(lines)
 
 
@@ -77,6 +151,15 @@ def render_scan(res: ScanResult, *, color: bool | None = None, per_token: int = 
         "dictionaries)"
     )
     return "\n\n".join([head, token_table(res, per_token=per_token), brain_map(res, color=color)])
+
+
+def render_diff(cmp: CompareResult, *, color: bool | None = None) -> str:
+    """The features that differ most, then the diff map."""
+    color = use_color() if color is None else color
+    out = render_compare(cmp)
+    if cmp.map is not None:
+        out += "\n\n" + diff_map_text(cmp.map, color=color)
+    return out
 
 
 def render_compare(cmp: CompareResult) -> str:
