@@ -127,11 +127,22 @@ def test_scan_heatmap_token_and_feature_page(page, viewer):
     assert page.locator("#brain .cell").count() == len(HOOKS) * n_tokens
     heads = page.locator("#brain .tokhead")
     assert heads.nth(2).text_content() == "horse"
-    # The hottest cell of each row is the planted word (background = the heat ramp's red end).
-    assert (
-        page.locator("#brain .cell[data-pos='2']").first.evaluate("e => e.style.background")
-        == "rgb(255, 70, 20)"
-    )
+    # The hottest non-BOS cell of each row is the planted word (the heat ramp's green channel
+    # falls from 250 to 70 as activity rises).
+    for r in range(len(HOOKS)):
+        greens = [
+            int(
+                re.findall(
+                    r"\d+",
+                    page.locator(f"#brain .cell[data-row='{r}'][data-pos='{p}']").evaluate(
+                        "e => e.style.background"
+                    ),
+                )[1]
+            )
+            for p in range(1, n_tokens)
+        ]
+        assert greens.index(min(greens)) + 1 == 2, greens
+    assert page.locator("#brain .fit").count() == len(HOOKS)  # each row's fit beside it
     heads.nth(2).click()  # pin the token
     panel = page.locator("#token-panel")
     assert "horse" in panel.text_content()
@@ -155,6 +166,41 @@ def test_scan_heatmap_token_and_feature_page(page, viewer):
     assert "density" in page.locator("main").text_content()
     shot(page, "feature")
     assert not page.problems and not page.offsite
+
+
+def test_clicking_a_cell_shows_that_layers_features_at_that_token(page, viewer):
+    """Click (layer 1, token 'horse'): the cell panel lists exactly the API's top features of
+    that layer at that token, with labels and links to the feature pages."""
+    import json
+    import urllib.request
+
+    prompt = "the horse galloped to the big river"
+    req = urllib.request.Request(
+        viewer + "api/scan",
+        data=json.dumps({"prompt": prompt, "top_k": 5}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=60) as r:
+        want = json.loads(r.read())["top"][HOOKS[1]][2]
+    page.goto(viewer + "#/scan")
+    page.fill("#prompt", prompt)
+    page.click("#scan-btn")
+    page.wait_for_selector("#brain .cell")
+    cell = page.locator("#brain .cell[data-row='1'][data-pos='2']")
+    cell.click()
+    panel = page.locator("#cell-panel")
+    assert panel.get_attribute("data-hook") == HOOKS[1] and panel.get_attribute("data-pos") == "2"
+    links = panel.locator("a.feat")
+    assert [links.nth(i).text_content() for i in range(links.count())] == [h["id"] for h in want]
+    assert links.first.text_content() == f"{HOOKS[1]}/{PLANTED}"
+    assert PLANTED_LABEL in panel.text_content() and "horse" in panel.text_content()
+    assert "sel" in cell.get_attribute("class")
+    assert page.locator("#brain .cell.sel").count() == 1  # only the clicked cell
+    assert links.first.get_attribute("href") == f"#/feature/{HOOKS[1]}%2F{PLANTED}"
+    # Another cell of the same token: the panel follows the row.
+    page.locator("#brain .cell[data-row='0'][data-pos='2']").click()
+    assert page.locator("#cell-panel").get_attribute("data-hook") == HOOKS[0]
+    assert not page.problems
 
 
 def test_scan_with_vs(page, viewer):

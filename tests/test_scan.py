@@ -360,7 +360,13 @@ def test_cli_scan_json_vs_png_html(atlas, tmp_path):
     assert out["tokens"] == ["<bos>", "the", "horse", "ran"]
     assert out["top"][HOOKS[0]][2][0]["feature"] == PLANTED
     assert out["vs"]["diffs"][0]["feature"] == PLANTED
+    assert out["brain_norm"] == "corpus_mean" and len(out["explained"]) == len(HOOKS)
+    vmap = out["vs"]["map"]
+    assert vmap["first_diff"] == 2 and vmap["change"][0][:2] == [0.0, 0.0]
     assert png.is_file() and page.is_file()
+    from matplotlib.image import imread
+
+    assert imread(png).shape[0] > 400  # two panels: the brain map and the diff map below
     # Never overwrite without --force; errors are one line, exit 2.
     r = _cli("scan", str(atlas), "the horse", "--png", str(png))
     assert r.returncode == 2 and "--force" in r.stderr and "Traceback" not in r.stderr

@@ -1,5 +1,6 @@
-// Scan page: type a prompt, see the brain map (dictionaries x tokens); hover or click a token
-// to see its features; click a feature to open its page.
+// Scan page: type a prompt, see the brain map (layers x tokens, each row's fit = 1 - FVU on the
+// prompt beside it); hover or click a token to see its features in every layer; click a cell to
+// see that layer's top features at that token; click a feature to open its page.
 "use strict";
 (() => {
   const {el, api, heat, featureLink, labelSpan, showToken, showError} = lmscope;
@@ -20,19 +21,42 @@
     return box;
   }
 
+  function cellPanel(res, r, pos) {
+    const hook = res.hooks[r], hits = res.top[hook][pos];
+    const rel = res.relative && res.relative[r] ? res.relative[r][pos] : null;
+    const box = el("div", {class: "panel", id: "cell-panel", "data-hook": hook, "data-pos": pos});
+    box.append(el("h3", {}, hook, " at ", el("code", {class: "tok"}, showToken(res.tokens[pos])),
+                  el("span", {class: "muted"}, ` position ${pos}`)));
+    box.append(el("p", {class: "muted"}, `${res.n_active[r][pos]} active · activity ` +
+      res.activity[r][pos].toFixed(2) + (rel !== null ? ` = ${rel.toFixed(2)}× the layer's corpus mean` : "") +
+      ` · layer fit on this prompt ${fitText(res, r)}`));
+    if (!hits.length) box.append(el("p", {class: "muted"}, "no active feature"));
+    else box.append(el("table", {class: "hits"}, hits.map(h =>
+      el("tr", {}, el("td", {}, featureLink(h)), el("td", {class: "num"}, h.act.toFixed(2)),
+         el("td", {}, labelSpan(h.label))))));
+    return box;
+  }
+
+  function fitText(res, r) {
+    const f = res.explained ? res.explained[r] : null;
+    return f === null || f === undefined ? "–" : `${Math.round(100 * f)}%`;
+  }
+
   function brainMap(res, onPick) {
     const n = res.tokens.length;
-    const grid = el("div", {class: "brain", id: "brain", style: {gridTemplateColumns: `max-content repeat(${n}, minmax(2.2em, max-content))`}});
-    grid.append(el("div", {class: "corner"}));
+    const dense = res.hooks.length > 12 ? " dense" : "";
+    const grid = el("div", {class: "brain" + dense, id: "brain", style: {gridTemplateColumns: `max-content max-content repeat(${n}, minmax(2.2em, max-content))`}});
+    grid.append(el("div", {class: "corner"}), el("div", {class: "fithead", title: "1 − FVU of the dictionary's output on this prompt (BOS excluded)"}, "fit"));
     res.tokens.forEach((t, p) => grid.append(
       el("div", {class: "tokhead", "data-pos": p, title: `token ${p}`, onclick: () => onPick(p, true),
                  onmouseenter: () => onPick(p, false)}, showToken(t))));
     res.hooks.forEach((hook, r) => {
-      grid.append(el("div", {class: "hookname"}, hook));
+      grid.append(el("div", {class: "hookname"}, hook),
+                  el("div", {class: "fit", "data-row": r, title: "1 − FVU on this prompt"}, fitText(res, r)));
       res.brain[r].forEach((v, p) => grid.append(
-        el("div", {class: "cell", "data-pos": p, style: {background: heat(v)},
+        el("div", {class: "cell", "data-pos": p, "data-row": r, style: {background: heat(v)},
                    title: `${hook} · ${res.n_active[r][p]} active · activity ${res.activity[r][p].toFixed(2)}`,
-                   onclick: () => onPick(p, true), onmouseenter: () => onPick(p, false)})));
+                   onclick: () => onPick(p, true, r), onmouseenter: () => onPick(p, false)})));
     });
     return grid;
   }
@@ -65,17 +89,26 @@
 
     function show(res) {
       const side = el("div", {class: "side"});
-      const pick = (p, pin) => {
+      // pick(p, pin, r): show token p (and, from a cell click, layer r's features there first).
+      const pick = (p, pin, r) => {
         if (!pin && last.pinned !== null) return;
-        if (pin) last.pinned = (last.pinned === p ? null : p);
-        document.querySelectorAll("#brain [data-pos]").forEach(c =>
+        const key = r === undefined ? `${p}` : `${p}/${r}`;
+        if (pin) last.pinned = (last.pinned === key ? null : key);
+        document.querySelectorAll("#brain .tokhead").forEach(c =>
           c.classList.toggle("sel", Number(c.dataset.pos) === p));
-        side.replaceChildren(tokenPanel(res, p));
+        document.querySelectorAll("#brain .cell").forEach(c =>
+          c.classList.toggle("sel", Number(c.dataset.pos) === p &&
+            (r === undefined || Number(c.dataset.row) === r)));
+        side.replaceChildren(...(r === undefined ? [] : [cellPanel(res, r, p)]), tokenPanel(res, p));
       };
+      const scale = res.brain_norm === "corpus_mean"
+        ? "colour = feature activity (sum of active feature activations) against the layer's mean over the atlas corpus, " +
+          "log scale: white ≤ ¼×, mid-orange = the mean, red ≥ 4×. "
+        : "colour = feature activity (sum of active feature activations), normalized per dictionary (red = the row's peak). ";
       out.replaceChildren(
-        el("p", {class: "muted"}, `${res.tokens.length} tokens · ${res.hooks.length} dictionaries · ` +
-           "activity = sum of active feature activations, normalized per dictionary. " +
-           "Hover a token to see its features; click to pin."),
+        el("p", {class: "muted", id: "scan-legend"}, `${res.tokens.length} tokens · ${res.hooks.length} dictionaries · ` +
+           scale + "fit = 1 − FVU of the layer's output on this prompt (BOS excluded): low fit = blurry layer. " +
+           "Hover a token to see its features; click a cell for that layer's features at that token."),
         el("div", {class: "scanview"}, el("div", {class: "brainwrap"}, brainMap(res, pick)), side));
       // Start on the token with the most activity (BOS excluded).
       let best = res.has_bos && res.tokens.length > 1 ? 1 : 0, bestV = -1;
