@@ -465,3 +465,30 @@ def test_diff_map_cells_by_hand(reader):
     assert d["n_aligned"] == 4 and len(d["layer_change"]) == len(HOOKS)
     text = render_diff(cmp, color=False)
     assert "diff map" in text and "horse/dog" in text and "7 vs 4" in text
+
+
+def test_compare_ranks_in_units_of_each_layers_corpus_mean(reader):
+    """Across layers, features are ranked by |A - B| / the layer's corpus mean activity (the
+    raw ranking would favour the layer with the larger activation scale)."""
+    cmp = compare(reader, "the horse ran to the river", "the dog sat on the house", top=12)
+    refs = dict(zip(HOOKS, reader.scan("the").layer_ref))
+    keys = [abs(d.diff) / refs[d.hook] for d in cmp.diffs]
+    assert keys == sorted(keys, reverse=True)
+    raw = [abs(d.diff) for d in cmp.diffs]
+    assert raw != sorted(raw, reverse=True)  # the two orders differ on this pair
+
+
+def test_token_table_of_a_whole_model_atlas_ranks_across_layers(reader, monkeypatch):
+    """With many dictionaries, each token lists its top features over all layers, ranked by
+    activation / the layer's corpus mean (not 3 lines per layer)."""
+    from lmscope.read import render_terminal
+
+    res = reader.scan("the horse ran")
+    monkeypatch.setattr(render_terminal, "MANY_DICTIONARIES", 1)
+    text = render_terminal.token_table(res, per_token=3)
+    block = text.split("[2] 'horse'")[1].split("[3]")[0].strip().splitlines()
+    refs = dict(zip(res.hooks, res.layer_ref))
+    hits = sorted(
+        (h for hook in res.hooks for h in res.top[hook][2]), key=lambda h: -h.act / refs[h.hook]
+    )[:3]
+    assert [ln.split()[0] for ln in block] == [h.id for h in hits]

@@ -4,7 +4,8 @@ Each prompt is encoded by the one reading engine (`Reader.encode`). Two views:
 
 - The features that differ most: a feature's strength on a prompt is its largest activation over
   the prompt's tokens (BOS excluded), so prompts of different lengths compare. Ranked by
-  |strength A - strength B|.
+  |strength A - strength B|, divided by the layer's mean activity per token over the atlas corpus
+  when the atlas DB has it for every layer (so layers of different scales compete fairly).
 - The diff map (`DiffMap`, layers x token positions): prompts are aligned by position (token p of
   A against token p of B; BOS against BOS). Cell = how much that layer's features at that
   position changed, 0..1: sum_i |a_i - b_i| / (sum_i a_i + sum_i b_i) over the dictionary's
@@ -175,6 +176,11 @@ def compare(reader: Reader, prompt_a: str, prompt_b: str, *, top: int = 20) -> C
     tok_b, feats_b = reader.encode(prompt_b)
     strs_a, sa = _strength(reader, tok_a, feats_a)
     strs_b, sb = _strength(reader, tok_b, feats_b)
+    # Rank across layers in units of each layer's corpus mean activity when the atlas has it:
+    # raw activations differ ~50x in scale between SmolLM2's layers, and the raw ranking was all
+    # blocks.11 and blocks.28.
+    refs = reader.layer_ref()
+    scale = {h: (1.0 / refs[h] if all(k in refs for k in reader.hooks) else 1.0) for h in refs}
     cands = []
     for hook in reader.hooks:
         (a, wa), (b, wb) = sa[hook], sb[hook]
@@ -185,7 +191,7 @@ def compare(reader: Reader, prompt_a: str, prompt_b: str, *, top: int = 20) -> C
                 break
             cands.append(
                 (
-                    v,
+                    v * scale.get(hook, 1.0),
                     hook,
                     i,
                     float(a[i]),

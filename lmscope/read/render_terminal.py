@@ -125,12 +125,30 @@ def diff_map_text(m: DiffMap, *, color: bool = False, width: int | None = None) 
     return "\n".join(lines)
 
 
+MANY_DICTIONARIES = 8
+"""Above this many dictionaries (a whole-model atlas), the token table lists each token's
+strongest features over all layers instead of every layer's (30 layers x 3 = 90 lines a token)."""
+
+
 def token_table(res: ScanResult, *, per_token: int = 3) -> str:
     lines = []
+    refs = dict(zip(res.hooks, res.layer_ref or [None] * len(res.hooks)))
+    many = len(res.hooks) > MANY_DICTIONARIES
+    if many:
+        lines.append(
+            f"(top {per_token} features per token over all {len(res.hooks)} layers, ranked by "
+            "activation / the layer's corpus mean activity; --json has every layer's)"
+        )
     for p, tok in enumerate(res.tokens):
         if p == 0 and res.has_bos:
             continue
         lines.append(f"[{p}] {_short(tok, 30)!r}")
+        if many:
+            hits = [h for hook in res.hooks for h in res.top[hook][p]]
+            hits.sort(key=lambda h: -h.act / (refs.get(h.hook) or 1.0))
+            for h in hits[:per_token]:
+                lines.append(f"    {h.id} {h.act:.2f} {_label(h.label)}")
+            continue
         for hook in res.hooks:
             hits = res.top[hook][p][:per_token]
             if not hits:

@@ -10,6 +10,15 @@
     const box = el("div", {class: "panel", id: "token-panel"});
     box.append(el("h3", {}, "Token ", el("code", {class: "tok"}, showToken(res.tokens[pos])),
                   el("span", {class: "muted"}, ` position ${pos}`)));
+    if (res.hooks.length > 8) {  // a whole-model atlas: one compact row per layer, top 2 features
+      box.append(el("table", {class: "hits compact"}, res.hooks.map(hook => {
+        const hits = res.top[hook][pos].slice(0, 2);
+        return el("tr", {}, el("td", {class: "muted"}, hook),
+          el("td", {}, hits.length ? hits.map(h => el("span", {class: "hit"}, featureLink(h), " ",
+            h.act.toFixed(1), " ", labelSpan(h.label))) : el("span", {class: "muted"}, "no active feature")));
+      })));
+      return box;
+    }
     for (const hook of res.hooks) {
       const hits = res.top[hook][pos];
       box.append(el("h4", {}, hook));
