@@ -48,7 +48,8 @@
 
   function fitText(res, r) {
     const f = res.explained ? res.explained[r] : null;
-    return f === null || f === undefined ? "–" : `${Math.round(100 * f)}%`;
+    if (f === null || f === undefined) return "–";
+    return f < -9.99 ? "<−999%" : `${Math.round(100 * f)}%`;  // the JSON has the exact value
   }
 
   function brainMap(res, onPick) {
