@@ -288,7 +288,8 @@ def test_terminal_render_plain_and_color(reader):
     rows = [ln for ln in plain.splitlines() if ln.lstrip().startswith("blocks.")]
     assert len(rows) == len(res.hooks)  # one row per layer, in model order
     for hook, fit, row in zip(res.hooks, res.explained, rows):
-        assert row.split()[:2] == [hook, f"{max(fit, -9.99) * 100:.0f}%"]  # the fit column
+        want = "<-999%" if fit < -9.99 else f"{fit * 100:.0f}%"
+        assert row.split()[:2] == [hook, want]  # the fit column
     colored = brain_map(res, color=True)
     assert "\x1b[48;5;" in colored
 

@@ -40,10 +40,11 @@ def _short(tok: str, width: int = 12) -> str:
 
 
 def _fit(v: float | None) -> str:
-    """The row's explained fraction as a 5-character column ('  93%', ' -12%', '    -')."""
+    """The row's explained fraction as a column ('93%', '-12%', '<-999%', '-'); the JSON has
+    the exact value."""
     if v is None:
-        return "    -"
-    return f"{max(v, -9.99) * 100:4.0f}%"
+        return "-"
+    return "<-999%" if v < -9.99 else f"{v * 100:.0f}%"
 
 
 def _grid(
