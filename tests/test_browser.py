@@ -210,6 +210,15 @@ def test_scan_with_vs(page, viewer):
     page.click("#scan-btn")
     page.wait_for_selector("#compare a.feat")
     assert page.locator("#compare a.feat").first.text_content().endswith(f"/{PLANTED}")
+    # The diff map: layers x aligned positions; the shared prefix is unchanged (white), the
+    # swapped word is not.
+    assert page.locator("#diffmap .cell").count() == len(HOOKS) * 4
+    white = "rgb(255, 250, 220)"
+    cell = "#diffmap .cell[data-row='0'][data-pos='{}']"
+    style = "e => e.style.background"
+    assert page.locator(cell.format(1)).evaluate(style) == white
+    assert page.locator(cell.format(2)).evaluate(style) != white
+    assert "horse / dog" in page.locator("#diffmap").text_content()
     assert not page.problems
 
 

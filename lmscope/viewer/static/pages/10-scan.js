@@ -91,6 +91,7 @@
         show(res);
         if (vs.value.trim()) {
           const cmp = await api("/api/compare", {prompt_a: input.value, prompt_b: vs.value});
+          if (cmp.map) out.append(diffMap(cmp.map));
           out.append(compareTable(cmp));
         }
       } catch (err) { out.replaceChildren(); showError(out, err); }
@@ -128,6 +129,30 @@
         if (v > bestV) { bestV = v; best = p; }
       });
       pick(best, false);
+    }
+
+    // The --vs diff map: layers x aligned positions, cell = share of the layer's features that
+    // changed at that position (0 = same, 1 = none in common).
+    function diffMap(m) {
+      const n = m.change.length ? m.change[0].length : 0;
+      const dense = m.hooks.length > 12 ? " dense" : "";
+      const grid = el("div", {class: "brain" + dense, id: "diffmap", style: {gridTemplateColumns: `max-content max-content repeat(${n}, minmax(2.2em, max-content))`}});
+      grid.append(el("div", {class: "corner"}), el("div", {class: "fithead", title: "mean change over positions (BOS excluded)"}, "mean"));
+      for (let p = 0; p < n; p++) {
+        const a = m.tokens_a[p], b = m.tokens_b[p];
+        grid.append(el("div", {class: "tokhead", title: `position ${p}`}, a === b ? showToken(a) : `${showToken(a)} / ${showToken(b)}`));
+      }
+      m.hooks.forEach((hook, r) => {
+        grid.append(el("div", {class: "hookname"}, hook),
+                    el("div", {class: "fit"}, `${Math.round(100 * m.layer_change[r])}%`));
+        m.change[r].forEach((v, p) => grid.append(el("div", {class: "cell", "data-row": r, "data-pos": p,
+          style: {background: heat(v)}, title: `${hook} · position ${p} · ${Math.round(100 * v)}% of the features changed`})));
+      });
+      return el("div", {class: "panel", id: "diff-panel"},
+        el("h3", {}, "Diff map: where the two prompts differ, layer by layer"),
+        el("p", {class: "muted"}, "Positions aligned (token p of A against token p of B); colour = share of the layer's feature activity that changed at that position (white = the same features, red = none in common)." +
+           (m.note ? " " + m.note : "")),
+        el("div", {class: "brainwrap"}, grid));
     }
 
     function compareTable(cmp) {
