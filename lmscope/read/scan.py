@@ -321,7 +321,7 @@ class Reader:
 
     def labels_for(self, wanted: dict[str, set[int]]) -> dict[tuple[str, int], str | None]:
         """Labels of many features at once: one DB query per dictionary (the scan of 20 tokens
-        over 30 layers shows ~1,000 distinct features), or the label function per feature."""
+        over 30 layers shows ~2,000 distinct features), or the label function per feature."""
         out: dict[tuple[str, int], str | None] = {}
         bulk = getattr(self.db, "labels", None) if self.db is not None else None
         for hook, idxs in wanted.items():
