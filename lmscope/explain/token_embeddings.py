@@ -66,8 +66,34 @@ class TokenEmbeddings:
         r = np.minimum(r, len(self.ids) - 1)
         return np.where(self.ids[r] == gids, r, -1) if len(self.ids) else np.full(len(gids), -1)
 
+    def _derived(self) -> tuple[np.ndarray, np.ndarray]:
+        """(prefix sums [n + 1, d] float64 of the word-piece-weighted vectors, unit float32 token
+        vectors [n, d]), computed once per embedding set instead of once per feature: a window's
+        word-piece sum is then two rows' difference (float64, so the difference of two large sums
+        keeps ~1e-12 relative precision)."""
+        got = getattr(self, "_cache", None)
+        if got is None or got[0] is not self.vecs:
+            v = self.vecs.astype(np.float32)
+            pre = np.zeros((len(v) + 1, v.shape[1]), dtype=np.float64)
+            np.cumsum(
+                v * self.counts[:, None].astype(np.float32), axis=0, dtype=np.float64, out=pre[1:]
+            )
+            got = (self.vecs, pre, _unit(v))
+            self._cache = got
+        return got[1], got[2]
+
     def windows(self, spans: list[tuple[int, int]]) -> np.ndarray:
         """[len(spans), d] unit vectors: word-piece mean pool of each window [start, end)."""
+        if not spans:
+            return np.zeros((0, self.vecs.shape[1]), dtype=np.float32)
+        pre, _ = self._derived()
+        ab = np.asarray(spans, dtype=np.int64)
+        # ids never embedded weigh 0 (no word pieces): the sum over the window's EMBEDDED ids
+        lo, hi = np.searchsorted(self.ids, ab[:, 0]), np.searchsorted(self.ids, ab[:, 1])
+        return _unit((pre[hi] - pre[lo]).astype(np.float32))  # the mean's direction = the sum's
+
+    def windows_reference(self, spans: list[tuple[int, int]]) -> np.ndarray:
+        """windows() token by token (the slow reference the tests compare with)."""
         if not spans:
             return np.zeros((0, self.vecs.shape[1]), dtype=np.float32)
         lens = np.asarray([b - a for a, b in spans])
@@ -77,7 +103,7 @@ class TokenEmbeddings:
         r = self.rows(gids)
         w = np.where(r >= 0, self.counts[np.maximum(r, 0)], 0).astype(np.float32)  # word pieces
         v = self.vecs[np.maximum(r, 0)].astype(np.float32) * w[:, None]  # [sum lens, d]
-        return _unit(np.add.reduceat(v, first, axis=0))  # the mean's direction = the sum's
+        return _unit(np.add.reduceat(v, first, axis=0))
 
     def held(self, held) -> HeldVectors:
         """The vectors every label of one feature is scored against (computed once per feature)."""
@@ -104,11 +130,12 @@ class TokenEmbeddings:
 
     def tokens(self, gids: np.ndarray) -> np.ndarray:
         """[len(gids), d] unit vectors of single tokens in context (zero where unknown or empty)."""
+        _, units = self._derived()
         r = self.rows(gids)
         out = np.zeros((len(gids), self.vecs.shape[1]), dtype=np.float32)
         ok = r >= 0
-        out[ok] = self.vecs[r[ok]].astype(np.float32)
-        return _unit(out)
+        out[ok] = units[r[ok]]
+        return out
 
 
 @dataclass

@@ -1,0 +1,90 @@
+"""The fast explain paths (issue 21 item 10) against their slow references, on small random cases:
+the scores must be the same numbers, not merely close in aggregate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lmscope.atlas.db import Example
+from lmscope.explain.scorers import auroc, balanced_accuracy
+from lmscope.explain.scorers.direct import score_direct, trials, trials_reference
+from lmscope.explain.split import Held, token_key
+from lmscope.explain.token_embeddings import TokenEmbeddings
+
+WORDS = [" the", " cat", ",", " sat", "Ġon", "cat", " mat", "."]
+
+
+def _auroc_loop(scores, truth):
+    """The rank-sum AUROC with the tie loop of the original implementation."""
+    s, t = np.asarray(scores, float), np.asarray(truth, bool)
+    allv = np.concatenate([s[t], s[~t]])
+    order = np.argsort(allv, kind="mergesort")
+    v = allv[order]
+    ranks = np.empty(len(v))
+    i = 0
+    while i < len(v):
+        j = i
+        while j + 1 < len(v) and v[j + 1] == v[i]:
+            j += 1
+        ranks[i : j + 1] = (i + j) / 2 + 1
+        i = j + 1
+    r = np.empty(len(v))
+    r[order] = ranks
+    n_pos = int(t.sum())
+    return (r[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (len(v) - n_pos))
+
+
+def test_auroc_ties_by_hand_and_against_the_loop():
+    # pos (1, 1), neg (1, 0): pairs 1>0 twice (wins), 1=1 twice (half) -> (2 + 1) / 4
+    assert auroc([1, 1, 1, 0], [True, True, False, False]) == 0.75
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        n = int(rng.integers(2, 40))
+        s = rng.integers(0, 4, n).astype(float)  # many ties
+        t = rng.random(n) < 0.4
+        t[0], t[1] = True, False
+        assert auroc(s.tolist(), t.tolist()) == _auroc_loop(s, t)
+
+
+def _held(rng, n_win=6):
+    def win(fire):
+        toks = [WORDS[i] for i in rng.integers(0, len(WORDS), 8)]
+        acts = [float(a) if fire else 0.0 for a in rng.integers(0, 3, 8)]
+        return Example("top" if fire else "negative", toks, acts, 0, max(acts), None, [], 0)
+
+    return Held([win(True) for _ in range(n_win)], [win(False) for _ in range(n_win)])
+
+
+def test_direct_scorer_counts_equal_the_token_by_token_reference():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        held = _held(rng)
+        keys, truth = trials_reference(held)
+        tr = trials(held)
+        for label in ([" cat"], [",", "."], ["Ġthe", "mat"], ["dog"]):
+            words = {token_key(k) for k in label}
+            got = score_direct(", ".join(label), held, label, tr)
+            ref = balanced_accuracy([k in words for k in keys], truth)
+            assert got.value == ref
+            assert (got.n_pos, got.n_neg) == (sum(truth), len(truth) - sum(truth))
+    # by hand: 2 of the 3 " cat" fire, nothing else does; label "cat" -> tpr 2/2, tnr 2/3
+    held = Held(
+        [Example("top", [" cat", " cat", " sat"], [1.0, 2.0, 0.0], 0, 2.0, None, [], 0)],
+        [Example("negative", [" cat", " the"], [0.0, 0.0], 0, 0.0, None, [], 0)],
+    )
+    assert score_direct("cat", held, ["cat"]).value == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_window_prefix_sums_equal_the_gathered_windows():
+    rng = np.random.default_rng(2)
+    ids = np.sort(rng.choice(5000, 3000, replace=False))  # gaps: ids never embedded weigh 0
+    vecs = rng.normal(size=(len(ids), 16)).astype(np.float16)
+    counts = rng.integers(0, 4, len(ids)).astype(np.int16)
+    te = TokenEmbeddings(ids, vecs, counts)
+    starts = rng.integers(0, 4990, 500)
+    spans = [(int(a), int(a) + int(rng.integers(1, 17))) for a in starts]
+    got, ref = te.windows(spans), te.windows_reference(spans)
+    assert np.abs(got - ref).max() < 1e-5
+    # a window with no embedded id or no word pieces stays the zero vector in both
+    assert np.array_equal(got == 0, ref == 0)
