@@ -82,9 +82,12 @@ def trials(held: Held) -> Trials:
     pos: Counter = Counter()
     neg: Counter = Counter()
     for e in held.pos + held.neg:
-        acts = e.acts if e.acts else [0.0] * len(e.tokens)
-        for t, a in zip(e.tokens, acts):
-            (pos if a > 0 else neg)[token_key(t)] += 1
+        if not e.acts:
+            neg.update(map(token_key, e.tokens))
+            continue
+        keys = list(map(token_key, e.tokens[: len(e.acts)]))
+        pos.update([k for k, a in zip(keys, e.acts) if a > 0])
+        neg.update([k for k, a in zip(keys, e.acts) if not a > 0])
     return Trials(dict(pos), dict(neg), sum(pos.values()), sum(neg.values()))
 
 
