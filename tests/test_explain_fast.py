@@ -88,3 +88,32 @@ def test_window_prefix_sums_equal_the_gathered_windows():
     assert np.abs(got - ref).max() < 1e-5
     # a window with no embedded id or no word pieces stays the zero vector in both
     assert np.array_equal(got == 0, ref == 0)
+
+
+def test_report_by_layer_is_one_line_per_dictionary_in_layer_order():
+    from lmscope.explain.report import BASELINES, Paired, ScoreReport, ScoreRow
+
+    rows = []
+    for h in ("blocks.10.mlp_in", "blocks.2.mlp_in", "blocks.1.mlp_in", "blocks.0.mlp_in", "all"):
+        r = ScoreRow(h, "stats", "direct", "balanced_accuracy", 7, 0.6, 0.6, 0.5, 0.7)
+        lo = 0.01 if h == "blocks.2.mlp_in" else -0.01  # only layer 2 beats (interval above 0)
+        r.paired = [
+            Paired(BASELINES[0], 7, 0.1, 0.05, 0.15),
+            Paired(BASELINES[1], 7, 0.02, lo, 0.05),
+        ]
+        rows.append(r)
+    rep = ScoreReport(rows)
+    assert rep.hooks == [
+        "blocks.0.mlp_in",
+        "blocks.1.mlp_in",
+        "blocks.2.mlp_in",
+        "blocks.10.mlp_in",
+    ]
+    lines = rep.text.splitlines()
+    per = [ln for ln in lines if ln.startswith("blocks.")]
+    assert [ln.split()[0] for ln in per] == rep.hooks  # one line each, natural layer order
+    assert [ln.rstrip().endswith("+") for ln in per] == [False, False, True, False]
+    assert "+0.020 [+0.010, +0.050] +" in per[2]
+    # the "all" rows keep the full layout (method row + one row per baseline)
+    assert sum(ln.startswith("all ") for ln in lines) == 1
+    assert sum("vs baseline-" in ln for ln in lines) == 2

@@ -123,6 +123,8 @@ class ExplainResult:
     llm_usage: dict = field(default_factory=dict)
     triaged: int | None = None
     """features triage sent to the LLM (None: no triage)"""
+    per_dictionary: dict = field(default_factory=dict)
+    """hook -> features explained by this run"""
 
 
 def _select(db, cfg: ExplainConfig) -> list[tuple[str, int]]:
@@ -412,6 +414,7 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
                     for bm, bt, btk, _, bs in base
                 ]
                 rows.append(BulkExplanations(p.hook, p.feature, expl, text, p.label))
+                res.per_dictionary[p.hook] = res.per_dictionary.get(p.hook, 0) + 1
             db.add_explanations(rows)
             scoring.save()
             res.explained += len(rows)
