@@ -66,44 +66,27 @@ class TokenEmbeddings:
         r = np.minimum(r, len(self.ids) - 1)
         return np.where(self.ids[r] == gids, r, -1) if len(self.ids) else np.full(len(gids), -1)
 
-    def _derived(self) -> tuple[np.ndarray, np.ndarray]:
-        """(prefix sums [n + 1, d] float64 of the word-piece-weighted vectors, unit float32 token
-        vectors [n, d]), computed once per embedding set instead of once per feature: a window's
-        word-piece sum is then two rows' difference (float64, so the difference of two large sums
-        keeps ~1e-12 relative precision)."""
+    def _f32(self) -> np.ndarray:
+        """vecs as float32, converted once per embedding set (not once per feature: the per-call
+        conversion of gathered rows was the scorers' largest numpy cost)."""
         got = getattr(self, "_cache", None)
         if got is None or got[0] is not self.vecs:
-            v = self.vecs.astype(np.float32)
-            pre = np.zeros((len(v) + 1, v.shape[1]), dtype=np.float64)
-            np.cumsum(
-                v * self.counts[:, None].astype(np.float32), axis=0, dtype=np.float64, out=pre[1:]
-            )
-            got = (self.vecs, pre, _unit(v))
-            self._cache = got
-        return got[1], got[2]
+            got = self._cache = (self.vecs, self.vecs.astype(np.float32))
+        return got[1]
 
     def windows(self, spans: list[tuple[int, int]]) -> np.ndarray:
         """[len(spans), d] unit vectors: word-piece mean pool of each window [start, end)."""
         if not spans:
             return np.zeros((0, self.vecs.shape[1]), dtype=np.float32)
-        pre, _ = self._derived()
         ab = np.asarray(spans, dtype=np.int64)
-        # ids never embedded weigh 0 (no word pieces): the sum over the window's EMBEDDED ids
-        lo, hi = np.searchsorted(self.ids, ab[:, 0]), np.searchsorted(self.ids, ab[:, 1])
-        return _unit((pre[hi] - pre[lo]).astype(np.float32))  # the mean's direction = the sum's
-
-    def windows_reference(self, spans: list[tuple[int, int]]) -> np.ndarray:
-        """windows() token by token (the slow reference the tests compare with)."""
-        if not spans:
-            return np.zeros((0, self.vecs.shape[1]), dtype=np.float32)
-        lens = np.asarray([b - a for a, b in spans])
-        starts = np.asarray([a for a, _ in spans])
+        lens = ab[:, 1] - ab[:, 0]
         first = np.r_[0, np.cumsum(lens)[:-1]]  # [w] offset of each window's first token
-        gids = np.repeat(starts - first, lens) + np.arange(lens.sum())  # [sum lens] global ids
+        gids = np.repeat(ab[:, 0] - first, lens) + np.arange(lens.sum())  # [sum lens] global ids
         r = self.rows(gids)
-        w = np.where(r >= 0, self.counts[np.maximum(r, 0)], 0).astype(np.float32)  # word pieces
-        v = self.vecs[np.maximum(r, 0)].astype(np.float32) * w[:, None]  # [sum lens, d]
-        return _unit(np.add.reduceat(v, first, axis=0))
+        ok = r >= 0
+        w = np.where(ok, self.counts[np.maximum(r, 0)], 0).astype(np.float32)  # word pieces
+        v = self._f32()[np.maximum(r, 0)] * w[:, None]  # [sum lens, d]
+        return _unit(np.add.reduceat(v, first, axis=0))  # the mean's direction = the sum's
 
     def held(self, held) -> HeldVectors:
         """The vectors every label of one feature is scored against (computed once per feature)."""
@@ -130,12 +113,11 @@ class TokenEmbeddings:
 
     def tokens(self, gids: np.ndarray) -> np.ndarray:
         """[len(gids), d] unit vectors of single tokens in context (zero where unknown or empty)."""
-        _, units = self._derived()
         r = self.rows(gids)
         out = np.zeros((len(gids), self.vecs.shape[1]), dtype=np.float32)
         ok = r >= 0
-        out[ok] = units[r[ok]]
-        return out
+        out[ok] = self._f32()[r[ok]]
+        return _unit(out)
 
 
 @dataclass
