@@ -33,7 +33,8 @@ from . import concepts
 from .split import Split, token_key
 
 METHOD = "stats"
-VERSION = "3"
+VERSION = "4"
+"""4: WordNet category heads (activity, content, instrumentality, ...) no longer name a concept"""
 MAX_TOKENS = 3
 COVER = 0.8
 MIN_PRECISION = 0.2
