@@ -4,8 +4,12 @@ code on the same features, and on the same atlas widened K times (K copies of it
 the same corpus windows: a 30 x 4,608 = 138k-feature atlas like the whole-model one).
 
     PYTHONPATH=$PWD .venv/bin/python bench/bench_explain.py --atlas runs/smollm2-135m/atlas \\
-        --work /tmp/bench-explain [--old-code /path/to/old/checkout --old-sample 500] [--replicate
-        30]
+        --work /tmp/bench-explain [--no-cold --warm-repeat 3] [--old-code /path/to/old/checkout
+        --old-sample 500] [--replicate 30]
+
+Each run reports wall seconds AND the process's CPU seconds (features per CPU second is the
+figure that survives a shared, loaded machine; the stage is single-threaded Python apart from the
+embedder); --warm-repeat N adds the median of N warm runs.
 
 Works on copies under --work (the atlas given is only read). Prints one JSON line per run and
 appends them to bench/results/explain.jsonl.
