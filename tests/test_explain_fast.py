@@ -131,3 +131,16 @@ def test_report_by_layer_is_one_line_per_dictionary_in_layer_order():
     # the "all" rows keep the full layout (method row + one row per baseline)
     assert sum(ln.startswith("all ") for ln in lines) == 1
     assert sum("vs baseline-" in ln for ln in lines) == 2
+
+
+def test_embed_dtype_auto_follows_the_cpu(monkeypatch):
+    import lmscope.models.load as load
+    from lmscope.explain import ExplainConfig
+
+    monkeypatch.setattr(load, "cpu_half_is_slow", lambda dtype, device="cpu": True)
+    assert ExplainConfig(atlas="a").embed_dtype_resolved == "float32"  # emulated bf16: slower
+    monkeypatch.setattr(load, "cpu_half_is_slow", lambda dtype, device="cpu": False)
+    assert ExplainConfig(atlas="a").embed_dtype_resolved == "bfloat16"
+    assert ExplainConfig(atlas="a", embed_dtype="float32").embed_dtype_resolved == "float32"
+    with pytest.raises(ValueError, match="auto, float32 or bfloat16"):
+        ExplainConfig(atlas="a", embed_dtype="float16")
