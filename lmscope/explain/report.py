@@ -142,7 +142,7 @@ class ScoreReport:
                         f"{r.mean:>6.3f} {p.mean_diff:>+6.3f} [{p.lo:+.3f}, {p.hi:+.3f}] "
                         f"{'+' if p.beats else ' '}"
                     )
-                lines.append(f"{h:<22} {n:>6}  " + "  ".join(cells))
+                lines.append((f"{h:<22} {n:>6}  " + "  ".join(cells)).rstrip())
         return "\n".join(lines)
 
     def text_full(self, hooks: list[str] | None = None) -> str:
