@@ -3,7 +3,7 @@ details)
 and every score of two atlas databases explained from the same atlas with the same seed.
 
     PYTHONPATH=$PWD .venv/bin/python bench/compare_explain.py BEFORE/atlas.db AFTER/atlas.db [--tol
-    1e-6]
+    1e-6] [--ignore-version] [--paired]
 
 Texts, details, labels and the counts of every score must be equal; score values equal within
 --tol (absolute); prints one JSON line (max difference per scorer, values beyond --tol) and exits 1
@@ -20,7 +20,7 @@ import sys
 from collections import defaultdict
 
 
-def rows(path: str) -> tuple[dict, dict]:
+def rows(path: str, ignore_version: bool = False) -> tuple[dict, dict]:
     c = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     expl = {}
     ids = {}
@@ -28,7 +28,7 @@ def rows(path: str) -> tuple[dict, dict]:
         "SELECT e.id, d.hook, e.idx, e.method, e.version, e.text, e.details FROM explanations e "
         "JOIN dictionaries d ON d.id = e.dictionary"
     ):
-        key = (hook, idx, m, v)
+        key = (hook, idx, m) if ignore_version else (hook, idx, m, v)
         expl[key] = (text, json.loads(det) if det else None)
         ids[eid] = key
     scores: dict = {}
@@ -53,9 +53,35 @@ def rows(path: str) -> tuple[dict, dict]:
     return expl, scores, labels
 
 
-def compare(a: str, b: str, tol: float) -> dict:
-    ea, sa, la = rows(a)
-    eb, sb, lb = rows(b)
+def paired(sa: dict, sb: dict) -> dict:
+    """Per method and scorer: after - before per feature, mean with a 95% bootstrap interval over
+    features (report.paired_bootstrap), mean and max |difference|, n."""
+    from lmscope.explain.report import paired_bootstrap
+
+    diffs: dict = defaultdict(list)
+    for k in set(sa) & set(sb):
+        va, vb = sa[k][1], sb[k][1]
+        if va is None or vb is None or math.isnan(va) or math.isnan(vb):
+            continue
+        diffs[f"{k[2]}/{k[-1]}"].append(vb - va)
+    out = {}
+    for key, d in sorted(diffs.items()):
+        mean, lo, hi = paired_bootstrap(d)
+        out[key] = {
+            "n": len(d),
+            "mean": round(mean, 5),
+            "ci95": [round(lo, 5), round(hi, 5)],
+            "mean_abs": round(sum(map(abs, d)) / len(d), 5),
+            "max_abs": round(max(map(abs, d)), 5),
+        }
+    return out
+
+
+def compare(
+    a: str, b: str, tol: float, ignore_version: bool = False, with_paired: bool = False
+) -> dict:
+    ea, sa, la = rows(a, ignore_version)
+    eb, sb, lb = rows(b, ignore_version)
     out = {
         "explanations": len(ea),
         "scores": len(sa),
@@ -95,6 +121,8 @@ def compare(a: str, b: str, tol: float) -> dict:
             ),
         }
     )
+    if with_paired:
+        out["paired_after_minus_before"] = paired(sa, sb)
     return out
 
 
@@ -103,8 +131,19 @@ def main() -> None:
     ap.add_argument("before")
     ap.add_argument("after")
     ap.add_argument("--tol", type=float, default=1e-6)
+    ap.add_argument(
+        "--ignore-version",
+        action="store_true",
+        help="match explanations by (feature, method) whatever their version",
+    )
+    ap.add_argument(
+        "--paired",
+        action="store_true",
+        help="also the paired score difference after - before per method and scorer, with a 95%% "
+        "bootstrap interval over features",
+    )
     a = ap.parse_args()
-    r = compare(a.before, a.after, a.tol)
+    r = compare(a.before, a.after, a.tol, a.ignore_version, a.paired)
     print(json.dumps(r))
     sys.exit(0 if r["identical_within_tol"] else 1)
 

@@ -423,3 +423,22 @@ def test_embedder_ranks_the_curated_concepts(emb):
     assert set(cur.of("stars")) >= {sky} and sky not in cur.of("table")
     fires = Counter({"two": 3, "three": 2, "seven": 1})
     assert cur.rank(fires, [sky, num]) == [num, sky]
+
+
+def test_wordnet_category_heads_are_not_concepts():
+    """hammer, bridge listed; car, road also fire: the best WordNet class over the firing words
+    was "structure" (a head of noun.artifact, IC 0.35 > MIN_IC) before the stop list held the
+    category heads; now no class is proposed rather than a category name."""
+    from collections import Counter
+
+    from lmscope.explain import concepts
+    from lmscope.explain.wordnet import wordnet
+
+    wn = wordnet()
+    if wn is None:
+        pytest.skip("WordNet not installed")
+    fires = Counter({"hammer": 3, "bridge": 3, "car": 2, "road": 2})
+    seen = Counter({**fires, "the": 20, "run": 5})
+    got = concepts.shown_candidates(fires, seen, ["hammer", "bridge"], wn, None)
+    assert not [c.name for c in got if c.name in concepts.VAGUE]
+    assert "structure" in concepts.VAGUE and "instrumentality" in concepts.VAGUE

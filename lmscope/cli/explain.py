@@ -58,6 +58,15 @@ def cmd_explain(args) -> int:
             f"explained {res.explained} features ({res.skipped} already done) in "
             f"{res.seconds:.1f}s{rate}"
         )
+        if len(res.per_dictionary) > 1:
+            from ..explain.report import hook_order
+
+            per = sorted(res.per_dictionary.items(), key=lambda kv: hook_order(kv[0]))
+            lo, hi = min(per, key=lambda kv: kv[1]), max(per, key=lambda kv: kv[1])
+            print(
+                f"over {len(per)} dictionaries ({per[0][0]} .. {per[-1][0]}): "
+                f"{lo[1]} ({lo[0]}) to {hi[1]} ({hi[0]}) features each"
+            )
         if res.embedded_tokens:
             print(
                 f"embedded {res.embedded_tokens} corpus tokens in context in "

@@ -40,6 +40,7 @@ sentence.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -82,6 +83,22 @@ VAGUE = {
     "get",
     "cause",
     "move",
+    # WordNet's category heads: each is in noun.Tops (lexicographer file 03, the unique beginners)
+    # or is the head, directly under a noun.Tops class, of a whole lexicographer file of > 500
+    # synsets (noun.act, noun.cognition, noun.artifact, noun.event). They passed MIN_IC (activity
+    # 0.29, content 0.32, instrumentality 0.24, structure 0.35, substance 0.28, natural object
+    # 0.37, happening 0.39, process 0.44) but name a part of the dictionary, not a concept; no IC
+    # or depth floor separates them from kept classes (clothing 0.44, body part 0.34, animal
+    # 0.27; device is depth 6, body part 4). The heads under "person" (relative, worker) stay:
+    # people are a concept a reader uses, as MIN_IC's note says.
+    "activity",
+    "content",
+    "instrumentality",
+    "structure",
+    "substance",
+    "natural object",
+    "happening",
+    "process",
 }
 MIN_IC = {"n": 0.25, "v": 0.3}
 """intrinsic information content (WordNet.ic) below which a class found over the firing words says
@@ -522,24 +539,36 @@ def _ends_sentence(prefix: list[str]) -> bool:
     return False
 
 
+@functools.lru_cache(maxsize=1 << 18)
+def _token_props(t: str) -> tuple:
+    """What window_flags needs of one token, computed once per distinct token string (a window
+    holds few distinct strings over a ~50k vocabulary): (capitalized, quote count, has a newline,
+    is a number, ends a sentence or None when invisible, may continue a word, may be continued)."""
+    v = visible(t)
+    return (
+        v[:1].isupper(),
+        sum(t.count(q) for q in _QUOTES),
+        any(n in t for n in _NEWLINE),
+        is_number(token_key(t)),
+        v.rstrip("\"\u201d')").endswith(_END) if v else None,
+        not t.startswith(_MARKS) and t[:1].isalpha(),
+        v[-1:].isalpha() and not t.startswith("<") and not t.endswith(_MARKS),
+    )
+
+
 def window_flags(toks: list[str]) -> list[tuple[bool, ...]]:
     """Per token, whether each context of NAMES holds: one pass over the window (quote parity is
-    a running count, not a rescan of the prefix)."""
+    a running count, not a rescan of the prefix; each token's own properties are memoized)."""
     out = []
     quotes = 0
-    prev_nl = prev_num = prev_end = False
-    prev = ""
+    prev_nl = prev_num = prev_end = prev_open = False
     for t in toks:
-        v = visible(t)
-        out.append(
-            (prev_nl, quotes % 2 == 1, prev_num, v[:1].isupper(), _continues(prev, t), prev_end)
-        )
-        quotes += sum(t.count(q) for q in _QUOTES)
-        prev_nl = any(n in t for n in _NEWLINE)
-        prev_num = is_number(token_key(t))
-        if v:
-            prev_end = v.rstrip("\"\u201d')").endswith(_END)
-        prev = t
+        cap, q, nl, num, end, cont, opn = _token_props(t)
+        out.append((prev_nl, quotes % 2 == 1, prev_num, cap, cont and prev_open, prev_end))
+        quotes += q
+        prev_nl, prev_num, prev_open = nl, num, opn
+        if end is not None:
+            prev_end = end
     return out
 
 
@@ -565,19 +594,23 @@ def propose_context(shown, chosen: list[str]) -> str | None:
     allc: Counter = Counter()
     before: Counter = Counter()
     n_fire = n_all = 0
+    by_flags: Counter = Counter()  # (flags, fires) -> tokens: the names are expanded once below
     for e in shown:
         flags = window_flags(e.tokens)
+        toks = e.tokens
         for i, a in enumerate(e.acts):
-            hits = [n for n, h in zip(NAMES, flags[i]) if h]
-            n_all += 1
-            allc.update(hits)
-            if a > 0:
-                n_fire += 1
-                fire.update(hits)
-                if i > 0 and not any(
-                    n in e.tokens[i - 1] for n in _NEWLINE
-                ):  # that is a line start
-                    before[token_key(e.tokens[i - 1])] += 1
+            by_flags[flags[i], a > 0] += 1
+            if a > 0 and i > 0 and not _token_props(toks[i - 1])[2]:  # that is a line start
+                before[token_key(toks[i - 1])] += 1
+    for (f, fires), c in by_flags.items():
+        n_all += c
+        if fires:
+            n_fire += c
+        for n, h in zip(NAMES, f):
+            if h:
+                allc[n] += c
+                if fires:
+                    fire[n] += c
     if n_fire < 4:
         return None
     best, lift_best = None, 0.0
@@ -651,9 +684,12 @@ class Trials:
         self.pos: Counter = Counter()
         self.neg: Counter = Counter()
         for e in windows:
-            acts = e.acts if e.acts else [0.0] * len(e.tokens)
-            for t, a in zip(e.tokens, acts):
-                (self.pos if a > 0 else self.neg)[token_key(t)] += 1
+            if not e.acts:
+                self.neg.update(map(token_key, e.tokens))
+                continue
+            keys = list(map(token_key, e.tokens[: len(e.acts)]))
+            self.pos.update([k for k, a in zip(keys, e.acts) if a > 0])
+            self.neg.update([k for k, a in zip(keys, e.acts) if not a > 0])
         self.n_pos = sum(self.pos.values())
         self.n_neg = sum(self.neg.values())
 

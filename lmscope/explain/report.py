@@ -20,6 +20,8 @@ from ..errors import UserError
 
 B = 2000
 """bootstrap resamples"""
+COMPACT = 3
+"""above this many dictionaries the text shows "all" in full plus one line per dictionary"""
 BASELINES = ("baseline-random", "baseline-toptoken")
 
 
@@ -92,7 +94,58 @@ class ScoreReport:
     """(hook, method, scorer) -> list of values (for the plot)"""
 
     @property
+    def hooks(self) -> list[str]:
+        """the dictionaries in the report, in layer order (not counting "all")"""
+        return sorted({r.hook for r in self.rows} - {"all"}, key=hook_order)
+
+    @property
     def text(self) -> str:
+        """The full table; with more than COMPACT dictionaries, the "all" rows in full and one line
+        per dictionary (layer) instead of a page each."""
+        if len(self.hooks) > COMPACT:
+            return self.text_full(["all"]) + "\n\n" + self.text_by_layer()
+        return self.text_full()
+
+    def text_by_layer(self) -> str:
+        """Per dictionary, each scorer's method mean and its paired difference to the equal-budget
+        top-token baseline with the 95% interval; "+" where the interval is above 0 ("beats")."""
+        rows = [r for r in self.rows if r.hook != "all" and r.paired]
+        scorers = sorted({r.scorer for r in rows})
+        methods = sorted({r.method for r in rows})
+        lines = []
+        for m in methods:
+            head = (
+                f"{'dictionary':<22} {'n':>6}  "
+                + "  ".join(f"{s + ' (vs top-token)':<33}" for s in scorers).rstrip()
+            )
+            lines += [
+                f"method {m}, per dictionary: mean, paired difference to the top-token baseline "
+                "[95% interval], + = beats",
+                head,
+                "-" * len(head),
+            ]
+            by = {(r.hook, r.scorer): r for r in rows if r.method == m}
+            for h in self.hooks:
+                cells, n = [], 0
+                for s in scorers:
+                    r = by.get((h, s))
+                    p = (
+                        next((p for p in r.paired if p.baseline == BASELINES[1]), None)
+                        if r
+                        else None
+                    )
+                    if r is None or p is None:
+                        cells.append(f"{'-':<33}")
+                        continue
+                    n = max(n, r.n)
+                    cells.append(
+                        f"{r.mean:>6.3f} {p.mean_diff:>+6.3f} [{p.lo:+.3f}, {p.hi:+.3f}] "
+                        f"{'+' if p.beats else ' '}"
+                    )
+                lines.append((f"{h:<22} {n:>6}  " + "  ".join(cells)).rstrip())
+        return "\n".join(lines)
+
+    def text_full(self, hooks: list[str] | None = None) -> str:
         head = (
             f"{'dictionary':<22} {'method':<30} {'scorer':<10} {'metric':<17} {'n':>5} {'mean':>6} "
             f"{'median':>6}  paired difference to the baseline [95% bootstrap interval over "
@@ -100,6 +153,8 @@ class ScoreReport:
         )
         lines = [head, "-" * len(head)]
         for r in self.rows:
+            if hooks is not None and r.hook not in hooks:
+                continue
             lines.append(
                 f"{r.hook:<22} {r.method:<30} {r.scorer:<10} {r.metric:<17} {r.n:>5} "
                 f"{r.mean:>6.3f} "
@@ -125,6 +180,13 @@ class ScoreReport:
                 for r in self.rows
             ]
         }
+
+
+def hook_order(hook: str) -> tuple:
+    """Natural order of hook names: blocks.2.x before blocks.10.x."""
+    import re
+
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", hook))
 
 
 def _rows(hook: str, per: dict, metric: dict, values: dict) -> list[ScoreRow]:
@@ -204,7 +266,7 @@ def score_report(atlas: str | Path) -> ScoreReport:
         for h in hooks:
             for k, vals in per[h].items():
                 allp.setdefault(k, {}).update({(h, i): v for i, v in vals.items()})
-        rep.rows += _rows("all", allp, metric, {})
+        rep.rows += _rows("all", allp, metric, rep.values)
     return rep
 
 
@@ -217,6 +279,9 @@ def plot_report(rep: ScoreReport, path: str | Path) -> Path:
     except ImportError:
         raise UserError("the score plot needs matplotlib: pip install 'lmscope[plot]'") from None
     keys = sorted(rep.values)
+    # 30 dictionaries x 3 rows each would be 90 boxes per scorer: then only every feature together
+    many = len(rep.hooks) > COMPACT
+    keys = [k for k in keys if (k[0] == "all") == many]
     scorers = sorted({k[2] for k in keys})
     fig, axes = plt.subplots(
         1,

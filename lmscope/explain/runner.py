@@ -75,10 +75,11 @@ class ExplainConfig:
     """stop after this many LLM calls (cache hits are free; rerun to continue); 0 = no limit"""
     budget_usd: float = 0.0
     """stop once the cost at --price-in/--price-out reaches this many dollars; 0 = no limit"""
-    embed_dtype: Literal["float32", "bfloat16"] = "float32"
+    embed_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """embedding/simulation: the sentence embedder's matrix products in float32 (the reference) or
-    bfloat16 (autocast; ~2.7x less CPU on cores with AVX-512 BF16 / AMX, scores move slightly: see
-    docs/benchmarks.md); its vectors are cached separately"""
+    bfloat16 (autocast; less CPU on cores with AVX-512 BF16 / AMX, scores move by < 0.001 on
+    average: docs/explain.md "Speed"); auto = bfloat16 where the CPU has native bf16, else float32;
+    each dtype's vectors are cached separately"""
 
     def __post_init__(self) -> None:
         bad = [s for s in self.scorer_list() if s not in SCORERS]
@@ -94,8 +95,20 @@ class ExplainConfig:
             raise ValueError(f"--llm {self.llm!r}: use local:MODEL or openai:http://host:port/v1")
         if self.concurrency < 1 or self.batch < 1:
             raise ValueError("--concurrency and --batch must be >= 1")
-        if self.embed_dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"--embed-dtype {self.embed_dtype!r}: use float32 or bfloat16")
+        if self.embed_dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"--embed-dtype {self.embed_dtype!r}: use auto, float32 or bfloat16")
+
+    @property
+    def embed_dtype_resolved(self) -> str:
+        """float32 or bfloat16: auto picks bfloat16 only where this CPU runs it natively (an
+        emulated bf16 is slower than float32, models/load.py)."""
+        if self.embed_dtype != "auto":
+            return self.embed_dtype
+        import torch
+
+        from ..models.load import cpu_half_is_slow
+
+        return "float32" if cpu_half_is_slow(torch.bfloat16) else "bfloat16"
         if self.judge_pos < 1 or self.judge_neg < 1:
             raise ValueError("--judge-pos and --judge-neg must be >= 1")
 
@@ -119,10 +132,14 @@ class ExplainResult:
     embedded_tokens: int = 0
     """corpus tokens embedded in context by this run (0 when the atlas's cache had them all)"""
     embed_seconds: float = 0.0
+    embed_dtype: str = ""
+    """the sentence embedder's dtype this run used (--embed-dtype auto resolved)"""
     """of `seconds`, spent embedding the atlas's text (once per atlas; cached)"""
     llm_usage: dict = field(default_factory=dict)
     triaged: int | None = None
     """features triage sent to the LLM (None: no triage)"""
+    per_dictionary: dict = field(default_factory=dict)
+    """hook -> features explained by this run"""
 
 
 def _select(db, cfg: ExplainConfig) -> list[tuple[str, int]]:
@@ -199,7 +216,7 @@ class Scoring:
         if set(scorers) & set(EMBEDDED):
             from .scorers.embedding import embedder
 
-            self.emb = embedder(cfg.embed_dtype)
+            self.emb = embedder(cfg.embed_dtype_resolved)
             if phrase_cache is not None:
                 self.emb.load_phrases(phrase_cache)
 
@@ -320,11 +337,13 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
         te = None
         if todo and set(scorers) & set(EMBEDDED):
             te, res.embedded_tokens, res.embed_seconds = _token_embeddings(
-                db, layout, todo, split_cfg, cfg.embed_dtype
+                db, layout, todo, split_cfg, cfg.embed_dtype_resolved
             )
         from .scorers.embedding import embedder
 
-        name = embedder(cfg.embed_dtype).name if set(scorers) & set(EMBEDDED) else "none"
+        name = embedder(cfg.embed_dtype_resolved).name if set(scorers) & set(EMBEDDED) else "none"
+        if name != "none":
+            res.embed_dtype = cfg.embed_dtype_resolved
         scoring = Scoring(
             scorers,
             client,
@@ -412,6 +431,7 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
                     for bm, bt, btk, _, bs in base
                 ]
                 rows.append(BulkExplanations(p.hook, p.feature, expl, text, p.label))
+                res.per_dictionary[p.hook] = res.per_dictionary.get(p.hook, 0) + 1
             db.add_explanations(rows)
             scoring.save()
             res.explained += len(rows)

@@ -66,17 +66,26 @@ class TokenEmbeddings:
         r = np.minimum(r, len(self.ids) - 1)
         return np.where(self.ids[r] == gids, r, -1) if len(self.ids) else np.full(len(gids), -1)
 
+    def _f32(self) -> np.ndarray:
+        """vecs as float32, converted once per embedding set (not once per feature: the per-call
+        conversion of gathered rows was the scorers' largest numpy cost)."""
+        got = getattr(self, "_cache", None)
+        if got is None or got[0] is not self.vecs:
+            got = self._cache = (self.vecs, self.vecs.astype(np.float32))
+        return got[1]
+
     def windows(self, spans: list[tuple[int, int]]) -> np.ndarray:
         """[len(spans), d] unit vectors: word-piece mean pool of each window [start, end)."""
         if not spans:
             return np.zeros((0, self.vecs.shape[1]), dtype=np.float32)
-        lens = np.asarray([b - a for a, b in spans])
-        starts = np.asarray([a for a, _ in spans])
+        ab = np.asarray(spans, dtype=np.int64)
+        lens = ab[:, 1] - ab[:, 0]
         first = np.r_[0, np.cumsum(lens)[:-1]]  # [w] offset of each window's first token
-        gids = np.repeat(starts - first, lens) + np.arange(lens.sum())  # [sum lens] global ids
+        gids = np.repeat(ab[:, 0] - first, lens) + np.arange(lens.sum())  # [sum lens] global ids
         r = self.rows(gids)
-        w = np.where(r >= 0, self.counts[np.maximum(r, 0)], 0).astype(np.float32)  # word pieces
-        v = self.vecs[np.maximum(r, 0)].astype(np.float32) * w[:, None]  # [sum lens, d]
+        ok = r >= 0
+        w = np.where(ok, self.counts[np.maximum(r, 0)], 0).astype(np.float32)  # word pieces
+        v = self._f32()[np.maximum(r, 0)] * w[:, None]  # [sum lens, d]
         return _unit(np.add.reduceat(v, first, axis=0))  # the mean's direction = the sum's
 
     def held(self, held) -> HeldVectors:
@@ -107,7 +116,7 @@ class TokenEmbeddings:
         r = self.rows(gids)
         out = np.zeros((len(gids), self.vecs.shape[1]), dtype=np.float32)
         ok = r >= 0
-        out[ok] = self.vecs[r[ok]].astype(np.float32)
+        out[ok] = self._f32()[r[ok]]
         return _unit(out)
 
 

@@ -36,14 +36,11 @@ def auroc(scores: list[float], truth: list[bool]) -> float:
     # rank-sum (Mann-Whitney U) with average ranks for ties
     order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
     allv = np.concatenate([pos, neg])[order]
-    ranks = np.empty(len(allv))
-    i = 0
-    while i < len(allv):
-        j = i
-        while j + 1 < len(allv) and allv[j + 1] == allv[i]:
-            j += 1
-        ranks[i : j + 1] = (i + j) / 2 + 1
-        i = j + 1
+    # ties share the mean of their 1-based ranks: (first + last) / 2 + 1 per run of equal values
+    new = np.r_[True, allv[1:] != allv[:-1]]
+    first = np.flatnonzero(new)
+    last = np.r_[first[1:] - 1, len(allv) - 1]
+    ranks = np.repeat((first + last) / 2 + 1, last - first + 1)
     r = np.empty(len(allv))
     r[order] = ranks
     u = r[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2
