@@ -7,7 +7,9 @@ Runs evaluate_atlas as `lmscope eval ATLAS --model-dtype auto --no-baselines` do
 timed apart), and, as a yardstick for a shared machine, the time of plain forward passes (with
 the LM head) over the same number of spliced-loss tokens: `eval / forward` is the cost of the
 eval in units of "one clean forward over the spliced tokens", less sensitive to the machine's
-load than seconds. Writes bench/results/eval_layers_<tag>.json; prints the one-table report.
+load than seconds; process CPU seconds are recorded too (on a machine shared by many jobs, the
+CPU time a job needs says more about a dedicated 2-core run than its wall time). Writes
+bench/results/eval_layers_<tag>.json; prints the one-table report.
 """
 
 from __future__ import annotations
@@ -63,17 +65,17 @@ def main() -> None:
             return orig(*args, **kw, resume=False)
 
         ev.evaluate_dictionaries = full
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     rep = evaluate_atlas(cfg, lm=lm, progress=False)
-    t_eval = time.perf_counter() - t
+    t_eval, c_eval = time.perf_counter() - t, time.process_time() - c
     # Yardstick: plain forwards with logits over as many contexts as the spliced loss used.
     n_ctx = rep.dictionaries[0].loss_contexts
     toks = torch.randint(100, 40000, (a.batch, 128), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         for _ in range(max(1, n_ctx // a.batch)):
             lm.model(toks, use_cache=False)
-        t_fwd = time.perf_counter() - t
+        t_fwd, c_fwd = time.perf_counter() - t, time.process_time() - c
     load1 = os.getloadavg()
     print(format_report(rep))
     out = {
@@ -87,6 +89,10 @@ def main() -> None:
         "seconds_eval": t_eval,
         "seconds_forward_over_splice_tokens": t_fwd,
         "eval_over_forward": t_eval / t_fwd,
+        "cpu_seconds_eval": c_eval,
+        "cpu_seconds_forward": c_fwd,
+        "cpu_eval_over_forward": c_eval / c_fwd,
+        "torch_threads": torch.get_num_threads(),
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "loadavg_before": load0,
         "loadavg_after": load1,
@@ -106,7 +112,8 @@ def main() -> None:
     (res / f"eval_layers_{tag}.json").write_text(json.dumps(out, indent=1))
     print(
         f"\neval {t_eval:.0f} s (model load {t_load:.0f} s), forward yardstick {t_fwd:.1f} s, "
-        f"ratio {t_eval / t_fwd:.1f}; peak RSS {out['peak_rss_gb']:.2f} GB; load average "
+        f"ratio {t_eval / t_fwd:.1f}; CPU time eval {c_eval:.0f} s, forward {c_fwd:.1f} s "
+        f"(ratio {c_eval / c_fwd:.1f}); peak RSS {out['peak_rss_gb']:.2f} GB; load average "
         f"{load0[0]:.1f} -> {load1[0]:.1f} on {os.cpu_count()} CPUs",
         file=sys.stderr,
     )

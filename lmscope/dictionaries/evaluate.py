@@ -25,6 +25,9 @@ vector and median norm; pass 2 runs the model clean and with each splice.
   model), and against mean-ablation (the activation replaced by its mean over the evaluated
   text tokens, from pass 1). A transcoder reads its input hook from the clean run and replaces
   its *output* hook (mlp_out) with its prediction.
+- Many dictionaries (a transcoder per layer): one clean pass per batch serves all of them, and
+  each splice resumes the forward after its block (lmscope.models.resume) instead of running
+  it whole; --splice-tokens measures the loss on fewer tokens than FVU/L0/dead.
 - As a check of the machinery, the splice of reconstruction + error (x_hat + (x - x_hat),
   done in float64 so it is bitwise x) must give back the clean loss exactly.
 - Optionally (`train_tokens`), the reconstruction numbers again on the first tokens of the
@@ -193,7 +196,8 @@ class DictionaryEval:
     loss_recovered_mean: float | None
     """(ce_mean - ce_spliced) / (ce_mean - ce_clean): against mean-ablation."""
     ce_recon_plus_error: float
-    """CE with reconstruction + error spliced in on the first batch (must equal ce_clean_first)."""
+    """CE with reconstruction + error spliced in on the first context (must equal
+    ce_clean_first, the clean CE of that context)."""
     ce_clean_first: float
     eval_documents: int = 0
     """Documents with tokens in the evaluated contexts."""
@@ -516,6 +520,37 @@ class _Splicer:
         return resume(self.lm, tokens, layer=layer, resid_post=v)
 
 
+@torch.no_grad()
+def _splice_check(
+    lm: LanguageModel,
+    splicer: _Splicer,
+    d: SparseDictionary,
+    h: str,
+    out_h: str,
+    tokens: Tensor,
+    needed: list[str],
+) -> tuple[float, float]:
+    """(CE with reconstruction + error spliced in, clean CE) on `tokens` [1, pos]: must be equal.
+
+    Reconstruction + error, added in float64, is bitwise the clean activation, so the loss must
+    not move; through the splicer this also checks the resumed forward against a clean one on
+    the real model. One context (its own clean pass, so both sides have the same batch shape):
+    a check per dictionary at 1/batch of a splice's cost."""
+    from ..models.runtime import run
+
+    keep = token_mask(lm, tokens)
+    clean = run(lm, tokens, capture=needed, logits=True)
+    t = clean.acts[out_h]
+    full = t.float().clone()
+    full[keep] = _reconstruct(d, clean.acts[h].float()[keep])[1].to(full.dtype)
+    r64 = full.double()
+    back = (r64 + (t.double() - r64)).to(t.dtype)
+    ck = splicer.logits(tokens, clean.acts, out_h, back, torch.ones_like(keep))
+    ce_ck, n = _ce_rows(ck, tokens, keep)
+    m = max(1, int(n.sum()))
+    return float(ce_ck.sum()) / m, float(_ce_rows(clean.logits, tokens, keep)[0].sum()) / m
+
+
 def _layer_order(h: str) -> tuple[float, str]:
     """Sort key: where the hook sits in the forward pass (embed first, ln_final last)."""
     from ..models.hooks import KINDS, HookPoints
@@ -603,16 +638,7 @@ def evaluate_dictionaries(
                 )
             loss[h].add(**parts)
             if ci == 0:
-                # recon + error in float64 is bitwise the clean activation: the loss must not move
-                # (this also checks the resumed forward against the clean one on the real model).
-                r64 = full.double()
-                back = (r64 + (t.double() - r64)).to(clean.acts[out_h].dtype)
-                ck = splicer.logits(tokens, clean.acts, out_h, back, torch.ones_like(keep))
-                nn = max(1, int(n.sum()))
-                check[h] = (
-                    float(_ce_rows(ck, tokens, keep)[0].sum()) / nn,
-                    float(ce_clean.sum()) / nn,
-                )
+                check[h] = _splice_check(lm, splicer, d, h, out_h, tokens[:1], needed)
             if bar is not None:
                 bar.update(1)
     if bar is not None:
