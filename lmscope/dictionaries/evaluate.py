@@ -940,9 +940,15 @@ def format_table(r: EvalReport) -> str:
         + (
             f"{len(ov)} dictionaries share some with training (--allow-overlap)"
             if ov
-            else "none in any dictionary's training data"
+            else "no training documents recorded, disjointness unchecked"
+            if len(unchecked) == len(ds)
+            else "none in any recorded dictionary's training data"
         )
-        + (f" ({len(unchecked)} without a record, unchecked)" if unchecked else "")
+        + (
+            f" ({len(unchecked)} without a record, unchecked)"
+            if unchecked and len(unchecked) < len(ds)
+            else ""
+        )
         if ds
         else "documents: none"
     )

@@ -55,6 +55,7 @@ def layer_plot(report: EvalReport, path: Path) -> Path:
     if any(e.k is not None for e in ds):
         ax.plot(x, [e.k if e.k is not None else float("nan") for e in ds], "k:", label="k")
         ax.legend(fontsize=8)
+    ax.set_ylim(bottom=0)  # L0 sits at k for TopK: a zoomed axis would magnify 0.1 latents
     ax.set_ylabel("active latents / token")
     ax = axes[2]
     ax.plot(x, [100 * e.dead_frac for e in ds], "o-", ms=3, color="#c00000")
