@@ -5,6 +5,7 @@
         --tokens 2M --out atlas/
     torchrun --nproc-per-node 4 -m lmscope train ... [--shard-features]
     lmscope eval atlas/ --tokens 100k [--train-tokens 100k] [--json]
+    lmscope eval atlas/ --tokens 8k --splice-tokens 2k --model-dtype auto --no-baselines
 
 Flags of `train` are generated from TrainConfig (lmscope/dictionaries/train_config.py).
 Ctrl-C saves a checkpoint and exits 130; the same command resumes it.
@@ -43,9 +44,12 @@ def register(sub) -> None:
         "checked against the documents its training recorded): the loss added by splicing "
         "the reconstruction in at its hook (nats per token) and KL(clean || spliced), with "
         "bootstrap intervals; FVU with and without the few massive-norm tokens; L0, dead and "
-        "dense fractions; loss recovered against mean- and zero-ablation. Writes "
-        "ATLAS/eval.json and a feature-density histogram per dictionary in ATLAS/plots/ "
-        "(needs the 'plot' extra). What each number is computed on: docs/measuring.md.",
+        "dense fractions; loss recovered against mean- and zero-ablation. Several dictionaries "
+        "(e.g. a transcoder per layer) print as one table by layer. Writes ATLAS/eval.json, a "
+        "feature-density histogram per dictionary and, for several layers, "
+        "ATLAS/plots/eval_by_layer.png (needs the 'plot' extra). Whole model, fast: "
+        "--model-dtype auto --no-baselines --splice-tokens N. What each number is computed on: "
+        "docs/measuring.md.",
     )
     add_arguments(p, EvalConfig, positional=("atlas",))
     p.add_argument("--json", action="store_true", help="print the results as JSON")

@@ -25,6 +25,9 @@ vector and median norm; pass 2 runs the model clean and with each splice.
   model), and against mean-ablation (the activation replaced by its mean over the evaluated
   text tokens, from pass 1). A transcoder reads its input hook from the clean run and replaces
   its *output* hook (mlp_out) with its prediction.
+- Many dictionaries (a transcoder per layer): one clean pass per batch serves all of them, and
+  each splice resumes the forward after its block (lmscope.models.resume) instead of running
+  it whole; --splice-tokens measures the loss on fewer tokens than FVU/L0/dead.
 - As a check of the machinery, the splice of reconstruction + error (x_hat + (x - x_hat),
   done in float64 so it is bitwise x) must give back the clean loss exactly.
 - Optionally (`train_tokens`), the reconstruction numbers again on the first tokens of the
@@ -47,6 +50,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -83,6 +87,10 @@ class EvalConfig:
     """Atlas folder written by `lmscope train`."""
     tokens: int = 100_000
     """Held-out tokens to evaluate on (BOS excluded); accepts 100k."""
+    splice_tokens: int = 0
+    """Measure the spliced loss (added nats, KL, ablations) on only the first held-out contexts
+    holding this many tokens (whole batches); FVU, L0 and dead latents use all --tokens (they
+    need one clean pass for every dictionary, a splice needs a pass per dictionary). 0: all."""
     corpus: str = "default"
     """Text to evaluate on (its held-out split): 'default', a file or folder, or a HF dataset."""
     ctx_len: int = 128
@@ -99,8 +107,13 @@ class EvalConfig:
     are then partly in-sample; eval.json records the overlap)."""
     model: str = ""
     """Model to load (empty: the atlas's model)."""
-    model_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """dtype of the model weights."""
+    model_dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    """dtype of the model weights; auto: bfloat16 on a CPU with native bf16 (AVX-512 BF16 / AMX)
+    or a GPU, float32 otherwise. Clean and spliced passes share it, so the added loss and the KL
+    compare like with like."""
+    baselines: bool = True
+    """Also splice the mean and zero at each hook (2 more passes per dictionary) for the
+    loss-recovered fractions; --no-baselines halves the time of a many-layer eval."""
     device: str = "cpu"
     """torch device."""
     plots: bool = True
@@ -109,6 +122,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.tokens < 1:
             raise ValueError(f"--tokens must be >= 1, got {self.tokens}")
+        if self.splice_tokens < 0:
+            raise ValueError(f"--splice-tokens must be >= 0, got {self.splice_tokens}")
         if self.train_tokens < 0:
             raise ValueError(f"--train-tokens must be >= 0, got {self.train_tokens}")
         if self.ctx_len < 2:
@@ -149,6 +164,8 @@ class DictionaryEval:
     d_sae: int
     tokens: int
     contexts: int
+    loss_contexts: int
+    """Contexts the spliced-loss numbers (CE, KL, ablations) are measured on (--splice-tokens)."""
     mse: float
     fvu: float
     fvu_ci: tuple[float, float]
@@ -170,16 +187,17 @@ class DictionaryEval:
     kl: float
     """Mean KL(clean || spliced) per text target, in nats."""
     kl_ci: tuple[float, float]
-    ce_zero: float
-    """CE with the activation zeroed at the hook (text positions)."""
-    ce_mean: float
+    ce_zero: float | None
+    """CE with the activation zeroed at the hook (text positions); None: --no-baselines."""
+    ce_mean: float | None
     """CE with the activation replaced by its mean over the evaluated text tokens."""
-    loss_recovered: float
+    loss_recovered: float | None
     """(ce_zero - ce_spliced) / (ce_zero - ce_clean): against zero-ablation (flatters)."""
-    loss_recovered_mean: float
+    loss_recovered_mean: float | None
     """(ce_mean - ce_spliced) / (ce_mean - ce_clean): against mean-ablation."""
     ce_recon_plus_error: float
-    """CE with reconstruction + error spliced in on the first batch (must equal ce_clean_first)."""
+    """CE with reconstruction + error spliced in on the first context (must equal
+    ce_clean_first, the clean CE of that context)."""
     ce_clean_first: float
     eval_documents: int = 0
     """Documents with tokens in the evaluated contexts."""
@@ -192,6 +210,10 @@ class DictionaryEval:
     insample: Reconstruction | None = None
     """The same reconstruction numbers on tokens of the training split (train_tokens)."""
     plot: str | None = None
+    layer: int | None = None
+    """Block of the hook the dictionary reads (None: embed-free names such as ln_final)."""
+    k: int | None = None
+    """TopK / BatchTopK k (the L0 it was trained for); None for other architectures."""
 
 
 @dataclass
@@ -201,6 +223,12 @@ class EvalReport:
     tokens: int
     outlier_factor: float = OUTLIER_FACTOR
     dictionaries: list[DictionaryEval] = field(default_factory=list)
+    model_dtype: str = "float32"
+    """dtype the model ran in (clean and spliced passes alike)."""
+    seconds: float | None = None
+    """Wall time of the evaluation (model load excluded)."""
+    plot: str | None = None
+    """The metrics-by-layer PNG (when more than one layer was evaluated)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -387,12 +415,21 @@ def _ce_rows(logits: Tensor, tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tens
     return (nll * m).double().sum(1).cpu(), m.sum(1).cpu()
 
 
-def _kl_rows(clean: Tensor, other: Tensor, mask: Tensor) -> Tensor:
-    """Per context: summed KL(clean || other) over targets where mask[:, 1:]. [batch]"""
-    lp = F.log_softmax(clean[:, :-1].float(), dim=-1)
-    lq = F.log_softmax(other[:, :-1].float(), dim=-1)
-    kl = (lp.exp() * (lp - lq)).sum(-1)  # [batch, pos-1]
-    return (kl * mask[:, 1:]).double().sum(1).cpu()
+def _ce_kl_rows(
+    lp: Tensor, p: Tensor, other: Tensor, tokens: Tensor | None, mask: Tensor
+) -> tuple[Tensor | None, Tensor]:
+    """Per context [batch]: summed CE of `other` logits (None without tokens) and summed
+    KL(clean || other), over targets where mask[:, 1:], from one log-softmax of `other`.
+
+    lp, p: the clean log-probabilities and probabilities [batch, pos-1, vocab], computed once per
+    batch and shared by every dictionary's splice."""
+    lq = F.log_softmax(other[:, :-1].float(), dim=-1)  # [batch, pos-1, vocab]
+    m = mask[:, 1:]
+    kl = (p * (lp - lq)).sum(-1)  # [batch, pos-1]
+    ce = None
+    if tokens is not None:
+        ce = (-lq.gather(-1, tokens[:, 1:, None]).squeeze(-1) * m).double().sum(1).cpu()
+    return ce, (kl * m).double().sum(1).cpu()
 
 
 def _splice(value: Tensor, keep: Tensor):
@@ -430,7 +467,7 @@ class _LossSums:
             self.rows[k].append(v)
 
     def cat(self) -> dict[str, Tensor]:
-        return {k: torch.cat(v) for k, v in self.rows.items()}
+        return {k: torch.cat(v) for k, v in self.rows.items() if v}
 
 
 def _recovered(ce: dict[str, float], ref: str) -> float:
@@ -438,6 +475,88 @@ def _recovered(ce: dict[str, float], ref: str) -> float:
     avoids."""
     denom = ce[ref] - ce["clean"]
     return (ce[ref] - ce["spliced"]) / denom if abs(denom) > 1e-12 else math.nan
+
+
+class _Splicer:
+    """Logits of one batch with one hook's activation replaced, by the cheapest exact route.
+
+    A dictionary writing blocks.L.resid_post or blocks.L.mlp_out changes nothing before block L,
+    so its spliced pass resumes after block L from the clean run's residual stream
+    (lmscope.models.resume): resid_post = resid_mid + mlp_out, added in the model's dtype as the
+    block adds them, so a splice of the clean value gives the clean logits bit for bit. Other
+    hooks (attn_out, resid_pre, ...) run the full forward with an edit.
+    """
+
+    RESUMABLE = ("resid_post", "mlp_out")
+
+    def __init__(self, lm: LanguageModel, out_hooks: list[str], *, resume: bool = True) -> None:
+        from ..models.hooks import HookPoints
+
+        self.lm = lm
+        self.route: dict[str, tuple[int, str] | None] = {}
+        for h in out_hooks:
+            parsed = HookPoints.parse(h) if resume else None
+            self.route[h] = parsed if parsed and parsed[1] in self.RESUMABLE else None
+
+    def captures(self) -> list[str]:
+        """Extra clean activations the resumed splices add to (resid_mid under mlp_out)."""
+        return [f"blocks.{r[0]}.resid_mid" for r in self.route.values() if r and r[1] == "mlp_out"]
+
+    def logits(
+        self, tokens: Tensor, clean_acts: dict[str, Tensor], out_h: str, value: Tensor, keep: Tensor
+    ) -> Tensor:
+        """value [b, pos, d] replaces the activation at out_h where keep [b, pos]."""
+        from ..models.resume import resume
+        from ..models.runtime import run
+
+        r = self.route[out_h]
+        if r is None:
+            return run(self.lm, tokens, edits={out_h: _splice(value, keep)}, logits=True).logits
+        layer, kind = r
+        clean = clean_acts[out_h]
+        v = torch.where(keep[..., None], value.to(clean.dtype), clean)  # what _splice gives
+        if kind == "mlp_out":
+            v = clean_acts[f"blocks.{layer}.resid_mid"] + v
+        return resume(self.lm, tokens, layer=layer, resid_post=v)
+
+
+@torch.no_grad()
+def _splice_check(
+    lm: LanguageModel,
+    splicer: _Splicer,
+    d: SparseDictionary,
+    h: str,
+    out_h: str,
+    tokens: Tensor,
+    needed: list[str],
+) -> tuple[float, float]:
+    """(CE with reconstruction + error spliced in, clean CE) on `tokens` [1, pos]: must be equal.
+
+    Reconstruction + error, added in float64, is bitwise the clean activation, so the loss must
+    not move; through the splicer this also checks the resumed forward against a clean one on
+    the real model. One context (its own clean pass, so both sides have the same batch shape):
+    a check per dictionary at 1/batch of a splice's cost."""
+    from ..models.runtime import run
+
+    keep = token_mask(lm, tokens)
+    clean = run(lm, tokens, capture=needed, logits=True)
+    t = clean.acts[out_h]
+    full = t.float().clone()
+    full[keep] = _reconstruct(d, clean.acts[h].float()[keep])[1].to(full.dtype)
+    r64 = full.double()
+    back = (r64 + (t.double() - r64)).to(t.dtype)
+    ck = splicer.logits(tokens, clean.acts, out_h, back, torch.ones_like(keep))
+    ce_ck, n = _ce_rows(ck, tokens, keep)
+    m = max(1, int(n.sum()))
+    return float(ce_ck.sum()) / m, float(_ce_rows(clean.logits, tokens, keep)[0].sum()) / m
+
+
+def _layer_order(h: str) -> tuple[float, str]:
+    """Sort key: where the hook sits in the forward pass (embed first, ln_final last)."""
+    from ..models.hooks import KINDS, HookPoints
+
+    p = HookPoints.parse(h)
+    return (p[0] + KINDS.index(p[1]) / len(KINDS) if p else (-1 if h == "embed" else math.inf), h)
 
 
 @torch.no_grad()
@@ -448,19 +567,33 @@ def evaluate_dictionaries(
     *,
     batch: int = 8,
     progress: bool = True,
+    baselines: bool = True,
+    resume: bool = True,
+    splice_tokens: int = 0,
 ) -> list[DictionaryEval]:
-    """Evaluate `dicts` (hook -> SparseDictionary) on token contexts [ctx_len] each."""
+    """Evaluate `dicts` (hook -> SparseDictionary) on token contexts [ctx_len] each.
+
+    One clean forward per batch captures every hook (and the clean logits) for all dictionaries
+    at once; each dictionary's splice then resumes the forward after its block (`resume`; False
+    runs every splice as a full forward, the reference the tests compare with).
+    """
+    from ..models.hooks import HookPoints
     from ..models.runtime import run
 
-    needed = _needed(dicts)
+    dicts = dict(sorted(dicts.items(), key=lambda kv: _layer_order(kv[0])))
+    outs = {h: d.cfg.out_hook_name or h for h, d in dicts.items()}
+    splicer = _Splicer(lm, sorted(set(outs.values())), resume=resume)
+    needed = list(dict.fromkeys(_needed(dicts) + splicer.captures()))
     chunks = [
         torch.stack(contexts[i : i + batch]) for i in range(0, len(contexts), batch)
     ]  # [b, ctx_len]
-    stats = clean_stats(lm, sorted({d.cfg.out_hook_name or h for h, d in dicts.items()}), chunks)
-    recon = {
-        h: _ReconSums(OUTLIER_FACTOR * stats[d.cfg.out_hook_name or h].median_norm)
-        for h, d in dicts.items()
-    }
+    stats = clean_stats(lm, sorted(set(outs.values())), chunks)
+    n_splice = len(chunks)  # batches whose spliced loss is measured: enough for splice_tokens
+    if splice_tokens:
+        have = np.cumsum([int(token_mask(lm, c).sum()) for c in chunks])  # [batches]
+        n_splice = min(len(chunks), int(np.searchsorted(have, splice_tokens)) + 1)
+    loss_contexts = sum(c.shape[0] for c in chunks[:n_splice])
+    recon = {h: _ReconSums(OUTLIER_FACTOR * stats[outs[h]].median_norm) for h in dicts}
     loss = {h: _LossSums() for h in dicts}
     active = {h: 0.0 for h in dicts}
     fires = {h: torch.zeros(d.d_sae, dtype=torch.float64) for h, d in dicts.items()}
@@ -469,15 +602,19 @@ def evaluate_dictionaries(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(chunks), desc="eval", unit="batch", dynamic_ncols=True)
+        bar = tqdm(total=n_splice * len(dicts), desc="eval", unit="splice", dynamic_ncols=True)
     for ci, tokens in enumerate(chunks):
         tokens = tokens.to(lm.device)  # [b, ctx_len]
         keep = token_mask(lm, tokens)
         row = keep.nonzero()[:, 0]  # [tokens] context of each kept token
-        clean = run(lm, tokens, capture=needed, logits=True)
-        ce_clean, n = _ce_rows(clean.logits, tokens, keep)
+        splice = ci < n_splice
+        clean = run(lm, tokens, capture=needed, logits=splice)  # no LM head: FVU/L0 only
+        if splice:
+            ce_clean, n = _ce_rows(clean.logits, tokens, keep)
+            lp_clean = F.log_softmax(clean.logits[:, :-1].float(), dim=-1)  # once for every KL
+            p_clean = lp_clean.exp()
         for h, d in dicts.items():
-            out_h = d.cfg.out_hook_name or h
+            out_h = outs[h]
             x = clean.acts[h].float()  # [b, pos, d_in]
             t = clean.acts[out_h].float()  # [b, pos, d_out]
             acts, rec = _reconstruct(d, x[keep])  # [tokens, d_sae], [tokens, d_out]
@@ -485,35 +622,25 @@ def evaluate_dictionaries(
             fired = acts > 0
             active[h] += float(fired.sum())
             fires[h] += fired.sum(0).double().cpu()
+            if not splice:
+                continue
             full = t.clone()
             full[keep] = rec.to(full.dtype)  # [b, pos, d_out]
-            spliced = run(lm, tokens, edits={out_h: _splice(full, keep)}, logits=True).logits
-            zero = run(
-                lm, tokens, edits={out_h: _splice(torch.zeros_like(t), keep)}, logits=True
-            ).logits
-            mean = stats[out_h].mean.to(t.device, t.dtype).expand_as(t)  # [b, pos, d_out]
-            mean_abl = run(lm, tokens, edits={out_h: _splice(mean, keep)}, logits=True).logits
-            loss[h].add(
-                clean=ce_clean,
-                spliced=_ce_rows(spliced, tokens, keep)[0],
-                zero=_ce_rows(zero, tokens, keep)[0],
-                mean=_ce_rows(mean_abl, tokens, keep)[0],
-                kl=_kl_rows(clean.logits, spliced, keep),
-                n=n,
-            )
-            if ci == 0:
-                # recon + error in float64 is bitwise the clean activation: the loss must not move.
-                r64 = full.double()
-                back = (r64 + (t.double() - r64)).to(t.dtype)
-                ones = torch.ones_like(keep)
-                ck = run(lm, tokens, edits={out_h: _splice(back, ones)}, logits=True).logits
-                nn = max(1, int(n.sum()))
-                check[h] = (
-                    float(_ce_rows(ck, tokens, keep)[0].sum()) / nn,
-                    float(ce_clean.sum()) / nn,
+            spliced = splicer.logits(tokens, clean.acts, out_h, full, keep)
+            ce_sp, kl = _ce_kl_rows(lp_clean, p_clean, spliced, tokens, keep)
+            parts = dict(clean=ce_clean, spliced=ce_sp, kl=kl, n=n)
+            if baselines:
+                zero = splicer.logits(tokens, clean.acts, out_h, torch.zeros_like(t), keep)
+                mean = stats[out_h].mean.to(t.device, t.dtype).expand_as(t)  # [b, pos, d_out]
+                mean_abl = splicer.logits(tokens, clean.acts, out_h, mean, keep)
+                parts.update(
+                    zero=_ce_rows(zero, tokens, keep)[0], mean=_ce_rows(mean_abl, tokens, keep)[0]
                 )
-        if bar is not None:
-            bar.update(1)
+            loss[h].add(**parts)
+            if ci == 0:
+                check[h] = _splice_check(lm, splicer, d, h, out_h, tokens[:1], needed)
+            if bar is not None:
+                bar.update(1)
     if bar is not None:
         bar.close()
     out = []
@@ -521,9 +648,13 @@ def evaluate_dictionaries(
         r = recon[h].result()
         rows = loss[h].cat()
         n_ce = max(1, int(rows["n"].sum()))
-        ce = {k: float(rows[k].sum()) / n_ce for k in ("clean", "spliced", "zero", "mean")}
+        ce = {
+            k: float(rows[k].sum()) / n_ce
+            for k in ("clean", "spliced", "zero", "mean")
+            if k in rows
+        }
         freq = fires[h] / max(1, r.tokens)
-
+        parsed = HookPoints.parse(h)
         out.append(
             DictionaryEval(
                 hook=h,
@@ -532,6 +663,7 @@ def evaluate_dictionaries(
                 d_sae=d.d_sae,
                 tokens=r.tokens,
                 contexts=len(contexts),
+                loss_contexts=loss_contexts,
                 mse=r.mse,
                 fvu=r.fvu,
                 fvu_ci=r.fvu_ci,
@@ -550,12 +682,14 @@ def evaluate_dictionaries(
                 ce_added_ci=bootstrap_ratio(rows["spliced"] - rows["clean"], rows["n"]),
                 kl=float(rows["kl"].sum()) / n_ce,
                 kl_ci=bootstrap_ratio(rows["kl"], rows["n"]),
-                ce_zero=ce["zero"],
-                ce_mean=ce["mean"],
-                loss_recovered=_recovered(ce, "zero"),
-                loss_recovered_mean=_recovered(ce, "mean"),
+                ce_zero=ce.get("zero"),
+                ce_mean=ce.get("mean"),
+                loss_recovered=_recovered(ce, "zero") if baselines else None,
+                loss_recovered_mean=_recovered(ce, "mean") if baselines else None,
                 ce_recon_plus_error=check[h][0] if h in check else math.nan,
                 ce_clean_first=check[h][1] if h in check else math.nan,
+                layer=parsed[0] if parsed else (0 if h == "embed" else None),
+                k=getattr(d.cfg, "k", None) if d.cfg.arch in ("topk", "batchtopk") else None,
             )
         )
         out[-1]._freq = freq  # type: ignore[attr-defined]  # for the plot
@@ -629,16 +763,12 @@ def _check_documents(
     from ..capture.documents import overlap, read_keys
 
     out: dict[str, tuple[int | None, int | None]] = {}
+    unrecorded: list[str] = []
     for h, e in entries.items():
         rec = e.get("train_data")
         if not rec or not rec.get("file"):
             out[h] = (None, None)
-            print(
-                f"lmscope: {h} has no record of its training documents (trained before lmscope "
-                "kept one, "
-                "or imported); held-out disjointness is not checked",
-                file=sys.stderr,
-            )
+            unrecorded.append(h)
             continue
         keys = read_keys(folder.path(h) / rec["file"])
         ov = overlap(keys, eval_keys)
@@ -658,7 +788,29 @@ def _check_documents(
             if not allow:
                 raise UserError(msg + " (--allow-overlap evaluates anyway)")
             print(f"lmscope: WARNING: {msg}", file=sys.stderr)
+    if unrecorded:  # one line, however many dictionaries (a whole-model atlas has 30)
+        if len(unrecorded) == 1:
+            which = f"{unrecorded[0]} has no"
+        elif len(unrecorded) == len(entries):
+            which = f"none of the {len(entries)} dictionaries has a"
+        else:
+            which = f"{len(unrecorded)} dictionaries ({', '.join(unrecorded)}) have no"
+        print(
+            f"lmscope: {which} record of the training documents (trained before lmscope kept "
+            "one, or imported); held-out disjointness is not checked",
+            file=sys.stderr,
+        )
     return out
+
+
+def model_dtype(cfg: EvalConfig) -> torch.dtype:
+    """The dtype --model-dtype names; auto: bfloat16 where it is native (GPU, or a CPU with
+    AVX-512 BF16 / AMX), float32 elsewhere (emulated bf16 is several times slower)."""
+    from ..models.load import cpu_half_is_slow
+
+    if cfg.model_dtype != "auto":
+        return getattr(torch, cfg.model_dtype)
+    return torch.float32 if cpu_half_is_slow(torch.bfloat16, cfg.device) else torch.bfloat16
 
 
 def evaluate_atlas(
@@ -672,15 +824,22 @@ def evaluate_atlas(
     hooks = folder.select(cfg.hooks)
     entries = {h: folder.entries[h] for h in hooks}
     if lm is None:
-        lm = load_model(
-            cfg.model or folder.model, dtype=getattr(torch, cfg.model_dtype), device=cfg.device
-        )
+        lm = load_model(cfg.model or folder.model, dtype=model_dtype(cfg), device=cfg.device)
+    t0 = time.perf_counter()
     dicts = folder.load(hooks, lm, device=cfg.device)
     seen: set[int] = set()
     contexts = heldout_contexts(lm, cfg.corpus, tokens=cfg.tokens, ctx_len=cfg.ctx_len, seen=seen)
     eval_keys = np.unique(np.array(sorted(seen), dtype=np.uint64))
     docs = _check_documents(folder, entries, eval_keys, cfg.corpus, cfg.allow_overlap)
-    results = evaluate_dictionaries(lm, dicts, contexts, batch=cfg.batch, progress=progress)
+    results = evaluate_dictionaries(
+        lm,
+        dicts,
+        contexts,
+        batch=cfg.batch,
+        progress=progress,
+        baselines=cfg.baselines,
+        splice_tokens=cfg.splice_tokens,
+    )
     insample = {}
     if cfg.train_tokens:
         train_ctx = heldout_contexts(
@@ -698,7 +857,16 @@ def evaluate_atlas(
         ev.train_documents, ev.overlap_documents = docs[ev.hook]
         ev.train_fvu_reported = entries[ev.hook].get("train_fvu")
         ev.insample = insample.get(ev.hook)
+    report = EvalReport(
+        atlas=str(layout.root),
+        model=manifest["model"],
+        tokens=results[0].tokens if results else 0,
+        dictionaries=results,
+        model_dtype=str(next(lm.model.parameters()).dtype).removeprefix("torch."),
+    )
     if cfg.plots:
+        from .layer_plot import LAYER_PLOT, layer_plot
+
         try:
             for ev in results:
                 ev.plot = str(
@@ -706,22 +874,96 @@ def evaluate_atlas(
                         ev, ev._freq, layout.plots / f"density_{hook_dirname(ev.hook)}.png"
                     )
                 )  # type: ignore[attr-defined]
+            if len({ev.layer for ev in results if ev.layer is not None}) > 1:
+                report.plot = str(layer_plot(report, layout.plots / LAYER_PLOT))
         except UserError as e:  # no matplotlib: the numbers are still worth having
             print(f"lmscope: skipping plots: {e}", file=sys.stderr)
-    report = EvalReport(
-        atlas=str(layout.root),
-        model=manifest["model"],
-        tokens=results[0].tokens if results else 0,
-        dictionaries=results,
-    )
+    report.seconds = time.perf_counter() - t0
     write_json_atomic(
         layout.root / "eval.json", {"schema_version": EVAL_SCHEMA_VERSION, **report.to_dict()}
     )
     return report
 
 
+def _ci(v: float, ci: tuple[float, float], fmt: str) -> str:
+    return f"{v:{fmt}} [{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
+
+
+def format_table(r: EvalReport) -> str:
+    """One row per dictionary, in layer order: FVU, L0, dead %, added nats and KL with their
+    intervals (the per-layer view of a whole-model run; eval.json holds every field)."""
+    ds = r.dictionaries
+    n_ctx = ds[0].contexts if ds else 0
+    n_loss = ds[0].loss_contexts if ds else 0
+    base = any(e.loss_recovered_mean is not None for e in ds)
+    head = (
+        f"{'hook':<20} {'FVU [95% CI]':<22} {'FVU-inl':>7} {'L0':>6} {'k':>4} {'dead':>6} "
+        f"{'added nats/tok [95% CI]':<30} {'KL nats/tok [95% CI]':<27}"
+        + (f" {'rec.mean':>8}" if base else "")
+    )
+    lines = [
+        f"{r.atlas}: {r.model} ({r.model_dtype}), {len(ds)} dictionaries, {r.tokens:,} held-out "
+        f"tokens in {n_ctx:,} contexts"
+        + (f" (spliced loss: the first {n_loss:,})" if n_loss != n_ctx else "")
+        + "; intervals: 95% bootstrap over contexts",
+        "",
+        head,
+        "-" * len(head),
+    ]
+    for e in ds:
+        lines.append(
+            f"{e.hook:<20} {_ci(e.fvu, e.fvu_ci, '.3f'):<22} {e.fvu_inliers:>7.3f} {e.l0:>6.1f} "
+            f"{e.k if e.k is not None else '-':>4} {e.dead_frac:>6.1%} "
+            f"{_ci(e.ce_added, e.ce_added_ci, '+.4f'):<30} {_ci(e.kl, e.kl_ci, '.4f'):<27}"
+            + (
+                f" {e.loss_recovered_mean:>8.1%}"
+                if base and e.loss_recovered_mean is not None
+                else (f" {'-':>8}" if base else "")
+            )
+        )
+    ce = ds[0].ce_clean if ds else math.nan
+    bad = [e.hook for e in ds if e.ce_recon_plus_error != e.ce_clean_first]
+    lines += [
+        "",
+        f"FVU: pooled over every token (FVU-inl: without the norm outliers, ||x|| > "
+        f"{r.outlier_factor:g}x median); L0: active latents per token (k: trained for); dead: "
+        "never fired on these tokens;",
+        f"added nats: CE(spliced) - CE(clean) per text token, clean CE {ce:.4f}; KL(clean || "
+        "spliced) per token" + ("; rec.mean: loss recovered vs mean-ablation" if base else ""),
+        "splice check (reconstruction + error gives the clean loss): "
+        + ("exact for every dictionary" if not bad else "FAILED for " + ", ".join(bad)),
+    ]
+    ov = [e for e in ds if e.overlap_documents]
+    unchecked = [e for e in ds if e.overlap_documents is None]
+    lines.append(
+        f"documents: {ds[0].eval_documents:,} evaluated; "
+        + (
+            f"{len(ov)} dictionaries share some with training (--allow-overlap)"
+            if ov
+            else "no training documents recorded, disjointness unchecked"
+            if len(unchecked) == len(ds)
+            else "none in any recorded dictionary's training data"
+        )
+        + (
+            f" ({len(unchecked)} without a record, unchecked)"
+            if unchecked and len(unchecked) < len(ds)
+            else ""
+        )
+        if ds
+        else "documents: none"
+    )
+    if r.plot:
+        lines.append(f"metrics by layer: {r.plot}")
+    if r.seconds is not None:
+        lines.append(f"evaluated in {r.seconds:.0f} s")
+    return "\n".join(lines)
+
+
 def format_report(r: EvalReport) -> str:
-    """The printed report: added loss and KL first, FVU with and without norm outliers."""
+    """The printed report: one dictionary in detail (added loss and KL first, FVU with and
+    without norm outliers), several as one table by layer (format_table)."""
+    if len(r.dictionaries) > 1:
+        return format_table(r)
     n_ctx = r.dictionaries[0].contexts if r.dictionaries else 0
     lines = [
         f"{r.atlas}: {r.model}, {r.tokens:,} held-out tokens ({n_ctx:,} contexts; intervals: 95% "
@@ -738,11 +980,19 @@ def format_report(r: EvalReport) -> str:
             + ")",
             f"  loss added by the splice  {e.ce_added:+.4f} nats/token [{lo:+.4f}, {hi:+.4f}]   "
             f"KL(clean||spliced) {e.kl:.4f} [{klo:.4f}, {khi:.4f}]",
-            f"  CE clean {e.ce_clean:.4f}  spliced {e.ce_spliced:.4f}  mean-ablated "
-            f"{e.ce_mean:.4f}  "
-            f"zero-ablated {e.ce_zero:.4f}",
-            f"  loss recovered: {e.loss_recovered_mean:.1%} vs mean-ablation, "
-            f"{e.loss_recovered:.1%} vs zero-ablation",
+            f"  CE clean {e.ce_clean:.4f}  spliced {e.ce_spliced:.4f}"
+            + (
+                f"  mean-ablated {e.ce_mean:.4f}  zero-ablated {e.ce_zero:.4f}"
+                if e.ce_mean is not None and e.ce_zero is not None
+                else ""
+            ),
+        ]
+        if e.loss_recovered_mean is not None and e.loss_recovered is not None:
+            lines.append(
+                f"  loss recovered: {e.loss_recovered_mean:.1%} vs mean-ablation, "
+                f"{e.loss_recovered:.1%} vs zero-ablation"
+            )
+        lines += [
             f"  FVU {e.fvu_inliers:.3f} [{e.fvu_inliers_ci[0]:.3f}, {e.fvu_inliers_ci[1]:.3f}] "
             "without the "
             f"{e.outlier_tokens} norm outliers; {e.fvu:.3f} [{e.fvu_ci[0]:.3f}, "
@@ -799,6 +1049,8 @@ __all__ = [
     "evaluate_atlas",
     "evaluate_dictionaries",
     "format_report",
+    "format_table",
+    "model_dtype",
     "heldout_contexts",
     "reconstruction",
 ]
