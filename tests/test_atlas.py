@@ -230,6 +230,28 @@ def test_logit_effects_exact(built, dense):
                 assert p.promoted[0].value == pytest.approx(float(eff[f].max()), rel=1e-5)
 
 
+def test_logit_effects_bf16_screen_equals_float32():
+    """A bfloat16 unembedding is screened in bf16, then the candidates are scored in float32: the
+    same top-k ids and float32 values as the full float32 product (reference by hand)."""
+    from types import SimpleNamespace
+
+    from lmscope.atlas import logits as Lg
+
+    gen = torch.Generator().manual_seed(0)
+    W_U = torch.randn(600, 16, generator=gen).bfloat16()
+    W_dec = torch.randn(40, 16, generator=gen)
+    emb = torch.nn.Embedding(600, 16).bfloat16()
+    emb.weight.data.copy_(W_U)
+    model = SimpleNamespace(get_output_embeddings=lambda: emb)
+    lm = SimpleNamespace(model=model, hooks=SimpleNamespace())
+    eff = Lg.logit_effects(lm, W_dec, k=5)
+    ref = W_dec @ W_U.float().t()  # [40, 600] the float32 reference
+    assert Lg.SCREEN < 600  # the screened path ran
+    assert eff.promoted_ids.tolist() == ref.topk(5, 1).indices.tolist()
+    assert eff.suppressed_ids.tolist() == ref.topk(5, 1, largest=False).indices.tolist()
+    assert torch.allclose(eff.promoted, ref.topk(5, 1).values, atol=1e-5)
+
+
 def test_memory_is_independent_of_token_count():
     F, B, Pn = 300, 4, 16
     gen = torch.Generator().manual_seed(0)
