@@ -280,7 +280,8 @@ def build_atlas(
     finally:
         if bar is not None:
             bar.close()
-    save()
+    if info.enabled:
+        save()  # single process: saved only if writing the DB fails (below), not every time
 
     if info.enabled:
         import torch.distributed as td
@@ -296,7 +297,12 @@ def build_atlas(
     n_tokens = int(next(iter(states.values())).n_tokens) if states else 0
     state_bytes = sum(s.nbytes() for s in states.values())
     if info.is_main:
-        _write_db(layout, lm, dicts, states, cfg, identity, profiled)
+        try:
+            _write_db(layout, lm, dicts, states, cfg, identity, profiled)
+        except BaseException:
+            if not info.enabled:
+                save()  # nothing profiled is lost: rerunning the command resumes from here
+            raise
         m = layout.read()
         m["profile"] = {
             "hooks": list(dicts),
