@@ -29,8 +29,8 @@ index; vocab(id, token): the token strings; example_sets(dictionary, idx, kind
 top|quantile|negative, n, buckets, scores, token_index, acts): one row per feature and kind with
 its n examples as little-endian arrays (int8 buckets, float32 scores, int64 global token ids,
 float16 window activations [n, window]); a window's tokens are cut from its context on read
-(schema 2: v1 stored a JSON copy of every window's tokens, ids and acts per example, ~10x the
-bytes and most of the build's write time); logit_effects(dictionary, idx, kind
+(schema 2: v1 stored a JSON copy of every window's tokens, ids and acts per example, 6.7x the
+bytes on the same tokens and most of the build's write time); logit_effects(dictionary, idx, kind
 promoted|suppressed, rank, token_id, token, value); explanations(id, dictionary, idx, method,
 version, text, created, details); scores(id, explanation_id, scorer, metric, value, n_pos,
 n_neg, details, created); search (FTS5: text of every label and explanation).
