@@ -680,3 +680,10 @@ def test_exactly_enough_contexts_is_complete(base, built, tmp_path):
     short = _copy(base, tmp_path / "short")
     with pytest.raises(UserError, match="fewer than"):
         build_atlas(_cfg(short, base[1]), progress=False, lm=lm, contexts=exact(n_ctx - 1))
+
+
+def test_build_help_renders(capsys):
+    """argparse %-formats help strings: a '%' in a BuildConfig docstring crashed --help."""
+    with pytest.raises(SystemExit) as e:
+        main(["atlas", "build", "--help"])
+    assert e.value.code == 0 and "--samples" in capsys.readouterr().out

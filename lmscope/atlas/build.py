@@ -56,7 +56,7 @@ class BuildConfig:
     samples: int = 16
     """examples kept per activation bucket (octave) per feature (16: with the 20 top examples, the
     explain split leaves a median 23 activating TEST windows per feature on the default run, >= 20
-    for 84% of features; 4 left 12, none >= 20; bench/held_out_counts.py)"""
+    for 84 percent of features; 4 left 12, none >= 20; bench/held_out_counts.py)"""
     negatives: int = 40
     """non-activating contexts kept per feature (for explanation scoring; 40 leave a median 23 in
     the TEST part, >= 20 for every feature of the default run; 8 left 5)"""
