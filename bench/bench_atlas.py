@@ -87,11 +87,22 @@ def db_scale(n_features: int, path: Path, examples_per_feature: int = 2) -> dict
         )
         for i in range(n_features)
     )
-    toks = json.dumps(["the", "horse", "ran"])
+    import numpy as np
+
+    # schema 2: one context of 16 tokens, 3 vocab entries; each feature's top examples packed
+    db.write_corpus(16, 16, {0: np.arange(16) % 3}, ["the", "horse", "ran"])
+    E = examples_per_feature
     ex = (
-        (i, "top", None, r, 1.0, i * 10 + r, toks, "[1, 2, 3]", "[0, 1.5, 0]", 1)
+        (
+            i,
+            "top",
+            E,
+            None,
+            np.ones(E, "<f4").tobytes(),
+            np.arange(E, dtype="<i8").tobytes(),
+            np.zeros((E, 16), "<f2").tobytes(),
+        )  # fmt: skip
         for i in range(n_features)
-        for r in range(examples_per_feature)
     )
     db.write_dictionary_profiles(
         HOOK, {"d_sae": n_features, "arch": "topk"}, feats, ex, [], commit=False

@@ -57,6 +57,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
@@ -147,11 +148,14 @@ def worker_lmscope(spec: dict) -> dict:
     peak = _status_mb("VmHWM")
     con = sqlite3.connect(Path(spec["atlas"]) / "atlas.db")
     top: dict[int, list] = {}
-    for f, gid, score in con.execute(
-        "SELECT idx, token_id, score FROM examples WHERE kind = 'top' ORDER BY idx, rank"
+    for f, gids, scores in con.execute(
+        "SELECT idx, token_index, scores FROM example_sets WHERE kind = 'top' ORDER BY idx"
     ):
-        top.setdefault(f, []).append([gid // CTX, gid % CTX, score])
-    n_q = con.execute("SELECT COUNT(*) FROM examples WHERE kind = 'quantile'").fetchone()[0]
+        for gid, score in zip(np.frombuffer(gids, "<i8").tolist(), np.frombuffer(scores, "<f4")):
+            top.setdefault(f, []).append([gid // CTX, gid % CTX, float(score)])
+    n_q = con.execute(
+        "SELECT COALESCE(SUM(n), 0) FROM example_sets WHERE kind = 'quantile'"
+    ).fetchone()[0]
     con.close()
     return {
         "tool": "lmscope",

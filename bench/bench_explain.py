@@ -71,11 +71,8 @@ def replicate(dst: Path, k: int) -> int:
                 (new, did),
             )
             c.execute(
-                "INSERT INTO examples (dictionary, idx, kind, bucket, rank, score, token_id, "
-                "tokens, "
-                "token_ids, acts, position) SELECT ?, idx, kind, bucket, rank, score, token_id, "
-                "tokens, "
-                "token_ids, acts, position FROM examples WHERE dictionary = ?",
+                "INSERT INTO example_sets SELECT ?, idx, kind, n, buckets, scores, token_index, "
+                "acts FROM example_sets WHERE dictionary = ?",
                 (new, did),
             )
             c.execute(

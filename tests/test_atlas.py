@@ -23,7 +23,7 @@ import torch
 
 from lmscope.atlas import profile as P
 from lmscope.atlas.build import BuildConfig, build_atlas
-from lmscope.atlas.db import AtlasDB
+from lmscope.atlas.db import SCHEMA_VERSION, AtlasDB
 from lmscope.cli import main
 from lmscope.errors import UserError
 from lmscope.layout import AtlasLayout
@@ -151,6 +151,56 @@ def test_stats_equal_dense_reference(built, dense, hook):
     assert n_valid == N
 
 
+@pytest.mark.parametrize("hook", HOOKS)
+def test_stored_windows_equal_the_contexts(built, dense, hook):
+    """Schema 2 keeps each context's tokens once and every example as (token id, float16 window
+    acts): reading back gives the window the old per-example copy held, cut from the dense
+    reference: the tokens around the peak inside its context, and the feature's acts on them."""
+    acts, tokens, _, _ = dense
+    A = acts[hook]
+    W = 8
+    before, after = W - 1 - W // 4, W // 4
+    n_checked = 0
+    with AtlasDB(built[0] / "atlas.db", readonly=True) as db:
+        for f in range(A.shape[1]):
+            p = db.feature(hook, f)
+            for e in p.top + p.quantiles + p.negatives:
+                ctx, pos = divmod(e.token_index, CTX)
+                lo, hi = max(0, pos - before), min(CTX, pos + after + 1)
+                assert e.token_ids == tokens[ctx, lo:hi].tolist()
+                assert e.position == pos - lo
+                want = A[ctx * CTX + lo : ctx * CTX + hi, f].tolist()
+                if e.kind == "negative":
+                    assert e.acts == [0.0] * (hi - lo) and max(want) == 0
+                else:
+                    assert e.score == want[pos - lo] == pytest.approx(e.acts[e.position], abs=1e-5)
+                    assert e.acts == pytest.approx(want, rel=1e-3, abs=1e-4)  # float16 storage
+                n_checked += 1
+    assert n_checked > 100
+
+
+def test_old_schema_is_one_line_and_the_build_upgrades_it(base, tmp_path, capsys):
+    root = _copy(base, tmp_path / "old")
+    c = sqlite3.connect(root / "atlas.db")  # a schema-1 file as an older lmscope wrote it
+    c.executescript(
+        __import__("lmscope.atlas.db", fromlist=["x"])._SCHEMA_V1
+        + "CREATE TABLE schema_version (version INTEGER NOT NULL);"
+        "INSERT INTO schema_version VALUES (1);"
+        "INSERT INTO dictionaries (hook, d_sae) VALUES ('blocks.0.resid_post', 64);"
+        "INSERT INTO explanations (dictionary, idx, method, text) VALUES (1, 3, 'hand', 'kept');"
+    )
+    c.close()
+    for readonly in (True, False):
+        with pytest.raises(UserError, match="older lmscope .*schema 1.*--force"):
+            AtlasDB(root / "atlas.db", readonly=readonly)
+    assert main(["feature", str(root), f"{HOOKS[0]}/3", "--color", "never"]) == 2
+    assert "older lmscope" in capsys.readouterr().err
+    build_atlas(_cfg(root, base[1], tokens=4 * CTX), progress=False, lm=base[2])
+    with AtlasDB(root / "atlas.db", readonly=True) as db:
+        assert db.feature(HOOKS[0], PLANTED).top
+        assert [e.text for e in db.feature("blocks.0.resid_post", 3).explanations] == ["kept"]
+
+
 def test_planted_feature_top_examples_highlight_the_word(built):
     with AtlasDB(built[0] / "atlas.db", readonly=True) as db:
         for hook in HOOKS:
@@ -178,6 +228,28 @@ def test_logit_effects_exact(built, dense):
                     10, largest=False
                 ).indices.tolist()
                 assert p.promoted[0].value == pytest.approx(float(eff[f].max()), rel=1e-5)
+
+
+def test_logit_effects_bf16_screen_equals_float32():
+    """A bfloat16 unembedding is screened in bf16, then the candidates are scored in float32: the
+    same top-k ids and float32 values as the full float32 product (reference by hand)."""
+    from types import SimpleNamespace
+
+    from lmscope.atlas import logits as Lg
+
+    gen = torch.Generator().manual_seed(0)
+    W_U = torch.randn(600, 16, generator=gen).bfloat16()
+    W_dec = torch.randn(40, 16, generator=gen)
+    emb = torch.nn.Embedding(600, 16).bfloat16()
+    emb.weight.data.copy_(W_U)
+    model = SimpleNamespace(get_output_embeddings=lambda: emb)
+    lm = SimpleNamespace(model=model, hooks=SimpleNamespace())
+    eff = Lg.logit_effects(lm, W_dec, k=5)
+    ref = W_dec @ W_U.float().t()  # [40, 600] the float32 reference
+    assert Lg.SCREEN < 600  # the screened path ran
+    assert eff.promoted_ids.tolist() == ref.topk(5, 1).indices.tolist()
+    assert eff.suppressed_ids.tolist() == ref.topk(5, 1, largest=False).indices.tolist()
+    assert torch.allclose(eff.promoted, ref.topk(5, 1).values, atol=1e-5)
 
 
 def test_memory_is_independent_of_token_count():
@@ -219,7 +291,8 @@ def test_merge_equals_one_state():
         update(whole, x, t, valid, ids(i))
         update(a if i % 2 else b, x, t, valid, ids(i))
     m = P.merge(a, b)
-    for k, v in whole.tensors().items():
+    # reservoir slots are unordered while streaming; canonical() puts each in key order
+    for k, v in P.canonical(whole).tensors().items():
         w = m.tensors()[k]
         assert torch.allclose(v, w) if v.dtype == torch.float64 else torch.equal(v, w), k
 
@@ -236,9 +309,10 @@ def _dump(db_path: Path) -> dict:
             )
         ],
         "examples": c.execute(
-            "SELECT dictionary, idx, kind, bucket, rank, score, token_id, tokens, acts, position "
-            "FROM examples ORDER BY dictionary, idx, kind, bucket, rank"
+            "SELECT dictionary, idx, kind, n, buckets, scores, token_index, acts "
+            "FROM example_sets ORDER BY dictionary, idx, kind"
         ).fetchall(),
+        "contexts": c.execute("SELECT * FROM contexts ORDER BY id").fetchall(),
         "logits": c.execute(
             "SELECT * FROM logit_effects ORDER BY dictionary, idx, kind, rank"
         ).fetchall(),
@@ -344,7 +418,10 @@ def test_explanations_scores_labels_and_fts(base, tmp_path):
         )
         assert db.search_labels("zebra") == [] and db.search_labels("  ") == []
         v = db.conn.execute("SELECT version FROM schema_version").fetchone()[0]
-        assert v == 1 and db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert (
+            v == SCHEMA_VERSION == 2
+            and db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        )
     # a second writer holding the lock: one clear line, nothing lost
     other = sqlite3.connect(root / "atlas.db")
     other.execute("BEGIN IMMEDIATE")
@@ -359,7 +436,7 @@ def test_explanations_scores_labels_and_fts(base, tmp_path):
 
 _READER = """
 import sys, json
-from lmscope.atlas.db import AtlasDB
+from lmscope.atlas.db import SCHEMA_VERSION, AtlasDB
 db = AtlasDB(sys.argv[1], readonly=True)
 p = db.feature(sys.argv[2], int(sys.argv[3]))
 hits = len(db.search_labels("horse", limit=1000))
@@ -603,3 +680,10 @@ def test_exactly_enough_contexts_is_complete(base, built, tmp_path):
     short = _copy(base, tmp_path / "short")
     with pytest.raises(UserError, match="fewer than"):
         build_atlas(_cfg(short, base[1]), progress=False, lm=lm, contexts=exact(n_ctx - 1))
+
+
+def test_build_help_renders(capsys):
+    """argparse %-formats help strings: a '%' in a BuildConfig docstring crashed --help."""
+    with pytest.raises(SystemExit) as e:
+        main(["atlas", "build", "--help"])
+    assert e.value.code == 0 and "--samples" in capsys.readouterr().out

@@ -501,11 +501,11 @@ def xss_viewer(demo_atlas_root, tmp_path_factory):
         db.add_explanation(hook, PLANTED, f"explained: {XSS}", method="hand")
     con = sqlite3.connect(AtlasLayout(root).db_path)
     with con:
-        rows = con.execute("SELECT id, tokens FROM examples").fetchall()
-        for rid, toks in rows:  # every example window of every feature carries both payloads
-            t = json.loads(toks)
-            t[0], t[-1] = XSS_IMG, XSS_SCRIPT
-            con.execute("UPDATE examples SET tokens = ? WHERE id = ?", (json.dumps(t), rid))
+        # windows are cut from the stored contexts and spelled with the vocab table: every token
+        # becomes a payload (odd ids one, even ids the other), so every window carries them
+        con.execute(
+            "UPDATE vocab SET token = CASE WHEN id % 2 THEN ? ELSE ? END", (XSS_IMG, XSS_SCRIPT)
+        )
         con.execute("UPDATE logit_effects SET token = ?", (XSS_IMG,))
     con.close()
     graph = {

@@ -550,7 +550,7 @@ def test_feature_page_for_a_dictionary_the_db_has_not_profiled(demo_atlas_root, 
     shutil.copytree(demo_atlas_root, root, ignore=shutil.ignore_patterns("model"))
     with sqlite3.connect(root / "atlas.db") as c:
         (did,) = c.execute("SELECT id FROM dictionaries WHERE hook = ?", (HOOKS[1],)).fetchone()
-        for table in ("features", "examples", "logit_effects", "explanations"):
+        for table in ("features", "example_sets", "logit_effects", "explanations"):
             c.execute(f"DELETE FROM {table} WHERE dictionary = ?", (did,))
         c.execute("DELETE FROM dictionaries WHERE id = ?", (did,))
     reader = Reader.open(root, max_tokens=16)

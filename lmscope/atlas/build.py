@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ..errors import UserError
 from ..layout import AtlasLayout, write_json_atomic
-from .profile import N_BUCKETS, ProfileState, merge, peak_index, update
+from .profile import ProfileState, merge, update
 
 if TYPE_CHECKING:
     from ..dictionaries import SparseDictionary
@@ -56,7 +56,7 @@ class BuildConfig:
     samples: int = 16
     """examples kept per activation bucket (octave) per feature (16: with the 20 top examples, the
     explain split leaves a median 23 activating TEST windows per feature on the default run, >= 20
-    for 84% of features; 4 left 12, none >= 20; bench/held_out_counts.py)"""
+    for 84 percent of features; 4 left 12, none >= 20; bench/held_out_counts.py)"""
     negatives: int = 40
     """non-activating contexts kept per feature (for explanation scoring; 40 leave a median 23 in
     the TEST part, >= 20 for every feature of the default run; 8 left 5)"""
@@ -143,7 +143,7 @@ def build_atlas(
     identity = cfg.identity(info.world_size)
 
     if layout.db_path.exists() and not cfg.force:
-        with AtlasDB(layout.db_path) as db:
+        with AtlasDB(layout.db_path, upgrade=True) as db:
             done = db.meta().get("build")
         if done and done.get("identity") == identity:
             if info.is_main and progress:
@@ -179,6 +179,7 @@ def build_atlas(
         for h, d in dicts.items()
     }
     done_local = 0
+    profiled: dict[int, Tensor] = {}  # global index -> token ids: the examples' windows cut from it
     if path.exists():
         saved = torch.load(path, weights_only=True)
         if saved["identity"] != json.loads(json.dumps(identity)) and not cfg.force:
@@ -189,6 +190,7 @@ def build_atlas(
         if saved["identity"] == json.loads(json.dumps(identity)):
             done_local = saved["done_local"]
             states = {h: ProfileState(**t) for h, t in saved["states"].items()}
+            profiled = dict(zip(saved["ctx_ids"].tolist(), saved["ctx_tokens"]))
 
     def my_contexts() -> Iterator[tuple[int, Tensor]]:
         it = contexts() if contexts is not None else _contexts(lm, cfg)
@@ -213,6 +215,7 @@ def build_atlas(
                 "identity": identity,
                 "done_local": done_local,
                 "states": {h: s.tensors() for h, s in states.items()},
+                **_pack_contexts(profiled),
             },
         )
 
@@ -228,6 +231,8 @@ def build_atlas(
                 f"contexts have {tokens.shape[1]} tokens, expected --ctx-len {cfg.ctx_len}"
             )
         valid = token_mask(lm, tokens).cpu()
+        for i, c in batch:
+            profiled[i] = c.to(torch.int32).cpu()
         ids = idx[:, None] * cfg.ctx_len + torch.arange(cfg.ctx_len)  # [B, P] global token ids
         acts = run(lm, tokens, capture=capture).acts
         with torch.inference_mode():
@@ -275,20 +280,29 @@ def build_atlas(
     finally:
         if bar is not None:
             bar.close()
-    save()
+    if info.enabled:
+        save()  # single process: saved only if writing the DB fails (below), not every time
 
     if info.enabled:
         import torch.distributed as td
 
         gathered = [None] * info.world_size if info.is_main else None
-        td.gather_object({h: s.tensors() for h, s in states.items()}, gathered, dst=0)
+        td.gather_object(
+            ({h: s.tensors() for h, s in states.items()}, _pack_contexts(profiled)), gathered, dst=0
+        )
         if info.is_main:
-            for other in gathered[1:]:
+            for other, ctx in gathered[1:]:
                 states = {h: merge(states[h], ProfileState(**other[h])) for h in states}
+                profiled.update(zip(ctx["ctx_ids"].tolist(), ctx["ctx_tokens"]))
     n_tokens = int(next(iter(states.values())).n_tokens) if states else 0
     state_bytes = sum(s.nbytes() for s in states.values())
     if info.is_main:
-        _write_db(layout, lm, dicts, states, cfg, identity)
+        try:
+            _write_db(layout, lm, dicts, states, cfg, identity, profiled)
+        except BaseException:
+            if not info.enabled:
+                save()  # nothing profiled is lost: rerunning the command resumes from here
+            raise
         m = layout.read()
         m["profile"] = {
             "hooks": list(dicts),
@@ -306,18 +320,67 @@ def build_atlas(
     )
 
 
-def _window_rows(vocab: list[str], toks: Tensor, acts: Tensor | None):
-    """Strip padding (-1) from one window; returns (tokens, ids, acts, peak position)."""
-    keep = toks >= 0
-    first = int(keep.float().argmax()) if keep.any() else 0
-    ids = toks[keep].tolist()
-    a = acts[keep].tolist() if acts is not None else [0.0] * len(ids)
-    return (
-        [vocab[i] if i < len(vocab) else f"<{i}>" for i in ids],
-        ids,
-        [round(v, 5) for v in a],
-        first,
+def _pack_contexts(contexts: dict[int, Tensor]) -> dict[str, Tensor]:
+    ids = sorted(contexts)
+    return {
+        "ctx_ids": torch.tensor(ids, dtype=torch.int64),
+        "ctx_tokens": torch.stack([contexts[i] for i in ids])
+        if ids
+        else torch.zeros(0, 0, dtype=torch.int32),
+    }
+
+
+def _blob(x) -> bytes:
+    return x.tobytes()
+
+
+def pack_examples(s: ProfileState) -> list[tuple]:
+    """One dictionary's examples as example_sets rows (idx, kind, n, buckets, scores, token_index,
+    acts): top by activation descending (ties: smaller token id), quantiles by bucket descending
+    then sampling key, negatives by key; window acts as float16."""
+    import numpy as np
+
+    from .profile import _top_merge
+
+    F, K = s.top_val.shape
+    G, S = s.res_key.shape
+    W = s.window
+    o = _top_merge(s.top_val, s.top_id, K)  # [F, K] sorted; empty slots last
+    t_val = s.top_val.gather(1, o).numpy().astype("<f4")
+    t_id = s.top_id.gather(1, o).numpy().astype("<i8")
+    t_act = s.top_act.gather(1, o[..., None].expand(F, K, W)).numpy().astype("<f2")
+    t_n = (t_id >= 0).sum(1)
+    r_o = s.res_key.argsort(dim=1, stable=True)  # keys are unique per bucket; empty last
+    nb = G // F
+
+    def by_bucket_desc(x):  # [G, S, ...] -> [F, nb * S, ...] with buckets descending
+        return x.reshape(F, nb, S, *x.shape[2:]).flip(1).reshape(F, nb * S, *x.shape[2:])
+
+    r_id = by_bucket_desc(s.res_id.gather(1, r_o)).numpy().astype("<i8")
+    r_val = by_bucket_desc(s.res_val.gather(1, r_o)).numpy().astype("<f4")
+    r_act = (
+        by_bucket_desc(s.res_act.gather(1, r_o[..., None].expand(G, S, W))).numpy().astype("<f2")
     )
+    r_b = np.broadcast_to(np.arange(nb)[::-1].repeat(S), (F, nb * S)).astype("i1")
+    r_ok = r_id >= 0
+    n_o = s.neg_key.argsort(dim=1, stable=True)
+    n_id = s.neg_id.gather(1, n_o).numpy().astype("<i8")
+    n_n = (n_id >= 0).sum(1)
+    rows = []
+    for f in range(F):
+        n = int(t_n[f])
+        if n:
+            rows.append((f, "top", n, None, _blob(t_val[f, :n]), _blob(t_id[f, :n]),
+                         _blob(t_act[f, :n])))  # fmt: skip
+        m = r_ok[f]
+        n = int(m.sum())
+        if n:
+            rows.append((f, "quantile", n, _blob(r_b[f][m]), _blob(r_val[f][m]),
+                         _blob(r_id[f][m]), _blob(r_act[f][m])))  # fmt: skip
+        n = int(n_n[f])
+        if n:
+            rows.append((f, "negative", n, None, None, _blob(n_id[f, :n]), None))
+    return rows
 
 
 def _write_db(
@@ -327,6 +390,7 @@ def _write_db(
     states: dict,
     cfg: BuildConfig,
     identity: dict,
+    contexts: dict[int, Tensor],
 ) -> None:
     from .db import AtlasDB
     from .histogram import encode_histogram
@@ -334,12 +398,11 @@ def _write_db(
     from .profile import HIST_PER_OCTAVE, LOG2_LO
 
     vocab = lm.to_str_tokens(list(range(len(lm.tokenizer))))
-    peak = peak_index(cfg.ctx_window)
     import sqlite3
 
     from .db import _db_error
 
-    db = AtlasDB(layout.db_path)
+    db = AtlasDB(layout.db_path, upgrade=True)
     try:
         try:
             db.conn.execute("BEGIN IMMEDIATE")
@@ -347,10 +410,13 @@ def _write_db(
             raise UserError(
                 _db_error(layout.db_path, e) + "; the profile is kept in the build checkpoint"
             ) from None
+        db.write_corpus(
+            cfg.ctx_len, cfg.ctx_window, {i: t.numpy() for i, t in contexts.items()}, vocab
+        )
         for h, d in dicts.items():
             s = states[h]
             n = max(int(s.n_tokens), 1)
-            feats, examples, logits = [], [], []
+            feats, logits = [], []
             fires, sums = s.fires.tolist(), s.act_sum.tolist()
             maxes = s.max_act.tolist()
             for f in range(s.d_sae):
@@ -366,56 +432,7 @@ def _write_db(
                         json.dumps(hist),
                     )
                 )
-            tv, tid = s.top_val, s.top_id
-            for f, r in (tid >= 0).nonzero().tolist():
-                toks, ids, acts, first = _window_rows(vocab, s.top_tok[f, r], s.top_act[f, r])
-                examples.append(
-                    (
-                        f,
-                        "top",
-                        None,
-                        r,
-                        float(tv[f, r]),
-                        int(tid[f, r]),
-                        json.dumps(toks),
-                        json.dumps(ids),
-                        json.dumps(acts),
-                        peak - first,
-                    )
-                )
-            for g, r in (s.res_id >= 0).nonzero().tolist():
-                f, b = divmod(g, N_BUCKETS)
-                toks, ids, acts, first = _window_rows(vocab, s.res_tok[g, r], s.res_act[g, r])
-                examples.append(
-                    (
-                        f,
-                        "quantile",
-                        b,
-                        r,
-                        float(s.res_val[g, r]),
-                        int(s.res_id[g, r]),
-                        json.dumps(toks),
-                        json.dumps(ids),
-                        json.dumps(acts),
-                        peak - first,
-                    )
-                )
-            for f, r in (s.neg_id >= 0).nonzero().tolist():
-                toks, ids, acts, first = _window_rows(vocab, s.neg_tok[f, r], None)
-                examples.append(
-                    (
-                        f,
-                        "negative",
-                        None,
-                        r,
-                        0.0,
-                        int(s.neg_id[f, r]),
-                        json.dumps(toks),
-                        json.dumps(ids),
-                        json.dumps(acts),
-                        peak - first,
-                    )
-                )
+            examples = pack_examples(s)
             from ..dictionaries.dictmath import decoder_rows
 
             eff = logit_effects(lm, decoder_rows(d))

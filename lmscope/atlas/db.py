@@ -21,13 +21,19 @@ Concurrent use and damage (docs/security.md):
   QUICK_CHECK_MAX_BYTES; beyond that only the header and schema are checked, to keep opening
   fast): a damaged file is one line saying how to rebuild it, never a traceback mid-page.
 
-Tables: meta(key, value); dictionaries(hook, arch, d_sae, d_in, n_tokens, config);
+Tables: meta(key, value; 'windows' = {ctx_len, window} of the stored examples);
+dictionaries(hook, arch, d_sae, d_in, n_tokens, config);
 features(dictionary, idx, density, fires, max_act, mean_act, mean_firing, histogram, label);
-examples(dictionary, idx, kind top|quantile|negative, bucket, rank, score, token_id, tokens,
-token_ids, acts, position); logit_effects(dictionary, idx, kind promoted|suppressed, rank,
-token_id, token, value); explanations(id, dictionary, idx, method, version, text, created,
-details); scores(id, explanation_id, scorer, metric, value, n_pos, n_neg, details, created);
-search (FTS5: text of every label and explanation).
+contexts(id, tokens): every profiled context's token ids ONCE (int32 blob), id = global context
+index; vocab(id, token): the token strings; example_sets(dictionary, idx, kind
+top|quantile|negative, n, buckets, scores, token_index, acts): one row per feature and kind with
+its n examples as little-endian arrays (int8 buckets, float32 scores, int64 global token ids,
+float16 window activations [n, window]); a window's tokens are cut from its context on read
+(schema 2: v1 stored a JSON copy of every window's tokens, ids and acts per example, 6.7x the
+bytes on the same tokens and most of the build's write time); logit_effects(dictionary, idx, kind
+promoted|suppressed, rank, token_id, token, value); explanations(id, dictionary, idx, method,
+version, text, created, details); scores(id, explanation_id, scorer, metric, value, n_pos,
+n_neg, details, created); search (FTS5: text of every label and explanation).
 """
 
 from __future__ import annotations
@@ -42,10 +48,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import UserError, close_matches
 from .histogram import Histogram, decode_histogram
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+OLDEST_READABLE = 2
+"""Schema 1 (per-example JSON windows) is not read: such a file is one line saying to rebuild."""
 QUICK_CHECK_MAX_BYTES = 1 << 30
 """Files up to this size get `PRAGMA quick_check` on open: 0.38 s median (5 runs) for the default
 run's 77 MB atlas.db on a 2-core machine at load 12-15, so ~5 s at the limit."""
@@ -82,8 +92,23 @@ CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5(
     text, hook UNINDEXED, idx UNINDEXED, source UNINDEXED, ref UNINDEXED);
 """
 
+# v2: the examples are stored per feature and kind as packed arrays over contexts stored once;
+# the v1 per-example rows are dropped (profiles need a rebuild; labels and explanations stay).
+_SCHEMA_V2 = """
+DROP INDEX IF EXISTS examples_feature;
+DROP TABLE IF EXISTS examples;
+DELETE FROM meta WHERE key = 'build';
+CREATE TABLE IF NOT EXISTS contexts (id INTEGER PRIMARY KEY, tokens BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS vocab (id INTEGER PRIMARY KEY, token TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS example_sets (
+    dictionary INTEGER NOT NULL, idx INTEGER NOT NULL, kind TEXT NOT NULL, n INTEGER NOT NULL,
+    buckets BLOB, scores BLOB, token_index BLOB NOT NULL, acts BLOB,
+    PRIMARY KEY (dictionary, idx, kind)) WITHOUT ROWID;
+"""
+
 # version -> SQL that brings a file from version-1 to version (append here; never edit old ones)
-MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1}
+MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
+KINDS = ("top", "quantile", "negative")
 
 
 # --- typed results -----------------------------------------------------------------------
@@ -206,8 +231,18 @@ def _unjson(s):
     return None if s is None else json.loads(s)
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the schema to SCHEMA_VERSION (idempotent). Returns the version found before."""
+def _old_schema_error(path, found: int) -> UserError:
+    return UserError(
+        f"atlas database {path} was built by an older lmscope (atlas schema {found}, this one "
+        f"reads {SCHEMA_VERSION}); rebuild it with `lmscope atlas build {Path(path).parent} "
+        "--force` (labels and explanations are kept)"
+    )
+
+
+def migrate(conn: sqlite3.Connection, *, upgrade: bool = True, path=None) -> int:
+    """Bring the schema to SCHEMA_VERSION (idempotent). Returns the version found before. A file
+    older than OLDEST_READABLE is upgraded only with `upgrade` (the atlas build, which refills the
+    profiles); any other writer gets the one-line rebuild error."""
     has = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'schema_version'").fetchone()
     if not has:
         conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
@@ -220,6 +255,8 @@ def migrate(conn: sqlite3.Connection) -> int:
         )
     if found == SCHEMA_VERSION:
         return found  # nothing to write: opening never needs the write lock
+    if 0 < found < OLDEST_READABLE and not upgrade:
+        raise _old_schema_error(path, found)
     for v in range(found + 1, SCHEMA_VERSION + 1):
         conn.executescript(MIGRATIONS[v])
     with conn:
@@ -231,7 +268,11 @@ def migrate(conn: sqlite3.Connection) -> int:
 class AtlasDB:
     """Typed access to atlas.db. Readers and one writer may work at the same time (WAL)."""
 
-    def __init__(self, path: str | Path, readonly: bool = False, timeout: float = 30.0) -> None:
+    def __init__(
+        self, path: str | Path, readonly: bool = False, timeout: float = 30.0, upgrade: bool = False
+    ) -> None:
+        """`upgrade`: bring an older schema forward even where that drops its profiles (only the
+        atlas build passes it: it writes them again)."""
         self.path = Path(path)
         self.readonly = readonly
         self._writer = None
@@ -253,7 +294,7 @@ class AtlasDB:
                 self.conn = sqlite3.connect(self.path, timeout=timeout, check_same_thread=False)
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=NORMAL")
-                migrate(self.conn)
+                migrate(self.conn, upgrade=upgrade, path=self.path)
             self.conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
             self._check_readable()
             self._check_intact()
@@ -265,6 +306,9 @@ class AtlasDB:
             raise
         self._dict_ids: dict[str, int] = {}
         self._read_lock = threading.Lock()
+        self._vocab: list[str] | None = None
+        self._contexts: dict[int, np.ndarray] | None = None
+        self._windows: tuple[int, int] | None = None
 
     @classmethod
     def open(cls, path: str | Path, readonly: bool = False) -> AtlasDB:
@@ -276,6 +320,8 @@ class AtlasDB:
             raise UserError(
                 f"{self.path} has schema {row[0]}, newer than this lmscope; upgrade lmscope"
             )
+        if row and row[0] < OLDEST_READABLE:
+            raise _old_schema_error(self.path, row[0])
 
     def _check_intact(self) -> None:
         if self.path.is_file() and self.path.stat().st_size <= QUICK_CHECK_MAX_BYTES:
@@ -385,24 +431,7 @@ class AtlasDB:
             (did, idx),
         )
         stats = row[0] if row else (None,) * 7
-        ex = {"top": [], "quantile": [], "negative": []}
-        for kind, bucket, score, tid, toks, tids, acts, pos in self._q(
-            "SELECT kind, bucket, score, token_id, tokens, token_ids, acts, position FROM examples "
-            "WHERE dictionary = ? AND idx = ? ORDER BY kind, bucket DESC, rank",
-            (did, idx),
-        ):
-            ex[kind].append(
-                Example(
-                    kind,
-                    json.loads(toks),
-                    json.loads(acts),
-                    pos,
-                    score,
-                    bucket,
-                    json.loads(tids),
-                    tid,
-                )
-            )
+        ex = self._examples(did, [idx], with_ids=True)[idx]
         logits = {"promoted": [], "suppressed": []}
         for kind, tid, tok, val in self._q(
             "SELECT kind, token_id, token, value FROM logit_effects "
@@ -613,18 +642,7 @@ class AtlasDB:
                 (did, *idxs),
             )
         }
-        ex: dict = {i: {"top": [], "quantile": [], "negative": []} for i in idxs}
-        rows = self._q(
-            f"SELECT idx, kind, bucket, score, token_id, tokens, acts, position FROM examples "
-            f"WHERE dictionary = ? AND idx IN ({marks}) ORDER BY idx, kind, bucket DESC, rank",
-            (did, *idxs),
-        )
-        # One json.loads per column of the whole batch, not two per example (the per-call cost
-        # dominated).
-        toks = json.loads("[" + ",".join(r[5] for r in rows) + "]")
-        acts = json.loads("[" + ",".join(r[6] for r in rows) + "]")
-        for (idx, kind, bucket, score, tid, _, _, pos), t, a in zip(rows, toks, acts):
-            ex[idx][kind].append(Example(kind, t, a, pos, score, bucket, [], tid))
+        ex = self._examples(did, idxs, with_ids=False)
         logits: dict = {i: {"promoted": [], "suppressed": []} for i in idxs}
         for idx, kind, tid, tok, val in self._q(
             f"SELECT idx, kind, token_id, token, value FROM logit_effects WHERE dictionary = ? "
@@ -659,15 +677,97 @@ class AtlasDB:
 
     def example_windows(self, hook: str):
         """(idx, token_id, position, tokens_json) of every stored example window of a dictionary, in
-        storage order, tokens left as JSON text (a reader that dedupes windows decodes only new
-        ones)."""
-        try:
-            yield from self.conn.execute(
-                "SELECT idx, token_id, position, tokens FROM examples WHERE dictionary = ?",
-                (self._dict_id(hook),),
+        storage order (feature, then top, quantile, negative), tokens as JSON text."""
+        did = self._dict_id(hook)
+        idxs = [i for (i,) in self._q("SELECT idx FROM features WHERE dictionary = ?", (did,))]
+        for s in range(0, len(idxs), 512):
+            for idx, kinds in self._examples(did, idxs[s : s + 512], with_ids=False).items():
+                for kind in KINDS:
+                    for e in kinds[kind]:
+                        yield idx, e.token_index, e.position, json.dumps(e.tokens)
+
+    # --- packed examples (schema 2) ---------------------------------------------------------
+    def _geometry(self) -> tuple[int, int]:
+        """(ctx_len, window) of the stored examples."""
+        if self._windows is None:
+            w = self.meta().get("windows") or {"ctx_len": 1, "window": 1}
+            self._windows = (int(w["ctx_len"]), int(w["window"]))
+        return self._windows
+
+    def _vocab_list(self) -> list[str]:
+        if self._vocab is None:
+            self._vocab = [t for (t,) in self._q("SELECT token FROM vocab ORDER BY id")]
+        return self._vocab
+
+    def _context_rows(self, ids) -> dict[int, np.ndarray]:
+        """Token ids of these contexts (all contexts are read once and kept: < 1 MB per 100k
+        tokens)."""
+        if self._contexts is None:
+            self._contexts = {
+                i: np.frombuffer(b, dtype="<i4")
+                for i, b in self._q("SELECT id, tokens FROM contexts")
+            }
+        return self._contexts
+
+    def _examples(self, did: int, idxs: list[int], *, with_ids: bool) -> dict[int, dict]:
+        """{idx: {kind: [Example]}}: top by activation, quantiles by bucket descending then key,
+        negatives by key (the order the build stores)."""
+        out: dict = {i: {k: [] for k in KINDS} for i in idxs}
+        if not idxs:
+            return out
+        rows = []
+        for s in range(0, len(idxs), 900):  # under SQLite's bound-parameter limit
+            part = idxs[s : s + 900]
+            rows += self._q(
+                "SELECT idx, kind, n, buckets, scores, token_index, acts FROM example_sets "
+                f"WHERE dictionary = ? AND idx IN ({','.join('?' * len(part))})",
+                (did, *part),
             )
-        except sqlite3.OperationalError as e:
-            raise UserError(_db_error(self.path, e)) from None
+        if not rows:
+            return out
+        L, W = self._geometry()
+        vocab, ctxs = self._vocab_list(), self._context_rows(None)
+        nv = len(vocab)
+        after = W // 4
+        peak = W - 1 - after
+        offs = np.arange(-peak, after + 1)
+        for idx, kind, n, buckets, scores, tindex, acts in rows:
+            if not n:
+                continue
+            tid = np.frombuffer(tindex, dtype="<i8")
+            p = (tid % L)[:, None] + offs  # [n, W] window positions in the context
+            inside = (p >= 0) & (p < L)
+            first = inside.argmax(1)
+            length = inside.sum(1)
+            ctx = np.stack([ctxs[int(c)] for c in tid // L])  # [n, L]
+            toks = np.take_along_axis(ctx, p.clip(0, L - 1), 1)  # [n, W]
+            if acts is not None:
+                a = np.frombuffer(acts, dtype="<f2").astype(np.float32).reshape(n, W)
+                sc = np.frombuffer(scores, dtype="<f4")
+                a[:, peak] = sc  # the peak exactly (the window is stored at float16 precision)
+                a = np.round(a.astype(np.float64), 5)
+                sc = sc.tolist()
+            else:
+                a, sc = np.zeros((n, W)), [0.0] * n
+            bk = np.frombuffer(buckets, dtype="i1").tolist() if buckets is not None else [None] * n
+            tl, al, tidl = toks.tolist(), a.tolist(), tid.tolist()
+            dst = out[idx][kind]
+            for j in range(n):
+                lo, hi = int(first[j]), int(first[j] + length[j])
+                ids = tl[j][lo:hi]
+                dst.append(
+                    Example(
+                        kind,
+                        [vocab[t] if t < nv else f"<{t}>" for t in ids],
+                        al[j][lo:hi],
+                        peak - lo,
+                        sc[j],
+                        bk[j],
+                        ids if with_ids else [],
+                        tidl[j],
+                    )
+                )
+        return out
 
     def explained(self, method: str, version: str) -> set[tuple[str, int]]:
         """(hook, idx) of every feature with an explanation by this method and version."""
@@ -742,6 +842,25 @@ class AtlasDB:
             raise
 
     # --- writing a build (one transaction) -------------------------------------------------
+    def write_corpus(
+        self, ctx_len: int, window: int, contexts: dict[int, np.ndarray], vocab: list[str]
+    ) -> None:
+        """Replace the stored contexts (global index -> token ids), the vocabulary and the window
+        geometry (in the caller's transaction)."""
+        c = self.conn
+        c.execute("DELETE FROM contexts")
+        c.execute("DELETE FROM vocab")
+        c.executemany(
+            "INSERT INTO contexts VALUES (?, ?)",
+            ((int(i), np.asarray(t, dtype="<i4").tobytes()) for i, t in sorted(contexts.items())),
+        )
+        c.executemany("INSERT INTO vocab VALUES (?, ?)", enumerate(vocab))
+        c.execute(
+            "INSERT OR REPLACE INTO meta VALUES ('windows', ?)",
+            (json.dumps({"ctx_len": ctx_len, "window": window}),),
+        )
+        self._vocab = self._contexts = self._windows = None
+
     def write_dictionary_profiles(
         self,
         hook: str,
@@ -753,9 +872,8 @@ class AtlasDB:
         commit: bool = True,
     ) -> None:
         """Replace a dictionary's profiles. features: (idx, density, fires, max_act, mean_act,
-        mean_firing, histogram_json); examples: (idx, kind, bucket, rank, score, token_id,
-        tokens_json,
-        token_ids_json, acts_json, position); logits: (idx, kind, rank, token_id, token, value).
+        mean_firing, histogram_json); examples: (idx, kind, n, buckets, scores, token_index, acts)
+        packed as in the example_sets table; logits: (idx, kind, rank, token_id, token, value).
         Labels and explanations are kept."""
         c = self.conn
         did = self._dict_id(hook, create=info)
@@ -771,7 +889,7 @@ class AtlasDB:
                 did,
             ),
         )
-        c.execute("DELETE FROM examples WHERE dictionary = ?", (did,))
+        c.execute("DELETE FROM example_sets WHERE dictionary = ?", (did,))
         c.execute("DELETE FROM logit_effects WHERE dictionary = ?", (did,))
         c.executemany(
             "INSERT INTO features (dictionary, idx, density, fires, max_act, mean_act, "
@@ -783,9 +901,7 @@ class AtlasDB:
             ((did, *f) for f in features),
         )
         c.executemany(
-            "INSERT INTO examples (dictionary, idx, kind, bucket, rank, score, token_id, tokens, "
-            "token_ids, "
-            "acts, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO example_sets VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             ((did, *e) for e in examples),
         )
         c.executemany(

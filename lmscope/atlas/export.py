@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -176,9 +177,6 @@ def _parquet(db, out: Path) -> list[Path]:
     queries = {
         "features": f"SELECT {hooks}, idx, density, fires, max_act, mean_act, mean_firing, "
         "histogram, label FROM features t",
-        "examples": f"SELECT {hooks}, idx, kind, bucket, rank, score, token_id, tokens, "
-        "token_ids, acts, position "
-        "FROM examples t",
         "logit_effects": f"SELECT {hooks}, idx, kind, rank, token_id, token, value FROM "
         "logit_effects t",
         "explanations": f"SELECT {hooks}, id, idx, method, version, text, created, details FROM "
@@ -187,10 +185,10 @@ def _parquet(db, out: Path) -> list[Path]:
         "created FROM scores",
     }
     written = []
-    for name, sql in queries.items():
-        cur = db.conn.execute(sql)
-        cols = [c[0] for c in cur.description]
-        rows = cur.fetchall()
+    tables = {name: _rows(db.conn.execute(sql)) for name, sql in queries.items()}
+    tables["examples"] = _example_rows(db)
+    for name in ("features", "examples", "logit_effects", "explanations", "scores"):
+        cols, rows = tables[name]
         table = (
             pa.table({c: [r[j] for r in rows] for j, c in enumerate(cols)})
             if rows
@@ -202,7 +200,7 @@ def _parquet(db, out: Path) -> list[Path]:
     write_json_atomic(
         out / "README.json",
         {
-            "tables": list(queries),
+            "tables": ["features", "examples", "logit_effects", "explanations", "scores"],
             "json_columns": [
                 "features.histogram",
                 "examples.tokens",
@@ -215,3 +213,25 @@ def _parquet(db, out: Path) -> list[Path]:
     )
     written.append(out / "README.json")
     return written
+
+
+def _rows(cur) -> tuple[list[str], list[tuple]]:
+    return [c[0] for c in cur.description], cur.fetchall()
+
+
+def _example_rows(db) -> tuple[list[str], list[tuple]]:
+    """One row per example, windows decoded (the DB packs them per feature and kind)."""
+    cols = ["hook", "idx", "kind", "bucket", "rank", "score", "token_id", "tokens", "token_ids",
+            "acts", "position"]  # fmt: skip
+    rows = []
+    for d in db.dictionaries():
+        did = db._dict_id(d.hook)
+        idxs = [i for (i,) in db._q("SELECT idx FROM features WHERE dictionary = ?", (did,))]
+        for s in range(0, len(idxs), 512):
+            for idx, kinds in db._examples(did, idxs[s : s + 512], with_ids=True).items():
+                for kind, exs in kinds.items():
+                    for r, e in enumerate(exs):
+                        rows.append((d.hook, idx, kind, e.bucket, r, e.score, e.token_index,
+                                     json.dumps(e.tokens), json.dumps(e.token_ids),
+                                     json.dumps(e.acts), e.position))  # fmt: skip
+    return cols, rows

