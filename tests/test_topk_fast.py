@@ -131,3 +131,55 @@ def test_batch_topk_codes_keep_k_times_batch():
     dense = torch.zeros_like(pre).scatter_add(-1, codes.indices, codes.values)
     kth = pre.relu().reshape(-1).topk(128).values[-1]
     assert torch.equal(dense > 0, pre >= kth)
+
+
+# --- grouped top-k and the sampled dot product (the kernels of the fast step) ---------------
+def test_grouped_topk_hand_example_two_winners_in_one_group():
+    from lmscope.dictionaries.kernels import grouped_topk
+
+    # 16 columns, group 2 -> 8 strided groups {c, c + 8}. The two largest (9 at column 3,
+    # 8 at column 11) share group 3: a method that kept one element per group would return
+    # 9 and 7 (column 5); the exact top-2 is {9, 8} at columns {3, 11}.
+    row = torch.tensor([[0.0, 1, 2, 9, 0, 7, 0, 0, 0, 0, 0, 8, 0, 0, 0, 0]])
+    values, indices = grouped_topk(row, 2, group=2)
+    assert sorted(values[0].tolist()) == [8.0, 9.0]
+    assert sorted(indices[0].tolist()) == [3, 11]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("group", [2, 8])
+def test_grouped_topk_equals_torch_topk(dtype, group):
+    from lmscope.dictionaries.kernels import grouped_topk
+
+    g = torch.Generator().manual_seed(0)
+    pre = torch.randn(128, 512, generator=g).to(dtype)
+    pre[0, :] = 0.5  # a row of ties
+    pre[1, :40] = 3.0  # more tied maxima than k
+    pre[2] = torch.rand(512, generator=g).to(dtype) - 2  # all negative
+    ref_v, _ = pre.topk(16, dim=-1)
+    values, indices = grouped_topk(pre, 16, group=group)
+    assert torch.equal(values.sort(-1).values, ref_v.sort(-1).values)  # same multiset of values
+    assert torch.equal(pre.gather(1, indices), values)  # the indices point at those values
+    assert all(len(set(r.tolist())) == 16 for r in indices)  # k distinct latents per token
+
+
+def test_grouped_topk_falls_back_where_nothing_to_prune():
+    from lmscope.dictionaries.kernels import grouped_topk
+
+    pre = torch.randn(4, 30)  # 30 % 8 != 0
+    v, i = grouped_topk(pre, 4)
+    assert torch.equal(v.sort(-1).values, pre.topk(4, dim=-1).values.sort(-1).values)
+    pre = torch.randn(4, 64)  # k * group * 2 > n: every group would be a candidate
+    v, i = grouped_topk(pre, 8)
+    assert torch.equal(v.sort(-1).values, pre.topk(8, dim=-1).values.sort(-1).values)
+
+
+def test_sampled_dot_equals_gathered_rows():
+    from lmscope.dictionaries.kernels import _sampled_dot
+
+    g = torch.Generator().manual_seed(0)
+    a, W = torch.randn(6, 5, generator=g), torch.randn(40, 5, generator=g)
+    indices = torch.stack([torch.randperm(40, generator=g)[:4] for _ in range(6)])  # unsorted
+    out = _sampled_dot(a, W, indices)
+    ref = torch.tensor([[float(a[b] @ W[indices[b, j]]) for j in range(4)] for b in range(6)])
+    torch.testing.assert_close(out, ref)
