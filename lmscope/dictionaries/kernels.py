@@ -19,53 +19,14 @@ gradient). Here:
   columns only (sparse @ dense, embedding_bag, index_add), never a dense
   [batch, d_sae] matmul.
 
-- `grouped_topk`: the exact per-token top-k without running torch.topk over all d_sae
-  columns (torch's CPU topk is a scalar partial sort, ~2.7 ns per element: 48 ms of a
-  186 ms bf16 step at batch 4096, d_sae 4608, one thread). The row is cut into strided
-  groups, the vectorized group maxima pick k candidate groups, and topk runs on those
-  k * group elements only.
-- the values' gradient in `_SparseDecode` is a sampled dense-dense matmul
-  (`torch.sparse.sampled_addmm` on the [batch, d_sae] CSR pattern of the code), which
-  measured 6 ms against 10.7 ms for embedding-bag's per-sample-weights backward.
-
-tests/test_topk_fast.py checks all of them against dense references.
+tests/test_topk_fast.py checks both against dense autograd references.
 """
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-# Group size of grouped_topk: measured on the issue-20 shapes (one thread, CPU time of topk at
-# [4096, 4608] k 32: torch.topk 48-53 ms; group 4: 55, 8: 41-45, 16: 44-48, 32: 66-75 ms).
-TOPK_GROUP = 8
-
-
-def grouped_topk(pre: Tensor, k: int, group: int = TOPK_GROUP) -> tuple[Tensor, Tensor]:
-    """(values, indices) [batch, k] of the k largest entries of each row of `pre` [batch, n],
-    unsorted; the same multiset of values as `pre.topk(k, dim=-1)`.
-
-    Why it is exact: latent c belongs to group c % G (G = n // group groups of `group`
-    columns each). Any element of the top k lies in one of the k groups with the largest
-    maxima: if its group were not among them, those k maxima (k distinct elements) would
-    all be >= its group's maximum >= it, and together with it k + 1 elements would be >= it.
-    (With ties at the k-th value the chosen indices may differ from torch.topk's, the
-    values cannot.) Falls back to torch.topk where the shape leaves nothing to prune.
-    """
-    batch, n = pre.shape
-    if n % group or k * group * 2 > n or pre.dtype not in (torch.float32, torch.bfloat16):
-        return pre.topk(k, dim=-1, sorted=False)
-    n_groups = n // group
-    # [batch, group, G] view: the max over dim 1 is a vectorized elementwise max of rows.
-    group_max = pre.view(batch, group, n_groups).amax(1)  # [batch, G]
-    top_groups = group_max.topk(k, dim=-1, sorted=False).indices  # [batch, k]
-    offsets = torch.arange(0, n, n_groups, device=pre.device)  # [group]
-    cand = (top_groups[:, None, :] + offsets[:, None]).view(batch, group * k)  # column ids
-    values, j = pre.gather(1, cand).topk(k, dim=-1, sorted=False)  # [batch, k]
-    return values, cand.gather(1, j)
 
 
 def _sparse_t_matmul(indices: Tensor, weights: Tensor, dense: Tensor, n_rows: int) -> Tensor:
@@ -138,35 +99,6 @@ def sparse_encoder_grad(
     return _SparseEncoderGrad.apply(x_in, W_enc, b_enc, values, indices)
 
 
-def _sampled_dot(a: Tensor, W: Tensor, indices: Tensor) -> Tensor:
-    """out[b, j] = <a[b], W[indices[b, j]]>: a [batch, d], W [n, d], indices [batch, k].
-
-    A sampled dense-dense matmul over the CSR pattern of `indices` (row b holds its k column
-    ids; the kernel needs neither sorted nor unique columns within a row, and every row has
-    exactly k entries, so the values come back in `indices`' order). CPU only: elsewhere
-    embedding-bag's per-sample-weights backward (no [batch, k, d] gather either).
-    """
-    batch, k = indices.shape
-    if a.device.type != "cpu" or a.dtype not in (torch.float32, torch.float64):
-        offsets = torch.arange(0, batch * k, k, device=indices.device)
-        offset2bag = torch.arange(batch, device=indices.device).repeat_interleave(k)
-        return torch.ops.aten._embedding_bag_per_sample_weights_backward(
-            a.contiguous(), W, indices.reshape(-1), offsets, offset2bag, 0, -1
-        ).view(batch, k)
-    crow = torch.arange(0, batch * k + 1, k, device=indices.device)
-    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
-        warnings.simplefilter("ignore", UserWarning)
-        pattern = torch.sparse_csr_tensor(
-            crow,
-            indices.reshape(-1),
-            a.new_zeros(batch * k),
-            (batch, W.shape[0]),
-            check_invariants=False,
-        )
-    out = torch.sparse.sampled_addmm(pattern, a.contiguous(), W.t(), beta=0.0)
-    return out.values().view(batch, k)
-
-
 class _SparseDecode(torch.autograd.Function):
     """recon[b] = sum_j values[b, j] * W_dec[indices[b, j]] (no bias)."""
 
@@ -184,7 +116,15 @@ class _SparseDecode(torch.autograd.Function):
         grad_out = grad_out.to(W_dec.dtype)
         grad_values = grad_W = None
         if ctx.needs_input_grad[0]:
-            grad_values = _sampled_dot(grad_out, W_dec, indices)
+            # grad_values[b, j] = <grad_out[b], W_dec[indices[b, j]]>: PyTorch's own
+            # embedding-bag per-sample-weights backward (no [batch, k, d_out] gather; ~10x
+            # faster here than gather + bmm).
+            batch, k = indices.shape
+            offsets = torch.arange(0, batch * k, k, device=indices.device)
+            offset2bag = torch.arange(batch, device=indices.device).repeat_interleave(k)
+            grad_values = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+                grad_out.contiguous(), W_dec, indices.reshape(-1), offsets, offset2bag, 0, -1
+            ).view(batch, k)
         if ctx.needs_input_grad[2]:
             grad_W = _sparse_t_matmul(indices, values, grad_out, W_dec.shape[0])  # [d_sae, d_out]
         return grad_values, None, grad_W
@@ -195,4 +135,4 @@ def sparse_decode(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
     return _SparseDecode.apply(values, indices, W_dec)
 
 
-__all__ = ["grouped_topk", "sparse_decode", "sparse_encoder_grad"]
+__all__ = ["sparse_decode", "sparse_encoder_grad"]

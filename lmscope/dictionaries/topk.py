@@ -18,12 +18,12 @@ import torch
 from torch import Tensor
 
 from .base import DictionaryConfig, SparseDictionary, TopKOutput, _Terms
-from .kernels import grouped_topk, sparse_decode, sparse_encoder_grad
+from .kernels import sparse_decode, sparse_encoder_grad
 
 
 def topk_codes(pre: Tensor, k: int) -> TopKOutput:
     """[batch, d_sae] pre-activations -> the k largest per token, ReLU'd ([batch, k] each)."""
-    values, indices = grouped_topk(pre, k)  # exact; torch.topk over candidate groups only
+    values, indices = pre.topk(k, dim=-1, sorted=False)
     return TopKOutput(values.clamp_min(0), indices)
 
 
