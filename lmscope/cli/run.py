@@ -104,20 +104,19 @@ class RunConfig:
     capture_tokens: int | None = None
     """--quick: tokens captured into the activation store (None: the preset's)."""
     train_tokens: int | None = None
-    """Training tokens per dictionary (None: the preset's: 200k whole model, 100k --quick)."""
+    """Training tokens per dictionary (None: the preset's)."""
     width: str | None = None
-    """Latents per dictionary: a count or an expansion ('4x') (None: 4x whole model, 4608
-    --quick)."""
+    """Latents per dictionary: a count or an expansion ('4x') (None: the preset's)."""
     k: int | None = None
-    """Active latents per token (TopK) (None: 32)."""
+    """Active latents per token (TopK) (None: the preset's)."""
     batch_size: int | None = None
-    """Training batch in tokens (None: 4096 whole model, 1024 --quick)."""
+    """Training batch in tokens (None: the preset's)."""
     lr: float | None = None
-    """Training learning rate (None: 1.5e-3 whole model, 1e-3 --quick)."""
+    """Training learning rate (None: the preset's)."""
     eval_tokens: int | None = None
-    """Held-out tokens for the eval stage (None: 10k whole model, 5k --quick)."""
+    """Held-out tokens for the eval stage (None: the preset's)."""
     atlas_tokens: int | None = None
-    """Tokens profiled for the atlas (None: 50k whole model, 30k --quick)."""
+    """Tokens profiled for the atlas (None: the preset's)."""
     ctx_len: int = 128
     """Tokens per context everywhere."""
     probe_layers: str = "6,12,16,20"
@@ -184,10 +183,18 @@ def register(sub) -> None:
         "attribution graph of a prompt's next token from the run's own transcoders, and trace "
         "it. --quick: one TopK SAE on the middle layer's resid_post, in minutes. Each stage "
         "prints the stand-alone command it runs. Rerun the same command to continue an "
-        "interrupted run; finished stages are skipped.",
+        "interrupted run; finished stages are skipped. Presets (each flag overrides its "
+        f"value): whole model {_describe(WHOLE)}; --quick {_describe(QUICK)}.",
     )
     add_arguments(p, RunConfig)
     p.set_defaults(func=cmd_run)
+
+
+def _describe(p: Preset) -> str:
+    from dataclasses import fields
+
+    vals = [(f.name.replace("_", "-"), getattr(p, f.name)) for f in fields(p)]
+    return ", ".join(f"--{name} {v}" for name, v in vals if v != 0)  # 0: no such stage
 
 
 def cmd_run(args) -> int:
