@@ -126,8 +126,9 @@ def test_whole_model_run_every_stage(whole):
 
 def test_printed_commands_run_an_existing_executable(whole):
     out, text = whole
-    last = text.rstrip().splitlines()[-1]
-    assert last.startswith("open the viewer:")
+    lines = text.rstrip().splitlines()
+    last, graph = lines[-2], lines[-1]
+    assert last.startswith("open the viewer:") and graph.startswith("then the graph:")
     argv = shlex.split(last.removeprefix("open the viewer:"))
     exe, rest = argv[0], argv[1:]
     if rest[:2] == ["-m", "lmscope"]:  # `python -m lmscope` when no console script exists
@@ -160,7 +161,8 @@ def test_quick_run_and_no_mixing(whole, tiny, tmp_path, capsys):
     text = capsys.readouterr().out
     for stage in ("capture", "train", "atlas", "scan", "trace"):
         assert f"] {stage}:" in text, stage
-    assert "] graph:" not in text
+    assert "] graph:" not in text and "then the graph:" not in text
+    assert text.rstrip().splitlines()[-1].startswith("open the viewer:")
     assert "--hooks blocks.1.resid_post --arch topk" in text  # the middle block's SAE
     assert json.loads((quick / "run.json").read_text())["kind"] == "one-layer"
     # a folder of one kind refuses the other, with one line and nothing written

@@ -359,10 +359,10 @@ def run(cfg: RunConfig) -> int:
         f"\ndone in {end - t0:.0f}s ({rep.times(end)}), peak RSS {_peak_rss_gb():.1f} GB. "
         f"Everything is in {out}/."
     )
-    if graph is not None:
-        print(f"the graph in the viewer: http://127.0.0.1:8765/#/graph/{graph.name}")
     if atlas.is_dir():
         print(f"open the viewer:  {rep.line(['serve', str(atlas)])}")
+    if graph is not None and graph.is_file():  # the viewer's graph page, at serve's default port
+        print(f"then the graph:   http://127.0.0.1:8765/#/graph/{graph.name}  ({graph})")
     return 0
 
 
