@@ -1,7 +1,7 @@
 """`lmscope run`: the whole pipeline on one model, each stage the command a user would type.
 
     lmscope run                          # the whole model: a transcoder at every layer
-    lmscope run --quick                  # a first look: one SAE on the middle layer, minutes
+    lmscope run --quick                  # a first look: one SAE on the middle layer
     lmscope run --model M                # any causal LM (out: runs/<M>, runs/<M>-quick)
     lmscope run --skip probe,trace       # leave stages out
 
@@ -72,7 +72,8 @@ WHOLE = Preset(
     eval_tokens=10_000,
     atlas_tokens=50_000,
 )
-# One layer, a first look in a few minutes: today's one-layer recipe with fewer tokens.
+# One layer, a first look: the one-layer recipe of issues 2-8 with fewer tokens (the lead sets
+# them from the measured time; docs/benchmarks.md).
 QUICK = Preset(
     train_tokens=100_000,
     width="4608",
@@ -94,7 +95,7 @@ class RunConfig:
     corpus: str = "default"
     """Text: 'default' (built-in English), a .txt/.md/.jsonl/.parquet file or folder, or hf:NAME."""
     quick: bool = False
-    """A first look in minutes: one TopK SAE on one layer's resid_post instead of a transcoder at
+    """A first look: one TopK SAE on one layer's resid_post instead of a transcoder at
     every layer (no attribution graph)."""
     out: str = ""
     """Folder for everything this run writes; empty: runs/<model> (runs/<model>-quick with
@@ -181,7 +182,7 @@ def register(sub) -> None:
         "from one shared model pass, evaluate each, profile all their features into one atlas, "
         "label the features, probe for truth, scan a prompt across all layers, build the "
         "attribution graph of a prompt's next token from the run's own transcoders, and trace "
-        "it. --quick: one TopK SAE on the middle layer's resid_post, in minutes. Each stage "
+        "it. --quick: one TopK SAE on the middle layer's resid_post. Each stage "
         "prints the stand-alone command it runs. Rerun the same command to continue an "
         "interrupted run; finished stages are skipped. Presets (each flag overrides its "
         f"value): whole model {_describe(WHOLE)}; --quick {_describe(QUICK)}.",
