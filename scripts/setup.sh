@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up lmscope in ./.venv and run the main job or the tests.
 #
-#   bash scripts/setup.sh run     # set up, then `lmscope run` on the embedded default model
+#   bash scripts/setup.sh run     # set up, then `lmscope run`: every layer of the embedded default model
+#   bash scripts/setup.sh run --quick   # ... or its one-layer first look (flags go to `lmscope run`)
 #   bash scripts/setup.sh test    # set up (with test extras), then the whole test suite
 #   bash scripts/setup.sh         # set up only
 #
@@ -78,6 +79,6 @@ case "$MODE" in
   test)
     shift || true
     exec .venv/bin/python -m pytest -q "$@" ;;
-  setup) log "done: .venv/bin/lmscope --help" ;;
+  setup) log "done: .venv/bin/lmscope --help (source .venv/bin/activate puts lmscope on PATH)" ;;
   *) echo "usage: bash scripts/setup.sh [run|test|setup]" >&2; exit 2 ;;
 esac

@@ -80,7 +80,9 @@ def cmd_explain(args) -> int:
                 "prompt + "
                 f"{u['completion_tokens']} completion tokens, ${u['cost_usd']:.4f}"
             )
-        print(f"see the scores: lmscope explain-report {args.atlas}")
+        from ._invocation import shell_line
+
+        print(f"see the scores: {shell_line(['explain-report', str(args.atlas)])}")
     return 0
 
 

@@ -105,7 +105,9 @@ def cmd_train(args) -> int:
         "(FVU: mean of per-batch FVUs over the last 10% of steps, in-sample; held-out: lmscope "
         "eval)"
     )
-    print(f"next: lmscope eval {res.out}")
+    from ._invocation import shell_line
+
+    print(f"next: {shell_line(['eval', str(res.out)])}")
     return 0
 
 
