@@ -1,12 +1,13 @@
 """Label features of an atlas and score every label next to baselines; results go into atlas.db.
 
 Per batch of features: profiles are read (main thread), explained and scored (inline for the stats
-explainer, a thread pool for an LLM), then written (main thread, one explanation per method with its
-scores, plus the two baselines). With --workers N > 1 (stats explainer, no LLM) forked processes read,
-label and score whole batches while this process embeds the labels' phrases and writes, batch by batch
-in order (parallel.py): the database ends up the same, bit for bit. A feature already explained with the same method+version is
-skipped, so an interrupted or failed run resumes where it stopped; an LLM failure keeps the batch's
-finished features and stops with one line saying how to continue.
+explainer, a thread pool for an LLM), then written (main thread, one explanation per method with
+its scores, plus the two baselines). With --workers N > 1 (stats explainer, no LLM) forked
+processes read, label and score whole batches while this process embeds the labels' phrases and
+writes, batch by batch in order (parallel.py): the database ends up the same, bit for bit. A
+feature already explained with the same method+version is skipped, so an interrupted or failed run
+resumes where it stopped; an LLM failure keeps the batch's finished features and stops with one
+line saying how to continue.
 """
 
 from __future__ import annotations
