@@ -4,12 +4,13 @@ code on the same features, and on the same atlas widened K times (K copies of it
 the same corpus windows: a 30 x 4,608 = 138k-feature atlas like the whole-model one).
 
     PYTHONPATH=$PWD .venv/bin/python bench/bench_explain.py --atlas runs/smollm2-135m/atlas \\
-        --work /tmp/bench-explain [--no-cold --warm-repeat 3] [--old-code /path/to/old/checkout
-        --old-sample 500] [--replicate 30]
+        --work /tmp/bench-explain [--no-cold --warm-repeat 3 --workers 1,2 --embed-dtype float32]
+        [--old-code /path/to/old/checkout --old-sample 500] [--replicate 30]
 
 Each run reports wall seconds AND the process's CPU seconds (features per CPU second is the
-figure that survives a shared, loaded machine; the stage is single-threaded Python apart from the
-embedder); --warm-repeat N adds the median of N warm runs.
+figure that survives a shared, loaded machine; with --workers the workers' CPU is included);
+--warm-repeat N adds the median of N warm runs; --workers 1,2 alternates the warm runs between
+1 and 2 worker processes.
 
 Works on copies under --work (the atlas given is only read). Prints one JSON line per run and
 appends them to bench/results/explain.jsonl.
@@ -86,10 +87,19 @@ def replicate(dst: Path, k: int) -> int:
     return n
 
 
+def _children_cpu() -> float:
+    """CPU seconds of this process's finished children (the --workers processes)."""
+    import resource
+
+    u = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return u.ru_utime + u.ru_stime
+
+
 def run_new(atlas: Path, label: str, **kw) -> dict:
-    t, c = time.perf_counter(), time.process_time()
+    t, c, cc = time.perf_counter(), time.process_time(), _children_cpu()
     r = explain_atlas(ExplainConfig(atlas=str(atlas), **kw), progress=False)
-    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    wall = time.perf_counter() - t
+    cpu = time.process_time() - c + _children_cpu() - cc
     return {
         "run": label,
         "code": "new",
@@ -101,6 +111,8 @@ def run_new(atlas: Path, label: str, **kw) -> dict:
         "features_per_cpu_s": round(r.explained / cpu, 1),
         "embedded_tokens": r.embedded_tokens,
         "embed_seconds": round(r.embed_seconds, 1),
+        "workers": r.workers,
+        "embed_dtype": r.embed_dtype,
     }
 
 
@@ -154,9 +166,20 @@ def main() -> None:
         default=1,
         help="warm runs (token embeddings cached) to take the median of",
     )
+    ap.add_argument(
+        "--workers",
+        default="0",
+        help="comma-separated --workers values; warm runs alternate between them (0 = auto)",
+    )
+    ap.add_argument("--embed-dtype", default="auto", help="--embed-dtype of every run")
     ap.add_argument("--no-cold", action="store_true", help="skip the cold run (needs a cache)")
     a = ap.parse_args()
     src, work = Path(a.atlas), Path(a.work)
+    ws = [int(w) for w in a.workers.split(",")]
+
+    def kw(w: int) -> dict:
+        return {"workers": w, "embed_dtype": a.embed_dtype}
+
     results = []
 
     def emit(r: dict) -> None:
@@ -175,19 +198,23 @@ def main() -> None:
         if a.no_cold:
             shutil.copytree(src / "cache", dst / "cache")
         else:
-            emit(run_new(dst, "cold (embeds the atlas text)"))
-        warm = []
+            emit(run_new(dst, "cold (embeds the atlas text)", **kw(ws[0])))
+        warm: dict = {w: [] for w in ws}
         for i in range(a.warm_repeat):
-            copy_atlas(src, work / "new-warm")
-            shutil.copytree(dst / "cache", work / "new-warm" / "cache")
-            warm.append(run_new(work / "new-warm", f"warm (token embeddings cached) {i + 1}"))
-            emit(warm[-1])
-        if len(warm) > 1:
-            med = {
-                k: statistics.median(r[k] for r in warm)
-                for k in ("seconds", "cpu_seconds", "features_per_s", "features_per_cpu_s")
-            }
-            emit({**warm[0], **med, "run": f"warm, median of {len(warm)}"})
+            for w in ws:  # alternating, so a change of the machine's load hits both alike
+                copy_atlas(src, work / "new-warm")
+                shutil.copytree(dst / "cache", work / "new-warm" / "cache")
+                warm[w].append(
+                    run_new(work / "new-warm", f"warm (token embeddings cached) {i + 1}", **kw(w))
+                )
+                emit(warm[w][-1])
+        for runs in warm.values():
+            if len(runs) > 1:
+                med = {
+                    k: statistics.median(r[k] for r in runs)
+                    for k in ("seconds", "cpu_seconds", "features_per_s", "features_per_cpu_s")
+                }
+                emit({**runs[0], **med, "run": f"warm, median of {len(runs)}"})
     if a.old_code:
         dst = copy_atlas(src, work / "old")
         emit(run_old(Path(a.old_code), dst, a.old_sample))

@@ -1,10 +1,13 @@
 """Label features of an atlas and score every label next to baselines; results go into atlas.db.
 
 Per batch of features: profiles are read (main thread), explained and scored (inline for the stats
-explainer, a thread pool for an LLM), then written (main thread, one explanation per method with its
-scores, plus the two baselines). A feature already explained with the same method+version is
-skipped, so an interrupted or failed run resumes where it stopped; an LLM failure keeps the batch's
-finished features and stops with one line saying how to continue.
+explainer, a thread pool for an LLM), then written (main thread, one explanation per method with
+its scores, plus the two baselines). With --workers N > 1 (stats explainer, no LLM) forked
+processes read, label and score whole batches while this process embeds the labels' phrases and
+writes, batch by batch in order (parallel.py): the database ends up the same, bit for bit. A
+feature already explained with the same method+version is skipped, so an interrupted or failed run
+resumes where it stopped; an LLM failure keeps the batch's finished features and stops with one
+line saying how to continue.
 """
 
 from __future__ import annotations
@@ -75,6 +78,10 @@ class ExplainConfig:
     """stop after this many LLM calls (cache hits are free; rerun to continue); 0 = no limit"""
     budget_usd: float = 0.0
     """stop once the cost at --price-in/--price-out reaches this many dollars; 0 = no limit"""
+    workers: int = 0
+    """processes that read, label and score features in parallel (stats explainer without an
+    LLM; the parent embeds phrases and writes, so the results are identical to 1 worker);
+    0 = auto: min(2, the CPUs this process may run on); 1 = all in this process"""
     embed_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """embedding/simulation: the sentence embedder's matrix products in float32 (the reference) or
     bfloat16 (autocast; less CPU on cores with AVX-512 BF16 / AMX, scores move by < 0.001 on
@@ -95,6 +102,10 @@ class ExplainConfig:
             raise ValueError(f"--llm {self.llm!r}: use local:MODEL or openai:http://host:port/v1")
         if self.concurrency < 1 or self.batch < 1:
             raise ValueError("--concurrency and --batch must be >= 1")
+        if self.judge_pos < 1 or self.judge_neg < 1:
+            raise ValueError("--judge-pos and --judge-neg must be >= 1")
+        if self.workers < 0:
+            raise ValueError("--workers must be >= 0 (0 = auto)")
         if self.embed_dtype not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"--embed-dtype {self.embed_dtype!r}: use auto, float32 or bfloat16")
 
@@ -109,8 +120,23 @@ class ExplainConfig:
         from ..models.load import cpu_half_is_slow
 
         return "float32" if cpu_half_is_slow(torch.bfloat16) else "bfloat16"
-        if self.judge_pos < 1 or self.judge_neg < 1:
-            raise ValueError("--judge-pos and --judge-neg must be >= 1")
+
+    @property
+    def workers_resolved(self) -> int:
+        """Worker processes this run uses: 1 where an LLM is involved (its requests already run
+        in a thread pool) or where fork is missing; else --workers, auto = min(2, usable CPUs)."""
+        import multiprocessing
+        import os
+
+        if self.llm or "fork" not in multiprocessing.get_all_start_methods():
+            return 1
+        if self.workers:
+            return self.workers
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except AttributeError:  # macOS: no affinity API
+            cpus = os.cpu_count() or 1
+        return max(1, min(2, cpus))
 
     def scorer_list(self) -> list[str]:
         return [s.strip() for s in self.scorers.split(",") if s.strip()]
@@ -132,6 +158,8 @@ class ExplainResult:
     embedded_tokens: int = 0
     """corpus tokens embedded in context by this run (0 when the atlas's cache had them all)"""
     embed_seconds: float = 0.0
+    workers: int = 1
+    """processes that labelled and scored (--workers resolved)"""
     embed_dtype: str = ""
     """the sentence embedder's dtype this run used (--embed-dtype auto resolved)"""
     """of `seconds`, spent embedding the atlas's text (once per atlas; cached)"""
@@ -293,7 +321,7 @@ def split_config(db) -> SplitConfig:
 def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult:
     from tqdm.auto import tqdm
 
-    from ..atlas.db import AtlasDB, BulkExplanations
+    from ..atlas.db import AtlasDB
     from ..layout import AtlasLayout
     from .llm_explainer import explain_llm
     from .stats_explainer import Labeller, explain_stats
@@ -373,69 +401,46 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
                         err = err or e
             return out, err
 
-        for b0 in range(0, len(todo), cfg.batch):
-            chunk = todo[b0 : b0 + cfg.batch]
-            profiles = []
-            for h in dict.fromkeys(h for h, _ in chunk):
-                profiles += db.feature_profiles(h, [i for hh, i in chunk if hh == h])
-            items = [(p, split_examples(p, split_cfg)) for p in profiles]
+        chunks = [todo[b0 : b0 + cfg.batch] for b0 in range(0, len(todo), cfg.batch)]
+        workers = min(cfg.workers_resolved, len(chunks)) if client is None else 1
+        res.workers = workers
+
+        def write(rows: list) -> None:
+            db.add_explanations(rows)  # one transaction per chunk, chunks in order
+            scoring.save()
+            res.explained += len(rows)
+            for r in rows:
+                res.per_dictionary[r.hook] = res.per_dictionary.get(r.hook, 0) + 1
+            bar.update(len(rows))
+
+        if workers > 1:
+            from .parallel import run_parallel
+
+            _warm(labeller, te)
+            run_parallel(
+                workers,
+                chunks,
+                _ChunkWork(layout.db_path, split_cfg, cfg, labeller, scoring, method, version),
+                write,
+            )
+        for chunk in chunks if workers == 1 else []:
+            items = _read_chunk(db, chunk, split_cfg)
             labels, error = labels_of(items)
-            rows = []
-            plans = [
-                _plan(j, sp, labels, cfg) if labels[j] else None for j, (_, sp) in enumerate(items)
-            ]
-            scoring.prepare([(t, tk) for pl in plans if pl for _, t, tk, _ in pl])
-
-            def score_one(j, items=items, plans=plans):
-                p, sp = items[j]
-                prep = scoring.prepared(sp.test)
-                # Baselines are scored before anything of this feature is written: no half feature.
-                return [
-                    (m, t, tk, d, scoring.score(t, tk, sp.test, prep)) for m, t, tk, d in plans[j]
-                ]
-
+            plans = _plans(items, labels, cfg)
+            scoring.prepare(_phrases(plans))
             todo_j = [j for j in range(len(items)) if plans[j]]
             if client is None:
-                scored = {j: score_one(j) for j in todo_j}
+                scored = {j: _score_one(scoring, items, plans, j) for j in todo_j}
             else:
                 scored = {}
                 with ThreadPoolExecutor(cfg.concurrency) as pool:
-                    futs = {j: pool.submit(score_one, j) for j in todo_j}
+                    futs = {j: pool.submit(_score_one, scoring, items, plans, j) for j in todo_j}
                     for j, f in futs.items():
                         try:
                             scored[j] = f.result()
                         except LLMError as e:
                             error = error or e
-            for j, out in scored.items():
-                p, sp = items[j]
-                (m, text, _, details, scores), *base = out
-                details = {
-                    **details,
-                    "shown": len(sp.shown),
-                    "valid_pos": len(sp.valid.pos),
-                    "valid_neg": len(sp.valid.neg),
-                    "test_pos": len(sp.test.pos),
-                    "test_neg": len(sp.test.neg),
-                }
-                # Baselines stay out of the full-text search: a search for "horse" must not find the
-                # random label another feature lent to this one.
-                expl = [(method, version, text, details, _score_rows(scores), True)] + [
-                    (
-                        bm,
-                        baselines.VERSION,
-                        bt,
-                        {"for": method, "for_version": version, "tokens": btk},
-                        _score_rows(bs),
-                        False,
-                    )
-                    for bm, bt, btk, _, bs in base
-                ]
-                rows.append(BulkExplanations(p.hook, p.feature, expl, text, p.label))
-                res.per_dictionary[p.hook] = res.per_dictionary.get(p.hook, 0) + 1
-            db.add_explanations(rows)
-            scoring.save()
-            res.explained += len(rows)
-            bar.update(len(rows))
+            write(_rows(items, scored, method, version))
             if error is not None:
                 bar.close()
                 raise UserError(
@@ -451,6 +456,101 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
         db.close()
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def _read_chunk(db, chunk: list[tuple[str, int]], split_cfg) -> list[tuple]:
+    """(profile, split) of each feature of a chunk, in the order AtlasDB returns them."""
+    profiles = []
+    for h in dict.fromkeys(h for h, _ in chunk):
+        profiles += db.feature_profiles(h, [i for hh, i in chunk if hh == h])
+    return [(p, split_examples(p, split_cfg)) for p in profiles]
+
+
+def _plans(items: list[tuple], labels: list, cfg: ExplainConfig) -> list:
+    return [_plan(j, sp, labels, cfg) if labels[j] else None for j, (_, sp) in enumerate(items)]
+
+
+def _phrases(plans: list) -> list[tuple]:
+    """(text, tokens) of everything a chunk scores, in plan order (Scoring.prepare embeds them)."""
+    return [(t, tk) for pl in plans if pl for _, t, tk, _ in pl]
+
+
+def _score_one(scoring: Scoring, items: list, plans: list, j: int) -> list[tuple]:
+    _, sp = items[j]
+    prep = scoring.prepared(sp.test)
+    # Baselines are scored before anything of this feature is written: no half feature.
+    return [(m, t, tk, d, scoring.score(t, tk, sp.test, prep)) for m, t, tk, d in plans[j]]
+
+
+def _rows(items: list, scored: dict, method: str, version: str) -> list:
+    from ..atlas.db import BulkExplanations
+
+    rows = []
+    for j, out in scored.items():
+        p, sp = items[j]
+        (m, text, _, details, scores), *base = out
+        details = {
+            **details,
+            "shown": len(sp.shown),
+            "valid_pos": len(sp.valid.pos),
+            "valid_neg": len(sp.valid.neg),
+            "test_pos": len(sp.test.pos),
+            "test_neg": len(sp.test.neg),
+        }
+        # Baselines stay out of the full-text search: a search for "horse" must not find the
+        # random label another feature lent to this one.
+        expl = [(method, version, text, details, _score_rows(scores), True)] + [
+            (
+                bm,
+                baselines.VERSION,
+                bt,
+                {"for": method, "for_version": version, "tokens": btk},
+                _score_rows(bs),
+                False,
+            )
+            for bm, bt, btk, _, bs in base
+        ]
+        rows.append(BulkExplanations(p.hook, p.feature, expl, text, p.label))
+    return rows
+
+
+def _warm(labeller, te) -> None:
+    """Build what every worker reads before they fork, so they share it instead of each
+    building it (the labeller's seeded null and concept vectors, the token vectors in float32)."""
+    if labeller is not None:
+        labeller.coherence()
+        labeller.curated()
+    if te is not None:
+        te._f32()
+
+
+@dataclass
+class _ChunkWork:
+    """What a worker process needs to label and score chunks (inherited through fork)."""
+
+    db_path: Path
+    split_cfg: SplitConfig
+    cfg: ExplainConfig
+    labeller: object
+    scoring: Scoring
+    method: str
+    version: str
+
+    def label(self, db, chunk) -> tuple[list, list]:
+        from .stats_explainer import explain_stats
+
+        items = _read_chunk(db, chunk, self.split_cfg)
+        labels = []
+        for p, sp in items:
+            e = explain_stats(p, sp, self.labeller)
+            labels.append((e.label, e.details()))
+        return items, _plans(items, labels, self.cfg)
+
+    def score(self, items, plans) -> list:
+        scored = {
+            j: _score_one(self.scoring, items, plans, j) for j in range(len(items)) if plans[j]
+        }
+        return _rows(items, scored, self.method, self.version)
 
 
 def _score_rows(scores: list[ScoreResult]) -> list[tuple]:
