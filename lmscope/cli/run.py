@@ -58,6 +58,11 @@ class Preset:
     atlas_tokens: int
     capture_tokens: int = 0
     """0: no capture stage (the whole-model run streams its training tokens from the model)."""
+    splice_tokens: int = 0
+    """Eval: tokens whose spliced loss is measured (0: all eval tokens). Each layer's splice
+    re-runs the layers after it, so with 30 dictionaries this, not FVU, sets the eval's cost."""
+    baselines: bool = True
+    """Eval: also the mean- and zero-ablation baselines (2 more passes per dictionary)."""
 
 
 # Whole model: 30 skip transcoders of 4x width (2,304 latents on SmolLM2-135M, ~69k features).
@@ -152,7 +157,7 @@ class RunConfig:
     def preset(self) -> Preset:
         """The preset with this run's flags applied."""
         base = QUICK if self.quick else WHOLE
-        given = {f: getattr(self, f) for f in asdict(base) if getattr(self, f) is not None}
+        given = {f: v for f in asdict(base) if (v := getattr(self, f, None)) is not None}
         return Preset(**{**asdict(base), **given})
 
     def out_dir(self) -> Path:
@@ -194,7 +199,12 @@ def register(sub) -> None:
 def _describe(p: Preset) -> str:
     from dataclasses import fields
 
-    vals = [(f.name.replace("_", "-"), getattr(p, f.name)) for f in fields(p)]
+    # Only the sizes a run flag overrides (the eval's splice settings are preset-only).
+    vals = [
+        (f.name.replace("_", "-"), getattr(p, f.name))
+        for f in fields(p)
+        if f.name in RunConfig.__dataclass_fields__
+    ]
     return ", ".join(f"--{name} {v}" for name, v in vals if v != 0)  # 0: no such stage
 
 
@@ -312,6 +322,10 @@ def run(cfg: RunConfig) -> int:
         # held-out numbers are one measure (`lmscope train` prints a per-batch mean).
         argv = ["eval", str(atlas), "--tokens", str(ps.eval_tokens)]
         argv += ["--train-tokens", str(ps.eval_tokens), *ctx, *dt]
+        if ps.splice_tokens:
+            argv += ["--splice-tokens", str(ps.splice_tokens)]
+        if not ps.baselines:
+            argv += ["--no-baselines"]
         rep.stage(
             "eval",
             "loss added by each dictionary (nats, KL), FVU with and without outlier tokens, on "
