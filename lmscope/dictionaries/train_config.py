@@ -195,11 +195,11 @@ def whole_model_defaults(lm: Any, *, out: str = "atlas") -> TrainConfig:
         width=str(d_sae),
         k=32,
         tokens=WHOLE_MODEL_TOKENS,
-        batch_size=4096,
+        batch_size=1024,
         lr=WHOLE_MODEL_LR_MULT * default_lr(d_sae),
         dtype=half,
         model_dtype=half,
-        buffer_mb=512,
+        buffer_mb=1024,
         out=out,
     )
 
