@@ -111,3 +111,20 @@ def test_buffer_budget_arithmetic_and_too_small():
     assert buffer_batches_for(8, [576] * 60, 64, 2) == 1
     with pytest.raises(UserError, match="--buffer-mb"):
         buffer_batches_for(1, [576] * 60, 4096, 2)  # 60 hooks of one 4096 batch need 270 MiB
+
+
+def test_whole_model_defaults(tiny_llama):
+    from lmscope.dictionaries.train_config import (
+        WHOLE_MODEL_LR_MULT,
+        default_lr,
+        whole_model_defaults,
+    )
+
+    cfg = whole_model_defaults(tiny_llama, out="x")
+    d = tiny_llama.d_model
+    assert cfg.transcode and cfg.skip and cfg.hooks == "blocks.*.mlp_in" and cfg.out == "x"
+    assert int(cfg.width) == 4 * d and cfg.k == 32
+    # 8 x 2e-4 / sqrt(4d / 2^14), worked out by hand for this width
+    assert cfg.lr == pytest.approx(WHOLE_MODEL_LR_MULT * 2e-4 / (4 * d / 16384) ** 0.5)
+    assert cfg.lr == pytest.approx(WHOLE_MODEL_LR_MULT * default_lr(4 * d))
+    assert cfg.dtype == cfg.model_dtype and cfg.dtype in ("bfloat16", "float32")
