@@ -150,6 +150,7 @@ class StreamSource:
         ctx_len: int,
         batch_size: int,
         buffer_mb: float = 512,
+        max_batches: int | None = None,
         model_batch: int = 16,
         seed: int = 0,
         info: DistInfo | None = None,
@@ -164,6 +165,8 @@ class StreamSource:
         self.buffer_batches = buffer_batches_for(
             buffer_mb, [lm.hooks[h].d for h in self.hooks], self.local, _act_itemsize(lm)
         )
+        if max_batches is not None:  # never buffer more than the run will use (small hooks)
+            self.buffer_batches = max(1, min(self.buffer_batches, max_batches))
         self.buffer_nbytes = 0
         """Bytes of the shuffle buffer's tensors at the last refill (what the budget bounds)."""
         # The documents of every context read (this rank reads all contexts, keeping its share,

@@ -697,6 +697,7 @@ def train(
                 ctx_len=cfg.ctx_len,
                 batch_size=cfg.batch_size,
                 buffer_mb=cfg.buffer_mb,
+                max_batches=plan.steps,
                 model_batch=cfg.model_batch,
                 seed=cfg.seed,
                 info=data_info,
