@@ -87,7 +87,7 @@ def _cfg(d: Path, out: Path, **kw) -> TrainConfig:
         progress=False,
         checkpoint_every=0,
         dead_tokens=1024,
-        shuffle_buffer=4,
+        buffer_mb=0.5,
     )
     base.update(kw)
     return TrainConfig(**base)

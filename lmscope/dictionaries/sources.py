@@ -6,9 +6,13 @@ every hook the run needs at once, and can restart at any global batch index (res
 - `StreamSource` runs the model on packed corpus contexts and captures *all* requested hook
   points in one forward pass (lmscope.models.runtime.run, which stops after the deepest
   hook), so 30 dictionaries cost one model pass, not 30. Activations of several contexts
-  go into a shuffle buffer (`buffer_batches` batches worth) and are drawn in a random
-  order, so one step's batch mixes ~(contexts in the buffer) texts instead of being 30
-  neighbouring tokens of one text, which would correlate the gradient.
+  go into a shuffle buffer and are drawn in a random order, so one step's batch mixes
+  ~(contexts in the buffer) texts instead of being 30 neighbouring tokens of one text,
+  which would correlate the gradient. The buffer's size is a byte budget for all hooks
+  together (`buffer_mb`), not batches per hook: it holds
+  floor(budget / (sum of the hooks' widths x bytes per value)) tokens, rounded down to whole
+  batches, in the model's own dtype (bf16 activations stay bf16, which is lossless), so 60
+  hook points cost the same buffer memory as one (docs/scaling.md has the formula).
 - `StoreSource` reads an activation store written by `lmscope capture`.
 - `TensorSource` wraps in-memory activations (tests, benchmarks, the Python API).
 
@@ -30,6 +34,7 @@ rank needs the whole batch, so sources are built with a world of one.
 from __future__ import annotations
 
 import fnmatch
+import math
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -144,7 +149,8 @@ class StreamSource:
         corpus: str,
         ctx_len: int,
         batch_size: int,
-        buffer_batches: int = 8,
+        buffer_mb: float = 512,
+        max_batches: int | None = None,
         model_batch: int = 16,
         seed: int = 0,
         info: DistInfo | None = None,
@@ -153,13 +159,16 @@ class StreamSource:
     ) -> None:
         self.lm, self.hooks = lm, list(hooks)
         self.corpus, self.ctx_len, self.split, self.seed = corpus, ctx_len, split, seed
-        self.batch_size, self.buffer_batches, self.model_batch = (
-            batch_size,
-            buffer_batches,
-            model_batch,
-        )
+        self.batch_size, self.model_batch = batch_size, model_batch
         self.info = info = info or DistInfo()
         self.local = local_batch_size(batch_size, info)
+        self.buffer_batches = buffer_batches_for(
+            buffer_mb, [lm.hooks[h].d for h in self.hooks], self.local, _act_itemsize(lm)
+        )
+        if max_batches is not None:  # never buffer more than the run will use (small hooks)
+            self.buffer_batches = max(1, min(self.buffer_batches, max_batches))
+        self.buffer_nbytes = 0
+        """Bytes of the shuffle buffer's tensors at the last refill (what the budget bounds)."""
         # The documents of every context read (this rank reads all contexts, keeping its share,
         # so rank 0's set covers every rank's). None when the caller supplies the contexts.
         self.seen: set[int] | None = None if contexts else set()
@@ -219,13 +228,16 @@ class StreamSource:
         tokens = torch.stack(contexts).to(self.lm.device)  # [n, ctx_len]
         res = run(self.lm, tokens, capture=self.hooks)
         keep = token_mask(self.lm, tokens)
-        return {h: res.acts[h][keep].float().cpu() for h in self.hooks}  # [tokens, d]
+        return {h: res.acts[h][keep].cpu() for h in self.hooks}  # [tokens, d], model dtype
 
     def batches(self, start: int = 0) -> Iterator[Batch]:
         """Refill r holds buffer_batches local batches drawn from the same shuffled buffer.
 
         Refills are deterministic functions of (seed, rank, r), so a resume at global batch
-        `start` replays contexts of earlier refills without running the model on them.
+        `start` replays contexts of earlier refills without running the model on them. The
+        buffer is allocated once per hook and filled in place (no concatenation, which would
+        hold it twice); batches come out in the model's dtype (the trainer casts each
+        dictionary's slice to float32 when it uses it, so 60 hooks are never float32 at once).
         """
         need = self.buffer_batches * self.local
         if self.local == 0:  # more ranks than tokens per batch: this rank contributes nothing
@@ -233,10 +245,10 @@ class StreamSource:
                 yield {h: torch.zeros(0, self.lm.hooks[h].d) for h in self.hooks}
         ctxs = self._my_contexts()
         first_refill, skip = divmod(start, self.buffer_batches)
+        buf: dict[str, Tensor] = {}
         refill = 0
         while True:
-            pieces: dict[str, list[Tensor]] = {h: [] for h in self.hooks}
-            have, pending = 0, []
+            have, filled, pending = 0, 0, []
             replay = refill < first_refill
             while have < need:
                 ctx = next(ctxs)
@@ -245,22 +257,54 @@ class StreamSource:
                 if not replay:
                     pending.append(ctx)
                     if len(pending) == self.model_batch:
-                        for h, a in self._activations(pending).items():
-                            pieces[h].append(a)
+                        filled = self._fill(buf, need, filled, pending)
                         pending = []
             if not replay:
                 if pending:
-                    for h, a in self._activations(pending).items():
-                        pieces[h].append(a)
-                acts = {h: torch.cat(v)[:need] for h, v in pieces.items()}
+                    filled = self._fill(buf, need, filled, pending)
+                assert filled == need
                 gen = torch.Generator().manual_seed(
                     (self.seed * 1_000_003 + refill) * 131 + self.info.rank
                 )
                 order = torch.randperm(need, generator=gen)
                 for j in range(skip if refill == first_refill else 0, self.buffer_batches):
                     idx = order[j * self.local : (j + 1) * self.local]
-                    yield {h: a[idx] for h, a in acts.items()}
+                    yield {h: a[idx] for h, a in buf.items()}
             refill += 1
+
+    def _fill(self, buf: Batch, need: int, filled: int, contexts: list[Tensor]) -> int:
+        """Run the model on `contexts` and copy their activations into the buffer after row
+        `filled` (allocating it, `need` rows per hook, on first use); returns rows filled."""
+        acts = self._activations(contexts)
+        if not buf:
+            buf.update({h: torch.empty(need, a.shape[1], dtype=a.dtype) for h, a in acts.items()})
+            self.buffer_nbytes = sum(t.nbytes for t in buf.values())
+        n = min(need - filled, next(iter(acts.values())).shape[0])
+        for h, a in acts.items():
+            buf[h][filled : filled + n] = a[:n]
+        return filled + n
+
+
+def _act_itemsize(lm: LanguageModel) -> int:
+    """Bytes per activation value as the model produces it (its weights' dtype)."""
+    return torch.empty(0, dtype=lm.dtype).element_size()
+
+
+def buffer_batches_for(buffer_mb: float, dims: list[int], local: int, itemsize: int) -> int:
+    """Whole local batches that fit a shuffle buffer of `buffer_mb` MiB over hooks of widths
+    `dims` (one line if not even one batch fits)."""
+    per_token = sum(dims) * itemsize
+    if local == 0:
+        return 1
+    n = int(buffer_mb * 2**20) // (per_token * local)
+    if n < 1:
+        need = math.ceil(per_token * local / 2**20)
+        raise UserError(
+            f"--buffer-mb {buffer_mb:g} holds less than one batch of {local} tokens over "
+            f"{len(dims)} hook points ({need} MiB); raise --buffer-mb to at least {need} "
+            "or lower --batch-size"
+        )
+    return n
 
 
 # --- from an activation store -----------------------------------------------------------
@@ -402,6 +446,7 @@ __all__ = [
     "StoreSource",
     "StreamSource",
     "TensorSource",
+    "buffer_batches_for",
     "check_store_matches",
     "iter_contexts",
     "local_batch_size",

@@ -219,6 +219,17 @@ def _load_slot_state(s: _Slot, st: dict) -> None:
 
 
 # --- one step ----------------------------------------------------------------------------
+def _slot_batch(p: DictionaryPlan, batch: Batch, device: torch.device | None = None) -> Batch:
+    """One dictionary's hooks of the batch as float32 (on `device`).
+
+    Sources hand out the model's dtype (a bf16 model's activations stay bf16 in the shuffle
+    buffer); casting here, one dictionary at a time, means the float32 copies of 60 hook
+    points never exist together (60 x 4096 x 576 x 4 bytes = 566 MB otherwise).
+    """
+    hooks = (p.hook, p.out_hook) if p.out_hook else (p.hook,)
+    return {h: batch[h].to(device or batch[h].device, torch.float32) for h in hooks}
+
+
 def _allreduce_grads(params: list[torch.nn.Parameter]) -> None:
     """Sum gradients over ranks in one flat buffer (each rank pre-weighted by its token share)."""
     if not dist.is_active():
@@ -268,6 +279,10 @@ def _update_decoder(s: _Slot) -> None:
     s.decoder_done = True
 
 
+def _autocast(device: torch.device, on: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if on else contextlib.nullcontext()
+
+
 def _step(
     s: _Slot, batch: Batch, lr: float, plan: TrainPlan, autocast: bool, ddp: bool
 ) -> StepMetrics:
@@ -279,12 +294,7 @@ def _step(
     s.opt_dec.zero_grad(set_to_none=True)
     s.lr, s.ddp, s.decoder_done = lr, ddp, False
     if n_local > 0:
-        ctx = (
-            torch.autocast(x.device.type, dtype=torch.bfloat16)
-            if autocast
-            else contextlib.nullcontext()
-        )
-        with ctx:
+        with _autocast(x.device, autocast):
             out = s.sae.loss(x, t, dead_mask=dead)
         # DDP: the global loss is the token-weighted mean of the ranks' losses.
         weight = n_local / plan.batch_size if ddp else 1.0
@@ -337,6 +347,12 @@ def _count_firing(s: _Slot, batch: Batch, sharded: bool) -> None:
             (codes.indices[own] - sae.lo),
             torch.ones(int(own.sum()), dtype=torch.float64, device=x.device),
         )
+        return
+    if s.sae.cfg.arch == "topk":
+        # The k winners only: no dense [batch, d_sae] scatter per dictionary and step.
+        codes = s.sae.encode_topk(x)
+        hit = codes.indices[codes.values > 0]
+        s.freq += torch.bincount(hit, minlength=s.freq.shape[0]).double()
         return
     acts = s.sae.encode(x)  # [batch, d_sae]
     s.freq += acts.gt(0).sum(0).double()
@@ -417,7 +433,7 @@ def run_training(
     first = next(batches) if start == 0 else None
     slots = []
     for p in plan.dictionaries:
-        first_dev = {h: v.to(device) for h, v in first.items()} if first is not None else None
+        first_dev = _slot_batch(p, first, device) if first is not None else None
         slots.append(
             _make_slot(cfg, p, plan.model, info, sharded, device, first_dev, plan.batch_size)
         )
@@ -473,10 +489,15 @@ def run_training(
                 batch = {h: v.to(device, non_blocking=True) for h, v in batch.items()}
                 lr = plan.lr_at(step)
                 for s in slots:
-                    m = _step(s, batch, lr, plan, autocast, ddp)
+                    mine = _slot_batch(s.plan, batch)
+                    m = _step(s, mine, lr, plan, autocast, ddp)
                     s.history.append(m)
                     if step >= freq_from:
-                        _count_firing(s, batch, sharded)
+                        # Under the step's autocast: in fp32 this extra encode cost as much
+                        # as a whole bf16 training step on this CPU.
+                        with _autocast(device, autocast):
+                            _count_firing(s, mine, sharded)
+                    del mine
                 step += 1
                 if bar is not None:
                     m0 = [s.history[-1] for s in slots]
@@ -675,7 +696,8 @@ def train(
                 corpus=cfg.corpus,
                 ctx_len=cfg.ctx_len,
                 batch_size=cfg.batch_size,
-                buffer_batches=cfg.shuffle_buffer,
+                buffer_mb=cfg.buffer_mb,
+                max_batches=plan.steps,
                 model_batch=cfg.model_batch,
                 seed=cfg.seed,
                 info=data_info,
