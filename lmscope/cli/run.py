@@ -53,7 +53,8 @@ class Preset:
     width: str
     k: int
     batch_size: int
-    lr: float
+    lr: float | None
+    """None: WHOLE_MODEL_LR_MULT x the Gao et al. default LR at the width."""
     eval_tokens: int
     atlas_tokens: int
     capture_tokens: int = 0
@@ -65,17 +66,20 @@ class Preset:
     """Eval: also the mean- and zero-ablation baselines (2 more passes per dictionary)."""
 
 
-# Whole model: 30 skip transcoders of 4x width (2,304 latents on SmolLM2-135M, ~69k features).
-# LR 1.5e-3 = 4x the Gao et al. default at this width, as for the graph transcoders of
-# docs/trace.md: a run of ~50 steps is too short for the default.
+# Whole model: a skip transcoder of 4x width at every layer (2,304 latents on SmolLM2-135M, ~69k
+# features), the settings of dictionaries.train_config.whole_model_defaults (batch 1024, LR
+# WHOLE_MODEL_LR_MULT x the Gao et al. default: chosen on held-out FVU, docs/notes/training.md).
+# Token counts fit the 20-minute budget on 2 cores (docs/benchmarks.md, "The whole-model run").
 WHOLE = Preset(
-    train_tokens=200_000,
+    train_tokens=131_072,
     width="4x",
     k=32,
-    batch_size=4096,
-    lr=1.5e-3,
-    eval_tokens=10_000,
-    atlas_tokens=50_000,
+    batch_size=1024,
+    lr=None,
+    eval_tokens=2_048,
+    atlas_tokens=32_768,
+    splice_tokens=800,
+    baselines=False,
 )
 # One layer, a first look: the one-layer recipe of issues 2-8 with fewer tokens (the lead sets
 # them from the measured time; docs/benchmarks.md).
@@ -205,7 +209,9 @@ def _describe(p: Preset) -> str:
         for f in fields(p)
         if f.name in RunConfig.__dataclass_fields__
     ]
-    return ", ".join(f"--{name} {v}" for name, v in vals if v != 0)  # 0: no such stage
+    return ", ".join(
+        f"--{name} {v}" for name, v in vals if v not in (0, None)
+    )  # 0: no such stage; None: derived
 
 
 def cmd_run(args) -> int:
@@ -315,7 +321,7 @@ def run(cfg: RunConfig) -> int:
         _capture(cfg, rep, lm, out / "store", ps, common, dt, dtype, ctx)
 
     if "train" in todo:
-        _train(cfg, rep, atlas, hooks, ps, common, dtype, ctx)
+        _train(cfg, rep, atlas, hooks, ps, common, dtype, ctx, lm.d_model)
 
     if "eval" in todo:
         # --train-tokens: the same FVU on training-split tokens, so the printed in-sample and
@@ -413,18 +419,22 @@ def _capture(cfg, rep, lm, store, ps, common, dt, dtype, ctx) -> None:
     print(format_report(res))
 
 
-def _train(cfg, rep, atlas, hooks, ps, common, dtype, ctx) -> None:
+def _train(cfg, rep, atlas, hooks, ps, common, dtype, ctx, d_model: int) -> None:
+    from ..dictionaries.train_config import WHOLE_MODEL_LR_MULT, default_lr, parse_width
     from ..layout import AtlasLayout
 
+    lr = ps.lr
+    if lr is None:
+        lr = WHOLE_MODEL_LR_MULT * default_lr(parse_width(ps.width, d_model))
     sizes = ["--width", ps.width, "--k", str(ps.k), "--tokens", str(ps.train_tokens)]
-    sizes += ["--batch-size", str(ps.batch_size), "--lr", str(ps.lr)]
+    sizes += ["--batch-size", str(ps.batch_size), "--lr", f"{lr:.6g}"]
     dts = ["--model-dtype", dtype, "--dtype", dtype] if dtype != "float32" else []
     if cfg.quick:
         argv = ["train", *common, *dts, "--hooks", hooks[0], "--arch", "topk", *sizes]
         what = "a TopK sparse autoencoder (features)"
     else:
         argv = ["train", *common, *dts, "--hooks", "blocks.*.mlp_in", "--transcode", "--skip"]
-        argv += ["--arch", "topk", *sizes]
+        argv += ["--arch", "topk", *sizes, "--buffer-mb", "1024"]
         what = "a skip transcoder at every layer, all from one model pass (features + graph)"
     argv += [*ctx, "--out", str(atlas)]
     rep.stage("train", what, argv)
