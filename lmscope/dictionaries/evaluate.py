@@ -698,15 +698,9 @@ def evaluate_dictionaries(
 
 def density_plot(ev: DictionaryEval, freq: Tensor, path: Path) -> Path:
     """Histogram of log10 firing frequency per latent (dead latents counted in the title)."""
-    try:
-        import matplotlib
+    from .layer_plot import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UserError(
-            "plots need matplotlib: pip install 'lmscope[plot]' (or pass --no-plots)"
-        ) from None
+    plt = pyplot()
     alive = freq[freq > 0]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     if alive.numel():

@@ -19,15 +19,8 @@ LAYER_PLOT = "eval_by_layer.png"
 """File name of the plot in ATLAS/plots/."""
 
 
-def _bars(vals: list[float], cis: list[tuple[float, float]]) -> list[list[float]]:
-    """matplotlib's yerr: distances below and above each value (0 where the interval is NaN)."""
-    lo = [max(0.0, v - c[0]) if c[0] == c[0] else 0.0 for v, c in zip(vals, cis)]
-    hi = [max(0.0, c[1] - v) if c[1] == c[1] else 0.0 for v, c in zip(vals, cis)]
-    return [lo, hi]
-
-
-def layer_plot(report: EvalReport, path: Path) -> Path:
-    """Five panels against the block index; returns the written path (atomic)."""
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend; one line saying how to get it if absent."""
     try:
         import matplotlib
 
@@ -37,6 +30,19 @@ def layer_plot(report: EvalReport, path: Path) -> Path:
         raise UserError(
             "plots need matplotlib: pip install 'lmscope[plot]' (or pass --no-plots)"
         ) from None
+    return plt
+
+
+def _bars(vals: list[float], cis: list[tuple[float, float]]) -> list[list[float]]:
+    """matplotlib's yerr: distances below and above each value (0 where the interval is NaN)."""
+    lo = [max(0.0, v - c[0]) if c[0] == c[0] else 0.0 for v, c in zip(vals, cis)]
+    hi = [max(0.0, c[1] - v) if c[1] == c[1] else 0.0 for v, c in zip(vals, cis)]
+    return [lo, hi]
+
+
+def layer_plot(report: EvalReport, path: Path) -> Path:
+    """Five panels against the block index; returns the written path (atomic)."""
+    plt = pyplot()
     ds = sorted((e for e in report.dictionaries if e.layer is not None), key=lambda e: e.layer)
     x = [e.layer for e in ds]
     fig, axes = plt.subplots(5, 1, figsize=(7, 11), sharex=True)

@@ -77,16 +77,8 @@ def render_png(res: ScanResult, path: str | Path, cmp: CompareResult | None = No
             _scale_label(res),
         )
         if panels == 2:
-            m = cmp.map
-            _heat(
-                axes[1][0],
-                fig,
-                np.asarray(m.change, dtype=float),  # [n_hooks, n_aligned]
-                [a if a == b else f"{a} / {b}" for a, b in zip(m.tokens_a, m.tokens_b)],
-                [f"{hk}  {v:.0%}" for hk, v in zip(m.hooks, m.layer_change())],
-                f"diff map vs {cmp.prompt_b[:60]!r} (row: mean change)",
-                "share of features changed",
-                cmap="magma",
+            _diff_heat(
+                axes[1][0], fig, cmp, f"diff map vs {cmp.prompt_b[:60]!r} (row: mean change)"
             )
         _save(fig, path)
     finally:
@@ -94,9 +86,25 @@ def render_png(res: ScanResult, path: str | Path, cmp: CompareResult | None = No
     return path
 
 
+def _diff_heat(ax, fig, cmp: CompareResult, title: str) -> None:
+    """The --vs diff map (layers x aligned positions; row label: the layer's mean change)."""
+    import numpy as np
+
+    m = cmp.map
+    _heat(
+        ax,
+        fig,
+        np.asarray(m.change, dtype=float),  # [n_hooks, n_aligned]
+        [a if a == b else f"{a} / {b}" for a, b in zip(m.tokens_a, m.tokens_b)],
+        [f"{hk}  {v:.0%}" for hk, v in zip(m.hooks, m.layer_change())],
+        title,
+        "share of features changed",
+        cmap="magma",
+    )
+
+
 def render_diff_png(cmp: CompareResult, path: str | Path) -> Path:
     """Write only the --vs diff map (layers x aligned positions) to `path` (atomic)."""
-    import numpy as np
 
     if cmp.map is None:
         raise ValueError("this comparison has no diff map")
@@ -107,16 +115,7 @@ def render_diff_png(cmp: CompareResult, path: str | Path) -> Path:
     h = max(2.2, 0.22 * len(m.hooks) + 1.8)
     fig, ax = plt.subplots(figsize=(w, h), dpi=110)
     try:
-        _heat(
-            ax,
-            fig,
-            np.asarray(m.change, dtype=float),
-            [a if a == b else f"{a} / {b}" for a, b in zip(m.tokens_a, m.tokens_b)],
-            [f"{hk}  {v:.0%}" for hk, v in zip(m.hooks, m.layer_change())],
-            f"diff map: {cmp.prompt_a[:50]!r} vs {cmp.prompt_b[:50]!r}",
-            "share of features changed",
-            cmap="magma",
-        )
+        _diff_heat(ax, fig, cmp, f"diff map: {cmp.prompt_a[:50]!r} vs {cmp.prompt_b[:50]!r}")
         _save(fig, path)
     finally:
         plt.close(fig)
