@@ -493,3 +493,20 @@ def test_token_table_of_a_whole_model_atlas_ranks_across_layers(reader, monkeypa
         (h for hook in res.hooks for h in res.top[hook][2]), key=lambda h: -h.act / refs[h.hook]
     )[:3]
     assert [ln.split()[0] for ln in block] == [h.id for h in hits]
+
+
+def test_cli_scan_restores_torch_threads(atlas, capsys):
+    """`lmscope run` calls scan in-process and builds a graph after it: scan's --threads must not
+    leak into the stages that follow."""
+    import torch
+
+    from lmscope.cli import main
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert main(["scan", str(atlas), "the horse", "--threads", "1", "--color", "never"]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert "brain map" in capsys.readouterr().out

@@ -33,15 +33,25 @@ def register(sub) -> None:
 
 
 def cmd_scan(args) -> int:
-    from pathlib import Path
 
-    from ..read import Reader, compare, render_diff, render_png, render_scan, write_html
     from ..read.scan_config import ScanConfig
 
     cfg = from_args(ScanConfig, args)
     import torch
 
+    before = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
+    try:  # restored after: `lmscope run` calls scan in-process and then builds a graph
+        return _scan(cfg, args)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _scan(cfg, args) -> int:
+    from pathlib import Path
+
+    from ..read import Reader, compare, render_diff, render_png, render_scan, write_html
+
     for flag in ("png", "html"):
         path = getattr(cfg, flag)
         if path and Path(path).exists() and not cfg.force:
