@@ -144,3 +144,29 @@ def test_embed_dtype_auto_follows_the_cpu(monkeypatch):
     assert ExplainConfig(atlas="a", embed_dtype="float32").embed_dtype_resolved == "float32"
     with pytest.raises(ValueError, match="auto, float32 or bfloat16"):
         ExplainConfig(atlas="a", embed_dtype="float16")
+
+
+def test_corpus_tokens_equal_the_decoded_windows(demo_atlas_root):
+    """The explain embedder's spans and token texts, read from the packed peaks, equal what
+    decoding every stored window (AtlasDB.example_windows) gives."""
+    import json
+
+    from lmscope.atlas.db import AtlasDB
+    from lmscope.explain.token_embeddings import corpus_tokens
+
+    db = AtlasDB(demo_atlas_root / "atlas.db", readonly=True)
+    hooks = [d.hook for d in db.dictionaries()]
+    text, spans = corpus_tokens(db, hooks)
+    ref_text: dict[int, str] = {}
+    n = 0
+    for h in hooks:
+        ref = []
+        for idx, tid, pos, toks in db.example_windows(h):
+            words = json.loads(toks)
+            ref.append((idx, tid - pos, tid - pos + len(words)))
+            for i, t in enumerate(words):
+                ref_text.setdefault(tid - pos + i, t)
+        got = sorted(map(tuple, spans[h].tolist()))
+        assert got == sorted(ref) and len(got) > 0
+        n += len(got)
+    assert text == ref_text and n > 100

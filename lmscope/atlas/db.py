@@ -686,6 +686,41 @@ class AtlasDB:
                     for e in kinds[kind]:
                         yield idx, e.token_index, e.position, json.dumps(e.tokens)
 
+    def example_spans(self, hook: str) -> np.ndarray:
+        """[n, 3] int64 rows (idx, start, end): the global token span [start, end) of every stored
+        example window of a dictionary, the spans `example_windows` yields, computed from the
+        packed peaks without decoding any window (what the explain embedder needs)."""
+        did = self._dict_id(hook)
+        L, W = self._geometry()
+        after = W // 4
+        peak = W - 1 - after
+        idxs, tids = [], []
+        for idx, tindex in self._q(
+            "SELECT idx, token_index FROM example_sets WHERE dictionary = ? AND n > 0", (did,)
+        ):
+            t = np.frombuffer(tindex, dtype="<i8")
+            idxs.append(np.full(len(t), idx, dtype=np.int64))
+            tids.append(t)
+        if not tids:
+            return np.zeros((0, 3), np.int64)
+        tid = np.concatenate(tids)
+        pos = tid % L
+        base = tid - pos  # global id of the context's first token
+        start = base + np.maximum(pos - peak, 0)
+        end = base + np.minimum(pos + after + 1, L)
+        return np.stack([np.concatenate(idxs), start, end], axis=1)
+
+    def token_texts(self, gids: np.ndarray) -> list[str]:
+        """The token string at each of these global token ids (from the stored contexts)."""
+        L, _ = self._geometry()
+        vocab, ctxs = self._vocab_list(), self._context_rows(None)
+        nv = len(vocab)
+        out = []
+        for g in np.asarray(gids, dtype=np.int64).tolist():
+            t = int(ctxs[g // L][g % L])
+            out.append(vocab[t] if t < nv else f"<{t}>")
+        return out
+
     # --- packed examples (schema 2) ---------------------------------------------------------
     def _geometry(self) -> tuple[int, int]:
         """(ctx_len, window) of the stored examples."""

@@ -141,26 +141,22 @@ def _unit(v: np.ndarray) -> np.ndarray:
 
 def corpus_tokens(db, hooks: list[str]) -> tuple[dict[int, str], dict[str, np.ndarray]]:
     """(global token id -> token string, hook -> [n, 3] int64 rows (feature, start, end) of every
-    stored window's span), over every stored window of these dictionaries."""
-    text: dict[int, str] = {}
-    spans: dict[str, np.ndarray] = {}
-    known: dict[
-        int, tuple[int, int]
-    ] = {}  # peak id -> span: one window per peak, whatever the feature
-    for h in hooks:
-        rows = []
-        for idx, tid, pos, toks in db.example_windows(h):
-            if tid is None:
-                continue
-            sp = known.get(tid)
-            if sp is None:
-                words = json.loads(toks)
-                sp = known[tid] = (tid - pos, tid - pos + len(words))
-                for i, t in enumerate(words):
-                    text.setdefault(sp[0] + i, t)
-            rows.append((idx, *sp))
-        spans[h] = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
-    return text, spans
+    stored window's span), over every stored window of these dictionaries.
+
+    From the packed peaks (AtlasDB.example_spans) and the stored contexts: decoding every window
+    to JSON and back took ~4 s per dictionary of the whole-model atlas, 124 s of its explain run.
+    """
+    spans = {h: db.example_spans(h) for h in hooks}
+    rows = [r for r in spans.values() if len(r)]
+    if not rows:
+        return {}, spans
+    allr = np.concatenate(rows)
+    # Every token inside some window: a difference array over the global ids.
+    mark = np.zeros(int(allr[:, 2].max()) + 1, dtype=np.int64)
+    np.add.at(mark, allr[:, 1], 1)
+    np.add.at(mark, allr[:, 2], -1)
+    gids = np.nonzero(np.cumsum(mark) > 0)[0]
+    return dict(zip(gids.tolist(), db.token_texts(gids))), spans
 
 
 def segments(
