@@ -106,7 +106,7 @@ def test_whole_model_run_every_stage(whole):
     assert [layout[f"blocks.{L}.mlp_in"]["out_hook"] for L in range(N_LAYERS)] == [
         f"blocks.{L}.mlp_out" for L in range(N_LAYERS)
     ]
-    assert "loss added by the splice" in text and "top activating contexts" in text
+    assert "added nats" in text and "top activating contexts" in text
     assert "paired difference to the baseline" in text and "truth score" in text
     assert "brain map" in text
     for L in range(N_LAYERS):  # the scan reads every layer's dictionary
