@@ -91,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"lmscope: error: {msg}", file=sys.stderr)
         return 2
+    finally:
+        # A torchrun job leaves its process group to the interpreter's exit otherwise, where
+        # gloo can abort one rank (SIGABRT) as its peer's connections close first.
+        dist = sys.modules.get("lmscope.dist")  # only a command that used it pays for torch
+        if dist is not None:
+            dist.teardown()
     return int(rc or 0)
 
 

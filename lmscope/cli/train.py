@@ -73,8 +73,6 @@ def cmd_train(args) -> int:
                 file=sys.stderr,
             )
         return 130
-    finally:
-        dist.teardown()
     if not info.is_main:
         return 0
     rows = {h: {"path": str(p), **res.metrics[h].__dict__} for h, p in res.dictionaries.items()}
