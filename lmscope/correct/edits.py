@@ -1,0 +1,139 @@
+"""Repairs a finding turns into: edits of the residual stream, at run time and as weights.
+
+An edit is data (a frozen dataclass); `runtime(lm)` gives the hook functions that apply it
+to a live model (models.runtime), and correct/weights.py folds the same edit into a copy of
+the model's weights, so the repaired model runs without lmscope. The two must agree: the
+weight fold is checked against the runtime edit on a calibration input before it is
+returned, and the tests check it on every supported family.
+
+- ProjectOut(direction): remove one direction from everything written to the residual
+  stream (the embeddings and every attention and MLP output). The residual stream then has
+  no component along it anywhere, so nothing downstream can read it (the weight-editing
+  form of "directional ablation", Arditi et al. 2024, "Refusal in language models is
+  mediated by a single direction").
+- AddVector(layer, vector): add a constant vector to what block `layer`'s MLP writes, at
+  every position (a steering vector, Turner et al. 2023 / Panickssery et al. 2023). As
+  weights it becomes the MLP output projection's bias.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..errors import UserError
+
+Edit = Callable[[Tensor], Tensor]
+
+
+def _unit(v: Tensor, what: str) -> Tensor:
+    v = v.detach().to(torch.float32).flatten()
+    n = float(v.norm())
+    if not n > 0 or n != n:
+        raise UserError(f"{what} has zero (or non-finite) norm; give a non-zero direction")
+    return v / n
+
+
+@dataclass(frozen=True)
+class ProjectOut:
+    """Remove `direction` from every write to the residual stream (embeddings included)."""
+
+    direction: Tensor
+    """[d_model]; normalised on use."""
+    layers: tuple[int, ...] | None = None
+    """Blocks whose attention and MLP writes are projected (None: all, and the embeddings).
+    With a subset, the embeddings are projected only if 0 is in it."""
+    label: str = ""
+
+    def unit(self) -> Tensor:
+        return _unit(self.direction, "the direction to project out")
+
+    def blocks(self, n_layers: int) -> list[int]:
+        layers = range(n_layers) if self.layers is None else self.layers
+        bad = [L for L in layers if not 0 <= L < n_layers]
+        if bad:
+            raise UserError(f"layer {bad[0]} does not exist: the model has layers 0-{n_layers - 1}")
+        return sorted(set(layers))
+
+    def runtime(self, lm) -> dict[str, Edit]:
+        u = self.unit()
+
+        def project(x: Tensor) -> Tensor:
+            v = u.to(device=x.device, dtype=x.dtype)
+            return x - (x @ v)[..., None] * v
+
+        blocks = self.blocks(lm.n_layers)
+        edits = {"embed": project} if 0 in blocks else {}
+        for L in blocks:
+            edits[f"blocks.{L}.attn_out"] = project
+            edits[f"blocks.{L}.mlp_out"] = project
+        return edits
+
+    def describe(self) -> str:
+        where = "every layer" if self.layers is None else f"layers {list(self.layers)}"
+        return f"project out {self.label or 'a direction'} from the residual writes of {where}"
+
+
+@dataclass(frozen=True)
+class AddVector:
+    """Add `vector` to block `layer`'s MLP output at every position."""
+
+    layer: int
+    vector: Tensor
+    """[d_model], in the residual stream's raw units."""
+    label: str = ""
+
+    def runtime(self, lm) -> dict[str, Edit]:
+        if not 0 <= self.layer < lm.n_layers:
+            raise UserError(
+                f"layer {self.layer} does not exist: the model has layers 0-{lm.n_layers - 1}"
+            )
+        v0 = self.vector.detach().flatten()
+        if v0.numel() != lm.d_model:
+            raise UserError(
+                f"the vector has {v0.numel()} numbers but the model's residual stream has "
+                f"{lm.d_model}"
+            )
+
+        def add(x: Tensor) -> Tensor:
+            return x + v0.to(device=x.device, dtype=x.dtype)
+
+        return {f"blocks.{self.layer}.mlp_out": add}
+
+    def describe(self) -> str:
+        norm = float(self.vector.norm())
+        return (
+            f"add {self.label or 'a vector'} (norm {norm:.3g}) to block {self.layer}'s MLP output"
+        )
+
+
+@dataclass(frozen=True)
+class EditSet:
+    """Several edits applied together (their runtime hooks compose in order)."""
+
+    edits: tuple[ProjectOut | AddVector, ...] = field(default_factory=tuple)
+
+    def runtime(self, lm) -> dict[str, Edit]:
+        out: dict[str, Edit] = {}
+        for e in self.edits:
+            for hook, f in e.runtime(lm).items():
+                g = out.get(hook)
+                out[hook] = f if g is None else (lambda x, f=f, g=g: f(g(x)))
+        return out
+
+    def describe(self) -> str:
+        return "; ".join(e.describe() for e in self.edits) or "no edit"
+
+
+def as_edit_set(edits: EditSet | ProjectOut | AddVector | Sequence) -> EditSet:
+    if isinstance(edits, EditSet):
+        return edits
+    if isinstance(edits, (ProjectOut, AddVector)):
+        return EditSet((edits,))
+    return EditSet(tuple(edits))
+
+
+__all__ = ["AddVector", "EditSet", "ProjectOut", "as_edit_set"]

@@ -1,0 +1,58 @@
+"""Write a repaired model as a Hugging Face folder that plain transformers loads.
+
+`export(lm, out, card)` writes config, safetensors weights, tokenizer and a model card
+(README.md: what was edited and what was measured) into a hidden sibling folder, and renames
+it into place only when everything is written: an interrupted export leaves no folder that
+looks complete. An existing folder is never replaced unless `force`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..errors import UserError
+
+CARD_TITLE = "# Repaired with lmscope"
+
+
+def export(lm, out: str | Path, card: str, *, force: bool = False) -> Path:
+    out = Path(out)
+    if out.exists() and not force:
+        raise UserError(
+            f"{out} already exists; choose another folder or pass --force to replace it"
+        )
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file, not a folder; choose another path")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+    try:
+        lm.model.save_pretrained(tmp, safe_serialization=True)
+        lm.tokenizer.save_pretrained(tmp)
+        (tmp / "README.md").write_text(card if card.startswith(CARD_TITLE) else card_text(card))
+        if out.exists():  # force: swap, then delete the old one
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
+            os.replace(out, old / "x")
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def card_text(body: str) -> str:
+    return (
+        f"{CARD_TITLE}\n\n"
+        "This model is a weight-edited copy made by lmscope (`lmscope fix --export`). It loads "
+        "with `transformers.AutoModelForCausalLM.from_pretrained(this_folder)`; no lmscope or "
+        "hooks are needed to run it.\n\n"
+        f"{body.strip()}\n"
+    )
+
+
+__all__ = ["card_text", "export"]
