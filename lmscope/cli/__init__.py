@@ -28,6 +28,7 @@ _ORDER = [
     "read",
     "trace",
     "probe",
+    "correct",
     "viewer",
 ]
 

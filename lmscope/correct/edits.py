@@ -18,6 +18,7 @@ returned, and the tests check it on every supported family.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -128,6 +129,45 @@ class EditSet:
         return "; ".join(e.describe() for e in self.edits) or "no edit"
 
 
+def edit_tensors(edits) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """An EditSet as safetensors (tensors, metadata), so a repair can be re-applied at run time
+    or audited: edit i is `edit.{i}.direction` (ProjectOut) or `edit.{i}.vector` (AddVector)."""
+    es = as_edit_set(edits)
+    tensors: dict[str, Tensor] = {}
+    meta: dict[str, str] = {"format": "lmscope-edits", "version": "1", "n": str(len(es.edits))}
+    for i, e in enumerate(es.edits):
+        if isinstance(e, ProjectOut):
+            tensors[f"edit.{i}.direction"] = e.direction.detach().float().contiguous()
+            meta[f"edit.{i}"] = json.dumps(
+                {"kind": "project_out", "layers": e.layers, "label": e.label}
+            )
+        else:
+            tensors[f"edit.{i}.vector"] = e.vector.detach().float().contiguous()
+            meta[f"edit.{i}"] = json.dumps(
+                {"kind": "add_vector", "layer": e.layer, "label": e.label}
+            )
+    return tensors, meta
+
+
+def load_edits(path) -> EditSet:
+    """Read an EditSet written with edit_tensors (plain tensors: nothing in the file runs code)."""
+    from safetensors import safe_open
+
+    out: list[ProjectOut | AddVector] = []
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != "lmscope-edits":
+            raise UserError(f"{path} is not an lmscope edit file")
+        for i in range(int(meta["n"])):
+            m = json.loads(meta[f"edit.{i}"])
+            if m["kind"] == "project_out":
+                layers = tuple(m["layers"]) if m["layers"] is not None else None
+                out.append(ProjectOut(f.get_tensor(f"edit.{i}.direction"), layers, m["label"]))
+            else:
+                out.append(AddVector(m["layer"], f.get_tensor(f"edit.{i}.vector"), m["label"]))
+    return EditSet(tuple(out))
+
+
 def as_edit_set(edits: EditSet | ProjectOut | AddVector | Sequence) -> EditSet:
     if isinstance(edits, EditSet):
         return edits
@@ -136,4 +176,11 @@ def as_edit_set(edits: EditSet | ProjectOut | AddVector | Sequence) -> EditSet:
     return EditSet(tuple(edits))
 
 
-__all__ = ["AddVector", "EditSet", "ProjectOut", "as_edit_set"]
+__all__ = [
+    "AddVector",
+    "EditSet",
+    "ProjectOut",
+    "as_edit_set",
+    "edit_tensors",
+    "load_edits",
+]

@@ -18,7 +18,13 @@ from ..errors import UserError
 CARD_TITLE = "# Repaired with lmscope"
 
 
-def export(lm, out: str | Path, card: str, *, force: bool = False) -> Path:
+EDIT_FILE = "lmscope_edit.safetensors"
+
+
+def export(lm, out: str | Path, card: str, *, edits=None, force: bool = False) -> Path:
+    """Write `lm` (already edited, see weights.fold) to `out`; `edits`, if given, are saved
+    beside it as lmscope_edit.safetensors, so the repair can be audited or re-applied at run
+    time to the base model."""
     out = Path(out)
     if out.exists() and not force:
         raise UserError(
@@ -32,6 +38,13 @@ def export(lm, out: str | Path, card: str, *, force: bool = False) -> Path:
         lm.model.save_pretrained(tmp, safe_serialization=True)
         lm.tokenizer.save_pretrained(tmp)
         (tmp / "README.md").write_text(card if card.startswith(CARD_TITLE) else card_text(card))
+        if edits is not None:
+            from safetensors.torch import save_file
+
+            from .edits import edit_tensors
+
+            tensors, meta = edit_tensors(edits)
+            save_file(tensors, str(tmp / EDIT_FILE), metadata=meta)
         if out.exists():  # force: swap, then delete the old one
             old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
             os.replace(out, old / "x")
@@ -55,4 +68,4 @@ def card_text(body: str) -> str:
     )
 
 
-__all__ = ["card_text", "export"]
+__all__ = ["EDIT_FILE", "card_text", "export"]

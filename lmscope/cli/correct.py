@@ -1,0 +1,169 @@
+"""`lmscope diagnose` and `lmscope fix`: from a described bug to a measured, exportable repair."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..config import add_arguments, from_args
+from ..errors import UserError
+from ._common import print_json
+
+FIX_EPILOG = """\
+A bug file is JSONL, one object per line: {"prompt": ..., "bad": ..., "good": ...}, optional
+"group" (lines of a group stay on one side of the split) and "chat": true (use the chat
+template). lmscope splits it into fit and held-out prompts, chooses an edit on the fit ones
+within a side-effect budget, and reports it on the held-out ones next to a random control edit.
+
+examples:
+  lmscope fix examples/bugs/capitals.jsonl
+  lmscope fix bugs.jsonl --layers 6,12,18 --max-added-nats 0.02 --export fixed-model
+  lmscope diagnose bugs.jsonl --json
+"""
+
+
+def register(sub) -> None:
+    from ..correct.fix_config import FixConfig
+
+    p = sub.add_parser(
+        "fix",
+        help="repair a bug described as prompts: choose an edit, measure it, export the model",
+        description=FixConfig.__doc__,
+        epilog=FIX_EPILOG,
+        formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
+    )
+    add_arguments(p, FixConfig, positional=("bugs",))
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_fix)
+
+    d = sub.add_parser(
+        "diagnose",
+        help="rank the edits that drive a bug's behaviour on its fit prompts (no held-out report)",
+        description="Contrastive directions per layer from the bug file's fit prompts, each "
+        "verified by projecting it out and by steering against it; best first.",
+        epilog=FIX_EPILOG,
+        formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
+    )
+    add_arguments(
+        d,
+        FixConfig,
+        positional=("bugs",),
+        exclude=(
+            "export",
+            "force",
+            "out",
+            "max_added_nats",
+            "text_tokens",
+            "corpus",
+            "ctx_len",
+            "top",
+        ),
+    )
+    d.add_argument("--json", action="store_true", help="print the ranking as JSON")
+    d.set_defaults(func=cmd_diagnose)
+
+
+def _load(cfg):
+    from ..models import load_model
+
+    return load_model(cfg.model, dtype=cfg.model_dtype, device=cfg.device)
+
+
+def cmd_diagnose(args) -> int:
+    from ..correct.diagnose import candidates, contrastive_directions
+    from ..correct.fix import fit_and_heldout, parse_layers
+    from ..correct.fix_config import FixConfig
+    from ..correct.measure import pair_margins
+
+    cfg = from_args(FixConfig, args)
+    fit, _ = fit_and_heldout(cfg)  # checked before the model loads
+    lm = _load(cfg)
+    layers = parse_layers(lm, cfg.layers)
+    before = pair_margins(lm, fit.cases)
+    cands = candidates(lm, fit, contrastive_directions(lm, fit, layers))
+    rows = [
+        {
+            "edit": c.name,
+            "layer": c.layer,
+            "fit_margin": c.fit_margin,
+            "fit_bad_rate": c.fit_bad_rate,
+        }
+        for c in cands
+    ]
+    if args.json:
+        print_json(
+            {
+                "fit_prompts": len(fit),
+                "fit_margin_before": float(before.mean()),
+                "fit_bad_rate_before": float((before > 0).double().mean()),
+                "candidates": rows,
+            }
+        )
+        return 0
+    print(
+        f"{len(fit)} fit prompts; before: mean margin log p(bad) - log p(good) = "
+        f"{float(before.mean()):+.3f}, bad rate {float((before > 0).double().mean()):.2f}"
+    )
+    print(f"{'edit':32} {'fit margin':>10} {'bad rate':>8}")
+    for r in rows[:15]:
+        print(f"{r['edit']:32} {r['fit_margin']:+10.3f} {r['fit_bad_rate']:8.2f}")
+    print(
+        "These are fit-prompt numbers; `lmscope fix` chooses one and judges it on held-out prompts."
+    )
+    return 0
+
+
+def cmd_fix(args) -> int:
+    from ..correct.export import export
+    from ..correct.fix import card, fit_and_heldout, run_fix
+    from ..correct.fix_config import FixConfig
+    from ..correct.weights import fold
+    from ..layout import write_json_atomic
+
+    cfg = from_args(FixConfig, args)
+    fit_and_heldout(cfg)  # a malformed file fails in milliseconds, before the model loads
+    for path, what in ((cfg.export, "--export"), (cfg.out, "--out")):
+        if path and Path(path).exists() and not cfg.force:
+            raise UserError(f"{what} {path} already exists; choose another path or pass --force")
+    lm = _load(cfg)
+    report, edit = run_fix(lm, cfg, progress=not args.json)
+    exported = None
+    if cfg.export and edit is not None:
+        exported = str(
+            export(fold(lm, edit), cfg.export, card(report), edits=edit, force=cfg.force)
+        )
+    d = report.to_dict() | {"export": exported}
+    if cfg.out:
+        write_json_atomic(cfg.out, d)
+    if args.json:
+        print_json(d)
+        return 0
+    _print(report, exported)
+    return 0
+
+
+def _print(r, exported) -> None:
+    print(f"bug file {r.bugs}: {r.n_fit} fit prompts, {r.n_heldout} held-out prompts")
+    before = f"{r.fit_before_margin:+.3f}"
+    print(f"candidates (fit prompts; mean margin, lower is better; before {before}):")
+    for c in r.candidates[:8]:
+        nats = "" if c["fit_added_nats"] is None else f"  +{c['fit_added_nats']:.4f} nats"
+        print(f"  {c['name']:32} {c['fit_margin']:+.3f}  bad {c['fit_bad_rate']:.2f}{nats}")
+    if r.fix is None:
+        print(f"no fix: {r.note}")
+        return
+    from ..correct.fix import table_rows
+
+    print(f"chosen: {r.fix.edit}")
+    head = ("held-out prompts and text", "before", "after the fix", "control edit")
+    print(f"{head[0]:26} {head[1]:>22} {head[2]:>22} {head[3]:>22}")
+    for name, *cells in table_rows(r):
+        print(f"  {name:24} " + " ".join(f"{x:>22}" for x in cells))
+    print(
+        f"  ({r.fix.text.tokens:,} held-out text tokens; intervals: 95% bootstrap over prompt "
+        "groups / contexts)"
+    )
+    if exported:
+        print(f"repaired model written to {exported} (loads with transformers' from_pretrained)")
+    else:
+        print("add --export DIR to write the repaired model", file=sys.stderr)

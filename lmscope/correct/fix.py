@@ -1,0 +1,291 @@
+"""The repair loop: diagnose on the fit prompts, choose within a side-effect budget, judge on
+the held-out prompts against a control edit.
+
+Protocol (docs/correct.md; ../shared/MEASURING.md rules):
+1. The bug file is split by group into fit and held-out prompts (bugs.split).
+2. Candidates (contrastive directions at several layers, projected out or steered against,
+   diagnose.py) are ranked by the fit prompts' mean margin. The best `top` ones get their
+   added loss measured on fit-side general text (the corpus's train split). Among those within
+   --max-added-nats that lower the fit margin, the one with the lowest fit bad rate is chosen,
+   ties going to the smallest added loss (fix the bug, then disturb the model least). Nothing
+   about the held-out prompts or the held-out text is seen before this choice.
+3. The chosen edit is reported once on the held-out prompts (bad and good rates before and
+   after, intervals over groups; the paired change in margin) and on held-out general text
+   (the corpus's test split: added nats, KL, next-token accuracy).
+4. A control edit of the same kind and size with a random direction (seeded) gets the same
+   report, so a reader sees whether the fix is specific or just any perturbation.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import UserError
+from ..probe.metrics import Score, paired_difference
+from .bugs import BugSet, load_bugs, split
+from .diagnose import Candidate, candidates, contrastive_directions
+from .edits import AddVector, ProjectOut
+from .fix_config import FixConfig
+from .measure import TextEffect, pair_margins, rate, text_effect
+
+
+@dataclass
+class Outcome:
+    """One edit's numbers on the held-out prompts and held-out text."""
+
+    edit: str
+    bad_rate: Score
+    good_rate: Score
+    margin_change: Score
+    """mean over held-out prompts of (margin after - margin before), paired by prompt"""
+    text: TextEffect
+
+    def to_dict(self) -> dict:
+        return {
+            "edit": self.edit,
+            "bad_rate": self.bad_rate.to_dict(),
+            "good_rate": self.good_rate.to_dict(),
+            "margin_change": self.margin_change.to_dict(),
+            "text": self.text.to_dict(),
+        }
+
+
+@dataclass
+class FixReport:
+    bugs: str
+    model: str
+    n_fit: int
+    n_heldout: int
+    before_bad_rate: Score
+    before_good_rate: Score
+    fit_before_margin: float
+    candidates: list[dict]
+    chosen: str | None
+    fix: Outcome | None
+    control: Outcome | None
+    seconds: dict = field(default_factory=dict)
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return {
+            "bugs": self.bugs,
+            "model": self.model,
+            "n_fit": self.n_fit,
+            "n_heldout": self.n_heldout,
+            "before": {
+                "bad_rate": self.before_bad_rate.to_dict(),
+                "good_rate": self.before_good_rate.to_dict(),
+            },
+            "fit_before_margin": self.fit_before_margin,
+            "candidates": self.candidates,
+            "chosen": self.chosen,
+            "fix": self.fix.to_dict() if self.fix else None,
+            "control": self.control.to_dict() if self.control else None,
+            "seconds": self.seconds,
+            "note": self.note,
+        }
+
+
+def parse_layers(lm, spec: str | None) -> list[int]:
+    """--layers (probe's syntax: 'all', '0,6,12' or resid_post hook globs) -> layer numbers."""
+    from ..models.hooks import HookPoints
+    from ..probe.specs import resolve_layers
+
+    n = lm.n_layers
+    if spec is None:
+        return sorted(set(range(0, n, 3)) | {n - 1})
+    out = set()
+    for h in resolve_layers(lm, spec):
+        p = HookPoints.parse(h)
+        if p is None or p[1] != "resid_post":
+            raise UserError(f"--layers {spec!r}: {h} is not a blocks.L.resid_post hook")
+        out.add(p[0])
+    return sorted(out)
+
+
+def control_of(edit: ProjectOut | AddVector, seed: int) -> ProjectOut | AddVector:
+    """The same kind and size of edit along a random direction."""
+    g = torch.Generator().manual_seed(seed + 7919)
+    if isinstance(edit, ProjectOut):
+        r = torch.randn(edit.direction.numel(), generator=g)
+        return ProjectOut(r, edit.layers, label="a random direction (control)")
+    r = torch.randn(edit.vector.numel(), generator=g)
+    r = r / r.norm() * edit.vector.norm()
+    return AddVector(edit.layer, r, label="a random vector of the same norm (control)")
+
+
+def general_text(lm, cfg: FixConfig, split_name: str) -> list[torch.Tensor]:
+    from ..capture.corpus import DEFAULT_CORPUS
+    from ..dictionaries.evaluate import heldout_contexts
+
+    corpus = DEFAULT_CORPUS if cfg.corpus == "default" else cfg.corpus
+    return heldout_contexts(
+        lm, corpus, tokens=cfg.text_tokens, ctx_len=cfg.ctx_len, split=split_name
+    )
+
+
+def _say(progress: bool, msg: str) -> None:
+    if progress:
+        print(f"lmscope fix: {msg}", file=sys.stderr, flush=True)
+
+
+def outcome(lm, held: BugSet, before, edit, text) -> Outcome:
+    groups = [c.key for c in held.cases]
+    after = pair_margins(lm, held.cases, edit.runtime(lm))
+    change = paired_difference(
+        lambda idx: float(after[idx].mean()), lambda idx: float(before[idx].mean()), groups
+    )
+    return Outcome(
+        edit=edit.describe(),
+        bad_rate=rate(after > 0, groups),
+        good_rate=rate(after < 0, groups),
+        margin_change=change,
+        text=text_effect(lm, edit.runtime(lm), text),
+    )
+
+
+def fit_and_heldout(cfg: FixConfig) -> tuple[BugSet, BugSet]:
+    """The bug file, checked and split (cheap: call it before loading a model)."""
+    bugs = load_bugs(cfg.bugs)
+    if bugs.mode != "pairs":
+        raise UserError(
+            f"{cfg.bugs} has prompts without bad/good continuations; this command needs pairs "
+            "(a behaviour scorer for prompt-only files is not supported yet)"
+        )
+    return split(bugs, heldout=cfg.heldout, seed=cfg.seed)
+
+
+def run_fix(lm, cfg: FixConfig, *, progress: bool = True) -> tuple[FixReport, object | None]:
+    """(report, chosen edit or None)."""
+    t0 = time.time()
+    secs: dict[str, float] = {}
+    fit, held = fit_and_heldout(cfg)
+    layers = parse_layers(lm, cfg.layers)
+    _say(
+        progress, f"{len(fit)} fit and {len(held)} held-out prompts; directions at layers {layers}"
+    )
+    fit_before = pair_margins(lm, fit.cases)
+    dirs = contrastive_directions(lm, fit, layers)
+    cands = candidates(lm, fit, dirs)
+    secs["diagnose"] = time.time() - t0
+    _say(
+        progress,
+        f"{len(cands)} candidate edits scored on the fit prompts ({secs['diagnose']:.0f} s)",
+    )
+
+    t1 = time.time()
+    fit_text = general_text(lm, cfg, "train")
+    checked: list[Candidate] = []
+    for c in cands[: cfg.top]:
+        eff = text_effect(lm, c.edit.runtime(lm), fit_text)
+        checked.append(
+            Candidate(c.name, c.edit, c.layer, c.fit_margin, c.fit_bad_rate, eff.added_nats.value)
+        )
+    # Fix the bug first, then disturb the model least: the lowest fit bad rate among the edits
+    # within the side-effect budget that lower the fit margin, ties to the smallest added loss.
+    ok = [
+        c
+        for c in checked
+        if c.fit_margin < float(fit_before.mean()) and c.fit_added_nats <= cfg.max_added_nats
+    ]
+    chosen = min(ok, key=lambda c: (c.fit_bad_rate, c.fit_added_nats)) if ok else None
+    secs["choose"] = time.time() - t1
+    rows = [
+        {
+            "name": c.name,
+            "layer": c.layer,
+            "fit_margin": c.fit_margin,
+            "fit_bad_rate": c.fit_bad_rate,
+            "fit_added_nats": c.fit_added_nats,
+        }
+        for c in checked + cands[cfg.top :]
+    ]
+
+    t2 = time.time()
+    groups = [c.key for c in held.cases]
+    before = pair_margins(lm, held.cases)
+    report = FixReport(
+        bugs=cfg.bugs,
+        model=lm.name,
+        n_fit=len(fit),
+        n_heldout=len(held),
+        before_bad_rate=rate(before > 0, groups),
+        before_good_rate=rate(before < 0, groups),
+        fit_before_margin=float(fit_before.mean()),
+        candidates=rows,
+        chosen=chosen.name if chosen else None,
+        fix=None,
+        control=None,
+    )
+    if chosen is None:
+        report.note = (
+            f"no candidate lowered the fit margin within --max-added-nats {cfg.max_added_nats}; "
+            "nothing is reported on the held-out prompts"
+        )
+    else:
+        text = general_text(lm, cfg, "test")
+        report.fix = outcome(lm, held, before, chosen.edit, text)
+        report.control = outcome(lm, held, before, control_of(chosen.edit, cfg.seed), text)
+    secs["report"] = time.time() - t2
+    secs["total"] = time.time() - t0
+    report.seconds = secs
+    return report, (chosen.edit if chosen else None)
+
+
+def table_rows(report: FixReport) -> list[tuple[str, str, str, str]]:
+    """(measure, before, after the fix, control edit) for the printed report and the card."""
+    f, c = report.fix, report.control
+    assert f is not None and c is not None
+    return [
+        ("bad-behaviour rate", report.before_bad_rate.fmt(), f.bad_rate.fmt(), c.bad_rate.fmt()),
+        (
+            "good-behaviour rate",
+            report.before_good_rate.fmt(),
+            f.good_rate.fmt(),
+            c.good_rate.fmt(),
+        ),
+        ("margin change", "", f.margin_change.fmt(), c.margin_change.fmt()),
+        ("added nats/token", "", f.text.added_nats.fmt(4), c.text.added_nats.fmt(4)),
+        ("KL to the original", "", f.text.kl.fmt(4), c.text.kl.fmt(4)),
+        (
+            "next-token accuracy",
+            f"{f.text.accuracy_before:.3f}",
+            f"{f.text.accuracy_after:.3f}",
+            f"{c.text.accuracy_after:.3f}",
+        ),
+    ]
+
+
+def card(report: FixReport) -> str:
+    """The model card body: the edit and what was measured."""
+    f = report.fix
+    assert f is not None
+    lines = [
+        f"Base model: {report.model}. Bug file: {report.bugs} "
+        f"({report.n_fit} fit prompts, {report.n_heldout} held-out prompts).",
+        "",
+        f"## Edit\n{f.edit}.",
+        "",
+        "## Measured on held-out prompts and held-out text",
+        "| | before | after the fix | control edit |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {' | '.join(r)} |" for r in table_rows(report)]
+    lines += ["", f"General text: {f.text.tokens:,} tokens in {f.text.contexts} held-out contexts."]
+    return "\n".join(lines)
+
+
+__all__ = [
+    "FixReport",
+    "Outcome",
+    "card",
+    "control_of",
+    "fit_and_heldout",
+    "parse_layers",
+    "run_fix",
+    "table_rows",
+]

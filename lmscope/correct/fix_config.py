@@ -1,0 +1,59 @@
+"""The settings of `lmscope diagnose` and `lmscope fix` (their flags come from `FixConfig`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..config import flag
+
+
+@dataclass(frozen=True)
+class FixConfig:
+    """`lmscope fix`: find what drives a bug, choose an edit on the fit prompts, report it on the
+    held-out ones, and (with --export) write the repaired model."""
+
+    bugs: str
+    """bug file (JSONL: one {"prompt", "bad", "good"} object per line; see docs/correct.md)"""
+    model: str = "smollm2-135m"
+    """model name, alias or folder"""
+    layers: str | None = None
+    """layers whose contrastive direction is tried: 'all', numbers like 0,6,12, or resid_post hook
+    globs (default: every third layer and the last)"""
+    heldout: float = 0.5
+    """share of the bug file's groups held out to judge the fix (never used to choose it)"""
+    seed: int = 0
+    """seed of the fit / held-out split and of the control edit's random direction"""
+    max_added_nats: float = 0.05
+    """side-effect budget: a candidate is kept only if it adds at most this loss (nats per token)
+    on fit-side general text (the corpus's train split; the report uses the held-out split)"""
+    text_tokens: int = 4096
+    """tokens of general text for the side-effect numbers (each of fit side and report side)"""
+    corpus: str = "default"
+    """general text for side effects ("default": the embedded corpus)"""
+    ctx_len: int = 128
+    """tokens per general-text context"""
+    top: int = 5
+    """candidates (best fit margin first) whose side effects are checked against the budget"""
+    export: str | None = flag(None, metavar="DIR")
+    """write the repaired model (the chosen edit folded into its weights) as a Hugging Face
+    folder"""
+    force: bool = flag(False, action="store_true")
+    """replace an existing --export folder or --out file"""
+    out: str | None = flag(None, metavar="FILE")
+    """write the full report as JSON to FILE"""
+    model_dtype: Literal["float32", "bfloat16"] = "float32"
+    """the model's dtype (float32 keeps the exported weights exact)"""
+    device: str = "cpu"
+    """torch device"""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.heldout < 1:
+            raise ValueError("--heldout must be between 0 and 1")
+        if self.max_added_nats < 0:
+            raise ValueError("--max-added-nats must be >= 0")
+        if self.text_tokens < 1 or self.ctx_len < 2 or self.top < 1:
+            raise ValueError("--text-tokens, --top must be >= 1 and --ctx-len >= 2")
+
+
+__all__ = ["FixConfig"]

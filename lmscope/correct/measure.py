@@ -1,0 +1,165 @@
+"""What a fix is judged by: the bug's behaviour on held-out prompts and the side effects on
+general text.
+
+- Behaviour (pairs): margin = log p(bad | prompt) - log p(good | prompt), teacher-forced, summed
+  over the continuation's tokens (the continuation is tokenized on its own, so prompt and
+  continuation tokens never merge). The bad-behaviour rate is the share of prompts with margin
+  > 0, the good-behaviour rate the share with margin < 0 (ties count as neither).
+- General text: on held-out corpus contexts (documents never used to fit anything), the added
+  loss in nats per token (edited minus original cross-entropy of the next token), the KL divergence
+  KL(original || edited) of the next-token distribution per token, and next-token top-1 accuracy
+  before and after. Position 0 and special tokens are left out (models/tokens.token_mask), as in
+  eval. Intervals resample whole contexts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+from ..models.tokens import token_mask
+from ..probe.metrics import Score, bootstrap
+from .bugs import BugCase
+
+
+def prompt_ids(lm, case: BugCase) -> list[int]:
+    """The prompt's tokens as the model sees them (BOS once; the chat template when asked)."""
+    if case.chat:
+        tok = lm.tokenizer
+        if not getattr(tok, "chat_template", None):
+            from ..errors import UserError
+
+            raise UserError(
+                f"the prompt {case.prompt[:40]!r} asks for the chat template but "
+                f'{lm.name}\'s tokenizer has none; drop "chat": true'
+            )
+        ids = tok.apply_chat_template(
+            [{"role": "user", "content": case.prompt}], add_generation_prompt=True, tokenize=True
+        )
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        return list(ids)
+    return lm.to_tokens(case.prompt)[0].tolist()
+
+
+def _continuation_ids(lm, text: str) -> list[int]:
+    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        from ..errors import UserError
+
+        raise UserError(f"continuation {text!r} tokenizes to nothing")
+    return list(ids)
+
+
+@torch.no_grad()
+def continuation_logprobs(
+    lm, prompts: Sequence[list[int]], conts: Sequence[list[int]], edits=None, *, batch_size=16
+) -> Tensor:
+    """[n] sum of log p(continuation token | everything before it) for each (prompt, cont)."""
+    out = torch.empty(len(prompts), dtype=torch.float64)
+    pad = lm.tokenizer.pad_token_id or 0
+    for lo in range(0, len(prompts), batch_size):
+        rows = [list(p) + list(c) for p, c in zip(prompts[lo : lo + batch_size], conts[lo:])]
+        width = max(map(len, rows))
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, r in enumerate(rows):  # right padding: positions stay 0..len-1 for every row
+            ids[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = 1
+        ids, mask = ids.to(lm.device), mask.to(lm.device)
+        with lm.edit(edits or {}):
+            logits = lm.model(ids, attention_mask=mask, use_cache=False).logits.float()
+        logp = torch.log_softmax(logits, -1)
+        for i, (p, c) in enumerate(zip(prompts[lo : lo + batch_size], conts[lo:])):
+            pos = torch.arange(len(p) - 1, len(p) + len(c) - 1, device=logp.device)
+            tgt = torch.tensor(c, device=logp.device)
+            out[lo + i] = logp[i, pos, tgt].double().sum().cpu()
+    return out
+
+
+def pair_margins(lm, cases: Sequence[BugCase], edits=None) -> Tensor:
+    """[n] log p(bad | prompt) - log p(good | prompt) per case."""
+    prompts = [prompt_ids(lm, c) for c in cases]
+    bad = continuation_logprobs(lm, prompts, [_continuation_ids(lm, c.bad) for c in cases], edits)
+    good = continuation_logprobs(lm, prompts, [_continuation_ids(lm, c.good) for c in cases], edits)
+    return bad - good
+
+
+def rate(flags: Tensor, groups: Sequence[str], *, seed: int = 0) -> Score:
+    """Share of True flags with a bootstrap interval over groups."""
+    f = flags.double()
+    return bootstrap(lambda idx: float(f[idx].mean()), list(groups), seed=seed)
+
+
+@dataclass(frozen=True)
+class TextEffect:
+    """Side effects of an edit on general (held-out) text."""
+
+    tokens: int
+    contexts: int
+    loss_before: float
+    loss_after: float
+    added_nats: Score
+    kl: Score
+    accuracy_before: float
+    accuracy_after: float
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["added_nats"], d["kl"] = self.added_nats.to_dict(), self.kl.to_dict()
+        return d
+
+
+@torch.no_grad()
+def text_effect(lm, edits, contexts: Sequence[Tensor], *, batch_size: int = 8) -> TextEffect:
+    """Added loss, KL and next-token accuracy of `edits` on contexts ([ctx_len] token tensors)."""
+    ce0, ce1, kl, hit0, hit1, n = [], [], [], [], [], []
+    for lo in range(0, len(contexts), batch_size):
+        ids = torch.stack(list(contexts[lo : lo + batch_size])).to(lm.device)
+        keep = token_mask(lm, ids)[:, 1:]
+        tgt = ids[:, 1:]
+        before = torch.log_softmax(lm.model(ids, use_cache=False).logits[:, :-1].float(), -1)
+        with lm.edit(edits):
+            after = torch.log_softmax(lm.model(ids, use_cache=False).logits[:, :-1].float(), -1)
+        nll0 = -before.gather(-1, tgt[..., None])[..., 0]
+        nll1 = -after.gather(-1, tgt[..., None])[..., 0]
+        k = (before.exp() * (before - after)).sum(-1)
+        for i in range(ids.shape[0]):
+            m = keep[i]
+            n.append(int(m.sum()))
+            ce0.append(float(nll0[i][m].double().sum()))
+            ce1.append(float(nll1[i][m].double().sum()))
+            kl.append(float(k[i][m].double().sum()))
+            hit0.append(float((before[i].argmax(-1) == tgt[i])[m].sum()))
+            hit1.append(float((after[i].argmax(-1) == tgt[i])[m].sum()))
+    N = torch.tensor(n, dtype=torch.float64)
+    c0, c1, kk = (torch.tensor(v, dtype=torch.float64) for v in (ce0, ce1, kl))
+    groups = list(range(len(n)))  # each context is its own unit (contexts never share a token)
+
+    def per_token(v: Tensor):
+        return lambda idx: float(v[idx].sum() / N[idx].sum())
+
+    tokens = int(N.sum())
+    return TextEffect(
+        tokens=tokens,
+        contexts=len(n),
+        loss_before=float(c0.sum() / N.sum()),
+        loss_after=float(c1.sum() / N.sum()),
+        added_nats=bootstrap(per_token(c1 - c0), groups),
+        kl=bootstrap(per_token(kk), groups),
+        accuracy_before=float(sum(hit0) / tokens),
+        accuracy_after=float(sum(hit1) / tokens),
+    )
+
+
+__all__ = [
+    "TextEffect",
+    "continuation_logprobs",
+    "pair_margins",
+    "prompt_ids",
+    "rate",
+    "text_effect",
+]

@@ -1,0 +1,224 @@
+"""correct/: bug files, behaviour margins, side effects, diagnose and the fix loop (tiny models)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lmscope.cli import main
+from lmscope.correct.bugs import BugCase, BugSet, load_bugs, split
+from lmscope.correct.diagnose import contrastive_directions
+from lmscope.correct.edits import AddVector
+from lmscope.correct.fix import run_fix
+from lmscope.correct.fix_config import FixConfig
+from lmscope.correct.measure import pair_margins, text_effect
+from lmscope.errors import UserError
+
+WORDS = "the cat dog sees a red big house tree river one two three sun moon star".split()
+
+
+def _write(path, rows):
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def _tied_llama(n_layers=2):
+    from transformers import AutoModelForCausalLM
+
+    from lmscope.models.load import from_pretrained_model
+    from lmscope.models.tiny import tiny_config, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    cfg = tiny_config("llama", n_layers=n_layers, vocab=len(tok))
+    cfg.tie_word_embeddings = True
+    torch.manual_seed(0)
+    return from_pretrained_model(AutoModelForCausalLM.from_config(cfg), tok, name="tiny-tied")
+
+
+# --- bug files ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "lines, msg",
+    [
+        ([], "no prompts"),
+        (["{not json"], ":1: not valid JSON"),
+        (['{"prompt": ""}'], "non-empty string"),
+        (['{"prompt": "a", "bad": "x"}'], "both"),
+        (['{"prompt": "a", "bad": "x", "good": "x"}'], "same text"),
+        (['{"prompt": "a", "colour": 1}'], "unknown field 'colour'"),
+        (['{"prompt": "a", "bad": "x", "good": "y"}', '{"prompt": "b"}'], "mixes"),
+        (['{"prompt": "a", "chat": "yes"}'], "true or false"),
+    ],
+)
+def test_bad_bug_files_are_refused_with_one_line(tmp_path, lines, msg):
+    f = tmp_path / "bugs.jsonl"
+    f.write_text("\n".join(lines))
+    with pytest.raises(UserError, match=msg) as e:
+        load_bugs(f)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_bug_file_exits_2_without_traceback(tmp_path, capsys):
+    f = tmp_path / "bugs.jsonl"
+    f.write_text("{oops\n")
+    assert main(["fix", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not valid JSON" in err and "Traceback" not in err
+    assert main(["fix", str(tmp_path / "missing.jsonl")]) == 2
+
+
+def test_split_keeps_groups_together_and_is_deterministic():
+    cases = tuple(
+        BugCase(f"p{i}", "x", "y", group=f"g{i // 3}") for i in range(60)
+    )  # 20 groups of 3
+    bugs = BugSet(cases, "pairs")
+    fit, held = split(bugs, heldout=0.25, seed=3)
+    assert {c.group for c in fit.cases}.isdisjoint({c.group for c in held.cases})
+    assert len({c.group for c in held.cases}) == 5 and len(fit) + len(held) == 60
+    assert split(bugs, heldout=0.25, seed=3) == (fit, held)
+    assert split(bugs, heldout=0.25, seed=4) != (fit, held)
+    with pytest.raises(UserError, match="one group"):
+        split(BugSet((BugCase("a", "x", "y", group="g"),) * 3, "pairs"))
+
+
+# --- measures -----------------------------------------------------------------------------------
+def test_pair_margins_equal_a_hand_computed_log_probability(tiny_llama):
+    lm = tiny_llama
+    cases = [
+        BugCase("the cat sees", " a red dog", " the sun"),
+        BugCase("one two", " three", " moon"),
+    ]
+    got = pair_margins(lm, cases)
+    for c, m in zip(cases, got):
+        ref = []
+        for cont in (c.bad, c.good):
+            p = lm.to_tokens(c.prompt)[0].tolist()
+            q = lm.tokenizer(cont, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                lp = torch.log_softmax(lm.model(torch.tensor([p + q])).logits[0].double(), -1)
+            ref.append(sum(float(lp[len(p) - 1 + j, t]) for j, t in enumerate(q)))
+        assert float(m) == pytest.approx(ref[0] - ref[1], abs=1e-4)
+
+
+def test_text_effect_of_no_edit_is_zero_and_of_an_edit_matches_by_hand(tiny_llama):
+    lm = tiny_llama
+    g = torch.Generator().manual_seed(0)
+    ctx = [
+        torch.cat([torch.tensor([1]), torch.randint(4, 60, (15,), generator=g)]) for _ in range(4)
+    ]
+    none = text_effect(lm, {}, ctx)
+    assert none.added_nats.value == 0 and none.kl.value == 0
+    assert none.accuracy_before == none.accuracy_after and none.tokens == 4 * 15
+    edit = AddVector(1, torch.randn(lm.d_model, generator=g)).runtime(lm)
+    eff = text_effect(lm, edit, ctx, batch_size=3)
+    ids = torch.stack(ctx)
+    with torch.no_grad():
+        a = torch.log_softmax(lm.model(ids).logits[:, :-1].double(), -1)
+        with lm.edit(edit):
+            b = torch.log_softmax(lm.model(ids).logits[:, :-1].double(), -1)
+    t = ids[:, 1:, None]
+    added = float((-(b.gather(-1, t)) + a.gather(-1, t)).mean())
+    kl = float((a.exp() * (a - b)).sum(-1).mean())
+    assert eff.added_nats.value == pytest.approx(added, rel=1e-4)
+    assert eff.kl.value == pytest.approx(kl, rel=1e-4) and eff.kl.lo <= eff.kl.value <= eff.kl.hi
+
+
+def test_contrastive_direction_recovers_a_planted_direction():
+    """Two continuations whose embeddings differ only along u: the layer-0 direction is u."""
+    lm = _tied_llama()
+    tok = lm.tokenizer
+    b, gd = tok.convert_tokens_to_ids("dog"), tok.convert_tokens_to_ids("cat")
+    u = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(5))
+    u = u / u.norm()
+    with torch.no_grad():
+        E = lm.model.get_input_embeddings().weight
+        E[b] = E[gd] + 3.0 * u
+    cases = tuple(BugCase(f"{w} sees the", " dog", " cat") for w in WORDS)
+    d = contrastive_directions(lm, BugSet(cases, "pairs"), [0])[0].vector
+    assert float(torch.nn.functional.cosine_similarity(d, u, dim=0)) > 0.9
+
+
+# --- the loop -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def buggy(tmp_path_factory):
+    """A tied tiny Llama with a planted bias toward ' dog' over ' cat' in its last MLP (bad rate
+    from ~0.5 to 1), a bug file of 24 prompts in 24 groups, and a corpus for the side effects."""
+    from conftest import save_model
+
+    from lmscope.correct.weights import fold
+
+    d = tmp_path_factory.mktemp("buggy")
+    lm = _tied_llama()
+    tok = lm.tokenizer
+    b, gd = tok.convert_tokens_to_ids("dog"), tok.convert_tokens_to_ids("cat")
+    E = lm.model.get_input_embeddings().weight.detach()
+    w = E[b] - E[gd]
+    lm = fold(lm, AddVector(1, 0.1 * w / w.norm()))  # mean margin -0.01 -> +0.55
+    save_model(lm, d / "model")
+    g = torch.Generator().manual_seed(1)
+    rows = []
+    for i in range(24):
+        words = [WORDS[j] for j in torch.randint(0, len(WORDS), (4,), generator=g).tolist()]
+        rows.append({"prompt": " ".join(words), "bad": " dog", "good": " cat", "group": f"g{i}"})
+    _write(d / "bugs.jsonl", rows)
+    docs = [
+        " ".join(WORDS[j] for j in torch.randint(0, len(WORDS), (40,), generator=g).tolist())
+        for _ in range(400)
+    ]
+    (d / "corpus.txt").write_text("\n\n".join(docs))
+    return d
+
+
+def test_fix_lowers_the_planted_bug_on_held_out_prompts_and_beats_the_control(buggy):
+    from lmscope.models import load_model
+
+    lm = load_model(str(buggy / "model"))
+    cfg = FixConfig(
+        bugs=str(buggy / "bugs.jsonl"),
+        model=str(buggy / "model"),
+        layers="1",
+        corpus=str(buggy / "corpus.txt"),
+        ctx_len=16,
+        text_tokens=150,
+        max_added_nats=5.0,
+    )
+    rep, edit = run_fix(lm, cfg, progress=False)
+    assert rep.n_fit + rep.n_heldout == 24 and rep.n_heldout == 12
+    assert rep.before_bad_rate.value > 0.9  # the planted bug is there
+    assert edit is not None and rep.fix is not None and rep.control is not None
+    assert rep.fix.margin_change.hi < 0  # judged on held-out prompts only
+    assert rep.fix.bad_rate.value < rep.before_bad_rate.value
+    assert rep.fix.margin_change.value < rep.control.margin_change.value
+    assert rep.fix.text.tokens >= 150
+
+
+def test_fix_cli_exports_a_model_that_equals_the_runtime_edit(buggy, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    out, report = tmp_path / "fixed", tmp_path / "report.json"
+    args = ["fix", str(buggy / "bugs.jsonl"), "--model", str(buggy / "model"), "--layers", "1"]
+    args += ["--corpus", str(buggy / "corpus.txt"), "--ctx-len", "16", "--text-tokens", "200"]
+    args += ["--max-added-nats", "5", "--export", str(out), "--out", str(report)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "bad-behaviour rate" in printed and "control edit" in printed
+    rep = json.loads(report.read_text())
+    assert rep["chosen"] and rep["export"] == str(out)
+    # the exported model is plain transformers and equals the runtime-edited original
+    from lmscope.correct.edits import load_edits
+    from lmscope.models import load_model
+
+    lm = load_model(str(buggy / "model"))
+    edit = load_edits(out / "lmscope_edit.safetensors")
+    assert len(edit.edits) == 1
+    ids = lm.to_tokens("the cat sees a")
+    with torch.no_grad():
+        with lm.edit(edit.runtime(lm)):
+            ref = lm.model(ids).logits
+        got = AutoModelForCausalLM.from_pretrained(out).eval()(ids).logits
+    torch.testing.assert_close(got, ref, atol=2e-5, rtol=1e-4)
+    assert "control edit" in (out / "README.md").read_text()
+    # never overwritten without --force
+    assert main(args) == 2
+    assert "--force" in capsys.readouterr().err
