@@ -222,3 +222,47 @@ def test_fix_cli_exports_a_model_that_equals_the_runtime_edit(buggy, tmp_path, c
     # never overwritten without --force
     assert main(args) == 2
     assert "--force" in capsys.readouterr().err
+
+
+def _planted_sae(lm, c):
+    """A ReLU SAE at blocks.1.mlp_out whose latent 0 reads and writes the unit vector c; the
+    other latents are random directions orthogonal to c."""
+    from lmscope.dictionaries.base import DictionaryConfig
+    from lmscope.dictionaries.registry import build
+
+    d = build(DictionaryConfig(d_in=lm.d_model, d_sae=8, arch="relu", hook_name="blocks.1.mlp_out"))
+    W = torch.randn(lm.d_model, 8, generator=torch.Generator().manual_seed(3))
+    W = W - c[:, None] * (c @ W)[None, :]
+    W = W / W.norm(dim=0, keepdim=True)
+    W[:, 0] = c
+    with torch.no_grad():
+        d.W_enc.copy_(W)
+        d.W_dec.copy_(W.t())
+        d.b_enc.zero_()
+        d.b_dec.zero_()
+        d.act_scale.fill_(1.0)
+        d.act_scale_out.fill_(1.0)
+    return d
+
+
+def test_feature_diagnosis_finds_the_planted_bug_feature_and_its_ablation_fixes_held_out(buggy):
+    from lmscope.correct.diagnose import feature_candidates, feature_findings
+    from lmscope.models import load_model
+
+    lm = load_model(str(buggy / "model"))
+    tok = lm.tokenizer
+    E = lm.model.get_input_embeddings().weight.detach()
+    w = E[tok.convert_tokens_to_ids("dog")] - E[tok.convert_tokens_to_ids("cat")]
+    dicts = {"blocks.1.mlp_out": _planted_sae(lm, w / w.norm())}
+    fit, held = split(load_bugs(buggy / "bugs.jsonl"))
+    names = {("blocks.1.mlp_out", 0): "dog over cat"}
+    found, pool = feature_findings(lm, dicts, fit, labels=lambda h, f: names.get((h, f), ""), top=3)
+    top = found[0].to_dict()
+    assert top["id"] == "blocks.1.mlp_out/0" and top["label"] == "dog over cat"
+    assert top["ablation_effect"] < -0.3 and top["attribution"] > 0
+    assert ("blocks.1.mlp_out", 0) in pool
+    cands = feature_candidates(lm, fit, found, dicts)
+    assert cands[0].name == "ablate top 1 features" and cands[0].fit_bad_rate < 0.5
+    before = pair_margins(lm, held.cases)
+    after = pair_margins(lm, held.cases, cands[0].edit.runtime(lm))
+    assert (after > 0).double().mean() < (before > 0).double().mean()  # held-out prompts

@@ -64,23 +64,55 @@ def register(sub) -> None:
 
 
 def _load(cfg):
+    """(model, {hook: dictionary} or None, labels or None)."""
     from ..models import load_model
 
-    return load_model(cfg.model, dtype=cfg.model_dtype, device=cfg.device)
+    lm = load_model(cfg.model, dtype=cfg.model_dtype, device=cfg.device)
+    if not cfg.atlas:
+        return lm, None, None
+    from ..dictionaries.folder import open_dictionaries
+    from .trace import _labels
+
+    folder, lm, dicts = open_dictionaries(cfg.atlas, lm=lm, device=cfg.device)
+    return lm, dicts, _labels(folder.layout)
+
+
+def _print_features(rows) -> None:
+    if not rows:
+        return
+    print("features that push toward the bad continuation (fit prompts; ablation = measured):")
+    for r in rows:
+        eff = "" if r["ablation_effect"] is None else f"{r['ablation_effect']:+.3f}"
+        print(
+            f"  {r['id']:26} attribution {r['attribution']:+.3f}  ablation {eff:>7}  "
+            f"{r['label'][:60]}"
+        )
 
 
 def cmd_diagnose(args) -> int:
-    from ..correct.diagnose import candidates, contrastive_directions
+    from ..correct.diagnose import (
+        candidates,
+        contrastive_directions,
+        feature_candidates,
+        feature_findings,
+    )
     from ..correct.fix import fit_and_heldout, parse_layers
     from ..correct.fix_config import FixConfig
     from ..correct.measure import pair_margins
 
     cfg = from_args(FixConfig, args)
     fit, _ = fit_and_heldout(cfg)  # checked before the model loads
-    lm = _load(cfg)
+    lm, dicts, labels = _load(cfg)
     layers = parse_layers(lm, cfg.layers)
     before = pair_margins(lm, fit.cases)
     cands = candidates(lm, fit, contrastive_directions(lm, fit, layers))
+    feats = []
+    if dicts:
+        findings, _ = feature_findings(lm, dicts, fit, labels=labels, top=cfg.features)
+        feats = [f.to_dict() for f in findings]
+        cands = sorted(
+            cands + feature_candidates(lm, fit, findings, dicts), key=lambda c: c.fit_margin
+        )
     rows = [
         {
             "edit": c.name,
@@ -96,6 +128,7 @@ def cmd_diagnose(args) -> int:
                 "fit_prompts": len(fit),
                 "fit_margin_before": float(before.mean()),
                 "fit_bad_rate_before": float((before > 0).double().mean()),
+                "features": feats,
                 "candidates": rows,
             }
         )
@@ -104,6 +137,7 @@ def cmd_diagnose(args) -> int:
         f"{len(fit)} fit prompts; before: mean margin log p(bad) - log p(good) = "
         f"{float(before.mean()):+.3f}, bad rate {float((before > 0).double().mean()):.2f}"
     )
+    _print_features(feats)
     print(f"{'edit':32} {'fit margin':>10} {'bad rate':>8}")
     for r in rows[:15]:
         print(f"{r['edit']:32} {r['fit_margin']:+10.3f} {r['fit_bad_rate']:8.2f}")
@@ -125,8 +159,8 @@ def cmd_fix(args) -> int:
     for path, what in ((cfg.export, "--export"), (cfg.out, "--out")):
         if path and Path(path).exists() and not cfg.force:
             raise UserError(f"{what} {path} already exists; choose another path or pass --force")
-    lm = _load(cfg)
-    report, edit = run_fix(lm, cfg, progress=not args.json)
+    lm, dicts, labels = _load(cfg)
+    report, edit = run_fix(lm, cfg, dictionaries=dicts, labels=labels, progress=not args.json)
     exported = None
     if cfg.export and edit is not None:
         exported = str(
@@ -144,6 +178,7 @@ def cmd_fix(args) -> int:
 
 def _print(r, exported) -> None:
     print(f"bug file {r.bugs}: {r.n_fit} fit prompts, {r.n_heldout} held-out prompts")
+    _print_features(r.features)
     before = f"{r.fit_before_margin:+.3f}"
     print(f"candidates (fit prompts; mean margin, lower is better; before {before}):")
     for c in r.candidates[:8]:

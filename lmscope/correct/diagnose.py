@@ -6,6 +6,12 @@ the good one, averaged over the continuation's positions: the contrastive activa
 addition recipe (Panickssery et al. 2024, "Steering Llama 2 via Contrastive Activation
 Addition"), with the user's own bad/good pairs as the contrast.
 
+With dictionaries (an atlas of SAEs or transcoders), features are ranked too: on each fit
+prompt, trace/attribution.trace gives every active feature's gradient x activation on the
+logit difference (first token of bad) - (first token of good), summed over positions; the
+ranking is the mean over fit prompts. Each top feature's prediction is then checked by
+ablating it (clamp to 0 where it fires, error term kept) on the fit prompts.
+
 A direction is only a hypothesis until an intervention confirms it. Each one is verified on the
 fit prompts (never the held-out ones) with two edits:
 - project it out of every residual write (correct/edits.ProjectOut), and
@@ -23,7 +29,7 @@ from torch import Tensor
 
 from ..errors import UserError
 from .bugs import BugSet
-from .edits import AddVector, ProjectOut
+from .edits import AddVector, FeatureAblation, ProjectOut
 from .measure import _continuation_ids, pair_margins, prompt_ids
 
 ALPHAS = (0.5, 1.0, 2.0, 4.0)
@@ -45,8 +51,9 @@ class Candidate:
     """One edit tried on the fit prompts."""
 
     name: str
-    edit: ProjectOut | AddVector
+    edit: ProjectOut | AddVector | FeatureAblation
     layer: int
+    """the direction's layer (-1 for feature ablations)"""
     fit_margin: float
     """Mean margin on the fit prompts with the edit (lower is better)."""
     fit_bad_rate: float
@@ -103,4 +110,100 @@ def candidates(
     return out
 
 
-__all__ = ["ALPHAS", "Candidate", "Direction", "candidates", "contrastive_directions"]
+@dataclass(frozen=True)
+class FeatureFinding:
+    hook: str
+    feature: int
+    attribution: float
+    """mean over fit prompts of the feature's grad x act on logit(bad) - logit(good)"""
+    active_on: int
+    """fit prompts where it fires"""
+    label: str = ""
+    ablation_effect: float | None = None
+    """measured: mean change of the fit margin when it is ablated (negative = it drove the bug)"""
+
+    def to_dict(self) -> dict:
+        return {
+            "id": f"{self.hook}/{self.feature}",
+            "label": self.label,
+            "attribution": self.attribution,
+            "active_on": self.active_on,
+            "ablation_effect": self.ablation_effect,
+        }
+
+
+def _first_token(lm, text: str) -> int:
+    return _continuation_ids(lm, text)[0]
+
+
+def feature_findings(
+    lm, dictionaries: dict, fit: BugSet, *, labels=None, top: int = 10
+) -> tuple[list[FeatureFinding], list[tuple[str, int]]]:
+    """(features ranked by mean attribution toward the bad continuation, ablation-verified;
+    every feature active on some fit prompt, for a control draw)."""
+    from ..trace.attribution import trace
+
+    if any(c.chat for c in fit.cases):
+        raise UserError('feature attribution runs on plain prompts; drop "chat" to use --atlas')
+    total: dict[tuple[str, int], float] = {}
+    seen: dict[tuple[str, int], int] = {}
+    for c in fit.cases:
+        b, g = _first_token(lm, c.bad), _first_token(lm, c.good)
+        if b == g:
+            continue  # same first token: the logit difference says nothing
+        res = trace(lm, dictionaries, c.prompt, target=b, vs=g, top=10**9)
+        per: dict[tuple[str, int], float] = {}
+        for r in res.features:
+            per[(r.hook, r.feature)] = per.get((r.hook, r.feature), 0.0) + r.grad_x_act
+        for k, v in per.items():
+            total[k] = total.get(k, 0.0) + v
+            seen[k] = seen.get(k, 0) + 1
+    n = max(1, len(fit.cases))
+    ranked = sorted(total, key=lambda k: -total[k] / n)[:top]
+    base = pair_margins(lm, fit.cases)
+    out = []
+    for h, f in ranked:
+        e = FeatureAblation(((h, f),), dictionaries)
+        m = pair_margins(lm, fit.cases, e.runtime(lm))
+        out.append(
+            FeatureFinding(
+                h,
+                f,
+                total[(h, f)] / n,
+                seen[(h, f)],
+                (labels(h, f) if labels else "") or "",
+                float((m - base).mean()),
+            )
+        )
+    return out, sorted(total)
+
+
+def feature_candidates(
+    lm, fit: BugSet, findings, dictionaries, sizes=(1, 5, 20)
+) -> list[Candidate]:
+    """Ablate the top 1, 5, 20 features that drove the bug (measured ablation effect < 0)."""
+    drivers = [f for f in findings if f.ablation_effect is not None and f.ablation_effect < 0]
+    drivers.sort(key=lambda f: f.ablation_effect)
+    out = []
+    for k in sorted({min(k, len(drivers)) for k in sizes} - {0}):
+        feats = tuple((f.hook, f.feature) for f in drivers[:k])
+        e = FeatureAblation(feats, dictionaries, label=f"the top {k} bug feature(s)")
+        m = pair_margins(lm, fit.cases, e.runtime(lm))
+        out.append(
+            Candidate(
+                f"ablate top {k} features", e, -1, float(m.mean()), float((m > 0).double().mean())
+            )
+        )
+    return out
+
+
+__all__ = [
+    "ALPHAS",
+    "Candidate",
+    "Direction",
+    "FeatureFinding",
+    "candidates",
+    "contrastive_directions",
+    "feature_candidates",
+    "feature_findings",
+]

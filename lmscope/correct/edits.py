@@ -14,6 +14,7 @@ returned, and the tests check it on every supported family.
 - AddVector(layer, vector): add a constant vector to what block `layer`'s MLP writes, at
   every position (a steering vector, Turner et al. 2023 / Panickssery et al. 2023). As
   weights it becomes the MLP output projection's bias.
+- FeatureAblation(features): clamp dictionary features to 0 where they fire (run time only).
 """
 
 from __future__ import annotations
@@ -112,10 +113,36 @@ class AddVector:
 
 
 @dataclass(frozen=True)
+class FeatureAblation:
+    """Clamp dictionary features to 0 wherever they fire, keeping the dictionary's error term
+    (steer/interventions.feature_edits). Runtime only: it needs the dictionary's encoder, which
+    no weight of the model can hold, so weights.fold refuses it."""
+
+    features: tuple[tuple[str, int], ...]
+    """(dictionary input hook, feature index) pairs"""
+    dictionaries: dict = field(compare=False, repr=False, default_factory=dict)
+    label: str = ""
+
+    def runtime(self, lm) -> dict[str, Edit]:
+        from ..steer.interventions import FeatureIntervention, feature_edits
+
+        for hook, _ in self.features:
+            if hook not in self.dictionaries:
+                raise UserError(f"no dictionary at {hook} for the feature ablation")
+        ivs = [FeatureIntervention(h, f, "clamp", 0.0) for h, f in self.features]
+        return feature_edits(ivs, self.dictionaries)
+
+    def describe(self) -> str:
+        ids = ", ".join(f"{h}/{f}" for h, f in self.features[:5])
+        more = f" and {len(self.features) - 5} more" if len(self.features) > 5 else ""
+        return f"ablate {self.label or 'features'} ({ids}{more}) wherever they fire"
+
+
+@dataclass(frozen=True)
 class EditSet:
     """Several edits applied together (their runtime hooks compose in order)."""
 
-    edits: tuple[ProjectOut | AddVector, ...] = field(default_factory=tuple)
+    edits: tuple[ProjectOut | AddVector | FeatureAblation, ...] = field(default_factory=tuple)
 
     def runtime(self, lm) -> dict[str, Edit]:
         out: dict[str, Edit] = {}
@@ -136,6 +163,8 @@ def edit_tensors(edits) -> tuple[dict[str, Tensor], dict[str, str]]:
     tensors: dict[str, Tensor] = {}
     meta: dict[str, str] = {"format": "lmscope-edits", "version": "1", "n": str(len(es.edits))}
     for i, e in enumerate(es.edits):
+        if isinstance(e, FeatureAblation):
+            raise UserError("a feature ablation needs its dictionaries at run time; not saved")
         if isinstance(e, ProjectOut):
             tensors[f"edit.{i}.direction"] = e.direction.detach().float().contiguous()
             meta[f"edit.{i}"] = json.dumps(
@@ -171,7 +200,7 @@ def load_edits(path) -> EditSet:
 def as_edit_set(edits: EditSet | ProjectOut | AddVector | Sequence) -> EditSet:
     if isinstance(edits, EditSet):
         return edits
-    if isinstance(edits, (ProjectOut, AddVector)):
+    if isinstance(edits, (ProjectOut, AddVector, FeatureAblation)):
         return EditSet((edits,))
     return EditSet(tuple(edits))
 
@@ -179,6 +208,7 @@ def as_edit_set(edits: EditSet | ProjectOut | AddVector | Sequence) -> EditSet:
 __all__ = [
     "AddVector",
     "EditSet",
+    "FeatureAblation",
     "ProjectOut",
     "as_edit_set",
     "edit_tensors",

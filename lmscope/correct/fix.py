@@ -27,8 +27,14 @@ import torch
 from ..errors import UserError
 from ..probe.metrics import Score, paired_difference
 from .bugs import BugSet, load_bugs, split
-from .diagnose import Candidate, candidates, contrastive_directions
-from .edits import AddVector, ProjectOut
+from .diagnose import (
+    Candidate,
+    candidates,
+    contrastive_directions,
+    feature_candidates,
+    feature_findings,
+)
+from .edits import AddVector, FeatureAblation, ProjectOut
 from .fix_config import FixConfig
 from .measure import TextEffect, pair_margins, rate, text_effect
 
@@ -69,6 +75,8 @@ class FixReport:
     control: Outcome | None
     seconds: dict = field(default_factory=dict)
     note: str = ""
+    features: list[dict] = field(default_factory=list)
+    """with dictionaries: the top features by attribution, with labels and ablation effects"""
 
     def to_dict(self) -> dict:
         return {
@@ -85,6 +93,7 @@ class FixReport:
             "chosen": self.chosen,
             "fix": self.fix.to_dict() if self.fix else None,
             "control": self.control.to_dict() if self.control else None,
+            "features": self.features,
             "seconds": self.seconds,
             "note": self.note,
         }
@@ -107,9 +116,17 @@ def parse_layers(lm, spec: str | None) -> list[int]:
     return sorted(out)
 
 
-def control_of(edit: ProjectOut | AddVector, seed: int) -> ProjectOut | AddVector:
-    """The same kind and size of edit along a random direction."""
+def control_of(edit, seed: int, *, pool=()):
+    """The same kind and size of edit along a random direction (for a feature ablation: as many
+    random features, drawn from those active on the fit prompts)."""
     g = torch.Generator().manual_seed(seed + 7919)
+    if isinstance(edit, FeatureAblation):
+        rest = [k for k in pool if k not in set(edit.features)]
+        if not rest:
+            raise UserError("no other active features to draw a control from")
+        pick = torch.randperm(len(rest), generator=g)[: len(edit.features)].tolist()
+        feats = tuple(rest[i] for i in sorted(pick))
+        return FeatureAblation(feats, edit.dictionaries, label="random active features (control)")
     if isinstance(edit, ProjectOut):
         r = torch.randn(edit.direction.numel(), generator=g)
         return ProjectOut(r, edit.layers, label="a random direction (control)")
@@ -159,8 +176,11 @@ def fit_and_heldout(cfg: FixConfig) -> tuple[BugSet, BugSet]:
     return split(bugs, heldout=cfg.heldout, seed=cfg.seed)
 
 
-def run_fix(lm, cfg: FixConfig, *, progress: bool = True) -> tuple[FixReport, object | None]:
-    """(report, chosen edit or None)."""
+def run_fix(
+    lm, cfg: FixConfig, *, dictionaries=None, labels=None, progress: bool = True
+) -> tuple[FixReport, object | None]:
+    """(report, chosen edit or None). `dictionaries` {hook: dictionary} (and `labels`, a
+    (hook, feature) -> str function) add feature ablations to the candidates."""
     t0 = time.time()
     secs: dict[str, float] = {}
     fit, held = fit_and_heldout(cfg)
@@ -171,6 +191,14 @@ def run_fix(lm, cfg: FixConfig, *, progress: bool = True) -> tuple[FixReport, ob
     fit_before = pair_margins(lm, fit.cases)
     dirs = contrastive_directions(lm, fit, layers)
     cands = candidates(lm, fit, dirs)
+    findings, pool = [], []
+    if dictionaries:
+        findings, pool = feature_findings(lm, dictionaries, fit, labels=labels, top=cfg.features)
+        cands = sorted(
+            cands + feature_candidates(lm, fit, findings, dictionaries), key=lambda c: c.fit_margin
+        )
+    if cfg.export:  # only an edit that folds into weights can be exported
+        cands = [c for c in cands if not isinstance(c.edit, FeatureAblation)]
     secs["diagnose"] = time.time() - t0
     _say(
         progress,
@@ -220,6 +248,7 @@ def run_fix(lm, cfg: FixConfig, *, progress: bool = True) -> tuple[FixReport, ob
         chosen=chosen.name if chosen else None,
         fix=None,
         control=None,
+        features=[f.to_dict() for f in findings],
     )
     if chosen is None:
         report.note = (
@@ -229,7 +258,8 @@ def run_fix(lm, cfg: FixConfig, *, progress: bool = True) -> tuple[FixReport, ob
     else:
         text = general_text(lm, cfg, "test")
         report.fix = outcome(lm, held, before, chosen.edit, text)
-        report.control = outcome(lm, held, before, control_of(chosen.edit, cfg.seed), text)
+        control = control_of(chosen.edit, cfg.seed, pool=pool)
+        report.control = outcome(lm, held, before, control, text)
     secs["report"] = time.time() - t2
     secs["total"] = time.time() - t0
     report.seconds = secs

@@ -17,6 +17,11 @@ class FixConfig:
     """bug file (JSONL: one {"prompt", "bad", "good"} object per line; see docs/correct.md)"""
     model: str = "smollm2-135m"
     """model name, alias or folder"""
+    atlas: str | None = flag(None, metavar="ATLAS")
+    """also rank the features of this atlas's dictionaries by attribution (plain prompts only) and
+    try ablating the top ones; their labels come from the atlas"""
+    features: int = 10
+    """with --atlas: top features whose ablation effect is verified on the fit prompts"""
     layers: str | None = None
     """layers whose contrastive direction is tried: 'all', numbers like 0,6,12, or resid_post hook
     globs (default: every third layer and the last)"""
