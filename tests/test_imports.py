@@ -29,6 +29,7 @@ STAGES: list[set[str]] = [
     {"atlas"},
     {"explain"},
     {"read", "trace", "steer", "probe"},
+    {"correct"},  # repairs: uses trace, steer and probe
     {"viewer"},
     {"cli"},
     {"__main__"},  # python -m lmscope
