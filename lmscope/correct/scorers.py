@@ -1,0 +1,83 @@
+"""Behaviour scorers: did the bad behaviour happen in this generation? (True = yes.)
+
+A bug file whose lines carry only a prompt names one of these (`--scorer repetition`); each is
+a plain function of a `Generation` (correct/generate.py), so a rate is the mean over prompts.
+
+- repetition: the model is stuck in a loop it does not leave. It ran into the token limit
+  (no end-of-turn) AND the last tokens are a cycle: some n-gram of n = 1..20 tokens repeated
+  at least 3 times back to back at the very end (the last copy may be cut short by the
+  limit), covering at least 8 tokens. Why this definition:
+  * "Ends in a cycle": a greedy decoder is deterministic given its context, and once the
+    context is a few copies of one n-gram the next copy is what it predicts; a loop at the
+    end of a truncated generation is the loop that would go on to any limit. Repetition in
+    the middle of a text that then moves on and ends is not this bug.
+  * "Hit the limit": an answer that repeats a phrase three times and then stops (a list of
+    similar items, a refrain) finished; flagging it would count style, not the bug.
+  * 3 copies and >= 8 tokens: two copies happen in normal text ("very, very"), and 3-7
+    identical tokens at a cut ("...", a run of spaces in code) can be formatting; 20 tokens
+    is a sentence, the longest loop that fits 3 times in 128 new tokens with room to start.
+- ends_in_cycle: the same cycle test without the token-limit condition (a diagnostic: how
+  many loops the model escapes or that end at the limit by chance).
+- hit_limit: the generation ran into max_new_tokens (did not stop by itself).
+- empty: the model stopped at once (no token before the end of its turn).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .generate import Generation
+
+MAX_PERIOD = 20
+"""Longest repeated n-gram (tokens) the cycle test looks for."""
+MIN_COPIES = 3
+"""Back-to-back copies of the n-gram at the end of the text (the last one may be partial)."""
+MIN_SPAN = 8
+"""Fewest tokens the repeated tail must cover."""
+
+
+def tail_cycle(ids: list[int], max_period: int = MAX_PERIOD) -> tuple[int, int] | None:
+    """The shortest period n (<= max_period) with which the end of `ids` repeats at least
+    MIN_COPIES times over at least MIN_SPAN tokens, as (n, length of the periodic tail); or None.
+
+    The periodic tail of period n is the longest suffix with ids[j] == ids[j - n] for every
+    j in it past its first n tokens, so its length is n + (that run); copies = length / n.
+    """
+    L = len(ids)
+    for n in range(1, max_period + 1):
+        run = 0
+        j = L - 1
+        while j - n >= 0 and ids[j] == ids[j - n]:
+            run += 1
+            j -= 1
+        span = run + n
+        if span >= MIN_COPIES * n and span >= MIN_SPAN and span <= L:
+            return n, span
+    return None
+
+
+def ends_in_cycle(g: Generation) -> bool:
+    return tail_cycle(g.ids) is not None
+
+
+def hit_limit(g: Generation) -> bool:
+    return not g.stopped_at_eos
+
+
+def repetition(g: Generation) -> bool:
+    return hit_limit(g) and ends_in_cycle(g)
+
+
+def empty(g: Generation) -> bool:
+    return g.stopped_at_eos and not g.ids
+
+
+SCORERS: dict[str, Callable[[Generation], bool]] = {
+    "repetition": repetition,
+    "ends_in_cycle": ends_in_cycle,
+    "hit_limit": hit_limit,
+    "empty": empty,
+}
+"""Name -> scorer; True means the bad behaviour happened."""
+
+__all__ = ["SCORERS", "empty", "ends_in_cycle", "hit_limit", "repetition", "tail_cycle"]

@@ -1,0 +1,45 @@
+"""correct.scorers on hand-made generations: loops are caught, normal texts are not."""
+
+from __future__ import annotations
+
+from lmscope.correct.generate import Generation
+from lmscope.correct.scorers import SCORERS, tail_cycle
+
+
+def gen(ids, eos=False):
+    return Generation("p", "", list(ids), eos)
+
+
+def test_tail_cycle_by_hand():
+    # period 1: 8 identical tokens at the end -> (1, 8); 7 are not enough (MIN_SPAN 8)
+    assert tail_cycle([5, 6] + [9] * 8) == (1, 8)
+    assert tail_cycle([5, 6] + [9] * 7) is None
+    # period 3, three full copies then a partial one cut by the limit: 3 * 3 + 2 = 11 tokens
+    assert tail_cycle([1, 2] + [7, 8, 9] * 3 + [7, 8]) == (3, 11)
+    # period 4 repeated only twice (8 tokens): two copies are normal text ("very, very")
+    assert tail_cycle([1, 2, 3, 4, 1, 2, 3, 4]) is None
+    # the cycle must be at the END: a loop that the text leaves does not count
+    assert tail_cycle([7, 8, 9] * 4 + [1, 2, 3, 4, 5, 6]) is None
+    # a 20-gram three times is found; a 21-gram is longer than MAX_PERIOD
+    g20 = list(range(100, 120))
+    assert tail_cycle([1] + g20 * 3) == (20, 60)
+    assert tail_cycle(list(range(200, 221)) * 3) is None
+
+
+def test_repetition_needs_the_limit():
+    loop = [3, 4] + [11, 12, 13, 14, 15] * 5
+    assert SCORERS["repetition"](gen(loop, eos=False))
+    assert SCORERS["ends_in_cycle"](gen(loop, eos=True))
+    assert not SCORERS["repetition"](gen(loop, eos=True))  # it stopped by itself
+
+
+def test_normal_text_is_not_a_loop():
+    # a real SmolLM2 answer's ids would do; a text with repeated words but no cycle:
+    # "the cat sat on the mat and the dog sat on the rug ." as ids
+    words = "the cat sat on the mat and the dog sat on the rug .".split()
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(words))}
+    ids = [vocab[w] for w in words]
+    assert not SCORERS["repetition"](gen(ids))
+    assert SCORERS["hit_limit"](gen(ids))
+    assert not SCORERS["empty"](gen(ids, eos=True))
+    assert SCORERS["empty"](gen([], eos=True))
