@@ -266,3 +266,57 @@ def test_feature_diagnosis_finds_the_planted_bug_feature_and_its_ablation_fixes_
     before = pair_margins(lm, held.cases)
     after = pair_margins(lm, held.cases, cands[0].edit.runtime(lm))
     assert (after > 0).double().mean() < (before > 0).double().mean()  # held-out prompts
+
+
+# --- prompt-only bugs judged by a scorer ----------------------------------------------------------
+def test_prompt_only_files_need_a_known_scorer_and_pairs_refuse_one(tmp_path):
+    from lmscope.correct.fix import fit_and_heldout
+
+    f = _write(tmp_path / "p.jsonl", [{"prompt": f"p{i}"} for i in range(4)])
+    with pytest.raises(UserError, match="--scorer"):
+        fit_and_heldout(FixConfig(bugs=str(f)))
+    with pytest.raises(UserError, match="unknown scorer 'repetiton'.*repetition"):
+        fit_and_heldout(FixConfig(bugs=str(f), scorer="repetiton"))
+    pairs = _write(
+        tmp_path / "q.jsonl", [{"prompt": f"p{i}", "bad": "a", "good": "b"} for i in range(4)]
+    )
+    with pytest.raises(UserError, match="prompt-only"):
+        fit_and_heldout(FixConfig(bugs=str(pairs), scorer="repetition"))
+
+
+def test_scorer_bug_is_fixed_on_held_out_prompts(tmp_path, monkeypatch, buggy):
+    """A model planted to start with ' dog' on about a third of prompts; the scorer flags that;
+    the fix, learned from its own generations, lowers the held-out rate."""
+    from lmscope.correct import scorers
+    from lmscope.correct.weights import fold
+
+    lm = _tied_llama()
+    dog = lm.tokenizer.convert_tokens_to_ids("dog")
+    E = lm.model.get_input_embeddings().weight.detach()
+    lm = fold(lm, AddVector(1, 0.08 * E[dog] / E[dog].norm()))
+    monkeypatch.setitem(scorers.SCORERS, "says_dog", lambda g: bool(g.ids) and g.ids[0] == dog)
+    g = torch.Generator().manual_seed(1)
+    rows = [
+        {
+            "prompt": " ".join(
+                WORDS[j] for j in torch.randint(0, len(WORDS), (4,), generator=g).tolist()
+            )
+        }
+        for _ in range(24)
+    ]
+    cfg = FixConfig(
+        bugs=str(_write(tmp_path / "dog.jsonl", rows)),
+        scorer="says_dog",
+        max_new_tokens=2,
+        layers="1",
+        corpus=str(buggy / "corpus.txt"),
+        ctx_len=16,
+        text_tokens=100,
+        max_added_nats=5.0,
+        top=3,
+    )
+    rep, edit = run_fix(lm, cfg, progress=False)
+    assert rep.behaviour == "scorer:says_dog" and 0 < rep.before_bad_rate.value < 1
+    assert edit is not None and rep.fix is not None
+    assert rep.fix.bad_rate.value < rep.before_bad_rate.value
+    assert rep.candidates[0]["fit_bad_rate"] is not None  # the top ones were generated with

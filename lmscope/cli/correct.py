@@ -90,60 +90,53 @@ def _print_features(rows) -> None:
 
 
 def cmd_diagnose(args) -> int:
-    from ..correct.diagnose import (
-        candidates,
-        contrastive_directions,
-        feature_candidates,
-        feature_findings,
-    )
-    from ..correct.fix import fit_and_heldout, parse_layers
+    from ..correct.fix import Behaviour, _diagnose, fit_and_heldout, parse_layers
     from ..correct.fix_config import FixConfig
-    from ..correct.measure import pair_margins
 
     cfg = from_args(FixConfig, args)
     fit, _ = fit_and_heldout(cfg)  # checked before the model loads
     lm, dicts, labels = _load(cfg)
-    layers = parse_layers(lm, cfg.layers)
-    before = pair_margins(lm, fit.cases)
-    cands = candidates(lm, fit, contrastive_directions(lm, fit, layers))
-    feats = []
-    if dicts:
-        findings, _ = feature_findings(lm, dicts, fit, labels=labels, top=cfg.features)
-        feats = [f.to_dict() for f in findings]
-        cands = sorted(
-            cands + feature_candidates(lm, fit, findings, dicts), key=lambda c: c.fit_margin
-        )
+    beh = Behaviour(cfg)
+    before, cands, findings, _ = _diagnose(
+        lm, cfg, beh, fit, parse_layers(lm, cfg.layers), dicts, labels
+    )
+    feats = [f.to_dict() for f in findings]
+    nan = float("nan")
     rows = [
         {
             "edit": c.name,
             "layer": c.layer,
             "fit_margin": c.fit_margin,
-            "fit_bad_rate": c.fit_bad_rate,
+            "fit_bad_rate": None if c.fit_bad_rate != c.fit_bad_rate else c.fit_bad_rate,
         }
         for c in cands
     ]
+    bad_before = float(beh.bad(before).double().mean())
+    score = (
+        "mean margin log p(bad) - log p(good)"
+        if beh.scorer is None
+        else ("proxy: change in log p/token of the flagged minus the good generations")
+    )
     if args.json:
         print_json(
             {
                 "fit_prompts": len(fit),
-                "fit_margin_before": float(before.mean()),
-                "fit_bad_rate_before": float((before > 0).double().mean()),
+                "behaviour": "margin" if beh.scorer is None else f"scorer:{beh.scorer}",
+                "fit_value_before": float(before.mean()),
+                "fit_bad_rate_before": bad_before,
+                "ranked_by": score,
                 "features": feats,
                 "candidates": rows,
             }
         )
         return 0
-    print(
-        f"{len(fit)} fit prompts; before: mean margin log p(bad) - log p(good) = "
-        f"{float(before.mean()):+.3f}, bad rate {float((before > 0).double().mean()):.2f}"
-    )
+    print(f"{len(fit)} fit prompts; bad rate before {bad_before:.2f}; candidates ranked by {score}")
     _print_features(feats)
-    print(f"{'edit':32} {'fit margin':>10} {'bad rate':>8}")
+    print(f"{'edit':32} {'score':>10} {'bad rate':>8}")
     for r in rows[:15]:
-        print(f"{r['edit']:32} {r['fit_margin']:+10.3f} {r['fit_bad_rate']:8.2f}")
-    print(
-        "These are fit-prompt numbers; `lmscope fix` chooses one and judges it on held-out prompts."
-    )
+        br = r["fit_bad_rate"]
+        print(f"{r['edit']:32} {r['fit_margin']:+10.3f} {nan if br is None else br:8.2f}")
+    print("Fit-prompt numbers; `lmscope fix` chooses one and judges it on held-out prompts.")
     return 0
 
 

@@ -110,6 +110,72 @@ def candidates(
     return out
 
 
+@torch.no_grad()
+def generation_directions(lm, cases, gens, flags: Tensor, layers: Sequence[int]) -> list[Direction]:
+    """Prompt-only bugs: per layer, the mean of blocks.L.resid_post over the generated tokens of
+    the generations the scorer flagged minus the same mean over the ones it did not (each
+    generation's mean first, then the mean over generations)."""
+    n_bad = int(flags.sum())
+    if n_bad == 0 or n_bad == len(flags):
+        what = "never fires" if n_bad == 0 else "fires on every one"
+        raise UserError(
+            f"the scorer {what} of the {len(flags)} fit prompts, so there is no contrast to learn "
+            "a fix from; add prompts where the model behaves well and badly"
+        )
+    hooks = [f"blocks.{L}.resid_post" for L in layers]
+    sums = {s: {L: torch.zeros(lm.d_model, dtype=torch.float64) for L in layers} for s in (0, 1)}
+    for c, g, f in zip(cases, gens, flags.tolist()):
+        if not g.ids:
+            continue
+        p = prompt_ids(lm, c)
+        ids = torch.tensor([p + list(g.ids)], device=lm.device)
+        acts = lm.run(ids, capture=hooks).acts
+        for L, h in zip(layers, hooks):
+            sums[int(f)][L] += acts[h][0, len(p) :].double().mean(0).cpu()
+    n_good = sum(1 for g, f in zip(gens, flags.tolist()) if g.ids and not f)
+    n_bad = sum(1 for g, f in zip(gens, flags.tolist()) if g.ids and f)
+    return [
+        Direction(L, (sums[1][L] / max(1, n_bad) - sums[0][L] / max(1, n_good)).float())
+        for L in layers
+    ]
+
+
+def generation_candidates(
+    lm, cases, gens, flags: Tensor, directions: Sequence[Direction], *, alphas=(1.0, 2.0)
+) -> list[Candidate]:
+    """Prompt-only bugs: every direction's edits ranked by a cheap proxy (no generation): how
+    much each makes the flagged generations less likely per token, minus how much it makes the
+    good ones less likely (teacher-forced). `fit_margin` holds that proxy (lower is better);
+    `fit_bad_rate` is NaN until the candidate is generated with (fix.py does, for the best)."""
+    from .measure import own_logprobs
+
+    base = own_logprobs(lm, cases, gens)
+    bad, good = flags, ~flags
+    out: list[Candidate] = []
+    for d in directions:
+        if not float(d.vector.norm()) > 0:
+            continue
+        edits: list[tuple[str, ProjectOut | AddVector]] = [
+            (
+                f"project out L{d.layer} direction",
+                ProjectOut(d.vector, label=f"the L{d.layer} bug direction"),
+            )
+        ]
+        edits += [
+            (
+                f"steer L{d.layer} x{-a:g}",
+                AddVector(d.layer, -a * d.vector, label=f"-{a:g} x the L{d.layer} bug direction"),
+            )
+            for a in alphas
+        ]
+        for name, e in edits:
+            delta = own_logprobs(lm, cases, gens, e.runtime(lm)) - base
+            proxy = float(delta[bad].mean() - delta[good].mean())
+            out.append(Candidate(name, e, d.layer, proxy, float("nan")))
+    out.sort(key=lambda c: c.fit_margin)
+    return out
+
+
 @dataclass(frozen=True)
 class FeatureFinding:
     hook: str
@@ -206,4 +272,6 @@ __all__ = [
     "contrastive_directions",
     "feature_candidates",
     "feature_findings",
+    "generation_candidates",
+    "generation_directions",
 ]

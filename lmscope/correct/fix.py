@@ -33,10 +33,12 @@ from .diagnose import (
     contrastive_directions,
     feature_candidates,
     feature_findings,
+    generation_candidates,
+    generation_directions,
 )
 from .edits import AddVector, FeatureAblation, ProjectOut
 from .fix_config import FixConfig
-from .measure import TextEffect, pair_margins, rate, text_effect
+from .measure import TextEffect, generations, pair_margins, rate, text_effect
 
 
 @dataclass
@@ -47,7 +49,8 @@ class Outcome:
     bad_rate: Score
     good_rate: Score
     margin_change: Score
-    """mean over held-out prompts of (margin after - margin before), paired by prompt"""
+    """mean over held-out prompts of (value after - value before), paired by prompt: the margin
+    for pairs, the scorer's 0/1 for a scorer (so: the paired change of the bad rate)"""
     text: TextEffect
 
     def to_dict(self) -> dict:
@@ -77,6 +80,8 @@ class FixReport:
     note: str = ""
     features: list[dict] = field(default_factory=list)
     """with dictionaries: the top features by attribution, with labels and ablation effects"""
+    behaviour: str = "margin"
+    """what a prompt's value is: "margin" (pairs) or "scorer:NAME" (1 if it fired)"""
 
     def to_dict(self) -> dict:
         return {
@@ -84,6 +89,7 @@ class FixReport:
             "model": self.model,
             "n_fit": self.n_fit,
             "n_heldout": self.n_heldout,
+            "behaviour": self.behaviour,
             "before": {
                 "bad_rate": self.before_bad_rate.to_dict(),
                 "good_rate": self.before_good_rate.to_dict(),
@@ -150,16 +156,46 @@ def _say(progress: bool, msg: str) -> None:
         print(f"lmscope fix: {msg}", file=sys.stderr, flush=True)
 
 
-def outcome(lm, held: BugSet, before, edit, text) -> Outcome:
+class Behaviour:
+    """Per-prompt values of the bug's behaviour: the margin for pairs, 1.0 / 0.0 for a scorer
+    (did it fire on the greedy continuation)."""
+
+    def __init__(self, cfg: FixConfig) -> None:
+        self.scorer = cfg.scorer
+        self.max_new_tokens = cfg.max_new_tokens
+
+    @property
+    def change_name(self) -> str:
+        return "margin change" if self.scorer is None else "bad-rate change (paired)"
+
+    def values(self, lm, bugs: BugSet, edits=None) -> torch.Tensor:
+        if self.scorer is None:
+            return pair_margins(lm, bugs.cases, edits)
+        return self.flags(generations(lm, bugs.cases, edits, max_new_tokens=self.max_new_tokens))
+
+    def flags(self, gens) -> torch.Tensor:
+        from .scorers import SCORERS
+
+        f = SCORERS[self.scorer]
+        return torch.tensor([float(f(g)) for g in gens], dtype=torch.float64)
+
+    def bad(self, v: torch.Tensor) -> torch.Tensor:
+        return v > 0 if self.scorer is None else v > 0.5
+
+    def good(self, v: torch.Tensor) -> torch.Tensor:
+        return v < 0 if self.scorer is None else v < 0.5
+
+
+def outcome(lm, beh: Behaviour, held: BugSet, before, edit, text) -> Outcome:
     groups = [c.key for c in held.cases]
-    after = pair_margins(lm, held.cases, edit.runtime(lm))
+    after = beh.values(lm, held, edit.runtime(lm))
     change = paired_difference(
         lambda idx: float(after[idx].mean()), lambda idx: float(before[idx].mean()), groups
     )
     return Outcome(
         edit=edit.describe(),
-        bad_rate=rate(after > 0, groups),
-        good_rate=rate(after < 0, groups),
+        bad_rate=rate(beh.bad(after), groups),
+        good_rate=rate(beh.good(after), groups),
         margin_change=change,
         text=text_effect(lm, edit.runtime(lm), text),
     )
@@ -167,13 +203,50 @@ def outcome(lm, held: BugSet, before, edit, text) -> Outcome:
 
 def fit_and_heldout(cfg: FixConfig) -> tuple[BugSet, BugSet]:
     """The bug file, checked and split (cheap: call it before loading a model)."""
+    from ..errors import close_matches
+    from .scorers import SCORERS
+
     bugs = load_bugs(cfg.bugs)
-    if bugs.mode != "pairs":
+    if bugs.mode == "scorer" and cfg.scorer is None:
         raise UserError(
-            f"{cfg.bugs} has prompts without bad/good continuations; this command needs pairs "
-            "(a behaviour scorer for prompt-only files is not supported yet)"
+            f"{cfg.bugs} has prompts without bad/good continuations: name the behaviour with "
+            f"--scorer ({', '.join(SCORERS)})"
+        )
+    if bugs.mode == "pairs" and cfg.scorer is not None:
+        raise UserError(
+            f"{cfg.bugs} has bad/good continuations, which define the behaviour; --scorer is for "
+            "prompt-only files"
+        )
+    if cfg.scorer is not None and cfg.scorer not in SCORERS:
+        raise UserError(
+            f"unknown scorer {cfg.scorer!r}{close_matches(cfg.scorer, list(SCORERS))}; "
+            f"choose from {', '.join(SCORERS)}"
         )
     return split(bugs, heldout=cfg.heldout, seed=cfg.seed)
+
+
+def _diagnose(lm, cfg, beh: Behaviour, fit: BugSet, layers, dictionaries, labels):
+    """(fit values before, candidates best first, feature findings, active-feature pool)."""
+    if beh.scorer is None:
+        fit_before = pair_margins(lm, fit.cases)
+        cands = candidates(lm, fit, contrastive_directions(lm, fit, layers))
+    else:
+        gens = generations(lm, fit.cases, max_new_tokens=cfg.max_new_tokens)
+        fit_before = beh.flags(gens)
+        flags = fit_before > 0.5
+        dirs = generation_directions(lm, fit.cases, gens, flags, layers)
+        cands = generation_candidates(lm, fit.cases, gens, flags, dirs)
+    findings, pool = [], []
+    if dictionaries:
+        if beh.scorer is not None:
+            raise UserError("--atlas feature attribution needs bad/good pairs in the bug file")
+        findings, pool = feature_findings(lm, dictionaries, fit, labels=labels, top=cfg.features)
+        cands = sorted(
+            cands + feature_candidates(lm, fit, findings, dictionaries), key=lambda c: c.fit_margin
+        )
+    if cfg.export:  # only an edit that folds into weights can be exported
+        cands = [c for c in cands if not isinstance(c.edit, FeatureAblation)]
+    return fit_before, cands, findings, pool
 
 
 def run_fix(
@@ -184,21 +257,13 @@ def run_fix(
     t0 = time.time()
     secs: dict[str, float] = {}
     fit, held = fit_and_heldout(cfg)
+    beh = Behaviour(cfg)
     layers = parse_layers(lm, cfg.layers)
     _say(
         progress, f"{len(fit)} fit and {len(held)} held-out prompts; directions at layers {layers}"
     )
-    fit_before = pair_margins(lm, fit.cases)
-    dirs = contrastive_directions(lm, fit, layers)
-    cands = candidates(lm, fit, dirs)
-    findings, pool = [], []
-    if dictionaries:
-        findings, pool = feature_findings(lm, dictionaries, fit, labels=labels, top=cfg.features)
-        cands = sorted(
-            cands + feature_candidates(lm, fit, findings, dictionaries), key=lambda c: c.fit_margin
-        )
-    if cfg.export:  # only an edit that folds into weights can be exported
-        cands = [c for c in cands if not isinstance(c.edit, FeatureAblation)]
+    fit_before, cands, findings, pool = _diagnose(lm, cfg, beh, fit, layers, dictionaries, labels)
+    fit_bad_before = float(beh.bad(fit_before).double().mean())
     secs["diagnose"] = time.time() - t0
     _say(
         progress,
@@ -209,17 +274,23 @@ def run_fix(
     fit_text = general_text(lm, cfg, "train")
     checked: list[Candidate] = []
     for c in cands[: cfg.top]:
+        bad_rate = c.fit_bad_rate
+        if bad_rate != bad_rate:  # NaN: a proxy-ranked candidate, generate with it now
+            bad_rate = float(beh.bad(beh.values(lm, fit, c.edit.runtime(lm))).double().mean())
         eff = text_effect(lm, c.edit.runtime(lm), fit_text)
         checked.append(
-            Candidate(c.name, c.edit, c.layer, c.fit_margin, c.fit_bad_rate, eff.added_nats.value)
+            Candidate(c.name, c.edit, c.layer, c.fit_margin, bad_rate, eff.added_nats.value)
         )
+
     # Fix the bug first, then disturb the model least: the lowest fit bad rate among the edits
-    # within the side-effect budget that lower the fit margin, ties to the smallest added loss.
-    ok = [
-        c
-        for c in checked
-        if c.fit_margin < float(fit_before.mean()) and c.fit_added_nats <= cfg.max_added_nats
-    ]
+    # within the side-effect budget that improve on the fit prompts, ties to the smallest added
+    # loss. Pairs improve when the mean margin falls; a scorer's bug when its rate falls.
+    def improves(c: Candidate) -> bool:
+        if beh.scorer is None:
+            return c.fit_margin < float(fit_before.mean())
+        return c.fit_bad_rate < fit_bad_before
+
+    ok = [c for c in checked if improves(c) and c.fit_added_nats <= cfg.max_added_nats]
     chosen = min(ok, key=lambda c: (c.fit_bad_rate, c.fit_added_nats)) if ok else None
     secs["choose"] = time.time() - t1
     rows = [
@@ -227,7 +298,7 @@ def run_fix(
             "name": c.name,
             "layer": c.layer,
             "fit_margin": c.fit_margin,
-            "fit_bad_rate": c.fit_bad_rate,
+            "fit_bad_rate": None if c.fit_bad_rate != c.fit_bad_rate else c.fit_bad_rate,
             "fit_added_nats": c.fit_added_nats,
         }
         for c in checked + cands[cfg.top :]
@@ -235,31 +306,32 @@ def run_fix(
 
     t2 = time.time()
     groups = [c.key for c in held.cases]
-    before = pair_margins(lm, held.cases)
+    before = beh.values(lm, held)
     report = FixReport(
         bugs=cfg.bugs,
         model=lm.name,
         n_fit=len(fit),
         n_heldout=len(held),
-        before_bad_rate=rate(before > 0, groups),
-        before_good_rate=rate(before < 0, groups),
+        before_bad_rate=rate(beh.bad(before), groups),
+        before_good_rate=rate(beh.good(before), groups),
         fit_before_margin=float(fit_before.mean()),
         candidates=rows,
         chosen=chosen.name if chosen else None,
         fix=None,
         control=None,
         features=[f.to_dict() for f in findings],
+        behaviour="margin" if beh.scorer is None else f"scorer:{beh.scorer}",
     )
     if chosen is None:
         report.note = (
-            f"no candidate lowered the fit margin within --max-added-nats {cfg.max_added_nats}; "
+            f"no candidate improved the fit prompts within --max-added-nats {cfg.max_added_nats}; "
             "nothing is reported on the held-out prompts"
         )
     else:
         text = general_text(lm, cfg, "test")
-        report.fix = outcome(lm, held, before, chosen.edit, text)
+        report.fix = outcome(lm, beh, held, before, chosen.edit, text)
         control = control_of(chosen.edit, cfg.seed, pool=pool)
-        report.control = outcome(lm, held, before, control, text)
+        report.control = outcome(lm, beh, held, before, control, text)
     secs["report"] = time.time() - t2
     secs["total"] = time.time() - t0
     report.seconds = secs
@@ -278,7 +350,12 @@ def table_rows(report: FixReport) -> list[tuple[str, str, str, str]]:
             f.good_rate.fmt(),
             c.good_rate.fmt(),
         ),
-        ("margin change", "", f.margin_change.fmt(), c.margin_change.fmt()),
+        (
+            "margin change" if report.behaviour == "margin" else "bad-rate change (paired)",
+            "",
+            f.margin_change.fmt(),
+            c.margin_change.fmt(),
+        ),
         ("added nats/token", "", f.text.added_nats.fmt(4), c.text.added_nats.fmt(4)),
         ("KL to the original", "", f.text.kl.fmt(4), c.text.kl.fmt(4)),
         (

@@ -17,6 +17,11 @@ class FixConfig:
     """bug file (JSONL: one {"prompt", "bad", "good"} object per line; see docs/correct.md)"""
     model: str = "smollm2-135m"
     """model name, alias or folder"""
+    scorer: str | None = None
+    """for a bug file of prompts only: the behaviour scorer that judges the greedy continuation
+    (repetition: a loop that runs into the token limit; see docs/correct.md)"""
+    max_new_tokens: int = 128
+    """with --scorer: tokens generated per prompt"""
     atlas: str | None = flag(None, metavar="ATLAS")
     """also rank the features of this atlas's dictionaries by attribution (plain prompts only) and
     try ablating the top ones; their labels come from the atlas"""
@@ -57,6 +62,8 @@ class FixConfig:
             raise ValueError("--heldout must be between 0 and 1")
         if self.max_added_nats < 0:
             raise ValueError("--max-added-nats must be >= 0")
+        if self.max_new_tokens < 1:
+            raise ValueError("--max-new-tokens must be >= 1")
         if self.text_tokens < 1 or self.ctx_len < 2 or self.top < 1:
             raise ValueError("--text-tokens, --top must be >= 1 and --ctx-len >= 2")
 

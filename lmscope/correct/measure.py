@@ -5,6 +5,9 @@ general text.
   over the continuation's tokens (the continuation is tokenized on its own, so prompt and
   continuation tokens never merge). The bad-behaviour rate is the share of prompts with margin
   > 0, the good-behaviour rate the share with margin < 0 (ties count as neither).
+- Behaviour (a scorer, prompt-only bug files): the model's greedy continuation (correct/
+  generate.py, KV cache) judged by a scorer (correct/scorers.py); the bad-behaviour rate is the
+  share of prompts where it fires, the good-behaviour rate the share where it does not.
 - General text: on held-out corpus contexts (documents never used to fit anything), the added
   loss in nats per token (edited minus original cross-entropy of the next token), the KL divergence
   KL(original || edited) of the next-token distribution per token, and next-token top-1 accuracy
@@ -27,22 +30,9 @@ from .bugs import BugCase
 
 def prompt_ids(lm, case: BugCase) -> list[int]:
     """The prompt's tokens as the model sees them (BOS once; the chat template when asked)."""
-    if case.chat:
-        tok = lm.tokenizer
-        if not getattr(tok, "chat_template", None):
-            from ..errors import UserError
+    from .generate import prompt_ids as ids_of
 
-            raise UserError(
-                f"the prompt {case.prompt[:40]!r} asks for the chat template but "
-                f'{lm.name}\'s tokenizer has none; drop "chat": true'
-            )
-        ids = tok.apply_chat_template(
-            [{"role": "user", "content": case.prompt}], add_generation_prompt=True, tokenize=True
-        )
-        if isinstance(ids, dict) or hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        return list(ids)
-    return lm.to_tokens(case.prompt)[0].tolist()
+    return ids_of(lm, case.prompt, chat=case.chat)
 
 
 def _continuation_ids(lm, text: str) -> list[int]:
@@ -86,6 +76,32 @@ def pair_margins(lm, cases: Sequence[BugCase], edits=None) -> Tensor:
     bad = continuation_logprobs(lm, prompts, [_continuation_ids(lm, c.bad) for c in cases], edits)
     good = continuation_logprobs(lm, prompts, [_continuation_ids(lm, c.good) for c in cases], edits)
     return bad - good
+
+
+def generations(lm, cases: Sequence[BugCase], edits=None, *, max_new_tokens: int = 128):
+    """Greedy continuations of the cases' prompts under `edits` (chat and plain prompts each
+    in their own batches), in the cases' order."""
+    from .generate import generate_batch
+
+    out = [None] * len(cases)
+    for chat in (False, True):
+        idx = [i for i, c in enumerate(cases) if c.chat == chat]
+        if idx:
+            gens = generate_batch(
+                lm, [cases[i].prompt for i in idx], edits, max_new_tokens=max_new_tokens, chat=chat
+            )
+            for i, g in zip(idx, gens):
+                out[i] = g
+    return out
+
+
+def own_logprobs(lm, cases: Sequence[BugCase], gens, edits=None) -> Tensor:
+    """[n] mean log p per token of each case's own (unedited) generation, teacher-forced under
+    `edits`: how much an edit makes the model's earlier continuation less likely."""
+    prompts = [prompt_ids(lm, c) for c in cases]
+    conts = [list(g.ids) or [lm.tokenizer.eos_token_id or 0] for g in gens]
+    lp = continuation_logprobs(lm, prompts, conts, edits)
+    return lp / torch.tensor([len(c) for c in conts], dtype=torch.float64)
 
 
 def rate(flags: Tensor, groups: Sequence[str], *, seed: int = 0) -> Score:
@@ -158,6 +174,8 @@ def text_effect(lm, edits, contexts: Sequence[Tensor], *, batch_size: int = 8) -
 __all__ = [
     "TextEffect",
     "continuation_logprobs",
+    "generations",
+    "own_logprobs",
     "pair_margins",
     "prompt_ids",
     "rate",
