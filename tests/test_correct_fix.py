@@ -182,6 +182,7 @@ def test_fix_lowers_the_planted_bug_on_held_out_prompts_and_beats_the_control(bu
         ctx_len=16,
         text_tokens=150,
         max_added_nats=5.0,
+        knowledge=False,
     )
     rep, edit = run_fix(lm, cfg, progress=False)
     assert rep.n_fit + rep.n_heldout == 24 and rep.n_heldout == 12
@@ -203,6 +204,7 @@ def test_fix_cli_exports_a_model_that_equals_the_runtime_edit(buggy, tmp_path, c
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "bad-behaviour rate" in printed and "control edit" in printed
+    assert "knows: cities" in printed
     rep = json.loads(report.read_text())
     assert rep["chosen"] and rep["export"] == str(out)
     # the exported model is plain transformers and equals the runtime-edited original
@@ -314,9 +316,27 @@ def test_scorer_bug_is_fixed_on_held_out_prompts(tmp_path, monkeypatch, buggy):
         text_tokens=100,
         max_added_nats=5.0,
         top=3,
+        knowledge=False,
     )
     rep, edit = run_fix(lm, cfg, progress=False)
     assert rep.behaviour == "scorer:says_dog" and 0 < rep.before_bad_rate.value < 1
     assert edit is not None and rep.fix is not None
     assert rep.fix.bad_rate.value < rep.before_bad_rate.value
     assert rep.candidates[0]["fit_bad_rate"] is not None  # the top ones were generated with
+
+
+def test_knowledge_accuracy_is_the_share_of_true_over_false_pairs(tiny_llama):
+    from lmscope.correct.measure import knowledge_accuracy, knowledge_pairs, statement_logprobs
+
+    texts, pairs, ents = knowledge_pairs("animal_class")
+    assert len(pairs) == len(ents) and all(t != f for t, f in pairs)
+    acc = knowledge_accuracy(tiny_llama, names=["animal_class"])["animal_class"]
+    lp = statement_logprobs(tiny_llama, texts)
+    by_hand = [float(lp[t] > lp[f]) for t, f in pairs]
+    assert acc.tolist() == by_hand
+    # one statement scored by hand
+    ids = [1] + tiny_llama.tokenizer(texts[0], add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(tiny_llama.model(torch.tensor([ids])).logits[0].double(), -1)
+    ref = sum(float(logp[j, ids[j + 1]]) for j in range(len(ids) - 1))
+    assert float(lp[0]) == pytest.approx(ref, abs=1e-4)

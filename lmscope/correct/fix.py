@@ -38,7 +38,14 @@ from .diagnose import (
 )
 from .edits import AddVector, FeatureAblation, ProjectOut
 from .fix_config import FixConfig
-from .measure import TextEffect, generations, pair_margins, rate, text_effect
+from .measure import (
+    TextEffect,
+    generations,
+    knowledge_accuracy,
+    pair_margins,
+    rate,
+    text_effect,
+)
 
 
 @dataclass
@@ -52,9 +59,12 @@ class Outcome:
     """mean over held-out prompts of (value after - value before), paired by prompt: the margin
     for pairs, the scorer's 0/1 for a scorer (so: the paired change of the bad rate)"""
     text: TextEffect
+    knowledge: dict = field(default_factory=dict)
+    """{dataset: {"before", "after", "change"}}: 2-choice knowledge accuracy (measure.py)"""
 
     def to_dict(self) -> dict:
         return {
+            "knowledge": self.knowledge,
             "edit": self.edit,
             "bad_rate": self.bad_rate.to_dict(),
             "good_rate": self.good_rate.to_dict(),
@@ -186,7 +196,26 @@ class Behaviour:
         return v < 0 if self.scorer is None else v < 0.5
 
 
-def outcome(lm, beh: Behaviour, held: BugSet, before, edit, text) -> Outcome:
+def knowledge_change(lm, edit, before: dict) -> dict:
+    """Per dataset: accuracy before, after (interval over entities) and the paired change."""
+    from .measure import knowledge_pairs
+
+    after = knowledge_accuracy(lm, edit.runtime(lm), list(before))
+    out = {}
+    for name, b in before.items():
+        a = after[name]
+        ents = knowledge_pairs(name)[2]
+        out[name] = {
+            "before": float(b.mean()),
+            "after": rate(a > 0.5, ents).to_dict(),
+            "change": paired_difference(
+                lambda idx, a=a: float(a[idx].mean()), lambda idx, b=b: float(b[idx].mean()), ents
+            ).to_dict(),
+        }
+    return out
+
+
+def outcome(lm, beh: Behaviour, held: BugSet, before, edit, text, known=None) -> Outcome:
     groups = [c.key for c in held.cases]
     after = beh.values(lm, held, edit.runtime(lm))
     change = paired_difference(
@@ -198,6 +227,7 @@ def outcome(lm, beh: Behaviour, held: BugSet, before, edit, text) -> Outcome:
         good_rate=rate(beh.good(after), groups),
         margin_change=change,
         text=text_effect(lm, edit.runtime(lm), text),
+        knowledge=knowledge_change(lm, edit, known) if known else {},
     )
 
 
@@ -329,9 +359,10 @@ def run_fix(
         )
     else:
         text = general_text(lm, cfg, "test")
-        report.fix = outcome(lm, beh, held, before, chosen.edit, text)
+        known = knowledge_accuracy(lm) if cfg.knowledge else None
+        report.fix = outcome(lm, beh, held, before, chosen.edit, text, known)
         control = control_of(chosen.edit, cfg.seed, pool=pool)
-        report.control = outcome(lm, beh, held, before, control, text)
+        report.control = outcome(lm, beh, held, before, control, text, known)
     secs["report"] = time.time() - t2
     secs["total"] = time.time() - t0
     report.seconds = secs
@@ -364,7 +395,14 @@ def table_rows(report: FixReport) -> list[tuple[str, str, str, str]]:
             f"{f.text.accuracy_after:.3f}",
             f"{c.text.accuracy_after:.3f}",
         ),
+    ] + [
+        (f"knows: {name}", f"{k['before']:.3f}", _after(k), _after(c.knowledge[name]))
+        for name, k in f.knowledge.items()
     ]
+
+
+def _after(k: dict) -> str:
+    return f"{k['after']['value']:.3f} ({k['change']['value']:+.3f})"
 
 
 def card(report: FixReport) -> str:

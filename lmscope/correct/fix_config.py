@@ -43,6 +43,9 @@ class FixConfig:
     """general text for side effects ("default": the embedded corpus)"""
     ctx_len: int = 128
     """tokens per general-text context"""
+    knowledge: bool = True
+    """also report the 2-choice knowledge accuracy on the probe datasets' true/false statements
+    (cities, arithmetic, animal classes, Spanish words) before and after; --no-knowledge skips it"""
     top: int = 5
     """candidates (best fit margin first) whose side effects are checked against the budget"""
     export: str | None = flag(None, metavar="DIR")

@@ -60,9 +60,7 @@ def prompt_ids(lm: LanguageModel, prompt: str, *, chat: bool = False) -> list[in
     tok = lm.tokenizer
     if chat:
         if not getattr(tok, "chat_template", None):
-            raise UserError(
-                f"model {lm.name} has no chat template; run its prompts without chat"
-            )
+            raise UserError(f"model {lm.name} has no chat template; run its prompts without chat")
         text = tok.apply_chat_template(
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
         )

@@ -8,6 +8,10 @@ general text.
 - Behaviour (a scorer, prompt-only bug files): the model's greedy continuation (correct/
   generate.py, KV cache) judged by a scorer (correct/scorers.py); the bad-behaviour rate is the
   share of prompts where it fires, the good-behaviour rate the share where it does not.
+- Knowledge (a capability check): on the probe datasets' true/false statements (cities,
+  arithmetic, animal classes, Spanish words; every split: nothing in a fix is fitted on them),
+  the share of (true, false) pairs of one entity where the model finds the true statement
+  likelier, log p(statement | BOS). Intervals resample entities.
 - General text: on held-out corpus contexts (documents never used to fit anything), the added
   loss in nats per token (edited minus original cross-entropy of the next token), the KL divergence
   KL(original || edited) of the next-token distribution per token, and next-token top-1 accuracy
@@ -110,6 +114,48 @@ def rate(flags: Tensor, groups: Sequence[str], *, seed: int = 0) -> Score:
     return bootstrap(lambda idx: float(f[idx].mean()), list(groups), seed=seed)
 
 
+KNOWLEDGE = ("cities", "arithmetic", "animal_class", "sp_en_trans")
+"""Capability checks: the probe datasets' true/false statement pairs (lmscope/probe/datasets.py)."""
+
+
+@torch.no_grad()
+def statement_logprobs(lm, texts: Sequence[str], edits=None, *, batch_size: int = 32) -> Tensor:
+    """[n] log p(text | BOS), summed over the text's tokens."""
+    bos = [lm.bos_token_id] if lm.bos_token_id is not None else []
+    ids = [lm.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    prompts = [bos or ids[i][:1] for i in range(len(ids))]
+    conts = [x if bos else x[1:] for x in ids]
+    return continuation_logprobs(lm, prompts, conts, edits, batch_size=batch_size)
+
+
+def knowledge_pairs(name: str) -> tuple[list[str], list[tuple[int, int]], list[str]]:
+    """(statements, (true index, false index) pairs within an entity, each pair's entity)."""
+    from ..probe.datasets import load_dataset
+
+    st = load_dataset(name).all
+    by: dict[str, dict[int, list[int]]] = {}
+    for i, x in enumerate(st):
+        by.setdefault(x.entity, {0: [], 1: []})[x.label].append(i)
+    pairs, ents = [], []
+    for e, d in by.items():
+        for t in d[1]:
+            for f in d[0]:
+                pairs.append((t, f))
+                ents.append(e)
+    return [x.text for x in st], pairs, ents
+
+
+def knowledge_accuracy(lm, edits=None, names: Sequence[str] = KNOWLEDGE) -> dict[str, Tensor]:
+    """{dataset: [n_pairs] 1.0 where the model finds the true statement likelier than the false
+    one of the same entity}: 2-choice knowledge, no probe involved."""
+    out = {}
+    for n in names:
+        texts, pairs, _ = knowledge_pairs(n)
+        lp = statement_logprobs(lm, texts, edits)
+        out[n] = torch.tensor([float(lp[t] > lp[f]) for t, f in pairs], dtype=torch.float64)
+    return out
+
+
 @dataclass(frozen=True)
 class TextEffect:
     """Side effects of an edit on general (held-out) text."""
@@ -175,6 +221,9 @@ __all__ = [
     "TextEffect",
     "continuation_logprobs",
     "generations",
+    "knowledge_accuracy",
+    "knowledge_pairs",
+    "statement_logprobs",
     "own_logprobs",
     "pair_margins",
     "prompt_ids",
