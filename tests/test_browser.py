@@ -557,12 +557,30 @@ def xss_viewer(demo_atlas_root, tmp_path_factory):
     }
     (root / "graphs").mkdir(exist_ok=True)
     (root / "graphs" / "xss.json").write_text(json.dumps(graph))
+    (root / "fixes").mkdir(exist_ok=True)
+    (root / "fixes" / "xss.json").write_text(json.dumps(_fix_report(XSS, XSS_IMG, XSS_SCRIPT)))
     proc, url = serve(root)
     try:
         yield url
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def _fix_report(*payloads) -> dict:
+    """A fix report made by the real report classes, its texts the given payloads."""
+    from lmscope.correct.fix import FixReport, Outcome
+    from lmscope.correct.measure import TextEffect
+    from lmscope.probe.metrics import Score
+
+    a, b, c = payloads
+    s = Score(0.25, 0.1, 0.4, 12, 12)
+    text = TextEffect(900, 8, 3.1, 3.2, s, s, 0.31, 0.30)
+    k = {"cities": {"before": 0.7, "after": s.to_dict(), "change": s.to_dict()}}
+    out = Outcome(f"edit {a}", s, s, s, text, k)
+    rep = FixReport(f"bugs {b}.jsonl", "tiny", 12, 12, s, s, 0.5, [{"name": c}], c, out, out)
+    rep.examples = [{"prompt": a, "bad": b, "good": c, "before": b, "after": c, "control": a}]
+    return rep.to_dict()
 
 
 def _no_script_ran(pg):
@@ -583,6 +601,8 @@ def test_planted_payloads_show_as_text_on_every_page(browser, xss_viewer):
             ("#/overview", "#main"),
             ("#/graph", "#main"),
             ("#/graph/xss.json", "#graph-title"),
+            ("#/fix", "#main"),
+            ("#/fix/xss.json", "#main"),
         ]
         for hash_, _ in pages:
             pg.goto(xss_viewer + hash_)
@@ -594,6 +614,12 @@ def test_planted_payloads_show_as_text_on_every_page(browser, xss_viewer):
                 assert XSS_IMG in text and XSS_SCRIPT in text  # label and example windows, as text
             if hash_.startswith("#/search"):
                 assert XSS_IMG in text
+            if hash_ == "#/fix/xss.json":  # the report's numbers and texts, side by side
+                assert pg.locator("#fix-numbers tr").count() == 8  # header + 6 rows + knowledge
+                assert pg.locator("#fix-examples pre").count() == 3
+                assert XSS_IMG in text and XSS_SCRIPT in text and "0.250 [0.100, 0.400]" in text
+            if hash_ == "#/fix":
+                assert pg.locator("#fix-list a").count() == 1
             if hash_ == "#/graph/xss.json":
                 assert XSS_IMG in text
                 for node in pg.locator(

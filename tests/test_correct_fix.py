@@ -340,3 +340,45 @@ def test_knowledge_accuracy_is_the_share_of_true_over_false_pairs(tiny_llama):
         logp = torch.log_softmax(tiny_llama.model(torch.tensor([ids])).logits[0].double(), -1)
     ref = sum(float(logp[j, ids[j + 1]]) for j in range(len(ids) - 1))
     assert float(lp[0]) == pytest.approx(ref, abs=1e-4)
+
+
+def test_fix_with_an_atlas_ranks_labelled_features_and_saves_the_report_for_the_viewer(
+    tmp_path, tiny_model_dir, capsys
+):
+    from test_trace import make_atlas
+
+    from lmscope.correct.fix_files import fixes_dir, list_fixes, read_fix, save_fix
+    from lmscope.models.tiny import tiny_model
+
+    model = tiny_model_dir("llama", n_layers=3)
+    root, _ = make_atlas(tmp_path, tiny_model("llama", n_layers=3), model, saes=False)
+    g = torch.Generator().manual_seed(2)
+    rows = [
+        {
+            "prompt": " ".join(
+                WORDS[j] for j in torch.randint(0, len(WORDS), (4,), generator=g).tolist()
+            ),
+            "bad": " dog",
+            "good": " cat",
+            "group": f"g{i}",
+        }
+        for i in range(8)
+    ]
+    bugs = _write(tmp_path / "dogs.jsonl", rows)
+    corpus = tmp_path / "corpus.txt"
+    docs = torch.randint(0, len(WORDS), (400, 40), generator=g).tolist()
+    corpus.write_text("\n\n".join(" ".join(WORDS[w] for w in d) for d in docs))
+    args = ["fix", str(bugs), "--model", str(model), "--atlas", str(root), "--layers", "2"]
+    args += ["--corpus", str(corpus), "--ctx-len", "16", "--text-tokens", "100", "--no-knowledge"]
+    args += ["--max-added-nats", "50", "--features", "3", "--json"]
+    assert main(args) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert len(rep["features"]) == 3 and all(
+        f["ablation_effect"] is not None for f in rep["features"]
+    )
+    assert rep["saved"].startswith(str(fixes_dir(root)))
+    listed = list_fixes(fixes_dir(root))
+    assert [f["name"] for f in listed] == ["dogs.json"] and listed[0]["error"] is None
+    assert read_fix(rep["saved"])["chosen"] == rep["chosen"]
+    save_fix(rep, root, "dogs")  # a second report never overwrites the first
+    assert sorted(f["name"] for f in list_fixes(fixes_dir(root))) == ["dogs-2.json", "dogs.json"]

@@ -162,10 +162,20 @@ def cmd_fix(args) -> int:
     d = report.to_dict() | {"export": exported}
     if cfg.out:
         write_json_atomic(cfg.out, d)
+    saved = None
+    if cfg.atlas:  # the viewer's Fixes page lists ATLAS/fixes/ (never overwritten: a free name)
+        from ..correct.fix_files import save_fix
+
+        saved = str(save_fix(d, cfg.atlas, Path(cfg.bugs).stem))
+        d["saved"] = saved
     if args.json:
         print_json(d)
         return 0
     _print(report, exported)
+    if saved:
+        from ._invocation import shell_line
+
+        print(f"report saved to {saved}; see it with: {shell_line(['serve', cfg.atlas])} (Fixes)")
     return 0
 
 

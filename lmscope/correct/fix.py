@@ -92,6 +92,8 @@ class FixReport:
     """with dictionaries: the top features by attribution, with labels and ablation effects"""
     behaviour: str = "margin"
     """what a prompt's value is: "margin" (pairs) or "scorer:NAME" (1 if it fired)"""
+    examples: list[dict] = field(default_factory=list)
+    """a few held-out prompts' greedy continuations: before, after the fix, after the control"""
 
     def to_dict(self) -> dict:
         return {
@@ -110,6 +112,7 @@ class FixReport:
             "fix": self.fix.to_dict() if self.fix else None,
             "control": self.control.to_dict() if self.control else None,
             "features": self.features,
+            "examples": self.examples,
             "seconds": self.seconds,
             "note": self.note,
         }
@@ -229,6 +232,32 @@ def outcome(lm, beh: Behaviour, held: BugSet, before, edit, text, known=None) ->
         text=text_effect(lm, edit.runtime(lm), text),
         knowledge=knowledge_change(lm, edit, known) if known else {},
     )
+
+
+def examples(lm, held: BugSet, edit, control, cfg: FixConfig) -> list[dict]:
+    """The first `cfg.examples` held-out prompts' greedy continuations under no edit, the fix and
+    the control (what the viewer shows side by side)."""
+    cases = held.cases[: cfg.examples]
+    if not cases:
+        return []
+    n = min(cfg.max_new_tokens, cfg.example_tokens)
+    runs = {
+        k: generations(lm, cases, e, max_new_tokens=n)
+        for k, e in (
+            ("before", None),
+            ("after", edit.runtime(lm)),
+            ("control", control.runtime(lm)),
+        )
+    }
+    return [
+        {
+            "prompt": c.prompt,
+            "bad": c.bad,
+            "good": c.good,
+            **{k: runs[k][i].text for k in runs},
+        }
+        for i, c in enumerate(cases)
+    ]
 
 
 def fit_and_heldout(cfg: FixConfig) -> tuple[BugSet, BugSet]:
@@ -363,6 +392,7 @@ def run_fix(
         report.fix = outcome(lm, beh, held, before, chosen.edit, text, known)
         control = control_of(chosen.edit, cfg.seed, pool=pool)
         report.control = outcome(lm, beh, held, before, control, text, known)
+        report.examples = examples(lm, held, chosen.edit, control, cfg)
     secs["report"] = time.time() - t2
     secs["total"] = time.time() - t0
     report.seconds = secs

@@ -46,6 +46,11 @@ class FixConfig:
     knowledge: bool = True
     """also report the 2-choice knowledge accuracy on the probe datasets' true/false statements
     (cities, arithmetic, animal classes, Spanish words) before and after; --no-knowledge skips it"""
+    examples: int = 6
+    """held-out prompts whose greedy continuations (before, after the fix, after the control) go
+    into the report and the viewer"""
+    example_tokens: int = 48
+    """tokens generated for each of those examples"""
     top: int = 5
     """candidates (best fit margin first) whose side effects are checked against the budget"""
     export: str | None = flag(None, metavar="DIR")
@@ -65,6 +70,8 @@ class FixConfig:
             raise ValueError("--heldout must be between 0 and 1")
         if self.max_added_nats < 0:
             raise ValueError("--max-added-nats must be >= 0")
+        if self.examples < 0 or self.example_tokens < 1:
+            raise ValueError("--examples must be >= 0 and --example-tokens >= 1")
         if self.max_new_tokens < 1:
             raise ValueError("--max-new-tokens must be >= 1")
         if self.text_tokens < 1 or self.ctx_len < 2 or self.top < 1:
