@@ -14,6 +14,7 @@ files matters), per-layer JumpReLU skip transcoders and a JumpReLU CLT:
    equal lmscope's on the same inputs.
 2. circuit-tracer builds random transcoders and saves them with its own `to_safetensors`;
    lmscope loads those files; lmscope's encode/decode must equal circuit-tracer's.
+3. A Gemma Scope 2 transcoder file, read by circuit-tracer's Gemma Scope 2 loader and by ours.
 """
 
 from __future__ import annotations
@@ -107,6 +108,11 @@ with torch.no_grad():
 c.to_safetensors(str(tmp / "own_clt"))
 out["own_clt_enc"] = c.encode(x)
 out["own_clt_recon"] = recon(c, x)
+# 3. a Gemma Scope 2 transcoder file through circuit-tracer's own Gemma Scope 2 loader
+from circuit_tracer.transcoder.single_layer_transcoder import load_gemma_scope_2_transcoder
+gs = load_gemma_scope_2_transcoder(str(tmp / "gs2" / "params.safetensors"), 0, device=cpu)
+out["gs2_enc"] = gs.encode(x[0])
+out["gs2_fwd"] = gs(x[0])
 save_file({k: v.detach().contiguous() for k, v in out.items()}, str(tmp / "ct_out.safetensors"))
 print("OK")
 """
@@ -149,6 +155,25 @@ def test_circuit_tracer_reads_ours_and_we_read_its(tmp_path):
     save_circuit_tracer_clt(clt, tmp_path / "cache/lmscope/tc-clt", model_name="tiny")
     x = torch.randn(L, B, D, generator=torch.Generator().manual_seed(5))
     save_file({"x": x}, str(tmp_path / "x.safetensors"))
+    g = torch.Generator().manual_seed(6)
+    (tmp_path / "gs2").mkdir()
+    save_file(  # Gemma Scope 2's keys and orientation (w_enc [d_in, n], x @ affine_skip)
+        {
+            "w_enc": torch.randn(D, N, generator=g),
+            "w_dec": torch.randn(N, D, generator=g),
+            "b_enc": torch.randn(N, generator=g) * 0.1,
+            "b_dec": torch.randn(D, generator=g),
+            "threshold": torch.rand(N, generator=g),
+            "affine_skip_connection": torch.randn(D, D, generator=g) * 0.1,
+        },
+        str(tmp_path / "gs2" / "params.safetensors"),
+    )
+    (tmp_path / "gs2" / "config.json").write_text(
+        '{"hf_hook_point_in": "model.layers.0.pre_feedforward_layernorm.output", '
+        '"hf_hook_point_out": "model.layers.0.post_feedforward_layernorm.output", "width": 24, '
+        '"model_name": "google/gemma-3-270m-pt", "architecture": "jump_relu", "l0": 10, '
+        '"affine_connection": true, "type": "transcoder"}'
+    )
 
     r = subprocess.run(
         [CT_PYTHON, "-c", SCRIPT, str(tmp_path), str(L), str(D), str(N)],
@@ -183,6 +208,10 @@ def test_circuit_tracer_reads_ours_and_we_read_its(tmp_path):
         own_clt = load_pretrained(tmp_path / "own_clt").clt
         close(ct["own_clt_enc"], own_clt.encode(x))
         close(ct["own_clt_recon"], own_clt(x))
+        # 3. the same Gemma Scope 2 file: circuit-tracer's loader == ours
+        gs = load_pretrained(tmp_path / "gs2").dictionaries["blocks.0.mlp_in"]
+        close(ct["gs2_enc"], gs.encode(x[0]))
+        close(ct["gs2_fwd"], gs(x[0]))
 
 
 if __name__ == "__main__":  # pragma: no cover

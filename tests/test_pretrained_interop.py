@@ -433,3 +433,43 @@ def test_import_into_atlas_and_export_back(tmp_path, tiny_llama, tiny_model_dir,
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "expects width 8" in err and "has 32" in err
     assert not (tmp_path / "a2").exists()  # nothing written before the check
+
+
+def test_gemmascope2_from_hf_cache_equals_saelens(tmp_path, monkeypatch):
+    """The same Gemma Scope 2 files through SAELens' own Gemma Scope 2 loader and through ours."""
+    sae_lens = pytest.importorskip("sae_lens", reason="install the extra: pip install '.[saelens]'")
+    import huggingface_hub.constants as hf_constants
+    import sae_lens.loading.pretrained_sae_loaders as sl_loaders
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    repo, cache = "google/gemma-scope-2-270m-pt", tmp_path / "hub"
+    folder = "transcoder_all/layer_{layer}_width_16k_l0_small_affine"
+    files = {}
+    for i in range(2):
+        src = tmp_path / "src" / f"layer_{i}"
+        _write_gs2(src, "transcoder", True)
+        cfg = _gs2_cfg("transcoder", layer=str(i), affine=True)
+        (src / "config.json").write_text(json.dumps(cfg))
+        for name in ("config.json", "params.safetensors"):
+            files[f"{folder.format(layer=i)}/{name}"] = src / name
+    _fake_hf_cache(cache, repo, files)
+    ours = load_pretrained(f"{repo}/{folder}", n_layers=2, cache_dir=cache).dictionaries
+
+    # SAELens fetches tensor shapes with an HTTP range request; read the cached file's instead.
+    snap = next((cache / f"models--{repo.replace('/', '--')}" / "snapshots").iterdir())
+    monkeypatch.setattr(
+        sl_loaders,
+        "get_safetensors_tensor_shapes",
+        lambda repo_id, fn: {k: list(v.shape) for k, v in load_file(str(snap / fn)).items()},
+    )
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    x = _x()
+    for i in range(2):
+        cfg, st, _ = sl_loaders.gemma_3_sae_huggingface_loader(repo, folder.format(layer=i))
+        sae = sae_lens.SAE.from_dict(cfg)
+        sae.load_state_dict(st)
+        d = ours[f"blocks.{i}.mlp_in"]
+        assert cfg["hook_name"] == f"blocks.{i}.hook_mlp_in" and d.cfg.skip
+        with torch.no_grad():
+            torch.testing.assert_close(d.encode(x), sae.encode(x), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(d(x), sae(x), atol=1e-5, rtol=1e-5)
