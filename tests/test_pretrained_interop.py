@@ -111,7 +111,7 @@ def test_circuit_tracer_set_refuses_gaps_and_bad_hooks(tmp_path):
 
 
 # --- circuit-tracer CLT --------------------------------------------------------------------
-def _write_ct_clt(folder: Path, L=3, *, relu=False):
+def _write_ct_clt(folder: Path, L=3, *, relu=False, d=D):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text(
         "model_name: tiny-llama\nmodel_kind: cross_layer_transcoder\n"
@@ -119,11 +119,11 @@ def _write_ct_clt(folder: Path, L=3, *, relu=False):
     )
     W_enc, b_enc, thr, W_dec, b_dec = [], [], [], [], []
     for i in range(L):
-        W_enc.append(_rand(N, D, seed=100 + i))
+        W_enc.append(_rand(N, d, seed=100 + i))
         b_enc.append(_rand(N, seed=200 + i) * 0.1)
-        b_dec.append(_rand(D, seed=300 + i))
+        b_dec.append(_rand(d, seed=300 + i))
         thr.append(torch.zeros(N) if relu else _rand(N, seed=400 + i).abs() * 0.3)
-        W_dec.append(_rand(N, L - i, D, seed=500 + i))
+        W_dec.append(_rand(N, L - i, d, seed=500 + i))
         enc = {f"W_enc_{i}": W_enc[i], f"b_enc_{i}": b_enc[i], f"b_dec_{i}": b_dec[i]}
         if not relu:
             enc[f"threshold_{i}"] = thr[i]
@@ -473,3 +473,22 @@ def test_gemmascope2_from_hf_cache_equals_saelens(tmp_path, monkeypatch):
         with torch.no_grad():
             torch.testing.assert_close(d.encode(x), sae.encode(x), atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(d(x), sae(x), atol=1e-5, rtol=1e-5)
+
+
+def test_import_clt_checks_the_model(tmp_path, tiny_llama):
+    from lmscope.dictionaries.clt import CrossLayerTranscoder
+    from lmscope.dictionaries.io import import_pretrained
+
+    lm = tiny_llama  # 3 layers, d_model 32
+    _write_ct_clt(tmp_path / "small", L=3)  # d_model 8
+    with pytest.raises(UserError, match="expects width 8 at blocks.0.mlp_in but model .* has 32"):
+        import_pretrained(tmp_path / "small", tmp_path / "o1", lm)
+    _write_ct_clt(tmp_path / "short", L=2)
+    with pytest.raises(UserError, match="has 2 layers but model .* has 3"):
+        import_pretrained(tmp_path / "short", tmp_path / "o2", lm)
+    W_enc, b_enc, thr, W_dec, b_dec = _write_ct_clt(tmp_path / "fits", L=3, d=lm.d_model)
+    pre, out = import_pretrained(tmp_path / "fits", tmp_path / "clt", lm)
+    clt = CrossLayerTranscoder.load(out)  # lmscope's own CLT folder
+    x = _x(L=3, d=lm.d_model)
+    want = _clt_reference(x, W_enc, b_enc, thr, W_dec, b_dec)[1]
+    torch.testing.assert_close(clt(x), want, atol=1e-5, rtol=1e-5)
