@@ -15,6 +15,10 @@ files matters), per-layer JumpReLU skip transcoders and a JumpReLU CLT:
 2. circuit-tracer builds random transcoders and saves them with its own `to_safetensors`;
    lmscope loads those files; lmscope's encode/decode must equal circuit-tracer's.
 3. A Gemma Scope 2 transcoder file, read by circuit-tracer's Gemma Scope 2 loader and by ours.
+4. On a real forward of a tiny Llama, circuit-tracer's replacement model (nnsight backend) with
+   lmscope's export fires the same features with the same values as lmscope's mlp_in hooks, and
+   builds a graph. Its nnsight backend needs nnsight<0.8 (docs/benchmarks.md); with a newer one
+   this part is skipped with that reason.
 """
 
 from __future__ import annotations
@@ -216,3 +220,77 @@ def test_circuit_tracer_reads_ours_and_we_read_its(tmp_path):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+GRAPH_SCRIPT = r"""
+import sys, torch
+from pathlib import Path
+from safetensors.torch import load_file, save_file
+try:
+    from circuit_tracer.replacement_model.replacement_model_nnsight import NNSightReplacementModel
+except Exception as e:  # its nnsight backend needs nnsight<0.8
+    print(f"NO_NNSIGHT {type(e).__name__}: {e}")
+    sys.exit(0)
+from circuit_tracer import ReplacementModel, attribute
+from circuit_tracer.utils.caching import load_transcoders_from_cache
+
+tmp = Path(sys.argv[1]); cpu = torch.device("cpu")
+tset, _ = load_transcoders_from_cache("lmscope/tiny", cache_dir=tmp / "cache", device=cpu,
+                                      lazy_decoder=False)
+model = ReplacementModel.from_pretrained_and_transcoders(
+    str(tmp / "model"), tset, backend="nnsight", device=cpu, dtype=torch.float32)
+toks = load_file(str(tmp / "toks.safetensors"))["toks"][0]
+logits, acts = model.get_activations(toks)
+g = attribute(toks, model, max_feature_nodes=100, batch_size=64, verbose=False)
+save_file({"logits": logits[0].contiguous(), "acts": acts.to_dense().contiguous(),
+           "n_active": torch.tensor(g.active_features.shape[0])}, str(tmp / "ct_out.safetensors"))
+print("OK")
+"""
+
+
+def test_circuit_tracer_replacement_model_sees_our_features(tmp_path, tiny_llama, tiny_model_dir):
+    """On a real (tiny Llama) forward, circuit-tracer's replacement model with lmscope's exported
+    transcoders reads the same MLP inputs as lmscope's mlp_in hooks: the same features fire with
+    the same values (position 0 aside: circuit-tracer zeroes BOS), and it builds a graph."""
+    import json
+    import shutil
+
+    from lmscope.dictionaries import build, transcoder_config
+    from lmscope.dictionaries.io import save_circuit_tracer_transcoders
+    from lmscope.models.runtime import run
+
+    lm = tiny_llama
+    src = Path(tiny_model_dir("llama", n_layers=3))
+    shutil.copytree(src, tmp_path / "model")
+    tok_cfg = tmp_path / "model" / "tokenizer_config.json"  # transformers 4 (its pin) names it so
+    fixed = {**json.loads(tok_cfg.read_text()), "tokenizer_class": "PreTrainedTokenizerFast"}
+    tok_cfg.write_text(json.dumps(fixed))
+    tcs = {}
+    for i in range(lm.n_layers):
+        d = build(transcoder_config(i, lm.d_model, 64, arch="jumprelu", skip=True, seed=i))
+        _scramble(d, i)
+        with torch.no_grad():
+            d.log_threshold.fill_(-1.0)
+        tcs[i] = d.eval()
+    save_circuit_tracer_transcoders(tcs, tmp_path / "cache/lmscope/tiny", model_name=lm.name)
+    toks = lm.to_tokens("hello world the cat")
+    save_file({"toks": toks.cpu()}, str(tmp_path / "toks.safetensors"))
+    res = run(lm, toks, capture=[f"blocks.{i}.mlp_in" for i in range(lm.n_layers)], logits=True)
+
+    r = subprocess.run(
+        [CT_PYTHON, "-c", GRAPH_SCRIPT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""},
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    if "NO_NNSIGHT" in r.stdout:
+        pytest.skip(f"circuit-tracer's nnsight backend does not import: {r.stdout.strip()[:200]}")
+    ct = load_file(str(tmp_path / "ct_out.safetensors"))
+    with torch.no_grad():
+        torch.testing.assert_close(ct["logits"], res.logits[0].float(), atol=1e-4, rtol=1e-4)
+        ours = torch.stack([tcs[i].encode(res.acts[f"blocks.{i}.mlp_in"][0]) for i in range(3)])
+    assert int((ours[:, 1:] > 0).sum()) > 10
+    torch.testing.assert_close(ct["acts"][:, 1:], ours[:, 1:], atol=1e-4, rtol=1e-4)
+    assert int(ct["n_active"]) == int((ours[:, 1:] > 0).sum())
