@@ -492,3 +492,13 @@ def test_import_clt_checks_the_model(tmp_path, tiny_llama):
     x = _x(L=3, d=lm.d_model)
     want = _clt_reference(x, W_enc, b_enc, thr, W_dec, b_dec)[1]
     torch.testing.assert_close(clt(x), want, atol=1e-5, rtol=1e-5)
+    # and back out through the CLI: a CLT folder exports to circuit-tracer's files unchanged
+    from lmscope.cli import main
+
+    assert main(["export", str(out), "--format", "circuit-tracer", "--out", f"{tmp_path}/b"]) == 0
+    for i in range(3):
+        back = load_file(str(tmp_path / "b" / f"W_dec_{i}.safetensors"))[f"W_dec_{i}"]
+        torch.testing.assert_close(back, W_dec[i])
+        enc = load_file(str(tmp_path / "b" / f"W_enc_{i}.safetensors"))
+        torch.testing.assert_close(enc[f"W_enc_{i}"], W_enc[i])
+        torch.testing.assert_close(enc[f"threshold_{i}"], thr[i])
