@@ -502,3 +502,54 @@ def test_import_clt_checks_the_model(tmp_path, tiny_llama):
         enc = load_file(str(tmp_path / "b" / f"W_enc_{i}.safetensors"))
         torch.testing.assert_close(enc[f"W_enc_{i}"], W_enc[i])
         torch.testing.assert_close(enc[f"threshold_{i}"], thr[i])
+
+
+def _damage(kind: str, root: Path) -> Path:
+    """A source folder damaged one way (what users download half of, or point at by mistake)."""
+    if kind == "empty_dir":
+        root.mkdir()
+    elif kind == "truncated_layer":
+        _write_ct_set(root)
+        p = root / "layer_1.safetensors"
+        p.write_bytes(p.read_bytes()[:100])
+    elif kind == "binary_config_yaml":
+        _write_ct_set(root)
+        (root / "config.yaml").write_bytes(bytes(range(256)) * 4)
+    elif kind == "config_yaml_list":
+        _write_ct_set(root)
+        (root / "config.yaml").write_text("- a\n- b\n")
+    elif kind == "missing_w_dec_file":
+        _write_ct_clt(root)
+        (root / "W_dec_2.safetensors").unlink()
+    elif kind == "gs2_binary_config":
+        _write_gs2(root, "transcoder", False)
+        (root / "config.json").write_bytes(b"\xff\xfe\x00garbage")
+    elif kind == "gs2_negative_threshold":
+        st = _write_gs2(root, "transcoder", False)
+        save_file({**st, "threshold": -st["threshold"]}, str(root / "params.safetensors"))
+    return root
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "empty_dir",
+        "truncated_layer",
+        "binary_config_yaml",
+        "config_yaml_list",
+        "missing_w_dec_file",
+        "gs2_binary_config",
+        "gs2_negative_threshold",
+    ],
+)
+def test_damaged_sources_are_one_line_exit_2(kind, tmp_path, capfd):
+    from lmscope.cli import main
+
+    src = _damage(kind, tmp_path / "src")
+    capfd.readouterr()
+    code = main(["atlas", "from-pretrained", str(src), "--out", str(tmp_path / "o")])
+    err = capfd.readouterr().err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert code == 2 and "Traceback" not in err, err[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("lmscope: error: "), err[-2000:]
+    assert not (tmp_path / "o").exists()

@@ -115,8 +115,8 @@ def read_ct_config(folder: str | Path) -> dict[str, Any]:
     except ImportError:  # pyyaml comes with huggingface_hub / transformers
         raise UserError("reading circuit-tracer configs needs pyyaml: pip install pyyaml") from None
     try:
-        cfg = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise UserError(f"cannot read {path}: {str(e).splitlines()[0][:200]}") from None
     if not isinstance(cfg, dict):
         raise UserError(f"{path} is not a mapping of settings")
