@@ -489,6 +489,7 @@ def test_import_clt_checks_the_model(tmp_path, tiny_llama):
     W_enc, b_enc, thr, W_dec, b_dec = _write_ct_clt(tmp_path / "fits", L=3, d=lm.d_model)
     pre, out = import_pretrained(tmp_path / "fits", tmp_path / "clt", lm)
     clt = CrossLayerTranscoder.load(out)  # lmscope's own CLT folder
+    assert clt.cfg.model_name == lm.name
     x = _x(L=3, d=lm.d_model)
     want = _clt_reference(x, W_enc, b_enc, thr, W_dec, b_dec)[1]
     torch.testing.assert_close(clt(x), want, atol=1e-5, rtol=1e-5)

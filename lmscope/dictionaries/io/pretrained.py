@@ -174,6 +174,7 @@ def import_pretrained(
     meta = {"lmscope_pretrained_source": str(source), "lmscope_pretrained_format": pre.fmt}
     if pre.clt is not None:
         check_clt_fits(pre.clt, lm, str(source))
+        pre.clt.cfg = pre.clt.cfg.replace(model_name=lm.name)  # as for dictionaries below
         pre.clt.save(out, metadata={**meta, "source_model_name": pre.model_name})
         return pre, out
     for hook, d in pre.dictionaries.items():
