@@ -186,7 +186,9 @@ def _run_synthetic(out: str, shard: bool, info=None, arch: str = "topk") -> None
         source="tensors",
         fingerprint={},
     )
-    run_clt_training(cfg, plan, TensorSource(_data(), batch_size=BATCH, seed=0), info=info)
+    data_info = DistInfo() if shard else info  # DDP ranks take disjoint parts of each batch
+    src = TensorSource(_data(), batch_size=BATCH, seed=0, info=data_info)
+    run_clt_training(cfg, plan, src, info=info)
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
@@ -202,8 +204,10 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
     info = dist.setup("cpu")
     try:
-        for arch in ARCHS:  # one spawn for both: starting the processes is most of the cost
+        # one spawn for every case: starting the processes is most of the cost
+        for arch in ARCHS:
             _run_synthetic(f"{out}-{arch}", True, info, arch)
+        _run_synthetic(f"{out}-ddp", False, info, "topk")
     finally:
         dist.teardown()
 
@@ -218,15 +222,18 @@ ARCHS = ("topk", "jumprelu")
 
 
 @pytest.mark.dist
-def test_two_sharded_processes_equal_one(tmp_path):
+def test_two_processes_equal_one(tmp_path):
+    """Latents sharded over 2 ranks (topk: global top-k per layer; jumprelu) and DDP over
+    tokens (an uneven 48/48 split of 96 is even here; test_distributed covers uneven ones) end
+    with the single process's weights."""
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path / "two")), nprocs=2, join=True)
-    for arch in ARCHS:
-        _run_synthetic(str(tmp_path / f"one-{arch}"), False, arch=arch)
-        a = load_file(tmp_path / f"one-{arch}" / "dictionaries" / "clt" / "clt.safetensors")
-        b = load_file(tmp_path / f"two-{arch}" / "dictionaries" / "clt" / "clt.safetensors")
+    for case, arch in (("topk", "topk"), ("jumprelu", "jumprelu"), ("ddp", "topk")):
+        _run_synthetic(str(tmp_path / f"one-{case}"), False, arch=arch)
+        a = load_file(tmp_path / f"one-{case}" / "dictionaries" / "clt" / "clt.safetensors")
+        b = load_file(tmp_path / f"two-{case}" / "dictionaries" / "clt" / "clt.safetensors")
         assert set(a) == set(b)
         for k in a:
-            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=f"{arch}: {k}")
+            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=f"{case}: {k}")
         # training moved the weights (not two equal untrained CLTs)
-        clt = CrossLayerTranscoder.load(tmp_path / f"one-{arch}" / "dictionaries" / "clt")
+        clt = CrossLayerTranscoder.load(tmp_path / f"one-{case}" / "dictionaries" / "clt")
         assert not torch.allclose(clt.W_dec[0], CrossLayerTranscoder(clt.cfg).W_dec[0])
