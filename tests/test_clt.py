@@ -214,3 +214,37 @@ def test_planted_cross_layer_write_is_recovered_and_per_layer_cannot():
     per_layer.init_from_data(x[1], t[1])
     _fit(per_layer, x[1], t[1])
     assert per_layer.loss(x[1], t[1]).fvu > 0.8
+
+
+def test_one_layer_clt_equals_a_per_layer_transcoder_including_auxk():
+    """With L = 1 a CLT is a TopK transcoder: same weights -> the same MSE, FVU and AuxK
+    (computed by topk.py's own code), with some latents dead."""
+    from lmscope.dictionaries import DictionaryConfig, build
+
+    d, n, k = 6, 10, 2
+    clt = CrossLayerTranscoder(CLTConfig(n_layers=1, d_model=d, d_sae=n, k=k, aux_k=3, seed=5))
+    tc = build(
+        DictionaryConfig(
+            d_in=d, d_sae=n, k=k, d_out=d, hook_name="a", out_hook_name="b", aux_k=3, seed=5
+        )
+    )
+    x, t = torch.randn(1, 40, d), torch.randn(1, 40, d) + 0.5
+    clt.init_from_data(x, t)
+    tc.init_from_data(x[0], t[0])
+    with torch.no_grad():
+        clt.W_enc.mul_(5)
+        tc.W_enc.copy_(clt.W_enc[0])
+        tc.b_enc.copy_(clt.b_enc[0])
+        tc.W_dec.copy_(clt.W_dec[0][:, 0])
+        tc.b_dec.copy_(clt.b_dec[0])
+        tc.act_scale.copy_(clt.act_scale_in[0])
+        tc.act_scale_out.copy_(clt.act_scale_out[0])
+    dead = torch.zeros(n, dtype=torch.bool)
+    dead[::2] = True
+    a = clt.loss(x, t, dead_mask=dead[None])
+    b = tc.loss(x[0], t[0], dead_mask=dead)
+    assert float(b.aux_loss) > 0
+    torch.testing.assert_close(a.mse, b.mse)
+    torch.testing.assert_close(a.fvu[0], b.fvu)
+    torch.testing.assert_close(a.aux_loss, b.aux_loss)
+    torch.testing.assert_close(a.loss, b.loss)
