@@ -12,7 +12,8 @@ reproduce is which latents fire, which matters only for the "decoder rows touche
 Reported per width: total and decoder parameters (the formula L(L+1)/2 * n * d for the
 decoders), the float32 training state 16 bytes/parameter, the process's peak RSS (ru_maxrss
 of the child, model-free: the LM's ~0.5 GB comes on top in a streaming run), the median step
-time over the timed steps (the first is warm-up and dropped) and batch / median = tokens/s.
+time over the timed steps (the first is warm-up and dropped), its CPU time (all threads; less
+sensitive than wall time to other jobs on a shared machine) and batch / median wall = tokens/s.
 
     .venv/bin/python bench/bench_clt.py --widths 288,576,1152 --batch 1024 --steps 4
 Writes bench/results/clt-<timestamp>.json and prints a table. The machine is shared: report
@@ -55,15 +56,16 @@ def child(layers: int, d: int, n: int, k: int, batch: int, steps: int, arch: str
         dead_tokens = 10**9
         batch_size = batch
 
-    times, touched = [], []
+    times, cpu, touched = [], [], []
     for i in range(steps + 1):
         xb = torch.randn(layers, batch, d) * scales
         tb = torch.randn(layers, batch, d) * scales.flip(0)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         _step(slot, xb, tb, 1e-4, Plan, False, False)
-        dt = time.perf_counter() - t0
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
         if i:
             times.append(dt)
+            cpu.append(dc)
         touched.append(float((slot.since_fired == 0).float().mean()))
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     med = statistics.median(times)
@@ -80,6 +82,7 @@ def child(layers: int, d: int, n: int, k: int, batch: int, steps: int, arch: str
         "peak_rss_gib": peak_kb / 2**20,
         "step_s_median": med,
         "step_s_all": times,
+        "step_cpu_s_median": statistics.median(cpu),
         "tokens_per_s": batch / med,
         "decoder_rows_touched": statistics.median(touched),
         "threads": torch.get_num_threads(),
@@ -111,7 +114,8 @@ def main() -> None:
         print(
             f"L={r['layers']} n={r['n']:>5} {r['arch']}: params {r['params'] / 1e6:7.1f}M "
             f"(decoders {r['decoder_params'] / 1e6:7.1f}M)  state {r['train_state_gib']:5.2f} GiB  "
-            f"peak RSS {r['peak_rss_gib']:5.2f} GiB  step {r['step_s_median']:6.2f} s  "
+            f"peak RSS {r['peak_rss_gib']:5.2f} GiB  step {r['step_s_median']:6.2f} s "
+            f"(CPU {r['step_cpu_s_median']:6.2f} s)  "
             f"{r['tokens_per_s']:7.0f} tok/s  rows touched {r['decoder_rows_touched']:.0%}",
             flush=True,
         )

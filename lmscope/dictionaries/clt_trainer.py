@@ -73,12 +73,10 @@ class _CLTSlot:
     """Per-step FVU of every target layer (the last 1000 steps)."""
 
 
-def clt_layers(hooks: list[str], n_model_layers: int, hooks_arg: str) -> int:
-    """The number of layers L of a CLT asked for by --hooks: 'middle' (the default) means every
-    layer; otherwise the layers named must be 0..L-1 (a CLT's layers are a prefix of the model's,
-    since every layer writes to all later ones)."""
-    if hooks_arg.strip() == "middle":
-        return n_model_layers
+def clt_layers(hooks: list[str]) -> int:
+    """The number of layers L of the CLT that --hooks asks for: the layers named must be 0..L-1
+    (a CLT's layers are a prefix of the model's, since every layer writes to all later ones;
+    the trainer turns the default 'middle' into every layer)."""
     layers = set()
     for h in hooks:
         parts = h.split(".")

@@ -670,7 +670,7 @@ def train(
     if cfg.clt:
         from .clt_trainer import clt_layers
 
-        n_clt = clt_layers(ins, lm.n_layers, hooks_arg)
+        n_clt = clt_layers(ins)
         ins = [f"blocks.{i}.mlp_in" for i in range(n_clt)]
     pairs = _pairs(ins, cfg.transcode or cfg.clt)
     if cfg.from_store is not None:
