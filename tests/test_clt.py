@@ -159,3 +159,92 @@ def test_load_rejects_non_clt_folder(tmp_path):
 
     with pytest.raises(UserError, match="not an lmscope CLT folder"):
         CrossLayerTranscoder.load(tmp_path)
+
+
+def _fit(model, x, t, steps=150, lr=2e-2):
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    threads = torch.get_num_threads()
+    # 8-wide matmuls gain nothing from a second thread, and on a busy 2-core machine OpenMP's
+    # barrier waits made each step ~20x slower than single-threaded.
+    torch.set_num_threads(1)
+    try:
+        for _ in range(steps):
+            opt.zero_grad()
+            model.loss(x, t).loss.backward()
+            model.remove_parallel_grad_()
+            opt.step()
+            model.constrain_() if hasattr(model, "constrain_") else model.normalize_decoder_()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_planted_cross_layer_write_is_recovered_and_per_layer_cannot():
+    """Layer 0's input carries 6 sparse features whose ONLY effect is on layer 1's MLP output;
+    layer 1's input is unrelated noise. A CLT (16 latents per layer, k=2) learns layer-0
+    latents whose decoder into layer 1 is each planted direction; a per-layer transcoder of the
+    same width and k at layer 1 reads noise and cannot do better than the mean."""
+    from lmscope.dictionaries import DictionaryConfig, build
+
+    torch.manual_seed(0)
+    d, n_feat, B = 8, 6, 1024
+    enc_dirs = torch.linalg.qr(torch.randn(d, d))[0][:, :n_feat].t()  # [6, d] orthonormal
+    dec_dirs = torch.nn.functional.normalize(torch.randn(n_feat, d), dim=1)
+    codes = torch.rand(B, n_feat) * 2 * (torch.rand(B, n_feat) < 0.15)
+    x = torch.stack([codes @ enc_dirs, torch.randn(B, d)])  # layer 1 input: noise
+    t = torch.stack([0.01 * torch.randn(B, d), codes @ dec_dirs + 0.01 * torch.randn(B, d)])
+    clt = CrossLayerTranscoder(CLTConfig(n_layers=2, d_model=d, d_sae=16, k=2, seed=1))
+    clt.init_from_data(x, t)
+    _fit(clt, x, t)
+    fvu = clt.loss(x, t).fvu
+    assert fvu[1] < 0.2, fvu
+    dec01 = torch.nn.functional.normalize(clt.decoder_to(0, 1).detach(), dim=1)  # [16, d]
+    best = (dec01 @ dec_dirs.t()).max(0).values  # per planted feature
+    assert (best > 0.9).all(), best
+    per_layer = build(
+        DictionaryConfig(
+            d_in=d,
+            d_sae=16,
+            k=2,
+            d_out=d,
+            hook_name="blocks.1.mlp_in",
+            out_hook_name="blocks.1.mlp_out",
+            seed=1,
+        )
+    )
+    per_layer.init_from_data(x[1], t[1])
+    _fit(per_layer, x[1], t[1])
+    assert per_layer.loss(x[1], t[1]).fvu > 0.8
+
+
+def test_one_layer_clt_equals_a_per_layer_transcoder_including_auxk():
+    """With L = 1 a CLT is a TopK transcoder: same weights -> the same MSE, FVU and AuxK
+    (computed by topk.py's own code), with some latents dead."""
+    from lmscope.dictionaries import DictionaryConfig, build
+
+    d, n, k = 6, 10, 2
+    clt = CrossLayerTranscoder(CLTConfig(n_layers=1, d_model=d, d_sae=n, k=k, aux_k=3, seed=5))
+    tc = build(
+        DictionaryConfig(
+            d_in=d, d_sae=n, k=k, d_out=d, hook_name="a", out_hook_name="b", aux_k=3, seed=5
+        )
+    )
+    x, t = torch.randn(1, 40, d), torch.randn(1, 40, d) + 0.5
+    clt.init_from_data(x, t)
+    tc.init_from_data(x[0], t[0])
+    with torch.no_grad():
+        clt.W_enc.mul_(5)
+        tc.W_enc.copy_(clt.W_enc[0])
+        tc.b_enc.copy_(clt.b_enc[0])
+        tc.W_dec.copy_(clt.W_dec[0][:, 0])
+        tc.b_dec.copy_(clt.b_dec[0])
+        tc.act_scale.copy_(clt.act_scale_in[0])
+        tc.act_scale_out.copy_(clt.act_scale_out[0])
+    dead = torch.zeros(n, dtype=torch.bool)
+    dead[::2] = True
+    a = clt.loss(x, t, dead_mask=dead[None])
+    b = tc.loss(x[0], t[0], dead_mask=dead)
+    assert float(b.aux_loss) > 0
+    torch.testing.assert_close(a.mse, b.mse)
+    torch.testing.assert_close(a.fvu[0], b.fvu)
+    torch.testing.assert_close(a.aux_loss, b.aux_loss)
+    torch.testing.assert_close(a.loss, b.loss)

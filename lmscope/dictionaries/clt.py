@@ -334,8 +334,119 @@ class _CLTDecode(torch.autograd.Function):
 
 def stacked_topk(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """[L, B, n] pre-activations -> (values [L, B, k] ReLU'd, indices [L, B, k]) per layer."""
-    v, i = pre.topk(k, dim=-1, sorted=False)
+    v, i = pre.topk(min(k, pre.shape[-1]), dim=-1, sorted=False)
     return v.clamp_min(0), i
+
+
+class Comm:
+    """Where a CLT's latents live. This one: all in this process (clt_sharded.Shards splits them
+    over ranks and overrides every method; the loss below is written once for both)."""
+
+    lo: int = 0
+    """Global index of this process's first latent (of every layer)."""
+
+    def topk(self, pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """[L, B, n_local] pre-activations -> the k largest of each layer over ALL latents:
+        (values ReLU'd, global indices), both [L, B, k]."""
+        return stacked_topk(pre, k)
+
+    def own(self, values: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
+        """The selected latents this process holds: values (0 elsewhere), local indices."""
+        return values, indices
+
+    def reduce(self, t: Tensor) -> Tensor:
+        """Sum of every process's partial reconstruction (autograd: identity backward)."""
+        return t
+
+    def sum_(self, t: Tensor) -> Tensor:
+        """In-place sum over processes of a count (no autograd)."""
+        return t
+
+
+WHOLE = Comm()
+
+
+def clt_loss(
+    m: Any, x_in: Tensor, target: Tensor, dead_mask: Tensor | None, comm: Comm
+) -> CLTTrainOutput:
+    """CrossLayerTranscoder.loss for a whole CLT (comm=WHOLE) or one rank's slice of its latents
+    (`m` then is a clt_sharded.ShardedCLT: same attributes, n_local latents per layer)."""
+    cfg = m.cfg
+    x_n = x_in * m.act_scale_in.to(x_in.dtype)[:, None, None]
+    t_n = (target * m.act_scale_out.to(target.dtype)[:, None, None]).float()
+    L, B = x_in.shape[0], x_in.shape[1]
+    n_local = m.W_enc.shape[2]
+    zero = t_n.new_zeros(())
+    if cfg.arch == "topk":
+        x_w = x_n.to(m.W_enc.dtype)
+        with torch.no_grad():
+            pre = torch.baddbmm(m.b_enc[:, None, :], x_w, m.W_enc)  # [L, B, n_local]
+            v, gi = comm.topk(pre, cfg.k)  # [L, B, k], the same on every rank
+            lv, li = comm.own(v, gi)
+        vals = _StackedSparseEncode.apply(x_w, m.W_enc, m.b_enc, lv, li)
+        recon = comm.reduce(_CLTDecode.apply(vals, li, *m.W_dec)) + m.b_dec[:, None, :]
+        recon = recon.float()
+        l0 = (v > 0).sum(-1).float().mean(1)  # [L]
+        hits = torch.zeros(L, n_local, device=v.device)
+        hits.scatter_add_(1, li.flatten(1), (lv > 0).flatten(1).float())
+        fired = hits > 0
+        aux = _auxk(m, pre, x_w, (t_n - recon).detach(), dead_mask, comm)
+        sparsity = sparsity_value = zero
+    else:
+        pre = torch.baddbmm(m.b_enc[:, None, :], x_n.to(m.W_enc.dtype), m.W_enc)
+        eps = cfg.jumprelu_bandwidth
+        acts = _JumpReLU.apply(pre, m.threshold, eps)
+        recon = comm.reduce(_CLTDecode.apply(acts, None, *m.W_dec)) + m.b_dec[:, None, :]
+        recon = recon.float()
+        l0_tok = _Step.apply(pre, m.threshold, eps).float().sum(-1)  # [L, B], this rank's latents
+        sparsity = cfg.l0_coeff * l0_tok.sum(0).mean()  # its gradient reaches local thresholds
+        sparsity_value = comm.sum_(sparsity.detach().clone())
+        active = acts.detach() > 0
+        l0 = comm.sum_(active.sum(-1).float().mean(1))
+        fired = active.any(1)
+        aux = zero
+    sq = (recon - t_n).pow(2).sum((1, 2))  # [L]
+    mse = sq.sum() / B
+    with torch.no_grad():
+        var = (t_n - t_n.mean(1, keepdim=True)).pow(2).sum((1, 2)).clamp_min(1e-12)
+        fvu = sq.detach() / var
+    # The value is the global loss; the gradient of the sparsity term is this rank's part.
+    loss = mse + sparsity + (sparsity_value - sparsity.detach()) + cfg.aux_coeff * aux
+    return CLTTrainOutput(loss, mse.detach(), fvu, l0.detach(), aux.detach(), fired, sparsity_value)
+
+
+def _auxk(
+    m: Any, pre: Tensor, x_w: Tensor, residual: Tensor, dead_mask: Tensor | None, comm: Comm
+) -> Tensor:
+    """AuxK per source layer l (Gao et al. 2024 App. A.2, per layer): its top aux_k dead latents
+    reconstruct the main residual of every target it writes (layers l..L-1, concatenated),
+    without bias; the squared errors are summed over source layers."""
+    zero = residual.new_zeros(())
+    if dead_mask is None:
+        return zero
+    n_dead = comm.sum_(dead_mask.sum(1).long())  # [L], over all ranks
+    if not bool(n_dead.any()):
+        return zero
+    total = zero
+    L, B = pre.shape[0], pre.shape[1]
+    for src in range(L):
+        if int(n_dead[src]) == 0:
+            continue
+        k_aux = min(m.cfg.resolved_aux_k, int(n_dead[src]))
+        with torch.no_grad():
+            masked = pre[src : src + 1].masked_fill(
+                ~dead_mask[src : src + 1, None, :].to(pre.device), float("-inf")
+            )
+            v, gi = comm.topk(masked, k_aux)  # [1, B, k_aux]
+            lv, li = comm.own(v, gi)
+        vals = _StackedSparseEncode.apply(
+            x_w[src : src + 1], m.W_enc[src : src + 1], m.b_enc[src : src + 1], lv, li
+        )[0]
+        w = m.W_dec[src]
+        e_hat = comm.reduce(sparse_decode(vals, li[0], w.reshape(w.shape[0], -1))).float()
+        res = residual[src:].transpose(0, 1).reshape(B, -1)  # [B, (L - src) * d]
+        total = total + (e_hat - res).pow(2).sum(-1).mean()
+    return total
 
 
 class CrossLayerTranscoder(nn.Module):
@@ -448,73 +559,7 @@ class CrossLayerTranscoder(nn.Module):
         """
         self._check_in(x_in, "x_in")
         self._check_in(target, "target")
-        x_n = x_in * self.act_scale_in.to(x_in.dtype)[:, None, None]
-        t_n = (target * self.act_scale_out.to(target.dtype)[:, None, None]).float()
-        B = x_in.shape[1]
-        zero = t_n.new_zeros(())
-        if self.cfg.arch == "topk":
-            x_w = x_n.to(self.W_enc.dtype)
-            with torch.no_grad():
-                pre = torch.baddbmm(self.b_enc[:, None, :], x_w, self.W_enc)  # [L, B, n]
-                v, idx = stacked_topk(pre, self.cfg.k)
-            vals = _StackedSparseEncode.apply(x_w, self.W_enc, self.b_enc, v, idx)
-            recon = self.decode_sparse_normalized(vals, idx).float()
-            active = v > 0
-            l0 = active.sum(-1).float().mean(1)  # [L]
-            fired = torch.zeros(self.n_layers, self.d_sae, dtype=torch.bool, device=v.device)
-            fired.scatter_(1, idx.flatten(1), active.flatten(1))
-            aux = self._auxk(pre, x_w, (t_n - recon).detach(), dead_mask)
-            sparsity = zero
-        else:
-            pre = self.pre_acts_normalized(x_n)
-            eps = self.cfg.jumprelu_bandwidth
-            acts = _JumpReLU.apply(pre, self.threshold, eps)
-            recon = self.decode_normalized(acts).float()
-            l0_tok = _Step.apply(pre, self.threshold, eps).float().sum(-1)  # [L, B]
-            sparsity = self.cfg.l0_coeff * l0_tok.sum(0).mean()
-            active = acts.detach() > 0
-            l0 = active.sum(-1).float().mean(1)
-            fired = active.any(1)
-            aux = zero
-        sq = (recon - t_n).pow(2).sum((1, 2))  # [L]
-        mse = sq.sum() / B
-        with torch.no_grad():
-            var = (t_n - t_n.mean(1, keepdim=True)).pow(2).sum((1, 2)).clamp_min(1e-12)
-            fvu = sq.detach() / var
-        loss = mse + sparsity + self.cfg.aux_coeff * aux
-        return CLTTrainOutput(
-            loss, mse.detach(), fvu, l0.detach(), aux.detach(), fired, sparsity.detach()
-        )
-
-    def _auxk(self, pre: Tensor, x_w: Tensor, residual: Tensor, dead_mask: Tensor | None) -> Tensor:
-        """AuxK per source layer l: its top dead latents reconstruct the main residual of the
-        targets it writes (l..L-1, concatenated), without bias; summed over source layers."""
-        zero = residual.new_zeros(())
-        if dead_mask is None or not bool(dead_mask.any()):
-            return zero
-        total = zero
-        L, B = pre.shape[0], pre.shape[1]
-        for src in range(L):
-            n_dead = int(dead_mask[src].sum())
-            if n_dead == 0:
-                continue
-            k_aux = min(self.cfg.resolved_aux_k, n_dead)
-            with torch.no_grad():
-                masked = pre[src].masked_fill(~dead_mask[src].to(pre.device), float("-inf"))
-                v, i = masked.topk(k_aux, dim=-1, sorted=False)
-                v = v.clamp_min(0)
-            vals = _StackedSparseEncode.apply(
-                x_w[src : src + 1],
-                self.W_enc[src : src + 1],
-                self.b_enc[src : src + 1],
-                v[None],
-                i[None],
-            )[0]
-            w = self.W_dec[src]
-            e_hat = sparse_decode(vals, i, w.reshape(w.shape[0], -1)).float()  # [B, (L-src)*d]
-            res = residual[src:].transpose(0, 1).reshape(B, -1)
-            total = total + (e_hat - res).pow(2).sum(-1).mean()
-        return total
+        return clt_loss(self, x_in, target, dead_mask, WHOLE)
 
     @torch.no_grad()
     def init_from_data(self, x_in: Tensor, target: Tensor) -> None:
