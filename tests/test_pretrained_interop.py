@@ -554,3 +554,26 @@ def test_damaged_sources_are_one_line_exit_2(kind, tmp_path, capfd):
     assert code == 2 and "Traceback" not in err, err[-2000:]
     assert len(lines) == 1 and lines[0].startswith("lmscope: error: "), err[-2000:]
     assert not (tmp_path / "o").exists()
+
+
+def test_hub_download_fetches_configs_then_only_the_named_weights(tmp_path, monkeypatch):
+    """Online, a hub folder is fetched in two steps (configs, then the weights its layout names),
+    so pointing at a folder with hundreds of dictionaries below it never downloads them all."""
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    repo_root = tmp_path / "repo"
+    _write_ct_set(repo_root / "sub")
+    calls = []
+
+    def fake_snapshot_download(repo_id, *, allow_patterns=None, local_files_only=False, **kw):
+        calls.append((repo_id, allow_patterns, local_files_only, kw.get("revision")))
+        return str(repo_root)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    pre = load_pretrained("org/repo/sub@v1")
+    assert list(pre.dictionaries) == ["blocks.0.mlp_in", "blocks.1.mlp_in"]
+    assert calls == [
+        ("org/repo", ["sub/config.yaml", "sub/config.json", "sub/cfg.json"], False, "v1"),
+        ("org/repo", ["sub/layer_*.safetensors"], False, "v1"),
+    ]

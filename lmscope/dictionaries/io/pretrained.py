@@ -41,8 +41,34 @@ PRETRAINED_FORMATS = (
     "gemmascope2-clt",
     "single",
 )
-# Files a reader may need (limits a hub download to them).
-_PATTERNS = ["config.yaml", "config.json", "cfg.json", "*.safetensors", "*.npz"]
+# A hub download fetches the configs first, then only the weights that layout names (a folder
+# such as Gemma Scope 2's transcoder_all holds hundreds of dictionaries below it).
+_CONFIGS = ["config.yaml", "config.json", "cfg.json"]
+
+
+def _weight_patterns(folder: Path) -> list[str]:
+    if (folder / CT_CONFIG).is_file():
+        cfg = read_ct_config(folder)
+        if cfg.get("transcoders"):
+            return []  # listed files are fetched one by one
+        if cfg["model_kind"] == CROSS_LAYER:
+            return ["W_enc_*.safetensors", "W_dec_*.safetensors"]
+        return ["layer_*.safetensors"]
+    if (folder / GS2_CONFIG).is_file():
+        clt = read_gs2_config(folder)["type"] == "clt"
+        return ["params_layer_*.safetensors"] if clt else ["params.safetensors"]
+    if (folder / "cfg.json").is_file():
+        return ["sae_weights.safetensors", "sparsity.safetensors", "sae.safetensors"]
+    return ["*.safetensors", "*.npz"]
+
+
+def _fetch(source: str, cache_dir: str | Path | None) -> Path:
+    """A local folder as is; a hub folder's configs, then the weights its layout needs."""
+    if Path(source).expanduser().exists():
+        return Path(source).expanduser()
+    folder = resolve_folder(source, patterns=_CONFIGS, cache_dir=cache_dir)
+    weights = _weight_patterns(folder)
+    return resolve_folder(source, patterns=weights, cache_dir=cache_dir) if weights else folder
 
 
 class Pretrained(NamedTuple):
@@ -111,14 +137,11 @@ def load_pretrained(
             raise UserError(f"{source} names one folder per layer: the number of layers is needed")
         dicts: dict[str, SparseDictionary] = {}
         for layer in range(n_layers):
-            d = _load_one(
-                resolve_folder(source.format(layer=layer), patterns=_PATTERNS, cache_dir=cache_dir),
-                device,
-            )
+            d = _load_one(_fetch(source.format(layer=layer), cache_dir), device)
             dicts[d.cfg.hook_name] = d
         model = next(iter(dicts.values())).cfg.model_name if dicts else ""
         return Pretrained("single", dicts, None, model)
-    folder = resolve_folder(source, patterns=_PATTERNS, cache_dir=cache_dir)
+    folder = _fetch(source, cache_dir)
     fmt = detect_pretrained(folder)
     if fmt in ("circuit-tracer-clt", "gemmascope2-clt"):
         read = read_circuit_tracer_clt if fmt == "circuit-tracer-clt" else read_gemmascope2_clt
