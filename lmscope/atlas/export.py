@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 from typing import Literal
@@ -91,7 +92,10 @@ def _circuit_tracer(atlas: str, out: Path, force: bool) -> list[Path]:
     for hook, d in dicts.items():
         if not d.cfg.is_transcoder:
             continue  # SAEs have no place in a transcoder set
-        by_layer[int(hook.split(".")[1])] = d
+        m = re.match(r"^blocks\.(\d+)\.", hook)
+        if m is None:
+            raise UserError(f"transcoder {hook!r} names no layer (blocks.L....); cannot export it")
+        by_layer[int(m.group(1))] = d
     if not by_layer:
         raise UserError(f"atlas {atlas} holds no transcoders; circuit-tracer loads transcoders")
     _prepare_out(out, force)
