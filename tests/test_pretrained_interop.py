@@ -525,9 +525,10 @@ def _damage(kind: str, root: Path) -> Path:
     elif kind == "gs2_binary_config":
         _write_gs2(root, "transcoder", False)
         (root / "config.json").write_bytes(b"\xff\xfe\x00garbage")
-    elif kind == "gs2_negative_threshold":
-        st = _write_gs2(root, "transcoder", False)
-        save_file({**st, "threshold": -st["threshold"]}, str(root / "params.safetensors"))
+    elif kind == "ct_negative_threshold":  # x * (x > t) < 0 for t < x < 0: not a JumpReLU of ours
+        st = _write_ct_set(root)[0]
+        st["activation_function.threshold"] = -st["activation_function.threshold"]
+        save_file(st, str(root / "layer_0.safetensors"))
     return root
 
 
@@ -540,7 +541,7 @@ def _damage(kind: str, root: Path) -> Path:
         "config_yaml_list",
         "missing_w_dec_file",
         "gs2_binary_config",
-        "gs2_negative_threshold",
+        "ct_negative_threshold",
     ],
 )
 def test_damaged_sources_are_one_line_exit_2(kind, tmp_path, capfd):
@@ -577,3 +578,16 @@ def test_hub_download_fetches_configs_then_only_the_named_weights(tmp_path, monk
         ("org/repo", ["sub/config.yaml", "sub/config.json", "sub/cfg.json"], False, "v1"),
         ("org/repo", ["sub/layer_*.safetensors"], False, "v1"),
     ]
+
+
+def test_gemmascope2_negative_threshold_is_exactly_zero(tmp_path):
+    """relu(pre) * (pre > t) for t < 0 is relu(pre): loaded as threshold 0, same outputs."""
+    st = _write_gs2(tmp_path / "layer_1_x", "transcoder", False)
+    thr = st["threshold"] - 0.4  # some negative, some positive
+    save_file({**st, "threshold": thr}, str(tmp_path / "layer_1_x" / "params.safetensors"))
+    d = load_pretrained(tmp_path / "layer_1_x").dictionaries["blocks.1.mlp_in"]
+    x = _x()
+    p = x @ st["w_enc"] + st["b_enc"]
+    acts = p.relu() * (p > thr)
+    assert bool((thr < 0).any()) and bool((acts > 0).any())
+    torch.testing.assert_close(d.encode(x), acts, atol=1e-5, rtol=1e-5)

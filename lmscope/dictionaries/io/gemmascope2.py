@@ -19,7 +19,7 @@ lower-case keys:
                   weights, the rows into layers < i are zero), optional affine_skip_connection.
 
 Encoding is `relu(x @ w_enc + b_enc) * (pre > threshold)`, nothing subtracted from x: equal to
-our JumpReLU `pre * (pre > theta)` whenever theta >= 0 (negative thresholds are refused). A
+our JumpReLU `pre * (pre > theta)` with theta = max(threshold, 0), exactly. A
 transcoder's b_dec is an output bias; an SAE's is folded into b_enc by from_raw_state, as for
 the first Gemma Scope (gemmascope.py). Reading a CLT keeps w_dec[:, i:] (what our CLT and
 circuit-tracer's loader keep) and refuses a file whose dropped rows are not zero. lmscope's
@@ -41,7 +41,7 @@ from torch import Tensor
 from ...errors import UserError
 from ...validate import MAX_CONFIG_BYTES, read_json
 from ..base import DictionaryConfig, SparseDictionary
-from .circuit_tracer import _contiguous, _read, _shape, check_threshold
+from .circuit_tracer import _contiguous, _read, _shape
 from .saelens import _atomic, from_raw_state
 
 GS2_CONFIG = "config.json"
@@ -122,9 +122,9 @@ def gs2_params_to_dictionary(
     d_out = st["b_dec"].shape[0]
     _shape(st["w_dec"], (n, d_out), "w_dec", where)
     _shape(st["b_enc"], (n,), "b_enc", where)
-    thr = st["threshold"].float().reshape(-1)
+    # relu(pre) * (pre > t) == pre * (pre > max(t, 0)): a negative threshold is exactly 0 here
+    thr = st["threshold"].float().reshape(-1).clamp_min(0)
     _shape(thr, (n,), "threshold", where)
-    check_threshold(thr, where)
     raw = {
         "W_enc": st["w_enc"],
         "b_enc": st["b_enc"],
@@ -230,7 +230,7 @@ def read_gemmascope2_clt(folder: str | Path) -> tuple[dict[str, Any], dict[str, 
         _shape(p["w_dec"], (n, L, d), "w_dec", files[i])
         _shape(p["b_enc"], (n,), "b_enc", files[i])
         _shape(p["b_dec"], (d,), "b_dec", files[i])
-        t = p["threshold"].float().reshape(-1)
+        t = p["threshold"].float().reshape(-1).clamp_min(0)  # exact, see gs2_params_to_dictionary
         _shape(t, (n,), "threshold", files[i])
         w = p["w_dec"].float()
         dropped = w[:, :i]
@@ -248,7 +248,6 @@ def read_gemmascope2_clt(folder: str | Path) -> tuple[dict[str, Any], dict[str, 
     st["b_enc"] = torch.stack(b_enc)
     st["b_dec"] = torch.stack(b_dec)
     st["threshold"] = torch.stack(thr)
-    check_threshold(st["threshold"], folder)
     fields = {
         "n_layers": L,
         "d_model": d,
