@@ -14,12 +14,16 @@
   logits_hist_data_* are empty lists.
 - parquet: the database tables as parquet files (features, examples, logit_effects,
   explanations, scores) with a `hook` column; needs pyarrow (`pip install lmscope[data]`).
+- circuit-tracer: the atlas's per-layer transcoders (or, given a CLT folder instead of an atlas,
+  the cross-layer transcoder) in circuit-tracer's files: config.yaml + layer_{i}.safetensors
+  (or W_enc_{i}/W_dec_{i}.safetensors); dictionaries/io/circuit_tracer.py.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 from typing import Literal
@@ -28,7 +32,8 @@ from ..dictionaries.folder import DictionaryFolder
 from ..errors import UserError
 from ..layout import AtlasLayout, hook_dirname, write_json_atomic
 
-Format = Literal["saelens", "neuronpedia-json", "parquet"]
+Format = Literal["saelens", "neuronpedia-json", "parquet", "circuit-tracer"]
+FORMATS = ("saelens", "neuronpedia-json", "parquet", "circuit-tracer")
 
 
 def _prepare_out(out: Path, force: bool) -> None:
@@ -41,13 +46,13 @@ def export_atlas(atlas: str, fmt: str, out: str | Path, *, force: bool = False) 
     """Write the atlas in format `fmt` under `out`. Returns the files written."""
     from .db import open_atlas_db
 
+    out = Path(out)
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format {fmt!r}; choose {', '.join(FORMATS)}")
+    if fmt == "circuit-tracer":
+        return _circuit_tracer(atlas, out, force)
     layout = AtlasLayout(atlas)
     manifest = layout.read()
-    out = Path(out)
-    if fmt not in ("saelens", "neuronpedia-json", "parquet"):
-        raise UserError(
-            f"unknown export format {fmt!r}; choose saelens, neuronpedia-json or parquet"
-        )
     if fmt == "parquet":
         try:
             import pyarrow  # noqa: F401
@@ -68,6 +73,33 @@ def export_atlas(atlas: str, fmt: str, out: str | Path, *, force: bool = False) 
     finally:
         if db is not None:
             db.close()
+
+
+def _circuit_tracer(atlas: str, out: Path, force: bool) -> list[Path]:
+    from ..dictionaries.clt import CrossLayerTranscoder, is_clt_folder
+    from ..dictionaries.io.circuit_tracer import (
+        save_circuit_tracer_clt,
+        save_circuit_tracer_transcoders,
+    )
+
+    if is_clt_folder(atlas):
+        clt = CrossLayerTranscoder.load(atlas)
+        _prepare_out(out, force)
+        return save_circuit_tracer_clt(clt, out, model_name=clt.cfg.model_name)
+    folder = DictionaryFolder.open(atlas)
+    dicts = folder.load(folder.select())
+    by_layer = {}
+    for hook, d in dicts.items():
+        if not d.cfg.is_transcoder:
+            continue  # SAEs have no place in a transcoder set
+        m = re.match(r"^blocks\.(\d+)\.", hook)
+        if m is None:
+            raise UserError(f"transcoder {hook!r} names no layer (blocks.L....); cannot export it")
+        by_layer[int(m.group(1))] = d
+    if not by_layer:
+        raise UserError(f"atlas {atlas} holds no transcoders; circuit-tracer loads transcoders")
+    _prepare_out(out, force)
+    return save_circuit_tracer_transcoders(by_layer, out, model_name=folder.model)
 
 
 def _saelens(folder: DictionaryFolder, db, out: Path) -> list[Path]:

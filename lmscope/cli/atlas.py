@@ -32,6 +32,28 @@ def register(sub) -> None:
     add_arguments(b, BuildConfig, positional=("atlas",))
     b.add_argument("--json", action="store_true", help="print the build result as JSON")
     b.set_defaults(func=cmd_build)
+
+    fp = asub.add_parser(
+        "from-pretrained",
+        help="published transcoders/CLTs (circuit-tracer, Gemma Scope 2, ...) -> lmscope files",
+        description="Load published dictionaries from a local folder or a Hugging Face "
+        "reference (org/repo[/folder][@revision], read from the local HF cache when "
+        "HF_HUB_OFFLINE=1), check their widths against the model, and write them as lmscope "
+        "files: per-layer transcoders/SAEs become an atlas every command reads; a cross-layer "
+        "transcoder becomes an lmscope CLT folder. A SOURCE with {layer} names one folder per "
+        "layer. Layouts: docs/formats.md.",
+    )
+    fp.add_argument("source", help="folder or HF reference, e.g. mwhanna/gemma-scope-2-270m-pt/"
+                    "transcoder_all or ./ct-export")
+    fp.add_argument("--out", required=True, help="output atlas (or CLT) folder")
+    fp.add_argument(
+        "--model",
+        default=None,
+        help="model the dictionaries belong to (default: the one the files name)",
+    )
+    fp.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    fp.add_argument("--json", action="store_true", help="print what was written as JSON")
+    fp.set_defaults(func=cmd_from_pretrained)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
     f = sub.add_parser(
@@ -74,8 +96,9 @@ def register(sub) -> None:
     e.add_argument(
         "--format",
         required=True,
-        choices=["saelens", "neuronpedia-json", "parquet"],
-        help="saelens folders, Neuronpedia upload JSON, or parquet tables",
+        choices=["saelens", "neuronpedia-json", "parquet", "circuit-tracer"],
+        help="saelens folders, Neuronpedia upload JSON, parquet tables, or circuit-tracer "
+        "transcoder files (ATLAS may then be a CLT folder)",
     )
     e.add_argument("--out", required=True, help="output folder")
     e.add_argument("--force", action="store_true", help="write into a non-empty --out")
@@ -101,6 +124,44 @@ def cmd_build(args) -> int:
             f"{res.seconds:.1f}s -> "
             f"{res.atlas}/atlas.db"
         )
+    return 0
+
+
+def cmd_from_pretrained(args) -> int:
+    from ..dictionaries.io.pretrained import import_pretrained, load_pretrained
+    from ..models import load_model
+
+    pre = None
+    model = args.model
+    if model is None:
+        # The files name their model (config.yaml / config.json / cfg.json).
+        if "{layer}" in args.source:
+            raise UserError("a SOURCE with {layer} needs --model (to know the layers)")
+        pre = load_pretrained(args.source)
+        model = pre.model_name
+        if not model:
+            raise UserError(f"{args.source} does not name its model; pass --model")
+    lm = load_model(model)
+    pre, out = import_pretrained(args.source, args.out, lm, force=args.force, loaded=pre)
+    what = {
+        "out": str(out),
+        "format": pre.fmt,
+        "model": lm.name,
+        "kind": "clt" if pre.clt is not None else "atlas",
+        "dictionaries": sorted(pre.dictionaries),
+    }
+    if pre.clt is not None:
+        c = pre.clt.cfg
+        what.update(n_layers=c.n_layers, d_sae=c.d_sae, arch=c.arch)
+    if args.json:
+        print_json(what)
+    elif pre.clt is not None:
+        print(
+            f"cross-layer transcoder ({pre.fmt}): {c.n_layers} layers x {c.d_sae} features "
+            f"-> {out} (lmscope CLT folder)"
+        )
+    else:
+        print(f"{len(pre.dictionaries)} dictionaries ({pre.fmt}) -> atlas {out}")
     return 0
 
 
