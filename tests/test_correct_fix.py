@@ -382,3 +382,32 @@ def test_fix_with_an_atlas_ranks_labelled_features_and_saves_the_report_for_the_
     assert read_fix(rep["saved"])["chosen"] == rep["chosen"]
     save_fix(rep, root, "dogs")  # a second report never overwrites the first
     assert sorted(f["name"] for f in list_fixes(fixes_dir(root))) == ["dogs-2.json", "dogs.json"]
+
+
+def test_gated_vector_acts_only_where_the_signature_is_and_is_empty_when_never_on(tiny_llama):
+    from lmscope.correct.edits import GatedVector
+
+    lm = tiny_llama
+    g = torch.Generator().manual_seed(4)
+    v = AddVector(1, torch.randn(lm.d_model, generator=g))
+    u = torch.randn(lm.d_model, generator=g)
+    ids = torch.tensor([[1, 7, 9, 30, 31, 44]])
+    base = lm.run(ids, logits=True).logits
+    never = GatedVector(v, u, threshold=1e9).runtime(lm)
+    torch.testing.assert_close(lm.run(ids, edits=never, logits=True).logits, base, atol=0, rtol=0)
+    always = GatedVector(v, u, threshold=-1e9).runtime(lm)
+    torch.testing.assert_close(
+        lm.run(ids, edits=always, logits=True).logits,
+        lm.run(ids, edits=v.runtime(lm), logits=True).logits,
+    )
+    # gated at one position: only positions from it on can change (causal model)
+    x = lm.run(ids, capture=["blocks.1.resid_pre"]).acts["blocks.1.resid_pre"][0]
+    s = x @ (u / u.norm())
+    thr = float(s.sort().values[-2])  # exactly one position above
+    on = int(s.argmax())
+    out = lm.run(ids, edits=GatedVector(v, u, thr).runtime(lm), logits=True).logits
+    assert torch.equal(out[0, :on], base[0, :on]) and not torch.allclose(out[0, on], base[0, on])
+    with pytest.raises(UserError, match="run time"):
+        from lmscope.correct.weights import fold
+
+        fold(lm, GatedVector(v, u, 0.0))

@@ -43,8 +43,11 @@ def register(sub) -> None:
         "transcoder becomes an lmscope CLT folder. A SOURCE with {layer} names one folder per "
         "layer. Layouts: docs/formats.md.",
     )
-    fp.add_argument("source", help="folder or HF reference, e.g. mwhanna/gemma-scope-2-270m-pt/"
-                    "transcoder_all or ./ct-export")
+    fp.add_argument(
+        "source",
+        help="folder or HF reference, e.g. mwhanna/gemma-scope-2-270m-pt/"
+        "transcoder_all or ./ct-export",
+    )
     fp.add_argument("--out", required=True, help="output atlas (or CLT) folder")
     fp.add_argument(
         "--model",

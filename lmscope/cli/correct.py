@@ -48,16 +48,7 @@ def register(sub) -> None:
         d,
         FixConfig,
         positional=("bugs",),
-        exclude=(
-            "export",
-            "force",
-            "out",
-            "max_added_nats",
-            "text_tokens",
-            "corpus",
-            "ctx_len",
-            "top",
-        ),
+        exclude=("export", "force", "out", "max_added_nats", "top", "examples", "example_tokens"),
     )
     d.add_argument("--json", action="store_true", help="print the ranking as JSON")
     d.set_defaults(func=cmd_diagnose)
@@ -90,15 +81,16 @@ def _print_features(rows) -> None:
 
 
 def cmd_diagnose(args) -> int:
-    from ..correct.fix import Behaviour, _diagnose, fit_and_heldout, parse_layers
+    from ..correct.fix import Behaviour, _diagnose, fit_and_heldout, general_text, parse_layers
     from ..correct.fix_config import FixConfig
 
     cfg = from_args(FixConfig, args)
     fit, _ = fit_and_heldout(cfg)  # checked before the model loads
     lm, dicts, labels = _load(cfg)
     beh = Behaviour(cfg)
+    text = general_text(lm, cfg, "train") if cfg.gated and beh.scorer is None else None
     before, cands, findings, _ = _diagnose(
-        lm, cfg, beh, fit, parse_layers(lm, cfg.layers), dicts, labels
+        lm, cfg, beh, fit, parse_layers(lm, cfg.layers), dicts, labels, text
     )
     feats = [f.to_dict() for f in findings]
     nan = float("nan")

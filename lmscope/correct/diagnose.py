@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ..errors import UserError
 from .bugs import BugSet
-from .edits import AddVector, FeatureAblation, ProjectOut
+from .edits import AddVector, FeatureAblation, GatedVector, ProjectOut
 from .measure import _continuation_ids, pair_margins, prompt_ids
 
 ALPHAS = (0.5, 1.0, 2.0, 4.0)
@@ -107,6 +107,39 @@ def candidates(
             m = pair_margins(lm, fit.cases, e.runtime(lm))
             out.append(Candidate(name, e, d.layer, float(m.mean()), float((m > 0).double().mean())))
     out.sort(key=lambda c: c.fit_margin)
+    return out
+
+
+GATE_QUANTILES = (0.9, 0.99)
+"""Gate thresholds tried: these quantiles of the signature on general text (the gate is then
+off on 90% / 99% of ordinary positions)."""
+
+
+@torch.no_grad()
+def gated_candidates(lm, fit: BugSet, steering: Sequence[Candidate], text) -> list[Candidate]:
+    """Conditional versions of steering candidates: the same vector, only where the projection of
+    blocks.L.resid_pre on the direction exceeds a quantile of its values on fit-side general text
+    (`text`: contexts of the corpus's train split)."""
+    from ..models.tokens import token_mask
+
+    out = []
+    for c in steering:
+        e = c.edit
+        if not isinstance(e, AddVector):
+            continue
+        hook = f"blocks.{e.layer}.resid_pre"
+        u = -e.vector / e.vector.norm()  # the direction itself (the vector steers against it)
+        vals = []
+        for ctx in text:
+            x = lm.run(ctx[None].to(lm.device), capture=[hook]).acts[hook][0].float()
+            vals.append((x @ u.to(x.device))[token_mask(lm, ctx[None])[0]].cpu())
+        v = torch.cat(vals)
+        for q in GATE_QUANTILES:
+            thr = float(torch.quantile(v, q))
+            g = GatedVector(e, u, thr, label=f"the L{e.layer} bug direction")
+            m = pair_margins(lm, fit.cases, g.runtime(lm))
+            name = f"{c.name} gated q{q:g}"
+            out.append(Candidate(name, g, e.layer, float(m.mean()), float((m > 0).double().mean())))
     return out
 
 
@@ -272,6 +305,7 @@ __all__ = [
     "contrastive_directions",
     "feature_candidates",
     "feature_findings",
+    "gated_candidates",
     "generation_candidates",
     "generation_directions",
 ]

@@ -14,6 +14,8 @@ returned, and the tests check it on every supported family.
 - AddVector(layer, vector): add a constant vector to what block `layer`'s MLP writes, at
   every position (a steering vector, Turner et al. 2023 / Panickssery et al. 2023). As
   weights it becomes the MLP output projection's bias.
+- GatedVector(AddVector, signature, threshold): the steering vector only at positions whose
+  residual stream shows the bug's signature (run time only): a conditional fix.
 - FeatureAblation(features): clamp dictionary features to 0 where they fire (run time only).
 """
 
@@ -113,6 +115,41 @@ class AddVector:
 
 
 @dataclass(frozen=True)
+class GatedVector:
+    """An AddVector that acts only where the bug's signature is present: at positions where the
+    residual stream entering block `vector.layer` (blocks.L.resid_pre) has a projection on
+    `signature` above `threshold`. Runtime only (a threshold is no linear weight)."""
+
+    vector: AddVector
+    signature: Tensor
+    """[d_model]; normalised on use"""
+    threshold: float
+    label: str = ""
+
+    def runtime(self, lm) -> dict[str, Edit]:
+        inner = self.vector.runtime(lm)
+        ((out_hook, add),) = inner.items()
+        u = _unit(self.signature, "the gate's signature direction")
+        seen: dict[str, Tensor] = {}
+
+        def remember(x: Tensor) -> Tensor:
+            seen["gate"] = (x @ u.to(device=x.device, dtype=x.dtype)) > self.threshold
+            return x
+
+        def gated(x: Tensor) -> Tensor:
+            on = seen["gate"][..., None].to(x.dtype)
+            return x + on * (add(x) - x)
+
+        return {f"blocks.{self.vector.layer}.resid_pre": remember, out_hook: gated}
+
+    def describe(self) -> str:
+        return (
+            f"{self.vector.describe()}, only where the layer-{self.vector.layer} residual's "
+            f"projection on {self.label or 'the bug signature'} exceeds {self.threshold:.3g}"
+        )
+
+
+@dataclass(frozen=True)
 class FeatureAblation:
     """Clamp dictionary features to 0 wherever they fire, keeping the dictionary's error term
     (steer/interventions.feature_edits). Runtime only: it needs the dictionary's encoder, which
@@ -142,7 +179,9 @@ class FeatureAblation:
 class EditSet:
     """Several edits applied together (their runtime hooks compose in order)."""
 
-    edits: tuple[ProjectOut | AddVector | FeatureAblation, ...] = field(default_factory=tuple)
+    edits: tuple[ProjectOut | AddVector | GatedVector | FeatureAblation, ...] = field(
+        default_factory=tuple
+    )
 
     def runtime(self, lm) -> dict[str, Edit]:
         out: dict[str, Edit] = {}
@@ -163,8 +202,8 @@ def edit_tensors(edits) -> tuple[dict[str, Tensor], dict[str, str]]:
     tensors: dict[str, Tensor] = {}
     meta: dict[str, str] = {"format": "lmscope-edits", "version": "1", "n": str(len(es.edits))}
     for i, e in enumerate(es.edits):
-        if isinstance(e, FeatureAblation):
-            raise UserError("a feature ablation needs its dictionaries at run time; not saved")
+        if isinstance(e, (FeatureAblation, GatedVector)):
+            raise UserError(f"a run-time-only edit ({type(e).__name__}) is not saved")
         if isinstance(e, ProjectOut):
             tensors[f"edit.{i}.direction"] = e.direction.detach().float().contiguous()
             meta[f"edit.{i}"] = json.dumps(
@@ -200,7 +239,7 @@ def load_edits(path) -> EditSet:
 def as_edit_set(edits: EditSet | ProjectOut | AddVector | Sequence) -> EditSet:
     if isinstance(edits, EditSet):
         return edits
-    if isinstance(edits, (ProjectOut, AddVector, FeatureAblation)):
+    if isinstance(edits, (ProjectOut, AddVector, GatedVector, FeatureAblation)):
         return EditSet((edits,))
     return EditSet(tuple(edits))
 
@@ -209,6 +248,7 @@ __all__ = [
     "AddVector",
     "EditSet",
     "FeatureAblation",
+    "GatedVector",
     "ProjectOut",
     "as_edit_set",
     "edit_tensors",

@@ -33,10 +33,11 @@ from .diagnose import (
     contrastive_directions,
     feature_candidates,
     feature_findings,
+    gated_candidates,
     generation_candidates,
     generation_directions,
 )
-from .edits import AddVector, FeatureAblation, ProjectOut
+from .edits import AddVector, FeatureAblation, GatedVector, ProjectOut
 from .fix_config import FixConfig
 from .measure import (
     TextEffect,
@@ -139,6 +140,9 @@ def control_of(edit, seed: int, *, pool=()):
     """The same kind and size of edit along a random direction (for a feature ablation: as many
     random features, drawn from those active on the fit prompts)."""
     g = torch.Generator().manual_seed(seed + 7919)
+    if isinstance(edit, GatedVector):  # the same gate, a random vector of the same norm
+        inner = control_of(edit.vector, seed)
+        return GatedVector(inner, edit.signature, edit.threshold, label=edit.label)
     if isinstance(edit, FeatureAblation):
         rest = [k for k in pool if k not in set(edit.features)]
         if not rest:
@@ -284,11 +288,18 @@ def fit_and_heldout(cfg: FixConfig) -> tuple[BugSet, BugSet]:
     return split(bugs, heldout=cfg.heldout, seed=cfg.seed)
 
 
-def _diagnose(lm, cfg, beh: Behaviour, fit: BugSet, layers, dictionaries, labels):
-    """(fit values before, candidates best first, feature findings, active-feature pool)."""
+def _diagnose(lm, cfg, beh: Behaviour, fit: BugSet, layers, dictionaries, labels, fit_text=None):
+    """(fit values before, candidates best first, feature findings, active-feature pool).
+    With `fit_text` (general text of the train split), the best steering candidates also get
+    gated (conditional) versions."""
     if beh.scorer is None:
         fit_before = pair_margins(lm, fit.cases)
         cands = candidates(lm, fit, contrastive_directions(lm, fit, layers))
+        if fit_text is not None and cfg.gated:
+            steer = [c for c in cands if isinstance(c.edit, AddVector)][:3]
+            cands = sorted(
+                cands + gated_candidates(lm, fit, steer, fit_text), key=lambda c: c.fit_margin
+            )
     else:
         gens = generations(lm, fit.cases, max_new_tokens=cfg.max_new_tokens)
         fit_before = beh.flags(gens)
@@ -304,7 +315,7 @@ def _diagnose(lm, cfg, beh: Behaviour, fit: BugSet, layers, dictionaries, labels
             cands + feature_candidates(lm, fit, findings, dictionaries), key=lambda c: c.fit_margin
         )
     if cfg.export:  # only an edit that folds into weights can be exported
-        cands = [c for c in cands if not isinstance(c.edit, FeatureAblation)]
+        cands = [c for c in cands if isinstance(c.edit, (ProjectOut, AddVector))]
     return fit_before, cands, findings, pool
 
 
@@ -321,7 +332,10 @@ def run_fix(
     _say(
         progress, f"{len(fit)} fit and {len(held)} held-out prompts; directions at layers {layers}"
     )
-    fit_before, cands, findings, pool = _diagnose(lm, cfg, beh, fit, layers, dictionaries, labels)
+    fit_text = general_text(lm, cfg, "train")
+    fit_before, cands, findings, pool = _diagnose(
+        lm, cfg, beh, fit, layers, dictionaries, labels, fit_text
+    )
     fit_bad_before = float(beh.bad(fit_before).double().mean())
     secs["diagnose"] = time.time() - t0
     _say(
@@ -330,7 +344,6 @@ def run_fix(
     )
 
     t1 = time.time()
-    fit_text = general_text(lm, cfg, "train")
     checked: list[Candidate] = []
     for c in cands[: cfg.top]:
         bad_rate = c.fit_bad_rate

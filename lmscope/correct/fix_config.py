@@ -51,6 +51,10 @@ class FixConfig:
     into the report and the viewer"""
     example_tokens: int = 48
     """tokens generated for each of those examples"""
+    gated: bool = True
+    """also try conditional versions of the best steering vectors: acting only where the
+    residual stream shows the bug's direction above a quantile of its values on general text
+    (run time only); --no-gated skips them"""
     top: int = 5
     """candidates (best fit margin first) whose side effects are checked against the budget"""
     export: str | None = flag(None, metavar="DIR")

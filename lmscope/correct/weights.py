@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ..errors import UserError
 from ..models.hooks import first_tensor
-from .edits import AddVector, EditSet, FeatureAblation, ProjectOut, as_edit_set
+from .edits import AddVector, EditSet, FeatureAblation, GatedVector, ProjectOut, as_edit_set
 
 
 def _is_conv1d(m: nn.Module) -> bool:
@@ -163,10 +163,11 @@ def fold(lm, edits) -> object:
     from ..models.load import LanguageModel
 
     es: EditSet = as_edit_set(edits)
-    if any(isinstance(e, FeatureAblation) for e in es.edits):
+    if any(isinstance(e, (FeatureAblation, GatedVector)) for e in es.edits):
         raise UserError(
-            "a feature ablation needs the dictionary's encoder at run time and cannot be folded "
-            "into weights; export a direction edit instead (lmscope fix --export chooses one)"
+            "a feature ablation or a gated vector acts only at run time (an encoder, a threshold) "
+            "and cannot be folded into weights; export a direction edit instead (lmscope fix "
+            "--export chooses one)"
         )
     es.runtime(lm)  # validates layers and shapes with the runtime's messages
     model = copy.deepcopy(lm.model)
