@@ -37,7 +37,7 @@ n latents). jumprelu: a per-latent threshold trained with the straight-through e
 jumprelu.py (rectangle kernel of width jumprelu_bandwidth) and an L0 penalty (not Anthropic's
 tanh penalty): l0_coeff * (active latents per token, summed over layers).
 
-Training (loss) runs on the sparse code for topk (kernels.py: only the k active rows of each
+Training (loss) runs on the sparse code for topk (clt_kernels.py: only the k active rows of each
 decoder get a gradient) and densely for jumprelu.
 """
 
@@ -53,8 +53,15 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from .clt_kernels import (
+    clt_decode,
+    stacked_jumprelu,
+    stacked_sparse_encode,
+    stacked_step,
+    stacked_topk,
+)
 from .init import geometric_median, norm_scale
-from .kernels import _sparse_t_matmul, sparse_decode
+from .kernels import sparse_decode
 
 CLT_ARCHS = ("topk", "jumprelu")
 CLT_FORMAT = "lmscope-clt"
@@ -195,149 +202,6 @@ class CLTTrainOutput(NamedTuple):
     """The weighted L0 term (jumprelu) included in `loss`, else 0 (detached)."""
 
 
-# --- the activation functions over all layers at once -------------------------------------
-def _rectangle(u: Tensor) -> Tensor:
-    return (u.abs() < 0.5).to(u.dtype)
-
-
-class _JumpReLU(torch.autograd.Function):
-    """pre [L, B, n] * H(pre - theta[L, 1, n]) with jumprelu.py's straight-through threshold
-    gradient; theta's gradient is summed over the batch (dim 1) only."""
-
-    @staticmethod
-    def forward(ctx, pre: Tensor, theta: Tensor, eps: float) -> Tensor:
-        ctx.save_for_backward(pre, theta)
-        ctx.eps = eps
-        return pre * (pre > theta[:, None])
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        pre, theta = ctx.saved_tensors
-        th = theta[:, None]
-        grad_pre = grad * (pre > th)
-        k = _rectangle((pre - th) / ctx.eps)
-        grad_theta = (-(th / ctx.eps) * k * grad).sum(1)  # [L, n]
-        return grad_pre, grad_theta, None
-
-
-class _Step(torch.autograd.Function):
-    """H(pre - theta) with the straight-through threshold gradient (for the L0 penalty)."""
-
-    @staticmethod
-    def forward(ctx, pre: Tensor, theta: Tensor, eps: float) -> Tensor:
-        ctx.save_for_backward(pre, theta)
-        ctx.eps = eps
-        return (pre > theta[:, None]).to(pre.dtype)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        pre, theta = ctx.saved_tensors
-        k = _rectangle((pre - theta[:, None]) / ctx.eps)
-        return torch.zeros_like(pre), (-(1.0 / ctx.eps) * k * grad).sum(1), None
-
-
-class _StackedSparseEncode(torch.autograd.Function):
-    """values[l, b, j] = (x[l, b] @ W_enc[l] + b_enc[l])[indices[l, b, j]] with gradients only
-    through those entries, for all layers at once (kernels.sparse_encoder_grad per layer would
-    make autograd materialize a dense [L, d, n] gradient per layer when W_enc[l] is a view).
-
-    The input x is data (a CLT subtracts nothing before encoding), so it gets no gradient unless
-    asked (the sharded CLT's copy region asks)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, values: Tensor, indices: Tensor):
-        ctx.save_for_backward(x, W_enc, indices, values > 0)
-        return values
-
-    @staticmethod
-    def backward(ctx, grad_values: Tensor):
-        x, W_enc, indices, active = ctx.saved_tensors
-        L, d, n = W_enc.shape
-        g = (grad_values * active).to(W_enc.dtype)  # [L, B, k]
-        grad_x = grad_W = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.stack(
-                [
-                    nn.functional.embedding_bag(
-                        indices[i], W_enc[i].t().contiguous(), per_sample_weights=g[i], mode="sum"
-                    )
-                    for i in range(L)
-                ]
-            ).to(x.dtype)
-        if ctx.needs_input_grad[1]:
-            grad_W = torch.empty_like(W_enc)
-            for i in range(L):
-                grad_W[i] = _sparse_t_matmul(indices[i], g[i], x[i].to(W_enc.dtype), n).t()
-        if ctx.needs_input_grad[2]:
-            grad_b = torch.zeros(L, n, dtype=W_enc.dtype, device=W_enc.device)
-            for i in range(L):
-                grad_b[i].index_add_(0, indices[i].reshape(-1), g[i].reshape(-1))
-        return grad_x, grad_W, grad_b, None, None
-
-
-class _CLTDecode(torch.autograd.Function):
-    """out[t] = sum_{l <= t} a[l] @ W_dec[l][:, t - l] (no bias), for a dense code a [L, B, n]
-    (indices None) or a sparse one (values, indices [L, B, k]).
-
-    Written out because the obvious autograd version (each source's [B, (L - l) * d] output
-    added into slices of out) keeps every source's output, or a copy of the whole gradient per
-    source, alive at once: L(L+1)/2 * B * d numbers, 4.4 GB at SmolLM2's L=30, d=576 and 4,096
-    tokens. Here one source's block exists at a time, in the forward and in the backward."""
-
-    @staticmethod
-    def forward(ctx, a: Tensor, indices: Tensor | None, *ws: Tensor) -> Tensor:
-        L, B = a.shape[0], a.shape[1]
-        n, d = ws[0].shape[0], ws[0].shape[-1]
-        out = torch.zeros(L, B, d, dtype=ws[0].dtype, device=a.device)
-        a = a.to(ws[0].dtype)
-        for src, w in enumerate(ws):
-            wf = w.reshape(n, -1)  # [n, (L - src) * d]
-            if indices is None:
-                c = a[src] @ wf
-            else:
-                c = nn.functional.embedding_bag(
-                    indices[src], wf, per_sample_weights=a[src], mode="sum"
-                )
-            out[src:] += c.view(B, L - src, d).transpose(0, 1)
-        ctx.save_for_backward(a, indices, *ws)
-        ctx.sparse = indices is not None
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        a, indices, *ws = ctx.saved_tensors
-        B = a.shape[1]
-        n = ws[0].shape[0]
-        need_a = ctx.needs_input_grad[0]
-        grad_a = torch.zeros_like(a) if need_a else None
-        grad_ws = []
-        for src, w in enumerate(ws):
-            wf = w.reshape(n, -1)
-            g = grad_out[src:].transpose(0, 1).reshape(B, -1).to(w.dtype)  # [B, (L - src) * d]
-            if not ctx.sparse:
-                if need_a:
-                    grad_a[src] = g @ wf.t()
-                gw = a[src].t() @ g if ctx.needs_input_grad[2 + src] else None
-            else:
-                idx = indices[src]
-                k = idx.shape[1]
-                if need_a:
-                    offsets = torch.arange(0, B * k, k, device=idx.device)
-                    bag = torch.arange(B, device=idx.device).repeat_interleave(k)
-                    grad_a[src] = torch.ops.aten._embedding_bag_per_sample_weights_backward(
-                        g.contiguous(), wf, idx.reshape(-1), offsets, bag, 0, -1
-                    ).view(B, k)
-                gw = _sparse_t_matmul(idx, a[src], g, n) if ctx.needs_input_grad[2 + src] else None
-            grad_ws.append(None if gw is None else gw.view_as(w))
-        return (grad_a, None, *grad_ws)
-
-
-def stacked_topk(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """[L, B, n] pre-activations -> (values [L, B, k] ReLU'd, indices [L, B, k]) per layer."""
-    v, i = pre.topk(min(k, pre.shape[-1]), dim=-1, sorted=False)
-    return v.clamp_min(0), i
-
-
 class Comm:
     """Where a CLT's latents live. This one: all in this process (clt_sharded.Shards splits them
     over ranks and overrides every method; the loss below is written once for both)."""
@@ -383,8 +247,8 @@ def clt_loss(
             pre = torch.baddbmm(m.b_enc[:, None, :], x_w, m.W_enc)  # [L, B, n_local]
             v, gi = comm.topk(pre, cfg.k)  # [L, B, k], the same on every rank
             lv, li = comm.own(v, gi)
-        vals = _StackedSparseEncode.apply(x_w, m.W_enc, m.b_enc, lv, li)
-        recon = comm.reduce(_CLTDecode.apply(vals, li, *m.W_dec)) + m.b_dec[:, None, :]
+        vals = stacked_sparse_encode(x_w, m.W_enc, m.b_enc, lv, li)
+        recon = comm.reduce(clt_decode(vals, li, m.W_dec)) + m.b_dec[:, None, :]
         recon = recon.float()
         l0 = (v > 0).sum(-1).float().mean(1)  # [L]
         hits = torch.zeros(L, n_local, device=v.device)
@@ -395,10 +259,10 @@ def clt_loss(
     else:
         pre = torch.baddbmm(m.b_enc[:, None, :], x_n.to(m.W_enc.dtype), m.W_enc)
         eps = cfg.jumprelu_bandwidth
-        acts = _JumpReLU.apply(pre, m.threshold, eps)
-        recon = comm.reduce(_CLTDecode.apply(acts, None, *m.W_dec)) + m.b_dec[:, None, :]
+        acts = stacked_jumprelu(pre, m.threshold, eps)
+        recon = comm.reduce(clt_decode(acts, None, m.W_dec)) + m.b_dec[:, None, :]
         recon = recon.float()
-        l0_tok = _Step.apply(pre, m.threshold, eps).float().sum(-1)  # [L, B], this rank's latents
+        l0_tok = stacked_step(pre, m.threshold, eps).float().sum(-1)  # [L, B], this rank's latents
         sparsity = cfg.l0_coeff * l0_tok.sum(0).mean()  # its gradient reaches local thresholds
         sparsity_value = comm.sum_(sparsity.detach().clone())
         active = acts.detach() > 0
@@ -439,7 +303,7 @@ def _auxk(
             )
             v, gi = comm.topk(masked, k_aux)  # [1, B, k_aux]
             lv, li = comm.own(v, gi)
-        vals = _StackedSparseEncode.apply(
+        vals = stacked_sparse_encode(
             x_w[src : src + 1], m.W_enc[src : src + 1], m.b_enc[src : src + 1], lv, li
         )[0]
         w = m.W_dec[src]
@@ -523,13 +387,13 @@ class CrossLayerTranscoder(nn.Module):
 
     def decode_normalized(self, acts: Tensor) -> Tensor:
         """[L, B, n] activations -> [L, B, d] normalized reconstruction (dense)."""
-        out = _CLTDecode.apply(acts, None, *self.W_dec)
+        out = clt_decode(acts, None, self.W_dec)
         return out + self.b_dec[:, None, :]
 
     def decode_sparse_normalized(self, values: Tensor, indices: Tensor) -> Tensor:
         """Sparse code values/indices [L, B, k] -> [L, B, d] normalized reconstruction; only the
         active decoder rows are read, and only they get a gradient."""
-        out = _CLTDecode.apply(values, indices, *self.W_dec)
+        out = clt_decode(values, indices, self.W_dec)
         return out + self.b_dec[:, None, :]
 
     # --- public inference API (raw activations) -------------------------------------------
