@@ -411,3 +411,19 @@ def test_gated_vector_acts_only_where_the_signature_is_and_is_empty_when_never_o
         from lmscope.correct.weights import fold
 
         fold(lm, GatedVector(v, u, 0.0))
+
+
+def test_screening_rescores_the_best_candidates_on_all_fit_prompts(buggy):
+    from lmscope.correct.diagnose import candidates
+    from lmscope.models import load_model
+
+    lm = load_model(str(buggy / "model"))
+    fit, _ = split(load_bugs(buggy / "bugs.jsonl"))
+    dirs = contrastive_directions(lm, fit, [1])
+    full = candidates(lm, fit, dirs)
+    screened = candidates(lm, fit, dirs, screen=4, keep=2)
+    assert len(screened) == len(full)
+    top = {c.name: c for c in full}
+    for c in screened[:2]:  # re-scored on all fit prompts: the full numbers exactly
+        assert c.fit_margin == top[c.name].fit_margin and "screened_on" not in c.extra
+    assert all(c.extra == {"screened_on": 4} for c in screened[2:])

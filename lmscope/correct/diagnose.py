@@ -81,33 +81,49 @@ def contrastive_directions(lm, fit: BugSet, layers: Sequence[int]) -> list[Direc
 
 
 def candidates(
-    lm, fit: BugSet, directions: Sequence[Direction], *, alphas=ALPHAS
+    lm,
+    fit: BugSet,
+    directions: Sequence[Direction],
+    *,
+    alphas=ALPHAS,
+    screen: int = 0,
+    keep: int = 10,
 ) -> list[Candidate]:
-    """Every direction's edits, scored on the fit prompts (best first)."""
-    out: list[Candidate] = []
+    """Every direction's edits, scored on the fit prompts (best first). With `screen` > 0 and
+    more fit prompts than that, all edits are first scored on the first `screen` fit prompts and
+    only the best `keep` are scored on all of them (the rest keep their screening numbers,
+    flagged in `extra`)."""
+    edits: list[tuple[str, int, ProjectOut | AddVector]] = []
     for d in directions:
         if not float(d.vector.norm()) > 0:
             continue
-        edits: list[tuple[str, ProjectOut | AddVector]] = [
-            (
-                f"project out L{d.layer} direction",
-                ProjectOut(d.vector, label=f"the L{d.layer} bug direction"),
-            )
-        ]
+        label = f"the L{d.layer} bug direction"
+        edits.append(
+            (f"project out L{d.layer} direction", d.layer, ProjectOut(d.vector, label=label))
+        )
         for a in alphas:
-            edits.append(
-                (
-                    f"steer L{d.layer} x{-a:g}",
-                    AddVector(
-                        d.layer, -a * d.vector, label=f"-{a:g} x the L{d.layer} bug direction"
-                    ),
-                )
-            )
-        for name, e in edits:
-            m = pair_margins(lm, fit.cases, e.runtime(lm))
-            out.append(Candidate(name, e, d.layer, float(m.mean()), float((m > 0).double().mean())))
-    out.sort(key=lambda c: c.fit_margin)
-    return out
+            e = AddVector(d.layer, -a * d.vector, label=f"-{a:g} x {label}")
+            edits.append((f"steer L{d.layer} x{-a:g}", d.layer, e))
+
+    def score(cases, subset: list) -> list[Candidate]:
+        out = []
+        for name, layer, e in subset:
+            m = pair_margins(lm, cases, e.runtime(lm))
+            out.append(Candidate(name, e, layer, float(m.mean()), float((m > 0).double().mean())))
+        return sorted(out, key=lambda c: c.fit_margin)
+
+    if not screen or len(fit.cases) <= screen:
+        return score(fit.cases, edits)
+    first = score(fit.cases[:screen], edits)
+    best = {c.name for c in first[:keep]}
+    full = score(fit.cases, [x for x in edits if x[0] in best])
+    rest = [
+        Candidate(
+            c.name, c.edit, c.layer, c.fit_margin, c.fit_bad_rate, extra={"screened_on": screen}
+        )
+        for c in first[keep:]
+    ]
+    return full + rest
 
 
 GATE_QUANTILES = (0.9, 0.99)

@@ -294,7 +294,8 @@ def _diagnose(lm, cfg, beh: Behaviour, fit: BugSet, layers, dictionaries, labels
     gated (conditional) versions."""
     if beh.scorer is None:
         fit_before = pair_margins(lm, fit.cases)
-        cands = candidates(lm, fit, contrastive_directions(lm, fit, layers))
+        dirs = contrastive_directions(lm, fit, layers)
+        cands = candidates(lm, fit, dirs, screen=cfg.screen, keep=max(10, 2 * cfg.top))
         if fit_text is not None and cfg.gated:
             steer = [c for c in cands if isinstance(c.edit, AddVector)][:3]
             cands = sorted(

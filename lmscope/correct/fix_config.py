@@ -55,6 +55,9 @@ class FixConfig:
     """also try conditional versions of the best steering vectors: acting only where the
     residual stream shows the bug's direction above a quantile of its values on general text
     (run time only); --no-gated skips them"""
+    screen: int = 24
+    """score every candidate on this many fit prompts first and only the best ones on all of
+    them (0: all on all; the choice is still made on all fit prompts)"""
     top: int = 5
     """candidates (best fit margin first) whose side effects are checked against the budget"""
     export: str | None = flag(None, metavar="DIR")
@@ -78,7 +81,7 @@ class FixConfig:
             raise ValueError("--examples must be >= 0 and --example-tokens >= 1")
         if self.max_new_tokens < 1:
             raise ValueError("--max-new-tokens must be >= 1")
-        if self.text_tokens < 1 or self.ctx_len < 2 or self.top < 1:
+        if self.text_tokens < 1 or self.ctx_len < 2 or self.top < 1 or self.screen < 0:
             raise ValueError("--text-tokens, --top must be >= 1 and --ctx-len >= 2")
 
 
