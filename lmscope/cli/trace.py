@@ -157,7 +157,9 @@ def cmd_graph(args) -> int:
         max_feature_nodes=cfg.max_feature_nodes,
         batch_size=cfg.batch_size,
         max_memory_gb=cfg.max_memory_gb,
+        row_edges=cfg.row_edges,
         progress=not args.json,
+        log=lambda line: print(line, file=sys.stderr),
     )
     pruned = prune(g, cfg.node_threshold, cfg.edge_threshold)
     data = graph_json(
