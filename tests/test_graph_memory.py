@@ -137,14 +137,14 @@ def test_plan_lowers_the_batch_then_the_stored_edges_then_refuses():
     # Just under: the batch is lowered first (exact, only slower).
     p = plan_memory(est, full.total - 1, batch_size=64, row_edges=None)
     assert p.batch_size == 32 and p.row_edges is None
-    # Under the dense edges at batch 8: fewer stored edges per row, a power of two.
-    p = plan_memory(est, est(8, None).total - 1, batch_size=64, row_edges=None)
-    assert p.batch_size == 8 and p.row_edges is not None and p.row_edges < 20_000
+    # Under the dense edges at batch 16: fewer stored edges per row, a power of two.
+    p = plan_memory(est, est(16, None).total - 1, batch_size=64, row_edges=None)
+    assert p.batch_size == 16 and p.row_edges is not None and p.row_edges < 20_000
     assert p.row_edges & (p.row_edges - 1) == 0
     # Edges the user chose are kept; a limit nothing meets is refused in one line.
     with pytest.raises(UserError, match=r"needs about [0-9.]+ GB even with backward batch 1"):
         plan_memory(est, est(1, 1024).total - 1, batch_size=64, row_edges=None)
-    p = plan_memory(est, est(8, 2048).total, batch_size=64, row_edges=2048, fixed_edges=True)
+    p = plan_memory(est, est(16, 2048).total, batch_size=64, row_edges=2048, fixed_edges=True)
     assert p.row_edges == 2048
     # build_graph says so too, before any backward pass.
     with pytest.raises(UserError, match="max-memory-gb"):

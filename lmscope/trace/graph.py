@@ -49,7 +49,14 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from .memory import GB, MemoryEstimate, default_limit_gb, estimate_memory, plan_memory
+from .memory import (
+    CHUNK_ENTRIES,
+    GB,
+    MemoryEstimate,
+    default_limit_gb,
+    estimate_memory,
+    plan_memory,
+)
 from .replacement import Replacement, replacement
 
 if TYPE_CHECKING:
@@ -223,6 +230,7 @@ def build_graph(
             target_id,
             max_feature_nodes=max_feature_nodes,
             batch_size=plan.batch_size,
+            select_size=batch_size,
             row_edges=plan.row_edges,
             max_logits=max_logits,
             desired_prob=desired_prob,
@@ -237,7 +245,7 @@ def build_graph(
 
 
 def _feature_influence(
-    rows_abs: Tensor | tuple[Tensor, Tensor],
+    edges: Tensor | tuple[Tensor, Tensor],
     den: Tensor,
     w_rows: Tensor,
     row_feature: Tensor,
@@ -246,34 +254,54 @@ def _feature_influence(
 ) -> Tensor:
     """[n_active] influence of every active feature on the logits from the rows filled so far.
 
-    prune.partial_influence restricted to the feature columns: rows_abs is |edges| of the
-    filled rows over the active features, dense [r, n_active] or (values [r, K], columns
-    [r, K]) for stored top edges; den [r] the rows' total |input| (all columns, dropped edges
-    included, so the normalization is the dense path's); w_rows [r] the logit weights of the
-    rows; row_feature [r] the active-feature index of each row (-1 for logit rows).
+    prune.partial_influence restricted to the feature columns, computed in two steps: the
+    series w (B + B^2 + ...) only propagates through the columns of features that have rows,
+    so it is summed on that small [rows, feature rows] block, V = sum_k v_k; then one product
+    V B gives every active feature's influence. edges: the filled rows' feature edges, dense
+    [r, n_active] or (values [r, K], columns [r, K]) for stored top edges; den [r] the rows'
+    total |input| over every column (dropped edges included: the dense path's normalization);
+    w_rows [r] the rows' logit weights; row_feature [r] the active-feature index of each row
+    (-1 for logit rows). |edges| is taken chunk by chunk, never copied whole.
     """
+    r = den.shape[0]
     inv = 1.0 / den.clamp_min(1e-10)
     is_feat = row_feature >= 0
     fidx = row_feature[is_feat]
-
-    def step(v: Tensor) -> Tensor:  # [r] -> [n_active]
-        if isinstance(rows_abs, Tensor):
-            return (v * inv) @ rows_abs
-        vals, cols = rows_abs
-        out = torch.zeros(n_active)
-        out.index_add_(0, cols.reshape(-1), ((v * inv)[:, None] * vals).reshape(-1))
-        return out
-
-    cur = step(w_rows)
-    total = cur.clone()
+    dense = isinstance(edges, Tensor)
+    width = edges.shape[1] if dense else edges[0].shape[1]
+    step = max(1, CHUNK_ENTRIES // max(width, 1))
+    # M[r, j] = B[r, fidx[j]]: the block the series runs on.
+    if dense:
+        M = edges[:, fidx].abs() * inv[:, None]
+    else:
+        vals, cols = edges
+        slot = torch.full((n_active,), -1, dtype=torch.long)
+        slot[fidx] = torch.arange(fidx.numel())
+        M = torch.zeros(r, fidx.numel())
+        for c in range(0, r, step):
+            j = slot[cols[c : c + step].long()]  # [chunk, K]
+            hit = (j >= 0).nonzero(as_tuple=True)
+            M[hit[0] + c, j[hit]] = vals[c : c + step][hit].abs() * inv[hit[0] + c]
+    v = w_rows.clone()
+    V = torch.zeros_like(w_rows)
     for _ in range(max_iter):
-        v = torch.zeros_like(w_rows)
-        v[is_feat] = cur[fidx]
-        if not bool(v.any()) or float(v.abs().max()) < 1e-30:
-            return total
-        cur = step(v)
-        total += cur
-    raise RuntimeError("influence did not converge: the graph has a cycle")
+        V += v
+        nxt = torch.zeros_like(w_rows)
+        nxt[is_feat] = v @ M
+        if not bool(nxt.any()) or float(nxt.abs().max()) < 1e-30:
+            break
+        v = nxt
+    else:
+        raise RuntimeError("influence did not converge: the graph has a cycle")
+    u = V * inv
+    total = torch.zeros(n_active)
+    for c in range(0, r, step):
+        if dense:
+            total += u[c : c + step] @ edges[c : c + step].abs()
+        else:
+            cc = cols[c : c + step].long().reshape(-1)
+            total.index_add_(0, cc, (u[c : c + step, None] * vals[c : c + step].abs()).reshape(-1))
+    return total
 
 
 def _attribute(
@@ -283,6 +311,7 @@ def _attribute(
     *,
     max_feature_nodes: int,
     batch_size: int,
+    select_size: int,
     row_edges: int | None,
     max_logits: int,
     desired_prob: float,
@@ -326,7 +355,11 @@ def _attribute(
     log0 = n_active + n_err + n_tok
     layer_rows = {L: (feats_t[:, 0] == L).nonzero(as_tuple=True)[0] for L in rep.layers}
 
-    B = max(1, min(batch_size, max(n_log, min(n_active, max_feature_nodes))))
+    # Features are chosen `select` at a time (one influence update each); their rows are filled
+    # by backward passes of at most `batch_size` targets (the memory plan may lower it: the
+    # same graph, in smaller chunks).
+    select = max(1, min(select_size, max(n_log, min(n_active, max_feature_nodes))))
+    B = max(1, min(batch_size, select))
     timing = {"forward": 0.0, "backward": 0.0, "influence": 0.0}
     # What each active feature writes: activation x decoder row, grouped by (layer, pos):
     # layer -> pos -> (first column, [n_p, d_model]).
@@ -424,16 +457,16 @@ def _attribute(
         ti = time.perf_counter()
         filled = len(slot_nodes)
         row_feature = torch.tensor([r if r < n_active else -1 for r in slot_nodes])
-        rows_abs = F[:filled].abs() if dense else (Fv[:filled].abs(), Fi[:filled].long())
-        infl = _feature_influence(rows_abs, den[:filled], w_all[:filled], row_feature, n_active)
-        del rows_abs
+        stored = F[:filled] if dense else (Fv[:filled], Fi[:filled])
+        infl = _feature_influence(stored, den[:filled], w_all[:filled], row_feature, n_active)
         timing["influence"] += time.perf_counter() - ti
         infl[visited] = -1.0
-        take = min(B, budget - int(visited.sum()))
+        take = min(select, budget - int(visited.sum()))
         nxt = infl.topk(take).indices
         visited[nxt] = True
-        fill_rows(nxt.tolist())
-        n_batches += 1
+        for c in range(0, take, B):
+            fill_rows(nxt[c : c + B].tolist())
+            n_batches += 1
         bar.update(take)
     bar.close()
 
@@ -492,6 +525,7 @@ def _attribute(
             "unexpanded_fraction": float(left.numel() / max(n_active, 1)),
             "backward_batches": n_batches,
             "batch_size": B,
+            "select_size": select,
             "row_edges": None if dense else row_edges,
             "dropped_edge_share_mean": float(shares.mean()) if shares.numel() else 0.0,
             "dropped_edge_share_max": float(shares.max()) if shares.numel() else 0.0,

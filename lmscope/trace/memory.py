@@ -19,7 +19,9 @@ A graph build holds, at its peak (names as in `MemoryEstimate`):
                  the folded part of its error columns), the bool edge mask, and the copies of its
                  non-zero rows that pruning and scoring make (prune.py).
 
-`plan_memory` picks the largest batch and edge storage that fit under a limit, or refuses.
+`plan_memory` picks the largest batch and edge storage that fit under a limit, or refuses. A
+lower batch gives the same graph (the next features are still chosen as many at a time as
+asked, then filled in smaller backward chunks), fewer stored edges an approximate one.
 The test (tests/test_graph_memory.py) checks the estimate against the measured peak RSS on a
 tiny model at several prompt lengths.
 """
@@ -45,6 +47,8 @@ FORWARD_VECTORS = 24
 # while pruning and scoring (prune.py works on those rows only): the pruned copy, its
 # normalization, circuit_tracer_scores' own rows and their pruned copy.
 PRUNE_ROW_COPIES = 4
+# Entries of |edges| one influence update takes at once (graph.py; ~16 bytes each in temporaries).
+CHUNK_ENTRIES = 2**24
 
 
 @dataclass(frozen=True)
@@ -131,12 +135,14 @@ def estimate_memory(
     rows = min(max_feature_nodes, n_active) + n_logits
     n_err, n_tok = L * n_pos, n_pos
     dense = row_edges is None or row_edges >= n_active
-    # dense: the edges and the |edges| copy the next features are chosen with; top edges:
-    # values, columns and their |values|
-    feat = 2 * rows * n_active * item if dense else rows * row_edges * 3 * item
+    # dense: one float per edge; top edges: value + int32 column
+    feat = rows * n_active * item if dense else rows * row_edges * 2 * item
     edges = feat + rows * (n_err + n_tok) * item * (1 if dense else 2)  # + dropped sums
     b = max(1, min(batch_size, rows))
     backward = (2 * L + 4) * b * n_pos * d * item + 3 * b * n_active * item
+    width = n_active if dense else row_edges
+    backward += min(CHUNK_ENTRIES, rows * width) * 16  # influence update: |edges| temporaries
+    backward += rows * min(max_feature_nodes, n_active) * item  # and its [rows, features] block
     side = min(max_feature_nodes, n_active) + n_err + n_tok + n_logits
     prune = side * side * (item + 1) + side * n_err * item + PRUNE_ROW_COPIES * rows * side * item
     return MemoryEstimate(
@@ -165,7 +171,7 @@ def plan_memory(
     """The estimate with the largest batch and edge storage that fit under `limit_bytes`.
 
     `estimate(batch_size, row_edges)` is estimate_memory with the other arguments bound.
-    Tries the requested plan, then halves the backward batch down to 8, then keeps fewer
+    Tries the requested plan, then halves the backward batch down to 16, then keeps fewer
     feature edges per row (powers of two down to 1,024), then halves the batch down to 1;
     UserError when even that does not fit. A part the user set (`fixed_batch`, `fixed_edges`)
     is not changed.
@@ -175,7 +181,7 @@ def plan_memory(
         return cur
     b, k = first.batch_size, first.row_edges
     tries: list[tuple[int, int | None]] = []
-    while not fixed_batch and b > 8:
+    while not fixed_batch and b > 16:
         b //= 2
         tries.append((b, k))
     k0 = first.n_active if k is None else k
