@@ -30,7 +30,9 @@ def register(sub) -> None:
         "(or from an activation store with --from-store). Writes SAELens-format folders "
         "into OUT/dictionaries/<hook>/ and lists them in OUT/atlas.json. Ctrl-C saves a "
         "checkpoint; run the same command to resume. Multi-process: "
-        "torchrun --nproc-per-node N -m lmscope train ... [--shard-features].",
+        "torchrun --nproc-per-node N -m lmscope train ... [--shard-features]. "
+        "--clt trains one cross-layer transcoder over layers 0..L-1 instead "
+        "(OUT/dictionaries/clt/; docs/scaling.md has its memory formula).",
     )
     add_arguments(p, TrainConfig)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -92,7 +94,7 @@ def cmd_train(args) -> int:
         f"trained {len(rows)} dictionar{'y' if len(rows) == 1 else 'ies'} on {res.tokens:,} tokens "
         f"in {res.seconds:.0f}s ({res.tokens / max(res.seconds, 1e-9):,.0f} tok/s) -> {res.out}"
     )
-    for h, r in rows.items():
+    for h, r in rows.items():  # a CLT is one row: FVU and L0 averaged over its layers
         print(
             f"  {h:<24} FVU {r['fvu']:.3f}  L0 {r['l0']:.1f}  dead {r['dead_frac']:.1%}  "
             f"{r['path']}"
@@ -103,6 +105,14 @@ def cmd_train(args) -> int:
         "(FVU: mean of per-batch FVUs over the last 10% of steps, in-sample; held-out: lmscope "
         "eval)"
     )
+    if cfg.clt:
+        # `lmscope eval` measures the per-layer dictionaries of atlas.json; a CLT is listed
+        # under "clts" and is opened with the class.
+        print(
+            "load it: from lmscope.dictionaries.clt import CrossLayerTranscoder; "
+            f"CrossLayerTranscoder.load({str(rows['clt']['path'])!r})"
+        )
+        return 0
     from ._invocation import shell_line
 
     print(f"next: {shell_line(['eval', str(res.out)])}")

@@ -66,6 +66,11 @@ class TrainConfig:
     SAEs."""
     skip: bool = False
     """Transcoders: add a linear skip connection from input to output."""
+    clt: bool = False
+    """Train ONE cross-layer transcoder instead of a dictionary per hook: layer l's encoder reads
+    blocks.l.mlp_in and its decoders write blocks.t.mlp_out for every t >= l (Ameisen et al.
+    2025). --arch topk (--k per layer per token) or jumprelu; --width is latents PER LAYER;
+    --hooks names the layers (default: all; must be 0..L-1). Writes OUT/dictionaries/clt/."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Dictionary compute: float32, or bfloat16 autocast (weights and Adam states stay float32)."""
     model_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -128,8 +133,12 @@ class TrainConfig:
             raise ValueError("--buffer-mb must be > 0, --model-batch >= 1, --checkpoint-every >= 0")
         if self.skip and not self.transcode:
             raise ValueError("--skip only applies to transcoders; add --transcode")
-        if self.shard_features and self.arch != "topk":
+        if self.shard_features and self.arch != "topk" and not self.clt:
             raise ValueError(f"--shard-features supports arch topk only, not {self.arch}")
+        if self.clt and self.arch not in ("topk", "jumprelu"):
+            raise ValueError(f"--clt supports --arch topk or jumprelu, not {self.arch}")
+        if self.clt and self.skip:
+            raise ValueError("--clt has no skip connection; drop --skip")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -653,17 +653,26 @@ def train(
             device=str(dist.device_for(info, cfg.device)),
         )
     fingerprint = lm.fingerprint()
+    if cfg.clt and cfg.hooks.strip() == "middle":
+        hooks_arg = "blocks.*.mlp_in"  # a CLT's default is every layer, not the middle one
+    else:
+        hooks_arg = _expand_middle(cfg.hooks, lm)
     if cfg.from_store is not None:
         si = store_info(cfg.from_store)
         check_store_matches(si, lm.name, lm.d_model)
-        ins = resolve_store_hooks(si["hooks"], _expand_middle(cfg.hooks, lm))
+        ins = resolve_store_hooks(si["hooks"], hooks_arg)
         for h in ins:
             lm.hooks[h]  # the hook must exist in the model too (one line otherwise)
         dims = dict(si["dims"])
     else:
-        ins = lm.hooks.resolve(_expand_middle(cfg.hooks, lm))
+        ins = lm.hooks.resolve(hooks_arg)
         dims = {h: lm.hooks[h].d for h in lm.hooks.points}
-    pairs = _pairs(ins, cfg.transcode)
+    if cfg.clt:
+        from .clt_trainer import clt_layers
+
+        n_clt = clt_layers(ins, lm.n_layers, hooks_arg)
+        ins = [f"blocks.{i}.mlp_in" for i in range(n_clt)]
+    pairs = _pairs(ins, cfg.transcode or cfg.clt)
     if cfg.from_store is not None:
         missing = [o for _, o in pairs if o and o not in dims]
         if missing:
@@ -702,6 +711,10 @@ def train(
                 seed=cfg.seed,
                 info=data_info,
             )
+    if cfg.clt:
+        from .clt_trainer import run_clt_training
+
+        return run_clt_training(cfg, plan, source, lm=lm, info=info, stop_after=stop_after)
     return run_training(cfg, plan, source, lm=lm, info=info, stop_after=stop_after)
 
 
