@@ -251,10 +251,12 @@ def main() -> None:
     if args.child:
         child(args)
         return
+    from bench_graph import _model_folder
+
     from lmscope.models import load_model
 
-    lm = load_model("smollm2-135m")
-    args.model_path = str(lm.source.path)
+    lm = load_model("smollm2-135m")  # circuit-tracer reads the HF folder lmscope converts to
+    args.model_path = str(lm.source.path if lm.source.kind != "gguf" else _model_folder(lm))
     del lm
     if args.ct_python and not (Path(args.ct_dir) / "k").exists():
         export_ct(Path(args.dictionaries), Path(args.ct_dir))
