@@ -57,10 +57,11 @@ from .memory import (
     estimate_memory,
     plan_memory,
 )
-from .replacement import Replacement, replacement
+from .replacement import Replacement, check_clt, is_clt, replacement
 
 if TYPE_CHECKING:
     from ..dictionaries import SparseDictionary
+    from ..dictionaries.clt import CrossLayerTranscoder
     from ..models import LanguageModel
 
 
@@ -152,7 +153,7 @@ def logit_nodes(
 
 def build_graph(
     lm: LanguageModel,
-    transcoders: dict[int, SparseDictionary],
+    transcoders: dict[int, SparseDictionary] | CrossLayerTranscoder,
     prompt: str,
     *,
     target: str | int | None = None,
@@ -165,7 +166,8 @@ def build_graph(
     progress: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> Graph:
-    """The attribution graph of `prompt` through per-layer transcoders {layer: dictionary}.
+    """The attribution graph of `prompt` through per-layer transcoders {layer: dictionary} or
+    one cross-layer transcoder (a CrossLayerTranscoder over every layer).
 
     target: a token string/id to put first among the logit nodes (default: the top token).
     Features are visited in order of their current influence on the logits (as in
@@ -187,18 +189,29 @@ def build_graph(
     limit = (default_limit_gb() if max_memory_gb is None else max_memory_gb) * GB
     n_pos = tokens.shape[1]
 
+    clt = is_clt(transcoders)
+    if clt:
+        check_clt(lm, transcoders)
+        modules = [transcoders]
+        d_sae = transcoders.cfg.d_sae
+        k_per_token = (transcoders.cfg.k if transcoders.cfg.arch == "topk" else 64) * lm.n_layers
+        hooks = transcoders.cfg.hooks_in
+    else:
+        modules = list(transcoders.values())
+        d_sae = max(tc.cfg.d_sae for tc in modules)
+        k_per_token = sum(getattr(tc.cfg, "k", None) or 64 for tc in modules)
+        hooks = [transcoders[L].cfg.hook_name for L in sorted(transcoders)]
+    dict_bytes = sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+
     def planner(n_active: int):
         def est(b: int, k: int | None) -> MemoryEstimate:
             return estimate_memory(
                 lm,
                 n_pos,
                 n_active,
-                d_sae=max(tc.cfg.d_sae for tc in transcoders.values()),
-                dictionary_bytes=sum(
-                    p.numel() * p.element_size()
-                    for tc in transcoders.values()
-                    for p in tc.parameters()
-                ),
+                d_sae=d_sae,
+                dictionary_bytes=dict_bytes,
+                write_targets=(lm.n_layers + 1) / 2 if clt else 1.0,
                 batch_size=b,
                 max_feature_nodes=max_feature_nodes,
                 n_logits=max_logits,
@@ -215,7 +228,7 @@ def build_graph(
 
     # The active-feature count is known only after the clean pass; bound it by k per token
     # (exact for TopK) so that an impossible graph is refused before anything runs.
-    k_bound = sum(getattr(tc.cfg, "k", None) or 64 for tc in transcoders.values()) * n_pos
+    k_bound = k_per_token * n_pos
     planner(k_bound)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -237,7 +250,8 @@ def build_graph(
             progress=progress,
         )
     g.model = lm.name
-    g.hooks = [transcoders[L].cfg.hook_name for L in sorted(transcoders)]
+    g.hooks = hooks
+    g.stats["dictionary"] = "clt" if clt else "per-layer transcoders"
     g.stats["seconds"] = time.perf_counter() - t0
     g.stats["estimated_bytes"] = plan.total
     g.stats["estimated_new_bytes"] = plan.new
@@ -362,16 +376,18 @@ def _attribute(
     B = max(1, min(batch_size, select))
     timing = {"forward": 0.0, "backward": 0.0, "influence": 0.0}
     # What each active feature writes: activation x decoder row, grouped by (layer, pos):
-    # layer -> pos -> (first column, [n_p, d_model]).
+    # layer -> pos -> (first column, [n_p, d_model]); for a CLT, its decoders into its own
+    # and every later MLP output, [n_p, n_layers - layer, d_model].
     writes: dict[int, dict[int, tuple[int, Tensor]]] = {}
     for L, idx in layer_rows.items():
         writes[L] = {}
+        st = rep.layers[L]
         for p in feats_t[idx, 1].unique().tolist():
             cols = idx[feats_t[idx, 1] == p]
-            writes[L][p] = (
-                int(cols[0]),
-                vals_t[cols, None].float() * rep.layers[L].dec[feats_t[cols, 2]].float(),
-            )
+            f_ = feats_t[cols, 2]
+            dec = st.dec[f_] if st.dec_out is None else st.dec_out[f_]
+            a = vals_t[cols].float().reshape(-1, *([1] * (dec.dim() - 1)))
+            writes[L][p] = (int(cols[0]), a * dec.float())
     tf = time.perf_counter()
     # One forward on the prompt; each backward below is vmapped over up to B injected
     # gradients (is_grads_batched): 4-5x faster than a forward on B copies + one backward.
@@ -415,14 +431,29 @@ def _attribute(
         sl = slice(s0, s0 + n)
         block = torch.zeros(n, n_active)  # the rows' feature edges
         et = ET[sl]
-        for L, gL in zip(rep.layers, gs[:-1]):
-            if gL is None:
-                continue
-            gL = gL[:, 0].float()  # [n, pos, d_model]
+        g_at = {  # d targets / d write at each layer's MLP output, [n, pos, d_model]
+            L: (gL[:, 0].float() if gL is not None else None) for L, gL in zip(rep.layers, gs[:-1])
+        }
+        for L, gL in g_at.items():
             st = rep.layers[L]
-            for p, (c0, w_p) in writes[L].items():  # sources grouped by position
-                block[:, c0 : c0 + w_p.shape[0]] = gL[:, p] @ w_p.t()  # [n, n_sources at p]
-            et[:, L * n_pos : (L + 1) * n_pos] = torch.einsum("bpd,pd->bp", gL, st.error.float())
+            if st.dec_out is None:  # a per-layer transcoder writes to its own layer only
+                if gL is None:
+                    continue
+                for p, (c0, w_p) in writes[L].items():  # sources grouped by position
+                    block[:, c0 : c0 + w_p.shape[0]] = gL[:, p] @ w_p.t()  # [n, n_sources at p]
+            else:  # a CLT feature of layer L writes to layers L..: sum over its targets
+                later = [g_at[t] if g_at[t] is not None else None for t in range(L, n_layers)]
+                if all(g is None for g in later):
+                    continue
+                zero = torch.zeros(n, n_pos, lm.d_model)
+                later = [zero if g is None else g for g in later]
+                for p, (c0, w_p) in writes[L].items():  # w_p [n_p, n_targets, d_model]
+                    gp = torch.stack([g[:, p] for g in later], 1).reshape(n, -1)
+                    block[:, c0 : c0 + w_p.shape[0]] = gp @ w_p.reshape(w_p.shape[0], -1).t()
+            if gL is not None:
+                et[:, L * n_pos : (L + 1) * n_pos] = torch.einsum(
+                    "bpd,pd->bp", gL, st.error.float()
+                )
         gE = gs[-1]
         if gE is not None:
             et[:, n_err:] = torch.einsum("bpd,pd->bp", gE[:, 0].float(), rep.embed.float())

@@ -120,6 +120,7 @@ def estimate_memory(
     max_feature_nodes: int = 4096,
     n_logits: int = 10,
     row_edges: int | None = None,
+    write_targets: float = 1.0,
 ) -> MemoryEstimate:
     """Bytes each part of a graph build needs (see the module docstring for the parts)."""
     cfg = lm.model.config
@@ -131,7 +132,9 @@ def estimate_memory(
     frozen += (3 * L + 2) * n_pos * d * item  # captured mlp_in/out, errors, embeddings
     frozen += L * (n_pos * d_sae + d * d_sae) * item  # dense activations + encoder copy
     forward = L * n_pos * FORWARD_VECTORS * d * item + L * heads * n_pos * n_pos * item
-    forward += n_active * (d + 3) * item  # writes + (layer, pos, feature) index
+    # writes (one d_model vector per target layer: 1 for a per-layer transcoder, (L+1)/2 on
+    # average for a CLT) + the (layer, pos, feature) index
+    forward += n_active * (int(write_targets * d) + 3) * item
     rows = min(max_feature_nodes, n_active) + n_logits
     n_err, n_tok = L * n_pos, n_pos
     dense = row_edges is None or row_edges >= n_active
