@@ -4,6 +4,9 @@ writes to), and the graph JSON and scores work."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -12,6 +15,8 @@ from lmscope.errors import UserError
 from lmscope.models.tiny import tiny_model
 from lmscope.trace import build_graph, graph_json, graph_scores, prune, replacement
 from lmscope.trace.graph import feature_input, logit_input
+
+sys.path.insert(0, str(Path(__file__).parent))
 
 PROMPT = "the cat sat on the big red house"
 
@@ -126,3 +131,32 @@ def test_clt_of_another_model_is_refused():
     clt = random_clt(tiny_model("llama", n_layers=2))
     with pytest.raises(UserError, match="this CLT has 2 layers"):
         build_graph(lm, clt, PROMPT)
+
+
+def test_cli_graph_through_a_clt_folder(tmp_path, tiny_model_dir, capsys):
+    """`lmscope graph ATLAS PROMPT --clt FOLDER`: the atlas gives the model, the CLT the features
+    (saved and loaded in lmscope's CLT folder: raw units); the JSON says so."""
+    import json
+
+    from test_trace import make_atlas
+
+    from lmscope.cli import main
+    from lmscope.models import load_model
+
+    model_dir = tiny_model_dir("llama", n_layers=3)
+    lm = load_model(str(model_dir))
+    root, _ = make_atlas(tmp_path, lm, model_dir, transcoders=False)
+    clt = random_clt(lm)
+    clt.save(tmp_path / "clt")
+    out = tmp_path / "g.json"
+    args = ["graph", str(root), PROMPT, "--clt", str(tmp_path / "clt"), "--out", str(out)]
+    assert main([*args, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    meta = json.loads(out.read_text())["metadata"]["lmscope"]
+    assert meta["stats"]["dictionary"] == "clt" and summary["nodes"] == meta["n_nodes"]
+    # Same graph as in-process on the loaded CLT (the save folds the scales into the weights).
+    g = build_graph(lm, CrossLayerTranscoder.load(tmp_path / "clt"), PROMPT)
+    assert meta["active_features"] == g.stats["active_features"]
+    assert summary["replacement_score"] == pytest.approx(graph_scores(g).replacement, abs=1e-5)
+    assert main([*args, "--force", "--max-memory-gb", "0.000001"]) == 2
+    assert "needs about" in capsys.readouterr().err

@@ -148,7 +148,13 @@ def cmd_graph(args) -> int:
 
     cfg = from_args(GraphConfig, args)
     lm, dicts, labels = load_atlas(cfg.atlas, model=cfg.model, device=cfg.device)
-    tcs = check_transcoders(lm, dicts)
+    if cfg.clt:
+        from ..dictionaries.clt import CrossLayerTranscoder
+
+        tcs = CrossLayerTranscoder.load(cfg.clt, device=cfg.device)
+        labels = None  # the atlas's labels describe its own dictionaries' features, not these
+    else:
+        tcs = check_transcoders(lm, dicts)
     g = build_graph(
         lm,
         tcs,

@@ -48,7 +48,8 @@ class TraceConfig(PromptOnAtlas):
 
 @dataclass(frozen=True)
 class GraphConfig(PromptOnAtlas):
-    """`lmscope graph`: the attribution graph of the next token through per-layer transcoders."""
+    """`lmscope graph`: the attribution graph of the next token through per-layer transcoders
+    or a cross-layer transcoder (--clt)."""
 
     out: str | None = None
     """JSON file to write (default: ATLAS/graphs/<slug>.json, or <slug>-2.json, ... when taken;
@@ -68,6 +69,9 @@ class GraphConfig(PromptOnAtlas):
     """memory limit for the graph (default: 80 percent of the RAM available now); over it, the
     backward batch is lowered, then only the largest edges of each row are stored, else it
     refuses"""
+    clt: str | None = None
+    """a cross-layer transcoder folder (lmscope train --clt) to trace through instead of the
+    atlas's per-layer transcoders (the atlas gives the model; its labels are not used)"""
     row_edges: int | None = None
     """store only the N largest feature edges of each row (the rest go to their error nodes);
     default: all of them, or as many as fit in --max-memory-gb"""
