@@ -467,7 +467,8 @@ def _attribute(
             Fv[sl] = block.gather(1, top)
             Fi[sl] = top.to(torch.int32)
             kept_abs = absb.gather(1, top).sum(1)
-            drop_share.append(1 - kept_abs / absb.sum(1).clamp_min(1e-30))
+            tot = absb.sum(1)  # a row without feature input has dropped nothing
+            drop_share.append(torch.where(tot > 0, 1 - kept_abs / tot.clamp_min(1e-30), 0.0))
             block.scatter_(1, top, 0.0)
             dropped[sl] = torch.zeros(n, n_err).index_add_(1, bucket, block)
         if torch.cuda.is_available():
