@@ -244,7 +244,12 @@ def main() -> None:
     ap.add_argument(
         "--row-edges", type=int, default=None, help="also this storage on the shortest prompt"
     )
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: no spin-waits on a shared machine)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: no spin-waits on a shared machine)",
+    )
     ap.add_argument("--timeout", type=int, default=1800)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "graph_long.json"))
     args = ap.parse_args()
