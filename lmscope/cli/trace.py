@@ -148,7 +148,13 @@ def cmd_graph(args) -> int:
 
     cfg = from_args(GraphConfig, args)
     lm, dicts, labels = load_atlas(cfg.atlas, model=cfg.model, device=cfg.device)
-    tcs = check_transcoders(lm, dicts)
+    if cfg.clt:
+        from ..dictionaries.clt import CrossLayerTranscoder
+
+        tcs = CrossLayerTranscoder.load(cfg.clt, device=cfg.device)
+        labels = None  # the atlas's labels describe its own dictionaries' features, not these
+    else:
+        tcs = check_transcoders(lm, dicts)
     g = build_graph(
         lm,
         tcs,
@@ -157,7 +163,9 @@ def cmd_graph(args) -> int:
         max_feature_nodes=cfg.max_feature_nodes,
         batch_size=cfg.batch_size,
         max_memory_gb=cfg.max_memory_gb,
+        row_edges=cfg.row_edges,
         progress=not args.json,
+        log=lambda line: print(line, file=sys.stderr),
     )
     pruned = prune(g, cfg.node_threshold, cfg.edge_threshold)
     data = graph_json(

@@ -8,8 +8,9 @@ graph_json(g, pruned)                               # circuit-tracer / Neuronped
 """
 
 from .attribution import FeatureAttribution, TraceResult, resolve_feature_id, resolve_target, trace
-from .graph import Graph, build_graph, estimate_bytes
+from .graph import Graph, build_graph
 from .graph_json import graph_json
+from .memory import MemoryEstimate, estimate_memory
 from .prune import GraphScores, PruneResult, graph_scores, prune
 from .replacement import check_transcoders, replacement
 from .verify import verify
@@ -18,11 +19,12 @@ __all__ = [
     "FeatureAttribution",
     "Graph",
     "GraphScores",
+    "MemoryEstimate",
     "PruneResult",
     "TraceResult",
     "build_graph",
     "check_transcoders",
-    "estimate_bytes",
+    "estimate_memory",
     "graph_json",
     "graph_scores",
     "resolve_feature_id",

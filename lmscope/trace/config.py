@@ -48,7 +48,8 @@ class TraceConfig(PromptOnAtlas):
 
 @dataclass(frozen=True)
 class GraphConfig(PromptOnAtlas):
-    """`lmscope graph`: the attribution graph of the next token through per-layer transcoders."""
+    """`lmscope graph`: the attribution graph of the next token through per-layer transcoders
+    or a cross-layer transcoder (--clt)."""
 
     out: str | None = None
     """JSON file to write (default: ATLAS/graphs/<slug>.json, or <slug>-2.json, ... when taken;
@@ -63,9 +64,17 @@ class GraphConfig(PromptOnAtlas):
     """compute incoming edges of at most this many features, most influential first; the direct
     effects of the rest go into their error nodes"""
     batch_size: int = 64
-    """target nodes per backward pass"""
-    max_memory_gb: float = 16.0
-    """refuse when the estimated memory exceeds this"""
+    """target nodes per backward pass (lowered to fit --max-memory-gb)"""
+    max_memory_gb: float | None = None
+    """memory limit for the graph (default: 80 percent of the RAM available now); over it, the
+    backward batch is lowered, then only the largest edges of each row are stored, else it
+    refuses"""
+    clt: str | None = None
+    """a cross-layer transcoder folder (lmscope train --clt) to trace through instead of the
+    atlas's per-layer transcoders (the atlas gives the model; its labels are not used)"""
+    row_edges: int | None = None
+    """store only the N largest feature edges of each row (the rest go to their error nodes);
+    default: all of them, or as many as fit in --max-memory-gb"""
 
 
 __all__ = ["GraphConfig", "PromptOnAtlas", "TraceConfig"]

@@ -20,6 +20,14 @@ OV paths, the frozen norms and the residual stream.
 Node order (as circuit-tracer's, so the JSON maps 1:1): [features..., errors (layer-major,
 then position), tokens, logits]. Rows of A are targets, columns sources.
 
+Memory (memory.py): the rows are filled in batches of target nodes (chunked backward
+passes); a row stores either every active feature's edge or, when that does not fit, only its
+`row_edges` largest |edges| -- the rest of the row's feature input is added to the error node
+of each dropped edge's (layer, position), exactly as for unexpanded features below, and the
+row's total |input| is kept, so every node's input is still the sum of its edges and the
+normalization used for influence is unchanged; a dropped edge of a feature that is later
+expanded counts as error.
+
 Active features that are not expanded (over `max_feature_nodes`) have no node, but their
 direct effects on the expanded nodes are known (every backward reads every active
 feature). They are added to the error node of their (layer, position): an error node is
@@ -33,6 +41,7 @@ raises both scores; `Graph.adjacency_as_circuit_tracer` gives that version.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -40,11 +49,19 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from ..errors import UserError
-from .replacement import Replacement, replacement
+from .memory import (
+    CHUNK_ENTRIES,
+    GB,
+    MemoryEstimate,
+    default_limit_gb,
+    estimate_memory,
+    plan_memory,
+)
+from .replacement import Replacement, check_clt, is_clt, replacement
 
 if TYPE_CHECKING:
     from ..dictionaries import SparseDictionary
+    from ..dictionaries.clt import CrossLayerTranscoder
     from ..models import LanguageModel
 
 
@@ -73,7 +90,8 @@ class Graph:
     """seconds, peak bytes, active features, backward batches."""
     unexpanded: Tensor | None = None
     """[n_nodes, n_errors] the part of the error columns of `adjacency` that comes from
-    active features left out of the graph (None or zeros when every one was expanded)."""
+    active features left out of the graph, and (with `row_edges`) from the feature edges a
+    row did not store (None or zeros when every one was expanded and stored)."""
 
     @property
     def n_pos(self) -> int:
@@ -133,38 +151,9 @@ def logit_nodes(
     return ids
 
 
-def estimate_bytes(
-    lm: LanguageModel,
-    n_pos: int,
-    batch_size: int,
-    n_active: int,
-    n_logits: int = 10,
-    max_feature_nodes: int | None = None,
-) -> int:
-    """Peak memory of a graph build: the batched forward's saved tensors + the adjacency.
-
-    Per layer and token a vmapped backward over `batch_size` gradients holds ~24
-    d_model-sized float tensors per gradient (norm inputs, values, attention output,
-    residual, write leaves) plus the heads x pos pattern; the adjacency holds the computed rows
-    over all n_nodes columns.
-    """
-    cfg = lm.model.config
-    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", 8)
-    d, L = lm.d_model, lm.n_layers
-    itemsize = torch.finfo(lm.dtype).bits // 8
-    forward = batch_size * n_pos * L * (24 * d + heads * n_pos) * itemsize
-    n_nodes = n_active + L * n_pos + n_pos + n_logits
-    rows = min(n_active, max_feature_nodes or n_active) + n_logits
-    adjacency = (
-        rows * n_nodes * 4 + (rows + L * n_pos + n_pos) ** 2 * 4
-    )  # filled rows + kept square
-    weights = sum(p.numel() * p.element_size() for p in lm.model.parameters())
-    return forward + adjacency + weights
-
-
 def build_graph(
     lm: LanguageModel,
-    transcoders: dict[int, SparseDictionary],
+    transcoders: dict[int, SparseDictionary] | CrossLayerTranscoder,
     prompt: str,
     *,
     target: str | int | None = None,
@@ -172,49 +161,161 @@ def build_graph(
     batch_size: int = 64,
     max_logits: int = 10,
     desired_prob: float = 0.95,
-    max_memory_gb: float = 16.0,
+    max_memory_gb: float | None = None,
+    row_edges: int | None = None,
     progress: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> Graph:
-    """The attribution graph of `prompt` through per-layer transcoders {layer: dictionary}.
+    """The attribution graph of `prompt` through per-layer transcoders {layer: dictionary} or
+    one cross-layer transcoder (a CrossLayerTranscoder over every layer).
 
     target: a token string/id to put first among the logit nodes (default: the top token).
     Features are visited in order of their current influence on the logits (as in
     circuit-tracer) until `max_feature_nodes`; the rest get no node and their direct
     effects go into the error nodes (stats: unexpanded_features, unexpanded_fraction).
-    Raises UserError when the estimated memory exceeds `max_memory_gb`.
+
+    Memory (memory.py): the estimate for this prompt is made before anything runs and again
+    once the active features are counted; when it exceeds `max_memory_gb` (default: 80% of
+    the available RAM) the backward batch is lowered, then only the `row_edges` largest
+    feature edges of each row are stored (the rest of each row goes to its error nodes, as
+    unexpanded features do), else UserError. `row_edges` set by the caller is used as is.
+    `log` receives the estimate line.
     """
     from .attribution import resolve_target
 
     t0 = time.perf_counter()
     tokens = lm.to_tokens(prompt)
     target_id = None if target is None else resolve_target(lm, target)
-    # The active-feature count is known only after the clean pass; bound it by k per token.
-    k_bound = sum(getattr(tc.cfg, "k", 64) for tc in transcoders.values()) * tokens.shape[1]
-    need = estimate_bytes(lm, tokens.shape[1], batch_size, k_bound, max_logits, max_feature_nodes)
-    if need > max_memory_gb * 2**30:
-        raise UserError(
-            f"a graph of this {tokens.shape[1]}-token prompt needs about {need / 2**30:.1f} GB "
-            f"(limit --max-memory-gb {max_memory_gb:g}); shorten the prompt, lower --batch-size or "
-            "--max-feature-nodes, or raise the limit"
+    limit = (default_limit_gb() if max_memory_gb is None else max_memory_gb) * GB
+    n_pos = tokens.shape[1]
+
+    clt = is_clt(transcoders)
+    if clt:
+        check_clt(lm, transcoders)
+        modules = [transcoders]
+        d_sae = transcoders.cfg.d_sae
+        k_per_token = (transcoders.cfg.k if transcoders.cfg.arch == "topk" else 64) * lm.n_layers
+        hooks = transcoders.cfg.hooks_in
+    else:
+        modules = list(transcoders.values())
+        d_sae = max(tc.cfg.d_sae for tc in modules)
+        k_per_token = sum(getattr(tc.cfg, "k", None) or 64 for tc in modules)
+        hooks = [transcoders[L].cfg.hook_name for L in sorted(transcoders)]
+    dict_bytes = sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+
+    def planner(n_active: int):
+        def est(b: int, k: int | None) -> MemoryEstimate:
+            return estimate_memory(
+                lm,
+                n_pos,
+                n_active,
+                d_sae=d_sae,
+                dictionary_bytes=dict_bytes,
+                write_targets=(lm.n_layers + 1) / 2 if clt else 1.0,
+                batch_size=b,
+                max_feature_nodes=max_feature_nodes,
+                n_logits=max_logits,
+                row_edges=k,
+            )
+
+        return plan_memory(
+            est,
+            limit,
+            batch_size=batch_size,
+            row_edges=row_edges,
+            fixed_edges=row_edges is not None,
         )
+
+    # The active-feature count is known only after the clean pass; bound it by k per token
+    # (exact for TopK) so that an impossible graph is refused before anything runs.
+    k_bound = k_per_token * n_pos
+    planner(k_bound)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     with replacement(lm, transcoders, tokens) as rep:
+        n_active = sum(int((st.acts != 0).sum()) for st in rep.layers.values())
+        plan = planner(n_active)
+        if log is not None:
+            log(plan.describe())
         g = _attribute(
             rep,
             prompt,
             target_id,
             max_feature_nodes=max_feature_nodes,
-            batch_size=batch_size,
+            batch_size=plan.batch_size,
+            select_size=batch_size,
+            row_edges=plan.row_edges,
             max_logits=max_logits,
             desired_prob=desired_prob,
             progress=progress,
         )
     g.model = lm.name
-    g.hooks = [transcoders[L].cfg.hook_name for L in sorted(transcoders)]
+    g.hooks = hooks
+    g.stats["dictionary"] = "clt" if clt else "per-layer transcoders"
     g.stats["seconds"] = time.perf_counter() - t0
-    g.stats["estimated_bytes"] = need
+    g.stats["estimated_bytes"] = plan.total
+    g.stats["estimated_new_bytes"] = plan.new
     return g
+
+
+def _feature_influence(
+    edges: Tensor | tuple[Tensor, Tensor],
+    den: Tensor,
+    w_rows: Tensor,
+    row_feature: Tensor,
+    n_active: int,
+    max_iter: int = 10_000,
+) -> Tensor:
+    """[n_active] influence of every active feature on the logits from the rows filled so far.
+
+    prune.partial_influence restricted to the feature columns, computed in two steps: the
+    series w (B + B^2 + ...) only propagates through the columns of features that have rows,
+    so it is summed on that small [rows, feature rows] block, V = sum_k v_k; then one product
+    V B gives every active feature's influence. edges: the filled rows' feature edges, dense
+    [r, n_active] or (values [r, K], columns [r, K]) for stored top edges; den [r] the rows'
+    total |input| over every column (dropped edges included: the dense path's normalization);
+    w_rows [r] the rows' logit weights; row_feature [r] the active-feature index of each row
+    (-1 for logit rows). |edges| is taken chunk by chunk, never copied whole.
+    """
+    r = den.shape[0]
+    inv = 1.0 / den.clamp_min(1e-10)
+    is_feat = row_feature >= 0
+    fidx = row_feature[is_feat]
+    dense = isinstance(edges, Tensor)
+    width = edges.shape[1] if dense else edges[0].shape[1]
+    step = max(1, CHUNK_ENTRIES // max(width, 1))
+    # M[r, j] = B[r, fidx[j]]: the block the series runs on.
+    if dense:
+        M = edges[:, fidx].abs() * inv[:, None]
+    else:
+        vals, cols = edges
+        slot = torch.full((n_active,), -1, dtype=torch.long)
+        slot[fidx] = torch.arange(fidx.numel())
+        M = torch.zeros(r, fidx.numel())
+        for c in range(0, r, step):
+            j = slot[cols[c : c + step].long()]  # [chunk, K]
+            hit = (j >= 0).nonzero(as_tuple=True)
+            M[hit[0] + c, j[hit]] = vals[c : c + step][hit].abs() * inv[hit[0] + c]
+    v = w_rows.clone()
+    V = torch.zeros_like(w_rows)
+    for _ in range(max_iter):
+        V += v
+        nxt = torch.zeros_like(w_rows)
+        nxt[is_feat] = v @ M
+        if not bool(nxt.any()) or float(nxt.abs().max()) < 1e-30:
+            break
+        v = nxt
+    else:
+        raise RuntimeError("influence did not converge: the graph has a cycle")
+    u = V * inv
+    total = torch.zeros(n_active)
+    for c in range(0, r, step):
+        if dense:
+            total += u[c : c + step] @ edges[c : c + step].abs()
+        else:
+            cc = cols[c : c + step].long().reshape(-1)
+            total.index_add_(0, cc, (u[c : c + step, None] * vals[c : c + step].abs()).reshape(-1))
+    return total
 
 
 def _attribute(
@@ -224,6 +325,8 @@ def _attribute(
     *,
     max_feature_nodes: int,
     batch_size: int,
+    select_size: int,
+    row_edges: int | None,
     max_logits: int,
     desired_prob: float,
     progress: bool,
@@ -235,7 +338,8 @@ def _attribute(
     W_U = lm.model.get_output_embeddings().weight.detach()  # [vocab, d_model]
     logit_dirs = (W_U[logit_ids] - W_U.mean(0)).to(rep.embed.dtype)  # [n_logits, d_model] de-meaned
 
-    # All active features: (layer, pos, feature), their activation and what they write.
+    # All active features: (layer, pos, feature), their activation and what they write;
+    # ordered by layer, then position, so each (layer, pos) is a contiguous run of columns.
     feats, vals = [], []
     for L, st in rep.layers.items():
         pos, f = st.acts.nonzero(as_tuple=True)
@@ -245,40 +349,55 @@ def _attribute(
     vals_t = torch.cat(vals) if vals else torch.zeros(0)
     n_active = feats_t.shape[0]
     n_err, n_tok, n_log = n_layers * n_pos, n_pos, len(logit_ids)
-    # Work in the full active-feature index space; select columns at the end.
-    N = n_active + n_err + n_tok + n_log
+    bucket = feats_t[:, 0] * n_pos + feats_t[:, 1]  # each feature's error node (layer, pos)
     # Rows only for the nodes whose inputs get computed (visited features + logits), in the
-    # order they are filled; columns over every node. [n_rows, N], not N x N.
+    # order they are filled. Feature columns: every active feature's edge (dense), or only
+    # the `row_edges` largest |edges| of the row (values + columns), the rest of the row's
+    # feature input summed into the error node of its (layer, pos) in `dropped`. Error and
+    # token columns are dense.
     n_rows = min(max_feature_nodes, n_active) + n_log
-    A = torch.zeros(n_rows, N)
-    slot_of: dict[int, int] = {}
-    slot_nodes: list[int] = []
-    err0, tok0, log0 = n_active, n_active + n_err, n_active + n_err + n_tok
+    dense = row_edges is None or row_edges >= n_active
+    if dense:
+        F = torch.zeros(n_rows, n_active)
+    else:
+        Fv = torch.zeros(n_rows, row_edges)
+        Fi = torch.zeros(n_rows, row_edges, dtype=torch.int32)
+        dropped = torch.zeros(n_rows, n_err)
+    ET = torch.zeros(n_rows, n_err + n_tok)
+    den = torch.zeros(n_rows)  # each row's total |input| over every column
+    slot_nodes: list[int] = []  # node of each filled row: active-feature index, or log0 + j
+    log0 = n_active + n_err + n_tok
     layer_rows = {L: (feats_t[:, 0] == L).nonzero(as_tuple=True)[0] for L in rep.layers}
 
-    B = max(1, min(batch_size, max(n_log, min(n_active, max_feature_nodes))))
+    # Features are chosen `select` at a time (one influence update each); their rows are filled
+    # by backward passes of at most `batch_size` targets (the memory plan may lower it: the
+    # same graph, in smaller chunks).
+    select = max(1, min(select_size, max(n_log, min(n_active, max_feature_nodes))))
+    B = max(1, min(batch_size, select))
     timing = {"forward": 0.0, "backward": 0.0, "influence": 0.0}
-    # What each active feature writes: activation x decoder row, [n_L, d_model] per layer.
-    writes: dict[
-        int, dict[int, tuple[Tensor, Tensor]]
-    ] = {}  # layer -> pos -> (columns, [n_p, d_model])
+    # What each active feature writes: activation x decoder row, grouped by (layer, pos):
+    # layer -> pos -> (first column, [n_p, d_model]); for a CLT, its decoders into its own
+    # and every later MLP output, [n_p, n_layers - layer, d_model].
+    writes: dict[int, dict[int, tuple[int, Tensor]]] = {}
     for L, idx in layer_rows.items():
         writes[L] = {}
+        st = rep.layers[L]
         for p in feats_t[idx, 1].unique().tolist():
             cols = idx[feats_t[idx, 1] == p]
-            writes[L][p] = (
-                cols,
-                vals_t[cols, None].float() * rep.layers[L].dec[feats_t[cols, 2]].float(),
-            )
+            f_ = feats_t[cols, 2]
+            dec = st.dec[f_] if st.dec_out is None else st.dec_out[f_]
+            a = vals_t[cols].float().reshape(-1, *([1] * (dec.dim() - 1)))
+            writes[L][p] = (int(cols[0]), a * dec.float())
     tf = time.perf_counter()
     # One forward on the prompt; each backward below is vmapped over up to B injected
     # gradients (is_grads_batched): 4-5x faster than a forward on B copies + one backward.
     run = rep.forward(1, grad=True, logits=False)
     timing["forward"] = time.perf_counter() - tf
     peak = 0
+    drop_share: list[Tensor] = []
 
     def fill_rows(row_ids: list[int]) -> None:
-        """Backward for up to B target nodes at once; writes their rows of A."""
+        """Backward for up to B target nodes at once; stores their rows."""
         nonlocal peak
         n = len(row_ids)
         outs, grads = [], []
@@ -305,25 +424,53 @@ def _attribute(
         gs = torch.autograd.grad(
             outs, srcs, grads, retain_graph=True, allow_unused=True, is_grads_batched=True
         )  # each [n, 1, pos, d_model]
+        del inj, fin, grads
         timing["backward"] += time.perf_counter() - tb
-        for r in row_ids:
-            slot_of[r] = len(slot_nodes)
-            slot_nodes.append(r)
-        rows = torch.tensor([slot_of[r] for r in row_ids])
-        for L, gL in zip(rep.layers, gs[:-1]):
-            if gL is None:
-                continue
-            gL = gL[:, 0].float()  # [n, pos, d_model]
+        s0 = len(slot_nodes)
+        slot_nodes.extend(row_ids)
+        sl = slice(s0, s0 + n)
+        block = torch.zeros(n, n_active)  # the rows' feature edges
+        et = ET[sl]
+        g_at = {  # d targets / d write at each layer's MLP output, [n, pos, d_model]
+            L: (gL[:, 0].float() if gL is not None else None) for L, gL in zip(rep.layers, gs[:-1])
+        }
+        for L, gL in g_at.items():
             st = rep.layers[L]
-            for p, (cols, w_p) in writes[L].items():  # sources grouped by position
-                A[rows[:, None], cols[None, :]] = gL[:, p] @ w_p.t()  # [n, n_sources at p]
-            e = torch.einsum("bpd,pd->bp", gL, st.error.float())  # [n, pos]
-            A[rows[:, None], (err0 + L * n_pos + torch.arange(n_pos))[None, :]] = e
+            if st.dec_out is None:  # a per-layer transcoder writes to its own layer only
+                if gL is None:
+                    continue
+                for p, (c0, w_p) in writes[L].items():  # sources grouped by position
+                    block[:, c0 : c0 + w_p.shape[0]] = gL[:, p] @ w_p.t()  # [n, n_sources at p]
+            else:  # a CLT feature of layer L writes to layers L..: sum over its targets
+                later = [g_at[t] if g_at[t] is not None else None for t in range(L, n_layers)]
+                if all(g is None for g in later):
+                    continue
+                zero = torch.zeros(n, n_pos, lm.d_model)
+                later = [zero if g is None else g for g in later]
+                for p, (c0, w_p) in writes[L].items():  # w_p [n_p, n_targets, d_model]
+                    gp = torch.stack([g[:, p] for g in later], 1).reshape(n, -1)
+                    block[:, c0 : c0 + w_p.shape[0]] = gp @ w_p.reshape(w_p.shape[0], -1).t()
+            if gL is not None:
+                et[:, L * n_pos : (L + 1) * n_pos] = torch.einsum(
+                    "bpd,pd->bp", gL, st.error.float()
+                )
         gE = gs[-1]
         if gE is not None:
-            A[rows[:, None], (tok0 + torch.arange(n_pos))[None, :]] = torch.einsum(
-                "bpd,pd->bp", gE[:, 0].float(), rep.embed.float()
-            )
+            et[:, n_err:] = torch.einsum("bpd,pd->bp", gE[:, 0].float(), rep.embed.float())
+        del gs
+        absb = block.abs()
+        den[sl] = absb.sum(1) + et.abs().sum(1)
+        if dense:
+            F[sl] = block
+        else:
+            top = absb.topk(row_edges, dim=1, sorted=False).indices  # [n, K]
+            Fv[sl] = block.gather(1, top)
+            Fi[sl] = top.to(torch.int32)
+            kept_abs = absb.gather(1, top).sum(1)
+            tot = absb.sum(1)  # a row without feature input has dropped nothing
+            drop_share.append(torch.where(tot > 0, 1 - kept_abs / tot.clamp_min(1e-30), 0.0))
+            block.scatter_(1, top, 0.0)
+            dropped[sl] = torch.zeros(n, n_err).index_add_(1, bucket, block)
         if torch.cuda.is_available():
             peak = max(peak, torch.cuda.max_memory_allocated())
 
@@ -333,24 +480,25 @@ def _attribute(
         fill_rows(list(range(log0 + s, log0 + min(n_log, s + B))))
         n_batches += 1
     # 2) feature rows, most influential first (influence recomputed after every batch).
-    from .prune import partial_influence
-
-    logit_w = torch.zeros(N)
-    logit_w[log0:] = probs[logit_ids].float()
+    w_all = torch.zeros(n_rows)
+    w_all[:n_log] = probs[logit_ids].float()
     visited = torch.zeros(n_active, dtype=torch.bool)
     budget = min(max_feature_nodes, n_active)
     bar = tqdm(total=budget, desc="graph rows", disable=not progress, unit="feature")
     while int(visited.sum()) < budget:
         ti = time.perf_counter()
         filled = len(slot_nodes)
-        infl = partial_influence(A[:filled], torch.tensor(slot_nodes), logit_w)[:n_active].clone()
+        row_feature = torch.tensor([r if r < n_active else -1 for r in slot_nodes])
+        stored = F[:filled] if dense else (Fv[:filled], Fi[:filled])
+        infl = _feature_influence(stored, den[:filled], w_all[:filled], row_feature, n_active)
         timing["influence"] += time.perf_counter() - ti
         infl[visited] = -1.0
-        take = min(B, budget - int(visited.sum()))
+        take = min(select, budget - int(visited.sum()))
         nxt = infl.topk(take).indices
         visited[nxt] = True
-        fill_rows(nxt.tolist())
-        n_batches += 1
+        for c in range(0, take, B):
+            fill_rows(nxt[c : c + B].tolist())
+            n_batches += 1
         bar.update(take)
     bar.close()
 
@@ -358,20 +506,38 @@ def _attribute(
     # direct effects into the error node of their (layer, position).
     keep_f = visited.nonzero(as_tuple=True)[0]
     left = (~visited).nonzero(as_tuple=True)[0]
-    filled = A[: len(slot_nodes)]
-    folded = torch.zeros(filled.shape[0], n_err)
-    if left.numel():
-        folded.index_add_(1, feats_t[left, 0] * n_pos + feats_t[left, 1], filled[:, left])
-        filled[:, err0:tok0] += folded
-    keep = torch.cat([keep_f, torch.arange(n_active, N)])
-    adjacency = torch.zeros(len(keep), len(keep))
-    unexpanded = torch.zeros(len(keep), n_err)
-    new_index = torch.full((N,), -1, dtype=torch.long)
-    new_index[keep] = torch.arange(len(keep))
+    n_filled = len(slot_nodes)
+    folded = torch.zeros(n_filled, n_err)
+    nf = int(keep_f.numel())
+    side = nf + n_err + n_tok + n_log
+    new_index = torch.full((n_active,), -1, dtype=torch.long)
+    new_index[keep_f] = torch.arange(nf)
     slots = torch.tensor(slot_nodes)
-    adjacency[new_index[slots]] = filled[:, keep]
-    unexpanded[new_index[slots]] = folded
+    is_f = slots < n_active
+    row_new = torch.empty_like(slots)
+    row_new[is_f] = new_index[slots[is_f]]
+    row_new[~is_f] = nf + n_err + n_tok + (slots[~is_f] - log0)
+    adjacency = torch.zeros(side, side)
+    if dense:
+        adjacency[row_new, :nf] = F[:n_filled, keep_f]
+        for c in range(0, int(left.numel()), 65536):  # in chunks: no copy of every column
+            cols = left[c : c + 65536]
+            folded.index_add_(1, bucket[cols], F[:n_filled, cols])
+        del F
+    else:
+        cols = Fi[:n_filled].long()
+        vis = visited[cols]
+        r_idx = row_new[:, None].expand_as(cols)
+        adjacency[r_idx[vis], new_index[cols[vis]]] = Fv[:n_filled][vis]
+        folded.scatter_add_(1, bucket[cols], Fv[:n_filled] * ~vis)
+        folded += dropped[:n_filled]
+        del Fv, Fi, dropped
+    adjacency[row_new, nf : nf + n_err] = ET[:n_filled, :n_err] + folded
+    adjacency[row_new, nf + n_err : nf + n_err + n_tok] = ET[:n_filled, n_err:]
+    unexpanded = torch.zeros(side, n_err)
+    unexpanded[row_new] = folded
     tok_list = rep.tokens[0].tolist()
+    shares = torch.cat(drop_share) if drop_share else torch.zeros(0)
     return Graph(
         prompt=prompt,
         tokens=tok_list,
@@ -386,11 +552,15 @@ def _attribute(
         unexpanded=unexpanded,
         stats={
             "active_features": n_active,
-            "feature_nodes": int(keep_f.numel()),
+            "feature_nodes": nf,
             "unexpanded_features": int(left.numel()),
             "unexpanded_fraction": float(left.numel() / max(n_active, 1)),
             "backward_batches": n_batches,
             "batch_size": B,
+            "select_size": select,
+            "row_edges": None if dense else row_edges,
+            "dropped_edge_share_mean": float(shares.mean()) if shares.numel() else 0.0,
+            "dropped_edge_share_max": float(shares.max()) if shares.numel() else 0.0,
             "peak_cuda_bytes": peak or None,
             **{f"{k}_seconds": v for k, v in timing.items()},
         },
@@ -408,4 +578,4 @@ def logit_input(rep: Replacement, run, token: int) -> Tensor:
     return logits[:, token] - logits.mean(-1)
 
 
-__all__ = ["Graph", "build_graph", "estimate_bytes", "feature_input", "logit_input", "logit_nodes"]
+__all__ = ["Graph", "build_graph", "feature_input", "logit_input", "logit_nodes"]

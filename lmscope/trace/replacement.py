@@ -1,4 +1,4 @@
-"""The replacement model: per-layer transcoders in place of the MLPs, exact thanks to error nodes.
+"""The replacement model: transcoders in place of the MLPs, exact thanks to error nodes.
 
 On one prompt (Ameisen et al. 2025; circuit-tracer): attention patterns and norm scales
 are frozen at their values on the prompt (frozen.py); each layer's MLP output is replaced
@@ -6,6 +6,10 @@ by its transcoder's reconstruction from *constant* feature activations plus an e
 
     mlp_out_L = sum_f a_f W_dec[f] + b_dec + W_skip mlp_in_L + error_L,
     error_L   = real mlp_out_L - transcoder(mlp_in_L)           (on the prompt)
+
+or, with a cross-layer transcoder (CLT; dictionaries/clt.py), by the writes of the features of
+every layer l <= L (a feature of layer l reads mlp_in_l and writes decoder_to(l, t) to every
+mlp_out_t, t >= l) plus error_L = real mlp_out_L - CLT reconstruction of it,
 
 so the replacement forward equals the real forward (up to float rounding), and
 everything that reaches a feature's encoder or a logit is a *linear* function of the
@@ -58,6 +62,11 @@ class LayerState:
     """[d_model, d_sae] encoder columns on raw mlp_in (a feature's input direction)."""
     enc_bias: Tensor
     """[d_sae] pre-activation = mlp_in @ enc + enc_bias."""
+    out_bias: Tensor | None = None
+    """[d_model] the decoder bias written to this layer's MLP output (None: the transcoder's)."""
+    dec_out: Tensor | None = None
+    """CLT only: [d_sae, n_layers - layer, d_model] raw decoders of this layer's features into
+    the MLP outputs of this layer and every later one (dec = dec_out[:, 0])."""
 
 
 @dataclass
@@ -170,14 +179,21 @@ class Replacement:
 
         def put_out(L):
             st = self.layers[L]
-            a = (acts or {}).get(L, st.acts[None])
 
             def f(x):
                 err = st.error if errors is None or L not in errors else errors[L]
-                w = a.to(x.dtype) @ st.dec + decoder_bias(st.transcoder) + err
-                skip = skip_term(st.transcoder, mlp_in[L])
-                if skip is not None:
-                    w = w + skip
+                if st.dec_out is None:  # per-layer transcoder: this layer's features only
+                    a = (acts or {}).get(L, st.acts[None])
+                    w = a.to(x.dtype) @ st.dec + decoder_bias(st.transcoder) + err
+                    skip = skip_term(st.transcoder, mlp_in[L])
+                    if skip is not None:
+                        w = w + skip
+                else:  # CLT: the features of every layer l <= L write here
+                    w = st.out_bias + err
+                    for s_, src in self.layers.items():
+                        if s_ <= L:
+                            a = (acts or {}).get(s_, src.acts[None])
+                            w = w + a.to(x.dtype) @ src.dec_out[:, L - s_]
                 return w.expand(x.shape) + leaves[L]
 
             return f
@@ -233,27 +249,97 @@ def _layer_state(L: int, tc, mlp_in: Tensor, mlp_out: Tensor, zero_bos: bool) ->
         )
 
 
+def _clt_states(clt, mlp_in: Tensor, mlp_out: Tensor, zero_bos: bool) -> dict[int, LayerState]:
+    """Per-layer states of a cross-layer transcoder on the prompt: mlp_in/out [L, pos, d].
+
+    A feature of layer l reads blocks.l.mlp_in (raw-unit encoder W_enc[l] * act_scale_in[l])
+    and writes decoder_to(l, t) to every MLP output t >= l; the error node of layer t is the
+    real MLP output minus the CLT's reconstruction of it (all source layers together).
+    """
+    with torch.no_grad():
+        acts = clt.encode(mlp_in)  # [L, pos, n]
+        if zero_bos:
+            acts[:, 0] = 0
+        recon = clt.decode(acts)  # [L, pos, d]
+        L_ = clt.n_layers
+        out = {}
+        for L in range(L_):
+            dec_out = torch.stack([clt.decoder_to(L, t) for t in range(L, L_)], 1).detach()
+            enc = (clt.W_enc[L] * clt.act_scale_in[L]).detach()  # [d, n]
+            out[L] = LayerState(
+                L,
+                clt,
+                acts[L],
+                mlp_out[L] - recon[L],
+                mlp_in[L],
+                dec_out[:, 0],
+                enc,
+                clt.b_enc[L].detach(),
+                out_bias=(clt.b_dec[L] / clt.act_scale_out[L]).detach(),
+                dec_out=dec_out,
+            )
+        return out
+
+
+def is_clt(transcoders) -> bool:
+    """Whether the graph's dictionaries are one cross-layer transcoder (not {layer: dict})."""
+    from ..dictionaries.clt import CrossLayerTranscoder
+
+    return isinstance(transcoders, CrossLayerTranscoder)
+
+
+def check_clt(lm: LanguageModel, clt) -> None:
+    """UserError unless the CLT covers every layer of this model, blocks.L.mlp_in -> mlp_out."""
+    cfg = clt.cfg
+    if cfg.n_layers != lm.n_layers or cfg.d_model != lm.d_model:
+        raise UserError(
+            f"this CLT has {cfg.n_layers} layers of width {cfg.d_model}; the model has "
+            f"{lm.n_layers} of width {lm.d_model}: train one on this model"
+        )
+    if (cfg.hook_in, cfg.hook_out) != ("blocks.{layer}.mlp_in", "blocks.{layer}.mlp_out"):
+        raise UserError(
+            f"an attribution graph needs a CLT reading blocks.L.mlp_in and writing "
+            f"blocks.L.mlp_out; this one has {cfg.hook_in!r} -> {cfg.hook_out!r}"
+        )
+
+
 @contextlib.contextmanager
 def replacement(
     lm: LanguageModel,
-    transcoders: dict[int, SparseDictionary],
+    transcoders,
     tokens: Tensor,
     *,
     zero_bos: bool = True,
 ) -> Iterator[Replacement]:
-    """Build the replacement model on tokens [1, pos]; frozen attention/norms while open."""
+    """Build the replacement model on tokens [1, pos]; frozen attention/norms while open.
+
+    transcoders: {layer: per-layer transcoder} or one CrossLayerTranscoder (every layer)."""
     if tokens.shape[0] != 1:
         raise ValueError("the replacement model is built on one prompt: tokens [1, pos]")
+    clt = transcoders if is_clt(transcoders) else None
+    if clt is not None:
+        check_clt(lm, clt)
+        transcoders = dict.fromkeys(range(clt.n_layers), clt)
     names = [f"blocks.{L}.{k}" for L in transcoders for k in ("mlp_in", "mlp_out")] + ["embed"]
     params = [p for p in lm.model.parameters() if p.requires_grad]
     with frozen(lm) as fz:
         with torch.no_grad(), hooked(lm, names) as got:
             out = fz.record(tokens)
         bos = zero_bos and lm.bos_token_id is not None and int(tokens[0, 0]) == lm.bos_token_id
-        layers = {
-            L: _layer_state(L, tc, got[f"blocks.{L}.mlp_in"][0], got[f"blocks.{L}.mlp_out"][0], bos)
-            for L, tc in sorted(transcoders.items())
-        }
+        if clt is not None:
+            layers = _clt_states(
+                clt,
+                torch.stack([got[f"blocks.{L}.mlp_in"][0] for L in range(clt.n_layers)]),
+                torch.stack([got[f"blocks.{L}.mlp_out"][0] for L in range(clt.n_layers)]),
+                bos,
+            )
+        else:
+            layers = {
+                L: _layer_state(
+                    L, tc, got[f"blocks.{L}.mlp_in"][0], got[f"blocks.{L}.mlp_out"][0], bos
+                )
+                for L, tc in sorted(transcoders.items())
+            }
         fz.frozen = True
         try:
             for p in params:  # edges need gradients w.r.t. activations only, never the weights
