@@ -90,21 +90,6 @@ def _model_folder(lm) -> str:
     return str(_gguf_cache_folder(lm.source))
 
 
-def _compat_folder(src: Path, dst: Path) -> str:
-    """The model folder as transformers 4.x (circuit-tracer's pin) reads it: weights linked, the
-    tokenizer class renamed (transformers 5 writes "TokenizersBackend")."""
-    if not dst.exists():
-        dst.mkdir(parents=True)
-        for f in src.iterdir():
-            if f.name == "tokenizer_config.json":
-                cfg = json.loads(f.read_text())
-                cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
-                (dst / f.name).write_text(json.dumps(cfg))
-            else:
-                (dst / f.name).symlink_to(f)
-    return str(dst)
-
-
 def run_lmscope(tc_dir: Path, prompt: str, max_feature_nodes: int, batch_size: int) -> dict:
     import torch
 
@@ -150,7 +135,13 @@ def run_circuit_tracer(tc_dir: Path, prompt: str, max_feature_nodes: int, batch_
     from circuit_tracer.transcoder.single_layer_transcoder import load_transcoder_set
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    model_path = _compat_folder(Path((tc_dir / "model_path").read_text()), tc_dir / "hf_model_v4")
+    from check_circuit_tracer_export import compat_folder  # bench/ is on sys.path (script dir)
+
+    # transformers 4.x reads a top-level rope_theta only: without it SmolLM2 ran at base 10,000
+    # instead of 100,000 (a different model; fixed 2026-12-03, the older rows were rerun)
+    model_path = str(
+        compat_folder(Path((tc_dir / "model_path").read_text()), tc_dir / "hf_model_v4_rope")
+    )
     n_layers = len(list((tc_dir / "ct").glob("layer_*.safetensors")))
     paths = {L: str(tc_dir / "ct" / f"layer_{L}.safetensors") for L in range(n_layers)}
     tset = load_transcoder_set(
