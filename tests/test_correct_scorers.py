@@ -43,3 +43,18 @@ def test_normal_text_is_not_a_loop():
     assert SCORERS["hit_limit"](gen(ids))
     assert not SCORERS["empty"](gen(ids, eos=True))
     assert SCORERS["empty"](gen([], eos=True))
+
+
+def test_wilson_by_hand():
+    from lmscope.correct.scorers import wilson
+
+    z2 = 1.959964**2
+    # k = 0: the lower end is 0 and the upper end is z^2 / (n + z^2) = 3.8415 / 13.8415
+    lo, hi = wilson(0, 10)
+    assert lo == 0.0 and abs(hi - z2 / (10 + z2)) < 1e-9 and abs(hi - 0.27753) < 1e-4
+    # k = n/2: centred on 0.5, half-width z / (1 + z^2/n) * sqrt(p(1-p)/n + z^2/(4n^2))
+    #        = 1.96 / 1.38415 * sqrt(0.025 + 0.0096040) = 0.26341
+    lo, hi = wilson(5, 10)
+    assert abs(lo - 0.23659) < 1e-4 and abs(hi - 0.76341) < 1e-4
+    # the normal approximation would give 0.5 +- 0.3099: Wilson is narrower and not it
+    assert abs(hi - (0.5 + 1.959964 * (0.025**0.5))) > 0.04

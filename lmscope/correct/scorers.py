@@ -80,4 +80,26 @@ SCORERS: dict[str, Callable[[Generation], bool]] = {
 }
 """Name -> scorer; True means the bad behaviour happened."""
 
-__all__ = ["SCORERS", "empty", "ends_in_cycle", "hit_limit", "repetition", "tail_cycle"]
+
+def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval (95% by default) for a rate of k events in n trials (Wilson 1927):
+    unlike the normal approximation it stays inside [0, 1] and is honest at k = 0 or k = n,
+    which bug rates near 0 or 1 need."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = k / n
+    d = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / d
+    half = z / d * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+__all__ = [
+    "SCORERS",
+    "empty",
+    "ends_in_cycle",
+    "hit_limit",
+    "repetition",
+    "tail_cycle",
+    "wilson",
+]
