@@ -21,6 +21,8 @@ the chat template (chat lines) or as "Question: ...\\nAnswer:" (the plain format
 from __future__ import annotations
 
 import argparse
+import copy
+import inspect
 import json
 import re
 import statistics
@@ -55,14 +57,29 @@ def fmt(r: dict) -> str:
 
 # --- teacher-forced pairs ---------------------------------------------------------------
 @torch.no_grad()
-def answer_logprob(lm, ids: list[int], answer: str) -> float:
-    """log p(answer | ids), summed over the answer's tokens (answer tokenized on its own, with a
-    leading space in the plain format, none after the chat template's newline)."""
-    a = lm.tokenizer(answer, add_special_tokens=False)["input_ids"]
-    x = torch.tensor([ids + a], device=lm.device)
-    logp = torch.log_softmax(lm.model(x, use_cache=False).logits[0].float(), -1)
-    pos = torch.arange(len(ids) - 1, len(ids) + len(a) - 1)
-    return float(logp[pos, torch.tensor(a)].sum())
+def answer_logprobs(lm, ids: list[int], answers: list[str]) -> list[float]:
+    """log p(answer | ids) for each answer, summed over its tokens (each answer tokenized on its
+    own). The prompt runs once; each answer continues from a copy of its KV cache."""
+    params = inspect.signature(lm.model.forward).parameters
+    key = "cache" if "cache" in params else "past_key_values"
+    o = lm.model(torch.tensor([ids], device=lm.device), use_cache=True, logits_to_keep=1)
+    first = torch.log_softmax(o.logits[0, -1].float(), -1)  # [vocab]: the answer's 1st token
+    out = []
+    for ans in answers:
+        a = lm.tokenizer(ans, add_special_tokens=False)["input_ids"]
+        total = float(first[a[0]])
+        if len(a) > 1:
+            pos = torch.arange(len(ids), len(ids) + len(a) - 1, device=lm.device)[None]
+            rest = lm.model(
+                torch.tensor([a[:-1]], device=lm.device),
+                position_ids=pos,
+                use_cache=True,
+                **{key: copy.deepcopy(getattr(o, key))},
+            )
+            logp = torch.log_softmax(rest.logits[0].float(), -1)  # [len(a) - 1, vocab]
+            total += float(logp[torch.arange(len(a) - 1), torch.tensor(a[1:])].sum())
+        out.append(total)
+    return out
 
 
 def plain_ids(lm, question: str) -> list[int]:
@@ -70,10 +87,11 @@ def plain_ids(lm, question: str) -> list[int]:
 
 
 def pair_scores(lm, line: dict, *, chat: bool) -> dict:
+    """The chat format answers right after the template's newline; the plain one after
+    "Answer:" with a space."""
     ids = prompt_ids(lm, line["prompt"], chat=True) if chat else plain_ids(lm, line["prompt"])
     sep = "" if chat else " "
-    bad = answer_logprob(lm, ids, sep + line["bad"])
-    good = answer_logprob(lm, ids, sep + line["good"])
+    bad, good = answer_logprobs(lm, ids, [sep + line["bad"], sep + line["good"]])
     return {"logp_bad": bad, "logp_good": good, "prefers_bad": bad > good}
 
 
@@ -156,7 +174,7 @@ def entities(good: str, bad: str) -> tuple[str, str]:
     return " ".join(g[i : len(g) - j]), " ".join(b[i : len(b) - j])
 
 
-def run_pairs(lm, lines: list[dict], args, *, generate: bool) -> dict:
+def run_pairs(lm, lines: list[dict], args, *, generate: bool, plain: bool = True) -> dict:
     """Plain and chat teacher-forced preference for each line; with `generate`, also the greedy
     chat answer and whether it names the right (`answer`) or the wrong (`wrong`) entity."""
     t0 = time.perf_counter()
@@ -165,7 +183,7 @@ def run_pairs(lm, lines: list[dict], args, *, generate: bool) -> dict:
         rows.append(
             {
                 **x,
-                "plain": pair_scores(lm, x, chat=False),
+                "plain": pair_scores(lm, x, chat=False) if plain else None,
                 "chat_tf": pair_scores(lm, x, chat=True),
             }
         )
@@ -183,13 +201,14 @@ def run_pairs(lm, lines: list[dict], args, *, generate: bool) -> dict:
             r["says_right"] = contains(g.text, r["answer"])
             r["says_wrong"] = contains(g.text, r["wrong"])
     secs = time.perf_counter() - t0
-    known = [r for r in rows if not r["plain"]["prefers_bad"]]
     out = {
         "seconds": secs,
-        "plain_prefers_good": rate([not r["plain"]["prefers_bad"] for r in rows]),
         "chat_tf_prefers_bad": rate([r["chat_tf"]["prefers_bad"] for r in rows]),
-        "chat_tf_prefers_bad_given_known": rate([r["chat_tf"]["prefers_bad"] for r in known]),
     }
+    if plain:
+        known = [r for r in rows if not r["plain"]["prefers_bad"]]
+        out["plain_prefers_good"] = rate([not r["plain"]["prefers_bad"] for r in rows])
+        out["chat_tf_prefers_bad_given_known"] = rate([r["chat_tf"]["prefers_bad"] for r in known])
     if generate:
         out["chat_answer_misses_right"] = rate([not r["says_right"] for r in rows])
         out["chat_answer_misses_right_given_known"] = rate([not r["says_right"] for r in known])
@@ -214,9 +233,9 @@ def run_premise(lm, lines: list[dict], control: list[dict], args) -> dict:
 
     assert [x["group"] for x in lines] == [x["group"] for x in control], "files out of step"
     print("premise questions:")
-    p = run_pairs(lm, lines, args, generate=False)
+    p = run_pairs(lm, lines, args, generate=False, plain=False)
     print("neutral questions (control):")
-    c = run_pairs(lm, control, args, generate=False)
+    c = run_pairs(lm, control, args, generate=False, plain=False)
     bad_p = torch.tensor([float(r["chat_tf"]["prefers_bad"]) for r in p["rows"]])
     bad_c = torch.tensor([float(r["chat_tf"]["prefers_bad"]) for r in c["rows"]])
     known = bad_c == 0  # with a neutral question the model prefers the true statement
@@ -251,7 +270,7 @@ def main() -> None:
     ap.add_argument("--file", help="bug file (default examples/bugs/<mode>.jsonl)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--max-new-tokens", type=int, default=128)
-    ap.add_argument("--answer-tokens", type=int, default=40, help="facts: chat answer length")
+    ap.add_argument("--answer-tokens", type=int, default=32, help="facts: chat answer length")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--limit", type=int, default=0, help="first N lines only (a smoke run)")
     # 1 thread: on a machine shared by many jobs, 2 threads wait on each other at every small
