@@ -96,13 +96,19 @@ def pair_scores(lm, line: dict, *, chat: bool) -> dict:
 
 
 # --- modes ------------------------------------------------------------------------------
-def run_repetition(lm, lines: list[dict], args) -> dict:
+def run_repetition(lm, lines: list[dict], args, old: dict | None = None) -> dict:
+    """Generate and score; with `old` (a previous result), re-score its generations only."""
     prompts = [x["prompt"] for x in lines]
     t0 = time.perf_counter()
-    gens = generate_batch(
-        lm, prompts, max_new_tokens=args.max_new_tokens, chat=True, batch_size=args.batch_size
-    )
-    secs = time.perf_counter() - t0
+    if old is not None:
+        keys = ("prompt", "text", "ids", "stopped_at_eos")
+        gens = [Generation(**{k: r[k] for k in keys}) for r in old["rows"]]
+        assert [g.prompt for g in gens] == prompts, "the old result is for another bug file"
+    else:
+        gens = generate_batch(
+            lm, prompts, max_new_tokens=args.max_new_tokens, chat=True, batch_size=args.batch_size
+        )
+    secs = old["seconds"] if old is not None else time.perf_counter() - t0
     kinds = [x.get("group", "all").split("-")[0] for x in lines]
     rows = []
     for g, kind in zip(gens, kinds):
@@ -277,10 +283,21 @@ def main() -> None:
     # op (a decode step of 64 rows took 12 s with 2 threads, 0.94 s with 1, load ~15 on 2 cores)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out")
+    ap.add_argument(
+        "--rescore", action="store_true", help="repetition: re-score the saved generations"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     path = Path(args.file or ROOT / "examples" / "bugs" / f"{args.mode}.jsonl")
     lines = read_lines(path)[: args.limit or None]
+    name = args.model.replace("/", "_")
+    dest = Path(args.out or ROOT / "bench" / "results" / f"bughunt_{args.mode}_{name}.json")
+    if args.rescore:
+        old = json.loads(dest.read_text())
+        res = run_repetition(None, lines, args, old)
+        res["command"] = old["command"] + " (re-scored: " + " ".join(sys.argv) + ")"
+        dest.write_text(json.dumps({**old, **res}, indent=1))
+        return print(f"wrote {dest}")
     lm = load_model(args.model, dtype=args.dtype)
     if args.mode == "repetition":
         res = run_repetition(lm, lines, args)
@@ -300,8 +317,6 @@ def main() -> None:
         "command": " ".join(sys.argv),
         **res,
     }
-    name = args.model.replace("/", "_")
-    dest = Path(args.out or ROOT / "bench" / "results" / f"bughunt_{args.mode}_{name}.json")
     tmp = dest.with_suffix(".tmp")
     tmp.write_text(json.dumps(res, indent=1))
     tmp.replace(dest)

@@ -58,3 +58,20 @@ def test_wilson_by_hand():
     assert abs(lo - 0.23659) < 1e-4 and abs(hi - 0.76341) < 1e-4
     # the normal approximation would give 0.5 +- 0.3099: Wilson is narrower and not it
     assert abs(hi - (0.5 + 1.959964 * (0.025**0.5))) > 0.04
+
+
+def test_repeated_sentence_by_hand():
+    def txt(t):
+        return Generation("p", t, [], False)
+
+    near_loop = (
+        "Here are the parts:\n1. **Bark**: The outer layer of a flower.\n"
+        "2. **Bark**: The outer layer of a flower.\n3. **Bark**: the outer layer of a flower."
+    )
+    assert SCORERS["repeated_sentence"](txt(near_loop))  # numbering and case ignored
+    twice = "The cat sat on the mat. The cat sat on the mat. Then it left."
+    assert not SCORERS["repeated_sentence"](txt(twice))  # 2 copies are not 3
+    short = "Yes it is. Yes it is. Yes it is."
+    assert not SCORERS["repeated_sentence"](txt(short))  # 3 words < SENTENCE_MIN_WORDS
+    normal = "Bees collect nectar from flowers. They store it in the hive. Water evaporates."
+    assert not SCORERS["repeated_sentence"](txt(normal))

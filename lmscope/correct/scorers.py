@@ -16,6 +16,11 @@ a plain function of a `Generation` (correct/generate.py), so a rate is the mean 
   * 3 copies and >= 8 tokens: two copies happen in normal text ("very, very"), and 3-7
     identical tokens at a cut ("...", a run of spaces in code) can be formatting; 20 tokens
     is a sentence, the longest loop that fits 3 times in 128 new tokens with room to start.
+- repeated_sentence: a looser, text-level loop: one sentence or line of >= 4 words occurs
+  >= 3 times anywhere in the continuation (case, list numbering and markup ignored, so
+  "1. **Bark**: the outer layer..." / "2. **Bark**: the outer layer..." counts). It also
+  catches near-loops whose numbering changes and loops the text later leaves, and (rarely)
+  a deliberate refrain in a poem.
 - ends_in_cycle: the same cycle test without the token-limit condition (a diagnostic: how
   many loops the model escapes or that end at the limit by chance).
 - hit_limit: the generation ran into max_new_tokens (did not stop by itself).
@@ -24,6 +29,8 @@ a plain function of a `Generation` (correct/generate.py), so a rate is the mean 
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Callable
 
 from .generate import Generation
@@ -68,12 +75,32 @@ def repetition(g: Generation) -> bool:
     return hit_limit(g) and ends_in_cycle(g)
 
 
+SENTENCE_MIN_WORDS = 4
+"""Shortest sentence the repeated_sentence scorer counts (shorter ones repeat in normal text)."""
+
+
+def _sentences(text: str) -> list[str]:
+    parts = re.split(r"[.!?]+(?:\s|$)|\n+", text)
+    out = []
+    for p in parts:
+        p = re.sub(r"^\s*(?:\d+[.)]|[-*#>]+)\s*", "", p)  # list numbers, bullets, headers
+        p = " ".join(re.sub(r"[*_`\"]", "", p).lower().split())
+        if len(p.split()) >= SENTENCE_MIN_WORDS:
+            out.append(p)
+    return out
+
+
+def repeated_sentence(g: Generation) -> bool:
+    return max(Counter(_sentences(g.text)).values(), default=0) >= MIN_COPIES
+
+
 def empty(g: Generation) -> bool:
     return g.stopped_at_eos and not g.ids
 
 
 SCORERS: dict[str, Callable[[Generation], bool]] = {
     "repetition": repetition,
+    "repeated_sentence": repeated_sentence,
     "ends_in_cycle": ends_in_cycle,
     "hit_limit": hit_limit,
     "empty": empty,
@@ -99,6 +126,7 @@ __all__ = [
     "empty",
     "ends_in_cycle",
     "hit_limit",
+    "repeated_sentence",
     "repetition",
     "tail_cycle",
     "wilson",
