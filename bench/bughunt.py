@@ -163,8 +163,9 @@ def _norm(text: str) -> str:
 
 
 def contains(text: str, answer: str) -> bool:
-    """`answer` appears in `text` as whole words (so "can" is not found in "cannot")."""
-    return re.search(rf"\b{re.escape(_norm(answer))}\b", _norm(text)) is not None
+    """`answer` appears in `text` as whole words, a plural allowed ("mammals" for "mammal";
+    "can" is not found in "cannot")."""
+    return re.search(rf"\b{re.escape(_norm(answer))}(?:s|es)?\b", _norm(text)) is not None
 
 
 def entities(good: str, bad: str) -> tuple[str, str]:
@@ -207,12 +208,25 @@ def run_pairs(lm, lines: list[dict], args, *, generate: bool, plain: bool = True
             r["says_right"] = contains(g.text, r["answer"])
             r["says_wrong"] = contains(g.text, r["wrong"])
     secs = time.perf_counter() - t0
-    out = {
-        "seconds": secs,
-        "chat_tf_prefers_bad": rate([r["chat_tf"]["prefers_bad"] for r in rows]),
-    }
+    print(f"{len(rows)} lines in {secs:.0f} s")
+    out = {"seconds": secs, **fact_rates(rows, generate=generate, plain=plain), "rows": rows}
+    return out
+
+
+def rescore_facts(old: dict) -> dict:
+    """Re-match the saved chat answers (after a change to `contains`), rates recomputed."""
+    rows = old["rows"]
+    for r in rows:
+        r["says_right"] = contains(r["chat_answer"], r["answer"])
+        r["says_wrong"] = contains(r["chat_answer"], r["wrong"])
+    return {**fact_rates(rows, generate=True, plain=True), "rows": rows}
+
+
+def fact_rates(rows: list[dict], *, generate: bool, plain: bool) -> dict:
+    """Rates over all lines and over the lines the model knows (plain test prefers `good`)."""
+    out = {"chat_tf_prefers_bad": rate([r["chat_tf"]["prefers_bad"] for r in rows])}
+    known = [r for r in rows if not (plain and r["plain"]["prefers_bad"])]
     if plain:
-        known = [r for r in rows if not r["plain"]["prefers_bad"]]
         out["plain_prefers_good"] = rate([not r["plain"]["prefers_bad"] for r in rows])
         out["chat_tf_prefers_bad_given_known"] = rate([r["chat_tf"]["prefers_bad"] for r in known])
     if generate:
@@ -221,11 +235,8 @@ def run_pairs(lm, lines: list[dict], args, *, generate: bool, plain: bool = True
         out["chat_answer_names_wrong_given_known"] = rate(
             [r["says_wrong"] and not r["says_right"] for r in known]
         )
-    out["rows"] = rows
-    print(f"{len(rows)} lines in {secs:.0f} s")
     for k, v in out.items():
-        if isinstance(v, dict) and "rate" in v:
-            print(f"  {k:40s} {fmt(v)}")
+        print(f"  {k:40s} {fmt(v)}")
     return out
 
 
@@ -292,6 +303,11 @@ def main() -> None:
     lines = read_lines(path)[: args.limit or None]
     name = args.model.replace("/", "_")
     dest = Path(args.out or ROOT / "bench" / "results" / f"bughunt_{args.mode}_{name}.json")
+    if args.rescore and args.mode == "facts":
+        old = json.loads(dest.read_text())
+        res = rescore_facts(old)
+        dest.write_text(json.dumps({**old, **res}, indent=1))
+        return print(f"wrote {dest}")
     if args.rescore:
         old = json.loads(dest.read_text())
         res = run_repetition(None, lines, args, old)
