@@ -24,11 +24,9 @@ import argparse
 import copy
 import inspect
 import json
-import re
 import statistics
 import sys
 import time
-import unicodedata
 from collections import Counter
 from pathlib import Path
 
@@ -39,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from lmscope.correct.generate import Generation, generate_batch, prompt_ids  # noqa: E402
 from lmscope.correct.scorers import SCORERS, tail_cycle, wilson  # noqa: E402
+from lmscope.correct.scorers import mentions as contains  # noqa: E402
 
 
 def read_lines(path: Path) -> list[dict]:
@@ -147,25 +146,6 @@ def _quantiles(v: list[int]) -> dict:
         return {}
     q = statistics.quantiles(v, n=10) if len(v) > 1 else [v[0]] * 9
     return {"n": len(v), "median": statistics.median(v), "p90": q[8], "max": max(v)}
-
-
-NUMBER_WORDS = {
-    "two": "2", "three": "3", "four": "4", "six": "6", "seven": "7", "eight": "8",
-    "nine": "9", "ten": "10", "eleven": "11", "twelve": "12",
-}  # fmt: skip
-
-
-def _norm(text: str) -> str:
-    """Lower case, accents and punctuation dropped, number words as digits."""
-    t = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
-    t = re.sub(r"[^a-z0-9 ]+", " ", t)
-    return " ".join(NUMBER_WORDS.get(w, w) for w in t.split())
-
-
-def contains(text: str, answer: str) -> bool:
-    """`answer` appears in `text` as whole words, a plural allowed ("mammals" for "mammal";
-    "can" is not found in "cannot")."""
-    return re.search(rf"\b{re.escape(_norm(answer))}(?:s|es)?\b", _norm(text)) is not None
 
 
 def entities(good: str, bad: str) -> tuple[str, str]:

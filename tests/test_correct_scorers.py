@@ -75,3 +75,13 @@ def test_repeated_sentence_by_hand():
     assert not SCORERS["repeated_sentence"](txt(short))  # 3 words < SENTENCE_MIN_WORDS
     normal = "Bees collect nectar from flowers. They store it in the hive. Water evaporates."
     assert not SCORERS["repeated_sentence"](txt(normal))
+
+
+def test_missed_answer_by_hand():
+    from lmscope.correct.scorers import mentions, missed_answer
+
+    assert missed_answer(Generation("q", "The capital of Switzerland is Lier.", [], True), "Bern")
+    assert not missed_answer(Generation("q", "It is Bern, of course.", [], True), "Bern")
+    assert not mentions("Penguins cannot fly.", "can")  # whole words
+    assert mentions("Whales are mammals.", "mammal")  # a plural
+    assert mentions("A week has 7 days.", "seven") and mentions("Brasilia", "Brasília")

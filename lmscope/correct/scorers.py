@@ -25,11 +25,18 @@ a plain function of a `Generation` (correct/generate.py), so a rate is the mean 
   many loops the model escapes or that end at the limit by chance).
 - hit_limit: the generation ran into max_new_tokens (did not stop by itself).
 - empty: the model stopped at once (no token before the end of its turn).
+
+`missed_answer(g, answer)` is the factual bug's scorer; it needs the line's expected answer, so
+it is not in SCORERS (whose scorers see only the generation). On SmolLM2-135M-Instruct the
+teacher-forced pair cannot stand in for it: on 25 facts the model knows but answers wrongly in
+chat, the summed log-probability still prefers the right sentence over the model's own greedy
+wrong one in 22 (docs/correct.md).
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Callable
 
@@ -94,6 +101,30 @@ def repeated_sentence(g: Generation) -> bool:
     return max(Counter(_sentences(g.text)).values(), default=0) >= MIN_COPIES
 
 
+NUMBER_WORDS = {
+    "two": "2", "three": "3", "four": "4", "six": "6", "seven": "7", "eight": "8",
+    "nine": "9", "ten": "10", "eleven": "11", "twelve": "12",
+}  # fmt: skip
+
+
+def _norm(text: str) -> str:
+    """Lower case, accents and punctuation dropped, number words as digits."""
+    t = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+    t = re.sub(r"[^a-z0-9 ]+", " ", t)
+    return " ".join(NUMBER_WORDS.get(w, w) for w in t.split())
+
+
+def mentions(text: str, answer: str) -> bool:
+    """`answer` appears in `text` as whole words, a plural allowed ("mammals" for "mammal";
+    "can" is not found in "cannot")."""
+    return re.search(rf"\b{re.escape(_norm(answer))}(?:s|es)?\b", _norm(text)) is not None
+
+
+def missed_answer(g: Generation, answer: str) -> bool:
+    """The factual bug: the generation does not name `answer` (see `mentions`)."""
+    return not mentions(g.text, answer)
+
+
 def empty(g: Generation) -> bool:
     return g.stopped_at_eos and not g.ids
 
@@ -126,6 +157,8 @@ __all__ = [
     "empty",
     "ends_in_cycle",
     "hit_limit",
+    "mentions",
+    "missed_answer",
     "repeated_sentence",
     "repetition",
     "tail_cycle",
