@@ -43,3 +43,45 @@ def test_normal_text_is_not_a_loop():
     assert SCORERS["hit_limit"](gen(ids))
     assert not SCORERS["empty"](gen(ids, eos=True))
     assert SCORERS["empty"](gen([], eos=True))
+
+
+def test_wilson_by_hand():
+    from lmscope.correct.scorers import wilson
+
+    z2 = 1.959964**2
+    # k = 0: the lower end is 0 and the upper end is z^2 / (n + z^2) = 3.8415 / 13.8415
+    lo, hi = wilson(0, 10)
+    assert lo == 0.0 and abs(hi - z2 / (10 + z2)) < 1e-9 and abs(hi - 0.27753) < 1e-4
+    # k = n/2: centred on 0.5, half-width z / (1 + z^2/n) * sqrt(p(1-p)/n + z^2/(4n^2))
+    #        = 1.96 / 1.38415 * sqrt(0.025 + 0.0096040) = 0.26341
+    lo, hi = wilson(5, 10)
+    assert abs(lo - 0.23659) < 1e-4 and abs(hi - 0.76341) < 1e-4
+    # the normal approximation would give 0.5 +- 0.3099: Wilson is narrower and not it
+    assert abs(hi - (0.5 + 1.959964 * (0.025**0.5))) > 0.04
+
+
+def test_repeated_sentence_by_hand():
+    def txt(t):
+        return Generation("p", t, [], False)
+
+    near_loop = (
+        "Here are the parts:\n1. **Bark**: The outer layer of a flower.\n"
+        "2. **Bark**: The outer layer of a flower.\n3. **Bark**: the outer layer of a flower."
+    )
+    assert SCORERS["repeated_sentence"](txt(near_loop))  # numbering and case ignored
+    twice = "The cat sat on the mat. The cat sat on the mat. Then it left."
+    assert not SCORERS["repeated_sentence"](txt(twice))  # 2 copies are not 3
+    short = "Yes it is. Yes it is. Yes it is."
+    assert not SCORERS["repeated_sentence"](txt(short))  # 3 words < SENTENCE_MIN_WORDS
+    normal = "Bees collect nectar from flowers. They store it in the hive. Water evaporates."
+    assert not SCORERS["repeated_sentence"](txt(normal))
+
+
+def test_missed_answer_by_hand():
+    from lmscope.correct.scorers import mentions, missed_answer
+
+    assert missed_answer(Generation("q", "The capital of Switzerland is Lier.", [], True), "Bern")
+    assert not missed_answer(Generation("q", "It is Bern, of course.", [], True), "Bern")
+    assert not mentions("Penguins cannot fly.", "can")  # whole words
+    assert mentions("Whales are mammals.", "mammal")  # a plural
+    assert mentions("A week has 7 days.", "seven") and mentions("Brasilia", "Brasília")

@@ -16,14 +16,28 @@ a plain function of a `Generation` (correct/generate.py), so a rate is the mean 
   * 3 copies and >= 8 tokens: two copies happen in normal text ("very, very"), and 3-7
     identical tokens at a cut ("...", a run of spaces in code) can be formatting; 20 tokens
     is a sentence, the longest loop that fits 3 times in 128 new tokens with room to start.
+- repeated_sentence: a looser, text-level loop: one sentence or line of >= 4 words occurs
+  >= 3 times anywhere in the continuation (case, list numbering and markup ignored, so
+  "1. **Bark**: the outer layer..." / "2. **Bark**: the outer layer..." counts). It also
+  catches near-loops whose numbering changes and loops the text later leaves, and (rarely)
+  a deliberate refrain in a poem.
 - ends_in_cycle: the same cycle test without the token-limit condition (a diagnostic: how
   many loops the model escapes or that end at the limit by chance).
 - hit_limit: the generation ran into max_new_tokens (did not stop by itself).
 - empty: the model stopped at once (no token before the end of its turn).
+
+`missed_answer(g, answer)` is the factual bug's scorer; it needs the line's expected answer, so
+it is not in SCORERS (whose scorers see only the generation). On SmolLM2-135M-Instruct the
+teacher-forced pair cannot stand in for it: on 25 facts the model knows but answers wrongly in
+chat, the summed log-probability still prefers the right sentence over the model's own greedy
+wrong one in 22 (docs/correct.md).
 """
 
 from __future__ import annotations
 
+import re
+import unicodedata
+from collections import Counter
 from collections.abc import Callable
 
 from .generate import Generation
@@ -68,16 +82,85 @@ def repetition(g: Generation) -> bool:
     return hit_limit(g) and ends_in_cycle(g)
 
 
+SENTENCE_MIN_WORDS = 4
+"""Shortest sentence the repeated_sentence scorer counts (shorter ones repeat in normal text)."""
+
+
+def _sentences(text: str) -> list[str]:
+    parts = re.split(r"[.!?]+(?:\s|$)|\n+", text)
+    out = []
+    for p in parts:
+        p = re.sub(r"^\s*(?:\d+[.)]|[-*#>]+)\s*", "", p)  # list numbers, bullets, headers
+        p = " ".join(re.sub(r"[*_`\"]", "", p).lower().split())
+        if len(p.split()) >= SENTENCE_MIN_WORDS:
+            out.append(p)
+    return out
+
+
+def repeated_sentence(g: Generation) -> bool:
+    return max(Counter(_sentences(g.text)).values(), default=0) >= MIN_COPIES
+
+
+NUMBER_WORDS = {
+    "two": "2", "three": "3", "four": "4", "six": "6", "seven": "7", "eight": "8",
+    "nine": "9", "ten": "10", "eleven": "11", "twelve": "12",
+}  # fmt: skip
+
+
+def _norm(text: str) -> str:
+    """Lower case, accents and punctuation dropped, number words as digits."""
+    t = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+    t = re.sub(r"[^a-z0-9 ]+", " ", t)
+    return " ".join(NUMBER_WORDS.get(w, w) for w in t.split())
+
+
+def mentions(text: str, answer: str) -> bool:
+    """`answer` appears in `text` as whole words, a plural allowed ("mammals" for "mammal";
+    "can" is not found in "cannot")."""
+    return re.search(rf"\b{re.escape(_norm(answer))}(?:s|es)?\b", _norm(text)) is not None
+
+
+def missed_answer(g: Generation, answer: str) -> bool:
+    """The factual bug: the generation does not name `answer` (see `mentions`)."""
+    return not mentions(g.text, answer)
+
+
 def empty(g: Generation) -> bool:
     return g.stopped_at_eos and not g.ids
 
 
 SCORERS: dict[str, Callable[[Generation], bool]] = {
     "repetition": repetition,
+    "repeated_sentence": repeated_sentence,
     "ends_in_cycle": ends_in_cycle,
     "hit_limit": hit_limit,
     "empty": empty,
 }
 """Name -> scorer; True means the bad behaviour happened."""
 
-__all__ = ["SCORERS", "empty", "ends_in_cycle", "hit_limit", "repetition", "tail_cycle"]
+
+def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval (95% by default) for a rate of k events in n trials (Wilson 1927):
+    unlike the normal approximation it stays inside [0, 1] and is honest at k = 0 or k = n,
+    which bug rates near 0 or 1 need."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = k / n
+    d = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / d
+    half = z / d * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+__all__ = [
+    "SCORERS",
+    "empty",
+    "ends_in_cycle",
+    "hit_limit",
+    "mentions",
+    "missed_answer",
+    "repeated_sentence",
+    "repetition",
+    "tail_cycle",
+    "wilson",
+]
