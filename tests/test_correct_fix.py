@@ -427,3 +427,29 @@ def test_screening_rescores_the_best_candidates_on_all_fit_prompts(buggy):
     for c in screened[:2]:  # re-scored on all fit prompts: the full numbers exactly
         assert c.fit_margin == top[c.name].fit_margin and "screened_on" not in c.extra
     assert all(c.extra == {"screened_on": 4} for c in screened[2:])
+
+
+def test_answer_lines_and_answer_scorers(tmp_path):
+    from lmscope.correct.fix import Behaviour, fit_and_heldout
+    from lmscope.correct.generate import Generation
+
+    rows = [
+        {"prompt": f"capital of c{i}?", "answer": f"city{i}", "group": f"c{i}"} for i in range(4)
+    ]
+    f = _write(tmp_path / "facts.jsonl", rows)
+    fit, held = fit_and_heldout(FixConfig(bugs=str(f), scorer="missed_answer"))
+    assert {c.answer for c in fit.cases + held.cases} == {f"city{i}" for i in range(4)}
+    beh = Behaviour(FixConfig(bugs=str(f), scorer="missed_answer"))
+    gens = [
+        Generation(c.prompt, t, [5], True) for c, t in zip(fit.cases, ["It is city0.", "No idea"])
+    ]
+    got = beh.flags(gens, fit.cases).tolist()
+    assert got == [float(c.answer not in g.text) for c, g in zip(fit.cases, gens)]
+    no_answer = _write(tmp_path / "bare.jsonl", [{"prompt": f"p{i}"} for i in range(4)])
+    with pytest.raises(UserError, match="answer"):
+        fit_and_heldout(FixConfig(bugs=str(no_answer), scorer="missed_answer"))
+    both = _write(
+        tmp_path / "both.jsonl", [{"prompt": "p", "bad": "a", "good": "b", "answer": "b"}]
+    )
+    with pytest.raises(UserError, match="prompt-only"):
+        load_bugs(both)

@@ -4,11 +4,12 @@ One JSON object per line:
 
     {"prompt": "Q: What is the capital of Australia?\\nA:", "bad": " Sydney", "good": " Canberra"}
     {"prompt": "Write a poem about rain.", "chat": true, "group": "poems"}
+    {"prompt": "What is the capital of Vietnam?", "answer": "Hanoi", "chat": true}
 
 - pairs: `bad` and `good` are continuations; the bad behaviour is that the model finds the bad
   one likelier, log p(bad | prompt) > log p(good | prompt), teacher-forced.
 - prompt only: a behaviour scorer (e.g. `--scorer repetition`) judges the model's greedy
-  continuation.
+  continuation; `answer` gives the right answer to scorers that need one (`missed_answer`).
 - `chat`: wrap the prompt in the tokenizer's chat template (a user turn) first.
 - `group`: lines sharing a group land on the same side of the fit / held-out split, so a fix
   is never judged on a near-copy of a prompt it was fitted on (default: the prompt itself).
@@ -26,7 +27,7 @@ from typing import Literal
 
 from ..errors import UserError
 
-FIELDS = {"prompt", "bad", "good", "group", "chat"}
+FIELDS = {"prompt", "bad", "good", "group", "chat", "answer"}
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class BugCase:
     good: str | None = None
     group: str = ""
     chat: bool = False
+    answer: str | None = None
+    """prompt-only lines: the right answer, for scorers that judge against it (missed_answer)"""
 
     @property
     def key(self) -> str:
@@ -84,10 +87,18 @@ def load_bugs(path: str | Path) -> BugSet:
                 raise UserError(f'{p}:{n}: "{name}" must be a non-empty string')
         if bad is not None and bad == good:
             raise UserError(f'{p}:{n}: "bad" and "good" are the same text')
+        answer = obj.get("answer")
+        if answer is not None and (not isinstance(answer, str) or not answer.strip()):
+            raise UserError(f'{p}:{n}: "answer" must be a non-empty string')
+        if answer is not None and bad is not None:
+            raise UserError(
+                f'{p}:{n}: "answer" is for prompt-only lines (a scorer judges the continuation '
+                "against it); a line with bad/good needs none"
+            )
         chat = obj.get("chat", False)
         if not isinstance(chat, bool):
             raise UserError(f'{p}:{n}: "chat" must be true or false')
-        cases.append(BugCase(prompt, bad, good, str(obj.get("group", "") or ""), chat))
+        cases.append(BugCase(prompt, bad, good, str(obj.get("group", "") or ""), chat, answer))
     if not cases:
         raise UserError(f"bug file {p} has no prompts; write one JSON object per line")
     kinds = {c.bad is not None for c in cases}

@@ -188,13 +188,18 @@ class Behaviour:
     def values(self, lm, bugs: BugSet, edits=None) -> torch.Tensor:
         if self.scorer is None:
             return pair_margins(lm, bugs.cases, edits)
-        return self.flags(generations(lm, bugs.cases, edits, max_new_tokens=self.max_new_tokens))
+        gens = generations(lm, bugs.cases, edits, max_new_tokens=self.max_new_tokens)
+        return self.flags(gens, bugs.cases)
 
-    def flags(self, gens) -> torch.Tensor:
-        from .scorers import SCORERS
+    def flags(self, gens, cases) -> torch.Tensor:
+        from .scorers import ANSWER_SCORERS, SCORERS
 
-        f = SCORERS[self.scorer]
-        return torch.tensor([float(f(g)) for g in gens], dtype=torch.float64)
+        if self.scorer in ANSWER_SCORERS:
+            f = ANSWER_SCORERS[self.scorer]
+            vals = [f(g, c.answer) for g, c in zip(gens, cases)]
+        else:
+            vals = [SCORERS[self.scorer](g) for g in gens]
+        return torch.tensor([float(v) for v in vals], dtype=torch.float64)
 
     def bad(self, v: torch.Tensor) -> torch.Tensor:
         return v > 0 if self.scorer is None else v > 0.5
@@ -267,24 +272,32 @@ def examples(lm, held: BugSet, edit, control, cfg: FixConfig) -> list[dict]:
 def fit_and_heldout(cfg: FixConfig) -> tuple[BugSet, BugSet]:
     """The bug file, checked and split (cheap: call it before loading a model)."""
     from ..errors import close_matches
-    from .scorers import SCORERS
+    from .scorers import ANSWER_SCORERS, SCORERS
 
+    names = [*SCORERS, *ANSWER_SCORERS]
     bugs = load_bugs(cfg.bugs)
     if bugs.mode == "scorer" and cfg.scorer is None:
         raise UserError(
             f"{cfg.bugs} has prompts without bad/good continuations: name the behaviour with "
-            f"--scorer ({', '.join(SCORERS)})"
+            f"--scorer ({', '.join(names)})"
         )
     if bugs.mode == "pairs" and cfg.scorer is not None:
         raise UserError(
             f"{cfg.bugs} has bad/good continuations, which define the behaviour; --scorer is for "
             "prompt-only files"
         )
-    if cfg.scorer is not None and cfg.scorer not in SCORERS:
+    if cfg.scorer is not None and cfg.scorer not in names:
         raise UserError(
-            f"unknown scorer {cfg.scorer!r}{close_matches(cfg.scorer, list(SCORERS))}; "
-            f"choose from {', '.join(SCORERS)}"
+            f"unknown scorer {cfg.scorer!r}{close_matches(cfg.scorer, names)}; "
+            f"choose from {', '.join(names)}"
         )
+    if cfg.scorer in ANSWER_SCORERS:
+        missing = next((i for i, c in enumerate(bugs.cases, 1) if c.answer is None), None)
+        if missing is not None:
+            raise UserError(
+                f'--scorer {cfg.scorer} judges each continuation against the line\'s "answer"; '
+                f"prompt {missing} of {cfg.bugs} has none"
+            )
     return split(bugs, heldout=cfg.heldout, seed=cfg.seed)
 
 
@@ -303,7 +316,7 @@ def _diagnose(lm, cfg, beh: Behaviour, fit: BugSet, layers, dictionaries, labels
             )
     else:
         gens = generations(lm, fit.cases, max_new_tokens=cfg.max_new_tokens)
-        fit_before = beh.flags(gens)
+        fit_before = beh.flags(gens, fit.cases)
         flags = fit_before > 0.5
         dirs = generation_directions(lm, fit.cases, gens, flags, layers)
         cands = generation_candidates(lm, fit.cases, gens, flags, dirs)

@@ -139,6 +139,12 @@ SCORERS: dict[str, Callable[[Generation], bool]] = {
 """Name -> scorer; True means the bad behaviour happened."""
 
 
+ANSWER_SCORERS: dict[str, Callable[[Generation, str], bool]] = {
+    "missed_answer": missed_answer,
+}
+"""Name -> scorer judged against a line's "answer"; True means the bad behaviour happened."""
+
+
 def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     """Wilson score interval (95% by default) for a rate of k events in n trials (Wilson 1927):
     unlike the normal approximation it stays inside [0, 1] and is honest at k = 0 or k = n,
@@ -153,6 +159,7 @@ def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
 
 
 __all__ = [
+    "ANSWER_SCORERS",
     "SCORERS",
     "empty",
     "ends_in_cycle",
