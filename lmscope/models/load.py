@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 
 from ..errors import UserError, close_matches
-from .registry import ALIASES, ModelSource, cache_dir, hub_cached_models
+from .registry import ALIASES, LICENCE_FILES, ModelSource, cache_dir, hub_cached_models
 
 DType = Literal["float32", "bfloat16", "float16"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -215,6 +215,9 @@ def _convert_gguf(src: ModelSource, dest: Path) -> None:
     try:
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        for lic in LICENCE_FILES:  # the model's terms travel with every copy of its weights
+            if os.path.isfile(os.path.join(folder, lic)):
+                shutil.copyfile(os.path.join(folder, lic), tmp / lic)
         (tmp / "lmscope_source.json").write_text(
             json.dumps({"gguf": src.path, "format": CACHE_FORMAT})
         )
