@@ -241,6 +241,9 @@ def test_real_gemma_config_hooks_and_answer(gemma_lm):
     assert cfg.rope_parameters["sliding_attention"]["rope_theta"] == 10000.0
     assert cfg.rope_parameters["full_attention"]["rope_theta"] == 1e6
     assert final_logit_softcap(lm) is None
+    from lmscope.models.gguf_config import gemma3_fixes
+
+    assert gemma3_fixes(lm.source.path, cfg.__class__(**cfg.to_dict())) == []  # nothing dropped
     W_E = lm.model.get_input_embeddings().weight
     assert lm.model.get_output_embeddings().weight.data_ptr() == W_E.data_ptr()  # tied
     toks = lm.to_tokens(PARIS)
@@ -411,3 +414,23 @@ def test_gguf_fields_transformers_drops_are_applied_as_llama_cpp_reads_them(tmp_
     plain = AutoModelForCausalLM.from_config(cfg2).model.rotary_emb  # same, without the scaling
     torch.testing.assert_close(rot.full_attention_inv_freq, plain.full_attention_inv_freq / 8)
     torch.testing.assert_close(rot.sliding_attention_inv_freq, plain.sliding_attention_inv_freq)
+
+
+def test_run_probe_layers_follow_the_models_depth(tmp_path, capsys, tiny_model_dir):
+    """`lmscope run`'s probe layers: 6,12,16,20 on the 30-block default, the same depths on
+    Gemma 3 270M's 18 blocks; a layer the model lacks is refused before anything is trained."""
+    from lmscope.cli import main
+    from lmscope.cli.run import _probe_layers
+
+    assert _probe_layers("auto", 30) == "6,12,16,20"
+    assert _probe_layers("auto", 18) == "4,7,10,12"
+    assert _probe_layers("1,2", 18) == "1,2"
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the cat sat on the mat\n\n" * 50)
+    out = tmp_path / "out"
+    argv = ["run", "--model", str(tiny_model_dir("llama", n_layers=2)), "--corpus", str(corpus)]
+    capsys.readouterr()  # the fixture's own output
+    assert main([*argv, "--out", str(out), "--probe-layers", "20"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "out of range" in err and "Traceback" not in err
+    assert not (out / "atlas").exists()
