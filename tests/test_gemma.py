@@ -194,16 +194,25 @@ def test_alias_assembles_once_with_its_terms(tmp_path, monkeypatch):
     )
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     monkeypatch.setenv("LMSCOPE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delitem(sys.modules, registry.GEMMA3_PACKAGE, raising=False)
-    f = registry._gemma3_gguf()
-    assert f == tmp_path / "cache" / "models" / "gemma3-270m" / "m.gguf"
-    assert f.read_bytes() == b"abc" and (f.parent / "GEMMA_TERMS.html").is_file()
-    assert not [p for p in f.parent.iterdir() if p.name.startswith(".tmp-")]
-    mod = sys.modules[registry.GEMMA3_PACKAGE]
-    assert len(mod.CALLS) == 1
-    assert registry._gemma3_gguf() == f and len(mod.CALLS) == 1  # stat only
-    f.write_bytes(b"abd")  # changed on disk: assembled again
-    assert registry._gemma3_gguf() == f and len(mod.CALLS) == 2 and f.read_bytes() == b"abc"
+    real = sys.modules.pop(registry.GEMMA3_PACKAGE, None)  # the stand-in must not outlive the test
+    try:
+        f = registry._gemma3_gguf()
+        assert f == tmp_path / "cache" / "models" / "gemma3-270m" / "m.gguf"
+        assert f.read_bytes() == b"abc" and (f.parent / "GEMMA_TERMS.html").is_file()
+        assert not [p for p in f.parent.iterdir() if p.name.startswith(".tmp-")]
+        mod = sys.modules[registry.GEMMA3_PACKAGE]
+        assert len(mod.CALLS) == 1
+        assert registry._gemma3_gguf() == f and len(mod.CALLS) == 1  # stat only
+        f.write_bytes(b"abd")  # changed on disk: assembled again
+        assert registry._gemma3_gguf() == f and len(mod.CALLS) == 2 and f.read_bytes() == b"abc"
+        (f.parent / "assembled.json").unlink()  # stamp lost, file intact: kept as it is
+        stamp = f.stat().st_mtime_ns
+        assert registry._gemma3_gguf() == f and len(mod.CALLS) == 2
+        assert f.stat().st_mtime_ns == stamp
+    finally:
+        sys.modules.pop(registry.GEMMA3_PACKAGE, None)
+        if real is not None:
+            sys.modules[registry.GEMMA3_PACKAGE] = real
 
 
 def test_alias_without_its_package_says_how_to_install(monkeypatch, capsys):

@@ -16,6 +16,7 @@ Two real models are embedded as aliases, each a GGUF file that a PyPI package sh
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -61,6 +62,14 @@ def _stamp(f: Path) -> dict:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def _sha256(f: Path) -> str:
+    h = hashlib.sha256()
+    with f.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _gemma3_gguf() -> Path | None:
     """The assembled Gemma 3 270M GGUF in lmscope's cache (assembled on first use), or None
     when its package is not installed."""
@@ -77,6 +86,11 @@ def _gemma3_gguf() -> Path | None:
             return target
     except (OSError, ValueError):  # not assembled yet, or a broken stamp: assemble again
         pass
+    if target.is_file() and _sha256(target) == pkg.EXPECTED_SHA256:
+        # Intact but unstamped (a lost stamp): keep the file, so its mtime, and with it the key of
+        # its converted copy (load.py), stays the same.
+        ok.write_text(json.dumps({**_stamp(target), **want}))
+        return target
     try:
         pkg.verify_chunks()
     except (FileNotFoundError, ImportError) as e:
