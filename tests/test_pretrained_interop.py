@@ -319,20 +319,35 @@ def test_clt_writers_roundtrip(tmp_path):
     fields, st = clt_to_state(clt)
     write_circuit_tracer_clt(fields, st, tmp_path / "ct", model_name="tiny-llama")
     names = sorted(p.name for p in (tmp_path / "ct").iterdir())
-    assert names == ["W_dec_0.safetensors", "W_dec_1.safetensors", "W_dec_2.safetensors",
-                     "W_enc_0.safetensors", "W_enc_1.safetensors", "W_enc_2.safetensors",
-                     "config.yaml"]
+    assert names == [
+        "W_dec_0.safetensors",
+        "W_dec_1.safetensors",
+        "W_dec_2.safetensors",
+        "W_enc_0.safetensors",
+        "W_enc_1.safetensors",
+        "W_enc_2.safetensors",
+        "config.yaml",
+    ]
     e1 = load_file(str(tmp_path / "ct" / "W_enc_1.safetensors"))
     assert {k: tuple(v.shape) for k, v in e1.items()} == {
-        "W_enc_1": (N, D), "b_enc_1": (N,), "b_dec_1": (D,), "threshold_1": (N,)
+        "W_enc_1": (N, D),
+        "b_enc_1": (N,),
+        "b_dec_1": (D,),
+        "threshold_1": (N,),
     }
     assert tuple(load_file(str(tmp_path / "ct" / "W_dec_1.safetensors"))["W_dec_1"].shape) == (
-        N, 2, D
+        N,
+        2,
+        D,
     )
     write_gemmascope2_clt(fields, st, tmp_path / "gs2")
     p1 = load_file(str(tmp_path / "gs2" / "params_layer_1.safetensors"))
     assert {k: tuple(v.shape) for k, v in p1.items()} == {
-        "w_enc": (D, N), "w_dec": (N, 3, D), "b_enc": (N,), "b_dec": (D,), "threshold": (N,)
+        "w_enc": (D, N),
+        "w_dec": (N, 3, D),
+        "b_enc": (N,),
+        "b_dec": (D,),
+        "threshold": (N,),
     }
     assert json.loads((tmp_path / "gs2" / "config.json").read_text())["type"] == "clt"
     for read, folder in ((read_circuit_tracer_clt, "ct"), (read_gemmascope2_clt, "gs2")):

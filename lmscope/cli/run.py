@@ -129,8 +129,9 @@ class RunConfig:
     """Tokens profiled for the atlas (None: the preset's)."""
     ctx_len: int = 128
     """Tokens per context everywhere."""
-    probe_layers: str = "6,12,16,20"
-    """Layers probed for truth (stage probe)."""
+    probe_layers: str = "auto"
+    """Layers probed for truth (stage probe); auto: 6,12,16,20 on a 30-block model, the same
+    relative depths on others (4,7,10,12 on Gemma 3 270M's 18)."""
     prompt: str = SAMPLE_PROMPT
     """The prompt scanned across every dictionary (stage scan)."""
     trace_prompt: str = TRACE_PROMPT
@@ -310,6 +311,11 @@ def run(cfg: RunConfig) -> int:
             raise UserError("--layer picks the layer of a --quick run; the whole-model run has all")
         hooks = [f"blocks.{L}.mlp_in" for L in range(lm.n_layers)]
         what = f"a skip transcoder blocks.L.mlp_in -> blocks.L.mlp_out at all {lm.n_layers} layers"
+    probe_layers = _probe_layers(cfg.probe_layers, lm.n_layers)
+    if "probe" in todo:  # refuse a bad --probe-layers now, not after training
+        from ..probe.specs import resolve_layers
+
+        resolve_layers(lm, probe_layers)
     print(
         f"model: {lm.name}, {lm.n_layers} blocks, d_model {lm.d_model}, {dtype} "
         f"(--model-dtype {cfg.model_dtype}); {what}"
@@ -359,7 +365,7 @@ def run(cfg: RunConfig) -> int:
         _call(["explain-report", str(atlas)])
 
     if "probe" in todo:
-        _probe(cfg, rep, probe, common)
+        _probe(cfg, rep, probe, common, probe_layers)
 
     if "scan" in todo:
         argv = ["scan", str(atlas), cfg.prompt]
@@ -446,9 +452,17 @@ def _train(cfg, rep, atlas, hooks, ps, common, dtype, ctx, d_model: int) -> None
         _call(argv + ([] if sys.stderr.isatty() else ["--no-progress"]))
 
 
-def _probe(cfg, rep, probe, common) -> None:
+def _probe_layers(spec: str, n_layers: int) -> str:
+    """--probe-layers auto: the depths 6, 12, 16, 20 of 30 blocks (where the default model holds
+    truth), scaled to this model's depth."""
+    if spec.strip() != "auto":
+        return spec
+    return ",".join(str(min(n_layers - 1, round(n_layers * L / 30))) for L in (6, 12, 16, 20))
+
+
+def _probe(cfg, rep, probe, common, layers: str) -> None:
     argv = ["probe", "train", *common, "--dataset", "cities,neg_cities"]
-    argv += ["--layers", cfg.probe_layers, "--kinds", "logistic,massmean", "--out", str(probe)]
+    argv += ["--layers", layers, "--kinds", "logistic,massmean", "--out", str(probe)]
     rep.stage("probe", "where does the model hold 'true'? (held-out cities)", argv)
     if (probe / "probe.json").is_file():
         from .probe import format_test_line

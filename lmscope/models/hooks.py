@@ -19,6 +19,12 @@ post-norm after it as in Gemma 2/3 and OLMo 2). The calibration also checks
 `resid_pre + attn_out + mlp_out == resid_post`, so an unsupported layout fails
 loudly at load time instead of giving silently wrong activations.
 
+On Gemma 2/3 (four norms per block) this gives: attn_out = the output of
+post_attention_layernorm, mlp_in = the output of pre_feedforward_layernorm (the MLP's input),
+mlp_out = the output of post_feedforward_layernorm, and embed = the *scaled* embedding
+W_E[ids] * sqrt(d_model) that enters block 0; docs/models.md has the table and
+tests/test_gemma.py pins each against the modules.
+
 `resid_mid` is computed as resid_pre + attn_out rather than read off a module:
 it is exactly the residual stream between the two sublayers in sequential
 blocks, and a well-defined sum in parallel-residual blocks (GPT-NeoX, GPT-J),

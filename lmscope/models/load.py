@@ -24,7 +24,8 @@ from typing import Literal
 import torch
 
 from ..errors import UserError, close_matches
-from .registry import ALIASES, ModelSource, cache_dir, hub_cached_models
+from .gguf_config import gemma3_fixes
+from .registry import ALIASES, LICENCE_FILES, ModelSource, cache_dir, hub_cached_models
 
 DType = Literal["float32", "bfloat16", "float16"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -193,8 +194,6 @@ def _convert_gguf(src: ModelSource, dest: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, fname = os.path.dirname(src.path), os.path.basename(src.path)
-    import sys
-
     print(
         f"lmscope: converting {fname} to safetensors once (cached in {dest.parent})",
         file=sys.stderr,
@@ -208,6 +207,10 @@ def _convert_gguf(src: ModelSource, dest: Path) -> None:
     config = model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
+    # Fields the file carries and transformers' loader dropped (gguf_config.py); before the
+    # model is built, since its RoPE tables come from the config.
+    for line in gemma3_fixes(src.path, config):
+        print(f"lmscope: from the GGUF metadata: {line}", file=sys.stderr)
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(model.state_dict())
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -215,6 +218,9 @@ def _convert_gguf(src: ModelSource, dest: Path) -> None:
     try:
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        for lic in LICENCE_FILES:  # the model's terms travel with every copy of its weights
+            if os.path.isfile(os.path.join(folder, lic)):
+                shutil.copyfile(os.path.join(folder, lic), tmp / lic)
         (tmp / "lmscope_source.json").write_text(
             json.dumps({"gguf": src.path, "format": CACHE_FORMAT})
         )

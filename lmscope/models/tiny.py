@@ -50,13 +50,22 @@ def tiny_tokenizer():
     return fast
 
 
-def tiny_config(family: str = "llama", *, n_layers: int = 2, d_model: int = 32, vocab: int = 256):
+def tiny_config(
+    family: str = "llama",
+    *,
+    n_layers: int = 2,
+    d_model: int = 32,
+    vocab: int = 256,
+    overrides: dict | None = None,
+):
+    """A small config of a real family. `overrides`: config fields to set on top (e.g. Gemma's
+    sliding_window, layer_types, final_logit_softcapping)."""
     from transformers import AutoConfig
 
     common = dict(vocab_size=vocab, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     if family == "gpt2":
-        return AutoConfig.for_model(
-            "gpt2",
+        model_type = "gpt2"
+        kw = dict(
             n_layer=n_layers,
             n_embd=d_model,
             n_head=4,
@@ -66,9 +75,9 @@ def tiny_config(family: str = "llama", *, n_layers: int = 2, d_model: int = 32, 
             attn_pdrop=0.0,
             **common,
         )
-    if family == "gpt_neox":
-        return AutoConfig.for_model(
-            "gpt_neox",
+    elif family == "gpt_neox":
+        model_type = "gpt_neox"
+        kw = dict(
             num_hidden_layers=n_layers,
             hidden_size=d_model,
             num_attention_heads=4,
@@ -77,20 +86,20 @@ def tiny_config(family: str = "llama", *, n_layers: int = 2, d_model: int = 32, 
             use_parallel_residual=True,
             **common,
         )
-    kw = dict(
-        num_hidden_layers=n_layers,
-        hidden_size=d_model,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=3 * d_model,
-        max_position_embeddings=128,
-        **common,
-    )
-    if family in ("gemma2", "gemma3"):
-        kw.update(head_dim=d_model // 4, query_pre_attn_scalar=d_model // 4, sliding_window=16)
-        if family == "gemma3":
-            return AutoConfig.for_model("gemma3_text", **kw)
-    return AutoConfig.for_model(family, **kw)
+    else:
+        model_type = "gemma3_text" if family == "gemma3" else family
+        kw = dict(
+            num_hidden_layers=n_layers,
+            hidden_size=d_model,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=3 * d_model,
+            max_position_embeddings=128,
+            **common,
+        )
+        if family in ("gemma2", "gemma3"):
+            kw.update(head_dim=d_model // 4, query_pre_attn_scalar=d_model // 4, sliding_window=16)
+    return AutoConfig.for_model(model_type, **{**kw, **(overrides or {})})
 
 
 def tiny_model(
@@ -100,8 +109,10 @@ def tiny_model(
     d_model: int = 32,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    overrides: dict | None = None,
 ):
-    """A LanguageModel with random weights of the given family and the tiny tokenizer."""
+    """A LanguageModel with random weights of the given family and the tiny tokenizer
+    (`overrides`: config fields, see tiny_config)."""
     from transformers import AutoModelForCausalLM
 
     from .load import from_pretrained_model
@@ -109,7 +120,9 @@ def tiny_model(
     if family not in FAMILIES:
         raise ValueError(f"unknown tiny family {family!r}; one of {FAMILIES}")
     tok = tiny_tokenizer()
-    cfg = tiny_config(family, n_layers=n_layers, d_model=d_model, vocab=len(tok))
+    cfg = tiny_config(
+        family, n_layers=n_layers, d_model=d_model, vocab=len(tok), overrides=overrides
+    )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
     # Random init leaves norms at 1 and biases at 0; perturb them so tests see their effect.

@@ -9,8 +9,9 @@ on target node t is
 where "value s writes" is a_s * W_dec[s] for a feature, the error vector for an error
 node and the embedding for a token; input_t is the encoder pre-activation of a feature
 (gradient injected: the encoder column at mlp_in) or a de-meaned logit (gradient
-injected: W_U[t] - mean_v W_U[v] at ln_final, last position). Ameisen et al. 2025 Sec. 3;
-circuit-tracer computes it the same way.
+injected: W_U[t] - mean_v W_U[v] at ln_final, last position; with Gemma 2's final-logit
+soft-cap each row is scaled by the cap's slope at the prompt, lmscope.models.logits).
+Ameisen et al. 2025 Sec. 3; circuit-tracer computes it the same way.
 
 Cost: one forward of the prompt with the graph kept, then one backward per batch of
 `batch_size` target nodes, vmapped over their injected gradients (is_grads_batched,
@@ -49,6 +50,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from ..models.logits import demeaned_logit_directions
 from .memory import (
     CHUNK_ENTRIES,
     GB,
@@ -335,8 +337,9 @@ def _attribute(
     n_pos, n_layers = rep.n_pos, lm.n_layers
     probs = torch.softmax(rep.clean_logits[-1].float(), -1)  # [vocab]
     logit_ids = logit_nodes(probs, target_id, max_logits=max_logits, desired_prob=desired_prob)
-    W_U = lm.model.get_output_embeddings().weight.detach()  # [vocab, d_model]
-    logit_dirs = (W_U[logit_ids] - W_U.mean(0)).to(rep.embed.dtype)  # [n_logits, d_model] de-meaned
+    # [n_logits, d_model] de-meaned unembedding rows, times the soft-cap's slope where the
+    # model caps its logits (Gemma 2): lmscope.models.logits
+    logit_dirs = demeaned_logit_directions(lm, rep.clean_logits[-1], logit_ids).to(rep.embed.dtype)
 
     # All active features: (layer, pos, feature), their activation and what they write;
     # ordered by layer, then position, so each (layer, pos) is a contiguous run of columns.
