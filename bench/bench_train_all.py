@@ -309,6 +309,22 @@ def _worker_lmscope(a, spec: dict) -> dict:
         seed=cfg.seed,
         contexts=lambda: iter(ctxs),
     )
+    # Warm-up outside the timer (one step of one dictionary): the first train() in a process
+    # pays ~8 CPU s of lazy imports (torch.distributed.tensor, dynamo, scipy, ...; cProfile).
+    warm = TrainConfig(
+        **{**cfg.to_dict(), "hooks": "blocks.0.mlp_in", "tokens": cfg.batch_size}
+        | {"out": spec["lmscope_out"] + "-warmup"}
+    )
+    wsrc = StreamSource(
+        lm,
+        hooks[:2],
+        corpus="file",
+        ctx_len=128,
+        batch_size=cfg.batch_size,
+        max_batches=1,
+        contexts=lambda: iter(ctxs),
+    )
+    train(warm, lm=lm, source=wsrc)
     t, c = time.perf_counter(), time.process_time()
     res = train(cfg, lm=lm, source=src)
     return {
@@ -351,6 +367,12 @@ def _worker_sparsify(a, spec: dict) -> dict:
         log_to_wandb=False,
     )
     bf16 = spec["dict_dtype"] == "bfloat16"
+    # Warm-up outside the timer, as lmscope's: one batch, one hook point.
+    wcfg = SparsifyConfig(
+        **{**cfg.__dict__, "hookpoints": ["layers.0.mlp"], "save_dir": spec["sparsify_out"] + "-w"}
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        Trainer(wcfg, MemmapDataset(spec["train"]["path"], 128, max_examples=8), model).fit()
     t, c = time.perf_counter(), time.process_time()
     tr = Trainer(cfg, ds, model)
     # sparsify autocasts to bf16 on CUDA only (sparse_coder.py); on CPU its fp32 coders would
