@@ -56,9 +56,10 @@ def register(sub) -> None:
 
 def _load(cfg):
     """(model, {hook: dictionary} or None, labels or None)."""
+    from ..dictionaries.evaluate import model_dtype
     from ..models import load_model
 
-    lm = load_model(cfg.model, dtype=cfg.model_dtype, device=cfg.device)
+    lm = load_model(cfg.model, dtype=model_dtype(cfg), device=cfg.device)
     if not cfg.atlas:
         return lm, None, None
     from ..dictionaries.folder import open_dictionaries

@@ -67,8 +67,9 @@ class FixConfig:
     """replace an existing --export folder or --out file"""
     out: str | None = flag(None, metavar="FILE")
     """write the full report as JSON to FILE"""
-    model_dtype: Literal["float32", "bfloat16"] = "float32"
-    """the model's dtype (float32 keeps the exported weights exact)"""
+    model_dtype: Literal["float32", "bfloat16", "auto"] = "float32"
+    """the model's dtype: float32 keeps the exported weights exact; auto (bfloat16 where the CPU
+    has it natively) about halves the time of a run"""
     device: str = "cpu"
     """torch device"""
 
