@@ -381,6 +381,8 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
             te,
             layout.root / "cache" / f"phrases.{name.replace('/', '_')}.npz",
         )
+        if todo:
+            _warm(labeller, te)  # before gc.freeze: what the loop only reads is never scanned
         gc_old = _quiet_gc()
         bar = tqdm(total=len(todo), desc=f"explain ({method})", disable=not progress, unit="feat")
 
@@ -419,7 +421,6 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
         if workers > 1:
             from .parallel import run_parallel
 
-            _warm(labeller, te)
             run_parallel(
                 workers,
                 chunks,
@@ -538,8 +539,9 @@ def _rows(items: list, scored: dict, method: str, version: str) -> list:
 
 
 def _warm(labeller, te) -> None:
-    """Build what every worker reads before they fork, so they share it instead of each
-    building it (the labeller's seeded null and concept vectors, the token vectors in float32)."""
+    """Build what every feature reads before the loop: the --workers processes then share it
+    through fork instead of each building it, and gc.freeze keeps the collector off it (the
+    labeller's seeded null and concept vectors, the token vectors in float32)."""
     if labeller is not None:
         labeller.coherence()
         labeller.curated()
