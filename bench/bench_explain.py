@@ -6,6 +6,10 @@ the same corpus windows: a 30 x 4,608 = 138k-feature atlas like the whole-model 
     PYTHONPATH=$PWD .venv/bin/python bench/bench_explain.py --atlas runs/smollm2-135m/atlas \\
         --work /tmp/bench-explain [--no-cold --warm-repeat 3 --workers 1,2 --embed-dtype float32]
         [--old-code /path/to/old/checkout --old-sample 500] [--replicate 30]
+    # before/after in CPU seconds on one seeded sample, alternated, then compare_explain.py on the
+    # last pair of copies (the --work folder is kept):
+    PYTHONPATH=$PWD .venv/bin/python bench/bench_explain.py --atlas ATLAS --work /tmp/be \\
+        --pairs 2 --old-code /path/to/old/checkout --sample 100 --workers 1
 
 Each run reports wall seconds AND the process's CPU seconds (features per CPU second is the
 figure that survives a shared, loaded machine; with --workers the workers' CPU is included);
@@ -141,6 +145,39 @@ def run_old(code: Path, atlas: Path, sample: int) -> dict:
     }
 
 
+def run_code(code: Path, atlas: Path, label: str, sample: int, workers: int) -> dict:
+    """`lmscope explain` with the checkout at `code` in a subprocess: wall and CPU seconds (the
+    child and its worker processes, user + sys)."""
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys; from lmscope.cli import main; sys.exit(main(sys.argv[1:]))",
+        "explain",
+        str(atlas),
+        "--no-progress",
+        "--json",
+        "--workers",
+        str(workers),
+    ] + (["--sample", str(sample)] if sample else [])
+    t, cc = time.perf_counter(), _children_cpu()
+    out = subprocess.run(
+        cmd, env={**os.environ, "PYTHONPATH": str(code)}, capture_output=True, text=True, check=True
+    ).stdout
+    wall, cpu = time.perf_counter() - t, _children_cpu() - cc
+    n = json.loads(out[out.index("{") :])["explained"]
+    return {
+        "run": label,
+        "code": str(code),
+        "features": n,
+        "sample": sample,
+        "workers": workers,
+        "seconds": round(wall, 1),
+        "cpu_seconds": round(cpu, 1),
+        "features_per_s": round(n / wall, 1),
+        "features_per_cpu_s": round(n / cpu, 1),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--atlas", required=True, help="atlas folder (read only)")
@@ -173,6 +210,14 @@ def main() -> None:
     )
     ap.add_argument("--embed-dtype", default="auto", help="--embed-dtype of every run")
     ap.add_argument("--no-cold", action="store_true", help="skip the cold run (needs a cache)")
+    ap.add_argument(
+        "--pairs",
+        type=int,
+        default=0,
+        help="only: K alternated runs of --old-code and this code on --sample (warm: the atlas's "
+        "cache/ copied), CPU seconds, then compare_explain.py on the last two copies",
+    )
+    ap.add_argument("--sample", type=int, default=0, help="--sample of the --pairs runs")
     a = ap.parse_args()
     src, work = Path(a.atlas), Path(a.work)
     ws = [int(w) for w in a.workers.split(",")]
@@ -193,6 +238,33 @@ def main() -> None:
         print(json.dumps(r), flush=True)
         results.append(r)
 
+    if a.pairs:
+        here = Path(__file__).resolve().parents[1]
+        runs: dict = {"old": [], "new": []}
+        for i in range(a.pairs):
+            for side, code in (("old", Path(a.old_code)), ("new", here)):
+                dst = copy_atlas(src, work / side)
+                shutil.copytree(src / "cache", dst / "cache")
+                runs[side].append(run_code(code, dst, f"{side} {i + 1}", a.sample, ws[0]))
+                emit(runs[side][-1])
+        for side, rs in runs.items():
+            med = {
+                k: statistics.median(r[k] for r in rs)
+                for k in ("seconds", "cpu_seconds", "features_per_s", "features_per_cpu_s")
+            }
+            emit({**rs[0], **med, "run": f"{side}, median of {len(rs)}"})
+        cmp = subprocess.run(
+            [
+                sys.executable,
+                str(here / "bench" / "compare_explain.py"),
+                str(work / "old" / "atlas.db"),
+                str(work / "new" / "atlas.db"),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        print(cmp.stdout.strip(), flush=True)
+        a.skip_base = True
     if not a.skip_base:
         dst = copy_atlas(src, work / "new")
         if a.no_cold:
@@ -215,7 +287,7 @@ def main() -> None:
                     for k in ("seconds", "cpu_seconds", "features_per_s", "features_per_cpu_s")
                 }
                 emit({**runs[0], **med, "run": f"warm, median of {len(runs)}"})
-    if a.old_code:
+    if a.old_code and not a.pairs:
         dst = copy_atlas(src, work / "old")
         emit(run_old(Path(a.old_code), dst, a.old_sample))
         if a.old_sample:
@@ -236,7 +308,8 @@ def main() -> None:
     with out.open("a") as f:
         for r in results:
             f.write(json.dumps(r) + "\n")
-    shutil.rmtree(work, ignore_errors=True)
+    if not a.pairs:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -309,6 +309,7 @@ class AtlasDB:
         self._vocab: list[str] | None = None
         self._contexts: dict[int, np.ndarray] | None = None
         self._windows: tuple[int, int] | None = None
+        self._flat: tuple[np.ndarray, np.ndarray] | None = None
 
     @classmethod
     def open(cls, path: str | Path, readonly: bool = False) -> AtlasDB:
@@ -760,49 +761,83 @@ class AtlasDB:
             )
         if not rows:
             return out
+        rows = [r for r in rows if r[2]]
+        if not rows:
+            return out
+        # Every window of every row at once (numpy over the chunk), then one plain loop that only
+        # builds the Example objects: the per-row numpy calls and per-token vocabulary lookups
+        # were ~2 ms per feature of `lmscope explain` on the whole-model atlas.
         L, W = self._geometry()
-        vocab, ctxs = self._vocab_list(), self._context_rows(None)
-        nv = len(vocab)
+        flat, names = self._flat_tokens()
         after = W // 4
         peak = W - 1 - after
         offs = np.arange(-peak, after + 1)
-        for idx, kind, n, buckets, scores, tindex, acts in rows:
-            if not n:
-                continue
-            tid = np.frombuffer(tindex, dtype="<i8")
-            p = (tid % L)[:, None] + offs  # [n, W] window positions in the context
-            inside = (p >= 0) & (p < L)
-            first = inside.argmax(1)
-            length = inside.sum(1)
-            ctx = np.stack([ctxs[int(c)] for c in tid // L])  # [n, L]
-            toks = np.take_along_axis(ctx, p.clip(0, L - 1), 1)  # [n, W]
-            if acts is not None:
-                a = np.frombuffer(acts, dtype="<f2").astype(np.float32).reshape(n, W)
-                sc = np.frombuffer(scores, dtype="<f4")
+        tid = np.concatenate([np.frombuffer(r[5], dtype="<i8") for r in rows])
+        pos = tid % L
+        p = pos[:, None] + offs  # [N, W] window positions in the context
+        inside = (p >= 0) & (p < L)
+        first = inside.argmax(1).tolist()
+        length = inside.sum(1).tolist()
+        toks = flat[(tid - pos)[:, None] + p.clip(0, L - 1)]  # [N, W] token ids
+        acts = []
+        scores: list = []
+        bks: list = []
+        for _, _, n, buckets, sc_b, _, a_b in rows:
+            if a_b is not None:
+                a = np.frombuffer(a_b, dtype="<f2").astype(np.float32).reshape(n, W)
+                sc = np.frombuffer(sc_b, dtype="<f4")
                 a[:, peak] = sc  # the peak exactly (the window is stored at float16 precision)
-                a = np.round(a.astype(np.float64), 5)
-                sc = sc.tolist()
+                acts.append(np.round(a.astype(np.float64), 5))
+                scores += sc.tolist()
             else:
-                a, sc = np.zeros((n, W)), [0.0] * n
-            bk = np.frombuffer(buckets, dtype="i1").tolist() if buckets is not None else [None] * n
-            tl, al, tidl = toks.tolist(), a.tolist(), tid.tolist()
+                acts.append(np.zeros((n, W)))
+                scores += [0.0] * n
+            bks += (
+                np.frombuffer(buckets, dtype="i1").tolist() if buckets is not None else [None] * n
+            )
+        tl = names[toks].tolist()
+        al = np.concatenate(acts).tolist()
+        idl = toks.tolist() if with_ids else None
+        tidl = tid.tolist()
+        o = 0
+        for idx, kind, n, *_ in rows:
             dst = out[idx][kind]
-            for j in range(n):
-                lo, hi = int(first[j]), int(first[j] + length[j])
-                ids = tl[j][lo:hi]
+            for j in range(o, o + n):
+                lo, hi = first[j], first[j] + length[j]
+                t, a = tl[j], al[j]
+                if lo or hi != W:
+                    t, a = t[lo:hi], a[lo:hi]
                 dst.append(
                     Example(
                         kind,
-                        [vocab[t] if t < nv else f"<{t}>" for t in ids],
-                        al[j][lo:hi],
+                        t,
+                        a,
                         peak - lo,
-                        sc[j],
-                        bk[j],
-                        ids if with_ids else [],
+                        scores[j],
+                        bks[j],
+                        idl[j][lo:hi] if with_ids else [],
                         tidl[j],
                     )
                 )
+            o += n
         return out
+
+    def _flat_tokens(self) -> tuple[np.ndarray, np.ndarray]:
+        """(token id at every global token id, the token string of every token id as an object
+        array, "<id>" beyond the vocabulary), built once from the stored contexts."""
+        if self._flat is None:
+            L, _ = self._geometry()
+            ctxs = self._context_rows(None)
+            flat = np.zeros((max(ctxs, default=-1) + 1) * L, dtype=np.int64)
+            for i, c in ctxs.items():
+                flat[i * L : i * L + min(len(c), L)] = c[:L]
+            vocab = self._vocab_list()
+            top = max(int(flat.max(initial=0)) + 1, len(vocab))
+            names = np.empty(top, dtype=object)
+            names[: len(vocab)] = vocab
+            names[len(vocab) :] = [f"<{t}>" for t in range(len(vocab), top)]
+            self._flat = (flat, names)
+        return self._flat
 
     def explained(self, method: str, version: str) -> set[tuple[str, int]]:
         """(hook, idx) of every feature with an explanation by this method and version."""
@@ -894,7 +929,7 @@ class AtlasDB:
             "INSERT OR REPLACE INTO meta VALUES ('windows', ?)",
             (json.dumps({"ctx_len": ctx_len, "window": window}),),
         )
-        self._vocab = self._contexts = self._windows = None
+        self._vocab = self._contexts = self._windows = self._flat = None
 
     def write_dictionary_profiles(
         self,

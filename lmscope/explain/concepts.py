@@ -44,11 +44,13 @@ import functools
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import compress
 
 import numpy as np
 
 from .concept_list import CURATED
-from .split import token_key
+from .split import count_trials, token_key
+from .split import fires as fired
 from .wordnet import WordNet, wordnet
 
 MIN_DEPTH = {"n": 4, "v": 1}
@@ -596,11 +598,11 @@ def propose_context(shown, chosen: list[str]) -> str | None:
     n_fire = n_all = 0
     by_flags: Counter = Counter()  # (flags, fires) -> tokens: the names are expanded once below
     for e in shown:
-        flags = window_flags(e.tokens)
         toks = e.tokens
-        for i, a in enumerate(e.acts):
-            by_flags[flags[i], a > 0] += 1
-            if a > 0 and i > 0 and not _token_props(toks[i - 1])[2]:  # that is a line start
+        f = list(map(fired, e.acts))
+        by_flags.update(zip(window_flags(toks), f))  # (flags[i], a > 0) per token, in order
+        for i in compress(range(len(f)), f):
+            if i > 0 and not _token_props(toks[i - 1])[2]:  # that is a line start
                 before[token_key(toks[i - 1])] += 1
     for (f, fires), c in by_flags.items():
         n_all += c
@@ -683,13 +685,7 @@ class Trials:
         self.windows = windows
         self.pos: Counter = Counter()
         self.neg: Counter = Counter()
-        for e in windows:
-            if not e.acts:
-                self.neg.update(map(token_key, e.tokens))
-                continue
-            keys = list(map(token_key, e.tokens[: len(e.acts)]))
-            self.pos.update([k for k, a in zip(keys, e.acts) if a > 0])
-            self.neg.update([k for k, a in zip(keys, e.acts) if not a > 0])
+        count_trials(windows, self.pos, self.neg)
         self.n_pos = sum(self.pos.values())
         self.n_neg = sum(self.neg.values())
 

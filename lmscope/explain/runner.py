@@ -12,6 +12,7 @@ line saying how to continue.
 
 from __future__ import annotations
 
+import gc
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -335,6 +336,7 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
         )
     db = AtlasDB(layout.db_path)
     llm = None
+    gc_old = None
     res = ExplainResult()
     try:
         if not db.dictionaries():
@@ -379,6 +381,9 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
             te,
             layout.root / "cache" / f"phrases.{name.replace('/', '_')}.npz",
         )
+        if todo:
+            _warm(labeller, te)  # before gc.freeze: what the loop only reads is never scanned
+        gc_old = _quiet_gc()
         bar = tqdm(total=len(todo), desc=f"explain ({method})", disable=not progress, unit="feat")
 
         def label(item):
@@ -416,7 +421,6 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
         if workers > 1:
             from .parallel import run_parallel
 
-            _warm(labeller, te)
             run_parallel(
                 workers,
                 chunks,
@@ -450,12 +454,32 @@ def explain_atlas(cfg: ExplainConfig, *, progress: bool = True) -> ExplainResult
                 )
         bar.close()
     finally:
+        if gc_old is not None:
+            gc.set_threshold(*gc_old)
+            gc.unfreeze()
         if llm is not None:
             res.llm_usage = asdict(llm.client.usage)
             llm.close()
         db.close()
     res.seconds = time.perf_counter() - t0
     return res
+
+
+GC_THRESHOLD = 100_000
+"""objects allocated between two young garbage collections while features are explained (Python's
+default, 700, ran a collection every few examples: 1.5 ms of the 2 ms per feature of reading
+profiles, and as much again in labelling and scoring, went to the collector)"""
+
+
+def _quiet_gc() -> tuple[int, int, int]:
+    """Collect garbage less often during the feature loop, and never scan what was built before it
+    (WordNet, the labeller, the token embeddings: gc.freeze, which also keeps the --workers
+    processes from touching, hence copying, the pages they share with this one). The loop makes
+    no reference cycles it depends on freeing early; returns the old thresholds to restore."""
+    old = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, old[1], old[2])
+    return old
 
 
 def _read_chunk(db, chunk: list[tuple[str, int]], split_cfg) -> list[tuple]:
@@ -515,8 +539,9 @@ def _rows(items: list, scored: dict, method: str, version: str) -> list:
 
 
 def _warm(labeller, te) -> None:
-    """Build what every worker reads before they fork, so they share it instead of each
-    building it (the labeller's seeded null and concept vectors, the token vectors in float32)."""
+    """Build what every feature reads before the loop: the --workers processes then share it
+    through fork instead of each building it, and gc.freeze keeps the collector off it (the
+    labeller's seeded null and concept vectors, the token vectors in float32)."""
     if labeller is not None:
         labeller.coherence()
         labeller.curated()

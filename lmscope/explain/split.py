@@ -22,7 +22,10 @@ group with a shown window are dropped, the rest are dealt between valid and test
 from __future__ import annotations
 
 import functools
+import operator
+from collections import Counter
 from dataclasses import dataclass, field
+from itertools import compress
 
 from ..atlas.db import Example, FeatureProfile
 
@@ -169,6 +172,24 @@ def token_key(tok: str) -> str:
     and scorers call it ~9M times on the default atlas, over a vocabulary of a few thousand
     tokens."""
     return tok.replace("Ġ", " ").replace("▁", " ").strip().lower()
+
+
+fires = functools.partial(operator.lt, 0)
+"""fires(a) == (a > 0), as a C call (map(fires, acts) instead of a Python-level comprehension)"""
+
+
+def count_trials(windows, pos: Counter, neg: Counter) -> None:
+    """Add every token of `windows` (by token_key) to `pos` where the feature fires on it (> 0) and
+    to `neg` where it does not; a window without activations counts whole into `neg`. The counters
+    see the keys in window and token order (what a per-token loop adds), with the loops in C."""
+    for e in windows:
+        if not e.acts:
+            neg.update(map(token_key, e.tokens))
+            continue
+        keys = list(map(token_key, e.tokens[: len(e.acts)]))
+        f = list(map(fires, e.acts))
+        pos.update(compress(keys, f))
+        neg.update(compress(keys, map(operator.not_, f)))
 
 
 def window_text(e: Example) -> str:

@@ -27,10 +27,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import compress
 
 from ..atlas.db import FeatureProfile
 from . import concepts
 from .split import Split, token_key
+from .split import fires as fired
 
 METHOD = "stats"
 VERSION = "4"
@@ -182,7 +184,7 @@ def _counts(split: Split) -> tuple[Counter, Counter, int, int]:
     for e in split.shown:
         keys = list(map(token_key, e.tokens[: len(e.acts)]))  # the zip's length, as before
         seen.update(keys)
-        fires.update([k for k, a in zip(keys, e.acts) if a > 0])
+        fires.update(compress(keys, map(fired, e.acts)))
     n_fire, n_tok = sum(fires.values()), sum(seen.values())
     return fires, seen, n_fire, n_tok
 

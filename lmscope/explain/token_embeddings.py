@@ -69,10 +69,19 @@ class TokenEmbeddings:
     def _f32(self) -> np.ndarray:
         """vecs as float32, converted once per embedding set (not once per feature: the per-call
         conversion of gathered rows was the scorers' largest numpy cost)."""
+        return self._tables()[0]
+
+    def _tables(self) -> tuple[np.ndarray, np.ndarray]:
+        """(vecs as float32, vecs x word pieces as float32), each with one zero row appended (row
+        -1: a token never embedded), built once per embedding set. The product is the one the
+        window pool took per feature and gathered row: the same float32 multiply, done once."""
         got = getattr(self, "_cache", None)
         if got is None or got[0] is not self.vecs:
-            got = self._cache = (self.vecs, self.vecs.astype(np.float32))
-        return got[1]
+            f = np.zeros((len(self.vecs) + 1, self.vecs.shape[1]), dtype=np.float32)
+            f[:-1] = self.vecs
+            fw = f * np.r_[self.counts, 0].astype(np.float32)[:, None]
+            got = self._cache = (self.vecs, f, fw)
+        return got[1], got[2]
 
     def windows(self, spans: list[tuple[int, int]]) -> np.ndarray:
         """[len(spans), d] unit vectors: word-piece mean pool of each window [start, end)."""
@@ -80,13 +89,18 @@ class TokenEmbeddings:
             return np.zeros((0, self.vecs.shape[1]), dtype=np.float32)
         ab = np.asarray(spans, dtype=np.int64)
         lens = ab[:, 1] - ab[:, 0]
-        first = np.r_[0, np.cumsum(lens)[:-1]]  # [w] offset of each window's first token
-        gids = np.repeat(ab[:, 0] - first, lens) + np.arange(lens.sum())  # [sum lens] global ids
-        r = self.rows(gids)
-        ok = r >= 0
-        w = np.where(ok, self.counts[np.maximum(r, 0)], 0).astype(np.float32)  # word pieces
-        v = self._f32()[np.maximum(r, 0)] * w[:, None]  # [sum lens, d]
-        return _unit(np.add.reduceat(v, first, axis=0))  # the mean's direction = the sum's
+        # One gather of [w, longest] rows (row -1 is the zero row), then each window's sum in the
+        # order np.add.reduceat takes it (a per-segment strided loop, ~1 ms per feature), over all
+        # windows of one length at once: bit for bit the pool it computed (a test pins it).
+        pos = np.arange(lens.max())
+        r = self.rows(ab[:, :1] + pos)
+        r[pos >= lens[:, None]] = -1
+        v = self._tables()[1][r]  # [w, longest, d]
+        out = np.empty((len(ab), v.shape[2]), dtype=np.float32)
+        for n in np.unique(lens).tolist():
+            sel = np.nonzero(lens == n)[0]
+            out[sel] = _reduce_sum(v[sel, :n])
+        return _unit(out)  # the mean's direction = the sum's
 
     def held(self, held) -> HeldVectors:
         """The vectors every label of one feature is scored against (computed once per feature)."""
@@ -94,15 +108,13 @@ class TokenEmbeddings:
 
         pos = [s for e in held.pos if (s := span(e))]
         neg = [s for e in held.neg if (s := span(e))]
-        gids, acts = [], []
-        for e in held.pos + held.neg:
-            if (s := span(e)) is not None:
-                gids.append(np.arange(*s))
-                acts.append(
-                    np.asarray(e.acts if e.acts else [0.0] * len(e.tokens), dtype=np.float64)
-                )
-        if gids:
-            g, a = np.concatenate(gids), np.concatenate(acts)
+        ws = [(s, e) for e in held.pos + held.neg if (s := span(e)) is not None]
+        if ws:
+            g = np.concatenate([np.arange(a, b) for (a, b), _ in ws])
+            a = np.asarray(
+                [x for _, e in ws for x in (e.acts if e.acts else [0.0] * len(e.tokens))],
+                dtype=np.float64,
+            )
             order = np.lexsort((-a, g))  # by id, highest activation first
             g, a = g[order], a[order]
             keep = np.r_[True, g[1:] != g[:-1]]  # one entry per distinct token
@@ -113,11 +125,7 @@ class TokenEmbeddings:
 
     def tokens(self, gids: np.ndarray) -> np.ndarray:
         """[len(gids), d] unit vectors of single tokens in context (zero where unknown or empty)."""
-        r = self.rows(gids)
-        out = np.zeros((len(gids), self.vecs.shape[1]), dtype=np.float32)
-        ok = r >= 0
-        out[ok] = self._f32()[r[ok]]
-        return _unit(out)
+        return _unit(self._tables()[0][self.rows(gids)])
 
 
 @dataclass
@@ -132,6 +140,32 @@ class HeldVectors:
     """[t, d] unit vectors of the distinct held-out tokens, each read in its context"""
     acts: np.ndarray
     """[t] the feature's true activation on each (0 in non-activating windows)"""
+
+
+def _reduce_sum(v: np.ndarray) -> np.ndarray:
+    """[w, n, d] -> [w, d]: the sum over axis 1 with numpy's reduction order along a strided axis
+    (what np.add.reduce / reduceat do for one segment): the first row, plus the pairwise sum of the
+    rest (eight running sums over blocks of eight, combined as a tree, then the remainder in
+    order; in order for fewer than eight)."""
+    first, rest = v[:, 0], v[:, 1:]
+    m = rest.shape[1]
+    if m == 0:
+        return first.copy()
+    if m < 8:
+        acc = rest[:, 0].copy()
+        for i in range(1, m):
+            acc += rest[:, i]
+        return first + acc
+    r = [rest[:, j].copy() for j in range(8)]
+    i = 8
+    while i < m - m % 8:
+        for j in range(8):
+            r[j] += rest[:, i + j]
+        i += 8
+    acc = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+    for k in range(i, m):
+        acc += rest[:, k]
+    return first + acc
 
 
 def _unit(v: np.ndarray) -> np.ndarray:

@@ -16,6 +16,16 @@ class ScoreResult:
     details: dict = field(default_factory=dict)
 
 
+def matvec(m, v):
+    """m @ v without BLAS: a fixed-order single-thread sum (numpy's einsum loop). OpenBLAS splits a
+    large matrix-vector product over its threads and the split changes the last bits (a 2-core and
+    a 1-thread run of the same atlas differed in ~1e-9 of the scores), and in `--workers` processes
+    its spinning threads took as much CPU as the scoring itself (docs/explain.md "Speed")."""
+    import numpy as np
+
+    return np.einsum("td,d->t", m, v)
+
+
 def balanced_accuracy(pred: list[bool], truth: list[bool]) -> float:
     pos = [p for p, t in zip(pred, truth) if t]
     neg = [p for p, t in zip(pred, truth) if not t]

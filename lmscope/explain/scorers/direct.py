@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from ..split import Held, token_key
+from ..split import Held, count_trials, token_key
 from . import ScoreResult
 
 NAME = "direct"
@@ -81,13 +81,7 @@ def trials(held: Held) -> Trials:
     """The trials of every held-out token, shared by a feature's label and baselines."""
     pos: Counter = Counter()
     neg: Counter = Counter()
-    for e in held.pos + held.neg:
-        if not e.acts:
-            neg.update(map(token_key, e.tokens))
-            continue
-        keys = list(map(token_key, e.tokens[: len(e.acts)]))
-        pos.update([k for k, a in zip(keys, e.acts) if a > 0])
-        neg.update([k for k, a in zip(keys, e.acts) if not a > 0])
+    count_trials(held.pos + held.neg, pos, neg)
     return Trials(dict(pos), dict(neg), sum(pos.values()), sum(neg.values()))
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from ...errors import UserError
 from ..token_embeddings import HeldVectors, segment_text
-from . import ScoreResult, auroc
+from . import ScoreResult, auroc, matvec
 
 NAME = "embedding"
 _LOCK = threading.Lock()
@@ -190,7 +190,7 @@ def score_embedding(label: np.ndarray, hv: HeldVectors) -> ScoreResult:
         return ScoreResult(
             NAME, "auroc", float("nan"), hv.n_pos, hv.n_neg, {"skipped": "no held-out pos/neg"}
         )
-    sims = (hv.windows @ label).tolist()
+    sims = matvec(hv.windows, label).tolist()
     return ScoreResult(
         NAME, "auroc", auroc(sims, [True] * hv.n_pos + [False] * hv.n_neg), hv.n_pos, hv.n_neg
     )

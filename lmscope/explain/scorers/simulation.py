@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..token_embeddings import HeldVectors
-from . import ScoreResult
+from . import ScoreResult, matvec
 
 NAME = "simulation"
 
@@ -42,7 +42,7 @@ def score_simulation(label: np.ndarray, hv: HeldVectors) -> ScoreResult:
             len(hv.acts) - n_pos,
             {"skipped": "no firing or no silent held-out token"},
         )
-    pred = hv.tokens @ label  # [t] cosine per token
+    pred = matvec(hv.tokens, label)  # [t] cosine per token
     return ScoreResult(
         NAME, "pearson", pearson(pred, hv.acts), n_pos, len(hv.acts) - n_pos, {"unit": "token"}
     )
