@@ -64,14 +64,29 @@ def continuation_logprobs(
             ids[i, : len(r)] = torch.tensor(r)
             mask[i, : len(r)] = 1
         ids, mask = ids.to(lm.device), mask.to(lm.device)
-        with lm.edit(edits or {}):
-            logits = lm.model(ids, attention_mask=mask, use_cache=False).logits.float()
-        logp = torch.log_softmax(logits, -1)
-        for i, (p, c) in enumerate(zip(prompts[lo : lo + batch_size], conts[lo:])):
-            pos = torch.arange(len(p) - 1, len(p) + len(c) - 1, device=logp.device)
-            tgt = torch.tensor(c, device=logp.device)
-            out[lo + i] = logp[i, pos, tgt].double().sum().cpu()
+        with lm.edit(edits or {}):  # the body only: the unembedding runs on the scored positions
+            hidden = lm.model.base_model(ids, attention_mask=mask, use_cache=False)[0]
+        chunk = list(zip(prompts[lo : lo + batch_size], conts[lo:]))
+        sel = torch.cat(
+            [hidden[i, len(p) - 1 : len(p) + len(c) - 1] for i, (p, c) in enumerate(chunk)]
+        )
+        logp = torch.log_softmax(_unembed(lm, sel).float(), -1)  # [scored positions, vocab]
+        tgt = torch.tensor([t for _, c in chunk for t in c], device=logp.device)
+        per = logp[torch.arange(len(tgt), device=logp.device), tgt].double().cpu()
+        start = 0
+        for i, (_, c) in enumerate(chunk):
+            out[lo + i] = per[start : start + len(c)].sum()
+            start += len(c)
     return out
+
+
+def _unembed(lm, h: Tensor) -> Tensor:
+    """The model's own head on final hidden states (with its final-logit soft-cap, if any)."""
+    from ..models.logits import final_logit_softcap
+
+    z = lm.model.get_output_embeddings()(h)
+    c = final_logit_softcap(lm)
+    return z if c is None else c * torch.tanh(z / c)
 
 
 def pair_margins(lm, cases: Sequence[BugCase], edits=None) -> Tensor:
