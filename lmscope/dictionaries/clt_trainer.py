@@ -48,11 +48,11 @@ from .sources import ActivationSource, Batch
 from .train_config import TrainConfig, TrainPlan, changed_settings
 from .trainer import (
     TRAIN_DOCUMENTS,
-    Interrupted,
     StepMetrics,
     TrainResult,
     _autocast,
     _SigintFlag,
+    end_of_step,
     make_optimizer,
 )
 
@@ -330,15 +330,9 @@ def run_clt_training(
                         dead=f"{m.dead_frac:.1%}",
                         refresh=False,
                     )
-                stop = sigint.hit or (stop_after is not None and step >= stop_after)
-                if dist.is_active():
-                    flag = torch.tensor([1 if stop else 0], device=device)
-                    stop = bool(dist.all_reduce_max_(flag).item())
-                if stop and step < plan.steps:
-                    save(step)
-                    raise Interrupted(step)
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < plan.steps:
-                    save(step)
+                end_of_step(
+                    step, plan.steps, cfg.checkpoint_every, sigint, stop_after, save, device
+                )
         finally:
             if bar is not None:
                 bar.close()

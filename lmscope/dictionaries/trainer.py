@@ -56,6 +56,21 @@ TRAIN_DOCUMENTS = "train_documents.npy"
 FREQ_TOKENS = 100_000
 
 
+def end_of_step(step, steps, checkpoint_every, sigint, stop_after, save, device) -> None:
+    """After optimizer step `step` of `steps`: on Ctrl-C or `stop_after` (every rank agrees)
+    save a checkpoint and raise Interrupted; else save every `checkpoint_every` steps. Shared by
+    the per-layer and the cross-layer trainers."""
+    stop = sigint.hit or (stop_after is not None and step >= stop_after)
+    if dist.is_active():
+        flag = torch.tensor([1 if stop else 0], device=device)
+        stop = bool(dist.all_reduce_max_(flag).item())
+    if stop and step < steps:
+        save(step)
+        raise Interrupted(step)
+    if checkpoint_every and step % checkpoint_every == 0 and step < steps:
+        save(step)
+
+
 @dataclass
 class StepMetrics:
     """One dictionary's numbers at one step (this rank's part of the batch)."""
@@ -508,15 +523,9 @@ def run_training(
                         dead=f"{sum(m.dead_frac for m in m0) / len(m0):.1%}",
                         refresh=False,
                     )
-                stop = sigint.hit or (stop_after is not None and step >= stop_after)
-                if dist.is_active():
-                    flag = torch.tensor([1 if stop else 0], device=device)
-                    stop = bool(dist.all_reduce_max_(flag).item())
-                if stop and step < plan.steps:
-                    save(step)
-                    raise Interrupted(step)
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < plan.steps:
-                    save(step)
+                end_of_step(
+                    step, plan.steps, cfg.checkpoint_every, sigint, stop_after, save, device
+                )
         finally:
             if bar is not None:
                 bar.close()
