@@ -537,15 +537,19 @@ class CrossLayerTranscoder(nn.Module):
                 f"CLT folder {path}: weights do not match {CLT_CFG_FILENAME} "
                 f"(tensors {sorted(got)} vs expected {sorted(want)} or shapes differ)"
             )
-        with torch.no_grad():
-            clt.W_enc.copy_(st["W_enc"])
-            clt.b_enc.copy_(st["b_enc"])
-            clt.b_dec.copy_(st["b_dec"])
-            for i, w in enumerate(clt.W_dec):
-                w.copy_(st[f"W_dec.{i}"])
-            if clt.threshold is not None:
-                clt.threshold.copy_(st["threshold"])
+        clt.copy_state_(st)
         return clt.to(device).eval()
+
+    @torch.no_grad()
+    def copy_state_(self, st: dict[str, Tensor]) -> None:
+        """Copy a checked raw-unit state dict (W_enc, b_enc, b_dec, W_dec.{l}, threshold) in."""
+        self.W_enc.copy_(st["W_enc"])
+        self.b_enc.copy_(st["b_enc"])
+        self.b_dec.copy_(st["b_dec"])
+        for i, w in enumerate(self.W_dec):
+            w.copy_(st[f"W_dec.{i}"])
+        if self.threshold is not None:
+            self.threshold.copy_(st["threshold"])
 
     def extra_repr(self) -> str:
         c = self.cfg

@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from ...errors import UserError
@@ -46,14 +45,7 @@ def clt_from_state(fields: Mapping[str, Any], st: Mapping[str, Tensor]):
         raise UserError(f"not a valid cross-layer transcoder: {e}") from None
     check_state(fields, st)
     clt = CrossLayerTranscoder(cfg)
-    with torch.no_grad():
-        clt.W_enc.copy_(st["W_enc"])
-        clt.b_enc.copy_(st["b_enc"])
-        clt.b_dec.copy_(st["b_dec"])
-        for i, w in enumerate(clt.W_dec):
-            w.copy_(st[f"W_dec.{i}"])
-        if clt.threshold is not None:
-            clt.threshold.copy_(st["threshold"])
+    clt.copy_state_(st)
     return clt.eval()
 
 
