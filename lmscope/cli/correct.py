@@ -179,7 +179,8 @@ def _print(r, exported) -> None:
     print(f"candidates (fit prompts; mean margin, lower is better; before {before}):")
     for c in r.candidates[:8]:
         nats = "" if c["fit_added_nats"] is None else f"  +{c['fit_added_nats']:.4f} nats"
-        print(f"  {c['name']:32} {c['fit_margin']:+.3f}  bad {c['fit_bad_rate']:.2f}{nats}")
+        bad = "-" if c["fit_bad_rate"] is None else f"{c['fit_bad_rate']:.2f}"
+        print(f"  {c['name']:32} {c['fit_margin']:+.3f}  bad {bad}{nats}")
     if r.fix is None:
         print(f"no fix: {r.note}")
         return
