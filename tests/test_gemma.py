@@ -196,8 +196,11 @@ def test_alias_assembles_once_with_its_terms(tmp_path, monkeypatch):
     monkeypatch.setenv("LMSCOPE_CACHE", str(tmp_path / "cache"))
     real = sys.modules.pop(registry.GEMMA3_PACKAGE, None)  # the stand-in must not outlive the test
     try:
+        listed = registry._gemma3_gguf(prepare=False)  # `lmscope models`: where, not assembled
+        assert not listed.exists() and "CALLS" in dir(sys.modules[registry.GEMMA3_PACKAGE])
+        assert sys.modules[registry.GEMMA3_PACKAGE].CALLS == []
         f = registry._gemma3_gguf()
-        assert f == tmp_path / "cache" / "models" / "gemma3-270m" / "m.gguf"
+        assert f == listed == tmp_path / "cache" / "models" / "gemma3-270m" / "m.gguf"
         assert f.read_bytes() == b"abc" and (f.parent / "GEMMA_TERMS.html").is_file()
         assert not [p for p in f.parent.iterdir() if p.name.startswith(".tmp-")]
         mod = sys.modules[registry.GEMMA3_PACKAGE]

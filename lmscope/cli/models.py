@@ -33,7 +33,7 @@ def register(sub) -> None:
 def cmd_models(args) -> int:
     rows = []
     for alias, (finder, desc, hint) in ALIASES.items():
-        f = finder()
+        f = finder(prepare=False)  # a listing never assembles or converts a model
         rows.append(
             {
                 "name": alias,

