@@ -170,7 +170,8 @@ def test_saelens_sae_loads_into_lmscope(tmp_path, name):
         torch.testing.assert_close(d(x), sae(x), rtol=1e-4, atol=1e-4)
         if "skip" not in name:
             torch.testing.assert_close(d.decode(theirs), sae.decode(theirs), rtol=1e-4, atol=1e-4)
-    assert d.cfg.hook_name == "blocks.3.hook_resid_post" and d.cfg.model_name == "gpt2"
+    # SAELens names the hook in TransformerLens terms; lmscope reads it in its own
+    assert d.cfg.hook_name == "blocks.3.resid_post" and d.cfg.model_name == "gpt2"
 
 
 def test_pre_6_0_flat_config_loads_in_both(tmp_path):
@@ -211,7 +212,7 @@ def test_pre_6_0_flat_config_loads_in_both(tmp_path):
         torch.testing.assert_close(d(x), sae(x), rtol=1e-5, atol=1e-5)
         manual = torch.relu((x - b_dec) @ W_enc + b_enc) @ W_dec + b_dec
         torch.testing.assert_close(d(x), manual, rtol=1e-5, atol=1e-5)
-    assert d.cfg.arch == "relu" and d.cfg.hook_name == "blocks.8.hook_resid_pre"
+    assert d.cfg.arch == "relu" and d.cfg.hook_name == "blocks.8.resid_pre"
 
 
 def test_sparsify_folder_loads_with_its_formula(tmp_path):
@@ -253,7 +254,8 @@ def test_sparsify_folder_loads_with_its_formula(tmp_path):
         torch.testing.assert_close(
             codes.values.sort(-1).values, v.sort(-1).values, rtol=1e-5, atol=1e-5
         )
-    assert d.cfg.arch == "topk" and d.cfg.k == k and d.cfg.hook_name == "layers.4"
+    # the hookpoint layers.4 (a block output) is our blocks.4.resid_post
+    assert d.cfg.arch == "topk" and d.cfg.k == k and d.cfg.hook_name == "blocks.4.resid_post"
 
 
 def test_gemmascope_params_npz_loads_with_its_formula(tmp_path):

@@ -36,17 +36,23 @@ def register(sub) -> None:
     fp = asub.add_parser(
         "from-pretrained",
         help="published transcoders/CLTs (circuit-tracer, Gemma Scope 2, ...) -> lmscope files",
-        description="Load published dictionaries from a local folder or a Hugging Face "
+        description="Load published dictionaries from a release name (`lmscope pretrained "
+        "list`), a SAELens registry release with --sae-id, a local folder or a Hugging Face "
         "reference (org/repo[/folder][@revision], read from the local HF cache when "
-        "HF_HUB_OFFLINE=1), check their widths against the model, and write them as lmscope "
-        "files: per-layer transcoders/SAEs become an atlas every command reads; a cross-layer "
-        "transcoder becomes an lmscope CLT folder. A SOURCE with {layer} names one folder per "
-        "layer. Layouts: docs/formats.md.",
+        "HF_HUB_OFFLINE=1), map their hook names to lmscope's, check their widths against the "
+        "model, and write them as lmscope files: per-layer transcoders/SAEs become an atlas "
+        "every command reads; a cross-layer transcoder becomes an lmscope CLT folder. A SOURCE "
+        "with {layer} names one folder per layer. docs/pretrained.md.",
     )
     fp.add_argument(
         "source",
-        help="folder or HF reference, e.g. mwhanna/gemma-scope-2-270m-pt/"
-        "transcoder_all or ./ct-export",
+        help="release name, folder or HF reference, e.g. "
+        "gemma-scope-2-270m-pt-transcoders-16k-small-affine or ./ct-export",
+    )
+    fp.add_argument(
+        "--sae-id",
+        default=None,
+        help="with a SAELens registry release: which of its SAEs (its sae_id)",
     )
     fp.add_argument("--out", required=True, help="output atlas (or CLT) folder")
     fp.add_argument(
@@ -131,21 +137,22 @@ def cmd_build(args) -> int:
 
 
 def cmd_from_pretrained(args) -> int:
-    from ..dictionaries.io.pretrained import import_pretrained, load_pretrained
+    from ..dictionaries.io.pretrained import (
+        import_pretrained,
+        resolve_source,
+        source_model_name,
+    )
     from ..models import load_model
 
-    pre = None
-    model = args.model
-    if model is None:
-        # The files name their model (config.yaml / config.json / cfg.json).
-        if "{layer}" in args.source:
-            raise UserError("a SOURCE with {layer} needs --model (to know the layers)")
-        pre = load_pretrained(args.source)
-        model = pre.model_name
+    source, release_model = resolve_source(args.source, args.sae_id)
+    model = args.model or release_model
+    if not model:
+        # The files name their model (config.yaml / config.json / cfg.json): read only those.
+        model = source_model_name(source)
         if not model:
             raise UserError(f"{args.source} does not name its model; pass --model")
     lm = load_model(model)
-    pre, out = import_pretrained(args.source, args.out, lm, force=args.force, loaded=pre)
+    pre, out = import_pretrained(source, args.out, lm, force=args.force)
     what = {
         "out": str(out),
         "format": pre.fmt,

@@ -252,14 +252,19 @@ def _final_norm_name(hooks: HookPoints) -> str | None:
     return next((n for n, m in hooks.model.named_modules() if m is hooks.final_norm), None)
 
 
-def normalize(name: str | None, *, site: str | None = None) -> str:
-    """Best effort without a model: lmscope's name where the name alone decides it, else the
-    name as written (import_pretrained resolves it with the model, or refuses it)."""
+def normalize(name: str | None, *, site: str | None = None, strict: bool = False) -> str:
+    """Without a model: lmscope's name where the name alone decides it, else the name as written
+    (import_pretrained resolves it with the model, or refuses it). strict: refuse (UserError) a
+    name with no lmscope equivalent on any model; only model-dependent ones are kept."""
     if not name:
         return ""
     try:
         return to_lmscope(name, site=site)
+    except NeedsModel:
+        return str(name)
     except UserError:
+        if strict:
+            raise
         return str(name)
 
 

@@ -24,11 +24,11 @@ files carry no skip matrix (its loader reads none). Its file loaders know no Top
 dictionary cannot be exported without changing what it computes: we refuse it rather than
 write a file circuit-tracer would read as ReLU ("loaded successfully but incorrectly").
 
-Hook names: ours are `blocks.{L}.mlp_in` etc. (models/hooks.py). `mlp.hook_in` (the MLP's
-input after its pre-norm) is our mlp_in; `hook_mlp_out` (what the MLP adds to the residual,
-after Gemma's post-norm) is our mlp_out; `mlp.hook_out` (the MLP module's own output) is our
-mlp_out on models without a post-MLP norm (Llama, Qwen) and has no lmscope name on Gemma, so
-exports write `hook_mlp_out`.
+Hook names are mapped by models/hook_names.py (one table for every format): `mlp.hook_in` (the
+MLP's input after its pre-norm) is our mlp_in; `hook_mlp_out` (what the MLP adds to the
+residual, after Gemma's post-norm) is our mlp_out; `mlp.hook_out` (the MLP module's own output)
+is our mlp_out on models without a post-MLP norm (Llama, Qwen) and has no lmscope name on Gemma:
+it is resolved against the model at import. Exports write `mlp.hook_in` / `hook_mlp_out`.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ...errors import UserError
+from ...models import hook_names
 from ..base import DictionaryConfig, SparseDictionary
 from .saelens import _atomic, from_raw_state, saelens_state
 
@@ -51,55 +52,31 @@ TRANSCODER_SET = "transcoder_set"
 CROSS_LAYER = "cross_layer_transcoder"
 MAX_CONFIG_BYTES = 1 << 20
 
-# TransformerLens hook (relative to a block) -> our hook kind.
-_IN_KINDS = {
-    "mlp.hook_in": "mlp_in",
-    "ln2.hook_normalized": "mlp_in",
-    "hook_mlp_in": "mlp_in",
-    "hook_resid_mid": "resid_mid",
-    "hook_resid_pre": "resid_pre",
-}
-_OUT_KINDS = {"hook_mlp_out": "mlp_out", "mlp.hook_out": "mlp_out"}
-# What we write for each of our kinds (circuit-tracer resolves these on every backend).
-_CT_NAMES = {
-    "mlp_in": "mlp.hook_in",
-    "resid_mid": "hook_resid_mid",
-    "resid_pre": "hook_resid_pre",
-    "mlp_out": "hook_mlp_out",
-}
 _BLOCK_PREFIX = re.compile(r"^blocks\.(\d+|\{layer\})\.")
 
 
-# --- hook names ---------------------------------------------------------------------------
-def ct_hook_kind(hook: str, *, output: bool) -> str:
-    """A circuit-tracer hook name ('mlp.hook_in', 'blocks.{layer}.hook_mlp_out', ...) -> our hook
-    kind ('mlp_in', 'mlp_out', ...); UserError for one lmscope has no equivalent of."""
+# --- hook names (models/hook_names.py does the mapping; circuit-tracer writes them per block) ---
+def ct_hook(hook: str, *, side: str) -> str:
+    """A circuit-tracer hook ('mlp.hook_in', 'blocks.{layer}.hook_mlp_out', 'blocks.3.hook_mlp_out')
+    -> our template 'blocks.{layer}.mlp_in'. A name whose tensor depends on the model
+    (`mlp.hook_out`: our mlp_out on Llama, nothing on Gemma) stays in TransformerLens form
+    ('blocks.{layer}.mlp.hook_out'); import_pretrained resolves it with the model."""
     rel = _BLOCK_PREFIX.sub("", str(hook))
-    table = _OUT_KINDS if output else _IN_KINDS
-    if rel not in table:
-        side = "feature_output_hook" if output else "feature_input_hook"
-        raise UserError(
-            f"circuit-tracer {side} {hook!r} has no lmscope hook point; supported: "
-            f"{', '.join(sorted(table))}"
-        )
-    return table[rel]
+    try:
+        return hook_names.normalize(f"blocks.{{layer}}.{rel}", strict=True)
+    except UserError as e:
+        raise UserError(f"circuit-tracer {side} {hook!r} has no lmscope hook point: {e}") from None
 
 
 def ct_hook_name(our_hook: str) -> str:
-    """Our hook 'blocks.3.mlp_in' (or template 'blocks.{layer}.mlp_in') -> circuit-tracer's
-    block-relative name ('mlp.hook_in')."""
-    kind = str(our_hook).rsplit(".", 1)[-1]
-    if kind not in _CT_NAMES:
+    """Our 'blocks.3.mlp_in' (or template) -> circuit-tracer's block-relative 'mlp.hook_in'."""
+    try:
+        return hook_names.to_block_relative(our_hook)
+    except (UserError, KeyError):
         raise UserError(
-            f"hook {our_hook!r} has no circuit-tracer name; circuit-tracer transcoders read "
-            "mlp_in / resid_mid / resid_pre and write mlp_out"
-        )
-    return _CT_NAMES[kind]
-
-
-def _layer_of(hook: str) -> int | None:
-    m = re.match(r"^blocks\.(\d+)\.", hook)
-    return int(m.group(1)) if m else None
+            f"hook {our_hook!r} has no circuit-tracer name; circuit-tracer transcoders read and "
+            "write lmscope block hooks (mlp_in -> mlp_out)"
+        ) from None
 
 
 # --- config.yaml ----------------------------------------------------------------------------
@@ -175,13 +152,13 @@ def ct_layer_to_dictionary(
     st: dict[str, Tensor],
     layer: int,
     *,
-    hook_in: str = "mlp_in",
-    hook_out: str = "mlp_out",
+    hook_in: str = "blocks.{layer}.mlp_in",
+    hook_out: str = "blocks.{layer}.mlp_out",
     model_name: str = "",
     where: Path | str = "",
 ) -> SparseDictionary:
     """One circuit-tracer layer file's tensors -> our JumpReLU (or ReLU) transcoder, same
-    outputs."""
+    outputs. hook_in / hook_out: templates over {layer} (ct_hook)."""
     _need(st, ("W_enc", "W_dec", "b_enc", "b_dec"), where)
     d_sae, d_in = st["W_enc"].shape
     d_out = st["b_dec"].shape[0]
@@ -208,8 +185,8 @@ def ct_layer_to_dictionary(
         arch="jumprelu" if thr is not None else "relu",
         d_out=d_out,
         skip="W_skip" in st,
-        hook_name=f"blocks.{layer}.{hook_in}",
-        out_hook_name=f"blocks.{layer}.{hook_out}",
+        hook_name=hook_in.format(layer=layer),
+        out_hook_name=hook_out.format(layer=layer),
         model_name=model_name,
     )
     return from_raw_state(cfg, raw, apply_b_dec_to_input=False)
@@ -252,8 +229,8 @@ def load_circuit_tracer_transcoders(
     cfg = read_ct_config(folder) if has_cfg else {}
     if has_cfg and cfg["model_kind"] != TRANSCODER_SET:
         raise UserError(f"{folder} holds a cross-layer transcoder, not a per-layer transcoder set")
-    kin = ct_hook_kind(cfg.get("feature_input_hook", "mlp.hook_in"), output=False)
-    kout = ct_hook_kind(cfg.get("feature_output_hook", "hook_mlp_out"), output=True)
+    kin = ct_hook(cfg.get("feature_input_hook", "mlp.hook_in"), side="feature_input_hook")
+    kout = ct_hook(cfg.get("feature_output_hook", "hook_mlp_out"), side="feature_output_hook")
     model_name = model_name or str(cfg.get("model_name") or "")
     if cfg.get("transcoders"):
         files = {
@@ -312,7 +289,7 @@ def save_circuit_tracer_transcoders(
                 "--arch jumprelu or batchtopk to export"
             )
         for hook, what in ((c.hook_name, "reads"), (c.out_hook_name or "", "writes")):
-            if _layer_of(hook) != layer:
+            if hook_names.layer_of(hook) != layer:
                 raise UserError(
                     f"the layer-{layer} transcoder {what} {hook!r}: circuit-tracer's layer i must "
                     "read and write layer i"
@@ -357,9 +334,9 @@ def save_circuit_tracer_transcoders(
 # --- cross-layer transcoders -----------------------------------------------------------------
 def clt_hook_templates(cfg: dict[str, Any]) -> tuple[str, str]:
     """(hook_in, hook_out) templates of a CLT from circuit-tracer's config hooks."""
-    kin = ct_hook_kind(cfg.get("feature_input_hook", "hook_resid_mid"), output=False)
-    kout = ct_hook_kind(cfg.get("feature_output_hook", "hook_mlp_out"), output=True)
-    return f"blocks.{{layer}}.{kin}", f"blocks.{{layer}}.{kout}"
+    kin = ct_hook(cfg.get("feature_input_hook", "hook_resid_mid"), side="feature_input_hook")
+    kout = ct_hook(cfg.get("feature_output_hook", "hook_mlp_out"), side="feature_output_hook")
+    return kin, kout
 
 
 def read_circuit_tracer_clt(folder: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
@@ -483,7 +460,7 @@ def save_circuit_tracer_clt(clt, out: str | Path, *, model_name: str = "", scan=
 
 __all__ = [
     "CT_CONFIG",
-    "ct_hook_kind",
+    "ct_hook",
     "ct_hook_name",
     "ct_layer_to_dictionary",
     "load_circuit_tracer_clt",

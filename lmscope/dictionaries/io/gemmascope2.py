@@ -39,6 +39,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from ...errors import UserError
+from ...models import hook_names
 from ...validate import MAX_CONFIG_BYTES, read_json
 from ..base import DictionaryConfig, SparseDictionary
 from .circuit_tracer import _contiguous, _read, _shape
@@ -47,42 +48,20 @@ from .saelens import _atomic, from_raw_state
 GS2_CONFIG = "config.json"
 GS2_PARAMS = "params.safetensors"
 GS2_KEYS = ("w_enc", "w_dec", "b_enc", "b_dec", "threshold")
-_HF_HOOK = re.compile(r"^model\.layers\.(\d+|\{all\})\.(.+)$")
-# Hugging Face module output -> our hook kind (models/hooks.py: mlp_in is the MLP's input after
-# its pre-norm, mlp_out what the block adds after Gemma's post-norm).
-_HF_KINDS = {
-    "output": "resid_post",
-    "pre_feedforward_layernorm.output": "mlp_in",
-    "post_feedforward_layernorm.output": "mlp_out",
-}
-_OUR_HF = {v: k for k, v in _HF_KINDS.items()}
-
 
 def is_gs2_params(st: Mapping[str, Tensor]) -> bool:
     """Whether a safetensors dict has Gemma Scope 2's lower-case keys."""
     return "w_enc" in st and "w_dec" in st
 
 
-def hf_hook_kind(hf_hook: str) -> tuple[int | None, str]:
-    """'model.layers.7.pre_feedforward_layernorm.output' -> (7, 'mlp_in'); {all} -> None."""
-    m = _HF_HOOK.match(str(hf_hook))
-    if not m or m.group(2) not in _HF_KINDS:
-        raise UserError(
-            f"Gemma Scope 2 hook {hf_hook!r} has no lmscope hook point (lmscope reads "
-            "model.layers.N.output, .pre_feedforward_layernorm.output and "
-            ".post_feedforward_layernorm.output)"
-        )
-    layer = None if m.group(1) == "{all}" else int(m.group(1))
-    return layer, _HF_KINDS[m.group(2)]
-
-
-def hf_hook_name(our_hook: str) -> str:
-    """Our 'blocks.7.mlp_in' (or 'blocks.{layer}.mlp_in') -> Gemma Scope 2's HF module path."""
-    m = re.match(r"^blocks\.(\d+|\{layer\})\.(\w+)$", our_hook)
-    if not m or m.group(2) not in _OUR_HF:
-        raise UserError(f"hook {our_hook!r} has no Gemma Scope 2 name")
-    layer = "{all}" if m.group(1) == "{layer}" else m.group(1)
-    return f"model.layers.{layer}.{_OUR_HF[m.group(2)]}"
+def gs2_hook(hf_hook: str) -> str:
+    """'model.layers.7.pre_feedforward_layernorm.output' -> 'blocks.7.mlp_in' ({all} ->
+    'blocks.{layer}.mlp_in'), through models/hook_names.py; UserError for one with no lmscope
+    hook (the attention SAEs' self_attn.o_proj.input)."""
+    try:
+        return hook_names.normalize(str(hf_hook), strict=True)
+    except UserError as e:
+        raise UserError(f"Gemma Scope 2 hook {hf_hook!r} has no lmscope hook point: {e}") from None
 
 
 def read_gs2_config(folder: str | Path) -> dict[str, Any]:
@@ -108,13 +87,15 @@ def gs2_params_to_dictionary(
     st: Mapping[str, Tensor],
     layer: int,
     *,
-    hook_in: str = "mlp_in",
-    hook_out: str | None = "mlp_out",
+    hook_in: str = "blocks.{layer}.mlp_in",
+    hook_out: str | None = "blocks.{layer}.mlp_out",
     model_name: str = "",
     where: Path | str = "",
 ) -> SparseDictionary:
     """One Gemma Scope 2 params.safetensors -> our JumpReLU SAE (hook_out None, or the same hook)
-    or transcoder, same outputs."""
+    or transcoder, same outputs. hook_in / hook_out: our names, or templates over {layer}."""
+    hook_in = hook_in.format(layer=layer)
+    hook_out = None if hook_out is None else hook_out.format(layer=layer)
     missing = [k for k in GS2_KEYS if k not in st]
     if missing:
         raise UserError(f"{where} lacks {', '.join(missing)}: not a Gemma Scope 2 params file")
@@ -144,8 +125,8 @@ def gs2_params_to_dictionary(
         arch="jumprelu",
         d_out=d_out if transcoder else None,
         skip="W_skip" in raw,
-        hook_name=f"blocks.{layer}.{hook_in}",
-        out_hook_name=f"blocks.{layer}.{hook_out}" if transcoder else None,
+        hook_name=hook_in,
+        out_hook_name=hook_out if transcoder else None,
         model_name=model_name,
     )
     return from_raw_state(cfg, raw, apply_b_dec_to_input=False)
@@ -163,10 +144,11 @@ def load_gemmascope2(folder: str | Path, *, model_name: str = "") -> tuple[int, 
     cfg = read_gs2_config(folder)
     if cfg["type"] == "clt":
         raise UserError(f"{folder} is a Gemma Scope 2 CLT; it loads as a cross-layer transcoder")
-    layer, kin = hf_hook_kind(cfg.get("hf_hook_point_in", ""))
+    kin = gs2_hook(cfg.get("hf_hook_point_in", ""))
     kout = kin
     if cfg["type"] == "transcoder":
-        _, kout = hf_hook_kind(cfg.get("hf_hook_point_out", ""))
+        kout = gs2_hook(cfg.get("hf_hook_point_out", ""))
+    layer = hook_names.layer_of(kin)
     if layer is None:
         layer = _folder_layer(folder)
     if layer is None:
@@ -205,12 +187,12 @@ def read_gemmascope2_clt(folder: str | Path) -> tuple[dict[str, Any], dict[str, 
             f"{folder} is an affine (skip) CLT; lmscope's CrossLayerTranscoder has no skip "
             "connection yet: use the variant without _affine"
         )
-    kin = hf_hook_kind(
+    hook_in = gs2_hook(
         cfg.get("hf_hook_point_in") or "model.layers.{all}.pre_feedforward_layernorm.output"
-    )[1]
-    kout = hf_hook_kind(
+    )
+    hook_out = gs2_hook(
         cfg.get("hf_hook_point_out") or "model.layers.{all}.post_feedforward_layernorm.output"
-    )[1]
+    )
     files = _clt_files(folder)
     L = _contiguous(files, "params_layer_{i}.safetensors files", folder)
     W_enc, b_enc, b_dec, thr, st = [], [], [], [], {}
@@ -253,8 +235,8 @@ def read_gemmascope2_clt(folder: str | Path) -> tuple[dict[str, Any], dict[str, 
         "d_model": d,
         "d_sae": n,
         "arch": "jumprelu",
-        "hook_in": f"blocks.{{layer}}.{kin}",
-        "hook_out": f"blocks.{{layer}}.{kout}",
+        "hook_in": hook_in,
+        "hook_out": hook_out,
         "model_name": str(cfg.get("model_name") or ""),
     }
     return fields, st
@@ -290,8 +272,12 @@ def write_gemmascope2_clt(
         _atomic(path, lambda p, t=tensors: save_file(t, p))
         written.append(path)
     cfg = {
-        "hf_hook_point_in": hf_hook_name(str(fields.get("hook_in", "blocks.{layer}.mlp_in"))),
-        "hf_hook_point_out": hf_hook_name(str(fields.get("hook_out", "blocks.{layer}.mlp_out"))),
+        "hf_hook_point_in": hook_names.to_gemmascope2(
+            str(fields.get("hook_in", "blocks.{layer}.mlp_in"))
+        ),
+        "hf_hook_point_out": hook_names.to_gemmascope2(
+            str(fields.get("hook_out", "blocks.{layer}.mlp_out"))
+        ),
         "width": L * n,
         "model_name": model_name or str(fields.get("model_name") or ""),
         "architecture": "jump_relu",
@@ -319,8 +305,7 @@ __all__ = [
     "GS2_CONFIG",
     "GS2_PARAMS",
     "gs2_params_to_dictionary",
-    "hf_hook_kind",
-    "hf_hook_name",
+    "gs2_hook",
     "is_gs2_params",
     "load_gemmascope2",
     "load_gemmascope2_clt",

@@ -55,14 +55,22 @@ def offline() -> bool:
 
 
 def _hub_error(ref: str, e: Exception) -> UserError:
-    where = "the local Hugging Face cache" if offline() else "the Hugging Face hub or its cache"
     first = (str(e).splitlines() or [type(e).__name__])[0][:200]
-    hint = (
-        "; unset HF_HUB_OFFLINE to download it, or pass a local folder"
-        if offline()
-        else "; check the name, your network and (for gated repositories) `hf auth login`"
+    if offline():
+        try:
+            r = parse_ref(ref)
+            inc = f" --include '{r.path}*'" if r.path else ""  # fnmatch: * spans folders
+            get = f"`hf download {r.repo_id}{inc}`"
+        except UserError:
+            get = "`hf download ORG/REPO`"
+        return UserError(
+            f"{ref} is not in the local Hugging Face cache; connect (unset HF_HUB_OFFLINE) or "
+            f"download it with {get}, or pass a local folder"
+        )
+    return UserError(
+        f"cannot get {ref} from the Hugging Face hub or its cache ({first}); check the name, "
+        "your network and (for gated repositories) `hf auth login`"
     )
-    return UserError(f"cannot get {ref} from {where} ({first}){hint}")
 
 
 def resolve_folder(

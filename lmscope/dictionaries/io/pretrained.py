@@ -12,6 +12,14 @@ reads (lmscope/SAELens, sparsify, Gemma Scope). A source containing `{layer}` na
 folder per layer (e.g. Gemma Scope 2's transcoder_all/layer_{layer}_width_16k_l0_small) and
 is expanded over the model's layers.
 
+Hook names: every reader maps the names its files use with models/hook_names.py where the
+name alone decides; import_pretrained resolves the rest against the model (a module's own
+output means different tensors on Llama and Gemma) and refuses, in one line, a hook with no
+lmscope equivalent or a width that is not the model's.
+
+Sources may also be a release name from releases.py (`lmscope pretrained list`), or a SAELens
+registry release with its sae_id (resolve_source).
+
 What import writes: per-layer dictionaries become an atlas (atlas.json + dictionaries/<hook>/
 in lmscope's SAELens folder, as `lmscope train` writes them), so every command that takes an
 atlas uses them; a CLT becomes lmscope's CLT folder (CrossLayerTranscoder.save).
@@ -19,10 +27,12 @@ atlas uses them; a CLT becomes lmscope's CLT folder (CrossLayerTranscoder.save).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import NamedTuple
 
 from ...errors import UserError
+from ...models import hook_names
 from ..base import SparseDictionary
 from .circuit_tracer import (
     CROSS_LAYER,
@@ -31,6 +41,7 @@ from .circuit_tracer import (
     read_circuit_tracer_clt,
     read_ct_config,
 )
+from .gemmascope import load_gemmascope
 from .gemmascope2 import GS2_CONFIG, load_gemmascope2, read_gemmascope2_clt, read_gs2_config
 from .hub import resolve_folder
 
@@ -110,12 +121,26 @@ def detect_pretrained(folder: str | Path) -> str:
     return "single"
 
 
-def _load_one(folder: Path, device) -> SparseDictionary:
-    from . import load_dictionary
+# Gemma Scope (1) repositories name the site the release reads: google/gemma-scope-2b-pt-res.
+_GS_SITE = re.compile(r"gemma-scope-[^/]*?-(res|mlp|att|transcoders)(?:-canonical)?(?:/|$)")
+
+
+def _load_one(folder: Path, device, source: str = "") -> SparseDictionary:
+    from . import detect_format, load_dictionary
 
     fmt = detect_pretrained(folder)
     if fmt == "gemmascope2":
         return load_gemmascope2(folder)[1].to(device)
+    if fmt == "single" and detect_format(folder) == "gemmascope":
+        # params.npz names no hook: the folder (layer_L/width_W/...) and the release's site do.
+        m = _GS_SITE.search(str(source))
+        site = m.group(1) if m else None
+        where = str(source or folder)
+        hook = hook_names.normalize(where, site=site) if site else ""
+        out = None
+        if site and hook_names.GS_SITES.get(site, ("", None))[1]:
+            out = hook.rsplit(".", 1)[0] + "." + hook_names.GS_SITES[site][1]
+        return load_gemmascope(folder, device, hook_name=hook, out_hook_name=out)
     if fmt == "single":
         return load_dictionary(folder, device=device)
     raise UserError(f"{folder} is a {fmt} folder, not one layer's dictionary")
@@ -137,8 +162,9 @@ def load_pretrained(
             raise UserError(f"{source} names one folder per layer: the number of layers is needed")
         dicts: dict[str, SparseDictionary] = {}
         for layer in range(n_layers):
-            d = _load_one(_fetch(source.format(layer=layer), cache_dir), device)
-            dicts[d.cfg.hook_name] = d
+            one = source.format(layer=layer)
+            d = _load_one(_fetch(one, cache_dir), device, one)
+            dicts[d.cfg.hook_name or one] = d
         model = next(iter(dicts.values())).cfg.model_name if dicts else ""
         return Pretrained("single", dicts, None, model)
     folder = _fetch(source, cache_dir)
@@ -151,10 +177,70 @@ def load_pretrained(
         by_layer = load_circuit_tracer_transcoders(folder, cache_dir=cache_dir)
         dicts = {d.cfg.hook_name: d.to(device) for _, d in sorted(by_layer.items())}
     else:
-        d = _load_one(folder, device)
-        dicts = {d.cfg.hook_name: d}
+        d = _load_one(folder, device, source)
+        dicts = {d.cfg.hook_name or source: d}
     model = next(iter(dicts.values())).cfg.model_name
     return Pretrained(fmt, dicts, None, model)
+
+
+def resolve_source(source: str, sae_id: str | None = None) -> tuple[str, str]:
+    """A release name from `lmscope pretrained list` (or a SAELens release + sae_id), a hub
+    reference or a local folder -> (what load_pretrained reads, the release's --model default
+    or '')."""
+    from .releases import find_release, saelens_source
+
+    if Path(source).expanduser().exists():
+        if sae_id:
+            raise UserError(f"--sae-id is for SAELens releases; {source} is a local folder")
+        return source, ""
+    rel = find_release(source, sae_id)
+    if rel is None:
+        return source, ""
+    if not rel.loads:
+        raise UserError(f"{rel.name} cannot be loaded by lmscope yet: {rel.note}")
+    if rel.origin == "lmscope":
+        return rel.source, rel.lmscope_model
+    return saelens_source(rel, sae_id), rel.lmscope_model
+
+
+def source_model_name(source: str, cache_dir: str | Path | None = None) -> str:
+    """The model the files name, reading only their configs (config.yaml / config.json /
+    cfg.json; the first layer's for a {layer} source); '' when they name none."""
+    import json
+
+    folder = Path(source.format(layer=0)).expanduser()
+    if not folder.exists():
+        folder = resolve_folder(source.format(layer=0), patterns=_CONFIGS, cache_dir=cache_dir)
+    if (folder / CT_CONFIG).is_file():
+        return str(read_ct_config(folder).get("model_name") or "")
+    if (folder / GS2_CONFIG).is_file():
+        return str(read_gs2_config(folder).get("model_name") or "")
+    if (folder / "cfg.json").is_file():
+        from ...validate import read_json
+
+        raw = read_json(folder / "cfg.json", what="dictionary config")
+        meta = raw.get("metadata") if isinstance(raw, dict) else None
+        name = (meta or {}).get("model_name") or (raw or {}).get("model_name") or ""
+        return name if isinstance(name, str) else json.dumps(name)
+    return ""
+
+
+def resolve_hooks(d: SparseDictionary, lm, source: str) -> SparseDictionary:
+    """The dictionary with its hooks in lmscope's names for model `lm` (models/hook_names.py);
+    one-line UserError for a hook with no equivalent on this model."""
+    c = d.cfg
+    if not c.hook_name:
+        raise UserError(
+            f"{source} does not name the hook point it reads (a Gemma Scope params.npz outside "
+            "its release's folders?); load it from google/gemma-scope-…-res|mlp|transcoders/"
+            "layer_L/width_W/average_l0_N"
+        )
+    hook = hook_names.to_lmscope(c.hook_name, lm.hooks)
+    out = c.out_hook_name
+    if c.is_transcoder and out:
+        out = hook_names.to_lmscope(out, lm.hooks)
+    d.cfg = c.replace(hook_name=hook, out_hook_name=out)
+    return d
 
 
 def check_clt_fits(clt, lm, name: str = "the CLT") -> None:
@@ -196,12 +282,22 @@ def import_pretrained(
     pre = loaded or load_pretrained(source, n_layers=lm.n_layers, cache_dir=cache_dir)
     meta = {"lmscope_pretrained_source": str(source), "lmscope_pretrained_format": pre.fmt}
     if pre.clt is not None:
+        c = pre.clt.cfg
+        hook_in = hook_names.to_lmscope(c.hook_in, lm.hooks)
+        hook_out = hook_names.to_lmscope(c.hook_out, lm.hooks)
+        pre.clt.cfg = c.replace(hook_in=hook_in, hook_out=hook_out)
         check_clt_fits(pre.clt, lm, str(source))
         pre.clt.cfg = pre.clt.cfg.replace(model_name=lm.name)  # as for dictionaries below
         pre.clt.save(out, metadata={**meta, "source_model_name": pre.model_name})
         return pre, out
-    for hook, d in pre.dictionaries.items():
-        check_fits(d, lm, hook)
+    resolved: dict[str, SparseDictionary] = {}
+    for d in pre.dictionaries.values():
+        d = resolve_hooks(d, lm, str(source))
+        if d.cfg.hook_name in resolved:
+            raise UserError(f"{source}: two dictionaries read {d.cfg.hook_name}")
+        check_fits(d, lm, d.cfg.hook_name)
+        resolved[d.cfg.hook_name] = d
+    pre = pre._replace(dictionaries=resolved)
     layout = AtlasLayout(out)
     for hook, d in pre.dictionaries.items():
         # Our model's name, so the atlas opens with it; the files' own stays in model_name.
@@ -222,4 +318,7 @@ __all__ = [
     "detect_pretrained",
     "import_pretrained",
     "load_pretrained",
+    "resolve_hooks",
+    "resolve_source",
+    "source_model_name",
 ]

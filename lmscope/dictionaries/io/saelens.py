@@ -45,6 +45,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ...errors import UserError
+from ...models import hook_names
 from ...validate import MAX_DIM, MAX_LATENTS, Int, Obj, Str, check, read_json
 from ..base import DictionaryConfig, SparseDictionary
 from ..registry import build
@@ -204,6 +205,8 @@ SAELENS_CFG_SCHEMA = {
     "metadata": Obj(
         {
             "hook_name": Str(500, required=False, nullable=True),
+            "hook_name_out": Str(500, required=False, nullable=True),
+            "hf_hook_name": Str(500, required=False, nullable=True),
             "model_name": Str(500, required=False, nullable=True),
         },
         required=False,
@@ -295,6 +298,9 @@ def load_saelens(path: str | Path, device: str | torch.device = "cpu") -> Sparse
     else:
         d_in, d_sae = int(raw["d_in"]), int(raw["d_sae"])
         d_out = int(raw["d_out"]) if "d_out" in raw else None
+        names = ("hook_name", "hook_name_out", "hf_hook_name", "hf_hook_name_out")
+        top = {k: raw[k] for k in names if isinstance(raw.get(k), str)}  # some loaders' place
+        hook, out_hook = foreign_hooks({**top, **meta}, arch_name)
         cfg = DictionaryConfig(
             d_in=d_in,
             d_sae=d_sae,
@@ -302,8 +308,8 @@ def load_saelens(path: str | Path, device: str | torch.device = "cpu") -> Sparse
             k=int(raw.get("k", 32)),
             d_out=d_out,
             skip="W_skip" in st,
-            hook_name=str(meta.get("hook_name") or ""),
-            out_hook_name=None,
+            hook_name=hook,
+            out_hook_name=out_hook,
             model_name=str(meta.get("model_name") or ""),
         )
     scales = _input_scales(raw, meta, path)
@@ -315,6 +321,29 @@ def load_saelens(path: str | Path, device: str | torch.device = "cpu") -> Sparse
         act_scale=scales[0],
         act_scale_out=scales[1],
     ).to(device)
+
+
+def foreign_hooks(meta: dict[str, Any], arch_name: str) -> tuple[str, str | None]:
+    """(hook, out hook) of a SAELens config in lmscope's names where the names alone decide
+    (models/hook_names.py), else as written, for import_pretrained to resolve with the model.
+    `hf_hook_name` (a module path, which SAELens's Gemma Scope 2 loader records next to its
+    looser `hook_name`) wins when it maps; transcoders name their target in `hook_name_out`."""
+    hook = ""
+    for key in ("hf_hook_name", "hook_name"):
+        name = hook_names.normalize(meta.get(key))
+        hook = hook or name
+        if name.startswith("blocks."):
+            hook = name
+            break
+    out = None
+    if "transcoder" in arch_name:
+        for key in ("hf_hook_name_out", "hook_name_out"):
+            name = hook_names.normalize(meta.get(key))
+            out = out or name or None
+            if name.startswith("blocks."):
+                out = name
+                break
+    return hook, out
 
 
 def _input_scales(raw: dict[str, Any], meta: dict[str, Any], path: Path) -> tuple[float, float]:

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from ...errors import UserError
+from ...models import hook_names
 from ...validate import MAX_LATENTS, Bool, Int, Str, check, read_json
 from ..base import DictionaryConfig, SparseDictionary
 from .saelens import from_raw_state
@@ -61,6 +62,16 @@ def load_sparsify(
     n, d_in = st["encoder.weight"].shape
     d_out = st["W_dec"].shape[1]
     transcode = bool(cfg_raw.get("transcode", False))
+    # The folder is named after its hookpoint, a module path relative to the base model
+    # (`layers.6`, `layers.6.mlp`); a transcoder reads the module's input and predicts its
+    # output. models/hook_names.py maps what the name alone decides; `layers.6.mlp`'s output
+    # (our mlp_out on Llama, nothing on Gemma) is resolved against the model at import.
+    point = hook_name or path.name
+    if hook_name:
+        hook, out_hook = hook_name, hook_name + ":out"
+    else:
+        hook = hook_names.normalize(f"{point}:input" if transcode else point)
+        out_hook = hook_names.normalize(point)
     cfg = DictionaryConfig(
         d_in=d_in,
         d_sae=n,
@@ -68,12 +79,11 @@ def load_sparsify(
         k=int(cfg_raw.get("k", 32)),
         d_out=d_out if transcode else None,
         skip="W_skip" in st,
-        hook_name=hook_name or path.name,
+        hook_name=hook,
         model_name=model_name,
         # sparsify transcoders keep d_out == d_in; a distinct out hook marks them as transcoders
-        # (b_dec is then an output bias, not subtracted from the input). The real target hook is
-        # the module's output, which the folder name alone does not spell in our vocabulary.
-        out_hook_name=(hook_name or path.name) + ":out" if transcode else None,
+        # (b_dec is then an output bias, not subtracted from the input).
+        out_hook_name=out_hook if transcode else None,
     )
     raw = {
         "W_enc": st["encoder.weight"].t(),
