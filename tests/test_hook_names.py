@@ -101,7 +101,8 @@ def test_llama_module_outputs(tiny_llama):
     assert hn.to_lmscope("model.norm", h) == "ln_final"
     with pytest.raises(UserError, match="has no module 'pre_feedforward_layernorm'"):
         hn.to_lmscope("model.layers.1.pre_feedforward_layernorm.output", h)
-    with pytest.raises(UserError, match="3-layer model does not have"):
+    msg = "blocks.7.resid_post .'blocks.7.hook_resid_post' in lmscope's names. is not in this 3-la"
+    with pytest.raises(UserError, match=msg):
         hn.to_lmscope("blocks.7.hook_resid_post", h)
 
 

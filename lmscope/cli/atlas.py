@@ -145,12 +145,12 @@ def cmd_from_pretrained(args) -> int:
     from ..models import load_model
 
     source, release_model = resolve_source(args.source, args.sae_id)
-    model = args.model or release_model
+    # The files' configs first (cheap; offline, an uncached source fails here, before the model
+    # loads): they name their model when neither --model nor the release does.
+    named = source_model_name(source)
+    model = args.model or release_model or named
     if not model:
-        # The files name their model (config.yaml / config.json / cfg.json): read only those.
-        model = source_model_name(source)
-        if not model:
-            raise UserError(f"{args.source} does not name its model; pass --model")
+        raise UserError(f"{args.source} does not name its model; pass --model")
     lm = load_model(model)
     pre, out = import_pretrained(source, args.out, lm, force=args.force)
     what = {

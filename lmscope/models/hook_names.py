@@ -118,15 +118,17 @@ def _ours(layer: str, kind: str) -> str:
     return f"blocks.{'{layer}' if layer.startswith('{') else int(layer)}.{kind}"
 
 
-def tl_kind(rel: str, hooks: HookPoints | None = None, layer: str = "") -> str:
-    """A block-relative TransformerLens name ('mlp.hook_in') -> our kind ('mlp_in')."""
+def tl_kind(rel: str, hooks: HookPoints | None = None, layer: str = "", full: str = "") -> str:
+    """A block-relative TransformerLens name ('mlp.hook_in') -> our kind ('mlp_in'); `full`:
+    the name as written, for messages."""
+    full = full or rel
     if rel in TL_KINDS:
         return TL_KINDS[rel]
     if rel in _TL_MODULE_OUT:
         child = _TL_MODULE_OUT[rel]
         if hooks is None:
             raise NeedsModel(
-                f"hook {rel!r} is the {child} module's own output: our "
+                f"hook {full!r} is the {child} module's own output: our "
                 f"{'mlp_out' if child == 'mlp' else 'attn_out'} on models without a post-norm "
                 "(Llama), no lmscope hook on Gemma; the model decides"
             )
@@ -134,13 +136,13 @@ def tl_kind(rel: str, hooks: HookPoints | None = None, layer: str = "") -> str:
         p = hooks.parts[L]
         mod, out = (p.mlp, p.mlp_out) if child == "mlp" else (p.attn, p.attn_out)
         if mod is not out:
-            raise _refuse(rel, f"on this model it is the {child} output before its post-norm")
+            raise _refuse(full, f"on this model it is the {child} output before its post-norm")
         return "mlp_out" if child == "mlp" else "attn_out"
     why = {
         "attn.hook_z": "the attention heads' outputs before o_proj",
         "hook_attn_in": "per-head attention inputs",
     }.get(rel, "")
-    raise _refuse(rel, why)
+    raise _refuse(full, why)
 
 
 def _module_kind(prefix: str | None, layer: str, sub: str | None, side: str | None, hooks, name):
@@ -202,9 +204,10 @@ def to_lmscope(
     name = str(name).strip()
     out = _resolve(name, hooks, site, layer)
     if hooks is not None and "{" not in out and out not in hooks:
+        said = "" if name == out else f" ({name!r} in lmscope's names)"
         raise UserError(
-            f"hook {name!r} is {out} in lmscope's names, which this {hooks.n_layers}-layer model "
-            "does not have; is the dictionary for another model?"
+            f"hook {out}{said} is not in this {hooks.n_layers}-layer model; is the dictionary "
+            "for another model?"
         )
     return out
 
@@ -214,10 +217,10 @@ def _resolve(name: str, hooks, site, layer) -> str:
         m = _OURS.match(name)
         return _ours(m.group(1), m.group(2)) if m else name
     if layer != "" and not name.startswith("blocks."):  # block-relative TransformerLens
-        return _ours(str(layer), tl_kind(name, hooks, str(layer)))
+        return _ours(str(layer), tl_kind(name, hooks, str(layer), name))
     m = _TL.match(name)
     if m:
-        return _ours(m.group(1), tl_kind(m.group(2), hooks, m.group(1)))
+        return _ours(m.group(1), tl_kind(m.group(2), hooks, m.group(1), name))
     if name in ("hook_embed", "hook_pos_embed"):
         raise _refuse(name, "the token embedding before any scaling; use blocks.0.hook_resid_pre")
     m = _GS2.match(name)
@@ -231,8 +234,8 @@ def _resolve(name: str, hooks, site, layer) -> str:
             raise _refuse(name, "Gemma Scope attention SAEs read attn.hook_z")
         if site not in GS_SITES:
             raise UserError(
-                f"Gemma Scope path {name!r} does not say its site: name the release "
-                "(…-res, …-mlp, …-transcoders), e.g. google/gemma-scope-2b-pt-res/" + name
+                f"Gemma Scope path {name!r} does not say its site: load it through its release "
+                "(google/gemma-scope-…-res, -mlp or -transcoders/layer_L/width_W/…)"
             )
         return _ours(m.group(1), GS_SITES[site][0])
     m = _MODULE.match(name)

@@ -136,7 +136,7 @@ def _load_one(folder: Path, device, source: str = "") -> SparseDictionary:
         m = _GS_SITE.search(str(source))
         site = m.group(1) if m else None
         where = str(source or folder)
-        hook = hook_names.normalize(where, site=site) if site else ""
+        hook = hook_names.normalize(where, site=site, strict=True) if site else ""
         out = None
         if site and hook_names.GS_SITES.get(site, ("", None))[1]:
             out = hook.rsplit(".", 1)[0] + "." + hook_names.GS_SITES[site][1]

@@ -230,7 +230,7 @@ def saelens_releases(model: str | None = None) -> list[Release]:
                 source=r.repo_id,
                 layout="saelens registry",
                 model=r.model,
-                lmscope_model=r.model,
+                lmscope_model=_EMBEDDED.get(r.model, r.model),
                 kind="see sae_lens",
                 hooks="from each SAE's config (mapped at import)",
                 layers="",
@@ -244,6 +244,9 @@ def saelens_releases(model: str | None = None) -> list[Release]:
 
 
 _ALIASES = {"gemma3-270m": "gemma-3-270m", "smollm2-135m": "smollm2-135m"}
+# Hugging Face ids of the models lmscope embeds (models/registry.py) -> their alias, so a
+# SAELens row's default --model loads offline.
+_EMBEDDED = {"google/gemma-3-270m": "gemma3-270m"}
 
 
 def _model_matches(query: str, model: str) -> bool:
