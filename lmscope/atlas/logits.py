@@ -6,7 +6,10 @@ scale by 1 + weight). The norm's 1/rms factor depends on the whole residual, so 
 Neuronpedia ("logit weight distribution"), up to the positive per-token scale, which changes no
 ranking within a feature. Transcoders write to mlp_out, which is also residual space.
 
-One batched matmul over chunks of features: [chunk, d] @ [d, vocab] -> topk on both sides.
+One batched matmul over chunks of features: [chunk, d] @ [d, vocab] -> topk on both sides. The
+chunk is sized from a memory budget (LOGIT_BUDGET bytes of float32 logits), not a fixed row
+count: a fixed 4,096 rows is 0.8 GB of logits on SmolLM2's 49k vocabulary but 4.3 GB on Gemma
+3's 262k, so peak memory would grow with the vocabulary.
 """
 
 from __future__ import annotations
@@ -41,28 +44,41 @@ def final_norm_gain(lm: LanguageModel) -> Tensor | None:
 
 SCREEN = 64
 """Candidates per row kept by the bfloat16 screen before the exact float32 top-k."""
+LOGIT_BUDGET = 256 * 2**20
+"""Bytes of [chunk, vocab] float32 logits held at once (the bfloat16 screen holds half)."""
+
+
+def logit_chunk(vocab: int, budget: int | None = None) -> int:
+    """Feature rows per chunk so that [rows, vocab] float32 logits fit in `budget` bytes
+    (default LOGIT_BUDGET)."""
+    return max(1, (budget or LOGIT_BUDGET) // (4 * max(1, vocab)))
 
 
 @torch.no_grad()
 def logit_effects(
-    lm: LanguageModel, W_dec: Tensor, k: int = 10, chunk: int = 4096
+    lm: LanguageModel, W_dec: Tensor, k: int = 10, chunk: int | None = None
 ) -> LogitEffects | None:
     """Top-k promoted and suppressed tokens for every decoder row W_dec [F, d_model].
 
     With a bfloat16 model the [F, vocab] product is screened in bfloat16 (the product alone takes
     1/4.7 of the float32 time for 2,304 rows x 49k tokens on an AVX-512-bf16 CPU) and only the
     SCREEN best candidates per row and side are scored again in float32: values are float32, and
-    a true top-k token is missed only if bf16 rounding moves it past SCREEN - k others."""
-    W_out = lm.model.get_output_embeddings().weight.detach()
-    W_U = W_out.float()  # [vocab, d_model]
-    if W_dec.shape[1] != W_U.shape[1]:
+    a true top-k token is missed only if bf16 rounding moves it past SCREEN - k others.
+    chunk: feature rows per matmul (default: logit_chunk(vocab), LOGIT_BUDGET of logits)."""
+    W_out = lm.model.get_output_embeddings().weight.detach()  # [vocab, d_model]
+    vocab = W_out.shape[0]
+    if W_dec.shape[1] != W_out.shape[1]:
         return None
     gain = final_norm_gain(lm)
-    k = min(k, W_U.shape[0])
-    screen = W_out.dtype == torch.bfloat16 and W_U.shape[0] > SCREEN
+    k = min(k, vocab)
+    screen = W_out.dtype == torch.bfloat16 and vocab > SCREEN
+    # float32 unembedding: the weights themselves for a float32 model; a bf16 model's screen
+    # gathers float32 rows of its candidates only (no float32 copy of a 262k x d matrix).
+    W_U = None if screen else W_out.float()
+    chunk = chunk or logit_chunk(vocab)
     outs = []
     for s in range(0, W_dec.shape[0], chunk):
-        rows = W_dec[s : s + chunk].detach().float().to(W_U.device)  # [c, d]
+        rows = W_dec[s : s + chunk].detach().float().to(W_out.device)  # [c, d]
         if gain is not None:
             rows = rows * gain.to(rows.device)
         if screen:
@@ -76,7 +92,7 @@ def logit_effects(
             )  # [c, 2 * SCREEN]
             exact = torch.cat(  # float32 on the candidates, 256 rows at a time (bounded memory)
                 [
-                    torch.einsum("cd,cjd->cj", rows[i : i + 256], W_U[cand[i : i + 256]])
+                    torch.einsum("cd,cjd->cj", rows[i : i + 256], W_out[cand[i : i + 256]].float())
                     for i in range(0, len(rows), 256)
                 ]
             )  # [c, 2 * SCREEN]
