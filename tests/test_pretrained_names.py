@@ -88,8 +88,16 @@ def test_saelens_names_import_at_lmscope_hooks(family, tmp_path, capfd, tiny_mod
     x = torch.randn(50, D)
     for src, hook, ref in (("sae", "blocks.1.resid_post", sae), ("tc", "blocks.0.mlp_in", tc)):
         out = tmp_path / f"atlas-{src}"
-        code, err = _cli(capfd, "atlas", "from-pretrained", str(tmp_path / src), "--out", str(out),
-                         "--model", model)  # fmt: skip
+        code, err = _cli(
+            capfd,
+            "atlas",
+            "from-pretrained",
+            str(tmp_path / src),
+            "--out",
+            str(out),
+            "--model",
+            model,
+        )
         assert code == 0, err
         from lmscope.models import load_model
 
@@ -124,7 +132,7 @@ def test_saelens_hook_without_equivalent_is_refused(hook, why, tmp_path, capfd, 
             str(out),
             "--model",
             str(tiny_model_dir("llama", n_layers=2)),
-        )  # fmt: skip
+        )
     )
     assert why in line and (hook in line or "blocks.9" in line)
     assert not out.exists()
@@ -210,7 +218,7 @@ def test_width_mismatch_names_both_widths_and_the_hook(layout, tmp_path, capfd, 
             str(tmp_path / "o"),
             "--model",
             str(tiny_model_dir("llama", n_layers=2)),
-        )  # fmt: skip
+        )
     )
     assert f"expects width 24 at {hook}" in line and "has 32" in line, line
     assert not (tmp_path / "o").exists()
@@ -223,8 +231,16 @@ def test_sparsify_module_hookpoint_resolved_by_the_model(tmp_path, capfd, tiny_m
     post_feedforward_layernorm, which no lmscope hook reads: refused, saying so."""
     st = _sparsify(tmp_path / "tc" / "layers.1.mlp", D, transcode=True)
     llama = str(tiny_model_dir("llama", n_layers=2))
-    code, err = _cli(capfd, "atlas", "from-pretrained", str(tmp_path / "tc" / "layers.1.mlp"),
-                     "--out", str(tmp_path / "a"), "--model", llama)  # fmt: skip
+    code, err = _cli(
+        capfd,
+        "atlas",
+        "from-pretrained",
+        str(tmp_path / "tc" / "layers.1.mlp"),
+        "--out",
+        str(tmp_path / "a"),
+        "--model",
+        llama,
+    )
     assert code == 0, err
     from lmscope.models import load_model
 
@@ -248,7 +264,7 @@ def test_sparsify_module_hookpoint_resolved_by_the_model(tmp_path, capfd, tiny_m
             str(tmp_path / "g"),
             "--model",
             gemma,
-        )  # fmt: skip
+        )
     )
     assert "layers.1.mlp" in line and "before its post-norm" in line
 
@@ -330,8 +346,10 @@ def test_saelens_registry_rows_and_sae_id():
     rows = [r for r in list_releases("gemma3-270m") if r.origin == "sae_lens registry"]
     assert "gemma-scope-2-270m-pt-res" in {r.name for r in rows}
     src, model = resolve_source("gemma-scope-2-270m-pt-res", "layer_12_width_16k_l0_big")
-    assert (src, model) == ("google/gemma-scope-2-270m-pt/resid_post/layer_12_width_16k_l0_big",
-                            "gemma3-270m")  # fmt: skip
+    assert (src, model) == (
+        "google/gemma-scope-2-270m-pt/resid_post/layer_12_width_16k_l0_big",
+        "gemma3-270m",
+    )
     with pytest.raises(UserError, match="pick one with --sae-id"):
         resolve_source("gemma-scope-2-270m-pt-res")
     with pytest.raises(UserError, match="has no SAE 'layer_12_width_16k_l0_bog'.*l0_big"):
@@ -345,8 +363,16 @@ def test_release_offline_uncached_is_one_line(tmp_path, capfd, monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    line = _one_line(*_cli(capfd, "atlas", "from-pretrained", "gemma-scope-2-270m-pt-res-16k-small",
-                           "--out", str(tmp_path / "o")))  # fmt: skip
+    line = _one_line(
+        *_cli(
+            capfd,
+            "atlas",
+            "from-pretrained",
+            "gemma-scope-2-270m-pt-res-16k-small",
+            "--out",
+            str(tmp_path / "o"),
+        )
+    )
     assert "not in the local Hugging Face cache; connect" in line
     assert "hf download google/gemma-scope-2-270m-pt --include 'resid_post_all/layer_0" in line
 
@@ -366,8 +392,16 @@ def test_release_name_imports_from_the_hf_cache(tmp_path, capfd, monkeypatch, ti
     _fake_hf_cache(cache, "google/gemma-scope-2-270m-pt", files)
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
     model = str(tiny_model_dir("gemma3", n_layers=2))
-    code, err = _cli(capfd, "atlas", "from-pretrained", "gemma-scope-2-270m-pt-res-16k-small",
-                     "--out", str(tmp_path / "atlas"), "--model", model)  # fmt: skip
+    code, err = _cli(
+        capfd,
+        "atlas",
+        "from-pretrained",
+        "gemma-scope-2-270m-pt-res-16k-small",
+        "--out",
+        str(tmp_path / "atlas"),
+        "--model",
+        model,
+    )
     assert code == 0, err
     from lmscope.models import load_model
 

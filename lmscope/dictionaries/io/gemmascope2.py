@@ -49,6 +49,7 @@ GS2_CONFIG = "config.json"
 GS2_PARAMS = "params.safetensors"
 GS2_KEYS = ("w_enc", "w_dec", "b_enc", "b_dec", "threshold")
 
+
 def is_gs2_params(st: Mapping[str, Tensor]) -> bool:
     """Whether a safetensors dict has Gemma Scope 2's lower-case keys."""
     return "w_enc" in st and "w_dec" in st
