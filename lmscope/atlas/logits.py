@@ -9,7 +9,10 @@ ranking within a feature. Transcoders write to mlp_out, which is also residual s
 One batched matmul over chunks of features: [chunk, d] @ [d, vocab] -> topk on both sides. The
 chunk is sized from a memory budget (LOGIT_BUDGET bytes of float32 logits), not a fixed row
 count: a fixed 4,096 rows is 0.8 GB of logits on SmolLM2's 49k vocabulary but 4.3 GB on Gemma
-3's 262k, so peak memory would grow with the vocabulary.
+3's 262k, so peak memory would grow with the vocabulary. Measured on a 262,144 x 640 float32
+unembedding with 2,304 rows (bench/bench_logit_memory.py, bench/results/logit_memory.txt, two
+runs each, shared machine): the budget adds 524 MB of RSS, 4,096 rows added 2,312-2,317 MB, same
+top tokens, CPU 13.0-13.6 s against 12.1-12.7 s.
 """
 
 from __future__ import annotations
