@@ -161,12 +161,15 @@ def load_pretrained(
         if n_layers is None:
             raise UserError(f"{source} names one folder per layer: the number of layers is needed")
         dicts: dict[str, SparseDictionary] = {}
+        fmt = "single"
         for layer in range(n_layers):
             one = source.format(layer=layer)
-            d = _load_one(_fetch(one, cache_dir), device, one)
+            folder = _fetch(one, cache_dir)
+            fmt = detect_pretrained(folder)  # gemmascope2 or single: one layer's dictionary
+            d = _load_one(folder, device, one)
             dicts[d.cfg.hook_name or one] = d
         model = next(iter(dicts.values())).cfg.model_name if dicts else ""
-        return Pretrained("single", dicts, None, model)
+        return Pretrained(fmt, dicts, None, model)
     folder = _fetch(source, cache_dir)
     fmt = detect_pretrained(folder)
     if fmt in ("circuit-tracer-clt", "gemmascope2-clt"):
