@@ -145,7 +145,7 @@ def tl_kind(rel: str, hooks: HookPoints | None = None, layer: str = "", full: st
     raise _refuse(full, why)
 
 
-def _module_kind(prefix: str | None, layer: str, sub: str | None, side: str | None, hooks, name):
+def _module_kind(layer: str, sub: str | None, side: str | None, hooks, name: str) -> str:
     """A Hugging Face module path inside block `layer` -> our kind."""
     side = side or "output"
     if sub is None:
@@ -154,7 +154,7 @@ def _module_kind(prefix: str | None, layer: str, sub: str | None, side: str | No
         raise _refuse(name, "the attention heads' outputs before o_proj (hook_z)")
     if sub in _HF_FIXED and side == "output":
         if hooks is not None and layer.isdigit():
-            _module(hooks, prefix, int(layer), sub, name)  # the model must have it
+            _module(hooks, int(layer), sub, name)  # the model must have it
         return _HF_FIXED[sub]
     if sub.endswith("output+resid_pre"):  # what our module_name() writes for resid_mid
         return "resid_mid"
@@ -168,7 +168,7 @@ def _module_kind(prefix: str | None, layer: str, sub: str | None, side: str | No
             )
         raise _refuse(name)
     L = int(layer) if layer.isdigit() else 0
-    mod = _module(hooks, prefix, L, sub, name)
+    mod = _module(hooks, L, sub, name)
     p = hooks.parts[L]
     if side == "input" and mod is p.mlp:
         return "mlp_in"
@@ -183,7 +183,9 @@ def _module_kind(prefix: str | None, layer: str, sub: str | None, side: str | No
     raise _refuse(name)
 
 
-def _module(hooks: HookPoints, prefix: str | None, layer: int, sub: str, name: str):
+def _module(hooks: HookPoints, layer: int, sub: str, name: str):
+    """Module `sub` of block `layer` (the path before `layers.L` may be anything: model.,
+    model.language_model., or nothing as in sparsify's hookpoints)."""
     block = hooks.layers[layer]
     try:
         return block.get_submodule(sub)
@@ -240,10 +242,10 @@ def _resolve(name: str, hooks, site, layer) -> str:
         return _ours(m.group(1), GS_SITES[site][0])
     m = _MODULE.match(name)
     if m:
-        prefix, lay, sub, side = m.groups()
+        _, lay, sub, side = m.groups()
         if sub in ("input", "output"):  # model.layers.12.output: the block's own output
             sub, side = None, sub
-        return _ours(lay, _module_kind(prefix, lay, sub, side, hooks, name))
+        return _ours(lay, _module_kind(lay, sub, side, hooks, name))
     if hooks is not None and name == _final_norm_name(hooks):
         return "ln_final"
     raise _refuse(name)

@@ -250,9 +250,10 @@ _EMBEDDED = {"google/gemma-3-270m": "gemma3-270m"}
 
 
 def _model_matches(query: str, model: str) -> bool:
-    q = _ALIASES.get(query.lower(), query.lower())
-    m = model.lower()
-    return q in m or m.endswith(q) or query.lower() in m
+    """--model gemma3-270m matches google/gemma-3-270m (and -it); a hub id or part of one
+    matches itself."""
+    q = query.lower()
+    return _ALIASES.get(q, q) in model.lower()
 
 
 def list_releases(model: str | None = None, *, saelens: bool = True) -> list[Release]:
