@@ -412,3 +412,40 @@ def test_release_name_imports_from_the_hf_cache(tmp_path, capfd, monkeypatch, ti
     want = (p.relu() * (p > st["threshold"])) @ st["w_dec"] + st["b_dec"]
     with torch.no_grad():
         torch.testing.assert_close(got["blocks.1.resid_post"](x), want, atol=1e-5, rtol=1e-5)
+
+
+def test_gemma_scope_online_fetches_the_npz_folder(tmp_path, monkeypatch):
+    """Online, a Gemma Scope folder (params.npz, no config) comes through the two-step fetch:
+    the configs-only step finds nothing there, the second fetches the weights. A fake
+    snapshot_download copies only the files its allow_patterns match, as the hub does."""
+    import fnmatch
+    import shutil
+
+    import huggingface_hub
+
+    from lmscope.dictionaries.io import load_pretrained
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    hub = tmp_path / "hub-repo"
+    rel = "layer_1/width_16k/average_l0_71/params.npz"
+    (hub / rel).parent.mkdir(parents=True)
+    st = {"W_enc": _rand(D, N, seed=1), "W_dec": _rand(N, D, seed=2)}
+    st.update(b_enc=torch.zeros(N), b_dec=torch.zeros(D), threshold=torch.full((N,), 0.1))
+    np.savez(hub / rel, **{k: v.numpy() for k, v in st.items()})
+    calls = []
+
+    def fake_snapshot_download(repo_id, *, allow_patterns=None, local_files_only=False, **kw):
+        calls.append(allow_patterns)
+        local = tmp_path / "local"
+        for f in hub.rglob("*"):
+            name = str(f.relative_to(hub))
+            if f.is_file() and any(fnmatch.fnmatch(name, p) for p in allow_patterns or ["*"]):
+                (local / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(f, local / name)
+        local.mkdir(exist_ok=True)
+        return str(local)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    pre = load_pretrained("google/gemma-scope-2b-pt-mlp/layer_1/width_16k/average_l0_71")
+    assert list(pre.dictionaries) == ["blocks.1.mlp_out"]
+    assert len(calls) == 2 and calls[1][-1] == "layer_1/width_16k/average_l0_71/*.npz"

@@ -74,12 +74,18 @@ def _hub_error(ref: str, e: Exception) -> UserError:
 
 
 def resolve_folder(
-    source: str | Path, *, patterns: list[str] | None = None, cache_dir: str | Path | None = None
+    source: str | Path,
+    *,
+    patterns: list[str] | None = None,
+    cache_dir: str | Path | None = None,
+    allow_missing: bool = False,
 ) -> Path:
     """A local folder, or the local copy of a hub folder (downloaded only when online).
 
     `patterns` (relative to the folder, e.g. ['config.yaml', '*.safetensors']) limit a download
-    to the files a reader needs; offline the cached snapshot is used as it is.
+    to the files a reader needs; offline the cached snapshot is used as it is. allow_missing:
+    return the folder's path even when none of `patterns` exists there (a configs-only fetch of
+    a Gemma Scope folder, which holds only params.npz).
     """
     p = Path(source).expanduser()
     if p.exists():
@@ -101,7 +107,7 @@ def resolve_folder(
     except Exception as e:  # the hub raises many types (offline, missing, gated, network)
         raise _hub_error(str(source), e) from None
     out = Path(root) / ref.path
-    if not out.exists():
+    if not out.exists() and not allow_missing:
         raise UserError(f"{source}: the repository {ref.repo_id} has no folder {ref.path!r}")
     return out
 

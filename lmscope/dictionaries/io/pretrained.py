@@ -77,7 +77,8 @@ def _fetch(source: str, cache_dir: str | Path | None) -> Path:
     """A local folder as is; a hub folder's configs, then the weights its layout needs."""
     if Path(source).expanduser().exists():
         return Path(source).expanduser()
-    folder = resolve_folder(source, patterns=_CONFIGS, cache_dir=cache_dir)
+    # Configs first; a folder without one (Gemma Scope's params.npz alone) is then fetched whole.
+    folder = resolve_folder(source, patterns=_CONFIGS, cache_dir=cache_dir, allow_missing=True)
     weights = _weight_patterns(folder)
     return resolve_folder(source, patterns=weights, cache_dir=cache_dir) if weights else folder
 
@@ -213,7 +214,9 @@ def source_model_name(source: str, cache_dir: str | Path | None = None) -> str:
 
     folder = Path(source.format(layer=0)).expanduser()
     if not folder.exists():
-        folder = resolve_folder(source.format(layer=0), patterns=_CONFIGS, cache_dir=cache_dir)
+        folder = resolve_folder(
+            source.format(layer=0), patterns=_CONFIGS, cache_dir=cache_dir, allow_missing=True
+        )
     if (folder / CT_CONFIG).is_file():
         return str(read_ct_config(folder).get("model_name") or "")
     if (folder / GS2_CONFIG).is_file():
