@@ -354,6 +354,9 @@ def test_saelens_registry_rows_and_sae_id():
         resolve_source("gemma-scope-2-270m-pt-res")
     with pytest.raises(UserError, match="has no SAE 'layer_12_width_16k_l0_bog'.*l0_big"):
         resolve_source("gemma-scope-2-270m-pt-res", "layer_12_width_16k_l0_bog")
+    # SAELens scales this release's inputs from its registry (norm_scaling_factor), not its files
+    with pytest.raises(UserError, match="SAELens sets .*norm_scaling_factor for gpt2-small-mlp-tm"):
+        resolve_source("gpt2-small-mlp-tm", "blocks.0.hook_mlp_out")
     with pytest.raises(UserError, match="cannot be loaded by lmscope yet: an affine"):
         resolve_source("circuit-tracer-gemma-3-270m-clt-262k-medium-affine")
 

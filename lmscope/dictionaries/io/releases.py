@@ -303,7 +303,23 @@ def saelens_source(release: Release, sae_id: str | None) -> str:
         raise UserError(
             f"{release.name} has no SAE {sae_id!r}{close_matches(sae_id, list(r.saes_map))}"
         )
+    # SAELens applies some settings from its registry, not from the files; lmscope reads the
+    # files, so a release whose registry changes what the SAE computes (an input scale, another
+    # hook or normalization) is refused rather than loaded differently from SAELens.
+    changes = sorted(set(r.config_overrides or {}) - _HARMLESS_OVERRIDES)
+    if sae_id in (r.norm_scaling_factor or {}):
+        changes.append("norm_scaling_factor")
+    if changes:
+        raise UserError(
+            f"SAELens sets {', '.join(changes)} for {release.name} from its registry, not from "
+            "the files lmscope reads; load it in SAELens and save it (SAE.save_model) with the "
+            "scaling folded in, then import that folder"
+        )
     return f"{r.repo_id}/{r.saes_map[sae_id]}".rstrip("/")
+
+
+# Registry overrides that do not change what an SAE computes or where it reads.
+_HARMLESS_OVERRIDES = {"dataset_path", "model_from_pretrained_kwargs", "model_name"}
 
 
 __all__ = [
