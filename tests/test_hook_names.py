@@ -101,9 +101,12 @@ def test_llama_module_outputs(tiny_llama):
     assert hn.to_lmscope("model.norm", h) == "ln_final"
     with pytest.raises(UserError, match="has no module 'pre_feedforward_layernorm'"):
         hn.to_lmscope("model.layers.1.pre_feedforward_layernorm.output", h)
-    msg = "blocks.7.resid_post .'blocks.7.hook_resid_post' in lmscope's names. is not in this 3-la"
+    msg = "'blocks.7.hook_resid_post' .blocks.7.resid_post in lmscope's names. is not in this 3-l"
     with pytest.raises(UserError, match=msg):
         hn.to_lmscope("blocks.7.hook_resid_post", h)
+    for name in ("blocks.7.mlp.hook_out", "model.layers.7.mlp", "model.layers.7.mlp:input"):
+        with pytest.raises(UserError, match="is not in this 3-layer model"):  # not an IndexError
+            hn.to_lmscope(name, h)
 
 
 def test_gemma3_module_outputs(tiny_gemma3):

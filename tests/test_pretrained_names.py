@@ -116,7 +116,7 @@ def test_saelens_names_import_at_lmscope_hooks(family, tmp_path, capfd, tiny_mod
     [
         ("blocks.1.attn.hook_z", "attention heads' outputs before o_proj"),
         ("blocks.1.hook_q", ""),
-        ("blocks.9.hook_resid_post", "blocks.9.resid_post is not in this 2-layer model"),
+        ("blocks.9.hook_resid_post", "'blocks.9.resid_post' is not in this 2-layer model"),
     ],
 )
 def test_saelens_hook_without_equivalent_is_refused(hook, why, tmp_path, capfd, tiny_model_dir):

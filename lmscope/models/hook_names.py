@@ -132,8 +132,7 @@ def tl_kind(rel: str, hooks: HookPoints | None = None, layer: str = "", full: st
                 f"{'mlp_out' if child == 'mlp' else 'attn_out'} on models without a post-norm "
                 "(Llama), no lmscope hook on Gemma; the model decides"
             )
-        L = int(layer) if layer.isdigit() else 0
-        p = hooks.parts[L]
+        p = hooks.parts[_block(hooks, layer, full)]
         mod, out = (p.mlp, p.mlp_out) if child == "mlp" else (p.attn, p.attn_out)
         if mod is not out:
             raise _refuse(full, f"on this model it is the {child} output before its post-norm")
@@ -167,7 +166,7 @@ def _module_kind(layer: str, sub: str | None, side: str | None, hooks, name: str
                 "different models; the model decides"
             )
         raise _refuse(name)
-    L = int(layer) if layer.isdigit() else 0
+    L = _block(hooks, layer, name)
     mod = _module(hooks, L, sub, name)
     p = hooks.parts[L]
     if side == "input" and mod is p.mlp:
@@ -183,10 +182,26 @@ def _module_kind(layer: str, sub: str | None, side: str | None, hooks, name: str
     raise _refuse(name)
 
 
+def _not_in(hooks: HookPoints, name: str, ours: str) -> UserError:
+    said = "" if name == ours else f" ({ours} in lmscope's names)"
+    return UserError(
+        f"hook {name!r}{said} is not in this {hooks.n_layers}-layer model; is the dictionary "
+        "for another model?"
+    )
+
+
+def _block(hooks: HookPoints, layer: str, name: str) -> int:
+    """The block index of a layer token ({layer} templates are checked on block 0)."""
+    L = int(layer) if layer.isdigit() else 0
+    if L >= hooks.n_layers:
+        raise _not_in(hooks, name, f"block {L}")
+    return L
+
+
 def _module(hooks: HookPoints, layer: int, sub: str, name: str):
     """Module `sub` of block `layer` (the path before `layers.L` may be anything: model.,
     model.language_model., or nothing as in sparsify's hookpoints)."""
-    block = hooks.layers[layer]
+    block = hooks.layers[_block(hooks, str(layer), name)]
     try:
         return block.get_submodule(sub)
     except AttributeError:
@@ -206,11 +221,7 @@ def to_lmscope(
     name = str(name).strip()
     out = _resolve(name, hooks, site, layer)
     if hooks is not None and "{" not in out and out not in hooks:
-        said = "" if name == out else f" ({name!r} in lmscope's names)"
-        raise UserError(
-            f"hook {out}{said} is not in this {hooks.n_layers}-layer model; is the dictionary "
-            "for another model?"
-        )
+        raise _not_in(hooks, name, out)
     return out
 
 
