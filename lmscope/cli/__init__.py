@@ -23,6 +23,7 @@ _ORDER = [
     "models",
     "capture",
     "train",
+    "pretrained",
     "atlas",
     "explain",
     "read",
