@@ -94,7 +94,7 @@ def run_lmscope(args) -> dict:
     }
     prompt = prompt_of_length(lm.tokenizer, args.n)
     lines: list[str] = []
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     g = build_graph(
         lm,
         tcs,
@@ -108,12 +108,13 @@ def run_lmscope(args) -> dict:
     pr = prune(g)
     full, pruned = graph_scores(g), graph_scores(g, pr)
     graph_json(g, pr)
-    seconds = time.perf_counter() - t
+    seconds, cpu = time.perf_counter() - t, time.process_time() - c
     ct = circuit_tracer_scores(g)
     return {
         "tool": "lmscope",
         "n_pos": g.n_pos,
         "seconds": seconds,
+        "graph_cpu_seconds": cpu,
         "estimate": lines[0] if lines else None,
         "estimated_gb": g.stats["estimated_bytes"] / 2**30,
         "batch_size": g.stats["batch_size"],
@@ -170,17 +171,18 @@ def run_circuit_tracer(args) -> dict:
         model_path, tset, backend="nnsight", device=cpu
     )
     prompt = prompt_of_length(AutoTokenizer.from_pretrained(model_path), args.n)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     g = attribute(
         prompt, model, max_feature_nodes=args.max_feature_nodes, batch_size=args.batch_size
     )
     prune_graph(g, 0.8, 0.98)
-    seconds = time.perf_counter() - t
+    seconds, cpu = time.perf_counter() - t, time.process_time() - c
     rs, cs = compute_graph_scores(g)
     return {
         "tool": "circuit-tracer 0.5 (nnsight)",
         "n_pos": len(g.input_tokens),
         "seconds": seconds,
+        "graph_cpu_seconds": cpu,
         "active_features": int(g.active_features.shape[0]),
         "feature_nodes": int(len(g.selected_features)),
         "ct_way_replacement": rs,
@@ -193,7 +195,9 @@ def child(args) -> None:
         row = (run_lmscope if args.child == "lmscope" else run_circuit_tracer)(args)
     except Exception as e:  # a refusal (UserError) or an out-of-memory is a result here
         row = {"tool": args.child, "error": f"{type(e).__name__}: {e}"}
-    row["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    row["peak_rss_gb"] = ru.ru_maxrss / 2**20
+    row["cpu_seconds"] = ru.ru_utime + ru.ru_stime  # the whole process, model load included
     print("RESULT " + json.dumps(row))
 
 
