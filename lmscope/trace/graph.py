@@ -77,7 +77,7 @@ class Graph:
 
     Only visited features and logits have inputs (errors and tokens are sources only), so the
     adjacency is stored as its non-zero rows: `rows` [r, n_nodes] = A[row_nodes]. At 1,024
-    tokens on SmolLM2 that is 522 x 32,266 floats instead of 32,266^2 (4.2 GB). `adjacency`
+    tokens on SmolLM2 that is 513 x 32,257 floats instead of 32,257^2 (3.9 GB). `adjacency`
     builds the square matrix on demand (small graphs, tests, comparisons).
     """
 
@@ -485,7 +485,7 @@ def _attribute(
     timing = {"forward": 0.0, "backward": 0.0, "influence": 0.0}
     # What each active feature writes (activation x decoder row) is not stored: an edge is
     # a_f <g_p, dec_f>, recomputed in every backward from the activation and the decoder row
-    # (storing the writes was n_active x d_model floats, 2.3 GB at 1,024 tokens). Per layer,
+    # (storing the writes was n_active x d_model floats, 2.1 GB at 1,024 tokens). Per layer,
     # the features are laid out [positions with features, most per position], padded.
     layouts = {L: _write_layout(feats_t[idx], vals_t[idx], idx) for L, idx in layer_rows.items()}
     tf = time.perf_counter()

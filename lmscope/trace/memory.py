@@ -10,7 +10,7 @@ A graph build holds, at its peak (names as in `MemoryEstimate`):
                  per layer and token; the frozen attention patterns it saves are the cached ones
                  above, not copies) and the active features' index, activation and padded layout
                  (what a feature writes, activation x decoder row, is recomputed in each backward
-                 from those, not stored: that was n_active x d_model floats, 2.3 GB at 1,024
+                 from those, not stored: that was n_active x d_model floats, 2.1 GB at 1,024
                  tokens on SmolLM2);
 - edges:         the rows of the adjacency being filled (one per visited feature and logit):
                  either every active feature's edge (dense, 4 bytes each) or the `row_edges`

@@ -28,8 +28,8 @@ Ameisen et al. 2025 (Sec. 3.3 and App. "Graph pruning"), as circuit-tracer imple
 Memory: only the rows of visited features and logits are non-zero (errors and tokens have no
 inputs), and the Graph stores only those (`graph.rows` [r, n_nodes], `graph.row_nodes`), so
 every function here works on them and the edge mask is kept as rows too: nothing n_nodes x
-n_nodes is made. At 1,024 tokens on SmolLM2 with 512 feature nodes that is 522 rows of 32,266
-columns instead of 32,266^2 (4.2 GB per float copy, 1 GB per bool mask).
+n_nodes is made. At 1,024 tokens on SmolLM2 with 512 feature nodes that is 513 rows of 32,257
+columns instead of 32,257^2 (3.9 GB per float copy, 1.0 GB per bool mask).
 """
 
 from __future__ import annotations
