@@ -138,7 +138,7 @@ def run_lmscope(args) -> dict:
 
 def run_circuit_tracer(args) -> dict:
     import torch
-    from bench_graph import _compat_folder
+    from check_circuit_tracer_export import compat_folder  # bench/ is on sys.path
     from circuit_tracer import ReplacementModel, attribute
     from circuit_tracer.graph import compute_graph_scores, prune_graph
     from circuit_tracer.transcoder.activation_functions import TopK
@@ -166,7 +166,8 @@ def run_circuit_tracer(args) -> dict:
     tset = TranscoderSet(
         tcs, feature_input_hook="mlp.hook_in", feature_output_hook="mlp.hook_out", scan="bench"
     )
-    model_path = _compat_folder(Path(args.model_path), ct_dir / "hf_model_v4")
+    # transformers 4.x (circuit-tracer's pin) reads the rotary base only at the top level
+    model_path = str(compat_folder(Path(args.model_path), ct_dir / "hf_model_v4_rope"))
     model = ReplacementModel.from_pretrained_and_transcoders(
         model_path, tset, backend="nnsight", device=cpu
     )
