@@ -5,7 +5,8 @@ the same transcoders.
 Model: SmolLM2-135M-Instruct (fp32, CPU). Transcoders: the whole-model run's 30 TopK (k=32) skip
 transcoders blocks.L.mlp_in -> mlp_out, 2,304 latents each (read-only; exported once to
 circuit-tracer's single-layer layout: W_enc [d_sae, d_model], W_dec, b_enc, b_dec, W_skip, all
-in raw units, loaded with `load_relu_transcoder` and given circuit-tracer's own `TopK(32)`).
+in raw units, loaded with `load_relu_transcoder` and given circuit-tracer's `TopK(32)` followed by a
+ReLU, as lmscope's TopK).
 Each row runs in a fresh process (peak RSS = ru_maxrss of that process, model and transcoders
 included), niced, one at a time; a row that does not finish within --timeout is reported so.
 
@@ -148,6 +149,14 @@ def run_circuit_tracer(args) -> dict:
     )
     from transformers import AutoTokenizer
 
+    class ReluTopK(TopK):
+        """circuit-tracer's TopK keeps the k largest pre-activations even when negative; lmscope's
+        TopK ReLUs them (topk_codes), so without this the two tools trace different transcoders
+        (at 64 tokens 60,480 active features against 56,111)."""
+
+        def forward(self, x):
+            return super().forward(x).clamp_min(0)
+
     torch.set_num_threads(args.threads)
     ct_dir = Path(args.ct_dir)
     cpu = torch.device("cpu")
@@ -161,7 +170,7 @@ def run_circuit_tracer(args) -> dict:
             lazy_encoder=False,
             lazy_decoder=False,
         )
-        t.activation_function = TopK(k)
+        t.activation_function = ReluTopK(k)
         tcs[L] = t
     tset = TranscoderSet(
         tcs, feature_input_hook="mlp.hook_in", feature_output_hook="mlp.hook_out", scan="bench"
@@ -243,6 +252,7 @@ def main() -> None:
     ap.add_argument("--ct-python", default=None, help="circuit-tracer's venv python")
     ap.add_argument("--lengths", default="16,64,256,1024")
     ap.add_argument("--ct-lengths", default="16,64,256", help="lengths circuit-tracer runs")
+    ap.add_argument("--ct-only", action="store_true", help="circuit-tracer rows only")
     ap.add_argument("--max-feature-nodes", type=int, default=1024)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-memory-gb", type=float, default=8.0)
@@ -274,7 +284,7 @@ def main() -> None:
     ct_lengths = {int(n) for n in args.ct_lengths.split(",") if n}
     lengths = [int(x) for x in args.lengths.split(",") if x]
     for n in lengths:
-        plan = [("lmscope", sys.executable, None)]
+        plan = [] if args.ct_only else [("lmscope", sys.executable, None)]
         if args.row_edges and n == lengths[0]:  # top edges vs dense, on the shortest prompt
             plan.append(("lmscope", sys.executable, args.row_edges))
         if args.ct_python and n in ct_lengths:
