@@ -5,7 +5,8 @@ the same transcoders.
 Model: SmolLM2-135M-Instruct (fp32, CPU). Transcoders: the whole-model run's 30 TopK (k=32) skip
 transcoders blocks.L.mlp_in -> mlp_out, 2,304 latents each (read-only; exported once to
 circuit-tracer's single-layer layout: W_enc [d_sae, d_model], W_dec, b_enc, b_dec, W_skip, all
-in raw units, loaded with `load_relu_transcoder` and given circuit-tracer's own `TopK(32)`).
+in raw units, loaded with `load_relu_transcoder` and given circuit-tracer's `TopK(32)` followed by a
+ReLU, as lmscope's TopK).
 Each row runs in a fresh process (peak RSS = ru_maxrss of that process, model and transcoders
 included), niced, one at a time; a row that does not finish within --timeout is reported so.
 
@@ -94,7 +95,7 @@ def run_lmscope(args) -> dict:
     }
     prompt = prompt_of_length(lm.tokenizer, args.n)
     lines: list[str] = []
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     g = build_graph(
         lm,
         tcs,
@@ -108,12 +109,13 @@ def run_lmscope(args) -> dict:
     pr = prune(g)
     full, pruned = graph_scores(g), graph_scores(g, pr)
     graph_json(g, pr)
-    seconds = time.perf_counter() - t
+    seconds, cpu = time.perf_counter() - t, time.process_time() - c
     ct = circuit_tracer_scores(g)
     return {
         "tool": "lmscope",
         "n_pos": g.n_pos,
         "seconds": seconds,
+        "graph_cpu_seconds": cpu,
         "estimate": lines[0] if lines else None,
         "estimated_gb": g.stats["estimated_bytes"] / 2**30,
         "batch_size": g.stats["batch_size"],
@@ -137,7 +139,7 @@ def run_lmscope(args) -> dict:
 
 def run_circuit_tracer(args) -> dict:
     import torch
-    from bench_graph import _compat_folder
+    from check_circuit_tracer_export import compat_folder  # bench/ is on sys.path
     from circuit_tracer import ReplacementModel, attribute
     from circuit_tracer.graph import compute_graph_scores, prune_graph
     from circuit_tracer.transcoder.activation_functions import TopK
@@ -146,6 +148,14 @@ def run_circuit_tracer(args) -> dict:
         load_relu_transcoder,
     )
     from transformers import AutoTokenizer
+
+    class ReluTopK(TopK):
+        """circuit-tracer's TopK keeps the k largest pre-activations even when negative; lmscope's
+        TopK ReLUs them (topk_codes), so without this the two tools trace different transcoders
+        (at 64 tokens 60,480 active features against 56,111)."""
+
+        def forward(self, x):
+            return super().forward(x).clamp_min(0)
 
     torch.set_num_threads(args.threads)
     ct_dir = Path(args.ct_dir)
@@ -160,27 +170,29 @@ def run_circuit_tracer(args) -> dict:
             lazy_encoder=False,
             lazy_decoder=False,
         )
-        t.activation_function = TopK(k)
+        t.activation_function = ReluTopK(k)
         tcs[L] = t
     tset = TranscoderSet(
         tcs, feature_input_hook="mlp.hook_in", feature_output_hook="mlp.hook_out", scan="bench"
     )
-    model_path = _compat_folder(Path(args.model_path), ct_dir / "hf_model_v4")
+    # transformers 4.x (circuit-tracer's pin) reads the rotary base only at the top level
+    model_path = str(compat_folder(Path(args.model_path), ct_dir / "hf_model_v4_rope"))
     model = ReplacementModel.from_pretrained_and_transcoders(
         model_path, tset, backend="nnsight", device=cpu
     )
     prompt = prompt_of_length(AutoTokenizer.from_pretrained(model_path), args.n)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     g = attribute(
         prompt, model, max_feature_nodes=args.max_feature_nodes, batch_size=args.batch_size
     )
     prune_graph(g, 0.8, 0.98)
-    seconds = time.perf_counter() - t
+    seconds, cpu = time.perf_counter() - t, time.process_time() - c
     rs, cs = compute_graph_scores(g)
     return {
         "tool": "circuit-tracer 0.5 (nnsight)",
         "n_pos": len(g.input_tokens),
         "seconds": seconds,
+        "graph_cpu_seconds": cpu,
         "active_features": int(g.active_features.shape[0]),
         "feature_nodes": int(len(g.selected_features)),
         "ct_way_replacement": rs,
@@ -193,7 +205,9 @@ def child(args) -> None:
         row = (run_lmscope if args.child == "lmscope" else run_circuit_tracer)(args)
     except Exception as e:  # a refusal (UserError) or an out-of-memory is a result here
         row = {"tool": args.child, "error": f"{type(e).__name__}: {e}"}
-    row["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    row["peak_rss_gb"] = ru.ru_maxrss / 2**20
+    row["cpu_seconds"] = ru.ru_utime + ru.ru_stime  # the whole process, model load included
     print("RESULT " + json.dumps(row))
 
 
@@ -238,6 +252,7 @@ def main() -> None:
     ap.add_argument("--ct-python", default=None, help="circuit-tracer's venv python")
     ap.add_argument("--lengths", default="16,64,256,1024")
     ap.add_argument("--ct-lengths", default="16,64,256", help="lengths circuit-tracer runs")
+    ap.add_argument("--ct-only", action="store_true", help="circuit-tracer rows only")
     ap.add_argument("--max-feature-nodes", type=int, default=1024)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-memory-gb", type=float, default=8.0)
@@ -269,7 +284,7 @@ def main() -> None:
     ct_lengths = {int(n) for n in args.ct_lengths.split(",") if n}
     lengths = [int(x) for x in args.lengths.split(",") if x]
     for n in lengths:
-        plan = [("lmscope", sys.executable, None)]
+        plan = [] if args.ct_only else [("lmscope", sys.executable, None)]
         if args.row_edges and n == lengths[0]:  # top edges vs dense, on the shortest prompt
             plan.append(("lmscope", sys.executable, args.row_edges))
         if args.ct_python and n in ct_lengths:

@@ -325,7 +325,7 @@ def hand_graph(logit_from_f1: float = 2.0) -> Graph:
     A[f0, t1], A[f0, t0] = 3.0, -1.0
     A[f1, t0], A[f1, t1] = 1.0, 1.0
     A[lg, f0], A[lg, f1], A[lg, e01] = 1.0, logit_from_f1, 1.0
-    return Graph(
+    return Graph.from_adjacency(
         prompt="a b",
         tokens=[5, 6],
         str_tokens=["a", " b"],
@@ -344,7 +344,7 @@ def hand_mask() -> PruneResult:
     node = torch.tensor([True, False, False, True, True, True, True])
     edge = (hand_graph().adjacency != 0) & node[:, None] & node[None, :]
     edge[0, 4] = False
-    return PruneResult(node, edge, torch.zeros(7), torch.zeros(7))
+    return PruneResult.from_dense(node, edge, torch.zeros(7), torch.zeros(7))
 
 
 def test_scores_by_hand_full_graph():
@@ -442,13 +442,13 @@ def test_pruning_and_scores(setup):
     compm = ((1 - Bm[:, is_err].sum(1)) * weightm).sum() / weightm.sum()
     assert part.completeness == pytest.approx(float(compm), rel=1e-4)
     # Keeping everything reproduces the full scores (nothing folded, no edge dropped).
-    every = PruneResult(
+    every = PruneResult.from_dense(
         torch.ones(g.n_nodes, dtype=torch.bool), g.adjacency != 0, pr.cumulative, pr.influence
     )
     assert graph_scores(g, every) == pytest.approx(tuple(full), abs=1e-6)
     # A graph whose errors are all zero is fully explained.
-    g2 = dataclasses.replace(g, adjacency=g.adjacency.clone())
-    g2.adjacency[:, g2.error_start : g2.token_start] = 0
+    g2 = dataclasses.replace(g, rows=g.rows.clone())
+    g2.rows[:, g2.error_start : g2.token_start] = 0
     s2 = graph_scores(g2)
     assert s2.replacement == pytest.approx(1.0) and s2.completeness == pytest.approx(1.0)
 

@@ -27,7 +27,10 @@ passes); a row stores either every active feature's edge or, when that does not 
 of each dropped edge's (layer, position), exactly as for unexpanded features below, and the
 row's total |input| is kept, so every node's input is still the sum of its edges and the
 normalization used for influence is unchanged; a dropped edge of a feature that is later
-expanded counts as error.
+expanded counts as error. Nothing grows with n_active x d_model or n_nodes^2: an edge from a
+feature is a_f <gradient, decoder row f>, computed from the activation and the decoder in each
+backward (the writes a_f W_dec[f] are not stored), and the Graph keeps only its non-zero rows
+(visited features and logits; errors and tokens have no inputs), which prune.py works on.
 
 Active features that are not expanded (over `max_feature_nodes`) have no node, but their
 direct effects on the expanded nodes are known (every backward reads every active
@@ -53,6 +56,7 @@ from tqdm import tqdm
 from ..models.logits import demeaned_logit_directions
 from .memory import (
     CHUNK_ENTRIES,
+    GATHER_FLOATS,
     GB,
     MemoryEstimate,
     default_limit_gb,
@@ -69,7 +73,13 @@ if TYPE_CHECKING:
 
 @dataclass
 class Graph:
-    """An attribution graph on one prompt (unpruned)."""
+    """An attribution graph on one prompt (unpruned).
+
+    Only visited features and logits have inputs (errors and tokens are sources only), so the
+    adjacency is stored as its non-zero rows: `rows` [r, n_nodes] = A[row_nodes]. At 1,024
+    tokens on SmolLM2 that is 513 x 32,257 floats instead of 32,257^2 (3.9 GB). `adjacency`
+    builds the square matrix on demand (small graphs, tests, comparisons).
+    """
 
     prompt: str
     tokens: list[int]
@@ -83,17 +93,32 @@ class Graph:
     logit_strs: list[str]
     logit_probs: Tensor
     """[n_logits] the model's probabilities of the logit nodes (first = the target)."""
-    adjacency: Tensor
-    """[n_nodes, n_nodes] direct effects, rows = targets, columns = sources."""
+    rows: Tensor
+    """[r, n_nodes] the rows of the adjacency that can be non-zero (direct effects, rows =
+    targets, columns = sources); every other row is zero."""
+    row_nodes: Tensor
+    """[r] int64, ascending: the node of each row of `rows`."""
     model: str = ""
     hooks: list[str] = field(default_factory=list)
     """The transcoders' input hooks (the 'scan')."""
     stats: dict = field(default_factory=dict)
     """seconds, peak bytes, active features, backward batches."""
-    unexpanded: Tensor | None = None
-    """[n_nodes, n_errors] the part of the error columns of `adjacency` that comes from
-    active features left out of the graph, and (with `row_edges`) from the feature edges a
-    row did not store (None or zeros when every one was expanded and stored)."""
+    unexpanded_rows: Tensor | None = None
+    """[r, n_errors] the part of the error columns of `rows` that comes from active features
+    left out of the graph, and (with `row_edges`) from the feature edges a row did not store
+    (None or zeros when every one was expanded and stored)."""
+
+    @classmethod
+    def from_adjacency(cls, *, adjacency: Tensor, unexpanded: Tensor | None = None, **kw) -> Graph:
+        """A graph from a square adjacency [n_nodes, n_nodes] (and its [n_nodes, n_errors]
+        unexpanded part): its non-zero rows are kept."""
+        R = adjacency.any(1).nonzero(as_tuple=True)[0]
+        return cls(
+            rows=adjacency[R].clone(),
+            row_nodes=R,
+            unexpanded_rows=None if unexpanded is None else unexpanded[R].clone(),
+            **kw,
+        )
 
     @property
     def n_pos(self) -> int:
@@ -126,6 +151,30 @@ class Graph:
     def error_index(self, layer: int, pos: int) -> int:
         return self.error_start + layer * self.n_pos + pos
 
+    @property
+    def adjacency(self) -> Tensor:
+        """[n_nodes, n_nodes] direct effects, rows = targets (a new dense copy: n_nodes^2
+        floats; prune.py and graph_json.py work on `rows` instead)."""
+        A = torch.zeros(self.n_nodes, self.n_nodes, dtype=self.rows.dtype)
+        A[self.row_nodes] = self.rows
+        return A
+
+    @property
+    def unexpanded(self) -> Tensor | None:
+        """[n_nodes, n_errors] `unexpanded_rows` as a dense matrix (None if not recorded)."""
+        if self.unexpanded_rows is None:
+            return None
+        U = torch.zeros(self.n_nodes, self.n_errors, dtype=self.unexpanded_rows.dtype)
+        U[self.row_nodes] = self.unexpanded_rows
+        return U
+
+    def rows_as_circuit_tracer(self) -> Tensor:
+        """`rows` without the unexpanded features' effects in the error columns (a copy)."""
+        P = self.rows.clone()
+        if self.unexpanded_rows is not None:
+            P[:, self.error_start : self.token_start] -= self.unexpanded_rows
+        return P
+
     def adjacency_as_circuit_tracer(self) -> Tensor:
         """The adjacency without the unexpanded features' effects in the error columns.
 
@@ -133,10 +182,8 @@ class Graph:
         their direct effects count neither as feature nor as error input; lmscope folds
         them into the error nodes. This undoes the fold, for comparisons with its figures.
         """
-        if self.unexpanded is None:
-            return self.adjacency
-        A = self.adjacency.clone()
-        A[:, self.error_start : self.token_start] -= self.unexpanded
+        A = torch.zeros(self.n_nodes, self.n_nodes, dtype=self.rows.dtype)
+        A[self.row_nodes] = self.rows_as_circuit_tracer()
         return A
 
 
@@ -213,11 +260,11 @@ def build_graph(
                 n_active,
                 d_sae=d_sae,
                 dictionary_bytes=dict_bytes,
-                write_targets=(lm.n_layers + 1) / 2 if clt else 1.0,
                 batch_size=b,
                 max_feature_nodes=max_feature_nodes,
                 n_logits=max_logits,
                 row_edges=k,
+                write_targets=(lm.n_layers + 1) / 2 if clt else 1.0,
             )
 
         return plan_memory(
@@ -320,6 +367,64 @@ def _feature_influence(
     return total
 
 
+@dataclass(frozen=True)
+class _WriteLayout:
+    """One layer's active features, padded to [positions with features, most per position]."""
+
+    pos: Tensor
+    """[m] the positions that have active features."""
+    feature: Tensor
+    """[m, k] feature ids (0 in padding)."""
+    act: Tensor
+    """[m, k] float32 activations (0 in padding, so padding writes nothing)."""
+    col: Tensor
+    """[m, k] the active-feature column of each (-1 in padding)."""
+
+
+def _write_layout(feats: Tensor, vals: Tensor, cols: Tensor) -> _WriteLayout:
+    """feats [N, 3] (layer, pos, feature) sorted by position, vals [N], cols [N] -> layout."""
+    if feats.shape[0] == 0:
+        z = torch.zeros(0, 0, dtype=torch.long)
+        return _WriteLayout(torch.zeros(0, dtype=torch.long), z, z.float(), z)
+    pos, counts = feats[:, 1].unique_consecutive(return_counts=True)
+    m, k = int(pos.numel()), int(counts.max())
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(feats.shape[0]) - torch.repeat_interleave(starts, counts)
+    row = torch.repeat_interleave(torch.arange(m), counts)
+    feature = torch.zeros(m, k, dtype=torch.long)
+    act = torch.zeros(m, k)
+    col = torch.full((m, k), -1, dtype=torch.long)
+    feature[row, slot] = feats[:, 2]
+    act[row, slot] = vals.float()
+    col[row, slot] = cols
+    return _WriteLayout(pos, feature, act, col)
+
+
+def _write_edges(block: Tensor, grads: list[Tensor], dec: Tensor, lay: _WriteLayout) -> None:
+    """block[:, col] = a_f <g, dec_f> for every active feature of one layer (in place).
+
+    grads: [n, pos, d_model] d targets / d write at each MLP output the features write to (one
+    for a per-layer transcoder; for a CLT feature of layer l, layers l, l+1, ...); dec: [d_sae,
+    len(grads) * d_model] raw decoder rows (into those outputs, concatenated). The decoder rows
+    and gradients are gathered a chunk of positions at a time: per chunk one batched product
+    [chunk, n, width] x [chunk, width, k].
+    """
+    m, k = lay.feature.shape
+    if m == 0:
+        return
+    n, width = block.shape[0], dec.shape[1]
+    step = max(1, GATHER_FLOATS // max(1, max(k, n) * width))
+    for c in range(0, m, step):
+        ps = lay.pos[c : c + step]
+        g = torch.cat([gr[:, ps] for gr in grads], -1) if len(grads) > 1 else grads[0][:, ps]
+        d_ = dec[lay.feature[c : c + step]].float()  # [chunk, k, width]
+        e = torch.bmm(g.float().transpose(0, 1), d_.transpose(1, 2))  # [chunk, n, k]
+        e.mul_(lay.act[c : c + step, None, :])
+        cc = lay.col[c : c + step]
+        keep = cc >= 0
+        block[:, cc[keep]] = e.transpose(0, 1)[:, keep]
+
+
 def _attribute(
     rep: Replacement,
     prompt: str,
@@ -378,19 +483,11 @@ def _attribute(
     select = max(1, min(select_size, max(n_log, min(n_active, max_feature_nodes))))
     B = max(1, min(batch_size, select))
     timing = {"forward": 0.0, "backward": 0.0, "influence": 0.0}
-    # What each active feature writes: activation x decoder row, grouped by (layer, pos):
-    # layer -> pos -> (first column, [n_p, d_model]); for a CLT, its decoders into its own
-    # and every later MLP output, [n_p, n_layers - layer, d_model].
-    writes: dict[int, dict[int, tuple[int, Tensor]]] = {}
-    for L, idx in layer_rows.items():
-        writes[L] = {}
-        st = rep.layers[L]
-        for p in feats_t[idx, 1].unique().tolist():
-            cols = idx[feats_t[idx, 1] == p]
-            f_ = feats_t[cols, 2]
-            dec = st.dec[f_] if st.dec_out is None else st.dec_out[f_]
-            a = vals_t[cols].float().reshape(-1, *([1] * (dec.dim() - 1)))
-            writes[L][p] = (int(cols[0]), a * dec.float())
+    # What each active feature writes (activation x decoder row) is not stored: an edge is
+    # a_f <g_p, dec_f>, recomputed in every backward from the activation and the decoder row
+    # (storing the writes was n_active x d_model floats, 2.1 GB at 1,024 tokens). Per layer,
+    # the features are laid out [positions with features, most per position], padded.
+    layouts = {L: _write_layout(feats_t[idx], vals_t[idx], idx) for L, idx in layer_rows.items()}
     tf = time.perf_counter()
     # One forward on the prompt; each backward below is vmapped over up to B injected
     # gradients (is_grads_batched): 4-5x faster than a forward on B copies + one backward.
@@ -440,19 +537,15 @@ def _attribute(
         for L, gL in g_at.items():
             st = rep.layers[L]
             if st.dec_out is None:  # a per-layer transcoder writes to its own layer only
-                if gL is None:
-                    continue
-                for p, (c0, w_p) in writes[L].items():  # sources grouped by position
-                    block[:, c0 : c0 + w_p.shape[0]] = gL[:, p] @ w_p.t()  # [n, n_sources at p]
+                if gL is not None:
+                    _write_edges(block, [gL], st.dec, layouts[L])
             else:  # a CLT feature of layer L writes to layers L..: sum over its targets
-                later = [g_at[t] if g_at[t] is not None else None for t in range(L, n_layers)]
-                if all(g is None for g in later):
-                    continue
-                zero = torch.zeros(n, n_pos, lm.d_model)
-                later = [zero if g is None else g for g in later]
-                for p, (c0, w_p) in writes[L].items():  # w_p [n_p, n_targets, d_model]
-                    gp = torch.stack([g[:, p] for g in later], 1).reshape(n, -1)
-                    block[:, c0 : c0 + w_p.shape[0]] = gp @ w_p.reshape(w_p.shape[0], -1).t()
+                later = [g_at[t] for t in range(L, n_layers)]
+                if any(g is not None for g in later):
+                    zero = torch.zeros(n, n_pos, lm.d_model)
+                    later = [zero if g is None else g for g in later]
+                    dec_all = st.dec_out.reshape(st.dec_out.shape[0], -1)  # [d_sae, T * d]
+                    _write_edges(block, later, dec_all, layouts[L])
             if gL is not None:
                 et[:, L * n_pos : (L + 1) * n_pos] = torch.einsum(
                     "bpd,pd->bp", gL, st.error.float()
@@ -520,9 +613,12 @@ def _attribute(
     row_new = torch.empty_like(slots)
     row_new[is_f] = new_index[slots[is_f]]
     row_new[~is_f] = nf + n_err + n_tok + (slots[~is_f] - log0)
-    adjacency = torch.zeros(side, side)
+    # The graph keeps only the filled rows (every other row is zero), in node order.
+    order = row_new.argsort()
+    row_new = row_new[order]
+    rows = torch.zeros(n_filled, side)
     if dense:
-        adjacency[row_new, :nf] = F[:n_filled, keep_f]
+        rows[:, :nf] = F[:n_filled, keep_f][order]
         for c in range(0, int(left.numel()), 65536):  # in chunks: no copy of every column
             cols = left[c : c + 65536]
             folded.index_add_(1, bucket[cols], F[:n_filled, cols])
@@ -530,15 +626,16 @@ def _attribute(
     else:
         cols = Fi[:n_filled].long()
         vis = visited[cols]
-        r_idx = row_new[:, None].expand_as(cols)
-        adjacency[r_idx[vis], new_index[cols[vis]]] = Fv[:n_filled][vis]
+        r_idx = torch.empty_like(order)
+        r_idx[order] = torch.arange(n_filled)  # filled row -> its row in `rows`
+        r_idx = r_idx[:, None].expand_as(cols)
+        rows[r_idx[vis], new_index[cols[vis]]] = Fv[:n_filled][vis]
         folded.scatter_add_(1, bucket[cols], Fv[:n_filled] * ~vis)
         folded += dropped[:n_filled]
         del Fv, Fi, dropped
-    adjacency[row_new, nf : nf + n_err] = ET[:n_filled, :n_err] + folded
-    adjacency[row_new, nf + n_err : nf + n_err + n_tok] = ET[:n_filled, n_err:]
-    unexpanded = torch.zeros(side, n_err)
-    unexpanded[row_new] = folded
+    folded = folded[order]
+    rows[:, nf : nf + n_err] = ET[:n_filled, :n_err][order] + folded
+    rows[:, nf + n_err : nf + n_err + n_tok] = ET[:n_filled, n_err:][order]
     tok_list = rep.tokens[0].tolist()
     shares = torch.cat(drop_share) if drop_share else torch.zeros(0)
     return Graph(
@@ -551,8 +648,9 @@ def _attribute(
         logit_tokens=logit_ids,
         logit_strs=lm.to_str_tokens(logit_ids),
         logit_probs=probs[logit_ids].float(),
-        adjacency=adjacency,
-        unexpanded=unexpanded,
+        rows=rows,
+        row_nodes=row_new,
+        unexpanded_rows=folded,
         stats={
             "active_features": n_active,
             "feature_nodes": nf,

@@ -122,8 +122,10 @@ def graph_json(
                 influence=None,
             )
         nodes[i] = base
-    dst, src = pruned.edge_mask.nonzero(as_tuple=True)
-    weights = g.adjacency[dst, src].tolist()
+    # Kept edges from the rows (no square adjacency or mask: graph.rows, pruned.edge_rows).
+    r, src = pruned.edge_rows_at(g.row_nodes).nonzero(as_tuple=True)
+    weights = g.rows[r, src].tolist()
+    dst = g.row_nodes[r]
     links = [
         {"source": ids[s], "target": ids[t], "weight": w}
         for t, s, w in zip(dst.tolist(), src.tolist(), weights)

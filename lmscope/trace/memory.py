@@ -7,17 +7,22 @@ A graph build holds, at its peak (names as in `MemoryEstimate`):
                  [heads, pos, pos], the captured MLP inputs/outputs, each layer's dense feature
                  activations [pos, d_sae] and raw-unit encoder copy [d_model, d_sae];
 - forward:       the one forward kept for the backward passes (saved tensors ~24 d_model-sized
-                 per layer and token) and what each active feature writes (activation x decoder
-                 row, one d_model vector per active feature);
+                 per layer and token; the frozen attention patterns it saves are the cached ones
+                 above, not copies) and the active features' index, activation and padded layout
+                 (what a feature writes, activation x decoder row, is recomputed in each backward
+                 from those, not stored: that was n_active x d_model floats, 2.1 GB at 1,024
+                 tokens on SmolLM2);
 - edges:         the rows of the adjacency being filled (one per visited feature and logit):
                  either every active feature's edge (dense, 4 bytes each) or the `row_edges`
                  largest per row (value + index, 8 bytes each), plus dense error/token columns;
 - backward:      one batch of `batch_size` vmapped backward passes: the injected and returned
-                 gradients of every layer ([batch, pos, d_model] each, ~2 per layer) plus the
-                 [batch, n_active] block of edges before it is stored;
-- prune:         the final square adjacency over kept features, errors, tokens and logits (and
-                 the folded part of its error columns), the bool edge mask, and the copies of its
-                 non-zero rows that pruning and scoring make (prune.py).
+                 gradients of every layer ([batch, pos, d_model] each, ~2 per layer), the
+                 [batch, n_active] block of edges before it is stored, and the decoder rows and
+                 gradients gathered to compute it (GATHER_FLOATS at a time);
+- prune:         the graph's adjacency as its non-zero rows [visited features + logits, n_nodes]
+                 (and the folded part of their error columns), the bool edge-mask rows, and the
+                 copies of those rows that pruning and scoring make (prune.py): nothing
+                 n_nodes x n_nodes (that was 8.8 GB at 1,024 tokens).
 
 `plan_memory` picks the largest batch and edge storage that fit under a limit, or refuses. A
 lower batch gives the same graph (the next features are still chosen as many at a time as
@@ -49,6 +54,12 @@ FORWARD_VECTORS = 24
 PRUNE_ROW_COPIES = 4
 # Entries of |edges| one influence update takes at once (graph.py; ~16 bytes each in temporaries).
 CHUNK_ENTRIES = 2**24
+# Floats of decoder rows (and of gradients) gathered at once to compute a batch's feature edges
+# (graph.py; ~32 MB each, three such temporaries alive).
+GATHER_FLOATS = 2**23
+# Bytes per active feature outside the edges: (layer, pos, feature) int64, activation, its error
+# bucket and row index, and the padded write layout (feature, activation, column; ~1.3x padding).
+ACTIVE_BYTES = 96
 
 
 @dataclass(frozen=True)
@@ -122,7 +133,10 @@ def estimate_memory(
     row_edges: int | None = None,
     write_targets: float = 1.0,
 ) -> MemoryEstimate:
-    """Bytes each part of a graph build needs (see the module docstring for the parts)."""
+    """Bytes each part of a graph build needs (see the module docstring for the parts).
+
+    write_targets: MLP outputs a feature writes to (1 for a per-layer transcoder, (L + 1) / 2 on
+    average for a CLT): the width of the decoder rows gathered to compute edges."""
     cfg = lm.model.config
     heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", 8)
     d, L = lm.d_model, lm.n_layers
@@ -131,10 +145,8 @@ def estimate_memory(
     frozen = L * heads * n_pos * n_pos * item  # attention patterns
     frozen += (3 * L + 2) * n_pos * d * item  # captured mlp_in/out, errors, embeddings
     frozen += L * (n_pos * d_sae + d * d_sae) * item  # dense activations + encoder copy
-    forward = L * n_pos * FORWARD_VECTORS * d * item + L * heads * n_pos * n_pos * item
-    # writes (one d_model vector per target layer: 1 for a per-layer transcoder, (L+1)/2 on
-    # average for a CLT) + the (layer, pos, feature) index
-    forward += n_active * (int(write_targets * d) + 3) * item
+    forward = L * n_pos * FORWARD_VECTORS * d * item
+    forward += n_active * ACTIVE_BYTES  # index and layout; the writes are recomputed
     rows = min(max_feature_nodes, n_active) + n_logits
     n_err, n_tok = L * n_pos, n_pos
     dense = row_edges is None or row_edges >= n_active
@@ -146,8 +158,17 @@ def estimate_memory(
     width = n_active if dense else row_edges
     backward += min(CHUNK_ENTRIES, rows * width) * 16  # influence update: |edges| temporaries
     backward += rows * min(max_feature_nodes, n_active) * item  # and its [rows, features] block
+    # gathered decoder rows [pos, k, width], gradients [b, pos, width] and products [pos, b, k]
+    # of one layer (k: its features per position), at most GATHER_FLOATS each
+    dec_width = int(write_targets * d)
+    kp = -(-n_active // max(1, L * n_pos))
+    backward += min(GATHER_FLOATS, n_pos * kp * dec_width) * item
+    backward += min(GATHER_FLOATS, b * n_pos * dec_width) * item
+    backward += min(GATHER_FLOATS, n_pos * b * kp) * item
     side = min(max_feature_nodes, n_active) + n_err + n_tok + n_logits
-    prune = side * side * (item + 1) + side * n_err * item + PRUNE_ROW_COPIES * rows * side * item
+    # the graph's rows and their fold record, the bool edge-mask rows, pruning's row copies
+    prune = rows * side * item + rows * n_err * item + 2 * rows * side
+    prune += PRUNE_ROW_COPIES * rows * side * item
     return MemoryEstimate(
         weights,
         frozen,

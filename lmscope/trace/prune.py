@@ -26,9 +26,10 @@ Ameisen et al. 2025 (Sec. 3.3 and App. "Graph pruning"), as circuit-tracer imple
   every other feature eligible for folding.
 
 Memory: only the rows of visited features and logits are non-zero (errors and tokens have no
-inputs), so every function here works on those rows, [rows, n_nodes], never on a second
-n_nodes x n_nodes float copy: at 256 tokens on SmolLM2 that is 4,106 rows of 12,042 columns
-instead of 12,042 x 12,042 per copy.
+inputs), and the Graph stores only those (`graph.rows` [r, n_nodes], `graph.row_nodes`), so
+every function here works on them and the edge mask is kept as rows too: nothing n_nodes x
+n_nodes is made. At 1,024 tokens on SmolLM2 with 512 feature nodes that is 513 rows of 32,257
+columns instead of 32,257^2 (3.9 GB per float copy, 1.0 GB per bool mask).
 """
 
 from __future__ import annotations
@@ -42,13 +43,41 @@ from torch import Tensor
 class PruneResult(NamedTuple):
     node_mask: Tensor
     """bool [n_nodes] nodes kept."""
-    edge_mask: Tensor
-    """bool [n_nodes, n_nodes] edges kept (rows = targets)."""
+    edge_rows: Tensor
+    """bool [r, n_nodes] edges kept, rows of the edge mask at `row_nodes` (rows = targets; every
+    other row has no edges)."""
+    row_nodes: Tensor
+    """[r] the target node of each row of `edge_rows` (the graph's `row_nodes`)."""
     cumulative: Tensor
     """[n_nodes] cumulative share of influence at each node's rank (what circuit-tracer calls
     influence)."""
     influence: Tensor
     """[n_nodes] each node's influence on the logits (unpruned graph)."""
+
+    @property
+    def edge_mask(self) -> Tensor:
+        """bool [n_nodes, n_nodes] the edges kept (a dense copy: n_nodes^2 bytes)."""
+        n = self.node_mask.shape[0]
+        M = torch.zeros(n, n, dtype=torch.bool)
+        M[self.row_nodes] = self.edge_rows
+        return M
+
+    @classmethod
+    def from_dense(cls, node_mask, edge_mask, cumulative, influence) -> PruneResult:
+        """From a square edge mask: its non-empty rows are kept."""
+        R = edge_mask.any(1).nonzero(as_tuple=True)[0]
+        return cls(node_mask, edge_mask[R].clone(), R, cumulative, influence)
+
+    def edge_rows_at(self, R: Tensor) -> Tensor:
+        """bool [len(R), n_nodes] the edge mask's rows R."""
+        if torch.equal(self.row_nodes, R):
+            return self.edge_rows
+        where = torch.full((self.node_mask.shape[0],), -1, dtype=torch.long)
+        where[self.row_nodes] = torch.arange(self.row_nodes.numel())
+        j = where[R]
+        out = torch.zeros(R.numel(), self.node_mask.shape[0], dtype=torch.bool)
+        out[j >= 0] = self.edge_rows[j[j >= 0]]
+        return out
 
 
 class GraphScores(NamedTuple):
@@ -119,8 +148,7 @@ def logit_weights(graph) -> Tensor:
 
 def prune(graph, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> PruneResult:
     """Masks of the nodes and edges that carry the given fractions of influence on the logits."""
-    R = nonzero_rows(graph.adjacency)
-    return _prune(graph, R, graph.adjacency[R], node_threshold, edge_threshold)
+    return _prune(graph, graph.row_nodes, graph.rows.clone(), node_threshold, edge_threshold)
 
 
 def _prune(
@@ -140,24 +168,25 @@ def _prune(
     del P
     ip = partial_influence(Bp, R, w, normalized=True)
     edge_score = Bp.mul_((ip + w)[R][:, None])  # [r, n], in place of Bp
-    keep = (edge_score >= _threshold(edge_score, edge_threshold)) & (edge_score > 0)
+    keep = (edge_score >= _threshold(edge_score, edge_threshold)) & (edge_score > 0)  # [r, n]
     del edge_score, Bp
-    edge_mask = torch.zeros(graph.n_nodes, graph.n_nodes, dtype=torch.bool)
-    edge_mask[R] = keep
-    del keep
     nf = graph.n_features
+    n_src = graph.n_nodes - n_fixed  # features and errors: the nodes that can dangle
+    feat_row = R < nf
     while True:  # drop dangling nodes until nothing changes (at most n_layers + 1 rounds)
         before = node_mask.clone()
-        edge_mask[~node_mask] = False
-        edge_mask[:, ~node_mask] = False
-        node_mask[: graph.n_nodes - n_fixed] &= edge_mask[:, : graph.n_nodes - n_fixed].any(0)
-        node_mask[:nf] &= edge_mask[:nf].any(1)
+        keep[~node_mask[R]] = False
+        keep[:, ~node_mask] = False
+        node_mask[:n_src] &= keep[:, :n_src].any(0)  # an outgoing edge
+        has_in = torch.zeros(nf, dtype=torch.bool)
+        has_in[R[feat_row]] = keep[feat_row].any(1)
+        node_mask[:nf] &= has_in  # and an incoming one
         if torch.equal(before, node_mask):
             break
     order = infl.sort(descending=True)
     cum = torch.zeros_like(infl)
     cum[order.indices] = order.values.cumsum(0) / order.values.sum().clamp_min(1e-30)
-    return PruneResult(node_mask, edge_mask, cum, infl)
+    return PruneResult(node_mask, keep, R, cum, infl)
 
 
 def scores(A: Tensor, w: Tensor, is_error: Tensor, is_token: Tensor) -> GraphScores:
@@ -203,15 +232,14 @@ def fold_into_errors(graph, A: Tensor, drop: Tensor) -> Tensor:
     inputs no longer carry influence back to the tokens.
     """
     M = torch.zeros_like(A)
-    R, MR = _fold_rows(graph, A, drop)
-    M[R] = MR
+    R = nonzero_rows(A)
+    M[R] = _fold_rows(graph, R, A[R], drop)
     return M
 
 
-def _fold_rows(graph, A: Tensor, drop: Tensor) -> tuple[Tensor, Tensor]:
-    """`fold_into_errors` on the non-zero rows only: (R, [r, n] rows R of the folded A)."""
-    R = nonzero_rows(A)
-    M = A[R]
+def _fold_rows(graph, R: Tensor, M: Tensor, drop: Tensor) -> Tensor:
+    """`fold_into_errors` on the rows M [r, n] = A[R] that hold every non-zero of A (M is
+    overwritten and returned)."""
     idx = drop.nonzero(as_tuple=True)[0]
     if idx.numel():
         L, p = graph.features[idx, 0], graph.features[idx, 1]
@@ -221,24 +249,25 @@ def _fold_rows(graph, A: Tensor, drop: Tensor) -> tuple[Tensor, Tensor]:
         dropped_row = torch.zeros(graph.n_nodes, dtype=torch.bool)
         dropped_row[idx] = True
         M[dropped_row[R]] = 0
-    return R, M
+    return M
 
 
 def _pruned_rows(graph, mask: PruneResult) -> tuple[Tensor, Tensor]:
-    """`pruned_adjacency` on the non-zero rows only: (R, [r, n])."""
+    """`pruned_adjacency` on the graph's rows only: (R, [r, n])."""
     nf = graph.n_features
-    R, M = _fold_rows(graph, graph.adjacency, ~mask.node_mask[:nf])
+    R = graph.row_nodes
+    M = _fold_rows(graph, R, graph.rows.clone(), ~mask.node_mask[:nf])
     rest = ~mask.node_mask
     rest[:nf] = False  # the features are handled by the fold
     M[rest[R]] = 0
     M[:, rest] = 0
-    return R, M.mul_(mask.edge_mask[R])
+    return R, M.mul_(mask.edge_rows_at(R))
 
 
 def pruned_adjacency(graph, mask: PruneResult) -> Tensor:
-    """The adjacency the pruned scores are computed on (see the module docstring)."""
+    """The adjacency the pruned scores are computed on (see the module docstring); dense."""
     R, MR = _pruned_rows(graph, mask)
-    M = torch.zeros_like(graph.adjacency)
+    M = torch.zeros(graph.n_nodes, graph.n_nodes)
     M[R] = MR
     return M
 
@@ -253,7 +282,7 @@ def graph_scores(graph, mask: PruneResult | None = None) -> GraphScores:
     """
     is_err, is_tok = _kinds(graph)
     if mask is None:
-        return scores(graph.adjacency, logit_weights(graph), is_err, is_tok)
+        return _scores_rows(graph.rows, graph.row_nodes, logit_weights(graph), is_err, is_tok)
     R, MR = _pruned_rows(graph, mask)
     return _scores_rows(MR, R, logit_weights(graph), is_err, is_tok)
 
@@ -268,15 +297,13 @@ def circuit_tracer_scores(graph, node_threshold: float = 0.8, edge_threshold: fl
     for Gemma-2-2B on the Dallas-Austin prompt): dropped features simply vanish and the
     remaining inputs are renormalized, so these are higher than lmscope's pruned scores.
     """
-    R = nonzero_rows(graph.adjacency)
-    P = graph.adjacency[R]  # the rows of adjacency_as_circuit_tracer(), without a full copy
-    if graph.unexpanded is not None:
-        P[:, graph.error_start : graph.token_start] -= graph.unexpanded[R]
+    R = graph.row_nodes
+    P = graph.rows_as_circuit_tracer()  # the rows of adjacency_as_circuit_tracer()
     is_err, is_tok = _kinds(graph)
     w = logit_weights(graph)
     full = _scores_rows(P, R, w, is_err, is_tok)
     pr = _prune(graph, R, P.clone(), node_threshold, edge_threshold)
-    P.mul_(pr.node_mask[R][:, None] & pr.node_mask[None, :] & pr.edge_mask[R])
+    P.mul_(pr.node_mask[R][:, None] & pr.node_mask[None, :] & pr.edge_rows)
     part = _scores_rows(P, R, w, is_err, is_tok)
     return {
         "replacement_score": full.replacement,
