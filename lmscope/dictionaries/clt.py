@@ -19,16 +19,17 @@ and the optimizer (docs/scaling.md, "Cross-layer transcoders").
 Units. Inputs of layer l are scaled by act_scale_in[l] and targets of layer t by
 act_scale_out[t] so that each layer's MEDIAN token has squared norm d: SmolLM2's MLP outputs
 differ by orders of magnitude between layers, and without a per-layer scale the loss, summed
-over layers, would be the loss of the few largest layers. The median, not base.py's mean, because
-a few layers' outputs are extremely heavy-tailed: on 8,192 training tokens of SmolLM2 (text
-tokens; BOS and separators are already excluded) one token of layer 11's MLP output has 240,000x
-the median squared norm and holds ~64% of the layer's sum, and a 512-token batch's mean ranges
-from 0.02x to 10x the 8,192-token mean (bench/clt_scale_norms.py). A scale set from the mean of
-the first batch was therefore a lottery ticket (0.03x there: the later batches holding a
-massive token had a layer-11 loss ~300x the first batch's), while each 512-token batch's
-median is within 0.90-1.14x of the 8,192-token median at all 60 hooks (layer 11: 0.96-1.03x). Consequence, stated: a heavy-tailed layer's
-normalized targets have a mean squared norm above d (layer 11: ~46 d, layer 2: ~19 d), so its
-rare massive tokens weigh more in the summed loss than under an (unattainable) exact mean.
+over layers, would be the loss of the few largest layers. The median, not base.py's mean,
+because a few layers' outputs are extremely heavy-tailed: on 8,192 training tokens of SmolLM2
+(text tokens; BOS and separators are already excluded) one token of layer 11's MLP output has
+240,000x the median squared norm and holds 64% of the layer's sum, and a 512-token batch's mean
+ranges from 0.024x to 10.2x the 8,192-token mean (bench/clt_scale_norms.py). A scale set from
+the mean of the first batch (the old rule) was a lottery ticket: 0.029x there, so a later batch
+holding a massive token had a layer-11 loss ~350x the first batch's. Each 512-token batch's
+median is within 0.90-1.14x of the 8,192-token median at all 60 hooks (layer 11: 0.96-1.03x).
+Consequence, stated: a heavy-tailed layer's normalized targets have a mean squared norm above d
+(layer 11: ~46 d, layer 2: ~19 d), so its rare massive tokens weigh more in the summed loss
+than they would under an exact (but unattainable from a sample) mean.
 The public encode/decode/forward take and return RAW activations; on save the scales
 are folded into the weights (W_enc[l] * s_in[l], W_dec[l][:, j] / s_out[l + j],
 b_dec[t] / s_out[t]), so a loaded CLT has scales 1 and its parameters are raw-unit. The latent
