@@ -34,7 +34,8 @@ measures, for each set:
    the logits back to the token embeddings (sum_k k I_k(tokens) / sum_k I_k(tokens), I_k = w B^k
    on the pruned, row-normalized |adjacency|), and `mean_layer_span` = the mean over kept edges
    of layer(target) - layer(source), weighted by each edge's influence B[t, s] (I_t + w_t)
-   (tokens at layer -1, logits at layer n_layers, a CLT feature at its encoder's layer).
+   (tokens at layer -1, logits at layer n_layers, a CLT feature at its encoder's layer), and
+   `feature_edge_span`, the same over the kept edges whose source is a feature.
    Per-prompt results are written as they come (a killed run keeps what it finished).
 3. Medians over the prompts of each metric for each set and the paired bootstrap 95% interval of
    the median of the per-prompt differences (CLT - per-layer); with 12 prompts it is wide.
@@ -66,6 +67,7 @@ METRICS = (
     "kept_features",
     "mean_hops",
     "mean_layer_span",
+    "feature_edge_span",
 )
 
 
@@ -295,9 +297,14 @@ def depth(g, Ap: Tensor) -> dict:
     lay = node_layers(g)
     span = lay[:, None] - lay[None, :]
     tot = float(score.sum())
+    fs = score[:, : g.n_features]  # edges whose source is a feature
+    ftot = float(fs.sum())
     return {
         "mean_hops": num / den if den > 0 else float("nan"),
         "mean_layer_span": float((score * span).sum()) / tot if tot > 0 else float("nan"),
+        "feature_edge_span": (
+            float((fs * span[:, : g.n_features]).sum()) / ftot if ftot > 0 else float("nan")
+        ),
     }
 
 
@@ -360,6 +367,8 @@ def paired(a: list[float], b: list[float], samples: int = 10000, seed: int = 0) 
 def summarize(items: list[dict]) -> dict:
     out = {}
     done = [it for it in items if "layers" in it and "clt" in it]
+    if not done:
+        return out
     for m in METRICS:
         out[m] = paired([it["layers"][m] for it in done], [it["clt"][m] for it in done])
     return out

@@ -47,6 +47,14 @@ def test_depth_by_hand():
     # l<-f1 .5 (span 2-1), l<-t .5 (span 2-(-1)), f1<-f0 .375 (1), f1<-e0 .125 (1), f0<-t .375 (1)
     want = (0.5 * 1 + 0.5 * 3 + 0.375 + 0.125 + 0.375) / (0.5 + 0.5 + 0.375 + 0.125 + 0.375)
     assert d["mean_layer_span"] == pytest.approx(want)
+    # Edges from features: l<-f1 (.5, span 1) and f1<-f0 (.375, span 1).
+    assert d["feature_edge_span"] == pytest.approx(1.0)
+    A[5, 0] = 2.0  # l <- f0 as well: l's row becomes f1 1/3, t 1/3, f0 1/3
+    d = depth(g, A)
+    # I: f1 1/3, f0 1/3 + 1/3 * .75 = .5833, t 1/3 + .5833 = .9167, e0 1/3 * .25
+    # feature edges: l<-f1 1/3 (span 1), l<-f0 1/3 (span 2), f1<-f0 .75 * 1/3 (span 1)
+    want = (1 / 3 + 2 / 3 + 0.25) / (1 / 3 + 1 / 3 + 0.25)
+    assert d["feature_edge_span"] == pytest.approx(want)
 
 
 def test_pooled_fvu_from_context_sums_by_hand():
