@@ -77,3 +77,23 @@ def test_paired_median_difference_by_hand():
     assert s["median_layers"] == pytest.approx(0.6) and s["median_clt"] == pytest.approx(0.6)
     assert s["clt_higher_count"] == 2
     assert -0.1 - 1e-9 <= s["ci95"][0] <= s["ci95"][1] <= 0.3 + 1e-9
+
+
+def test_clt_splice_equals_the_clt_on_clean_inputs():
+    """The bench's layer-by-layer CLT splice, fed the clean inputs, gives CrossLayerTranscoder's
+    own reconstruction at every layer (non-unit scales, topk)."""
+    from bench_clt_vs_layers import _CLTSplice
+
+    from lmscope.dictionaries.clt import CLTConfig, CrossLayerTranscoder
+
+    L, d = 4, 6
+    clt = CrossLayerTranscoder(CLTConfig(n_layers=L, d_model=d, d_sae=10, k=3, seed=2))
+    x = torch.randn(L, 2, 5, d) * torch.tensor([1.0, 7.0, 0.2, 3.0])[:, None, None, None]
+    t = torch.randn(L, 10, d) * 4
+    clt.init_from_data(x.flatten(1, 2), t)
+    with torch.no_grad():
+        clt.W_enc.mul_(30)
+        want = clt(x.flatten(1, 2)).view(L, 2, 5, d)
+        sp = _CLTSplice(clt)
+        got = torch.stack([sp.out(i, x[i]) for i in range(L)])
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
