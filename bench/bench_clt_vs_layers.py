@@ -18,6 +18,9 @@ bench reads with --time-layers/--time-clt). Then
     python bench/bench_clt_vs_layers.py --layers LAYERS --clt CLT \\
         --time-layers layers.time --time-clt clt.time --out bench/results/clt_vs_layers.json
 
+(or in two runs, `--sets layers` while the CLT still trains, then `--sets clt --clt CLT`: a run
+adds to the --out file an earlier one wrote)
+
 measures, for each set:
 
 1. Held-out reconstruction on the corpus's test split (documents checked disjoint from both
@@ -377,14 +380,14 @@ def summarize(items: list[dict]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", required=True, help="output folder of the per-layer training")
-    ap.add_argument("--clt", required=True, help="output folder of the CLT training")
+    ap.add_argument("--clt", help="output folder of the CLT training (needed unless --sets layers)")
+    ap.add_argument("--sets", default="layers,clt", help="whose graphs to build this run")
     ap.add_argument("--prompts", default=str(PROMPTS))
     ap.add_argument("--time-layers", help="/usr/bin/time -v report of the per-layer training")
     ap.add_argument("--time-clt", help="/usr/bin/time -v report of the CLT training")
     ap.add_argument("--heldout-tokens", type=int, default=4096)
     ap.add_argument("--max-feature-nodes", type=int, default=4096)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--skip-heldout", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "clt_vs_layers.json"))
     a = ap.parse_args()
     from lmscope.cli.trace import load_atlas
@@ -392,73 +395,83 @@ def main() -> None:
     from lmscope.trace import check_transcoders
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    layers, cltp = Path(a.layers), Path(a.clt)
+    sets = [x for x in a.sets.split(",") if x]
+    if not set(sets) <= {"layers", "clt"} or ("clt" in sets and not a.clt):
+        raise SystemExit("--sets is layers, clt or layers,clt; clt needs --clt")
+    out = Path(a.out)
+    # A later run (e.g. --sets clt once the CLT is trained) adds to what an earlier one wrote.
+    res: dict = json.loads(out.read_text()) if out.is_file() else {}
+    layers = Path(a.layers)
     lm, dicts, _ = load_atlas(str(layers), model=None, device="cpu")
     tcs = check_transcoders(lm, dicts)
-    clt = CrossLayerTranscoder.load(cltp / "dictionaries" / "clt")
-    docs = training_documents(layers, cltp)
-    train_keys = docs.pop("keys")
-    res: dict = {
-        "command": "python bench/bench_clt_vs_layers.py "
-        + " ".join(
-            f"--{k.replace('_', '-')} {v}"
-            for k, v in vars(a).items()
-            if v not in (None, False) and k != "skip_heldout"
-        ),
-        "machine": f"{platform.machine()} {os.cpu_count()} cpus (shared)",
-        "torch_threads": torch.get_num_threads(),
-        "sets": {
-            "layers": {
-                "what": f"{len(tcs)} skip transcoders blocks.L.mlp_in -> mlp_out",
-                "d_sae": tcs[0].cfg.d_sae,
-                "k": getattr(tcs[0].cfg, "k", None),
-                "features": sum(t.cfg.d_sae for t in tcs.values()),
-            },
-            "clt": {
-                "what": f"one CLT over {clt.n_layers} layers",
-                "d_sae_per_layer": clt.d_sae,
-                "k": clt.cfg.k,
-                "features": clt.cfg.n_features,
-            },
-        },
-        "training_data": docs,
-        "training_cost": {"layers": parse_time_v(a.time_layers), "clt": parse_time_v(a.time_clt)},
-        "graph_settings": {
-            "max_feature_nodes": a.max_feature_nodes,
-            "batch_size": a.batch_size,
-            "node_threshold": 0.8,
-            "edge_threshold": 0.98,
-        },
+    res["machine"] = f"{platform.machine()} {os.cpu_count()} cpus (shared)"
+    res["torch_threads"] = torch.get_num_threads()
+    res.setdefault("sets", {})["layers"] = {
+        "what": f"{len(tcs)} skip transcoders blocks.L.mlp_in -> mlp_out",
+        "d_sae": tcs[0].cfg.d_sae,
+        "k": getattr(tcs[0].cfg, "k", None),
+        "features": sum(t.cfg.d_sae for t in tcs.values()),
     }
-    out = Path(a.out)
+    cost = res.setdefault("training_cost", {})
+    if a.time_layers:
+        cost["layers"] = parse_time_v(a.time_layers)
+    if a.time_clt:
+        cost["clt"] = parse_time_v(a.time_clt)
+    settings = {
+        "max_feature_nodes": a.max_feature_nodes,
+        "batch_size": a.batch_size,
+        "node_threshold": 0.8,
+        "edge_threshold": 0.98,
+    }
+    if res.setdefault("graph_settings", settings) != settings:
+        raise SystemExit(f"{out} was made with other graph settings: {res['graph_settings']}")
+    res.setdefault("commands", []).append(
+        "python bench/bench_clt_vs_layers.py "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items() if v is not None)
+    )
 
     def save() -> None:
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps(res, indent=1))
         tmp.replace(out)
 
-    if not a.skip_heldout:
-        t0 = time.perf_counter()
-        r = heldout(lm, tcs, clt, tokens=a.heldout_tokens, train_keys=train_keys)
-        res["heldout"] = heldout_summary(r)
-        res["heldout"]["seconds"] = round(time.perf_counter() - t0, 1)
-        save()
-        print(json.dumps({k: res["heldout"][k] for k in ("tokens", "clt_minus_layers")}))
+    models: dict = {"layers": tcs}
+    if a.clt:
+        cltp = Path(a.clt)
+        clt = CrossLayerTranscoder.load(cltp / "dictionaries" / "clt")
+        models["clt"] = clt
+        res["sets"]["clt"] = {
+            "what": f"one CLT over {clt.n_layers} layers",
+            "d_sae_per_layer": clt.d_sae,
+            "k": clt.cfg.k,
+            "features": clt.cfg.n_features,
+        }
+        docs = training_documents(layers, cltp)
+        train_keys = docs.pop("keys")
+        res["training_data"] = docs
+        if "heldout" not in res:
+            t0 = time.perf_counter()
+            r = heldout(lm, tcs, clt, tokens=a.heldout_tokens, train_keys=train_keys)
+            res["heldout"] = heldout_summary(r)
+            res["heldout"]["seconds"] = round(time.perf_counter() - t0, 1)
+            save()
+            print(json.dumps({k: res["heldout"][k] for k in ("tokens", "clt_minus_layers")}))
     spec = json.loads(Path(a.prompts).read_text())["prompts"]
-    res["prompts"] = []
-    for p in spec:
-        item = dict(p)
-        res["prompts"].append(item)
-        for name, ds in (("layers", tcs), ("clt", clt)):
-            item[name] = graph_metrics(lm, ds, p["prompt"], a.max_feature_nodes, a.batch_size)
+    have = {it["prompt"]: it for it in res.get("prompts", [])}
+    res["prompts"] = [have.get(p["prompt"], dict(p)) for p in spec]
+    for item in res["prompts"]:
+        for name in sets:
+            if name in item:
+                continue
+            ds = models[name]
+            item[name] = graph_metrics(lm, ds, item["prompt"], a.max_feature_nodes, a.batch_size)
             res["summary"] = summarize(res["prompts"])
-            res["peak_rss_gb"] = round(
-                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2
-            )
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+            res.setdefault("peak_rss_gb", {})[name] = round(rss, 2)
             save()
             m = item[name]
             print(
-                f"{name:6s} {p['prompt']!r} -> {m['target']!r}: repl {m['replacement']:.3f}/"
+                f"{name:6s} {item['prompt']!r} -> {m['target']!r}: repl {m['replacement']:.3f}/"
                 f"{m['pruned_replacement']:.3f} compl {m['completeness']:.3f}/"
                 f"{m['pruned_completeness']:.3f} n80 {m['nodes_80']} hops {m['mean_hops']:.2f} "
                 f"span {m['mean_layer_span']:.2f} ({m['seconds']} s)",
