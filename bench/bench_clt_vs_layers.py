@@ -100,20 +100,50 @@ def parse_time_v(path: str | None) -> dict | None:
     }
 
 
+SAME_DATA = (
+    "model",
+    "model_dtype",
+    "corpus",
+    "from_store",
+    "ctx_len",
+    "tokens",
+    "batch_size",
+    "buffer_mb",
+    "model_batch",
+    "seed",
+    "hooks",
+    "width",
+    "k",
+    "lr",
+    "dtype",
+)
+"""Training settings that must agree for the two sets to have seen the same tokens in the same
+order (and to be the same size): the stream is a deterministic function of these."""
+
+
 def training_documents(layers: Path, clt: Path) -> dict:
-    """Whether both sets were trained on the same documents (their recorded keys)."""
+    """Whether both sets were trained on the same data: their saved training configs agree on
+    SAME_DATA, and their recorded training documents are identical (a run finished from an
+    interrupted checkpoint records none: said so)."""
     from lmscope.capture.documents import read_keys
 
+    cfgs = [json.loads((p / "train" / "config.json").read_text()) for p in (layers, clt)]
+    differ = {k: [c.get(k) for c in cfgs] for k in SAME_DATA if cfgs[0].get(k) != cfgs[1].get(k)}
     lay = sorted((layers / "dictionaries").glob("blocks.*.mlp_in/train_documents.npy"))
     keys = [read_keys(p) for p in lay]
     ck = read_keys(clt / "dictionaries" / "clt" / "train_documents.npy")
-    same = all(np.array_equal(k, ck) for k in keys)
+    recorded = ck.size > 0 and all(k.size > 0 for k in keys)
     atl = json.loads((layers / "atlas.json").read_text())
     cat = json.loads((clt / "atlas.json").read_text())
     return {
+        "settings_that_differ": differ,
+        "same_settings": not differ,
         "per_layer_dictionaries": len(keys),
+        "documents_recorded": bool(recorded),
         "documents": int(ck.size),
-        "identical_documents": bool(same and len(keys) > 0),
+        "identical_documents": (
+            bool(all(np.array_equal(k, ck) for k in keys)) if recorded else None
+        ),
         "tokens_per_layer_set": sorted({e.get("tokens") for e in atl["dictionaries"].values()}),
         "tokens_clt": cat["clts"]["clt"]["tokens"],
         "keys": np.unique(np.concatenate([ck, *keys])),
