@@ -38,7 +38,8 @@ measures, for each set:
    on the pruned, row-normalized |adjacency|), and `mean_layer_span` = the mean over kept edges
    of layer(target) - layer(source), weighted by each edge's influence B[t, s] (I_t + w_t)
    (tokens at layer -1, logits at layer n_layers, a CLT feature at its encoder's layer), and
-   `feature_edge_span`, the same over the kept edges whose source is a feature.
+   `feature_edge_span`, the same over the kept edges whose source is a feature; and where the
+   kept features sit: `deepest_kept_layer` and `kept_layers` (how many layers hold one).
    Per-prompt results are written as they come (a killed run keeps what it finished).
 3. Medians over the prompts of each metric for each set and the paired bootstrap 95% interval of
    the median of the per-prompt differences (CLT - per-layer); with 12 prompts it is wide.
@@ -71,6 +72,9 @@ METRICS = (
     "mean_hops",
     "mean_layer_span",
     "feature_edge_span",
+    "deepest_kept_layer",
+    "kept_layers",
+    "cpu_seconds",
 )
 
 
@@ -371,6 +375,8 @@ def graph_metrics(lm, dicts, prompt: str, max_nodes: int, batch_size: int) -> di
         "kept_features": int(kept_f.sum()),
         "kept_nodes": int(pr.node_mask.sum()),
         "kept_feature_layers": sorted({int(v) for v in kept_layers}),
+        "deepest_kept_layer": int(kept_layers.max()) if kept_layers.numel() else -1,
+        "kept_layers": len({int(v) for v in kept_layers}),
         **depth(g, Ap),
         "seconds": round(time.perf_counter() - t0, 1),
         "cpu_seconds": round(time.process_time() - c0, 1),
@@ -402,6 +408,11 @@ def summarize(items: list[dict]) -> dict:
     done = [it for it in items if "layers" in it and "clt" in it]
     if not done:
         return out
+    for it in done:  # results written before these two were recorded: derive them
+        for s in ("layers", "clt"):
+            lay = it[s]["kept_feature_layers"]
+            it[s].setdefault("deepest_kept_layer", max(lay) if lay else -1)
+            it[s].setdefault("kept_layers", len(lay))
     for m in METRICS:
         out[m] = paired([it["layers"][m] for it in done], [it["clt"][m] for it in done])
     return out
