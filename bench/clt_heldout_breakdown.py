@@ -4,7 +4,8 @@ tokens, and each layer's share of the summed per-layer-normalized squared error.
 One batch of --tokens held-out tokens (the corpus's test split: documents the training stream,
 which reads the train split, never saw), all layers from the same model pass. The normalization
 scale of each layer is recomputed on this batch (mean squared target norm = d_model), as
-training sets it on its first batch; the saved CLT has its training scales folded in.
+training set it on its first batch before issue 16's fix (training now uses the median token,
+clt.median_scale); the saved CLT has its training scales folded in.
 
     python bench/clt_heldout_breakdown.py /work/scratch/clt/run288/dictionaries/clt \\
         > bench/results/clt_heldout_breakdown.json

@@ -233,3 +233,50 @@ def test_two_processes_equal_one(tmp_path):
         # training moved the weights (not two equal untrained CLTs)
         clt = CrossLayerTranscoder.load(tmp_path / f"one-{case}" / "dictionaries" / "clt")
         assert not torch.allclose(clt.W_dec[0], CrossLayerTranscoder(clt.cfg).W_dec[0])
+
+
+def test_scales_survive_a_massive_token_in_the_first_batch(tiny_dir):
+    """init_from_data sets each layer's scale from the MEDIAN token's squared norm: one planted
+    token with 1,000x the norm (SmolLM2's layer 11 has tokens ~490x its median) moves no scale
+    by more than a rank of the median, where the mean-based scale (the old rule) drops ~30x."""
+    import math
+
+    from lmscope.dictionaries.clt import CLTConfig
+    from lmscope.dictionaries.sources import StreamSource
+    from lmscope.models import load_model
+
+    lm = load_model(str(tiny_dir / "model"))
+    L = lm.n_layers
+    hooks = [h for i in range(L) for h in (f"blocks.{i}.mlp_in", f"blocks.{i}.mlp_out")]
+    src = StreamSource(
+        lm, hooks, corpus=str(tiny_dir / "corpus.txt"), ctx_len=32, batch_size=255, buffer_mb=0.5
+    )
+    b = next(src.batches())
+    x = torch.stack([b[f"blocks.{i}.mlp_in"].float() for i in range(L)])  # [L, N, d]
+    t = torch.stack([b[f"blocks.{i}.mlp_out"].float() for i in range(L)])
+    d = x.shape[2]
+    cfg = CLTConfig(n_layers=L, d_model=d, d_sae=8, k=2, b_dec_init="zeros")
+    clean = CrossLayerTranscoder(cfg)
+    clean.init_from_data(x, t)
+    # Reference by hand: sort the N = 255 squared norms, take the 128th (index 127), s = sqrt(d/m).
+    for i in range(L):
+        for acts, got in ((x[i], clean.act_scale_in[i]), (t[i], clean.act_scale_out[i])):
+            sq = sorted(float(sum(v * v for v in row)) for row in acts.tolist())
+            assert math.isclose(float(got), math.sqrt(d / sq[127]), rel_tol=1e-4)
+    t_out = t.clone()
+    t_out[1, 0] *= 1000.0  # one massive token in layer 1's MLP output
+    x_out = x.clone()
+    x_out[2, 5] *= 1000.0
+    planted = CrossLayerTranscoder(cfg)
+    planted.init_from_data(x_out, t_out)
+    assert torch.isfinite(planted.act_scale_out).all()
+    pairs = (
+        (planted.act_scale_out, clean.act_scale_out),
+        (planted.act_scale_in, clean.act_scale_in),
+    )
+    for got, ref in pairs:
+        assert ((got / ref - 1).abs() < 0.05).all(), (got / ref).tolist()
+    # The old rule (mean squared norm = d) would not survive it: the test fails for it.
+    old_clean = math.sqrt(d / float(t[1].pow(2).sum(-1).mean()))
+    old_planted = math.sqrt(d / float(t_out[1].pow(2).sum(-1).mean()))
+    assert old_clean / old_planted > 10

@@ -17,10 +17,20 @@ The decoders hold L(L+1)/2 * n * d numbers, L/2+1/2 times the encoders: they dom
 and the optimizer (docs/scaling.md, "Cross-layer transcoders").
 
 Units. Inputs of layer l are scaled by act_scale_in[l] and targets of layer t by
-act_scale_out[t] so that each has mean squared norm d (base.py's normalization, per layer):
-SmolLM2's MLP outputs differ by orders of magnitude between layers (layer 11 writes massive
-activations), and without it the loss, summed over layers, would be the loss of those few
-layers. The public encode/decode/forward take and return RAW activations; on save the scales
+act_scale_out[t] so that each layer's MEDIAN token has squared norm d: SmolLM2's MLP outputs
+differ by orders of magnitude between layers, and without a per-layer scale the loss, summed
+over layers, would be the loss of the few largest layers. The median, not base.py's mean,
+because a few layers' outputs are extremely heavy-tailed: on 8,192 training tokens of SmolLM2
+(text tokens; BOS and separators are already excluded) one token of layer 11's MLP output has
+240,000x the median squared norm and holds 64% of the layer's sum, and a 512-token batch's mean
+ranges from 0.024x to 10.2x the 8,192-token mean (bench/clt_scale_norms.py). A scale set from
+the mean of the first batch (the old rule) was a lottery ticket: 0.029x there, so a later batch
+holding a massive token had a layer-11 loss ~350x the first batch's. Each 512-token batch's
+median is within 0.90-1.14x of the 8,192-token median at all 60 hooks (layer 11: 0.96-1.03x).
+Consequence, stated: a heavy-tailed layer's normalized targets have a mean squared norm above d
+(layer 11: ~46 d, layer 2: ~19 d), so its rare massive tokens weigh more in the summed loss
+than they would under an exact (but unattainable from a sample) mean.
+The public encode/decode/forward take and return RAW activations; on save the scales
 are folded into the weights (W_enc[l] * s_in[l], W_dec[l][:, j] / s_out[l + j],
 b_dec[t] / s_out[t]), so a loaded CLT has scales 1 and its parameters are raw-unit. The latent
 activations are the same numbers before and after folding (the pre-activation does not change),
@@ -60,7 +70,7 @@ from .clt_kernels import (
     stacked_step,
     stacked_topk,
 )
-from .init import geometric_median, norm_scale
+from .init import geometric_median
 from .kernels import sparse_decode
 
 CLT_ARCHS = ("topk", "jumprelu")
@@ -427,15 +437,16 @@ class CrossLayerTranscoder(nn.Module):
 
     @torch.no_grad()
     def init_from_data(self, x_in: Tensor, target: Tensor) -> None:
-        """Per-layer act scales (mean squared norm d_model) and b_dec[t] = geometric median (or
-        mean) of layer t's normalized targets, from a sample [L, N, d] of raw activations."""
+        """Per-layer act scales (median token's squared norm = d_model, median_scale) and
+        b_dec[t] = geometric median (or mean) of layer t's normalized targets, from a sample
+        [L, N, d] of raw activations."""
         self._check_in(x_in, "x_in")
         self._check_in(target, "target")
         x, t = x_in.float(), target.float()
         for i in range(self.n_layers):
             if self.cfg.normalize_activations:
-                self.act_scale_in[i] = norm_scale(x[i], self.d_model)
-                self.act_scale_out[i] = norm_scale(t[i], self.d_model)
+                self.act_scale_in[i] = median_scale(x[i], self.d_model)
+                self.act_scale_out[i] = median_scale(t[i], self.d_model)
             t_n = t[i] * self.act_scale_out[i]
             if self.cfg.b_dec_init == "geometric_median":
                 self.b_dec[i] = geometric_median(t_n).to(self.b_dec.dtype)
@@ -560,6 +571,18 @@ class CrossLayerTranscoder(nn.Module):
         )
 
 
+def median_scale(x: Tensor, d: int) -> float:
+    """Scalar s with median_n ||s x_n||^2 == d for x [N, d] (the lower median for even N, as
+    torch.median): robust to the few massive tokens that make the mean a lottery (module
+    docstring, "Units")."""
+    med = x.float().pow(2).sum(-1).median().item()
+    if not math.isfinite(med) or med <= 0:
+        raise ValueError(
+            "cannot normalize activations: the median token's squared norm is 0 or not finite"
+        )
+    return math.sqrt(d / med)
+
+
 def is_clt_folder(path: str | Path) -> bool:
     """Whether `path` is a folder written by CrossLayerTranscoder.save."""
     p = Path(path)
@@ -572,5 +595,6 @@ __all__ = [
     "CLTTrainOutput",
     "CrossLayerTranscoder",
     "is_clt_folder",
+    "median_scale",
     "stacked_topk",
 ]
