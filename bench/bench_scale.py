@@ -73,7 +73,7 @@ def one(width: int, d_model: int, batch: int, steps: int, k: int, auxk: bool) ->
     for _ in range(steps):
         xb = torch.randn(batch, d_model) * 3 + 1
         t0 = time.perf_counter()
-        m = _step(slot, {"h": xb}, plan.lr, plan, autocast=False, ddp=False)
+        m, _ = _step(slot, {"h": xb}, plan.lr, plan, autocast=False, ddp=False)
         times.append(time.perf_counter() - t0)
     # The floor: the encoder GEMM alone, same shapes.
     W = slot.sae.W_enc.detach()

@@ -10,6 +10,10 @@
     # then both tools' held-out FVU on the same held-out windows (needs sparsify's own venv,
     # SPARSIFY_PY below; a loaded machine: --threads 1 --clock cpu, a quiet one: the defaults)
     python bench/bench_train_all.py vs-sparsify --tokens 16384 --rounds 2
+    # the same, with lmscope's step code of another commit beside the working tree's
+    # (before/after of a change under the same load):
+    mkdir -p /tmp/base && git archive <commit> lmscope | tar -x -C /tmp/base
+    LMSCOPE_BASE_TREE=/tmp/base python bench/bench_train_all.py vs-sparsify ...
 
 Writes bench/results/train_lr.json / train_speed*.json / train_vs_sparsify-<time>.json.
 The machine is shared: report medians.
@@ -284,12 +288,13 @@ def _worker_lmscope(a, spec: dict) -> dict:
 
     lm = load_model("smollm2-135m", dtype=spec["model_dtype"])
     base = whole_model_defaults(lm)
+    out = spec["lmscope_out"] + ("-base" if getattr(a, "name", "") == "lmscope-base" else "")
     cfg = TrainConfig(
         **{
             **base.to_dict(),
             "tokens": spec["tokens"],
             "dtype": spec["dict_dtype"],
-            "out": spec["lmscope_out"],
+            "out": out,
             "force": True,
             "progress": False,
             "checkpoint_every": 0,
@@ -313,7 +318,7 @@ def _worker_lmscope(a, spec: dict) -> dict:
     # pays ~8 CPU s of lazy imports (torch.distributed.tensor, dynamo, scipy, ...; cProfile).
     warm = TrainConfig(
         **{**cfg.to_dict(), "hooks": "blocks.0.mlp_in", "tokens": cfg.batch_size}
-        | {"out": spec["lmscope_out"] + "-warmup"}
+        | {"out": out + "-warmup"}
     )
     wsrc = StreamSource(
         lm,
@@ -337,6 +342,7 @@ def _worker_lmscope(a, spec: dict) -> dict:
         "dead_tokens": res.plan.dead_tokens,
         "lr": res.plan.lr,
         "dictionaries": {h: str(p) for h, p in res.dictionaries.items()},
+        "lmscope_file": sys.modules["lmscope"].__file__,
     }
 
 
@@ -412,16 +418,18 @@ def _worker_eval(a, spec: dict) -> dict:
             acts[h].append(res.acts[h][keep])
         cs.append((torch.arange(len(b))[:, None] + i).expand_as(keep)[keep])
     ctx, n_ctx = torch.cat(cs), len(toks)
-    sums = {"lmscope": [], "sparsify": [], "var": []}
+    mine = {k: v for k, v in spec.items() if k.startswith("dictionaries:")}
+    sums = {k.removeprefix("dictionaries:"): [] for k in mine} | {"sparsify": [], "var": []}
     for L in range(lm.n_layers):
         hin, hout = f"blocks.{L}.mlp_in", f"blocks.{L}.mlp_out"
         x, t = torch.cat(acts.pop(hin)).float(), torch.cat(acts.pop(hout)).float()
         mu = t.mean(0)
         sums["var"].append(torch.zeros(n_ctx).index_add_(0, ctx, (t - mu).pow(2).sum(1)))
-        lsae = load_dictionary(spec["lmscope_dictionaries"][hin])
         ssae = SparseCoder.load_from_disk(Path(spec["sparsify_out"]) / "run" / f"layers.{L}.mlp")
         with torch.no_grad():
-            preds = {"lmscope": lsae(x), "sparsify": ssae(x, t).sae_out.float()}
+            preds = {"sparsify": ssae(x, t).sae_out.float()}
+            for k, folders in mine.items():
+                preds[k.removeprefix("dictionaries:")] = load_dictionary(folders[hin])(x)
         for k, p in preds.items():
             sums[k].append(torch.zeros(n_ctx).index_add_(0, ctx, (p - t).pow(2).sum(1)))
     return {k: torch.stack(v).tolist() for k, v in sums.items()}  # [layer][context]
@@ -430,15 +438,22 @@ def _worker_eval(a, spec: dict) -> dict:
 WORKERS = {
     "bare": _worker_bare,
     "lmscope": _worker_lmscope,
+    "lmscope-base": _worker_lmscope,
     "sparsify": _worker_sparsify,
     "eval": _worker_eval,
 }
+# Optional contender "lmscope-base": the same worker importing lmscope from another checkout
+# (LMSCOPE_BASE_TREE, e.g. `git archive <commit> lmscope | tar -x -C DIR`), so a change to the
+# step is measured against its baseline in the same run; its own output folder.
+BASE_TREE = os.environ.get("LMSCOPE_BASE_TREE")
 
 
 def _run_worker(name: str, spec_path: Path, out: Path) -> dict:
     py = SPARSIFY_PY if name in ("sparsify", "eval") else sys.executable
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": str(root)}
+    if name == "lmscope-base":  # its lmscope first on the path, this file's helpers after it
+        env["PYTHONPATH"] = f"{BASE_TREE}{os.pathsep}{root}"
     load0 = os.getloadavg()[0]
     subprocess.run(
         [py, str(Path(__file__).resolve()), "_worker", name, str(spec_path), str(out)],
@@ -502,20 +517,27 @@ def cmd_vs_sparsify(a) -> None:
     del lm
     spec_path = scratch / "spec.json"
     spec_path.write_text(json.dumps(spec, indent=1))
-    names = ["bare", "lmscope", "sparsify"]
+    names = ["bare", "lmscope", "sparsify"] + (["lmscope-base"] if BASE_TREE else [])
     rounds = []
     for r in range(a.rounds):
-        order = names[r % 3 :] + names[: r % 3]  # rotate so no tool always runs first
+        n = len(names)
+        order = names[r % n :] + names[: r % n]  # rotate so no tool always runs first
         got = {}
         for n in order:
             got[n] = _run_worker(n, spec_path, scratch / f"{n}-{r}.json")
             print(f"round {r} {n}: {json.dumps(got[n])}", file=sys.stderr, flush=True)
         rounds.append(got)
     # training is deterministic for a seed (both tools on CPU): the last round's coders
-    spec["lmscope_dictionaries"] = rounds[-1]["lmscope"]["dictionaries"]
+    for n in names:
+        if n.startswith("lmscope"):
+            spec[f"dictionaries:{n}"] = rounds[-1][n]["dictionaries"]
     spec_path.write_text(json.dumps(spec, indent=1))
     ev = _run_worker("eval", spec_path, scratch / "eval.json")
+    _summarize(a, spec, rounds, ev)
 
+
+def _summarize(a, spec: dict, rounds: list[dict], ev: dict) -> None:
+    """tokens/s per tool and round, held-out FVUs with bootstrap intervals -> results file."""
     pos = spec["train"]["trained_positions"]
     # --clock cpu: process CPU time (meaningful with --threads 1 on a loaded machine: it counts
     # the work, not the wait); wall: wall time (a quiet machine, all cores)
@@ -527,9 +549,13 @@ def cmd_vs_sparsify(a) -> None:
         "lmscope": [g["lmscope"]["tokens"] / g["lmscope"][key] for g in rounds],
         "sparsify": [g["sparsify"]["tokens"] / g["sparsify"][key] for g in rounds],
     }
+    if "lmscope-base" in rounds[0]:
+        tok_s["lmscope-base"] = [
+            g["lmscope-base"]["tokens"] / g["lmscope-base"][key] for g in rounds
+        ]
     med = {k: statistics.median(v) for k, v in tok_s.items()}
     var = torch.tensor(ev["var"])  # [layer, context]
-    err = {k: torch.tensor(ev[k]) for k in ("lmscope", "sparsify")}
+    err = {k: torch.tensor(ev[k]) for k in ("lmscope", "lmscope-base", "sparsify") if k in ev}
 
     def mean_fvu(e: torch.Tensor, idx: torch.Tensor) -> float:
         return float((e[:, idx].sum(1) / var[:, idx].sum(1)).mean())
@@ -546,6 +572,11 @@ def cmd_vs_sparsify(a) -> None:
             "per_layer": (e.sum(1) / var.sum(1)).tolist(),
         }
     diff = [mean_fvu(err["sparsify"], b) - mean_fvu(err["lmscope"], b) for b in boots]
+    diff_base = (
+        [mean_fvu(err["lmscope-base"], b) - mean_fvu(err["lmscope"], b) for b in boots]
+        if "lmscope-base" in err
+        else None
+    )
     out = {
         "command": " ".join(sys.argv),
         "clock": a.clock,
@@ -556,6 +587,8 @@ def cmd_vs_sparsify(a) -> None:
         "lmscope_vs_bare16": med["lmscope"] / med["bare (batch 16)"],
         "sparsify_vs_bare8": med["sparsify"] / med["bare (batch 8)"],
         "lmscope_vs_sparsify": med["lmscope"] / med["sparsify"],
+        "lmscope_vs_base": med["lmscope"] / med["lmscope-base"] if "lmscope-base" in med else None,
+        "base_tree": BASE_TREE,
         "heldout_fvu": fvu,
         "fvu_sparsify_minus_lmscope": {
             "value": fvu["sparsify"]["mean_over_layers"] - fvu["lmscope"]["mean_over_layers"],
@@ -563,6 +596,11 @@ def cmd_vs_sparsify(a) -> None:
         },
         "heldout_contexts": n_ctx,
     }
+    if diff_base is not None:
+        out["fvu_base_minus_lmscope"] = {
+            "value": fvu["lmscope-base"]["mean_over_layers"] - fvu["lmscope"]["mean_over_layers"],
+            "ci95": _boot_ci(diff_base),
+        }
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
     path = RESULTS / f"train_vs_sparsify-{stamp}.json"
@@ -580,6 +618,10 @@ def cmd_vs_sparsify(a) -> None:
         )
     d = out["fvu_sparsify_minus_lmscope"]
     print(f"sparsify - lmscope: {d['value']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]")
+    if diff_base is not None:
+        d = out["fvu_base_minus_lmscope"]
+        print(f"base - lmscope: {d['value']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]")
+        print(f"lmscope / lmscope-base tok/s: {out['lmscope_vs_base']:.2f}x")
     print(f"lmscope / sparsify tok/s: {out['lmscope_vs_sparsify']:.2f}x; wrote {path}")
 
 

@@ -93,7 +93,10 @@ def _worker(rank: int, world: int, port: int, mode: str, out: str, data: torch.T
 
 
 def _weights(out: Path) -> dict[str, torch.Tensor]:
-    return load_file(out / "dictionaries" / "h" / "sae_weights.safetensors")
+    w = load_file(out / "dictionaries" / "h" / "sae_weights.safetensors")
+    # the firing frequencies too: each rank counts its tokens' (DDP) or latents' (shard) part
+    w["sparsity"] = load_file(out / "dictionaries" / "h" / "sparsity.safetensors")["sparsity"]
+    return w
 
 
 @pytest.fixture(scope="module")

@@ -63,8 +63,16 @@ CASES = [
 @pytest.mark.parametrize(
     "case", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items() if k != "out_hook_name")
 )
-@pytest.mark.parametrize("with_dead", [False, True], ids=["no-dead", "auxk"])
-def test_fast_path_equals_dense_reference(case, with_dead):
+@pytest.mark.parametrize(
+    "with_dead,aux_ratio",
+    [(False, None), (True, None), (True, 0)],
+    ids=["no-dead", "auxk-dense", "auxk-sparse"],
+)
+def test_fast_path_equals_dense_reference(case, with_dead, aux_ratio, monkeypatch):
+    # AuxK runs through dense GEMMs over the dead columns (40% of 256 dead, k_aux 16: within
+    # topk.DENSE_AUX_RATIO) or, forced with ratio 0, through the sparse kernels: both must match.
+    if aux_ratio is not None:
+        monkeypatch.setattr("lmscope.dictionaries.topk.DENSE_AUX_RATIO", aux_ratio)
     torch.manual_seed(0)
     cfg = DictionaryConfig(d_in=32, d_sae=256, k=8, aux_k=16, hook_name="blocks.0.mlp_in", **case)
     d = build(cfg)
@@ -99,6 +107,29 @@ def test_fast_path_equals_dense_reference(case, with_dead):
             atol=1e-5 * max(1.0, scale),
             msg=lambda m, n=name: f"gradient of {n}: {m}",
         )
+
+
+def test_dense_auxk_under_bf16_autocast_matches_sparse(monkeypatch):
+    # Under autocast the dense AuxK's GEMMs run in bf16 (as the encoder's does); the sparse
+    # kernels run in the weights' fp32. Same selection, so equal to bf16 rounding.
+    torch.manual_seed(0)
+    cfg = DictionaryConfig(
+        d_in=32, d_sae=256, k=8, aux_k=16, aux_coeff=1.0, hook_name="blocks.0.mlp_in"
+    )  # AuxK weighted 1: its gradient is not drowned by the main term's
+    d = build(cfg)
+    x = torch.randn(64, 32) * 5 + 1
+    d.init_from_data(x)
+    dead = torch.rand(256, generator=torch.Generator().manual_seed(1)) < 0.4
+    out = {}
+    for name, ratio in (("dense", 4), ("sparse", 0)):
+        monkeypatch.setattr("lmscope.dictionaries.topk.DENSE_AUX_RATIO", ratio)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            o = d.loss(x, dead_mask=dead)
+        out[name] = (o.aux_loss, _grads(d, o.loss))
+    torch.testing.assert_close(out["dense"][0], out["sparse"][0], rtol=2e-2, atol=1e-3)
+    for n, g in out["sparse"][1].items():
+        scale = g.abs().max().item()
+        torch.testing.assert_close(out["dense"][1][n], g, rtol=5e-2, atol=2e-2 * scale)
 
 
 def test_kernels_directly_against_autograd():

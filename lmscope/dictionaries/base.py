@@ -194,6 +194,9 @@ class TrainOutput(NamedTuple):
     """bool [d_sae]: latents active on at least one token of this batch."""
     sparsity_loss: Tensor
     """The weighted L1 (relu) or L0 (jumprelu) term already included in `loss`, else 0."""
+    fire_counts: Tensor | None = None
+    """[d_sae] tokens of this batch on which each latent fired (topk/batchtopk: counted from the
+    sparse code at hand, so the trainer's firing frequencies need no second encode), or None."""
 
 
 class TopKOutput(NamedTuple):
@@ -356,6 +359,7 @@ class SparseDictionary(nn.Module):
             terms.aux_loss.detach(),
             terms.fired,
             terms.sparsity_loss.detach(),
+            terms.fire_counts,
         )
 
     @torch.no_grad()
@@ -462,6 +466,7 @@ class _Terms(NamedTuple):
     fired: Tensor  # bool [d_sae]
     sparsity_loss: Tensor  # scalar, weighted
     aux_loss: Tensor  # scalar, unweighted AuxK
+    fire_counts: Tensor | None = None  # [d_sae] firing tokens per latent, where at hand
 
 
 __all__ = [

@@ -19,7 +19,14 @@ gradient). Here:
   columns only (sparse @ dense, embedding_bag, index_add), never a dense
   [batch, d_sae] matmul.
 
-tests/test_topk_fast.py checks both against dense autograd references.
+- `subset_decode`: AuxK's code (Gao et al. 2024 App. A.2) selects k_aux of the n_dead dead
+  latents per token; with d_sae 2,304 and k_aux 288 that is a large share of the subset (half,
+  when a quarter of the latents is dead), where the sparse products above run at ~10 GFLOP/s
+  against the GEMM's ~90 (fp32) / ~450 (bf16) on one core. So the AuxK code is held as a dense
+  [batch, n_dead] matrix over the dead columns only, and its decode and every gradient are
+  GEMMs over those columns (trainer's whole-model step: see docs/benchmarks.md).
+
+tests/test_topk_fast.py checks all three against dense autograd references.
 """
 
 from __future__ import annotations
@@ -135,4 +142,59 @@ def sparse_decode(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
     return _SparseDecode.apply(values, indices, W_dec)
 
 
-__all__ = ["sparse_decode", "sparse_encoder_grad"]
+class _SubsetDecode(torch.autograd.Function):
+    """e_hat = codes @ W_dec[cols] with codes [batch, n] = ReLU'd pre-activations of the columns
+    `cols` [n] of W_enc where selected, else 0; gradients into x_in, W_enc[:, cols], b_enc[cols]
+    and W_dec[cols] through the selected positive entries only, as dense GEMMs over the subset."""
+
+    @staticmethod
+    def forward(ctx, x_in, W_enc, b_enc, W_dec, codes, cols):
+        # Under autocast the GEMMs run in its dtype, as the encoder's own matmul does.
+        dev = x_in.device.type
+        dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else W_dec.dtype
+        W_d = W_dec.index_select(0, cols).to(dt)  # [n, d_out]
+        codes = codes.to(dt)
+        ctx.save_for_backward(x_in, W_enc, codes, cols, W_d)
+        ctx.dt = dt
+        ctx.b_shape = b_enc.shape
+        ctx.dec_shape = W_dec.shape
+        return codes @ W_d  # [batch, d_out]
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x_in, W_enc, codes, cols, W_d = ctx.saved_tensors
+        dt = ctx.dt
+        g = grad_out.to(dt)  # [batch, d_out]
+        grad_x = grad_W = grad_b = grad_dec = None
+        if ctx.needs_input_grad[3]:
+            grad_dec = W_enc.new_zeros(ctx.dec_shape)  # [d_sae, d_out]
+            grad_dec.index_copy_(0, cols, (codes.t() @ g).to(grad_dec.dtype))
+        # d e_hat / d codes, kept where a latent was selected and positive (TopK then ReLU)
+        gc = (g @ W_d.t()).mul_(codes > 0)  # [batch, n]
+        if ctx.needs_input_grad[0]:
+            W_e = W_enc.index_select(1, cols).to(dt)  # [d_in, n]
+            grad_x = (gc @ W_e.t()).to(x_in.dtype)  # [batch, d_in]
+        if ctx.needs_input_grad[1]:
+            grad_W = torch.zeros_like(W_enc)  # [d_in, d_sae]
+            grad_W.index_copy_(1, cols, (x_in.to(dt).t() @ gc).to(W_enc.dtype))
+        if ctx.needs_input_grad[2]:
+            grad_b = W_enc.new_zeros(ctx.b_shape)
+            grad_b.index_copy_(0, cols, gc.sum(0, dtype=torch.float32).to(W_enc.dtype))
+        return grad_x, grad_W, grad_b, grad_dec, None, None
+
+
+def subset_decode(
+    x_in: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, codes: Tensor, cols: Tensor
+) -> Tensor:
+    """Decode a dense code over a subset of latents, with the encoder's gradient attached.
+
+    x_in [batch, d_in] is the encoder input (with its autograd history); W_enc [d_in, d_sae],
+    b_enc [d_sae], W_dec [d_sae, d_out]; cols [n] latent ids; codes [batch, n] the (no-grad)
+    activations of those latents: ReLU'd pre-activations where selected, 0 elsewhere.
+    Returns codes @ W_dec[cols] [batch, d_out] (no bias), differentiable as if codes were
+    (x_in @ W_enc + b_enc)[:, cols] masked to the positive selected entries.
+    """
+    return _SubsetDecode.apply(x_in, W_enc, b_enc, W_dec, codes, cols)
+
+
+__all__ = ["sparse_decode", "sparse_encoder_grad", "subset_decode"]

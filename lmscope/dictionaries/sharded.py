@@ -145,8 +145,8 @@ class ShardedTopK(nn.Module):
         with torch.no_grad():
             var = (t_n.float() - t_n.float().mean(0)).pow(2).sum().clamp_min(1e-12)
             active = codes.values > 0
-            fired = torch.zeros(self.d_local, dtype=torch.bool, device=x.device)
-            fired[idx[active & (vals > 0)]] = True
+            counts = torch.bincount(idx[active & (vals > 0)], minlength=self.d_local)
+            fired = counts > 0
         loss = mse + self.cfg.aux_coeff * aux
         zero = mse.new_zeros(())
         return TrainOutput(
@@ -157,6 +157,7 @@ class ShardedTopK(nn.Module):
             aux.detach(),
             fired,
             zero,
+            counts,
         )
 
     def _auxk(

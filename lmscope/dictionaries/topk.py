@@ -18,7 +18,14 @@ import torch
 from torch import Tensor
 
 from .base import DictionaryConfig, SparseDictionary, TopKOutput, _Terms
-from .kernels import sparse_decode, sparse_encoder_grad
+from .kernels import sparse_decode, sparse_encoder_grad, subset_decode
+
+DENSE_AUX_RATIO = 4
+"""AuxK runs as dense GEMMs over the dead columns while n_dead <= this x k_aux (twice this
+under bf16/fp16 autocast, whose GEMMs are ~4x faster), else through the sparse kernels.
+Measured on one core at the whole-model shape (bench/profile_train_step.py, k_aux 288,
+d_sae 2,304): fp32 AuxK cost 49 ms dense vs 85 ms sparse at 576 dead latents and 148 vs
+99 ms at 2,304 (crossover ~5 x k_aux); bf16 27 vs 69 ms at 576 and 67 vs 100 ms at 2,304."""
 
 
 def topk_codes(pre: Tensor, k: int) -> TopKOutput:
@@ -27,11 +34,15 @@ def topk_codes(pre: Tensor, k: int) -> TopKOutput:
     return TopKOutput(values.clamp_min(0), indices)
 
 
+def fire_counts(values: Tensor, indices: Tensor, d_sae: int) -> Tensor:
+    """int64 [d_sae]: tokens on which each latent has a positive value in the sparse code
+    values/indices [batch, k] (a latent appears at most once per token)."""
+    return torch.bincount(indices[values > 0], minlength=d_sae)
+
+
 def fired_mask(values: Tensor, indices: Tensor, d_sae: int) -> Tensor:
     """bool [d_sae]: latents with a positive value somewhere in the sparse code."""
-    counts = torch.zeros(d_sae, dtype=values.dtype, device=indices.device)
-    counts.index_add_(0, indices.reshape(-1), (values > 0).to(values.dtype).reshape(-1))
-    return counts > 0
+    return fire_counts(values, indices, d_sae) > 0
 
 
 def auxk_loss(
@@ -52,10 +63,18 @@ def auxk_loss(
     with torch.no_grad():
         # Rank only the dead columns ([batch, n_dead], usually a small slice of d_sae).
         dead_ids = dead_mask.to(pre.device).nonzero().squeeze(1)  # [n_dead]
-        local = topk_codes(pre.index_select(1, dead_ids), k_aux)  # [batch, k_aux] into dead_ids
+        pre_dead = pre.index_select(1, dead_ids)  # [batch, n_dead]
+        local = topk_codes(pre_dead, k_aux)  # [batch, k_aux] into dead_ids
+    dev = x_in.device.type
+    half = torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev) != torch.float32
+    if n_dead <= DENSE_AUX_RATIO * (2 if half else 1) * k_aux:
+        # k_aux is a large share of the dead columns: a dense code over them, GEMMs throughout.
+        codes = torch.zeros_like(pre_dead).scatter_(1, local.indices, local.values)
+        e_hat = subset_decode(x_in, dict_.W_enc, dict_.b_enc, dict_.W_dec, codes, dead_ids)
+    else:
         indices = dead_ids[local.indices]  # [batch, k_aux] latent ids
-    values = sparse_encoder_grad(x_in, dict_.W_enc, dict_.b_enc, local.values, indices)
-    e_hat = sparse_decode(values, indices, dict_.W_dec)  # [batch, d_out]
+        values = sparse_encoder_grad(x_in, dict_.W_enc, dict_.b_enc, local.values, indices)
+        e_hat = sparse_decode(values, indices, dict_.W_dec)  # [batch, d_out]
     return (e_hat.float() - residual.float()).pow(2).sum(-1).mean()
 
 
@@ -113,8 +132,8 @@ class TopKDictionary(SparseDictionary):
         aux = auxk_loss(self, pre, x_in, residual, dead_mask)
         active = codes.values.detach() > 0
         l0 = active.sum(1).float().mean()
-        fired = fired_mask(codes.values.detach(), codes.indices, self.d_sae)
-        return _Terms(recon, l0, fired, recon.new_zeros(()), aux)
+        counts = fire_counts(codes.values.detach(), codes.indices, self.d_sae)
+        return _Terms(recon, l0, counts > 0, recon.new_zeros(()), aux, counts)
 
 
-__all__ = ["TopKDictionary", "auxk_loss", "fired_mask", "topk_codes"]
+__all__ = ["TopKDictionary", "auxk_loss", "fire_counts", "fired_mask", "topk_codes"]

@@ -299,8 +299,17 @@ def _autocast(device: torch.device, on: bool):
 
 
 def _step(
-    s: _Slot, batch: Batch, lr: float, plan: TrainPlan, autocast: bool, ddp: bool
-) -> StepMetrics:
+    s: _Slot,
+    batch: Batch,
+    lr: float,
+    plan: TrainPlan,
+    autocast: bool,
+    ddp: bool,
+    count: bool = False,
+) -> tuple[StepMetrics, bool]:
+    """One optimizer step of one dictionary. With `count`, adds the latents' firing counts of
+    this step's code to s.freq where the architecture hands them out (TrainOutput.fire_counts);
+    returns (metrics, whether it counted)."""
     x = batch[s.plan.hook]
     t = batch[s.plan.out_hook] if s.plan.out_hook else None
     n_local = x.shape[0]
@@ -316,9 +325,15 @@ def _step(
         (out.loss * weight).backward()
         fired = out.fired
         metrics = [float(out.loss.detach()), float(out.fvu), float(out.l0), float(out.aux_loss)]
+        counted = count and out.fire_counts is not None
+        if counted:
+            # The code this step trained on: counting it costs a bincount, where a second
+            # encode after the update (_count_firing) cost a GEMM and a top-k per step.
+            s.freq += out.fire_counts.to(s.freq.dtype)
     else:  # an empty slice of an uneven batch: still take part in the all-reduces
         fired = torch.zeros_like(dead)
         metrics = [0.0, 0.0, 0.0, 0.0]
+        counted = count
     if not s.decoder_done:  # no backward reached W_dec on this rank
         _update_decoder(s)
     params = [p for p in s.sae.parameters() if p is not s.sae.W_dec]
@@ -333,18 +348,20 @@ def _step(
     s.opt.step()
     s.since_fired += plan.batch_size
     s.since_fired[fired] = 0
-    return StepMetrics(
+    metrics = StepMetrics(
         loss=metrics[0],
         fvu=metrics[1],
         l0=metrics[2],
         aux_loss=metrics[3],
         dead_frac=float(dead.float().mean()),
     )
+    return metrics, counted
 
 
 @torch.no_grad()
 def _count_firing(s: _Slot, batch: Batch, sharded: bool) -> None:
-    """Add this batch's per-latent firing counts (for sparsity.safetensors)."""
+    """Add this batch's per-latent firing counts (for sparsity.safetensors) by encoding it
+    again: only for architectures whose training forward hands out no counts (relu, jumprelu)."""
     x = batch[s.plan.hook]
     if x.shape[0] == 0:
         return
@@ -505,9 +522,10 @@ def run_training(
                 lr = plan.lr_at(step)
                 for s in slots:
                     mine = _slot_batch(s.plan, batch)
-                    m = _step(s, mine, lr, plan, autocast, ddp)
+                    count = step >= freq_from
+                    m, counted = _step(s, mine, lr, plan, autocast, ddp, count)
                     s.history.append(m)
-                    if step >= freq_from:
+                    if count and not counted:
                         # Under the step's autocast: in fp32 this extra encode cost as much
                         # as a whole bf16 training step on this CPU.
                         with _autocast(device, autocast):
