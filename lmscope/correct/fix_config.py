@@ -55,6 +55,14 @@ class FixConfig:
     """also try conditional versions of the best steering vectors: acting only where the
     residual stream shows the bug's direction above a quantile of its values on general text
     (run time only); --no-gated skips them"""
+    truth: bool = True
+    """also try the truth probe's direction at each --layers layer (a mass-mean probe fitted on the
+    train split of the probe datasets cities, neg_cities, larger_than, smaller_than; never on the
+    bug's prompts): steer toward true, project it out, and steering gated on the probe scoring
+    below a threshold; --no-truth skips them"""
+    truth_probe: str | None = flag(None, metavar="DIR")
+    """use this saved truth probe (`lmscope probe train --out DIR`, e.g. a run's RUN/probe)
+    instead of fitting one per layer"""
     screen: int = 24
     """score every candidate on this many fit prompts first and only the best ones on all of
     them (0: all on all; the choice is still made on all fit prompts)"""

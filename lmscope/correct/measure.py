@@ -143,11 +143,15 @@ def statement_logprobs(lm, texts: Sequence[str], edits=None, *, batch_size: int 
     return continuation_logprobs(lm, prompts, conts, edits, batch_size=batch_size)
 
 
-def knowledge_pairs(name: str) -> tuple[list[str], list[tuple[int, int]], list[str]]:
-    """(statements, (true index, false index) pairs within an entity, each pair's entity)."""
+def knowledge_pairs(
+    name: str, splits: Sequence[str] | None = None
+) -> tuple[list[str], list[tuple[int, int]], list[str]]:
+    """(statements, (true index, false index) pairs within an entity, each pair's entity), from
+    the dataset's `splits` (default: all)."""
     from ..probe.datasets import load_dataset
 
-    st = load_dataset(name).all
+    ds = load_dataset(name)
+    st = ds.all if splits is None else [x for s in splits for x in ds.split(s)]
     by: dict[str, dict[int, list[int]]] = {}
     for i, x in enumerate(st):
         by.setdefault(x.entity, {0: [], 1: []})[x.label].append(i)
@@ -160,12 +164,14 @@ def knowledge_pairs(name: str) -> tuple[list[str], list[tuple[int, int]], list[s
     return [x.text for x in st], pairs, ents
 
 
-def knowledge_accuracy(lm, edits=None, names: Sequence[str] = KNOWLEDGE) -> dict[str, Tensor]:
+def knowledge_accuracy(
+    lm, edits=None, names: Sequence[str] = KNOWLEDGE, splits: Sequence[str] | None = None
+) -> dict[str, Tensor]:
     """{dataset: [n_pairs] 1.0 where the model finds the true statement likelier than the false
-    one of the same entity}: 2-choice knowledge, no probe involved."""
+    one of the same entity}: 2-choice knowledge, no probe involved (`splits`: entities read)."""
     out = {}
     for n in names:
-        texts, pairs, _ = knowledge_pairs(n)
+        texts, pairs, _ = knowledge_pairs(n, splits)
         lp = statement_logprobs(lm, texts, edits)
         out[n] = torch.tensor([float(lp[t] > lp[f]) for t, f in pairs], dtype=torch.float64)
     return out
