@@ -248,3 +248,31 @@ def test_diagnose_reads_a_saved_truth_probe_and_refuses_a_folder_that_is_not_one
     assert main([*base, "--truth-probe", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "is not a probe" in err and err.count("\n") == 1
+
+
+def test_pair_margins_with_a_shared_prompt_cache_equal_the_full_reruns(tiny_llama):
+    """Each prompt run once, its KV cache shared by bad and good: the same margins as running
+    prompt + continuation in full for each, with and without (gated) edits."""
+    from lmscope.correct.measure import (
+        _continuation_ids,
+        continuation_logprobs,
+        pair_margins,
+        prompt_ids,
+    )
+
+    lm = tiny_llama
+    cases = [
+        BugCase("the cat sees", " a red dog", " the sun"),
+        BugCase("one two three four five six", " three", " moon river tree"),
+        BugCase("a", " big house", " sun"),
+    ]
+    g = torch.Generator().manual_seed(8)
+    v = AddVector(1, torch.randn(lm.d_model, generator=g))
+    d, m = torch.randn(lm.d_model, generator=g), torch.zeros(lm.d_model)
+    for edit in (None, v, Gated(v, ProbeGate("blocks.0.resid_post", d, m, 0.0, 0.0))):
+        e = None if edit is None else edit.runtime(lm)
+        p = [prompt_ids(lm, c) for c in cases]
+        ref = continuation_logprobs(
+            lm, p, [_continuation_ids(lm, c.bad) for c in cases], e
+        ) - continuation_logprobs(lm, p, [_continuation_ids(lm, c.good) for c in cases], e)
+        torch.testing.assert_close(pair_margins(lm, cases, e), ref, atol=1e-4, rtol=1e-4)

@@ -362,7 +362,7 @@ def _diagnose(lm, cfg, beh: Behaviour, fit: BugSet, layers, dictionaries, labels
             raise UserError("--atlas feature attribution needs bad/good pairs in the bug file")
         findings, pool = feature_findings(lm, dictionaries, fit, labels=labels, top=cfg.features)
         cands += feature_candidates(lm, fit, findings, dictionaries)
-    if fit_text is not None and cfg.gated:
+    if fit_text is not None and cfg.gated and not cfg.export:  # gated edits cannot be exported
 
         def best(kind: str, n: int) -> list[tuple[str, AddVector]]:
             cs = [c for c in cands if c.kind == kind and isinstance(c.edit, AddVector)]
