@@ -276,3 +276,15 @@ def test_pair_margins_with_a_shared_prompt_cache_equal_the_full_reruns(tiny_llam
             lm, p, [_continuation_ids(lm, c.bad) for c in cases], e
         ) - continuation_logprobs(lm, p, [_continuation_ids(lm, c.good) for c in cases], e)
         torch.testing.assert_close(pair_margins(lm, cases, e), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_feature_attribution_targets_the_token_where_bad_and_good_part(tiny_llama):
+    from lmscope.correct.diagnose import fork
+    from lmscope.correct.measure import prompt_ids
+
+    lm = tiny_llama
+    c = BugCase("the cat sees", " a red dog", " a red cat")
+    tok = lm.tokenizer.convert_tokens_to_ids
+    assert fork(lm, c) == (prompt_ids(lm, c) + [tok("a"), tok("red")], tok("dog"), tok("cat"))
+    assert fork(lm, BugCase("one", " dog", " cat"))[1:] == (tok("dog"), tok("cat"))
+    assert fork(lm, BugCase("one", " a", " a red")) is None

@@ -8,7 +8,8 @@ Addition"), with the user's own bad/good pairs as the contrast.
 
 With dictionaries (an atlas of SAEs or transcoders), features are ranked too: on each fit
 prompt, trace/attribution.trace gives every active feature's gradient x activation on the
-logit difference (first token of bad) - (first token of good), summed over positions; the
+logit difference (bad's token) - (good's token) where the two continuations part (after their
+common first tokens, which are appended to the prompt), summed over positions; the
 ranking is the mean over fit prompts. Each top feature's prediction is then checked by
 ablating it (clamp to 0 where it fires, error term kept) on the fit prompts.
 
@@ -269,25 +270,33 @@ class FeatureFinding:
         }
 
 
-def _first_token(lm, text: str) -> int:
-    return _continuation_ids(lm, text)[0]
+def fork(lm, case) -> tuple[list[int], int, int] | None:
+    """(the prompt's tokens + the continuations' common first tokens, bad's next token, good's next
+    token): where the two continuations part ("Sydney is the capital" / "Sydney is not the
+    capital" part after "Sydney is"). None when one continuation starts the other."""
+    b, g = _continuation_ids(lm, case.bad), _continuation_ids(lm, case.good)
+    k = next((i for i, (x, y) in enumerate(zip(b, g)) if x != y), None)
+    if k is None:
+        return None
+    return prompt_ids(lm, case) + b[:k], b[k], g[k]
 
 
 def feature_findings(
     lm, dictionaries: dict, fit: BugSet, *, labels=None, top: int = 10
 ) -> tuple[list[FeatureFinding], list[tuple[str, int]]]:
     """(features ranked by mean attribution toward the bad continuation, ablation-verified;
-    every feature active on some fit prompt, for a control draw)."""
+    every feature active on some fit prompt, for a control draw). The attribution target is
+    logit(bad token) - logit(good token) where the two continuations part (fork)."""
     from ..trace.attribution import trace
 
     total: dict[tuple[str, int], float] = {}
     seen: dict[tuple[str, int], int] = {}
     for c in fit.cases:
-        b, g = _first_token(lm, c.bad), _first_token(lm, c.good)
-        if b == g:
-            continue  # same first token: the logit difference says nothing
-        ids = torch.tensor([prompt_ids(lm, c)], device=lm.device)  # chat template included
-        res = trace(lm, dictionaries, c.prompt, target=b, vs=g, top=10**9, tokens=ids)
+        f = fork(lm, c)
+        if f is None:
+            continue  # no token where they part: no logit difference to attribute
+        ids = torch.tensor([f[0]], device=lm.device)  # chat template and common prefix included
+        res = trace(lm, dictionaries, c.prompt, target=f[1], vs=f[2], top=10**9, tokens=ids)
         per: dict[tuple[str, int], float] = {}
         for r in res.features:
             per[(r.hook, r.feature)] = per.get((r.hook, r.feature), 0.0) + r.grad_x_act
