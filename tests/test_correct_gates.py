@@ -288,3 +288,11 @@ def test_feature_attribution_targets_the_token_where_bad_and_good_part(tiny_llam
     assert fork(lm, c) == (prompt_ids(lm, c) + [tok("a"), tok("red")], tok("dog"), tok("cat"))
     assert fork(lm, BugCase("one", " dog", " cat"))[1:] == (tok("dog"), tok("cat"))
     assert fork(lm, BugCase("one", " a", " a red")) is None
+
+
+def test_atlas_hooks_need_an_atlas():
+    from lmscope.correct.fix_config import FixConfig
+
+    with pytest.raises(ValueError, match="--atlas"):
+        FixConfig(bugs="b.jsonl", atlas_hooks="blocks.1*")
+    assert FixConfig(bugs="b.jsonl", atlas="a", atlas_hooks="blocks.1*").atlas_hooks

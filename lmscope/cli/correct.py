@@ -65,7 +65,9 @@ def _load(cfg):
     from ..dictionaries.folder import open_dictionaries
     from .trace import _labels
 
-    folder, lm, dicts = open_dictionaries(cfg.atlas, lm=lm, device=cfg.device)
+    folder, lm, dicts = open_dictionaries(
+        cfg.atlas, hooks=cfg.atlas_hooks, lm=lm, device=cfg.device
+    )
     return lm, dicts, _labels(folder.layout)
 
 
