@@ -222,7 +222,7 @@ def _print(r, exported) -> None:
         f"  ({r.fix.text.tokens:,} held-out text tokens; intervals: 95% bootstrap over prompt "
         "groups / contexts)"
     )
-    if r.knowledge_splits != "all":
+    if r.knowledge_splits != "all" and r.fix.knowledge:
         print(
             "  (knows: validation and test entities only; the truth probe was fitted on the "
             "train entities)"
