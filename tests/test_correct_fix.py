@@ -183,6 +183,7 @@ def test_fix_lowers_the_planted_bug_on_held_out_prompts_and_beats_the_control(bu
         text_tokens=150,
         max_added_nats=5.0,
         knowledge=False,
+        truth=False,  # truth-probe candidates: tests/test_correct_gates.py
     )
     rep, edit = run_fix(lm, cfg, progress=False)
     assert rep.n_fit + rep.n_heldout == 24 and rep.n_heldout == 12
@@ -200,7 +201,7 @@ def test_fix_cli_exports_a_model_that_equals_the_runtime_edit(buggy, tmp_path, c
     out, report = tmp_path / "fixed", tmp_path / "report.json"
     args = ["fix", str(buggy / "bugs.jsonl"), "--model", str(buggy / "model"), "--layers", "1"]
     args += ["--corpus", str(buggy / "corpus.txt"), "--ctx-len", "16", "--text-tokens", "200"]
-    args += ["--max-added-nats", "5", "--export", str(out), "--out", str(report)]
+    args += ["--max-added-nats", "5", "--export", str(out), "--out", str(report), "--no-truth"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "bad-behaviour rate" in printed and "control edit" in printed
@@ -317,6 +318,7 @@ def test_scorer_bug_is_fixed_on_held_out_prompts(tmp_path, monkeypatch, buggy):
         max_added_nats=5.0,
         top=3,
         knowledge=False,
+        truth=False,  # truth-probe candidates: tests/test_correct_gates.py
     )
     rep, edit = run_fix(lm, cfg, progress=False)
     assert rep.behaviour == "scorer:says_dog" and 0 < rep.before_bad_rate.value < 1
@@ -370,12 +372,14 @@ def test_fix_with_an_atlas_ranks_labelled_features_and_saves_the_report_for_the_
     corpus.write_text("\n\n".join(" ".join(WORDS[w] for w in d) for d in docs))
     args = ["fix", str(bugs), "--model", str(model), "--atlas", str(root), "--layers", "2"]
     args += ["--corpus", str(corpus), "--ctx-len", "16", "--text-tokens", "100", "--no-knowledge"]
-    args += ["--max-added-nats", "50", "--features", "3", "--json"]
+    args += ["--max-added-nats", "50", "--features", "3", "--json", "--no-truth"]
     assert main(args) == 0
     rep = json.loads(capsys.readouterr().out)
     assert len(rep["features"]) == 3 and all(
         f["ablation_effect"] is not None for f in rep["features"]
     )
+    kinds = {c["kind"] for c in rep["candidates"]}
+    assert {"features", "gated: feature", "gated: bug direction"} <= kinds
     assert rep["saved"].startswith(str(fixes_dir(root)))
     listed = list_fixes(fixes_dir(root))
     assert [f["name"] for f in listed] == ["dogs.json"] and listed[0]["error"] is None
@@ -426,7 +430,7 @@ def test_screening_rescores_the_best_candidates_on_all_fit_prompts(buggy):
     top = {c.name: c for c in full}
     for c in screened[:2]:  # re-scored on all fit prompts: the full numbers exactly
         assert c.fit_margin == top[c.name].fit_margin and "screened_on" not in c.extra
-    assert all(c.extra == {"screened_on": 4} for c in screened[2:])
+    assert all(c.extra["screened_on"] == 4 for c in screened[2:])
 
 
 def test_answer_lines_and_answer_scorers(tmp_path):

@@ -29,6 +29,12 @@ def _edits(lm, kind):
         return None
     if kind == "project":
         return ProjectOut(v).runtime(lm)
+    if kind == "gated":  # acts where a probe at layer 0 scores below 0: about half the positions
+        from lmscope.correct.edits import Gated, ProbeGate
+
+        d = torch.randn(lm.d_model, generator=g)
+        gate = ProbeGate("blocks.0.resid_post", d, torch.zeros(lm.d_model), 0.0, 0.0)
+        return Gated(AddVector(1, 3 * v), gate).runtime(lm)
     return AddVector(1, 0.3 * v).runtime(lm)
 
 
@@ -46,7 +52,14 @@ def _reference_ids(lm, prompt, edits, n):
 
 
 @pytest.mark.parametrize(
-    "family,kind", [("llama", "none"), ("llama", "project"), ("llama", "add"), ("gpt2", "add")]
+    "family,kind",
+    [
+        ("llama", "none"),
+        ("llama", "project"),
+        ("llama", "add"),
+        ("gpt2", "add"),
+        ("llama", "gated"),
+    ],
 )
 def test_batched_cached_equals_reference(family, kind):
     # gpt2 has learned absolute positions: a wrong position id under left padding changes

@@ -65,7 +65,9 @@ def _load(cfg):
     from ..dictionaries.folder import open_dictionaries
     from .trace import _labels
 
-    folder, lm, dicts = open_dictionaries(cfg.atlas, lm=lm, device=cfg.device)
+    folder, lm, dicts = open_dictionaries(
+        cfg.atlas, hooks=cfg.atlas_hooks, lm=lm, device=cfg.device
+    )
     return lm, dicts, _labels(folder.layout)
 
 
@@ -81,6 +83,12 @@ def _print_features(rows) -> None:
         )
 
 
+def _print_truth(tps) -> None:
+    for t in tps:
+        acc = "" if t["val_acc"] is None else f", validation accuracy {t['val_acc']:.3f}"
+        print(f"truth probe at {t['hook']}: {t['source']}{acc}; true-false gap {t['gap']:.2f}")
+
+
 def cmd_diagnose(args) -> int:
     from ..correct.fix import Behaviour, _diagnose, fit_and_heldout, general_text, parse_layers
     from ..correct.fix_config import FixConfig
@@ -90,7 +98,7 @@ def cmd_diagnose(args) -> int:
     lm, dicts, labels = _load(cfg)
     beh = Behaviour(cfg)
     text = general_text(lm, cfg, "train") if cfg.gated and beh.scorer is None else None
-    before, cands, findings, _ = _diagnose(
+    before, cands, findings, _, tps = _diagnose(
         lm, cfg, beh, fit, parse_layers(lm, cfg.layers), dicts, labels, text
     )
     feats = [f.to_dict() for f in findings]
@@ -98,6 +106,7 @@ def cmd_diagnose(args) -> int:
     rows = [
         {
             "edit": c.name,
+            "kind": c.kind,
             "layer": c.layer,
             "fit_margin": c.fit_margin,
             "fit_bad_rate": None if c.fit_bad_rate != c.fit_bad_rate else c.fit_bad_rate,
@@ -119,16 +128,29 @@ def cmd_diagnose(args) -> int:
                 "fit_bad_rate_before": bad_before,
                 "ranked_by": score,
                 "features": feats,
+                "truth_probes": [tp.to_dict() for tp in tps],
                 "candidates": rows,
             }
         )
         return 0
     print(f"{len(fit)} fit prompts; bad rate before {bad_before:.2f}; candidates ranked by {score}")
     _print_features(feats)
-    print(f"{'edit':32} {'score':>10} {'bad rate':>8}")
-    for r in rows[:15]:
+    _print_truth([tp.to_dict() for tp in tps])
+    print(f"{'edit':44} {'kind':20} {'score':>10} {'bad rate':>8}")
+    shown = (
+        rows[:15]
+        + [  # the best of each kind too, so every family is seen
+            next(r for r in rows if r["kind"] == k)
+            for k in dict.fromkeys(r["kind"] for r in rows)
+            if not any(r["kind"] == k for r in rows[:15])
+        ]
+    )
+    for r in shown:
         br = r["fit_bad_rate"]
-        print(f"{r['edit']:32} {r['fit_margin']:+10.3f} {nan if br is None else br:8.2f}")
+        print(
+            f"{r['edit'][:44]:44} {r['kind']:20} {r['fit_margin']:+10.3f} "
+            f"{nan if br is None else br:8.2f}"
+        )
     print("Fit-prompt numbers; `lmscope fix` chooses one and judges it on held-out prompts.")
     return 0
 
@@ -175,18 +197,23 @@ def cmd_fix(args) -> int:
 def _print(r, exported) -> None:
     print(f"bug file {r.bugs}: {r.n_fit} fit prompts, {r.n_heldout} held-out prompts")
     _print_features(r.features)
+    _print_truth(r.truth_probes)
     before = f"{r.fit_before_margin:+.3f}"
     print(f"candidates (fit prompts; mean margin, lower is better; before {before}):")
-    for c in r.candidates[:8]:
+    for c in r.candidates[:10]:
         nats = "" if c["fit_added_nats"] is None else f"  +{c['fit_added_nats']:.4f} nats"
         bad = "-" if c["fit_bad_rate"] is None else f"{c['fit_bad_rate']:.2f}"
-        print(f"  {c['name']:32} {c['fit_margin']:+.3f}  bad {bad}{nats}")
+        print(f"  {c['name'][:44]:44} {c['kind']:20} {c['fit_margin']:+.3f}  bad {bad}{nats}")
     if r.fix is None:
         print(f"no fix: {r.note}")
         return
     from ..correct.fix import table_rows
 
-    print(f"chosen: {r.fix.edit}")
+    if r.status != "chosen":
+        print(f"no fix: {r.note}")
+        print(f"NOT CHOSEN (failed on fit), shown for reference: {r.fix.edit}")
+    else:
+        print(f"chosen: {r.fix.edit}")
     head = ("held-out prompts and text", "before", "after the fix", "control edit")
     print(f"{head[0]:26} {head[1]:>22} {head[2]:>22} {head[3]:>22}")
     for name, *cells in table_rows(r):
@@ -195,6 +222,11 @@ def _print(r, exported) -> None:
         f"  ({r.fix.text.tokens:,} held-out text tokens; intervals: 95% bootstrap over prompt "
         "groups / contexts)"
     )
+    if r.knowledge_splits != "all" and r.fix.knowledge:
+        print(
+            "  (knows: validation and test entities only; the truth probe was fitted on the "
+            "train entities)"
+        )
     if exported:
         print(f"repaired model written to {exported} (loads with transformers' from_pretrained)")
     else:

@@ -8,7 +8,8 @@ Addition"), with the user's own bad/good pairs as the contrast.
 
 With dictionaries (an atlas of SAEs or transcoders), features are ranked too: on each fit
 prompt, trace/attribution.trace gives every active feature's gradient x activation on the
-logit difference (first token of bad) - (first token of good), summed over positions; the
+logit difference (bad's token) - (good's token) where the two continuations part (after their
+common first tokens, which are appended to the prompt), summed over positions; the
 ranking is the mean over fit prompts. Each top feature's prediction is then checked by
 ablating it (clamp to 0 where it fires, error term kept) on the fit prompts.
 
@@ -29,7 +30,7 @@ from torch import Tensor
 
 from ..errors import UserError
 from .bugs import BugSet
-from .edits import AddVector, FeatureAblation, GatedVector, ProjectOut
+from .edits import AddVector, FeatureAblation, FeatureGate, Gated, GatedVector, ProjectOut
 from .measure import _continuation_ids, pair_margins, prompt_ids
 
 ALPHAS = (0.5, 1.0, 2.0, 4.0)
@@ -51,7 +52,7 @@ class Candidate:
     """One edit tried on the fit prompts."""
 
     name: str
-    edit: ProjectOut | AddVector | FeatureAblation
+    edit: ProjectOut | AddVector | GatedVector | Gated | FeatureAblation
     layer: int
     """the direction's layer (-1 for feature ablations)"""
     fit_margin: float
@@ -60,6 +61,12 @@ class Candidate:
     fit_added_nats: float | None = None
     """Added loss on fit-side general text (filled when a text budget is checked)."""
     extra: dict = field(default_factory=dict)
+    """"kind": where the edit comes from ("bug direction", "truth probe", "gated: bug
+    direction", "gated: truth probe", "gated: feature", "features"); "screened_on"."""
+
+    @property
+    def kind(self) -> str:
+        return self.extra.get("kind", "")
 
 
 @torch.no_grad()
@@ -80,6 +87,55 @@ def contrastive_directions(lm, fit: BugSet, layers: Sequence[int]) -> list[Direc
     return [Direction(L, (sums[L] / n).float()) for L in layers]
 
 
+def direction_edits(directions: Sequence[Direction], alphas=ALPHAS) -> list[tuple]:
+    """(name, layer, edit, kind) for every bug direction: project it out, steer against it."""
+    out: list[tuple] = []
+    for d in directions:
+        if not float(d.vector.norm()) > 0:
+            continue
+        label = f"the L{d.layer} bug direction"
+        e = ProjectOut(d.vector, label=label)
+        out.append((f"project out L{d.layer} direction", d.layer, e, "bug direction"))
+        for a in alphas:
+            v = AddVector(d.layer, -a * d.vector, label=f"-{a:g} x {label}")
+            out.append((f"steer L{d.layer} x{-a:g}", d.layer, v, "bug direction"))
+    return out
+
+
+def score_edits(lm, fit: BugSet, edits, *, screen: int = 0, keep: int = 10) -> list[Candidate]:
+    """(name, layer, edit, kind) proposals scored by the fit prompts' margins (best first). With
+    `screen` > 0 and more fit prompts than that, all edits are first scored on the first `screen`
+    fit prompts and only the best `keep` are scored on all of them (the rest keep their screening
+    numbers, flagged in `extra`)."""
+
+    def score(cases, subset) -> list[Candidate]:
+        out = []
+        for name, layer, e, kind in subset:
+            m = pair_margins(lm, cases, e.runtime(lm))
+            mean, bad = float(m.mean()), float((m > 0).double().mean())
+            out.append(Candidate(name, e, layer, mean, bad, extra={"kind": kind}))
+        return sorted(out, key=lambda c: c.fit_margin)
+
+    edits = list(edits)
+    if not screen or len(fit.cases) <= screen:
+        return score(fit.cases, edits)
+    first = score(fit.cases[:screen], edits)
+    best = {c.name for c in first[:keep]}
+    full = score(fit.cases, [x for x in edits if x[0] in best])
+    rest = [
+        Candidate(
+            c.name,
+            c.edit,
+            c.layer,
+            c.fit_margin,
+            c.fit_bad_rate,
+            extra={**c.extra, "screened_on": screen},
+        )
+        for c in first[keep:]
+    ]
+    return full + rest
+
+
 def candidates(
     lm,
     fit: BugSet,
@@ -89,41 +145,8 @@ def candidates(
     screen: int = 0,
     keep: int = 10,
 ) -> list[Candidate]:
-    """Every direction's edits, scored on the fit prompts (best first). With `screen` > 0 and
-    more fit prompts than that, all edits are first scored on the first `screen` fit prompts and
-    only the best `keep` are scored on all of them (the rest keep their screening numbers,
-    flagged in `extra`)."""
-    edits: list[tuple[str, int, ProjectOut | AddVector]] = []
-    for d in directions:
-        if not float(d.vector.norm()) > 0:
-            continue
-        label = f"the L{d.layer} bug direction"
-        edits.append(
-            (f"project out L{d.layer} direction", d.layer, ProjectOut(d.vector, label=label))
-        )
-        for a in alphas:
-            e = AddVector(d.layer, -a * d.vector, label=f"-{a:g} x {label}")
-            edits.append((f"steer L{d.layer} x{-a:g}", d.layer, e))
-
-    def score(cases, subset: list) -> list[Candidate]:
-        out = []
-        for name, layer, e in subset:
-            m = pair_margins(lm, cases, e.runtime(lm))
-            out.append(Candidate(name, e, layer, float(m.mean()), float((m > 0).double().mean())))
-        return sorted(out, key=lambda c: c.fit_margin)
-
-    if not screen or len(fit.cases) <= screen:
-        return score(fit.cases, edits)
-    first = score(fit.cases[:screen], edits)
-    best = {c.name for c in first[:keep]}
-    full = score(fit.cases, [x for x in edits if x[0] in best])
-    rest = [
-        Candidate(
-            c.name, c.edit, c.layer, c.fit_margin, c.fit_bad_rate, extra={"screened_on": screen}
-        )
-        for c in first[keep:]
-    ]
-    return full + rest
+    """Every direction's edits, scored on the fit prompts (best first; see score_edits)."""
+    return score_edits(lm, fit, direction_edits(directions, alphas), screen=screen, keep=keep)
 
 
 GATE_QUANTILES = (0.9, 0.99)
@@ -155,7 +178,16 @@ def gated_candidates(lm, fit: BugSet, steering: Sequence[Candidate], text) -> li
             g = GatedVector(e, u, thr, label=f"the L{e.layer} bug direction")
             m = pair_margins(lm, fit.cases, g.runtime(lm))
             name = f"{c.name} gated q{q:g}"
-            out.append(Candidate(name, g, e.layer, float(m.mean()), float((m > 0).double().mean())))
+            out.append(
+                Candidate(
+                    name,
+                    g,
+                    e.layer,
+                    float(m.mean()),
+                    float((m > 0).double().mean()),
+                    extra={"kind": "gated: bug direction"},
+                )
+            )
     return out
 
 
@@ -189,40 +221,31 @@ def generation_directions(lm, cases, gens, flags: Tensor, layers: Sequence[int])
     ]
 
 
+def proxy_edits(lm, cases, gens, flags: Tensor, edits, base=None) -> list[Candidate]:
+    """Prompt-only bugs: (name, layer, edit, kind) proposals ranked by a cheap proxy (no
+    generation): how much each makes the flagged generations less likely per token, minus how
+    much it makes the good ones less likely (teacher-forced). `fit_margin` holds that proxy (lower
+    is better); `fit_bad_rate` is NaN until the candidate is generated with (fix.py does, for the
+    best)."""
+    from .measure import own_logprobs
+
+    if base is None:
+        base = own_logprobs(lm, cases, gens)
+    bad, good = flags, ~flags
+    out: list[Candidate] = []
+    for name, layer, e, kind in edits:
+        delta = own_logprobs(lm, cases, gens, e.runtime(lm)) - base
+        proxy = float(delta[bad].mean() - delta[good].mean())
+        out.append(Candidate(name, e, layer, proxy, float("nan"), extra={"kind": kind}))
+    out.sort(key=lambda c: c.fit_margin)
+    return out
+
+
 def generation_candidates(
     lm, cases, gens, flags: Tensor, directions: Sequence[Direction], *, alphas=(1.0, 2.0)
 ) -> list[Candidate]:
-    """Prompt-only bugs: every direction's edits ranked by a cheap proxy (no generation): how
-    much each makes the flagged generations less likely per token, minus how much it makes the
-    good ones less likely (teacher-forced). `fit_margin` holds that proxy (lower is better);
-    `fit_bad_rate` is NaN until the candidate is generated with (fix.py does, for the best)."""
-    from .measure import own_logprobs
-
-    base = own_logprobs(lm, cases, gens)
-    bad, good = flags, ~flags
-    out: list[Candidate] = []
-    for d in directions:
-        if not float(d.vector.norm()) > 0:
-            continue
-        edits: list[tuple[str, ProjectOut | AddVector]] = [
-            (
-                f"project out L{d.layer} direction",
-                ProjectOut(d.vector, label=f"the L{d.layer} bug direction"),
-            )
-        ]
-        edits += [
-            (
-                f"steer L{d.layer} x{-a:g}",
-                AddVector(d.layer, -a * d.vector, label=f"-{a:g} x the L{d.layer} bug direction"),
-            )
-            for a in alphas
-        ]
-        for name, e in edits:
-            delta = own_logprobs(lm, cases, gens, e.runtime(lm)) - base
-            proxy = float(delta[bad].mean() - delta[good].mean())
-            out.append(Candidate(name, e, d.layer, proxy, float("nan")))
-    out.sort(key=lambda c: c.fit_margin)
-    return out
+    """Prompt-only bugs: every direction's edits ranked by proxy_edits."""
+    return proxy_edits(lm, cases, gens, flags, direction_edits(directions, alphas))
 
 
 @dataclass(frozen=True)
@@ -247,26 +270,33 @@ class FeatureFinding:
         }
 
 
-def _first_token(lm, text: str) -> int:
-    return _continuation_ids(lm, text)[0]
+def fork(lm, case) -> tuple[list[int], int, int] | None:
+    """(the prompt's tokens + the continuations' common first tokens, bad's next token, good's next
+    token): where the two continuations part ("Sydney is the capital" / "Sydney is not the
+    capital" part after "Sydney is"). None when one continuation starts the other."""
+    b, g = _continuation_ids(lm, case.bad), _continuation_ids(lm, case.good)
+    k = next((i for i, (x, y) in enumerate(zip(b, g)) if x != y), None)
+    if k is None:
+        return None
+    return prompt_ids(lm, case) + b[:k], b[k], g[k]
 
 
 def feature_findings(
     lm, dictionaries: dict, fit: BugSet, *, labels=None, top: int = 10
 ) -> tuple[list[FeatureFinding], list[tuple[str, int]]]:
     """(features ranked by mean attribution toward the bad continuation, ablation-verified;
-    every feature active on some fit prompt, for a control draw)."""
+    every feature active on some fit prompt, for a control draw). The attribution target is
+    logit(bad token) - logit(good token) where the two continuations part (fork)."""
     from ..trace.attribution import trace
 
-    if any(c.chat for c in fit.cases):
-        raise UserError('feature attribution runs on plain prompts; drop "chat" to use --atlas')
     total: dict[tuple[str, int], float] = {}
     seen: dict[tuple[str, int], int] = {}
     for c in fit.cases:
-        b, g = _first_token(lm, c.bad), _first_token(lm, c.good)
-        if b == g:
-            continue  # same first token: the logit difference says nothing
-        res = trace(lm, dictionaries, c.prompt, target=b, vs=g, top=10**9)
+        f = fork(lm, c)
+        if f is None:
+            continue  # no token where they part: no logit difference to attribute
+        ids = torch.tensor([f[0]], device=lm.device)  # chat template and common prefix included
+        res = trace(lm, dictionaries, c.prompt, target=f[1], vs=f[2], top=10**9, tokens=ids)
         per: dict[tuple[str, int], float] = {}
         for r in res.features:
             per[(r.hook, r.feature)] = per.get((r.hook, r.feature), 0.0) + r.grad_x_act
@@ -306,9 +336,32 @@ def feature_candidates(
         m = pair_margins(lm, fit.cases, e.runtime(lm))
         out.append(
             Candidate(
-                f"ablate top {k} features", e, -1, float(m.mean()), float((m > 0).double().mean())
+                f"ablate top {k} features",
+                e,
+                -1,
+                float(m.mean()),
+                float((m > 0).double().mean()),
+                extra={"kind": "features"},
             )
         )
+    return out
+
+
+def feature_gated_edits(lm, findings, dictionaries, vectors, *, top: int = 2) -> list[tuple]:
+    """(name, layer, edit, kind): each steering vector (name, AddVector) gated by each of the
+    `top` features whose ablation lowered the fit margin most, where that feature's dictionary
+    reads before the vector is added."""
+    drivers = sorted(
+        (f for f in findings if f.ablation_effect is not None and f.ablation_effect < 0),
+        key=lambda f: f.ablation_effect,
+    )[:top]
+    out = []
+    for f in drivers:
+        gate = FeatureGate(f.hook, f.feature, dictionaries[f.hook], 0.0, f.label[:60])
+        for name, v in vectors:
+            if lm.hooks[f.hook].order < lm.hooks[f"blocks.{v.layer}.mlp_out"].order:
+                e = Gated(v, gate)
+                out.append((f"{name} | {f.hook}/{f.feature} fires", v.layer, e, "gated: feature"))
     return out
 
 
@@ -319,9 +372,13 @@ __all__ = [
     "FeatureFinding",
     "candidates",
     "contrastive_directions",
+    "direction_edits",
     "feature_candidates",
     "feature_findings",
+    "feature_gated_edits",
     "gated_candidates",
     "generation_candidates",
     "generation_directions",
+    "proxy_edits",
+    "score_edits",
 ]

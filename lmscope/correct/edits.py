@@ -16,6 +16,9 @@ returned, and the tests check it on every supported family.
   weights it becomes the MLP output projection's bias.
 - GatedVector(AddVector, signature, threshold): the steering vector only at positions whose
   residual stream shows the bug's signature (run time only): a conditional fix.
+- Gated(AddVector, gate): the steering vector only where a probe (ProbeGate: e.g. the truth
+  probe scores the text false) or an atlas feature (FeatureGate: a dictionary latent fires)
+  shows the bug's signature (run time only).
 - FeatureAblation(features): clamp dictionary features to 0 where they fire (run time only).
 """
 
@@ -114,6 +117,33 @@ class AddVector:
         )
 
 
+def _gated_runtime(lm, vector: AddVector, hook: str, fires) -> dict[str, Edit]:
+    """The hooks of `vector` acting only at the positions where `fires(x)` ([batch, pos,
+    d_model] -> bool [batch, pos]) holds for the activation x at `hook`, which must run before
+    the vector's MLP output in the same forward pass (so the gate of a position is known when
+    that position's edit is applied; with a KV cache each step gates its new positions)."""
+    inner = vector.runtime(lm)
+    ((out_hook, add),) = inner.items()
+    if hook not in lm.hooks.points:
+        raise UserError(f"the gate reads {hook}, which model {lm.name} does not have")
+    if not lm.hooks[hook].order < lm.hooks[out_hook].order:
+        raise UserError(
+            f"the gate reads {hook}, which runs after the edit it gates ({out_hook}); gate on a "
+            "hook of an earlier layer"
+        )
+    seen: dict[str, Tensor] = {}
+
+    def remember(x: Tensor) -> Tensor:
+        seen["gate"] = fires(x)
+        return x
+
+    def gated(x: Tensor) -> Tensor:
+        on = seen["gate"][..., None].to(x.dtype)
+        return x + on * (add(x) - x)
+
+    return {hook: remember, out_hook: gated}
+
+
 @dataclass(frozen=True)
 class GatedVector:
     """An AddVector that acts only where the bug's signature is present: at positions where the
@@ -127,26 +157,101 @@ class GatedVector:
     label: str = ""
 
     def runtime(self, lm) -> dict[str, Edit]:
-        inner = self.vector.runtime(lm)
-        ((out_hook, add),) = inner.items()
         u = _unit(self.signature, "the gate's signature direction")
-        seen: dict[str, Tensor] = {}
 
-        def remember(x: Tensor) -> Tensor:
-            seen["gate"] = (x @ u.to(device=x.device, dtype=x.dtype)) > self.threshold
-            return x
+        def fires(x: Tensor) -> Tensor:
+            return (x @ u.to(device=x.device, dtype=x.dtype)) > self.threshold
 
-        def gated(x: Tensor) -> Tensor:
-            on = seen["gate"][..., None].to(x.dtype)
-            return x + on * (add(x) - x)
-
-        return {f"blocks.{self.vector.layer}.resid_pre": remember, out_hook: gated}
+        return _gated_runtime(lm, self.vector, f"blocks.{self.vector.layer}.resid_pre", fires)
 
     def describe(self) -> str:
         return (
             f"{self.vector.describe()}, only where the layer-{self.vector.layer} residual's "
             f"projection on {self.label or 'the bug signature'} exceeds {self.threshold:.3g}"
         )
+
+
+@dataclass(frozen=True)
+class ProbeGate:
+    """Fires where a linear probe's score at `hook` is below `threshold`: for a truth probe
+    (probe/probes.Probe: logit = (x - mean) . direction + bias, > 0 = "held true"), where the
+    model does not hold what it reads true, the signature of a falsehood."""
+
+    hook: str
+    direction: Tensor
+    """[d_model], raw units (the probe's own scale)"""
+    mean: Tensor
+    """[d_model], the probe's centring mean"""
+    bias: float
+    threshold: float
+    label: str = "the truth probe"
+
+    @classmethod
+    def of(cls, probe, threshold: float, label: str = "") -> ProbeGate:
+        """A gate from a probe/probes.Probe."""
+        return cls(
+            probe.hook,
+            probe.direction.detach().float(),
+            probe.mean.detach().float(),
+            float(probe.bias),
+            float(threshold),
+            label or f"the {probe.hook} truth probe",
+        )
+
+    def score(self, x: Tensor) -> Tensor:
+        """[batch, pos, d_model] -> [batch, pos] probe logits (computed in float32)."""
+        d, m = self.direction.to(x.device), self.mean.to(x.device)
+        return (x.float() - m) @ d + self.bias
+
+    def fires(self, x: Tensor) -> Tensor:
+        return self.score(x) < self.threshold
+
+    def describe(self) -> str:
+        return f"{self.label} scores below {self.threshold:.3g}"
+
+
+@dataclass(frozen=True)
+class FeatureGate:
+    """Fires where a dictionary latent (an atlas feature) is active above `threshold` at its
+    dictionary's input hook."""
+
+    hook: str
+    """the dictionary's input hook (as listed in the atlas)"""
+    feature: int
+    dictionary: object = field(compare=False, repr=False, default=None)
+    threshold: float = 0.0
+    label: str = ""
+
+    def fires(self, x: Tensor) -> Tensor:
+        d = self.dictionary
+        b, p, _ = x.shape
+        with torch.no_grad():
+            a = d.encode(x.reshape(b * p, -1).to(d.W_enc.dtype))[:, self.feature]
+        return (a > self.threshold).reshape(b, p)
+
+    def describe(self) -> str:
+        name = f"feature {self.hook}/{self.feature}" + (f" ({self.label})" if self.label else "")
+        return f"{name} fires above {self.threshold:.3g}"
+
+
+@dataclass(frozen=True)
+class Gated:
+    """An AddVector that acts only at positions where `gate` fires (a probe's score or a
+    dictionary feature: only act when the bug's signature is present). Runtime only: a
+    threshold on a probe or on an encoder is no linear weight, so weights.fold refuses it and
+    an export never holds it."""
+
+    vector: AddVector
+    gate: ProbeGate | FeatureGate
+    label: str = ""
+
+    def runtime(self, lm) -> dict[str, Edit]:
+        if isinstance(self.gate, FeatureGate) and self.gate.dictionary is None:
+            raise UserError(f"no dictionary at {self.gate.hook} for the feature gate")
+        return _gated_runtime(lm, self.vector, self.gate.hook, self.gate.fires)
+
+    def describe(self) -> str:
+        return f"{self.vector.describe()}, only where {self.gate.describe()}"
 
 
 @dataclass(frozen=True)
@@ -179,7 +284,7 @@ class FeatureAblation:
 class EditSet:
     """Several edits applied together (their runtime hooks compose in order)."""
 
-    edits: tuple[ProjectOut | AddVector | GatedVector | FeatureAblation, ...] = field(
+    edits: tuple[ProjectOut | AddVector | GatedVector | Gated | FeatureAblation, ...] = field(
         default_factory=tuple
     )
 
@@ -195,6 +300,10 @@ class EditSet:
         return "; ".join(e.describe() for e in self.edits) or "no edit"
 
 
+RUNTIME_ONLY = (GatedVector, Gated, FeatureAblation)
+"""Edits that need a threshold or an encoder at run time: never folded into weights or saved."""
+
+
 def edit_tensors(edits) -> tuple[dict[str, Tensor], dict[str, str]]:
     """An EditSet as safetensors (tensors, metadata), so a repair can be re-applied at run time
     or audited: edit i is `edit.{i}.direction` (ProjectOut) or `edit.{i}.vector` (AddVector)."""
@@ -202,7 +311,7 @@ def edit_tensors(edits) -> tuple[dict[str, Tensor], dict[str, str]]:
     tensors: dict[str, Tensor] = {}
     meta: dict[str, str] = {"format": "lmscope-edits", "version": "1", "n": str(len(es.edits))}
     for i, e in enumerate(es.edits):
-        if isinstance(e, (FeatureAblation, GatedVector)):
+        if isinstance(e, RUNTIME_ONLY):
             raise UserError(f"a run-time-only edit ({type(e).__name__}) is not saved")
         if isinstance(e, ProjectOut):
             tensors[f"edit.{i}.direction"] = e.direction.detach().float().contiguous()
@@ -239,7 +348,7 @@ def load_edits(path) -> EditSet:
 def as_edit_set(edits: EditSet | ProjectOut | AddVector | Sequence) -> EditSet:
     if isinstance(edits, EditSet):
         return edits
-    if isinstance(edits, (ProjectOut, AddVector, GatedVector, FeatureAblation)):
+    if isinstance(edits, (ProjectOut, AddVector, *RUNTIME_ONLY)):
         return EditSet((edits,))
     return EditSet(tuple(edits))
 
@@ -248,7 +357,11 @@ __all__ = [
     "AddVector",
     "EditSet",
     "FeatureAblation",
+    "FeatureGate",
+    "Gated",
     "GatedVector",
+    "ProbeGate",
+    "RUNTIME_ONLY",
     "ProjectOut",
     "as_edit_set",
     "edit_tensors",

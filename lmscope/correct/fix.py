@@ -28,21 +28,25 @@ from ..errors import UserError
 from ..probe.metrics import Score, paired_difference
 from .bugs import BugSet, load_bugs, split
 from .diagnose import (
+    ALPHAS,
     Candidate,
-    candidates,
     contrastive_directions,
+    direction_edits,
     feature_candidates,
     feature_findings,
+    feature_gated_edits,
     gated_candidates,
-    generation_candidates,
     generation_directions,
+    proxy_edits,
+    score_edits,
 )
-from .edits import AddVector, FeatureAblation, GatedVector, ProjectOut
+from .edits import AddVector, FeatureAblation, Gated, GatedVector, ProjectOut
 from .fix_config import FixConfig
 from .measure import (
     TextEffect,
     generations,
     knowledge_accuracy,
+    own_logprobs,
     pair_margins,
     rate,
     text_effect,
@@ -95,6 +99,15 @@ class FixReport:
     """what a prompt's value is: "margin" (pairs) or "scorer:NAME" (1 if it fired)"""
     examples: list[dict] = field(default_factory=list)
     """a few held-out prompts' greedy continuations: before, after the fix, after the control"""
+    status: str = "chosen"
+    """"chosen", or "not chosen: failed on fit" when `fix` holds the best fit candidate that
+    did not pass (reported so a reader sees how far it is; never exported)"""
+    shown: str | None = None
+    """the candidate whose held-out numbers `fix` holds"""
+    truth_probes: list[dict] = field(default_factory=list)
+    """the truth probes whose directions were candidates (hook, kind, gap, validation accuracy)"""
+    knowledge_splits: str = "all"
+    """probe-dataset entities the knowledge check read ("val+test" for a truth-probe edit)"""
 
     def to_dict(self) -> dict:
         return {
@@ -110,7 +123,11 @@ class FixReport:
             "fit_before_margin": self.fit_before_margin,
             "candidates": self.candidates,
             "chosen": self.chosen,
+            "status": self.status if self.fix else None,
+            "shown": self.shown,
             "fix": self.fix.to_dict() if self.fix else None,
+            "truth_probes": self.truth_probes,
+            "knowledge_splits": self.knowledge_splits,
             "control": self.control.to_dict() if self.control else None,
             "features": self.features,
             "examples": self.examples,
@@ -143,6 +160,8 @@ def control_of(edit, seed: int, *, pool=()):
     if isinstance(edit, GatedVector):  # the same gate, a random vector of the same norm
         inner = control_of(edit.vector, seed)
         return GatedVector(inner, edit.signature, edit.threshold, label=edit.label)
+    if isinstance(edit, Gated):  # the same gate, a random vector of the same norm
+        return Gated(control_of(edit.vector, seed), edit.gate, label=edit.label)
     if isinstance(edit, FeatureAblation):
         rest = [k for k in pool if k not in set(edit.features)]
         if not rest:
@@ -208,15 +227,15 @@ class Behaviour:
         return v < 0 if self.scorer is None else v < 0.5
 
 
-def knowledge_change(lm, edit, before: dict) -> dict:
+def knowledge_change(lm, edit, before: dict, splits=None) -> dict:
     """Per dataset: accuracy before, after (interval over entities) and the paired change."""
     from .measure import knowledge_pairs
 
-    after = knowledge_accuracy(lm, edit.runtime(lm), list(before))
+    after = knowledge_accuracy(lm, edit.runtime(lm), list(before), splits=splits)
     out = {}
     for name, b in before.items():
         a = after[name]
-        ents = knowledge_pairs(name)[2]
+        ents = knowledge_pairs(name, splits)[2]
         out[name] = {
             "before": float(b.mean()),
             "after": rate(a > 0.5, ents).to_dict(),
@@ -227,7 +246,9 @@ def knowledge_change(lm, edit, before: dict) -> dict:
     return out
 
 
-def outcome(lm, beh: Behaviour, held: BugSet, before, edit, text, known=None) -> Outcome:
+def outcome(
+    lm, beh: Behaviour, held: BugSet, before, edit, text, known=None, splits=None
+) -> Outcome:
     groups = [c.key for c in held.cases]
     after = beh.values(lm, held, edit.runtime(lm))
     change = paired_difference(
@@ -239,7 +260,7 @@ def outcome(lm, beh: Behaviour, held: BugSet, before, edit, text, known=None) ->
         good_rate=rate(beh.good(after), groups),
         margin_change=change,
         text=text_effect(lm, edit.runtime(lm), text),
-        knowledge=knowledge_change(lm, edit, known) if known else {},
+        knowledge=knowledge_change(lm, edit, known, splits) if known else {},
     )
 
 
@@ -302,35 +323,96 @@ def fit_and_heldout(cfg: FixConfig) -> tuple[BugSet, BugSet]:
 
 
 def _diagnose(lm, cfg, beh: Behaviour, fit: BugSet, layers, dictionaries, labels, fit_text=None):
-    """(fit values before, candidates best first, feature findings, active-feature pool).
-    With `fit_text` (general text of the train split), the best steering candidates also get
-    gated (conditional) versions."""
+    """(fit values before, candidates best first, feature findings, active-feature pool, truth
+    probes). With `fit_text` (general text of the train split), the best steering candidates also
+    get gated (conditional) versions: gated on their own direction (pairs), on the truth probe,
+    and (with dictionaries) on the top bug features."""
+    from .truth import load_truth_probe, probe_gated_edits, truth_edits, truth_probes
+
+    tps = []
+    if cfg.truth_probe:
+        tps = [load_truth_probe(lm, cfg.truth_probe)]
+    elif cfg.truth:
+        tps = truth_probes(lm, layers)
+    gens = flags = base = None
     if beh.scorer is None:
         fit_before = pair_margins(lm, fit.cases)
         dirs = contrastive_directions(lm, fit, layers)
-        cands = candidates(lm, fit, dirs, screen=cfg.screen, keep=max(10, 2 * cfg.top))
-        if fit_text is not None and cfg.gated:
-            steer = [c for c in cands if isinstance(c.edit, AddVector)][:3]
-            cands = sorted(
-                cands + gated_candidates(lm, fit, steer, fit_text), key=lambda c: c.fit_margin
-            )
+        alphas = ALPHAS
     else:
         gens = generations(lm, fit.cases, max_new_tokens=cfg.max_new_tokens)
         fit_before = beh.flags(gens, fit.cases)
         flags = fit_before > 0.5
         dirs = generation_directions(lm, fit.cases, gens, flags, layers)
-        cands = generation_candidates(lm, fit.cases, gens, flags, dirs)
+        alphas = (1.0, 2.0)
+        base = own_logprobs(lm, fit.cases, gens)
+
+    def score(proposals) -> list[Candidate]:
+        if beh.scorer is None:
+            return score_edits(lm, fit, proposals, screen=cfg.screen, keep=max(10, 2 * cfg.top))
+        return proxy_edits(lm, fit.cases, gens, flags, proposals, base)
+
+    proposals = direction_edits(dirs, alphas)
+    for tp in tps:
+        proposals += truth_edits(tp, alphas)
+    cands = score(proposals)
     findings, pool = [], []
     if dictionaries:
         if beh.scorer is not None:
             raise UserError("--atlas feature attribution needs bad/good pairs in the bug file")
         findings, pool = feature_findings(lm, dictionaries, fit, labels=labels, top=cfg.features)
-        cands = sorted(
-            cands + feature_candidates(lm, fit, findings, dictionaries), key=lambda c: c.fit_margin
-        )
+        cands += feature_candidates(lm, fit, findings, dictionaries)
+    if fit_text is not None and cfg.gated and not cfg.export:  # gated edits cannot be exported
+
+        def best(kind: str, n: int) -> list[tuple[str, AddVector]]:
+            cs = [c for c in cands if c.kind == kind and isinstance(c.edit, AddVector)]
+            return [(c.name, c.edit) for c in sorted(cs, key=lambda c: c.fit_margin)[:n]]
+
+        vectors = best("bug direction", 2) + best("truth probe", 2)
+        gated = probe_gated_edits(lm, tps, vectors, fit_text)
+        if findings:
+            gated += feature_gated_edits(lm, findings, dictionaries, best("bug direction", 2))
+        if beh.scorer is None:
+            steer = [c for c in cands if c.kind == "bug direction"]
+            steer = [c for c in steer if isinstance(c.edit, AddVector)][:3]
+            cands += gated_candidates(lm, fit, steer, fit_text)
+        cands += score(gated)
+    cands.sort(key=lambda c: c.fit_margin)
     if cfg.export:  # only an edit that folds into weights can be exported
         cands = [c for c in cands if isinstance(c.edit, (ProjectOut, AddVector))]
-    return fit_before, cands, findings, pool
+    return fit_before, cands, findings, pool, tps
+
+
+FAMILIES = ("truth probe", "gated: truth probe", "gated: feature", "gated: bug direction")
+"""Kinds of candidate whose best one is always checked against the budget (and generated with,
+for a scorer), even when the fit ranking puts it below the top ones: each family the issue asks
+for gets verified, not only ranked by a proxy."""
+
+
+def choose(
+    checked: list[Candidate], beh: Behaviour, fit_before, budget: float
+) -> tuple[Candidate | None, Candidate | None]:
+    """(the chosen candidate or None, the one whose held-out numbers are reported).
+
+    Fix the bug first, then disturb the model least: the lowest fit bad rate among the edits
+    within the side-effect budget that improve on the fit prompts, ties to the smallest added
+    loss. Pairs improve when the mean margin falls; a scorer's bug when its rate falls. When none
+    passes, the candidate with the lowest fit bad rate (budget ignored; ties: smaller added loss)
+    is still judged once on the held-out prompts, marked "not chosen: failed on fit", so a reader
+    sees how far it is; it is never exported."""
+    fit_bad_before = float(beh.bad(fit_before).double().mean())
+
+    def improves(c: Candidate) -> bool:
+        if beh.scorer is None:
+            return c.fit_margin < float(fit_before.mean())
+        return c.fit_bad_rate < fit_bad_before
+
+    def key(c: Candidate):
+        return (c.fit_bad_rate, c.fit_added_nats)
+
+    ok = [c for c in checked if improves(c) and c.fit_added_nats <= budget]
+    chosen = min(ok, key=key) if ok else None
+    return chosen, chosen or (min(checked, key=key) if checked else None)
 
 
 def run_fix(
@@ -347,10 +429,9 @@ def run_fix(
         progress, f"{len(fit)} fit and {len(held)} held-out prompts; directions at layers {layers}"
     )
     fit_text = general_text(lm, cfg, "train")
-    fit_before, cands, findings, pool = _diagnose(
+    fit_before, cands, findings, pool, tps = _diagnose(
         lm, cfg, beh, fit, layers, dictionaries, labels, fit_text
     )
-    fit_bad_before = float(beh.bad(fit_before).double().mean())
     secs["diagnose"] = time.time() - t0
     _say(
         progress,
@@ -359,35 +440,35 @@ def run_fix(
 
     t1 = time.time()
     checked: list[Candidate] = []
-    for c in cands[: cfg.top]:
+    todo = list(cands[: cfg.top])
+    for kind in FAMILIES:  # the best of each family is verified too (see FAMILIES)
+        first = next((c for c in cands if c.kind == kind), None)
+        if first is not None and first not in todo:
+            todo.append(first)
+    for c in todo:
         bad_rate = c.fit_bad_rate
         if bad_rate != bad_rate:  # NaN: a proxy-ranked candidate, generate with it now
             bad_rate = float(beh.bad(beh.values(lm, fit, c.edit.runtime(lm))).double().mean())
         eff = text_effect(lm, c.edit.runtime(lm), fit_text)
         checked.append(
-            Candidate(c.name, c.edit, c.layer, c.fit_margin, bad_rate, eff.added_nats.value)
+            Candidate(
+                c.name, c.edit, c.layer, c.fit_margin, bad_rate, eff.added_nats.value, c.extra
+            )
         )
 
-    # Fix the bug first, then disturb the model least: the lowest fit bad rate among the edits
-    # within the side-effect budget that improve on the fit prompts, ties to the smallest added
-    # loss. Pairs improve when the mean margin falls; a scorer's bug when its rate falls.
-    def improves(c: Candidate) -> bool:
-        if beh.scorer is None:
-            return c.fit_margin < float(fit_before.mean())
-        return c.fit_bad_rate < fit_bad_before
-
-    ok = [c for c in checked if improves(c) and c.fit_added_nats <= cfg.max_added_nats]
-    chosen = min(ok, key=lambda c: (c.fit_bad_rate, c.fit_added_nats)) if ok else None
+    chosen, shown = choose(checked, beh, fit_before, cfg.max_added_nats)
     secs["choose"] = time.time() - t1
+    done = {c.name for c in checked}
     rows = [
         {
             "name": c.name,
+            "kind": c.kind,
             "layer": c.layer,
             "fit_margin": c.fit_margin,
             "fit_bad_rate": None if c.fit_bad_rate != c.fit_bad_rate else c.fit_bad_rate,
             "fit_added_nats": c.fit_added_nats,
         }
-        for c in checked + cands[cfg.top :]
+        for c in checked + [c for c in cands if c.name not in done]
     ]
 
     t2 = time.time()
@@ -408,18 +489,30 @@ def run_fix(
         features=[f.to_dict() for f in findings],
         behaviour="margin" if beh.scorer is None else f"scorer:{beh.scorer}",
     )
+    report.truth_probes = [tp.to_dict() for tp in tps]
     if chosen is None:
         report.note = (
-            f"no candidate improved the fit prompts within --max-added-nats {cfg.max_added_nats}; "
-            "nothing is reported on the held-out prompts"
+            f"no candidate improved the fit prompts within --max-added-nats {cfg.max_added_nats}"
         )
-    else:
+        if shown is not None:
+            report.status = "not chosen: failed on fit"
+            report.note += (
+                f"; the best fit candidate ({shown.name}: fit bad rate {shown.fit_bad_rate:.3f}, "
+                f"+{shown.fit_added_nats:.3f} nats) is reported on the held-out prompts, not "
+                "chosen: failed on fit"
+            )
+    if shown is not None:
         text = general_text(lm, cfg, "test")
-        known = knowledge_accuracy(lm) if cfg.knowledge else None
-        report.fix = outcome(lm, beh, held, before, chosen.edit, text, known)
-        control = control_of(chosen.edit, cfg.seed, pool=pool)
-        report.control = outcome(lm, beh, held, before, control, text, known)
-        report.examples = examples(lm, held, chosen.edit, control, cfg)
+        # A truth probe is fitted on the probe datasets' train entities: its knowledge check
+        # then reads only their validation and test entities (no entity it was fitted on).
+        splits = ("val", "test") if "truth" in shown.kind else None
+        report.knowledge_splits = "val+test" if splits else "all"
+        known = knowledge_accuracy(lm, splits=splits) if cfg.knowledge else None
+        report.fix = outcome(lm, beh, held, before, shown.edit, text, known, splits)
+        control = control_of(shown.edit, cfg.seed, pool=pool)
+        report.control = outcome(lm, beh, held, before, control, text, known, splits)
+        report.examples = examples(lm, held, shown.edit, control, cfg)
+        report.shown = shown.name
     secs["report"] = time.time() - t2
     secs["total"] = time.time() - t0
     report.seconds = secs

@@ -25,6 +25,10 @@ class FixConfig:
     atlas: str | None = flag(None, metavar="ATLAS")
     """also rank the features of this atlas's dictionaries by attribution (plain prompts only) and
     try ablating the top ones; their labels come from the atlas"""
+    atlas_hooks: str | None = None
+    """with --atlas: only these of its dictionaries (comma-separated hook globs, e.g.
+    'blocks.1[0-5].mlp_in'; default: all). Attribution runs every dictionary on every fit
+    prompt, so fewer layers cost proportionally less"""
     features: int = 10
     """with --atlas: top features whose ablation effect is verified on the fit prompts"""
     layers: str | None = None
@@ -55,6 +59,14 @@ class FixConfig:
     """also try conditional versions of the best steering vectors: acting only where the
     residual stream shows the bug's direction above a quantile of its values on general text
     (run time only); --no-gated skips them"""
+    truth: bool = True
+    """also try the truth probe's direction at each --layers layer (a mass-mean probe fitted on the
+    train split of the probe datasets cities, neg_cities, larger_than, smaller_than; never on the
+    bug's prompts): steer toward true, project it out, and steering gated on the probe scoring
+    below a threshold; --no-truth skips them"""
+    truth_probe: str | None = flag(None, metavar="DIR")
+    """use this saved truth probe (`lmscope probe train --out DIR`, e.g. a run's RUN/probe)
+    instead of fitting one per layer"""
     screen: int = 24
     """score every candidate on this many fit prompts first and only the best ones on all of
     them (0: all on all; the choice is still made on all fit prompts)"""
@@ -80,6 +92,8 @@ class FixConfig:
             raise ValueError("--max-added-nats must be >= 0")
         if self.examples < 0 or self.example_tokens < 1:
             raise ValueError("--examples must be >= 0 and --example-tokens >= 1")
+        if self.atlas_hooks and not self.atlas:
+            raise ValueError("--atlas-hooks selects dictionaries of --atlas; give --atlas too")
         if self.max_new_tokens < 1:
             raise ValueError("--max-new-tokens must be >= 1")
         if self.text_tokens < 1 or self.ctx_len < 2 or self.top < 1 or self.screen < 0:

@@ -37,6 +37,7 @@ SCHEMA = {
     "behaviour": opt(Str(200)),
     "before": Obj({"bad_rate": _SCORE, "good_rate": _SCORE}),
     "chosen": opt(Str(500)),
+    "status": opt(Str(200)),
     "fix": opt(_OUTCOME),
     "control": opt(_OUTCOME),
     "candidates": List(Obj({"name": Str(500)}), max_items=10_000),

@@ -17,7 +17,9 @@ here. This loop:
    receiving a pad token (its output is ignored) until every row has stopped.
 
 The cache is valid under the edits lmscope.correct makes (ProjectOut, AddVector): they act
-on every position alike, so a cached key/value equals the one a full re-run would compute.
+on every position alike, so a cached key/value equals the one a full re-run would compute. A
+gated edit (edits.Gated, GatedVector) decides at each position from that position's own
+activation, so the same holds.
 An edit that depends on the position (steer's ActAdd at the first positions) would not be,
 and must use steer.generate. The test checks this loop equals steer.generate token for
 token on a tiny model, with and without an edit, for prompts of different lengths.

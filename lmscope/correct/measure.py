@@ -90,11 +90,98 @@ def _unembed(lm, h: Tensor) -> Tensor:
 
 
 def pair_margins(lm, cases: Sequence[BugCase], edits=None) -> Tensor:
-    """[n] log p(bad | prompt) - log p(good | prompt) per case."""
+    """[n] log p(bad | prompt) - log p(good | prompt) per case (each prompt run once, its KV cache
+    shared by the two continuations: shared_prompt_logprobs)."""
     prompts = [prompt_ids(lm, c) for c in cases]
-    bad = continuation_logprobs(lm, prompts, [_continuation_ids(lm, c.bad) for c in cases], edits)
-    good = continuation_logprobs(lm, prompts, [_continuation_ids(lm, c.good) for c in cases], edits)
+    bad, good = shared_prompt_logprobs(
+        lm,
+        prompts,
+        [
+            [_continuation_ids(lm, c.bad) for c in cases],
+            [_continuation_ids(lm, c.good) for c in cases],
+        ],
+        edits,
+    )
     return bad - good
+
+
+def _cache_key(lm) -> str:
+    """transformers 5 renamed the cache argument `past_key_values` -> `cache`."""
+    import inspect
+
+    params = inspect.signature(lm.model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+@torch.no_grad()
+def shared_prompt_logprobs(
+    lm,
+    prompts: Sequence[list[int]],
+    conts: Sequence[Sequence[list[int]]],
+    edits=None,
+    *,
+    batch_size: int = 16,
+) -> list[Tensor]:
+    """For each list of continuations in `conts` ([k][n]), [n] sums of log p(continuation token |
+    everything before it): continuation_logprobs, with each batch of prompts run once and its KV
+    cache shared by the k continuations (the prompt is most of the tokens of a chat bug file).
+
+    The prompts are LEFT-padded (as generate.py does: position ids count real tokens only, the
+    mask hides the pads), so the last column holds every prompt's last token, whose logits score
+    the first continuation token; the continuations follow right-padded, at the positions they
+    would have after their own prompt. The cache is cropped back to the prompt before the next
+    continuation. Edits act on each position from its own activations (ProjectOut, AddVector,
+    gated edits), so cached positions equal a full re-run's; equal to continuation_logprobs
+    (tested)."""
+    key = _cache_key(lm)
+    outs = [torch.empty(len(prompts), dtype=torch.float64) for _ in conts]
+    pad = lm.tokenizer.pad_token_id or 0
+    dev = lm.device
+    with lm.edit(edits or {}):
+        for lo in range(0, len(prompts), batch_size):
+            rows = [list(p) for p in prompts[lo : lo + batch_size]]
+            n, width = len(rows), max(map(len, rows))
+            ids = torch.full((n, width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, r in enumerate(rows):
+                ids[i, width - len(r) :] = torch.tensor(r)
+                mask[i, width - len(r) :] = 1
+            ids, mask = ids.to(dev), mask.to(dev)
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)  # [batch, pos]
+            o = lm.model.base_model(
+                input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True
+            )
+            past = getattr(o, key, None)
+            past = o.past_key_values if past is None else past
+            first = torch.log_softmax(_unembed(lm, o[0][:, -1]).float(), -1)  # [batch, vocab]
+            for k, cs in enumerate(conts):
+                cs = [list(c) for c in cs[lo : lo + batch_size]]
+                cw = max(map(len, cs))
+                cid = torch.full((n, cw), pad, dtype=torch.long)
+                cmask = torch.zeros_like(cid)
+                for i, c in enumerate(cs):
+                    cid[i, : len(c)] = torch.tensor(c)
+                    cmask[i, : len(c)] = 1
+                cid, cmask = cid.to(dev), cmask.to(dev)
+                cpos = pos[:, -1:] + 1 + torch.arange(cw, device=dev)[None]  # [batch, cw]
+                h = lm.model.base_model(
+                    input_ids=cid,
+                    attention_mask=torch.cat([mask, cmask], 1),
+                    position_ids=cpos,
+                    use_cache=True,
+                    **{key: past},
+                )[0]  # [batch, cw, d_model]
+                past.crop(-cw)  # back to the prompt for the next continuation
+                for i, c in enumerate(cs):
+                    total = float(first[i, c[0]])
+                    if len(c) > 1:
+                        lp = torch.log_softmax(_unembed(lm, h[i, : len(c) - 1]).float(), -1)
+                        tgt = torch.tensor(c[1:], device=lp.device)
+                        total += float(
+                            lp[torch.arange(len(c) - 1, device=lp.device), tgt].double().sum()
+                        )
+                    outs[k][lo + i] = total
+    return outs
 
 
 def generations(lm, cases: Sequence[BugCase], edits=None, *, max_new_tokens: int = 128):
@@ -143,11 +230,15 @@ def statement_logprobs(lm, texts: Sequence[str], edits=None, *, batch_size: int 
     return continuation_logprobs(lm, prompts, conts, edits, batch_size=batch_size)
 
 
-def knowledge_pairs(name: str) -> tuple[list[str], list[tuple[int, int]], list[str]]:
-    """(statements, (true index, false index) pairs within an entity, each pair's entity)."""
+def knowledge_pairs(
+    name: str, splits: Sequence[str] | None = None
+) -> tuple[list[str], list[tuple[int, int]], list[str]]:
+    """(statements, (true index, false index) pairs within an entity, each pair's entity), from
+    the dataset's `splits` (default: all)."""
     from ..probe.datasets import load_dataset
 
-    st = load_dataset(name).all
+    ds = load_dataset(name)
+    st = ds.all if splits is None else [x for s in splits for x in ds.split(s)]
     by: dict[str, dict[int, list[int]]] = {}
     for i, x in enumerate(st):
         by.setdefault(x.entity, {0: [], 1: []})[x.label].append(i)
@@ -160,12 +251,14 @@ def knowledge_pairs(name: str) -> tuple[list[str], list[tuple[int, int]], list[s
     return [x.text for x in st], pairs, ents
 
 
-def knowledge_accuracy(lm, edits=None, names: Sequence[str] = KNOWLEDGE) -> dict[str, Tensor]:
+def knowledge_accuracy(
+    lm, edits=None, names: Sequence[str] = KNOWLEDGE, splits: Sequence[str] | None = None
+) -> dict[str, Tensor]:
     """{dataset: [n_pairs] 1.0 where the model finds the true statement likelier than the false
-    one of the same entity}: 2-choice knowledge, no probe involved."""
+    one of the same entity}: 2-choice knowledge, no probe involved (`splits`: entities read)."""
     out = {}
     for n in names:
-        texts, pairs, _ = knowledge_pairs(n)
+        texts, pairs, _ = knowledge_pairs(n, splits)
         lp = statement_logprobs(lm, texts, edits)
         out[n] = torch.tensor([float(lp[t] > lp[f]) for t, f in pairs], dtype=torch.float64)
     return out
@@ -243,5 +336,6 @@ __all__ = [
     "pair_margins",
     "prompt_ids",
     "rate",
+    "shared_prompt_logprobs",
     "text_effect",
 ]

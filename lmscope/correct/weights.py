@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ..errors import UserError
 from ..models.hooks import first_tensor
-from .edits import AddVector, EditSet, FeatureAblation, GatedVector, ProjectOut, as_edit_set
+from .edits import RUNTIME_ONLY, AddVector, EditSet, ProjectOut, as_edit_set
 
 
 def _is_conv1d(m: nn.Module) -> bool:
@@ -163,9 +163,9 @@ def fold(lm, edits) -> object:
     from ..models.load import LanguageModel
 
     es: EditSet = as_edit_set(edits)
-    if any(isinstance(e, (FeatureAblation, GatedVector)) for e in es.edits):
+    if any(isinstance(e, RUNTIME_ONLY) for e in es.edits):
         raise UserError(
-            "a feature ablation or a gated vector acts only at run time (an encoder, a threshold) "
+            "a feature ablation or a gated edit acts only at run time (an encoder, a threshold) "
             "and cannot be folded into weights; export a direction edit instead (lmscope fix "
             "--export chooses one)"
         )

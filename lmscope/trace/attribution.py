@@ -128,6 +128,7 @@ def trace(
     top: int = 20,
     labels=None,
     include_special: bool = False,
+    tokens: torch.Tensor | None = None,
 ) -> TraceResult:
     """Rank the features of `dictionaries` {hook: dictionary} by their effect on the target.
 
@@ -137,10 +138,13 @@ def trace(
     and BOS is an attention sink with outlier norms (~4,000+ in SmolLM2's middle layers) whose
     encodings are off-distribution; their effect stays in the model (not attributed), as an error
     term would.
+    tokens: the prompt's token ids [1, pos] when they are not `lm.to_tokens(prompt)` (a chat
+    template's, as lmscope fix runs chat prompts).
     """
     from ..models.tokens import token_mask
 
-    tokens = lm.to_tokens(prompt)
+    if tokens is None:
+        tokens = lm.to_tokens(prompt)
     for d in dictionaries.values():  # UserError with close matches for hooks this model lacks
         lm.hooks[d.cfg.hook_name]
         lm.hooks[out_hook(d)]

@@ -70,7 +70,11 @@
       main.append(el("p", {id: "fix-note"}, r.note || "No edit was chosen."));
       return;
     }
-    main.append(el("p", {id: "fix-edit"}, el("b", {}, "chosen edit: "), r.fix.edit),
+    // A report whose best fit candidate failed on fit still shows it, marked (never as chosen).
+    const failed = r.status && r.status !== "chosen";
+    if (failed) main.append(el("p", {id: "fix-note"}, r.note || ""));
+    main.append(el("p", {id: "fix-edit"},
+      el("b", {}, failed ? `${r.status}, shown for reference: ` : "chosen edit: "), r.fix.edit),
       el("p", {class: "muted"}, `control: ${r.control.edit}`), numbers(r), ...examples(r));
   }
 
