@@ -375,3 +375,31 @@ def test_bootstrap_interval_of_a_ratio():
     # Two contexts with ratios 0 and 1 (equal weight): resamples give 0, 0.5 or 1.
     lo, hi = bootstrap_ratio(torch.tensor([0.0, 10.0]), torch.tensor([10, 10]))
     assert lo == 0.0 and hi == 1.0
+
+
+def test_spliced_ce_and_kl_in_row_chunks_equal_the_whole_batch(monkeypatch):
+    """CE and KL are computed a few contexts at a time (a 262k vocabulary would need GBs per
+    tensor): one context per chunk gives the hand-computed whole-batch numbers."""
+    import torch.nn.functional as F
+
+    from lmscope.dictionaries import evaluate as ev
+
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randn(3, 5, 11, generator=g)
+    other = clean + 0.5 * torch.randn(3, 5, 11, generator=g)
+    tokens = torch.randint(0, 11, (3, 5), generator=g)
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[1, 3] = False
+    lp = F.log_softmax(clean[:, :-1], -1)
+    lq = F.log_softmax(other[:, :-1], -1)
+    m = mask[:, 1:].double()
+    want_kl = ((lp.exp() * (lp - lq)).sum(-1).double() * m).sum(1)
+    want_ce = (-lq.gather(-1, tokens[:, 1:, None]).squeeze(-1).double() * m).sum(1)
+    monkeypatch.setattr(ev, "LOGPROB_CHUNK_BYTES", 4 * 11 * 5)  # one context per chunk
+    assert len(ev._row_chunks(other)) == 3
+    ce, kl = ev._ce_kl_rows(lp, other, tokens, mask)
+    torch.testing.assert_close(kl, want_kl, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ce, want_ce, rtol=1e-5, atol=1e-6)
+    ce2, n = ev._ce_rows(other, tokens, mask)
+    torch.testing.assert_close(ce2, want_ce, rtol=1e-5, atol=1e-6)
+    assert n.tolist() == [4, 3, 4]

@@ -406,30 +406,50 @@ def reconstruction(
 
 
 # --- the spliced loss ------------------------------------------------------------------------
+# Log-probabilities are [rows, pos, vocab] float32: on Gemma 3's 262k vocabulary one batch of 8
+# contexts of 128 tokens is 1.07 GB per tensor, and a KL needs several at once. Rows are taken
+# a few at a time so that each temporary stays within this budget (SmolLM2's batch of 8 fits in
+# one chunk, so its numbers do not change).
+LOGPROB_CHUNK_BYTES = 256 * 2**20
+
+
+def _row_chunks(logits: Tensor) -> list[slice]:
+    """Slices over contexts so that a float32 [rows, pos, vocab] block fits LOGPROB_CHUNK_BYTES."""
+    b, pos, vocab = logits.shape
+    step = max(1, LOGPROB_CHUNK_BYTES // max(1, pos * vocab * 4))
+    return [slice(i, i + step) for i in range(0, b, step)]
+
+
 def _ce_rows(logits: Tensor, tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """Per context: summed next-token CE over targets where mask[:, 1:], and their count. [batch]
     each."""
-    lp = F.log_softmax(logits[:, :-1].float(), dim=-1)  # [batch, pos-1, vocab]
-    nll = -lp.gather(-1, tokens[:, 1:, None]).squeeze(-1)  # [batch, pos-1]
     m = mask[:, 1:]
-    return (nll * m).double().sum(1).cpu(), m.sum(1).cpu()
+    ce = []
+    for r in _row_chunks(logits):
+        lp = F.log_softmax(logits[r, :-1].float(), dim=-1)  # [rows, pos-1, vocab]
+        nll = -lp.gather(-1, tokens[r, 1:, None]).squeeze(-1)  # [rows, pos-1]
+        ce.append((nll * m[r]).double().sum(1).cpu())
+    return torch.cat(ce), m.sum(1).cpu()
 
 
 def _ce_kl_rows(
-    lp: Tensor, p: Tensor, other: Tensor, tokens: Tensor | None, mask: Tensor
+    lp: Tensor, other: Tensor, tokens: Tensor | None, mask: Tensor
 ) -> tuple[Tensor | None, Tensor]:
     """Per context [batch]: summed CE of `other` logits (None without tokens) and summed
     KL(clean || other), over targets where mask[:, 1:], from one log-softmax of `other`.
 
-    lp, p: the clean log-probabilities and probabilities [batch, pos-1, vocab], computed once per
-    batch and shared by every dictionary's splice."""
-    lq = F.log_softmax(other[:, :-1].float(), dim=-1)  # [batch, pos-1, vocab]
+    lp: the clean log-probabilities [batch, pos-1, vocab], computed once per batch and shared by
+    every dictionary's splice; the rest is done a few contexts at a time (_row_chunks)."""
     m = mask[:, 1:]
-    kl = (p * (lp - lq)).sum(-1)  # [batch, pos-1]
-    ce = None
-    if tokens is not None:
-        ce = (-lq.gather(-1, tokens[:, 1:, None]).squeeze(-1) * m).double().sum(1).cpu()
-    return ce, (kl * m).double().sum(1).cpu()
+    ces, kls = [], []
+    for r in _row_chunks(other):
+        lq = F.log_softmax(other[r, :-1].float(), dim=-1)  # [rows, pos-1, vocab]
+        kl = (lp[r].exp() * (lp[r] - lq)).sum(-1)  # [rows, pos-1]
+        kls.append((kl * m[r]).double().sum(1).cpu())
+        if tokens is not None:
+            nll = -lq.gather(-1, tokens[r, 1:, None]).squeeze(-1)  # [rows, pos-1]
+            ces.append((nll * m[r]).double().sum(1).cpu())
+    return (torch.cat(ces) if tokens is not None else None), torch.cat(kls)
 
 
 def _splice(value: Tensor, keep: Tensor):
@@ -612,7 +632,6 @@ def evaluate_dictionaries(
         if splice:
             ce_clean, n = _ce_rows(clean.logits, tokens, keep)
             lp_clean = F.log_softmax(clean.logits[:, :-1].float(), dim=-1)  # once for every KL
-            p_clean = lp_clean.exp()
         for h, d in dicts.items():
             out_h = outs[h]
             x = clean.acts[h].float()  # [b, pos, d_in]
@@ -627,7 +646,7 @@ def evaluate_dictionaries(
             full = t.clone()
             full[keep] = rec.to(full.dtype)  # [b, pos, d_out]
             spliced = splicer.logits(tokens, clean.acts, out_h, full, keep)
-            ce_sp, kl = _ce_kl_rows(lp_clean, p_clean, spliced, tokens, keep)
+            ce_sp, kl = _ce_kl_rows(lp_clean, spliced, tokens, keep)
             parts = dict(clean=ce_clean, spliced=ce_sp, kl=kl, n=n)
             if baselines:
                 zero = splicer.logits(tokens, clean.acts, out_h, torch.zeros_like(t), keep)
