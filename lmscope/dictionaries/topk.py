@@ -20,8 +20,11 @@ from torch import Tensor
 from .base import DictionaryConfig, SparseDictionary, TopKOutput, _Terms
 from .kernels import sparse_decode, sparse_encoder_grad, subset_decode
 
-DENSE_AUX_RATIO = 4
-"""AuxK runs as dense GEMMs over the dead columns while n_dead <= this x k_aux (twice this
+DENSE_AUX_RATIO = 0
+"""Off (0) by default: in the 30-dictionary shared pass the dense path's per-step [batch, n_dead]
+buffers, whose size changes every step, raised peak RSS from 3.5 to 5.4 GB on 32k tokens (glibc
+heap retention; issue 20 caps the run at 6 GB); set it to 4 for the faster AuxK on one dictionary.
+AuxK runs as dense GEMMs over the dead columns while n_dead <= this x k_aux (twice this
 under bf16/fp16 autocast, whose GEMMs are ~4x faster), else through the sparse kernels.
 Measured on one core at the whole-model shape (bench/profile_train_step.py, k_aux 288,
 d_sae 2,304): fp32 AuxK cost 49 ms dense vs 85 ms sparse at 576 dead latents and 148 vs
