@@ -100,13 +100,15 @@ def test_worker_failure_leaves_whole_chunks_and_rerun_completes(
     monkeypatch.setattr(runner_mod._ChunkWork, "label", real)
     got, want = _dump(atlas), _dump(one)
     # what was written is a prefix of the 1-worker run, row for row, ending at a chunk boundary:
-    # worker 0's 3rd chunk is chunk 4, so chunks 0..3 at most, and at least chunks 0..1
+    # worker 0's 3rd chunk is chunk 4, so chunks 0..3 at most. At least chunk 0: worker 0 sent
+    # its rows before its error, down the same pipe. Chunk 1 is worker 1's and may still be in
+    # flight when the error arrives (seen in CI under load), so the least is one chunk
     n = len(got["explanations"])
     assert got["explanations"] == want["explanations"][:n]
     with AtlasDB(atlas / "atlas.db", readonly=True) as db:
         todo = runner_mod._select(db, ExplainConfig(atlas=str(atlas)))
     written, ref_order = _written(got), _written(want)
-    bounds = [[f for f in ref_order if f in set(todo[: B * m])] for m in range(2, 5)]
+    bounds = [[f for f in ref_order if f in set(todo[: B * m])] for m in range(1, 5)]
     assert written in bounds, (len(written), [len(x) for x in bounds])
     r = explain_atlas(ExplainConfig(atlas=str(atlas), batch=B, workers=2), progress=False)
     assert r.skipped == len(written) and r.skipped + r.explained == r1.explained
