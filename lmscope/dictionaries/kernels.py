@@ -26,6 +26,9 @@ gradient). Here:
   [batch, n_dead] matrix over the dead columns only, and its decode and every gradient are
   GEMMs over those columns (trainer's whole-model step: see docs/benchmarks.md).
 
+On CPU, the top-k selection, S^T @ dense and the values' gradient run in native.c (multi-threaded,
+built at first use; native.py), each with the torch ops below as the fallback.
+
 tests/test_topk_fast.py checks all three against dense autograd references.
 """
 
@@ -35,12 +38,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import native
+
 
 def _sparse_t_matmul(indices: Tensor, weights: Tensor, dense: Tensor, n_rows: int) -> Tensor:
     """S^T @ dense where S [batch, n_rows] is sparse with S[b, indices[b, j]] = weights[b, j].
 
     indices, weights [batch, k]; dense [batch, d] -> [n_rows, d]. Duplicate (b, j) entries add.
     """
+    got = native.sparse_t_matmul(indices, weights, dense, n_rows)
+    if got is not None:
+        return got
     batch, k = indices.shape
     rows = indices.reshape(-1)  # [batch*k] latent id
     cols = torch.arange(batch, device=indices.device).repeat_interleave(k)  # [batch*k] token id
@@ -123,9 +131,11 @@ class _SparseDecode(torch.autograd.Function):
         grad_out = grad_out.to(W_dec.dtype)
         grad_values = grad_W = None
         if ctx.needs_input_grad[0]:
-            # grad_values[b, j] = <grad_out[b], W_dec[indices[b, j]]>: PyTorch's own
-            # embedding-bag per-sample-weights backward (no [batch, k, d_out] gather; ~10x
-            # faster here than gather + bmm).
+            # grad_values[b, j] = <grad_out[b], W_dec[indices[b, j]]>: the native kernel, else
+            # PyTorch's own embedding-bag per-sample-weights backward (no [batch, k, d_out]
+            # gather; ~10x faster here than gather + bmm, but one thread).
+            grad_values = native.rowdot(indices, grad_out, W_dec)
+        if ctx.needs_input_grad[0] and grad_values is None:
             batch, k = indices.shape
             offsets = torch.arange(0, batch * k, k, device=indices.device)
             offset2bag = torch.arange(batch, device=indices.device).repeat_interleave(k)
