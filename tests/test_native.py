@@ -140,3 +140,21 @@ def test_no_compiler_falls_back_with_one_line(monkeypatch, tmp_path, capfd):
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "training uses torch ops" in err[0]
     assert not list((tmp_path / "native").glob("*.so"))  # nothing half-built left behind
+
+
+def test_decoder_upkeep_equals_torch():
+    torch.manual_seed(4)
+    W, g = torch.randn(300, 70), torch.randn(300, 70)
+    W[5] = 0.0  # a zero row: the 1e-8 floor, no NaN
+    ref_g = g.clone()
+    w = W / W.norm(dim=1, keepdim=True).clamp_min(1e-8)
+    ref_g -= (ref_g * w).sum(1, keepdim=True) * w
+    got_g = g.clone()
+    assert native.remove_parallel_(W, got_g)
+    torch.testing.assert_close(got_g, ref_g, rtol=1e-5, atol=1e-5)
+    assert (got_g * W).sum(1).abs().max() < 1e-4  # orthogonal to every row
+    ref_W = W / W.norm(dim=1, keepdim=True).clamp_min(1e-8)
+    got_W = W.clone()
+    assert native.normalize_rows_(got_W)
+    torch.testing.assert_close(got_W, ref_W, rtol=1e-6, atol=1e-6)
+    assert not native.normalize_rows_(W.t()) and not native.remove_parallel_(W.double(), g)

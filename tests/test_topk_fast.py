@@ -64,15 +64,18 @@ CASES = [
     "case", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items() if k != "out_hook_name")
 )
 @pytest.mark.parametrize(
-    "with_dead,aux_ratio",
-    [(False, None), (True, None), (True, 0)],
-    ids=["no-dead", "auxk-dense", "auxk-sparse"],
+    "with_dead,aux_ratio,bucket",
+    [(False, None, None), (True, 4, 1), (True, 4, 64), (True, 4, 256), (True, 0, None)],
+    ids=["no-dead", "auxk-dense", "auxk-dense-pad64", "auxk-dense-pad256", "auxk-sparse"],
 )
-def test_fast_path_equals_dense_reference(case, with_dead, aux_ratio, monkeypatch):
+def test_fast_path_equals_dense_reference(case, with_dead, aux_ratio, bucket, monkeypatch):
     # AuxK runs through dense GEMMs over the dead columns (40% of 256 dead, k_aux 16: within
-    # topk.DENSE_AUX_RATIO) or, forced with ratio 0, through the sparse kernels: both must match.
+    # topk.DENSE_AUX_RATIO = 4), padded with live columns to a multiple of `bucket` (whose codes
+    # stay 0), or, with ratio 0, through the sparse kernels: all must match.
     if aux_ratio is not None:
         monkeypatch.setattr("lmscope.dictionaries.topk.DENSE_AUX_RATIO", aux_ratio)
+    if bucket is not None:
+        monkeypatch.setattr("lmscope.dictionaries.topk.AUX_BUCKET", bucket)
     torch.manual_seed(0)
     cfg = DictionaryConfig(d_in=32, d_sae=256, k=8, aux_k=16, hook_name="blocks.0.mlp_in", **case)
     d = build(cfg)

@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from . import native
 from .init import geometric_median, norm_scale, ridge_map
 
 if TYPE_CHECKING:
@@ -344,12 +345,13 @@ class SparseDictionary(nn.Module):
         x_n = x * self.act_scale
         t_n = target * self.act_scale_out
         terms = self._train_terms(x_n, t_n, dead_mask)
-        err = terms.recon.float() - t_n.float()  # [batch, d_out]
-        sq = err.pow(2).sum()
+        # sums of squares as one fused kernel each (forward and backward), not sub + pow + sum
+        t32 = t_n.float()
+        sq = nn.functional.mse_loss(terms.recon.float(), t32, reduction="sum")
         mse = sq / x.shape[0]
         with torch.no_grad():
-            var = (t_n.float() - t_n.float().mean(0)).pow(2).sum().clamp_min(1e-12)
-            fvu = sq.detach() / var
+            var = nn.functional.mse_loss(t32, t32.mean(0).expand_as(t32), reduction="sum")
+            fvu = sq.detach() / var.clamp_min(1e-12)
         loss = mse + terms.sparsity_loss + self.cfg.aux_coeff * terms.aux_loss
         return TrainOutput(
             loss,
@@ -395,7 +397,7 @@ class SparseDictionary(nn.Module):
     @torch.no_grad()
     def normalize_decoder_(self) -> None:
         """Rescale decoder rows to unit norm (no-op for relu, whose norms are part of the model)."""
-        if self.cfg.unit_norm_decoder:
+        if self.cfg.unit_norm_decoder and not native.normalize_rows_(self.W_dec.data):
             self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
 
     @torch.no_grad()
@@ -407,7 +409,7 @@ class SparseDictionary(nn.Module):
         tangentially to the unit sphere, and normalize_decoder_() after it fixes the rest.
         """
         g = self.W_dec.grad
-        if g is None or not self.cfg.unit_norm_decoder:
+        if g is None or not self.cfg.unit_norm_decoder or native.remove_parallel_(self.W_dec, g):
             return
         w = self.W_dec / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)  # [d_sae, d_out]
         g.addcmul_(w, torch.linalg.vecdot(g, w)[:, None], value=-1.0)

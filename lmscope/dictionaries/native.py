@@ -37,8 +37,10 @@ _P, _I64, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SIGS = {
     "lms_topk": (ctypes.c_int, [_P, _I32, _I64, _I64, _I64, _I32, _P, _P, _I32]),
     "lms_col_sort": (ctypes.c_int, [_P, _I64, _I64, _P, _P]),
-    "lms_scatter_t": (None, [_P, _P, _I64, _P, _I32, _P, _I64, _P, _I32]),
+    "lms_scatter_t": (ctypes.c_int, [_P, _P, _I64, _P, _I32, _P, _I64, _P, _I32]),
     "lms_rowdot": (None, [_P, _I64, _I32, _P, _P, _I64, _P, _I32]),
+    "lms_remove_parallel": (None, [_P, _P, _I64, _I64, _I32]),
+    "lms_normalize_rows": (None, [_P, _I64, _I64, _I32]),
 }
 
 
@@ -174,7 +176,7 @@ def sparse_t_matmul(indices: Tensor, weights: Tensor, dense: Tensor, n_rows: int
     if dll.lms_col_sort(indices.data_ptr(), nnz, n_rows, starts.data_ptr(), order.data_ptr()):
         raise IndexError(f"a sparse code index is outside [0, {n_rows})")
     out = torch.empty((n_rows, dense.shape[1]), dtype=torch.float32)
-    dll.lms_scatter_t(
+    rc = dll.lms_scatter_t(
         order.data_ptr(),
         starts.data_ptr(),
         n_rows,
@@ -185,6 +187,8 @@ def sparse_t_matmul(indices: Tensor, weights: Tensor, dense: Tensor, n_rows: int
         out.data_ptr(),
         _threads(),
     )
+    if rc:
+        raise MemoryError("native S^T @ dense: out of memory")
     return out
 
 
@@ -220,4 +224,36 @@ def rowdot(indices: Tensor, g: Tensor, W: Tensor) -> Tensor | None:
     return out
 
 
-__all__ = ["enabled", "lib", "rowdot", "sparse_t_matmul", "topk"]
+def _rows_ok(*ts: Tensor) -> bool:
+    return all(
+        t.device.type == "cpu" and t.dtype == torch.float32 and t.dim() == 2 and t.is_contiguous()
+        for t in ts
+    )
+
+
+def remove_parallel_(W: Tensor, g: Tensor) -> bool:
+    """g[r] -= <g[r], W[r]> W[r] / max(|W[r]|, 1e-8)^2 in place; False (untouched) where the
+    kernel does not apply."""
+    if not _rows_ok(W, g) or W.shape != g.shape or (dll := lib()) is None:
+        return False
+    dll.lms_remove_parallel(W.data_ptr(), g.data_ptr(), W.shape[0], W.shape[1], _threads())
+    return True
+
+
+def normalize_rows_(W: Tensor) -> bool:
+    """W[r] /= max(|W[r]|, 1e-8) in place; False (untouched) where the kernel does not apply."""
+    if not _rows_ok(W) or (dll := lib()) is None:
+        return False
+    dll.lms_normalize_rows(W.data_ptr(), W.shape[0], W.shape[1], _threads())
+    return True
+
+
+__all__ = [
+    "enabled",
+    "lib",
+    "normalize_rows_",
+    "remove_parallel_",
+    "rowdot",
+    "sparse_t_matmul",
+    "topk",
+]

@@ -21,15 +21,21 @@ from . import native
 from .base import DictionaryConfig, SparseDictionary, TopKOutput, _Terms
 from .kernels import sparse_decode, sparse_encoder_grad, subset_decode
 
-DENSE_AUX_RATIO = 0
-"""Off (0) by default: in the 30-dictionary shared pass the dense path's per-step [batch, n_dead]
-buffers, whose size changes every step, raised peak RSS from 3.5 to 5.4 GB on 32k tokens (glibc
-heap retention; issue 20 caps the run at 6 GB); set it to 4 for the faster AuxK on one dictionary.
-AuxK runs as dense GEMMs over the dead columns while n_dead <= this x k_aux (twice this
+DENSE_AUX_RATIO = 4
+"""AuxK runs as dense GEMMs over the dead columns while n_dead <= this x k_aux (twice this
 under bf16/fp16 autocast, whose GEMMs are ~4x faster), else through the sparse kernels.
 Measured on one core at the whole-model shape (bench/profile_train_step.py, k_aux 288,
 d_sae 2,304): fp32 AuxK cost 49 ms dense vs 85 ms sparse at 576 dead latents and 148 vs
-99 ms at 2,304 (crossover ~5 x k_aux); bf16 27 vs 69 ms at 576 and 67 vs 100 ms at 2,304."""
+99 ms at 2,304 (crossover ~5 x k_aux); bf16 27 vs 69 ms at 576 and 67 vs 100 ms at 2,304. With
+the native sparse kernels, the whole step at 25% dead, bf16, 2 threads: 45.7 ms dense vs 65.5
+sparse. Its buffers are padded to AUX_BUCKET columns: unpadded, their size changed every step
+and the 30-dictionary shared pass's peak RSS rose from 3.5 to 5.4 GB (glibc heap retention);
+padded, 3.57 GB (sparse: 3.62)."""
+
+
+AUX_BUCKET = 256
+"""The dense AuxK path's column count is rounded up to a multiple of this (with live latents
+whose codes stay 0)."""
 
 
 def topk_codes(pre: Tensor, k: int) -> TopKOutput:
@@ -67,17 +73,26 @@ def auxk_loss(
     if n_dead == 0:
         return zero
     k_aux = min(dict_.cfg.resolved_aux_k, n_dead)
-    with torch.no_grad():
-        # Rank only the dead columns ([batch, n_dead], usually a small slice of d_sae).
-        dead_ids = dead_mask.to(pre.device).nonzero().squeeze(1)  # [n_dead]
-        pre_dead = pre.index_select(1, dead_ids)  # [batch, n_dead]
-        local = topk_codes(pre_dead, k_aux)  # [batch, k_aux] into dead_ids
     dev = x_in.device.type
     half = torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev) != torch.float32
-    if n_dead <= DENSE_AUX_RATIO * (2 if half else 1) * k_aux:
+    dense = n_dead <= DENSE_AUX_RATIO * (2 if half else 1) * k_aux
+    with torch.no_grad():
+        dead_ids = dead_mask.to(pre.device).nonzero().squeeze(1)  # [n_dead]
+        cols = dead_ids
+        if dense and n_dead % AUX_BUCKET:
+            # Pad the dead columns with live ones up to a multiple of AUX_BUCKET, whose codes
+            # stay 0 (no loss, no gradient): the per-step buffers then come in a few sizes,
+            # which the allocator reuses, instead of a new size every step.
+            n_pad = min(-n_dead % AUX_BUCKET, dead_mask.numel() - n_dead)
+            live = (~dead_mask).to(pre.device).nonzero().squeeze(1)[:n_pad]
+            cols = torch.cat([dead_ids, live])
+        # Rank only the dead columns ([batch, n_dead], usually a small slice of d_sae).
+        pre_sub = pre.index_select(1, cols)  # [batch, n_cols]
+        local = topk_codes(pre_sub[:, :n_dead], k_aux)  # [batch, k_aux] into dead_ids
+    if dense:
         # k_aux is a large share of the dead columns: a dense code over them, GEMMs throughout.
-        codes = torch.zeros_like(pre_dead).scatter_(1, local.indices, local.values)
-        e_hat = subset_decode(x_in, dict_.W_enc, dict_.b_enc, dict_.W_dec, codes, dead_ids)
+        codes = torch.zeros_like(pre_sub).scatter_(1, local.indices, local.values)
+        e_hat = subset_decode(x_in, dict_.W_enc, dict_.b_enc, dict_.W_dec, codes, cols)
     else:
         indices = dead_ids[local.indices]  # [batch, k_aux] latent ids
         values = sparse_encoder_grad(x_in, dict_.W_enc, dict_.b_enc, local.values, indices)

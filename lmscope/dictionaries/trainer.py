@@ -39,6 +39,7 @@ from ..config import to_dict
 from ..dist import DistInfo
 from ..errors import UserError
 from ..layout import AtlasLayout
+from . import native
 from .base import DictionaryConfig, SparseDictionary
 from .checkpoint import Checkpoints, RunState
 from .protocol import Dictionary
@@ -263,8 +264,10 @@ def _remove_parallel_grad_(W: Tensor, g: Tensor, rows: int = 65536) -> None:
     """Gao et al. 2024 App. A.4: project out each decoder row's gradient component along the row.
 
     Same math as SparseDictionary.remove_parallel_grad_, a block of rows at a time, so a
-    1M-latent decoder needs no full-size temporaries.
+    1M-latent decoder needs no full-size temporaries; on CPU, one native pass per row.
     """
+    if native.remove_parallel_(W.data, g):
+        return
     for i in range(0, W.shape[0], rows):
         w = W[i : i + rows]
         w = w / w.norm(dim=1, keepdim=True).clamp_min(1e-8)
