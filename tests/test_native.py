@@ -158,3 +158,15 @@ def test_decoder_upkeep_equals_torch():
     assert native.normalize_rows_(got_W)
     torch.testing.assert_close(got_W, ref_W, rtol=1e-6, atol=1e-6)
     assert not native.normalize_rows_(W.t()) and not native.remove_parallel_(W.double(), g)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_topk_with_bias_equals_the_sum(dtype):
+    torch.manual_seed(5)
+    pre, bias = torch.randn(50, 1000).to(dtype), torch.randn(1000) * 3
+    v, i = native.topk(pre, 24, bias)
+    s = pre.float() + bias
+    assert v.dtype == torch.float32
+    assert torch.equal(v.sort(1, descending=True).values, s.topk(24, dim=1).values)
+    assert torch.equal(s.gather(1, i), v)
+    assert native.topk(pre, 24, bias.double()) is None and native.topk(pre, 24, bias[:-1]) is None

@@ -127,6 +127,7 @@ static inline int64_t collect(vf v, float thr, int64_t j, float *ckey, int32_t *
     return c + __builtin_popcount((unsigned)m);
 }
 static inline vf vmax(vf acc, vf v) { return _mm512_max_ps(v, acc); }
+static inline vf vadd(vf a, vf b) { return _mm512_add_ps(a, b); }
 static inline float hmax(vf acc) { return _mm512_reduce_max_ps(acc); }
 #elif defined(__AVX2__)
 #include <immintrin.h>
@@ -142,6 +143,7 @@ static inline uint32_t hits(vf v, float thr) {
 }
 static inline vf vinit(void) { return _mm256_set1_ps(-INFINITY); }
 static inline vf vmax(vf acc, vf v) { return _mm256_max_ps(v, acc); }
+static inline vf vadd(vf a, vf b) { return _mm256_add_ps(a, b); }
 static inline float hmax(vf acc) {
     float t[8], m = -INFINITY;
     _mm256_storeu_ps(t, acc);
@@ -166,6 +168,10 @@ static inline vf vinit(void) { vf r; for (int t = 0; t < VW; t++) r.v[t] = -INFI
 static inline vf vmax(vf acc, vf v) {
     for (int t = 0; t < VW; t++) acc.v[t] = v.v[t] > acc.v[t] ? v.v[t] : acc.v[t];
     return acc;
+}
+static inline vf vadd(vf a, vf b) {
+    for (int t = 0; t < VW; t++) a.v[t] += b.v[t];
+    return a;
 }
 static inline float hmax(vf acc) {
     float m = -INFINITY;
@@ -195,9 +201,11 @@ static inline int64_t collect(vf v, float thr, int64_t j, float *ckey, int32_t *
  * those few candidates (about 1.4k on random rows), and a k-element min-heap keeps the k
  * largest. Exact; a row of NaN or -inf chunks gets bound -inf and every element is a
  * candidate (slower, still exact). */
-#define TOPK_ROW(NAME, T, CONV, LOAD)                                                  \
-    static void NAME(const T *x, int64_t n, int k, const int64_t *chunks, float *key,  \
-                     int32_t *idx, float *ckey, int32_t *cidx) {                       \
+#define TOPK_ROW(NAME, T, SVAL, VLOAD)                                                 \
+    static void NAME(const T *x, const float *bias, int64_t n, int k,                  \
+                     const int64_t *chunks, float *key, int32_t *idx, float *ckey,     \
+                     int32_t *cidx) {                                                  \
+        (void)bias;                                                                    \
         const int64_t M = chunks[-1];                                                  \
         float *cm = ckey; /* the chunk maxima, before the candidates overwrite them */ \
         for (int64_t q = 0; q < M; q++) {                                              \
@@ -206,11 +214,11 @@ static inline int64_t collect(vf v, float thr, int64_t j, float *ckey, int32_t *
             float m = -INFINITY;                                                       \
             if (!(j % VW)) {                                                           \
                 vf acc = vinit();                                                      \
-                for (; j + VW <= hi; j += VW) acc = vmax(acc, LOAD(x + j));            \
+                for (; j + VW <= hi; j += VW) acc = vmax(acc, VLOAD(j));               \
                 m = hmax(acc);                                                         \
             }                                                                          \
             for (; j < hi; j++) {                                                      \
-                const float v = CONV(x[j]);                                            \
+                const float v = SVAL(j);                                               \
                 m = v > m ? v : m;                                                     \
             }                                                                          \
             cm[q] = m;                                                                 \
@@ -227,9 +235,9 @@ static inline int64_t collect(vf v, float thr, int64_t j, float *ckey, int32_t *
             }                                                                          \
         const float bound = key[0];                                                    \
         int64_t c = 0, j = 0;                                                          \
-        for (; j + VW <= n; j += VW) c = collect(LOAD(x + j), bound, j, ckey, cidx, c);  \
+        for (; j + VW <= n; j += VW) c = collect(VLOAD(j), bound, j, ckey, cidx, c);   \
         for (; j < n; j++) {                                                           \
-            const float v = CONV(x[j]);                                                \
+            const float v = SVAL(j);                                                   \
             if (!(v < bound)) {                                                        \
                 ckey[c] = v;                                                           \
                 cidx[c++] = (int32_t)j;                                                \
@@ -250,12 +258,23 @@ static inline int64_t collect(vf v, float thr, int64_t j, float *ckey, int32_t *
             }                                                                          \
     }
 
-#define IDENT(v) (v)
-TOPK_ROW(topk_row_f32, float, IDENT, ld_f32)
-TOPK_ROW(topk_row_bf16, uint16_t, bf16_f32, ld_bf16)
+/* the row's values, and with a bias vector added (float32 sums) */
+#define F32_S(j) (x[j])
+#define F32_V(j) ld_f32(x + (j))
+#define F32B_S(j) (x[j] + bias[j])
+#define F32B_V(j) vadd(ld_f32(x + (j)), ld_f32(bias + (j)))
+#define BF_S(j) bf16_f32(x[j])
+#define BF_V(j) ld_bf16(x + (j))
+#define BFB_S(j) (bf16_f32(x[j]) + bias[j])
+#define BFB_V(j) vadd(ld_bf16(x + (j)), ld_f32(bias + (j)))
+TOPK_ROW(topk_row_f32, float, F32_S, F32_V)
+TOPK_ROW(topk_row_f32b, float, F32B_S, F32B_V)
+TOPK_ROW(topk_row_bf16, uint16_t, BF_S, BF_V)
+TOPK_ROW(topk_row_bf16b, uint16_t, BFB_S, BFB_V)
 
 typedef struct {
     const void *x;
+    const float *bias; /* [n] or NULL */
     int bf16;
     int64_t n, ld;
     int k;
@@ -282,23 +301,32 @@ static void topk_range(void *p, int64_t lo, int64_t hi) {
         for (int64_t q = 0; q <= M; q++)
             chunks[q + 1] = q == M ? n : nv >= M ? nv * q / M * VW : n * q / M;
     }
+    const float *bias = a->bias;
     for (int64_t r = lo; r < hi; r++) {
         int64_t *oi = a->out_idx + r * a->k;
         if (a->bf16) {
             const uint16_t *x = (const uint16_t *)a->x + r * a->ld;
-            topk_row_bf16(x, a->n, a->k, chunks + 1, key, idx, ckey, cidx);
-            uint16_t *ov = (uint16_t *)a->vals + r * a->k;
+            if (bias)
+                topk_row_bf16b(x, bias, n, a->k, chunks + 1, key, idx, ckey, cidx);
+            else
+                topk_row_bf16(x, bias, n, a->k, chunks + 1, key, idx, ckey, cidx);
             for (int j = 0; j < a->k; j++) {
                 oi[j] = idx[j];
-                ov[j] = x[idx[j]];
+                if (bias)
+                    ((float *)a->vals)[r * a->k + j] = BFB_S(idx[j]);
+                else
+                    ((uint16_t *)a->vals)[r * a->k + j] = x[idx[j]];
             }
         } else {
             const float *x = (const float *)a->x + r * a->ld;
-            topk_row_f32(x, a->n, a->k, chunks + 1, key, idx, ckey, cidx);
+            if (bias)
+                topk_row_f32b(x, bias, n, a->k, chunks + 1, key, idx, ckey, cidx);
+            else
+                topk_row_f32(x, bias, n, a->k, chunks + 1, key, idx, ckey, cidx);
             float *ov = (float *)a->vals + r * a->k;
             for (int j = 0; j < a->k; j++) {
                 oi[j] = idx[j];
-                ov[j] = x[idx[j]];
+                ov[j] = bias ? F32B_S(idx[j]) : x[idx[j]];
             }
         }
     }
@@ -307,13 +335,14 @@ static void topk_range(void *p, int64_t lo, int64_t hi) {
     free(chunks);
 }
 
-/* rows x n (row stride ld elements) -> the k largest of each row, in no particular order.
+/* rows x n (row stride ld elements), plus bias [n] if not NULL -> the k largest of each row, in
+ * no particular order; their values in the input's dtype, or float32 (x + bias) with a bias.
  * Returns 0; -1 if k or n is out of range (1 <= k <= min(n, 4096), n < 2^31); -2 if out of
  * memory. */
-int lms_topk(const void *x, int bf16, int64_t rows, int64_t n, int64_t ld, int k, void *vals,
-             int64_t *out_idx, int nthreads) {
+int lms_topk(const void *x, const float *bias, int bf16, int64_t rows, int64_t n, int64_t ld,
+             int k, void *vals, int64_t *out_idx, int nthreads) {
     if (k < 1 || k > n || k > 4096 || n > INT32_MAX) return -1;
-    topk_args a = {x, bf16, n, ld, k, vals, out_idx, 0};
+    topk_args a = {x, bias, bf16, n, ld, k, vals, out_idx, 0};
     parallel(nthreads, rows, NULL, topk_range, &a);
     return a.failed ? -2 : 0;
 }

@@ -35,7 +35,7 @@ _state: dict = {}
 
 _P, _I64, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SIGS = {
-    "lms_topk": (ctypes.c_int, [_P, _I32, _I64, _I64, _I64, _I32, _P, _P, _I32]),
+    "lms_topk": (ctypes.c_int, [_P, _P, _I32, _I64, _I64, _I64, _I32, _P, _P, _I32]),
     "lms_col_sort": (ctypes.c_int, [_P, _I64, _I64, _P, _P]),
     "lms_scatter_t": (ctypes.c_int, [_P, _P, _I64, _P, _I32, _P, _I64, _P, _I32]),
     "lms_rowdot": (None, [_P, _I64, _I32, _P, _P, _I64, _P, _I32]),
@@ -116,10 +116,11 @@ def _threads() -> int:
     return max(1, torch.get_num_threads())
 
 
-def topk(pre: Tensor, k: int) -> tuple[Tensor, Tensor] | None:
-    """(values, indices) [rows, k] of the k largest entries of each row of pre [rows, n], in no
-    particular order (as torch.topk(sorted=False)); NaN ranks above everything, as in torch.
-    None where the kernel does not apply."""
+def topk(pre: Tensor, k: int, bias: Tensor | None = None) -> tuple[Tensor, Tensor] | None:
+    """(values, indices) [rows, k] of the k largest entries of each row of pre [rows, n] (plus
+    `bias` [n], float32, if given: then the values are the float32 sums), in no particular order
+    (as torch.topk(sorted=False)); NaN ranks above everything, as in torch. None where the
+    kernel does not apply."""
     if (
         pre.device.type != "cpu"
         or pre.dim() != 2
@@ -127,15 +128,25 @@ def topk(pre: Tensor, k: int) -> tuple[Tensor, Tensor] | None:
         or pre.stride(1) != 1
         or not 1 <= k <= min(pre.shape[1], _MAX_K)
         or pre.requires_grad
+        or (
+            bias is not None
+            and (
+                bias.dtype != torch.float32
+                or bias.device.type != "cpu"
+                or bias.shape != (pre.shape[1],)
+                or bias.stride(0) != 1
+            )
+        )
         or (dll := lib()) is None
     ):
         return None
     rows, n = pre.shape
-    vals = torch.empty((rows, k), dtype=pre.dtype)
+    vals = torch.empty((rows, k), dtype=pre.dtype if bias is None else torch.float32)
     idx = torch.empty((rows, k), dtype=torch.int64)
     if rows:
         rc = dll.lms_topk(
             pre.data_ptr(),
+            None if bias is None else bias.data_ptr(),
             int(pre.dtype == torch.bfloat16),
             rows,
             n,

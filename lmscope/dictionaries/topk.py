@@ -38,12 +38,17 @@ AUX_BUCKET = 256
 whose codes stay 0)."""
 
 
-def topk_codes(pre: Tensor, k: int) -> TopKOutput:
-    """[batch, d_sae] pre-activations -> the k largest per token, ReLU'd ([batch, k] each), in no
-    particular order. On CPU through the native kernel (native.py; 4-5x torch.topk), else
-    torch.topk: the same entries, ties aside."""
-    got = native.topk(pre, k) if pre.dim() == 2 and not pre.requires_grad else None
-    values, indices = got if got is not None else pre.topk(k, dim=-1, sorted=False)
+def topk_codes(pre: Tensor, k: int, bias: Tensor | None = None) -> TopKOutput:
+    """[batch, d_sae] pre-activations (plus `bias` [d_sae] float32, if given: the values are then
+    the float32 sums) -> the k largest per token, ReLU'd ([batch, k] each), in no particular
+    order. On CPU through the native kernel (native.py; 4-5x torch.topk), else torch.topk: the
+    same entries, ties aside."""
+    got = native.topk(pre, k, bias) if pre.dim() == 2 and not pre.requires_grad else None
+    if got is None:
+        if bias is not None:
+            pre = pre.float() + bias
+        got = pre.topk(k, dim=-1, sorted=False)
+    values, indices = got
     return TopKOutput(values.clamp_min(0), indices)
 
 
@@ -59,11 +64,17 @@ def fired_mask(values: Tensor, indices: Tensor, d_sae: int) -> Tensor:
 
 
 def auxk_loss(
-    dict_: SparseDictionary, pre: Tensor, x_in: Tensor, residual: Tensor, dead_mask: Tensor | None
+    dict_: SparseDictionary,
+    pre: Tensor,
+    x_in: Tensor,
+    residual: Tensor,
+    dead_mask: Tensor | None,
+    pre_bias: Tensor | None = None,
 ) -> Tensor:
     """AuxK: squared error of reconstructing `residual` [batch, d_out] from the top dead latents.
 
-    `pre` [batch, d_sae] are the (no-grad) encoder pre-activations, `x_in` the encoder input
+    `pre` [batch, d_sae] are the (no-grad) encoder pre-activations (without the encoder bias
+    if `pre_bias` is given: it is then added where they are ranked), `x_in` the encoder input
     with its autograd history. The reconstruction has no bias (it predicts an error).
     """
     zero = residual.new_zeros(())
@@ -88,10 +99,12 @@ def auxk_loss(
             cols = torch.cat([dead_ids, live])
         # Rank only the dead columns ([batch, n_dead], usually a small slice of d_sae).
         pre_sub = pre.index_select(1, cols)  # [batch, n_cols]
-        local = topk_codes(pre_sub[:, :n_dead], k_aux)  # [batch, k_aux] into dead_ids
+        bias = None if pre_bias is None else pre_bias.index_select(0, dead_ids)
+        local = topk_codes(pre_sub[:, :n_dead], k_aux, bias)  # [batch, k_aux] into dead_ids
     if dense:
         # k_aux is a large share of the dead columns: a dense code over them, GEMMs throughout.
-        codes = torch.zeros_like(pre_sub).scatter_(1, local.indices, local.values)
+        codes = pre_sub.new_zeros(pre_sub.shape, dtype=local.values.dtype)
+        codes.scatter_(1, local.indices, local.values)
         e_hat = subset_decode(x_in, dict_.W_enc, dict_.b_enc, dict_.W_dec, codes, cols)
     else:
         indices = dead_ids[local.indices]  # [batch, k_aux] latent ids
@@ -131,31 +144,43 @@ class TopKDictionary(SparseDictionary):
         return out / self.act_scale_out
 
     # --- training ----------------------------------------------------------------------
-    def _sparse_forward(self, x_n: Tensor) -> tuple[Tensor, Tensor, TopKOutput]:
-        """Encoder input (with grad), no-grad pre-activations, and the sparse code with grad."""
+    def _sparse_forward(self, x_n: Tensor) -> tuple[Tensor, Tensor, TopKOutput, Tensor | None]:
+        """Encoder input (with grad), no-grad pre-activations, the sparse code with grad, and
+        the encoder bias where the pre-activations are without it (the native path), else None.
+        """
         x_in = x_n - self.b_dec if self.apply_b_dec_to_input else x_n  # [batch, d_in]
+        pre_bias = None
         with torch.no_grad():
-            pre = torch.addmm(self.b_enc, x_in, self.W_enc)  # [batch, d_sae], the one dense matmul
-        codes = self._select(pre)
+            if type(self)._select is _plain_select and native.lib() is not None:
+                # the bias is added where the native top-k reads each row: addmm's first step,
+                # copying the bias into the whole [batch, d_sae] output, cost as much (2 cores)
+                pre, pre_bias = x_in @ self.W_enc, self.b_enc.detach()  # [batch, d_sae]
+            else:
+                pre = torch.addmm(self.b_enc, x_in, self.W_enc)  # [batch, d_sae]
+        codes = self._select(pre) if pre_bias is None else topk_codes(pre, self.cfg.k, pre_bias)
         values = sparse_encoder_grad(x_in, self.W_enc, self.b_enc, codes.values, codes.indices)
-        return x_in, pre, TopKOutput(values, codes.indices)
+        return x_in, pre, TopKOutput(values, codes.indices), pre_bias
 
     def _select(self, pre: Tensor) -> TopKOutput:
         return topk_codes(pre, self.cfg.k)
 
     def _train_terms(self, x_n: Tensor, target_n: Tensor, dead_mask: Tensor | None) -> _Terms:
-        x_in, pre, codes = self._sparse_forward(x_n)
+        x_in, pre, codes, pre_bias = self._sparse_forward(x_n)
         recon = (
             sparse_decode(codes.values, codes.indices, self.W_dec) + self.b_dec
         )  # [batch, d_out]
         if self.W_skip is not None:
             recon = recon + x_n @ self.W_skip.t()
         residual = (target_n - recon).detach()
-        aux = auxk_loss(self, pre, x_in, residual, dead_mask)
+        aux = auxk_loss(self, pre, x_in, residual, dead_mask, pre_bias)
         active = codes.values.detach() > 0
         l0 = active.sum(1).float().mean()
         counts = fire_counts(codes.values.detach(), codes.indices, self.d_sae)
         return _Terms(recon, l0, counts > 0, recon.new_zeros(()), aux, counts)
 
+
+_plain_select = TopKDictionary._select
+"""TopK's own selection: where a subclass or a test replaces _select, the pre-activations keep
+their bias and go through it."""
 
 __all__ = ["TopKDictionary", "auxk_loss", "fire_counts", "fired_mask", "topk_codes"]
